@@ -1,0 +1,243 @@
+//! Map keys, values and constants shared by the eBPF programs and the controller.
+//!
+//! Every type is `#[repr(C)]` with explicit padding and only integer fields, so that user
+//! space can never write a value the kernel side cannot interpret. Addresses are stored as
+//! the four bytes seen on the wire (`[u8; 4]`), never as host-order integers, so there is
+//! exactly one byte order to think about.
+#![no_std]
+
+pub mod reason;
+
+pub use reason::Reason;
+
+/// Names of the maps in the eBPF object; user space opens them by these names.
+pub mod map_names {
+    pub const ROUTES: &str = "ROUTES";
+    pub const NEIGHBORS: &str = "NEIGHBORS";
+    pub const IFACES: &str = "IFACES";
+    pub const EGRESS_DEVS: &str = "EGRESS_DEVS";
+    pub const IFACE_STATS: &str = "IFACE_STATS";
+    /// Every map above, in the order `routerctl` and the pinning code walk them.
+    pub const ALL: [&str; 5] = [ROUTES, NEIGHBORS, IFACES, EGRESS_DEVS, IFACE_STATS];
+}
+
+/// Names of the programs in the eBPF object.
+pub mod prog_names {
+    pub const XDP: &str = "router_xdp";
+    pub const TC: &str = "router_tc";
+}
+
+/// Default capacities; the controller may size maps differently at load time.
+pub const MAX_ROUTES: u32 = 65_536;
+pub const MAX_NEIGHBORS: u32 = 16_384;
+pub const MAX_IFACES: u32 = 256;
+
+/// The table id of the kernel's main table; tables are numbered as `ip route` numbers them.
+pub const TABLE_MAIN: u32 = 254;
+
+/// Key data of the route LPM trie. The trie key is `{ prefix_len, RouteKey }` with
+/// `prefix_len = 32 + prefix length`: the table id always matches in full, so one trie holds
+/// every table (policy routing picks the table, the trie does the longest-prefix match).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteKey {
+    /// Table id in network byte order (the trie matches bits most significant first).
+    pub table_be: [u8; 4],
+    pub addr: [u8; 4],
+}
+
+impl RouteKey {
+    /// Bits of the key taken by the table id.
+    pub const TABLE_BITS: u32 = 32;
+
+    pub const fn new(table: u32, addr: [u8; 4]) -> Self {
+        Self {
+            table_be: table.to_be_bytes(),
+            addr,
+        }
+    }
+}
+
+/// What a route tells the fast path to do.
+pub mod route_kind {
+    /// Forward out of `ifindex`, to `gateway` or (when `gateway` is 0.0.0.0) to the
+    /// destination itself.
+    pub const UNICAST: u32 = 1;
+    /// An address of the router itself (or a broadcast address): the kernel's business.
+    pub const LOCAL: u32 = 2;
+    /// Silently discarded, as the kernel does for `blackhole` routes.
+    pub const BLACKHOLE: u32 = 3;
+    /// Anything the kernel must answer itself (unreachable, prohibit, multipath).
+    pub const KERNEL: u32 = 4;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RouteEntry {
+    /// One of [`route_kind`].
+    pub kind: u32,
+    /// Egress interface (UNICAST only).
+    pub ifindex: u32,
+    /// Next hop; 0.0.0.0 means the destination is on a connected subnet.
+    pub gateway: [u8; 4],
+    pub _pad: u32,
+}
+
+/// A neighbour (ARP) entry, mirrored from the kernel's table of the router namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NeighborKey {
+    pub ifindex: u32,
+    pub addr: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NeighborEntry {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Interface roles (Neutron's `qr` and `qg`).
+pub mod iface_role {
+    pub const INTERNAL: u32 = 1;
+    pub const EXTERNAL: u32 = 2;
+}
+
+/// Bits of [`IfaceEntry::flags`].
+pub mod iface_flags {
+    /// Frames redirected by XDP into this interface are delivered (a NIC with
+    /// `ndo_xdp_xmit`, or a veth whose far end runs XDP or GRO). Without it the XDP entry
+    /// hands the frame to the TC entry, which redirects it as an skb.
+    pub const XDP_EGRESS: u32 = 1 << 0;
+}
+
+/// One interface of the router, keyed by ifindex in the router's namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IfaceEntry {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// Largest IPv4 packet (L3 bytes) the interface sends without fragmenting.
+    pub mtu: u32,
+    /// One of [`iface_role`].
+    pub role: u32,
+    /// Bits of [`iface_flags`].
+    pub flags: u32,
+}
+
+/// Number of reason slots in [`IfaceStats::reasons`].
+pub const REASON_SLOTS: usize = 32;
+
+/// Per-CPU counters of one ingress interface. `reasons[r]` counts packets handed to the
+/// kernel or dropped for reason `r` (see [`Reason`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IfaceStats {
+    pub fwd_packets: u64,
+    pub fwd_bytes: u64,
+    pub pass_packets: u64,
+    pub pass_bytes: u64,
+    pub drop_packets: u64,
+    pub drop_bytes: u64,
+    pub reasons: [u64; REASON_SLOTS],
+}
+
+impl Default for IfaceStats {
+    fn default() -> Self {
+        Self {
+            fwd_packets: 0,
+            fwd_bytes: 0,
+            pass_packets: 0,
+            pass_bytes: 0,
+            drop_packets: 0,
+            drop_bytes: 0,
+            reasons: [0; REASON_SLOTS],
+        }
+    }
+}
+
+impl IfaceStats {
+    /// Adds `other` into `self` (user space sums the per-CPU values).
+    pub fn accumulate(&mut self, other: &Self) {
+        self.fwd_packets += other.fwd_packets;
+        self.fwd_bytes += other.fwd_bytes;
+        self.pass_packets += other.pass_packets;
+        self.pass_bytes += other.pass_bytes;
+        self.drop_packets += other.drop_packets;
+        self.drop_bytes += other.drop_bytes;
+        for (mine, theirs) in self.reasons.iter_mut().zip(other.reasons.iter()) {
+            *mine += *theirs;
+        }
+    }
+}
+
+/// XDP metadata the XDP entry leaves in front of a frame it hands to the kernel, so the TC
+/// entry (attached alongside in XDP mode) knows what to do with it.
+pub mod xdp_meta {
+    /// Size of the metadata area in bytes.
+    pub const LEN: usize = 4;
+    /// The XDP entry already decided and counted: the TC entry lets the frame pass.
+    pub const DONE: u32 = 0x5244_0001;
+    /// The egress cannot take an XDP redirect: the TC entry runs the pipeline itself.
+    pub const TC_FORWARD: u32 = 0x5244_0002;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are `#[repr(C)]`, contain only integers and explicit padding, and
+    // any bit pattern is a valid value.
+    unsafe impl aya::Pod for RouteKey {}
+    unsafe impl aya::Pod for RouteEntry {}
+    unsafe impl aya::Pod for NeighborKey {}
+    unsafe impl aya::Pod for NeighborEntry {}
+    unsafe impl aya::Pod for IfaceEntry {}
+    unsafe impl aya::Pod for IfaceStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn layouts_are_stable() {
+        // The eBPF object and the controller must agree on these to the byte.
+        assert_eq!(size_of::<RouteKey>(), 8);
+        assert_eq!(size_of::<RouteEntry>(), 16);
+        assert_eq!(size_of::<NeighborKey>(), 8);
+        assert_eq!(size_of::<NeighborEntry>(), 8);
+        assert_eq!(size_of::<IfaceEntry>(), 20);
+        assert_eq!(size_of::<IfaceStats>(), 8 * (6 + REASON_SLOTS));
+        assert_eq!(align_of::<RouteKey>(), 1);
+        assert_eq!(align_of::<IfaceStats>(), 8);
+    }
+
+    #[test]
+    fn route_key_puts_table_first_in_network_order() {
+        let key = RouteKey::new(TABLE_MAIN, [10, 0, 1, 0]);
+        assert_eq!(key.table_be, [0, 0, 0, 254]);
+        assert_eq!(key.addr, [10, 0, 1, 0]);
+    }
+
+    #[test]
+    fn accumulate_sums_every_field() {
+        let mut a = IfaceStats::default();
+        let mut b = IfaceStats {
+            fwd_packets: 1,
+            fwd_bytes: 2,
+            pass_packets: 3,
+            pass_bytes: 4,
+            drop_packets: 5,
+            drop_bytes: 6,
+            ..Default::default()
+        };
+        b.reasons[7] = 9;
+        a.accumulate(&b);
+        a.accumulate(&b);
+        assert_eq!((a.fwd_packets, a.fwd_bytes, a.pass_packets), (2, 4, 6));
+        assert_eq!((a.pass_bytes, a.drop_packets, a.drop_bytes), (8, 10, 12));
+        assert_eq!(a.reasons[7], 18);
+    }
+}

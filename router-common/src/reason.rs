@@ -1,0 +1,158 @@
+//! Why the fast path did not forward a packet. The numbers are stable: they index
+//! [`crate::IfaceStats::reasons`] and user space prints them by name.
+//!
+//! Reasons below [`Reason::FIRST_DROP`] hand the packet to the kernel untouched (the slow
+//! path); the others drop it.
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    // --- handed to the kernel (XDP_PASS / TC_ACT_OK) ---
+    /// ARP: the kernel answers and learns neighbours.
+    Arp = 1,
+    /// IPv6: not handled by the fast path yet.
+    Ipv6 = 2,
+    /// Any other ethertype (LLDP, two VLAN tags, ...).
+    OtherL3 = 3,
+    /// An 802.1Q-tagged frame: it belongs to a VLAN sub-interface, which the kernel owns.
+    Vlan = 4,
+    /// IPv4 header with options (IHL > 5).
+    IpOptions = 5,
+    /// A fragment (MF set or offset non-zero).
+    Fragment = 6,
+    /// TTL <= 1: the kernel answers with ICMP time exceeded.
+    TtlExpired = 7,
+    /// Destination is an address of the router itself (or a broadcast address).
+    LocalDest = 8,
+    /// Next hop has no neighbour entry yet: the kernel resolves it.
+    NoNeighbor = 9,
+    /// No route: the kernel answers with ICMP unreachable.
+    NoRoute = 10,
+    /// Destination MAC is not the interface's (broadcast, multicast, another host).
+    NotRouterMac = 11,
+    /// The route is of a kind only the kernel handles (unreachable, prohibit, multipath).
+    KernelRoute = 12,
+    /// Larger than the egress MTU: the kernel fragments or answers "fragmentation needed".
+    FragNeeded = 13,
+    /// The ingress interface is not one of the router's.
+    UnknownIngress = 14,
+    /// The route points at an interface the fast path does not drive.
+    UnknownEgress = 15,
+    /// Source or destination is one the kernel never forwards (multicast, limited
+    /// broadcast, 0.0.0.0/8, loopback): the kernel applies its martian rules.
+    SpecialAddress = 16,
+    /// XDP entry: the egress cannot take an XDP redirect; the TC entry forwards it.
+    XdpToTc = 17,
+
+    // --- dropped (XDP_DROP / TC_ACT_SHOT) ---
+    /// Frame shorter than an Ethernet header.
+    TruncatedEthernet = 20,
+    /// IPv4 header truncated, IHL < 5, version not 4, or total length beyond the frame or
+    /// shorter than the header.
+    MalformedIpv4 = 21,
+    /// IPv4 header checksum wrong (the kernel would drop it too).
+    BadIpChecksum = 22,
+    /// TCP, UDP or ICMP header truncated in a first fragment.
+    MalformedL4 = 23,
+    /// A blackhole route.
+    Blackhole = 24,
+    /// The redirect to the egress failed.
+    RedirectFailed = 25,
+}
+
+impl Reason {
+    /// Every reason, in numeric order.
+    pub const ALL: [Reason; 23] = [
+        Reason::Arp,
+        Reason::Ipv6,
+        Reason::OtherL3,
+        Reason::Vlan,
+        Reason::IpOptions,
+        Reason::Fragment,
+        Reason::TtlExpired,
+        Reason::LocalDest,
+        Reason::NoNeighbor,
+        Reason::NoRoute,
+        Reason::NotRouterMac,
+        Reason::KernelRoute,
+        Reason::FragNeeded,
+        Reason::UnknownIngress,
+        Reason::UnknownEgress,
+        Reason::SpecialAddress,
+        Reason::XdpToTc,
+        Reason::TruncatedEthernet,
+        Reason::MalformedIpv4,
+        Reason::BadIpChecksum,
+        Reason::MalformedL4,
+        Reason::Blackhole,
+        Reason::RedirectFailed,
+    ];
+
+    /// First numeric value of the drop reasons.
+    pub const FIRST_DROP: u32 = 20;
+
+    pub const fn is_drop(self) -> bool {
+        self as u32 >= Self::FIRST_DROP
+    }
+
+    /// The reason with number `n`, if there is one.
+    pub fn from_u32(n: u32) -> Option<Self> {
+        Self::ALL.iter().copied().find(|r| *r as u32 == n)
+    }
+
+    /// A short stable name for tables, metrics and JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Arp => "arp",
+            Reason::Ipv6 => "ipv6",
+            Reason::OtherL3 => "other_l3",
+            Reason::Vlan => "vlan",
+            Reason::IpOptions => "ip_options",
+            Reason::Fragment => "fragment",
+            Reason::TtlExpired => "ttl_expired",
+            Reason::LocalDest => "local_dest",
+            Reason::NoNeighbor => "no_neighbor",
+            Reason::NoRoute => "no_route",
+            Reason::NotRouterMac => "not_router_mac",
+            Reason::KernelRoute => "kernel_route",
+            Reason::FragNeeded => "frag_needed",
+            Reason::UnknownIngress => "unknown_ingress",
+            Reason::UnknownEgress => "unknown_egress",
+            Reason::SpecialAddress => "special_address",
+            Reason::XdpToTc => "xdp_to_tc",
+            Reason::TruncatedEthernet => "truncated_ethernet",
+            Reason::MalformedIpv4 => "malformed_ipv4",
+            Reason::BadIpChecksum => "bad_ip_checksum",
+            Reason::MalformedL4 => "malformed_l4",
+            Reason::Blackhole => "blackhole",
+            Reason::RedirectFailed => "redirect_failed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_fit_the_counter_slots_and_round_trip() {
+        for r in Reason::ALL {
+            assert!((r as usize) < crate::REASON_SLOTS, "{r:?}");
+            assert_eq!(Reason::from_u32(r as u32), Some(r));
+        }
+        assert_eq!(Reason::from_u32(0), None);
+        assert!(!Reason::XdpToTc.is_drop());
+        assert!(Reason::TruncatedEthernet.is_drop());
+    }
+
+    #[test]
+    fn names_are_unique() {
+        for a in Reason::ALL {
+            for b in Reason::ALL {
+                if a != b {
+                    assert_ne!(a.name(), b.name());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,23 @@
+use router_user::{Error, stats};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Only this router.
+    #[arg(long)]
+    router: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Result<(), Error> {
+    let rows = stats::collect(args.router.as_deref())?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&rows)
+            .map_err(|e| Error::io("encoding JSON", std::io::Error::other(e)))?;
+        println!("{text}");
+    } else {
+        print!("{}", stats::table(&rows));
+    }
+    Ok(())
+}

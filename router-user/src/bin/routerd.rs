@@ -1,0 +1,72 @@
+//! `routerd --config FILE`: applies a desired state to the routers of this node and keeps
+//! their fast paths running until SIGTERM or SIGINT, then detaches them cleanly.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use router_user::{config::DesiredState, router::RunningRouter};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "eBPF fast path for Neutron-style routers: the daemon"
+)]
+struct Args {
+    /// Desired state (TOML).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Validate the file and exit without touching anything.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("routerd: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), router_user::Error> {
+    let state = DesiredState::load(&args.config)?;
+    if args.check {
+        println!(
+            "{}: valid, {} router(s)",
+            args.config.display(),
+            state.routers.len()
+        );
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| router_user::Error::io("building the runtime", e))?;
+    // Routers started so far are stopped (dropped) if a later one fails.
+    let mut running = Vec::new();
+    for router in state.routers {
+        running.push(RunningRouter::start(router)?);
+    }
+    log::info!("routerd: {} router(s) running", running.len());
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())
+            .map_err(|e| router_user::Error::io("SIGTERM handler", e))?;
+        let mut int = signal(SignalKind::interrupt())
+            .map_err(|e| router_user::Error::io("SIGINT handler", e))?;
+        tokio::select! {
+            _ = term.recv() => log::info!("routerd: SIGTERM, detaching"),
+            _ = int.recv() => log::info!("routerd: SIGINT, detaching"),
+        }
+        Ok::<(), router_user::Error>(())
+    })?;
+    for router in running {
+        router.stop();
+    }
+    Ok(())
+}

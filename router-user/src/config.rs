@@ -1,0 +1,552 @@
+//! The desired state: a TOML file in Neutron's vocabulary, parsed and validated whole before
+//! anything is touched. Every error names the offending key and value.
+
+use std::{collections::HashSet, fmt, net::Ipv4Addr, path::Path, str::FromStr};
+
+use serde::Deserialize;
+
+use crate::error::{ConfigError, Error};
+
+/// A validated desired state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredState {
+    pub routers: Vec<Router>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// XDP on every interface (native), with the TC entry alongside for egresses that
+    /// cannot take XDP frames.
+    Xdp,
+    /// TC (tcx) only, for interfaces without native XDP.
+    Tc,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Xdp => "xdp",
+            Mode::Tc => "tc",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Router {
+    pub id: String,
+    pub namespace: String,
+    pub mode: Mode,
+    pub gateway: Option<Gateway>,
+    pub interfaces: Vec<Interface>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gateway {
+    pub interface: String,
+    pub address: IfAddr,
+    pub nexthop: Ipv4Addr,
+    pub snat: bool,
+    pub xdp_egress: Option<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub address: IfAddr,
+    /// Whether XDP-redirected frames are delivered by this interface; `None` = decide from
+    /// the interface kind (see `netlink::xdp_egress_default`).
+    pub xdp_egress: Option<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub destination: Prefix,
+    pub nexthop: Ipv4Addr,
+}
+
+/// An interface address with its prefix length, like `10.0.1.1/24`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IfAddr {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl IfAddr {
+    pub fn subnet(&self) -> Prefix {
+        Prefix::new_truncating(self.addr, self.len)
+    }
+}
+
+impl fmt::Display for IfAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// A network prefix with no host bits set, like `10.20.0.0/16`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Prefix {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl Prefix {
+    pub fn new_truncating(addr: Ipv4Addr, len: u8) -> Self {
+        Self {
+            addr: Ipv4Addr::from(u32::from(addr) & mask(len)),
+            len,
+        }
+    }
+
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & mask(self.len) == u32::from(self.addr)
+    }
+
+    pub fn overlaps(&self, other: &Prefix) -> bool {
+        let len = self.len.min(other.len);
+        u32::from(self.addr) & mask(len) == u32::from(other.addr) & mask(len)
+    }
+
+    /// The subnet's broadcast address.
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | !mask(self.len))
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    }
+}
+
+fn parse_addr_len(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, len) = s.split_once('/')?;
+    let addr = Ipv4Addr::from_str(addr).ok()?;
+    let len: u8 = len.parse().ok()?;
+    (len <= 32).then_some((addr, len))
+}
+
+// ---- the file as written -------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileState {
+    #[serde(default)]
+    router: Vec<FileRouter>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRouter {
+    id: String,
+    namespace: String,
+    #[serde(default = "default_mode")]
+    mode: String,
+    gateway: Option<FileGateway>,
+    #[serde(default)]
+    interface: Vec<FileInterface>,
+    #[serde(default)]
+    route: Vec<FileRoute>,
+}
+
+fn default_mode() -> String {
+    "xdp".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGateway {
+    interface: String,
+    address: String,
+    nexthop: String,
+    #[serde(default = "default_snat")]
+    snat: bool,
+    xdp_egress: Option<bool>,
+}
+
+fn default_snat() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileInterface {
+    name: String,
+    address: String,
+    xdp_egress: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    destination: String,
+    nexthop: String,
+}
+
+impl DesiredState {
+    /// Reads and validates a desired-state file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            what: format!("reading {}", path.display()),
+            source,
+        })?;
+        Ok(Self::parse(&text)?)
+    }
+
+    /// Parses and validates desired-state TOML.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let file: FileState =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let mut routers = Vec::with_capacity(file.router.len());
+        let mut ids = HashSet::new();
+        let mut namespaces = HashSet::new();
+        for (i, r) in file.router.iter().enumerate() {
+            let router = validate_router(i, r)?;
+            let at = Ctx::router(i, &r.id);
+            if !ids.insert(router.id.clone()) {
+                return Err(at.bad("id", &r.id, "another router has this id"));
+            }
+            if !namespaces.insert(router.namespace.clone()) {
+                return Err(at.bad(
+                    "namespace",
+                    &r.namespace,
+                    "another router uses this namespace",
+                ));
+            }
+            routers.push(router);
+        }
+        Ok(Self { routers })
+    }
+
+    pub fn router(&self, id: &str) -> Option<&Router> {
+        self.routers.iter().find(|r| r.id == id)
+    }
+}
+
+/// Where in the file a value sits, for error messages.
+struct Ctx {
+    base: String,
+}
+
+impl Ctx {
+    fn router(index: usize, id: &str) -> Self {
+        Self {
+            base: format!("router[{index}] (id \"{id}\")"),
+        }
+    }
+
+    fn bad(&self, key: &str, value: &str, problem: &str) -> ConfigError {
+        ConfigError::Invalid {
+            key: format!("{}.{key}", self.base),
+            value: value.to_string(),
+            problem: problem.to_string(),
+        }
+    }
+}
+
+fn validate_router(index: usize, r: &FileRouter) -> Result<Router, ConfigError> {
+    let at = Ctx::router(index, &r.id);
+    if r.id.is_empty()
+        || r.id.len() > 32
+        || !r
+            .id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || r.id.starts_with('.')
+    {
+        return Err(at.bad(
+            "id",
+            &r.id,
+            "must be 1-32 characters of letters, digits, '-', '_' or '.', not starting with '.'",
+        ));
+    }
+    if r.namespace.is_empty() || r.namespace.contains('/') || r.namespace.len() > 64 {
+        return Err(at.bad(
+            "namespace",
+            &r.namespace,
+            "must be a namespace name (no '/')",
+        ));
+    }
+    let mode = match r.mode.as_str() {
+        "xdp" => Mode::Xdp,
+        "tc" => Mode::Tc,
+        _ => return Err(at.bad("mode", &r.mode, "must be \"xdp\" or \"tc\"")),
+    };
+
+    let mut names = HashSet::new();
+    let mut subnets: Vec<(String, Prefix)> = Vec::new();
+    let mut check_iface = |key: &str, name: &str, address: &str| -> Result<IfAddr, ConfigError> {
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+            return Err(at.bad(
+                &format!("{key}.name"),
+                name,
+                "must be an interface name of 1-15 characters",
+            ));
+        }
+        if !names.insert(name.to_string()) {
+            return Err(at.bad(&format!("{key}.name"), name, "interface named twice"));
+        }
+        let addr = parse_ifaddr(address)
+            .map_err(|problem| at.bad(&format!("{key}.address"), address, problem))?;
+        let subnet = addr.subnet();
+        if let Some((other, _)) = subnets.iter().find(|(_, s)| s.overlaps(&subnet)) {
+            return Err(at.bad(
+                &format!("{key}.address"),
+                address,
+                &format!("subnet {subnet} overlaps the subnet of interface {other}"),
+            ));
+        }
+        subnets.push((name.to_string(), subnet));
+        Ok(addr)
+    };
+
+    let gateway = match &r.gateway {
+        None => None,
+        Some(g) => {
+            let address = check_iface("gateway", &g.interface, &g.address)?;
+            let nexthop = parse_ip(&g.nexthop)
+                .map_err(|problem| at.bad("gateway.nexthop", &g.nexthop, problem))?;
+            if !address.subnet().contains(nexthop) || nexthop == address.addr {
+                return Err(at.bad(
+                    "gateway.nexthop",
+                    &g.nexthop,
+                    &format!(
+                        "must be another host on the gateway subnet {}",
+                        address.subnet()
+                    ),
+                ));
+            }
+            Some(Gateway {
+                interface: g.interface.clone(),
+                address,
+                nexthop,
+                snat: g.snat,
+                xdp_egress: g.xdp_egress,
+            })
+        }
+    };
+    let mut interfaces = Vec::with_capacity(r.interface.len());
+    for (i, f) in r.interface.iter().enumerate() {
+        let address = check_iface(&format!("interface[{i}]"), &f.name, &f.address)?;
+        interfaces.push(Interface {
+            name: f.name.clone(),
+            address,
+            xdp_egress: f.xdp_egress,
+        });
+    }
+
+    let mut routes: Vec<Route> = Vec::with_capacity(r.route.len());
+    for (i, f) in r.route.iter().enumerate() {
+        let key = format!("route[{i}]");
+        let destination = parse_prefix(&f.destination)
+            .map_err(|problem| at.bad(&format!("{key}.destination"), &f.destination, problem))?;
+        let nexthop = parse_ip(&f.nexthop)
+            .map_err(|problem| at.bad(&format!("{key}.nexthop"), &f.nexthop, problem))?;
+        let Some((via, subnet)) = subnets.iter().find(|(_, s)| s.contains(nexthop)) else {
+            return Err(at.bad(
+                &format!("{key}.nexthop"),
+                &f.nexthop,
+                "is on no subnet of this router's interfaces",
+            ));
+        };
+        let own = interfaces
+            .iter()
+            .map(|i| i.address.addr)
+            .chain(gateway.iter().map(|g| g.address.addr));
+        if own.into_iter().any(|a| a == nexthop) || subnet.broadcast() == nexthop {
+            return Err(at.bad(
+                &format!("{key}.nexthop"),
+                &f.nexthop,
+                &format!("must be a host on {via}'s subnet, not the router or broadcast address"),
+            ));
+        }
+        if let Some((conn, _)) = subnets.iter().find(|(_, s)| *s == destination) {
+            return Err(at.bad(
+                &format!("{key}.destination"),
+                &f.destination,
+                &format!("is the connected subnet of interface {conn}"),
+            ));
+        }
+        if routes.iter().any(|r| r.destination == destination) {
+            return Err(at.bad(
+                &format!("{key}.destination"),
+                &f.destination,
+                "route given twice",
+            ));
+        }
+        routes.push(Route {
+            destination,
+            nexthop,
+        });
+    }
+
+    Ok(Router {
+        id: r.id.clone(),
+        namespace: r.namespace.clone(),
+        mode,
+        gateway,
+        interfaces,
+        routes,
+    })
+}
+
+fn parse_ip(s: &str) -> Result<Ipv4Addr, &'static str> {
+    Ipv4Addr::from_str(s).map_err(|_| "not an IPv4 address")
+}
+
+fn parse_ifaddr(s: &str) -> Result<IfAddr, &'static str> {
+    let (addr, len) =
+        parse_addr_len(s).ok_or("not an IPv4 address with prefix length (a.b.c.d/len)")?;
+    if !(8..=30).contains(&len) {
+        return Err("prefix length must be 8 to 30 for an interface subnet");
+    }
+    let ifaddr = IfAddr { addr, len };
+    let subnet = ifaddr.subnet();
+    if addr == subnet.addr || addr == subnet.broadcast() {
+        return Err("is the network or broadcast address of its subnet, not a host address");
+    }
+    if addr.is_loopback() || addr.is_multicast() || addr.is_broadcast() || addr.octets()[0] == 0 {
+        return Err("is not a unicast host address");
+    }
+    Ok(ifaddr)
+}
+
+fn parse_prefix(s: &str) -> Result<Prefix, &'static str> {
+    let (addr, len) = parse_addr_len(s).ok_or("not an IPv4 prefix (a.b.c.d/len)")?;
+    let prefix = Prefix::new_truncating(addr, len);
+    if prefix.addr != addr {
+        return Err("has host bits set after the prefix length");
+    }
+    Ok(prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file issue 2 says must work exactly as written.
+    pub const ISSUE_EXAMPLE: &str = r#"
+[[router]]
+id = "r1"
+namespace = "qrouter-r1"      # the namespace that holds the router's interfaces
+mode = "xdp"                  # or "tc"
+
+[router.gateway]              # the qg side
+interface = "qg-r1"
+address = "198.18.0.2/24"     # the router's gateway IP on the external network
+nexthop = "198.18.0.1"        # default route
+snat = true                   # used once NAT lands
+
+[[router.interface]]          # one qr per internal subnet; the address is the subnet's gateway
+name = "qr-a"
+address = "10.0.1.1/24"
+
+[[router.interface]]
+name = "qr-b"
+address = "10.0.2.1/24"
+
+[[router.route]]              # extra routes
+destination = "10.20.0.0/16"
+nexthop = "10.0.1.254"
+"#;
+
+    fn err(text: &str) -> String {
+        match DesiredState::parse(text) {
+            Ok(s) => panic!("accepted invalid config: {s:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn issue_example_parses() {
+        let state = DesiredState::parse(ISSUE_EXAMPLE).expect("example must parse");
+        let r = &state.routers[0];
+        assert_eq!(r.id, "r1");
+        assert_eq!(r.mode, Mode::Xdp);
+        let g = r.gateway.as_ref().expect("gateway");
+        assert_eq!(g.address.to_string(), "198.18.0.2/24");
+        assert_eq!(g.nexthop, Ipv4Addr::new(198, 18, 0, 1));
+        assert!(g.snat);
+        assert_eq!(r.interfaces.len(), 2);
+        assert_eq!(r.interfaces[1].address.subnet().to_string(), "10.0.2.0/24");
+        assert_eq!(r.routes[0].destination.to_string(), "10.20.0.0/16");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = err(&ISSUE_EXAMPLE.replace("10.0.1.1/24", "10.0.1.300/24"));
+        assert!(
+            e.contains("interface[0].address") && e.contains("10.0.1.300/24"),
+            "{e}"
+        );
+        let e = err(&ISSUE_EXAMPLE.replace("mode = \"xdp\"", "mode = \"dpdk\""));
+        assert!(e.contains("mode") && e.contains("dpdk"), "{e}");
+        let e = err(&ISSUE_EXAMPLE.replace("10.0.1.254", "10.9.9.9"));
+        assert!(
+            e.contains("route[0].nexthop") && e.contains("on no subnet"),
+            "{e}"
+        );
+        let e = err(&ISSUE_EXAMPLE.replace("10.20.0.0/16", "10.20.0.1/16"));
+        assert!(
+            e.contains("route[0].destination") && e.contains("host bits"),
+            "{e}"
+        );
+        let e = err(&ISSUE_EXAMPLE.replace("198.18.0.1\"", "198.19.0.1\""));
+        assert!(e.contains("gateway.nexthop"), "{e}");
+        let e = err(&ISSUE_EXAMPLE.replace("10.0.2.1/24", "10.0.1.9/24"));
+        assert!(e.contains("overlaps") && e.contains("qr-a"), "{e}");
+        let e = err(&ISSUE_EXAMPLE.replace("name = \"qr-b\"", "name = \"qr-a\""));
+        assert!(e.contains("interface named twice"), "{e}");
+        let e = err(&ISSUE_EXAMPLE.replace("10.0.1.1/24", "10.0.1.0/24"));
+        assert!(e.contains("network or broadcast"), "{e}");
+        let e = err(&ISSUE_EXAMPLE.replace("id = \"r1\"", "id = \"../x\""));
+        assert!(e.contains("id") && e.contains("../x"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_and_syntax_errors_are_rejected() {
+        let e = err(&ISSUE_EXAMPLE.replace("snat = true", "snat = true\nsnatt = 1"));
+        assert!(e.contains("snatt"), "{e}");
+        let e = err(&ISSUE_EXAMPLE.replace("snat = true", "snat = \"yes\""));
+        assert!(e.contains("snat"), "{e}");
+        let e = err("[[router]]\nid = \"r1\"\n");
+        assert!(e.contains("namespace"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_routers_are_rejected() {
+        let twice = format!(
+            "{ISSUE_EXAMPLE}\n{}",
+            ISSUE_EXAMPLE.replace("qrouter-r1", "qrouter-r2")
+        );
+        assert!(err(&twice).contains("another router has this id"));
+        let twice = format!(
+            "{ISSUE_EXAMPLE}\n{}",
+            ISSUE_EXAMPLE.replace("\"r1\"", "\"r2\"")
+        );
+        assert!(err(&twice).contains("another router uses this namespace"));
+    }
+
+    #[test]
+    fn prefix_arithmetic() {
+        let p = Prefix::new_truncating(Ipv4Addr::new(10, 1, 2, 3), 16);
+        assert_eq!(p.to_string(), "10.1.0.0/16");
+        assert!(p.contains(Ipv4Addr::new(10, 1, 255, 1)));
+        assert!(!p.contains(Ipv4Addr::new(10, 2, 0, 1)));
+        assert_eq!(p.broadcast(), Ipv4Addr::new(10, 1, 255, 255));
+        let q = Prefix::new_truncating(Ipv4Addr::new(10, 1, 7, 0), 24);
+        assert!(p.overlaps(&q) && q.overlaps(&p));
+        let zero = Prefix::new_truncating(Ipv4Addr::new(1, 2, 3, 4), 0);
+        assert_eq!(zero.addr, Ipv4Addr::UNSPECIFIED);
+        assert!(zero.contains(Ipv4Addr::new(8, 8, 8, 8)));
+    }
+}

@@ -1,0 +1,324 @@
+//! One router's eBPF programs and maps: loading, map writes, attachment and pinning.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, include_bytes_aligned,
+    maps::{
+        DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
+    },
+    programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::TcAttachOptions},
+    util::nr_cpus,
+};
+use router_common::{
+    IfaceEntry, IfaceStats, NeighborEntry, NeighborKey, RouteEntry, RouteKey, map_names, prog_names,
+};
+
+use crate::{config::Mode, error::Error};
+
+/// The eBPF object built by build.rs.
+pub static EBPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/router-ebpf"));
+
+/// A route as the LPM trie stores it: (trie prefix length, key).
+pub type RouteSlot = (u32, RouteKey);
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    router: String,
+    pin_dir: Option<PathBuf>,
+}
+
+impl Datapath {
+    /// Loads the object and both programs into the kernel (nothing is attached).
+    pub fn load(router: &str) -> Result<Self, Error> {
+        let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+        let program_error = |what: &str| {
+            let what = what.to_string();
+            let router = router.to_string();
+            move |source| Error::Program {
+                router,
+                what,
+                source,
+            }
+        };
+        let xdp: &mut Xdp = program(&mut ebpf, prog_names::XDP)?
+            .try_into()
+            .map_err(program_error("XDP program type"))?;
+        xdp.load()
+            .map_err(program_error("loading the XDP program"))?;
+        let tc: &mut SchedClassifier = program(&mut ebpf, prog_names::TC)?
+            .try_into()
+            .map_err(program_error("TC program type"))?;
+        tc.load().map_err(program_error("loading the TC program"))?;
+        Ok(Self {
+            ebpf,
+            router: router.to_string(),
+            pin_dir: None,
+        })
+    }
+
+    pub fn xdp(&self) -> &Xdp {
+        let prog = self.ebpf.program(prog_names::XDP);
+        prog.and_then(|p| p.try_into().ok())
+            .unwrap_or_else(|| unreachable!("load() checked the XDP program"))
+    }
+
+    pub fn tc(&self) -> &SchedClassifier {
+        let prog = self.ebpf.program(prog_names::TC);
+        prog.and_then(|p| p.try_into().ok())
+            .unwrap_or_else(|| unreachable!("load() checked the TC program"))
+    }
+
+    /// Attaches the programs to `interfaces` (by name, in the calling thread's namespace).
+    /// XDP mode attaches native XDP and the TC entry beside it (the TC entry forwards what
+    /// XDP cannot redirect); TC mode attaches only the TC entry.
+    pub fn attach(&mut self, mode: Mode, interfaces: &[(String, u32)]) -> Result<(), Error> {
+        let router = self.router.clone();
+        let type_error = |what: &str| {
+            let router = router.clone();
+            let what = what.to_string();
+            move |source| Error::Program {
+                router,
+                what,
+                source,
+            }
+        };
+        for (name, index) in interfaces {
+            if mode == Mode::Xdp {
+                let xdp: &mut Xdp = program(&mut self.ebpf, prog_names::XDP)?
+                    .try_into()
+                    .map_err(type_error("XDP program type"))?;
+                let result = xdp.attach_to_if_index(*index, XdpMode::Driver);
+                result.map_err(|source| Error::Program {
+                    router: router.clone(),
+                    what: format!("attaching native XDP to {name} (use mode = \"tc\" for interfaces without native XDP)"),
+                    source,
+                })?;
+            }
+            let tc: &mut SchedClassifier = program(&mut self.ebpf, prog_names::TC)?
+                .try_into()
+                .map_err(type_error("TC program type"))?;
+            let result = tc.attach_with_options(
+                name,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            );
+            result.map_err(|source| Error::Program {
+                router: router.clone(),
+                what: format!("attaching TC (tcx ingress) to {name}"),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Pins every map under `dir` (replacing pins a previous run left behind).
+    pub fn pin_maps(&mut self, dir: &Path) -> Result<(), Error> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        for name in map_names::ALL {
+            let path = dir.join(name);
+            remove_pin(&path)?;
+            let map = self.map(name)?;
+            map.pin(&path).map_err(|source| Error::Pin {
+                what: format!("pinning {name} at {}", path.display()),
+                source,
+            })?;
+        }
+        self.pin_dir = Some(dir.to_path_buf());
+        Ok(())
+    }
+
+    fn map(&mut self, name: &str) -> Result<&mut Map, Error> {
+        self.ebpf.map_mut(name).ok_or_else(|| {
+            Error::map(
+                name.to_string(),
+                aya::maps::MapError::InvalidName { name: name.into() },
+            )
+        })
+    }
+
+    pub fn set_iface(&mut self, ifindex: u32, entry: IfaceEntry) -> Result<(), Error> {
+        let mut map: HashMap<_, u32, IfaceEntry> = typed(self.map(map_names::IFACES)?, "IFACES")?;
+        map.insert(ifindex, entry, 0)
+            .map_err(|e| Error::map(format!("IFACES[{ifindex}]"), e))?;
+        // Counters exist from the start, so the programs only ever update them.
+        let mut stats: PerCpuHashMap<_, u32, IfaceStats> =
+            typed(self.map(map_names::IFACE_STATS)?, "IFACE_STATS")?;
+        if stats.get(&ifindex, 0).is_err() {
+            let cpus = nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
+            let zero = PerCpuValues::try_from(vec![IfaceStats::default(); cpus])
+                .map_err(|e| Error::io("per-CPU values", e))?;
+            stats
+                .insert(ifindex, zero, 0)
+                .map_err(|e| Error::map(format!("IFACE_STATS[{ifindex}]"), e))?;
+        }
+        Ok(())
+    }
+
+    pub fn remove_iface(&mut self, ifindex: u32) -> Result<(), Error> {
+        let mut map: HashMap<_, u32, IfaceEntry> = typed(self.map(map_names::IFACES)?, "IFACES")?;
+        let _ = map.remove(&ifindex);
+        let mut devs: DevMapHash<_> = typed(self.map(map_names::EGRESS_DEVS)?, "EGRESS_DEVS")?;
+        let _ = devs.remove(ifindex);
+        Ok(())
+    }
+
+    /// Lets XDP redirect into `ifindex` (call only for egresses that deliver XDP frames).
+    pub fn set_xdp_egress(&mut self, ifindex: u32) -> Result<(), Error> {
+        let mut devs: DevMapHash<_> = typed(self.map(map_names::EGRESS_DEVS)?, "EGRESS_DEVS")?;
+        devs.insert(ifindex, ifindex, None, 0).map_err(|e| match e {
+            aya::maps::xdp::XdpMapError::MapError(e) => {
+                Error::map(format!("EGRESS_DEVS[{ifindex}]"), e)
+            }
+            other => Error::io(
+                format!("EGRESS_DEVS[{ifindex}]"),
+                std::io::Error::other(other.to_string()),
+            ),
+        })
+    }
+
+    pub fn routes(&mut self) -> Result<BTreeMap<RouteSlot, RouteEntry>, Error> {
+        let map: LpmTrie<_, RouteKey, RouteEntry> = typed(self.map(map_names::ROUTES)?, "ROUTES")?;
+        let mut out = BTreeMap::new();
+        for item in map.iter() {
+            let (key, value) = item.map_err(|e| Error::map("reading ROUTES", e))?;
+            out.insert((key.prefix_len(), key.data()), value);
+        }
+        Ok(out)
+    }
+
+    /// Makes the route trie equal to `wanted`, touching only entries that differ.
+    /// Returns the number of writes.
+    pub fn sync_routes(
+        &mut self,
+        wanted: &BTreeMap<RouteSlot, RouteEntry>,
+    ) -> Result<usize, Error> {
+        let current = self.routes()?;
+        let mut map: LpmTrie<_, RouteKey, RouteEntry> =
+            typed(self.map(map_names::ROUTES)?, "ROUTES")?;
+        let mut writes = 0;
+        for (slot, entry) in wanted {
+            if current.get(slot) != Some(entry) {
+                map.insert(&Key::new(slot.0, slot.1), entry, 0)
+                    .map_err(|e| Error::map("writing ROUTES", e))?;
+                writes += 1;
+            }
+        }
+        for slot in current.keys().filter(|s| !wanted.contains_key(*s)) {
+            map.remove(&Key::new(slot.0, slot.1))
+                .map_err(|e| Error::map("removing from ROUTES", e))?;
+            writes += 1;
+        }
+        Ok(writes)
+    }
+
+    pub fn set_neighbor(
+        &mut self,
+        key: NeighborKey,
+        entry: Option<NeighborEntry>,
+    ) -> Result<(), Error> {
+        let mut map: HashMap<_, NeighborKey, NeighborEntry> =
+            typed(self.map(map_names::NEIGHBORS)?, "NEIGHBORS")?;
+        match entry {
+            Some(entry) => map
+                .insert(key, entry, 0)
+                .map_err(|e| Error::map("writing NEIGHBORS", e)),
+            None => {
+                let _ = map.remove(&key);
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes the neighbour map equal to `wanted`.
+    pub fn sync_neighbors(&mut self, wanted: &[(NeighborKey, NeighborEntry)]) -> Result<(), Error> {
+        let mut map: HashMap<_, NeighborKey, NeighborEntry> =
+            typed(self.map(map_names::NEIGHBORS)?, "NEIGHBORS")?;
+        let current: Vec<NeighborKey> = map.keys().filter_map(Result::ok).collect();
+        for key in current {
+            if !wanted.iter().any(|(k, _)| *k == key) {
+                let _ = map.remove(&key);
+            }
+        }
+        for (key, entry) in wanted {
+            map.insert(key, entry, 0)
+                .map_err(|e| Error::map("writing NEIGHBORS", e))?;
+        }
+        Ok(())
+    }
+
+    /// Counters of `ifindex`, summed over CPUs.
+    pub fn stats(&mut self, ifindex: u32) -> Result<IfaceStats, Error> {
+        let map: PerCpuHashMap<_, u32, IfaceStats> =
+            typed(self.map(map_names::IFACE_STATS)?, "IFACE_STATS")?;
+        sum_stats(&map, ifindex)
+    }
+}
+
+impl Drop for Datapath {
+    /// Dropping the `Ebpf` detaches every link; the pins go too, so nothing of this router
+    /// stays in the kernel.
+    fn drop(&mut self) {
+        if let Some(dir) = &self.pin_dir {
+            for name in map_names::ALL {
+                let _ = std::fs::remove_file(dir.join(name));
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program, Error> {
+    ebpf.program_mut(name).ok_or_else(|| {
+        Error::io(
+            format!("the eBPF object has no program {name}"),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        )
+    })
+}
+
+fn typed<'a, T>(map: &'a mut Map, name: &str) -> Result<T, Error>
+where
+    T: TryFrom<&'a mut Map, Error = aya::maps::MapError>,
+{
+    T::try_from(map).map_err(|e| Error::map(format!("map {name}"), e))
+}
+
+fn remove_pin(path: &Path) -> Result<(), Error> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(
+            format!("removing stale pin {}", path.display()),
+            e,
+        )),
+    }
+}
+
+pub fn sum_stats<T: std::borrow::Borrow<MapData>>(
+    map: &PerCpuHashMap<T, u32, IfaceStats>,
+    ifindex: u32,
+) -> Result<IfaceStats, Error> {
+    let values = map
+        .get(&ifindex, 0)
+        .map_err(|e| Error::map(format!("IFACE_STATS[{ifindex}]"), e))?;
+    let mut total = IfaceStats::default();
+    for v in values.iter() {
+        total.accumulate(v);
+    }
+    Ok(total)
+}
+
+/// Opens the pinned counters of a running router (for `routerctl`).
+pub fn open_pinned_stats(router: &str) -> Result<PerCpuHashMap<MapData, u32, IfaceStats>, Error> {
+    let dir = crate::paths::router_pin_dir(router);
+    let path = dir.join(map_names::IFACE_STATS);
+    let data = MapData::from_pin(&path)
+        .map_err(|_| Error::NotRunning(router.to_string(), dir.display().to_string()))?;
+    let map = Map::from_map_data(data).map_err(|e| Error::map(path.display().to_string(), e))?;
+    PerCpuHashMap::try_from(map).map_err(|e| Error::map(path.display().to_string(), e))
+}

@@ -1,0 +1,87 @@
+//! The one error type of the controller library.
+
+use thiserror::Error;
+
+/// A desired state that cannot be applied; nothing was changed.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Syntax(String),
+    #[error("invalid configuration: {key} = \"{value}\": {problem}")]
+    Invalid {
+        key: String,
+        value: String,
+        problem: String,
+    },
+}
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("router {router}: namespace {namespace}: {source}")]
+    Namespace {
+        router: String,
+        namespace: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("router {router}: interface {interface} does not exist in namespace {namespace}")]
+    InterfaceMissing {
+        router: String,
+        interface: String,
+        namespace: String,
+    },
+    #[error("router {router}: netlink: {what}: {source}")]
+    Netlink {
+        router: String,
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("router {router}: {what}: {source}")]
+    Program {
+        router: String,
+        what: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("{what}: {source}")]
+    Map {
+        what: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("{what}: {source}")]
+    Pin {
+        what: String,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("router {0} is not running (no pinned maps under {1})")]
+    NotRunning(String, String),
+}
+
+impl Error {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub fn map(what: impl Into<String>, source: aya::maps::MapError) -> Self {
+        Error::Map {
+            what: what.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The controller of the router fast path, as a library: `routerd` and `routerctl` are thin
+//! shells over it.
+
+pub mod config;
+pub mod datapath;
+pub mod error;
+pub mod netlink;
+pub mod netns;
+pub mod paths;
+pub mod router;
+pub mod stats;
+
+pub use error::{ConfigError, Error};

@@ -1,0 +1,24 @@
+//! Every runtime path of the controller, in one place.
+
+use std::path::PathBuf;
+
+/// Where bpffs is mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// Our directory under bpffs: one sub-directory per router holds its pinned maps.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/neutron-router";
+/// Run-time state (which interfaces each router has), for `routerctl`.
+pub const RUN_DIR: &str = "/run/neutron-router";
+/// Where network namespaces are bound, as `ip netns` does it.
+pub const NETNS_DIR: &str = "/run/netns";
+
+pub fn router_pin_dir(router: &str) -> PathBuf {
+    PathBuf::from(PIN_ROOT).join(router)
+}
+
+pub fn router_info_file(router: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("{router}.json"))
+}
+
+pub fn netns_path(namespace: &str) -> PathBuf {
+    PathBuf::from(NETNS_DIR).join(namespace)
+}

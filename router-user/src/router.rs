@@ -1,0 +1,448 @@
+//! One running router: a thread inside the router's namespace that sets the kernel up from
+//! the desired state, loads and attaches the fast path, and keeps its maps in step with the
+//! kernel's routes and neighbours.
+
+use std::{
+    collections::BTreeMap,
+    sync::mpsc,
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use netlink_packet_core::NetlinkPayload;
+use netlink_packet_route::RouteNetlinkMessage;
+use router_common::{IfaceEntry, RouteEntry, iface_flags, iface_role};
+use rtnetlink::{Handle, MulticastGroup};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::{
+    config::{Mode, Router},
+    datapath::{Datapath, RouteSlot},
+    error::Error,
+    netlink, netns, paths,
+};
+
+/// How long route/address events are gathered before the routes are mirrored again.
+const RESYNC_DELAY: Duration = Duration::from_millis(20);
+/// A full re-read of routes and neighbours, in case a netlink event was lost.
+const SAFETY_RESYNC: Duration = Duration::from_secs(10);
+
+/// What `routerctl` learns about a running router (written to `paths::RUN_DIR`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RouterInfo {
+    pub router: String,
+    pub namespace: String,
+    pub mode: String,
+    pub interfaces: Vec<InterfaceInfo>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InterfaceInfo {
+    pub name: String,
+    pub ifindex: u32,
+    /// "internal" (qr) or "external" (qg).
+    pub role: String,
+    /// Whether XDP redirects into this interface (otherwise the TC entry forwards).
+    pub xdp_egress: bool,
+}
+
+/// A router whose fast path is attached; dropping it without `stop` also stops it.
+pub struct RunningRouter {
+    pub info: RouterInfo,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RunningRouter {
+    /// Sets the router up in its namespace and attaches the fast path. Returns once it
+    /// forwards, or with the error that stopped it (then nothing of it stays attached).
+    pub fn start(router: Router) -> Result<Self, Error> {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let name = format!("router-{}", router.id);
+        let thread = thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || run(router, ready_tx, stop_rx))
+            .map_err(|e| Error::io(format!("spawning thread {name}"), e))?;
+        match ready_rx.recv() {
+            Ok(Ok(info)) => Ok(Self {
+                info,
+                stop: Some(stop_tx),
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(Error::io(
+                    format!("thread {name} ended during setup"),
+                    std::io::Error::other("panicked"),
+                ))
+            }
+        }
+    }
+
+    /// Detaches the fast path, removes the pins, and waits for the thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for RunningRouter {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn run(
+    router: Router,
+    ready: mpsc::Sender<Result<RouterInfo, Error>>,
+    stop: oneshot::Receiver<()>,
+) {
+    let fail = |e| {
+        let _ = ready.send(Err(e));
+    };
+    let ready_ok = ready.clone();
+    if let Err(source) = netns::enter(&paths::netns_path(&router.namespace)) {
+        return fail(Error::Namespace {
+            router: router.id.clone(),
+            namespace: router.namespace.clone(),
+            source,
+        });
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(Error::io("building the router runtime", e)),
+    };
+    runtime.block_on(async move {
+        let (conn, handle, _) = match rtnetlink::new_connection() {
+            Ok(c) => c,
+            Err(e) => return fail(Error::io("opening rtnetlink", e)),
+        };
+        tokio::spawn(conn);
+        let mut state = match setup(&router, &handle).await {
+            Ok(state) => state,
+            Err(e) => return fail(e),
+        };
+        let info = state.info.clone();
+        if let Err(e) = write_info(&info) {
+            return fail(e);
+        }
+        let _ = ready_ok.send(Ok(info));
+        log::info!(
+            "router {}: fast path attached ({} mode) to {}",
+            router.id,
+            router.mode,
+            state
+                .info
+                .interfaces
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if let Err(e) = state.mirror(&handle, stop).await {
+            log::error!("router {}: mirror stopped: {e}", router.id);
+        }
+        let _ = std::fs::remove_file(paths::router_info_file(&router.id));
+        log::info!("router {}: detached", router.id);
+        // `state` drops here: links detach and pins are removed.
+    });
+}
+
+struct RouterState {
+    id: String,
+    info: RouterInfo,
+    datapath: Datapath,
+    /// ifindex → interface name, for the interfaces the router drives.
+    ifaces: BTreeMap<u32, String>,
+}
+
+async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
+    let nl = |what: String| {
+        let router = router.id.clone();
+        move |source| Error::Netlink {
+            router,
+            what,
+            source,
+        }
+    };
+    // Everything is resolved before anything is changed.
+    let mut wanted = Vec::new();
+    if let Some(g) = &router.gateway {
+        wanted.push((
+            g.interface.clone(),
+            g.address,
+            iface_role::EXTERNAL,
+            g.xdp_egress,
+        ));
+    }
+    for i in &router.interfaces {
+        wanted.push((
+            i.name.clone(),
+            i.address,
+            iface_role::INTERNAL,
+            i.xdp_egress,
+        ));
+    }
+    let mut links = Vec::new();
+    for (name, addr, role, xdp_egress) in &wanted {
+        let link = netlink::link_by_name(handle, name)
+            .await
+            .map_err(nl(format!("looking up {name}")))?
+            .ok_or_else(|| Error::InterfaceMissing {
+                router: router.id.clone(),
+                interface: name.clone(),
+                namespace: router.namespace.clone(),
+            })?;
+        let xdp_egress = router.mode == Mode::Xdp
+            && xdp_egress.unwrap_or_else(|| netlink::xdp_egress_default(&link));
+        links.push((link, *addr, *role, xdp_egress));
+    }
+
+    // The kernel stays the slow path: it forwards what the fast path hands over (and
+    // answers TTL expiry), so it needs forwarding on and the same addresses and routes.
+    netns::write_sysctl("net.ipv4.ip_forward", "1").map_err(|e| {
+        Error::io(
+            format!("router {}: enabling net.ipv4.ip_forward", router.id),
+            e,
+        )
+    })?;
+    for (link, addr, _, _) in &links {
+        if !link.up {
+            netlink::set_up(handle, link.index)
+                .await
+                .map_err(nl(format!("setting {} up", link.name)))?;
+        }
+        if netlink::ensure_address(handle, link.index, *addr)
+            .await
+            .map_err(nl(format!("adding {addr} to {}", link.name)))?
+        {
+            log::info!("router {}: added {addr} to {}", router.id, link.name);
+        }
+    }
+    if let Some(g) = &router.gateway {
+        let default = crate::config::Prefix::new_truncating(std::net::Ipv4Addr::UNSPECIFIED, 0);
+        netlink::ensure_route(handle, default, g.nexthop)
+            .await
+            .map_err(nl(format!("adding default route via {}", g.nexthop)))?;
+    }
+    for r in &router.routes {
+        netlink::ensure_route(handle, r.destination, r.nexthop)
+            .await
+            .map_err(nl(format!(
+                "adding route {} via {}",
+                r.destination, r.nexthop
+            )))?;
+    }
+
+    let mut datapath = Datapath::load(&router.id)?;
+    let mut ifaces = BTreeMap::new();
+    let mut infos = Vec::new();
+    for (link, _, role, xdp_egress) in &links {
+        let entry = IfaceEntry {
+            mac: link.mac,
+            _pad: [0; 2],
+            mtu: link.mtu,
+            role: *role,
+            flags: if *xdp_egress {
+                iface_flags::XDP_EGRESS
+            } else {
+                0
+            },
+        };
+        datapath.set_iface(link.index, entry)?;
+        if *xdp_egress {
+            datapath.set_xdp_egress(link.index)?;
+        }
+        ifaces.insert(link.index, link.name.clone());
+        infos.push(InterfaceInfo {
+            name: link.name.clone(),
+            ifindex: link.index,
+            role: if *role == iface_role::EXTERNAL {
+                "external"
+            } else {
+                "internal"
+            }
+            .to_string(),
+            xdp_egress: *xdp_egress,
+        });
+    }
+    let mut state = RouterState {
+        id: router.id.clone(),
+        info: RouterInfo {
+            router: router.id.clone(),
+            namespace: router.namespace.clone(),
+            mode: router.mode.to_string(),
+            interfaces: infos,
+        },
+        datapath,
+        ifaces,
+    };
+    state.resync(handle).await?;
+    state
+        .datapath
+        .pin_maps(&paths::router_pin_dir(&router.id))?;
+    let attach: Vec<(String, u32)> = links
+        .iter()
+        .map(|(l, ..)| (l.name.clone(), l.index))
+        .collect();
+    state.datapath.attach(router.mode, &attach)?;
+    Ok(state)
+}
+
+impl RouterState {
+    /// Mirrors the kernel's routes and neighbours into the maps, writing only differences.
+    async fn resync(&mut self, handle: &Handle) -> Result<(), Error> {
+        let nl = |what: &str| {
+            let router = self.id.clone();
+            let what = what.to_string();
+            move |source| Error::Netlink {
+                router,
+                what,
+                source,
+            }
+        };
+        let routes = netlink::route_entries(handle)
+            .await
+            .map_err(nl("dumping routes"))?;
+        let mut wanted: BTreeMap<RouteSlot, RouteEntry> = BTreeMap::new();
+        for (len, key, entry) in routes {
+            // The kernel consults its local table first: a local entry wins a tie.
+            let slot = (len, key);
+            let keep_local = wanted
+                .get(&slot)
+                .is_some_and(|e| e.kind == router_common::route_kind::LOCAL);
+            if !keep_local {
+                wanted.insert(slot, entry);
+            }
+        }
+        let writes = self.datapath.sync_routes(&wanted)?;
+        if writes > 0 {
+            log::debug!("router {}: {writes} route writes", self.id);
+        }
+        let neighbors = netlink::neighbor_entries(handle)
+            .await
+            .map_err(nl("dumping neighbours"))?;
+        let ours: Vec<_> = neighbors
+            .into_iter()
+            .filter(|(k, _)| self.ifaces.contains_key(&k.ifindex))
+            .collect();
+        self.datapath.sync_neighbors(&ours)
+    }
+
+    /// Follows netlink events until `stop` fires: neighbours are applied one by one as they
+    /// change, route and address changes trigger a re-mirror of the routes.
+    async fn mirror(
+        &mut self,
+        handle: &Handle,
+        mut stop: oneshot::Receiver<()>,
+    ) -> Result<(), Error> {
+        let groups = [
+            MulticastGroup::Neigh,
+            MulticastGroup::Ipv4Route,
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Link,
+        ];
+        let (conn, _, mut events) = rtnetlink::new_multicast_connection(&groups)
+            .map_err(|e| Error::io("subscribing to rtnetlink events", e))?;
+        tokio::spawn(conn);
+        // Events between setup's dump and the subscription would be lost: read again.
+        self.resync(handle).await?;
+        let mut dirty = false;
+        let mut safety = tokio::time::interval(SAFETY_RESYNC);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                event = events.next() => {
+                    let Some((msg, _)) = event else {
+                        log::warn!("router {}: rtnetlink event stream ended; resubscribing", self.id);
+                        return Box::pin(self.mirror(handle, stop)).await;
+                    };
+                    match msg.payload {
+                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n))
+                        | NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(n)) => {
+                            self.apply_neighbor(&n)?;
+                        }
+                        NetlinkPayload::InnerMessage(_) => dirty = true,
+                        // An overrun (ENOBUFS) loses events: read everything again.
+                        NetlinkPayload::Error(_) | NetlinkPayload::Overrun(_) => dirty = true,
+                        _ => {}
+                    }
+                }
+                _ = tokio::time::sleep(RESYNC_DELAY), if dirty => {
+                    dirty = false;
+                    self.resync(handle).await?;
+                }
+                _ = safety.tick() => self.resync(handle).await?,
+            }
+        }
+    }
+
+    fn apply_neighbor(
+        &mut self,
+        msg: &netlink_packet_route::neighbour::NeighbourMessage,
+    ) -> Result<(), Error> {
+        let Some((key, entry)) = netlink::neighbor_entry(msg) else {
+            return Ok(());
+        };
+        if !self.ifaces.contains_key(&key.ifindex) {
+            return Ok(());
+        }
+        log::debug!("router {}: neighbour {:?} -> {:?}", self.id, key, entry);
+        self.datapath.set_neighbor(key, entry)
+    }
+}
+
+fn write_info(info: &RouterInfo) -> Result<(), Error> {
+    std::fs::create_dir_all(paths::RUN_DIR)
+        .map_err(|e| Error::io(format!("creating {}", paths::RUN_DIR), e))?;
+    let path = paths::router_info_file(&info.router);
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(info)
+        .map_err(|e| Error::io("encoding router info", std::io::Error::other(e)))?;
+    std::fs::write(&tmp, text).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(format!("renaming {}", path.display()), e))
+}
+
+/// Reads the info files of every running router.
+pub fn running_routers() -> Result<Vec<RouterInfo>, Error> {
+    let mut out = Vec::new();
+    let dir = match std::fs::read_dir(paths::RUN_DIR) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io(format!("reading {}", paths::RUN_DIR), e)),
+    };
+    for entry in dir.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            let info: RouterInfo = serde_json::from_str(&text).map_err(|e| {
+                Error::io(
+                    format!("parsing {}", path.display()),
+                    std::io::Error::other(e),
+                )
+            })?;
+            out.push(info);
+        }
+    }
+    out.sort_by(|a, b| a.router.cmp(&b.router));
+    Ok(out)
+}

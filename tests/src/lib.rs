@@ -1,0 +1,16 @@
+//! Shared helpers of the privileged tests: network-namespace guards, topology building,
+//! and a frame builder over etherparse (an independent implementation of the headers).
+
+pub mod frames;
+pub mod netns;
+pub mod topo;
+
+/// Panics with a clear message unless running as root (every test here needs it).
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests need root: run them with `cargo xtask test`"
+    );
+}

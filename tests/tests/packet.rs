@@ -1,0 +1,555 @@
+//! Packet tests: the real programs run on crafted frames with BPF_PROG_TEST_RUN against
+//! known map contents (PKTGEN -> SETUP -> CHECK). Every fixture runs through both entries,
+//! XDP and TC, and checks the verdict, the reason counter, and the bytes that come out.
+
+use aya::programs::{TestRun, TestRunOptions};
+use router_common::{
+    IfaceEntry, IfaceStats, NeighborEntry, NeighborKey, Reason, RouteEntry, RouteKey, TABLE_MAIN,
+    iface_flags, iface_role, route_kind, xdp_meta,
+};
+use router_tests::{
+    frames::{self, NEXT_HOP_MAC, ROUTER_IN_MAC, ROUTER_OUT_MAC},
+    netns::NetnsGuard,
+    topo::{ifindex, ip},
+};
+use router_user::datapath::Datapath;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const OTHER_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x31];
+const SLOW_OUT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x40];
+const SLOW_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x41];
+
+/// The router under test: interfaces in a private namespace, maps filled as the controller
+/// would fill them.
+struct Fixture {
+    _ns: NetnsGuard,
+    dp: Datapath,
+    ingress: u32,
+    egress: u32,
+    slow: u32,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let ns = NetnsGuard::new();
+        for (a, b) in [("in0", "in1"), ("out0", "out1"), ("slow0", "slow1")] {
+            ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
+            ip(&["link", "set", a, "up"]);
+            ip(&["link", "set", b, "up"]);
+        }
+        let (ingress, egress, slow) = (ifindex("in0"), ifindex("out0"), ifindex("slow0"));
+        let mut dp = Datapath::load("packet-test").expect("loading the eBPF object");
+        let iface = |mac, role, flags| IfaceEntry {
+            mac,
+            _pad: [0; 2],
+            mtu: 1500,
+            role,
+            flags,
+        };
+        dp.set_iface(
+            ingress,
+            iface(ROUTER_IN_MAC, iface_role::INTERNAL, iface_flags::XDP_EGRESS),
+        )
+        .expect("IFACES");
+        dp.set_iface(
+            egress,
+            iface(
+                ROUTER_OUT_MAC,
+                iface_role::EXTERNAL,
+                iface_flags::XDP_EGRESS,
+            ),
+        )
+        .expect("IFACES");
+        dp.set_iface(slow, iface(SLOW_OUT_MAC, iface_role::INTERNAL, 0))
+            .expect("IFACES");
+        dp.set_xdp_egress(ingress).expect("EGRESS_DEVS");
+        dp.set_xdp_egress(egress).expect("EGRESS_DEVS");
+
+        let route = |kind, ifindex, gateway| RouteEntry {
+            kind,
+            ifindex,
+            gateway,
+            _pad: 0,
+        };
+        let mut routes = std::collections::BTreeMap::new();
+        let mut add = |addr: [u8; 4], len: u32, entry| {
+            routes.insert(
+                (RouteKey::TABLE_BITS + len, RouteKey::new(TABLE_MAIN, addr)),
+                entry,
+            );
+        };
+        add(
+            [10, 0, 1, 0],
+            24,
+            route(route_kind::UNICAST, ingress, [0; 4]),
+        );
+        add([10, 0, 1, 1], 32, route(route_kind::LOCAL, 0, [0; 4]));
+        add(
+            [198, 18, 0, 0],
+            24,
+            route(route_kind::UNICAST, egress, [0; 4]),
+        );
+        add(
+            [198, 51, 100, 0],
+            24,
+            route(route_kind::UNICAST, egress, [198, 18, 0, 1]),
+        );
+        add(
+            [10, 20, 0, 0],
+            16,
+            route(route_kind::UNICAST, egress, [198, 18, 0, 1]),
+        );
+        add(
+            [10, 20, 5, 0],
+            24,
+            route(route_kind::UNICAST, egress, [198, 18, 0, 254]),
+        );
+        add([192, 0, 2, 0], 24, route(route_kind::BLACKHOLE, 0, [0; 4]));
+        add([203, 0, 113, 0], 24, route(route_kind::KERNEL, 0, [0; 4]));
+        add(
+            [100, 64, 0, 0],
+            24,
+            route(route_kind::UNICAST, slow, [0; 4]),
+        );
+        dp.sync_routes(&routes).expect("ROUTES");
+
+        let neigh = |ifindex, addr, mac| {
+            (
+                NeighborKey { ifindex, addr },
+                NeighborEntry { mac, _pad: [0; 2] },
+            )
+        };
+        dp.sync_neighbors(&[
+            neigh(egress, [198, 18, 0, 1], NEXT_HOP_MAC),
+            neigh(egress, [198, 18, 0, 254], OTHER_HOP_MAC),
+            neigh(slow, [100, 64, 0, 9], SLOW_HOP_MAC),
+        ])
+        .expect("NEIGHBORS");
+        Self {
+            _ns: ns,
+            dp,
+            ingress,
+            egress,
+            slow,
+        }
+    }
+
+    fn stats(&mut self) -> IfaceStats {
+        self.dp.stats(self.ingress).expect("reading IFACE_STATS")
+    }
+
+    /// Runs the XDP entry; returns (verdict, output frame).
+    fn run_xdp(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&self.ingress.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        };
+        let result = self
+            .dp
+            .xdp()
+            .test_run(opts)
+            .expect("BPF_PROG_TEST_RUN (XDP)");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    /// Runs the TC entry; returns (verdict, output frame).
+    fn run_tc(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        // struct __sk_buff up to `ifindex` (offset 40); the kernel zero-fills the rest and
+        // refuses `ingress_ifindex` together with `ifindex`.
+        let mut ctx = [0u8; 44];
+        ctx[40..44].copy_from_slice(&self.ingress.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        };
+        let result = self
+            .dp
+            .tc()
+            .test_run(opts)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN (TC) on {frame:02x?}: {e}"));
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+}
+
+/// What a fixture expects.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Expect {
+    /// Forwarded with these MACs (dst, src); TTL one less.
+    Forward([u8; 6], [u8; 6]),
+    /// Handed to the kernel untouched.
+    Pass(Reason),
+    /// Dropped.
+    Drop(Reason),
+}
+
+struct Case {
+    name: &'static str,
+    frame: Vec<u8>,
+    xdp: Expect,
+    /// `None` where BPF_PROG_TEST_RUN cannot build an skb from the frame.
+    tc: Option<Expect>,
+}
+
+fn case(name: &'static str, frame: Vec<u8>, both: Expect) -> Case {
+    Case {
+        name,
+        frame,
+        xdp: both,
+        tc: Some(both),
+    }
+}
+
+const VM: [u8; 4] = [10, 0, 1, 5];
+
+fn cases() -> Vec<Case> {
+    let fwd = Expect::Forward(NEXT_HOP_MAC, ROUTER_OUT_MAC);
+    let mut ttl1 = frames::udp(VM, [198, 51, 100, 7], 1, b"x");
+    let ttl0 = frames::udp(VM, [198, 51, 100, 7], 0, b"x");
+
+    let mut options = frames::udp(VM, [198, 51, 100, 7], 64, b"payload!");
+    // IHL 6 with one word of NOP options inserted after the fixed header.
+    options.splice(34..34, [1u8, 1, 1, 1]);
+    options[14] = 0x46;
+    let tot = u16::from_be_bytes([options[16], options[17]]) + 4;
+    options[16..18].copy_from_slice(&tot.to_be_bytes());
+    frames::fix_ip_checksum(&mut options);
+
+    let mut more_fragments = frames::udp(VM, [198, 51, 100, 7], 64, b"frag");
+    more_fragments[20] = 0x20; // MF
+    frames::fix_ip_checksum(&mut more_fragments);
+    let mut later_fragment = frames::udp(VM, [198, 51, 100, 7], 64, b"frag");
+    later_fragment[21] = 0x10; // offset 16 * 8 bytes
+    frames::fix_ip_checksum(&mut later_fragment);
+
+    let mut bad_ihl = frames::udp(VM, [198, 51, 100, 7], 64, b"x");
+    bad_ihl[14] = 0x44;
+    let mut long_total = frames::udp(VM, [198, 51, 100, 7], 64, b"x");
+    long_total[16..18].copy_from_slice(&600u16.to_be_bytes());
+    frames::fix_ip_checksum(&mut long_total);
+    let mut bad_checksum = frames::udp(VM, [198, 51, 100, 7], 64, b"x");
+    bad_checksum[24] ^= 0xff;
+    let truncated_ip = frames::udp(VM, [198, 51, 100, 7], 64, b"x")[..24].to_vec();
+    // IPv4 header announcing 24 bytes: only half a UDP header.
+    let mut short_udp = frames::udp(VM, [198, 51, 100, 7], 64, b"")[..38].to_vec();
+    short_udp[16..18].copy_from_slice(&24u16.to_be_bytes());
+    frames::fix_ip_checksum(&mut short_udp);
+    let mut short_tcp = frames::tcp(VM, [198, 51, 100, 7], 64)[..44].to_vec();
+    short_tcp[16..18].copy_from_slice(&30u16.to_be_bytes());
+    frames::fix_ip_checksum(&mut short_tcp);
+
+    let mut vlan = frames::udp(VM, [198, 51, 100, 7], 64, b"x");
+    vlan.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
+    let mut double_vlan = vlan.clone();
+    double_vlan.splice(16..16, [0x81, 0x00, 0x00, 0x65]);
+    let mut broadcast_mac = frames::udp(VM, [198, 51, 100, 7], 64, b"x");
+    broadcast_mac[..6].copy_from_slice(&[0xff; 6]);
+    let big = frames::udp(VM, [198, 51, 100, 7], 64, &[0u8; 1600]);
+    ttl1[22] = 1;
+
+    vec![
+        case(
+            "udp, route hit",
+            frames::udp(VM, [198, 51, 100, 7], 64, b"hello"),
+            fwd,
+        ),
+        case(
+            "tcp syn, route hit",
+            frames::tcp(VM, [198, 51, 100, 7], 64),
+            fwd,
+        ),
+        case(
+            "icmp echo, route hit",
+            frames::icmp_echo(VM, [198, 51, 100, 7], 64),
+            fwd,
+        ),
+        case(
+            "shorter prefix /16",
+            frames::udp(VM, [10, 20, 9, 9], 64, b"x"),
+            fwd,
+        ),
+        case(
+            "longest prefix /24 wins over /16",
+            frames::udp(VM, [10, 20, 5, 5], 64, b"x"),
+            Expect::Forward(OTHER_HOP_MAC, ROUTER_OUT_MAC),
+        ),
+        case(
+            "route miss",
+            frames::udp(VM, [8, 8, 8, 8], 64, b"x"),
+            Expect::Pass(Reason::NoRoute),
+        ),
+        case(
+            "connected, neighbour unknown",
+            frames::udp(VM, [198, 18, 0, 77], 64, b"x"),
+            Expect::Pass(Reason::NoNeighbor),
+        ),
+        case("ttl 1", ttl1, Expect::Pass(Reason::TtlExpired)),
+        case("ttl 0", ttl0, Expect::Pass(Reason::TtlExpired)),
+        case("ip options", options, Expect::Pass(Reason::IpOptions)),
+        case(
+            "first fragment (MF)",
+            more_fragments,
+            Expect::Pass(Reason::Fragment),
+        ),
+        case(
+            "later fragment (offset)",
+            later_fragment,
+            Expect::Pass(Reason::Fragment),
+        ),
+        case("ihl 4", bad_ihl, Expect::Drop(Reason::MalformedIpv4)),
+        case(
+            "total length beyond frame",
+            long_total,
+            Expect::Drop(Reason::MalformedIpv4),
+        ),
+        // The kernel's skb test run refuses an IPv4 frame shorter than an IPv4 header.
+        Case {
+            name: "truncated ipv4 header",
+            frame: truncated_ip,
+            xdp: Expect::Drop(Reason::MalformedIpv4),
+            tc: None,
+        },
+        case(
+            "bad ip checksum",
+            bad_checksum,
+            Expect::Drop(Reason::BadIpChecksum),
+        ),
+        case(
+            "truncated udp header",
+            short_udp,
+            Expect::Drop(Reason::MalformedL4),
+        ),
+        case(
+            "truncated tcp header",
+            short_tcp,
+            Expect::Drop(Reason::MalformedL4),
+        ),
+        case("one vlan tag", vlan, Expect::Pass(Reason::Vlan)),
+        case("two vlan tags", double_vlan, Expect::Pass(Reason::OtherL3)),
+        case(
+            "ipv6",
+            frames::raw_l2(0x86dd, &[0x60; 40]),
+            Expect::Pass(Reason::Ipv6),
+        ),
+        case(
+            "arp",
+            frames::raw_l2(0x0806, &[0; 28]),
+            Expect::Pass(Reason::Arp),
+        ),
+        case(
+            "not the router's mac",
+            broadcast_mac,
+            Expect::Pass(Reason::NotRouterMac),
+        ),
+        case(
+            "to the router itself",
+            frames::udp(VM, [10, 0, 1, 1], 64, b"x"),
+            Expect::Pass(Reason::LocalDest),
+        ),
+        case(
+            "blackhole route",
+            frames::udp(VM, [192, 0, 2, 5], 64, b"x"),
+            Expect::Drop(Reason::Blackhole),
+        ),
+        case(
+            "unreachable route",
+            frames::udp(VM, [203, 0, 113, 1], 64, b"x"),
+            Expect::Pass(Reason::KernelRoute),
+        ),
+        case(
+            "bigger than egress mtu",
+            big,
+            Expect::Pass(Reason::FragNeeded),
+        ),
+        case(
+            "multicast destination",
+            frames::udp(VM, [224, 0, 0, 5], 64, b"x"),
+            Expect::Pass(Reason::SpecialAddress),
+        ),
+        case(
+            "zero source",
+            frames::udp([0, 0, 0, 0], [198, 51, 100, 7], 64, b"x"),
+            Expect::Pass(Reason::SpecialAddress),
+        ),
+        Case {
+            name: "egress without XDP delivery: XDP hands it to TC, TC forwards",
+            frame: frames::udp(VM, [100, 64, 0, 9], 64, b"x"),
+            xdp: Expect::Pass(Reason::XdpToTc),
+            tc: Some(Expect::Forward(SLOW_HOP_MAC, SLOW_OUT_MAC)),
+        },
+    ]
+}
+
+fn check(f: &mut Fixture, entry: &str, case: &Case, expect: Expect, verdict: u32, out: &[u8]) {
+    let name = format!("{entry}: {}", case.name);
+    let (redirect, pass, drop) = if entry == "xdp" {
+        (XDP_REDIRECT, XDP_PASS, XDP_DROP)
+    } else {
+        (TC_ACT_REDIRECT, TC_ACT_OK, TC_ACT_SHOT)
+    };
+    match expect {
+        Expect::Forward(dst, src) => {
+            assert_eq!(verdict, redirect, "{name}: verdict");
+            let got = frames::parse(out);
+            let sent = frames::parse(&case.frame);
+            assert_eq!(got.dst_mac, dst, "{name}: destination MAC");
+            assert_eq!(got.src_mac, src, "{name}: source MAC");
+            assert_eq!(got.ttl, sent.ttl - 1, "{name}: TTL");
+            assert!(
+                got.ip_checksum_ok,
+                "{name}: IPv4 checksum after TTL decrement"
+            );
+            assert!(got.l4_checksum_ok, "{name}: L4 checksum");
+            assert_eq!(
+                out[14..22],
+                case.frame[14..22],
+                "{name}: IPv4 header before TTL"
+            );
+            assert_eq!(out[26..], case.frame[26..], "{name}: addresses and payload");
+        }
+        Expect::Pass(reason) => {
+            assert_eq!(verdict, pass, "{name}: verdict");
+            let frame = if entry == "xdp" {
+                // The XDP entry leaves a tag in the metadata area for the TC entry.
+                let tag = if reason == Reason::XdpToTc {
+                    xdp_meta::TC_FORWARD
+                } else {
+                    xdp_meta::DONE
+                };
+                assert_eq!(
+                    out.len(),
+                    case.frame.len() + xdp_meta::LEN,
+                    "{name}: metadata"
+                );
+                assert_eq!(out[..4], tag.to_ne_bytes(), "{name}: metadata tag");
+                &out[xdp_meta::LEN..]
+            } else {
+                out
+            };
+            assert_eq!(
+                frame,
+                &case.frame[..],
+                "{name}: a passed frame must be untouched"
+            );
+        }
+        Expect::Drop(_) => assert_eq!(verdict, drop, "{name}: verdict"),
+    }
+    let _ = f;
+}
+
+fn run_all(entry: &str) {
+    let mut f = Fixture::new();
+    for case in cases() {
+        let before = f.stats();
+        let (expect, (verdict, out)) = match (entry, case.tc) {
+            ("xdp", _) => (case.xdp, f.run_xdp(&case.frame)),
+            (_, Some(tc)) => (tc, f.run_tc(&case.frame)),
+            (_, None) => continue,
+        };
+        check(&mut f, entry, &case, expect, verdict, &out);
+        let after = f.stats();
+        let name = format!("{entry}: {}", case.name);
+        let len = case.frame.len() as u64;
+        match expect {
+            Expect::Forward(..) => {
+                assert_eq!(
+                    after.fwd_packets,
+                    before.fwd_packets + 1,
+                    "{name}: fwd_packets"
+                );
+                assert_eq!(after.fwd_bytes, before.fwd_bytes + len, "{name}: fwd_bytes");
+            }
+            Expect::Pass(r) => {
+                assert_eq!(
+                    after.reasons[r as usize],
+                    before.reasons[r as usize] + 1,
+                    "{name}: reason {r:?}"
+                );
+                let counted = u64::from(r != Reason::XdpToTc);
+                assert_eq!(
+                    after.pass_packets,
+                    before.pass_packets + counted,
+                    "{name}: pass_packets"
+                );
+                assert_eq!(
+                    after.pass_bytes,
+                    before.pass_bytes + counted * len,
+                    "{name}: pass_bytes"
+                );
+            }
+            Expect::Drop(r) => {
+                assert_eq!(
+                    after.reasons[r as usize],
+                    before.reasons[r as usize] + 1,
+                    "{name}: reason {r:?}"
+                );
+                assert_eq!(
+                    after.drop_packets,
+                    before.drop_packets + 1,
+                    "{name}: drop_packets"
+                );
+                assert_eq!(
+                    after.drop_bytes,
+                    before.drop_bytes + len,
+                    "{name}: drop_bytes"
+                );
+            }
+        }
+    }
+    let _ = (f.egress, f.slow);
+}
+
+#[test]
+fn xdp_entry_fixtures() {
+    run_all("xdp");
+}
+
+#[test]
+fn tc_entry_fixtures() {
+    run_all("tc");
+}
+
+#[test]
+fn unknown_ingress_is_passed_and_not_counted_elsewhere() {
+    let mut f = Fixture::new();
+    ip(&[
+        "link", "add", "stray0", "type", "veth", "peer", "name", "stray1",
+    ]);
+    let stray = ifindex("stray0");
+    let frame = frames::udp(VM, [198, 51, 100, 7], 64, b"x");
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&stray.to_ne_bytes());
+    let mut out = vec![0u8; 256];
+    let opts = TestRunOptions {
+        data_in: Some(&frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        ..Default::default()
+    };
+    let before = f.stats();
+    let r = f.dp.xdp().test_run(opts).expect("test run");
+    assert_eq!(r.return_value, XDP_PASS);
+    assert_eq!(
+        f.stats(),
+        before,
+        "a foreign interface must not touch our counters"
+    );
+}
