@@ -313,12 +313,20 @@ pub fn sum_stats<T: std::borrow::Borrow<MapData>>(
     Ok(total)
 }
 
-/// Opens the pinned counters of a running router (for `routerctl`).
-pub fn open_pinned_stats(router: &str) -> Result<PerCpuHashMap<MapData, u32, IfaceStats>, Error> {
+/// Opens map `name` pinned by a running router.
+pub fn open_pinned<T>(router: &str, name: &str) -> Result<T, Error>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
     let dir = crate::paths::router_pin_dir(router);
-    let path = dir.join(map_names::IFACE_STATS);
+    let path = dir.join(name);
     let data = MapData::from_pin(&path)
         .map_err(|_| Error::NotRunning(router.to_string(), dir.display().to_string()))?;
     let map = Map::from_map_data(data).map_err(|e| Error::map(path.display().to_string(), e))?;
-    PerCpuHashMap::try_from(map).map_err(|e| Error::map(path.display().to_string(), e))
+    T::try_from(map).map_err(|e| Error::map(path.display().to_string(), e))
+}
+
+/// Opens the pinned counters of a running router (for `routerctl`).
+pub fn open_pinned_stats(router: &str) -> Result<PerCpuHashMap<MapData, u32, IfaceStats>, Error> {
+    open_pinned(router, map_names::IFACE_STATS)
 }

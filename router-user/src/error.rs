@@ -66,6 +66,8 @@ pub enum Error {
         #[source]
         source: aya::pin::PinError,
     },
+    #[error("bpffs is not mounted at {0}: run `cargo xtask setup` or `mount -t bpf bpf {0}`")]
+    NoBpffs(&'static str),
     #[error("router {0} is not running (no pinned maps under {1})")]
     NotRunning(String, String),
 }

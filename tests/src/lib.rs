@@ -3,7 +3,9 @@
 
 pub mod frames;
 pub mod netns;
+pub mod routerd;
 pub mod topo;
+pub mod traffic;
 
 /// Panics with a clear message unless running as root (every test here needs it).
 pub fn require_root() {

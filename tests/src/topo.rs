@@ -1,7 +1,11 @@
-//! Building topologies with iproute2 (setup only: results are read from the kernel, never by
-//! matching command output).
+//! Building topologies of network namespaces and veth pairs with iproute2. Commands are
+//! only used to build; results are read from the kernel, never by matching their output.
 
-use std::process::Command;
+use std::{
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
 
 /// Runs `ip ARGS` and panics with its stderr if it fails.
 pub fn ip(args: &[&str]) {
@@ -29,4 +33,144 @@ pub fn ifindex(name: &str) -> u32 {
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
     assert_ne!(index, 0, "interface {name} does not exist");
     index
+}
+
+/// A name no other test run uses at the same time: `<prefix><pid>n<counter>`.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}n{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Named network namespaces (`ip netns add`), deleted on drop whatever happened.
+#[derive(Default)]
+pub struct Namespaces {
+    names: Vec<String>,
+}
+
+impl Namespaces {
+    pub fn add(&mut self, name: &str) -> String {
+        ip(&["netns", "add", name]);
+        self.names.push(name.to_string());
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+        name.to_string()
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in self.names.drain(..).rev() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+}
+
+/// The router of the issue's example: an external host on the gateway subnet, a router
+/// namespace with `qg` and two `qr` ports, and one VM on each internal subnet. The VMs'
+/// interfaces are left as a VM's would be: no XDP program, default offloads.
+pub struct RouterTopology {
+    pub router_id: String,
+    pub router_ns: String,
+    pub ext_ns: String,
+    pub vm_a_ns: String,
+    pub vm_b_ns: String,
+    pub qg: String,
+    pub config: PathBuf,
+    /// Declared last: namespaces go after everything that lives in them.
+    pub namespaces: Namespaces,
+}
+
+pub const EXT_HOST: [u8; 4] = [198, 18, 0, 1];
+pub const GATEWAY_IP: [u8; 4] = [198, 18, 0, 2];
+pub const VM_A: [u8; 4] = [10, 0, 1, 5];
+pub const VM_B: [u8; 4] = [10, 0, 2, 5];
+pub const QR_A_IP: [u8; 4] = [10, 0, 1, 1];
+
+impl RouterTopology {
+    /// Builds the namespaces and links, and writes the desired-state file for `mode`.
+    pub fn build(mode: &str) -> Self {
+        crate::require_root();
+        let mut namespaces = Namespaces::default();
+        let tag = unique("t");
+        let router_ns = namespaces.add(&format!("qrouter-{tag}"));
+        let ext_ns = namespaces.add(&format!("ext-{tag}"));
+        let vm_a_ns = namespaces.add(&format!("vma-{tag}"));
+        let vm_b_ns = namespaces.add(&format!("vmb-{tag}"));
+        let qg = "qg-ext".to_string();
+
+        for (port, host_ns) in [
+            (qg.as_str(), &ext_ns),
+            ("qr-a", &vm_a_ns),
+            ("qr-b", &vm_b_ns),
+        ] {
+            ip(&[
+                "link", "add", port, "netns", &router_ns, "type", "veth", "peer", "name", "eth0",
+                "netns", host_ns,
+            ]);
+            ip(&["-n", host_ns, "link", "set", "eth0", "up"]);
+        }
+        ip(&["-n", &ext_ns, "addr", "add", "198.18.0.1/24", "dev", "eth0"]);
+        ip(&[
+            "-n",
+            &ext_ns,
+            "route",
+            "add",
+            "10.0.0.0/8",
+            "via",
+            "198.18.0.2",
+        ]);
+        ip(&["-n", &vm_a_ns, "addr", "add", "10.0.1.5/24", "dev", "eth0"]);
+        ip(&["-n", &vm_a_ns, "route", "add", "default", "via", "10.0.1.1"]);
+        ip(&["-n", &vm_b_ns, "addr", "add", "10.0.2.5/24", "dev", "eth0"]);
+        ip(&["-n", &vm_b_ns, "route", "add", "default", "via", "10.0.2.1"]);
+
+        let router_id = tag.clone();
+        let config = std::env::temp_dir().join(format!("{tag}.toml"));
+        let text = format!(
+            r#"[[router]]
+id = "{router_id}"
+namespace = "{router_ns}"
+mode = "{mode}"
+
+[router.gateway]
+interface = "{qg}"
+address = "198.18.0.2/24"
+nexthop = "198.18.0.1"
+snat = true
+
+[[router.interface]]
+name = "qr-a"
+address = "10.0.1.1/24"
+
+[[router.interface]]
+name = "qr-b"
+address = "10.0.2.1/24"
+
+[[router.route]]
+destination = "10.20.0.0/16"
+nexthop = "10.0.1.254"
+"#
+        );
+        std::fs::write(&config, text)
+            .unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
+        Self {
+            router_id,
+            router_ns,
+            ext_ns,
+            vm_a_ns,
+            vm_b_ns,
+            qg,
+            config,
+            namespaces,
+        }
+    }
+}
+
+impl Drop for RouterTopology {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
 }

@@ -43,6 +43,10 @@ fn run(args: Args) -> Result<(), router_user::Error> {
         );
         return Ok(());
     }
+    // Checked before anything is changed, like the configuration.
+    if !router_user::paths::bpffs_mounted() {
+        return Err(router_user::Error::NoBpffs(router_user::paths::BPFFS));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

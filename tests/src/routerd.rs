@@ -1,0 +1,111 @@
+//! The real `routerd` binary as a child process, stopped with SIGTERM on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::traffic::wait_for;
+
+pub struct Routerd {
+    child: Option<Child>,
+    pub router_id: String,
+    log: PathBuf,
+}
+
+/// The binary `cargo xtask test` built (ROUTERD_BIN), or the debug build next to the tests.
+pub fn routerd_path() -> PathBuf {
+    std::env::var_os("ROUTERD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/routerd"))
+}
+
+impl Routerd {
+    /// Starts routerd on `config` and waits until router `router_id` is attached.
+    pub fn start(config: &Path, router_id: &str) -> Self {
+        let bin = routerd_path();
+        let log = std::env::temp_dir().join(format!("routerd-{router_id}.log"));
+        let log_file = std::fs::File::create(&log).expect("routerd log file");
+        let child = Command::new(&bin)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "starting {}: {e} (build it with `cargo xtask test`)",
+                    bin.display()
+                )
+            });
+        let mut me = Self {
+            child: Some(child),
+            router_id: router_id.to_string(),
+            log,
+        };
+        let info = router_user::paths::router_info_file(router_id);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !info.exists() {
+            if let Some(status) = me.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!(
+                    "routerd exited with {status} during setup:\n{}",
+                    me.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "routerd did not attach in time:\n{}",
+                me.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        me
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the exit status's success.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let mut ok = false;
+        wait_for(
+            "routerd to exit after SIGTERM",
+            Duration::from_secs(10),
+            || match child.try_wait() {
+                Ok(Some(status)) => {
+                    ok = status.success();
+                    true
+                }
+                _ => false,
+            },
+        );
+        ok
+    }
+}
+
+impl Drop for Routerd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

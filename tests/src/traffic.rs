@@ -1,0 +1,270 @@
+//! Real traffic between namespaces, from threads that enter them. Every loop is bounded in
+//! count and time.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::sched::{CloneFlags, setns};
+
+/// Runs `f` on a new thread inside namespace `ns` and returns its result.
+pub fn in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("entering {path}: {e}"));
+        f()
+    })
+}
+
+pub fn join<T>(h: thread::JoinHandle<T>) -> T {
+    h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// `ping -c count` from namespace `ns`; true when every echo was answered.
+pub fn ping(ns: &str, dst: [u8; 4], count: u32) -> bool {
+    let dst = Ipv4Addr::from(dst).to_string();
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            &dst,
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Deterministic test content: byte i of the stream.
+fn content(i: usize) -> u8 {
+    (i.wrapping_mul(2654435761) >> 13) as u8
+}
+
+/// Sends `bytes` of known content over TCP from `client_ns` to a server in `server_ns` at
+/// `server`:`port`; the server checks every byte. Returns the bytes verified.
+pub fn tcp_transfer(
+    client_ns: &str,
+    server_ns: &str,
+    server: [u8; 4],
+    port: u16,
+    bytes: usize,
+) -> usize {
+    let addr = SocketAddrV4::new(Ipv4Addr::from(server), port);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let srv = in_ns(server_ns, move || {
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        ready_tx.send(()).expect("signal ready");
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut seen = 0usize;
+        loop {
+            let n = conn
+                .read(&mut buf)
+                .unwrap_or_else(|e| panic!("server read after {seen} bytes: {e}"));
+            if n == 0 {
+                break;
+            }
+            for (k, b) in buf[..n].iter().enumerate() {
+                assert_eq!(
+                    *b,
+                    content(seen + k),
+                    "byte {} corrupted in transit",
+                    seen + k
+                );
+            }
+            seen += n;
+        }
+        conn.write_all(&(seen as u64).to_be_bytes()).expect("ack");
+        seen
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server ready");
+    let cli = in_ns(client_ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        s.set_write_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let chunk: Vec<u8> = (0..bytes).map(content).collect();
+        s.write_all(&chunk).expect("client write");
+        s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let mut ack = [0u8; 8];
+        s.read_exact(&mut ack).expect("server ack");
+        u64::from_be_bytes(ack) as usize
+    });
+    let acked = join(cli);
+    let seen = join(srv);
+    assert_eq!(acked, seen);
+    seen
+}
+
+/// Sends one UDP datagram from `client_ns` to `server`:`port` in `server_ns` and returns
+/// whether it arrived within `wait`.
+pub fn udp_once(
+    client_ns: &str,
+    server_ns: &str,
+    server: [u8; 4],
+    port: u16,
+    wait: Duration,
+) -> bool {
+    let addr = SocketAddrV4::new(Ipv4Addr::from(server), port);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let srv = in_ns(server_ns, move || {
+        let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        sock.set_read_timeout(Some(wait)).expect("timeout");
+        ready_tx.send(()).expect("ready");
+        let mut buf = [0u8; 64];
+        matches!(sock.recv(&mut buf), Ok(n) if &buf[..n] == b"first")
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server ready");
+    join(in_ns(client_ns, move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        sock.send_to(b"first", addr).expect("send");
+    }));
+    join(srv)
+}
+
+/// What a probe with a small TTL got back, as traceroute sees it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct IcmpError {
+    pub from: Ipv4Addr,
+    pub icmp_type: u8,
+}
+
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+
+/// Sends a UDP probe with `ttl` from `ns` to `dst` (a closed port) and returns the ICMP
+/// error the sender's kernel reports for it (IP_RECVERR), like one hop of traceroute.
+pub fn udp_probe(ns: &str, dst: [u8; 4], ttl: u32) -> Option<IcmpError> {
+    join(in_ns(ns, move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        let fd = sock.as_raw_fd();
+        let on: libc::c_int = 1;
+        let ttl = ttl as libc::c_int;
+        // SAFETY: valid socket and option buffers of the right size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_RECVERR,
+                (&on as *const libc::c_int).cast(),
+                4,
+            );
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_TTL,
+                (&ttl as *const libc::c_int).cast(),
+                4,
+            );
+        }
+        sock.send_to(b"probe", SocketAddrV4::new(Ipv4Addr::from(dst), 33434))
+            .expect("send probe");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Some(e) = read_errqueue(fd) {
+                return Some(e);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }))
+}
+
+fn read_errqueue(fd: i32) -> Option<IcmpError> {
+    let mut data = [0u8; 64];
+    let mut control = [0u8; 512];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain data; zeroed is a valid start.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len();
+    // SAFETY: all buffers live for the call.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return None;
+    }
+    // SAFETY: walking the control messages the kernel wrote into `control`.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_RECVERR {
+                let err = libc::CMSG_DATA(cmsg) as *const libc::sock_extended_err;
+                let offender = libc::SO_EE_OFFENDER(err) as *const libc::sockaddr_in;
+                return Some(IcmpError {
+                    from: Ipv4Addr::from(u32::from_be((*offender).sin_addr.s_addr)),
+                    icmp_type: (*err).ee_type,
+                });
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    None
+}
+
+/// The namespace's kernel forwarding counter (IpForwDatagrams). /proc/net follows the *process*, so the
+/// thread reads its own namespace through /proc/thread-self.
+pub fn forwarded_by_kernel(ns: &str) -> u64 {
+    join(in_ns(ns, || {
+        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("reading snmp");
+        let mut lines = snmp.lines().filter(|l| l.starts_with("Ip:"));
+        let names: Vec<&str> = lines
+            .next()
+            .expect("Ip header")
+            .split_whitespace()
+            .collect();
+        let values: Vec<&str> = lines
+            .next()
+            .expect("Ip values")
+            .split_whitespace()
+            .collect();
+        let at = names
+            .iter()
+            .position(|n| *n == "ForwDatagrams")
+            .expect("ForwDatagrams column");
+        values[at].parse().expect("a number")
+    }))
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}

@@ -1,0 +1,198 @@
+//! Topology tests: real namespaces, veth pairs, the real routerd, real traffic. Proves the
+//! fast path carries routed traffic in XDP and in TC mode (the kernel's forwarding counter
+//! stays still), that the kernel still answers TTL expiry, and that the first packet to an
+//! unresolved neighbour is not lost.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use aya::maps::{HashMap, MapData};
+use router_common::{NeighborEntry, NeighborKey, map_names};
+use router_tests::{
+    routerd::Routerd,
+    topo::{EXT_HOST, QR_A_IP, RouterTopology, VM_A, VM_B, ip},
+    traffic::{self, ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, IcmpError},
+};
+use router_user::stats;
+
+const TEN_MB: usize = 10 * 1024 * 1024;
+
+fn counters(router: &str, iface: &str) -> stats::InterfaceStats {
+    let rows = stats::collect(Some(router)).expect("reading pinned counters");
+    rows.into_iter()
+        .find(|r| r.interface == iface)
+        .unwrap_or_else(|| panic!("no counters for {iface}"))
+}
+
+fn fwd_packets(router: &str, iface: &str) -> u64 {
+    counters(router, iface).forwarded_packets
+}
+
+fn fwd_bytes(router: &str, iface: &str) -> u64 {
+    counters(router, iface).forwarded_bytes
+}
+
+fn has_neighbor(router: &str, ifname: &str, addr: [u8; 4]) -> bool {
+    let map: HashMap<MapData, NeighborKey, NeighborEntry> =
+        router_user::datapath::open_pinned(router, map_names::NEIGHBORS).expect("pinned NEIGHBORS");
+    let info = router_user::router::running_routers()
+        .expect("router info")
+        .into_iter()
+        .find(|r| r.router == router)
+        .expect("router is running");
+    let ifindex = info
+        .interfaces
+        .iter()
+        .find(|i| i.name == ifname)
+        .expect("interface")
+        .ifindex;
+    map.get(&NeighborKey { ifindex, addr }, 0).is_ok()
+}
+
+fn routed_through_fast_path(mode: &str) {
+    let topo = RouterTopology::build(mode);
+    let mut routerd = Routerd::start(&topo.config, &topo.router_id);
+    let id = topo.router_id.clone();
+
+    // Reachability (this also resolves the neighbours).
+    assert!(
+        traffic::ping(&topo.vm_a_ns, VM_B, 3),
+        "{mode}: ping VM A -> VM B\n{}",
+        routerd.log_text()
+    );
+    assert!(
+        traffic::ping(&topo.vm_a_ns, EXT_HOST, 3),
+        "{mode}: ping VM A -> external host"
+    );
+    assert!(
+        traffic::ping(&topo.vm_b_ns, EXT_HOST, 3),
+        "{mode}: ping VM B -> external host"
+    );
+    assert!(
+        traffic::ping(&topo.ext_ns, VM_A, 3),
+        "{mode}: ping external host -> VM A"
+    );
+
+    // Bulk TCP with content checks; the kernel must not forward any of it.
+    let kernel_before = traffic::forwarded_by_kernel(&topo.router_ns);
+    let (qr_a_before, qg_before) = (fwd_bytes(&id, "qr-a"), fwd_packets(&id, &topo.qg));
+    let flows = [
+        (&topo.vm_a_ns, &topo.vm_b_ns, VM_B, 5001),
+        (&topo.vm_a_ns, &topo.ext_ns, EXT_HOST, 5002),
+        (&topo.vm_b_ns, &topo.ext_ns, EXT_HOST, 5003),
+    ];
+    for (from, to, dst, port) in flows {
+        let got = traffic::tcp_transfer(from, to, dst, port, TEN_MB);
+        assert_eq!(got, TEN_MB, "{mode}: TCP {from} -> {to}");
+    }
+    let kernel_grew = traffic::forwarded_by_kernel(&topo.router_ns) - kernel_before;
+    let qr_a = fwd_bytes(&id, "qr-a") - qr_a_before;
+    let qg = fwd_packets(&id, &topo.qg) - qg_before;
+    // Bytes, not packets: in TC mode a VM's TSO super-packets are forwarded whole.
+    assert!(
+        qr_a >= 2 * TEN_MB as u64,
+        "{mode}: fast path forwarded only {qr_a} bytes from qr-a"
+    );
+    assert!(
+        qg >= 100,
+        "{mode}: fast path forwarded only {qg} packets (ACKs) from qg"
+    );
+    assert!(
+        kernel_grew <= 10,
+        "{mode}: the kernel forwarded {kernel_grew} datagrams of the transfer (fast path: {qr_a})"
+    );
+
+    // traceroute: hop 1 is the router (time exceeded), hop 2 the destination.
+    assert_eq!(
+        traffic::udp_probe(&topo.vm_a_ns, EXT_HOST, 1),
+        Some(IcmpError {
+            from: Ipv4Addr::from(QR_A_IP),
+            icmp_type: ICMP_TIME_EXCEEDED
+        }),
+        "{mode}: TTL 1 must be answered by the router"
+    );
+    assert_eq!(
+        traffic::udp_probe(&topo.vm_a_ns, EXT_HOST, 2),
+        Some(IcmpError {
+            from: Ipv4Addr::from(EXT_HOST),
+            icmp_type: ICMP_DEST_UNREACH
+        }),
+        "{mode}: TTL 2 must reach the external host"
+    );
+
+    // The first packet to an unresolved next hop is not lost; the entry is then mirrored.
+    ip(&["-n", &topo.router_ns, "neigh", "flush", "dev", "qr-b"]);
+    traffic::wait_for(
+        "the neighbour to leave the map",
+        Duration::from_secs(3),
+        || !has_neighbor(&id, "qr-b", VM_B),
+    );
+    assert!(
+        traffic::udp_once(
+            &topo.vm_a_ns,
+            &topo.vm_b_ns,
+            VM_B,
+            6001,
+            Duration::from_secs(3)
+        ),
+        "{mode}: the first datagram to an unresolved neighbour was lost"
+    );
+    traffic::wait_for(
+        "the resolved neighbour in the map",
+        Duration::from_secs(5),
+        || has_neighbor(&id, "qr-b", VM_B),
+    );
+    let kernel_before = traffic::forwarded_by_kernel(&topo.router_ns);
+    let fwd_before = fwd_packets(&id, "qr-a");
+    assert!(traffic::udp_once(
+        &topo.vm_a_ns,
+        &topo.vm_b_ns,
+        VM_B,
+        6002,
+        Duration::from_secs(3)
+    ));
+    assert_eq!(
+        traffic::forwarded_by_kernel(&topo.router_ns),
+        kernel_before,
+        "{mode}: after resolution the fast path forwards"
+    );
+    assert_eq!(
+        fwd_packets(&id, "qr-a"),
+        fwd_before + 1,
+        "{mode}: fast-path counter"
+    );
+
+    // SIGTERM detaches cleanly: pins gone, the kernel forwards again.
+    assert!(
+        routerd.stop(),
+        "{mode}: routerd exit status\n{}",
+        routerd.log_text()
+    );
+    assert!(
+        !router_user::paths::router_pin_dir(&id).exists(),
+        "{mode}: pins left behind"
+    );
+    assert!(
+        !router_user::paths::router_info_file(&id).exists(),
+        "{mode}: info file left behind"
+    );
+    let kernel_before = traffic::forwarded_by_kernel(&topo.router_ns);
+    assert!(
+        traffic::ping(&topo.vm_a_ns, VM_B, 2),
+        "{mode}: kernel path after detach"
+    );
+    let kernel_after = traffic::forwarded_by_kernel(&topo.router_ns);
+    assert!(
+        kernel_after >= kernel_before + 4,
+        "{mode}: the kernel forwards after detach ({kernel_before} -> {kernel_after})"
+    );
+}
+
+#[test]
+fn xdp_mode_routes_through_the_fast_path() {
+    routed_through_fast_path("xdp");
+}
+
+#[test]
+fn tc_mode_routes_through_the_fast_path() {
+    routed_through_fast_path("tc");
+}
