@@ -1,1 +1,230 @@
-fn main() {}
+//! `cargo xtask setup | test | demo | build`: the project's drivers.
+//!
+//! `setup` installs what a fresh machine lacks, idempotently and quickly when nothing is
+//! missing; `test` and `demo` run it first.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// The nightly that builds the eBPF object; its LLVM must match bpf-linker's.
+const NIGHTLY: &str = "nightly";
+const NIGHTLY_LLVM_MAJOR: &str = "22";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// Debian packages the build, the tests and the demo use.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "iproute2",
+    "iputils-ping",
+    "ethtool",
+    "libc6-dev",
+];
+
+#[derive(Parser)]
+#[command(about = "build, setup, test and demo drivers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what this machine lacks (toolchain parts, packages, bpf-linker, bpffs).
+    Setup,
+    /// Build the eBPF object, routerd and routerctl (release).
+    Build,
+    /// Run every test: unit tests, packet tests, topology tests.
+    Test {
+        /// Extra arguments for the test binaries (a filter, --nocapture, ...).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Build the seed-003 topology, run routerd on it, send traffic, print the counters.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Setup => setup(),
+        Cmd::Build => {
+            setup()?;
+            build_release()
+        }
+        Cmd::Test { args } => {
+            setup()?;
+            test(&args)
+        }
+        Cmd::Demo => {
+            setup()?;
+            build_release()?;
+            demo()
+        }
+    }
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn step(what: &str) {
+    eprintln!("setup: {what}");
+}
+
+fn setup() -> Result<()> {
+    let start = Instant::now();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("setup installs packages and mounts bpffs: run as root");
+    }
+
+    // 1. The nightly with rust-src (for -Z build-std=core).
+    let Some(version) = output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "-vV"]))
+    else {
+        step("installing the nightly toolchain");
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+        ]))?;
+        return setup();
+    };
+    if !version.contains(&format!("LLVM version: {NIGHTLY_LLVM_MAJOR}.")) {
+        bail!(
+            "the `{NIGHTLY}` toolchain must use LLVM {NIGHTLY_LLVM_MAJOR} (bpf-linker is built against it); it says:\n{version}"
+        );
+    }
+    let sysroot =
+        output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--print", "sysroot"]))
+            .context("asking the nightly for its sysroot")?;
+    let rust_src = Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core");
+    if !rust_src.exists() {
+        step("adding rust-src to the nightly");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+    }
+
+    // 2. Debian packages.
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        step(&format!("installing {}", missing.join(" ")));
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+
+    // 3. bpf-linker built against LLVM 22.
+    let linker_ok = output(Command::new("bpf-linker").arg("--version"))
+        .is_some_and(|v| v.contains(BPF_LINKER_VERSION));
+    if !linker_ok {
+        step(&format!(
+            "building bpf-linker {BPF_LINKER_VERSION} against LLVM {NIGHTLY_LLVM_MAJOR} (about a minute)"
+        ));
+        run(cargo()
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{NIGHTLY_LLVM_MAJOR}"),
+            ])
+            .env("LLVM_PREFIX", LLVM_PREFIX))?;
+    }
+
+    // 4. bpffs.
+    let mounted = std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            l.split_whitespace().nth(1) == Some("/sys/fs/bpf")
+                && l.split_whitespace().nth(2) == Some("bpf")
+        });
+    if !mounted {
+        step("mounting bpffs at /sys/fs/bpf");
+        run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    eprintln!("setup: ready ({:.1}s)", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn build_release() -> Result<()> {
+    run(cargo().args(["build", "--release", "-p", "router-user", "--bins"]))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    // The binaries the topology tests start.
+    run(cargo().args(["build", "-p", "router-user", "--bins"]))?;
+    let routerd = workspace().join("target/debug/routerd");
+    run(cargo()
+        .args([
+            "test",
+            "-p",
+            "router-common",
+            "-p",
+            "router-user",
+            "-p",
+            "router-tests",
+            "-p",
+            "xtask",
+            "--",
+        ])
+        .args(args)
+        .env("ROUTERD_BIN", routerd))
+}
+
+fn demo() -> Result<()> {
+    let bin_dir = workspace().join("target/release");
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "router-tests",
+            "--bin",
+            "demo",
+            "--",
+        ])
+        .arg(&bin_dir))
+}
