@@ -161,6 +161,39 @@ fn routed_through_fast_path(mode: &str) {
         "{mode}: fast-path counter"
     );
 
+    // routerctl reads the same pinned counters, as a table and as JSON.
+    let ctl = router_tests::routerd::routerd_path().with_file_name("routerctl");
+    let out = std::process::Command::new(&ctl)
+        .args(["stats", "--json", "--router", &id])
+        .output()
+        .expect("running routerctl");
+    assert!(
+        out.status.success(),
+        "routerctl stats: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("routerctl --json output");
+    let rows = rows.as_array().expect("a JSON array");
+    let qr_a_row = rows
+        .iter()
+        .find(|r| r["interface"] == "qr-a")
+        .expect("qr-a row");
+    assert!(qr_a_row["forwarded_bytes"].as_u64().unwrap_or(0) >= 2 * TEN_MB as u64);
+    assert_eq!(qr_a_row["role"], "internal");
+    assert!(
+        rows.iter()
+            .any(|r| r["interface"] == topo.qg.as_str() && r["role"] == "external")
+    );
+    let out = std::process::Command::new(&ctl)
+        .arg("stats")
+        .output()
+        .expect("running routerctl");
+    assert!(
+        out.status.success() && !out.stdout.is_empty(),
+        "routerctl stats table"
+    );
+
     // SIGTERM detaches cleanly: pins gone, the kernel forwards again.
     assert!(
         routerd.stop(),
@@ -195,4 +228,32 @@ fn xdp_mode_routes_through_the_fast_path() {
 #[test]
 fn tc_mode_routes_through_the_fast_path() {
     routed_through_fast_path("tc");
+}
+
+#[test]
+fn invalid_desired_state_is_rejected_before_anything_changes() {
+    let topo = RouterTopology::build("xdp");
+    let good = std::fs::read_to_string(&topo.config).expect("config");
+    let bad = good.replace("10.0.1.254", "10.9.9.9");
+    std::fs::write(&topo.config, bad).expect("write bad config");
+    let out = std::process::Command::new(router_tests::routerd::routerd_path())
+        .arg("--config")
+        .arg(&topo.config)
+        .output()
+        .expect("running routerd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "routerd accepted an invalid file");
+    assert!(
+        stderr.contains("route[0].nexthop") && stderr.contains("10.9.9.9"),
+        "{stderr}"
+    );
+    // Nothing was touched: no address on qg, no pins, no info file.
+    let addrs = traffic::join(traffic::in_ns(&topo.router_ns, || {
+        std::fs::read_to_string("/proc/thread-self/net/fib_trie").expect("fib_trie")
+    }));
+    assert!(
+        !addrs.contains("198.18.0.2"),
+        "routerd changed the namespace before rejecting"
+    );
+    assert!(!router_user::paths::router_pin_dir(&topo.router_id).exists());
 }

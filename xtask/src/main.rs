@@ -4,8 +4,9 @@
 //! missing; `test` and `demo` run it first.
 
 use std::{
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::Instant,
 };
 
@@ -183,6 +184,18 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_are_read_from_test_result_lines() {
+        let line =
+            "ok. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.4s";
+        assert_eq!(super::count_before(line, " passed"), 3);
+        assert_eq!(super::count_before(line, " failed"), 1);
+        assert_eq!(super::count_before("garbage", " passed"), 0);
+    }
+}
+
 unsafe extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
@@ -196,21 +209,42 @@ fn test(args: &[String]) -> Result<()> {
     // The binaries the topology tests start.
     run(cargo().args(["build", "-p", "router-user", "--bins"]))?;
     let routerd = workspace().join("target/debug/routerd");
-    run(cargo()
-        .args([
-            "test",
-            "-p",
-            "router-common",
-            "-p",
-            "router-user",
-            "-p",
-            "router-tests",
-            "-p",
-            "xtask",
-            "--",
-        ])
+    let packages = ["router-common", "router-user", "router-tests", "xtask"];
+    let mut child = cargo()
+        .args(["test", "--lib", "--bins", "--tests"])
+        .args(packages.iter().flat_map(|p| ["-p", p]))
+        .arg("--")
         .args(args)
-        .env("ROUTERD_BIN", routerd))
+        .env("ROUTERD_BIN", routerd)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    // Echo the output and add up every binary's "test result:" line into one closing line.
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count_before(rest, " passed");
+            failed += count_before(rest, " failed");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("\nxtask test: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
+}
+
+/// The number just before `label` in a "test result:" line ("ok. 3 passed; 0 failed; ...").
+fn count_before(line: &str, label: &str) -> u64 {
+    line.split(';')
+        .find_map(|part| part.strip_suffix(label))
+        .and_then(|n| n.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn demo() -> Result<()> {
