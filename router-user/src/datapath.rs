@@ -34,14 +34,14 @@ pub struct Datapath {
 impl Datapath {
     /// Loads the object and both programs into the kernel (nothing is attached).
     pub fn load(router: &str) -> Result<Self, Error> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(Box::new)?;
         let program_error = |what: &str| {
             let what = what.to_string();
             let router = router.to_string();
             move |source| Error::Program {
                 router,
                 what,
-                source,
+                source: Box::new(source),
             }
         };
         let xdp: &mut Xdp = program(&mut ebpf, prog_names::XDP)?
@@ -83,7 +83,7 @@ impl Datapath {
             move |source| Error::Program {
                 router,
                 what,
-                source,
+                source: Box::new(source),
             }
         };
         for (name, index) in interfaces {
@@ -95,7 +95,7 @@ impl Datapath {
                 result.map_err(|source| Error::Program {
                     router: router.clone(),
                     what: format!("attaching native XDP to {name} (use mode = \"tc\" for interfaces without native XDP)"),
-                    source,
+                    source: Box::new(source),
                 })?;
             }
             let tc: &mut SchedClassifier = program(&mut self.ebpf, prog_names::TC)?
@@ -109,7 +109,7 @@ impl Datapath {
             result.map_err(|source| Error::Program {
                 router: router.clone(),
                 what: format!("attaching TC (tcx ingress) to {name}"),
-                source,
+                source: Box::new(source),
             })?;
         }
         Ok(())
@@ -125,7 +125,7 @@ impl Datapath {
             let map = self.map(name)?;
             map.pin(&path).map_err(|source| Error::Pin {
                 what: format!("pinning {name} at {}", path.display()),
-                source,
+                source: Box::new(source),
             })?;
         }
         self.pin_dir = Some(dir.to_path_buf());

@@ -43,28 +43,28 @@ pub enum Error {
         router: String,
         what: String,
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     #[error("loading the eBPF object: {0}")]
-    Load(#[from] aya::EbpfError),
+    Load(#[from] Box<aya::EbpfError>),
     #[error("router {router}: {what}: {source}")]
     Program {
         router: String,
         what: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("{what}: {source}")]
     Map {
         what: String,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     #[error("{what}: {source}")]
     Pin {
         what: String,
         #[source]
-        source: aya::pin::PinError,
+        source: Box<aya::pin::PinError>,
     },
     #[error("bpffs is not mounted at {0}: run `cargo xtask setup` or `mount -t bpf bpf {0}`")]
     NoBpffs(&'static str),
@@ -83,7 +83,7 @@ impl Error {
     pub fn map(what: impl Into<String>, source: aya::maps::MapError) -> Self {
         Error::Map {
             what: what.into(),
-            source,
+            source: Box::new(source),
         }
     }
 }

@@ -26,5 +26,5 @@ pub fn netns_path(namespace: &str) -> PathBuf {
 /// Whether bpffs is mounted at [`BPFFS`] (pins need it).
 pub fn bpffs_mounted() -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-    nix::sys::statfs::statfs(BPFFS).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(BPFFS).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }

@@ -180,7 +180,7 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
         move |source| Error::Netlink {
             router,
             what,
-            source,
+            source: Box::new(source),
         }
     };
     // Everything is resolved before anything is changed.
@@ -316,7 +316,7 @@ impl RouterState {
             move |source| Error::Netlink {
                 router,
                 what,
-                source,
+                source: Box::new(source),
             }
         };
         let routes = netlink::route_entries(handle)
