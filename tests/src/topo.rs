@@ -92,6 +92,12 @@ pub const QR_A_IP: [u8; 4] = [10, 0, 1, 1];
 impl RouterTopology {
     /// Builds the namespaces and links, and writes the desired-state file for `mode`.
     pub fn build(mode: &str) -> Self {
+        Self::build_with(mode, false)
+    }
+
+    /// As `build`; with `xdp_egress` the hosts' ends run GRO (so XDP frames redirected into
+    /// the router's veths are delivered) and the configuration declares it.
+    pub fn build_with(mode: &str, xdp_egress: bool) -> Self {
         crate::require_root();
         let mut namespaces = Namespaces::default();
         let tag = unique("t");
@@ -111,6 +117,14 @@ impl RouterTopology {
                 "netns", host_ns,
             ]);
             ip(&["-n", host_ns, "link", "set", "eth0", "up"]);
+            if xdp_egress {
+                run(
+                    "ip",
+                    &[
+                        "netns", "exec", host_ns, "ethtool", "-K", "eth0", "gro", "on", "tx", "off",
+                    ],
+                );
+            }
         }
         ip(&["-n", &ext_ns, "addr", "add", "198.18.0.1/24", "dev", "eth0"]);
         ip(&[
@@ -129,6 +143,11 @@ impl RouterTopology {
 
         let router_id = tag.clone();
         let config = std::env::temp_dir().join(format!("{tag}.toml"));
+        let egress = if xdp_egress {
+            "xdp_egress = true\n"
+        } else {
+            ""
+        };
         let text = format!(
             r#"[[router]]
 id = "{router_id}"
@@ -140,15 +159,15 @@ interface = "{qg}"
 address = "198.18.0.2/24"
 nexthop = "198.18.0.1"
 snat = true
-
+{egress}
 [[router.interface]]
 name = "qr-a"
 address = "10.0.1.1/24"
-
+{egress}
 [[router.interface]]
 name = "qr-b"
 address = "10.0.2.1/24"
-
+{egress}
 [[router.route]]
 destination = "10.20.0.0/16"
 nexthop = "10.0.1.254"
