@@ -31,8 +31,6 @@ struct Fixture {
     _ns: NetnsGuard,
     dp: Datapath,
     ingress: u32,
-    egress: u32,
-    slow: u32,
 }
 
 impl Fixture {
@@ -135,8 +133,6 @@ impl Fixture {
             _ns: ns,
             dp,
             ingress,
-            egress,
-            slow,
         }
     }
 
@@ -397,7 +393,7 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn check(f: &mut Fixture, entry: &str, case: &Case, expect: Expect, verdict: u32, out: &[u8]) {
+fn check(entry: &str, case: &Case, expect: Expect, verdict: u32, out: &[u8]) {
     let name = format!("{entry}: {}", case.name);
     let (redirect, pass, drop) = if entry == "xdp" {
         (XDP_REDIRECT, XDP_PASS, XDP_DROP)
@@ -451,7 +447,6 @@ fn check(f: &mut Fixture, entry: &str, case: &Case, expect: Expect, verdict: u32
         }
         Expect::Drop(_) => assert_eq!(verdict, drop, "{name}: verdict"),
     }
-    let _ = f;
 }
 
 fn run_all(entry: &str) {
@@ -463,7 +458,7 @@ fn run_all(entry: &str) {
             (_, Some(tc)) => (tc, f.run_tc(&case.frame)),
             (_, None) => continue,
         };
-        check(&mut f, entry, &case, expect, verdict, &out);
+        check(entry, &case, expect, verdict, &out);
         let after = f.stats();
         let name = format!("{entry}: {}", case.name);
         let len = case.frame.len() as u64;
@@ -513,7 +508,6 @@ fn run_all(entry: &str) {
             }
         }
     }
-    let _ = (f.egress, f.slow);
 }
 
 #[test]

@@ -109,6 +109,18 @@ fn routed(mode: &str, xdp_egress: bool) {
         qg >= 100,
         "{mode}: fast path forwarded only {qg} packets (ACKs) from qg"
     );
+    let to_tc = reason_count(&id, "qr-a", "xdp_to_tc") - to_tc_before;
+    if xdp_egress {
+        assert_eq!(
+            to_tc, 0,
+            "{mode}: with XDP egress every packet must leave by DEVMAP redirect"
+        );
+    } else if mode == "xdp" {
+        assert!(
+            to_tc > 0,
+            "{mode}: veths without XDP on the far end must be reached through TC"
+        );
+    }
     assert!(
         kernel_grew <= 10,
         "{mode}: the kernel forwarded {kernel_grew} datagrams of the transfer (fast path: {qr_a})"
