@@ -6,8 +6,10 @@
 //! exactly one byte order to think about.
 #![no_std]
 
+pub mod nat;
 pub mod reason;
 
+pub use nat::*;
 pub use reason::Reason;
 
 /// Names of the maps in the eBPF object; user space opens them by these names.
@@ -17,8 +19,26 @@ pub mod map_names {
     pub const IFACES: &str = "IFACES";
     pub const EGRESS_DEVS: &str = "EGRESS_DEVS";
     pub const IFACE_STATS: &str = "IFACE_STATS";
+    pub const NAT_CONFIG: &str = "NAT_CONFIG";
+    pub const FIP_BY_ADDRESS: &str = "FIP_BY_ADDRESS";
+    pub const FIP_BY_FIXED: &str = "FIP_BY_FIXED";
+    pub const FIP_STATS: &str = "FIP_STATS";
+    pub const SNAT_STATS: &str = "SNAT_STATS";
+    pub const SESSIONS: &str = "SESSIONS";
     /// Every map above, in the order `routerctl` and the pinning code walk them.
-    pub const ALL: [&str; 5] = [ROUTES, NEIGHBORS, IFACES, EGRESS_DEVS, IFACE_STATS];
+    pub const ALL: [&str; 11] = [
+        ROUTES,
+        NEIGHBORS,
+        IFACES,
+        EGRESS_DEVS,
+        IFACE_STATS,
+        NAT_CONFIG,
+        FIP_BY_ADDRESS,
+        FIP_BY_FIXED,
+        FIP_STATS,
+        SNAT_STATS,
+        SESSIONS,
+    ];
 }
 
 /// Names of the programs in the eBPF object.
@@ -124,6 +144,9 @@ pub struct IfaceEntry {
     pub role: u32,
     /// Bits of [`iface_flags`].
     pub flags: u32,
+    /// Session zone of packets arriving here (see [`CtKey::zone`]).
+    pub zone: u16,
+    pub _pad2: [u8; 2],
 }
 
 /// Number of reason slots in [`IfaceStats::reasons`].
@@ -194,6 +217,12 @@ mod pod {
     unsafe impl aya::Pod for NeighborEntry {}
     unsafe impl aya::Pod for IfaceEntry {}
     unsafe impl aya::Pod for IfaceStats {}
+    unsafe impl aya::Pod for NatConfig {}
+    unsafe impl aya::Pod for FipEntry {}
+    unsafe impl aya::Pod for FipStats {}
+    unsafe impl aya::Pod for SnatStats {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
 }
 
 #[cfg(test)]
@@ -208,7 +237,12 @@ mod tests {
         assert_eq!(size_of::<RouteEntry>(), 16);
         assert_eq!(size_of::<NeighborKey>(), 8);
         assert_eq!(size_of::<NeighborEntry>(), 8);
-        assert_eq!(size_of::<IfaceEntry>(), 20);
+        assert_eq!(size_of::<IfaceEntry>(), 24);
+        assert_eq!(size_of::<NatConfig>(), 16);
+        assert_eq!(size_of::<FipEntry>(), 8);
+        assert_eq!(size_of::<CtKey>(), 16);
+        assert_eq!(size_of::<CtEntry>(), 72);
+        assert_eq!(align_of::<CtKey>(), 2);
         assert_eq!(size_of::<IfaceStats>(), 8 * (6 + REASON_SLOTS));
         assert_eq!(align_of::<RouteKey>(), 1);
         assert_eq!(align_of::<IfaceStats>(), 8);

@@ -43,6 +43,13 @@ pub enum Reason {
     SpecialAddress = 16,
     /// XDP entry: the egress cannot take an XDP redirect; the TC entry forwards it.
     XdpToTc = 17,
+    /// TCP to the metadata address 169.254.169.254:80 from an internal interface: the
+    /// kernel redirects it to the local metadata proxy, as Neutron's REDIRECT rule does.
+    Metadata = 18,
+    /// The packet needs a translation the fast path does not do (SNAT of a protocol other
+    /// than TCP, UDP and ICMP echo; an ICMP error about a flow without a session): the
+    /// kernel's slow-path NAT rules translate it.
+    NatSlowPath = 19,
 
     // --- dropped (XDP_DROP / TC_ACT_SHOT) ---
     /// Frame shorter than an Ethernet header.
@@ -58,11 +65,15 @@ pub enum Reason {
     Blackhole = 24,
     /// The redirect to the egress failed.
     RedirectFailed = 25,
+    /// Default SNAT found no free port (or echo identifier) for a new session.
+    NoSnatPort = 26,
+    /// The session table is full: no new session until garbage collection frees entries.
+    SessionTableFull = 27,
 }
 
 impl Reason {
     /// Every reason, in numeric order.
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 27] = [
         Reason::Arp,
         Reason::Ipv6,
         Reason::OtherL3,
@@ -80,12 +91,16 @@ impl Reason {
         Reason::UnknownEgress,
         Reason::SpecialAddress,
         Reason::XdpToTc,
+        Reason::Metadata,
+        Reason::NatSlowPath,
         Reason::TruncatedEthernet,
         Reason::MalformedIpv4,
         Reason::BadIpChecksum,
         Reason::MalformedL4,
         Reason::Blackhole,
         Reason::RedirectFailed,
+        Reason::NoSnatPort,
+        Reason::SessionTableFull,
     ];
 
     /// First numeric value of the drop reasons.
@@ -126,6 +141,10 @@ impl Reason {
             Reason::MalformedL4 => "malformed_l4",
             Reason::Blackhole => "blackhole",
             Reason::RedirectFailed => "redirect_failed",
+            Reason::NoSnatPort => "no_snat_port",
+            Reason::SessionTableFull => "session_table_full",
+            Reason::Metadata => "metadata",
+            Reason::NatSlowPath => "nat_slow_path",
         }
     }
 }

@@ -24,6 +24,9 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "ethtool",
+    "iptables",
+    "nftables",
+    "conntrack",
     "libc6-dev",
 ];
 
