@@ -51,6 +51,9 @@ pub mod prog_names {
 pub const MAX_ROUTES: u32 = 65_536;
 pub const MAX_NEIGHBORS: u32 = 16_384;
 pub const MAX_IFACES: u32 = 256;
+pub const MAX_FLOATING_IPS: u32 = 65_536;
+/// Session table entries (two per session) unless the configuration says otherwise.
+pub const DEFAULT_SESSION_ENTRIES: u32 = 2 * 65_536;
 
 /// The table id of the kernel's main table; tables are numbered as `ip route` numbers them.
 pub const TABLE_MAIN: u32 = 254;

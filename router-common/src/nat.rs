@@ -156,11 +156,11 @@ pub struct CtEntry {
     pub last_seen_ns: u64,
     pub packets: u64,
     pub bytes: u64,
-    /// Bits of [`ct_tcp`] seen in this direction.
-    pub tcp_flags: u8,
+    /// Bits of [`ct_tcp`] seen in this direction (a u32: BPF atomics are 32 or 64 bits).
+    pub tcp_flags: u32,
     /// One of [`ct_dir`].
     pub direction: u8,
     /// One of [`ct_kind`].
     pub kind: u8,
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 2],
 }

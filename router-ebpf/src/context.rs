@@ -1,6 +1,12 @@
 //! What the pipeline needs from a program context, so XDP and TC share one pipeline.
 
-use aya_ebpf::programs::{TcContext, XdpContext};
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, __sk_buff},
+    helpers::bpf_l4_csum_replace,
+    programs::{TcContext, XdpContext},
+};
+
+use crate::csum::Delta;
 
 /// The packet as the pipeline sees it, whichever hook it came from.
 pub struct Frame {
@@ -17,6 +23,16 @@ pub struct Frame {
     /// A GSO super-packet (TC only): its size is not what goes on the wire, so the MTU
     /// check is left to segmentation.
     pub gso: bool,
+    /// The socket buffer under TC; null under XDP.
+    skb: *mut __sk_buff,
+}
+
+/// How a TCP or UDP checksum field treats zero.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum L4Csum {
+    Tcp,
+    /// UDP: 0 means "no checksum" and stays 0; a computed 0 is sent as 0xffff.
+    Udp,
 }
 
 impl Frame {
@@ -30,6 +46,7 @@ impl Frame {
             ingress: ctx.ingress_ifindex() as u32,
             needs_xdp_egress: true,
             gso: false,
+            skb: core::ptr::null_mut(),
         }
     }
 
@@ -47,6 +64,7 @@ impl Frame {
             ingress,
             needs_xdp_egress: false,
             gso,
+            skb: ctx.skb.skb,
         }
     }
 
@@ -59,5 +77,48 @@ impl Frame {
             return None;
         }
         Some(start as *mut T)
+    }
+
+    /// Applies address changes (`pseudo`, covered through the pseudo-header) and port
+    /// changes (`data`) to the TCP or UDP checksum at `offset`. This must be the last write
+    /// to the packet: under TC it calls a helper that invalidates packet pointers.
+    ///
+    /// Under TC the kernel helper is used because an skb from a local stack may carry
+    /// CHECKSUM_PARTIAL: its field then holds only the pseudo-header sum, which must follow
+    /// address changes but not port changes. XDP frames carry complete checksums.
+    #[inline(always)]
+    pub fn finish_l4_csum(&self, offset: usize, kind: L4Csum, pseudo: Delta, data: Delta) {
+        let mangled = if kind == L4Csum::Udp {
+            u64::from(BPF_F_MARK_MANGLED_0)
+        } else {
+            0
+        };
+        if !self.skb.is_null() {
+            // SAFETY: plain helper calls on our own skb; size 0 means "`to` is a diff".
+            // Failures leave the checksum wrong and the receiver drops the packet; they
+            // only happen for offsets beyond the packet, which the parser excluded.
+            unsafe {
+                let flags = u64::from(BPF_F_PSEUDO_HDR) | mangled;
+                bpf_l4_csum_replace(self.skb, offset as u32, 0, u64::from(pseudo.value()), flags);
+                bpf_l4_csum_replace(self.skb, offset as u32, 0, u64::from(data.value()), mangled);
+            }
+            return;
+        }
+        let Some(field) = self.ptr_at::<[u8; 2]>(offset) else {
+            return;
+        };
+        let mut all = pseudo;
+        all.merge(data);
+        // SAFETY: bounds checked by `ptr_at`.
+        unsafe {
+            if kind == L4Csum::Udp && *field == [0, 0] {
+                return;
+            }
+            let mut new = all.apply(*field);
+            if kind == L4Csum::Udp && new == [0, 0] {
+                new = [0xff, 0xff];
+            }
+            *field = new;
+        }
     }
 }

@@ -2,7 +2,10 @@
 
 use router_common::{IfaceStats, REASON_SLOTS, Reason};
 
-use crate::{maps::IFACE_STATS, verdict::Verdict};
+use crate::{
+    maps::{FIP_STATS, IFACE_STATS, SNAT_STATS},
+    verdict::Verdict,
+};
 
 /// Counts `verdict` for a packet of `bytes` that arrived on `ingress`. Interfaces user space
 /// did not register have no entry and are not counted.
@@ -15,9 +18,13 @@ pub fn count(ingress: u32, bytes: u32, verdict: &Verdict) {
     let stats: &mut IfaceStats = unsafe { &mut *stats };
     let bytes = u64::from(bytes);
     match *verdict {
-        Verdict::Forward { .. } => {
+        Verdict::Forward { resolve, .. } => {
             stats.fwd_packets += 1;
             stats.fwd_bytes += bytes;
+            if resolve != [0; 4] {
+                // Forwarded, through the kernel's neighbour resolution.
+                bump(stats, Reason::NoNeighbor);
+            }
         }
         Verdict::Pass(reason) => {
             // Handing to TC is not a pass to the kernel: the TC entry counts the outcome.
@@ -37,8 +44,44 @@ pub fn count(ingress: u32, bytes: u32, verdict: &Verdict) {
 
 #[inline(always)]
 fn bump(stats: &mut IfaceStats, reason: Reason) {
-    let slot = reason as usize;
+    // `black_box`: the compiler knows every reason is < 32 and would drop the bound check
+    // the verifier needs to see.
+    let slot = core::hint::black_box(reason as u32) as usize;
     if slot < REASON_SLOTS {
         stats.reasons[slot] += 1;
+    }
+}
+
+/// Counts a packet translated by floating IP `fip`: `inbound` to it, else from it.
+#[inline(always)]
+pub fn fip(fip: [u8; 4], bytes: u32, inbound: bool) {
+    let Some(stats) = FIP_STATS.get_ptr_mut(&fip) else {
+        return;
+    };
+    // SAFETY: a per-CPU value.
+    let stats = unsafe { &mut *stats };
+    if inbound {
+        stats.in_packets += 1;
+        stats.in_bytes += u64::from(bytes);
+    } else {
+        stats.out_packets += 1;
+        stats.out_bytes += u64::from(bytes);
+    }
+}
+
+/// Counts a packet of a SNAT (or hairpin) session: `original` direction, or a reply.
+#[inline(always)]
+pub fn snat(bytes: u32, original: bool) {
+    let Some(stats) = SNAT_STATS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU value.
+    let stats = unsafe { &mut *stats };
+    if original {
+        stats.out_packets += 1;
+        stats.out_bytes += u64::from(bytes);
+    } else {
+        stats.in_packets += 1;
+        stats.in_bytes += u64::from(bytes);
     }
 }

@@ -21,10 +21,39 @@ pub fn ipv4_header_sum(hdr: &[u8; 20]) -> u16 {
     fold(sum)
 }
 
-/// The checksum after one 16-bit word of the covered data changed from `old` to `new`
-/// (RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m')). All values in network byte order as read.
-#[inline(always)]
-pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
-    let sum = u32::from(!check) + u32::from(!old) + u32::from(new);
-    !fold(sum)
+/// The accumulated difference of several 16-bit words of checksummed data, applied to a
+/// checksum at once (one pass per checksum field, whatever changed).
+#[derive(Clone, Copy, Default)]
+pub struct Delta(u32);
+
+impl Delta {
+    #[inline(always)]
+    pub fn word(&mut self, old: [u8; 2], new: [u8; 2]) {
+        self.0 += u32::from(!u16::from_be_bytes(old)) + u32::from(u16::from_be_bytes(new));
+        self.0 = u32::from(fold(self.0));
+    }
+
+    #[inline(always)]
+    pub fn addr(&mut self, old: [u8; 4], new: [u8; 4]) {
+        self.word([old[0], old[1]], [new[0], new[1]]);
+        self.word([old[2], old[3]], [new[2], new[3]]);
+    }
+
+    #[inline(always)]
+    pub fn merge(&mut self, other: Delta) {
+        self.0 = u32::from(fold(self.0 + other.0));
+    }
+
+    /// The difference as a folded one's-complement sum (a `__wsum` for the TC helpers).
+    #[inline(always)]
+    pub fn value(&self) -> u32 {
+        self.0
+    }
+
+    /// `check` (as read from the packet) after the changes.
+    #[inline(always)]
+    pub fn apply(&self, check: [u8; 2]) -> [u8; 2] {
+        let sum = u32::from(!u16::from_be_bytes(check)) + self.0;
+        (!fold(sum)).to_be_bytes()
+    }
 }

@@ -1,19 +1,28 @@
 //! The router fast path: one pipeline (`pipeline::process`) with an XDP and a TC entry.
 #![no_std]
 #![no_main]
+// Atomic adds on session counters: `core::sync::atomic` has no read-modify-write on BPF.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
+mod arp;
+mod conntrack;
 mod context;
 mod counters;
 mod csum;
+mod flow;
 mod maps;
+mod nat;
 mod parse;
 mod pipeline;
+mod rewrite;
 mod route;
 mod verdict;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    helpers::{bpf_redirect, bpf_xdp_adjust_meta},
+    bindings::bpf_redir_neigh,
+    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_xdp_adjust_meta},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -21,8 +30,9 @@ use router_common::{Reason, xdp_meta};
 
 use crate::{context::Frame, maps::EGRESS_DEVS, verdict::Verdict};
 
-/// Headers the TC entry wants in the linear part of the skb before parsing.
-const TC_LINEAR_BYTES: u32 = 14 + 4 + 20 + 20;
+/// Headers the TC entry wants in the linear part of the skb before parsing: up to the
+/// checksum of a TCP header embedded in an ICMP error.
+const TC_LINEAR_BYTES: u32 = 14 + 20 + 8 + 20 + 18;
 
 #[xdp]
 pub fn router_xdp(ctx: XdpContext) -> u32 {
@@ -86,9 +96,13 @@ pub fn router_tc(ctx: TcContext) -> i32 {
     let frame = Frame::from_tc(&ctx);
     let mut verdict = pipeline::process(&frame);
     let action = match verdict {
-        Verdict::Forward { ifindex, .. } => {
-            // SAFETY: plain helper call.
-            let rc = unsafe { bpf_redirect(ifindex, 0) };
+        Verdict::Forward { ifindex, resolve } => {
+            // SAFETY: plain helper calls from the TC entry.
+            let rc = if resolve == [0; 4] {
+                unsafe { bpf_redirect(ifindex, 0) }
+            } else {
+                unsafe { redirect_neigh(ifindex, resolve) }
+            };
             if rc == aya_ebpf::bindings::TC_ACT_REDIRECT as i64 {
                 rc as i32
             } else {
@@ -102,6 +116,23 @@ pub fn router_tc(ctx: TcContext) -> i32 {
     counters::count(frame.ingress, frame.len, &verdict);
     action
 }
+
+/// Redirects to `ifindex` with the kernel resolving `next_hop`'s MAC (queueing the packet
+/// while it asks), which XDP cannot do.
+///
+/// # Safety
+/// Only from the TC entry.
+#[inline(always)]
+unsafe fn redirect_neigh(ifindex: u32, next_hop: [u8; 4]) -> i64 {
+    let mut params: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+    params.nh_family = AF_INET;
+    params.__bindgen_anon_1.ipv4_nh = u32::from_ne_bytes(next_hop);
+    let size = size_of::<bpf_redir_neigh>() as i32;
+    // SAFETY: `params` lives across the call.
+    unsafe { bpf_redirect_neigh(ifindex, &mut params, size, 0) }
+}
+
+const AF_INET: u32 = 2;
 
 /// The tag the XDP entry left in front of the frame, if any.
 #[inline(always)]

@@ -2,11 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{DevMapHash, HashMap, LpmTrie, PerCpuHashMap},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
 };
 use router_common::{
-    IfaceEntry, IfaceStats, MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES, NeighborEntry, NeighborKey,
-    RouteEntry, RouteKey,
+    CtEntry, CtKey, DEFAULT_SESSION_ENTRIES, FipEntry, FipStats, IfaceEntry, IfaceStats,
+    MAX_FLOATING_IPS, MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES, NatConfig, NeighborEntry,
+    NeighborKey, RouteEntry, RouteKey, SnatStats,
 };
 
 /// Every routing table of the router in one trie (see `RouteKey`).
@@ -30,3 +31,33 @@ pub static EGRESS_DEVS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0)
 #[map]
 pub static IFACE_STATS: PerCpuHashMap<u32, IfaceStats> =
     PerCpuHashMap::with_max_entries(MAX_IFACES, 0);
+
+/// The router's gateway and SNAT settings (one entry).
+#[map]
+pub static NAT_CONFIG: Array<NatConfig> = Array::with_max_entries(1, 0);
+
+/// Floating IP -> fixed IP.
+#[map]
+pub static FIP_BY_ADDRESS: HashMap<[u8; 4], FipEntry> =
+    HashMap::with_max_entries(MAX_FLOATING_IPS, 0);
+
+/// Fixed IP -> floating IP.
+#[map]
+pub static FIP_BY_FIXED: HashMap<[u8; 4], FipEntry> =
+    HashMap::with_max_entries(MAX_FLOATING_IPS, 0);
+
+/// Counters by floating IP; user space creates the entries with the floating IPs.
+#[map]
+pub static FIP_STATS: PerCpuHashMap<[u8; 4], FipStats> =
+    PerCpuHashMap::with_max_entries(MAX_FLOATING_IPS, 0);
+
+/// Counters of the SNAT gateway (one entry).
+#[map]
+pub static SNAT_STATS: PerCpuArray<SnatStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sessions, two entries each (see `router_common::nat`). Not an LRU: a flood of new flows
+/// must not evict established ones; a full table refuses new sessions instead. User space
+/// sizes it from the configuration at load time.
+#[map]
+pub static SESSIONS: HashMap<CtKey, CtEntry> =
+    HashMap::with_max_entries(DEFAULT_SESSION_ENTRIES, 0);

@@ -21,24 +21,38 @@ pub const IPPROTO_UDP: u8 = 17;
 const IPV4_HDR_LEN: usize = 20;
 const IP_MF_AND_OFFSET: u16 = 0x3fff;
 
-/// A parsed IPv4 packet without options and not a fragment.
+/// Offset of the IPv4 header (untagged Ethernet).
+pub const L3_OFFSET: usize = 14;
+/// Offset of the L4 header: packets with IP options never reach the stages that use it.
+pub const L4_OFFSET: usize = L3_OFFSET + IPV4_HDR_LEN;
+
+/// A parsed IPv4 packet without options and not a fragment, whose TCP, UDP or ICMP header
+/// (if that is the protocol) lies within the directly accessible data.
 pub struct Ipv4Packet {
     pub eth: *mut EthHdr,
     pub ip: *mut Ipv4Hdr,
+    pub src: [u8; 4],
     pub dst: [u8; 4],
+    pub proto: u8,
 }
 
-/// Parses the Ethernet header and any VLAN tag; returns the IPv4 header offset.
+/// What the fast path handles at L2.
+pub enum L2 {
+    Ipv4(*mut EthHdr),
+    Arp(*mut EthHdr),
+}
+
+/// Parses the Ethernet header and any VLAN tag.
 #[inline(always)]
-pub fn parse_l2(frame: &Frame) -> Result<*mut EthHdr, Verdict> {
+pub fn parse_l2(frame: &Frame) -> Result<L2, Verdict> {
     let eth: *mut EthHdr = frame
         .ptr_at(0)
         .ok_or(Verdict::Drop(Reason::TruncatedEthernet))?;
     // SAFETY: `ptr_at` checked that the header lies within the packet.
     let ether_type = u16::from_be(unsafe { (*eth).ether_type });
     match ether_type {
-        ETH_P_IP => Ok(eth),
-        ETH_P_ARP => Err(Verdict::Pass(Reason::Arp)),
+        ETH_P_IP => Ok(L2::Ipv4(eth)),
+        ETH_P_ARP => Ok(L2::Arp(eth)),
         ETH_P_IPV6 => Err(Verdict::Pass(Reason::Ipv6)),
         ETH_P_8021Q | ETH_P_8021AD => {
             // One tag is understood (and belongs to a VLAN sub-interface the kernel owns);
@@ -108,7 +122,13 @@ pub fn parse_ipv4(frame: &Frame, eth: *mut EthHdr) -> Result<Ipv4Packet, Verdict
     if !l4_ok {
         return Err(Verdict::Drop(Reason::MalformedL4));
     }
-    Ok(Ipv4Packet { eth, ip, dst })
+    Ok(Ipv4Packet {
+        eth,
+        ip,
+        src,
+        dst,
+        proto,
+    })
 }
 
 /// Addresses the kernel never forwards: 0.0.0.0/8, 127.0.0.0/8, multicast, class E and

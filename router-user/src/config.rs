@@ -39,6 +39,60 @@ pub struct Router {
     pub gateway: Option<Gateway>,
     pub interfaces: Vec<Interface>,
     pub routes: Vec<Route>,
+    pub floating_ips: Vec<FloatingIp>,
+    pub nat: NatSettings,
+}
+
+/// A 1:1 floating IP on the external network for a VM's fixed IP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FloatingIp {
+    pub address: Ipv4Addr,
+    pub fixed: Ipv4Addr,
+}
+
+/// An inclusive port range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.min, self.max)
+    }
+}
+
+/// NAT and session settings (`[router.nat]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatSettings {
+    /// Ports the fast path gives default-SNAT sessions.
+    pub snat_ports: PortRange,
+    /// Ports the kernel's slow-path SNAT uses (disjoint from `snat_ports`).
+    pub slow_path_snat_ports: PortRange,
+    /// Sessions the table holds (each takes two map entries).
+    pub max_sessions: u32,
+    /// Port of the metadata proxy in the router namespace.
+    pub metadata_port: u16,
+    pub timeouts: crate::conntrack::Timeouts,
+}
+
+impl Default for NatSettings {
+    fn default() -> Self {
+        Self {
+            snat_ports: PortRange {
+                min: 1024,
+                max: 64511,
+            },
+            slow_path_snat_ports: PortRange {
+                min: 64512,
+                max: 65535,
+            },
+            max_sessions: 65_536,
+            metadata_port: 9697,
+            timeouts: crate::conntrack::Timeouts::default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,6 +210,43 @@ struct FileRouter {
     interface: Vec<FileInterface>,
     #[serde(default)]
     route: Vec<FileRoute>,
+    #[serde(default)]
+    floating_ip: Vec<FileFloatingIp>,
+    nat: Option<FileNat>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFloatingIp {
+    address: String,
+    fixed: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNat {
+    snat_ports: Option<String>,
+    slow_path_snat_ports: Option<String>,
+    max_sessions: Option<u32>,
+    metadata_port: Option<u16>,
+    timeouts: Option<FileTimeouts>,
+}
+
+/// Session timeouts in seconds; missing ones keep Linux conntrack's defaults.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTimeouts {
+    tcp_syn_sent: Option<u64>,
+    tcp_syn_recv: Option<u64>,
+    tcp_established: Option<u64>,
+    tcp_fin_wait: Option<u64>,
+    tcp_close_wait: Option<u64>,
+    tcp_time_wait: Option<u64>,
+    tcp_close: Option<u64>,
+    udp: Option<u64>,
+    udp_stream: Option<u64>,
+    icmp: Option<u64>,
+    generic: Option<u64>,
 }
 
 fn default_mode() -> String {
@@ -389,6 +480,9 @@ fn validate_router(index: usize, r: &FileRouter) -> Result<Router, ConfigError> 
         });
     }
 
+    let nat = validate_nat(&at, r.nat.as_ref())?;
+    let floating_ips = validate_floating_ips(&at, &r.floating_ip, gateway.as_ref(), &interfaces)?;
+
     Ok(Router {
         id: r.id.clone(),
         namespace: r.namespace.clone(),
@@ -396,7 +490,155 @@ fn validate_router(index: usize, r: &FileRouter) -> Result<Router, ConfigError> 
         gateway,
         interfaces,
         routes,
+        floating_ips,
+        nat,
     })
+}
+
+fn validate_floating_ips(
+    at: &Ctx,
+    file: &[FileFloatingIp],
+    gateway: Option<&Gateway>,
+    interfaces: &[Interface],
+) -> Result<Vec<FloatingIp>, ConfigError> {
+    let mut out: Vec<FloatingIp> = Vec::with_capacity(file.len());
+    for (i, f) in file.iter().enumerate() {
+        let key = format!("floating_ip[{i}]");
+        let address = parse_ip(&f.address)
+            .map_err(|problem| at.bad(&format!("{key}.address"), &f.address, problem))?;
+        let fixed = parse_ip(&f.fixed)
+            .map_err(|problem| at.bad(&format!("{key}.fixed"), &f.fixed, problem))?;
+        let Some(g) = gateway else {
+            return Err(at.bad(
+                &format!("{key}.address"),
+                &f.address,
+                "a floating IP needs a router gateway (router.gateway)",
+            ));
+        };
+        let external = g.address.subnet();
+        if !external.contains(address)
+            || address == external.addr
+            || address == external.broadcast()
+        {
+            return Err(at.bad(
+                &format!("{key}.address"),
+                &f.address,
+                &format!("is not a host address of the external subnet {external}"),
+            ));
+        }
+        if address == g.address.addr || address == g.nexthop {
+            return Err(at.bad(
+                &format!("{key}.address"),
+                &f.address,
+                "is the router's gateway IP or its next hop",
+            ));
+        }
+        let Some(inside) = interfaces.iter().find(|i| i.address.subnet().contains(fixed)) else {
+            return Err(at.bad(
+                &format!("{key}.fixed"),
+                &f.fixed,
+                "is on no internal subnet of this router",
+            ));
+        };
+        let subnet = inside.address.subnet();
+        if fixed == inside.address.addr || fixed == subnet.addr || fixed == subnet.broadcast() {
+            return Err(at.bad(
+                &format!("{key}.fixed"),
+                &f.fixed,
+                &format!("is not a VM address on {}'s subnet {subnet}", inside.name),
+            ));
+        }
+        if out.iter().any(|o| o.address == address) {
+            return Err(at.bad(&format!("{key}.address"), &f.address, "floating IP given twice"));
+        }
+        if out.iter().any(|o| o.fixed == fixed) {
+            return Err(at.bad(
+                &format!("{key}.fixed"),
+                &f.fixed,
+                "already has a floating IP (one per fixed IP)",
+            ));
+        }
+        out.push(FloatingIp { address, fixed });
+    }
+    Ok(out)
+}
+
+fn validate_nat(at: &Ctx, file: Option<&FileNat>) -> Result<NatSettings, ConfigError> {
+    let mut nat = NatSettings::default();
+    let Some(f) = file else {
+        return Ok(nat);
+    };
+    if let Some(s) = &f.snat_ports {
+        nat.snat_ports =
+            parse_port_range(s).map_err(|problem| at.bad("nat.snat_ports", s, problem))?;
+    }
+    if let Some(s) = &f.slow_path_snat_ports {
+        nat.slow_path_snat_ports = parse_port_range(s)
+            .map_err(|problem| at.bad("nat.slow_path_snat_ports", s, problem))?;
+    }
+    let (a, b) = (nat.snat_ports, nat.slow_path_snat_ports);
+    if a.min <= b.max && b.min <= a.max {
+        return Err(at.bad(
+            "nat.slow_path_snat_ports",
+            &b.to_string(),
+            &format!("overlaps nat.snat_ports {a}: the kernel and the fast path would hand out the same ports"),
+        ));
+    }
+    if let Some(n) = f.max_sessions {
+        if !(16..=(1 << 22)).contains(&n) {
+            return Err(at.bad(
+                "nat.max_sessions",
+                &n.to_string(),
+                "must be 16 to 4194304",
+            ));
+        }
+        nat.max_sessions = n;
+    }
+    if let Some(p) = f.metadata_port {
+        if p == 0 {
+            return Err(at.bad("nat.metadata_port", "0", "must be a port number 1-65535"));
+        }
+        nat.metadata_port = p;
+    }
+    if let Some(t) = &f.timeouts {
+        let d = &mut nat.timeouts;
+        let fields = [
+            ("tcp_syn_sent", t.tcp_syn_sent, &mut d.tcp_syn_sent),
+            ("tcp_syn_recv", t.tcp_syn_recv, &mut d.tcp_syn_recv),
+            ("tcp_established", t.tcp_established, &mut d.tcp_established),
+            ("tcp_fin_wait", t.tcp_fin_wait, &mut d.tcp_fin_wait),
+            ("tcp_close_wait", t.tcp_close_wait, &mut d.tcp_close_wait),
+            ("tcp_time_wait", t.tcp_time_wait, &mut d.tcp_time_wait),
+            ("tcp_close", t.tcp_close, &mut d.tcp_close),
+            ("udp", t.udp, &mut d.udp),
+            ("udp_stream", t.udp_stream, &mut d.udp_stream),
+            ("icmp", t.icmp, &mut d.icmp),
+            ("generic", t.generic, &mut d.generic),
+        ];
+        for (name, value, slot) in fields {
+            if let Some(v) = value {
+                if v == 0 || v > 30 * 86_400 {
+                    return Err(at.bad(
+                        &format!("nat.timeouts.{name}"),
+                        &v.to_string(),
+                        "must be 1 to 2592000 seconds",
+                    ));
+                }
+                *slot = v;
+            }
+        }
+    }
+    Ok(nat)
+}
+
+fn parse_port_range(s: &str) -> Result<PortRange, &'static str> {
+    let (a, b) = s.split_once('-').ok_or("not a port range (low-high)")?;
+    let min: u16 = a.trim().parse().map_err(|_| "not a port range (low-high)")?;
+    let max: u16 = b.trim().parse().map_err(|_| "not a port range (low-high)")?;
+    if min == 0 || max < min {
+        return Err("must be low-high with 1 <= low <= high <= 65535");
+    }
+    Ok(PortRange { min, max })
 }
 
 fn parse_ip(s: &str) -> Result<Ipv4Addr, &'static str> {

@@ -6,15 +6,20 @@ use std::{
 };
 
 use aya::{
-    Ebpf, include_bytes_aligned,
+    Ebpf, EbpfLoader, include_bytes_aligned,
     maps::{
-        DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
+        Array, DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap,
+        PerCpuValues, lpm_trie::Key,
     },
-    programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::TcAttachOptions},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId,
+        tc::TcAttachOptions, xdp::XdpLinkId,
+    },
     util::nr_cpus,
 };
 use router_common::{
-    IfaceEntry, IfaceStats, NeighborEntry, NeighborKey, RouteEntry, RouteKey, map_names, prog_names,
+    CtEntry, CtKey, FipEntry, FipStats, IfaceEntry, IfaceStats, NatConfig, NeighborEntry,
+    NeighborKey, RouteEntry, RouteKey, SnatStats, map_names, prog_names,
 };
 
 use crate::{config::Mode, error::Error};
@@ -29,12 +34,18 @@ pub struct Datapath {
     ebpf: Ebpf,
     router: String,
     pin_dir: Option<PathBuf>,
+    /// The attachments of each interface, to detach one interface alone.
+    links: BTreeMap<u32, (Option<XdpLinkId>, SchedClassifierLinkId)>,
 }
 
 impl Datapath {
-    /// Loads the object and both programs into the kernel (nothing is attached).
-    pub fn load(router: &str) -> Result<Self, Error> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(Box::new)?;
+    /// Loads the object and both programs into the kernel (nothing is attached), with a
+    /// session table of `session_entries` entries (two per session).
+    pub fn load(router: &str, session_entries: u32) -> Result<Self, Error> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::SESSIONS, session_entries)
+            .load(EBPF_OBJECT)
+            .map_err(Box::new)?;
         let program_error = |what: &str| {
             let what = what.to_string();
             let router = router.to_string();
@@ -57,6 +68,7 @@ impl Datapath {
             ebpf,
             router: router.to_string(),
             pin_dir: None,
+            links: BTreeMap::new(),
         })
     }
 
@@ -87,16 +99,17 @@ impl Datapath {
             }
         };
         for (name, index) in interfaces {
+            let mut xdp_link = None;
             if mode == Mode::Xdp {
                 let xdp: &mut Xdp = program(&mut self.ebpf, prog_names::XDP)?
                     .try_into()
                     .map_err(type_error("XDP program type"))?;
                 let result = xdp.attach_to_if_index(*index, XdpMode::Driver);
-                result.map_err(|source| Error::Program {
+                xdp_link = Some(result.map_err(|source| Error::Program {
                     router: router.clone(),
                     what: format!("attaching native XDP to {name} (use mode = \"tc\" for interfaces without native XDP)"),
                     source: Box::new(source),
-                })?;
+                })?);
             }
             let tc: &mut SchedClassifier = program(&mut self.ebpf, prog_names::TC)?
                 .try_into()
@@ -106,13 +119,116 @@ impl Datapath {
                 TcAttachType::Ingress,
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             );
-            result.map_err(|source| Error::Program {
+            let tc_link = result.map_err(|source| Error::Program {
                 router: router.clone(),
                 what: format!("attaching TC (tcx ingress) to {name}"),
                 source: Box::new(source),
             })?;
+            self.links.insert(*index, (xdp_link, tc_link));
         }
         Ok(())
+    }
+
+    /// Detaches the programs from one interface and forgets it (the interface was removed
+    /// from the router).
+    pub fn detach_iface(&mut self, ifindex: u32) -> Result<(), Error> {
+        if let Some((xdp_link, tc_link)) = self.links.remove(&ifindex) {
+            let router = self.router.clone();
+            let type_error = |source| Error::Program {
+                router: router.clone(),
+                what: "program type".into(),
+                source: Box::new(source),
+            };
+            if let Some(link) = xdp_link {
+                let xdp: &mut Xdp = program(&mut self.ebpf, prog_names::XDP)?
+                    .try_into()
+                    .map_err(type_error)?;
+                let _ = xdp.detach(link);
+            }
+            let tc: &mut SchedClassifier = program(&mut self.ebpf, prog_names::TC)?
+                .try_into()
+                .map_err(type_error)?;
+            let _ = tc.detach(tc_link);
+        }
+        self.remove_iface(ifindex)
+    }
+
+    pub fn set_nat_config(&mut self, cfg: NatConfig) -> Result<(), Error> {
+        let mut map: Array<_, NatConfig> = typed(self.map(map_names::NAT_CONFIG)?, "NAT_CONFIG")?;
+        map.set(0, cfg, 0)
+            .map_err(|e| Error::map("writing NAT_CONFIG", e))
+    }
+
+    /// Adds (or changes) floating IP `fip` for `fixed`, with zeroed counters for a new one.
+    pub fn set_floating_ip(&mut self, fip: [u8; 4], fixed: [u8; 4]) -> Result<(), Error> {
+        let mut stats: PerCpuHashMap<_, [u8; 4], FipStats> =
+            typed(self.map(map_names::FIP_STATS)?, "FIP_STATS")?;
+        if stats.get(&fip, 0).is_err() {
+            let cpus = nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
+            let zero = PerCpuValues::try_from(vec![FipStats::default(); cpus])
+                .map_err(|e| Error::io("per-CPU values", e))?;
+            stats
+                .insert(fip, zero, 0)
+                .map_err(|e| Error::map("writing FIP_STATS", e))?;
+        }
+        let entry = |addr| FipEntry { addr, _pad: 0 };
+        let mut by_fixed: HashMap<_, [u8; 4], FipEntry> =
+            typed(self.map(map_names::FIP_BY_FIXED)?, "FIP_BY_FIXED")?;
+        by_fixed
+            .insert(fixed, entry(fip), 0)
+            .map_err(|e| Error::map("writing FIP_BY_FIXED", e))?;
+        let mut by_address: HashMap<_, [u8; 4], FipEntry> =
+            typed(self.map(map_names::FIP_BY_ADDRESS)?, "FIP_BY_ADDRESS")?;
+        by_address
+            .insert(fip, entry(fixed), 0)
+            .map_err(|e| Error::map("writing FIP_BY_ADDRESS", e))
+    }
+
+    /// Removes floating IP `fip`: from then on no packet is translated by it.
+    pub fn remove_floating_ip(&mut self, fip: [u8; 4]) -> Result<(), Error> {
+        let mut by_address: HashMap<_, [u8; 4], FipEntry> =
+            typed(self.map(map_names::FIP_BY_ADDRESS)?, "FIP_BY_ADDRESS")?;
+        let fixed = by_address.get(&fip, 0).ok().map(|e| e.addr);
+        let _ = by_address.remove(&fip);
+        if let Some(fixed) = fixed {
+            let mut by_fixed: HashMap<_, [u8; 4], FipEntry> =
+                typed(self.map(map_names::FIP_BY_FIXED)?, "FIP_BY_FIXED")?;
+            if by_fixed.get(&fixed, 0).is_ok_and(|e| e.addr == fip) {
+                let _ = by_fixed.remove(&fixed);
+            }
+        }
+        let mut stats: PerCpuHashMap<_, [u8; 4], FipStats> =
+            typed(self.map(map_names::FIP_STATS)?, "FIP_STATS")?;
+        let _ = stats.remove(&fip);
+        Ok(())
+    }
+
+    /// Floating IP -> fixed IP, as the fast path has them.
+    pub fn floating_ips(&mut self) -> Result<BTreeMap<[u8; 4], [u8; 4]>, Error> {
+        let map: HashMap<_, [u8; 4], FipEntry> =
+            typed(self.map(map_names::FIP_BY_ADDRESS)?, "FIP_BY_ADDRESS")?;
+        map.iter()
+            .map(|item| {
+                item.map(|(k, v)| (k, v.addr))
+                    .map_err(|e| Error::map("reading FIP_BY_ADDRESS", e))
+            })
+            .collect()
+    }
+
+    /// Zeroed SNAT counters (the array entry exists from load; this makes it explicit).
+    pub fn reset_snat_stats(&mut self) -> Result<(), Error> {
+        let mut map: PerCpuArray<_, SnatStats> =
+            typed(self.map(map_names::SNAT_STATS)?, "SNAT_STATS")?;
+        let cpus = nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
+        let zero = PerCpuValues::try_from(vec![SnatStats::default(); cpus])
+            .map_err(|e| Error::io("per-CPU values", e))?;
+        map.set(0, zero, 0)
+            .map_err(|e| Error::map("writing SNAT_STATS", e))
+    }
+
+    /// The session table, for aging, purging and listing.
+    pub fn sessions(&mut self) -> Result<HashMap<&mut MapData, CtKey, CtEntry>, Error> {
+        typed(self.map(map_names::SESSIONS)?, "SESSIONS")
     }
 
     /// Pins every map under `dir` (replacing pins a previous run left behind).

@@ -2,12 +2,14 @@
 //! shells over it.
 
 pub mod config;
+pub mod conntrack;
 pub mod datapath;
 pub mod error;
 pub mod netlink;
 pub mod netns;
 pub mod paths;
 pub mod router;
+pub mod slowpath;
 pub mod stats;
 
 pub use error::{ConfigError, Error};

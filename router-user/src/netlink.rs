@@ -255,3 +255,30 @@ pub async fn neighbor_entries(
         .filter_map(|(k, v)| v.map(|v| (k, v)))
         .collect())
 }
+
+/// Removes `addr` from interface `index` if it is there (with it go its connected route and
+/// every route through it).
+pub async fn delete_address(
+    handle: &Handle,
+    index: u32,
+    addr: IfAddr,
+) -> Result<(), rtnetlink::Error> {
+    let existing: Vec<_> = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await?;
+    for msg in existing {
+        let matches = msg.header.prefix_len == addr.len
+            && msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(v4)) if *v4 == addr.addr));
+        if matches {
+            handle.address().del(msg).execute().await?;
+        }
+    }
+    Ok(())
+}

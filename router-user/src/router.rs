@@ -12,22 +12,27 @@ use std::{
 use futures::StreamExt;
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::RouteNetlinkMessage;
-use router_common::{IfaceEntry, RouteEntry, iface_flags, iface_role};
+use router_common::{
+    CtEntry, CtKey, IfaceEntry, NatConfig, RouteEntry, iface_flags, iface_role, nat_flags,
+};
 use rtnetlink::{Handle, MulticastGroup};
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc as tmpsc, oneshot};
 
 use crate::{
-    config::{Mode, Router},
+    config::{IfAddr, Mode, Router},
+    conntrack,
     datapath::{Datapath, RouteSlot},
     error::Error,
-    netlink, netns, paths,
+    netlink, netns, paths, slowpath,
 };
 
 /// How long route/address events are gathered before the routes are mirrored again.
 const RESYNC_DELAY: Duration = Duration::from_millis(20);
 /// A full re-read of routes and neighbours, in case a netlink event was lost.
 const SAFETY_RESYNC: Duration = Duration::from_secs(10);
+/// How often expired sessions are collected.
+const GC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What `routerctl` learns about a running router (written to `paths::RUN_DIR`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -51,8 +56,17 @@ pub struct InterfaceInfo {
 /// A router whose fast path is attached; dropping it without `stop` also stops it.
 pub struct RunningRouter {
     pub info: RouterInfo,
+    /// The desired state the router runs.
+    pub desired: Router,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    changes: tmpsc::UnboundedSender<Change>,
+}
+
+/// A new desired state for a running router, and where to say how applying it went.
+struct Change {
+    router: Router,
+    done: oneshot::Sender<Result<(), Error>>,
 }
 
 impl RunningRouter {
@@ -61,16 +75,20 @@ impl RunningRouter {
     pub fn start(router: Router) -> Result<Self, Error> {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel();
+        let (change_tx, change_rx) = tmpsc::unbounded_channel();
         let name = format!("router-{}", router.id);
+        let desired = router.clone();
         let thread = thread::Builder::new()
             .name(name.clone())
-            .spawn(move || run(router, ready_tx, stop_rx))
+            .spawn(move || run(router, ready_tx, stop_rx, change_rx))
             .map_err(|e| Error::io(format!("spawning thread {name}"), e))?;
         match ready_rx.recv() {
             Ok(Ok(info)) => Ok(Self {
                 info,
+                desired,
                 stop: Some(stop_tx),
                 thread: Some(thread),
+                changes: change_tx,
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -84,6 +102,39 @@ impl RunningRouter {
                 ))
             }
         }
+    }
+
+    /// Whether `new` can be applied to the running router without restarting it: same
+    /// namespace and mode, and no interface added or changed (removals are live).
+    pub fn can_apply(&self, new: &Router) -> bool {
+        let old = &self.desired;
+        let gateway_ok = match (&old.gateway, &new.gateway) {
+            (_, None) => true,
+            (Some(a), Some(b)) => {
+                a.interface == b.interface && a.address == b.address && a.xdp_egress == b.xdp_egress
+            }
+            (None, Some(_)) => false,
+        };
+        old.namespace == new.namespace
+            && old.mode == new.mode
+            && old.nat.max_sessions == new.nat.max_sessions
+            && gateway_ok
+            && new.interfaces.iter().all(|i| old.interfaces.contains(i))
+    }
+
+    /// Applies `new` to the running router (see `can_apply`): floating IPs, NAT settings,
+    /// routes, removed interfaces or gateway. Sessions that used anything removed end at once.
+    pub async fn apply(&mut self, new: Router) -> Result<(), Error> {
+        let (done, result) = oneshot::channel();
+        let change = Change {
+            router: new.clone(),
+            done,
+        };
+        let gone = || Error::io(format!("router {}", new.id), std::io::Error::other("router thread ended"));
+        self.changes.send(change).map_err(|_| gone())?;
+        result.await.map_err(|_| gone())??;
+        self.desired = new;
+        Ok(())
     }
 
     /// Detaches the fast path, removes the pins, and waits for the thread.
@@ -111,6 +162,7 @@ fn run(
     router: Router,
     ready: mpsc::Sender<Result<RouterInfo, Error>>,
     stop: oneshot::Receiver<()>,
+    changes: tmpsc::UnboundedReceiver<Change>,
 ) {
     let fail = |e| {
         let _ = ready.send(Err(e));
@@ -157,9 +209,10 @@ fn run(
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        if let Err(e) = state.mirror(&handle, stop).await {
+        if let Err(e) = state.mirror(&handle, stop, changes).await {
             log::error!("router {}: mirror stopped: {e}", router.id);
         }
+        slowpath::remove();
         let _ = std::fs::remove_file(paths::router_info_file(&router.id));
         log::info!("router {}: detached", router.id);
         // `state` drops here: links detach and pins are removed.
@@ -168,6 +221,8 @@ fn run(
 
 struct RouterState {
     id: String,
+    /// The desired state being run.
+    router: Router,
     info: RouterInfo,
     datapath: Datapath,
     /// ifindex → interface name, for the interfaces the router drives.
@@ -252,7 +307,7 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
             )))?;
     }
 
-    let mut datapath = Datapath::load(&router.id)?;
+    let mut datapath = Datapath::load(&router.id, router.nat.max_sessions.saturating_mul(2))?;
     let mut ifaces = BTreeMap::new();
     let mut infos = Vec::new();
     for (link, _, role, xdp_egress) in &links {
@@ -266,6 +321,8 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
             } else {
                 0
             },
+            zone: 0,
+            _pad2: [0; 2],
         };
         datapath.set_iface(link.index, entry)?;
         if *xdp_egress {
@@ -284,8 +341,20 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
             xdp_egress: *xdp_egress,
         });
     }
+    let gateway_ifindex = links
+        .iter()
+        .find(|(_, _, role, _)| *role == iface_role::EXTERNAL)
+        .map(|(l, ..)| l.index);
+    datapath.set_nat_config(nat_config(router, gateway_ifindex))?;
+    datapath.reset_snat_stats()?;
+    for f in &router.floating_ips {
+        datapath.set_floating_ip(f.address.octets(), f.fixed.octets())?;
+    }
+    // The kernel's NAT rules are in place before the fast path hands it anything.
+    slowpath::apply(router)?;
     let mut state = RouterState {
         id: router.id.clone(),
+        router: router.clone(),
         info: RouterInfo {
             router: router.id.clone(),
             namespace: router.namespace.clone(),
@@ -307,7 +376,131 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
     Ok(state)
 }
 
+/// The fast path's NAT settings for `router`.
+fn nat_config(router: &Router, gateway_ifindex: Option<u32>) -> NatConfig {
+    let mut cfg = NatConfig {
+        port_min: router.nat.snat_ports.min,
+        port_max: router.nat.snat_ports.max,
+        ..NatConfig::default()
+    };
+    if let (Some(g), Some(index)) = (&router.gateway, gateway_ifindex) {
+        cfg.gateway_ip = g.address.addr.octets();
+        cfg.gateway_ifindex = index;
+        cfg.flags = nat_flags::GATEWAY | if g.snat { nat_flags::SNAT } else { 0 };
+    }
+    cfg
+}
+
+/// Whether a session mentions `addr` in any of its tuples.
+fn session_uses(key: &CtKey, entry: &CtEntry, pred: &dyn Fn([u8; 4]) -> bool) -> bool {
+    [key.src, key.dst, entry.new_src, entry.new_dst]
+        .into_iter()
+        .any(pred)
+}
+
 impl RouterState {
+    /// Applies a new desired state (one `RunningRouter::can_apply` accepted).
+    async fn reconfigure(&mut self, handle: &Handle, new: Router) -> Result<(), Error> {
+        let old = self.router.clone();
+        let nl = |what: String| {
+            let router = old.id.clone();
+            move |source| Error::Netlink {
+                router,
+                what,
+                source: Box::new(source),
+            }
+        };
+        let mut ended = 0;
+        // Interfaces and the gateway that are gone: detach, drop the address (and with it
+        // the kernel's routes), end the sessions of their subnets.
+        let mut removed: Vec<(String, IfAddr)> = old
+            .interfaces
+            .iter()
+            .filter(|i| !new.interfaces.contains(i))
+            .map(|i| (i.name.clone(), i.address))
+            .collect();
+        if let (Some(g), None) = (&old.gateway, &new.gateway) {
+            removed.push((g.interface.clone(), g.address));
+        }
+        for (name, addr) in &removed {
+            let index = self
+                .ifaces
+                .iter()
+                .find(|(_, n)| *n == name)
+                .map(|(i, _)| *i);
+            if let Some(index) = index {
+                self.datapath.detach_iface(index)?;
+                self.ifaces.remove(&index);
+                self.info.interfaces.retain(|i| i.ifindex != index);
+                netlink::delete_address(handle, index, *addr)
+                    .await
+                    .map_err(nl(format!("removing {addr} from {name}")))?;
+            }
+            let subnet = addr.subnet();
+            let gateway_ip = addr.addr.octets();
+            ended += conntrack::purge(&mut self.datapath.sessions()?, |k, e| {
+                session_uses(k, e, &|a| {
+                    a == gateway_ip || subnet.contains(std::net::Ipv4Addr::from(a))
+                })
+            })?;
+        }
+        // Floating IPs that are gone or changed stop translating now.
+        for f in &old.floating_ips {
+            if !new.floating_ips.contains(f) {
+                self.datapath.remove_floating_ip(f.address.octets())?;
+                let (fip, fixed) = (f.address.octets(), f.fixed.octets());
+                ended += conntrack::purge(&mut self.datapath.sessions()?, |k, e| {
+                    session_uses(k, e, &|a| a == fip || a == fixed)
+                })?;
+                flush_kernel_conntrack(f.address);
+            }
+        }
+        for f in &new.floating_ips {
+            self.datapath
+                .set_floating_ip(f.address.octets(), f.fixed.octets())?;
+        }
+        let gateway_ifindex = self
+            .info
+            .interfaces
+            .iter()
+            .find(|i| i.role == "external")
+            .map(|i| i.ifindex);
+        let snat_before = old.gateway.as_ref().is_some_and(|g| g.snat);
+        let snat_after = new.gateway.as_ref().is_some_and(|g| g.snat);
+        self.datapath.set_nat_config(nat_config(&new, gateway_ifindex))?;
+        if snat_before && !snat_after {
+            if let Some(g) = &old.gateway {
+                let gw = g.address.addr.octets();
+                ended += conntrack::purge(&mut self.datapath.sessions()?, |k, e| {
+                    session_uses(k, e, &|a| a == gw)
+                })?;
+            }
+        }
+        for r in &new.routes {
+            netlink::ensure_route(handle, r.destination, r.nexthop)
+                .await
+                .map_err(nl(format!("adding route {} via {}", r.destination, r.nexthop)))?;
+        }
+        slowpath::apply(&new)?;
+        self.router = new;
+        write_info(&self.info)?;
+        self.resync(handle).await?;
+        log::info!("router {}: applied new desired state; {ended} session(s) ended", self.id);
+        Ok(())
+    }
+
+    /// Ages sessions out.
+    fn collect_garbage(&mut self) -> Result<(), Error> {
+        let timeouts = self.router.nat.timeouts.clone();
+        let report = conntrack::collect_garbage(
+            &mut self.datapath.sessions()?,
+            conntrack::monotonic_ns(),
+            &timeouts,
+        )?;
+        log::debug!("router {}: session gc {report:?}", self.id);
+        Ok(())
+    }
+
     /// Mirrors the kernel's routes and neighbours into the maps, writing only differences.
     async fn resync(&mut self, handle: &Handle) -> Result<(), Error> {
         let nl = |what: &str| {
@@ -353,6 +546,7 @@ impl RouterState {
         &mut self,
         handle: &Handle,
         mut stop: oneshot::Receiver<()>,
+        mut changes: tmpsc::UnboundedReceiver<Change>,
     ) -> Result<(), Error> {
         let groups = [
             MulticastGroup::Neigh,
@@ -367,13 +561,26 @@ impl RouterState {
         self.resync(handle).await?;
         let mut dirty = false;
         let mut safety = tokio::time::interval(SAFETY_RESYNC);
+        let mut gc = tokio::time::interval(GC_INTERVAL);
         loop {
             tokio::select! {
                 _ = &mut stop => return Ok(()),
+                Some(change) = changes.recv() => {
+                    let result = self.reconfigure(handle, change.router).await;
+                    if let Err(e) = &result {
+                        log::error!("router {}: applying the new desired state: {e}", self.id);
+                    }
+                    let _ = change.done.send(result);
+                }
+                _ = gc.tick() => {
+                    if let Err(e) = self.collect_garbage() {
+                        log::warn!("router {}: session gc: {e}", self.id);
+                    }
+                }
                 event = events.next() => {
                     let Some((msg, _)) = event else {
                         log::warn!("router {}: rtnetlink event stream ended; resubscribing", self.id);
-                        return Box::pin(self.mirror(handle, stop)).await;
+                        return Box::pin(self.mirror(handle, stop, changes)).await;
                     };
                     match msg.payload {
                         NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n))
@@ -407,6 +614,18 @@ impl RouterState {
         }
         log::debug!("router {}: neighbour {:?} -> {:?}", self.id, key, entry);
         self.datapath.set_neighbor(key, entry)
+    }
+}
+
+/// Ends the kernel's own (slow-path) sessions of a removed floating IP. Best effort: the
+/// fast path no longer translates it either way.
+fn flush_kernel_conntrack(fip: std::net::Ipv4Addr) {
+    for flag in ["--orig-dst", "--reply-dst"] {
+        let _ = std::process::Command::new("conntrack")
+            .args(["-D", flag, &fip.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 

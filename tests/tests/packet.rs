@@ -42,13 +42,16 @@ impl Fixture {
             ip(&["link", "set", b, "up"]);
         }
         let (ingress, egress, slow) = (ifindex("in0"), ifindex("out0"), ifindex("slow0"));
-        let mut dp = Datapath::load("packet-test").expect("loading the eBPF object");
+        let mut dp = Datapath::load("packet-test", router_common::DEFAULT_SESSION_ENTRIES)
+            .expect("loading the eBPF object");
         let iface = |mac, role, flags| IfaceEntry {
             mac,
             _pad: [0; 2],
             mtu: 1500,
             role,
             flags,
+            zone: 0,
+            _pad2: [0; 2],
         };
         dp.set_iface(
             ingress,
@@ -190,6 +193,8 @@ impl Fixture {
 enum Expect {
     /// Forwarded with these MACs (dst, src); TTL one less.
     Forward([u8; 6], [u8; 6]),
+    /// Forwarded with the kernel resolving the next hop: MACs untouched, TTL one less.
+    Resolve,
     /// Handed to the kernel untouched.
     Pass(Reason),
     /// Dropped.
@@ -291,11 +296,13 @@ fn cases() -> Vec<Case> {
             frames::udp(VM, [8, 8, 8, 8], 64, b"x"),
             Expect::Pass(Reason::NoRoute),
         ),
-        case(
-            "connected, neighbour unknown",
-            frames::udp(VM, [198, 18, 0, 77], 64, b"x"),
-            Expect::Pass(Reason::NoNeighbor),
-        ),
+        // XDP cannot resolve a neighbour; TC redirects with the kernel resolving it.
+        Case {
+            name: "connected, neighbour unknown",
+            frame: frames::udp(VM, [198, 18, 0, 77], 64, b"x"),
+            xdp: Expect::Pass(Reason::XdpToTc),
+            tc: Some(Expect::Resolve),
+        },
         case("ttl 1", ttl1, Expect::Pass(Reason::TtlExpired)),
         case("ttl 0", ttl0, Expect::Pass(Reason::TtlExpired)),
         case("ip options", options, Expect::Pass(Reason::IpOptions)),
@@ -445,6 +452,13 @@ fn check(entry: &str, case: &Case, expect: Expect, verdict: u32, out: &[u8]) {
                 "{name}: a passed frame must be untouched"
             );
         }
+        Expect::Resolve => {
+            assert_eq!(verdict, redirect, "{name}: verdict");
+            let got = frames::parse(out);
+            assert_eq!(out[..12], case.frame[..12], "{name}: MACs left to the kernel");
+            assert_eq!(got.ttl, frames::parse(&case.frame).ttl - 1, "{name}: TTL");
+            assert!(got.ip_checksum_ok, "{name}: IPv4 checksum");
+        }
         Expect::Drop(_) => assert_eq!(verdict, drop, "{name}: verdict"),
     }
 }
@@ -463,6 +477,11 @@ fn run_all(entry: &str) {
         let name = format!("{entry}: {}", case.name);
         let len = case.frame.len() as u64;
         match expect {
+            Expect::Resolve => {
+                assert_eq!(after.fwd_packets, before.fwd_packets + 1, "{name}: fwd_packets");
+                let r = Reason::NoNeighbor as usize;
+                assert_eq!(after.reasons[r], before.reasons[r] + 1, "{name}: no_neighbor");
+            }
             Expect::Forward(..) => {
                 assert_eq!(
                     after.fwd_packets,

@@ -1,5 +1,6 @@
 //! `routerd --config FILE`: applies a desired state to the routers of this node and keeps
-//! their fast paths running until SIGTERM or SIGINT, then detaches them cleanly.
+//! their fast paths running until SIGTERM or SIGINT, then detaches them cleanly. SIGHUP
+//! re-reads the file and applies the difference (an invalid file changes nothing).
 
 use std::path::PathBuf;
 
@@ -63,9 +64,17 @@ fn run(args: Args) -> Result<(), router_user::Error> {
             .map_err(|e| router_user::Error::io("SIGTERM handler", e))?;
         let mut int = signal(SignalKind::interrupt())
             .map_err(|e| router_user::Error::io("SIGINT handler", e))?;
-        tokio::select! {
-            _ = term.recv() => log::info!("routerd: SIGTERM, detaching"),
-            _ = int.recv() => log::info!("routerd: SIGINT, detaching"),
+        let mut hup = signal(SignalKind::hangup())
+            .map_err(|e| router_user::Error::io("SIGHUP handler", e))?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { log::info!("routerd: SIGTERM, detaching"); break }
+                _ = int.recv() => { log::info!("routerd: SIGINT, detaching"); break }
+                _ = hup.recv() => match DesiredState::load(&args.config) {
+                    Ok(new) => reload(&mut running, new).await,
+                    Err(e) => log::error!("routerd: SIGHUP: {e}; nothing changed"),
+                },
+            }
         }
         Ok::<(), router_user::Error>(())
     })?;
@@ -73,4 +82,51 @@ fn run(args: Args) -> Result<(), router_user::Error> {
         router.stop();
     }
     Ok(())
+}
+
+/// Brings the running routers to `new`: live changes where possible, a restart of one
+/// router where not (a new interface, another mode), start and stop for added and removed
+/// routers. A router that fails keeps running as it was.
+async fn reload(running: &mut Vec<RunningRouter>, new: DesiredState) {
+    let mut kept = Vec::new();
+    for mut router in std::mem::take(running) {
+        match new.router(&router.desired.id).cloned() {
+            None => {
+                log::info!("routerd: router {} removed", router.desired.id);
+                router.stop();
+            }
+            Some(wanted) if wanted == router.desired => kept.push(router),
+            Some(wanted) if router.can_apply(&wanted) => {
+                if let Err(e) = router.apply(wanted).await {
+                    log::error!("routerd: {e}");
+                }
+                kept.push(router);
+            }
+            Some(wanted) => {
+                log::info!("routerd: router {} restarts for its new interfaces", wanted.id);
+                let old = router.desired.clone();
+                router.stop();
+                match RunningRouter::start(wanted) {
+                    Ok(r) => kept.push(r),
+                    Err(e) => {
+                        log::error!("routerd: {e}; restoring the previous state");
+                        match RunningRouter::start(old) {
+                            Ok(r) => kept.push(r),
+                            Err(e) => log::error!("routerd: {e}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for wanted in &new.routers {
+        if !kept.iter().any(|r| r.desired.id == wanted.id) {
+            match RunningRouter::start(wanted.clone()) {
+                Ok(r) => kept.push(r),
+                Err(e) => log::error!("routerd: {e}"),
+            }
+        }
+    }
+    *running = kept;
+    log::info!("routerd: reloaded; {} router(s) running", running.len());
 }

@@ -1,0 +1,177 @@
+//! NAT decisions, following Neutron's iptables rules (shared/neutron-baseline.md):
+//!
+//! - a session's translation wins (replies of SNAT and hairpin flows, and their later
+//!   packets in the original direction);
+//! - PREROUTING DNAT: a floating IP as destination becomes its fixed IP (stateless);
+//! - POSTROUTING: traffic neither from nor to the gateway interface and not DNATed is left
+//!   alone; otherwise a fixed IP with a floating IP is sent from that floating IP (stateless,
+//!   "float-snat"); else traffic leaving the gateway interface, and DNATed traffic that did
+//!   not enter from it (hairpin: the mangle mark rule), is SNATed to the gateway IP with a
+//!   session.
+
+use router_common::{
+    CtEntry, CtKey, NatConfig, Reason, ct_kind, iface_role, nat_flags,
+};
+
+use crate::{
+    conntrack,
+    flow::{Flow, Shape},
+    maps::{FIP_BY_ADDRESS, FIP_BY_FIXED, NAT_CONFIG, SNAT_STATS},
+    verdict::Verdict,
+};
+
+/// The tuple a packet leaves with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+}
+
+impl Target {
+    #[inline(always)]
+    pub fn of_key(key: &CtKey) -> Self {
+        Self {
+            src: key.src,
+            dst: key.dst,
+            sport: key.sport,
+            dport: key.dport,
+        }
+    }
+
+    #[inline(always)]
+    pub fn of_entry(e: &CtEntry) -> Self {
+        Self {
+            src: e.new_src,
+            dst: e.new_dst,
+            sport: e.new_sport,
+            dport: e.new_dport,
+        }
+    }
+}
+
+/// The translation decided for one packet.
+pub struct Plan {
+    pub target: Target,
+    /// The session the packet belongs to, if any.
+    pub session: Option<*mut CtEntry>,
+    /// The floating IP the destination was translated from (for its counters).
+    pub dnat_fip: Option<[u8; 4]>,
+    /// The floating IP the source was translated to.
+    pub snat_fip: Option<[u8; 4]>,
+    /// A session of this kind (`ct_kind`) must be created before forwarding (0: none).
+    pub create: u8,
+}
+
+/// NAT before routing: the session's translation, or floating-IP DNAT.
+#[inline(always)]
+pub fn before_routing(flow: &Flow) -> Plan {
+    if let Some(entry) = conntrack::lookup(&flow.key) {
+        return Plan {
+            // SAFETY: a map value; the rewrite fields never change after creation.
+            target: Target::of_entry(unsafe { &*entry }),
+            session: Some(entry),
+            dnat_fip: None,
+            snat_fip: None,
+            create: 0,
+        };
+    }
+    let mut target = Target::of_key(&flow.key);
+    let mut dnat_fip = None;
+    // SAFETY: map values are plain data, copied out.
+    if let Some(fip) = unsafe { FIP_BY_ADDRESS.get(&flow.key.dst) } {
+        target.dst = fip.addr;
+        dnat_fip = Some(flow.key.dst);
+    }
+    Plan {
+        target,
+        session: None,
+        dnat_fip,
+        snat_fip: None,
+        create: 0,
+    }
+}
+
+/// NAT after routing, from the roles of the ingress and egress interfaces.
+#[inline(always)]
+pub fn after_routing(plan: &mut Plan, flow: &Flow, in_role: u32, out_role: u32) -> Result<(), Verdict> {
+    if plan.session.is_some() {
+        return Ok(());
+    }
+    let from_gateway = in_role == iface_role::EXTERNAL;
+    let to_gateway = out_role == iface_role::EXTERNAL;
+    let dnat = plan.dnat_fip.is_some();
+    if !from_gateway && !to_gateway && !dnat {
+        return Ok(());
+    }
+    // SAFETY: map values are plain data, copied out.
+    if let Some(fip) = unsafe { FIP_BY_FIXED.get(&plan.target.src) } {
+        plan.target.src = fip.addr;
+        plan.snat_fip = Some(fip.addr);
+        return Ok(());
+    }
+    let Some(cfg) = config() else {
+        return Ok(());
+    };
+    if cfg.flags & nat_flags::SNAT == 0 {
+        return Ok(());
+    }
+    let kind = if to_gateway {
+        ct_kind::SNAT
+    } else if dnat && !from_gateway {
+        ct_kind::HAIRPIN
+    } else {
+        return Ok(());
+    };
+    match flow.shape {
+        Shape::Ports | Shape::EchoRequest => {
+            plan.target.src = cfg.gateway_ip;
+            plan.create = kind;
+            Ok(())
+        }
+        // Replies, errors and other protocols without a session: the kernel's slow-path
+        // rules translate them (or find the session the kernel made).
+        _ => Err(Verdict::Pass(Reason::NatSlowPath)),
+    }
+}
+
+/// Creates the session the plan asks for. The last step before rewriting: nothing after it
+/// may hand the packet to the kernel.
+#[inline(always)]
+pub fn commit(plan: &mut Plan, flow: &Flow, reply_zone: u16) -> Result<(), Verdict> {
+    if plan.create == 0 {
+        return Ok(());
+    }
+    let Some(cfg) = config() else {
+        return Err(Verdict::Pass(Reason::NatSlowPath));
+    };
+    let mut collisions = 0;
+    let result = conntrack::create(
+        &flow.key,
+        &mut plan.target,
+        reply_zone,
+        plan.create,
+        &cfg,
+        flow.shape,
+        &mut collisions,
+    );
+    if let Some(stats) = SNAT_STATS.get_ptr_mut(0) {
+        // SAFETY: a per-CPU value.
+        unsafe {
+            (*stats).port_collisions += collisions;
+            if result.is_ok() {
+                (*stats).sessions_created += 1;
+            }
+        }
+    }
+    result.map_err(|e| Verdict::Drop(e.reason()))?;
+    plan.session = conntrack::lookup(&flow.key);
+    Ok(())
+}
+
+#[inline(always)]
+fn config() -> Option<NatConfig> {
+    let cfg = NAT_CONFIG.get(0).copied()?;
+    (cfg.flags & nat_flags::GATEWAY != 0).then_some(cfg)
+}
