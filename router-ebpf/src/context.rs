@@ -99,8 +99,8 @@ impl Frame {
             // only happen for offsets beyond the packet, which the parser excluded.
             unsafe {
                 let flags = u64::from(BPF_F_PSEUDO_HDR) | mangled;
-                bpf_l4_csum_replace(self.skb, offset as u32, 0, u64::from(pseudo.value()), flags);
-                bpf_l4_csum_replace(self.skb, offset as u32, 0, u64::from(data.value()), mangled);
+                bpf_l4_csum_replace(self.skb, offset as u32, 0, u64::from(pseudo.wsum()), flags);
+                bpf_l4_csum_replace(self.skb, offset as u32, 0, u64::from(data.wsum()), mangled);
             }
             return;
         }

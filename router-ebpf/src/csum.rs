@@ -44,10 +44,11 @@ impl Delta {
         self.0 = u32::from(fold(self.0 + other.0));
     }
 
-    /// The difference as a folded one's-complement sum (a `__wsum` for the TC helpers).
+    /// The difference as the kernel's `__wsum`: a folded one's-complement sum of the
+    /// words as the CPU loads them from memory (little-endian here), not as the wire reads.
     #[inline(always)]
-    pub fn value(&self) -> u32 {
-        self.0
+    pub fn wsum(&self) -> u32 {
+        u32::from(fold(self.0).swap_bytes())
     }
 
     /// `check` (as read from the packet) after the changes.

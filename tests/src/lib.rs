@@ -4,6 +4,7 @@
 pub mod frames;
 pub mod netns;
 pub mod routerd;
+pub mod testrun;
 pub mod topo;
 pub mod traffic;
 

@@ -2,7 +2,6 @@
 //! known map contents (PKTGEN -> SETUP -> CHECK). Every fixture runs through both entries,
 //! XDP and TC, and checks the verdict, the reason counter, and the bytes that come out.
 
-use aya::programs::{TestRun, TestRunOptions};
 use router_common::{
     IfaceEntry, IfaceStats, NeighborEntry, NeighborKey, Reason, RouteEntry, RouteKey, TABLE_MAIN,
     iface_flags, iface_role, route_kind, xdp_meta,
@@ -14,12 +13,9 @@ use router_tests::{
 };
 use router_user::datapath::Datapath;
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
+use router_tests::testrun::{
+    self, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+};
 
 const OTHER_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x31];
 const SLOW_OUT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x40];
@@ -143,48 +139,12 @@ impl Fixture {
         self.dp.stats(self.ingress).expect("reading IFACE_STATS")
     }
 
-    /// Runs the XDP entry; returns (verdict, output frame).
     fn run_xdp(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&self.ingress.to_ne_bytes());
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        };
-        let result = self
-            .dp
-            .xdp()
-            .test_run(opts)
-            .expect("BPF_PROG_TEST_RUN (XDP)");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        testrun::xdp(&self.dp, self.ingress, frame)
     }
 
-    /// Runs the TC entry; returns (verdict, output frame).
     fn run_tc(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        // struct __sk_buff up to `ifindex` (offset 40); the kernel zero-fills the rest and
-        // refuses `ingress_ifindex` together with `ifindex`.
-        let mut ctx = [0u8; 44];
-        ctx[40..44].copy_from_slice(&self.ingress.to_ne_bytes());
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        };
-        let result = self
-            .dp
-            .tc()
-            .test_run(opts)
-            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN (TC) on {frame:02x?}: {e}"));
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        testrun::tc(&self.dp, self.ingress, frame)
     }
 }
 

@@ -1,0 +1,486 @@
+//! NAT packet tests: every translation and its reverse through both entries, with the
+//! output parsed and its checksums verified by etherparse (not by our code).
+//!
+//! The router: `in0` internal (10.0.1.0/24), `out0` the gateway interface (198.18.0.0/24,
+//! gateway IP 198.18.0.2, default route via 198.18.0.1), floating IPs 198.18.0.10 for
+//! 10.0.1.5 and 198.18.0.11 for 10.0.1.9, SNAT ports 40000-40001.
+
+use etherparse::{
+    Icmpv4Header, Icmpv4Type, Ipv4Header, NetSlice, PacketBuilder, SlicedPacket, TransportSlice,
+    icmpv4::TimeExceededCode,
+};
+use router_common::{
+    IfaceEntry, NatConfig, NeighborEntry, NeighborKey, Reason, RouteEntry, RouteKey, TABLE_MAIN,
+    iface_flags, iface_role, nat_flags, route_kind,
+};
+use router_tests::{
+    frames::{CLIENT_MAC, NEXT_HOP_MAC, ROUTER_IN_MAC, ROUTER_OUT_MAC},
+    netns::NetnsGuard,
+    testrun::{self, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT},
+    topo::{ifindex, ip},
+};
+use router_user::datapath::Datapath;
+
+const GW: [u8; 4] = [198, 18, 0, 2];
+const UPSTREAM: [u8; 4] = [198, 18, 0, 1];
+const FIP: [u8; 4] = [198, 18, 0, 10];
+const FIXED: [u8; 4] = [10, 0, 1, 5];
+const FIP2: [u8; 4] = [198, 18, 0, 11];
+const FIXED2: [u8; 4] = [10, 0, 1, 9];
+const VM3: [u8; 4] = [10, 0, 1, 6];
+const VM7: [u8; 4] = [10, 0, 1, 7];
+const VM8: [u8; 4] = [10, 0, 1, 8];
+const REMOTE: [u8; 4] = [203, 0, 113, 9];
+const VM_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x55];
+const UPSTREAM_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x66];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Entry {
+    Xdp,
+    Tc,
+}
+
+struct Router {
+    _ns: NetnsGuard,
+    dp: Datapath,
+    inside: u32,
+    outside: u32,
+    entry: Entry,
+}
+
+impl Router {
+    fn new(entry: Entry, session_entries: u32) -> Self {
+        let ns = NetnsGuard::new();
+        for (a, b) in [("in0", "in1"), ("out0", "out1")] {
+            ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
+            ip(&["link", "set", a, "up"]);
+            ip(&["link", "set", b, "up"]);
+        }
+        let (inside, outside) = (ifindex("in0"), ifindex("out0"));
+        let mut dp = Datapath::load("nat-test", session_entries).expect("loading");
+        let iface = |mac, role| IfaceEntry {
+            mac,
+            _pad: [0; 2],
+            mtu: 1500,
+            role,
+            flags: iface_flags::XDP_EGRESS,
+            zone: 0,
+            _pad2: [0; 2],
+        };
+        dp.set_iface(inside, iface(ROUTER_IN_MAC, iface_role::INTERNAL))
+            .expect("IFACES");
+        dp.set_iface(outside, iface(ROUTER_OUT_MAC, iface_role::EXTERNAL))
+            .expect("IFACES");
+        dp.set_xdp_egress(inside).expect("EGRESS_DEVS");
+        dp.set_xdp_egress(outside).expect("EGRESS_DEVS");
+        let route = |kind, ifindex, gateway| RouteEntry {
+            kind,
+            ifindex,
+            gateway,
+            _pad: 0,
+        };
+        let mut routes = std::collections::BTreeMap::new();
+        let mut add = |addr: [u8; 4], len: u32, entry| {
+            routes.insert(
+                (RouteKey::TABLE_BITS + len, RouteKey::new(TABLE_MAIN, addr)),
+                entry,
+            );
+        };
+        add([10, 0, 1, 0], 24, route(route_kind::UNICAST, inside, [0; 4]));
+        add([10, 0, 1, 1], 32, route(route_kind::LOCAL, 0, [0; 4]));
+        add([198, 18, 0, 0], 24, route(route_kind::UNICAST, outside, [0; 4]));
+        add(GW, 32, route(route_kind::LOCAL, 0, [0; 4]));
+        add([0; 4], 0, route(route_kind::UNICAST, outside, UPSTREAM));
+        dp.sync_routes(&routes).expect("ROUTES");
+        let neigh = |ifindex, addr, mac| {
+            (
+                NeighborKey { ifindex, addr },
+                NeighborEntry { mac, _pad: [0; 2] },
+            )
+        };
+        let mut neighbors = vec![neigh(outside, UPSTREAM, UPSTREAM_MAC)];
+        for vm in [FIXED, FIXED2, VM3, VM7, VM8] {
+            neighbors.push(neigh(inside, vm, VM_MAC));
+        }
+        dp.sync_neighbors(&neighbors).expect("NEIGHBORS");
+        dp.set_nat_config(NatConfig {
+            gateway_ip: GW,
+            gateway_ifindex: outside,
+            flags: nat_flags::GATEWAY | nat_flags::SNAT,
+            port_min: 40000,
+            port_max: 40001,
+        })
+        .expect("NAT_CONFIG");
+        dp.reset_snat_stats().expect("SNAT_STATS");
+        dp.set_floating_ip(FIP, FIXED).expect("FIP");
+        dp.set_floating_ip(FIP2, FIXED2).expect("FIP");
+        Self {
+            _ns: ns,
+            dp,
+            inside,
+            outside,
+            entry,
+        }
+    }
+
+    fn run(&self, ingress: u32, frame: &[u8]) -> (Outcome, Vec<u8>) {
+        let (verdict, out) = match self.entry {
+            Entry::Xdp => testrun::xdp(&self.dp, ingress, frame),
+            Entry::Tc => testrun::tc(&self.dp, ingress, frame),
+        };
+        let outcome = match (self.entry, verdict) {
+            (Entry::Xdp, XDP_REDIRECT) | (Entry::Tc, TC_ACT_REDIRECT) => Outcome::Forward,
+            (Entry::Xdp, XDP_PASS) | (Entry::Tc, TC_ACT_OK) => Outcome::Pass,
+            (Entry::Xdp, XDP_DROP) | (Entry::Tc, TC_ACT_SHOT) => Outcome::Drop,
+            (_, v) => panic!("unexpected verdict {v}"),
+        };
+        (outcome, out)
+    }
+
+    fn reason(&mut self, ifindex: u32, r: Reason) -> u64 {
+        self.dp.stats(ifindex).expect("stats").reasons[r as usize]
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Forward,
+    Pass,
+    Drop,
+}
+
+/// Ethernet + IPv4 + L4 from `src` to `dst` (MACs as a host sends them to the router).
+fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, router_mac: [u8; 6]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, router_mac)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut out, b"some payload")
+        .expect("udp");
+    out
+}
+
+fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, router_mac: [u8; 6]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, router_mac)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 65535)
+        .syn()
+        .write(&mut out, &[])
+        .expect("tcp");
+    out
+}
+
+fn echo(src: [u8; 4], dst: [u8; 4], id: u16, request: bool, router_mac: [u8; 6]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, router_mac).ipv4(src, dst, 64);
+    let b = if request {
+        b.icmpv4_echo_request(id, 1)
+    } else {
+        b.icmpv4_echo_reply(id, 1)
+    };
+    b.write(&mut out, b"ping").expect("icmp");
+    out
+}
+
+/// An ICMP time exceeded from `from` to `to` about `original` (an IPv4 packet, no
+/// Ethernet), carrying all of it.
+fn time_exceeded(from: [u8; 4], to: [u8; 4], original: &[u8], router_mac: [u8; 6]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, router_mac)
+        .ipv4(from, to, 64)
+        .icmpv4(Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit))
+        .write(&mut out, original)
+        .expect("icmp error");
+    out
+}
+
+/// What an independent parser sees in a forwarded frame.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    /// Ports, or (ICMP echo id, 0).
+    sport: u16,
+    dport: u16,
+}
+
+/// Parses `frame`, asserting every checksum in it is valid, UDP checksum 0 included.
+fn seen(frame: &[u8]) -> Seen {
+    let p = SlicedPacket::from_ethernet(frame).expect("etherparse accepts the output");
+    let Some(etherparse::LinkSlice::Ethernet2(eth)) = &p.link else {
+        panic!("no Ethernet")
+    };
+    let Some(NetSlice::Ipv4(ipv4)) = &p.net else {
+        panic!("no IPv4")
+    };
+    let h = ipv4.header().to_header();
+    assert_eq!(h.calc_header_checksum(), h.header_checksum, "IPv4 checksum");
+    let (sport, dport) = match &p.transport {
+        Some(TransportSlice::Udp(u)) => {
+            if u.checksum() != 0 {
+                let want = u.to_header().calc_checksum_ipv4(&h, u.payload()).expect("csum");
+                assert_eq!(want, u.checksum(), "UDP checksum");
+            }
+            (u.source_port(), u.destination_port())
+        }
+        Some(TransportSlice::Tcp(t)) => {
+            let want = t.to_header().calc_checksum_ipv4(&h, t.payload()).expect("csum");
+            assert_eq!(want, t.checksum(), "TCP checksum");
+            (t.source_port(), t.destination_port())
+        }
+        Some(TransportSlice::Icmpv4(i)) => {
+            assert_eq!(
+                i.header().icmp_type.calc_checksum(i.payload()),
+                i.checksum(),
+                "ICMP checksum"
+            );
+            match i.header().icmp_type {
+                Icmpv4Type::EchoRequest(e) | Icmpv4Type::EchoReply(e) => (e.id, 0),
+                _ => (0, 0),
+            }
+        }
+        _ => (0, 0),
+    };
+    Seen {
+        dst_mac: eth.destination(),
+        src: h.source,
+        dst: h.destination,
+        sport,
+        dport,
+    }
+}
+
+fn expect_forward(r: &Router, ingress: u32, frame: &[u8], want: Seen, what: &str) {
+    let (outcome, out) = r.run(ingress, frame);
+    assert_eq!(outcome, Outcome::Forward, "{what}: verdict");
+    assert_eq!(seen(&out), want, "{what}");
+}
+
+fn want(dst_mac: [u8; 6], src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Seen {
+    Seen {
+        dst_mac,
+        src,
+        dst,
+        sport,
+        dport,
+    }
+}
+
+fn floating_ips(entry: Entry) {
+    let r = Router::new(entry, 1024);
+    let (i, o) = (r.inside, r.outside);
+    // Out: the fixed IP leaves as its floating IP, ports untouched (stateless).
+    let f = udp(FIXED, 5000, REMOTE, 53, ROUTER_IN_MAC);
+    expect_forward(&r, i, &f, want(UPSTREAM_MAC, FIP, 5000, REMOTE, 53), "fip out udp");
+    let f = tcp(FIXED, 5001, REMOTE, 443, ROUTER_IN_MAC);
+    expect_forward(&r, i, &f, want(UPSTREAM_MAC, FIP, 5001, REMOTE, 443), "fip out tcp");
+    let f = echo(FIXED, REMOTE, 77, true, ROUTER_IN_MAC);
+    expect_forward(&r, i, &f, want(UPSTREAM_MAC, FIP, 77, REMOTE, 0), "fip out ping");
+    // In: the floating IP is rewritten to the fixed IP.
+    let f = udp(REMOTE, 53, FIP, 5000, ROUTER_OUT_MAC);
+    expect_forward(&r, o, &f, want(VM_MAC, REMOTE, 53, FIXED, 5000), "fip in udp");
+    let f = tcp(REMOTE, 443, FIP, 5001, ROUTER_OUT_MAC);
+    expect_forward(&r, o, &f, want(VM_MAC, REMOTE, 443, FIXED, 5001), "fip in tcp");
+    let f = echo(REMOTE, FIP, 77, false, ROUTER_OUT_MAC);
+    expect_forward(&r, o, &f, want(VM_MAC, REMOTE, 77, FIXED, 0), "fip in ping reply");
+    // UDP without a checksum keeps none.
+    let mut f = udp(FIXED, 5002, REMOTE, 53, ROUTER_IN_MAC);
+    f[40..42].copy_from_slice(&[0, 0]);
+    let (outcome, out) = r.run(i, &f);
+    assert_eq!(outcome, Outcome::Forward);
+    assert_eq!(out[40..42], [0, 0], "UDP checksum 0 stays 0");
+    assert_eq!(seen(&out).src, FIP);
+    // Any other protocol: the address only (GRE, protocol 47).
+    let mut gre = udp(REMOTE, 1, FIP, 1, ROUTER_OUT_MAC);
+    gre[23] = 47;
+    router_tests::frames::fix_ip_checksum(&mut gre);
+    let (outcome, out) = r.run(o, &gre);
+    assert_eq!(outcome, Outcome::Forward, "gre to a floating IP");
+    assert_eq!(out[30..34], FIXED, "gre destination");
+    assert_eq!(seen(&out).src, REMOTE);
+    // No translation between internal hosts, even for one with a floating IP.
+    let f = udp(FIXED, 5000, VM3, 53, ROUTER_IN_MAC);
+    expect_forward(&r, i, &f, want(VM_MAC, FIXED, 5000, VM3, 53), "east-west");
+}
+
+fn default_snat(entry: Entry) {
+    let mut r = Router::new(entry, 1024);
+    let (i, o) = (r.inside, r.outside);
+    // The original port is kept when it is in the range and free...
+    let f = udp(VM3, 40000, REMOTE, 53, ROUTER_IN_MAC);
+    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40000, REMOTE, 53), "snat udp");
+    // ...the same flow again uses its session...
+    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40000, REMOTE, 53), "snat udp again");
+    // ...another host with the same port gets the other one...
+    let f = udp(VM7, 40000, REMOTE, 53, ROUTER_IN_MAC);
+    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40001, REMOTE, 53), "snat collision");
+    // ...and a third finds none: dropped, never sent untranslated.
+    let before = r.reason(i, Reason::NoSnatPort);
+    let (outcome, _) = r.run(i, &udp(VM8, 40000, REMOTE, 53, ROUTER_IN_MAC));
+    assert_eq!(outcome, Outcome::Drop, "port exhaustion");
+    assert_eq!(r.reason(i, Reason::NoSnatPort), before + 1, "no_snat_port counted");
+    // Replies are translated back.
+    let f = udp(REMOTE, 53, GW, 40000, ROUTER_OUT_MAC);
+    expect_forward(&r, o, &f, want(VM_MAC, REMOTE, 53, VM3, 40000), "snat reply 1");
+    let f = udp(REMOTE, 53, GW, 40001, ROUTER_OUT_MAC);
+    expect_forward(&r, o, &f, want(VM_MAC, REMOTE, 53, VM7, 40000), "snat reply 2");
+    // A port no session holds is the router's own business.
+    let (outcome, _) = r.run(o, &udp(REMOTE, 53, GW, 39999, ROUTER_OUT_MAC));
+    assert_eq!(outcome, Outcome::Pass, "no session: to the kernel");
+    // TCP to another destination may reuse port 40000.
+    let f = tcp(VM8, 40000, REMOTE, 80, ROUTER_IN_MAC);
+    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40000, REMOTE, 80), "snat tcp");
+    let f = tcp(REMOTE, 80, GW, 40000, ROUTER_OUT_MAC);
+    expect_forward(&r, o, &f, want(VM_MAC, REMOTE, 80, VM8, 40000), "snat tcp reply");
+    // ICMP echo: the identifier is the port.
+    let f = echo(VM3, REMOTE, 40001, true, ROUTER_IN_MAC);
+    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40001, REMOTE, 0), "snat ping");
+    let f = echo(REMOTE, GW, 40001, false, ROUTER_OUT_MAC);
+    expect_forward(&r, o, &f, want(VM_MAC, REMOTE, 40001, VM3, 0), "snat ping reply");
+    let f = echo(VM7, REMOTE, 40001, true, ROUTER_IN_MAC);
+    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40000, REMOTE, 0), "ping id collision");
+    let f = echo(REMOTE, GW, 40000, false, ROUTER_OUT_MAC);
+    expect_forward(&r, o, &f, want(VM_MAC, REMOTE, 40001, VM7, 0), "ping id reply");
+}
+
+/// Time exceeded from a router on the path, about a packet that left translated: the
+/// outer destination and the embedded source go back to the VM.
+fn icmp_errors(entry: Entry) {
+    let r = Router::new(entry, 1024);
+    let (i, o) = (r.inside, r.outside);
+    // A SNAT session (VM7:40000 leaves as GW:40000) and a floating-IP flow.
+    let f = udp(VM7, 40000, REMOTE, 53, ROUTER_IN_MAC);
+    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40000, REMOTE, 53), "snat flow");
+    let cases = [
+        (udp(GW, 40000, REMOTE, 53, ROUTER_OUT_MAC), GW, VM7, 40000, "snat udp"),
+        (tcp(GW, 40000, REMOTE, 53, ROUTER_OUT_MAC), GW, VM7, 40000, "snat tcp (no session)"),
+        (udp(FIP, 5000, REMOTE, 53, ROUTER_OUT_MAC), FIP, FIXED, 5000, "floating ip udp"),
+        (echo(FIP, REMOTE, 9, true, ROUTER_OUT_MAC), FIP, FIXED, 9, "floating ip ping"),
+    ];
+    for (original, outer_dst, vm, vm_port, what) in cases {
+        let error = time_exceeded(UPSTREAM, outer_dst, &original[14..], ROUTER_OUT_MAC);
+        let (outcome, out) = r.run(o, &error);
+        if what.contains("no session") {
+            // TCP 40000 has no session: the kernel's rules decide.
+            assert_eq!(outcome, Outcome::Pass, "{what}");
+            continue;
+        }
+        assert_eq!(outcome, Outcome::Forward, "{what}: verdict");
+        let outer = seen(&out);
+        assert_eq!((outer.src, outer.dst), (UPSTREAM, vm), "{what}: outer addresses");
+        // The embedded packet: valid header checksum, source back to the VM.
+        let (inner, rest) = Ipv4Header::from_slice(&out[42..]).expect("embedded IPv4");
+        assert_eq!(inner.calc_header_checksum(), inner.header_checksum, "{what}: inner csum");
+        assert_eq!((inner.source, inner.destination), (vm, REMOTE), "{what}: inner addresses");
+        let port = if inner.protocol.0 == 1 {
+            let (icmp, _) = Icmpv4Header::from_slice(rest).expect("embedded icmp");
+            match icmp.icmp_type {
+                Icmpv4Type::EchoRequest(e) => e.id,
+                other => panic!("{what}: {other:?}"),
+            }
+        } else {
+            u16::from_be_bytes([rest[0], rest[1]])
+        };
+        assert_eq!(port, vm_port, "{what}: inner source port");
+        if inner.protocol.0 == 17 {
+            let payload_len = usize::from(u16::from_be_bytes([rest[4], rest[5]])) - 8;
+            let udp = etherparse::UdpHeader::from_slice(rest).expect("inner udp").0;
+            let want = udp
+                .calc_checksum_ipv4(&inner, &rest[8..8 + payload_len])
+                .expect("csum");
+            assert_eq!(want, udp.checksum, "{what}: inner UDP checksum");
+        }
+    }
+}
+
+fn hairpin(entry: Entry) {
+    let r = Router::new(entry, 1024);
+    let i = r.inside;
+    // Sender without a floating IP: destination to the fixed IP, source to the gateway IP.
+    let f = udp(VM3, 40001, FIP, 7, ROUTER_IN_MAC);
+    expect_forward(&r, i, &f, want(VM_MAC, GW, 40001, FIXED, 7), "hairpin via gw");
+    // The reply reaches the sender from the floating IP it used.
+    let f = udp(FIXED, 7, GW, 40001, ROUTER_IN_MAC);
+    expect_forward(&r, i, &f, want(VM_MAC, FIP, 7, VM3, 40001), "hairpin reply");
+    // Sender with a floating IP: it appears as its own floating IP (float-snat first).
+    let f = udp(FIXED2, 6000, FIP, 7, ROUTER_IN_MAC);
+    expect_forward(&r, i, &f, want(VM_MAC, FIP2, 6000, FIXED, 7), "hairpin fip");
+    let f = udp(FIXED, 7, FIP2, 6000, ROUTER_IN_MAC);
+    expect_forward(&r, i, &f, want(VM_MAC, FIP, 7, FIXED2, 6000), "hairpin fip reply");
+}
+
+fn arp_and_metadata(entry: Entry) {
+    let mut r = Router::new(entry, 1024);
+    let (i, o) = (r.inside, r.outside);
+    let arp = |target: [u8; 4]| {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&CLIENT_MAC);
+        f.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&CLIENT_MAC);
+        f.extend_from_slice(&UPSTREAM);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&target);
+        f
+    };
+    let (outcome, out) = r.run(o, &arp(FIP));
+    assert_eq!(outcome, Outcome::Forward, "arp for a floating IP is answered");
+    assert_eq!(out[0..6], CLIENT_MAC, "reply to the asker");
+    assert_eq!(out[6..12], ROUTER_OUT_MAC);
+    assert_eq!(out[20..22], [0, 2], "an ARP reply");
+    assert_eq!(out[22..28], ROUTER_OUT_MAC, "sender MAC is the gateway port's");
+    assert_eq!(out[28..32], FIP, "sender IP is the floating IP");
+    assert_eq!(out[32..38], CLIENT_MAC);
+    assert_eq!(out[38..42], UPSTREAM);
+    let (outcome, _) = r.run(o, &arp([198, 18, 0, 99]));
+    assert_eq!(outcome, Outcome::Pass, "other ARP goes to the kernel");
+    let (outcome, _) = r.run(i, &arp(FIP));
+    assert_eq!(outcome, Outcome::Pass, "not answered on internal ports");
+
+    let before = r.reason(i, Reason::Metadata);
+    let (outcome, out) = r.run(i, &tcp(FIXED, 5555, [169, 254, 169, 254], 80, ROUTER_IN_MAC));
+    assert_eq!(outcome, Outcome::Pass, "metadata goes to the kernel's redirect");
+    let sent = tcp(FIXED, 5555, [169, 254, 169, 254], 80, ROUTER_IN_MAC);
+    assert!(out.ends_with(&sent), "untouched");
+    assert_eq!(r.reason(i, Reason::Metadata), before + 1);
+}
+
+/// A full table refuses new sessions with a counted drop, and the sessions it holds keep
+/// working.
+fn full_table(entry: Entry) {
+    // Four entries: two sessions.
+    let mut r = Router::new(entry, 4);
+    let (i, o) = (r.inside, r.outside);
+    let f = udp(VM3, 40000, REMOTE, 53, ROUTER_IN_MAC);
+    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40000, REMOTE, 53), "first");
+    let f = udp(VM7, 40000, [203, 0, 113, 10], 53, ROUTER_IN_MAC);
+    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40000, [203, 0, 113, 10], 53), "second");
+    let before = r.reason(i, Reason::SessionTableFull);
+    let (outcome, _) = r.run(i, &udp(VM8, 40000, [203, 0, 113, 11], 53, ROUTER_IN_MAC));
+    assert_eq!(outcome, Outcome::Drop, "a third session does not fit");
+    assert_eq!(r.reason(i, Reason::SessionTableFull), before + 1);
+    let f = udp(REMOTE, 53, GW, 40000, ROUTER_OUT_MAC);
+    expect_forward(&r, o, &f, want(VM_MAC, REMOTE, 53, VM3, 40000), "established still works");
+    let f = udp(VM3, 40000, REMOTE, 53, ROUTER_IN_MAC);
+    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40000, REMOTE, 53), "and outbound");
+    // Floating IPs need no session.
+    let f = udp(FIXED, 1, REMOTE, 2, ROUTER_IN_MAC);
+    expect_forward(&r, i, &f, want(UPSTREAM_MAC, FIP, 1, REMOTE, 2), "fip with a full table");
+}
+
+macro_rules! both_entries {
+    ($($name:ident),*) => {
+        mod xdp { $(#[test] fn $name() { router_tests::require_root(); super::$name(super::Entry::Xdp) })* }
+        mod tc { $(#[test] fn $name() { router_tests::require_root(); super::$name(super::Entry::Tc) })* }
+    };
+}
+
+both_entries!(
+    floating_ips,
+    default_snat,
+    icmp_errors,
+    hairpin,
+    arp_and_metadata,
+    full_table
+);
