@@ -64,6 +64,14 @@ impl Routerd {
         me
     }
 
+    /// Asks routerd to re-read its configuration (SIGHUP).
+    pub fn reload(&self) {
+        if let Some(child) = &self.child {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

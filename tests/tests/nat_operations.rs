@@ -1,0 +1,110 @@
+//! NAT through the real routerd, beyond what each endpoint sees: a floating IP removed at
+//! run time stops translating at once (its sessions end), and what the fast path hands to
+//! the kernel (here: fragments) still leaves translated, by the kernel's slow-path rules.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    time::Duration,
+};
+
+use router_tests::{
+    routerd::Routerd,
+    topo::{EXT_HOST, GATEWAY_IP, RouterTopology},
+    traffic::{self, in_ns, join},
+};
+
+const FIP_B: [u8; 4] = [198, 18, 0, 10];
+
+fn with_floating_ip(topo: &RouterTopology, present: bool) {
+    let text = std::fs::read_to_string(&topo.config).expect("config");
+    let base = text.split("[[router.floating_ip]]").next().unwrap_or_default().to_string();
+    let text = if present {
+        format!("{base}[[router.floating_ip]]\naddress = \"198.18.0.10\"\nfixed = \"10.0.2.5\"\n")
+    } else {
+        base
+    };
+    std::fs::write(&topo.config, text).expect("writing config");
+}
+
+/// Receives one datagram on `port` in `ns`; returns who sent it and how many bytes.
+fn receive_one(ns: &str, port: u16) -> std::thread::JoinHandle<Option<(SocketAddrV4, usize)>> {
+    in_ns(ns, move || {
+        let sock = UdpSocket::bind(("0.0.0.0", port)).expect("bind");
+        sock.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        let mut buf = vec![0u8; 65536];
+        match sock.recv_from(&mut buf) {
+            Ok((n, std::net::SocketAddr::V4(from))) => Some((from, n)),
+            _ => None,
+        }
+    })
+}
+
+fn send_from(ns: &str, to: [u8; 4], port: u16, len: usize) {
+    join(in_ns(ns, move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        sock.send_to(&vec![7u8; len], SocketAddrV4::new(Ipv4Addr::from(to), port))
+            .expect("send");
+    }));
+}
+
+fn run(mode: &str) {
+    let topo = RouterTopology::build(mode);
+    with_floating_ip(&topo, true);
+    let mut routerd = Routerd::start(&topo.config, &topo.router_id);
+    // The external host has a route to 10/8 via the router in this topology; remove it so
+    // the floating IP is the only way in.
+    router_tests::topo::ip(&["-n", &topo.ext_ns, "route", "del", "10.0.0.0/8"]);
+
+    // The floating IP answers (ARP from the fast path, DNAT) and VM B appears as it.
+    assert!(
+        traffic::ping(&topo.ext_ns, FIP_B, 2),
+        "{mode}: ping the floating IP\n{}",
+        routerd.log_text()
+    );
+    let rx = receive_one(&topo.ext_ns, 7001);
+    std::thread::sleep(Duration::from_millis(200));
+    send_from(&topo.vm_b_ns, EXT_HOST, 7001, 100);
+    let (from, _) = join(rx).expect("datagram from VM B");
+    assert_eq!(from.ip().octets(), FIP_B, "{mode}: VM B leaves as its floating IP");
+
+    // Fragments are the kernel's (slow path): a 3000-byte datagram from VM A (no floating
+    // IP) leaves as the gateway IP, never as 10.0.1.5.
+    let rx = receive_one(&topo.ext_ns, 7002);
+    std::thread::sleep(Duration::from_millis(200));
+    send_from(&topo.vm_a_ns, EXT_HOST, 7002, 3000);
+    let (from, n) = join(rx).expect("fragmented datagram from VM A");
+    assert_eq!((from.ip().octets(), n), (GATEWAY_IP, 3000), "{mode}: fragments SNATed");
+    // And a fragmented datagram from VM B leaves as its floating IP.
+    let rx = receive_one(&topo.ext_ns, 7003);
+    std::thread::sleep(Duration::from_millis(200));
+    send_from(&topo.vm_b_ns, EXT_HOST, 7003, 3000);
+    let (from, _) = join(rx).expect("fragmented datagram from VM B");
+    assert_eq!(from.ip().octets(), FIP_B, "{mode}: fragments keep the floating IP");
+
+    // Remove the floating IP at run time: it stops answering and translating at once.
+    with_floating_ip(&topo, false);
+    routerd.reload();
+    traffic::wait_for("the floating IP to be removed", Duration::from_secs(5), || {
+        routerd.log_text().contains("applied new desired state")
+    });
+    assert!(
+        !traffic::ping(&topo.ext_ns, FIP_B, 1),
+        "{mode}: a removed floating IP must not answer"
+    );
+    let rx = receive_one(&topo.ext_ns, 7004);
+    std::thread::sleep(Duration::from_millis(200));
+    send_from(&topo.vm_b_ns, EXT_HOST, 7004, 100);
+    let (from, _) = join(rx).expect("datagram from VM B after removal");
+    assert_eq!(from.ip().octets(), GATEWAY_IP, "{mode}: VM B now leaves by default SNAT");
+    assert!(routerd.stop(), "routerd stops cleanly");
+}
+
+#[test]
+fn nat_operations_xdp() {
+    run("xdp");
+}
+
+#[test]
+fn nat_operations_tc() {
+    run("tc");
+}
