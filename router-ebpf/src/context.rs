@@ -1,7 +1,7 @@
 //! What the pipeline needs from a program context, so XDP and TC share one pipeline.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, __sk_buff},
+    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::bpf_l4_csum_replace,
     programs::{TcContext, XdpContext},
 };

@@ -142,7 +142,11 @@ fn error_flow(frame: &Frame, pkt: &Ipv4Packet) -> Option<Flow> {
         return None;
     }
     let (shape, sport, dport) = match proto {
-        IPPROTO_TCP | IPPROTO_UDP => (Shape2::Ports, [inner[20], inner[21]], [inner[22], inner[23]]),
+        IPPROTO_TCP | IPPROTO_UDP => (
+            Shape2::Ports,
+            [inner[20], inner[21]],
+            [inner[22], inner[23]],
+        ),
         IPPROTO_ICMP => match inner[20] {
             ICMP_ECHO_REQUEST => (Shape2::EchoRequest, [inner[24], inner[25]], [0; 2]),
             ICMP_ECHO_REPLY => (Shape2::EchoReply, [0; 2], [inner[24], inner[25]]),

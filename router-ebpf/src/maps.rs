@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use router_common::{
     CtEntry, CtKey, DEFAULT_SESSION_ENTRIES, FipEntry, FipStats, IfaceEntry, IfaceStats,
-    MAX_FLOATING_IPS, MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES, NatConfig, NeighborEntry,
-    NeighborKey, RouteEntry, RouteKey, SnatStats,
+    MAX_FLOATING_IPS, MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES, NatConfig, NeighborEntry, NeighborKey,
+    RouteEntry, RouteKey, SnatStats,
 };
 
 /// Every routing table of the router in one trie (see `RouteKey`).

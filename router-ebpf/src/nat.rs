@@ -9,9 +9,7 @@
 //!   not enter from it (hairpin: the mangle mark rule), is SNATed to the gateway IP with a
 //!   session.
 
-use router_common::{
-    CtEntry, CtKey, NatConfig, Reason, ct_kind, iface_role, nat_flags,
-};
+use router_common::{CtEntry, CtKey, NatConfig, Reason, ct_kind, iface_role, nat_flags};
 
 use crate::{
     conntrack,
@@ -95,7 +93,12 @@ pub fn before_routing(flow: &Flow) -> Plan {
 
 /// NAT after routing, from the roles of the ingress and egress interfaces.
 #[inline(always)]
-pub fn after_routing(plan: &mut Plan, flow: &Flow, in_role: u32, out_role: u32) -> Result<(), Verdict> {
+pub fn after_routing(
+    plan: &mut Plan,
+    flow: &Flow,
+    in_role: u32,
+    out_role: u32,
+) -> Result<(), Verdict> {
     if plan.session.is_some() {
         return Ok(());
     }

@@ -29,8 +29,16 @@ pub fn apply(frame: &Frame, pkt: &Ipv4Packet, flow: &Flow, target: &Target, hop:
     };
     // Outer addresses follow the flow's translation where they are the flow's own (an ICMP
     // error from a router on the path keeps that router's address as its source).
-    let new_src = if old_src == flow.key.src { target.src } else { old_src };
-    let new_dst = if old_dst == flow.key.dst { target.dst } else { old_dst };
+    let new_src = if old_src == flow.key.src {
+        target.src
+    } else {
+        old_src
+    };
+    let new_dst = if old_dst == flow.key.dst {
+        target.dst
+    } else {
+        old_dst
+    };
     let mut ip = Delta::default();
     let mut pseudo = Delta::default();
     // SAFETY: as above.

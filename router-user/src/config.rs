@@ -533,7 +533,10 @@ fn validate_floating_ips(
                 "is the router's gateway IP or its next hop",
             ));
         }
-        let Some(inside) = interfaces.iter().find(|i| i.address.subnet().contains(fixed)) else {
+        let Some(inside) = interfaces
+            .iter()
+            .find(|i| i.address.subnet().contains(fixed))
+        else {
             return Err(at.bad(
                 &format!("{key}.fixed"),
                 &f.fixed,
@@ -549,7 +552,11 @@ fn validate_floating_ips(
             ));
         }
         if out.iter().any(|o| o.address == address) {
-            return Err(at.bad(&format!("{key}.address"), &f.address, "floating IP given twice"));
+            return Err(at.bad(
+                &format!("{key}.address"),
+                &f.address,
+                "floating IP given twice",
+            ));
         }
         if out.iter().any(|o| o.fixed == fixed) {
             return Err(at.bad(
@@ -586,11 +593,7 @@ fn validate_nat(at: &Ctx, file: Option<&FileNat>) -> Result<NatSettings, ConfigE
     }
     if let Some(n) = f.max_sessions {
         if !(16..=(1 << 22)).contains(&n) {
-            return Err(at.bad(
-                "nat.max_sessions",
-                &n.to_string(),
-                "must be 16 to 4194304",
-            ));
+            return Err(at.bad("nat.max_sessions", &n.to_string(), "must be 16 to 4194304"));
         }
         nat.max_sessions = n;
     }
@@ -633,8 +636,14 @@ fn validate_nat(at: &Ctx, file: Option<&FileNat>) -> Result<NatSettings, ConfigE
 
 fn parse_port_range(s: &str) -> Result<PortRange, &'static str> {
     let (a, b) = s.split_once('-').ok_or("not a port range (low-high)")?;
-    let min: u16 = a.trim().parse().map_err(|_| "not a port range (low-high)")?;
-    let max: u16 = b.trim().parse().map_err(|_| "not a port range (low-high)")?;
+    let min: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| "not a port range (low-high)")?;
+    let max: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| "not a port range (low-high)")?;
     if min == 0 || max < min {
         return Err("must be low-high with 1 <= low <= high <= 65535");
     }

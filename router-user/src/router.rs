@@ -130,7 +130,12 @@ impl RunningRouter {
             router: new.clone(),
             done,
         };
-        let gone = || Error::io(format!("router {}", new.id), std::io::Error::other("router thread ended"));
+        let gone = || {
+            Error::io(
+                format!("router {}", new.id),
+                std::io::Error::other("router thread ended"),
+            )
+        };
         self.changes.send(change).map_err(|_| gone())?;
         result.await.map_err(|_| gone())??;
         self.desired = new;
@@ -467,25 +472,30 @@ impl RouterState {
             .map(|i| i.ifindex);
         let snat_before = old.gateway.as_ref().is_some_and(|g| g.snat);
         let snat_after = new.gateway.as_ref().is_some_and(|g| g.snat);
-        self.datapath.set_nat_config(nat_config(&new, gateway_ifindex))?;
-        if snat_before && !snat_after {
-            if let Some(g) = &old.gateway {
-                let gw = g.address.addr.octets();
-                ended += conntrack::purge(&mut self.datapath.sessions()?, |k, e| {
-                    session_uses(k, e, &|a| a == gw)
-                })?;
-            }
+        self.datapath
+            .set_nat_config(nat_config(&new, gateway_ifindex))?;
+        if let (true, false, Some(g)) = (snat_before, snat_after, &old.gateway) {
+            let gw = g.address.addr.octets();
+            ended += conntrack::purge(&mut self.datapath.sessions()?, |k, e| {
+                session_uses(k, e, &|a| a == gw)
+            })?;
         }
         for r in &new.routes {
             netlink::ensure_route(handle, r.destination, r.nexthop)
                 .await
-                .map_err(nl(format!("adding route {} via {}", r.destination, r.nexthop)))?;
+                .map_err(nl(format!(
+                    "adding route {} via {}",
+                    r.destination, r.nexthop
+                )))?;
         }
         slowpath::apply(&new)?;
         self.router = new;
         write_info(&self.info)?;
         self.resync(handle).await?;
-        log::info!("router {}: applied new desired state; {ended} session(s) ended", self.id);
+        log::info!(
+            "router {}: applied new desired state; {ended} session(s) ended",
+            self.id
+        );
         Ok(())
     }
 

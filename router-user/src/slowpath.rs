@@ -23,7 +23,10 @@ const HAIRPIN: &str = "meta mark & 0xffff != 0x2 ct status & dnat == dnat";
 pub fn ruleset(router: &Router) -> String {
     let mut s = String::new();
     // "add" then "delete" makes the delete succeed whether or not the table exists.
-    let _ = writeln!(s, "add table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{");
+    let _ = writeln!(
+        s,
+        "add table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{"
+    );
     let fips = |pick: fn(&crate::config::FloatingIp) -> (Ipv4Addr, Ipv4Addr)| {
         router
             .floating_ips
@@ -51,7 +54,10 @@ pub fn ruleset(router: &Router) -> String {
         .collect();
 
     // mangle: what entered from the gateway is marked (Neutron's 0x2/0xffff).
-    let _ = writeln!(s, "  chain mark_gateway {{ type filter hook prerouting priority mangle;");
+    let _ = writeln!(
+        s,
+        "  chain mark_gateway {{ type filter hook prerouting priority mangle;"
+    );
     if let Some(g) = &router.gateway {
         let _ = writeln!(
             s,
@@ -61,7 +67,10 @@ pub fn ruleset(router: &Router) -> String {
     }
     let _ = writeln!(s, "  }}");
 
-    let _ = writeln!(s, "  chain dnat_in {{ type nat hook prerouting priority dstnat;");
+    let _ = writeln!(
+        s,
+        "  chain dnat_in {{ type nat hook prerouting priority dstnat;"
+    );
     if !internal.is_empty() {
         let _ = writeln!(
             s,
@@ -73,7 +82,10 @@ pub fn ruleset(router: &Router) -> String {
     let _ = writeln!(s, "    dnat to ip daddr map @fip_dnat");
     let _ = writeln!(s, "  }}");
 
-    let _ = writeln!(s, "  chain snat_out {{ type nat hook postrouting priority srcnat;");
+    let _ = writeln!(
+        s,
+        "  chain snat_out {{ type nat hook postrouting priority srcnat;"
+    );
     if let Some(g) = &router.gateway {
         let qg = &g.interface;
         let _ = writeln!(
@@ -85,7 +97,10 @@ pub fn ruleset(router: &Router) -> String {
             let (gw, ports) = (g.address.addr, router.nat.slow_path_snat_ports);
             // Ports (and ICMP identifiers) only for protocols that have them.
             for matches in [format!("oifname \"{qg}\""), HAIRPIN.to_string()] {
-                let _ = writeln!(s, "    {matches} meta l4proto {{ tcp, udp }} snat to {gw}:{ports}");
+                let _ = writeln!(
+                    s,
+                    "    {matches} meta l4proto {{ tcp, udp }} snat to {gw}:{ports}"
+                );
                 let _ = writeln!(s, "    {matches} meta l4proto icmp snat to {gw}:{ports}");
                 let _ = writeln!(s, "    {matches} snat to {gw}");
             }
@@ -110,9 +125,7 @@ pub fn apply(router: &Router) -> Result<(), Error> {
             .write_all(rules.as_bytes())
             .map_err(|e| Error::io(what(), e))?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::io(what(), e))?;
+    let out = child.wait_with_output().map_err(|e| Error::io(what(), e))?;
     if !out.status.success() {
         return Err(Error::io(
             what(),

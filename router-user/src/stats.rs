@@ -1,11 +1,18 @@
 //! Reading the counters of running routers from their pinned maps, and showing them.
 
-use std::fmt::Write as _;
+use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
-use router_common::{IfaceStats, Reason};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
+use router_common::{
+    FipEntry, FipStats, IfaceStats, NatConfig, Reason, SnatStats, map_names, nat_flags,
+};
 use serde::Serialize;
 
-use crate::{datapath, error::Error, router::running_routers};
+use crate::{
+    datapath,
+    error::Error,
+    router::{RouterInfo, running_routers},
+};
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct InterfaceStats {
@@ -46,22 +53,26 @@ impl InterfaceStats {
     }
 }
 
+/// Every running router, or only `only` (an error if that one is not running).
+pub fn selected_routers(only: Option<&str>) -> Result<Vec<RouterInfo>, Error> {
+    let mut routers = running_routers()?;
+    if let Some(id) = only {
+        routers.retain(|r| r.router == id);
+        if routers.is_empty() {
+            let pins = crate::paths::router_pin_dir(id);
+            return Err(Error::NotRunning(
+                id.to_string(),
+                pins.display().to_string(),
+            ));
+        }
+    }
+    Ok(routers)
+}
+
 /// Counters of every interface of every running router (or of `only`).
 pub fn collect(only: Option<&str>) -> Result<Vec<InterfaceStats>, Error> {
     let mut out = Vec::new();
-    let routers = running_routers()?;
-    if let Some(id) = only
-        && !routers.iter().any(|r| r.router == id)
-    {
-        return Err(Error::NotRunning(
-            id.to_string(),
-            crate::paths::RUN_DIR.to_string(),
-        ));
-    }
-    for info in routers
-        .iter()
-        .filter(|r| only.is_none_or(|id| r.router == id))
-    {
+    for info in &selected_routers(only)? {
         let map = datapath::open_pinned_stats(&info.router)?;
         for iface in &info.interfaces {
             let s = datapath::sum_stats(&map, iface.ifindex)?;
@@ -137,4 +148,267 @@ pub fn table(stats: &[InterfaceStats]) -> String {
         }
     }
     out
+}
+
+/// One floating IP and its counters (summed over CPUs).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FloatingIpStats {
+    pub router: String,
+    pub floating_ip: Ipv4Addr,
+    pub fixed_ip: Ipv4Addr,
+    /// To the floating IP, translated to the fixed IP.
+    pub in_packets: u64,
+    pub in_bytes: u64,
+    /// From the fixed IP, translated to the floating IP.
+    pub out_packets: u64,
+    pub out_bytes: u64,
+}
+
+/// A router's gateway, its SNAT settings and counters (summed over CPUs).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct GatewayStats {
+    pub router: String,
+    /// None when the router has no gateway.
+    pub gateway_ip: Option<Ipv4Addr>,
+    pub snat: bool,
+    pub port_min: u16,
+    pub port_max: u16,
+    pub sessions_created: u64,
+    pub port_collisions: u64,
+    /// Translated to the gateway IP.
+    pub out_packets: u64,
+    pub out_bytes: u64,
+    /// Replies translated back.
+    pub in_packets: u64,
+    pub in_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct NatStats {
+    /// One per router.
+    pub gateways: Vec<GatewayStats>,
+    pub floating_ips: Vec<FloatingIpStats>,
+}
+
+/// NAT settings and counters of every running router (or of `only`).
+pub fn collect_nat(only: Option<&str>) -> Result<NatStats, Error> {
+    let mut out = NatStats::default();
+    for info in &selected_routers(only)? {
+        out.gateways.push(gateway(&info.router)?);
+        out.floating_ips.extend(floating_ips(&info.router)?);
+    }
+    Ok(out)
+}
+
+fn gateway(router: &str) -> Result<GatewayStats, Error> {
+    let config: Array<MapData, NatConfig> = datapath::open_pinned(router, map_names::NAT_CONFIG)?;
+    let cfg = config
+        .get(&0, 0)
+        .map_err(|e| Error::map(format!("{router}: reading NAT_CONFIG"), e))?;
+    let counters: PerCpuArray<MapData, SnatStats> =
+        datapath::open_pinned(router, map_names::SNAT_STATS)?;
+    let mut s = SnatStats::default();
+    let values = counters
+        .get(&0, 0)
+        .map_err(|e| Error::map(format!("{router}: reading SNAT_STATS"), e))?;
+    values.iter().for_each(|v| s.accumulate(v));
+    let has_gateway = cfg.flags & nat_flags::GATEWAY != 0;
+    Ok(GatewayStats {
+        router: router.to_string(),
+        gateway_ip: has_gateway.then(|| Ipv4Addr::from(cfg.gateway_ip)),
+        snat: has_gateway && cfg.flags & nat_flags::SNAT != 0,
+        port_min: cfg.port_min,
+        port_max: cfg.port_max,
+        sessions_created: s.sessions_created,
+        port_collisions: s.port_collisions,
+        out_packets: s.out_packets,
+        out_bytes: s.out_bytes,
+        in_packets: s.in_packets,
+        in_bytes: s.in_bytes,
+    })
+}
+
+fn floating_ips(router: &str) -> Result<Vec<FloatingIpStats>, Error> {
+    let by_address: HashMap<MapData, [u8; 4], FipEntry> =
+        datapath::open_pinned(router, map_names::FIP_BY_ADDRESS)?;
+    let counters: PerCpuHashMap<MapData, [u8; 4], FipStats> =
+        datapath::open_pinned(router, map_names::FIP_STATS)?;
+    let mut fips = BTreeMap::new();
+    for item in by_address.iter() {
+        let (fip, entry) =
+            item.map_err(|e| Error::map(format!("{router}: reading FIP_BY_ADDRESS"), e))?;
+        fips.insert(Ipv4Addr::from(fip), Ipv4Addr::from(entry.addr));
+    }
+    let mut out = Vec::with_capacity(fips.len());
+    for (fip, fixed) in fips {
+        let mut s = FipStats::default();
+        match counters.get(&fip.octets(), 0) {
+            Ok(values) => values.iter().for_each(|v| s.accumulate(v)),
+            // Added a moment ago, counters not created yet: nothing counted.
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(Error::map(format!("{router}: FIP_STATS[{fip}]"), e)),
+        }
+        out.push(FloatingIpStats {
+            router: router.to_string(),
+            floating_ip: fip,
+            fixed_ip: fixed,
+            in_packets: s.in_packets,
+            in_bytes: s.in_bytes,
+            out_packets: s.out_packets,
+            out_bytes: s.out_bytes,
+        });
+    }
+    Ok(out)
+}
+
+/// The human-readable NAT tables: one row per router gateway, one per floating IP.
+pub fn nat_table(nat: &NatStats) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<10} {:<15} {:<4} {:<11} {:>9} {:>10} {:>12} {:>14} {:>12} {:>14}",
+        "ROUTER",
+        "GATEWAY",
+        "SNAT",
+        "PORTS",
+        "SESSIONS",
+        "COLLISIONS",
+        "OUT_PKTS",
+        "OUT_BYTES",
+        "IN_PKTS",
+        "IN_BYTES"
+    );
+    for g in &nat.gateways {
+        let ip = g
+            .gateway_ip
+            .map_or_else(|| "-".to_string(), |ip| ip.to_string());
+        let ports = format!("{}-{}", g.port_min, g.port_max);
+        let _ = writeln!(
+            out,
+            "{:<10} {:<15} {:<4} {:<11} {:>9} {:>10} {:>12} {:>14} {:>12} {:>14}",
+            g.router,
+            ip,
+            if g.snat { "on" } else { "off" },
+            ports,
+            g.sessions_created,
+            g.port_collisions,
+            g.out_packets,
+            g.out_bytes,
+            g.in_packets,
+            g.in_bytes
+        );
+    }
+    if !nat.floating_ips.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<10} {:<15} {:<15} {:>12} {:>14} {:>12} {:>14}",
+            "ROUTER", "FLOATING_IP", "FIXED_IP", "IN_PKTS", "IN_BYTES", "OUT_PKTS", "OUT_BYTES"
+        );
+        for f in &nat.floating_ips {
+            let _ = writeln!(
+                out,
+                "{:<10} {:<15} {:<15} {:>12} {:>14} {:>12} {:>14}",
+                f.router.as_str(),
+                f.floating_ip.to_string(),
+                f.fixed_ip.to_string(),
+                f.in_packets,
+                f.in_bytes,
+                f.out_packets,
+                f.out_bytes
+            );
+        }
+    }
+    out
+}
+
+/// One element of `routerctl stats --json`: interface rows as always, then a row per
+/// floating IP (it has `floating_ip`) and per gateway (it has `gateway_ip`).
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum Row<'a> {
+    Interface(&'a InterfaceStats),
+    FloatingIp(&'a FloatingIpStats),
+    Gateway(&'a GatewayStats),
+}
+
+pub fn rows<'a>(interfaces: &'a [InterfaceStats], nat: &'a NatStats) -> Vec<Row<'a>> {
+    let ifaces = interfaces.iter().map(Row::Interface);
+    let fips = nat.floating_ips.iter().map(Row::FloatingIp);
+    ifaces
+        .chain(fips)
+        .chain(nat.gateways.iter().map(Row::Gateway))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nat() -> NatStats {
+        NatStats {
+            gateways: vec![GatewayStats {
+                router: "r1".into(),
+                gateway_ip: Some(Ipv4Addr::new(203, 0, 113, 2)),
+                snat: true,
+                port_min: 1024,
+                port_max: 64511,
+                sessions_created: 3,
+                port_collisions: 1,
+                out_packets: 10,
+                out_bytes: 1000,
+                in_packets: 9,
+                in_bytes: 900,
+            }],
+            floating_ips: vec![FloatingIpStats {
+                router: "r1".into(),
+                floating_ip: Ipv4Addr::new(203, 0, 113, 10),
+                fixed_ip: Ipv4Addr::new(10, 0, 0, 5),
+                in_packets: 4,
+                in_bytes: 336,
+                out_packets: 3,
+                out_bytes: 252,
+            }],
+        }
+    }
+
+    #[test]
+    fn json_rows_keep_interfaces_first_and_unchanged() {
+        let iface = InterfaceStats::new("r1", "qr-a", 2, "internal", &IfaceStats::default());
+        let nat = nat();
+        let value =
+            serde_json::to_value(rows(std::slice::from_ref(&iface), &nat)).expect("serializable");
+        let rows = value.as_array().expect("an array");
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0], serde_json::to_value(&iface).expect("serializable"));
+        assert_eq!(rows[1]["floating_ip"], "203.0.113.10");
+        assert_eq!(rows[1]["fixed_ip"], "10.0.0.5");
+        assert_eq!(rows[2]["gateway_ip"], "203.0.113.2");
+        assert_eq!(rows[2]["sessions_created"], 3);
+    }
+
+    #[test]
+    fn nat_table_shows_gateway_and_floating_ips() {
+        let text = nat_table(&nat());
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("ROUTER     GATEWAY"));
+        assert!(lines[1].contains("203.0.113.2") && lines[1].contains("1024-64511"));
+        assert!(lines[1].split_whitespace().nth(2) == Some("on"));
+        assert!(lines[3].contains("FLOATING_IP"));
+        assert!(lines[4].contains("203.0.113.10") && lines[4].contains("10.0.0.5"));
+        let no_gateway = NatStats {
+            gateways: vec![GatewayStats {
+                gateway_ip: None,
+                snat: false,
+                ..nat().gateways[0].clone()
+            }],
+            floating_ips: vec![],
+        };
+        let text = nat_table(&no_gateway);
+        assert_eq!(text.lines().count(), 2);
+        assert!(
+            text.lines()
+                .nth(1)
+                .is_some_and(|l| l.contains(" -  ") && l.contains("off"))
+        );
+    }
 }

@@ -17,7 +17,11 @@ const FIP_B: [u8; 4] = [198, 18, 0, 10];
 
 fn with_floating_ip(topo: &RouterTopology, present: bool) {
     let text = std::fs::read_to_string(&topo.config).expect("config");
-    let base = text.split("[[router.floating_ip]]").next().unwrap_or_default().to_string();
+    let base = text
+        .split("[[router.floating_ip]]")
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let text = if present {
         format!("{base}[[router.floating_ip]]\naddress = \"198.18.0.10\"\nfixed = \"10.0.2.5\"\n")
     } else {
@@ -30,7 +34,8 @@ fn with_floating_ip(topo: &RouterTopology, present: bool) {
 fn receive_one(ns: &str, port: u16) -> std::thread::JoinHandle<Option<(SocketAddrV4, usize)>> {
     in_ns(ns, move || {
         let sock = UdpSocket::bind(("0.0.0.0", port)).expect("bind");
-        sock.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        sock.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
         let mut buf = vec![0u8; 65536];
         match sock.recv_from(&mut buf) {
             Ok((n, std::net::SocketAddr::V4(from))) => Some((from, n)),
@@ -45,6 +50,20 @@ fn send_from(ns: &str, to: [u8; 4], port: u16, len: usize) {
         sock.send_to(&vec![7u8; len], SocketAddrV4::new(Ipv4Addr::from(to), port))
             .expect("send");
     }));
+}
+
+fn routerctl(args: &[&str]) -> serde_json::Value {
+    let ctl = router_tests::routerd::routerd_path().with_file_name("routerctl");
+    let out = std::process::Command::new(&ctl)
+        .args(args)
+        .output()
+        .expect("routerctl");
+    assert!(
+        out.status.success(),
+        "routerctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("routerctl JSON")
 }
 
 fn run(mode: &str) {
@@ -65,7 +84,11 @@ fn run(mode: &str) {
     std::thread::sleep(Duration::from_millis(200));
     send_from(&topo.vm_b_ns, EXT_HOST, 7001, 100);
     let (from, _) = join(rx).expect("datagram from VM B");
-    assert_eq!(from.ip().octets(), FIP_B, "{mode}: VM B leaves as its floating IP");
+    assert_eq!(
+        from.ip().octets(),
+        FIP_B,
+        "{mode}: VM B leaves as its floating IP"
+    );
 
     // Fragments are the kernel's (slow path): a 3000-byte datagram from VM A (no floating
     // IP) leaves as the gateway IP, never as 10.0.1.5.
@@ -73,20 +96,59 @@ fn run(mode: &str) {
     std::thread::sleep(Duration::from_millis(200));
     send_from(&topo.vm_a_ns, EXT_HOST, 7002, 3000);
     let (from, n) = join(rx).expect("fragmented datagram from VM A");
-    assert_eq!((from.ip().octets(), n), (GATEWAY_IP, 3000), "{mode}: fragments SNATed");
+    assert_eq!(
+        (from.ip().octets(), n),
+        (GATEWAY_IP, 3000),
+        "{mode}: fragments SNATed"
+    );
     // And a fragmented datagram from VM B leaves as its floating IP.
     let rx = receive_one(&topo.ext_ns, 7003);
     std::thread::sleep(Duration::from_millis(200));
     send_from(&topo.vm_b_ns, EXT_HOST, 7003, 3000);
     let (from, _) = join(rx).expect("fragmented datagram from VM B");
-    assert_eq!(from.ip().octets(), FIP_B, "{mode}: fragments keep the floating IP");
+    assert_eq!(
+        from.ip().octets(),
+        FIP_B,
+        "{mode}: fragments keep the floating IP"
+    );
+
+    // A default-SNAT session made by the fast path, as routerctl lists it.
+    let rx = receive_one(&topo.ext_ns, 7005);
+    std::thread::sleep(Duration::from_millis(200));
+    send_from(&topo.vm_a_ns, EXT_HOST, 7005, 100);
+    let (from, _) = join(rx).expect("datagram from VM A");
+    assert_eq!(
+        from.ip().octets(),
+        GATEWAY_IP,
+        "{mode}: VM A leaves as the gateway IP"
+    );
+    let sessions = routerctl(&["ct", "list", "--json", "--router", &topo.router_id]);
+    let found = sessions.as_array().expect("array").iter().any(|s| {
+        s["original"]["src"] == "10.0.1.5"
+            && s["original"]["dport"] == 7005
+            && s["translated"]["src"] == "198.18.0.2"
+    });
+    assert!(found, "{mode}: ct list shows the SNAT session: {sessions}");
+    let nat = routerctl(&["nat", "list", "--json", "--router", &topo.router_id]);
+    let fip = &nat["floating_ips"][0];
+    assert_eq!(fip["floating_ip"], "198.18.0.10", "{mode}: nat list: {nat}");
+    assert!(
+        fip["out_packets"].as_u64().unwrap_or(0) >= 1,
+        "{mode}: fip counters: {nat}"
+    );
+    assert!(
+        nat["gateways"][0]["sessions_created"].as_u64().unwrap_or(0) >= 1,
+        "{nat}"
+    );
 
     // Remove the floating IP at run time: it stops answering and translating at once.
     with_floating_ip(&topo, false);
     routerd.reload();
-    traffic::wait_for("the floating IP to be removed", Duration::from_secs(5), || {
-        routerd.log_text().contains("applied new desired state")
-    });
+    traffic::wait_for(
+        "the floating IP to be removed",
+        Duration::from_secs(5),
+        || routerd.log_text().contains("applied new desired state"),
+    );
     assert!(
         !traffic::ping(&topo.ext_ns, FIP_B, 1),
         "{mode}: a removed floating IP must not answer"
@@ -95,7 +157,11 @@ fn run(mode: &str) {
     std::thread::sleep(Duration::from_millis(200));
     send_from(&topo.vm_b_ns, EXT_HOST, 7004, 100);
     let (from, _) = join(rx).expect("datagram from VM B after removal");
-    assert_eq!(from.ip().octets(), GATEWAY_IP, "{mode}: VM B now leaves by default SNAT");
+    assert_eq!(
+        from.ip().octets(),
+        GATEWAY_IP,
+        "{mode}: VM B now leaves by default SNAT"
+    );
     assert!(routerd.stop(), "routerd stops cleanly");
 }
 

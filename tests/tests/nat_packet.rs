@@ -14,7 +14,7 @@ use router_common::{
     iface_flags, iface_role, nat_flags, route_kind,
 };
 use router_tests::{
-    frames::{CLIENT_MAC, NEXT_HOP_MAC, ROUTER_IN_MAC, ROUTER_OUT_MAC},
+    frames::{CLIENT_MAC, ROUTER_IN_MAC, ROUTER_OUT_MAC},
     netns::NetnsGuard,
     testrun::{self, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT},
     topo::{ifindex, ip},
@@ -86,9 +86,17 @@ impl Router {
                 entry,
             );
         };
-        add([10, 0, 1, 0], 24, route(route_kind::UNICAST, inside, [0; 4]));
+        add(
+            [10, 0, 1, 0],
+            24,
+            route(route_kind::UNICAST, inside, [0; 4]),
+        );
         add([10, 0, 1, 1], 32, route(route_kind::LOCAL, 0, [0; 4]));
-        add([198, 18, 0, 0], 24, route(route_kind::UNICAST, outside, [0; 4]));
+        add(
+            [198, 18, 0, 0],
+            24,
+            route(route_kind::UNICAST, outside, [0; 4]),
+        );
         add(GW, 32, route(route_kind::LOCAL, 0, [0; 4]));
         add([0; 4], 0, route(route_kind::UNICAST, outside, UPSTREAM));
         dp.sync_routes(&routes).expect("ROUTES");
@@ -189,7 +197,9 @@ fn time_exceeded(from: [u8; 4], to: [u8; 4], original: &[u8], router_mac: [u8; 6
     let mut out = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, router_mac)
         .ipv4(from, to, 64)
-        .icmpv4(Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit))
+        .icmpv4(Icmpv4Type::TimeExceeded(
+            TimeExceededCode::TtlExceededInTransit,
+        ))
         .write(&mut out, original)
         .expect("icmp error");
     out
@@ -220,13 +230,19 @@ fn seen(frame: &[u8]) -> Seen {
     let (sport, dport) = match &p.transport {
         Some(TransportSlice::Udp(u)) => {
             if u.checksum() != 0 {
-                let want = u.to_header().calc_checksum_ipv4(&h, u.payload()).expect("csum");
+                let want = u
+                    .to_header()
+                    .calc_checksum_ipv4(&h, u.payload())
+                    .expect("csum");
                 assert_eq!(want, u.checksum(), "UDP checksum");
             }
             (u.source_port(), u.destination_port())
         }
         Some(TransportSlice::Tcp(t)) => {
-            let want = t.to_header().calc_checksum_ipv4(&h, t.payload()).expect("csum");
+            let want = t
+                .to_header()
+                .calc_checksum_ipv4(&h, t.payload())
+                .expect("csum");
             assert_eq!(want, t.checksum(), "TCP checksum");
             (t.source_port(), t.destination_port())
         }
@@ -273,18 +289,54 @@ fn floating_ips(entry: Entry) {
     let (i, o) = (r.inside, r.outside);
     // Out: the fixed IP leaves as its floating IP, ports untouched (stateless).
     let f = udp(FIXED, 5000, REMOTE, 53, ROUTER_IN_MAC);
-    expect_forward(&r, i, &f, want(UPSTREAM_MAC, FIP, 5000, REMOTE, 53), "fip out udp");
+    expect_forward(
+        &r,
+        i,
+        &f,
+        want(UPSTREAM_MAC, FIP, 5000, REMOTE, 53),
+        "fip out udp",
+    );
     let f = tcp(FIXED, 5001, REMOTE, 443, ROUTER_IN_MAC);
-    expect_forward(&r, i, &f, want(UPSTREAM_MAC, FIP, 5001, REMOTE, 443), "fip out tcp");
+    expect_forward(
+        &r,
+        i,
+        &f,
+        want(UPSTREAM_MAC, FIP, 5001, REMOTE, 443),
+        "fip out tcp",
+    );
     let f = echo(FIXED, REMOTE, 77, true, ROUTER_IN_MAC);
-    expect_forward(&r, i, &f, want(UPSTREAM_MAC, FIP, 77, REMOTE, 0), "fip out ping");
+    expect_forward(
+        &r,
+        i,
+        &f,
+        want(UPSTREAM_MAC, FIP, 77, REMOTE, 0),
+        "fip out ping",
+    );
     // In: the floating IP is rewritten to the fixed IP.
     let f = udp(REMOTE, 53, FIP, 5000, ROUTER_OUT_MAC);
-    expect_forward(&r, o, &f, want(VM_MAC, REMOTE, 53, FIXED, 5000), "fip in udp");
+    expect_forward(
+        &r,
+        o,
+        &f,
+        want(VM_MAC, REMOTE, 53, FIXED, 5000),
+        "fip in udp",
+    );
     let f = tcp(REMOTE, 443, FIP, 5001, ROUTER_OUT_MAC);
-    expect_forward(&r, o, &f, want(VM_MAC, REMOTE, 443, FIXED, 5001), "fip in tcp");
+    expect_forward(
+        &r,
+        o,
+        &f,
+        want(VM_MAC, REMOTE, 443, FIXED, 5001),
+        "fip in tcp",
+    );
     let f = echo(REMOTE, FIP, 77, false, ROUTER_OUT_MAC);
-    expect_forward(&r, o, &f, want(VM_MAC, REMOTE, 77, FIXED, 0), "fip in ping reply");
+    expect_forward(
+        &r,
+        o,
+        &f,
+        want(VM_MAC, REMOTE, 77, FIXED, 0),
+        "fip in ping reply",
+    );
     // UDP without a checksum keeps none.
     let mut f = udp(FIXED, 5002, REMOTE, 53, ROUTER_IN_MAC);
     f[40..42].copy_from_slice(&[0, 0]);
@@ -310,39 +362,109 @@ fn default_snat(entry: Entry) {
     let (i, o) = (r.inside, r.outside);
     // The original port is kept when it is in the range and free...
     let f = udp(VM3, 40000, REMOTE, 53, ROUTER_IN_MAC);
-    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40000, REMOTE, 53), "snat udp");
+    expect_forward(
+        &r,
+        i,
+        &f,
+        want(UPSTREAM_MAC, GW, 40000, REMOTE, 53),
+        "snat udp",
+    );
     // ...the same flow again uses its session...
-    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40000, REMOTE, 53), "snat udp again");
+    expect_forward(
+        &r,
+        i,
+        &f,
+        want(UPSTREAM_MAC, GW, 40000, REMOTE, 53),
+        "snat udp again",
+    );
     // ...another host with the same port gets the other one...
     let f = udp(VM7, 40000, REMOTE, 53, ROUTER_IN_MAC);
-    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40001, REMOTE, 53), "snat collision");
+    expect_forward(
+        &r,
+        i,
+        &f,
+        want(UPSTREAM_MAC, GW, 40001, REMOTE, 53),
+        "snat collision",
+    );
     // ...and a third finds none: dropped, never sent untranslated.
     let before = r.reason(i, Reason::NoSnatPort);
     let (outcome, _) = r.run(i, &udp(VM8, 40000, REMOTE, 53, ROUTER_IN_MAC));
     assert_eq!(outcome, Outcome::Drop, "port exhaustion");
-    assert_eq!(r.reason(i, Reason::NoSnatPort), before + 1, "no_snat_port counted");
+    assert_eq!(
+        r.reason(i, Reason::NoSnatPort),
+        before + 1,
+        "no_snat_port counted"
+    );
     // Replies are translated back.
     let f = udp(REMOTE, 53, GW, 40000, ROUTER_OUT_MAC);
-    expect_forward(&r, o, &f, want(VM_MAC, REMOTE, 53, VM3, 40000), "snat reply 1");
+    expect_forward(
+        &r,
+        o,
+        &f,
+        want(VM_MAC, REMOTE, 53, VM3, 40000),
+        "snat reply 1",
+    );
     let f = udp(REMOTE, 53, GW, 40001, ROUTER_OUT_MAC);
-    expect_forward(&r, o, &f, want(VM_MAC, REMOTE, 53, VM7, 40000), "snat reply 2");
+    expect_forward(
+        &r,
+        o,
+        &f,
+        want(VM_MAC, REMOTE, 53, VM7, 40000),
+        "snat reply 2",
+    );
     // A port no session holds is the router's own business.
     let (outcome, _) = r.run(o, &udp(REMOTE, 53, GW, 39999, ROUTER_OUT_MAC));
     assert_eq!(outcome, Outcome::Pass, "no session: to the kernel");
     // TCP to another destination may reuse port 40000.
     let f = tcp(VM8, 40000, REMOTE, 80, ROUTER_IN_MAC);
-    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40000, REMOTE, 80), "snat tcp");
+    expect_forward(
+        &r,
+        i,
+        &f,
+        want(UPSTREAM_MAC, GW, 40000, REMOTE, 80),
+        "snat tcp",
+    );
     let f = tcp(REMOTE, 80, GW, 40000, ROUTER_OUT_MAC);
-    expect_forward(&r, o, &f, want(VM_MAC, REMOTE, 80, VM8, 40000), "snat tcp reply");
+    expect_forward(
+        &r,
+        o,
+        &f,
+        want(VM_MAC, REMOTE, 80, VM8, 40000),
+        "snat tcp reply",
+    );
     // ICMP echo: the identifier is the port.
     let f = echo(VM3, REMOTE, 40001, true, ROUTER_IN_MAC);
-    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40001, REMOTE, 0), "snat ping");
+    expect_forward(
+        &r,
+        i,
+        &f,
+        want(UPSTREAM_MAC, GW, 40001, REMOTE, 0),
+        "snat ping",
+    );
     let f = echo(REMOTE, GW, 40001, false, ROUTER_OUT_MAC);
-    expect_forward(&r, o, &f, want(VM_MAC, REMOTE, 40001, VM3, 0), "snat ping reply");
+    expect_forward(
+        &r,
+        o,
+        &f,
+        want(VM_MAC, REMOTE, 40001, VM3, 0),
+        "snat ping reply",
+    );
     let f = echo(VM7, REMOTE, 40001, true, ROUTER_IN_MAC);
-    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40000, REMOTE, 0), "ping id collision");
+    expect_forward(
+        &r,
+        i,
+        &f,
+        want(UPSTREAM_MAC, GW, 40000, REMOTE, 0),
+        "ping id collision",
+    );
     let f = echo(REMOTE, GW, 40000, false, ROUTER_OUT_MAC);
-    expect_forward(&r, o, &f, want(VM_MAC, REMOTE, 40001, VM7, 0), "ping id reply");
+    expect_forward(
+        &r,
+        o,
+        &f,
+        want(VM_MAC, REMOTE, 40001, VM7, 0),
+        "ping id reply",
+    );
 }
 
 /// Time exceeded from a router on the path, about a packet that left translated: the
@@ -352,12 +474,42 @@ fn icmp_errors(entry: Entry) {
     let (i, o) = (r.inside, r.outside);
     // A SNAT session (VM7:40000 leaves as GW:40000) and a floating-IP flow.
     let f = udp(VM7, 40000, REMOTE, 53, ROUTER_IN_MAC);
-    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40000, REMOTE, 53), "snat flow");
+    expect_forward(
+        &r,
+        i,
+        &f,
+        want(UPSTREAM_MAC, GW, 40000, REMOTE, 53),
+        "snat flow",
+    );
     let cases = [
-        (udp(GW, 40000, REMOTE, 53, ROUTER_OUT_MAC), GW, VM7, 40000, "snat udp"),
-        (tcp(GW, 40000, REMOTE, 53, ROUTER_OUT_MAC), GW, VM7, 40000, "snat tcp (no session)"),
-        (udp(FIP, 5000, REMOTE, 53, ROUTER_OUT_MAC), FIP, FIXED, 5000, "floating ip udp"),
-        (echo(FIP, REMOTE, 9, true, ROUTER_OUT_MAC), FIP, FIXED, 9, "floating ip ping"),
+        (
+            udp(GW, 40000, REMOTE, 53, ROUTER_OUT_MAC),
+            GW,
+            VM7,
+            40000,
+            "snat udp",
+        ),
+        (
+            tcp(GW, 40000, REMOTE, 53, ROUTER_OUT_MAC),
+            GW,
+            VM7,
+            40000,
+            "snat tcp (no session)",
+        ),
+        (
+            udp(FIP, 5000, REMOTE, 53, ROUTER_OUT_MAC),
+            FIP,
+            FIXED,
+            5000,
+            "floating ip udp",
+        ),
+        (
+            echo(FIP, REMOTE, 9, true, ROUTER_OUT_MAC),
+            FIP,
+            FIXED,
+            9,
+            "floating ip ping",
+        ),
     ];
     for (original, outer_dst, vm, vm_port, what) in cases {
         let error = time_exceeded(UPSTREAM, outer_dst, &original[14..], ROUTER_OUT_MAC);
@@ -369,11 +521,23 @@ fn icmp_errors(entry: Entry) {
         }
         assert_eq!(outcome, Outcome::Forward, "{what}: verdict");
         let outer = seen(&out);
-        assert_eq!((outer.src, outer.dst), (UPSTREAM, vm), "{what}: outer addresses");
+        assert_eq!(
+            (outer.src, outer.dst),
+            (UPSTREAM, vm),
+            "{what}: outer addresses"
+        );
         // The embedded packet: valid header checksum, source back to the VM.
         let (inner, rest) = Ipv4Header::from_slice(&out[42..]).expect("embedded IPv4");
-        assert_eq!(inner.calc_header_checksum(), inner.header_checksum, "{what}: inner csum");
-        assert_eq!((inner.source, inner.destination), (vm, REMOTE), "{what}: inner addresses");
+        assert_eq!(
+            inner.calc_header_checksum(),
+            inner.header_checksum,
+            "{what}: inner csum"
+        );
+        assert_eq!(
+            (inner.source, inner.destination),
+            (vm, REMOTE),
+            "{what}: inner addresses"
+        );
         let port = if inner.protocol.0 == 1 {
             let (icmp, _) = Icmpv4Header::from_slice(rest).expect("embedded icmp");
             match icmp.icmp_type {
@@ -386,7 +550,9 @@ fn icmp_errors(entry: Entry) {
         assert_eq!(port, vm_port, "{what}: inner source port");
         if inner.protocol.0 == 17 {
             let payload_len = usize::from(u16::from_be_bytes([rest[4], rest[5]])) - 8;
-            let udp = etherparse::UdpHeader::from_slice(rest).expect("inner udp").0;
+            let udp = etherparse::UdpHeader::from_slice(rest)
+                .expect("inner udp")
+                .0;
             let want = udp
                 .calc_checksum_ipv4(&inner, &rest[8..8 + payload_len])
                 .expect("csum");
@@ -400,7 +566,13 @@ fn hairpin(entry: Entry) {
     let i = r.inside;
     // Sender without a floating IP: destination to the fixed IP, source to the gateway IP.
     let f = udp(VM3, 40001, FIP, 7, ROUTER_IN_MAC);
-    expect_forward(&r, i, &f, want(VM_MAC, GW, 40001, FIXED, 7), "hairpin via gw");
+    expect_forward(
+        &r,
+        i,
+        &f,
+        want(VM_MAC, GW, 40001, FIXED, 7),
+        "hairpin via gw",
+    );
     // The reply reaches the sender from the floating IP it used.
     let f = udp(FIXED, 7, GW, 40001, ROUTER_IN_MAC);
     expect_forward(&r, i, &f, want(VM_MAC, FIP, 7, VM3, 40001), "hairpin reply");
@@ -408,7 +580,13 @@ fn hairpin(entry: Entry) {
     let f = udp(FIXED2, 6000, FIP, 7, ROUTER_IN_MAC);
     expect_forward(&r, i, &f, want(VM_MAC, FIP2, 6000, FIXED, 7), "hairpin fip");
     let f = udp(FIXED, 7, FIP2, 6000, ROUTER_IN_MAC);
-    expect_forward(&r, i, &f, want(VM_MAC, FIP, 7, FIXED2, 6000), "hairpin fip reply");
+    expect_forward(
+        &r,
+        i,
+        &f,
+        want(VM_MAC, FIP, 7, FIXED2, 6000),
+        "hairpin fip reply",
+    );
 }
 
 fn arp_and_metadata(entry: Entry) {
@@ -425,11 +603,19 @@ fn arp_and_metadata(entry: Entry) {
         f
     };
     let (outcome, out) = r.run(o, &arp(FIP));
-    assert_eq!(outcome, Outcome::Forward, "arp for a floating IP is answered");
+    assert_eq!(
+        outcome,
+        Outcome::Forward,
+        "arp for a floating IP is answered"
+    );
     assert_eq!(out[0..6], CLIENT_MAC, "reply to the asker");
     assert_eq!(out[6..12], ROUTER_OUT_MAC);
     assert_eq!(out[20..22], [0, 2], "an ARP reply");
-    assert_eq!(out[22..28], ROUTER_OUT_MAC, "sender MAC is the gateway port's");
+    assert_eq!(
+        out[22..28],
+        ROUTER_OUT_MAC,
+        "sender MAC is the gateway port's"
+    );
     assert_eq!(out[28..32], FIP, "sender IP is the floating IP");
     assert_eq!(out[32..38], CLIENT_MAC);
     assert_eq!(out[38..42], UPSTREAM);
@@ -439,8 +625,15 @@ fn arp_and_metadata(entry: Entry) {
     assert_eq!(outcome, Outcome::Pass, "not answered on internal ports");
 
     let before = r.reason(i, Reason::Metadata);
-    let (outcome, out) = r.run(i, &tcp(FIXED, 5555, [169, 254, 169, 254], 80, ROUTER_IN_MAC));
-    assert_eq!(outcome, Outcome::Pass, "metadata goes to the kernel's redirect");
+    let (outcome, out) = r.run(
+        i,
+        &tcp(FIXED, 5555, [169, 254, 169, 254], 80, ROUTER_IN_MAC),
+    );
+    assert_eq!(
+        outcome,
+        Outcome::Pass,
+        "metadata goes to the kernel's redirect"
+    );
     let sent = tcp(FIXED, 5555, [169, 254, 169, 254], 80, ROUTER_IN_MAC);
     assert!(out.ends_with(&sent), "untouched");
     assert_eq!(r.reason(i, Reason::Metadata), before + 1);
@@ -453,20 +646,50 @@ fn full_table(entry: Entry) {
     let mut r = Router::new(entry, 4);
     let (i, o) = (r.inside, r.outside);
     let f = udp(VM3, 40000, REMOTE, 53, ROUTER_IN_MAC);
-    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40000, REMOTE, 53), "first");
+    expect_forward(
+        &r,
+        i,
+        &f,
+        want(UPSTREAM_MAC, GW, 40000, REMOTE, 53),
+        "first",
+    );
     let f = udp(VM7, 40000, [203, 0, 113, 10], 53, ROUTER_IN_MAC);
-    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40000, [203, 0, 113, 10], 53), "second");
+    expect_forward(
+        &r,
+        i,
+        &f,
+        want(UPSTREAM_MAC, GW, 40000, [203, 0, 113, 10], 53),
+        "second",
+    );
     let before = r.reason(i, Reason::SessionTableFull);
     let (outcome, _) = r.run(i, &udp(VM8, 40000, [203, 0, 113, 11], 53, ROUTER_IN_MAC));
     assert_eq!(outcome, Outcome::Drop, "a third session does not fit");
     assert_eq!(r.reason(i, Reason::SessionTableFull), before + 1);
     let f = udp(REMOTE, 53, GW, 40000, ROUTER_OUT_MAC);
-    expect_forward(&r, o, &f, want(VM_MAC, REMOTE, 53, VM3, 40000), "established still works");
+    expect_forward(
+        &r,
+        o,
+        &f,
+        want(VM_MAC, REMOTE, 53, VM3, 40000),
+        "established still works",
+    );
     let f = udp(VM3, 40000, REMOTE, 53, ROUTER_IN_MAC);
-    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40000, REMOTE, 53), "and outbound");
+    expect_forward(
+        &r,
+        i,
+        &f,
+        want(UPSTREAM_MAC, GW, 40000, REMOTE, 53),
+        "and outbound",
+    );
     // Floating IPs need no session.
     let f = udp(FIXED, 1, REMOTE, 2, ROUTER_IN_MAC);
-    expect_forward(&r, i, &f, want(UPSTREAM_MAC, FIP, 1, REMOTE, 2), "fip with a full table");
+    expect_forward(
+        &r,
+        i,
+        &f,
+        want(UPSTREAM_MAC, FIP, 1, REMOTE, 2),
+        "fip with a full table",
+    );
 }
 
 macro_rules! both_entries {

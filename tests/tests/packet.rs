@@ -2,6 +2,7 @@
 //! known map contents (PKTGEN -> SETUP -> CHECK). Every fixture runs through both entries,
 //! XDP and TC, and checks the verdict, the reason counter, and the bytes that come out.
 
+use aya::programs::{TestRun, TestRunOptions};
 use router_common::{
     IfaceEntry, IfaceStats, NeighborEntry, NeighborKey, Reason, RouteEntry, RouteKey, TABLE_MAIN,
     iface_flags, iface_role, route_kind, xdp_meta,
@@ -415,7 +416,11 @@ fn check(entry: &str, case: &Case, expect: Expect, verdict: u32, out: &[u8]) {
         Expect::Resolve => {
             assert_eq!(verdict, redirect, "{name}: verdict");
             let got = frames::parse(out);
-            assert_eq!(out[..12], case.frame[..12], "{name}: MACs left to the kernel");
+            assert_eq!(
+                out[..12],
+                case.frame[..12],
+                "{name}: MACs left to the kernel"
+            );
             assert_eq!(got.ttl, frames::parse(&case.frame).ttl - 1, "{name}: TTL");
             assert!(got.ip_checksum_ok, "{name}: IPv4 checksum");
         }
@@ -438,9 +443,17 @@ fn run_all(entry: &str) {
         let len = case.frame.len() as u64;
         match expect {
             Expect::Resolve => {
-                assert_eq!(after.fwd_packets, before.fwd_packets + 1, "{name}: fwd_packets");
+                assert_eq!(
+                    after.fwd_packets,
+                    before.fwd_packets + 1,
+                    "{name}: fwd_packets"
+                );
                 let r = Reason::NoNeighbor as usize;
-                assert_eq!(after.reasons[r], before.reasons[r] + 1, "{name}: no_neighbor");
+                assert_eq!(
+                    after.reasons[r],
+                    before.reasons[r] + 1,
+                    "{name}: no_neighbor"
+                );
             }
             Expect::Forward(..) => {
                 assert_eq!(

@@ -103,7 +103,10 @@ async fn reload(running: &mut Vec<RunningRouter>, new: DesiredState) {
                 kept.push(router);
             }
             Some(wanted) => {
-                log::info!("routerd: router {} restarts for its new interfaces", wanted.id);
+                log::info!(
+                    "routerd: router {} restarts for its new interfaces",
+                    wanted.id
+                );
                 let old = router.desired.clone();
                 router.stop();
                 match RunningRouter::start(wanted) {

@@ -1,0 +1,125 @@
+use std::fmt::Write as _;
+
+use aya::maps::{HashMap, MapData};
+use router_common::{CtEntry, CtKey, map_names};
+use router_user::{
+    Error,
+    conntrack::{self, Session, Tuple},
+    datapath, stats,
+};
+use serde::Serialize;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Sessions with their translation, state, age and counters.
+    List {
+        /// Only this router.
+        #[arg(long)]
+        router: Option<String>,
+        /// Machine-readable output (a JSON array).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Removes every session (established flows get new ones, possibly other ports).
+    Flush {
+        /// Only this router.
+        #[arg(long)]
+        router: Option<String>,
+    },
+}
+
+#[derive(Serialize)]
+struct Row {
+    router: String,
+    #[serde(flatten)]
+    session: Session,
+}
+
+pub fn run(command: Command) -> Result<(), Error> {
+    match command {
+        Command::List { router, json } => list(router.as_deref(), json),
+        Command::Flush { router } => flush(router.as_deref()),
+    }
+}
+
+fn sessions(router: &str) -> Result<HashMap<MapData, CtKey, CtEntry>, Error> {
+    datapath::open_pinned(router, map_names::SESSIONS)
+}
+
+fn list(only: Option<&str>, json: bool) -> Result<(), Error> {
+    let mut rows = Vec::new();
+    for info in stats::selected_routers(only)? {
+        let timeouts = conntrack::running_timeouts(&info.router);
+        let map = sessions(&info.router)?;
+        let now = conntrack::monotonic_ns();
+        for session in conntrack::list(&map, now, &timeouts)? {
+            rows.push(Row {
+                router: info.router.clone(),
+                session,
+            });
+        }
+    }
+    if json {
+        let text = serde_json::to_string_pretty(&rows)
+            .map_err(|e| Error::io("encoding JSON", std::io::Error::other(e)))?;
+        println!("{text}");
+    } else {
+        print!("{}", table(&rows));
+    }
+    Ok(())
+}
+
+fn flush(only: Option<&str>) -> Result<(), Error> {
+    for info in stats::selected_routers(only)? {
+        let removed = conntrack::flush(&mut sessions(&info.router)?)?;
+        println!("router {}: {removed} session(s) removed", info.router);
+    }
+    Ok(())
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<10} {:<5} {:>4} {:<7} {:<11} {:<45} {:<45} {:>8} {:>8} {:>8} {:>17} {:>23}",
+        "ROUTER",
+        "PROTO",
+        "ZONE",
+        "KIND",
+        "STATE",
+        "ORIGINAL",
+        "TRANSLATED",
+        "AGE",
+        "IDLE",
+        "EXPIRES",
+        "PACKETS(ORIG/REP)",
+        "BYTES(ORIG/REP)"
+    );
+    for Row { router, session: s } in rows {
+        let _ = writeln!(
+            out,
+            "{:<10} {:<5} {:>4} {:<7} {:<11} {:<45} {:<45} {:>8} {:>8} {:>8} {:>17} {:>23}",
+            router,
+            s.proto,
+            s.zone,
+            s.kind,
+            s.state,
+            tuple(&s.proto, &s.original),
+            tuple(&s.proto, &s.translated),
+            s.age_secs,
+            s.idle_secs,
+            s.expires_in_secs,
+            format!("{}/{}", s.original_packets, s.reply_packets),
+            format!("{}/{}", s.original_bytes, s.reply_bytes),
+        );
+    }
+    out
+}
+
+fn tuple(proto: &str, t: &Tuple) -> String {
+    if proto == "icmp" {
+        format!("{} > {} id={}", t.src, t.dst, t.sport)
+    } else {
+        format!("{}:{} > {}:{}", t.src, t.sport, t.dst, t.dport)
+    }
+}
