@@ -117,3 +117,25 @@ impl Drop for Routerd {
         let _ = std::fs::remove_file(&self.log);
     }
 }
+
+/// Whether running router `router_id` has the neighbour `addr` on interface `ifname` in its
+/// pinned neighbour map, i.e. the fast path can forward to it without the kernel.
+pub fn fast_path_has_neighbor(router_id: &str, ifname: &str, addr: [u8; 4]) -> bool {
+    use aya::maps::{HashMap, MapData};
+    use router_common::{NeighborEntry, NeighborKey, map_names};
+    let Ok(map) = router_user::datapath::open_pinned::<HashMap<MapData, NeighborKey, NeighborEntry>>(
+        router_id,
+        map_names::NEIGHBORS,
+    ) else {
+        return false;
+    };
+    let Some(ifindex) = router_user::router::running_routers()
+        .ok()
+        .and_then(|routers| routers.into_iter().find(|r| r.router == router_id))
+        .and_then(|info| info.interfaces.into_iter().find(|i| i.name == ifname))
+        .map(|i| i.ifindex)
+    else {
+        return false;
+    };
+    map.get(&NeighborKey { ifindex, addr }, 0).is_ok()
+}

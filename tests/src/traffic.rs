@@ -162,6 +162,19 @@ pub const ICMP_TIME_EXCEEDED: u8 = 11;
 /// Sends a UDP probe with `ttl` from `ns` to `dst` (a closed port) and returns the ICMP
 /// error the sender's kernel reports for it (IP_RECVERR), like one hop of traceroute.
 pub fn udp_probe(ns: &str, dst: [u8; 4], ttl: u32) -> Option<IcmpError> {
+    udp_probe_with(ns, dst, ttl, 5, false).map(|(e, _)| e)
+}
+
+/// As `udp_probe` with `len` bytes of payload, and with the don't-fragment bit when
+/// `dont_fragment`; also returns the error's info field (the next-hop MTU of a
+/// "fragmentation needed").
+pub fn udp_probe_with(
+    ns: &str,
+    dst: [u8; 4],
+    ttl: u32,
+    len: usize,
+    dont_fragment: bool,
+) -> Option<(IcmpError, u32)> {
     join(in_ns(ns, move || {
         let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
         let fd = sock.as_raw_fd();
@@ -183,9 +196,22 @@ pub fn udp_probe(ns: &str, dst: [u8; 4], ttl: u32) -> Option<IcmpError> {
                 (&ttl as *const libc::c_int).cast(),
                 4,
             );
+            if dont_fragment {
+                let pmtu: libc::c_int = libc::IP_PMTUDISC_PROBE;
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_IP,
+                    libc::IP_MTU_DISCOVER,
+                    (&pmtu as *const libc::c_int).cast(),
+                    4,
+                );
+            }
         }
-        sock.send_to(b"probe", SocketAddrV4::new(Ipv4Addr::from(dst), 33434))
-            .expect("send probe");
+        sock.send_to(
+            &vec![0x55u8; len],
+            SocketAddrV4::new(Ipv4Addr::from(dst), 33434),
+        )
+        .expect("send probe");
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if let Some(e) = read_errqueue(fd) {
@@ -197,7 +223,7 @@ pub fn udp_probe(ns: &str, dst: [u8; 4], ttl: u32) -> Option<IcmpError> {
     }))
 }
 
-fn read_errqueue(fd: i32) -> Option<IcmpError> {
+fn read_errqueue(fd: i32) -> Option<(IcmpError, u32)> {
     let mut data = [0u8; 64];
     let mut control = [0u8; 512];
     let mut iov = libc::iovec {
@@ -222,10 +248,13 @@ fn read_errqueue(fd: i32) -> Option<IcmpError> {
             if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_RECVERR {
                 let err = libc::CMSG_DATA(cmsg) as *const libc::sock_extended_err;
                 let offender = libc::SO_EE_OFFENDER(err) as *const libc::sockaddr_in;
-                return Some(IcmpError {
-                    from: Ipv4Addr::from(u32::from_be((*offender).sin_addr.s_addr)),
-                    icmp_type: (*err).ee_type,
-                });
+                return Some((
+                    IcmpError {
+                        from: Ipv4Addr::from(u32::from_be((*offender).sin_addr.s_addr)),
+                        icmp_type: (*err).ee_type,
+                    },
+                    (*err).ee_info,
+                ));
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }

@@ -174,3 +174,110 @@ fn nat_operations_xdp() {
 fn nat_operations_tc() {
     run("tc");
 }
+
+/// Traceroute and path-MTU discovery through default SNAT and through a floating IP: the
+/// ICMP errors a router beyond the external network sends to the translated address reach
+/// the VM, outer and embedded headers translated back.
+fn icmp_errors_through_nat(mode: &str) {
+    let mut topo = RouterTopology::build(mode);
+    with_floating_ip(&topo, true);
+    let far_ns = topo.namespaces.add(&router_tests::topo::unique("far"));
+    let ip = router_tests::topo::ip;
+    ip(&[
+        "link",
+        "add",
+        "eth1",
+        "netns",
+        &topo.ext_ns,
+        "mtu",
+        "1400",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &far_ns,
+        "mtu",
+        "1400",
+    ]);
+    ip(&[
+        "-n",
+        &topo.ext_ns,
+        "addr",
+        "add",
+        "203.0.113.1/24",
+        "dev",
+        "eth1",
+    ]);
+    ip(&["-n", &topo.ext_ns, "link", "set", "eth1", "up"]);
+    ip(&[
+        "-n",
+        &far_ns,
+        "addr",
+        "add",
+        "203.0.113.2/24",
+        "dev",
+        "eth0",
+    ]);
+    ip(&["-n", &far_ns, "link", "set", "eth0", "up"]);
+    ip(&[
+        "-n",
+        &far_ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        "203.0.113.1",
+    ]);
+    router_tests::topo::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &topo.ext_ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ],
+    );
+    let routerd = Routerd::start(&topo.config, &topo.router_id);
+    ip(&["-n", &topo.ext_ns, "route", "del", "10.0.0.0/8"]);
+    const FAR: [u8; 4] = [203, 0, 113, 2];
+    for (vm, what) in [
+        (&topo.vm_a_ns, "default SNAT"),
+        (&topo.vm_b_ns, "floating IP"),
+    ] {
+        assert!(
+            traffic::ping(vm, FAR, 1),
+            "{mode} {what}: reach the far host\n{}",
+            routerd.log_text()
+        );
+        let hop = traffic::udp_probe(vm, FAR, 2);
+        assert_eq!(
+            hop,
+            Some(traffic::IcmpError {
+                from: Ipv4Addr::from(EXT_HOST),
+                icmp_type: traffic::ICMP_TIME_EXCEEDED,
+            }),
+            "{mode} {what}: traceroute hop 2"
+        );
+        let too_big = traffic::udp_probe_with(vm, FAR, 64, 1472, true);
+        let (error, mtu) = too_big.unwrap_or_else(|| panic!("{mode} {what}: no frag-needed"));
+        assert_eq!(
+            (error.from, error.icmp_type, mtu),
+            (Ipv4Addr::from(EXT_HOST), traffic::ICMP_DEST_UNREACH, 1400),
+            "{mode} {what}: path MTU discovery"
+        );
+    }
+}
+
+#[test]
+fn icmp_errors_through_nat_xdp() {
+    icmp_errors_through_nat("xdp");
+}
+
+#[test]
+fn icmp_errors_through_nat_tc() {
+    icmp_errors_through_nat("tc");
+}
