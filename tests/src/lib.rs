@@ -2,7 +2,10 @@
 //! and a frame builder over etherparse (an independent implementation of the headers).
 
 pub mod frames;
+pub mod nat_topo;
 pub mod netns;
+pub mod neutron;
+pub mod observe;
 pub mod routerd;
 pub mod testrun;
 pub mod topo;

@@ -12,7 +12,7 @@ use router_tests::{
 };
 
 const EXT_GW: [u8; 4] = [192, 168, 101, 1];
-const VM: [u8; 4] = [172, 17, 17, 3];
+const FIP: [u8; 4] = [192, 168, 101, 10];
 
 fn main() {
     let bin_dir = PathBuf::from(
@@ -28,12 +28,20 @@ fn main() {
     let router_ns = ns.add(&format!("qrouter-{tag}"));
     let ext_ns = ns.add(&format!("ext-{tag}"));
     let vm_ns = ns.add(&format!("vm1-{tag}"));
+    let vm2_ns = ns.add(&format!("vm2-{tag}"));
     println!("== seed 003: router1 in {router_ns}");
     println!(
         "   ext-net 192.168.101.0/24: gateway host 192.168.101.1 ({ext_ns}), router qg 192.168.101.2"
     );
-    println!("   sub1 172.17.17.0/24: router qr 172.17.17.1, VM 172.17.17.3 ({vm_ns})");
-    for (port, host_ns) in [("qg-1423ba35-7c", &ext_ns), ("qr-9f1fa61e-1e", &vm_ns)] {
+    println!("   sub1 172.17.17.0/24: router qr 172.17.17.1, VM 172.17.17.3 ({vm_ns}) with");
+    println!(
+        "   floating IP 192.168.101.10; sub2 172.17.18.0/24: VM 172.17.18.3 ({vm2_ns}), default SNAT"
+    );
+    for (port, host_ns) in [
+        ("qg-1423ba35-7c", &ext_ns),
+        ("qr-9f1fa61e-1e", &vm_ns),
+        ("qr-5d2c0b7a-2a", &vm2_ns),
+    ] {
         ip(&[
             "link", "add", port, "netns", &router_ns, "type", "veth", "peer", "name", "eth0",
             "netns", host_ns,
@@ -49,16 +57,25 @@ fn main() {
         "dev",
         "eth0",
     ]);
+    ip(&["-n", &vm_ns, "addr", "add", "172.17.17.3/24", "dev", "eth0"]);
     ip(&[
         "-n",
-        &ext_ns,
+        &vm2_ns,
+        "addr",
+        "add",
+        "172.17.18.3/24",
+        "dev",
+        "eth0",
+    ]);
+    ip(&[
+        "-n",
+        &vm2_ns,
         "route",
         "add",
-        "172.17.17.0/24",
+        "default",
         "via",
-        "192.168.101.2",
+        "172.17.18.1",
     ]);
-    ip(&["-n", &vm_ns, "addr", "add", "172.17.17.3/24", "dev", "eth0"]);
     ip(&[
         "-n",
         &vm_ns,
@@ -86,6 +103,14 @@ snat = true
 [[router.interface]]
 name = "qr-9f1fa61e-1e"
 address = "172.17.17.1/24"
+
+[[router.interface]]
+name = "qr-5d2c0b7a-2a"
+address = "172.17.18.1/24"
+
+[[router.floating_ip]]
+address = "192.168.101.10"
+fixed = "172.17.17.3"
 "#
     );
     std::fs::write(&config, &text).expect("writing the demo config");
@@ -95,14 +120,25 @@ address = "172.17.17.1/24"
     println!("== routerd attached (XDP mode; TC forwards into veths whose far end has no XDP)");
 
     let ping_out = traffic::ping(&vm_ns, EXT_GW, 5);
-    let ping_in = traffic::ping(&ext_ns, VM, 5);
+    let ping_in = traffic::ping(&ext_ns, FIP, 5);
+    let ping_snat = traffic::ping(&vm2_ns, EXT_GW, 5);
+    let say = |ok: bool| if ok { "ok" } else { "FAILED" };
     println!(
-        "   ping VM -> external gateway: {}",
-        if ping_out { "ok" } else { "FAILED" }
+        "   ping VM1 -> external gateway (as its floating IP): {}",
+        say(ping_out)
     );
     println!(
-        "   ping external gateway -> VM: {}",
-        if ping_in { "ok" } else { "FAILED" }
+        "   ping external gateway -> floating IP of VM1: {}",
+        say(ping_in)
+    );
+    println!(
+        "   ping VM2 -> external gateway (default SNAT): {}",
+        say(ping_snat)
+    );
+    let snat_bytes = traffic::tcp_transfer(&vm2_ns, &ext_ns, EXT_GW, 5202, 5 * 1024 * 1024);
+    println!(
+        "   TCP VM2 -> external gateway through SNAT: {} MiB sent and verified",
+        snat_bytes / (1024 * 1024)
     );
     let bytes = traffic::tcp_transfer(&vm_ns, &ext_ns, EXT_GW, 5201, 20 * 1024 * 1024);
     println!(
@@ -112,11 +148,12 @@ address = "172.17.17.1/24"
     let hop1 = traffic::udp_probe(&vm_ns, EXT_GW, 1);
     println!("   traceroute hop 1: {:?}", hop1.as_ref().map(|e| e.from));
 
-    println!("\n== routerctl stats");
-    let status = Command::new(bin_dir.join("routerctl"))
-        .arg("stats")
-        .status();
-    let ok = ping_out && ping_in && hop1.is_some() && status.is_ok_and(|s| s.success());
+    let mut ok = ping_out && ping_in && ping_snat && hop1.is_some();
+    for args in [&["stats"][..], &["nat", "list"], &["ct", "list"]] {
+        println!("\n== routerctl {}", args.join(" "));
+        let status = Command::new(bin_dir.join("routerctl")).args(args).status();
+        ok &= status.is_ok_and(|s| s.success());
+    }
 
     let clean = routerd.stop();
     println!(
