@@ -24,7 +24,9 @@ pub enum Reason {
     TtlExpired = 7,
     /// Destination is an address of the router itself (or a broadcast address).
     LocalDest = 8,
-    /// Next hop has no neighbour entry yet: the kernel resolves it.
+    /// Next hop has no neighbour entry yet. The TC entry forwards the packet with
+    /// `bpf_redirect_neigh` (the kernel resolves the MAC; counted as forwarded too); the XDP
+    /// entry hands it to TC (`XdpToTc`).
     NoNeighbor = 9,
     /// No route: the kernel answers with ICMP unreachable.
     NoRoute = 10,

@@ -135,6 +135,9 @@ pub fn table(stats: &[InterfaceStats]) -> String {
                             "drop"
                         } else if *r == Reason::XdpToTc {
                             "to-tc"
+                        } else if *r == Reason::NoNeighbor {
+                            // Under TC these are forwarded, the kernel resolving the MAC.
+                            "resolve"
                         } else {
                             "kernel"
                         }

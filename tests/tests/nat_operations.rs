@@ -9,7 +9,7 @@ use std::{
 
 use router_tests::{
     routerd::Routerd,
-    topo::{EXT_HOST, GATEWAY_IP, RouterTopology},
+    topo::{EXT_HOST, GATEWAY_IP, RouterTopology, ip},
     traffic::{self, in_ns, join},
 };
 
@@ -45,11 +45,39 @@ fn receive_one(ns: &str, port: u16) -> std::thread::JoinHandle<Option<(SocketAdd
 }
 
 fn send_from(ns: &str, to: [u8; 4], port: u16, len: usize) {
+    send_with_options(ns, to, port, len, &[]);
+}
+
+/// Sends one datagram carrying `options` in its IPv4 header (IP_OPTIONS).
+fn send_with_options(ns: &str, to: [u8; 4], port: u16, len: usize, options: &[u8]) {
+    let options = options.to_vec();
     join(in_ns(ns, move || {
         let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        if !options.is_empty() {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid socket and an option buffer of the given length.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_OPTIONS,
+                    options.as_ptr().cast(),
+                    options.len() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "IP_OPTIONS");
+        }
         sock.send_to(&vec![7u8; len], SocketAddrV4::new(Ipv4Addr::from(to), port))
             .expect("send");
     }));
+}
+
+fn routerd_reason(router: &str, iface: &str, reason: &str) -> u64 {
+    let rows = router_user::stats::collect(Some(router)).expect("counters");
+    rows.into_iter()
+        .find(|r| r.interface == iface)
+        .and_then(|r| r.reasons.get(reason).copied())
+        .unwrap_or(0)
 }
 
 fn routerctl(args: &[&str]) -> serde_json::Value {
@@ -72,7 +100,7 @@ fn run(mode: &str) {
     let mut routerd = Routerd::start(&topo.config, &topo.router_id);
     // The external host has a route to 10/8 via the router in this topology; remove it so
     // the floating IP is the only way in.
-    router_tests::topo::ip(&["-n", &topo.ext_ns, "route", "del", "10.0.0.0/8"]);
+    ip(&["-n", &topo.ext_ns, "route", "del", "10.0.0.0/8"]);
 
     // The floating IP answers (ARP from the fast path, DNAT) and VM B appears as it.
     assert!(
@@ -110,6 +138,21 @@ fn run(mode: &str) {
         from.ip().octets(),
         FIP_B,
         "{mode}: fragments keep the floating IP"
+    );
+
+    // IP options are the kernel's too: still translated.
+    let rx = receive_one(&topo.ext_ns, 7006);
+    std::thread::sleep(Duration::from_millis(200));
+    send_with_options(&topo.vm_a_ns, EXT_HOST, 7006, 100, &[1, 1, 1, 0]);
+    let (from, _) = join(rx).expect("datagram with IP options from VM A");
+    assert_eq!(
+        from.ip().octets(),
+        GATEWAY_IP,
+        "{mode}: IP-options packet SNATed"
+    );
+    assert!(
+        routerd_reason(&topo.router_id, "qr-a", "ip_options") >= 1,
+        "{mode}: it went by the slow path"
     );
 
     // A default-SNAT session made by the fast path, as routerctl lists it.
@@ -182,7 +225,6 @@ fn icmp_errors_through_nat(mode: &str) {
     let mut topo = RouterTopology::build(mode);
     with_floating_ip(&topo, true);
     let far_ns = topo.namespaces.add(&router_tests::topo::unique("far"));
-    let ip = router_tests::topo::ip;
     ip(&[
         "link",
         "add",
@@ -280,4 +322,57 @@ fn icmp_errors_through_nat_xdp() {
 #[test]
 fn icmp_errors_through_nat_tc() {
     icmp_errors_through_nat("tc");
+}
+
+/// Sessions age out by their state's timeout (configured short here), and `ct flush` ends
+/// them all.
+fn sessions_age_out(mode: &str) {
+    let topo = RouterTopology::build(mode);
+    let mut text = std::fs::read_to_string(&topo.config).expect("config");
+    text.push_str("\n[router.nat.timeouts]\nudp = 2\nudp_stream = 2\n");
+    std::fs::write(&topo.config, text).expect("config");
+    let routerd = Routerd::start(&topo.config, &topo.router_id);
+    ip(&["-n", &topo.ext_ns, "route", "del", "10.0.0.0/8"]);
+    let count = |port: u64| {
+        let all = routerctl(&["ct", "list", "--json", "--router", &topo.router_id]);
+        all.as_array()
+            .expect("array")
+            .iter()
+            .filter(|s| s["original"]["dport"] == port)
+            .count()
+    };
+    let rx = receive_one(&topo.ext_ns, 7101);
+    std::thread::sleep(Duration::from_millis(200));
+    send_from(&topo.vm_a_ns, EXT_HOST, 7101, 10);
+    assert!(
+        join(rx).is_some(),
+        "{mode}: datagram arrives\n{}",
+        routerd.log_text()
+    );
+    assert_eq!(count(7101), 1, "{mode}: the session exists");
+    traffic::wait_for("the session to age out", Duration::from_secs(6), || {
+        count(7101) == 0
+    });
+    let rx = receive_one(&topo.ext_ns, 7102);
+    std::thread::sleep(Duration::from_millis(200));
+    send_from(&topo.vm_a_ns, EXT_HOST, 7102, 10);
+    assert!(join(rx).is_some());
+    assert_eq!(count(7102), 1, "{mode}: a new session");
+    let ctl = router_tests::routerd::routerd_path().with_file_name("routerctl");
+    let out = std::process::Command::new(&ctl)
+        .args(["ct", "flush", "--router", &topo.router_id])
+        .output()
+        .expect("routerctl ct flush");
+    assert!(out.status.success(), "ct flush");
+    assert_eq!(count(7102), 0, "{mode}: flushed");
+}
+
+#[test]
+fn sessions_age_out_xdp() {
+    sessions_age_out("xdp");
+}
+
+#[test]
+fn sessions_age_out_tc() {
+    sessions_age_out("tc");
 }

@@ -692,6 +692,66 @@ fn full_table(entry: Entry) {
     );
 }
 
+/// Sessions are keyed by zone: the same flow arriving where the zone differs (say after a
+/// firewall) is a session of its own, not its earlier self.
+fn zones(entry: Entry) {
+    let mut r = Router::new(entry, 1024);
+    let (i, o) = (r.inside, r.outside);
+    let f = udp(VM3, 40000, REMOTE, 53, ROUTER_IN_MAC);
+    expect_forward(
+        &r,
+        i,
+        &f,
+        want(UPSTREAM_MAC, GW, 40000, REMOTE, 53),
+        "zone 0",
+    );
+    let mut iface = IfaceEntry {
+        mac: ROUTER_IN_MAC,
+        _pad: [0; 2],
+        mtu: 1500,
+        role: iface_role::INTERNAL,
+        flags: iface_flags::XDP_EGRESS,
+        zone: 7,
+        _pad2: [0; 2],
+    };
+    r.dp.set_iface(i, iface).expect("IFACES");
+    // A new session: port 40000 is held by the zone-0 one, so it gets 40001.
+    expect_forward(
+        &r,
+        i,
+        &f,
+        want(UPSTREAM_MAC, GW, 40001, REMOTE, 53),
+        "zone 7",
+    );
+    // Both sessions answer.
+    let f = udp(REMOTE, 53, GW, 40000, ROUTER_OUT_MAC);
+    expect_forward(
+        &r,
+        o,
+        &f,
+        want(VM_MAC, REMOTE, 53, VM3, 40000),
+        "zone 0 reply",
+    );
+    let f = udp(REMOTE, 53, GW, 40001, ROUTER_OUT_MAC);
+    expect_forward(
+        &r,
+        o,
+        &f,
+        want(VM_MAC, REMOTE, 53, VM3, 40000),
+        "zone 7 reply",
+    );
+    iface.zone = 0;
+    r.dp.set_iface(i, iface).expect("IFACES");
+    let f = udp(VM3, 40000, REMOTE, 53, ROUTER_IN_MAC);
+    expect_forward(
+        &r,
+        i,
+        &f,
+        want(UPSTREAM_MAC, GW, 40000, REMOTE, 53),
+        "zone 0 again",
+    );
+}
+
 macro_rules! both_entries {
     ($($name:ident),*) => {
         mod xdp { $(#[test] fn $name() { router_tests::require_root(); super::$name(super::Entry::Xdp) })* }
@@ -705,5 +765,6 @@ both_entries!(
     icmp_errors,
     hairpin,
     arp_and_metadata,
-    full_table
+    full_table,
+    zones
 );

@@ -142,7 +142,7 @@ fixed = "172.17.17.3"
     );
     let bytes = traffic::tcp_transfer(&vm_ns, &ext_ns, EXT_GW, 5201, 20 * 1024 * 1024);
     println!(
-        "   TCP VM -> external gateway: {} MiB sent and verified",
+        "   TCP VM1 -> external gateway (as its floating IP): {} MiB sent and verified",
         bytes / (1024 * 1024)
     );
     let hop1 = traffic::udp_probe(&vm_ns, EXT_GW, 1);
