@@ -108,13 +108,7 @@ pub async fn ensure_address(
         .execute()
         .try_collect()
         .await?;
-    let present = existing.iter().any(|msg| {
-        msg.header.prefix_len == addr.len
-            && msg
-                .attributes
-                .iter()
-                .any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(v4)) if *v4 == addr.addr))
-    });
+    let present = existing.iter().any(|msg| is_address(msg, addr));
     if present {
         return Ok(false);
     }
@@ -271,14 +265,18 @@ pub async fn delete_address(
         .try_collect()
         .await?;
     for msg in existing {
-        let matches = msg.header.prefix_len == addr.len
-            && msg
-                .attributes
-                .iter()
-                .any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(v4)) if *v4 == addr.addr));
-        if matches {
+        if is_address(&msg, addr) {
             handle.address().del(msg).execute().await?;
         }
     }
     Ok(())
+}
+
+/// Whether an address message is `addr` (address and prefix length).
+fn is_address(msg: &netlink_packet_route::address::AddressMessage, addr: IfAddr) -> bool {
+    msg.header.prefix_len == addr.len
+        && msg
+            .attributes
+            .iter()
+            .any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(v4)) if *v4 == addr.addr))
 }

@@ -303,14 +303,7 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
             .await
             .map_err(nl(format!("adding default route via {}", g.nexthop)))?;
     }
-    for r in &router.routes {
-        netlink::ensure_route(handle, r.destination, r.nexthop)
-            .await
-            .map_err(nl(format!(
-                "adding route {} via {}",
-                r.destination, r.nexthop
-            )))?;
-    }
+    ensure_routes(handle, router).await?;
 
     let mut datapath = Datapath::load(&router.id, router.nat.max_sessions.saturating_mul(2))?;
     let mut ifaces = BTreeMap::new();
@@ -379,6 +372,20 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
         .collect();
     state.datapath.attach(router.mode, &attach)?;
     Ok(state)
+}
+
+/// Adds the desired state's extra routes the kernel does not have yet.
+async fn ensure_routes(handle: &Handle, router: &Router) -> Result<(), Error> {
+    for r in &router.routes {
+        netlink::ensure_route(handle, r.destination, r.nexthop)
+            .await
+            .map_err(|source| Error::Netlink {
+                router: router.id.clone(),
+                what: format!("adding route {} via {}", r.destination, r.nexthop),
+                source: Box::new(source),
+            })?;
+    }
+    Ok(())
 }
 
 /// The fast path's NAT settings for `router`.
@@ -480,14 +487,7 @@ impl RouterState {
                 session_uses(k, e, &|a| a == gw)
             })?;
         }
-        for r in &new.routes {
-            netlink::ensure_route(handle, r.destination, r.nexthop)
-                .await
-                .map_err(nl(format!(
-                    "adding route {} via {}",
-                    r.destination, r.nexthop
-                )))?;
-        }
+        ensure_routes(handle, &new).await?;
         slowpath::apply(&new)?;
         self.router = new;
         write_info(&self.info)?;

@@ -18,7 +18,7 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use crate::{
     neutron::{FloatingIp, NeutronRouter},
-    topo::{Namespaces, ip, unique},
+    topo::{Namespaces, ip, unique, veth},
 };
 
 pub const EXT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -85,11 +85,6 @@ impl NatTopology {
         let vm3_ns = namespaces.add(&format!("vm3-{tag}"));
         let switch_ns = namespaces.add(&format!("swa-{tag}"));
 
-        let veth = |a: &str, a_ns: &str, b: &str, b_ns: &str| {
-            ip(&[
-                "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns,
-            ]);
-        };
         // External network and subnet B: point to point.
         veth(QG, &router_ns, "eth0", &ext_ns);
         veth(QR_B, &router_ns, "eth0", &vm2_ns);

@@ -12,6 +12,13 @@ pub fn ip(args: &[&str]) {
     run("ip", args);
 }
 
+/// A veth pair: `a` in namespace `a_ns`, its peer `b` in `b_ns`.
+pub fn veth(a: &str, a_ns: &str, b: &str, b_ns: &str) {
+    ip(&[
+        "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns,
+    ]);
+}
+
 /// Runs a command and panics with its stderr if it fails.
 pub fn run(program: &str, args: &[&str]) {
     let out = Command::new(program)
@@ -112,10 +119,7 @@ impl RouterTopology {
             ("qr-a", &vm_a_ns),
             ("qr-b", &vm_b_ns),
         ] {
-            ip(&[
-                "link", "add", port, "netns", &router_ns, "type", "veth", "peer", "name", "eth0",
-                "netns", host_ns,
-            ]);
+            veth(port, &router_ns, "eth0", host_ns);
             ip(&["-n", host_ns, "link", "set", "eth0", "up"]);
             if xdp_egress {
                 run(

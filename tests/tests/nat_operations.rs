@@ -225,24 +225,9 @@ fn icmp_errors_through_nat(mode: &str) {
     let mut topo = RouterTopology::build(mode);
     with_floating_ip(&topo, true);
     let far_ns = topo.namespaces.add(&router_tests::topo::unique("far"));
-    ip(&[
-        "link",
-        "add",
-        "eth1",
-        "netns",
-        &topo.ext_ns,
-        "mtu",
-        "1400",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &far_ns,
-        "mtu",
-        "1400",
-    ]);
+    router_tests::topo::veth("eth1", &topo.ext_ns, "eth0", &far_ns);
+    ip(&["-n", &topo.ext_ns, "link", "set", "eth1", "mtu", "1400"]);
+    ip(&["-n", &far_ns, "link", "set", "eth0", "mtu", "1400"]);
     ip(&[
         "-n",
         &topo.ext_ns,

@@ -9,15 +9,13 @@ use etherparse::{
     Icmpv4Header, Icmpv4Type, Ipv4Header, NetSlice, PacketBuilder, SlicedPacket, TransportSlice,
     icmpv4::TimeExceededCode,
 };
-use router_common::{
-    IfaceEntry, NatConfig, NeighborEntry, NeighborKey, Reason, RouteEntry, RouteKey, TABLE_MAIN,
-    iface_flags, iface_role, nat_flags, route_kind,
-};
+use router_common::{NatConfig, Reason, iface_flags, iface_role, nat_flags, route_kind};
 use router_tests::{
+    fixture::{Routes, iface, neighbor, route, veth_pairs},
     frames::{CLIENT_MAC, ROUTER_IN_MAC, ROUTER_OUT_MAC},
     netns::NetnsGuard,
     testrun::{self, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT},
-    topo::{ifindex, ip},
+    topo::ifindex,
 };
 use router_user::datapath::Datapath;
 
@@ -51,41 +49,18 @@ struct Router {
 impl Router {
     fn new(entry: Entry, session_entries: u32) -> Self {
         let ns = NetnsGuard::new();
-        for (a, b) in [("in0", "in1"), ("out0", "out1")] {
-            ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
-            ip(&["link", "set", a, "up"]);
-            ip(&["link", "set", b, "up"]);
-        }
+        veth_pairs(&[("in0", "in1"), ("out0", "out1")]);
         let (inside, outside) = (ifindex("in0"), ifindex("out0"));
         let mut dp = Datapath::load("nat-test", session_entries).expect("loading");
-        let iface = |mac, role| IfaceEntry {
-            mac,
-            _pad: [0; 2],
-            mtu: 1500,
-            role,
-            flags: iface_flags::XDP_EGRESS,
-            zone: 0,
-            _pad2: [0; 2],
-        };
+        let iface = |mac, role| iface(mac, role, iface_flags::XDP_EGRESS);
         dp.set_iface(inside, iface(ROUTER_IN_MAC, iface_role::INTERNAL))
             .expect("IFACES");
         dp.set_iface(outside, iface(ROUTER_OUT_MAC, iface_role::EXTERNAL))
             .expect("IFACES");
         dp.set_xdp_egress(inside).expect("EGRESS_DEVS");
         dp.set_xdp_egress(outside).expect("EGRESS_DEVS");
-        let route = |kind, ifindex, gateway| RouteEntry {
-            kind,
-            ifindex,
-            gateway,
-            _pad: 0,
-        };
-        let mut routes = std::collections::BTreeMap::new();
-        let mut add = |addr: [u8; 4], len: u32, entry| {
-            routes.insert(
-                (RouteKey::TABLE_BITS + len, RouteKey::new(TABLE_MAIN, addr)),
-                entry,
-            );
-        };
+        let mut routes = Routes::default();
+        let mut add = |addr, len, entry| routes.add(addr, len, entry);
         add(
             [10, 0, 1, 0],
             24,
@@ -99,13 +74,8 @@ impl Router {
         );
         add(GW, 32, route(route_kind::LOCAL, 0, [0; 4]));
         add([0; 4], 0, route(route_kind::UNICAST, outside, UPSTREAM));
-        dp.sync_routes(&routes).expect("ROUTES");
-        let neigh = |ifindex, addr, mac| {
-            (
-                NeighborKey { ifindex, addr },
-                NeighborEntry { mac, _pad: [0; 2] },
-            )
-        };
+        dp.sync_routes(&routes.0).expect("ROUTES");
+        let neigh = neighbor;
         let mut neighbors = vec![neigh(outside, UPSTREAM, UPSTREAM_MAC)];
         for vm in [FIXED, FIXED2, VM3, VM7, VM8] {
             neighbors.push(neigh(inside, vm, VM_MAC));
@@ -705,15 +675,8 @@ fn zones(entry: Entry) {
         want(UPSTREAM_MAC, GW, 40000, REMOTE, 53),
         "zone 0",
     );
-    let mut iface = IfaceEntry {
-        mac: ROUTER_IN_MAC,
-        _pad: [0; 2],
-        mtu: 1500,
-        role: iface_role::INTERNAL,
-        flags: iface_flags::XDP_EGRESS,
-        zone: 7,
-        _pad2: [0; 2],
-    };
+    let mut iface = iface(ROUTER_IN_MAC, iface_role::INTERNAL, iface_flags::XDP_EGRESS);
+    iface.zone = 7;
     r.dp.set_iface(i, iface).expect("IFACES");
     // A new session: port 40000 is held by the zone-0 one, so it gets 40001.
     expect_forward(

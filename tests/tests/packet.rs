@@ -3,11 +3,9 @@
 //! XDP and TC, and checks the verdict, the reason counter, and the bytes that come out.
 
 use aya::programs::{TestRun, TestRunOptions};
-use router_common::{
-    IfaceEntry, IfaceStats, NeighborEntry, NeighborKey, Reason, RouteEntry, RouteKey, TABLE_MAIN,
-    iface_flags, iface_role, route_kind, xdp_meta,
-};
+use router_common::{IfaceStats, Reason, iface_flags, iface_role, route_kind, xdp_meta};
 use router_tests::{
+    fixture::{Routes, iface, neighbor, route, veth_pairs},
     frames::{self, NEXT_HOP_MAC, ROUTER_IN_MAC, ROUTER_OUT_MAC},
     netns::NetnsGuard,
     topo::{ifindex, ip},
@@ -33,23 +31,10 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let ns = NetnsGuard::new();
-        for (a, b) in [("in0", "in1"), ("out0", "out1"), ("slow0", "slow1")] {
-            ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
-            ip(&["link", "set", a, "up"]);
-            ip(&["link", "set", b, "up"]);
-        }
+        veth_pairs(&[("in0", "in1"), ("out0", "out1"), ("slow0", "slow1")]);
         let (ingress, egress, slow) = (ifindex("in0"), ifindex("out0"), ifindex("slow0"));
         let mut dp = Datapath::load("packet-test", router_common::DEFAULT_SESSION_ENTRIES)
             .expect("loading the eBPF object");
-        let iface = |mac, role, flags| IfaceEntry {
-            mac,
-            _pad: [0; 2],
-            mtu: 1500,
-            role,
-            flags,
-            zone: 0,
-            _pad2: [0; 2],
-        };
         dp.set_iface(
             ingress,
             iface(ROUTER_IN_MAC, iface_role::INTERNAL, iface_flags::XDP_EGRESS),
@@ -69,19 +54,8 @@ impl Fixture {
         dp.set_xdp_egress(ingress).expect("EGRESS_DEVS");
         dp.set_xdp_egress(egress).expect("EGRESS_DEVS");
 
-        let route = |kind, ifindex, gateway| RouteEntry {
-            kind,
-            ifindex,
-            gateway,
-            _pad: 0,
-        };
-        let mut routes = std::collections::BTreeMap::new();
-        let mut add = |addr: [u8; 4], len: u32, entry| {
-            routes.insert(
-                (RouteKey::TABLE_BITS + len, RouteKey::new(TABLE_MAIN, addr)),
-                entry,
-            );
-        };
+        let mut routes = Routes::default();
+        let mut add = |addr, len, entry| routes.add(addr, len, entry);
         add(
             [10, 0, 1, 0],
             24,
@@ -115,14 +89,9 @@ impl Fixture {
             24,
             route(route_kind::UNICAST, slow, [0; 4]),
         );
-        dp.sync_routes(&routes).expect("ROUTES");
+        dp.sync_routes(&routes.0).expect("ROUTES");
 
-        let neigh = |ifindex, addr, mac| {
-            (
-                NeighborKey { ifindex, addr },
-                NeighborEntry { mac, _pad: [0; 2] },
-            )
-        };
+        let neigh = neighbor;
         dp.sync_neighbors(&[
             neigh(egress, [198, 18, 0, 1], NEXT_HOP_MAC),
             neigh(egress, [198, 18, 0, 254], OTHER_HOP_MAC),

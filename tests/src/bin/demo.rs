@@ -7,7 +7,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use router_tests::{
     routerd::Routerd,
-    topo::{Namespaces, ip, unique},
+    topo::{Namespaces, ip, unique, veth},
     traffic,
 };
 
@@ -42,10 +42,7 @@ fn main() {
         ("qr-9f1fa61e-1e", &vm_ns),
         ("qr-5d2c0b7a-2a", &vm2_ns),
     ] {
-        ip(&[
-            "link", "add", port, "netns", &router_ns, "type", "veth", "peer", "name", "eth0",
-            "netns", host_ns,
-        ]);
+        veth(port, &router_ns, "eth0", host_ns);
         ip(&["-n", host_ns, "link", "set", "eth0", "up"]);
     }
     ip(&[

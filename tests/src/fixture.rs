@@ -1,0 +1,58 @@
+//! Map entries and links for packet tests, written the way the controller writes them.
+
+use std::collections::BTreeMap;
+
+use router_common::{IfaceEntry, NeighborEntry, NeighborKey, RouteEntry, RouteKey, TABLE_MAIN};
+
+use crate::topo::ip;
+
+/// Creates veth pairs `(a, b)` in the current namespace, both ends up.
+pub fn veth_pairs(pairs: &[(&str, &str)]) {
+    for (a, b) in pairs {
+        ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
+        ip(&["link", "set", a, "up"]);
+        ip(&["link", "set", b, "up"]);
+    }
+}
+
+/// An interface entry with a 1500-byte MTU, in zone 0.
+pub fn iface(mac: [u8; 6], role: u32, flags: u32) -> IfaceEntry {
+    IfaceEntry {
+        mac,
+        _pad: [0; 2],
+        mtu: 1500,
+        role,
+        flags,
+        zone: 0,
+        _pad2: [0; 2],
+    }
+}
+
+pub fn route(kind: u32, ifindex: u32, gateway: [u8; 4]) -> RouteEntry {
+    RouteEntry {
+        kind,
+        ifindex,
+        gateway,
+        _pad: 0,
+    }
+}
+
+pub fn neighbor(ifindex: u32, addr: [u8; 4], mac: [u8; 6]) -> (NeighborKey, NeighborEntry) {
+    (
+        NeighborKey { ifindex, addr },
+        NeighborEntry { mac, _pad: [0; 2] },
+    )
+}
+
+/// Main-table routes, as `Datapath::sync_routes` takes them.
+#[derive(Default)]
+pub struct Routes(pub BTreeMap<(u32, RouteKey), RouteEntry>);
+
+impl Routes {
+    pub fn add(&mut self, addr: [u8; 4], len: u32, entry: RouteEntry) {
+        self.0.insert(
+            (RouteKey::TABLE_BITS + len, RouteKey::new(TABLE_MAIN, addr)),
+            entry,
+        );
+    }
+}
