@@ -800,4 +800,96 @@ nexthop = "10.0.1.254"
         assert_eq!(zero.addr, Ipv4Addr::UNSPECIFIED);
         assert!(zero.contains(Ipv4Addr::new(8, 8, 8, 8)));
     }
+
+    /// Issue 3's floating IP, and a `[router.nat]` section with every key.
+    const NAT_EXAMPLE: &str = r#"
+[[router.floating_ip]]
+address = "198.18.0.10"   # on the external network
+fixed = "10.0.1.5"        # a VM on one of the router's internal subnets
+
+[router.nat]
+snat_ports = "2000-3000"
+slow_path_snat_ports = "60000-65535"
+max_sessions = 1024
+metadata_port = 8775
+[router.nat.timeouts]
+udp = 5
+tcp_established = 3600
+"#;
+
+    #[test]
+    fn floating_ips_and_nat_settings_parse() {
+        let state = DesiredState::parse(&format!("{ISSUE_EXAMPLE}{NAT_EXAMPLE}")).expect("valid");
+        let r = &state.routers[0];
+        assert_eq!(
+            r.floating_ips,
+            vec![FloatingIp {
+                address: Ipv4Addr::new(198, 18, 0, 10),
+                fixed: Ipv4Addr::new(10, 0, 1, 5)
+            }]
+        );
+        assert_eq!(
+            r.nat.snat_ports,
+            PortRange {
+                min: 2000,
+                max: 3000
+            }
+        );
+        assert_eq!(r.nat.max_sessions, 1024);
+        assert_eq!(r.nat.metadata_port, 8775);
+        assert_eq!(
+            (r.nat.timeouts.udp, r.nat.timeouts.tcp_established),
+            (5, 3600)
+        );
+        assert_eq!(r.nat.timeouts.icmp, 30, "unset timeouts keep the defaults");
+        // Without a [router.nat] section: the defaults.
+        let plain = DesiredState::parse(ISSUE_EXAMPLE).expect("valid");
+        assert_eq!(plain.routers[0].nat, NatSettings::default());
+    }
+
+    #[test]
+    fn invalid_floating_ips_and_nat_settings_are_rejected() {
+        let with = |from: &str, to: &str| {
+            err(&format!("{ISSUE_EXAMPLE}{}", NAT_EXAMPLE.replace(from, to)))
+        };
+        let e = with("198.18.0.10", "198.19.0.10");
+        assert!(
+            e.contains("floating_ip[0].address") && e.contains("external subnet"),
+            "{e}"
+        );
+        let e = with("198.18.0.10", "198.18.0.2");
+        assert!(e.contains("gateway IP"), "{e}");
+        let e = with("10.0.1.5", "10.0.3.5");
+        assert!(
+            e.contains("floating_ip[0].fixed") && e.contains("no internal subnet"),
+            "{e}"
+        );
+        let e = with("10.0.1.5", "10.0.1.1");
+        assert!(e.contains("floating_ip[0].fixed"), "{e}");
+        let e = with("60000-65535", "2500-65535");
+        assert!(
+            e.contains("nat.slow_path_snat_ports") && e.contains("overlaps"),
+            "{e}"
+        );
+        let e = with("2000-3000", "3000-2000");
+        assert!(e.contains("nat.snat_ports"), "{e}");
+        let e = with("udp = 5", "udp = 0");
+        assert!(e.contains("nat.timeouts.udp"), "{e}");
+        let e = with("max_sessions = 1024", "max_sessions = 1");
+        assert!(e.contains("nat.max_sessions"), "{e}");
+        let twice = format!(
+            "{ISSUE_EXAMPLE}{NAT_EXAMPLE}\n[[router.floating_ip]]\naddress = \"198.18.0.11\"\nfixed = \"10.0.1.5\"\n"
+        );
+        assert!(err(&twice).contains("already has a floating IP"));
+        let start = ISSUE_EXAMPLE.find("[router.gateway]").expect("gateway");
+        let end = ISSUE_EXAMPLE
+            .find("[[router.interface]]")
+            .expect("interface");
+        let no_gateway = format!("{}{}", &ISSUE_EXAMPLE[..start], &ISSUE_EXAMPLE[end..]);
+        let e = err(&format!("{no_gateway}{NAT_EXAMPLE}"));
+        assert!(
+            e.contains("floating_ip[0].address") && e.contains("needs a router gateway"),
+            "{e}"
+        );
+    }
 }

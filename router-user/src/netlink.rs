@@ -101,13 +101,7 @@ pub async fn ensure_address(
     index: u32,
     addr: IfAddr,
 ) -> Result<bool, rtnetlink::Error> {
-    let existing: Vec<_> = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect()
-        .await?;
+    let existing = link_addresses(handle, index).await?;
     let present = existing.iter().any(|msg| is_address(msg, addr));
     if present {
         return Ok(false);
@@ -257,19 +251,26 @@ pub async fn delete_address(
     index: u32,
     addr: IfAddr,
 ) -> Result<(), rtnetlink::Error> {
-    let existing: Vec<_> = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect()
-        .await?;
+    let existing = link_addresses(handle, index).await?;
     for msg in existing {
         if is_address(&msg, addr) {
             handle.address().del(msg).execute().await?;
         }
     }
     Ok(())
+}
+
+async fn link_addresses(
+    handle: &Handle,
+    index: u32,
+) -> Result<Vec<netlink_packet_route::address::AddressMessage>, rtnetlink::Error> {
+    handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
 }
 
 /// Whether an address message is `addr` (address and prefix length).
