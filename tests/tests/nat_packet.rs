@@ -609,47 +609,46 @@ fn arp_and_metadata(entry: Entry) {
     assert_eq!(r.reason(i, Reason::Metadata), before + 1);
 }
 
-/// A full table refuses new sessions with a counted drop, and the sessions it holds keep
-/// working.
+/// A full table refuses new sessions with a counted drop, and an established session keeps
+/// working while the rest of the table is half-open TCP (SYN only).
 fn full_table(entry: Entry) {
     // Four entries: two sessions.
     let mut r = Router::new(entry, 4);
     let (i, o) = (r.inside, r.outside);
-    let f = udp(VM3, 40000, REMOTE, 53, ROUTER_IN_MAC);
+    // An established TCP session: SYN out, SYN-ACK back.
+    let f = tcp(VM3, 40000, REMOTE, 443, ROUTER_IN_MAC);
+    expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40000, REMOTE, 443), "syn");
+    let f = tcp(REMOTE, 443, GW, 40000, ROUTER_OUT_MAC);
+    expect_forward(&r, o, &f, want(VM_MAC, REMOTE, 443, VM3, 40000), "syn-ack");
+    // A half-open one fills the table.
+    let f = tcp(VM7, 40000, [203, 0, 113, 10], 80, ROUTER_IN_MAC);
     expect_forward(
         &r,
         i,
         &f,
-        want(UPSTREAM_MAC, GW, 40000, REMOTE, 53),
-        "first",
-    );
-    let f = udp(VM7, 40000, [203, 0, 113, 10], 53, ROUTER_IN_MAC);
-    expect_forward(
-        &r,
-        i,
-        &f,
-        want(UPSTREAM_MAC, GW, 40000, [203, 0, 113, 10], 53),
-        "second",
+        want(UPSTREAM_MAC, GW, 40000, [203, 0, 113, 10], 80),
+        "half-open",
     );
     let before = r.reason(i, Reason::SessionTableFull);
-    let (outcome, _) = r.run(i, &udp(VM8, 40000, [203, 0, 113, 11], 53, ROUTER_IN_MAC));
+    let (outcome, _) = r.run(i, &tcp(VM8, 40000, [203, 0, 113, 11], 80, ROUTER_IN_MAC));
     assert_eq!(outcome, Outcome::Drop, "a third session does not fit");
     assert_eq!(r.reason(i, Reason::SessionTableFull), before + 1);
-    let f = udp(REMOTE, 53, GW, 40000, ROUTER_OUT_MAC);
+    // The established session still works both ways.
+    let f = tcp(VM3, 40000, REMOTE, 443, ROUTER_IN_MAC);
+    expect_forward(
+        &r,
+        i,
+        &f,
+        want(UPSTREAM_MAC, GW, 40000, REMOTE, 443),
+        "established out",
+    );
+    let f = tcp(REMOTE, 443, GW, 40000, ROUTER_OUT_MAC);
     expect_forward(
         &r,
         o,
         &f,
-        want(VM_MAC, REMOTE, 53, VM3, 40000),
-        "established still works",
-    );
-    let f = udp(VM3, 40000, REMOTE, 53, ROUTER_IN_MAC);
-    expect_forward(
-        &r,
-        i,
-        &f,
-        want(UPSTREAM_MAC, GW, 40000, REMOTE, 53),
-        "and outbound",
+        want(VM_MAC, REMOTE, 443, VM3, 40000),
+        "established in",
     );
     // Floating IPs need no session.
     let f = udp(FIXED, 1, REMOTE, 2, ROUTER_IN_MAC);
