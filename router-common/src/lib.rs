@@ -6,6 +6,7 @@
 //! exactly one byte order to think about.
 #![no_std]
 
+pub mod bench;
 pub mod nat;
 pub mod reason;
 

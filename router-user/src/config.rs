@@ -502,6 +502,9 @@ fn validate_floating_ips(
     interfaces: &[Interface],
 ) -> Result<Vec<FloatingIp>, ConfigError> {
     let mut out: Vec<FloatingIp> = Vec::with_capacity(file.len());
+    // Sets, not scans: tens of thousands of floating IPs must validate in milliseconds.
+    let mut addresses = HashSet::with_capacity(file.len());
+    let mut fixeds = HashSet::with_capacity(file.len());
     for (i, f) in file.iter().enumerate() {
         let key = format!("floating_ip[{i}]");
         let address = parse_ip(&f.address)
@@ -551,14 +554,14 @@ fn validate_floating_ips(
                 &format!("is not a VM address on {}'s subnet {subnet}", inside.name),
             ));
         }
-        if out.iter().any(|o| o.address == address) {
+        if !addresses.insert(address) {
             return Err(at.bad(
                 &format!("{key}.address"),
                 &f.address,
                 "floating IP given twice",
             ));
         }
-        if out.iter().any(|o| o.fixed == fixed) {
+        if !fixeds.insert(fixed) {
             return Err(at.bad(
                 &format!("{key}.fixed"),
                 &f.fixed,

@@ -413,6 +413,7 @@ fn session_uses(key: &CtKey, entry: &CtEntry, pred: &dyn Fn([u8; 4]) -> bool) ->
 impl RouterState {
     /// Applies a new desired state (one `RunningRouter::can_apply` accepted).
     async fn reconfigure(&mut self, handle: &Handle, new: Router) -> Result<(), Error> {
+        let started = std::time::Instant::now();
         let old = self.router.clone();
         let nl = |what: String| {
             let router = old.id.clone();
@@ -456,18 +457,29 @@ impl RouterState {
                 })
             })?;
         }
-        // Floating IPs that are gone or changed stop translating now.
-        for f in &old.floating_ips {
-            if !new.floating_ips.contains(f) {
+        // Floating IPs that are gone or changed stop translating now; their sessions end in
+        // one pass over the table, however many there are.
+        let after: std::collections::BTreeSet<_> = new.floating_ips.iter().collect();
+        let gone: Vec<_> = old
+            .floating_ips
+            .iter()
+            .filter(|f| !after.contains(f))
+            .collect();
+        if !gone.is_empty() {
+            let mut addrs = std::collections::HashSet::new();
+            for f in &gone {
                 self.datapath.remove_floating_ip(f.address.octets())?;
-                let (fip, fixed) = (f.address.octets(), f.fixed.octets());
-                ended += conntrack::purge(&mut self.datapath.sessions()?, |k, e| {
-                    session_uses(k, e, &|a| a == fip || a == fixed)
-                })?;
-                flush_kernel_conntrack(f.address);
+                addrs.insert(f.address.octets());
+                addrs.insert(f.fixed.octets());
             }
+            ended += conntrack::purge(&mut self.datapath.sessions()?, |k, e| {
+                session_uses(k, e, &|a| addrs.contains(&a))
+            })?;
+            flush_kernel_conntrack(&gone.iter().map(|f| f.address).collect::<Vec<_>>());
         }
-        for f in &new.floating_ips {
+        // Only what is new is written: applying an unchanged list writes nothing.
+        let before: std::collections::BTreeSet<_> = old.floating_ips.iter().collect();
+        for f in new.floating_ips.iter().filter(|f| !before.contains(f)) {
             self.datapath
                 .set_floating_ip(f.address.octets(), f.fixed.octets())?;
         }
@@ -488,13 +500,14 @@ impl RouterState {
             })?;
         }
         ensure_routes(handle, &new).await?;
-        slowpath::apply(&new)?;
+        slowpath::update(&old, &new)?;
         self.router = new;
         write_info(&self.info)?;
         self.resync(handle).await?;
         log::info!(
-            "router {}: applied new desired state; {ended} session(s) ended",
-            self.id
+            "router {}: applied new desired state in {} us; {ended} session(s) ended",
+            self.id,
+            started.elapsed().as_micros()
         );
         Ok(())
     }
@@ -627,15 +640,25 @@ impl RouterState {
     }
 }
 
-/// Ends the kernel's own (slow-path) sessions of a removed floating IP. Best effort: the
-/// fast path no longer translates it either way.
-fn flush_kernel_conntrack(fip: std::net::Ipv4Addr) {
-    for flag in ["--orig-dst", "--reply-dst"] {
+/// Ends the kernel's own (slow-path) sessions of removed floating IPs. Best effort: the
+/// fast path no longer translates them either way.
+fn flush_kernel_conntrack(fips: &[std::net::Ipv4Addr]) {
+    let run = |args: &[&str]| {
         let _ = std::process::Command::new("conntrack")
-            .args(["-D", flag, &fip.to_string()])
+            .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
+    };
+    // Past a handful, one flush of the kernel's (rare, slow-path) sessions is cheaper than
+    // two processes per address.
+    if fips.len() > 8 {
+        return run(&["-F"]);
+    }
+    for fip in fips {
+        for flag in ["--orig-dst", "--reply-dst"] {
+            run(&["-D", flag, &fip.to_string()]);
+        }
     }
 }
 

@@ -110,10 +110,79 @@ pub fn ruleset(router: &Router) -> String {
     s
 }
 
+/// Brings the slow-path rules from `old` to `new`: when only floating IPs differ, by adding
+/// and deleting map elements (one transaction); otherwise by replacing the table.
+pub fn update(old: &Router, new: &Router) -> Result<(), Error> {
+    let same_but_fips = Router {
+        floating_ips: new.floating_ips.clone(),
+        ..old.clone()
+    } == *new;
+    if !same_but_fips {
+        return apply(new);
+    }
+    let before: std::collections::BTreeSet<_> = old.floating_ips.iter().collect();
+    let after: std::collections::BTreeSet<_> = new.floating_ips.iter().collect();
+    let gone: Vec<_> = before.difference(&after).collect();
+    let added: Vec<_> = after.difference(&before).collect();
+    let mut s = String::new();
+    let keys = |fips: &[&&crate::config::FloatingIp], dnat: bool| {
+        fips.iter()
+            .map(|f| if dnat { f.address } else { f.fixed }.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let pairs = |fips: &[&&crate::config::FloatingIp], dnat: bool| {
+        fips.iter()
+            .map(|f| {
+                let (a, b) = if dnat {
+                    (f.address, f.fixed)
+                } else {
+                    (f.fixed, f.address)
+                };
+                format!("{a} : {b}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !gone.is_empty() {
+        let _ = writeln!(
+            s,
+            "delete element ip {TABLE} fip_dnat {{ {} }}",
+            keys(&gone, true)
+        );
+        let _ = writeln!(
+            s,
+            "delete element ip {TABLE} fip_snat {{ {} }}",
+            keys(&gone, false)
+        );
+    }
+    if !added.is_empty() {
+        let _ = writeln!(
+            s,
+            "add element ip {TABLE} fip_dnat {{ {} }}",
+            pairs(&added, true)
+        );
+        let _ = writeln!(
+            s,
+            "add element ip {TABLE} fip_snat {{ {} }}",
+            pairs(&added, false)
+        );
+    }
+    if s.is_empty() {
+        return Ok(());
+    }
+    run_nft(&new.id, &s)
+}
+
 /// Replaces the router's slow-path rules in the calling thread's namespace.
 pub fn apply(router: &Router) -> Result<(), Error> {
-    let rules = ruleset(router);
-    let what = || format!("router {}: installing the slow-path NAT rules", router.id);
+    run_nft(&router.id, &ruleset(router))
+}
+
+/// Runs `nft -f -` on `rules` (one transaction: all or nothing).
+fn run_nft(id: &str, rules: &str) -> Result<(), Error> {
+    let rules = rules.to_string();
+    let what = || format!("router {id}: installing the slow-path NAT rules");
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())

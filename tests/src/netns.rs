@@ -36,3 +36,24 @@ impl Drop for NetnsGuard {
         }
     }
 }
+
+/// Runs `f` with the current thread inside the named namespace `ns` (`ip netns`), and
+/// returns to the thread's namespace afterwards, whatever `f` does.
+pub fn within<T>(ns: &str, f: impl FnOnce() -> T) -> T {
+    struct Back(File);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            if let Err(e) = setns(&self.0, CloneFlags::CLONE_NEWNET) {
+                eprintln!("restoring the network namespace failed: {e}");
+            }
+        }
+    }
+    let tid = nix::unistd::gettid();
+    let original = File::open(format!("/proc/self/task/{tid}/ns/net"))
+        .unwrap_or_else(|e| panic!("opening the current network namespace: {e}"));
+    let target = File::open(format!("/run/netns/{ns}"))
+        .unwrap_or_else(|e| panic!("opening namespace {ns}: {e}"));
+    setns(&target, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("entering {ns}: {e}"));
+    let _back = Back(original);
+    f()
+}

@@ -27,6 +27,7 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     "nftables",
     "conntrack",
+    "iperf3",
     "libc6-dev",
 ];
 
@@ -51,6 +52,13 @@ enum Cmd {
     },
     /// Build the seed-003 topology, run routerd on it, send traffic, print the counters.
     Demo,
+    /// Run the benchmarks (fast path and Neutron iptables path side by side) and write
+    /// docs/benchmarks.md, docs/benchmarks.json and the plots.
+    Bench {
+        /// Extra arguments for routerbench (`--quick`, `--only rate,scale`, `--out DIR`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -69,6 +77,11 @@ fn main() -> Result<()> {
             setup()?;
             build_release()?;
             demo()
+        }
+        Cmd::Bench { args } => {
+            setup()?;
+            build_release()?;
+            bench(&args)
         }
     }
 }
@@ -264,4 +277,22 @@ fn demo() -> Result<()> {
             "--",
         ])
         .arg(&bin_dir))
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    let release = workspace().join("target/release");
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "bench",
+            "--bin",
+            "routerbench",
+            "--",
+        ])
+        .args(args)
+        .env("ROUTERD_BIN", release.join("routerd"))
+        .current_dir(workspace()))
 }

@@ -70,9 +70,9 @@ fn run(args: Args) -> Result<(), router_user::Error> {
             tokio::select! {
                 _ = term.recv() => { log::info!("routerd: SIGTERM, detaching"); break }
                 _ = int.recv() => { log::info!("routerd: SIGINT, detaching"); break }
-                _ = hup.recv() => match DesiredState::load(&args.config) {
-                    Ok(new) => reload(&mut running, new).await,
-                    Err(e) => log::error!("routerd: SIGHUP: {e}; nothing changed"),
+                _ = hup.recv() => match (std::time::Instant::now(), DesiredState::load(&args.config)) {
+                    (started, Ok(new)) => reload(&mut running, new, started).await,
+                    (_, Err(e)) => log::error!("routerd: SIGHUP: {e}; nothing changed"),
                 },
             }
         }
@@ -87,7 +87,8 @@ fn run(args: Args) -> Result<(), router_user::Error> {
 /// Brings the running routers to `new`: live changes where possible, a restart of one
 /// router where not (a new interface, another mode), start and stop for added and removed
 /// routers. A router that fails keeps running as it was.
-async fn reload(running: &mut Vec<RunningRouter>, new: DesiredState) {
+/// `started`: when the file began to be read (the reload time reported includes parsing).
+async fn reload(running: &mut Vec<RunningRouter>, new: DesiredState, started: std::time::Instant) {
     let mut kept = Vec::new();
     for mut router in std::mem::take(running) {
         match new.router(&router.desired.id).cloned() {
@@ -95,7 +96,10 @@ async fn reload(running: &mut Vec<RunningRouter>, new: DesiredState) {
                 log::info!("routerd: router {} removed", router.desired.id);
                 router.stop();
             }
-            Some(wanted) if wanted == router.desired => kept.push(router),
+            Some(wanted) if wanted == router.desired => {
+                log::info!("routerd: router {} unchanged, nothing written", wanted.id);
+                kept.push(router);
+            }
             Some(wanted) if router.can_apply(&wanted) => {
                 if let Err(e) = router.apply(wanted).await {
                     log::error!("routerd: {e}");
@@ -131,5 +135,9 @@ async fn reload(running: &mut Vec<RunningRouter>, new: DesiredState) {
         }
     }
     *running = kept;
-    log::info!("routerd: reloaded; {} router(s) running", running.len());
+    log::info!(
+        "routerd: reloaded in {} us; {} router(s) running",
+        started.elapsed().as_micros(),
+        running.len()
+    );
 }

@@ -1,0 +1,183 @@
+//! `routerbench` (run by `cargo xtask bench`): the fast path and the Neutron iptables path
+//! side by side, in one run, written to `docs/benchmarks.{md,json}` with SVG plots.
+
+mod micro;
+mod rate;
+mod report;
+mod traffic;
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rate::{Path, RateResult, TcpResult};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(about = "benchmarks: per-packet cost, forwarding rate, floating-IP scale, control plane")]
+struct Args {
+    /// Directory that receives benchmarks.md, benchmarks.json and the plots.
+    #[arg(long, default_value = "docs")]
+    out: std::path::PathBuf,
+    /// Shorter runs and fewer sizes (a smoke run, not for the record).
+    #[arg(long)]
+    quick: bool,
+    /// Only these sections (micro, rate, tcp, scale, control); all by default. `tcp` runs
+    /// with `rate`.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+/// Everything one run measured.
+#[derive(Serialize, Default)]
+pub struct Results {
+    pub command: String,
+    pub machine: String,
+    pub quick: bool,
+    pub micro: Vec<micro::MicroResult>,
+    pub rate: Vec<RateResult>,
+    pub tcp: Vec<TcpResult>,
+    pub scale: Vec<RateResult>,
+    pub control: Vec<ControlResult>,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct ControlResult {
+    pub what: String,
+    pub path: String,
+    pub floating_ips: usize,
+    pub millis: f64,
+}
+
+/// Progress on stderr: what runs now, and how long the run has taken.
+struct Progress {
+    started: Instant,
+    step: usize,
+}
+
+impl Progress {
+    fn say(&mut self, what: &str) {
+        self.step += 1;
+        eprintln!(
+            "[{:>4.0}s] {:>3}. {what}",
+            self.started.elapsed().as_secs_f64(),
+            self.step
+        );
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    router_tests::require_root();
+    let wants = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    let mut progress = Progress {
+        started: Instant::now(),
+        step: 0,
+    };
+    let mut results = Results {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: report::machine(),
+        quick: args.quick,
+        ..Default::default()
+    };
+    let duration = if args.quick {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(2)
+    };
+    if wants("micro") {
+        results.micro = micro::run_all(args.quick, &mut |what| progress.say(what))?;
+    }
+    if wants("rate") {
+        let sizes: &[u32] = &[64, 1500];
+        let flows: &[u32] = &[1, 1024];
+        for path in [Path::Ceiling, Path::Xdp, Path::Tc, Path::Neutron] {
+            progress.say(&format!("rate: setting up {}", path.name()));
+            let mut setup = rate::setup(path, 1)?;
+            for &size in sizes {
+                for &f in flows {
+                    progress.say(&format!("rate: {}, {size} B, {f} flows", path.name()));
+                    results.rate.push(setup.measure(size, f, duration)?);
+                }
+            }
+            if path != Path::Ceiling && wants("tcp") {
+                progress.say(&format!(
+                    "tcp: {}, iperf3 and SNAT connections",
+                    path.name()
+                ));
+                results
+                    .tcp
+                    .push(setup.tcp(duration.max(Duration::from_secs(1)))?);
+            }
+        }
+    }
+    if wants("scale") || wants("control") {
+        let counts: &[usize] = if args.quick {
+            &[1, 1000]
+        } else {
+            &[1, 100, 1000, 10_000]
+        };
+        for path in [Path::Xdp, Path::Tc, Path::Neutron] {
+            for &n in counts {
+                progress.say(&format!(
+                    "scale: setting up {} with {n} floating IPs",
+                    path.name()
+                ));
+                let mut setup = rate::setup(path, n)?;
+                if let Some(t) = setup.iptables_restore {
+                    results.control.push(ControlResult {
+                        what: "iptables-restore of the Neutron rules".into(),
+                        path: path.name().into(),
+                        floating_ips: n,
+                        millis: t.as_secs_f64() * 1e3,
+                    });
+                }
+                if wants("scale") {
+                    // 60,000 flows: almost every packet is a new connection for conntrack.
+                    for flows in [60_000, 1024] {
+                        if flows == 1024 && n != *counts.last().unwrap_or(&1) {
+                            continue;
+                        }
+                        progress.say(&format!(
+                            "scale: {}, {n} floating IPs, {flows} flows",
+                            path.name()
+                        ));
+                        results.scale.push(setup.measure(64, flows, duration)?);
+                    }
+                }
+                if wants("control") && path == Path::Xdp && n == *counts.last().unwrap_or(&1) {
+                    progress.say("control: routerd applies floating IPs");
+                    let all = setup.apply_floating_ips(0, 0)?;
+                    let _ = all;
+                    let add_all = setup.apply_floating_ips(n, 0)?;
+                    results.control.push(ControlResult {
+                        what: format!("routerd applies {n} floating IPs (SIGHUP, from none)"),
+                        path: path.name().into(),
+                        floating_ips: n,
+                        millis: add_all.as_secs_f64() * 1e3,
+                    });
+                    let one = setup.apply_floating_ips(n, 1)?;
+                    results.control.push(ControlResult {
+                        what: format!("routerd adds one floating IP to {n}"),
+                        path: path.name().into(),
+                        floating_ips: n + 1,
+                        millis: one.as_secs_f64() * 1e3,
+                    });
+                    let same = setup.apply_floating_ips(n, 1)?;
+                    results.control.push(ControlResult {
+                        what: format!("routerd re-applies the same {} floating IPs", n + 1),
+                        path: path.name().into(),
+                        floating_ips: n + 1,
+                        millis: same.as_secs_f64() * 1e3,
+                    });
+                }
+            }
+        }
+    }
+    progress.say("writing the report");
+    report::write(&args.out, &results)?;
+    eprintln!(
+        "routerbench: wrote {}",
+        args.out.join("benchmarks.md").display()
+    );
+    Ok(())
+}

@@ -1,0 +1,535 @@
+//! Forwarding rate through a router namespace: the same generator and the same sink, four
+//! paths: the veth ceiling (generator straight into the sink), the fast path in XDP mode,
+//! in TC mode, and the Neutron iptables path (kernel forwarding and conntrack DNAT).
+//!
+//! Traffic goes from an external host to a floating IP and arrives at a VM, the way the
+//! baseline in shared/neutron-baseline.md was measured; the target floating IP is the last
+//! one configured (last in Neutron's chains).
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use router_common::bench::GenConfig;
+use router_tests::{
+    netns::within,
+    neutron::{FloatingIp, NeutronRouter},
+    routerd::{Routerd, fast_path_has_neighbor},
+    topo::{Namespaces, ip, run, unique, veth},
+};
+use serde::Serialize;
+
+use crate::traffic::{Generator, Sink};
+
+pub const SINK_PORT: u16 = 9;
+const EXT_HOST: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const GW: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const QR_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const VM: Ipv4Addr = Ipv4Addr::new(10, 0, 255, 250);
+const VM_NO_FIP: Ipv4Addr = Ipv4Addr::new(10, 0, 255, 251);
+const QG: &str = "qg-bench";
+const QR: &str = "qr-bench";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Path {
+    Ceiling,
+    Xdp,
+    Tc,
+    Neutron,
+}
+
+impl Path {
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Ceiling => "veth ceiling",
+            Path::Xdp => "fast path, XDP",
+            Path::Tc => "fast path, TC",
+            Path::Neutron => "Neutron iptables",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RateResult {
+    pub path: Path,
+    pub frame_bytes: u32,
+    pub flows: u32,
+    pub floating_ips: usize,
+    /// Frames the generator sent per second.
+    pub offered_pps: f64,
+    /// Frames the sink counted per second.
+    pub delivered_pps: f64,
+}
+
+/// The i-th floating IP and its fixed IP; the last one is the VM's.
+fn floating_ip(i: usize, count: usize) -> FloatingIp {
+    let floating = Ipv4Addr::new(198, 18, 1 + (i / 250) as u8, 1 + (i % 250) as u8);
+    let fixed = if i + 1 == count {
+        VM
+    } else {
+        Ipv4Addr::new(10, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8)
+    };
+    FloatingIp { floating, fixed }
+}
+
+/// One path set up and ready for traffic.
+pub struct Setup {
+    pub path: Path,
+    vm_ns: String,
+    pub floating_ips: usize,
+    gen_ns: String,
+    gen_mac: [u8; 6],
+    target_mac: [u8; 6],
+    target_ip: Ipv4Addr,
+    sink: Option<Sink>,
+    routerd: Option<Routerd>,
+    config: Option<PathBuf>,
+    /// How long `iptables-restore` took (Neutron path).
+    pub iptables_restore: Option<Duration>,
+    /// Declared last: the namespaces go after everything in them.
+    _namespaces: Namespaces,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Some(mut r) = self.routerd.take() {
+            r.stop();
+        }
+        if let Some(c) = &self.config {
+            let _ = std::fs::remove_file(c);
+        }
+    }
+}
+
+fn mac_of(ns: &str, ifname: &str) -> anyhow::Result<[u8; 6]> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-j", "link", "show", "dev", ifname])
+        .output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let text = v[0]["address"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no MAC for {ifname}"))?;
+    let mut mac = [0u8; 6];
+    for (i, part) in text.split(':').enumerate().take(6) {
+        mac[i] = u8::from_str_radix(part, 16)?;
+    }
+    Ok(mac)
+}
+
+/// Builds `path` with `fips` floating IPs (at least 1).
+pub fn setup(path: Path, fips: usize) -> anyhow::Result<Setup> {
+    let fips = fips.max(1);
+    let mut namespaces = Namespaces::default();
+    let tag = unique("b");
+    let gen_ns = namespaces.add(&format!("gen-{tag}"));
+    let vm_ns = namespaces.add(&format!("vm-{tag}"));
+    if path == Path::Ceiling {
+        veth("eth0", &gen_ns, "eth0", &vm_ns);
+        for ns in [&gen_ns, &vm_ns] {
+            ip(&["-n", ns, "link", "set", "eth0", "up"]);
+        }
+        let sink = within(&vm_ns, || Sink::attach("eth0", SINK_PORT))?;
+        return Ok(Setup {
+            path,
+            floating_ips: 0,
+            gen_mac: mac_of(&gen_ns, "eth0")?,
+            target_mac: mac_of(&vm_ns, "eth0")?,
+            vm_ns,
+            target_ip: VM,
+            gen_ns,
+            sink: Some(sink),
+            routerd: None,
+            config: None,
+            iptables_restore: None,
+            _namespaces: namespaces,
+        });
+    }
+    let router_ns = namespaces.add(&format!("qrouter-{tag}"));
+    veth(QG, &router_ns, "eth0", &gen_ns);
+    veth(QR, &router_ns, "eth0", &vm_ns);
+    ip(&[
+        "-n",
+        &gen_ns,
+        "addr",
+        "add",
+        &format!("{EXT_HOST}/16"),
+        "dev",
+        "eth0",
+    ]);
+    ip(&["-n", &gen_ns, "link", "set", "eth0", "up"]);
+    ip(&[
+        "-n",
+        &vm_ns,
+        "addr",
+        "add",
+        &format!("{VM}/16"),
+        "dev",
+        "eth0",
+    ]);
+    ip(&["-n", &vm_ns, "link", "set", "eth0", "up"]);
+    // A second address without a floating IP: its connections go out by default SNAT.
+    ip(&[
+        "-n",
+        &vm_ns,
+        "addr",
+        "add",
+        &format!("{VM_NO_FIP}/16"),
+        "dev",
+        "eth0",
+    ]);
+    // TCP from the external host reaches the VM by XDP redirect, which cannot carry a
+    // partial checksum: the external host sends complete ones.
+    run(
+        "ip",
+        &[
+            "netns", "exec", &gen_ns, "ethtool", "-K", "eth0", "tx", "off",
+        ],
+    );
+    ip(&[
+        "-n",
+        &vm_ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        &QR_IP.to_string(),
+    ]);
+    let list: Vec<FloatingIp> = (0..fips).map(|i| floating_ip(i, fips)).collect();
+    let mut routerd = None;
+    let mut config = None;
+    let mut iptables_restore = None;
+    match path {
+        Path::Neutron => {
+            let router = NeutronRouter {
+                qg: QG.into(),
+                gateway: GW,
+                gateway_prefix_len: 16,
+                nexthop: EXT_HOST,
+                internal: vec![(QR.into(), QR_IP, 16)],
+                floating_ips: list.clone(),
+            };
+            iptables_restore = Some(router.configure(&router_ns));
+        }
+        Path::Xdp | Path::Tc => {
+            let mode = if path == Path::Xdp { "xdp" } else { "tc" };
+            let file = std::env::temp_dir().join(format!("{tag}.toml"));
+            std::fs::write(&file, routerd_config(&tag, &router_ns, mode, &list))?;
+            routerd = Some(Routerd::start(&file, &tag));
+            config = Some(file);
+        }
+        Path::Ceiling => unreachable!("handled above"),
+    }
+    // Frames XDP_TX'd by the generator are only delivered into a veth that runs XDP or GRO.
+    if path != Path::Xdp {
+        run(
+            "ip",
+            &[
+                "netns", "exec", &router_ns, "ethtool", "-K", QG, "gro", "on",
+            ],
+        );
+    }
+    // The router learns the VM's MAC without forwarding anything.
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &router_ns,
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            &VM.to_string(),
+        ],
+    );
+    if routerd.is_some() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !fast_path_has_neighbor(&tag, QR, VM.octets()) {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the fast path never learnt the VM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let sink = within(&vm_ns, || Sink::attach("eth0", SINK_PORT))?;
+    let target_ip = list.last().map_or(VM, |f| f.floating);
+    Ok(Setup {
+        path,
+        floating_ips: fips,
+        gen_mac: mac_of(&gen_ns, "eth0")?,
+        target_mac: mac_of(&router_ns, QG)?,
+        vm_ns,
+        target_ip,
+        gen_ns,
+        sink: Some(sink),
+        routerd,
+        config,
+        iptables_restore,
+        _namespaces: namespaces,
+    })
+}
+
+fn routerd_config(id: &str, ns: &str, mode: &str, fips: &[FloatingIp]) -> String {
+    use std::fmt::Write as _;
+    let mut s = format!(
+        r#"[[router]]
+id = "{id}"
+namespace = "{ns}"
+mode = "{mode}"
+
+[router.gateway]
+interface = "{QG}"
+address = "{GW}/16"
+nexthop = "{EXT_HOST}"
+snat = true
+
+[[router.interface]]
+name = "{QR}"
+address = "{QR_IP}/16"
+# The sink's XDP program makes the far end take XDP frames.
+xdp_egress = true
+"#
+    );
+    for f in fips {
+        let _ = write!(
+            s,
+            "\n[[router.floating_ip]]\naddress = \"{}\"\nfixed = \"{}\"\n",
+            f.floating, f.fixed
+        );
+    }
+    s
+}
+
+/// TCP through a path: bulk throughput (iperf3) and new connections per second.
+#[derive(Clone, Debug, Serialize)]
+pub struct TcpResult {
+    pub path: Path,
+    /// iperf3, VM (as its floating IP) -> external host.
+    pub throughput_gbps: f64,
+    /// Connections opened and closed per second, VM address without a floating IP (default
+    /// SNAT) -> external host.
+    pub snat_connections_per_sec: f64,
+}
+
+impl Setup {
+    /// iperf3 from the VM to the external host, then a connect/close loop through SNAT.
+    /// The sink is detached first and the VM's veth gets GRO instead, as a VM's port would
+    /// look: an XDP program on the VM's veth (the sink) makes TCP through it far slower
+    /// (seen: 388 instead of 7,670 connections/s in XDP mode). Call it last.
+    pub fn tcp(&mut self, duration: Duration) -> anyhow::Result<TcpResult> {
+        self.sink = None;
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.vm_ns,
+                "ethtool",
+                "-K",
+                "eth0",
+                "gro",
+                "on",
+            ],
+        );
+        let server = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.gen_ns,
+                "iperf3",
+                "-s",
+                "-1",
+                "-p",
+                "5299",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        struct Reap(std::process::Child);
+        impl Drop for Reap {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let _server = Reap(server);
+        std::thread::sleep(Duration::from_millis(300));
+        let secs = duration.as_secs().max(1).to_string();
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.vm_ns,
+                "iperf3",
+                "-c",
+                &EXT_HOST.to_string(),
+            ])
+            .args(["-p", "5299", "-J", "-t", &secs])
+            .output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+            anyhow::anyhow!(
+                "iperf3 output: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0);
+        let rate = connection_rate(&self.gen_ns, &self.vm_ns, duration)?;
+        Ok(TcpResult {
+            path: self.path,
+            throughput_gbps: bps / 1e9,
+            snat_connections_per_sec: rate,
+        })
+    }
+
+    /// Offers `frame_bytes`-byte UDP frames in `flows` flows for `duration`.
+    pub fn measure(
+        &mut self,
+        frame_bytes: u32,
+        flows: u32,
+        duration: Duration,
+    ) -> anyhow::Result<RateResult> {
+        let cfg = GenConfig {
+            dst_mac: self.target_mac,
+            src_mac: self.gen_mac,
+            src_ip: EXT_HOST.octets(),
+            dst_ip: self.target_ip.octets(),
+            src_port: 10_000,
+            dst_port: SINK_PORT,
+            flows,
+            frame_len: frame_bytes,
+        };
+        let mut generator = within(&self.gen_ns, || Generator::new("eth0", cfg))?;
+        // A short warm-up: caches, neighbour and conntrack state of a steady flow set.
+        within(&self.gen_ns, || {
+            generator.run_for(Duration::from_millis(100))
+        })?;
+        std::thread::sleep(Duration::from_millis(50));
+        let sink = self
+            .sink
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("the sink was detached"))?;
+        let before = sink.packets()?;
+        let (sent, secs) = within(&self.gen_ns, || generator.run_for(duration))?;
+        // Frames still in flight arrive within milliseconds.
+        std::thread::sleep(Duration::from_millis(50));
+        let delivered = sink.packets()? - before;
+        Ok(RateResult {
+            path: self.path,
+            frame_bytes,
+            flows,
+            floating_ips: self.floating_ips,
+            offered_pps: sent as f64 / secs,
+            delivered_pps: delivered as f64 / secs,
+        })
+    }
+
+    /// SIGHUP-applies `fips + plus` floating IPs to the running routerd; returns the time
+    /// routerd reports for the reload (reading and validating the file included).
+    pub fn apply_floating_ips(&mut self, fips: usize, plus: usize) -> anyhow::Result<Duration> {
+        let (Some(routerd), Some(config)) = (&self.routerd, &self.config) else {
+            anyhow::bail!("not a routerd path");
+        };
+        let list: Vec<FloatingIp> = (0..fips + plus)
+            .map(|i| floating_ip(i, fips + plus))
+            .collect();
+        let text = std::fs::read_to_string(config)?;
+        let base = text
+            .split("\n[[router.floating_ip]]")
+            .next()
+            .unwrap_or_default();
+        let mut new = base.to_string();
+        for f in &list {
+            new.push_str(&format!(
+                "\n[[router.floating_ip]]\naddress = \"{}\"\nfixed = \"{}\"\n",
+                f.floating, f.fixed
+            ));
+        }
+        std::fs::write(config, new)?;
+        let marker = "routerd: reloaded in ";
+        let applied = |log: &str| log.matches(marker).count();
+        let before = applied(&routerd.log_text());
+        routerd.reload();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = routerd.log_text();
+            if applied(&log) > before {
+                let line = log
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains(marker))
+                    .unwrap_or_default();
+                let us: u64 = line
+                    .split(marker)
+                    .nth(1)
+                    .and_then(|r| r.split(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| anyhow::anyhow!("unparsable log line {line}"))?;
+                return Ok(Duration::from_micros(us));
+            }
+            anyhow::ensure!(Instant::now() < deadline, "routerd did not apply: {log}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Opens and closes TCP connections from `VM_NO_FIP` in `vm_ns` to a listener in `ext_ns`
+/// for `duration`; returns completed connections per second.
+fn connection_rate(ext_ns: &str, vm_ns: &str, duration: Duration) -> anyhow::Result<f64> {
+    use router_tests::traffic::{in_ns, join};
+    use std::net::{SocketAddrV4, TcpListener, TcpStream};
+    let port = 5300;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let server = in_ns(ext_ns, move || {
+        let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+        let _ = ready_tx.send(());
+        // Blocking accepts: a polling accept lets the SYN backlog overflow.
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((s, _)) = listener.accept() {
+                drop(s);
+            }
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5))?;
+    let client = in_ns(vm_ns, move || {
+        let to = SocketAddrV4::new(EXT_HOST, port);
+        let started = Instant::now();
+        let mut done = 0u64;
+        while started.elapsed() < duration {
+            let sock = nix::sys::socket::socket(
+                nix::sys::socket::AddressFamily::Inet,
+                nix::sys::socket::SockType::Stream,
+                nix::sys::socket::SockFlag::empty(),
+                None,
+            )
+            .expect("socket");
+            let from = nix::sys::socket::SockaddrIn::from(SocketAddrV4::new(VM_NO_FIP, 0));
+            nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&sock), &from).expect("bind");
+            let stream = TcpStream::from(sock);
+            let addr = nix::sys::socket::SockaddrIn::from(to);
+            if nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&stream), &addr).is_ok() {
+                done += 1;
+            }
+        }
+        done as f64 / started.elapsed().as_secs_f64()
+    });
+    let rate = join(client);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // One last connection wakes the blocked accept.
+    let _ = join(in_ns(vm_ns, move || {
+        TcpStream::connect_timeout(
+            &SocketAddrV4::new(EXT_HOST, port).into(),
+            Duration::from_secs(2),
+        )
+    }));
+    join(server);
+    Ok(rate)
+}

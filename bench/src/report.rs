@@ -1,0 +1,401 @@
+//! The results as JSON, a Markdown report and SVG plots.
+
+use std::{fmt::Write as _, path::Path};
+
+use crate::{Results, rate};
+
+/// A line describing this machine.
+pub fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpus} CPUs ({model}), Linux {}", kernel.trim())
+}
+
+pub fn write(dir: &Path, results: &Results) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("benchmarks.json"),
+        serde_json::to_string_pretty(results)?,
+    )?;
+    std::fs::write(dir.join("benchmarks.md"), markdown(results))?;
+    if !results.scale.is_empty() {
+        let mut series = Vec::new();
+        for path in [rate::Path::Xdp, rate::Path::Tc, rate::Path::Neutron] {
+            let points: Vec<(f64, f64)> = results
+                .scale
+                .iter()
+                .filter(|x| x.path == path && x.flows == 60_000)
+                .map(|x| (x.floating_ips as f64, x.delivered_pps / 1e6))
+                .collect();
+            if !points.is_empty() {
+                series.push(Series {
+                    name: path.name().into(),
+                    points,
+                });
+            }
+        }
+        std::fs::write(
+            dir.join("rate-vs-floating-ips.svg"),
+            svg_chart(
+                "New connections to a floating IP (64 B, 60,000 flows)",
+                "floating IPs",
+                "delivered Mpps",
+                &series,
+            ),
+        )?;
+    }
+    if !results.micro.is_empty() {
+        let mut series = Vec::new();
+        for dim in ["routes", "floating_ips", "sessions"] {
+            for scenario in ["route_only", "fip_in", "snat_established"] {
+                let points: Vec<(f64, f64)> = results
+                    .micro
+                    .iter()
+                    .filter(|m| {
+                        m.dimension == dim
+                            && m.scenario == scenario
+                            && m.entry == "xdp"
+                            && m.method == "single-runs"
+                    })
+                    .map(|m| (m.size as f64, m.ns_per_packet))
+                    .collect();
+                if points.len() > 1 {
+                    series.push(Series {
+                        name: format!("{scenario} / {dim}"),
+                        points,
+                    });
+                }
+            }
+        }
+        std::fs::write(
+            dir.join("ns-per-packet-vs-table-size.svg"),
+            svg_chart(
+                "XDP entry: ns per packet (single runs) as tables grow",
+                "entries in the table varied",
+                "ns / packet",
+                &series,
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+fn mpps(pps: f64) -> String {
+    format!("{:.3}", pps / 1e6)
+}
+
+fn markdown(r: &Results) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Benchmarks\n");
+    let _ = writeln!(s, "Command: `{}`  \nMachine: {}\n", r.command, r.machine);
+    targets(&mut s, r);
+    if !r.micro.is_empty() {
+        let _ = writeln!(
+            s,
+            "## Per-packet cost (BPF_PROG_TEST_RUN)\n\n\
+             Each table is grown alone from the baseline (10 routes, 1 floating IP, 1k sessions). \
+             `repeat`: one frame run many times in the kernel (only where the rewritten frame is a \
+             valid input again); `single-runs`: the mean of many runs of one repetition each, \
+             which adds about 45-90 ns of per-run overhead (compare the two rows of a scenario).\n"
+        );
+        let _ = writeln!(
+            s,
+            "| scenario | entry | table grown | entries | ns/packet | method |\n|---|---|---|---|---|---|"
+        );
+        for m in &r.micro {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.1} | {} |",
+                m.scenario, m.entry, m.dimension, m.size, m.ns_per_packet, m.method
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n![ns per packet vs table size](ns-per-packet-vs-table-size.svg)\n"
+        );
+    }
+    if !r.rate.is_empty() {
+        let _ = writeln!(
+            s,
+            "## Forwarding rate (external host -> floating IP -> VM)\n"
+        );
+        let _ = writeln!(
+            s,
+            "| path | frame | flows | offered Mpps | delivered Mpps | vs Neutron | vs ceiling |\n|---|---|---|---|---|---|---|"
+        );
+        for x in &r.rate {
+            let find = |p: rate::Path| {
+                r.rate
+                    .iter()
+                    .find(|y| y.path == p && y.frame_bytes == x.frame_bytes && y.flows == x.flows)
+                    .map(|y| y.delivered_pps)
+            };
+            let ratio = |base: Option<f64>| match base {
+                Some(b) if b > 0.0 => format!("{:.2}x", x.delivered_pps / b),
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} B | {} | {} | {} | {} | {} |",
+                x.path.name(),
+                x.frame_bytes,
+                x.flows,
+                mpps(x.offered_pps),
+                mpps(x.delivered_pps),
+                ratio(find(rate::Path::Neutron)),
+                ratio(find(rate::Path::Ceiling)),
+            );
+        }
+    }
+    if !r.tcp.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n## TCP\n\n| path | iperf3 VM -> external (Gbit/s) | new SNAT connections/s |\n|---|---|---|"
+        );
+        for t in &r.tcp {
+            let _ = writeln!(
+                s,
+                "| {} | {:.2} | {:.0} |",
+                t.path.name(),
+                t.throughput_gbps,
+                t.snat_connections_per_sec
+            );
+        }
+    }
+    if !r.scale.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n## Floating IPs: rate as their number grows (64-byte frames)\n"
+        );
+        let _ = writeln!(
+            s,
+            "![rate vs floating IPs](rate-vs-floating-ips.svg)\n\n| path | floating IPs | flows | delivered Mpps |\n|---|---|---|---|"
+        );
+        for x in &r.scale {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                x.path.name(),
+                x.floating_ips,
+                x.flows,
+                mpps(x.delivered_pps)
+            );
+        }
+    }
+    if !r.control.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n## Control plane\n\n| what | path | floating IPs | ms |\n|---|---|---|---|"
+        );
+        for c in &r.control {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.1} |",
+                c.what, c.path, c.floating_ips, c.millis
+            );
+        }
+    }
+    s
+}
+
+/// One line of a plot: a name and its (x, y) points.
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+const COLORS: [&str; 6] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+];
+
+/// A line chart as SVG, x on a log10 axis (table sizes, floating IPs span decades).
+pub fn svg_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
+    let (w, h, left, right, top, bottom) = (720.0, 420.0, 70.0, 200.0, 40.0, 50.0);
+    let all = || series.iter().flat_map(|s| s.points.iter());
+    let x_min = all()
+        .map(|p| p.0.max(1.0).log10())
+        .fold(f64::INFINITY, f64::min);
+    let x_max = all()
+        .map(|p| p.0.max(1.0).log10())
+        .fold(f64::NEG_INFINITY, f64::max);
+    let y_max = all().map(|p| p.1).fold(0.0, f64::max) * 1.1;
+    let x_span = if x_max > x_min { x_max - x_min } else { 1.0 };
+    let y_max = if y_max > 0.0 { y_max } else { 1.0 };
+    let px = |x: f64| left + (x.max(1.0).log10() - x_min) / x_span * (w - left - right);
+    let py = |y: f64| h - bottom - y / y_max * (h - top - bottom);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"22\" font-size=\"15\" text-anchor=\"middle\">{title}</text>\n\
+         <line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{x_label}</text>\n\
+         <text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">{y_label}</text>\n",
+        (w - right + left) / 2.0,
+        h - bottom,
+        w - right,
+        h - bottom,
+        h - bottom,
+        (w - right + left) / 2.0,
+        h - 12.0,
+        (h - bottom + top) / 2.0,
+        (h - bottom + top) / 2.0,
+    );
+    for i in 0..=4 {
+        let y = y_max * f64::from(i) / 4.0;
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text><line x1=\"{left}\" y1=\"{2}\" x2=\"{}\" y2=\"{2}\" stroke=\"#ddd\"/>",
+            left - 6.0,
+            py(y) + 4.0,
+            if y_max >= 10.0 {
+                format!("{y:.0}")
+            } else {
+                format!("{y:.2}")
+            },
+            w - right
+        );
+    }
+    let mut ticks: Vec<f64> = all().map(|p| p.0).collect();
+    ticks.sort_by(f64::total_cmp);
+    ticks.dedup();
+    for x in ticks {
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{x}</text>",
+            px(x),
+            h - bottom + 16.0
+        );
+    }
+    for (i, series) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let points: Vec<String> = series
+            .points
+            .iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            points.join(" ")
+        );
+        for p in &points {
+            let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
+            let _ = writeln!(
+                s,
+                "<circle cx=\"{x}\" cy=\"{y}\" r=\"3\" fill=\"{color}\"/>"
+            );
+        }
+        let ly = top + 18.0 * i as f64;
+        let _ = writeln!(
+            s,
+            "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{}</text>",
+            w - right + 12.0,
+            ly,
+            w - right + 30.0,
+            ly + 10.0,
+            series.name
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The issue's targets against this run's figures.
+fn targets(s: &mut String, r: &Results) {
+    let micro = |scenario: &str, method: &str, dim: &str, size: u64| {
+        r.micro
+            .iter()
+            .find(|m| {
+                m.scenario == scenario
+                    && m.entry == "xdp"
+                    && m.method == method
+                    && m.dimension == dim
+                    && m.size == size
+            })
+            .map(|m| m.ns_per_packet)
+    };
+    let rate = |path: rate::Path| {
+        r.rate
+            .iter()
+            .find(|x| x.path == path && x.frame_bytes == 64 && x.flows == 1024)
+            .map(|x| x.delivered_pps)
+    };
+    let tcp = |path: rate::Path| {
+        r.tcp
+            .iter()
+            .find(|t| t.path == path)
+            .map(|t| t.throughput_gbps)
+    };
+    let control = r
+        .control
+        .iter()
+        .find(|c| c.what.contains("from none"))
+        .map(|c| c.millis);
+    let mut rows: Vec<(String, String, Option<f64>, bool)> = Vec::new();
+    let mut row = |what: &str, target: &str, value: Option<f64>, ok: fn(f64) -> bool| {
+        rows.push((what.into(), target.into(), value, value.is_some_and(ok)));
+    };
+    row(
+        "route only, XDP, ns/packet (repeat, 10 routes)",
+        "<= 70",
+        micro("route_only", "repeat", "routes", 10),
+        |v| v <= 70.0,
+    );
+    row(
+        "floating IP in, XDP, ns/packet (single runs)",
+        "<= 90",
+        micro("fip_in", "single-runs", "routes", 10),
+        |v| v <= 90.0,
+    );
+    row(
+        "SNAT established, XDP, ns/packet (single runs)",
+        "<= 110",
+        micro("snat_established", "single-runs", "routes", 10),
+        |v| v <= 110.0,
+    );
+    let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+    row(
+        "XDP / Neutron, 64 B, 1024 flows",
+        ">= 5x",
+        ratio(rate(rate::Path::Xdp), rate(rate::Path::Neutron)),
+        |v| v >= 5.0,
+    );
+    row(
+        "TC / Neutron, 64 B, 1024 flows",
+        ">= 2x",
+        ratio(rate(rate::Path::Tc), rate(rate::Path::Neutron)),
+        |v| v >= 2.0,
+    );
+    row(
+        "TCP throughput, TC / Neutron",
+        ">= 1x",
+        ratio(tcp(rate::Path::Tc), tcp(rate::Path::Neutron)),
+        |v| v >= 1.0,
+    );
+    row("10k floating IPs applied, ms", "<= 100", control, |v| {
+        v <= 100.0
+    });
+    let _ = writeln!(
+        s,
+        "## Targets\n\n| target | wanted | this run | met |\n|---|---|---|---|"
+    );
+    for (what, target, value, ok) in rows {
+        let value = value.map_or("-".to_string(), |v| format!("{v:.2}"));
+        let _ = writeln!(
+            s,
+            "| {what} | {target} | {value} | {} |",
+            if ok { "yes" } else { "no" }
+        );
+    }
+    let _ = writeln!(s);
+}

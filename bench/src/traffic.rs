@@ -1,0 +1,112 @@
+//! The generator and the sink: `bench-ebpf`'s two XDP programs.
+
+use std::time::{Duration, Instant};
+
+use aya::{
+    Ebpf, include_bytes_aligned,
+    maps::{Array, PerCpuArray, PerCpuValues},
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    util::nr_cpus,
+};
+use router_common::bench::{GenConfig, SinkStats, bench_names as names};
+
+static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-ebpf"));
+
+/// Frames the kernel builds per live-frames batch.
+const BATCH: u32 = 64;
+
+/// A sink attached to an interface of the calling thread's namespace; detached on drop.
+pub struct Sink {
+    ebpf: Ebpf,
+}
+
+impl Sink {
+    /// Attaches to `ifname` (in the calling thread's namespace), counting UDP to `port`.
+    pub fn attach(ifname: &str, port: u16) -> anyhow::Result<Self> {
+        let mut ebpf = Ebpf::load(OBJECT)?;
+        Array::<_, u32>::try_from(map(&mut ebpf, names::SINK_PORT)?)?.set(0, u32::from(port), 0)?;
+        let prog: &mut Xdp = program(&mut ebpf, names::SINK_PROG)?.try_into()?;
+        prog.load()?;
+        prog.attach(ifname, XdpMode::Driver)?;
+        Ok(Self { ebpf })
+    }
+
+    /// Test frames received so far.
+    pub fn packets(&mut self) -> anyhow::Result<u64> {
+        let stats: PerCpuArray<_, SinkStats> =
+            PerCpuArray::try_from(map(&mut self.ebpf, names::SINK_STATS)?)?;
+        Ok(stats.get(&0, 0)?.iter().map(|s| s.packets).sum())
+    }
+}
+
+/// The live-frames generator, sending out of an interface of the calling thread's namespace.
+pub struct Generator {
+    ebpf: Ebpf,
+    ifindex: u32,
+    frame: Vec<u8>,
+}
+
+impl Generator {
+    pub fn new(ifname: &str, cfg: GenConfig) -> anyhow::Result<Self> {
+        let mut ebpf = Ebpf::load(OBJECT)?;
+        Array::<_, GenConfig>::try_from(map(&mut ebpf, names::GEN_CONFIG)?)?.set(0, cfg, 0)?;
+        let cpus = nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        PerCpuArray::<_, u32>::try_from(map(&mut ebpf, names::GEN_SEQ)?)?.set(
+            0,
+            PerCpuValues::try_from(vec![0u32; cpus])?,
+            0,
+        )?;
+        let prog: &mut Xdp = program(&mut ebpf, names::GEN_PROG)?.try_into()?;
+        prog.load()?;
+        let c = std::ffi::CString::new(ifname)?;
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        anyhow::ensure!(ifindex != 0, "no interface {ifname}");
+        Ok(Self {
+            ebpf,
+            ifindex,
+            frame: vec![0u8; cfg.frame_len as usize],
+        })
+    }
+
+    /// Sends frames for about `duration`; returns (frames sent, seconds taken).
+    pub fn run_for(&mut self, duration: Duration) -> anyhow::Result<(u64, f64)> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(names::GEN_PROG)
+            .ok_or_else(|| anyhow::anyhow!("no generator program"))?
+            .try_into()?;
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(self.frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&self.ifindex.to_ne_bytes());
+        let start = Instant::now();
+        let mut sent = 0u64;
+        // Chunks of ~50 ms keep the duration honest without a syscall per frame.
+        let mut chunk: u32 = 20_000;
+        while start.elapsed() < duration {
+            let t = Instant::now();
+            let opts = TestRunOptions {
+                data_in: Some(&self.frame),
+                ctx_in: Some(&ctx),
+                repeat: chunk,
+                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                ..Default::default()
+            };
+            prog.test_run(opts)?;
+            sent += u64::from(chunk);
+            let took = t.elapsed().as_secs_f64().max(1e-6);
+            chunk = ((f64::from(chunk) * 0.05 / took) as u32).clamp(1_000, 2_000_000);
+        }
+        Ok((sent, start.elapsed().as_secs_f64()))
+    }
+}
+
+fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow::anyhow!("bench object has no map {name}"))
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow::anyhow!("bench object has no program {name}"))
+}
