@@ -38,6 +38,21 @@ pub struct Results {
     pub tcp: Vec<TcpResult>,
     pub scale: Vec<RateResult>,
     pub control: Vec<ControlResult>,
+    pub updates: Vec<UpdateResult>,
+}
+
+/// Forwarding while the maps change under it: every offered frame must arrive.
+#[derive(Serialize, Clone, Debug)]
+pub struct UpdateResult {
+    pub path: String,
+    pub floating_ips: usize,
+    /// SIGHUP applies (a floating IP added or removed) during the measurement.
+    pub applies: u64,
+    pub offered_pps: f64,
+    pub delivered_pps: f64,
+    /// Frames the router's gateway port forwarded, and dropped or passed, meanwhile.
+    pub router_forwarded: u64,
+    pub router_not_forwarded: u64,
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -143,6 +158,23 @@ fn main() -> anyhow::Result<()> {
                         ));
                         results.scale.push(setup.measure(64, flows, duration)?);
                     }
+                }
+                if wants("control") && path != Path::Neutron && n == *counts.last().unwrap_or(&1) {
+                    progress.say(&format!(
+                        "control: {} forwarding while floating IPs change",
+                        path.name()
+                    ));
+                    let (r, applies, router_forwarded, router_not_forwarded) =
+                        setup.measure_during_updates(64, 1024, duration)?;
+                    results.updates.push(UpdateResult {
+                        path: path.name().into(),
+                        floating_ips: n,
+                        applies,
+                        offered_pps: r.offered_pps,
+                        delivered_pps: r.delivered_pps,
+                        router_forwarded,
+                        router_not_forwarded,
+                    });
                 }
                 if wants("control") && path == Path::Xdp && n == *counts.last().unwrap_or(&1) {
                     progress.say("control: routerd applies floating IPs");

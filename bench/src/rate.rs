@@ -87,6 +87,7 @@ pub struct Setup {
     target_ip: Ipv4Addr,
     sink: Option<Sink>,
     routerd: Option<Routerd>,
+    router_id: String,
     config: Option<PathBuf>,
     /// How long `iptables-restore` took (Neutron path).
     pub iptables_restore: Option<Duration>,
@@ -143,6 +144,7 @@ pub fn setup(path: Path, fips: usize) -> anyhow::Result<Setup> {
             gen_ns,
             sink: Some(sink),
             routerd: None,
+            router_id: String::new(),
             config: None,
             iptables_restore: None,
             _namespaces: namespaces,
@@ -269,6 +271,7 @@ pub fn setup(path: Path, fips: usize) -> anyhow::Result<Setup> {
         gen_ns,
         sink: Some(sink),
         routerd,
+        router_id: tag,
         config,
         iptables_restore,
         _namespaces: namespaces,
@@ -428,6 +431,84 @@ impl Setup {
             offered_pps: sent as f64 / secs,
             delivered_pps: delivered as f64 / secs,
         })
+    }
+
+    /// As `measure`, while another thread keeps changing the floating IPs (adding and
+    /// removing one beside the `fips` configured, one apply after another). Returns the
+    /// rate, how many applies happened during it, and what the router's gateway port counted
+    /// meanwhile (forwarded; dropped or passed), to tell router losses from queue overflows.
+    pub fn measure_during_updates(
+        &mut self,
+        frame_bytes: u32,
+        flows: u32,
+        duration: Duration,
+    ) -> anyhow::Result<(RateResult, u64, u64, u64)> {
+        let (Some(routerd), Some(config)) = (&self.routerd, &self.config) else {
+            anyhow::bail!("not a routerd path");
+        };
+        let pid = routerd
+            .pid()
+            .ok_or_else(|| anyhow::anyhow!("routerd is not running"))?;
+        let fips = self.floating_ips;
+        let text = std::fs::read_to_string(config)?;
+        let base = text
+            .split("\n[[router.floating_ip]]")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        // The configured list, with or without one extra floating IP beside it.
+        let render = |extra: bool| {
+            let mut t = base.clone();
+            let mut list: Vec<FloatingIp> = (0..fips).map(|i| floating_ip(i, fips)).collect();
+            if extra {
+                list.push(FloatingIp {
+                    floating: Ipv4Addr::new(198, 18, 250, 250),
+                    fixed: Ipv4Addr::new(10, 0, 250, 250),
+                });
+            }
+            for f in list {
+                t.push_str(&format!(
+                    "\n[[router.floating_ip]]\naddress = \"{}\"\nfixed = \"{}\"\n",
+                    f.floating, f.fixed
+                ));
+            }
+            t
+        };
+        let (a, b) = (render(false), render(true));
+        let path = config.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let changer = std::thread::spawn(move || {
+            let mut applies = 0u64;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let next = if applies.is_multiple_of(2) { &b } else { &a };
+                if std::fs::write(&path, next).is_ok() {
+                    // SAFETY: signalling our own child process.
+                    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+                    applies += 1;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let _ = std::fs::write(&path, &a);
+            applies
+        });
+        let id = self.router_id.clone();
+        let qg_counters = move || -> (u64, u64) {
+            router_user::stats::collect(Some(&id))
+                .ok()
+                .and_then(|rows| rows.into_iter().find(|r| r.interface == QG))
+                .map_or((0, 0), |r| {
+                    (r.forwarded_packets, r.dropped_packets + r.passed_packets)
+                })
+        };
+        let before = qg_counters();
+        let result = self.measure(frame_bytes, flows, duration);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let applies = changer
+            .join()
+            .map_err(|_| anyhow::anyhow!("changer thread panicked"))?;
+        let after = qg_counters();
+        Ok((result?, applies, after.0 - before.0, after.1 - before.1))
     }
 
     /// SIGHUP-applies `fips + plus` floating IPs to the running routerd; returns the time

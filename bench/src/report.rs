@@ -191,6 +191,27 @@ fn markdown(r: &Results) -> String {
             );
         }
     }
+    if !r.updates.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n## Forwarding while floating IPs change (64 B, 1024 flows)\n\n| path | floating IPs | applies during the run | offered Mpps | delivered Mpps | lost | router: forwarded / not forwarded |\n|---|---|---|---|---|---|---|"
+        );
+        for u in &r.updates {
+            let lost = (u.offered_pps - u.delivered_pps).max(0.0) / u.offered_pps.max(1.0);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {:.4}% | {} / {} |",
+                u.path,
+                u.floating_ips,
+                u.applies,
+                mpps(u.offered_pps),
+                mpps(u.delivered_pps),
+                lost * 100.0,
+                u.router_forwarded,
+                u.router_not_forwarded
+            );
+        }
+    }
     if !r.control.is_empty() {
         let _ = writeln!(
             s,

@@ -72,6 +72,11 @@ impl Routerd {
         }
     }
 
+    /// The process id, for signalling from another thread.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -225,7 +225,13 @@ fn test(args: &[String]) -> Result<()> {
     // The binaries the topology tests start.
     run(cargo().args(["build", "-p", "router-user", "--bins"]))?;
     let routerd = workspace().join("target/debug/routerd");
-    let packages = ["router-common", "router-user", "router-tests", "bench", "xtask"];
+    let packages = [
+        "router-common",
+        "router-user",
+        "router-tests",
+        "bench",
+        "xtask",
+    ];
     let mut child = cargo()
         .args(["test", "--lib", "--bins", "--tests"])
         .args(packages.iter().flat_map(|p| ["-p", p]))
