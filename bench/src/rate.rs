@@ -482,14 +482,14 @@ impl Setup {
             let mut applies = 0u64;
             while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
                 let next = if applies.is_multiple_of(2) { &b } else { &a };
-                if std::fs::write(&path, next).is_ok() {
+                if write_atomically(&path, next).is_ok() {
                     // SAFETY: signalling our own child process.
                     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
                     applies += 1;
                 }
                 std::thread::sleep(Duration::from_millis(25));
             }
-            let _ = std::fs::write(&path, &a);
+            let _ = write_atomically(&path, &a);
             applies
         });
         let id = self.router_id.clone();
@@ -508,7 +508,12 @@ impl Setup {
             .join()
             .map_err(|_| anyhow::anyhow!("changer thread panicked"))?;
         let after = qg_counters();
-        Ok((result?, applies, after.0 - before.0, after.1 - before.1))
+        Ok((
+            result?,
+            applies,
+            after.0.saturating_sub(before.0),
+            after.1.saturating_sub(before.1),
+        ))
     }
 
     /// SIGHUP-applies `fips + plus` floating IPs to the running routerd; returns the time
@@ -532,7 +537,7 @@ impl Setup {
                 f.floating, f.fixed
             ));
         }
-        std::fs::write(config, new)?;
+        write_atomically(config, &new)?;
         let marker = "routerd: reloaded in ";
         let applied = |log: &str| log.matches(marker).count();
         let before = applied(&routerd.log_text());
@@ -613,4 +618,12 @@ fn connection_rate(ext_ns: &str, vm_ns: &str, duration: Duration) -> anyhow::Res
     }));
     join(server);
     Ok(rate)
+}
+
+/// Replaces `path` by renaming a complete temporary file over it, so routerd never reads a
+/// half-written desired state (a truncated file is valid TOML with fewer routers).
+fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
