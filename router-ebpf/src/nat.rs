@@ -62,10 +62,17 @@ pub struct Plan {
     pub create: u8,
 }
 
-/// NAT before routing: the session's translation, or floating-IP DNAT.
+/// NAT before routing: the session's translation, or floating-IP DNAT. Sessions are only
+/// looked for where they can be: packets from inside (original direction, hairpin
+/// replies) and packets to the gateway IP (SNAT replies and ICMP errors about them).
 #[inline(always)]
-pub fn before_routing(flow: &Flow) -> Plan {
-    if let Some(entry) = conntrack::lookup(&flow.key) {
+pub fn before_routing(flow: &Flow, in_role: u32) -> Plan {
+    let may_have_session = in_role != iface_role::EXTERNAL
+        || NAT_CONFIG.get(0).is_some_and(|c| c.gateway_ip == flow.key.dst);
+    if let Some(entry) = may_have_session
+        .then(|| conntrack::lookup(&flow.key))
+        .flatten()
+    {
         return Plan {
             // SAFETY: a map value; the rewrite fields never change after creation.
             target: Target::of_entry(unsafe { &*entry }),

@@ -45,7 +45,7 @@ pub fn process(frame: &Frame) -> Verdict {
 
     let mut flow = flow::of(frame, &pkt);
     flow.key.zone = iface.zone;
-    let mut plan = nat::before_routing(&flow);
+    let mut plan = nat::before_routing(&flow, iface.role);
     let hop = match route::lookup(frame, &pkt, plan.target.dst) {
         Ok(hop) => hop,
         Err(verdict) => return verdict,
