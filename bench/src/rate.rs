@@ -88,6 +88,8 @@ pub struct Setup {
     sink: Option<Sink>,
     routerd: Option<Routerd>,
     router_id: String,
+    router_ns: String,
+    mode: String,
     config: Option<PathBuf>,
     /// How long `iptables-restore` took (Neutron path).
     pub iptables_restore: Option<Duration>,
@@ -145,6 +147,8 @@ pub fn setup(path: Path, fips: usize) -> anyhow::Result<Setup> {
             sink: Some(sink),
             routerd: None,
             router_id: String::new(),
+            router_ns: String::new(),
+            mode: String::new(),
             config: None,
             iptables_restore: None,
             _namespaces: namespaces,
@@ -272,6 +276,8 @@ pub fn setup(path: Path, fips: usize) -> anyhow::Result<Setup> {
         sink: Some(sink),
         routerd,
         router_id: tag,
+        router_ns,
+        mode: if path == Path::Tc { "tc" } else { "xdp" }.into(),
         config,
         iptables_restore,
         _namespaces: namespaces,
@@ -279,34 +285,17 @@ pub fn setup(path: Path, fips: usize) -> anyhow::Result<Setup> {
 }
 
 fn routerd_config(id: &str, ns: &str, mode: &str, fips: &[FloatingIp]) -> String {
-    use std::fmt::Write as _;
-    let mut s = format!(
-        r#"[[router]]
-id = "{id}"
-namespace = "{ns}"
-mode = "{mode}"
-
-[router.gateway]
-interface = "{QG}"
-address = "{GW}/16"
-nexthop = "{EXT_HOST}"
-snat = true
-
-[[router.interface]]
-name = "{QR}"
-address = "{QR_IP}/16"
-# The sink's XDP program makes the far end take XDP frames.
-xdp_egress = true
-"#
-    );
-    for f in fips {
-        let _ = write!(
-            s,
-            "\n[[router.floating_ip]]\naddress = \"{}\"\nfixed = \"{}\"\n",
-            f.floating, f.fixed
-        );
+    router_tests::desired::RouterText {
+        id: id.into(),
+        namespace: ns.into(),
+        mode: mode.into(),
+        gateway: Some((QG.into(), format!("{GW}/16"), EXT_HOST.to_string(), None)),
+        // The sink's XDP program makes the far end take XDP frames.
+        interfaces: vec![(QR.into(), format!("{QR_IP}/16"), Some(true))],
+        floating_ips: fips.iter().map(|f| (f.floating, f.fixed)).collect(),
+        extra: String::new(),
     }
-    s
+    .render()
 }
 
 /// TCP through a path: bulk throughput (iperf3) and new connections per second.
@@ -450,15 +439,8 @@ impl Setup {
             .pid()
             .ok_or_else(|| anyhow::anyhow!("routerd is not running"))?;
         let fips = self.floating_ips;
-        let text = std::fs::read_to_string(config)?;
-        let base = text
-            .split("\n[[router.floating_ip]]")
-            .next()
-            .unwrap_or_default()
-            .to_string();
         // The configured list, with or without one extra floating IP beside it.
         let render = |extra: bool| {
-            let mut t = base.clone();
             let mut list: Vec<FloatingIp> = (0..fips).map(|i| floating_ip(i, fips)).collect();
             if extra {
                 list.push(FloatingIp {
@@ -466,13 +448,7 @@ impl Setup {
                     fixed: Ipv4Addr::new(10, 0, 250, 250),
                 });
             }
-            for f in list {
-                t.push_str(&format!(
-                    "\n[[router.floating_ip]]\naddress = \"{}\"\nfixed = \"{}\"\n",
-                    f.floating, f.fixed
-                ));
-            }
-            t
+            routerd_config(&self.router_id, &self.router_ns, &self.mode, &list)
         };
         let (a, b) = (render(false), render(true));
         let path = config.clone();
@@ -525,18 +501,7 @@ impl Setup {
         let list: Vec<FloatingIp> = (0..fips + plus)
             .map(|i| floating_ip(i, fips + plus))
             .collect();
-        let text = std::fs::read_to_string(config)?;
-        let base = text
-            .split("\n[[router.floating_ip]]")
-            .next()
-            .unwrap_or_default();
-        let mut new = base.to_string();
-        for f in &list {
-            new.push_str(&format!(
-                "\n[[router.floating_ip]]\naddress = \"{}\"\nfixed = \"{}\"\n",
-                f.floating, f.fixed
-            ));
-        }
+        let new = routerd_config(&self.router_id, &self.router_ns, &self.mode, &list);
         write_atomically(config, &new)?;
         let marker = "routerd: reloaded in ";
         let applied = |log: &str| log.matches(marker).count();

@@ -68,7 +68,9 @@ pub struct Plan {
 #[inline(always)]
 pub fn before_routing(flow: &Flow, in_role: u32) -> Plan {
     let may_have_session = in_role != iface_role::EXTERNAL
-        || NAT_CONFIG.get(0).is_some_and(|c| c.gateway_ip == flow.key.dst);
+        || NAT_CONFIG
+            .get(0)
+            .is_some_and(|c| c.gateway_ip == flow.key.dst);
     if let Some(entry) = may_have_session
         .then(|| conntrack::lookup(&flow.key))
         .flatten()

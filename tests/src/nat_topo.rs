@@ -164,41 +164,22 @@ impl NatTopology {
     /// and answers ARP for the floating IPs itself.
     pub fn routerd_config(&mut self, mode: &str) -> PathBuf {
         let path = std::env::temp_dir().join(format!("{}.toml", self.tag));
-        let text = format!(
-            r#"[[router]]
-id = "{id}"
-namespace = "{ns}"
-mode = "{mode}"
-
-[router.gateway]
-interface = "{QG}"
-address = "{GW}/24"
-nexthop = "{EXT}"
-snat = true
-
-[[router.interface]]
-name = "{QR_A}"
-address = "{QR_A_IP}/24"
-
-[[router.interface]]
-name = "{QR_B}"
-address = "{QR_B_IP}/24"
-
-[[router.floating_ip]]
-address = "{FIP1}"
-fixed = "{VM1}"
-
-[[router.floating_ip]]
-address = "{FIP2}"
-fixed = "{VM2}"
-
-[router.nat]
-metadata_port = {port}
-"#,
-            id = self.tag,
-            ns = self.router_ns,
-            port = crate::neutron::METADATA_PORT,
-        );
+        let text = crate::desired::RouterText {
+            id: self.tag.clone(),
+            namespace: self.router_ns.clone(),
+            mode: mode.into(),
+            gateway: Some((QG.into(), format!("{GW}/24"), EXT.to_string(), None)),
+            interfaces: vec![
+                (QR_A.into(), format!("{QR_A_IP}/24"), None),
+                (QR_B.into(), format!("{QR_B_IP}/24"), None),
+            ],
+            floating_ips: vec![(FIP1, VM1), (FIP2, VM2)],
+            extra: format!(
+                "[router.nat]\nmetadata_port = {}\n",
+                crate::neutron::METADATA_PORT
+            ),
+        }
+        .render();
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
         self.config = Some(path.clone());
         path

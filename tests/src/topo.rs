@@ -147,36 +147,26 @@ impl RouterTopology {
 
         let router_id = tag.clone();
         let config = std::env::temp_dir().join(format!("{tag}.toml"));
-        let egress = if xdp_egress {
-            "xdp_egress = true\n"
-        } else {
-            ""
-        };
-        let text = format!(
-            r#"[[router]]
-id = "{router_id}"
-namespace = "{router_ns}"
-mode = "{mode}"
-
-[router.gateway]
-interface = "{qg}"
-address = "198.18.0.2/24"
-nexthop = "198.18.0.1"
-snat = true
-{egress}
-[[router.interface]]
-name = "qr-a"
-address = "10.0.1.1/24"
-{egress}
-[[router.interface]]
-name = "qr-b"
-address = "10.0.2.1/24"
-{egress}
-[[router.route]]
-destination = "10.20.0.0/16"
-nexthop = "10.0.1.254"
-"#
-        );
+        let egress = xdp_egress.then_some(true);
+        let text = crate::desired::RouterText {
+            id: router_id.clone(),
+            namespace: router_ns.clone(),
+            mode: mode.into(),
+            gateway: Some((
+                qg.clone(),
+                "198.18.0.2/24".into(),
+                "198.18.0.1".into(),
+                egress,
+            )),
+            interfaces: vec![
+                ("qr-a".into(), "10.0.1.1/24".into(), egress),
+                ("qr-b".into(), "10.0.2.1/24".into(), egress),
+            ],
+            floating_ips: vec![],
+            extra: "[[router.route]]\ndestination = \"10.20.0.0/16\"\nnexthop = \"10.0.1.254\"\n"
+                .into(),
+        }
+        .render();
         std::fs::write(&config, text)
             .unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
         Self {

@@ -85,31 +85,27 @@ fn main() {
 
     let router_id = format!("router1-{tag}");
     let config = std::env::temp_dir().join(format!("{tag}.toml"));
-    let text = format!(
-        r#"[[router]]
-id = "{router_id}"
-namespace = "{router_ns}"
-mode = "xdp"
-
-[router.gateway]
-interface = "qg-1423ba35-7c"
-address = "192.168.101.2/24"
-nexthop = "192.168.101.1"
-snat = true
-
-[[router.interface]]
-name = "qr-9f1fa61e-1e"
-address = "172.17.17.1/24"
-
-[[router.interface]]
-name = "qr-5d2c0b7a-2a"
-address = "172.17.18.1/24"
-
-[[router.floating_ip]]
-address = "192.168.101.10"
-fixed = "172.17.17.3"
-"#
-    );
+    let text = router_tests::desired::RouterText {
+        id: router_id.clone(),
+        namespace: router_ns.clone(),
+        mode: "xdp".into(),
+        gateway: Some((
+            "qg-1423ba35-7c".into(),
+            "192.168.101.2/24".into(),
+            "192.168.101.1".into(),
+            None,
+        )),
+        interfaces: vec![
+            ("qr-9f1fa61e-1e".into(), "172.17.17.1/24".into(), None),
+            ("qr-5d2c0b7a-2a".into(), "172.17.18.1/24".into(), None),
+        ],
+        floating_ips: vec![(
+            std::net::Ipv4Addr::from(FIP),
+            std::net::Ipv4Addr::new(172, 17, 17, 3),
+        )],
+        extra: String::new(),
+    }
+    .render();
     std::fs::write(&config, &text).expect("writing the demo config");
     println!("\n== desired state ({})\n{text}", config.display());
 
