@@ -63,6 +63,9 @@ pub struct RateResult {
     pub offered_pps: f64,
     /// Frames the sink counted per second.
     pub delivered_pps: f64,
+    /// Time the router's programs spent per delivered frame under this load, from the
+    /// kernel's own BPF run statistics (`kernel.bpf_stats_enabled`, fdinfo `run_time_ns`).
+    pub router_program_ns: Option<f64>,
 }
 
 /// The i-th floating IP and its fixed IP; the last one is the VM's.
@@ -407,11 +410,17 @@ impl Setup {
             .sink
             .as_mut()
             .ok_or_else(|| anyhow::anyhow!("the sink was detached"))?;
+        let pid = self.routerd.as_ref().and_then(Routerd::pid);
         let before = sink.packets()?;
+        let run_before = pid.map(program_run_time);
         let (sent, secs) = within(&self.gen_ns, || generator.run_for(duration))?;
         // Frames still in flight arrive within milliseconds.
         std::thread::sleep(Duration::from_millis(50));
         let delivered = sink.packets()? - before;
+        let router_program_ns = pid
+            .map(program_run_time)
+            .zip(run_before)
+            .and_then(|(a, b)| (delivered > 0 && a > b).then(|| (a - b) as f64 / delivered as f64));
         Ok(RateResult {
             path: self.path,
             frame_bytes,
@@ -419,6 +428,7 @@ impl Setup {
             floating_ips: self.floating_ips,
             offered_pps: sent as f64 / secs,
             delivered_pps: delivered as f64 / secs,
+            router_program_ns,
         })
     }
 
@@ -591,4 +601,21 @@ fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("toml.tmp");
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)
+}
+
+/// Total `run_time_ns` of every BPF program process `pid` holds (the kernel counts it while
+/// `kernel.bpf_stats_enabled` is 1; `main` turns that on for the run).
+fn program_run_time(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter(|info| info.contains("prog_type:"))
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("run_time_ns:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
 }

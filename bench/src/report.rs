@@ -130,7 +130,9 @@ fn markdown(r: &Results) -> String {
         );
         let _ = writeln!(
             s,
-            "| path | frame | flows | offered Mpps | delivered Mpps | vs Neutron | vs ceiling |\n|---|---|---|---|---|---|---|"
+            "The last column is the router programs' own time per frame under this load, from \
+             the kernel's BPF run statistics.\n\n\
+             | path | frame | flows | offered Mpps | delivered Mpps | vs Neutron | vs ceiling | router program ns/frame |\n|---|---|---|---|---|---|---|---|"
         );
         for x in &r.rate {
             let find = |p: rate::Path| {
@@ -145,7 +147,7 @@ fn markdown(r: &Results) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} B | {} | {} | {} | {} | {} |",
+                "| {} | {} B | {} | {} | {} | {} | {} | {} |",
                 x.path.name(),
                 x.frame_bytes,
                 x.flows,
@@ -153,6 +155,8 @@ fn markdown(r: &Results) -> String {
                 mpps(x.delivered_pps),
                 ratio(find(rate::Path::Neutron)),
                 ratio(find(rate::Path::Ceiling)),
+                x.router_program_ns
+                    .map_or("-".into(), |ns| format!("{ns:.0}")),
             );
         }
     }
