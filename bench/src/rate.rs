@@ -603,8 +603,18 @@ fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Total `run_time_ns` of every BPF program process `pid` holds (the kernel counts it while
-/// `kernel.bpf_stats_enabled` is 1; `main` turns that on for the run).
+/// Runs `f` with `kernel.bpf_stats_enabled` on, and restores it after.
+pub fn with_bpf_stats<T>(f: impl FnOnce() -> T) -> T {
+    const KNOB: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(KNOB).unwrap_or_else(|_| "0".into());
+    let _ = std::fs::write(KNOB, "1");
+    let result = f();
+    let _ = std::fs::write(KNOB, before.trim());
+    result
+}
+
+/// Total `run_time_ns` of every BPF program process `pid` holds (counted only while
+/// `kernel.bpf_stats_enabled` is 1, see `with_bpf_stats`).
 fn program_run_time(pid: u32) -> u64 {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return 0;

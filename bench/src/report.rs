@@ -131,7 +131,9 @@ fn markdown(r: &Results) -> String {
         let _ = writeln!(
             s,
             "The last column is the router programs' own time per frame under this load, from \
-             the kernel's BPF run statistics.\n\n\
+             the kernel's BPF run statistics, taken in a second run (they slow every program, \
+             so the rates are measured with them off; the figure includes their own clock \
+             reads).\n\n\
              | path | frame | flows | offered Mpps | delivered Mpps | vs Neutron | vs ceiling | router program ns/frame |\n|---|---|---|---|---|---|---|---|"
         );
         for x in &r.rate {
