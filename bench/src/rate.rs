@@ -502,15 +502,19 @@ impl Setup {
         ))
     }
 
-    /// SIGHUP-applies `fips + plus` floating IPs to the running routerd; returns the time
+    /// SIGHUP-applies `fips` floating IPs and `plus` more (at most 250) to the running
+    /// routerd; returns the time
     /// routerd reports for the reload (reading and validating the file included).
     pub fn apply_floating_ips(&mut self, fips: usize, plus: usize) -> anyhow::Result<Duration> {
         let (Some(routerd), Some(config)) = (&self.routerd, &self.config) else {
             anyhow::bail!("not a routerd path");
         };
-        let list: Vec<FloatingIp> = (0..fips + plus)
-            .map(|i| floating_ip(i, fips + plus))
-            .collect();
+        // The `fips` of `setup` (the VM's last), then `plus` more beside them.
+        let mut list: Vec<FloatingIp> = (0..fips).map(|i| floating_ip(i, fips)).collect();
+        list.extend((0..plus).map(|i| FloatingIp {
+            floating: Ipv4Addr::new(198, 18, 250, 250 - i as u8),
+            fixed: Ipv4Addr::new(10, 0, 250, 250 - i as u8),
+        }));
         let new = routerd_config(&self.router_id, &self.router_ns, &self.mode, &list);
         write_atomically(config, &new)?;
         let marker = "routerd: reloaded in ";

@@ -643,22 +643,32 @@ impl RouterState {
 /// Ends the kernel's own (slow-path) sessions of removed floating IPs. Best effort: the
 /// fast path no longer translates them either way.
 fn flush_kernel_conntrack(fips: &[std::net::Ipv4Addr]) {
-    let run = |args: &[&str]| {
-        let _ = std::process::Command::new("conntrack")
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-    };
-    // Past a handful, one flush of the kernel's (rare, slow-path) sessions is cheaper than
-    // two processes per address.
-    if fips.len() > 8 {
-        return run(&["-F"]);
-    }
-    for fip in fips {
-        for flag in ["--orig-dst", "--reply-dst"] {
-            run(&["-D", flag, &fip.to_string()]);
-        }
+    let fips = fips.to_vec();
+    // On a thread of its own: the rules that made those sessions are gone already, and the
+    // conntrack tool takes tens of milliseconds that an apply need not wait for.
+    let spawned = std::thread::Builder::new()
+        .name("conntrack-flush".into())
+        .spawn(move || {
+            let run = |args: &[&str]| {
+                let _ = std::process::Command::new("conntrack")
+                    .args(args)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            };
+            // Past a handful, one flush of the kernel's (rare, slow-path) sessions is cheaper
+            // than two processes per address.
+            if fips.len() > 8 {
+                return run(&["-F"]);
+            }
+            for fip in &fips {
+                for flag in ["--orig-dst", "--reply-dst"] {
+                    run(&["-D", flag, &fip.to_string()]);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("flushing the kernel's sessions of removed floating IPs: {e}");
     }
 }
 
