@@ -175,9 +175,15 @@ fn run(mode: &str) {
     let nat = routerctl(&["nat", "list", "--json", "--router", &topo.router_id]);
     let fip = &nat["floating_ips"][0];
     assert_eq!(fip["floating_ip"], "198.18.0.10", "{mode}: nat list: {nat}");
+    // In: the two pings to the floating IP; out: their replies and VM B's datagrams.
     assert!(
-        fip["out_packets"].as_u64().unwrap_or(0) >= 1,
+        fip["in_packets"].as_u64().unwrap_or(0) >= 2
+            && fip["out_packets"].as_u64().unwrap_or(0) >= 3,
         "{mode}: fip counters: {nat}"
+    );
+    assert!(
+        nat["gateways"][0]["out_packets"].as_u64().unwrap_or(0) >= 1,
+        "{mode}: SNAT gateway counters: {nat}"
     );
     assert!(
         nat["gateways"][0]["sessions_created"].as_u64().unwrap_or(0) >= 1,
