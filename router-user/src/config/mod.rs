@@ -1,11 +1,29 @@
 //! The desired state: a TOML file in Neutron's vocabulary, parsed and validated whole before
 //! anything is touched. Every error names the offending key and value.
+//!
+//! - this module: routers, interfaces, the gateway and its external subnets (seed 002),
+//!   routes, floating IPs, NAT settings;
+//! - [`policy`]: routing tables, policy rules (`ip rule`) and firewall steering (seed 000);
+//! - [`firewall`]: the stateful firewall (FWaaS, seed 001);
+//! - [`render`]: the state written back as TOML ([`DesiredState::to_toml`]).
+//!
+//! `docs/configuration.md` is the operator's reference of the file.
 
 use std::{collections::HashSet, fmt, net::Ipv4Addr, path::Path, str::FromStr};
 
+use router_common::TABLE_MAIN;
 use serde::Deserialize;
 
 use crate::error::{ConfigError, Error};
+
+mod firewall;
+mod policy;
+mod render;
+#[cfg(test)]
+mod tests;
+
+pub use firewall::{Firewall, FirewallRule, FwAction};
+pub use policy::{Rule, Steering, Table};
 
 /// A validated desired state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,9 +56,56 @@ pub struct Router {
     pub mode: Mode,
     pub gateway: Option<Gateway>,
     pub interfaces: Vec<Interface>,
+    /// Routes of every table, in file order (see [`Route::table`]).
     pub routes: Vec<Route>,
     pub floating_ips: Vec<FloatingIp>,
     pub nat: NatSettings,
+    /// Routing tables besides main (`[[router.table]]`), in file order.
+    pub tables: Vec<Table>,
+    /// Policy rules (`[[router.rule]]`), in file order; the fast path walks them by
+    /// priority, before the rules the router generates for steering and external subnets.
+    pub rules: Vec<Rule>,
+    /// Firewall steering (seed 000), `None` without `[router.steering]`.
+    pub steering: Option<Steering>,
+    /// The stateful firewall on internal interfaces (seed 001), `None` = no firewall.
+    pub firewall: Option<Firewall>,
+}
+
+impl Router {
+    /// A table's name as the file writes it: `"main"`, a `[[router.table]]` name, or the
+    /// number.
+    pub fn table_name(&self, id: u32) -> String {
+        if id == TABLE_MAIN {
+            return "main".into();
+        }
+        self.tables
+            .iter()
+            .find(|t| t.id == id)
+            .map_or_else(|| id.to_string(), |t| t.name.clone())
+    }
+
+    /// Every subnet of the external network the router has an address on: the gateway's
+    /// primary one (`gateway.address`, `gateway.nexthop`) first, then `gateway.subnets`.
+    /// Empty without a gateway.
+    pub fn external_subnets(&self) -> Vec<ExternalSubnet> {
+        self.gateway
+            .iter()
+            .flat_map(|g| {
+                std::iter::once(ExternalSubnet {
+                    address: g.address,
+                    nexthop: g.nexthop,
+                })
+                .chain(g.subnets.iter().copied())
+            })
+            .collect()
+    }
+
+    /// Policy rules the router generates besides `rules`: one per steered interface, one
+    /// for gateway steering, and one per external subnet when there is more than one.
+    pub fn generated_rule_count(&self) -> usize {
+        let external = self.gateway.as_ref().map_or(0, |g| 1 + g.subnets.len());
+        policy::generated_rules(self.steering.as_ref(), external)
+    }
 }
 
 /// A 1:1 floating IP on the external network for a VM's fixed IP.
@@ -102,6 +167,18 @@ pub struct Gateway {
     pub nexthop: Ipv4Addr,
     pub snat: bool,
     pub xdp_egress: Option<bool>,
+    /// Further subnets of the external network (seed 002), each with the router's address
+    /// on it (added to the gateway interface) and its own gateway. The primary subnet
+    /// (`address`, `nexthop`) is not in this list; see [`Router::external_subnets`].
+    pub subnets: Vec<ExternalSubnet>,
+}
+
+/// One subnet of the external network: the router's address on it and the subnet's
+/// gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExternalSubnet {
+    pub address: IfAddr,
+    pub nexthop: Ipv4Addr,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,6 +194,8 @@ pub struct Interface {
 pub struct Route {
     pub destination: Prefix,
     pub nexthop: Ipv4Addr,
+    /// The table id ([`TABLE_MAIN`] unless the file says otherwise).
+    pub table: u32,
 }
 
 /// An interface address with its prefix length, like `10.0.1.1/24`.
@@ -146,6 +225,12 @@ pub struct Prefix {
 }
 
 impl Prefix {
+    /// 0.0.0.0/0.
+    pub const ANY: Prefix = Prefix {
+        addr: Ipv4Addr::UNSPECIFIED,
+        len: 0,
+    };
+
     pub fn new_truncating(addr: Ipv4Addr, len: u8) -> Self {
         Self {
             addr: Ipv4Addr::from(u32::from(addr) & mask(len)),
@@ -165,6 +250,11 @@ impl Prefix {
     /// The subnet's broadcast address.
     pub fn broadcast(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.addr) | !mask(self.len))
+    }
+
+    /// The prefix as the fast path matches it.
+    pub fn to_net(&self) -> router_common::Net {
+        router_common::Net::new(self.addr.octets(), self.len)
     }
 }
 
@@ -213,6 +303,12 @@ struct FileRouter {
     #[serde(default)]
     floating_ip: Vec<FileFloatingIp>,
     nat: Option<FileNat>,
+    #[serde(default)]
+    table: Vec<policy::FileTable>,
+    #[serde(default)]
+    rule: Vec<policy::FileRule>,
+    steering: Option<policy::FileSteering>,
+    firewall: Option<firewall::FileFirewall>,
 }
 
 #[derive(Deserialize)]
@@ -262,6 +358,15 @@ struct FileGateway {
     #[serde(default = "default_snat")]
     snat: bool,
     xdp_egress: Option<bool>,
+    #[serde(default)]
+    subnet: Vec<FileExternalSubnet>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileExternalSubnet {
+    address: String,
+    nexthop: String,
 }
 
 fn default_snat() -> bool {
@@ -281,6 +386,8 @@ struct FileInterface {
 struct FileRoute {
     destination: String,
     nexthop: String,
+    /// A table name, number, or "main" (the default).
+    table: Option<toml::Value>,
 }
 
 impl DesiredState {
@@ -344,6 +451,93 @@ impl Ctx {
     }
 }
 
+/// A subnet the router is connected to: an interface's, or one of the external subnets.
+struct Connected {
+    /// The interface it is on.
+    iface: String,
+    subnet: Prefix,
+    /// The router's own address on it.
+    own: Ipv4Addr,
+    /// How error messages name it.
+    label: String,
+}
+
+/// Interfaces and connected subnets seen so far, for the uniqueness and overlap checks.
+#[derive(Default)]
+struct Seen {
+    names: HashSet<String>,
+    connected: Vec<Connected>,
+}
+
+impl Seen {
+    fn add_iface(
+        &mut self,
+        at: &Ctx,
+        key: &str,
+        name: &str,
+        address: &str,
+    ) -> Result<IfAddr, ConfigError> {
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+            return Err(at.bad(
+                &format!("{key}.name"),
+                name,
+                "must be an interface name of 1-15 characters",
+            ));
+        }
+        if !self.names.insert(name.to_string()) {
+            return Err(at.bad(&format!("{key}.name"), name, "interface named twice"));
+        }
+        self.add_subnet(
+            at,
+            &format!("{key}.address"),
+            name,
+            address,
+            format!("interface {name}"),
+        )
+    }
+
+    /// Adds an address (and so its subnet) on interface `iface`.
+    fn add_subnet(
+        &mut self,
+        at: &Ctx,
+        key: &str,
+        iface: &str,
+        address: &str,
+        label: String,
+    ) -> Result<IfAddr, ConfigError> {
+        let addr = parse_ifaddr(address).map_err(|problem| at.bad(key, address, problem))?;
+        let subnet = addr.subnet();
+        if let Some(other) = self.connected.iter().find(|c| c.subnet.overlaps(&subnet)) {
+            return Err(at.bad(
+                key,
+                address,
+                &format!("subnet {subnet} overlaps the subnet of {}", other.label),
+            ));
+        }
+        self.connected.push(Connected {
+            iface: iface.to_string(),
+            subnet,
+            own: addr.addr,
+            label,
+        });
+        Ok(addr)
+    }
+
+    /// Whether `addr` is one of the router's own addresses.
+    fn is_own(&self, addr: Ipv4Addr) -> bool {
+        self.connected.iter().any(|c| c.own == addr)
+    }
+}
+
+/// Checks that `nexthop` is another host on `subnet` (not `own`, the network or the
+/// broadcast address).
+fn host_on(subnet: Prefix, own: Ipv4Addr, nexthop: Ipv4Addr) -> bool {
+    subnet.contains(nexthop)
+        && nexthop != own
+        && nexthop != subnet.addr
+        && nexthop != subnet.broadcast()
+}
+
 fn validate_router(index: usize, r: &FileRouter) -> Result<Router, ConfigError> {
     let at = Ctx::router(index, &r.id);
     if r.id.is_empty()
@@ -373,61 +567,14 @@ fn validate_router(index: usize, r: &FileRouter) -> Result<Router, ConfigError> 
         _ => return Err(at.bad("mode", &r.mode, "must be \"xdp\" or \"tc\"")),
     };
 
-    let mut names = HashSet::new();
-    let mut subnets: Vec<(String, Prefix)> = Vec::new();
-    let mut check_iface = |key: &str, name: &str, address: &str| -> Result<IfAddr, ConfigError> {
-        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
-            return Err(at.bad(
-                &format!("{key}.name"),
-                name,
-                "must be an interface name of 1-15 characters",
-            ));
-        }
-        if !names.insert(name.to_string()) {
-            return Err(at.bad(&format!("{key}.name"), name, "interface named twice"));
-        }
-        let addr = parse_ifaddr(address)
-            .map_err(|problem| at.bad(&format!("{key}.address"), address, problem))?;
-        let subnet = addr.subnet();
-        if let Some((other, _)) = subnets.iter().find(|(_, s)| s.overlaps(&subnet)) {
-            return Err(at.bad(
-                &format!("{key}.address"),
-                address,
-                &format!("subnet {subnet} overlaps the subnet of interface {other}"),
-            ));
-        }
-        subnets.push((name.to_string(), subnet));
-        Ok(addr)
-    };
-
+    let mut seen = Seen::default();
     let gateway = match &r.gateway {
         None => None,
-        Some(g) => {
-            let address = check_iface("gateway", &g.interface, &g.address)?;
-            let nexthop = parse_ip(&g.nexthop)
-                .map_err(|problem| at.bad("gateway.nexthop", &g.nexthop, problem))?;
-            if !address.subnet().contains(nexthop) || nexthop == address.addr {
-                return Err(at.bad(
-                    "gateway.nexthop",
-                    &g.nexthop,
-                    &format!(
-                        "must be another host on the gateway subnet {}",
-                        address.subnet()
-                    ),
-                ));
-            }
-            Some(Gateway {
-                interface: g.interface.clone(),
-                address,
-                nexthop,
-                snat: g.snat,
-                xdp_egress: g.xdp_egress,
-            })
-        }
+        Some(g) => Some(validate_gateway(&at, &mut seen, g)?),
     };
     let mut interfaces = Vec::with_capacity(r.interface.len());
     for (i, f) in r.interface.iter().enumerate() {
-        let address = check_iface(&format!("interface[{i}]"), &f.name, &f.address)?;
+        let address = seen.add_iface(&at, &format!("interface[{i}]"), &f.name, &f.address)?;
         interfaces.push(Interface {
             name: f.name.clone(),
             address,
@@ -435,51 +582,22 @@ fn validate_router(index: usize, r: &FileRouter) -> Result<Router, ConfigError> 
         });
     }
 
-    let mut routes: Vec<Route> = Vec::with_capacity(r.route.len());
-    for (i, f) in r.route.iter().enumerate() {
-        let key = format!("route[{i}]");
-        let destination = parse_prefix(&f.destination)
-            .map_err(|problem| at.bad(&format!("{key}.destination"), &f.destination, problem))?;
-        let nexthop = parse_ip(&f.nexthop)
-            .map_err(|problem| at.bad(&format!("{key}.nexthop"), &f.nexthop, problem))?;
-        let Some((via, subnet)) = subnets.iter().find(|(_, s)| s.contains(nexthop)) else {
-            return Err(at.bad(
-                &format!("{key}.nexthop"),
-                &f.nexthop,
-                "is on no subnet of this router's interfaces",
-            ));
-        };
-        let own = interfaces
-            .iter()
-            .map(|i| i.address.addr)
-            .chain(gateway.iter().map(|g| g.address.addr));
-        if own.into_iter().any(|a| a == nexthop) || subnet.broadcast() == nexthop {
-            return Err(at.bad(
-                &format!("{key}.nexthop"),
-                &f.nexthop,
-                &format!("must be a host on {via}'s subnet, not the router or broadcast address"),
-            ));
-        }
-        if let Some((conn, _)) = subnets.iter().find(|(_, s)| *s == destination) {
-            return Err(at.bad(
-                &format!("{key}.destination"),
-                &f.destination,
-                &format!("is the connected subnet of interface {conn}"),
-            ));
-        }
-        if routes.iter().any(|r| r.destination == destination) {
-            return Err(at.bad(
-                &format!("{key}.destination"),
-                &f.destination,
-                "route given twice",
-            ));
-        }
-        routes.push(Route {
-            destination,
-            nexthop,
-        });
-    }
-
+    let tables = policy::validate_tables(&at, &r.table)?;
+    let routes = validate_routes(&at, &r.route, &seen, &tables)?;
+    let steering =
+        policy::validate_steering(&at, r.steering.as_ref(), gateway.as_ref(), &interfaces)?;
+    let external = gateway.as_ref().map_or(0, |g| 1 + g.subnets.len());
+    let rules = policy::validate_rules(
+        &at,
+        &r.rule,
+        &policy::RuleScope {
+            tables: &tables,
+            gateway: gateway.as_ref(),
+            interfaces: &interfaces,
+            generated: policy::generated_rules(steering.as_ref(), external),
+        },
+    )?;
+    let firewall = firewall::validate_firewall(&at, r.firewall.as_ref())?;
     let nat = validate_nat(&at, r.nat.as_ref())?;
     let floating_ips = validate_floating_ips(&at, &r.floating_ip, gateway.as_ref(), &interfaces)?;
 
@@ -492,7 +610,135 @@ fn validate_router(index: usize, r: &FileRouter) -> Result<Router, ConfigError> 
         routes,
         floating_ips,
         nat,
+        tables,
+        rules,
+        steering,
+        firewall,
     })
+}
+
+fn validate_gateway(at: &Ctx, seen: &mut Seen, g: &FileGateway) -> Result<Gateway, ConfigError> {
+    let address = seen.add_iface(at, "gateway", &g.interface, &g.address)?;
+    let nexthop =
+        parse_ip(&g.nexthop).map_err(|problem| at.bad("gateway.nexthop", &g.nexthop, problem))?;
+    if !host_on(address.subnet(), address.addr, nexthop) {
+        return Err(at.bad(
+            "gateway.nexthop",
+            &g.nexthop,
+            &format!(
+                "must be another host on the gateway subnet {}",
+                address.subnet()
+            ),
+        ));
+    }
+    let mut subnets = Vec::with_capacity(g.subnet.len());
+    for (i, s) in g.subnet.iter().enumerate() {
+        let key = format!("gateway.subnet[{i}]");
+        let sub_address = seen.add_subnet(
+            at,
+            &format!("{key}.address"),
+            &g.interface,
+            &s.address,
+            format!("external subnet {key} on {}", g.interface),
+        )?;
+        let sub_nexthop = parse_ip(&s.nexthop)
+            .map_err(|problem| at.bad(&format!("{key}.nexthop"), &s.nexthop, problem))?;
+        if !host_on(sub_address.subnet(), sub_address.addr, sub_nexthop) {
+            return Err(at.bad(
+                &format!("{key}.nexthop"),
+                &s.nexthop,
+                &format!(
+                    "must be another host on the external subnet {} (not the router's address, network or broadcast)",
+                    sub_address.subnet()
+                ),
+            ));
+        }
+        subnets.push(ExternalSubnet {
+            address: sub_address,
+            nexthop: sub_nexthop,
+        });
+    }
+    Ok(Gateway {
+        interface: g.interface.clone(),
+        address,
+        nexthop,
+        snat: g.snat,
+        xdp_egress: g.xdp_egress,
+        subnets,
+    })
+}
+
+fn validate_routes(
+    at: &Ctx,
+    file: &[FileRoute],
+    seen: &Seen,
+    tables: &[Table],
+) -> Result<Vec<Route>, ConfigError> {
+    let mut routes: Vec<Route> = Vec::with_capacity(file.len());
+    let mut keys = HashSet::with_capacity(file.len());
+    for (i, f) in file.iter().enumerate() {
+        let key = format!("route[{i}]");
+        let destination = parse_prefix(&f.destination)
+            .map_err(|problem| at.bad(&format!("{key}.destination"), &f.destination, problem))?;
+        let nexthop = parse_ip(&f.nexthop)
+            .map_err(|problem| at.bad(&format!("{key}.nexthop"), &f.nexthop, problem))?;
+        let table = match &f.table {
+            None => TABLE_MAIN,
+            Some(v) => policy::resolve_table(at, &format!("{key}.table"), v, tables)?,
+        };
+        let Some(via) = seen.connected.iter().find(|c| c.subnet.contains(nexthop)) else {
+            return Err(at.bad(
+                &format!("{key}.nexthop"),
+                &f.nexthop,
+                "is on no subnet of this router's interfaces",
+            ));
+        };
+        if seen.is_own(nexthop) || via.subnet.broadcast() == nexthop || via.subnet.addr == nexthop {
+            return Err(at.bad(
+                &format!("{key}.nexthop"),
+                &f.nexthop,
+                &format!(
+                    "must be a host on {}'s subnet {}, not the router, network or broadcast address",
+                    via.iface, via.subnet
+                ),
+            ));
+        }
+        // Main has the connected routes already; another table may send a connected
+        // subnet elsewhere (through a firewall, say).
+        if table == TABLE_MAIN
+            && let Some(conn) = seen.connected.iter().find(|c| c.subnet == destination)
+        {
+            return Err(at.bad(
+                &format!("{key}.destination"),
+                &f.destination,
+                &format!("is the connected subnet of {}", conn.label),
+            ));
+        }
+        if !keys.insert((table, destination)) {
+            return Err(at.bad(
+                &format!("{key}.destination"),
+                &f.destination,
+                &format!("route given twice in table {}", table_label(tables, table)),
+            ));
+        }
+        routes.push(Route {
+            destination,
+            nexthop,
+            table,
+        });
+    }
+    Ok(routes)
+}
+
+/// A table as messages name it.
+fn table_label(tables: &[Table], id: u32) -> String {
+    if id == TABLE_MAIN {
+        return "main".into();
+    }
+    match tables.iter().find(|t| t.id == id) {
+        Some(t) => format!("{} ({id})", t.name),
+        None => id.to_string(),
+    }
 }
 
 fn validate_floating_ips(
@@ -505,35 +751,65 @@ fn validate_floating_ips(
     // Sets, not scans: tens of thousands of floating IPs must validate in milliseconds.
     let mut addresses = HashSet::with_capacity(file.len());
     let mut fixeds = HashSet::with_capacity(file.len());
+    let external: Vec<ExternalSubnet> = gateway
+        .iter()
+        .flat_map(|g| {
+            std::iter::once(ExternalSubnet {
+                address: g.address,
+                nexthop: g.nexthop,
+            })
+            .chain(g.subnets.iter().copied())
+        })
+        .collect();
+    let external_list = || {
+        external
+            .iter()
+            .map(|e| e.address.subnet().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     for (i, f) in file.iter().enumerate() {
         let key = format!("floating_ip[{i}]");
         let address = parse_ip(&f.address)
             .map_err(|problem| at.bad(&format!("{key}.address"), &f.address, problem))?;
         let fixed = parse_ip(&f.fixed)
             .map_err(|problem| at.bad(&format!("{key}.fixed"), &f.fixed, problem))?;
-        let Some(g) = gateway else {
+        if gateway.is_none() {
             return Err(at.bad(
                 &format!("{key}.address"),
                 &f.address,
                 "a floating IP needs a router gateway (router.gateway)",
             ));
+        }
+        let Some(subnet) = external
+            .iter()
+            .map(|e| e.address.subnet())
+            .find(|s| s.contains(address))
+        else {
+            return Err(at.bad(
+                &format!("{key}.address"),
+                &f.address,
+                &format!(
+                    "is in no external subnet of this router ({})",
+                    external_list()
+                ),
+            ));
         };
-        let external = g.address.subnet();
-        if !external.contains(address)
-            || address == external.addr
-            || address == external.broadcast()
+        if address == subnet.addr || address == subnet.broadcast() {
+            return Err(at.bad(
+                &format!("{key}.address"),
+                &f.address,
+                &format!("is not a host address of the external subnet {subnet}"),
+            ));
+        }
+        if external
+            .iter()
+            .any(|e| address == e.address.addr || address == e.nexthop)
         {
             return Err(at.bad(
                 &format!("{key}.address"),
                 &f.address,
-                &format!("is not a host address of the external subnet {external}"),
-            ));
-        }
-        if address == g.address.addr || address == g.nexthop {
-            return Err(at.bad(
-                &format!("{key}.address"),
-                &f.address,
-                "is the router's gateway IP or its next hop",
+                "is one of the router's gateway IPs or an external subnet's next hop",
             ));
         }
         let Some(inside) = interfaces
@@ -683,216 +959,21 @@ fn parse_prefix(s: &str) -> Result<Prefix, &'static str> {
     Ok(prefix)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The file issue 2 says must work exactly as written.
-    pub const ISSUE_EXAMPLE: &str = r#"
-[[router]]
-id = "r1"
-namespace = "qrouter-r1"      # the namespace that holds the router's interfaces
-mode = "xdp"                  # or "tc"
-
-[router.gateway]              # the qg side
-interface = "qg-r1"
-address = "198.18.0.2/24"     # the router's gateway IP on the external network
-nexthop = "198.18.0.1"        # default route
-snat = true                   # used once NAT lands
-
-[[router.interface]]          # one qr per internal subnet; the address is the subnet's gateway
-name = "qr-a"
-address = "10.0.1.1/24"
-
-[[router.interface]]
-name = "qr-b"
-address = "10.0.2.1/24"
-
-[[router.route]]              # extra routes
-destination = "10.20.0.0/16"
-nexthop = "10.0.1.254"
-"#;
-
-    fn err(text: &str) -> String {
-        match DesiredState::parse(text) {
-            Ok(s) => panic!("accepted invalid config: {s:?}"),
-            Err(e) => e.to_string(),
-        }
+/// A prefix, or a bare address meaning its /32 (as `ip rule` and iptables take them).
+fn parse_prefix_or_addr(s: &str) -> Result<Prefix, &'static str> {
+    if s.contains('/') {
+        parse_prefix(s)
+    } else {
+        let addr =
+            Ipv4Addr::from_str(s).map_err(|_| "not an IPv4 prefix (a.b.c.d/len) or address")?;
+        Ok(Prefix { addr, len: 32 })
     }
+}
 
-    #[test]
-    fn issue_example_parses() {
-        let state = DesiredState::parse(ISSUE_EXAMPLE).expect("example must parse");
-        let r = &state.routers[0];
-        assert_eq!(r.id, "r1");
-        assert_eq!(r.mode, Mode::Xdp);
-        let g = r.gateway.as_ref().expect("gateway");
-        assert_eq!(g.address.to_string(), "198.18.0.2/24");
-        assert_eq!(g.nexthop, Ipv4Addr::new(198, 18, 0, 1));
-        assert!(g.snat);
-        assert_eq!(r.interfaces.len(), 2);
-        assert_eq!(r.interfaces[1].address.subnet().to_string(), "10.0.2.0/24");
-        assert_eq!(r.routes[0].destination.to_string(), "10.20.0.0/16");
-    }
-
-    #[test]
-    fn bad_values_are_named() {
-        let e = err(&ISSUE_EXAMPLE.replace("10.0.1.1/24", "10.0.1.300/24"));
-        assert!(
-            e.contains("interface[0].address") && e.contains("10.0.1.300/24"),
-            "{e}"
-        );
-        let e = err(&ISSUE_EXAMPLE.replace("mode = \"xdp\"", "mode = \"dpdk\""));
-        assert!(e.contains("mode") && e.contains("dpdk"), "{e}");
-        let e = err(&ISSUE_EXAMPLE.replace("10.0.1.254", "10.9.9.9"));
-        assert!(
-            e.contains("route[0].nexthop") && e.contains("on no subnet"),
-            "{e}"
-        );
-        let e = err(&ISSUE_EXAMPLE.replace("10.20.0.0/16", "10.20.0.1/16"));
-        assert!(
-            e.contains("route[0].destination") && e.contains("host bits"),
-            "{e}"
-        );
-        let e = err(&ISSUE_EXAMPLE.replace("198.18.0.1\"", "198.19.0.1\""));
-        assert!(e.contains("gateway.nexthop"), "{e}");
-        let e = err(&ISSUE_EXAMPLE.replace("10.0.2.1/24", "10.0.1.9/24"));
-        assert!(e.contains("overlaps") && e.contains("qr-a"), "{e}");
-        let e = err(&ISSUE_EXAMPLE.replace("name = \"qr-b\"", "name = \"qr-a\""));
-        assert!(e.contains("interface named twice"), "{e}");
-        let e = err(&ISSUE_EXAMPLE.replace("10.0.1.1/24", "10.0.1.0/24"));
-        assert!(e.contains("network or broadcast"), "{e}");
-        let e = err(&ISSUE_EXAMPLE.replace("id = \"r1\"", "id = \"../x\""));
-        assert!(e.contains("id") && e.contains("../x"), "{e}");
-    }
-
-    #[test]
-    fn unknown_keys_and_syntax_errors_are_rejected() {
-        let e = err(&ISSUE_EXAMPLE.replace("snat = true", "snat = true\nsnatt = 1"));
-        assert!(e.contains("snatt"), "{e}");
-        let e = err(&ISSUE_EXAMPLE.replace("snat = true", "snat = \"yes\""));
-        assert!(e.contains("snat"), "{e}");
-        let e = err("[[router]]\nid = \"r1\"\n");
-        assert!(e.contains("namespace"), "{e}");
-    }
-
-    #[test]
-    fn duplicate_routers_are_rejected() {
-        let twice = format!(
-            "{ISSUE_EXAMPLE}\n{}",
-            ISSUE_EXAMPLE.replace("qrouter-r1", "qrouter-r2")
-        );
-        assert!(err(&twice).contains("another router has this id"));
-        let twice = format!(
-            "{ISSUE_EXAMPLE}\n{}",
-            ISSUE_EXAMPLE.replace("\"r1\"", "\"r2\"")
-        );
-        assert!(err(&twice).contains("another router uses this namespace"));
-    }
-
-    #[test]
-    fn prefix_arithmetic() {
-        let p = Prefix::new_truncating(Ipv4Addr::new(10, 1, 2, 3), 16);
-        assert_eq!(p.to_string(), "10.1.0.0/16");
-        assert!(p.contains(Ipv4Addr::new(10, 1, 255, 1)));
-        assert!(!p.contains(Ipv4Addr::new(10, 2, 0, 1)));
-        assert_eq!(p.broadcast(), Ipv4Addr::new(10, 1, 255, 255));
-        let q = Prefix::new_truncating(Ipv4Addr::new(10, 1, 7, 0), 24);
-        assert!(p.overlaps(&q) && q.overlaps(&p));
-        let zero = Prefix::new_truncating(Ipv4Addr::new(1, 2, 3, 4), 0);
-        assert_eq!(zero.addr, Ipv4Addr::UNSPECIFIED);
-        assert!(zero.contains(Ipv4Addr::new(8, 8, 8, 8)));
-    }
-
-    /// Issue 3's floating IP, and a `[router.nat]` section with every key.
-    const NAT_EXAMPLE: &str = r#"
-[[router.floating_ip]]
-address = "198.18.0.10"   # on the external network
-fixed = "10.0.1.5"        # a VM on one of the router's internal subnets
-
-[router.nat]
-snat_ports = "2000-3000"
-slow_path_snat_ports = "60000-65535"
-max_sessions = 1024
-metadata_port = 8775
-[router.nat.timeouts]
-udp = 5
-tcp_established = 3600
-"#;
-
-    #[test]
-    fn floating_ips_and_nat_settings_parse() {
-        let state = DesiredState::parse(&format!("{ISSUE_EXAMPLE}{NAT_EXAMPLE}")).expect("valid");
-        let r = &state.routers[0];
-        assert_eq!(
-            r.floating_ips,
-            vec![FloatingIp {
-                address: Ipv4Addr::new(198, 18, 0, 10),
-                fixed: Ipv4Addr::new(10, 0, 1, 5)
-            }]
-        );
-        assert_eq!(
-            r.nat.snat_ports,
-            PortRange {
-                min: 2000,
-                max: 3000
-            }
-        );
-        assert_eq!(r.nat.max_sessions, 1024);
-        assert_eq!(r.nat.metadata_port, 8775);
-        assert_eq!(
-            (r.nat.timeouts.udp, r.nat.timeouts.tcp_established),
-            (5, 3600)
-        );
-        assert_eq!(r.nat.timeouts.icmp, 30, "unset timeouts keep the defaults");
-        // Without a [router.nat] section: the defaults.
-        let plain = DesiredState::parse(ISSUE_EXAMPLE).expect("valid");
-        assert_eq!(plain.routers[0].nat, NatSettings::default());
-    }
-
-    #[test]
-    fn invalid_floating_ips_and_nat_settings_are_rejected() {
-        let with = |from: &str, to: &str| {
-            err(&format!("{ISSUE_EXAMPLE}{}", NAT_EXAMPLE.replace(from, to)))
-        };
-        let e = with("198.18.0.10", "198.19.0.10");
-        assert!(
-            e.contains("floating_ip[0].address") && e.contains("external subnet"),
-            "{e}"
-        );
-        let e = with("198.18.0.10", "198.18.0.2");
-        assert!(e.contains("gateway IP"), "{e}");
-        let e = with("10.0.1.5", "10.0.3.5");
-        assert!(
-            e.contains("floating_ip[0].fixed") && e.contains("no internal subnet"),
-            "{e}"
-        );
-        let e = with("10.0.1.5", "10.0.1.1");
-        assert!(e.contains("floating_ip[0].fixed"), "{e}");
-        let e = with("60000-65535", "2500-65535");
-        assert!(
-            e.contains("nat.slow_path_snat_ports") && e.contains("overlaps"),
-            "{e}"
-        );
-        let e = with("2000-3000", "3000-2000");
-        assert!(e.contains("nat.snat_ports"), "{e}");
-        let e = with("udp = 5", "udp = 0");
-        assert!(e.contains("nat.timeouts.udp"), "{e}");
-        let e = with("max_sessions = 1024", "max_sessions = 1");
-        assert!(e.contains("nat.max_sessions"), "{e}");
-        let twice = format!(
-            "{ISSUE_EXAMPLE}{NAT_EXAMPLE}\n[[router.floating_ip]]\naddress = \"198.18.0.11\"\nfixed = \"10.0.1.5\"\n"
-        );
-        assert!(err(&twice).contains("already has a floating IP"));
-        let start = ISSUE_EXAMPLE.find("[router.gateway]").expect("gateway");
-        let end = ISSUE_EXAMPLE
-            .find("[[router.interface]]")
-            .expect("interface");
-        let no_gateway = format!("{}{}", &ISSUE_EXAMPLE[..start], &ISSUE_EXAMPLE[end..]);
-        let e = err(&format!("{no_gateway}{NAT_EXAMPLE}"));
-        assert!(
-            e.contains("floating_ip[0].address") && e.contains("needs a router gateway"),
-            "{e}"
-        );
+/// A TOML value as error messages quote it.
+fn value_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }

@@ -1,0 +1,1062 @@
+use super::*;
+
+/// The file issue 2 says must work exactly as written.
+pub const ISSUE_EXAMPLE: &str = r#"
+[[router]]
+id = "r1"
+namespace = "qrouter-r1"      # the namespace that holds the router's interfaces
+mode = "xdp"                  # or "tc"
+
+[router.gateway]              # the qg side
+interface = "qg-r1"
+address = "198.18.0.2/24"     # the router's gateway IP on the external network
+nexthop = "198.18.0.1"        # default route
+snat = true                   # used once NAT lands
+
+[[router.interface]]          # one qr per internal subnet; the address is the subnet's gateway
+name = "qr-a"
+address = "10.0.1.1/24"
+
+[[router.interface]]
+name = "qr-b"
+address = "10.0.2.1/24"
+
+[[router.route]]              # extra routes
+destination = "10.20.0.0/16"
+nexthop = "10.0.1.254"
+"#;
+
+fn err(text: &str) -> String {
+    match DesiredState::parse(text) {
+        Ok(s) => panic!("accepted invalid config: {s:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn issue_example_parses() {
+    let state = DesiredState::parse(ISSUE_EXAMPLE).expect("example must parse");
+    let r = &state.routers[0];
+    assert_eq!(r.id, "r1");
+    assert_eq!(r.mode, Mode::Xdp);
+    let g = r.gateway.as_ref().expect("gateway");
+    assert_eq!(g.address.to_string(), "198.18.0.2/24");
+    assert_eq!(g.nexthop, Ipv4Addr::new(198, 18, 0, 1));
+    assert!(g.snat);
+    assert_eq!(r.interfaces.len(), 2);
+    assert_eq!(r.interfaces[1].address.subnet().to_string(), "10.0.2.0/24");
+    assert_eq!(r.routes[0].destination.to_string(), "10.20.0.0/16");
+}
+
+#[test]
+fn bad_values_are_named() {
+    let e = err(&ISSUE_EXAMPLE.replace("10.0.1.1/24", "10.0.1.300/24"));
+    assert!(
+        e.contains("interface[0].address") && e.contains("10.0.1.300/24"),
+        "{e}"
+    );
+    let e = err(&ISSUE_EXAMPLE.replace("mode = \"xdp\"", "mode = \"dpdk\""));
+    assert!(e.contains("mode") && e.contains("dpdk"), "{e}");
+    let e = err(&ISSUE_EXAMPLE.replace("10.0.1.254", "10.9.9.9"));
+    assert!(
+        e.contains("route[0].nexthop") && e.contains("on no subnet"),
+        "{e}"
+    );
+    let e = err(&ISSUE_EXAMPLE.replace("10.20.0.0/16", "10.20.0.1/16"));
+    assert!(
+        e.contains("route[0].destination") && e.contains("host bits"),
+        "{e}"
+    );
+    let e = err(&ISSUE_EXAMPLE.replace("198.18.0.1\"", "198.19.0.1\""));
+    assert!(e.contains("gateway.nexthop"), "{e}");
+    let e = err(&ISSUE_EXAMPLE.replace("10.0.2.1/24", "10.0.1.9/24"));
+    assert!(e.contains("overlaps") && e.contains("qr-a"), "{e}");
+    let e = err(&ISSUE_EXAMPLE.replace("name = \"qr-b\"", "name = \"qr-a\""));
+    assert!(e.contains("interface named twice"), "{e}");
+    let e = err(&ISSUE_EXAMPLE.replace("10.0.1.1/24", "10.0.1.0/24"));
+    assert!(e.contains("network or broadcast"), "{e}");
+    let e = err(&ISSUE_EXAMPLE.replace("id = \"r1\"", "id = \"../x\""));
+    assert!(e.contains("id") && e.contains("../x"), "{e}");
+}
+
+#[test]
+fn unknown_keys_and_syntax_errors_are_rejected() {
+    let e = err(&ISSUE_EXAMPLE.replace("snat = true", "snat = true\nsnatt = 1"));
+    assert!(e.contains("snatt"), "{e}");
+    let e = err(&ISSUE_EXAMPLE.replace("snat = true", "snat = \"yes\""));
+    assert!(e.contains("snat"), "{e}");
+    let e = err("[[router]]\nid = \"r1\"\n");
+    assert!(e.contains("namespace"), "{e}");
+}
+
+#[test]
+fn duplicate_routers_are_rejected() {
+    let twice = format!(
+        "{ISSUE_EXAMPLE}\n{}",
+        ISSUE_EXAMPLE.replace("qrouter-r1", "qrouter-r2")
+    );
+    assert!(err(&twice).contains("another router has this id"));
+    let twice = format!(
+        "{ISSUE_EXAMPLE}\n{}",
+        ISSUE_EXAMPLE.replace("\"r1\"", "\"r2\"")
+    );
+    assert!(err(&twice).contains("another router uses this namespace"));
+}
+
+#[test]
+fn prefix_arithmetic() {
+    let p = Prefix::new_truncating(Ipv4Addr::new(10, 1, 2, 3), 16);
+    assert_eq!(p.to_string(), "10.1.0.0/16");
+    assert!(p.contains(Ipv4Addr::new(10, 1, 255, 1)));
+    assert!(!p.contains(Ipv4Addr::new(10, 2, 0, 1)));
+    assert_eq!(p.broadcast(), Ipv4Addr::new(10, 1, 255, 255));
+    let q = Prefix::new_truncating(Ipv4Addr::new(10, 1, 7, 0), 24);
+    assert!(p.overlaps(&q) && q.overlaps(&p));
+    let zero = Prefix::new_truncating(Ipv4Addr::new(1, 2, 3, 4), 0);
+    assert_eq!(zero.addr, Ipv4Addr::UNSPECIFIED);
+    assert!(zero.contains(Ipv4Addr::new(8, 8, 8, 8)));
+}
+
+/// Issue 3's floating IP, and a `[router.nat]` section with every key.
+const NAT_EXAMPLE: &str = r#"
+[[router.floating_ip]]
+address = "198.18.0.10"   # on the external network
+fixed = "10.0.1.5"        # a VM on one of the router's internal subnets
+
+[router.nat]
+snat_ports = "2000-3000"
+slow_path_snat_ports = "60000-65535"
+max_sessions = 1024
+metadata_port = 8775
+[router.nat.timeouts]
+udp = 5
+tcp_established = 3600
+"#;
+
+#[test]
+fn floating_ips_and_nat_settings_parse() {
+    let state = DesiredState::parse(&format!("{ISSUE_EXAMPLE}{NAT_EXAMPLE}")).expect("valid");
+    let r = &state.routers[0];
+    assert_eq!(
+        r.floating_ips,
+        vec![FloatingIp {
+            address: Ipv4Addr::new(198, 18, 0, 10),
+            fixed: Ipv4Addr::new(10, 0, 1, 5)
+        }]
+    );
+    assert_eq!(
+        r.nat.snat_ports,
+        PortRange {
+            min: 2000,
+            max: 3000
+        }
+    );
+    assert_eq!(r.nat.max_sessions, 1024);
+    assert_eq!(r.nat.metadata_port, 8775);
+    assert_eq!(
+        (r.nat.timeouts.udp, r.nat.timeouts.tcp_established),
+        (5, 3600)
+    );
+    assert_eq!(r.nat.timeouts.icmp, 30, "unset timeouts keep the defaults");
+    // Without a [router.nat] section: the defaults.
+    let plain = DesiredState::parse(ISSUE_EXAMPLE).expect("valid");
+    assert_eq!(plain.routers[0].nat, NatSettings::default());
+}
+
+#[test]
+fn invalid_floating_ips_and_nat_settings_are_rejected() {
+    let with =
+        |from: &str, to: &str| err(&format!("{ISSUE_EXAMPLE}{}", NAT_EXAMPLE.replace(from, to)));
+    let e = with("198.18.0.10", "198.19.0.10");
+    assert!(
+        e.contains("floating_ip[0].address") && e.contains("external subnet"),
+        "{e}"
+    );
+    let e = with("198.18.0.10", "198.18.0.2");
+    assert!(e.contains("gateway IP"), "{e}");
+    let e = with("10.0.1.5", "10.0.3.5");
+    assert!(
+        e.contains("floating_ip[0].fixed") && e.contains("no internal subnet"),
+        "{e}"
+    );
+    let e = with("10.0.1.5", "10.0.1.1");
+    assert!(e.contains("floating_ip[0].fixed"), "{e}");
+    let e = with("60000-65535", "2500-65535");
+    assert!(
+        e.contains("nat.slow_path_snat_ports") && e.contains("overlaps"),
+        "{e}"
+    );
+    let e = with("2000-3000", "3000-2000");
+    assert!(e.contains("nat.snat_ports"), "{e}");
+    let e = with("udp = 5", "udp = 0");
+    assert!(e.contains("nat.timeouts.udp"), "{e}");
+    let e = with("max_sessions = 1024", "max_sessions = 1");
+    assert!(e.contains("nat.max_sessions"), "{e}");
+    let twice = format!(
+        "{ISSUE_EXAMPLE}{NAT_EXAMPLE}\n[[router.floating_ip]]\naddress = \"198.18.0.11\"\nfixed = \"10.0.1.5\"\n"
+    );
+    assert!(err(&twice).contains("already has a floating IP"));
+    let start = ISSUE_EXAMPLE.find("[router.gateway]").expect("gateway");
+    let end = ISSUE_EXAMPLE
+        .find("[[router.interface]]")
+        .expect("interface");
+    let no_gateway = format!("{}{}", &ISSUE_EXAMPLE[..start], &ISSUE_EXAMPLE[end..]);
+    let e = err(&format!("{no_gateway}{NAT_EXAMPLE}"));
+    assert!(
+        e.contains("floating_ip[0].address") && e.contains("needs a router gateway"),
+        "{e}"
+    );
+}
+
+// ---- policy routing, steering, several external subnets, the firewall -----------------
+
+/// A router using every key: seed 000's steering, seed 001's firewall rules, seed 002's
+/// second external subnet, extra tables, routes and rules, floating IPs on both external
+/// subnets, NAT settings and timeouts.
+const FULL_EXAMPLE: &str = r#"
+[[router]]
+id = "r1"
+namespace = "qrouter-r1"
+mode = "tc"
+
+[router.gateway]
+interface = "qg-r1"
+address = "198.18.0.2/24"
+nexthop = "198.18.0.1"
+snat = false
+xdp_egress = true
+
+[[router.gateway.subnet]]
+address = "172.24.5.2/24"
+nexthop = "172.24.5.1"
+
+[[router.interface]]
+name = "qr-a"
+address = "10.0.1.1/24"
+
+[[router.interface]]
+name = "qr-b"
+address = "10.0.2.1/24"
+xdp_egress = false
+
+[[router.interface]]
+name = "qr-fw"
+address = "10.99.0.1/24"
+
+[[router.interface]]
+name = "qr-fwx"
+address = "10.99.1.1/24"
+
+[[router.table]]
+name = "vfw"
+id = 100
+
+[[router.table]]
+name = "big"
+id = 70000
+
+[[router.route]]
+destination = "10.20.0.0/16"
+nexthop = "10.0.1.254"
+
+[[router.route]]
+destination = "10.0.2.0/24"
+nexthop = "10.99.0.2"
+table = "vfw"
+
+[[router.route]]
+destination = "10.20.0.0/16"
+nexthop = "10.99.0.2"
+table = 100
+
+[[router.route]]
+destination = "0.0.0.0/0"
+nexthop = "172.24.5.1"
+table = "70000"
+
+[[router.rule]]
+priority = 1000
+iif = "qr-a"
+from = "10.0.1.0/24"
+to = "10.0.2.0/24"
+table = "vfw"
+
+[[router.rule]]
+priority = 2000
+from = "10.0.1.5"
+table = "main"
+
+[[router.rule]]
+priority = 3000
+iif = "qg-r1"
+table = "big"
+
+[router.steering]
+nexthop = "10.99.0.2"
+gateway_nexthop = "10.99.1.2"
+interfaces = ["qr-a", "qr-b"]
+
+[router.firewall]
+default = "allow"
+
+[[router.firewall.rule]]
+action = "deny"
+protocol = "tcp"
+source = "2.2.2.0/24"
+destination = "3.3.3.0/24"
+destination_ports = "1:65535"
+description = "seed 001"
+
+[[router.firewall.rule]]
+action = "reject"
+protocol = "icmp"
+source = "10.0.0.0/24"
+
+[[router.firewall.rule]]
+action = "allow"
+protocol = "udp"
+destination_ports = 53
+
+[[router.firewall.rule]]
+action = "allow"
+protocol = 47
+description = "GRE \"tunnels\" \\ and\ttabs\nnewline \u0001 ü"
+
+[[router.firewall.rule]]
+action = "deny"
+protocol = "tcp"
+destination = "10.0.1.5"
+destination_ports = "8000-8080"
+
+[[router.floating_ip]]
+address = "198.18.0.10"
+fixed = "10.0.1.5"
+
+[[router.floating_ip]]
+address = "172.24.5.10"
+fixed = "10.0.2.5"
+
+[router.nat]
+snat_ports = "2000-3000"
+slow_path_snat_ports = "60000-65535"
+max_sessions = 1024
+metadata_port = 8775
+
+[router.nat.timeouts]
+tcp_syn_sent = 1
+tcp_syn_recv = 2
+tcp_established = 3
+tcp_fin_wait = 4
+tcp_close_wait = 5
+tcp_time_wait = 6
+tcp_close = 7
+udp = 8
+udp_stream = 9
+icmp = 10
+generic = 11
+"#;
+
+/// `FULL_EXAMPLE` with `from` (which must occur exactly once) replaced by `to`.
+fn full_with(from: &str, to: &str) -> String {
+    assert_eq!(
+        FULL_EXAMPLE.matches(from).count(),
+        1,
+        "{from:?} must occur once in FULL_EXAMPLE"
+    );
+    FULL_EXAMPLE.replacen(from, to, 1)
+}
+
+fn full_err(from: &str, to: &str) -> String {
+    err(&full_with(from, to))
+}
+
+/// Asserts that `e` names `key` and contains every one of `words`.
+#[track_caller]
+fn names(e: &str, key: &str, words: &[&str]) {
+    assert!(
+        e.contains(&format!("router[0] (id \"r1\").{key} = ")),
+        "{key}: {e}"
+    );
+    for w in words {
+        assert!(e.contains(w), "{w:?} missing: {e}");
+    }
+}
+
+fn full() -> Router {
+    DesiredState::parse(FULL_EXAMPLE)
+        .expect("FULL_EXAMPLE must parse")
+        .routers
+        .remove(0)
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().expect("address")
+}
+
+fn prefix(s: &str) -> Prefix {
+    parse_prefix_or_addr(s).expect("prefix")
+}
+
+#[test]
+fn existing_files_get_the_defaults_of_the_new_keys() {
+    let r = &DesiredState::parse(ISSUE_EXAMPLE).expect("valid").routers[0];
+    assert_eq!(r.routes[0].table, router_common::TABLE_MAIN);
+    assert!(r.tables.is_empty() && r.rules.is_empty());
+    assert_eq!((&r.steering, &r.firewall), (&None, &None));
+    let g = r.gateway.as_ref().expect("gateway");
+    assert!(g.subnets.is_empty());
+    assert_eq!(
+        r.external_subnets(),
+        vec![ExternalSubnet {
+            address: g.address,
+            nexthop: g.nexthop
+        }]
+    );
+    assert_eq!(r.generated_rule_count(), 0);
+}
+
+#[test]
+fn full_example_parses() {
+    let r = full();
+    assert_eq!(r.mode, Mode::Tc);
+    let g = r.gateway.as_ref().expect("gateway");
+    assert!(!g.snat);
+    assert_eq!(g.xdp_egress, Some(true));
+    let extra = ExternalSubnet {
+        address: IfAddr {
+            addr: ip("172.24.5.2"),
+            len: 24,
+        },
+        nexthop: ip("172.24.5.1"),
+    };
+    assert_eq!(g.subnets, vec![extra]);
+    let ext = r.external_subnets();
+    assert_eq!(ext.len(), 2);
+    assert_eq!(ext[0].address.to_string(), "198.18.0.2/24");
+    assert_eq!(ext[0].nexthop, ip("198.18.0.1"));
+    assert_eq!(ext[1], extra);
+
+    assert_eq!(
+        r.tables,
+        vec![
+            Table {
+                name: "vfw".into(),
+                id: 100
+            },
+            Table {
+                name: "big".into(),
+                id: 70000
+            }
+        ]
+    );
+    let tables: Vec<u32> = r.routes.iter().map(|r| r.table).collect();
+    assert_eq!(tables, vec![router_common::TABLE_MAIN, 100, 100, 70000]);
+    assert_eq!(r.routes[1].destination, prefix("10.0.2.0/24"));
+    assert_eq!(r.table_name(254), "main");
+    assert_eq!(r.table_name(100), "vfw");
+    assert_eq!(r.table_name(70000), "big");
+    assert_eq!(r.table_name(7), "7");
+
+    assert_eq!(
+        r.rules[0],
+        Rule {
+            priority: 1000,
+            iif: Some("qr-a".into()),
+            from: prefix("10.0.1.0/24"),
+            to: prefix("10.0.2.0/24"),
+            table: 100,
+        }
+    );
+    assert_eq!(
+        r.rules[1],
+        Rule {
+            priority: 2000,
+            iif: None,
+            from: prefix("10.0.1.5/32"),
+            to: Prefix::ANY,
+            table: router_common::TABLE_MAIN,
+        }
+    );
+    assert_eq!(r.rules[2].table, 70000);
+    let p = r.rules[0].to_policy_rule(7);
+    assert_eq!(p.iif, 7);
+    assert_eq!(p.from, router_common::Net::new([10, 0, 1, 0], 24));
+    assert_eq!(p.to, router_common::Net::new([10, 0, 2, 0], 24));
+    assert_eq!(p.table, 100);
+    assert!(p.matches(7, [10, 0, 1, 9], [10, 0, 2, 9]));
+    assert!(!p.matches(7, [10, 0, 1, 9], [10, 0, 3, 9]));
+    assert_eq!(r.rules[1].to_policy_rule(0).to, router_common::Net::ANY);
+
+    assert_eq!(
+        r.steering,
+        Some(Steering {
+            nexthop: ip("10.99.0.2"),
+            gateway_nexthop: Some(ip("10.99.1.2")),
+            interfaces: vec!["qr-a".into(), "qr-b".into()],
+        })
+    );
+    // Two steered interfaces, gateway steering, two external subnets.
+    assert_eq!(r.generated_rule_count(), 5);
+
+    let fw = r.firewall.as_ref().expect("firewall");
+    assert!(fw.default_allow);
+    assert_eq!(fw.rules.len(), 5);
+    let seed = &fw.rules[0];
+    assert_eq!(
+        *seed,
+        FirewallRule {
+            action: FwAction::Deny,
+            protocol: 6,
+            source: prefix("2.2.2.0/24"),
+            destination: prefix("3.3.3.0/24"),
+            ports: Some(PortRange { min: 1, max: 65535 }),
+            description: Some("seed 001".into()),
+        }
+    );
+    let fr = seed.to_fw_rule(3);
+    assert_eq!(
+        fr,
+        router_common::FwRule {
+            source: router_common::Net::new([2, 2, 2, 0], 24),
+            destination: router_common::Net::new([3, 3, 3, 0], 24),
+            port_min: 1,
+            port_max: 65535,
+            proto: 6,
+            action: router_common::fw_action::DENY,
+            slot: 3,
+            _pad: 0,
+        }
+    );
+    assert!(fr.matches(6, [2, 2, 2, 9], [3, 3, 3, 9], 80));
+    let icmp = &fw.rules[1];
+    assert_eq!(
+        (icmp.action, icmp.protocol, icmp.ports),
+        (FwAction::Reject, 1, None)
+    );
+    let any_port = icmp.to_fw_rule(0);
+    assert_eq!((any_port.port_min, any_port.port_max), (0, 65535));
+    assert_eq!(any_port.action, router_common::fw_action::REJECT);
+    assert_eq!(any_port.destination, router_common::Net::ANY);
+    assert_eq!(fw.rules[2].ports, Some(PortRange { min: 53, max: 53 }));
+    assert_eq!(
+        fw.rules[2].to_fw_rule(0).action,
+        router_common::fw_action::ALLOW
+    );
+    assert_eq!(fw.rules[3].protocol, 47);
+    assert_eq!(
+        fw.rules[3].description.as_deref(),
+        Some("GRE \"tunnels\" \\ and\ttabs\nnewline \u{1} ü")
+    );
+    assert_eq!(fw.rules[4].destination, prefix("10.0.1.5/32"));
+    assert_eq!(
+        [FwAction::Allow, FwAction::Deny, FwAction::Reject].map(|a| a.to_string()),
+        ["allow", "deny", "reject"]
+    );
+
+    assert_eq!(r.floating_ips[1].address, ip("172.24.5.10"));
+    assert_eq!(r.nat.timeouts.generic, 11);
+}
+
+#[test]
+fn to_toml_round_trips() {
+    let state = DesiredState::parse(FULL_EXAMPLE).expect("valid");
+    let text = state.to_toml();
+    let back = DesiredState::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(back, state, "{text}");
+    assert_eq!(back.to_toml(), text, "rendering is stable");
+    // Every key of the example is written out.
+    for key in [
+        "[[router.gateway.subnet]]",
+        "xdp_egress = false",
+        "[[router.table]]",
+        "table = \"vfw\"",
+        "table = \"big\"",
+        "iif = \"qg-r1\"",
+        "from = \"10.0.1.5/32\"",
+        "gateway_nexthop = \"10.99.1.2\"",
+        "interfaces = [\"qr-a\", \"qr-b\"]",
+        "default = \"allow\"",
+        "action = \"reject\"",
+        "protocol = 47",
+        "destination_ports = \"53\"",
+        "destination_ports = \"8000-8080\"",
+        "description = \"GRE \\\"tunnels\\\" \\\\ and\\ttabs\\nnewline \\u0001 ü\"",
+        "metadata_port = 8775",
+        "[router.nat.timeouts]",
+        "generic = 11",
+    ] {
+        assert!(text.contains(key), "{key} missing from\n{text}");
+    }
+
+    // Several routers, defaults left out, a router with neither gateway nor extras, and
+    // the files of the earlier issues.
+    let several = format!(
+        "{FULL_EXAMPLE}\n{ISSUE_EXAMPLE}\n[[router]]\nid = \"bare\"\nnamespace = \"qrouter-bare\"\n\n[router.steering]\nnexthop = \"10.1.0.2\"\n\n[router.firewall]\n\n[[router.interface]]\nname = \"qr-x\"\naddress = \"10.1.0.1/24\"\n"
+    )
+    .replacen("id = \"r1\"\nnamespace = \"qrouter-r1\"      #", "id = \"r2\"\nnamespace = \"qrouter-r2\"      #", 1);
+    let state = DesiredState::parse(&several).expect("valid");
+    assert_eq!(state.routers.len(), 3);
+    let text = state.to_toml();
+    assert_eq!(DesiredState::parse(&text).expect("valid"), state, "{text}");
+    let bare = state.router("bare").expect("bare").to_toml();
+    assert!(!bare.contains("[router.nat"), "{bare}");
+    assert!(bare.contains("interfaces = []"), "{bare}");
+    for plain in [
+        ISSUE_EXAMPLE.to_string(),
+        format!("{ISSUE_EXAMPLE}{NAT_EXAMPLE}"),
+    ] {
+        let state = DesiredState::parse(&plain).expect("valid");
+        assert_eq!(DesiredState::parse(&state.to_toml()).expect("valid"), state);
+    }
+    let empty = DesiredState { routers: vec![] };
+    assert_eq!(DesiredState::parse(&empty.to_toml()).expect("valid"), empty);
+}
+
+#[test]
+fn invalid_tables_are_rejected() {
+    for name in ["main", "local", "default", "100", "0x64", "", "a b", "-x"] {
+        let e = full_err("name = \"vfw\"", &format!("name = \"{name}\""));
+        names(&e, "table[0].name", &[&format!("\"{name}\"")]);
+    }
+    let e = full_err("name = \"big\"", "name = \"vfw\"");
+    names(&e, "table[1].name", &["another table has this name"]);
+    let generated = router_common::TABLE_GENERATED_MIN.to_string();
+    for id in [
+        "0",
+        "253",
+        "254",
+        "255",
+        "-1",
+        generated.as_str(),
+        "4294967296",
+    ] {
+        let e = full_err("id = 100", &format!("id = {id}"));
+        names(
+            &e,
+            "table[0].id",
+            &[&format!("\"{id}\""), "must be 1-252 or 256-"],
+        );
+    }
+    let last = (router_common::TABLE_GENERATED_MIN - 1).to_string();
+    let ok = full_with("id = 70000", &format!("id = {last}"))
+        .replace("\"70000\"", &format!("\"{last}\""));
+    DesiredState::parse(&ok).expect("the highest table id is allowed");
+    let e = full_err("id = 70000", "id = 100");
+    names(&e, "table[1].id", &["another table has this id"]);
+}
+
+#[test]
+fn invalid_routes_are_rejected() {
+    let e = full_err(
+        "table = \"vfw\"\n\n[[router.route]]",
+        "table = \"vfx\"\n\n[[router.route]]",
+    );
+    names(
+        &e,
+        "route[1].table",
+        &["\"vfx\"", "not \"main\" or a table"],
+    );
+    let e = full_err("table = 100", "table = 101");
+    names(&e, "route[2].table", &["\"101\""]);
+    let e = full_err("table = 100", "table = \"local\"");
+    names(&e, "route[2].table", &["local"]);
+    let e = full_err("table = 100", "table = true");
+    names(&e, "route[2].table", &["must be a table name"]);
+    DesiredState::parse(&full_with("table = 100", "table = \"main\""))
+        .expect_err("10.20/16 twice in main");
+    DesiredState::parse(&full_with("table = 100", "table = 254"))
+        .expect_err("10.20/16 twice in main");
+    // The same destination in two tables is fine; twice in one is not.
+    let e = full_err(
+        "table = 100",
+        "table = \"vfw\"\n\n[[router.route]]\ndestination = \"10.20.0.0/16\"\nnexthop = \"10.99.0.3\"\ntable = \"vfw\"",
+    );
+    names(
+        &e,
+        "route[3].destination",
+        &["route given twice in table vfw (100)"],
+    );
+    // A connected subnet is a destination only outside main; an extra external subnet is
+    // connected too.
+    let e = full_err(
+        "nexthop = \"10.99.0.2\"\ntable = \"vfw\"",
+        "nexthop = \"10.99.0.2\"\ntable = \"main\"",
+    );
+    names(
+        &e,
+        "route[1].destination",
+        &["connected subnet of interface qr-b"],
+    );
+    let e = full_err(
+        "destination = \"10.20.0.0/16\"\nnexthop = \"10.0.1.254\"",
+        "destination = \"172.24.5.0/24\"\nnexthop = \"10.0.1.254\"",
+    );
+    names(
+        &e,
+        "route[0].destination",
+        &["connected subnet", "external subnet"],
+    );
+    DesiredState::parse(&full_with(
+        "destination = \"0.0.0.0/0\"",
+        "destination = \"172.24.5.0/24\"",
+    ))
+    .expect("a connected subnet in another table");
+    // Next hops: on an external subnet (extra ones included), not the router itself.
+    let e = full_err(
+        "nexthop = \"172.24.5.1\"\ntable",
+        "nexthop = \"172.24.5.2\"\ntable",
+    );
+    names(&e, "route[3].nexthop", &["qg-r1", "not the router"]);
+    let e = full_err(
+        "nexthop = \"172.24.5.1\"\ntable",
+        "nexthop = \"172.24.5.255\"\ntable",
+    );
+    names(&e, "route[3].nexthop", &["broadcast"]);
+    let e = full_err(
+        "nexthop = \"172.24.5.1\"\ntable",
+        "nexthop = \"172.24.6.1\"\ntable",
+    );
+    names(&e, "route[3].nexthop", &["on no subnet"]);
+}
+
+/// `n` rules with distinct priorities, to append to a router.
+fn rules(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "\n[[router.rule]]\npriority = {}\ntable = \"main\"\n",
+                10 + i
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn invalid_rules_are_rejected() {
+    for p in ["0", "30000", "-5"] {
+        let e = full_err("priority = 1000", &format!("priority = {p}"));
+        names(&e, "rule[0].priority", &[&format!("\"{p}\""), "1 to 29999"]);
+    }
+    let e = full_err("priority = 2000", "priority = 1000");
+    names(&e, "rule[1].priority", &["another rule has this priority"]);
+    let e = full_err("priority = 2000\n", "");
+    names(&e, "rule[1].priority", &["required"]);
+    let e = full_err("iif = \"qr-a\"\nfrom", "iif = \"qr-z\"\nfrom");
+    names(
+        &e,
+        "rule[0].iif",
+        &["\"qr-z\"", "not an interface of this router"],
+    );
+    let e = full_err("table = \"big\"", "table = \"nope\"");
+    names(&e, "rule[2].table", &["\"nope\""]);
+    let e = full_err("table = \"big\"", "table = 255");
+    names(&e, "rule[2].table", &["\"255\""]);
+    let e = full_err("iif = \"qg-r1\"\ntable = \"big\"", "iif = \"qg-r1\"");
+    names(&e, "rule[2].table", &["required"]);
+    let e = full_err("from = \"10.0.1.5\"", "from = \"10.0.1.5/16\"");
+    names(&e, "rule[1].from", &["host bits"]);
+    let e = full_err("to = \"10.0.2.0/24\"", "to = \"10.0.2\"");
+    names(&e, "rule[0].to", &["not an IPv4 prefix"]);
+
+    // 3 rules + 5 generated: 24 more fit, 25 do not.
+    let max = router_common::MAX_RULES as usize;
+    DesiredState::parse(&format!("{FULL_EXAMPLE}{}", rules(max - 8))).expect("exactly full");
+    let e = err(&format!("{FULL_EXAMPLE}{}", rules(max - 7)));
+    names(
+        &e,
+        "rule",
+        &[
+            &format!("\"{}\"", max - 4),
+            "5 the router generates",
+            &format!("make {}", max + 1),
+        ],
+    );
+    // Without steering or a second external subnet, nothing is generated.
+    DesiredState::parse(&format!("{ISSUE_EXAMPLE}{}", rules(max))).expect("32 rules");
+    let e = err(&format!("{ISSUE_EXAMPLE}{}", rules(max + 1)));
+    names(&e, "rule", &["\"33\"", "the 0 the router generates"]);
+}
+
+#[test]
+fn invalid_external_subnets_are_rejected() {
+    let e = full_err("address = \"172.24.5.2/24\"", "address = \"172.24.5.2\"");
+    names(&e, "gateway.subnet[0].address", &["prefix length"]);
+    let e = full_err(
+        "address = \"172.24.5.2/24\"",
+        "address = \"198.18.0.200/16\"",
+    );
+    names(&e, "gateway.subnet[0].address", &["overlaps", "qg-r1"]);
+    // The gateway comes first: an internal interface overlapping an extra subnet is named.
+    let e = full_err(
+        "address = \"172.24.5.2/24\"\nnexthop = \"172.24.5.1\"",
+        "address = \"10.0.0.2/16\"\nnexthop = \"10.0.0.1\"",
+    );
+    names(
+        &e,
+        "interface[0].address",
+        &["overlaps", "external subnet gateway.subnet[0] on qg-r1"],
+    );
+    // An internal interface overlapping an extra external subnet.
+    let e = full_err(
+        "address = \"10.99.1.1/24\"",
+        "address = \"172.24.5.129/25\"",
+    );
+    names(
+        &e,
+        "interface[3].address",
+        &["overlaps", "gateway.subnet[0]"],
+    );
+    // Two extra subnets overlapping each other.
+    let e = full_err(
+        "nexthop = \"172.24.5.1\"\n\n[[router.interface]]",
+        "nexthop = \"172.24.5.1\"\n\n[[router.gateway.subnet]]\naddress = \"172.24.5.3/28\"\nnexthop = \"172.24.5.4\"\n\n[[router.interface]]",
+    );
+    names(
+        &e,
+        "gateway.subnet[1].address",
+        &["overlaps", "gateway.subnet[0]"],
+    );
+    for (nexthop, why) in [
+        ("172.24.6.1", "external subnet 172.24.5.0/24"),
+        ("172.24.5.2", "not the router's address"),
+        ("172.24.5.255", "broadcast"),
+        ("172.24.5.0", "network"),
+        ("x", "not an IPv4 address"),
+    ] {
+        let e = full_err(
+            "nexthop = \"172.24.5.1\"\n\n[[router.interface]]",
+            &format!("nexthop = \"{nexthop}\"\n\n[[router.interface]]"),
+        );
+        names(&e, "gateway.subnet[0].nexthop", &[why]);
+    }
+}
+
+#[test]
+fn floating_ips_must_be_in_an_external_subnet() {
+    let e = full_err("address = \"172.24.5.10\"", "address = \"172.24.6.10\"");
+    names(
+        &e,
+        "floating_ip[1].address",
+        &["in no external subnet", "198.18.0.0/24, 172.24.5.0/24"],
+    );
+    let e = full_err("address = \"172.24.5.10\"", "address = \"172.24.5.1\"");
+    names(&e, "floating_ip[1].address", &["gateway IP", "next hop"]);
+    let e = full_err("address = \"172.24.5.10\"", "address = \"172.24.5.2\"");
+    names(&e, "floating_ip[1].address", &["gateway IP"]);
+    let e = full_err("address = \"172.24.5.10\"", "address = \"172.24.5.255\"");
+    names(&e, "floating_ip[1].address", &["not a host address"]);
+    let e = full_err("address = \"172.24.5.10\"", "address = \"198.18.0.10\"");
+    names(&e, "floating_ip[1].address", &["given twice"]);
+}
+
+#[test]
+fn invalid_steering_is_rejected() {
+    let e = full_err(
+        "nexthop = \"10.99.0.2\"\ngateway",
+        "nexthop = \"10.0.1.2\"\ngateway",
+    );
+    names(&e, "steering.nexthop", &["qr-a", "steered"]);
+    let e = full_err(
+        "nexthop = \"10.99.0.2\"\ngateway",
+        "nexthop = \"198.18.0.5\"\ngateway",
+    );
+    names(&e, "steering.nexthop", &["no internal subnet"]);
+    let e = full_err(
+        "nexthop = \"10.99.0.2\"\ngateway",
+        "nexthop = \"10.99.0.1\"\ngateway",
+    );
+    names(&e, "steering.nexthop", &["not the router"]);
+    let e = full_err(
+        "nexthop = \"10.99.0.2\"\ngateway",
+        "nexthop = \"10.99.0.255\"\ngateway",
+    );
+    names(&e, "steering.nexthop", &["broadcast"]);
+    let e = full_err(
+        "gateway_nexthop = \"10.99.1.2\"",
+        "gateway_nexthop = \"10.0.2.7\"",
+    );
+    names(&e, "steering.gateway_nexthop", &["qr-b", "steered"]);
+    let e = full_err(
+        "gateway_nexthop = \"10.99.1.2\"",
+        "gateway_nexthop = \"172.24.5.9\"",
+    );
+    names(&e, "steering.gateway_nexthop", &["no internal subnet"]);
+    DesiredState::parse(&full_with(
+        "gateway_nexthop = \"10.99.1.2\"",
+        "gateway_nexthop = \"10.99.0.3\"",
+    ))
+    .expect("the gateway's firewall address on the same firewall interface");
+    let e = full_err(
+        "interfaces = [\"qr-a\", \"qr-b\"]",
+        "interfaces = [\"qr-a\", \"qg-r1\"]",
+    );
+    names(&e, "steering.interfaces[1]", &["gateway interface"]);
+    let e = full_err(
+        "interfaces = [\"qr-a\", \"qr-b\"]",
+        "interfaces = [\"qr-a\", \"qr-q\"]",
+    );
+    names(&e, "steering.interfaces[1]", &["not an internal interface"]);
+    let e = full_err(
+        "interfaces = [\"qr-a\", \"qr-b\"]",
+        "interfaces = [\"qr-a\", \"qr-a\"]",
+    );
+    names(&e, "steering.interfaces[1]", &["listed twice"]);
+    let e = full_err(
+        "interfaces = [\"qr-a\", \"qr-b\"]",
+        "interfaces = [\"qr-a\", \"qr-fw\"]",
+    );
+    names(&e, "steering.nexthop", &["qr-fw", "steered"]);
+    let e = full_err("nexthop = \"10.99.0.2\"\ngateway", "gateway");
+    assert!(e.contains("nexthop"), "{e}");
+    // Steering off: no interfaces, only the gateway's traffic.
+    let r = DesiredState::parse(&full_with(
+        "interfaces = [\"qr-a\", \"qr-b\"]",
+        "interfaces = []",
+    ))
+    .expect("valid")
+    .routers
+    .remove(0);
+    assert_eq!(r.generated_rule_count(), 3);
+    // Gateway steering needs a gateway.
+    let no_gateway = "[[router]]\nid = \"r1\"\nnamespace = \"n\"\n[[router.interface]]\nname = \"qr-a\"\naddress = \"10.0.1.1/24\"\n[[router.interface]]\nname = \"qr-fw\"\naddress = \"10.99.0.1/24\"\n[router.steering]\nnexthop = \"10.99.0.2\"\ngateway_nexthop = \"10.99.0.3\"\ninterfaces = [\"qr-a\"]\n";
+    names(
+        &err(no_gateway),
+        "steering.gateway_nexthop",
+        &["no gateway"],
+    );
+    let ok = no_gateway.replace("gateway_nexthop = \"10.99.0.3\"\n", "");
+    DesiredState::parse(&ok).expect("steering without a gateway");
+}
+
+#[test]
+fn invalid_firewall_rules_are_rejected() {
+    let e = full_err(
+        "protocol = \"icmp\"",
+        "protocol = \"icmp\"\ndestination_ports = \"80\"",
+    );
+    names(
+        &e,
+        "firewall.rule[1].destination_ports",
+        &["\"80\"", "tcp", "udp"],
+    );
+    let e = full_err("protocol = 47", "destination_ports = \"80\"");
+    names(&e, "firewall.rule[3].destination_ports", &["tcp"]);
+    for bad in [
+        "\"2000-1000\"",
+        "\"0-80\"",
+        "\"0\"",
+        "0",
+        "\"70000\"",
+        "\"1:\"",
+        "\"a\"",
+        "-1",
+        "true",
+    ] {
+        let e = full_err(
+            "destination_ports = 53",
+            &format!("destination_ports = {bad}"),
+        );
+        names(&e, "firewall.rule[2].destination_ports", &[]);
+    }
+    for (ok, min, max) in [
+        ("\"0:65535\"", 0, 65535),
+        ("\"0-65535\"", 0, 65535),
+        ("\" 7 : 9 \"", 7, 9),
+        ("65535", 65535, 65535),
+    ] {
+        let r = DesiredState::parse(&full_with(
+            "destination_ports = 53",
+            &format!("destination_ports = {ok}"),
+        ))
+        .expect(ok)
+        .routers
+        .remove(0);
+        let rule = &r.firewall.expect("firewall").rules[2];
+        assert_eq!(rule.ports, Some(PortRange { min, max }), "{ok}");
+    }
+    for bad in ["\"sctp\"", "256", "-1", "\"TCP\"", "1.5"] {
+        let e = full_err("protocol = 47", &format!("protocol = {bad}"));
+        names(&e, "firewall.rule[3].protocol", &["protocol number 0-255"]);
+    }
+    let r = DesiredState::parse(&full_with("protocol = 47", "protocol = \"any\""))
+        .expect("any")
+        .routers
+        .remove(0);
+    assert_eq!(r.firewall.expect("firewall").rules[3].protocol, 0);
+    let e = full_err("action = \"reject\"", "action = \"drop\"");
+    names(&e, "firewall.rule[1].action", &["\"drop\"", "allow"]);
+    let e = full_err("action = \"reject\"\n", "");
+    names(&e, "firewall.rule[1].action", &["required"]);
+    let e = full_err("default = \"allow\"", "default = \"accept\"");
+    names(&e, "firewall.default", &["\"accept\""]);
+    let e = full_err("source = \"10.0.0.0/24\"", "source = \"10.0.0.1/24\"");
+    names(&e, "firewall.rule[1].source", &["host bits"]);
+    let e = full_err(
+        "description = \"seed 001\"",
+        &format!("description = \"{}\"", "x".repeat(256)),
+    );
+    names(&e, "firewall.rule[0].description", &["255"]);
+    let e = full_err("action = \"reject\"", "action = \"reject\"\nports = \"1\"");
+    assert!(e.contains("ports"), "{e}");
+
+    let max = router_common::MAX_FW_RULES as usize;
+    let many = |n: usize| -> String {
+        (0..n)
+            .map(|_| "\n[[router.firewall.rule]]\naction = \"allow\"\n")
+            .collect()
+    };
+    // FULL_EXAMPLE has 5 rules; they come right before the floating IPs.
+    let at = FULL_EXAMPLE
+        .find("\n[[router.floating_ip]]")
+        .expect("floating ip");
+    let with = |n: usize| format!("{}{}{}", &FULL_EXAMPLE[..at], many(n), &FULL_EXAMPLE[at..]);
+    DesiredState::parse(&with(max - 5)).expect("exactly full");
+    let e = err(&with(max - 4));
+    names(
+        &e,
+        "firewall.rule",
+        &[
+            &format!("\"{}\"", max + 1),
+            &format!("the {max} the fast path holds"),
+        ],
+    );
+    // A firewall section alone: no rules, default deny.
+    let r = DesiredState::parse(&format!("{ISSUE_EXAMPLE}\n[router.firewall]\n"))
+        .expect("valid")
+        .routers
+        .remove(0);
+    assert_eq!(
+        r.firewall,
+        Some(Firewall {
+            default_allow: false,
+            rules: vec![]
+        })
+    );
+}
+
+#[test]
+fn documentation_examples_parse() {
+    let doc = include_str!("../../../docs/configuration.md");
+    let mut examples = 0;
+    for block in doc.split("```toml\n").skip(1) {
+        let text = block.split("```").next().expect("closed block");
+        if !text.starts_with("[[router]]") {
+            continue;
+        }
+        let state = DesiredState::parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(
+            DesiredState::parse(&state.to_toml()).expect("round trip"),
+            state
+        );
+        examples += 1;
+    }
+    assert!(examples >= 5, "{examples} examples");
+    // Seed 000's steering generates a rule per steered interface and one for the gateway.
+    let seed_000 = doc
+        .split("```toml\n")
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("qr-vfw-int"))
+        .expect("seed 000 example");
+    let r = &DesiredState::parse(seed_000).expect("valid").routers[0];
+    assert_eq!(r.generated_rule_count(), 3);
+}
