@@ -8,9 +8,11 @@
 
 pub mod bench;
 pub mod nat;
+pub mod policy;
 pub mod reason;
 
 pub use nat::*;
+pub use policy::*;
 pub use reason::Reason;
 
 /// Names of the maps in the eBPF object; user space opens them by these names.
@@ -26,8 +28,13 @@ pub mod map_names {
     pub const FIP_STATS: &str = "FIP_STATS";
     pub const SNAT_STATS: &str = "SNAT_STATS";
     pub const SESSIONS: &str = "SESSIONS";
+    pub const POLICY_CONFIG: &str = "POLICY_CONFIG";
+    pub const RULES: &str = "RULES";
+    pub const SOURCE_TABLES: &str = "SOURCE_TABLES";
+    pub const FW_RULES: &str = "FW_RULES";
+    pub const FW_STATS: &str = "FW_STATS";
     /// Every map above, in the order `routerctl` and the pinning code walk them.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 16] = [
         ROUTES,
         NEIGHBORS,
         IFACES,
@@ -39,6 +46,11 @@ pub mod map_names {
         FIP_STATS,
         SNAT_STATS,
         SESSIONS,
+        POLICY_CONFIG,
+        RULES,
+        SOURCE_TABLES,
+        FW_RULES,
+        FW_STATS,
     ];
 }
 
@@ -58,6 +70,15 @@ pub const DEFAULT_SESSION_ENTRIES: u32 = 2 * 65_536;
 
 /// The table id of the kernel's main table; tables are numbered as `ip route` numbers them.
 pub const TABLE_MAIN: u32 = 254;
+/// Tables the controller generates: steering (seed 000) and one per external subnet
+/// (seed 002). Tables of the desired state must stay below this.
+pub const TABLE_GENERATED_MIN: u32 = 0x7f00_0000;
+pub const TABLE_STEER_INTERNAL: u32 = TABLE_GENERATED_MIN + 1;
+pub const TABLE_STEER_GATEWAY: u32 = TABLE_GENERATED_MIN + 2;
+/// Table of the `n`th external subnet.
+pub const fn table_external_subnet(n: u32) -> u32 {
+    TABLE_GENERATED_MIN + 0x100 + n
+}
 
 /// Key data of the route LPM trie. The trie key is `{ prefix_len, RouteKey }` with
 /// `prefix_len = 32 + prefix length`: the table id always matches in full, so one trie holds
@@ -148,13 +169,14 @@ pub struct IfaceEntry {
     pub role: u32,
     /// Bits of [`iface_flags`].
     pub flags: u32,
-    /// Session zone of packets arriving here (see [`CtKey::zone`]).
+    /// Session zone of packets arriving here (see [`CtKey::zone`]); the controller gives
+    /// every interface its own (its ifindex), as seed 000's conntrack zones do.
     pub zone: u16,
     pub _pad2: [u8; 2],
 }
 
 /// Number of reason slots in [`IfaceStats::reasons`].
-pub const REASON_SLOTS: usize = 32;
+pub const REASON_SLOTS: usize = 48;
 
 /// Per-CPU counters of one ingress interface. `reasons[r]` counts packets handed to the
 /// kernel or dropped for reason `r` (see [`Reason`]).
@@ -208,6 +230,8 @@ pub mod xdp_meta {
     pub const DONE: u32 = 0x5244_0001;
     /// The egress cannot take an XDP redirect: the TC entry runs the pipeline itself.
     pub const TC_FORWARD: u32 = 0x5244_0002;
+    /// The firewall rejects the frame: the TC entry marks it `REJECT_MARK` for the kernel.
+    pub const REJECT: u32 = 0x5244_0003;
 }
 
 #[cfg(feature = "user")]
@@ -227,6 +251,10 @@ mod pod {
     unsafe impl aya::Pod for SnatStats {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for PolicyConfig {}
+    unsafe impl aya::Pod for PolicyRule {}
+    unsafe impl aya::Pod for FwRule {}
+    unsafe impl aya::Pod for FwStats {}
 }
 
 #[cfg(test)]
@@ -247,6 +275,10 @@ mod tests {
         assert_eq!(size_of::<CtKey>(), 16);
         assert_eq!(size_of::<CtEntry>(), 72);
         assert_eq!(align_of::<CtKey>(), 2);
+        assert_eq!(size_of::<PolicyConfig>(), 24);
+        assert_eq!(size_of::<PolicyRule>(), 24);
+        assert_eq!(size_of::<FwRule>(), 24);
+        assert_eq!(size_of::<FwStats>(), 16);
         assert_eq!(size_of::<IfaceStats>(), 8 * (6 + REASON_SLOTS));
         assert_eq!(align_of::<RouteKey>(), 1);
         assert_eq!(align_of::<IfaceStats>(), 8);

@@ -137,6 +137,9 @@ pub mod ct_kind {
     pub const SNAT: u8 = 1;
     /// Hairpin: a floating IP reached from inside, destination- and source-translated.
     pub const HAIRPIN: u8 = 2;
+    /// No port translation: a flow the firewall tracks (floating-IP and routed flows). Its
+    /// entries record the translation the flow got but packets are translated statelessly.
+    pub const FORWARD: u8 = 3;
 }
 
 /// One direction of a session.

@@ -52,30 +52,40 @@ pub enum Reason {
     /// than TCP, UDP and ICMP echo; an ICMP error about a flow without a session): the
     /// kernel's slow-path NAT rules translate it.
     NatSlowPath = 19,
+    /// A firewall rule rejects the packet: the kernel answers (TCP RST or ICMP port
+    /// unreachable) and drops it, marked `REJECT_MARK` by the fast path.
+    FwReject = 20,
 
     // --- dropped (XDP_DROP / TC_ACT_SHOT) ---
     /// Frame shorter than an Ethernet header.
-    TruncatedEthernet = 20,
+    TruncatedEthernet = 24,
     /// IPv4 header truncated, IHL < 5, version not 4, or total length beyond the frame or
     /// shorter than the header.
-    MalformedIpv4 = 21,
+    MalformedIpv4 = 25,
     /// IPv4 header checksum wrong (the kernel would drop it too).
-    BadIpChecksum = 22,
+    BadIpChecksum = 26,
     /// TCP, UDP or ICMP header truncated in a first fragment.
-    MalformedL4 = 23,
+    MalformedL4 = 27,
     /// A blackhole route.
-    Blackhole = 24,
+    Blackhole = 28,
     /// The redirect to the egress failed.
-    RedirectFailed = 25,
+    RedirectFailed = 29,
     /// Default SNAT found no free port (or echo identifier) for a new session.
-    NoSnatPort = 26,
+    NoSnatPort = 30,
     /// The session table is full: no new session until garbage collection frees entries.
-    SessionTableFull = 27,
+    SessionTableFull = 31,
+    /// The firewall found the packet invalid: TCP flags no stack sends, or an ICMP error
+    /// about a flow the router does not know.
+    FwInvalid = 32,
+    /// Denied by a firewall rule.
+    FwDeny = 33,
+    /// No firewall rule matched and the default policy is deny.
+    FwDefaultDeny = 34,
 }
 
 impl Reason {
     /// Every reason, in numeric order.
-    pub const ALL: [Reason; 27] = [
+    pub const ALL: [Reason; 31] = [
         Reason::Arp,
         Reason::Ipv6,
         Reason::OtherL3,
@@ -95,6 +105,7 @@ impl Reason {
         Reason::XdpToTc,
         Reason::Metadata,
         Reason::NatSlowPath,
+        Reason::FwReject,
         Reason::TruncatedEthernet,
         Reason::MalformedIpv4,
         Reason::BadIpChecksum,
@@ -103,10 +114,13 @@ impl Reason {
         Reason::RedirectFailed,
         Reason::NoSnatPort,
         Reason::SessionTableFull,
+        Reason::FwInvalid,
+        Reason::FwDeny,
+        Reason::FwDefaultDeny,
     ];
 
     /// First numeric value of the drop reasons.
-    pub const FIRST_DROP: u32 = 20;
+    pub const FIRST_DROP: u32 = 24;
 
     pub const fn is_drop(self) -> bool {
         self as u32 >= Self::FIRST_DROP
@@ -147,6 +161,10 @@ impl Reason {
             Reason::SessionTableFull => "session_table_full",
             Reason::Metadata => "metadata",
             Reason::NatSlowPath => "nat_slow_path",
+            Reason::FwReject => "fw_reject",
+            Reason::FwInvalid => "fw_invalid",
+            Reason::FwDeny => "fw_deny",
+            Reason::FwDefaultDeny => "fw_default_deny",
         }
     }
 }
