@@ -126,9 +126,43 @@ impl Reason {
         self as u32 >= Self::FIRST_DROP
     }
 
-    /// The reason with number `n`, if there is one.
-    pub fn from_u32(n: u32) -> Option<Self> {
-        Self::ALL.iter().copied().find(|r| *r as u32 == n)
+    /// The reason with number `n`, if there is one. (A `match`, not a search: the eBPF
+    /// entries decode the pipeline's results with it.)
+    pub const fn from_u32(n: u32) -> Option<Self> {
+        match n {
+            1 => Some(Reason::Arp),
+            2 => Some(Reason::Ipv6),
+            3 => Some(Reason::OtherL3),
+            4 => Some(Reason::Vlan),
+            5 => Some(Reason::IpOptions),
+            6 => Some(Reason::Fragment),
+            7 => Some(Reason::TtlExpired),
+            8 => Some(Reason::LocalDest),
+            9 => Some(Reason::NoNeighbor),
+            10 => Some(Reason::NoRoute),
+            11 => Some(Reason::NotRouterMac),
+            12 => Some(Reason::KernelRoute),
+            13 => Some(Reason::FragNeeded),
+            14 => Some(Reason::UnknownIngress),
+            15 => Some(Reason::UnknownEgress),
+            16 => Some(Reason::SpecialAddress),
+            17 => Some(Reason::XdpToTc),
+            18 => Some(Reason::Metadata),
+            19 => Some(Reason::NatSlowPath),
+            20 => Some(Reason::FwReject),
+            24 => Some(Reason::TruncatedEthernet),
+            25 => Some(Reason::MalformedIpv4),
+            26 => Some(Reason::BadIpChecksum),
+            27 => Some(Reason::MalformedL4),
+            28 => Some(Reason::Blackhole),
+            29 => Some(Reason::RedirectFailed),
+            30 => Some(Reason::NoSnatPort),
+            31 => Some(Reason::SessionTableFull),
+            32 => Some(Reason::FwInvalid),
+            33 => Some(Reason::FwDeny),
+            34 => Some(Reason::FwDefaultDeny),
+            _ => None,
+        }
     }
 
     /// A short stable name for tables, metrics and JSON.

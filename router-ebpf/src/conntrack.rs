@@ -11,7 +11,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
 };
-use router_common::{CtEntry, CtKey, NatConfig, Reason, ct_dir, ct_tcp};
+use router_common::{CtEntry, CtKey, NatConfig, Reason, ct_dir, ct_kind, ct_tcp};
 
 use crate::{flow::Shape, maps::SESSIONS, nat::Target};
 
@@ -83,19 +83,9 @@ pub fn create(
     shape: Shape,
     collisions: &mut u64,
 ) -> Result<(), CreateError> {
+    // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let reverse = CtEntry {
-        new_src: fwd.dst,
-        new_dst: fwd.src,
-        new_sport: fwd.dport,
-        new_dport: fwd.sport,
-        peer: *fwd,
-        created_ns: now,
-        last_seen_ns: now,
-        direction: ct_dir::REPLY,
-        kind,
-        ..CtEntry::default()
-    };
+    let reverse = reply_entry(fwd, kind, now);
     let (min, max) = (u32::from(cfg.port_min), u32::from(cfg.port_max));
     if min == 0 || max < min {
         return Err(CreateError::NoPort);
@@ -125,6 +115,48 @@ pub fn create(
         }
     }
     Err(CreateError::NoPort)
+}
+
+/// Creates the firewall's session of a flow leaving as `target` (no port translation).
+/// When the reply tuple is taken already (the same flow in another session) the packet goes
+/// on without a session of its own.
+#[inline(always)]
+pub fn create_forward(
+    fwd: &CtKey,
+    target: &Target,
+    reply_zone: u16,
+    shape: Shape,
+) -> Result<(), CreateError> {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let reply_key = reply_key(target, fwd.proto, reply_zone, shape);
+    let reverse = reply_entry(fwd, ct_kind::FORWARD, now);
+    match SESSIONS.insert(&reply_key, &reverse, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {
+            let mut target = *target;
+            insert_forward(fwd, &mut target, reply_key, ct_kind::FORWARD, now)
+        }
+        Err(EEXIST) => Ok(()),
+        Err(_) => Err(CreateError::TableFull),
+    }
+}
+
+/// The reply direction's entry of a session whose original direction is `fwd`: replies
+/// are rewritten back to `fwd`, inverted.
+#[inline(always)]
+fn reply_entry(fwd: &CtKey, kind: u8, now: u64) -> CtEntry {
+    CtEntry {
+        new_src: fwd.dst,
+        new_dst: fwd.src,
+        new_sport: fwd.dport,
+        new_dport: fwd.sport,
+        peer: *fwd,
+        created_ns: now,
+        last_seen_ns: now,
+        direction: ct_dir::REPLY,
+        kind,
+        ..CtEntry::default()
+    }
 }
 
 /// The key replies to a packet leaving as `target` will carry.

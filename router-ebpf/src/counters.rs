@@ -39,6 +39,8 @@ pub fn count(ingress: u32, bytes: u32, verdict: &Verdict) {
             stats.drop_bytes += bytes;
             bump(stats, reason);
         }
+        // Resolved by `pipeline::verdict` before anything is counted.
+        Verdict::Finish => {}
     }
 }
 

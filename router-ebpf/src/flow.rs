@@ -34,6 +34,35 @@ pub enum Shape {
     Other,
 }
 
+impl Shape {
+    /// A small number for the hand-off between the pipeline's two halves.
+    #[inline(always)]
+    pub fn code(self) -> u8 {
+        match self {
+            Shape::Ports => 0,
+            Shape::EchoRequest => 1,
+            Shape::EchoReply => 2,
+            Shape::Error(Shape2::Ports) => 3,
+            Shape::Error(Shape2::EchoRequest) => 4,
+            Shape::Error(Shape2::EchoReply) => 5,
+            Shape::Other => 6,
+        }
+    }
+
+    #[inline(always)]
+    pub fn from_code(code: u8) -> Self {
+        match code {
+            0 => Shape::Ports,
+            1 => Shape::EchoRequest,
+            2 => Shape::EchoReply,
+            3 => Shape::Error(Shape2::Ports),
+            4 => Shape::Error(Shape2::EchoRequest),
+            5 => Shape::Error(Shape2::EchoReply),
+            _ => Shape::Other,
+        }
+    }
+}
+
 /// The shape of the packet embedded in an ICMP error.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Shape2 {

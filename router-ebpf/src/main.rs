@@ -10,6 +10,7 @@ mod conntrack;
 mod context;
 mod counters;
 mod csum;
+mod firewall;
 mod flow;
 mod maps;
 mod nat;
@@ -20,13 +21,13 @@ mod route;
 mod verdict;
 
 use aya_ebpf::{
-    bindings::bpf_redir_neigh,
+    bindings::{__sk_buff, bpf_redir_neigh, xdp_md},
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     helpers::{bpf_redirect, bpf_redirect_neigh, bpf_xdp_adjust_meta},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use router_common::{Reason, xdp_meta};
+use router_common::{REJECT_MARK, Reason, xdp_meta};
 
 use crate::{context::Frame, maps::EGRESS_DEVS, verdict::Verdict};
 
@@ -37,7 +38,8 @@ const TC_LINEAR_BYTES: u32 = 14 + 20 + 8 + 20 + 18;
 #[xdp]
 pub fn router_xdp(ctx: XdpContext) -> u32 {
     let frame = Frame::from_xdp(&ctx);
-    let mut verdict = pipeline::process(&frame);
+    let decision = router_xdp_decide(ctx.ctx);
+    let mut verdict = pipeline::verdict(&frame, decision, || router_xdp_finish(ctx.ctx));
     let action = match verdict {
         Verdict::Forward { ifindex, .. } => match EGRESS_DEVS.redirect(ifindex, 0) {
             Ok(action) => action,
@@ -47,15 +49,15 @@ pub fn router_xdp(ctx: XdpContext) -> u32 {
             }
         },
         Verdict::Pass(reason) => {
-            let tag = if reason == Reason::XdpToTc {
-                xdp_meta::TC_FORWARD
-            } else {
-                xdp_meta::DONE
+            let tag = match reason {
+                Reason::XdpToTc => xdp_meta::TC_FORWARD,
+                Reason::FwReject => xdp_meta::REJECT,
+                _ => xdp_meta::DONE,
             };
             tag_for_tc(&ctx, tag);
             xdp_action::XDP_PASS
         }
-        Verdict::Drop(_) => xdp_action::XDP_DROP,
+        Verdict::Drop(_) | Verdict::Finish => xdp_action::XDP_DROP,
     };
     counters::count(frame.ingress, frame.len, &verdict);
     action
@@ -81,6 +83,10 @@ fn tag_for_tc(ctx: &XdpContext, tag: u32) {
 pub fn router_tc(ctx: TcContext) -> i32 {
     match xdp_tag(&ctx) {
         Some(xdp_meta::DONE) => return TC_ACT_OK,
+        Some(xdp_meta::REJECT) => {
+            mark_rejected(&ctx);
+            return TC_ACT_OK;
+        }
         Some(_) | None => {}
     }
     // SAFETY: reading our own context.
@@ -94,7 +100,8 @@ pub fn router_tc(ctx: TcContext) -> i32 {
         let _ = ctx.pull_data(TC_LINEAR_BYTES.min(ctx.len()));
     }
     let frame = Frame::from_tc(&ctx);
-    let mut verdict = pipeline::process(&frame);
+    let decision = router_tc_decide(ctx.skb.skb);
+    let mut verdict = pipeline::verdict(&frame, decision, || router_tc_finish(ctx.skb.skb));
     let action = match verdict {
         Verdict::Forward { ifindex, resolve } => {
             // SAFETY: plain helper calls from the TC entry.
@@ -110,11 +117,54 @@ pub fn router_tc(ctx: TcContext) -> i32 {
                 TC_ACT_SHOT
             }
         }
-        Verdict::Pass(_) => TC_ACT_OK,
-        Verdict::Drop(_) => TC_ACT_SHOT,
+        Verdict::Pass(reason) => {
+            if reason == Reason::FwReject {
+                mark_rejected(&ctx);
+            }
+            TC_ACT_OK
+        }
+        Verdict::Drop(_) | Verdict::Finish => TC_ACT_SHOT,
     };
     counters::count(frame.ingress, frame.len, &verdict);
     action
+}
+
+/// Marks a packet the firewall rejects; the slow path's nftables rule answers it.
+#[inline(always)]
+fn mark_rejected(ctx: &TcContext) {
+    // SAFETY: `mark` is writable from TC programs.
+    unsafe { (*ctx.skb.skb).mark = REJECT_MARK };
+}
+
+// The pipeline's two halves are global functions: the verifier checks each once, on its
+// own, so its cost is their sum rather than their product, and each has its own stack.
+
+/// The first half of the pipeline under XDP (see `pipeline::decide`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn router_xdp_decide(ctx: *mut xdp_md) -> u32 {
+    pipeline::decide(&Frame::from_xdp(&XdpContext::new(ctx)))
+}
+
+/// The first half of the pipeline under TC.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn router_tc_decide(skb: *mut __sk_buff) -> u32 {
+    pipeline::decide(&Frame::from_tc(&TcContext::new(skb)))
+}
+
+/// The second half of the pipeline under XDP (see `pipeline::finish`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn router_xdp_finish(ctx: *mut xdp_md) -> u32 {
+    pipeline::finish(&Frame::from_xdp(&XdpContext::new(ctx)))
+}
+
+/// The second half of the pipeline under TC.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn router_tc_finish(skb: *mut __sk_buff) -> u32 {
+    pipeline::finish(&Frame::from_tc(&TcContext::new(skb)))
 }
 
 /// Redirects to `ifindex` with the kernel resolving `next_hop`'s MAC (queueing the packet

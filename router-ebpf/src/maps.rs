@@ -5,9 +5,10 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
 };
 use router_common::{
-    CtEntry, CtKey, DEFAULT_SESSION_ENTRIES, FipEntry, FipStats, IfaceEntry, IfaceStats,
-    MAX_FLOATING_IPS, MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES, NatConfig, NeighborEntry, NeighborKey,
-    RouteEntry, RouteKey, SnatStats,
+    CtEntry, CtKey, DEFAULT_SESSION_ENTRIES, FW_STATS_SLOTS, FipEntry, FipStats, FwRule, FwStats,
+    IfaceEntry, IfaceStats, MAX_FLOATING_IPS, MAX_FW_RULES, MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES,
+    MAX_RULES, NatConfig, NeighborEntry, NeighborKey, PolicyConfig, PolicyRule, RouteEntry,
+    RouteKey, SnatStats,
 };
 
 /// Every routing table of the router in one trie (see `RouteKey`).
@@ -61,3 +62,29 @@ pub static SNAT_STATS: PerCpuArray<SnatStats> = PerCpuArray::with_max_entries(1,
 #[map]
 pub static SESSIONS: HashMap<CtKey, CtEntry> =
     HashMap::with_max_entries(DEFAULT_SESSION_ENTRIES, 0);
+
+/// Rule counts, the live halves of `RULES` and `FW_RULES`, and firewall flags (one entry).
+#[map]
+pub static POLICY_CONFIG: Array<PolicyConfig> = Array::with_max_entries(1, 0);
+
+/// Policy rules in priority order, two halves of `MAX_RULES` (see `PolicyConfig`).
+#[map]
+pub static RULES: Array<PolicyRule> = Array::with_max_entries(2 * MAX_RULES, 0);
+
+/// External subnet -> the table routes through a gateway are taken from for packets leaving
+/// with a source in it (seed 002).
+#[map]
+pub static SOURCE_TABLES: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(256, 0);
+
+/// Firewall rules in order, two halves of `MAX_FW_RULES`.
+#[map]
+pub static FW_RULES: Array<FwRule> = Array::with_max_entries(2 * MAX_FW_RULES, 0);
+
+/// Firewall counters by rule slot and the fixed slots (`router_common::fw_slot`).
+#[map]
+pub static FW_STATS: PerCpuArray<FwStats> = PerCpuArray::with_max_entries(FW_STATS_SLOTS, 0);
+
+/// The first half of the pipeline's decision for the second (one per CPU; never outlives a
+/// program run).
+#[map]
+pub static HANDOFF: PerCpuArray<crate::pipeline::Handoff> = PerCpuArray::with_max_entries(1, 0);

@@ -54,6 +54,9 @@ pub struct Plan {
     pub target: Target,
     /// The session the packet belongs to, if any.
     pub session: Option<*mut CtEntry>,
+    /// The session's translation applies (SNAT and hairpin sessions); otherwise the packet
+    /// is translated statelessly (no session, or a firewall's `FORWARD` session).
+    pub stateful: bool,
     /// The floating IP the destination was translated from (for its counters).
     pub dnat_fip: Option<[u8; 4]>,
     /// The floating IP the source was translated to.
@@ -62,27 +65,33 @@ pub struct Plan {
     pub create: u8,
 }
 
-/// NAT before routing: the session's translation, or floating-IP DNAT. Sessions are only
-/// looked for where they can be: packets from inside (original direction, hairpin
-/// replies) and packets to the gateway IP (SNAT replies and ICMP errors about them).
+/// NAT before routing: the session's translation, or floating-IP DNAT. Without a firewall,
+/// sessions are only looked for where they can be: packets from inside (original
+/// direction, hairpin replies) and packets to the gateway IP (SNAT replies and ICMP errors
+/// about them); with one (`track_all`), every packet may belong to a session.
 #[inline(always)]
-pub fn before_routing(flow: &Flow, in_role: u32) -> Plan {
-    let may_have_session = in_role != iface_role::EXTERNAL
+pub fn before_routing(flow: &Flow, in_role: u32, track_all: bool) -> Plan {
+    let may_have_session = track_all
+        || in_role != iface_role::EXTERNAL
         || NAT_CONFIG
             .get(0)
             .is_some_and(|c| c.gateway_ip == flow.key.dst);
-    if let Some(entry) = may_have_session
+    let session = may_have_session
         .then(|| conntrack::lookup(&flow.key))
-        .flatten()
-    {
-        return Plan {
-            // SAFETY: a map value; the rewrite fields never change after creation.
-            target: Target::of_entry(unsafe { &*entry }),
-            session: Some(entry),
-            dnat_fip: None,
-            snat_fip: None,
-            create: 0,
-        };
+        .flatten();
+    if let Some(entry) = session {
+        // SAFETY: a map value; `kind` and the rewrite fields never change after creation.
+        let entry_ref = unsafe { &*entry };
+        if entry_ref.kind != ct_kind::FORWARD {
+            return Plan {
+                target: Target::of_entry(entry_ref),
+                session,
+                stateful: true,
+                dnat_fip: None,
+                snat_fip: None,
+                create: 0,
+            };
+        }
     }
     let mut target = Target::of_key(&flow.key);
     let mut dnat_fip = None;
@@ -93,7 +102,8 @@ pub fn before_routing(flow: &Flow, in_role: u32) -> Plan {
     }
     Plan {
         target,
-        session: None,
+        session,
+        stateful: false,
         dnat_fip,
         snat_fip: None,
         create: 0,
@@ -108,7 +118,7 @@ pub fn after_routing(
     in_role: u32,
     out_role: u32,
 ) -> Result<(), Verdict> {
-    if plan.session.is_some() {
+    if plan.stateful {
         return Ok(());
     }
     let from_gateway = in_role == iface_role::EXTERNAL;
@@ -148,11 +158,17 @@ pub fn after_routing(
     }
 }
 
-/// Creates the session the plan asks for. The last step before rewriting: nothing after it
-/// may hand the packet to the kernel.
+/// Creates the session the plan asks for, or (`track`) the firewall's session of a new
+/// flow it accepted. The last step before rewriting: nothing after it may hand the packet to
+/// the kernel.
 #[inline(always)]
-pub fn commit(plan: &mut Plan, flow: &Flow, reply_zone: u16) -> Result<(), Verdict> {
+pub fn commit(plan: &mut Plan, flow: &Flow, reply_zone: u16, track: bool) -> Result<(), Verdict> {
     if plan.create == 0 {
+        if track && plan.session.is_none() {
+            conntrack::create_forward(&flow.key, &plan.target, reply_zone, flow.shape)
+                .map_err(|e| Verdict::Drop(e.reason()))?;
+            plan.session = conntrack::lookup(&flow.key);
+        }
         return Ok(());
     }
     let Some(cfg) = config() else {
@@ -179,6 +195,7 @@ pub fn commit(plan: &mut Plan, flow: &Flow, reply_zone: u16) -> Result<(), Verdi
     }
     result.map_err(|e| Verdict::Drop(e.reason()))?;
     plan.session = conntrack::lookup(&flow.key);
+    plan.stateful = true;
     Ok(())
 }
 

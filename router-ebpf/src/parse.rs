@@ -131,6 +131,24 @@ pub fn parse_ipv4(frame: &Frame, eth: *mut EthHdr) -> Result<Ipv4Packet, Verdict
     })
 }
 
+/// The headers of a packet `parse_ipv4` accepted earlier in this program run (the second
+/// half of the pipeline cannot keep the first half's pointers); `None` cannot happen but
+/// keeps the bounds visible to the verifier.
+#[inline(always)]
+pub fn reparse_ipv4(frame: &Frame) -> Option<Ipv4Packet> {
+    let eth: *mut EthHdr = frame.ptr_at(0)?;
+    let ip: *mut Ipv4Hdr = frame.ptr_at(L3_OFFSET)?;
+    // SAFETY: `ptr_at` checked the fixed header.
+    let (src, dst, proto) = unsafe { ((*ip).src_addr, (*ip).dst_addr, (*ip).proto) };
+    Some(Ipv4Packet {
+        eth,
+        ip,
+        src,
+        dst,
+        proto,
+    })
+}
+
 /// Addresses the kernel never forwards: 0.0.0.0/8, 127.0.0.0/8, multicast, class E and
 /// limited broadcast. Handing them over lets the kernel apply its martian rules.
 #[inline(always)]

@@ -1,12 +1,13 @@
-//! The fast path, shared by the XDP and TC entries: parse, NAT, route, rewrite.
+//! The fast path, shared by the XDP and TC entries: parse, NAT, policy routing, firewall,
+//! rewrite.
 
-use router_common::{Reason, ct_dir, iface_role};
+use router_common::{CtKey, IfaceEntry, Reason, ct_dir, fw_flags, iface_role};
 
 use crate::{
     arp, conntrack,
     context::Frame,
-    counters, flow,
-    maps::IFACES,
+    counters, firewall, flow,
+    maps::{HANDOFF, IFACES, POLICY_CONFIG},
     nat,
     parse::{self, IPPROTO_TCP, Ipv4Packet, L2, L4_OFFSET},
     rewrite, route,
@@ -16,9 +17,10 @@ use crate::{
 const METADATA_ADDR: [u8; 4] = [169, 254, 169, 254];
 const HTTP_PORT: [u8; 2] = 80u16.to_be_bytes();
 
-/// Runs the pipeline on `frame`. Packet bytes change only on `Verdict::Forward`.
+/// The first half of the pipeline: parse, NAT, route, firewall. Nothing is written to the
+/// packet; a `Forward` verdict means the hand-off is ready for `finish`.
 #[inline(always)]
-pub fn process(frame: &Frame) -> Verdict {
+fn process(frame: &Frame) -> Verdict {
     let l2 = match parse::parse_l2(frame) {
         Ok(l2) => l2,
         Err(verdict) => return verdict,
@@ -43,28 +45,177 @@ pub fn process(frame: &Frame) -> Verdict {
         return Verdict::Pass(Reason::Metadata);
     }
 
+    let policy = POLICY_CONFIG.get(0).copied().unwrap_or_default();
     let mut flow = flow::of(frame, &pkt);
     flow.key.zone = iface.zone;
-    let mut plan = nat::before_routing(&flow, iface.role);
-    let hop = match route::lookup(frame, &pkt, plan.target.dst) {
+    let track_all = policy.fw_flags & fw_flags::ENABLED != 0;
+    let mut plan = nat::before_routing(&flow, iface.role, track_all);
+    let mut route = match route::find(&policy, frame.ingress, flow.key.src, plan.target.dst) {
+        Ok(route) => route,
+        Err(verdict) => return verdict,
+    };
+    let egress = match route::egress(frame, &pkt, &route) {
+        Ok(egress) => egress,
+        Err(verdict) => return verdict,
+    };
+    let out = egress.out;
+    let track = match firewall::check(&policy, &flow, &plan, iface.role, out.role, frame.len) {
+        Ok(track) => track,
+        Err(verdict) => return verdict,
+    };
+    if let Err(verdict) = nat::after_routing(&mut plan, &flow, iface.role, out.role) {
+        return verdict;
+    }
+    if out.role == iface_role::EXTERNAL {
+        route::by_external_source(&policy, &mut route, plan.target.src, plan.target.dst);
+    }
+    let hop = match route::neighbor(frame, egress, &route, plan.target.dst) {
         Ok(hop) => hop,
         Err(verdict) => return verdict,
     };
-    if let Err(verdict) = nat::after_routing(&mut plan, &flow, iface.role, hop.out.role) {
-        return verdict;
+    let Some(handoff) = HANDOFF.get_ptr_mut(0) else {
+        return Verdict::Drop(Reason::RedirectFailed);
+    };
+    // SAFETY: a per-CPU value, ours for the rest of this program run.
+    unsafe {
+        *handoff = Handoff {
+            key: flow.key,
+            target: plan.target,
+            tcp_flags: flow.tcp_flags,
+            egress: hop.egress,
+            out: hop.out,
+            next_hop: hop.next_hop,
+            dnat_fip: plan.dnat_fip.unwrap_or([0; 4]),
+            snat_fip: plan.snat_fip.unwrap_or([0; 4]),
+            mac: hop.mac.unwrap_or([0; 6]),
+            has_mac: hop.mac.is_some() as u8,
+            shape: flow.shape.code(),
+            create: plan.create,
+            track: track as u8,
+            stateful: plan.stateful as u8,
+            has_session: plan.session.is_some() as u8,
+            _pad: [0; 2],
+        };
     }
-    if let Err(verdict) = nat::commit(&mut plan, &flow, hop.out.zone) {
-        return verdict;
+    Verdict::Finish
+}
+
+/// Results of [`decide`] other than a `Reason` number.
+pub mod decided {
+    /// Forward: the hand-off is ready for `finish`.
+    pub const FINISH: u32 = 0;
+    /// An answer (ARP) was written in place: send it back out of the ingress.
+    pub const REPLY: u32 = 0x100;
+}
+
+/// The first half of the pipeline as a number (see [`decided`]), for the global functions
+/// the entries call.
+#[inline(always)]
+pub fn decide(frame: &Frame) -> u32 {
+    match process(frame) {
+        Verdict::Finish => decided::FINISH,
+        Verdict::Forward { .. } => decided::REPLY,
+        Verdict::Pass(reason) | Verdict::Drop(reason) => reason as u32,
+    }
+}
+
+/// The verdict of a packet after both halves: `decision` from [`decide`], and `finish` run
+/// on it when that was `FINISH`.
+#[inline(always)]
+pub fn verdict(frame: &Frame, decision: u32, finish: impl FnOnce() -> u32) -> Verdict {
+    match decision {
+        decided::FINISH => {}
+        decided::REPLY => {
+            return Verdict::Forward {
+                ifindex: frame.ingress,
+                resolve: [0; 4],
+            };
+        }
+        reason => return Verdict::of_reason(reason),
+    }
+    let result = finish();
+    if result != 0 {
+        return Verdict::of_reason(result);
+    }
+    match HANDOFF.get(0) {
+        Some(h) => Verdict::Forward {
+            ifindex: h.egress,
+            resolve: if h.has_mac != 0 { [0; 4] } else { h.next_hop },
+        },
+        None => Verdict::Drop(Reason::RedirectFailed),
+    }
+}
+
+/// What the first half of the pipeline hands the second (`finish`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Handoff {
+    key: CtKey,
+    target: nat::Target,
+    tcp_flags: u32,
+    egress: u32,
+    out: IfaceEntry,
+    next_hop: [u8; 4],
+    /// 0.0.0.0: none (a floating IP is never 0.0.0.0).
+    dnat_fip: [u8; 4],
+    snat_fip: [u8; 4],
+    mac: [u8; 6],
+    has_mac: u8,
+    shape: u8,
+    create: u8,
+    track: u8,
+    stateful: u8,
+    has_session: u8,
+    _pad: [u8; 2],
+}
+
+/// The second half of the pipeline, for a packet `process` decided to forward: creates its
+/// session, counts it and rewrites it. Returns 0, or the `Reason` it was not forwarded for
+/// (nothing was written then).
+///
+/// The two halves are verified separately (the entries call this through global
+/// functions): the verifier's cost of the whole is their sum, not their product.
+#[inline(always)]
+pub fn finish(frame: &Frame) -> u32 {
+    let Some(h) = HANDOFF.get(0).copied() else {
+        return Reason::RedirectFailed as u32;
+    };
+    let Some(pkt) = parse::reparse_ipv4(frame) else {
+        return Reason::MalformedIpv4 as u32;
+    };
+    let flow = flow::Flow {
+        key: h.key,
+        shape: flow::Shape::from_code(h.shape),
+        tcp_flags: h.tcp_flags,
+    };
+    let some = |addr: [u8; 4]| (addr != [0; 4]).then_some(addr);
+    let mut plan = nat::Plan {
+        target: h.target,
+        session: if h.has_session != 0 {
+            conntrack::lookup(&h.key)
+        } else {
+            None
+        },
+        stateful: h.stateful != 0,
+        dnat_fip: some(h.dnat_fip),
+        snat_fip: some(h.snat_fip),
+        create: h.create,
+    };
+    if let Err(verdict) = nat::commit(&mut plan, &flow, h.out.zone, h.track != 0) {
+        return match verdict {
+            Verdict::Pass(reason) | Verdict::Drop(reason) => reason as u32,
+            _ => Reason::RedirectFailed as u32,
+        };
     }
     count_nat(&plan, &flow, frame.len);
+    let hop = route::Hop {
+        egress: h.egress,
+        out: h.out,
+        next_hop: h.next_hop,
+        mac: if h.has_mac != 0 { Some(h.mac) } else { None },
+    };
     rewrite::apply(frame, &pkt, &flow, &plan.target, &hop);
-    Verdict::Forward {
-        ifindex: hop.egress,
-        resolve: match hop.mac {
-            Some(_) => [0; 4],
-            None => hop.next_hop,
-        },
-    }
+    0
 }
 
 /// TCP to 169.254.169.254:80: Neutron redirects it to the metadata proxy.
@@ -91,9 +242,11 @@ fn count_nat(plan: &nat::Plan, flow: &flow::Flow, bytes: u32) {
         counters::fip(fip, bytes, false);
     }
     if let Some(entry) = plan.session {
-        // SAFETY: a map value; `direction` never changes after creation.
-        let original = unsafe { (*entry).direction } == ct_dir::ORIGINAL;
-        counters::snat(bytes, original);
+        if plan.stateful {
+            // SAFETY: a map value; `direction` never changes after creation.
+            let original = unsafe { (*entry).direction } == ct_dir::ORIGINAL;
+            counters::snat(bytes, original);
+        }
         if !flow.is_error() {
             conntrack::touch(entry, bytes, flow.tcp_flags);
         }

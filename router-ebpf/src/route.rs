@@ -1,17 +1,24 @@
-//! Route and neighbour lookup: where a packet goes, and whether the fast path can take it
-//! there. Nothing here writes to the packet.
+//! Where a packet goes: policy rules, the routing tables, the external source tables, the
+//! egress checks and the neighbour. Nothing here writes to the packet.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use router_common::{
-    IfaceEntry, NeighborKey, Reason, RouteKey, TABLE_MAIN, iface_flags, route_kind,
+    IfaceEntry, MAX_RULES, NeighborKey, PolicyConfig, Reason, RouteEntry, RouteKey, TABLE_MAIN,
+    iface_flags, route_kind,
 };
 
 use crate::{
     context::Frame,
-    maps::{IFACES, NEIGHBORS, ROUTES},
+    maps::{IFACES, NEIGHBORS, POLICY_CONFIG, ROUTES, RULES, SOURCE_TABLES},
     parse::Ipv4Packet,
     verdict::Verdict,
 };
+
+/// The interface a packet leaves by.
+pub struct Egress {
+    pub ifindex: u32,
+    pub out: IfaceEntry,
+}
 
 /// Where a packet leaves.
 pub struct Hop {
@@ -23,28 +30,82 @@ pub struct Hop {
     pub mac: Option<[u8; 6]>,
 }
 
-/// Looks `dst` (the destination after any translation) up and checks TTL, MTU and the
-/// egress. A `Pass` verdict leaves the packet as it arrived.
 #[inline(always)]
-pub fn lookup(frame: &Frame, pkt: &Ipv4Packet, dst: [u8; 4]) -> Result<Hop, Verdict> {
-    let key = Key::new(RouteKey::TABLE_BITS + 32, RouteKey::new(TABLE_MAIN, dst));
-    let Some(route) = ROUTES.get(&key) else {
-        return Err(Verdict::Pass(Reason::NoRoute));
-    };
-    match route.kind {
-        route_kind::UNICAST => {}
-        route_kind::LOCAL => return Err(Verdict::Pass(Reason::LocalDest)),
-        route_kind::BLACKHOLE => return Err(Verdict::Drop(Reason::Blackhole)),
-        _ => return Err(Verdict::Pass(Reason::KernelRoute)),
+fn in_table(table: u32, dst: [u8; 4]) -> Option<RouteEntry> {
+    let key = Key::new(RouteKey::TABLE_BITS + 32, RouteKey::new(table, dst));
+    ROUTES.get(&key).copied()
+}
+
+/// The route of a packet that arrived on `iif` from `src` to `dst` (the destination after
+/// DNAT, the source before SNAT, as the kernel routes): the rules in order, each matching
+/// rule's table until one has a route, then the main table.
+#[inline(always)]
+pub fn find(
+    policy: &PolicyConfig,
+    iif: u32,
+    src: [u8; 4],
+    dst: [u8; 4],
+) -> Result<RouteEntry, Verdict> {
+    let mut table = TABLE_MAIN;
+    if policy.rule_count != 0 {
+        let chosen = router_rule_table(iif, u32::from_ne_bytes(src), u32::from_ne_bytes(dst));
+        if chosen != 0 {
+            table = chosen;
+        }
     }
+    match in_table(table, dst) {
+        Some(route) => usable(route),
+        None => Err(Verdict::Pass(Reason::NoRoute)),
+    }
+}
+
+/// The table of the first rule that matches and has a route for `dst`; 0 for none.
+///
+/// A global function: the verifier checks it once, on its own, instead of walking every
+/// rule for every path of the pipeline that reaches it.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn router_rule_table(iif: u32, src: u32, dst: u32) -> u32 {
+    let Some(policy) = POLICY_CONFIG.get(0) else {
+        return 0;
+    };
+    let (base, count) = (policy.rules_base, policy.rule_count);
+    let (src, dst) = (src.to_ne_bytes(), dst.to_ne_bytes());
+    let mut i = 0;
+    while i < MAX_RULES && i < count {
+        let Some(rule) = RULES.get(base.wrapping_add(i)) else {
+            return 0;
+        };
+        if rule.matches(iif, src, dst) && in_table(rule.table, dst).is_some() {
+            return rule.table;
+        }
+        i += 1;
+    }
+    0
+}
+
+#[inline(always)]
+fn usable(route: RouteEntry) -> Result<RouteEntry, Verdict> {
+    match route.kind {
+        route_kind::UNICAST => Ok(route),
+        route_kind::LOCAL => Err(Verdict::Pass(Reason::LocalDest)),
+        route_kind::BLACKHOLE => Err(Verdict::Drop(Reason::Blackhole)),
+        _ => Err(Verdict::Pass(Reason::KernelRoute)),
+    }
+}
+
+/// Checks TTL, the egress interface and its MTU. A `Pass` verdict leaves the packet as it
+/// arrived.
+#[inline(always)]
+pub fn egress(frame: &Frame, pkt: &Ipv4Packet, route: &RouteEntry) -> Result<Egress, Verdict> {
     // SAFETY: the pipeline validated the IPv4 header before calling us.
     let (ttl, tot_len) = unsafe { ((*pkt.ip).ttl, u16::from_be_bytes((*pkt.ip).tot_len)) };
     if ttl <= 1 {
         return Err(Verdict::Pass(Reason::TtlExpired));
     }
-    let egress = route.ifindex;
+    let ifindex = route.ifindex;
     // SAFETY: map values are plain data; the entry is copied, never kept.
-    let Some(out) = (unsafe { IFACES.get(&egress) }).copied() else {
+    let Some(out) = (unsafe { IFACES.get(&ifindex) }).copied() else {
         return Err(Verdict::Pass(Reason::UnknownEgress));
     };
     if !frame.gso && u32::from(tot_len) > out.mtu {
@@ -53,24 +114,59 @@ pub fn lookup(frame: &Frame, pkt: &Ipv4Packet, dst: [u8; 4]) -> Result<Hop, Verd
     if frame.needs_xdp_egress && out.flags & iface_flags::XDP_EGRESS == 0 {
         return Err(Verdict::Pass(Reason::XdpToTc));
     }
+    Ok(Egress { ifindex, out })
+}
+
+/// Seed 002: a packet leaving through a gateway with source `src` (after NAT) takes the
+/// route of the table of `src`'s external subnet, if it has one and that route leaves by
+/// the same interface.
+#[inline(always)]
+pub fn by_external_source(
+    policy: &PolicyConfig,
+    route: &mut RouteEntry,
+    src: [u8; 4],
+    dst: [u8; 4],
+) {
+    if policy.source_tables == 0 || route.gateway == [0; 4] {
+        return;
+    }
+    let Some(table) = SOURCE_TABLES.get(&Key::new(32, src)).copied() else {
+        return;
+    };
+    if let Some(alt) = in_table(table, dst)
+        && alt.kind == route_kind::UNICAST
+        && alt.ifindex == route.ifindex
+    {
+        *route = alt;
+    }
+}
+
+/// The next hop of `route` for `dst` and its MAC.
+#[inline(always)]
+pub fn neighbor(
+    frame: &Frame,
+    egress: Egress,
+    route: &RouteEntry,
+    dst: [u8; 4],
+) -> Result<Hop, Verdict> {
     let next_hop = if route.gateway == [0; 4] {
         dst
     } else {
         route.gateway
     };
-    let neigh_key = NeighborKey {
-        ifindex: egress,
+    let key = NeighborKey {
+        ifindex: egress.ifindex,
         addr: next_hop,
     };
-    // SAFETY: as above.
-    let mac = unsafe { NEIGHBORS.get(&neigh_key) }.map(|n| n.mac);
+    // SAFETY: map values are plain data, copied out.
+    let mac = unsafe { NEIGHBORS.get(&key) }.map(|n| n.mac);
     if mac.is_none() && frame.needs_xdp_egress {
         // XDP cannot ask the kernel to resolve a neighbour; the TC entry can.
         return Err(Verdict::Pass(Reason::XdpToTc));
     }
     Ok(Hop {
-        egress,
-        out,
+        egress: egress.ifindex,
+        out: egress.out,
         next_hop,
         mac,
     })

@@ -12,4 +12,19 @@ pub enum Verdict {
     Pass(Reason),
     /// Discard.
     Drop(Reason),
+    /// The first half of the pipeline decided to forward and left its decision in the
+    /// hand-off for the second half (`pipeline::finish`).
+    Finish,
+}
+
+impl Verdict {
+    /// The verdict of a `Reason` number returned by a half of the pipeline.
+    #[inline(always)]
+    pub fn of_reason(code: u32) -> Self {
+        match Reason::from_u32(code) {
+            Some(reason) if reason.is_drop() => Verdict::Drop(reason),
+            Some(reason) => Verdict::Pass(reason),
+            None => Verdict::Drop(Reason::RedirectFailed),
+        }
+    }
 }

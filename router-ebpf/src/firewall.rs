@@ -1,0 +1,136 @@
+//! The stateful firewall (FWaaS, seed 001) on internal interfaces, in both directions:
+//! invalid packets are dropped, packets of a session (established, or ICMP errors about it:
+//! related) pass, new flows take the first matching rule, then the default policy. An
+//! accepted new flow gets a session, so its replies are established.
+//!
+//! Rules see the packet as Neutron's FORWARD chain does: destination after DNAT, source
+//! before SNAT. A flow crossing two internal interfaces is checked once.
+
+use router_common::{
+    MAX_FW_RULES, PolicyConfig, Reason, fw_action, fw_flags, fw_slot, iface_role, tcp_flags_valid,
+};
+
+use crate::{
+    flow::{Flow, Shape},
+    maps::{FW_RULES, FW_STATS, POLICY_CONFIG},
+    nat::Plan,
+    parse::IPPROTO_TCP,
+    verdict::Verdict,
+};
+
+/// Facts about a packet, the first argument of [`router_fw_decide`].
+mod fact {
+    pub const HAS_SESSION: u32 = 1 << 0;
+    pub const INVALID: u32 = 1 << 1;
+    /// The IP protocol sits in bits 8..16.
+    pub const PROTO_SHIFT: u32 = 8;
+}
+
+/// Results of [`router_fw_decide`].
+mod outcome {
+    pub const PASS: u32 = 0;
+    pub const TRACK: u32 = 1;
+    pub const REJECT: u32 = 2;
+    pub const DENY: u32 = 3;
+    pub const DEFAULT_DENY: u32 = 4;
+    pub const INVALID: u32 = 5;
+}
+
+/// Whether a forwarded packet may pass. `Ok(true)`: a new flow the firewall accepted,
+/// which needs a session.
+#[inline(always)]
+pub fn check(
+    policy: &PolicyConfig,
+    flow: &Flow,
+    plan: &Plan,
+    in_role: u32,
+    out_role: u32,
+    bytes: u32,
+) -> Result<bool, Verdict> {
+    if policy.fw_flags & fw_flags::ENABLED == 0
+        || (in_role != iface_role::INTERNAL && out_role != iface_role::INTERNAL)
+    {
+        return Ok(false);
+    }
+    let invalid = match flow.shape {
+        // Errors and echo replies about nothing the router has seen.
+        Shape::Error(_) | Shape::EchoReply => true,
+        _ => flow.key.proto == IPPROTO_TCP && !tcp_flags_valid(flow.tcp_flags as u8),
+    };
+    let dport = match flow.shape {
+        Shape::Ports => u32::from(u16::from_be_bytes(flow.key.dport)),
+        _ => 0,
+    };
+    let mut facts = u32::from(flow.key.proto) << fact::PROTO_SHIFT;
+    if plan.session.is_some() {
+        facts |= fact::HAS_SESSION;
+    }
+    if invalid {
+        facts |= fact::INVALID;
+    }
+    let src = u32::from_ne_bytes(flow.key.src);
+    let dst = u32::from_ne_bytes(plan.target.dst);
+    match router_fw_decide(facts, src, dst, dport, bytes) {
+        outcome::PASS => Ok(false),
+        outcome::TRACK => Ok(true),
+        outcome::REJECT => Err(Verdict::Pass(Reason::FwReject)),
+        outcome::DENY => Err(Verdict::Drop(Reason::FwDeny)),
+        outcome::INVALID => Err(Verdict::Drop(Reason::FwInvalid)),
+        _ => Err(Verdict::Drop(Reason::FwDefaultDeny)),
+    }
+}
+
+/// The firewall's decision and counters for a packet (see [`fact`] and [`outcome`]).
+///
+/// A global function: the verifier checks it once, on its own, instead of walking every
+/// rule for every path of the pipeline that reaches it.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn router_fw_decide(facts: u32, src: u32, dst: u32, dport: u32, bytes: u32) -> u32 {
+    if facts & fact::HAS_SESSION != 0 {
+        count(fw_slot::ESTABLISHED, bytes);
+        return outcome::PASS;
+    }
+    if facts & fact::INVALID != 0 {
+        count(fw_slot::INVALID, bytes);
+        return outcome::INVALID;
+    }
+    let Some(policy) = POLICY_CONFIG.get(0) else {
+        return outcome::PASS;
+    };
+    let (base, n, flags) = (policy.fw_base, policy.fw_rule_count, policy.fw_flags);
+    let proto = (facts >> fact::PROTO_SHIFT) as u8;
+    let (src, dst, dport) = (src.to_ne_bytes(), dst.to_ne_bytes(), dport as u16);
+    let mut i = 0;
+    while i < MAX_FW_RULES && i < n {
+        let Some(rule) = FW_RULES.get(base.wrapping_add(i)) else {
+            break;
+        };
+        if rule.matches(proto, src, dst, dport) {
+            count(u32::from(rule.slot), bytes);
+            return match rule.action {
+                fw_action::ALLOW => outcome::TRACK,
+                fw_action::REJECT => outcome::REJECT,
+                _ => outcome::DENY,
+            };
+        }
+        i += 1;
+    }
+    count(fw_slot::DEFAULT, bytes);
+    if flags & fw_flags::DEFAULT_ALLOW != 0 {
+        outcome::TRACK
+    } else {
+        outcome::DEFAULT_DENY
+    }
+}
+
+#[inline(always)]
+fn count(slot: u32, bytes: u32) {
+    if let Some(stats) = FW_STATS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU value: nothing else writes this CPU's copy while we run.
+        unsafe {
+            (*stats).packets += 1;
+            (*stats).bytes += u64::from(bytes);
+        }
+    }
+}
