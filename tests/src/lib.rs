@@ -8,6 +8,8 @@ pub mod nat_topo;
 pub mod netns;
 pub mod neutron;
 pub mod observe;
+pub mod policy_topo;
+pub mod probe;
 pub mod routerd;
 pub mod testrun;
 pub mod topo;
