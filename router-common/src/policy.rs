@@ -54,8 +54,9 @@ pub mod fw_flags {
     pub const DEFAULT_ALLOW: u32 = 1 << 1;
 }
 
-/// `skb->mark` of a packet the firewall rejects (handed to the kernel to answer).
-pub const REJECT_MARK: u32 = 0x5244_f001;
+/// `skb->mark` of a packet the firewall rejects (handed to the kernel to answer). Only the
+/// upper 16 bits: Neutron's gateway mark (0x2/0xffff) may be ORed into the lower ones.
+pub const REJECT_MARK: u32 = 0x52f0_0000;
 
 /// The router's policy settings: the only entry of `POLICY_CONFIG`.
 #[repr(C)]
@@ -109,7 +110,7 @@ impl Net {
     }
 
     /// The prefix length (the mask's leading ones).
-    pub const fn len(&self) -> u8 {
+    pub const fn prefix_len(&self) -> u8 {
         u32::from_be_bytes(self.mask).leading_ones() as u8
     }
 }
@@ -214,11 +215,11 @@ mod tests {
     fn nets_match_by_prefix() {
         let n = Net::new([10, 0, 1, 77], 24);
         assert_eq!(n.addr, [10, 0, 1, 0]);
-        assert_eq!(n.len(), 24);
+        assert_eq!(n.prefix_len(), 24);
         assert!(n.contains([10, 0, 1, 200]));
         assert!(!n.contains([10, 0, 2, 1]));
         assert!(Net::ANY.contains([1, 2, 3, 4]));
-        assert_eq!(Net::ANY.len(), 0);
+        assert_eq!(Net::ANY.prefix_len(), 0);
         assert!(Net::new([1, 2, 3, 4], 32).contains([1, 2, 3, 4]));
         assert!(!Net::new([1, 2, 3, 4], 32).contains([1, 2, 3, 5]));
     }

@@ -364,6 +364,7 @@ fn kind_name(kind: u8) -> String {
     match kind {
         ct_kind::SNAT => "snat".into(),
         ct_kind::HAIRPIN => "hairpin".into(),
+        ct_kind::FORWARD => "forward".into(),
         other => format!("kind-{other}"),
     }
 }

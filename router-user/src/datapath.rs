@@ -18,8 +18,9 @@ use aya::{
     util::nr_cpus,
 };
 use router_common::{
-    CtEntry, CtKey, FipEntry, FipStats, IfaceEntry, IfaceStats, NatConfig, NeighborEntry,
-    NeighborKey, RouteEntry, RouteKey, SnatStats, map_names, prog_names,
+    CtEntry, CtKey, FipEntry, FipStats, FwRule, FwStats, IfaceEntry, IfaceStats, MAX_FW_RULES,
+    MAX_RULES, NatConfig, NeighborEntry, NeighborKey, PolicyConfig, PolicyRule, RouteEntry,
+    RouteKey, SnatStats, map_names, prog_names,
 };
 
 use crate::{config::Mode, error::Error};
@@ -224,6 +225,118 @@ impl Datapath {
             .map_err(|e| Error::io("per-CPU values", e))?;
         map.set(0, zero, 0)
             .map_err(|e| Error::map("writing SNAT_STATS", e))
+    }
+
+    /// The policy settings the fast path runs with.
+    pub fn policy_config(&mut self) -> Result<PolicyConfig, Error> {
+        let map: Array<_, PolicyConfig> =
+            typed(self.map(map_names::POLICY_CONFIG)?, "POLICY_CONFIG")?;
+        map.get(&0, 0)
+            .map_err(|e| Error::map("reading POLICY_CONFIG", e))
+    }
+
+    /// The firewall rules the fast path runs with.
+    pub fn fw_rules(&mut self) -> Result<Vec<FwRule>, Error> {
+        let cfg = self.policy_config()?;
+        let map: Array<_, FwRule> = typed(self.map(map_names::FW_RULES)?, "FW_RULES")?;
+        (cfg.fw_base..cfg.fw_base + cfg.fw_rule_count)
+            .map(|i| map.get(&i, 0).map_err(|e| Error::map("reading FW_RULES", e)))
+            .collect()
+    }
+
+    fn live_rules(&mut self, cfg: &PolicyConfig) -> Result<Vec<PolicyRule>, Error> {
+        let map: Array<_, PolicyRule> = typed(self.map(map_names::RULES)?, "RULES")?;
+        (cfg.rules_base..cfg.rules_base + cfg.rule_count)
+            .map(|i| map.get(&i, 0).map_err(|e| Error::map("reading RULES", e)))
+            .collect()
+    }
+
+    /// Makes the fast path's policy rules, firewall and external source tables these.
+    /// Changed rule lists are written to the half of their array not in use and take effect
+    /// with one write of `POLICY_CONFIG`, so a packet sees the old list or the new one,
+    /// never a mix. Returns the number of map writes (0 when nothing differs).
+    pub fn set_policy(
+        &mut self,
+        rules: &[PolicyRule],
+        fw_rules: &[FwRule],
+        fw_flags: u32,
+        source_tables: &[(([u8; 4], u8), u32)],
+    ) -> Result<usize, Error> {
+        let old = self.policy_config()?;
+        let mut new = old;
+        let mut writes = 0;
+        if self.live_rules(&old)? != rules {
+            let base = if old.rules_base == 0 { MAX_RULES } else { 0 };
+            let mut map: Array<_, PolicyRule> = typed(self.map(map_names::RULES)?, "RULES")?;
+            for (i, rule) in rules.iter().enumerate() {
+                map.set(base + i as u32, rule, 0)
+                    .map_err(|e| Error::map("writing RULES", e))?;
+                writes += 1;
+            }
+            new.rules_base = base;
+            new.rule_count = rules.len() as u32;
+        }
+        if self.fw_rules()? != fw_rules {
+            let base = if old.fw_base == 0 { MAX_FW_RULES } else { 0 };
+            let mut map: Array<_, FwRule> = typed(self.map(map_names::FW_RULES)?, "FW_RULES")?;
+            for (i, rule) in fw_rules.iter().enumerate() {
+                map.set(base + i as u32, rule, 0)
+                    .map_err(|e| Error::map("writing FW_RULES", e))?;
+                writes += 1;
+            }
+            new.fw_base = base;
+            new.fw_rule_count = fw_rules.len() as u32;
+        }
+        new.fw_flags = fw_flags;
+        // Source tables: new entries before the switch, stale ones after it.
+        let mut trie: LpmTrie<_, [u8; 4], u32> =
+            typed(self.map(map_names::SOURCE_TABLES)?, "SOURCE_TABLES")?;
+        let mut current = BTreeMap::new();
+        for item in trie.iter() {
+            let (key, table) = item.map_err(|e| Error::map("reading SOURCE_TABLES", e))?;
+            current.insert((key.data(), key.prefix_len() as u8), table);
+        }
+        for ((addr, len), table) in source_tables {
+            if current.get(&(*addr, *len)) != Some(table) {
+                trie.insert(&Key::new(u32::from(*len), *addr), table, 0)
+                    .map_err(|e| Error::map("writing SOURCE_TABLES", e))?;
+                writes += 1;
+            }
+        }
+        new.source_tables = source_tables.len() as u32;
+        if new != old {
+            let mut map: Array<_, PolicyConfig> =
+                typed(self.map(map_names::POLICY_CONFIG)?, "POLICY_CONFIG")?;
+            map.set(0, new, 0)
+                .map_err(|e| Error::map("writing POLICY_CONFIG", e))?;
+            writes += 1;
+        }
+        let mut trie: LpmTrie<_, [u8; 4], u32> =
+            typed(self.map(map_names::SOURCE_TABLES)?, "SOURCE_TABLES")?;
+        for (addr, len) in current.keys() {
+            if !source_tables.iter().any(|((a, l), _)| a == addr && l == len) {
+                trie.remove(&Key::new(u32::from(*len), *addr))
+                    .map_err(|e| Error::map("removing from SOURCE_TABLES", e))?;
+                writes += 1;
+            }
+        }
+        Ok(writes)
+    }
+
+    /// Zeroes the firewall counters of `slots` (given to new rules).
+    pub fn reset_fw_slots(&mut self, slots: &[u8]) -> Result<(), Error> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let mut map: PerCpuArray<_, FwStats> = typed(self.map(map_names::FW_STATS)?, "FW_STATS")?;
+        let cpus = nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
+        for slot in slots {
+            let zero = PerCpuValues::try_from(vec![FwStats::default(); cpus])
+                .map_err(|e| Error::io("per-CPU values", e))?;
+            map.set(u32::from(*slot), zero, 0)
+                .map_err(|e| Error::map("writing FW_STATS", e))?;
+        }
+        Ok(())
     }
 
     /// The session table, for aging, purging and listing.

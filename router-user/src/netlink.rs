@@ -11,7 +11,8 @@ use netlink_packet_route::{
     address::AddressAttribute,
     link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType},
+    rule::{RuleAction, RuleAttribute, RuleMessage},
 };
 use router_common::{NeighborEntry, NeighborKey, RouteEntry, RouteKey, TABLE_MAIN, route_kind};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
@@ -19,6 +20,8 @@ use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use crate::config::{IfAddr, Prefix};
 
 const TABLE_LOCAL: u32 = 255;
+const TABLE_DEFAULT: u32 = 253;
+const TABLE_UNSPEC: u32 = 0;
 const EEXIST: i32 = libc::EEXIST;
 
 /// What the controller needs to know about one link.
@@ -115,18 +118,152 @@ pub async fn ensure_address(
     )
 }
 
-/// Adds a route to `destination` via `gateway` in the main table unless one exists.
-/// Returns whether it wrote.
-pub async fn ensure_route(
-    handle: &Handle,
-    destination: Prefix,
-    gateway: Ipv4Addr,
-) -> Result<bool, rtnetlink::Error> {
+/// A route through a next hop, in some table: what the controller installs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StaticRoute {
+    pub table: u32,
+    pub destination: Prefix,
+    pub nexthop: Ipv4Addr,
+}
+
+/// Adds a route unless one exists. Returns whether it wrote.
+pub async fn ensure_route(handle: &Handle, route: StaticRoute) -> Result<bool, rtnetlink::Error> {
     let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(destination.addr, destination.len)
-        .gateway(gateway)
+        .destination_prefix(route.destination.addr, route.destination.len)
+        .gateway(route.nexthop)
+        .table_id(route.table)
         .build();
     ignore_exists(handle.route().add(msg).execute().await)
+}
+
+/// The routes of every table that look like the controller's (protocol static, through a
+/// next hop), with the message to delete each. Routes an operator adds by hand (`ip route`
+/// marks them `boot`) and the kernel's own are not among them.
+pub async fn static_routes(
+    handle: &Handle,
+) -> Result<Vec<(StaticRoute, RouteMessage)>, rtnetlink::Error> {
+    let request = RouteMessageBuilder::<Ipv4Addr>::new()
+        .table_id(0)
+        .build();
+    let routes: Vec<RouteMessage> = handle.route().get(request).execute().try_collect().await?;
+    let mut out = Vec::new();
+    for msg in routes {
+        if msg.header.address_family != AddressFamily::Inet
+            || msg.header.protocol != RouteProtocol::Static
+        {
+            continue;
+        }
+        let mut table = u32::from(msg.header.table);
+        let mut dst = Ipv4Addr::UNSPECIFIED;
+        let mut gateway = None;
+        for attr in &msg.attributes {
+            match attr {
+                RouteAttribute::Table(t) => table = *t,
+                RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
+                RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
+                _ => {}
+            }
+        }
+        if let Some(nexthop) = gateway {
+            let destination = Prefix::new_truncating(dst, msg.header.destination_prefix_length);
+            out.push((
+                StaticRoute {
+                    table,
+                    destination,
+                    nexthop,
+                },
+                msg,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+pub async fn delete_route(handle: &Handle, msg: RouteMessage) -> Result<(), rtnetlink::Error> {
+    match handle.route().del(msg).execute().await {
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+        other => other,
+    }
+}
+
+/// An `ip rule` as the controller installs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelRule {
+    pub priority: u32,
+    pub iif: Option<String>,
+    pub from: Prefix,
+    pub to: Prefix,
+    pub table: u32,
+}
+
+/// Priorities of the kernel's own rules (local, main, default), which are left alone.
+const KERNEL_RULE_PRIORITIES: [u32; 3] = [0, 32766, 32767];
+
+/// The namespace's IPv4 rules other than the kernel's own, with the message to delete each.
+pub async fn rules(
+    handle: &Handle,
+) -> Result<Vec<(KernelRule, RuleMessage)>, rtnetlink::Error> {
+    let msgs: Vec<RuleMessage> = handle
+        .rule()
+        .get(rtnetlink::IpVersion::V4)
+        .execute()
+        .try_collect()
+        .await?;
+    let mut out = Vec::new();
+    for msg in msgs {
+        let mut rule = KernelRule {
+            priority: 0,
+            iif: None,
+            from: Prefix::ANY,
+            to: Prefix::ANY,
+            table: u32::from(msg.header.table),
+        };
+        for attr in &msg.attributes {
+            match attr {
+                RuleAttribute::Priority(p) => rule.priority = *p,
+                RuleAttribute::Iifname(name) => rule.iif = Some(name.clone()),
+                RuleAttribute::Source(IpAddr::V4(a)) => {
+                    rule.from = Prefix::new_truncating(*a, msg.header.src_len)
+                }
+                RuleAttribute::Destination(IpAddr::V4(a)) => {
+                    rule.to = Prefix::new_truncating(*a, msg.header.dst_len)
+                }
+                RuleAttribute::Table(t) => rule.table = *t,
+                _ => {}
+            }
+        }
+        if !KERNEL_RULE_PRIORITIES.contains(&rule.priority) {
+            out.push((rule, msg));
+        }
+    }
+    Ok(out)
+}
+
+pub async fn add_rule(handle: &Handle, rule: &KernelRule) -> Result<bool, rtnetlink::Error> {
+    let mut request = handle
+        .rule()
+        .add()
+        .v4()
+        .priority(rule.priority)
+        .table_id(rule.table)
+        .action(RuleAction::ToTable);
+    if let Some(iif) = &rule.iif {
+        request = request.input_interface(iif.clone());
+    }
+    if rule.from.len != 0 {
+        request = request.source_prefix(rule.from.addr, rule.from.len);
+    }
+    if rule.to.len != 0 {
+        request = request.destination_prefix(rule.to.addr, rule.to.len);
+    }
+    ignore_exists(request.execute().await)
+}
+
+pub async fn delete_rule(handle: &Handle, msg: RuleMessage) -> Result<(), rtnetlink::Error> {
+    match handle.rule().del(msg).execute().await {
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT => Ok(()),
+        other => other,
+    }
 }
 
 fn ignore_exists(result: Result<(), rtnetlink::Error>) -> Result<bool, rtnetlink::Error> {
@@ -137,17 +274,18 @@ fn ignore_exists(result: Result<(), rtnetlink::Error>) -> Result<bool, rtnetlink
     }
 }
 
-/// Every IPv4 route of the main and local tables, as fast-path entries of the main table.
+/// Every IPv4 route of every table, as fast-path entries (local-table entries go to the
+/// main table).
 pub async fn route_entries(
     handle: &Handle,
 ) -> Result<Vec<(u32, RouteKey, RouteEntry)>, rtnetlink::Error> {
-    let request = RouteMessageBuilder::<Ipv4Addr>::new().build();
+    let request = RouteMessageBuilder::<Ipv4Addr>::new().table_id(0).build();
     let routes: Vec<RouteMessage> = handle.route().get(request).execute().try_collect().await?;
     Ok(routes.iter().filter_map(route_entry).collect())
 }
 
 /// Translates one kernel route into `(prefix length, key, entry)` for the LPM trie, or
-/// `None` for routes the fast path does not mirror (other tables, cached clones).
+/// `None` for routes the fast path does not mirror (the default table, cached clones).
 pub fn route_entry(msg: &RouteMessage) -> Option<(u32, RouteKey, RouteEntry)> {
     if msg.header.address_family != AddressFamily::Inet {
         return None;
@@ -172,18 +310,20 @@ pub fn route_entry(msg: &RouteMessage) -> Option<(u32, RouteKey, RouteEntry)> {
         (TABLE_LOCAL, RouteType::Local | RouteType::Broadcast | RouteType::Anycast) => {
             route_kind::LOCAL
         }
-        (TABLE_LOCAL, _) => return None,
-        (TABLE_MAIN, RouteType::Unicast) if multipath || oif == 0 => route_kind::KERNEL,
-        (TABLE_MAIN, RouteType::Unicast) => route_kind::UNICAST,
-        (TABLE_MAIN, RouteType::BlackHole) => route_kind::BLACKHOLE,
-        (TABLE_MAIN, _) => route_kind::KERNEL,
-        _ => return None,
+        (TABLE_LOCAL, _) | (TABLE_DEFAULT | TABLE_UNSPEC, _) => return None,
+        (_, RouteType::Unicast) if multipath || oif == 0 => route_kind::KERNEL,
+        (_, RouteType::Unicast) => route_kind::UNICAST,
+        (_, RouteType::BlackHole) => route_kind::BLACKHOLE,
+        _ => route_kind::KERNEL,
     };
     // Local-table entries are /32 (or broadcast) and always win over main-table prefixes
     // of the same length, as the kernel's local table is consulted first.
     Some((
         RouteKey::TABLE_BITS + len,
-        RouteKey::new(TABLE_MAIN, dst.octets()),
+        RouteKey::new(
+            if table == TABLE_LOCAL { TABLE_MAIN } else { table },
+            dst.octets(),
+        ),
         RouteEntry {
             kind,
             ifindex: if kind == route_kind::UNICAST { oif } else { 0 },

@@ -13,7 +13,8 @@ use futures::StreamExt;
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::RouteNetlinkMessage;
 use router_common::{
-    CtEntry, CtKey, IfaceEntry, NatConfig, RouteEntry, iface_flags, iface_role, nat_flags,
+    CtEntry, CtKey, IfaceEntry, NatConfig, RouteEntry, TABLE_MAIN, iface_flags, iface_role,
+    nat_flags,
 };
 use rtnetlink::{Handle, MulticastGroup};
 use serde::{Deserialize, Serialize};
@@ -24,7 +25,7 @@ use crate::{
     conntrack,
     datapath::{Datapath, RouteSlot},
     error::Error,
-    netlink, netns, paths, slowpath,
+    netlink, netns, paths, policy, slowpath,
 };
 
 /// How long route/address events are gathered before the routes are mirrored again.
@@ -297,13 +298,20 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
             log::info!("router {}: added {addr} to {}", router.id, link.name);
         }
     }
-    if let Some(g) = &router.gateway {
-        let default = crate::config::Prefix::new_truncating(std::net::Ipv4Addr::UNSPECIFIED, 0);
-        netlink::ensure_route(handle, default, g.nexthop)
-            .await
-            .map_err(nl(format!("adding default route via {}", g.nexthop)))?;
+    if let (Some(g), Some((link, ..))) = (
+        &router.gateway,
+        links.iter().find(|(_, _, role, _)| *role == iface_role::EXTERNAL),
+    ) {
+        for subnet in &g.subnets {
+            if netlink::ensure_address(handle, link.index, subnet.address)
+                .await
+                .map_err(nl(format!("adding {} to {}", subnet.address, link.name)))?
+            {
+                log::info!("router {}: added {} to {}", router.id, subnet.address, link.name);
+            }
+        }
     }
-    ensure_routes(handle, router).await?;
+    sync_kernel_policy(handle, router).await?;
 
     let mut datapath = Datapath::load(&router.id, router.nat.max_sessions.saturating_mul(2))?;
     let mut ifaces = BTreeMap::new();
@@ -319,7 +327,8 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
             } else {
                 0
             },
-            zone: 0,
+            // Every interface its own session zone (see `IfaceEntry::zone`).
+            zone: link.index as u16,
             _pad2: [0; 2],
         };
         datapath.set_iface(link.index, entry)?;
@@ -348,6 +357,8 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
     for f in &router.floating_ips {
         datapath.set_floating_ip(f.address.octets(), f.fixed.octets())?;
     }
+    let names: BTreeMap<String, u32> = links.iter().map(|(l, ..)| (l.name.clone(), l.index)).collect();
+    program_policy(&mut datapath, router, &names)?;
     // The kernel's NAT rules are in place before the fast path hands it anything.
     slowpath::apply(router)?;
     let mut state = RouterState {
@@ -374,18 +385,116 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
     Ok(state)
 }
 
-/// Adds the desired state's extra routes the kernel does not have yet.
-async fn ensure_routes(handle: &Handle, router: &Router) -> Result<(), Error> {
-    for r in &router.routes {
-        netlink::ensure_route(handle, r.destination, r.nexthop)
-            .await
-            .map_err(|source| Error::Netlink {
-                router: router.id.clone(),
-                what: format!("adding route {} via {}", r.destination, r.nexthop),
-                source: Box::new(source),
-            })?;
+/// Makes the kernel's static routes (every table) and policy rules those of `router`'s
+/// policy: adds what is missing, removes what is no longer wanted. Returns the writes.
+async fn sync_kernel_policy(handle: &Handle, router: &Router) -> Result<usize, Error> {
+    let nl = |what: String| {
+        let router = router.id.clone();
+        move |source| Error::Netlink {
+            router,
+            what,
+            source: Box::new(source),
+        }
+    };
+    let p = policy::of(router);
+    let mut wanted: Vec<netlink::StaticRoute> = p
+        .routes
+        .iter()
+        .map(|r| netlink::StaticRoute {
+            table: r.table,
+            destination: r.destination,
+            nexthop: r.nexthop,
+        })
+        .collect();
+    if let Some(g) = &router.gateway {
+        wanted.push(netlink::StaticRoute {
+            table: TABLE_MAIN,
+            destination: crate::config::Prefix::ANY,
+            nexthop: g.nexthop,
+        });
     }
-    Ok(())
+    let mut writes = 0;
+    // Rules first out, routes first in: a rule never points at a table being emptied.
+    let rules: Vec<netlink::KernelRule> = p
+        .rules
+        .iter()
+        .map(|r| netlink::KernelRule {
+            priority: r.priority,
+            iif: r.iif.clone(),
+            from: r.from,
+            to: r.to,
+            table: r.table,
+        })
+        .collect();
+    let present = netlink::rules(handle).await.map_err(nl("dumping rules".into()))?;
+    for (rule, msg) in present.iter().filter(|(r, _)| !rules.contains(r)) {
+        netlink::delete_rule(handle, msg.clone())
+            .await
+            .map_err(nl(format!("deleting rule {rule:?}")))?;
+        writes += 1;
+    }
+    let routes = netlink::static_routes(handle)
+        .await
+        .map_err(nl("dumping routes".into()))?;
+    for route in &wanted {
+        if !routes.iter().any(|(r, _)| r == route) {
+            netlink::ensure_route(handle, *route).await.map_err(nl(format!(
+                "adding route {} via {} (table {})",
+                route.destination, route.nexthop, route.table
+            )))?;
+            writes += 1;
+        }
+    }
+    for (route, msg) in routes.iter().filter(|(r, _)| !wanted.contains(r)) {
+        netlink::delete_route(handle, msg.clone())
+            .await
+            .map_err(nl(format!("deleting route {route:?}")))?;
+        writes += 1;
+    }
+    for rule in rules.iter().filter(|r| !present.iter().any(|(p, _)| p == *r)) {
+        netlink::add_rule(handle, rule)
+            .await
+            .map_err(nl(format!("adding rule {rule:?}")))?;
+        writes += 1;
+    }
+    Ok(writes)
+}
+
+/// Writes the fast path's policy: rules (interfaces as ifindexes), firewall and external
+/// source tables. Returns the map writes.
+fn program_policy(
+    datapath: &mut Datapath,
+    router: &Router,
+    ifindex: &BTreeMap<String, u32>,
+) -> Result<usize, Error> {
+    let p = policy::of(router);
+    let rules: Vec<router_common::PolicyRule> = p
+        .rules
+        .iter()
+        .filter(|r| r.in_fast_path())
+        .filter_map(|r| {
+            let iif = match &r.iif {
+                None => 0,
+                // A rule for an interface the router does not drive matches nothing here.
+                Some(name) => *ifindex.get(name)?,
+            };
+            Some(router_common::PolicyRule {
+                iif,
+                from: r.from.to_net(),
+                to: r.to.to_net(),
+                table: r.table,
+            })
+        })
+        .collect();
+    let live = datapath.fw_rules()?;
+    let fw = policy::firewall(router, &live);
+    datapath.reset_fw_slots(&fw.fresh)?;
+    let sources: Vec<(([u8; 4], u8), u32)> = p
+        .source_tables
+        .iter()
+        .map(|(prefix, table)| ((prefix.addr.octets(), prefix.len), *table))
+        .collect();
+    datapath.set_policy(&rules, &fw.rules, fw.flags, &sources)
 }
 
 /// The fast path's NAT settings for `router`.
@@ -401,6 +510,20 @@ fn nat_config(router: &Router, gateway_ifindex: Option<u32>) -> NatConfig {
         cfg.flags = nat_flags::GATEWAY | if g.snat { nat_flags::SNAT } else { 0 };
     }
     cfg
+}
+
+/// Whether the firewall `rules` (first match wins, then the default) allow the flow of a
+/// session's original direction, as the fast path judges it: source before SNAT,
+/// destination after DNAT.
+fn firewall_allows(rules: &[router_common::FwRule], default_allow: bool, key: &CtKey, entry: &CtEntry) -> bool {
+    let dport = match key.proto {
+        6 | 17 => u16::from_be_bytes(key.dport),
+        _ => 0,
+    };
+    rules
+        .iter()
+        .find(|r| r.matches(key.proto, key.src, entry.new_dst, dport))
+        .map_or(default_allow, |r| r.action == router_common::fw_action::ALLOW)
 }
 
 /// Whether a session mentions `addr` in any of its tuples.
@@ -499,13 +622,42 @@ impl RouterState {
                 session_uses(k, e, &|a| a == gw)
             })?;
         }
-        ensure_routes(handle, &new).await?;
+        // External subnets added or removed (seed 002): their addresses on the gateway.
+        if let (Some(index), Some(g)) = (gateway_ifindex, &new.gateway) {
+            let before = old.gateway.as_ref().map(|g| g.subnets.clone()).unwrap_or_default();
+            for s in before.iter().filter(|s| !g.subnets.contains(s)) {
+                netlink::delete_address(handle, index, s.address)
+                    .await
+                    .map_err(nl(format!("removing {}", s.address)))?;
+            }
+            for s in g.subnets.iter().filter(|s| !before.contains(s)) {
+                netlink::ensure_address(handle, index, s.address)
+                    .await
+                    .map_err(nl(format!("adding {}", s.address)))?;
+            }
+        }
+        let kernel_writes = sync_kernel_policy(handle, &new).await?;
+        let names: BTreeMap<String, u32> =
+            self.ifaces.iter().map(|(i, n)| (n.clone(), *i)).collect();
+        let map_writes = program_policy(&mut self.datapath, &new, &names)?;
+        if new.firewall != old.firewall
+            && let Some(fw) = &new.firewall
+        {
+            // Flows a changed firewall no longer allows end now, as Neutron's FWaaS driver
+            // deletes their conntrack entries.
+            let rules = self.datapath.fw_rules()?;
+            let denied = |k: &CtKey, e: &CtEntry| {
+                e.direction == router_common::ct_dir::ORIGINAL
+                    && !firewall_allows(&rules, fw.default_allow, k, e)
+            };
+            ended += conntrack::purge(&mut self.datapath.sessions()?, denied)?;
+        }
         slowpath::update(&old, &new)?;
         self.router = new;
         write_info(&self.info)?;
         self.resync(handle).await?;
         log::info!(
-            "router {}: applied new desired state in {} us; {ended} session(s) ended",
+            "router {}: applied new desired state in {} us; {ended} session(s) ended; {kernel_writes} kernel and {map_writes} policy map writes",
             self.id,
             started.elapsed().as_micros()
         );
@@ -547,6 +699,24 @@ impl RouterState {
                 .is_some_and(|e| e.kind == router_common::route_kind::LOCAL);
             if !keep_local {
                 wanted.insert(slot, entry);
+            }
+        }
+        // The kernel consults the local table before any rule: every other table gets the
+        // local entries too, so a rule's table never routes away a packet for the router.
+        let tables: std::collections::BTreeSet<[u8; 4]> = wanted
+            .keys()
+            .map(|(_, k)| k.table_be)
+            .filter(|t| *t != TABLE_MAIN.to_be_bytes())
+            .collect();
+        let locals: Vec<(RouteSlot, RouteEntry)> = wanted
+            .iter()
+            .filter(|(_, e)| e.kind == router_common::route_kind::LOCAL)
+            .map(|(s, e)| (*s, *e))
+            .collect();
+        for table in tables {
+            for ((len, key), entry) in &locals {
+                let slot = (*len, router_common::RouteKey { table_be: table, ..*key });
+                wanted.entry(slot).or_insert(*entry);
             }
         }
         let writes = self.datapath.sync_routes(&wanted)?;

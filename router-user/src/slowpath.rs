@@ -13,7 +13,12 @@
 
 use std::{fmt::Write as _, io::Write as _, net::Ipv4Addr, process::Command};
 
-use crate::{config::Router, error::Error};
+use router_common::REJECT_MARK;
+
+use crate::{
+    config::{FirewallRule, FwAction, Router},
+    error::Error,
+};
 
 pub const TABLE: &str = "neutron_router";
 /// DNATed traffic that did not enter from the gateway (Neutron's mark rule).
@@ -106,8 +111,74 @@ pub fn ruleset(router: &Router) -> String {
             }
         }
     }
-    let _ = writeln!(s, "  }}\n}}");
+    let _ = writeln!(s, "  }}");
+    firewall_chain(&mut s, router, &internal);
+    let _ = writeln!(s, "}}");
     s
+}
+
+/// The firewall in the kernel: it answers what the fast path rejects (marked
+/// `REJECT_MARK`), and judges what the fast path hands over without judging (fragments,
+/// IP options) by the same rules, with the kernel's own conntrack for state.
+fn firewall_chain(s: &mut String, router: &Router, internal: &[String]) {
+    let mark = format!("meta mark & 0xffff0000 == {REJECT_MARK:#x}");
+    let _ = writeln!(
+        s,
+        "  chain fw_forward {{ type filter hook forward priority filter; policy accept;"
+    );
+    let _ = writeln!(s, "    {mark} meta l4proto tcp reject with tcp reset");
+    let _ = writeln!(s, "    {mark} reject with icmp type port-unreachable");
+    if let (Some(fw), false) = (&router.firewall, internal.is_empty()) {
+        let set = internal.join(", ");
+        let _ = writeln!(s, "    iifname != {{ {set} }} oifname != {{ {set} }} accept");
+        let _ = writeln!(s, "    ct state invalid drop");
+        let _ = writeln!(s, "    ct state established,related accept");
+        for rule in &fw.rules {
+            let _ = writeln!(s, "{}", nft_rule(rule));
+        }
+        let policy = if fw.default_allow { "accept" } else { "drop" };
+        let _ = writeln!(s, "    {policy}");
+    }
+    let _ = writeln!(s, "  }}");
+}
+
+/// One firewall rule as nftables statements.
+fn nft_rule(rule: &FirewallRule) -> String {
+    let mut m = String::new();
+    let proto = match rule.protocol {
+        0 => None,
+        6 => Some("tcp"),
+        17 => Some("udp"),
+        1 => Some("icmp"),
+        _ => None,
+    };
+    match (rule.protocol, proto) {
+        (0, _) => {}
+        (_, Some(name)) => {
+            let _ = write!(m, " meta l4proto {name}");
+        }
+        (n, None) => {
+            let _ = write!(m, " meta l4proto {n}");
+        }
+    }
+    if rule.source.len != 0 {
+        let _ = write!(m, " ip saddr {}", rule.source);
+    }
+    if rule.destination.len != 0 {
+        let _ = write!(m, " ip daddr {}", rule.destination);
+    }
+    if let (Some(ports), Some(name @ ("tcp" | "udp"))) = (rule.ports, proto) {
+        let _ = write!(m, " {name} dport {}-{}", ports.min, ports.max);
+    }
+    match rule.action {
+        FwAction::Allow => format!("   {m} accept"),
+        FwAction::Deny => format!("   {m} drop"),
+        FwAction::Reject if rule.protocol == 0 => format!(
+            "   {m} meta l4proto tcp reject with tcp reset\n   {m} reject with icmp type port-unreachable"
+        ),
+        FwAction::Reject if rule.protocol == 6 => format!("   {m} reject with tcp reset"),
+        FwAction::Reject => format!("   {m} reject with icmp type port-unreachable"),
+    }
 }
 
 /// Brings the slow-path rules from `old` to `new`: when only floating IPs differ, by adding
@@ -213,4 +284,70 @@ pub fn remove() {
         .args(["delete", "table", "ip", TABLE])
         .stderr(std::process::Stdio::null())
         .status();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DesiredState;
+
+    /// The seed-001 firewall and a reject rule of every kind, as nftables reads it: `nft
+    /// --check` parses and validates the file (needs root, like every test here).
+    #[test]
+    fn firewall_ruleset_is_valid_nftables() {
+        let text = r#"
+[[router]]
+id = "r1"
+namespace = "ns1"
+[router.gateway]
+interface = "qg-1"
+address = "172.24.4.2/24"
+nexthop = "172.24.4.1"
+[[router.interface]]
+name = "qr-a"
+address = "10.0.0.1/24"
+[router.firewall]
+[[router.firewall.rule]]
+action = "deny"
+protocol = "tcp"
+source = "2.2.2.0/24"
+destination = "3.3.3.0/24"
+destination_ports = "1:65535"
+[[router.firewall.rule]]
+action = "deny"
+protocol = "icmp"
+source = "10.0.0.0/24"
+[[router.firewall.rule]]
+action = "reject"
+protocol = "udp"
+destination_ports = "53"
+[[router.firewall.rule]]
+action = "reject"
+[[router.firewall.rule]]
+action = "allow"
+protocol = "47"
+"#;
+        let router = DesiredState::parse(text).expect("valid").routers.remove(0);
+        let rules = ruleset(&router);
+        assert!(rules.contains("ip saddr 2.2.2.0/24 ip daddr 3.3.3.0/24 tcp dport 1-65535 drop"));
+        assert!(rules.contains("meta l4proto icmp ip saddr 10.0.0.0/24 drop"));
+        let mut child = Command::new("nft")
+            .args(["--check", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(rules.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("nft ends");
+        assert!(
+            out.status.success(),
+            "nft rejects:\n{}\n{rules}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -1,0 +1,334 @@
+//! What a router's desired state means for routing and the firewall once the generated parts
+//! are added: the steering tables and rules (seed 000), one table per external subnet
+//! (seed 002), and the firewall's rules with their counter slots. Both the kernel (the slow
+//! path, with `ip rule` and tables) and the fast path (maps) are programmed from this.
+
+use std::net::Ipv4Addr;
+
+use router_common::{
+    FW_STATS_SLOTS, FwRule, TABLE_MAIN, TABLE_STEER_GATEWAY, TABLE_STEER_INTERNAL, fw_flags,
+    fw_slot, table_external_subnet,
+};
+
+use crate::config::{Prefix, Router};
+
+/// First priority of the steering rules (user rules are below 30000).
+pub const PRIORITY_STEERING: u32 = 30_000;
+/// Priority of the gateway steering rule.
+pub const PRIORITY_STEER_GATEWAY: u32 = 30_900;
+/// First priority of the external-subnet rules.
+pub const PRIORITY_EXTERNAL: u32 = 31_000;
+
+/// Where a policy rule comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    Config,
+    Steering,
+    ExternalSubnet,
+}
+
+/// One `ip rule` of the router.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRule {
+    pub priority: u32,
+    /// `Some("lo")` for rules that only concern the router's own traffic (the fast path
+    /// never sees those).
+    pub iif: Option<String>,
+    pub from: Prefix,
+    pub to: Prefix,
+    pub table: u32,
+    pub origin: Origin,
+}
+
+impl PolicyRule {
+    /// Whether the fast path walks this rule (it only sees forwarded traffic).
+    pub fn in_fast_path(&self) -> bool {
+        self.iif.as_deref() != Some("lo")
+    }
+}
+
+/// A route of a table other than main.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TableRoute {
+    pub table: u32,
+    pub destination: Prefix,
+    pub nexthop: Ipv4Addr,
+}
+
+/// The router's policy with everything generated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// By priority.
+    pub rules: Vec<PolicyRule>,
+    /// Routes the kernel must have (every table, main included).
+    pub routes: Vec<TableRoute>,
+    /// External subnet -> its table, for packets leaving the gateway with a source in it.
+    pub source_tables: Vec<(Prefix, u32)>,
+}
+
+/// The policy of `router`.
+pub fn of(router: &Router) -> Policy {
+    let mut p = Policy::default();
+    for r in &router.rules {
+        p.rules.push(PolicyRule {
+            priority: r.priority,
+            iif: r.iif.clone(),
+            from: r.from,
+            to: r.to,
+            table: r.table,
+            origin: Origin::Config,
+        });
+    }
+    for r in &router.routes {
+        p.routes.push(TableRoute {
+            table: r.table,
+            destination: r.destination,
+            nexthop: r.nexthop,
+        });
+    }
+    let any = Prefix::ANY;
+    if let Some(s) = &router.steering {
+        for (i, name) in s.interfaces.iter().enumerate() {
+            p.rules.push(PolicyRule {
+                priority: PRIORITY_STEERING + i as u32,
+                iif: Some(name.clone()),
+                from: any,
+                to: any,
+                table: TABLE_STEER_INTERNAL,
+                origin: Origin::Steering,
+            });
+        }
+        p.routes.push(TableRoute {
+            table: TABLE_STEER_INTERNAL,
+            destination: any,
+            nexthop: s.nexthop,
+        });
+        if let (Some(nexthop), Some(g)) = (s.gateway_nexthop, &router.gateway) {
+            p.rules.push(PolicyRule {
+                priority: PRIORITY_STEER_GATEWAY,
+                iif: Some(g.interface.clone()),
+                from: any,
+                to: any,
+                table: TABLE_STEER_GATEWAY,
+                origin: Origin::Steering,
+            });
+            p.routes.push(TableRoute {
+                table: TABLE_STEER_GATEWAY,
+                destination: any,
+                nexthop,
+            });
+        }
+    }
+    let external = router.external_subnets();
+    if external.len() > 1 {
+        for (n, subnet) in external.iter().enumerate() {
+            let table = table_external_subnet(n as u32);
+            // The kernel cannot route by the source NAT gives a forwarded packet; it only
+            // needs the tables for traffic of its own (`iif lo`). The fast path uses
+            // `source_tables` after NAT.
+            p.rules.push(PolicyRule {
+                priority: PRIORITY_EXTERNAL + n as u32,
+                iif: Some("lo".into()),
+                from: subnet.address.subnet(),
+                to: any,
+                table,
+                origin: Origin::ExternalSubnet,
+            });
+            p.routes.push(TableRoute {
+                table,
+                destination: any,
+                nexthop: subnet.nexthop,
+            });
+            p.source_tables.push((subnet.address.subnet(), table));
+        }
+    }
+    p.rules.sort_by_key(|r| r.priority);
+    p
+}
+
+/// The fast path's firewall: rules with counter slots, and flags. Rules keep the slot they
+/// had in `previous` (the live rules) when an identical rule is still there, so counters
+/// survive unrelated edits; new rules take free slots, which the caller zeroes (`fresh`).
+pub struct FirewallProgram {
+    pub rules: Vec<FwRule>,
+    pub flags: u32,
+    /// Slots given to new rules (their counters must start from zero).
+    pub fresh: Vec<u8>,
+}
+
+pub fn firewall(router: &Router, previous: &[FwRule]) -> FirewallProgram {
+    let Some(fw) = &router.firewall else {
+        return FirewallProgram {
+            rules: Vec::new(),
+            flags: 0,
+            fresh: Vec::new(),
+        };
+    };
+    let mut available: Vec<FwRule> = previous.to_vec();
+    let mut used = [false; FW_STATS_SLOTS as usize];
+    let mut rules = Vec::with_capacity(fw.rules.len());
+    let mut pending = Vec::new();
+    for (i, r) in fw.rules.iter().enumerate() {
+        let rule = r.to_fw_rule(0);
+        match available
+            .iter()
+            .position(|p| FwRule { slot: 0, ..*p } == rule)
+        {
+            Some(at) => {
+                let kept = available.swap_remove(at);
+                used[usize::from(kept.slot)] = true;
+                rules.push(kept);
+            }
+            None => {
+                pending.push(i);
+                rules.push(rule);
+            }
+        }
+    }
+    let mut fresh = Vec::new();
+    let mut free = (0..fw_slot::FIRST_FIXED as usize).filter(|s| !used[*s]);
+    for i in pending {
+        // Validation caps the rules far below the slots.
+        let slot = free.next().unwrap_or(0) as u8;
+        rules[i].slot = slot;
+        fresh.push(slot);
+    }
+    let mut flags = fw_flags::ENABLED;
+    if fw.default_allow {
+        flags |= fw_flags::DEFAULT_ALLOW;
+    }
+    FirewallProgram {
+        rules,
+        flags,
+        fresh,
+    }
+}
+
+/// Whether `table` is one the router generates.
+pub fn is_generated(table: u32) -> bool {
+    table >= router_common::TABLE_GENERATED_MIN
+}
+
+/// The name `routerctl` shows for a table.
+pub fn table_name(router: &Router, table: u32) -> String {
+    match table {
+        TABLE_MAIN => "main".into(),
+        TABLE_STEER_INTERNAL => "steer-internal".into(),
+        TABLE_STEER_GATEWAY => "steer-gateway".into(),
+        t if is_generated(t) => format!("external-{}", t - table_external_subnet(0)),
+        t => router.table_name(t),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DesiredState;
+
+    fn router(extra: &str) -> Router {
+        let text = format!(
+            r#"
+[[router]]
+id = "r1"
+namespace = "ns1"
+[router.gateway]
+interface = "qg-1"
+address = "172.24.4.2/24"
+nexthop = "172.24.4.1"
+[[router.interface]]
+name = "qr-a"
+address = "10.0.1.1/24"
+[[router.interface]]
+name = "qr-b"
+address = "10.0.2.1/24"
+[[router.interface]]
+name = "fw-int"
+address = "10.99.0.1/24"
+[[router.interface]]
+name = "fw-ext"
+address = "10.99.1.1/24"
+{extra}
+"#
+        );
+        DesiredState::parse(&text).expect("valid").routers.remove(0)
+    }
+
+    #[test]
+    fn steering_generates_rules_and_tables() {
+        let r = router(
+            r#"
+[router.steering]
+nexthop = "10.99.0.2"
+gateway_nexthop = "10.99.1.2"
+interfaces = ["qr-a", "qr-b"]
+"#,
+        );
+        let p = of(&r);
+        let iifs: Vec<_> = p.rules.iter().map(|r| r.iif.clone().unwrap()).collect();
+        assert_eq!(iifs, ["qr-a", "qr-b", "qg-1"]);
+        assert!(p.rules.iter().all(|r| r.origin == Origin::Steering));
+        assert_eq!(p.rules[2].table, TABLE_STEER_GATEWAY);
+        assert!(p.routes.contains(&TableRoute {
+            table: TABLE_STEER_INTERNAL,
+            destination: Prefix::ANY,
+            nexthop: "10.99.0.2".parse().unwrap(),
+        }));
+        assert!(p.source_tables.is_empty());
+    }
+
+    #[test]
+    fn external_subnets_get_a_table_each_when_there_are_several() {
+        let one = router("");
+        assert!(of(&one).source_tables.is_empty());
+        let two = router(
+            r#"
+[[router.gateway.subnet]]
+address = "172.24.5.2/24"
+nexthop = "172.24.5.1"
+"#,
+        );
+        let p = of(&two);
+        assert_eq!(p.source_tables.len(), 2);
+        assert_eq!(p.source_tables[1].1, table_external_subnet(1));
+        assert!(p.rules.iter().all(|r| !r.in_fast_path()));
+        assert_eq!(table_name(&two, table_external_subnet(1)), "external-1");
+    }
+
+    #[test]
+    fn firewall_rules_keep_their_counter_slots_across_edits() {
+        let r = router(
+            r#"
+[router.firewall]
+[[router.firewall.rule]]
+action = "deny"
+protocol = "icmp"
+[[router.firewall.rule]]
+action = "allow"
+protocol = "tcp"
+"#,
+        );
+        let first = firewall(&r, &[]);
+        assert_eq!(first.fresh, [0, 1]);
+        assert_eq!(first.flags, fw_flags::ENABLED);
+        let r2 = router(
+            r#"
+[router.firewall]
+default = "allow"
+[[router.firewall.rule]]
+action = "allow"
+protocol = "udp"
+[[router.firewall.rule]]
+action = "allow"
+protocol = "tcp"
+"#,
+        );
+        let second = firewall(&r2, &first.rules);
+        // The tcp rule keeps slot 1; the new udp rule takes the first free slot (0 was
+        // the icmp rule's, which is gone: free again, and zeroed).
+        assert_eq!(second.rules[1].slot, 1);
+        assert_eq!(second.rules[0].slot, 0);
+        assert_eq!(second.fresh, [0]);
+        assert_eq!(second.flags, fw_flags::ENABLED | fw_flags::DEFAULT_ALLOW);
+    }
+}
