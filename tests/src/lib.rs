@@ -14,6 +14,7 @@ pub mod routerd;
 pub mod testrun;
 pub mod topo;
 pub mod traffic;
+pub mod wire;
 
 /// Panics with a clear message unless running as root (every test here needs it).
 pub fn require_root() {

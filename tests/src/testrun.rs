@@ -48,3 +48,23 @@ pub fn tc(dp: &Datapath, ingress: u32, frame: &[u8]) -> (u32, Vec<u8>) {
     out.truncate(result.data_size_out as usize);
     (result.return_value, out)
 }
+
+/// Runs the TC entry like [`tc`] and also returns the skb's mark afterwards.
+pub fn tc_with_mark(dp: &Datapath, ingress: u32, frame: &[u8]) -> (u32, Vec<u8>, u32) {
+    let mut ctx = [0u8; 44];
+    ctx[40..44].copy_from_slice(&ingress.to_ne_bytes());
+    let mut ctx_out = [0u8; 256];
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        ctx_out: Some(&mut ctx_out),
+        ..Default::default()
+    };
+    let result = dp.tc().test_run(opts).expect("BPF_PROG_TEST_RUN (TC)");
+    out.truncate(result.data_size_out as usize);
+    // struct __sk_buff: len, pkt_type, mark, ...
+    let mark = u32::from_ne_bytes([ctx_out[8], ctx_out[9], ctx_out[10], ctx_out[11]]);
+    (result.return_value, out, mark)
+}

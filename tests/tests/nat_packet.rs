@@ -5,11 +5,9 @@
 //! gateway IP 198.18.0.2, default route via 198.18.0.1), floating IPs 198.18.0.10 for
 //! 10.0.1.5 and 198.18.0.11 for 10.0.1.9, SNAT ports 40000-40001.
 
-use etherparse::{
-    Icmpv4Header, Icmpv4Type, Ipv4Header, NetSlice, PacketBuilder, SlicedPacket, TransportSlice,
-    icmpv4::TimeExceededCode,
-};
+use etherparse::{Icmpv4Header, Icmpv4Type, Ipv4Header, PacketBuilder, icmpv4::TimeExceededCode};
 use router_common::{NatConfig, Reason, iface_flags, iface_role, nat_flags, route_kind};
+use router_tests::wire::{Seen, echo, seen, tcp, udp};
 use router_tests::{
     fixture::{Routes, iface, neighbor, route, veth_pairs},
     frames::{CLIENT_MAC, ROUTER_IN_MAC, ROUTER_OUT_MAC},
@@ -127,40 +125,6 @@ enum Outcome {
     Drop,
 }
 
-/// Ethernet + IPv4 + L4 from `src` to `dst` (MACs as a host sends them to the router).
-fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, router_mac: [u8; 6]) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, router_mac)
-        .ipv4(src, dst, 64)
-        .udp(sport, dport)
-        .write(&mut out, b"some payload")
-        .expect("udp");
-    out
-}
-
-fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, router_mac: [u8; 6]) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, router_mac)
-        .ipv4(src, dst, 64)
-        .tcp(sport, dport, 1000, 65535)
-        .syn()
-        .write(&mut out, &[])
-        .expect("tcp");
-    out
-}
-
-fn echo(src: [u8; 4], dst: [u8; 4], id: u16, request: bool, router_mac: [u8; 6]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, router_mac).ipv4(src, dst, 64);
-    let b = if request {
-        b.icmpv4_echo_request(id, 1)
-    } else {
-        b.icmpv4_echo_reply(id, 1)
-    };
-    b.write(&mut out, b"ping").expect("icmp");
-    out
-}
-
 /// An ICMP time exceeded from `from` to `to` about `original` (an IPv4 packet, no
 /// Ethernet), carrying all of it.
 fn time_exceeded(from: [u8; 4], to: [u8; 4], original: &[u8], router_mac: [u8; 6]) -> Vec<u8> {
@@ -173,69 +137,6 @@ fn time_exceeded(from: [u8; 4], to: [u8; 4], original: &[u8], router_mac: [u8; 6
         .write(&mut out, original)
         .expect("icmp error");
     out
-}
-
-/// What an independent parser sees in a forwarded frame.
-#[derive(Debug, PartialEq)]
-struct Seen {
-    dst_mac: [u8; 6],
-    src: [u8; 4],
-    dst: [u8; 4],
-    /// Ports, or (ICMP echo id, 0).
-    sport: u16,
-    dport: u16,
-}
-
-/// Parses `frame`, asserting every checksum in it is valid, UDP checksum 0 included.
-fn seen(frame: &[u8]) -> Seen {
-    let p = SlicedPacket::from_ethernet(frame).expect("etherparse accepts the output");
-    let Some(etherparse::LinkSlice::Ethernet2(eth)) = &p.link else {
-        panic!("no Ethernet")
-    };
-    let Some(NetSlice::Ipv4(ipv4)) = &p.net else {
-        panic!("no IPv4")
-    };
-    let h = ipv4.header().to_header();
-    assert_eq!(h.calc_header_checksum(), h.header_checksum, "IPv4 checksum");
-    let (sport, dport) = match &p.transport {
-        Some(TransportSlice::Udp(u)) => {
-            if u.checksum() != 0 {
-                let want = u
-                    .to_header()
-                    .calc_checksum_ipv4(&h, u.payload())
-                    .expect("csum");
-                assert_eq!(want, u.checksum(), "UDP checksum");
-            }
-            (u.source_port(), u.destination_port())
-        }
-        Some(TransportSlice::Tcp(t)) => {
-            let want = t
-                .to_header()
-                .calc_checksum_ipv4(&h, t.payload())
-                .expect("csum");
-            assert_eq!(want, t.checksum(), "TCP checksum");
-            (t.source_port(), t.destination_port())
-        }
-        Some(TransportSlice::Icmpv4(i)) => {
-            assert_eq!(
-                i.header().icmp_type.calc_checksum(i.payload()),
-                i.checksum(),
-                "ICMP checksum"
-            );
-            match i.header().icmp_type {
-                Icmpv4Type::EchoRequest(e) | Icmpv4Type::EchoReply(e) => (e.id, 0),
-                _ => (0, 0),
-            }
-        }
-        _ => (0, 0),
-    };
-    Seen {
-        dst_mac: eth.destination(),
-        src: h.source,
-        dst: h.destination,
-        sport,
-        dport,
-    }
 }
 
 fn expect_forward(r: &Router, ingress: u32, frame: &[u8], want: Seen, what: &str) {

@@ -1,0 +1,555 @@
+//! Policy routing, external source tables, steering and firewall verdicts, packet by packet
+//! through both entries (BPF_PROG_TEST_RUN), with the maps written the way the controller
+//! writes them (`Datapath::set_policy`).
+//!
+//! The router: `in0` internal 10.0.1.0/24 (router .1), `fw0` internal 10.99.0.0/24 (a
+//! firewall at .2, the steering target), `out0` the gateway interface on two external
+//! subnets: 198.18.0.0/24 (gateway IP .2, gateway A .1) and 198.19.0.0/24 (gateway B .1).
+//! Floating IPs 198.18.0.10 -> 10.0.1.5 and 198.19.0.10 -> 10.0.1.9; 10.0.1.6 has none.
+//! Every interface is its own session zone, as routerd sets them.
+
+use router_common::{
+    FwRule, NatConfig, Net, PolicyRule, REJECT_MARK, Reason, RouteKey, fw_action, fw_flags,
+    iface_flags, iface_role, nat_flags, route_kind, table_external_subnet,
+};
+use router_tests::{
+    fixture::{Routes, iface, neighbor, route, veth_pairs},
+    frames::{ROUTER_IN_MAC, ROUTER_OUT_MAC},
+    netns::NetnsGuard,
+    testrun::{self, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT},
+    topo::ifindex,
+    wire::{echo, seen, tcp, tcp_with_flags, udp},
+};
+use router_user::datapath::Datapath;
+
+const ROUTER_FW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x40];
+const GW: [u8; 4] = [198, 18, 0, 2];
+const GW_A: [u8; 4] = [198, 18, 0, 1];
+const GW_B: [u8; 4] = [198, 19, 0, 1];
+const HOST_B: [u8; 4] = [198, 19, 0, 50];
+const FIREWALL: [u8; 4] = [10, 99, 0, 2];
+const FIP_A: [u8; 4] = [198, 18, 0, 10];
+const FIXED_A: [u8; 4] = [10, 0, 1, 5];
+const FIP_B: [u8; 4] = [198, 19, 0, 10];
+const FIXED_B: [u8; 4] = [10, 0, 1, 9];
+const VM3: [u8; 4] = [10, 0, 1, 6];
+const REMOTE: [u8; 4] = [203, 0, 113, 9];
+const VM_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x55];
+const GW_A_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa1];
+const GW_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb1];
+const HOST_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb5];
+const FIREWALL_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xf2];
+const T_STEER: u32 = 100;
+const T_OTHER: u32 = 200;
+const T_NARROW: u32 = 300;
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Entry {
+    Xdp,
+    Tc,
+}
+
+#[derive(Debug, PartialEq, Clone, Copy)]
+enum Outcome {
+    Forward,
+    Pass,
+    Drop,
+}
+
+struct Router {
+    _ns: NetnsGuard,
+    dp: Datapath,
+    inside: u32,
+    fw: u32,
+    outside: u32,
+    entry: Entry,
+}
+
+impl Router {
+    fn new(entry: Entry) -> Self {
+        let ns = NetnsGuard::new();
+        veth_pairs(&[("in0", "in1"), ("fw0", "fw1"), ("out0", "out1")]);
+        let (inside, fw, outside) = (ifindex("in0"), ifindex("fw0"), ifindex("out0"));
+        let mut dp = Datapath::load("policy-test", 4096).expect("loading");
+        for (index, mac, role) in [
+            (inside, ROUTER_IN_MAC, iface_role::INTERNAL),
+            (fw, ROUTER_FW_MAC, iface_role::INTERNAL),
+            (outside, ROUTER_OUT_MAC, iface_role::EXTERNAL),
+        ] {
+            let mut entry = iface(mac, role, iface_flags::XDP_EGRESS);
+            entry.zone = index as u16;
+            dp.set_iface(index, entry).expect("IFACES");
+            dp.set_xdp_egress(index).expect("EGRESS_DEVS");
+        }
+        let mut routes = Routes::default();
+        let unicast = |ifindex, via| route(route_kind::UNICAST, ifindex, via);
+        let local = route(route_kind::LOCAL, 0, [0; 4]);
+        routes.add([10, 0, 1, 0], 24, unicast(inside, [0; 4]));
+        routes.add([10, 0, 1, 1], 32, local);
+        routes.add([10, 99, 0, 0], 24, unicast(fw, [0; 4]));
+        routes.add([198, 18, 0, 0], 24, unicast(outside, [0; 4]));
+        routes.add([198, 19, 0, 0], 24, unicast(outside, [0; 4]));
+        routes.add(GW, 32, local);
+        routes.add([0; 4], 0, unicast(outside, GW_A));
+        let mut add = |table: u32, addr: [u8; 4], len: u32, entry| {
+            routes.0.insert(
+                (RouteKey::TABLE_BITS + len, RouteKey::new(table, addr)),
+                entry,
+            );
+        };
+        add(T_STEER, [0; 4], 0, unicast(fw, FIREWALL));
+        add(T_STEER, [10, 0, 1, 1], 32, local);
+        add(T_OTHER, [0; 4], 0, unicast(outside, GW_B));
+        add(T_NARROW, [192, 0, 2, 0], 24, unicast(outside, GW_B));
+        add(table_external_subnet(0), [0; 4], 0, unicast(outside, GW_A));
+        add(table_external_subnet(1), [0; 4], 0, unicast(outside, GW_B));
+        dp.sync_routes(&routes.0).expect("ROUTES");
+        let mut neighbors = vec![
+            neighbor(outside, GW_A, GW_A_MAC),
+            neighbor(outside, GW_B, GW_B_MAC),
+            neighbor(outside, HOST_B, HOST_B_MAC),
+            neighbor(fw, FIREWALL, FIREWALL_MAC),
+        ];
+        for vm in [FIXED_A, FIXED_B, VM3] {
+            neighbors.push(neighbor(inside, vm, VM_MAC));
+        }
+        dp.sync_neighbors(&neighbors).expect("NEIGHBORS");
+        Self {
+            _ns: ns,
+            dp,
+            inside,
+            fw,
+            outside,
+            entry,
+        }
+    }
+
+    /// Gateway, SNAT and the two floating IPs.
+    fn with_nat(mut self) -> Self {
+        self.dp
+            .set_nat_config(NatConfig {
+                gateway_ip: GW,
+                gateway_ifindex: self.outside,
+                flags: nat_flags::GATEWAY | nat_flags::SNAT,
+                port_min: 40000,
+                port_max: 40100,
+            })
+            .expect("NAT_CONFIG");
+        self.dp.reset_snat_stats().expect("SNAT_STATS");
+        self.dp.set_floating_ip(FIP_A, FIXED_A).expect("FIP");
+        self.dp.set_floating_ip(FIP_B, FIXED_B).expect("FIP");
+        self
+    }
+
+    fn policy(&mut self, rules: &[PolicyRule], fw: &[FwRule], flags: u32, sources: bool) {
+        let sources: Vec<(([u8; 4], u8), u32)> = if sources {
+            vec![
+                (([198, 18, 0, 0], 24), table_external_subnet(0)),
+                (([198, 19, 0, 0], 24), table_external_subnet(1)),
+            ]
+        } else {
+            Vec::new()
+        };
+        self.dp
+            .set_policy(rules, fw, flags, &sources)
+            .expect("set_policy");
+    }
+
+    fn run(&self, ingress: u32, frame: &[u8]) -> (Outcome, Vec<u8>) {
+        let (verdict, out) = match self.entry {
+            Entry::Xdp => testrun::xdp(&self.dp, ingress, frame),
+            Entry::Tc => testrun::tc(&self.dp, ingress, frame),
+        };
+        let outcome = match (self.entry, verdict) {
+            (Entry::Xdp, XDP_REDIRECT) | (Entry::Tc, TC_ACT_REDIRECT) => Outcome::Forward,
+            (Entry::Xdp, XDP_PASS) | (Entry::Tc, TC_ACT_OK) => Outcome::Pass,
+            (Entry::Xdp, XDP_DROP) | (Entry::Tc, TC_ACT_SHOT) => Outcome::Drop,
+            (_, v) => panic!("unexpected verdict {v}"),
+        };
+        (outcome, out)
+    }
+
+    /// Forwards `frame` and returns (destination MAC, source, destination, ports).
+    fn forward(&self, ingress: u32, frame: &[u8]) -> ([u8; 6], [u8; 4], [u8; 4], u16, u16) {
+        let (outcome, out) = self.run(ingress, frame);
+        assert_eq!(outcome, Outcome::Forward, "{:?}: not forwarded", self.entry);
+        let s = seen(&out);
+        (s.dst_mac, s.src, s.dst, s.sport, s.dport)
+    }
+
+    fn reason(&mut self, ifindex: u32, r: Reason) -> u64 {
+        self.dp.stats(ifindex).expect("stats").reasons[r as usize]
+    }
+}
+
+fn rule(iif: u32, from: ([u8; 4], u8), to: ([u8; 4], u8), table: u32) -> PolicyRule {
+    PolicyRule {
+        iif,
+        from: Net::new(from.0, from.1),
+        to: Net::new(to.0, to.1),
+        table,
+    }
+}
+
+const ANY: ([u8; 4], u8) = ([0; 4], 0);
+
+fn fw_rule(
+    action: u8,
+    proto: u8,
+    src: ([u8; 4], u8),
+    dst: ([u8; 4], u8),
+    ports: (u16, u16),
+    slot: u8,
+) -> FwRule {
+    FwRule {
+        source: Net::new(src.0, src.1),
+        destination: Net::new(dst.0, dst.1),
+        port_min: ports.0,
+        port_max: ports.1,
+        proto,
+        action,
+        slot,
+        _pad: 0,
+    }
+}
+
+fn both(test: impl Fn(Entry)) {
+    router_tests::require_root();
+    test(Entry::Xdp);
+    test(Entry::Tc);
+}
+
+#[test]
+fn rules_are_walked_in_order_and_fall_through_tables_without_a_route() {
+    both(|entry| {
+        let mut r = Router::new(entry);
+        let (inside, outside) = (r.inside, r.outside);
+        // No rules: the main table (default via gateway A).
+        let to_remote = udp([10, 0, 1, 200], 5000, REMOTE, 53, ROUTER_IN_MAC);
+        assert_eq!(
+            r.forward(inside, &to_remote).0,
+            GW_A_MAC,
+            "{entry:?}: main table"
+        );
+        r.policy(
+            &[
+                // Table 300 only knows 192.0.2.0/24: other destinations fall through.
+                rule(0, ANY, ANY, T_NARROW),
+                rule(0, ([10, 0, 1, 0], 25), ANY, T_STEER),
+                rule(inside, ANY, ([203, 0, 113, 0], 24), T_OTHER),
+            ],
+            &[],
+            0,
+            false,
+        );
+        // 10.0.1.200 is outside 10.0.1.0/25: the third rule, table 200 (gateway B).
+        assert_eq!(
+            r.forward(inside, &to_remote).0,
+            GW_B_MAC,
+            "{entry:?}: iif+to rule"
+        );
+        // 10.0.1.5 matches the second rule first: table 100, the firewall.
+        let steered = udp(FIXED_A, 5000, REMOTE, 53, ROUTER_IN_MAC);
+        let (mac, ..) = r.forward(inside, &steered);
+        assert_eq!(mac, FIREWALL_MAC, "{entry:?}: from rule");
+        // The first rule's table has a route for 192.0.2.1: it wins over the others.
+        let narrow = udp(FIXED_A, 5000, [192, 0, 2, 1], 53, ROUTER_IN_MAC);
+        assert_eq!(
+            r.forward(inside, &narrow).0,
+            GW_B_MAC,
+            "{entry:?}: first rule"
+        );
+        // The iif rule does not match traffic from another interface: main table.
+        let from_out = udp(REMOTE, 5000, [203, 0, 113, 77], 53, ROUTER_OUT_MAC);
+        assert_eq!(
+            r.forward(outside, &from_out).0,
+            GW_A_MAC,
+            "{entry:?}: other iif"
+        );
+        // A local address in a rule's table stays local.
+        let to_router = udp(FIXED_A, 5000, [10, 0, 1, 1], 53, ROUTER_IN_MAC);
+        assert_eq!(
+            r.run(inside, &to_router).0,
+            Outcome::Pass,
+            "{entry:?}: local"
+        );
+        // Order matters: with the iif rule first, 10.0.1.5 to 203.0.113.9 takes table 200.
+        r.policy(
+            &[
+                rule(inside, ANY, ([203, 0, 113, 0], 24), T_OTHER),
+                rule(0, ([10, 0, 1, 0], 25), ANY, T_STEER),
+            ],
+            &[],
+            0,
+            false,
+        );
+        assert_eq!(
+            r.forward(inside, &steered).0,
+            GW_B_MAC,
+            "{entry:?}: reordered"
+        );
+        // Rules removed: the main table again.
+        r.policy(&[], &[], 0, false);
+        assert_eq!(
+            r.forward(inside, &steered).0,
+            GW_A_MAC,
+            "{entry:?}: no rules"
+        );
+        assert_eq!(r.dp.policy_config().expect("config").rule_count, 0);
+    });
+}
+
+#[test]
+fn steering_sends_traffic_through_the_firewall_and_nat_happens_on_the_second_pass() {
+    both(|entry| {
+        let mut r = Router::new(entry).with_nat();
+        let (inside, fw, outside) = (r.inside, r.fw, r.outside);
+        r.policy(&[rule(inside, ANY, ANY, T_STEER)], &[], 0, false);
+        // Pass 1: from the VM with a floating IP to the firewall, untranslated.
+        let out = udp(FIXED_A, 5000, REMOTE, 53, ROUTER_IN_MAC);
+        let (mac, src, dst, sport, _) = r.forward(inside, &out);
+        assert_eq!(
+            (mac, src, dst, sport),
+            (FIREWALL_MAC, FIXED_A, REMOTE, 5000),
+            "{entry:?}: pass 1"
+        );
+        // Pass 2: back from the firewall (zone fw0), routed by main, float-snat.
+        let back = udp(FIXED_A, 5000, REMOTE, 53, ROUTER_FW_MAC);
+        let (mac, src, ..) = r.forward(fw, &back);
+        assert_eq!(
+            (mac, src),
+            (GW_A_MAC, FIP_A),
+            "{entry:?}: pass 2 float-snat"
+        );
+        // A VM without a floating IP: SNAT on pass 2 only, with a session in zone fw0.
+        let out = tcp(VM3, 5555, REMOTE, 80, ROUTER_IN_MAC);
+        let (mac, src, ..) = r.forward(inside, &out);
+        assert_eq!(
+            (mac, src),
+            (FIREWALL_MAC, VM3),
+            "{entry:?}: SNAT pass 1 untranslated"
+        );
+        let back = tcp(VM3, 5555, REMOTE, 80, ROUTER_FW_MAC);
+        let (_, src, _, sport, _) = r.forward(fw, &back);
+        assert_eq!(src, GW, "{entry:?}: SNAT on pass 2");
+        // The next packet's pass 1 still leaves untranslated: its zone has no session.
+        let (_, src, ..) = r.forward(inside, &out);
+        assert_eq!(src, VM3, "{entry:?}: zones keep the passes apart");
+        // The reply comes back to the gateway IP and is translated back.
+        let reply = tcp_with_flags(REMOTE, 80, GW, sport, 0x12, ROUTER_OUT_MAC);
+        let (mac, _, dst, _, dport) = r.forward(outside, &reply);
+        assert_eq!((mac, dst, dport), (VM_MAC, VM3, 5555), "{entry:?}: reply");
+        // Steering off: direct, SNAT on the only pass.
+        r.policy(&[], &[], 0, false);
+        let direct = udp(VM3, 6000, REMOTE, 53, ROUTER_IN_MAC);
+        let (mac, src, ..) = r.forward(inside, &direct);
+        assert_eq!((mac, src), (GW_A_MAC, GW), "{entry:?}: steering off");
+    });
+}
+
+#[test]
+fn external_source_tables_send_each_floating_ip_to_its_subnets_gateway() {
+    both(|entry| {
+        let mut r = Router::new(entry).with_nat();
+        let inside = r.inside;
+        r.policy(&[], &[], 0, true);
+        let (mac, src, ..) = r.forward(inside, &udp(FIXED_B, 5000, REMOTE, 53, ROUTER_IN_MAC));
+        assert_eq!(
+            (mac, src),
+            (GW_B_MAC, FIP_B),
+            "{entry:?}: subnet B floating IP"
+        );
+        let (mac, src, ..) = r.forward(inside, &udp(FIXED_A, 5000, REMOTE, 53, ROUTER_IN_MAC));
+        assert_eq!(
+            (mac, src),
+            (GW_A_MAC, FIP_A),
+            "{entry:?}: subnet A floating IP"
+        );
+        let (mac, src, ..) = r.forward(inside, &udp(VM3, 5000, REMOTE, 53, ROUTER_IN_MAC));
+        assert_eq!(
+            (mac, src),
+            (GW_A_MAC, GW),
+            "{entry:?}: SNAT leaves by the primary"
+        );
+        // A host on an external subnet is connected: straight to it, never a gateway.
+        let (mac, src, ..) = r.forward(inside, &udp(FIXED_A, 5000, HOST_B, 53, ROUTER_IN_MAC));
+        assert_eq!(
+            (mac, src),
+            (HOST_B_MAC, FIP_A),
+            "{entry:?}: connected external host"
+        );
+        // Without the source tables, subnet B's floating IP would leave by gateway A.
+        r.policy(&[], &[], 0, false);
+        let (mac, ..) = r.forward(inside, &udp(FIXED_B, 5000, REMOTE, 53, ROUTER_IN_MAC));
+        assert_eq!(mac, GW_A_MAC, "{entry:?}: no source tables");
+    });
+}
+
+#[test]
+fn firewall_verdicts_and_counters() {
+    both(|entry| {
+        let mut r = Router::new(entry);
+        let (inside, outside) = (r.inside, r.outside);
+        let id = format!("policy-fw-{}-{entry:?}", std::process::id());
+        let pins = router_user::paths::router_pin_dir(&id);
+        r.dp.pin_maps(&pins).expect("pinning");
+        let rules = [
+            fw_rule(
+                fw_action::DENY,
+                6,
+                ([2, 2, 2, 0], 24),
+                ([3, 3, 3, 0], 24),
+                (1, 65535),
+                7,
+            ),
+            fw_rule(fw_action::DENY, 1, ([10, 0, 1, 0], 25), ANY, (0, 65535), 3),
+            fw_rule(fw_action::REJECT, 17, ANY, ANY, (53, 53), 9),
+            fw_rule(fw_action::ALLOW, 6, ANY, ANY, (80, 80), 4),
+            fw_rule(fw_action::ALLOW, 1, ANY, ANY, (0, 65535), 5),
+        ];
+        r.policy(&[], &rules, fw_flags::ENABLED, false);
+        let counters =
+            |_: &mut Router| router_user::firewall::rule_counters(&id).expect("counters");
+        let fixed = || router_user::firewall::fixed_counters(&id).expect("fixed");
+
+        // Allowed new flow; its reply is established (default deny would drop it).
+        let syn = tcp(VM3, 4000, REMOTE, 80, ROUTER_IN_MAC);
+        assert_eq!(
+            r.run(inside, &syn).0,
+            Outcome::Forward,
+            "{entry:?}: allow tcp/80"
+        );
+        let reply = tcp_with_flags(REMOTE, 80, VM3, 4000, 0x12, ROUTER_OUT_MAC);
+        assert_eq!(
+            r.run(outside, &reply).0,
+            Outcome::Forward,
+            "{entry:?}: established"
+        );
+        assert_eq!(fixed().established.0, 1, "{entry:?}: established counter");
+        // New flow from outside, no rule: default deny.
+        let inbound = tcp(REMOTE, 4001, VM3, 22, ROUTER_OUT_MAC);
+        let before = r.reason(outside, Reason::FwDefaultDeny);
+        assert_eq!(
+            r.run(outside, &inbound).0,
+            Outcome::Drop,
+            "{entry:?}: default deny"
+        );
+        assert_eq!(r.reason(outside, Reason::FwDefaultDeny), before + 1);
+        assert_eq!(fixed().default.0, 1, "{entry:?}: default counter");
+        // Deny by rule: ICMP from 10.0.1.0/25, counted on rule 1 (slot 3).
+        let ping = echo(VM3, REMOTE, 7, true, ROUTER_IN_MAC);
+        for _ in 0..3 {
+            assert_eq!(
+                r.run(inside, &ping).0,
+                Outcome::Drop,
+                "{entry:?}: deny icmp"
+            );
+        }
+        assert_eq!(r.reason(inside, Reason::FwDeny), 3);
+        // ICMP from 10.0.1.200 is not in the /25: the allow-icmp rule.
+        let ping2 = echo([10, 0, 1, 200], REMOTE, 7, true, ROUTER_IN_MAC);
+        assert_eq!(
+            r.run(inside, &ping2).0,
+            Outcome::Forward,
+            "{entry:?}: allow icmp"
+        );
+        // Reject: handed to the kernel, marked for it to answer (TC shows the mark).
+        let dns = udp(VM3, 5353, REMOTE, 53, ROUTER_IN_MAC);
+        assert_eq!(r.run(inside, &dns).0, Outcome::Pass, "{entry:?}: reject");
+        assert_eq!(r.reason(inside, Reason::FwReject), 1);
+        if entry == Entry::Tc {
+            let (verdict, _, mark) = testrun::tc_with_mark(&r.dp, inside, &dns);
+            assert_eq!((verdict, mark), (TC_ACT_OK, REJECT_MARK), "reject mark");
+        }
+        // Invalid: SYN+FIN, and an echo reply nobody asked for.
+        let synfin = tcp_with_flags(VM3, 4002, REMOTE, 80, 0x03, ROUTER_IN_MAC);
+        assert_eq!(
+            r.run(inside, &synfin).0,
+            Outcome::Drop,
+            "{entry:?}: SYN+FIN"
+        );
+        let stray = echo(REMOTE, VM3, 9, false, ROUTER_OUT_MAC);
+        assert_eq!(
+            r.run(outside, &stray).0,
+            Outcome::Drop,
+            "{entry:?}: stray echo reply"
+        );
+        assert_eq!(r.reason(inside, Reason::FwInvalid), 1);
+        assert_eq!(r.reason(outside, Reason::FwInvalid), 1);
+        assert_eq!(fixed().invalid.0, 2, "{entry:?}: invalid counter");
+        let c = counters(&mut r);
+        let packets: Vec<u64> = c.iter().map(|c| c.packets).collect();
+        let expect_reject = if entry == Entry::Tc { 2 } else { 1 };
+        assert_eq!(
+            packets,
+            [0, 3, expect_reject, 1, 1],
+            "{entry:?}: per-rule packets"
+        );
+        assert_eq!(
+            c[1].bytes,
+            3 * ping.len() as u64,
+            "{entry:?}: per-rule bytes"
+        );
+        // Traffic between two external addresses is not the firewall's business.
+        let transit = udp(REMOTE, 1, [198, 19, 0, 50], 2, ROUTER_OUT_MAC);
+        assert_eq!(
+            r.run(outside, &transit).0,
+            Outcome::Forward,
+            "{entry:?}: not internal"
+        );
+        // Default allow: the inbound flow passes and is tracked.
+        r.policy(
+            &[],
+            &rules,
+            fw_flags::ENABLED | fw_flags::DEFAULT_ALLOW,
+            false,
+        );
+        assert_eq!(
+            r.run(outside, &inbound).0,
+            Outcome::Forward,
+            "{entry:?}: default allow"
+        );
+        let reply = tcp_with_flags(VM3, 22, REMOTE, 4001, 0x12, ROUTER_IN_MAC);
+        assert_eq!(
+            r.run(inside, &reply).0,
+            Outcome::Forward,
+            "{entry:?}: its reply"
+        );
+        let _ = std::fs::remove_dir_all(&pins);
+    });
+}
+
+#[test]
+fn firewall_keeps_nat_and_tracks_floating_ip_flows() {
+    both(|entry| {
+        let mut r = Router::new(entry).with_nat();
+        let (inside, outside) = (r.inside, r.outside);
+        let allow_out_web = fw_rule(fw_action::ALLOW, 6, ([10, 0, 1, 0], 24), ANY, (80, 80), 0);
+        r.policy(&[], &[allow_out_web], fw_flags::ENABLED, false);
+        // SNAT: the SNAT session is the firewall's session too.
+        let (_, src, _, sport, _) = r.forward(inside, &tcp(VM3, 4100, REMOTE, 80, ROUTER_IN_MAC));
+        assert_eq!(src, GW, "{entry:?}: SNAT with a firewall");
+        let reply = tcp_with_flags(REMOTE, 80, GW, sport, 0x12, ROUTER_OUT_MAC);
+        let (_, _, dst, ..) = r.forward(outside, &reply);
+        assert_eq!(dst, VM3, "{entry:?}: SNAT reply established");
+        // Floating IP out: float-snat, a forward session; its reply established and DNATed.
+        let (_, src, ..) = r.forward(inside, &tcp(FIXED_A, 4200, REMOTE, 80, ROUTER_IN_MAC));
+        assert_eq!(src, FIP_A, "{entry:?}: float-snat with a firewall");
+        let reply = tcp_with_flags(REMOTE, 80, FIP_A, 4200, 0x12, ROUTER_OUT_MAC);
+        let (_, _, dst, ..) = r.forward(outside, &reply);
+        assert_eq!(dst, FIXED_A, "{entry:?}: floating IP reply established");
+        // New flow to the floating IP from outside: default deny (rules see the fixed IP).
+        let inbound = tcp(REMOTE, 4300, FIP_A, 80, ROUTER_OUT_MAC);
+        assert_eq!(
+            r.run(outside, &inbound).0,
+            Outcome::Drop,
+            "{entry:?}: inbound denied"
+        );
+        let allow_in = fw_rule(fw_action::ALLOW, 6, ANY, ([10, 0, 1, 5], 32), (80, 80), 1);
+        r.policy(&[], &[allow_out_web, allow_in], fw_flags::ENABLED, false);
+        let (_, _, dst, ..) = r.forward(outside, &inbound);
+        assert_eq!(dst, FIXED_A, "{entry:?}: inbound allowed by its fixed IP");
+        let sessions = r.dp.sessions().expect("sessions").keys().count();
+        assert_eq!(sessions, 6, "{entry:?}: three sessions, two entries each");
+    });
+}
