@@ -33,8 +33,9 @@ pub mod map_names {
     pub const SOURCE_TABLES: &str = "SOURCE_TABLES";
     pub const FW_RULES: &str = "FW_RULES";
     pub const FW_STATS: &str = "FW_STATS";
+    pub const ALLOWED_SOURCES: &str = "ALLOWED_SOURCES";
     /// Every map above, in the order `routerctl` and the pinning code walk them.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         ROUTES,
         NEIGHBORS,
         IFACES,
@@ -51,6 +52,7 @@ pub mod map_names {
         SOURCE_TABLES,
         FW_RULES,
         FW_STATS,
+        ALLOWED_SOURCES,
     ];
 }
 
@@ -155,7 +157,34 @@ pub mod iface_flags {
     /// `ndo_xdp_xmit`, or a veth whose far end runs XDP or GRO). Without it the XDP entry
     /// hands the frame to the TC entry, which redirects it as an skb.
     pub const XDP_EGRESS: u32 = 1 << 0;
+    /// Anti-spoofing: a packet arriving here is dropped unless its source is in
+    /// `ALLOWED_SOURCES` for this interface.
+    pub const SOURCE_CHECK: u32 = 1 << 1;
 }
+
+/// Key data of the `ALLOWED_SOURCES` trie: `{ prefix_len = 32 + prefix length, SourceKey }`
+/// (the interface always matches in full).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceKey {
+    /// Ingress ifindex in network byte order.
+    pub ifindex_be: [u8; 4],
+    pub addr: [u8; 4],
+}
+
+impl SourceKey {
+    pub const IFINDEX_BITS: u32 = 32;
+
+    pub const fn new(ifindex: u32, addr: [u8; 4]) -> Self {
+        Self {
+            ifindex_be: ifindex.to_be_bytes(),
+            addr,
+        }
+    }
+}
+
+/// Entries of `ALLOWED_SOURCES`.
+pub const MAX_ALLOWED_SOURCES: u32 = 16_384;
 
 /// One interface of the router, keyed by ifindex in the router's namespace.
 #[repr(C)]
@@ -240,6 +269,7 @@ mod pod {
     // SAFETY: all of these are `#[repr(C)]`, contain only integers and explicit padding, and
     // any bit pattern is a valid value.
     unsafe impl aya::Pod for RouteKey {}
+    unsafe impl aya::Pod for SourceKey {}
     unsafe impl aya::Pod for RouteEntry {}
     unsafe impl aya::Pod for NeighborKey {}
     unsafe impl aya::Pod for NeighborEntry {}

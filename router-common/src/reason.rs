@@ -81,11 +81,14 @@ pub enum Reason {
     FwDeny = 33,
     /// No firewall rule matched and the default policy is deny.
     FwDefaultDeny = 34,
+    /// Anti-spoofing: a packet from an internal interface with a source address that is not
+    /// the interface's subnet, a network routed through it, or an allowed source.
+    SpoofedSource = 35,
 }
 
 impl Reason {
     /// Every reason, in numeric order.
-    pub const ALL: [Reason; 31] = [
+    pub const ALL: [Reason; 32] = [
         Reason::Arp,
         Reason::Ipv6,
         Reason::OtherL3,
@@ -117,6 +120,7 @@ impl Reason {
         Reason::FwInvalid,
         Reason::FwDeny,
         Reason::FwDefaultDeny,
+        Reason::SpoofedSource,
     ];
 
     /// First numeric value of the drop reasons.
@@ -161,6 +165,7 @@ impl Reason {
             32 => Some(Reason::FwInvalid),
             33 => Some(Reason::FwDeny),
             34 => Some(Reason::FwDefaultDeny),
+            35 => Some(Reason::SpoofedSource),
             _ => None,
         }
     }
@@ -199,6 +204,7 @@ impl Reason {
             Reason::FwInvalid => "fw_invalid",
             Reason::FwDeny => "fw_deny",
             Reason::FwDefaultDeny => "fw_default_deny",
+            Reason::SpoofedSource => "spoofed_source",
         }
     }
 }

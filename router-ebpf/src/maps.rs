@@ -7,8 +7,8 @@ use aya_ebpf::{
 use router_common::{
     CtEntry, CtKey, DEFAULT_SESSION_ENTRIES, FW_STATS_SLOTS, FipEntry, FipStats, FwRule, FwStats,
     IfaceEntry, IfaceStats, MAX_FLOATING_IPS, MAX_FW_RULES, MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES,
-    MAX_RULES, NatConfig, NeighborEntry, NeighborKey, PolicyConfig, PolicyRule, RouteEntry,
-    RouteKey, SnatStats,
+    MAX_ALLOWED_SOURCES, MAX_RULES, NatConfig, NeighborEntry, NeighborKey, PolicyConfig, PolicyRule, RouteEntry,
+    RouteKey, SnatStats, SourceKey,
 };
 
 /// Every routing table of the router in one trie (see `RouteKey`).
@@ -88,3 +88,8 @@ pub static FW_STATS: PerCpuArray<FwStats> = PerCpuArray::with_max_entries(FW_STA
 /// program run).
 #[map]
 pub static HANDOFF: PerCpuArray<crate::pipeline::Handoff> = PerCpuArray::with_max_entries(1, 0);
+
+/// Anti-spoofing: the sources each internal interface with `SOURCE_CHECK` accepts.
+#[map]
+pub static ALLOWED_SOURCES: LpmTrie<SourceKey, u8> =
+    LpmTrie::with_max_entries(MAX_ALLOWED_SOURCES, 0);

@@ -1,13 +1,16 @@
 //! The fast path, shared by the XDP and TC entries: parse, NAT, policy routing, firewall,
 //! rewrite.
 
-use router_common::{CtKey, IfaceEntry, Reason, ct_dir, fw_flags, iface_role};
+use aya_ebpf::maps::lpm_trie::Key;
+use router_common::{
+    CtKey, IfaceEntry, Reason, SourceKey, ct_dir, fw_flags, iface_flags, iface_role,
+};
 
 use crate::{
     arp, conntrack,
     context::Frame,
     counters, firewall, flow,
-    maps::{HANDOFF, IFACES, POLICY_CONFIG},
+    maps::{ALLOWED_SOURCES, HANDOFF, IFACES, POLICY_CONFIG},
     nat,
     parse::{self, IPPROTO_TCP, Ipv4Packet, L2, L4_OFFSET},
     rewrite, route,
@@ -41,6 +44,9 @@ fn process(frame: &Frame) -> Verdict {
         Ok(pkt) => pkt,
         Err(verdict) => return verdict,
     };
+    if iface.flags & iface_flags::SOURCE_CHECK != 0 && !source_allowed(frame.ingress, pkt.src) {
+        return Verdict::Drop(Reason::SpoofedSource);
+    }
     if iface.role == iface_role::INTERNAL && is_metadata(frame, &pkt) {
         return Verdict::Pass(Reason::Metadata);
     }
@@ -216,6 +222,13 @@ pub fn finish(frame: &Frame) -> u32 {
     };
     rewrite::apply(frame, &pkt, &flow, &plan.target, &hop);
     0
+}
+
+/// Anti-spoofing: whether `src` may arrive on `ingress`.
+#[inline(always)]
+fn source_allowed(ingress: u32, src: [u8; 4]) -> bool {
+    let key = Key::new(SourceKey::IFINDEX_BITS + 32, SourceKey::new(ingress, src));
+    ALLOWED_SOURCES.get(&key).is_some()
 }
 
 /// TCP to 169.254.169.254:80: Neutron redirects it to the metadata proxy.

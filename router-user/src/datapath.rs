@@ -20,7 +20,7 @@ use aya::{
 use router_common::{
     CtEntry, CtKey, FipEntry, FipStats, FwRule, FwStats, IfaceEntry, IfaceStats, MAX_FW_RULES,
     MAX_RULES, NatConfig, NeighborEntry, NeighborKey, PolicyConfig, PolicyRule, RouteEntry,
-    RouteKey, SnatStats, map_names, prog_names,
+    RouteKey, SnatStats, SourceKey, map_names, prog_names,
 };
 
 use crate::{config::Mode, error::Error};
@@ -319,6 +319,33 @@ impl Datapath {
                     .map_err(|e| Error::map("removing from SOURCE_TABLES", e))?;
                 writes += 1;
             }
+        }
+        Ok(writes)
+    }
+
+    /// Makes the anti-spoofing trie equal to `wanted` (prefix length, key), touching only
+    /// entries that differ. Returns the number of writes.
+    pub fn sync_allowed_sources(
+        &mut self,
+        wanted: &std::collections::BTreeSet<(u32, SourceKey)>,
+    ) -> Result<usize, Error> {
+        let mut map: LpmTrie<_, SourceKey, u8> =
+            typed(self.map(map_names::ALLOWED_SOURCES)?, "ALLOWED_SOURCES")?;
+        let mut current = std::collections::BTreeSet::new();
+        for item in map.iter() {
+            let (key, _) = item.map_err(|e| Error::map("reading ALLOWED_SOURCES", e))?;
+            current.insert((key.prefix_len(), key.data()));
+        }
+        let mut writes = 0;
+        for (len, key) in wanted.difference(&current) {
+            map.insert(&Key::new(*len, *key), 1, 0)
+                .map_err(|e| Error::map("writing ALLOWED_SOURCES", e))?;
+            writes += 1;
+        }
+        for (len, key) in current.difference(wanted) {
+            map.remove(&Key::new(*len, *key))
+                .map_err(|e| Error::map("removing from ALLOWED_SOURCES", e))?;
+            writes += 1;
         }
         Ok(writes)
     }

@@ -120,7 +120,13 @@ impl RunningRouter {
             && old.mode == new.mode
             && old.nat.max_sessions == new.nat.max_sessions
             && gateway_ok
-            && new.interfaces.iter().all(|i| old.interfaces.contains(i))
+            && new.interfaces.iter().all(|i| {
+                // Allowed sources change live; anything else about an interface restarts.
+                old.interfaces.iter().any(|o| crate::config::Interface {
+                    allowed_sources: i.allowed_sources.clone(),
+                    ..o.clone()
+                } == *i)
+            })
     }
 
     /// Applies `new` to the running router (see `can_apply`): floating IPs, NAT settings,
@@ -322,11 +328,12 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
             _pad: [0; 2],
             mtu: link.mtu,
             role: *role,
-            flags: if *xdp_egress {
-                iface_flags::XDP_EGRESS
-            } else {
-                0
-            },
+            flags: if *xdp_egress { iface_flags::XDP_EGRESS } else { 0 }
+                | if source_checked(router, &link.name) {
+                    iface_flags::SOURCE_CHECK
+                } else {
+                    0
+                },
             // Every interface its own session zone (see `IfaceEntry::zone`).
             zone: link.index as u16,
             _pad2: [0; 2],
@@ -460,8 +467,47 @@ async fn sync_kernel_policy(handle: &Handle, router: &Router) -> Result<usize, E
     Ok(writes)
 }
 
-/// Writes the fast path's policy: rules (interfaces as ifindexes), firewall and external
-/// source tables. Returns the map writes.
+/// Whether packets arriving on interface `name` are checked against their allowed sources.
+fn source_checked(router: &Router, name: &str) -> bool {
+    router
+        .interfaces
+        .iter()
+        .any(|i| i.name == name && i.source_check)
+}
+
+/// Anti-spoofing: per checked internal interface, the sources it accepts: its subnet, every
+/// destination routed (in any table) through a next hop on it, and its allowed sources. A
+/// default route through it (a firewall leg, say) allows everything.
+fn allowed_sources(
+    router: &Router,
+    ifindex: &BTreeMap<String, u32>,
+) -> std::collections::BTreeSet<(u32, router_common::SourceKey)> {
+    let routes = policy::of(router).routes;
+    let mut out = std::collections::BTreeSet::new();
+    for i in router.interfaces.iter().filter(|i| i.source_check) {
+        let Some(index) = ifindex.get(&i.name) else {
+            continue;
+        };
+        let subnet = i.address.subnet();
+        let routed = routes
+            .iter()
+            .filter(|r| subnet.contains(r.nexthop))
+            .map(|r| r.destination);
+        for prefix in std::iter::once(subnet)
+            .chain(routed)
+            .chain(i.allowed_sources.iter().copied())
+        {
+            out.insert((
+                router_common::SourceKey::IFINDEX_BITS + u32::from(prefix.len),
+                router_common::SourceKey::new(*index, prefix.addr.octets()),
+            ));
+        }
+    }
+    out
+}
+
+/// Writes the fast path's policy: rules (interfaces as ifindexes), firewall, external
+/// source tables and allowed sources. Returns the map writes.
 fn program_policy(
     datapath: &mut Datapath,
     router: &Router,
@@ -494,7 +540,8 @@ fn program_policy(
         .iter()
         .map(|(prefix, table)| ((prefix.addr.octets(), prefix.len), *table))
         .collect();
-    datapath.set_policy(&rules, &fw.rules, fw.flags, &sources)
+    let writes = datapath.sync_allowed_sources(&allowed_sources(router, ifindex))?;
+    Ok(writes + datapath.set_policy(&rules, &fw.rules, fw.flags, &sources)?)
 }
 
 /// The fast path's NAT settings for `router`.
@@ -552,7 +599,12 @@ impl RouterState {
         let mut removed: Vec<(String, IfAddr)> = old
             .interfaces
             .iter()
-            .filter(|i| !new.interfaces.contains(i))
+            .filter(|i| {
+                !new
+                    .interfaces
+                    .iter()
+                    .any(|n| n.name == i.name && n.address == i.address)
+            })
             .map(|i| (i.name.clone(), i.address))
             .collect();
         if let (Some(g), None) = (&old.gateway, &new.gateway) {

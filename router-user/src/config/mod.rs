@@ -188,6 +188,11 @@ pub struct Interface {
     /// Whether XDP-redirected frames are delivered by this interface; `None` = decide from
     /// the interface kind (see `netlink::xdp_egress_default`).
     pub xdp_egress: Option<bool>,
+    /// Anti-spoofing: packets arriving here must come from the interface's subnet, a
+    /// network routed through a next hop on it, or `allowed_sources` (default on).
+    pub source_check: bool,
+    /// Further sources VMs on this interface may use (Neutron's allowed address pairs).
+    pub allowed_sources: Vec<Prefix>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -379,6 +384,9 @@ struct FileInterface {
     name: String,
     address: String,
     xdp_egress: Option<bool>,
+    source_check: Option<bool>,
+    #[serde(default)]
+    allowed_sources: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -575,10 +583,19 @@ fn validate_router(index: usize, r: &FileRouter) -> Result<Router, ConfigError> 
     let mut interfaces = Vec::with_capacity(r.interface.len());
     for (i, f) in r.interface.iter().enumerate() {
         let address = seen.add_iface(&at, &format!("interface[{i}]"), &f.name, &f.address)?;
+        let mut allowed_sources = Vec::with_capacity(f.allowed_sources.len());
+        for (j, text) in f.allowed_sources.iter().enumerate() {
+            let prefix = parse_prefix_or_addr(text).map_err(|problem| {
+                at.bad(&format!("interface[{i}].allowed_sources[{j}]"), text, problem)
+            })?;
+            allowed_sources.push(prefix);
+        }
         interfaces.push(Interface {
             name: f.name.clone(),
             address,
             xdp_egress: f.xdp_egress,
+            source_check: f.source_check.unwrap_or(true),
+            allowed_sources,
         });
     }
 

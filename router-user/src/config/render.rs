@@ -59,6 +59,14 @@ impl Router {
             if let Some(x) = i.xdp_egress {
                 writeln!(s, "xdp_egress = {x}")?;
             }
+            if !i.source_check {
+                writeln!(s, "source_check = false")?;
+            }
+            if !i.allowed_sources.is_empty() {
+                let list: Vec<String> =
+                    i.allowed_sources.iter().map(|p| format!("\"{p}\"")).collect();
+                writeln!(s, "allowed_sources = [{}]", list.join(", "))?;
+            }
         }
         for t in &self.tables {
             writeln!(s, "\n[[router.table]]")?;
