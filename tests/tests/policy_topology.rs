@@ -37,26 +37,7 @@ use router_tests::{
 
 /// The router's firewall counters, through the controller library.
 mod fw {
-    // Until `router_user::firewall` lands: the same signatures, failing when called.
-    // Replace with `use router_user::firewall as api;`.
-    mod api {
-        pub struct RuleCounters {
-            pub index: usize,
-            pub action: String,
-            pub packets: u64,
-        }
-        pub struct FixedCounters {
-            pub established: (u64, u64),
-            pub invalid: (u64, u64),
-            pub default: (u64, u64),
-        }
-        pub fn rule_counters(_: &str) -> Result<Vec<RuleCounters>, String> {
-            Err("router_user::firewall::rule_counters does not exist yet".into())
-        }
-        pub fn fixed_counters(_: &str) -> Result<FixedCounters, String> {
-            Err("router_user::firewall::fixed_counters does not exist yet".into())
-        }
-    }
+    use router_user::firewall as api;
 
     /// (index, action, packets) of each rule, by position in the rule list.
     pub fn rules(router: &str) -> Vec<(usize, String, u64)> {
