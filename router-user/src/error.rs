@@ -70,6 +70,19 @@ pub enum Error {
     NoBpffs(&'static str),
     #[error("router {0} is not running (no pinned maps under {1})")]
     NotRunning(String, String),
+    /// routerd's API socket cannot be connected to.
+    #[error("cannot reach routerd at {path}: {source}")]
+    Unreachable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// routerd refused a request; the message names what is wrong.
+    #[error("{0}")]
+    Api(String),
+    /// routerd's API socket cannot be served.
+    #[error("API socket {path}: {problem}")]
+    Socket { path: String, problem: String },
 }
 
 impl Error {

@@ -1,6 +1,7 @@
 //! The controller of the router fast path, as a library: `routerd` and `routerctl` are thin
 //! shells over it.
 
+pub mod api;
 pub mod config;
 pub mod conntrack;
 pub mod datapath;

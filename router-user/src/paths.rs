@@ -8,6 +8,9 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 pub const PIN_ROOT: &str = "/sys/fs/bpf/neutron-router";
 /// Run-time state (which interfaces each router has), for `routerctl`.
 pub const RUN_DIR: &str = "/run/neutron-router";
+/// The API socket of routerd (newline-delimited JSON, see `docs/api.md`); its directory is
+/// created 0750, the socket is 0660.
+pub const API_SOCKET: &str = "/run/routerd/routerd.sock";
 /// Where network namespaces are bound, as `ip netns` does it.
 pub const NETNS_DIR: &str = "/run/netns";
 

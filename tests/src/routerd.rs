@@ -12,6 +12,9 @@ pub struct Routerd {
     child: Option<Child>,
     pub router_id: String,
     log: PathBuf,
+    /// The API socket of this routerd (`--socket`): one per instance, so that several
+    /// can run side by side (the default path admits one routerd per node).
+    pub socket: PathBuf,
 }
 
 /// The binary `cargo xtask test` built (ROUTERD_BIN), or the debug build next to the tests.
@@ -24,12 +27,20 @@ pub fn routerd_path() -> PathBuf {
 impl Routerd {
     /// Starts routerd on `config` and waits until router `router_id` is attached.
     pub fn start(config: &Path, router_id: &str) -> Self {
+        let socket = std::env::temp_dir().join(format!("routerd-{router_id}.sock"));
+        Self::start_with_socket(config, router_id, &socket)
+    }
+
+    /// As [`Routerd::start`], with the API socket at `socket`.
+    pub fn start_with_socket(config: &Path, router_id: &str, socket: &Path) -> Self {
         let bin = routerd_path();
         let log = std::env::temp_dir().join(format!("routerd-{router_id}.log"));
         let log_file = std::fs::File::create(&log).expect("routerd log file");
         let child = Command::new(&bin)
             .arg("--config")
             .arg(config)
+            .arg("--socket")
+            .arg(socket)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -44,6 +55,7 @@ impl Routerd {
             child: Some(child),
             router_id: router_id.to_string(),
             log,
+            socket: socket.to_path_buf(),
         };
         let info = router_user::paths::router_info_file(router_id);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -120,6 +132,8 @@ impl Drop for Routerd {
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(&self.log);
+        // routerd removes it on a clean exit; not after a kill.
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 

@@ -1,11 +1,31 @@
 //! `routerd --config FILE`: applies a desired state to the routers of this node and keeps
 //! their fast paths running until SIGTERM or SIGINT, then detaches them cleanly. SIGHUP
 //! re-reads the file and applies the difference (an invalid file changes nothing).
+//!
+//! The API socket (`--socket`, `docs/api.md`) takes edits of the desired state: each is
+//! checked whole, written to the file atomically, and applied as SIGHUP applies a file.
+//! Requests and signals are handled one at a time by the main loop, which owns the state
+//! and the running routers.
 
-use std::path::PathBuf;
+use std::{
+    io::Write as _,
+    os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 use clap::Parser;
-use router_user::{config::DesiredState, router::RunningRouter};
+use router_user::{
+    Error,
+    api::{self, ChangeResult, Plan, Request, Response},
+    config::DesiredState,
+    router::RunningRouter,
+};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+};
 
 #[derive(Parser)]
 #[command(
@@ -19,6 +39,10 @@ struct Args {
     /// Validate the file and exit without touching anything.
     #[arg(long)]
     check: bool,
+    /// The API socket (routerctl's verbs that change the desired state use it). Its
+    /// directory is created 0750 if missing; the socket is 0660.
+    #[arg(long, default_value = router_user::paths::API_SOCKET)]
+    socket: PathBuf,
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,8 +58,11 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), router_user::Error> {
-    let state = DesiredState::load(&args.config)?;
+/// A request from a connection, and where its response goes.
+type Job = (Request, oneshot::Sender<Response>);
+
+fn run(args: Args) -> Result<(), Error> {
+    let mut state = DesiredState::load(&args.config)?;
     if args.check {
         println!(
             "{}: valid, {} router(s)",
@@ -46,37 +73,57 @@ fn run(args: Args) -> Result<(), router_user::Error> {
     }
     // Checked before anything is changed, like the configuration.
     if !router_user::paths::bpffs_mounted() {
-        return Err(router_user::Error::NoBpffs(router_user::paths::BPFFS));
+        return Err(Error::NoBpffs(router_user::paths::BPFFS));
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| router_user::Error::io("building the runtime", e))?;
+        .map_err(|e| Error::io("building the runtime", e))?;
+    // Before any router: a second routerd stops here, having touched nothing.
+    let socket = {
+        let _guard = runtime.enter();
+        ApiSocket::bind(&args.socket)?
+    };
     // Routers started so far are stopped (dropped) if a later one fails.
     let mut running = Vec::new();
-    for router in state.routers {
+    for router in state.routers.clone() {
         running.push(RunningRouter::start(router)?);
     }
-    log::info!("routerd: {} router(s) running", running.len());
+    log::info!(
+        "routerd: {} router(s) running; API on {}",
+        running.len(),
+        args.socket.display()
+    );
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())
-            .map_err(|e| router_user::Error::io("SIGTERM handler", e))?;
-        let mut int = signal(SignalKind::interrupt())
-            .map_err(|e| router_user::Error::io("SIGINT handler", e))?;
-        let mut hup = signal(SignalKind::hangup())
-            .map_err(|e| router_user::Error::io("SIGHUP handler", e))?;
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+        let mut int =
+            signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+        let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::io("SIGHUP handler", e))?;
+        let (jobs_tx, mut jobs) = mpsc::channel::<Job>(64);
+        let server = tokio::spawn(socket.serve(jobs_tx));
         loop {
             tokio::select! {
                 _ = term.recv() => { log::info!("routerd: SIGTERM, detaching"); break }
                 _ = int.recv() => { log::info!("routerd: SIGINT, detaching"); break }
-                _ = hup.recv() => match (std::time::Instant::now(), DesiredState::load(&args.config)) {
-                    (started, Ok(new)) => reload(&mut running, new, started).await,
+                _ = hup.recv() => match (Instant::now(), DesiredState::load(&args.config)) {
+                    (started, Ok(new)) => {
+                        state = new.clone();
+                        reload(&mut running, new, started).await;
+                    }
                     (_, Err(e)) => log::error!("routerd: SIGHUP: {e}; nothing changed"),
                 },
+                Some((request, reply)) = jobs.recv() => {
+                    let response = handle(&request, &mut state, &mut running, &args.config).await;
+                    let _ = reply.send(response);
+                }
             }
         }
-        Ok::<(), router_user::Error>(())
+        server.abort();
+        // The socket file goes with the task.
+        let _ = server.await;
+        Ok::<(), Error>(())
     })?;
     for router in running {
         router.stop();
@@ -84,11 +131,330 @@ fn run(args: Args) -> Result<(), router_user::Error> {
     Ok(())
 }
 
+/// One API request, against the state the daemon runs: queries are answered, edits are
+/// checked, written and applied (or rejected with nothing changed).
+async fn handle(
+    request: &Request,
+    state: &mut DesiredState,
+    running: &mut Vec<RunningRouter>,
+    config: &Path,
+) -> Response {
+    let started = Instant::now();
+    let op = op_name(request);
+    let plan = match api::plan(state, request) {
+        Ok(plan) => plan,
+        Err(e) => {
+            if request.is_mutation() {
+                log::warn!("routerd: API {op}: rejected: {e}");
+            }
+            return Response::failure(e);
+        }
+    };
+    let new = match plan {
+        Plan::Answer(value) => return Response::success(value),
+        Plan::Unchanged => {
+            log::info!("routerd: API {op}: already so, nothing written");
+            return Response::success(change_result(Vec::new(), true));
+        }
+        Plan::Change(new) => new,
+    };
+    let changed = api::changed_routers(state, &new);
+    if let Err(e) = write_atomically(config, &new.to_toml()) {
+        log::error!("routerd: API {op}: {e}; nothing changed");
+        return Response::failure(format!("{e}; nothing changed"));
+    }
+    log::info!(
+        "routerd: API {op}: {} written, applying (routers {})",
+        config.display(),
+        changed.join(", ")
+    );
+    *state = new.clone();
+    let failures = reload(running, new, started).await;
+    if failures.is_empty() {
+        Response::success(change_result(changed, false))
+    } else {
+        Response::failure(format!(
+            "the new desired state is saved in {}, but applying it failed: {}",
+            config.display(),
+            failures.join("; ")
+        ))
+    }
+}
+
+fn change_result(changed_routers: Vec<String>, unchanged: bool) -> serde_json::Value {
+    serde_json::to_value(ChangeResult {
+        changed_routers,
+        unchanged,
+    })
+    .unwrap_or_default()
+}
+
+fn op_name(request: &Request) -> String {
+    serde_json::to_value(request)
+        .ok()
+        .and_then(|v| v.get("op").and_then(|o| o.as_str()).map(String::from))
+        .unwrap_or_default()
+}
+
+/// Replaces `path` with `text` so that a crash leaves the old file or the new one, never
+/// a mix: `<path>.tmp` in the same directory, fsync, rename, fsync of the directory. The
+/// file keeps its permissions.
+fn write_atomically(path: &Path, text: &str) -> Result<(), Error> {
+    let name = path.file_name().ok_or_else(|| {
+        Error::io(
+            format!("writing {}", path.display()),
+            std::io::Error::other("not a file name"),
+        )
+    })?;
+    let mut tmp_name = name.to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let io = |what: &str, e| Error::io(format!("{what} {}", tmp.display()), e);
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp).map_err(|e| io("creating", e))?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            file.set_permissions(meta.permissions())
+                .map_err(|e| io("setting the permissions of", e))?;
+        }
+        file.write_all(text.as_bytes())
+            .map_err(|e| io("writing", e))?;
+        file.sync_all().map_err(|e| io("syncing", e))?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(|e| {
+            Error::io(
+                format!("renaming {} to {}", tmp.display(), path.display()),
+                e,
+            )
+        })?;
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+// ---- the API socket --------------------------------------------------------------------
+
+/// The bound socket; the file is removed when the daemon ends (if it is still ours).
+struct ApiSocket {
+    listener: UnixListener,
+    path: PathBuf,
+    /// (device, inode) of the socket file we bound.
+    id: (u64, u64),
+    /// Owner and group at bind time, if the file cannot be read later.
+    owner: (u32, u32),
+}
+
+impl ApiSocket {
+    fn bind(path: &Path) -> Result<Self, Error> {
+        let bad = |problem: String| Error::Socket {
+            path: path.display().to_string(),
+            problem,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(dir)
+                .map_err(|e| bad(format!("creating directory {}: {e}", dir.display())))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
+                .map_err(|e| bad(format!("chmod 0750 {}: {e}", dir.display())))?;
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(bad(
+                    "exists and is not a socket; remove it or give another --socket".into(),
+                ));
+            }
+            Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(bad(
+                        "another routerd is listening on it (stop it first, or give this one another --socket)"
+                            .into(),
+                    ));
+                }
+                Err(e) => {
+                    log::info!(
+                        "routerd: replacing the stale socket {} ({e})",
+                        path.display()
+                    );
+                    std::fs::remove_file(path)
+                        .map_err(|e| bad(format!("removing the stale socket: {e}")))?;
+                }
+            },
+            Err(_) => {}
+        }
+        // No moment with wider permissions than 0660: bind under a strict umask, then set
+        // the mode exactly.
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let bound = std::os::unix::net::UnixListener::bind(path);
+        nix::sys::stat::umask(old);
+        let listener = bound.map_err(|e| bad(format!("bind: {e}")))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .map_err(|e| bad(format!("chmod 0660: {e}")))?;
+        let meta = std::fs::metadata(path).map_err(|e| bad(format!("stat: {e}")))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| bad(format!("non-blocking mode: {e}")))?;
+        let listener = UnixListener::from_std(listener).map_err(|e| bad(e.to_string()))?;
+        Ok(Self {
+            listener,
+            path: path.to_path_buf(),
+            id: (meta.dev(), meta.ino()),
+            owner: (meta.uid(), meta.gid()),
+        })
+    }
+
+    /// Accepts connections until aborted; each runs as a task of its own, its requests
+    /// go to the main loop one by one.
+    async fn serve(self, jobs: mpsc::Sender<Job>) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, _)) => {
+                    let refusal = self.refusal(&stream);
+                    tokio::spawn(connection(stream, refusal, jobs.clone()));
+                }
+                Err(e) => {
+                    log::warn!("routerd: API accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Why a peer may not use the API: it must be root, the socket's owner, or in the
+    /// socket's group (primary or supplementary).
+    fn refusal(&self, stream: &UnixStream) -> Option<String> {
+        let cred = match stream.peer_cred() {
+            Ok(c) => c,
+            Err(e) => return Some(format!("permission denied: peer credentials unknown ({e})")),
+        };
+        let (owner, group) = std::fs::metadata(&self.path)
+            .map(|m| (m.uid(), m.gid()))
+            .unwrap_or(self.owner);
+        let (uid, gid) = (cred.uid(), cred.gid());
+        let allowed = uid == 0
+            || uid == owner
+            || gid == group
+            || cred
+                .pid()
+                .is_some_and(|pid| supplementary_groups(pid).contains(&group));
+        (!allowed).then(|| {
+            format!(
+                "permission denied: uid {uid} (gid {gid}) is not root, the owner of {} (uid {owner}) or in its group (gid {group})",
+                self.path.display()
+            )
+        })
+    }
+}
+
+impl Drop for ApiSocket {
+    fn drop(&mut self) {
+        // Only our own file: another routerd may have replaced it since.
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The supplementary groups of process `pid`, from `/proc/PID/status`.
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// One client: lines in, lines out, until it closes.
+async fn connection(stream: UnixStream, refusal: Option<String>, jobs: mpsc::Sender<Job>) {
+    let (read, mut write) = stream.into_split();
+    if let Some(why) = refusal {
+        log::warn!("routerd: API connection refused: {why}");
+        let _ = write
+            .write_all(Response::failure(why).to_line().as_bytes())
+            .await;
+        let _ = write.shutdown().await;
+        return;
+    }
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = match (&mut reader)
+            .take(api::MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                log::debug!("routerd: API connection: {e}");
+                return;
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        let response = if line.len() > api::MAX_LINE {
+            let r = Response::failure(format!(
+                "malformed request: longer than {} bytes",
+                api::MAX_LINE
+            ));
+            let _ = write.write_all(r.to_line().as_bytes()).await;
+            return;
+        } else {
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim();
+            if text.is_empty() {
+                continue;
+            }
+            match api::parse_request(text) {
+                Err(e) => Response::failure(e),
+                Ok(request) => {
+                    let (tx, rx) = oneshot::channel();
+                    if jobs.send((request, tx)).await.is_err() {
+                        Response::failure("routerd is shutting down")
+                    } else {
+                        rx.await
+                            .unwrap_or_else(|_| Response::failure("routerd is shutting down"))
+                    }
+                }
+            }
+        };
+        if write
+            .write_all(response.to_line().as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
 /// Brings the running routers to `new`: live changes where possible, a restart of one
 /// router where not (a new interface, another mode), start and stop for added and removed
-/// routers. A router that fails keeps running as it was.
+/// routers. A router that fails keeps running as it was. Returns what failed.
 /// `started`: when the file began to be read (the reload time reported includes parsing).
-async fn reload(running: &mut Vec<RunningRouter>, new: DesiredState, started: std::time::Instant) {
+async fn reload(
+    running: &mut Vec<RunningRouter>,
+    new: DesiredState,
+    started: Instant,
+) -> Vec<String> {
+    let mut failures = Vec::new();
     let mut kept = Vec::new();
     for mut router in std::mem::take(running) {
         match new.router(&router.desired.id).cloned() {
@@ -103,6 +469,7 @@ async fn reload(running: &mut Vec<RunningRouter>, new: DesiredState, started: st
             Some(wanted) if router.can_apply(&wanted) => {
                 if let Err(e) = router.apply(wanted).await {
                     log::error!("routerd: {e}");
+                    failures.push(e.to_string());
                 }
                 kept.push(router);
             }
@@ -117,9 +484,13 @@ async fn reload(running: &mut Vec<RunningRouter>, new: DesiredState, started: st
                     Ok(r) => kept.push(r),
                     Err(e) => {
                         log::error!("routerd: {e}; restoring the previous state");
+                        failures.push(e.to_string());
                         match RunningRouter::start(old) {
                             Ok(r) => kept.push(r),
-                            Err(e) => log::error!("routerd: {e}"),
+                            Err(e) => {
+                                log::error!("routerd: {e}");
+                                failures.push(e.to_string());
+                            }
                         }
                     }
                 }
@@ -130,7 +501,10 @@ async fn reload(running: &mut Vec<RunningRouter>, new: DesiredState, started: st
         if !kept.iter().any(|r| r.desired.id == wanted.id) {
             match RunningRouter::start(wanted.clone()) {
                 Ok(r) => kept.push(r),
-                Err(e) => log::error!("routerd: {e}"),
+                Err(e) => {
+                    log::error!("routerd: {e}");
+                    failures.push(e.to_string());
+                }
             }
         }
     }
@@ -140,4 +514,5 @@ async fn reload(running: &mut Vec<RunningRouter>, new: DesiredState, started: st
         started.elapsed().as_micros(),
         running.len()
     );
+    failures
 }

@@ -1,8 +1,18 @@
 //! `routerctl`: the operator's command line. One file per subcommand.
+//!
+//! `stats`, `ct` and `nat` read the running routers' pinned maps; `apply`, `state`,
+//! `route`, `rule` and `fw` talk to routerd over its API socket (`docs/api.md`).
 
+mod apply;
 mod ct;
+mod fw;
 mod nat;
+mod output;
+mod route;
+mod rule;
 mod stats;
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -12,6 +22,13 @@ use clap::{Parser, Subcommand};
     about = "eBPF fast path for Neutron-style routers: the command line"
 )]
 struct Cli {
+    /// routerd's API socket.
+    #[arg(long, global = true, default_value = router_user::paths::API_SOCKET)]
+    socket: PathBuf,
+    /// Output of the API verbs (apply, state, route, rule, fw): aligned columns, or the
+    /// result as JSON.
+    #[arg(long, global = true, value_enum, default_value_t = output::Output::Table)]
+    output: output::Output,
     #[command(subcommand)]
     command: Command,
 }
@@ -26,14 +43,37 @@ enum Command {
     /// Floating IPs and the SNAT gateway with their counters.
     #[command(subcommand)]
     Nat(nat::Command),
+    /// Replaces the whole desired state with a file (checked whole; nothing changes if
+    /// it is invalid).
+    Apply(apply::Args),
+    /// The desired state routerd runs, as a file.
+    State,
+    /// Static routes of a router: add, del, list.
+    #[command(subcommand)]
+    Route(route::Command),
+    /// Policy rules of a router: add, del, list.
+    #[command(subcommand)]
+    Rule(rule::Command),
+    /// The firewall: rules, default policy, steering.
+    #[command(subcommand)]
+    Fw(fw::Command),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let api = output::Api {
+        socket: cli.socket,
+        output: cli.output,
+    };
     let result = match cli.command {
         Command::Stats(args) => stats::run(args),
         Command::Ct(command) => ct::run(command),
         Command::Nat(command) => nat::run(command),
+        Command::Apply(args) => apply::run(&api, args),
+        Command::State => apply::show(&api),
+        Command::Route(command) => route::run(&api, command),
+        Command::Rule(command) => rule::run(&api, command),
+        Command::Fw(command) => fw::run(&api, command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

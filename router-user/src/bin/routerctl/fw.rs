@@ -1,0 +1,223 @@
+use std::fmt::Write as _;
+
+use router_user::{
+    Error,
+    api::{Counter, FirewallListing, Request},
+};
+
+use crate::output::{Api, table};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// The firewall's rules (`[[router.firewall.rule]]`): add, del, list.
+    #[command(subcommand)]
+    Rule(RuleCommand),
+    /// The default policy for packets no rule matches; creates the firewall if the router
+    /// has none.
+    Default {
+        #[arg(long)]
+        router: String,
+        policy: Policy,
+    },
+    /// Steering through a virtual firewall (`[router.steering]`): set, clear.
+    #[command(subcommand)]
+    Steer(SteerCommand),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Policy {
+    Allow,
+    Deny,
+}
+
+#[derive(clap::Subcommand)]
+pub enum RuleCommand {
+    /// Inserts a rule (at the end, or at --position).
+    Add {
+        #[arg(long)]
+        router: String,
+        /// 1-based position to insert at (default: after the last rule).
+        #[arg(long)]
+        position: Option<usize>,
+        /// allow, deny or reject.
+        #[arg(long)]
+        action: String,
+        /// tcp, udp, icmp, any or a protocol number (default: any).
+        #[arg(long)]
+        protocol: Option<String>,
+        /// Source prefix or address (default: any).
+        #[arg(long)]
+        source: Option<String>,
+        /// Destination prefix or address (default: any).
+        #[arg(long)]
+        destination: Option<String>,
+        /// "80", "1000-2000" or "1000:2000" (tcp and udp only; default: every port).
+        #[arg(long)]
+        destination_ports: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Removes the rule at --position (1-based).
+    Del {
+        #[arg(long)]
+        router: String,
+        #[arg(long)]
+        position: usize,
+    },
+    /// The rules in order with their counters, the fixed steps' counters and the steering.
+    List {
+        #[arg(long)]
+        router: String,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum SteerCommand {
+    /// Steers an interface's traffic to the firewall and/or sets the firewall's addresses
+    /// (--nexthop is needed when the router has no steering yet).
+    Set {
+        #[arg(long)]
+        router: String,
+        #[arg(long)]
+        interface: Option<String>,
+        /// The firewall's address for traffic from the steered interfaces.
+        #[arg(long)]
+        nexthop: Option<String>,
+        /// The firewall's address for traffic from the gateway interface.
+        #[arg(long)]
+        gateway_nexthop: Option<String>,
+    },
+    /// Stops steering --interface, or, without it, removes the steering altogether.
+    Clear {
+        #[arg(long)]
+        router: String,
+        #[arg(long)]
+        interface: Option<String>,
+    },
+}
+
+pub fn run(api: &Api, command: Command) -> Result<(), Error> {
+    match command {
+        Command::Rule(RuleCommand::Add {
+            router,
+            position,
+            action,
+            protocol,
+            source,
+            destination,
+            destination_ports,
+            description,
+        }) => api.change(&Request::FwRuleAdd {
+            router,
+            position,
+            action,
+            protocol,
+            source,
+            destination,
+            destination_ports,
+            description,
+        }),
+        Command::Rule(RuleCommand::Del { router, position }) => {
+            api.change(&Request::FwRuleDel { router, position })
+        }
+        Command::Rule(RuleCommand::List { router }) => {
+            api.show(&Request::FwRuleList { router }, listing)
+        }
+        Command::Default { router, policy } => api.change(&Request::FwDefault {
+            router,
+            policy: match policy {
+                Policy::Allow => "allow",
+                Policy::Deny => "deny",
+            }
+            .into(),
+        }),
+        Command::Steer(SteerCommand::Set {
+            router,
+            interface,
+            nexthop,
+            gateway_nexthop,
+        }) => api.change(&Request::FwSteerSet {
+            router,
+            interface,
+            nexthop,
+            gateway_nexthop,
+        }),
+        Command::Steer(SteerCommand::Clear { router, interface }) => {
+            api.change(&Request::FwSteerClear { router, interface })
+        }
+    }
+}
+
+fn listing(fw: FirewallListing) -> String {
+    let mut out = String::new();
+    let count = |v: Option<u64>| v.map_or_else(|| "-".into(), |n| n.to_string());
+    match &fw.default {
+        None => out.push_str("firewall: none\n"),
+        Some(default) => {
+            let _ = writeln!(out, "firewall: default {default}");
+            let rows: Vec<Vec<String>> = fw
+                .rules
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.position.to_string(),
+                        r.action.clone(),
+                        r.protocol.clone(),
+                        r.source.clone(),
+                        r.destination.clone(),
+                        r.destination_ports.clone().unwrap_or_else(|| "any".into()),
+                        count(r.packets),
+                        count(r.bytes),
+                        r.description.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(
+                &[
+                    "POS",
+                    "ACTION",
+                    "PROTO",
+                    "SOURCE",
+                    "DESTINATION",
+                    "PORTS",
+                    "PACKETS",
+                    "BYTES",
+                    "DESCRIPTION",
+                ],
+                &rows,
+            ));
+            if let Some(c) = &fw.counters {
+                let line = |name: &str, c: &Counter| {
+                    vec![name.to_string(), c.packets.to_string(), c.bytes.to_string()]
+                };
+                out.push_str(&table(
+                    &["STEP", "PACKETS", "BYTES"],
+                    &[
+                        line("established", &c.established),
+                        line("invalid", &c.invalid),
+                        line(&format!("default ({default})"), &c.default),
+                    ],
+                ));
+            }
+        }
+    }
+    match &fw.steering {
+        None => out.push_str("steering: none\n"),
+        Some(s) => {
+            let _ = write!(out, "steering: nexthop {}", s.nexthop);
+            if let Some(g) = &s.gateway_nexthop {
+                let _ = write!(out, ", gateway_nexthop {g}");
+            }
+            let _ = writeln!(
+                out,
+                ", interfaces {}",
+                if s.interfaces.is_empty() {
+                    "none".into()
+                } else {
+                    s.interfaces.join(", ")
+                }
+            );
+        }
+    }
+    out
+}

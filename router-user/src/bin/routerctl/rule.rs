@@ -1,0 +1,97 @@
+use router_user::{
+    Error,
+    api::{Request, RuleEntry},
+};
+
+use crate::output::{Api, table};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Adds a policy rule (`[[router.rule]]`), like `ip rule add priority N ... lookup T`.
+    Add {
+        #[arg(long)]
+        router: String,
+        /// 1-29999, unique within the router.
+        #[arg(long, allow_negative_numbers = true)]
+        priority: i64,
+        /// Ingress interface (default: any).
+        #[arg(long)]
+        iif: Option<String>,
+        /// Source prefix or address (default: any).
+        #[arg(long)]
+        from: Option<String>,
+        /// Destination prefix or address (default: any).
+        #[arg(long)]
+        to: Option<String>,
+        /// "main", a table's name or id.
+        #[arg(long)]
+        table: String,
+        /// An identical rule at this priority is not an error.
+        #[arg(long)]
+        may_exist: bool,
+    },
+    /// Removes the rule with this priority.
+    Del {
+        #[arg(long)]
+        router: String,
+        #[arg(long, allow_negative_numbers = true)]
+        priority: i64,
+        /// No such rule is not an error.
+        #[arg(long)]
+        if_exists: bool,
+    },
+    /// The rules by priority, the configured ones and those the router generates.
+    List {
+        #[arg(long)]
+        router: String,
+    },
+}
+
+pub fn run(api: &Api, command: Command) -> Result<(), Error> {
+    match command {
+        Command::Add {
+            router,
+            priority,
+            iif,
+            from,
+            to,
+            table,
+            may_exist,
+        } => api.change(&Request::RuleAdd {
+            router,
+            priority,
+            iif,
+            from,
+            to,
+            table,
+            may_exist,
+        }),
+        Command::Del {
+            router,
+            priority,
+            if_exists,
+        } => api.change(&Request::RuleDel {
+            router,
+            priority,
+            if_exists,
+        }),
+        Command::List { router } => {
+            api.show(&Request::RuleList { router }, |rules: Vec<RuleEntry>| {
+                let rows: Vec<Vec<String>> = rules
+                    .into_iter()
+                    .map(|r| {
+                        vec![
+                            r.priority.to_string(),
+                            r.iif.unwrap_or_else(|| "any".into()),
+                            r.from,
+                            r.to,
+                            r.table,
+                            r.origin,
+                        ]
+                    })
+                    .collect();
+                table(&["PRIORITY", "IIF", "FROM", "TO", "TABLE", "ORIGIN"], &rows)
+            })
+        }
+    }
+}
