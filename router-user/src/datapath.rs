@@ -12,8 +12,10 @@ use aya::{
         PerCpuValues, lpm_trie::Key,
     },
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId,
-        tc::TcAttachOptions, xdp::XdpLinkId,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
+        xdp::{XdpLink, XdpLinkId},
     },
     util::nr_cpus,
 };
@@ -35,18 +37,160 @@ pub struct Datapath {
     ebpf: Ebpf,
     router: String,
     pin_dir: Option<PathBuf>,
+    /// routerd's datapaths outlive the process: maps and links stay pinned when it exits
+    /// (or is killed), and the next routerd adopts them. Others (tests, benchmarks) go
+    /// with the value.
+    persistent: bool,
+    /// Whether `open` found this router's maps pinned and took them over.
+    adopted: bool,
+    /// Map entries written or removed since load: a routerd that adopts an unchanged
+    /// router writes none.
+    writes: usize,
     /// The attachments of each interface, to detach one interface alone.
     links: BTreeMap<u32, (Option<XdpLinkId>, SchedClassifierLinkId)>,
+}
+
+/// Who a router's pins belong to: adopted only by a routerd running the same router in the
+/// same namespace with the same map layouts. Kept beside the router's info file (bpffs holds
+/// only BPF objects).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Owner {
+    pub namespace: String,
+    /// Inode of the network namespace (a namespace deleted and created again under the same
+    /// name is another one).
+    pub netns_inode: u64,
+    /// Changes whenever a shared map type changes size.
+    pub layout: String,
+    /// The desired-state file of the routerd that pinned the router (not part of what
+    /// adoption compares): a routerd removes pinned routers its own file no longer has,
+    /// never another daemon's.
+    #[serde(default)]
+    pub config: String,
+}
+
+static DAEMON_CONFIG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Records the desired-state file of this routerd (see [`Owner::config`]).
+pub fn set_daemon_config(path: &Path) {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let _ = DAEMON_CONFIG.set(path.display().to_string());
+}
+
+impl Owner {
+    /// The owner record of the calling thread's namespace.
+    pub fn current(namespace: &str) -> Result<Self, Error> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata("/proc/thread-self/ns/net")
+            .map_err(|e| Error::io("reading the network namespace", e))?;
+        Ok(Self {
+            namespace: namespace.to_string(),
+            netns_inode: meta.ino(),
+            layout: layout_signature(),
+            config: DAEMON_CONFIG.get().cloned().unwrap_or_default(),
+        })
+    }
+
+    /// Whether a datapath pinned by `self` may be adopted by `other`.
+    fn same_datapath(&self, other: &Owner) -> bool {
+        (&self.namespace, self.netns_inode, &self.layout)
+            == (&other.namespace, other.netns_inode, &other.layout)
+    }
+}
+
+/// Routers pinned by the routerd whose desired-state file is `config`.
+pub fn pinned_routers_of(config: &Path) -> Vec<String> {
+    let config = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    pinned_routers()
+        .into_iter()
+        .filter(|id| {
+            std::fs::read(owner_file(id))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Owner>(&b).ok())
+                .is_some_and(|o| o.config == config.display().to_string())
+        })
+        .collect()
+}
+
+/// The sizes of every shared map key and value: maps pinned by a build with other layouts
+/// are not adopted.
+fn layout_signature() -> String {
+    use std::mem::size_of;
+    format!(
+        "v1:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}",
+        size_of::<RouteKey>(),
+        size_of::<RouteEntry>(),
+        size_of::<IfaceEntry>(),
+        size_of::<IfaceStats>(),
+        size_of::<NatConfig>(),
+        size_of::<CtKey>(),
+        size_of::<CtEntry>(),
+        size_of::<PolicyConfig>(),
+        size_of::<PolicyRule>(),
+        size_of::<FwRule>(),
+        size_of::<FwStats>(),
+        size_of::<SourceKey>(),
+    )
+}
+
+fn owner_file(router: &str) -> PathBuf {
+    PathBuf::from(crate::paths::RUN_DIR).join(format!("{router}.owner"))
+}
+
+fn links_dir(router: &str) -> PathBuf {
+    crate::paths::router_pin_dir(router).join("links")
+}
+
+/// Removes everything a router pinned (links first, which detaches them, then maps) and its
+/// owner record. Nothing of the router stays in the kernel once its last file descriptor
+/// closes.
+pub fn teardown(router: &str) -> Result<(), Error> {
+    let dir = crate::paths::router_pin_dir(router);
+    for sub in [links_dir(router), dir.clone()] {
+        if let Ok(entries) = std::fs::read_dir(&sub) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_file()) {
+                    remove_pin(&entry.path())?;
+                }
+            }
+        }
+    }
+    for d in [links_dir(router), dir] {
+        match std::fs::remove_dir(&d) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(format!("removing {}", d.display()), e));
+            }
+            _ => {}
+        }
+    }
+    remove_pin(&owner_file(router))
+}
+
+/// Routers with pins on this node.
+pub fn pinned_routers() -> Vec<String> {
+    std::fs::read_dir(crate::paths::PIN_ROOT)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| e.file_name().to_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Datapath {
     /// Loads the object and both programs into the kernel (nothing is attached), with a
     /// session table of `session_entries` entries (two per session).
     pub fn load(router: &str, session_entries: u32) -> Result<Self, Error> {
-        let mut ebpf = EbpfLoader::new()
+        let ebpf = EbpfLoader::new()
             .map_max_entries(map_names::SESSIONS, session_entries)
             .load(EBPF_OBJECT)
             .map_err(Box::new)?;
+        Self::with_programs(ebpf, router)
+    }
+
+    /// Loads both programs of `ebpf` into the kernel.
+    fn with_programs(mut ebpf: Ebpf, router: &str) -> Result<Self, Error> {
         let program_error = |what: &str| {
             let what = what.to_string();
             let router = router.to_string();
@@ -69,8 +213,61 @@ impl Datapath {
             ebpf,
             router: router.to_string(),
             pin_dir: None,
+            persistent: false,
+            adopted: false,
+            writes: 0,
             links: BTreeMap::new(),
         })
+    }
+
+    /// Loads the programs for routerd with every map pinned under the router's pin
+    /// directory: maps a previous routerd pinned for the same `owner` are taken over as they
+    /// are (sessions, counters and all); pins of another owner are removed first. Nothing is
+    /// attached yet (see `attach`, which adopts pinned links).
+    pub fn open(router: &str, session_entries: u32, owner: &Owner) -> Result<Self, Error> {
+        let dir = crate::paths::router_pin_dir(router);
+        let recorded: Option<Owner> = std::fs::read(owner_file(router))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let adopt = dir.join(map_names::NAT_CONFIG).exists()
+            && recorded.as_ref().is_some_and(|r| r.same_datapath(owner));
+        if !adopt && dir.exists() {
+            log::info!("router {router}: removing pins of another owner ({recorded:?})");
+            teardown(router)?;
+        }
+        std::fs::create_dir_all(links_dir(router))
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let paths: Vec<(&str, PathBuf)> =
+            map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect();
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(map_names::SESSIONS, session_entries);
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader.load(EBPF_OBJECT).map_err(Box::new)?;
+        let mut dp = Self::with_programs(ebpf, router)?;
+        dp.pin_dir = Some(dir);
+        dp.persistent = true;
+        dp.adopted = adopt;
+        if recorded.as_ref() != Some(owner) {
+            let text = serde_json::to_vec(owner)
+                .map_err(|e| Error::io("encoding the owner record", std::io::Error::other(e)))?;
+            std::fs::create_dir_all(crate::paths::RUN_DIR)
+                .map_err(|e| Error::io(format!("creating {}", crate::paths::RUN_DIR), e))?;
+            std::fs::write(owner_file(router), text)
+                .map_err(|e| Error::io("writing the owner record", e))?;
+        }
+        Ok(dp)
+    }
+
+    /// Whether `open` took over a running router's maps.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Map writes since load (entries written or removed).
+    pub fn writes(&self) -> usize {
+        self.writes
     }
 
     pub fn xdp(&self) -> &Xdp {
@@ -88,51 +285,185 @@ impl Datapath {
     /// Attaches the programs to `interfaces` (by name, in the calling thread's namespace).
     /// XDP mode attaches native XDP and the TC entry beside it (the TC entry forwards what
     /// XDP cannot redirect); TC mode attaches only the TC entry.
-    pub fn attach(&mut self, mode: Mode, interfaces: &[(String, u32)]) -> Result<(), Error> {
-        let router = self.router.clone();
-        let type_error = |what: &str| {
-            let router = router.clone();
-            let what = what.to_string();
-            move |source| Error::Program {
-                router,
-                what,
-                source: Box::new(source),
-            }
-        };
+    ///
+    /// A persistent datapath pins every link. Where a previous routerd left a link pinned for
+    /// the interface, this program replaces the one in it atomically (`bpf_link_update`):
+    /// no packet meets an interface without a program. Pinned links of interfaces no longer
+    /// wanted are removed. Returns how many links were adopted.
+    pub fn attach(&mut self, mode: Mode, interfaces: &[(String, u32)]) -> Result<usize, Error> {
+        let mut adopted = 0;
         for (name, index) in interfaces {
-            let mut xdp_link = None;
-            if mode == Mode::Xdp {
-                let xdp: &mut Xdp = program(&mut self.ebpf, prog_names::XDP)?
-                    .try_into()
-                    .map_err(type_error("XDP program type"))?;
-                let result = xdp.attach_to_if_index(*index, XdpMode::Driver);
-                xdp_link = Some(result.map_err(|source| Error::Program {
-                    router: router.clone(),
-                    what: format!("attaching native XDP to {name} (use mode = \"tc\" for interfaces without native XDP)"),
-                    source: Box::new(source),
-                })?);
+            let xdp_link = if mode == Mode::Xdp {
+                let (id, reused) = self.attach_xdp(name, *index)?;
+                adopted += usize::from(reused);
+                Some(id)
+            } else {
+                self.drop_link_pin(*index, "xdp")?;
+                None
+            };
+            let (tc_link, reused) = self.attach_tc(name, *index)?;
+            adopted += usize::from(reused);
+            self.links.insert(*index, (xdp_link, tc_link));
+        }
+        if self.persistent {
+            let wanted: Vec<String> = interfaces
+                .iter()
+                .flat_map(|(_, i)| [format!("{i}_xdp"), format!("{i}_tc")])
+                .collect();
+            if let Ok(entries) = std::fs::read_dir(links_dir(&self.router)) {
+                for e in entries.flatten() {
+                    let file = e.file_name().to_string_lossy().to_string();
+                    if !wanted.contains(&file) {
+                        log::info!("router {}: removing stale link pin {file}", self.router);
+                        remove_pin(&e.path())?;
+                    }
+                }
             }
-            let tc: &mut SchedClassifier = program(&mut self.ebpf, prog_names::TC)?
-                .try_into()
-                .map_err(type_error("TC program type"))?;
-            let result = tc.attach_with_options(
+        }
+        Ok(adopted)
+    }
+
+    fn link_pin(&self, ifindex: u32, kind: &str) -> Option<PathBuf> {
+        self.persistent
+            .then(|| links_dir(&self.router).join(format!("{ifindex}_{kind}")))
+    }
+
+    fn drop_link_pin(&self, ifindex: u32, kind: &str) -> Result<(), Error> {
+        match self.link_pin(ifindex, kind) {
+            Some(path) => remove_pin(&path),
+            None => Ok(()),
+        }
+    }
+
+    /// Native XDP on `name`: the pinned link's program replaced, or a new link (pinned).
+    fn attach_xdp(&mut self, name: &str, index: u32) -> Result<(XdpLinkId, bool), Error> {
+        let pin = self.link_pin(index, "xdp");
+        let router = self.router.clone();
+        let xdp: &mut Xdp = program(&mut self.ebpf, prog_names::XDP)?
+            .try_into()
+            .map_err(|source| Error::Program {
+                router: router.clone(),
+                what: "XDP program type".into(),
+                source: Box::new(source),
+            })?;
+        if let Some(path) = pin.as_ref().filter(|p| p.exists()) {
+            let adopted = PinnedLink::from_pin(path)
+                .ok()
+                .map(FdLink::from)
+                .and_then(|fd| XdpLink::try_from(fd).ok())
+                .and_then(|link| xdp.attach_to_link(link).ok());
+            match adopted {
+                Some(id) => return Ok((id, true)),
+                None => {
+                    log::info!("router {router}: pinned XDP link of {name} is gone; attaching anew");
+                    remove_pin(path)?;
+                }
+            }
+        }
+        let id = xdp
+            .attach_to_if_index(index, XdpMode::Driver)
+            .map_err(|source| Error::Program {
+                router: router.clone(),
+                what: format!(
+                    "attaching native XDP to {name} (use mode = \"tc\" for interfaces without native XDP)"
+                ),
+                source: Box::new(source),
+            })?;
+        let Some(path) = pin else {
+            return Ok((id, false));
+        };
+        let pin_error = |what: String| {
+            let router = router.clone();
+            move |e: String| Error::io(format!("router {router}: {what}"), std::io::Error::other(e))
+        };
+        let link = xdp.take_link(id).map_err(|source| Error::Program {
+            router: router.clone(),
+            what: format!("taking the XDP link of {name}"),
+            source: Box::new(source),
+        })?;
+        let fd = FdLink::try_from(link)
+            .map_err(|e| pin_error(format!("XDP link of {name}"))(e.to_string()))?;
+        let pinned = fd
+            .pin(&path)
+            .map_err(|e| pin_error(format!("pinning the XDP link of {name}"))(e.to_string()))?;
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|e| pin_error(format!("XDP link of {name}"))(e.to_string()))?;
+        let id = xdp.attach_to_link(link).map_err(|source| Error::Program {
+            router,
+            what: format!("keeping the XDP link of {name}"),
+            source: Box::new(source),
+        })?;
+        Ok((id, false))
+    }
+
+    /// The TC entry on `name` (tcx ingress), adopted or new, like `attach_xdp`.
+    fn attach_tc(&mut self, name: &str, index: u32) -> Result<(SchedClassifierLinkId, bool), Error> {
+        let pin = self.link_pin(index, "tc");
+        let router = self.router.clone();
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, prog_names::TC)?
+            .try_into()
+            .map_err(|source| Error::Program {
+                router: router.clone(),
+                what: "TC program type".into(),
+                source: Box::new(source),
+            })?;
+        if let Some(path) = pin.as_ref().filter(|p| p.exists()) {
+            let adopted = PinnedLink::from_pin(path)
+                .ok()
+                .map(FdLink::from)
+                .and_then(|fd| SchedClassifierLink::try_from(fd).ok())
+                .and_then(|link| tc.attach_to_link(link).ok());
+            match adopted {
+                Some(id) => return Ok((id, true)),
+                None => {
+                    log::info!("router {router}: pinned TC link of {name} is gone; attaching anew");
+                    remove_pin(path)?;
+                }
+            }
+        }
+        let id = tc
+            .attach_with_options(
                 name,
                 TcAttachType::Ingress,
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
-            );
-            let tc_link = result.map_err(|source| Error::Program {
+            )
+            .map_err(|source| Error::Program {
                 router: router.clone(),
                 what: format!("attaching TC (tcx ingress) to {name}"),
                 source: Box::new(source),
             })?;
-            self.links.insert(*index, (xdp_link, tc_link));
-        }
-        Ok(())
+        let Some(path) = pin else {
+            return Ok((id, false));
+        };
+        let pin_error = |what: String, e: String| {
+            Error::io(format!("router {router}: {what}"), std::io::Error::other(e))
+        };
+        let link = tc.take_link(id).map_err(|source| Error::Program {
+            router: router.clone(),
+            what: format!("taking the TC link of {name}"),
+            source: Box::new(source),
+        })?;
+        let fd = FdLink::try_from(link)
+            .map_err(|e| pin_error(format!("TC link of {name}"), e.to_string()))?;
+        let pinned = fd
+            .pin(&path)
+            .map_err(|e| pin_error(format!("pinning the TC link of {name}"), e.to_string()))?;
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+            .map_err(|e| pin_error(format!("TC link of {name}"), e.to_string()))?;
+        let id = tc.attach_to_link(link).map_err(|source| Error::Program {
+            router: router.clone(),
+            what: format!("keeping the TC link of {name}"),
+            source: Box::new(source),
+        })?;
+        Ok((id, false))
     }
 
     /// Detaches the programs from one interface and forgets it (the interface was removed
     /// from the router).
     pub fn detach_iface(&mut self, ifindex: u32) -> Result<(), Error> {
+        // Unpinned first: the link goes when its last file descriptor (ours) closes.
+        self.drop_link_pin(ifindex, "xdp")?;
+        self.drop_link_pin(ifindex, "tc")?;
         if let Some((xdp_link, tc_link)) = self.links.remove(&ifindex) {
             let router = self.router.clone();
             let type_error = |source| Error::Program {
@@ -156,12 +487,19 @@ impl Datapath {
 
     pub fn set_nat_config(&mut self, cfg: NatConfig) -> Result<(), Error> {
         let mut map: Array<_, NatConfig> = typed(self.map(map_names::NAT_CONFIG)?, "NAT_CONFIG")?;
-        map.set(0, cfg, 0)
-            .map_err(|e| Error::map("writing NAT_CONFIG", e))
+        if map.get(&0, 0).ok() == Some(cfg) {
+            return Ok(());
+        }
+        let result = map
+            .set(0, cfg, 0)
+            .map_err(|e| Error::map("writing NAT_CONFIG", e));
+        self.writes += 1;
+        result
     }
 
     /// Adds (or changes) floating IP `fip` for `fixed`, with zeroed counters for a new one.
     pub fn set_floating_ip(&mut self, fip: [u8; 4], fixed: [u8; 4]) -> Result<(), Error> {
+        self.writes += 2;
         let mut stats: PerCpuHashMap<_, [u8; 4], FipStats> =
             typed(self.map(map_names::FIP_STATS)?, "FIP_STATS")?;
         if stats.get(&fip, 0).is_err() {
@@ -187,6 +525,7 @@ impl Datapath {
 
     /// Removes floating IP `fip`: from then on no packet is translated by it.
     pub fn remove_floating_ip(&mut self, fip: [u8; 4]) -> Result<(), Error> {
+        self.writes += 2;
         let mut by_address: HashMap<_, [u8; 4], FipEntry> =
             typed(self.map(map_names::FIP_BY_ADDRESS)?, "FIP_BY_ADDRESS")?;
         let fixed = by_address.get(&fip, 0).ok().map(|e| e.addr);
@@ -216,8 +555,23 @@ impl Datapath {
             .collect()
     }
 
+    /// Makes the floating IPs these (floating IP -> fixed IP), writing only differences.
+    pub fn sync_floating_ips(&mut self, wanted: &BTreeMap<[u8; 4], [u8; 4]>) -> Result<(), Error> {
+        let current = self.floating_ips()?;
+        for (fip, fixed) in wanted {
+            if current.get(fip) != Some(fixed) {
+                self.set_floating_ip(*fip, *fixed)?;
+            }
+        }
+        for fip in current.keys().filter(|f| !wanted.contains_key(*f)) {
+            self.remove_floating_ip(*fip)?;
+        }
+        Ok(())
+    }
+
     /// Zeroed SNAT counters (the array entry exists from load; this makes it explicit).
     pub fn reset_snat_stats(&mut self) -> Result<(), Error> {
+        self.writes += 1;
         let mut map: PerCpuArray<_, SnatStats> =
             typed(self.map(map_names::SNAT_STATS)?, "SNAT_STATS")?;
         let cpus = nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
@@ -320,6 +674,7 @@ impl Datapath {
                 writes += 1;
             }
         }
+        self.writes += writes;
         Ok(writes)
     }
 
@@ -347,6 +702,7 @@ impl Datapath {
                 .map_err(|e| Error::map("removing from ALLOWED_SOURCES", e))?;
             writes += 1;
         }
+        self.writes += writes;
         Ok(writes)
     }
 
@@ -355,6 +711,7 @@ impl Datapath {
         if slots.is_empty() {
             return Ok(());
         }
+        self.writes += slots.len();
         let mut map: PerCpuArray<_, FwStats> = typed(self.map(map_names::FW_STATS)?, "FW_STATS")?;
         let cpus = nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
         for slot in slots {
@@ -399,8 +756,11 @@ impl Datapath {
 
     pub fn set_iface(&mut self, ifindex: u32, entry: IfaceEntry) -> Result<(), Error> {
         let mut map: HashMap<_, u32, IfaceEntry> = typed(self.map(map_names::IFACES)?, "IFACES")?;
-        map.insert(ifindex, entry, 0)
-            .map_err(|e| Error::map(format!("IFACES[{ifindex}]"), e))?;
+        if map.get(&ifindex, 0).ok() != Some(entry) {
+            map.insert(ifindex, entry, 0)
+                .map_err(|e| Error::map(format!("IFACES[{ifindex}]"), e))?;
+            self.writes += 1;
+        }
         // Counters exist from the start, so the programs only ever update them.
         let mut stats: PerCpuHashMap<_, u32, IfaceStats> =
             typed(self.map(map_names::IFACE_STATS)?, "IFACE_STATS")?;
@@ -411,6 +771,7 @@ impl Datapath {
             stats
                 .insert(ifindex, zero, 0)
                 .map_err(|e| Error::map(format!("IFACE_STATS[{ifindex}]"), e))?;
+            self.writes += 1;
         }
         Ok(())
     }
@@ -420,13 +781,17 @@ impl Datapath {
         let _ = map.remove(&ifindex);
         let mut devs: DevMapHash<_> = typed(self.map(map_names::EGRESS_DEVS)?, "EGRESS_DEVS")?;
         let _ = devs.remove(ifindex);
+        self.writes += 2;
         Ok(())
     }
 
     /// Lets XDP redirect into `ifindex` (call only for egresses that deliver XDP frames).
     pub fn set_xdp_egress(&mut self, ifindex: u32) -> Result<(), Error> {
         let mut devs: DevMapHash<_> = typed(self.map(map_names::EGRESS_DEVS)?, "EGRESS_DEVS")?;
-        devs.insert(ifindex, ifindex, None, 0).map_err(|e| match e {
+        if devs.get(ifindex, 0).is_ok() {
+            return Ok(());
+        }
+        let result = devs.insert(ifindex, ifindex, None, 0).map_err(|e| match e {
             aya::maps::xdp::XdpMapError::MapError(e) => {
                 Error::map(format!("EGRESS_DEVS[{ifindex}]"), e)
             }
@@ -434,7 +799,9 @@ impl Datapath {
                 format!("EGRESS_DEVS[{ifindex}]"),
                 std::io::Error::other(other.to_string()),
             ),
-        })
+        });
+        self.writes += 1;
+        result
     }
 
     pub fn routes(&mut self) -> Result<BTreeMap<RouteSlot, RouteEntry>, Error> {
@@ -469,6 +836,7 @@ impl Datapath {
                 .map_err(|e| Error::map("removing from ROUTES", e))?;
             writes += 1;
         }
+        self.writes += writes;
         Ok(writes)
     }
 
@@ -479,7 +847,7 @@ impl Datapath {
     ) -> Result<(), Error> {
         let mut map: HashMap<_, NeighborKey, NeighborEntry> =
             typed(self.map(map_names::NEIGHBORS)?, "NEIGHBORS")?;
-        match entry {
+        let result = match entry {
             Some(entry) => map
                 .insert(key, entry, 0)
                 .map_err(|e| Error::map("writing NEIGHBORS", e)),
@@ -487,23 +855,32 @@ impl Datapath {
                 let _ = map.remove(&key);
                 Ok(())
             }
-        }
+        };
+        self.writes += 1;
+        result
     }
 
     /// Makes the neighbour map equal to `wanted`.
     pub fn sync_neighbors(&mut self, wanted: &[(NeighborKey, NeighborEntry)]) -> Result<(), Error> {
         let mut map: HashMap<_, NeighborKey, NeighborEntry> =
             typed(self.map(map_names::NEIGHBORS)?, "NEIGHBORS")?;
-        let current: Vec<NeighborKey> = map.keys().filter_map(Result::ok).collect();
-        for key in current {
-            if !wanted.iter().any(|(k, _)| *k == key) {
-                let _ = map.remove(&key);
+        let current: std::collections::HashMap<NeighborKey, NeighborEntry> =
+            map.iter().filter_map(Result::ok).collect();
+        let mut writes = 0;
+        for key in current.keys() {
+            if !wanted.iter().any(|(k, _)| k == key) {
+                let _ = map.remove(key);
+                writes += 1;
             }
         }
         for (key, entry) in wanted {
-            map.insert(key, entry, 0)
-                .map_err(|e| Error::map("writing NEIGHBORS", e))?;
+            if current.get(key) != Some(entry) {
+                map.insert(key, entry, 0)
+                    .map_err(|e| Error::map("writing NEIGHBORS", e))?;
+                writes += 1;
+            }
         }
+        self.writes += writes;
         Ok(())
     }
 
@@ -516,9 +893,13 @@ impl Datapath {
 }
 
 impl Drop for Datapath {
-    /// Dropping the `Ebpf` detaches every link; the pins go too, so nothing of this router
-    /// stays in the kernel.
+    /// A datapath of tests and benchmarks goes entirely: dropping the `Ebpf` detaches every
+    /// link and the pins are removed. routerd's (persistent) stays pinned and attached for
+    /// the next routerd; `teardown` removes it.
     fn drop(&mut self) {
+        if self.persistent {
+            return;
+        }
         if let Some(dir) = &self.pin_dir {
             for name in map_names::ALL {
                 let _ = std::fs::remove_file(dir.join(name));

@@ -20,3 +20,9 @@ pub fn write_sysctl(name: &str, value: &str) -> io::Result<()> {
     let path = format!("/proc/sys/{}", name.replace('.', "/"));
     std::fs::write(path, value)
 }
+
+/// A sysctl of the calling thread's namespace, trimmed; `None` if it cannot be read.
+pub fn read_sysctl(name: &str) -> Option<String> {
+    let path = format!("/proc/sys/{}", name.replace('.', "/"));
+    std::fs::read_to_string(path).ok().map(|v| v.trim().to_string())
+}

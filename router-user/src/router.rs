@@ -59,7 +59,8 @@ pub struct RunningRouter {
     pub info: RouterInfo,
     /// The desired state the router runs.
     pub desired: Router,
-    stop: Option<oneshot::Sender<()>>,
+    /// `true`: detach and remove everything; `false`: leave the fast path running.
+    stop: Option<oneshot::Sender<bool>>,
     thread: Option<JoinHandle<()>>,
     changes: tmpsc::UnboundedSender<Change>,
 }
@@ -149,14 +150,21 @@ impl RunningRouter {
         Ok(())
     }
 
-    /// Detaches the fast path, removes the pins, and waits for the thread.
+    /// Stops following the router, leaving its fast path running and pinned for the next
+    /// routerd (which adopts it), and waits for the thread.
     pub fn stop(mut self) {
-        self.shutdown();
+        self.shutdown(false);
     }
 
-    fn shutdown(&mut self) {
+    /// Detaches the fast path, removes its pins and slow-path rules (the router is gone from
+    /// the desired state), and waits for the thread.
+    pub fn remove(mut self) {
+        self.shutdown(true);
+    }
+
+    fn shutdown(&mut self, teardown: bool) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(teardown);
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -166,14 +174,14 @@ impl RunningRouter {
 
 impl Drop for RunningRouter {
     fn drop(&mut self) {
-        self.shutdown();
+        self.shutdown(false);
     }
 }
 
 fn run(
     router: Router,
     ready: mpsc::Sender<Result<RouterInfo, Error>>,
-    stop: oneshot::Receiver<()>,
+    stop: oneshot::Receiver<bool>,
     changes: tmpsc::UnboundedReceiver<Change>,
 ) {
     let fail = |e| {
@@ -221,13 +229,25 @@ fn run(
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        if let Err(e) = state.mirror(&handle, stop, changes).await {
-            log::error!("router {}: mirror stopped: {e}", router.id);
+        let teardown = match state.mirror(&handle, stop, changes).await {
+            Ok(teardown) => teardown,
+            Err(e) => {
+                log::error!("router {}: mirror stopped: {e}", router.id);
+                false
+            }
+        };
+        if teardown {
+            slowpath::remove(&router.id);
+            let _ = std::fs::remove_file(paths::router_info_file(&router.id));
+            drop(state);
+            match crate::datapath::teardown(&router.id) {
+                Ok(()) => log::info!("router {}: detached and removed", router.id),
+                Err(e) => log::error!("router {}: removing its pins: {e}", router.id),
+            }
+        } else {
+            // The fast path keeps forwarding; the next routerd adopts it.
+            log::info!("router {}: left running for the next routerd", router.id);
         }
-        slowpath::remove();
-        let _ = std::fs::remove_file(paths::router_info_file(&router.id));
-        log::info!("router {}: detached", router.id);
-        // `state` drops here: links detach and pins are removed.
     });
 }
 
@@ -285,12 +305,16 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
 
     // The kernel stays the slow path: it forwards what the fast path hands over (and
     // answers TTL expiry), so it needs forwarding on and the same addresses and routes.
-    netns::write_sysctl("net.ipv4.ip_forward", "1").map_err(|e| {
-        Error::io(
-            format!("router {}: enabling net.ipv4.ip_forward", router.id),
-            e,
-        )
-    })?;
+    let mut kernel_writes = 0;
+    if netns::read_sysctl("net.ipv4.ip_forward").as_deref() != Some("1") {
+        netns::write_sysctl("net.ipv4.ip_forward", "1").map_err(|e| {
+            Error::io(
+                format!("router {}: enabling net.ipv4.ip_forward", router.id),
+                e,
+            )
+        })?;
+        kernel_writes += 1;
+    }
     for (link, addr, _, _) in &links {
         if !link.up {
             netlink::set_up(handle, link.index)
@@ -302,6 +326,7 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
             .map_err(nl(format!("adding {addr} to {}", link.name)))?
         {
             log::info!("router {}: added {addr} to {}", router.id, link.name);
+            kernel_writes += 1;
         }
     }
     if let (Some(g), Some((link, ..))) = (
@@ -314,12 +339,20 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
                 .map_err(nl(format!("adding {} to {}", subnet.address, link.name)))?
             {
                 log::info!("router {}: added {} to {}", router.id, subnet.address, link.name);
+                kernel_writes += 1;
             }
         }
     }
-    sync_kernel_policy(handle, router).await?;
+    kernel_writes += sync_kernel_policy(handle, router).await?;
 
-    let mut datapath = Datapath::load(&router.id, router.nat.max_sessions.saturating_mul(2))?;
+    // A routerd that ran this router before left its maps and links pinned: they are taken
+    // over as they are (sessions, counters), and below only differences are written.
+    let owner = crate::datapath::Owner::current(&router.namespace)?;
+    let mut datapath = Datapath::open(
+        &router.id,
+        router.nat.max_sessions.saturating_mul(2),
+        &owner,
+    )?;
     let mut ifaces = BTreeMap::new();
     let mut infos = Vec::new();
     for (link, _, role, xdp_egress) in &links {
@@ -360,14 +393,21 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
         .find(|(_, _, role, _)| *role == iface_role::EXTERNAL)
         .map(|(l, ..)| l.index);
     datapath.set_nat_config(nat_config(router, gateway_ifindex))?;
-    datapath.reset_snat_stats()?;
-    for f in &router.floating_ips {
-        datapath.set_floating_ip(f.address.octets(), f.fixed.octets())?;
+    if !datapath.adopted() {
+        datapath.reset_snat_stats()?;
     }
+    let fips = router
+        .floating_ips
+        .iter()
+        .map(|f| (f.address.octets(), f.fixed.octets()))
+        .collect();
+    datapath.sync_floating_ips(&fips)?;
     let names: BTreeMap<String, u32> = links.iter().map(|(l, ..)| (l.name.clone(), l.index)).collect();
     program_policy(&mut datapath, router, &names)?;
     // The kernel's NAT rules are in place before the fast path hands it anything.
-    slowpath::apply(router)?;
+    if slowpath::ensure(router)? {
+        kernel_writes += 1;
+    }
     let mut state = RouterState {
         id: router.id.clone(),
         router: router.clone(),
@@ -381,14 +421,24 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
         ifaces,
     };
     state.resync(handle).await?;
-    state
-        .datapath
-        .pin_maps(&paths::router_pin_dir(&router.id))?;
     let attach: Vec<(String, u32)> = links
         .iter()
         .map(|(l, ..)| (l.name.clone(), l.index))
         .collect();
-    state.datapath.attach(router.mode, &attach)?;
+    let adopted_links = state.datapath.attach(router.mode, &attach)?;
+    if state.datapath.adopted() {
+        log::info!(
+            "router {}: adopted the running fast path ({adopted_links} links, programs replaced atomically); {} map writes, {kernel_writes} kernel writes",
+            router.id,
+            state.datapath.writes()
+        );
+    } else {
+        log::info!(
+            "router {}: new fast path; {} map writes, {kernel_writes} kernel writes",
+            router.id,
+            state.datapath.writes()
+        );
+    }
     Ok(state)
 }
 
@@ -787,12 +837,13 @@ impl RouterState {
 
     /// Follows netlink events until `stop` fires: neighbours are applied one by one as they
     /// change, route and address changes trigger a re-mirror of the routes.
+    /// Returns whether the router is to be torn down (rather than left running).
     async fn mirror(
         &mut self,
         handle: &Handle,
-        mut stop: oneshot::Receiver<()>,
+        mut stop: oneshot::Receiver<bool>,
         mut changes: tmpsc::UnboundedReceiver<Change>,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let groups = [
             MulticastGroup::Neigh,
             MulticastGroup::Ipv4Route,
@@ -809,7 +860,7 @@ impl RouterState {
         let mut gc = tokio::time::interval(GC_INTERVAL);
         loop {
             tokio::select! {
-                _ = &mut stop => return Ok(()),
+                teardown = &mut stop => return Ok(teardown.unwrap_or(false)),
                 Some(change) = changes.recv() => {
                     let result = self.reconfigure(handle, change.router).await;
                     if let Err(e) = &result {

@@ -242,12 +242,42 @@ pub fn update(old: &Router, new: &Router) -> Result<(), Error> {
     if s.is_empty() {
         return Ok(());
     }
-    run_nft(&new.id, &s)
+    run_nft(&new.id, &s)?;
+    let _ = std::fs::write(applied_file(&new.id), ruleset(new));
+    Ok(())
 }
 
 /// Replaces the router's slow-path rules in the calling thread's namespace.
 pub fn apply(router: &Router) -> Result<(), Error> {
-    run_nft(&router.id, &ruleset(router))
+    let rules = ruleset(router);
+    run_nft(&router.id, &rules)?;
+    let _ = std::fs::write(applied_file(&router.id), rules);
+    Ok(())
+}
+
+/// Applies the router's rules unless the kernel has exactly these already (the table
+/// exists and the last ruleset applied for this router is the same text). Returns whether
+/// it wrote.
+pub fn ensure(router: &Router) -> Result<bool, Error> {
+    let rules = ruleset(router);
+    let same = std::fs::read_to_string(applied_file(&router.id)).is_ok_and(|r| r == rules);
+    let present = Command::new("nft")
+        .args(["list", "table", "ip", TABLE])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if same && present {
+        return Ok(false);
+    }
+    apply(router)?;
+    Ok(true)
+}
+
+/// The ruleset last applied for `router` (in the run directory, gone at reboot with the
+/// kernel state it describes).
+fn applied_file(router: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(crate::paths::RUN_DIR).join(format!("{router}.nft"))
 }
 
 /// Runs `nft -f -` on `rules` (one transaction: all or nothing).
@@ -278,8 +308,9 @@ fn run_nft(id: &str, rules: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Removes the router's slow-path rules (the router is being stopped).
-pub fn remove() {
+/// Removes the router's slow-path rules (the router is being removed).
+pub fn remove(router: &str) {
+    let _ = std::fs::remove_file(applied_file(router));
     let _ = Command::new("nft")
         .args(["delete", "table", "ip", TABLE])
         .stderr(std::process::Stdio::null())

@@ -1,4 +1,5 @@
-//! The real `routerd` binary as a child process, stopped with SIGTERM on drop.
+//! The real `routerd` binary as a child process. Dropping it stops the daemon (SIGTERM) and
+//! removes the fast paths it left pinned (`routerd --teardown`), so nothing outlives a test.
 
 use std::{
     path::{Path, PathBuf},
@@ -15,6 +16,7 @@ pub struct Routerd {
     /// The API socket of this routerd (`--socket`): one per instance, so that several
     /// can run side by side (the default path admits one routerd per node).
     pub socket: PathBuf,
+    config: PathBuf,
 }
 
 /// The binary `cargo xtask test` built (ROUTERD_BIN), or the debug build next to the tests.
@@ -34,6 +36,9 @@ impl Routerd {
     /// As [`Routerd::start`], with the API socket at `socket`.
     pub fn start_with_socket(config: &Path, router_id: &str, socket: &Path) -> Self {
         let bin = routerd_path();
+        // routerd writes it once the router forwards (and leaves it when it exits, for the
+        // next routerd): a fresh one is the sign of this start.
+        let _ = std::fs::remove_file(router_user::paths::router_info_file(router_id));
         let log = std::env::temp_dir().join(format!("routerd-{router_id}.log"));
         let log_file = std::fs::File::create(&log).expect("routerd log file");
         let child = Command::new(&bin)
@@ -56,6 +61,7 @@ impl Routerd {
             router_id: router_id.to_string(),
             log,
             socket: socket.to_path_buf(),
+            config: config.to_path_buf(),
         };
         let info = router_user::paths::router_info_file(router_id);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -93,7 +99,24 @@ impl Routerd {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// SIGTERM, then waits for a clean exit; returns the exit status's success.
+    /// `kill -9`: the daemon dies at once, leaving its fast paths running and pinned.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Removes every fast path this routerd's desired-state file pinned.
+    pub fn teardown(&self) {
+        for id in router_user::datapath::pinned_routers_of(&self.config) {
+            let _ = router_user::datapath::teardown(&id);
+            let _ = std::fs::remove_file(router_user::paths::router_info_file(&id));
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the exit status's success. The fast
+    /// paths stay (see `teardown`).
     pub fn stop(&mut self) -> bool {
         let Some(mut child) = self.child.take() else {
             return true;
@@ -122,15 +145,20 @@ impl Drop for Routerd {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(5);
+            let mut exited = false;
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
-                    return;
+                    exited = true;
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            if !exited {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
+        self.teardown();
         let _ = std::fs::remove_file(&self.log);
         // routerd removes it on a clean exit; not after a kill.
         let _ = std::fs::remove_file(&self.socket);

@@ -219,12 +219,34 @@ fn routed(mode: &str, xdp_egress: bool) {
         "routerctl stats table"
     );
 
-    // SIGTERM detaches cleanly: pins gone, the kernel forwards again.
+    // SIGTERM ends the daemon, not the fast path: pins stay and packets are still
+    // forwarded without the kernel.
     assert!(
         routerd.stop(),
         "{mode}: routerd exit status\n{}",
         routerd.log_text()
     );
+    assert!(
+        router_user::paths::router_pin_dir(&id).join("links").exists(),
+        "{mode}: pins gone after SIGTERM"
+    );
+    let kernel_before = traffic::forwarded_by_kernel(&topo.router_ns);
+    assert!(
+        traffic::ping(&topo.vm_a_ns, VM_B, 3),
+        "{mode}: fast path after routerd exited"
+    );
+    assert_eq!(
+        traffic::forwarded_by_kernel(&topo.router_ns),
+        kernel_before,
+        "{mode}: the kernel forwarded while no routerd ran"
+    );
+
+    // Teardown detaches: pins gone, the kernel forwards again.
+    let out = std::process::Command::new(router_tests::routerd::routerd_path())
+        .args(["--teardown", &id])
+        .output()
+        .expect("running routerd --teardown");
+    assert!(out.status.success(), "{mode}: teardown failed: {out:?}");
     assert!(
         !router_user::paths::router_pin_dir(&id).exists(),
         "{mode}: pins left behind"
@@ -233,6 +255,8 @@ fn routed(mode: &str, xdp_egress: bool) {
         !router_user::paths::router_info_file(&id).exists(),
         "{mode}: info file left behind"
     );
+    // The kernel releases an unpinned link from a work queue: give it a moment.
+    std::thread::sleep(std::time::Duration::from_millis(200));
     let kernel_before = traffic::forwarded_by_kernel(&topo.router_ns);
     assert!(
         traffic::ping(&topo.vm_a_ns, VM_B, 2),

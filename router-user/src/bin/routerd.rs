@@ -1,6 +1,9 @@
 //! `routerd --config FILE`: applies a desired state to the routers of this node and keeps
-//! their fast paths running until SIGTERM or SIGINT, then detaches them cleanly. SIGHUP
-//! re-reads the file and applies the difference (an invalid file changes nothing).
+//! their fast paths in step with it. SIGHUP re-reads the file and applies the difference
+//! (an invalid file changes nothing). SIGTERM or SIGINT (or `kill -9`) end the daemon but
+//! not the fast paths: programs, links and maps stay pinned and keep forwarding, and the
+//! next routerd adopts them without rebuilding anything. A router removed from the desired
+//! state is detached and its pins removed; `routerd --teardown` removes routers by hand.
 //!
 //! The API socket (`--socket`, `docs/api.md`) takes edits of the desired state: each is
 //! checked whole, written to the file atomically, and applied as SIGHUP applies a file.
@@ -34,8 +37,12 @@ use tokio::{
 )]
 struct Args {
     /// Desired state (TOML).
-    #[arg(long, short)]
-    config: PathBuf,
+    #[arg(long, short, required_unless_present = "teardown")]
+    config: Option<PathBuf>,
+    /// Detach and remove these routers' pinned fast paths (every pinned router if none is
+    /// named) and exit, without a desired state.
+    #[arg(long, num_args = 0.., value_name = "ROUTER")]
+    teardown: Option<Vec<String>>,
     /// Validate the file and exit without touching anything.
     #[arg(long)]
     check: bool,
@@ -58,15 +65,37 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// `--teardown`: removes the named routers' pins (all pinned routers if none is named).
+fn teardown(routers: &[String]) -> Result<(), Error> {
+    let routers = if routers.is_empty() {
+        router_user::datapath::pinned_routers()
+    } else {
+        routers.to_vec()
+    };
+    for id in &routers {
+        router_user::datapath::teardown(id)?;
+        let _ = std::fs::remove_file(router_user::paths::router_info_file(id));
+        println!("routerd: router {id} detached and removed");
+    }
+    Ok(())
+}
+
 /// A request from a connection, and where its response goes.
 type Job = (Request, oneshot::Sender<Response>);
 
 fn run(args: Args) -> Result<(), Error> {
-    let mut state = DesiredState::load(&args.config)?;
+    if let Some(routers) = &args.teardown {
+        return teardown(routers);
+    }
+    let config = args
+        .config
+        .clone()
+        .ok_or_else(|| Error::io("--config", std::io::Error::other("missing")))?;
+    let mut state = DesiredState::load(&config)?;
     if args.check {
         println!(
             "{}: valid, {} router(s)",
-            args.config.display(),
+            config.display(),
             state.routers.len()
         );
         return Ok(());
@@ -84,10 +113,20 @@ fn run(args: Args) -> Result<(), Error> {
         let _guard = runtime.enter();
         ApiSocket::bind(&args.socket)?
     };
+    router_user::datapath::set_daemon_config(&config);
     // Routers started so far are stopped (dropped) if a later one fails.
     let mut running = Vec::new();
     for router in state.routers.clone() {
         running.push(RunningRouter::start(router)?);
+    }
+    // Routers pinned by an earlier routerd that the desired state no longer has.
+    for id in router_user::datapath::pinned_routers_of(&config) {
+        if state.router(&id).is_none() {
+            log::info!("routerd: router {id} is pinned but not desired: removing it");
+            if let Err(e) = router_user::datapath::teardown(&id) {
+                log::error!("routerd: removing router {id}: {e}");
+            }
+        }
     }
     log::info!(
         "routerd: {} router(s) running; API on {}",
@@ -105,9 +144,9 @@ fn run(args: Args) -> Result<(), Error> {
         let server = tokio::spawn(socket.serve(jobs_tx));
         loop {
             tokio::select! {
-                _ = term.recv() => { log::info!("routerd: SIGTERM, detaching"); break }
-                _ = int.recv() => { log::info!("routerd: SIGINT, detaching"); break }
-                _ = hup.recv() => match (Instant::now(), DesiredState::load(&args.config)) {
+                _ = term.recv() => { log::info!("routerd: SIGTERM; the fast paths keep running"); break }
+                _ = int.recv() => { log::info!("routerd: SIGINT; the fast paths keep running"); break }
+                _ = hup.recv() => match (Instant::now(), DesiredState::load(&config)) {
                     (started, Ok(new)) => {
                         state = new.clone();
                         reload(&mut running, new, started).await;
@@ -115,7 +154,7 @@ fn run(args: Args) -> Result<(), Error> {
                     (_, Err(e)) => log::error!("routerd: SIGHUP: {e}; nothing changed"),
                 },
                 Some((request, reply)) = jobs.recv() => {
-                    let response = handle(&request, &mut state, &mut running, &args.config).await;
+                    let response = handle(&request, &mut state, &mut running, &config).await;
                     let _ = reply.send(response);
                 }
             }
@@ -460,7 +499,7 @@ async fn reload(
         match new.router(&router.desired.id).cloned() {
             None => {
                 log::info!("routerd: router {} removed", router.desired.id);
-                router.stop();
+                router.remove();
             }
             Some(wanted) if wanted == router.desired => {
                 log::info!("routerd: router {} unchanged, nothing written", wanted.id);
