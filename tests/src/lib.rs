@@ -1,6 +1,7 @@
 //! Shared helpers of the privileged tests: network-namespace guards, topology building,
 //! and a frame builder over etherparse (an independent implementation of the headers).
 
+pub mod corpus;
 pub mod desired;
 pub mod fixture;
 pub mod frames;
