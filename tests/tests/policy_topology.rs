@@ -137,6 +137,9 @@ fn steering(mode: &str) {
     let mut ports = Ports(0);
     let log = || routerd.log_text();
 
+    // Everything up to the drop checks is the fast path's: the router's kernel forwards none.
+    let kernel_before = traffic::forwarded_by_kernel(&topo.router_ns);
+
     // (a) East-west vm-a -> vm-c: through the firewall's internal leg, untranslated; vm-c's
     // answers leave from an unsteered interface, straight back.
     for proto in PROTOS {
@@ -227,6 +230,12 @@ fn steering(mode: &str) {
         0,
         "{mode}: vm-d -> vm-c went through the firewall, but the rule selects only 10.0.1.0/24: {}",
         describe(&before, &after)
+    );
+
+    let kernel_forwarded = traffic::forwarded_by_kernel(&topo.router_ns) - kernel_before;
+    assert_eq!(
+        kernel_forwarded, 0,
+        "{mode}: the router's kernel forwarded {kernel_forwarded} packets of the steered traffic: the fast path must route it"
     );
 
     // (d) A drop in the firewall stops exactly the flow it matches: the path really goes
@@ -411,6 +420,7 @@ fn external_subnets(mode: &str) {
         );
     };
 
+    let kernel_before = traffic::forwarded_by_kernel(&topo.router_ns);
     // VM1 (floating IP of subnet 1) out, and its answers to the internet: via gw1 only.
     for proto in PROTOS {
         let b = snap();
@@ -461,6 +471,12 @@ fn external_subnets(mode: &str) {
             );
         }
     }
+
+    let kernel_forwarded = traffic::forwarded_by_kernel(&topo.router_ns) - kernel_before;
+    assert_eq!(
+        kernel_forwarded, 0,
+        "{mode}: the router's kernel forwarded {kernel_forwarded} packets: the fast path must choose each subnet's gateway itself"
+    );
 
     // A third subnet (and vm3's floating IP on it) added and removed at run time, while a
     // flow of vm1 runs: the flow loses nothing and stays on gw1.
@@ -667,6 +683,11 @@ fn firewall(mode: &str) {
         "{mode}: rule_counters must list the configured rules in order with their actions"
     );
 
+    // The fast path decides every packet up to the reject checks: the router's kernel
+    // forwards none. (Rejected packets are handed to the kernel to be answered, and its
+    // forwarding counter counts them before its firewall chain drops them.)
+    let kernel_before = traffic::forwarded_by_kernel(&topo.router_ns);
+
     // TCP 2.2.2.x -> 3.3.3.x: denied by rule 0, exactly as many packets as sent.
     let b = fw_snap(r);
     let deny0 = reason_total(r, "fw_deny");
@@ -800,6 +821,12 @@ fn firewall(mode: &str) {
         router_user::stats::collect(Some(r))
     );
 
+    let kernel_forwarded = traffic::forwarded_by_kernel(&topo.router_ns) - kernel_before;
+    assert_eq!(
+        kernel_forwarded, 0,
+        "{mode}: the router's kernel forwarded {kernel_forwarded} packets: the fast path must decide them"
+    );
+
     // Reject: TCP answered with a RST (refused at once), UDP and ICMP with an ICMP
     // unreachable.
     let b = fw_snap(r);
@@ -834,7 +861,9 @@ fn firewall(mode: &str) {
         router_user::stats::collect(Some(r))
     );
 
-    // Invalid: TCP flags no stack sends (SYN+FIN) are dropped before any rule.
+    // Invalid: TCP flags no stack sends (SYN+FIN) are dropped before any rule, by the fast
+    // path.
+    let kernel_before = traffic::forwarded_by_kernel(&topo.router_ns);
     let b = fw_snap(r);
     let invalid0 = reason_total(r, "fw_invalid");
     probe::send_tcp_raw(
@@ -855,6 +884,12 @@ fn firewall(mode: &str) {
     assert!(
         reason_total(r, "fw_invalid") >= invalid0 + 5,
         "{mode}: fw_invalid did not count the 5 SYN+FIN segments"
+    );
+
+    let kernel_forwarded = traffic::forwarded_by_kernel(&topo.router_ns) - kernel_before;
+    assert_eq!(
+        kernel_forwarded, 0,
+        "{mode}: the router's kernel forwarded {kernel_forwarded} packets: the fast path must decide them"
     );
 
     // The drop reasons as `routerctl stats --json` shows them.
