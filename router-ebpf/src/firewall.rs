@@ -21,7 +21,10 @@ use crate::{
 /// Facts about a packet, the first argument of [`router_fw_decide`].
 mod fact {
     pub const HAS_SESSION: u32 = 1 << 0;
-    pub const INVALID: u32 = 1 << 1;
+    /// Invalid even within a session: TCP flags no stack sends.
+    pub const BAD_FLAGS: u32 = 1 << 1;
+    /// Only valid within a session: ICMP errors and echo replies.
+    pub const NEEDS_SESSION: u32 = 1 << 2;
     /// The IP protocol sits in bits 8..16.
     pub const PROTO_SHIFT: u32 = 8;
 }
@@ -52,11 +55,9 @@ pub fn check(
     {
         return Ok(false);
     }
-    let invalid = match flow.shape {
-        // Errors and echo replies about nothing the router has seen.
-        Shape::Error(_) | Shape::EchoReply => true,
-        _ => flow.key.proto == IPPROTO_TCP && !tcp_flags_valid(flow.tcp_flags as u8),
-    };
+    // Errors and echo replies are only valid about something the router has seen.
+    let needs_session = matches!(flow.shape, Shape::Error(_) | Shape::EchoReply);
+    let bad_flags = flow.key.proto == IPPROTO_TCP && !tcp_flags_valid(flow.tcp_flags as u8);
     let dport = match flow.shape {
         Shape::Ports => u32::from(u16::from_be_bytes(flow.key.dport)),
         _ => 0,
@@ -65,8 +66,11 @@ pub fn check(
     if plan.session.is_some() {
         facts |= fact::HAS_SESSION;
     }
-    if invalid {
-        facts |= fact::INVALID;
+    if needs_session {
+        facts |= fact::NEEDS_SESSION;
+    }
+    if bad_flags {
+        facts |= fact::BAD_FLAGS;
     }
     let src = u32::from_ne_bytes(flow.key.src);
     let dst = u32::from_ne_bytes(plan.target.dst);
@@ -87,11 +91,15 @@ pub fn check(
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn router_fw_decide(facts: u32, src: u32, dst: u32, dport: u32, bytes: u32) -> u32 {
+    if facts & fact::BAD_FLAGS != 0 {
+        count(fw_slot::INVALID, bytes);
+        return outcome::INVALID;
+    }
     if facts & fact::HAS_SESSION != 0 {
         count(fw_slot::ESTABLISHED, bytes);
         return outcome::PASS;
     }
-    if facts & fact::INVALID != 0 {
+    if facts & fact::NEEDS_SESSION != 0 {
         count(fw_slot::INVALID, bytes);
         return outcome::INVALID;
     }

@@ -162,7 +162,9 @@ pub fn teardown(router: &str) -> Result<(), Error> {
             _ => {}
         }
     }
-    remove_pin(&owner_file(router))
+    remove_pin(&owner_file(router))?;
+    // The slow path's record of the rules it applied (slowpath.rs).
+    remove_pin(&PathBuf::from(crate::paths::RUN_DIR).join(format!("{router}.nft")))
 }
 
 /// Routers with pins on this node.

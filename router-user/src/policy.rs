@@ -147,6 +147,33 @@ pub fn of(router: &Router) -> Policy {
     p
 }
 
+/// Anti-spoofing: for each internal interface with `source_check`, the sources it accepts:
+/// its subnet, every destination routed (in any table) through a next hop on it, and its
+/// `allowed_sources`. A default route through it (a firewall leg) admits everything.
+/// The fast path (`ALLOWED_SOURCES`) and the kernel's slow path (nftables) both use this.
+pub fn allowed_sources(router: &Router) -> Vec<(String, Vec<Prefix>)> {
+    let routes = of(router).routes;
+    router
+        .interfaces
+        .iter()
+        .filter(|i| i.source_check)
+        .map(|i| {
+            let subnet = i.address.subnet();
+            let routed = routes
+                .iter()
+                .filter(|r| subnet.contains(r.nexthop))
+                .map(|r| r.destination);
+            let mut prefixes: Vec<Prefix> = std::iter::once(subnet)
+                .chain(routed)
+                .chain(i.allowed_sources.iter().copied())
+                .collect();
+            prefixes.sort();
+            prefixes.dedup();
+            (i.name.clone(), prefixes)
+        })
+        .collect()
+}
+
 /// The fast path's firewall: rules with counter slots, and flags. Rules keep the slot they
 /// had in `previous` (the live rules) when an identical rule is still there, so counters
 /// survive unrelated edits; new rules take free slots, which the caller zeroes (`fresh`).

@@ -525,28 +525,17 @@ fn source_checked(router: &Router, name: &str) -> bool {
         .any(|i| i.name == name && i.source_check)
 }
 
-/// Anti-spoofing: per checked internal interface, the sources it accepts: its subnet, every
-/// destination routed (in any table) through a next hop on it, and its allowed sources. A
-/// default route through it (a firewall leg, say) allows everything.
+/// Anti-spoofing entries of the fast path (see `policy::allowed_sources`).
 fn allowed_sources(
     router: &Router,
     ifindex: &BTreeMap<String, u32>,
 ) -> std::collections::BTreeSet<(u32, router_common::SourceKey)> {
-    let routes = policy::of(router).routes;
     let mut out = std::collections::BTreeSet::new();
-    for i in router.interfaces.iter().filter(|i| i.source_check) {
-        let Some(index) = ifindex.get(&i.name) else {
+    for (name, prefixes) in policy::allowed_sources(router) {
+        let Some(index) = ifindex.get(&name) else {
             continue;
         };
-        let subnet = i.address.subnet();
-        let routed = routes
-            .iter()
-            .filter(|r| subnet.contains(r.nexthop))
-            .map(|r| r.destination);
-        for prefix in std::iter::once(subnet)
-            .chain(routed)
-            .chain(i.allowed_sources.iter().copied())
-        {
+        for prefix in prefixes {
             out.insert((
                 router_common::SourceKey::IFINDEX_BITS + u32::from(prefix.len),
                 router_common::SourceKey::new(*index, prefix.addr.octets()),

@@ -58,6 +58,25 @@ pub fn ruleset(router: &Router) -> String {
         .map(|i| format!("\"{}\"", i.name))
         .collect();
 
+    // Anti-spoofing for what the fast path hands over unchecked (fragments, IP options):
+    // the same sources as its ALLOWED_SOURCES, before conntrack sees the packet.
+    let _ = writeln!(
+        s,
+        "  chain source_check {{ type filter hook prerouting priority raw;"
+    );
+    for (name, prefixes) in crate::policy::allowed_sources(router) {
+        if prefixes.iter().any(|p| p.len == 0) {
+            continue;
+        }
+        let set: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "    iifname \"{name}\" ip saddr != {{ {} }} drop",
+            set.join(", ")
+        );
+    }
+    let _ = writeln!(s, "  }}");
+
     // mangle: what entered from the gateway is marked (Neutron's 0x2/0xffff).
     let _ = writeln!(
         s,

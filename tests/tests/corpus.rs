@@ -1088,8 +1088,9 @@ fn corpus() -> Vec<Case> {
             In,
             out_tcp(SYN | FIN),
             fwd,
-            "a session's packets skip the flag check, firewall or not; Linux conntrack finds it invalid (finding 2)",
+            "without a firewall SNATed in its session; with one invalid even inside a session, as Linux conntrack finds it",
         )
+        .guarded(Drop(Reason::FwInvalid))
         .after(out_tcp(SYN)),
     );
     v
