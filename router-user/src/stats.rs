@@ -415,3 +415,10 @@ mod tests {
         );
     }
 }
+
+/// Session table entries of running router `router` (two per session).
+pub fn session_count(router: &str) -> Result<usize, Error> {
+    let map: aya::maps::HashMap<aya::maps::MapData, router_common::CtKey, router_common::CtEntry> =
+        crate::datapath::open_pinned(router, router_common::map_names::SESSIONS)?;
+    Ok(map.keys().filter_map(Result::ok).count())
+}
