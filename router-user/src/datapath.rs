@@ -357,7 +357,9 @@ impl Datapath {
             match adopted {
                 Some(id) => return Ok((id, true)),
                 None => {
-                    log::info!("router {router}: pinned XDP link of {name} is gone; attaching anew");
+                    log::info!(
+                        "router {router}: pinned XDP link of {name} is gone; attaching anew"
+                    );
                     remove_pin(path)?;
                 }
             }
@@ -399,7 +401,11 @@ impl Datapath {
     }
 
     /// The TC entry on `name` (tcx ingress), adopted or new, like `attach_xdp`.
-    fn attach_tc(&mut self, name: &str, index: u32) -> Result<(SchedClassifierLinkId, bool), Error> {
+    fn attach_tc(
+        &mut self,
+        name: &str,
+        index: u32,
+    ) -> Result<(SchedClassifierLinkId, bool), Error> {
         let pin = self.link_pin(index, "tc");
         let router = self.router.clone();
         let tc: &mut SchedClassifier = program(&mut self.ebpf, prog_names::TC)?
@@ -596,7 +602,10 @@ impl Datapath {
         let cfg = self.policy_config()?;
         let map: Array<_, FwRule> = typed(self.map(map_names::FW_RULES)?, "FW_RULES")?;
         (cfg.fw_base..cfg.fw_base + cfg.fw_rule_count)
-            .map(|i| map.get(&i, 0).map_err(|e| Error::map("reading FW_RULES", e)))
+            .map(|i| {
+                map.get(&i, 0)
+                    .map_err(|e| Error::map("reading FW_RULES", e))
+            })
             .collect()
     }
 
@@ -670,7 +679,10 @@ impl Datapath {
         let mut trie: LpmTrie<_, [u8; 4], u32> =
             typed(self.map(map_names::SOURCE_TABLES)?, "SOURCE_TABLES")?;
         for (addr, len) in current.keys() {
-            if !source_tables.iter().any(|((a, l), _)| a == addr && l == len) {
+            if !source_tables
+                .iter()
+                .any(|((a, l), _)| a == addr && l == len)
+            {
                 trie.remove(&Key::new(u32::from(*len), *addr))
                     .map_err(|e| Error::map("removing from SOURCE_TABLES", e))?;
                 writes += 1;

@@ -142,9 +142,7 @@ pub async fn ensure_route(handle: &Handle, route: StaticRoute) -> Result<bool, r
 pub async fn static_routes(
     handle: &Handle,
 ) -> Result<Vec<(StaticRoute, RouteMessage)>, rtnetlink::Error> {
-    let request = RouteMessageBuilder::<Ipv4Addr>::new()
-        .table_id(0)
-        .build();
+    let request = RouteMessageBuilder::<Ipv4Addr>::new().table_id(0).build();
     let routes: Vec<RouteMessage> = handle.route().get(request).execute().try_collect().await?;
     let mut out = Vec::new();
     for msg in routes {
@@ -200,9 +198,7 @@ pub struct KernelRule {
 const KERNEL_RULE_PRIORITIES: [u32; 3] = [0, 32766, 32767];
 
 /// The namespace's IPv4 rules other than the kernel's own, with the message to delete each.
-pub async fn rules(
-    handle: &Handle,
-) -> Result<Vec<(KernelRule, RuleMessage)>, rtnetlink::Error> {
+pub async fn rules(handle: &Handle) -> Result<Vec<(KernelRule, RuleMessage)>, rtnetlink::Error> {
     let msgs: Vec<RuleMessage> = handle
         .rule()
         .get(rtnetlink::IpVersion::V4)
@@ -321,7 +317,11 @@ pub fn route_entry(msg: &RouteMessage) -> Option<(u32, RouteKey, RouteEntry)> {
     Some((
         RouteKey::TABLE_BITS + len,
         RouteKey::new(
-            if table == TABLE_LOCAL { TABLE_MAIN } else { table },
+            if table == TABLE_LOCAL {
+                TABLE_MAIN
+            } else {
+                table
+            },
             dst.octets(),
         ),
         RouteEntry {

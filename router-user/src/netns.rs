@@ -24,5 +24,7 @@ pub fn write_sysctl(name: &str, value: &str) -> io::Result<()> {
 /// A sysctl of the calling thread's namespace, trimmed; `None` if it cannot be read.
 pub fn read_sysctl(name: &str) -> Option<String> {
     let path = format!("/proc/sys/{}", name.replace('.', "/"));
-    std::fs::read_to_string(path).ok().map(|v| v.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|v| v.trim().to_string())
 }

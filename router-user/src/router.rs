@@ -123,10 +123,12 @@ impl RunningRouter {
             && gateway_ok
             && new.interfaces.iter().all(|i| {
                 // Allowed sources change live; anything else about an interface restarts.
-                old.interfaces.iter().any(|o| crate::config::Interface {
-                    allowed_sources: i.allowed_sources.clone(),
-                    ..o.clone()
-                } == *i)
+                old.interfaces.iter().any(|o| {
+                    crate::config::Interface {
+                        allowed_sources: i.allowed_sources.clone(),
+                        ..o.clone()
+                    } == *i
+                })
             })
     }
 
@@ -331,14 +333,21 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
     }
     if let (Some(g), Some((link, ..))) = (
         &router.gateway,
-        links.iter().find(|(_, _, role, _)| *role == iface_role::EXTERNAL),
+        links
+            .iter()
+            .find(|(_, _, role, _)| *role == iface_role::EXTERNAL),
     ) {
         for subnet in &g.subnets {
             if netlink::ensure_address(handle, link.index, subnet.address)
                 .await
                 .map_err(nl(format!("adding {} to {}", subnet.address, link.name)))?
             {
-                log::info!("router {}: added {} to {}", router.id, subnet.address, link.name);
+                log::info!(
+                    "router {}: added {} to {}",
+                    router.id,
+                    subnet.address,
+                    link.name
+                );
                 kernel_writes += 1;
             }
         }
@@ -361,12 +370,15 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
             _pad: [0; 2],
             mtu: link.mtu,
             role: *role,
-            flags: if *xdp_egress { iface_flags::XDP_EGRESS } else { 0 }
-                | if source_checked(router, &link.name) {
-                    iface_flags::SOURCE_CHECK
-                } else {
-                    0
-                },
+            flags: if *xdp_egress {
+                iface_flags::XDP_EGRESS
+            } else {
+                0
+            } | if source_checked(router, &link.name) {
+                iface_flags::SOURCE_CHECK
+            } else {
+                0
+            },
             // Every interface its own session zone (see `IfaceEntry::zone`).
             zone: link.index as u16,
             _pad2: [0; 2],
@@ -402,7 +414,10 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
         .map(|f| (f.address.octets(), f.fixed.octets()))
         .collect();
     datapath.sync_floating_ips(&fips)?;
-    let names: BTreeMap<String, u32> = links.iter().map(|(l, ..)| (l.name.clone(), l.index)).collect();
+    let names: BTreeMap<String, u32> = links
+        .iter()
+        .map(|(l, ..)| (l.name.clone(), l.index))
+        .collect();
     program_policy(&mut datapath, router, &names)?;
     // The kernel's NAT rules are in place before the fast path hands it anything.
     if slowpath::ensure(router)? {
@@ -483,7 +498,9 @@ async fn sync_kernel_policy(handle: &Handle, router: &Router) -> Result<usize, E
             table: r.table,
         })
         .collect();
-    let present = netlink::rules(handle).await.map_err(nl("dumping rules".into()))?;
+    let present = netlink::rules(handle)
+        .await
+        .map_err(nl("dumping rules".into()))?;
     for (rule, msg) in present.iter().filter(|(r, _)| !rules.contains(r)) {
         netlink::delete_rule(handle, msg.clone())
             .await
@@ -495,10 +512,12 @@ async fn sync_kernel_policy(handle: &Handle, router: &Router) -> Result<usize, E
         .map_err(nl("dumping routes".into()))?;
     for route in &wanted {
         if !routes.iter().any(|(r, _)| r == route) {
-            netlink::ensure_route(handle, *route).await.map_err(nl(format!(
-                "adding route {} via {} (table {})",
-                route.destination, route.nexthop, route.table
-            )))?;
+            netlink::ensure_route(handle, *route)
+                .await
+                .map_err(nl(format!(
+                    "adding route {} via {} (table {})",
+                    route.destination, route.nexthop, route.table
+                )))?;
             writes += 1;
         }
     }
@@ -508,7 +527,10 @@ async fn sync_kernel_policy(handle: &Handle, router: &Router) -> Result<usize, E
             .map_err(nl(format!("deleting route {route:?}")))?;
         writes += 1;
     }
-    for rule in rules.iter().filter(|r| !present.iter().any(|(p, _)| p == *r)) {
+    for rule in rules
+        .iter()
+        .filter(|r| !present.iter().any(|(p, _)| p == *r))
+    {
         netlink::add_rule(handle, rule)
             .await
             .map_err(nl(format!("adding rule {rule:?}")))?;
@@ -601,7 +623,12 @@ fn nat_config(router: &Router, gateway_ifindex: Option<u32>) -> NatConfig {
 /// Whether the firewall `rules` (first match wins, then the default) allow the flow of a
 /// session's original direction, as the fast path judges it: source before SNAT,
 /// destination after DNAT.
-fn firewall_allows(rules: &[router_common::FwRule], default_allow: bool, key: &CtKey, entry: &CtEntry) -> bool {
+fn firewall_allows(
+    rules: &[router_common::FwRule],
+    default_allow: bool,
+    key: &CtKey,
+    entry: &CtEntry,
+) -> bool {
     let dport = match key.proto {
         6 | 17 => u16::from_be_bytes(key.dport),
         _ => 0,
@@ -609,7 +636,9 @@ fn firewall_allows(rules: &[router_common::FwRule], default_allow: bool, key: &C
     rules
         .iter()
         .find(|r| r.matches(key.proto, key.src, entry.new_dst, dport))
-        .map_or(default_allow, |r| r.action == router_common::fw_action::ALLOW)
+        .map_or(default_allow, |r| {
+            r.action == router_common::fw_action::ALLOW
+        })
 }
 
 /// Whether a session mentions `addr` in any of its tuples.
@@ -639,8 +668,7 @@ impl RouterState {
             .interfaces
             .iter()
             .filter(|i| {
-                !new
-                    .interfaces
+                !new.interfaces
                     .iter()
                     .any(|n| n.name == i.name && n.address == i.address)
             })
@@ -715,7 +743,11 @@ impl RouterState {
         }
         // External subnets added or removed (seed 002): their addresses on the gateway.
         if let (Some(index), Some(g)) = (gateway_ifindex, &new.gateway) {
-            let before = old.gateway.as_ref().map(|g| g.subnets.clone()).unwrap_or_default();
+            let before = old
+                .gateway
+                .as_ref()
+                .map(|g| g.subnets.clone())
+                .unwrap_or_default();
             for s in before.iter().filter(|s| !g.subnets.contains(s)) {
                 netlink::delete_address(handle, index, s.address)
                     .await
@@ -806,7 +838,13 @@ impl RouterState {
             .collect();
         for table in tables {
             for ((len, key), entry) in &locals {
-                let slot = (*len, router_common::RouteKey { table_be: table, ..*key });
+                let slot = (
+                    *len,
+                    router_common::RouteKey {
+                        table_be: table,
+                        ..*key
+                    },
+                );
                 wanted.entry(slot).or_insert(*entry);
             }
         }

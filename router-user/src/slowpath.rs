@@ -149,7 +149,10 @@ fn firewall_chain(s: &mut String, router: &Router, internal: &[String]) {
     let _ = writeln!(s, "    {mark} reject with icmp type port-unreachable");
     if let (Some(fw), false) = (&router.firewall, internal.is_empty()) {
         let set = internal.join(", ");
-        let _ = writeln!(s, "    iifname != {{ {set} }} oifname != {{ {set} }} accept");
+        let _ = writeln!(
+            s,
+            "    iifname != {{ {set} }} oifname != {{ {set} }} accept"
+        );
         let _ = writeln!(s, "    ct state invalid drop");
         let _ = writeln!(s, "    ct state established,related accept");
         for rule in &fw.rules {

@@ -572,18 +572,42 @@ fn spoofed_sources_are_dropped_on_checked_internal_interfaces() {
         // The interface's subnet and a network routed through a host on it.
         let allowed = [key([10, 0, 1, 0], 24), key([172, 16, 0, 0], 16)].into();
         assert_eq!(r.dp.sync_allowed_sources(&allowed).expect("sources"), 2);
-        assert_eq!(r.dp.sync_allowed_sources(&allowed).expect("sources"), 0, "idempotent");
+        assert_eq!(
+            r.dp.sync_allowed_sources(&allowed).expect("sources"),
+            0,
+            "idempotent"
+        );
         let own = udp(VM3, 5000, REMOTE, 53, ROUTER_IN_MAC);
-        assert_eq!(r.run(inside, &own).0, Outcome::Forward, "{entry:?}: own subnet");
+        assert_eq!(
+            r.run(inside, &own).0,
+            Outcome::Forward,
+            "{entry:?}: own subnet"
+        );
         let routed = udp([172, 16, 9, 9], 5000, REMOTE, 53, ROUTER_IN_MAC);
-        assert_eq!(r.run(inside, &routed).0, Outcome::Forward, "{entry:?}: routed network");
+        assert_eq!(
+            r.run(inside, &routed).0,
+            Outcome::Forward,
+            "{entry:?}: routed network"
+        );
         let spoofed = udp([10, 0, 2, 5], 5000, REMOTE, 53, ROUTER_IN_MAC);
-        assert_eq!(r.run(inside, &spoofed).0, Outcome::Drop, "{entry:?}: spoofed");
+        assert_eq!(
+            r.run(inside, &spoofed).0,
+            Outcome::Drop,
+            "{entry:?}: spoofed"
+        );
         let as_router_peer = udp([198, 18, 0, 77], 5000, REMOTE, 53, ROUTER_IN_MAC);
-        assert_eq!(r.run(inside, &as_router_peer).0, Outcome::Drop, "{entry:?}: external source");
+        assert_eq!(
+            r.run(inside, &as_router_peer).0,
+            Outcome::Drop,
+            "{entry:?}: external source"
+        );
         assert_eq!(r.reason(inside, Reason::SpoofedSource), 2);
         // An interface without the check (a firewall leg) takes any source.
         let via_fw = udp([10, 0, 2, 5], 5000, REMOTE, 53, ROUTER_FW_MAC);
-        assert_eq!(r.run(fw, &via_fw).0, Outcome::Forward, "{entry:?}: unchecked interface");
+        assert_eq!(
+            r.run(fw, &via_fw).0,
+            Outcome::Forward,
+            "{entry:?}: unchecked interface"
+        );
     });
 }

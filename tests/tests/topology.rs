@@ -227,7 +227,9 @@ fn routed(mode: &str, xdp_egress: bool) {
         routerd.log_text()
     );
     assert!(
-        router_user::paths::router_pin_dir(&id).join("links").exists(),
+        router_user::paths::router_pin_dir(&id)
+            .join("links")
+            .exists(),
         "{mode}: pins gone after SIGTERM"
     );
     let kernel_before = traffic::forwarded_by_kernel(&topo.router_ns);

@@ -586,7 +586,11 @@ fn validate_router(index: usize, r: &FileRouter) -> Result<Router, ConfigError> 
         let mut allowed_sources = Vec::with_capacity(f.allowed_sources.len());
         for (j, text) in f.allowed_sources.iter().enumerate() {
             let prefix = parse_prefix_or_addr(text).map_err(|problem| {
-                at.bad(&format!("interface[{i}].allowed_sources[{j}]"), text, problem)
+                at.bad(
+                    &format!("interface[{i}].allowed_sources[{j}]"),
+                    text,
+                    problem,
+                )
             })?;
             allowed_sources.push(prefix);
         }

@@ -63,8 +63,11 @@ impl Router {
                 writeln!(s, "source_check = false")?;
             }
             if !i.allowed_sources.is_empty() {
-                let list: Vec<String> =
-                    i.allowed_sources.iter().map(|p| format!("\"{p}\"")).collect();
+                let list: Vec<String> = i
+                    .allowed_sources
+                    .iter()
+                    .map(|p| format!("\"{p}\""))
+                    .collect();
                 writeln!(s, "allowed_sources = [{}]", list.join(", "))?;
             }
         }
