@@ -84,11 +84,14 @@ pub enum Reason {
     /// Anti-spoofing: a packet from an internal interface with a source address that is not
     /// the interface's subnet, a network routed through it, or an allowed source.
     SpoofedSource = 35,
+    /// A packet that would create a session (SNAT, hairpin or a firewall-tracked flow) has
+    /// a wrong TCP, UDP or ICMP checksum: it takes no session and no port.
+    BadL4Checksum = 36,
 }
 
 impl Reason {
     /// Every reason, in numeric order.
-    pub const ALL: [Reason; 32] = [
+    pub const ALL: [Reason; 33] = [
         Reason::Arp,
         Reason::Ipv6,
         Reason::OtherL3,
@@ -121,6 +124,7 @@ impl Reason {
         Reason::FwDeny,
         Reason::FwDefaultDeny,
         Reason::SpoofedSource,
+        Reason::BadL4Checksum,
     ];
 
     /// First numeric value of the drop reasons.
@@ -166,6 +170,7 @@ impl Reason {
             33 => Some(Reason::FwDeny),
             34 => Some(Reason::FwDefaultDeny),
             35 => Some(Reason::SpoofedSource),
+            36 => Some(Reason::BadL4Checksum),
             _ => None,
         }
     }
@@ -205,6 +210,7 @@ impl Reason {
             Reason::FwDeny => "fw_deny",
             Reason::FwDefaultDeny => "fw_default_deny",
             Reason::SpoofedSource => "spoofed_source",
+            Reason::BadL4Checksum => "bad_l4_checksum",
         }
     }
 }

@@ -19,6 +19,7 @@ mod pipeline;
 mod rewrite;
 mod route;
 mod verdict;
+mod verify;
 
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_redir_neigh, xdp_md},
@@ -39,7 +40,12 @@ const TC_LINEAR_BYTES: u32 = 14 + 20 + 8 + 20 + 18;
 pub fn router_xdp(ctx: XdpContext) -> u32 {
     let frame = Frame::from_xdp(&ctx);
     let decision = router_xdp_decide(ctx.ctx);
-    let mut verdict = pipeline::verdict(&frame, decision, || router_xdp_finish(ctx.ctx));
+    let mut verdict = pipeline::verdict(
+        &frame,
+        decision,
+        || router_xdp_checksum(ctx.ctx),
+        || router_xdp_finish(ctx.ctx),
+    );
     let action = match verdict {
         Verdict::Forward { ifindex, .. } => match EGRESS_DEVS.redirect(ifindex, 0) {
             Ok(action) => action,
@@ -101,7 +107,12 @@ pub fn router_tc(ctx: TcContext) -> i32 {
     }
     let frame = Frame::from_tc(&ctx);
     let decision = router_tc_decide(ctx.skb.skb);
-    let mut verdict = pipeline::verdict(&frame, decision, || router_tc_finish(ctx.skb.skb));
+    let mut verdict = pipeline::verdict(
+        &frame,
+        decision,
+        || router_tc_checksum(ctx.skb.skb),
+        || router_tc_finish(ctx.skb.skb),
+    );
     let action = match verdict {
         Verdict::Forward { ifindex, resolve } => {
             // SAFETY: plain helper calls from the TC entry.
@@ -151,6 +162,20 @@ pub extern "C" fn router_xdp_decide(ctx: *mut xdp_md) -> u32 {
 #[inline(never)]
 pub extern "C" fn router_tc_decide(skb: *mut __sk_buff) -> u32 {
     pipeline::decide(&Frame::from_tc(&TcContext::new(skb)))
+}
+
+/// The L4 checksum check under XDP (see `pipeline::checksum_check`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn router_xdp_checksum(ctx: *mut xdp_md) -> u32 {
+    pipeline::checksum_check(&Frame::from_xdp(&XdpContext::new(ctx)))
+}
+
+/// The L4 checksum check under TC.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn router_tc_checksum(skb: *mut __sk_buff) -> u32 {
+    pipeline::checksum_check(&Frame::from_tc(&TcContext::new(skb)))
 }
 
 /// The second half of the pipeline under XDP (see `pipeline::finish`).

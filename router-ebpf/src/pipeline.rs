@@ -13,7 +13,7 @@ use crate::{
     maps::{ALLOWED_SOURCES, HANDOFF, IFACES, POLICY_CONFIG},
     nat,
     parse::{self, IPPROTO_TCP, Ipv4Packet, L2, L4_OFFSET},
-    rewrite, route,
+    rewrite, route, verify,
     verdict::Verdict,
 };
 
@@ -125,10 +125,30 @@ pub fn decide(frame: &Frame) -> u32 {
     }
 }
 
-/// The verdict of a packet after both halves: `decision` from [`decide`], and `finish` run
-/// on it when that was `FINISH`.
+/// For a packet `decide` handed off: 1 if its L4 checksum is right (or cannot be checked
+/// here), 0 if not. Run (through global functions of its own) only for packets that would
+/// create a session.
 #[inline(always)]
-pub fn verdict(frame: &Frame, decision: u32, finish: impl FnOnce() -> u32) -> Verdict {
+pub fn checksum_check(frame: &Frame) -> u32 {
+    let Some(shape) = HANDOFF.get(0).map(|h| flow::Shape::from_code(h.shape)) else {
+        return 1;
+    };
+    match parse::reparse_ipv4(frame) {
+        Some(pkt) => u32::from(verify::l4_checksum_ok(frame, &pkt, shape)),
+        None => 1,
+    }
+}
+
+/// The verdict of a packet after both halves: `decision` from [`decide`], then (when that
+/// was `FINISH`) `check` (`checksum_check`, for a packet that would create a session) and
+/// `finish`.
+#[inline(always)]
+pub fn verdict(
+    frame: &Frame,
+    decision: u32,
+    check: impl FnOnce() -> u32,
+    finish: impl FnOnce() -> u32,
+) -> Verdict {
     match decision {
         decided::FINISH => {}
         decided::REPLY => {
@@ -138,6 +158,12 @@ pub fn verdict(frame: &Frame, decision: u32, finish: impl FnOnce() -> u32) -> Ve
             };
         }
         reason => return Verdict::of_reason(reason),
+    }
+    let creates = HANDOFF
+        .get(0)
+        .is_some_and(|h| h.create != 0 || (h.track != 0 && h.has_session == 0));
+    if creates && check() == 0 {
+        return Verdict::Drop(Reason::BadL4Checksum);
     }
     let result = finish();
     if result != 0 {
