@@ -34,8 +34,10 @@ pub mod map_names {
     pub const FW_RULES: &str = "FW_RULES";
     pub const FW_STATS: &str = "FW_STATS";
     pub const ALLOWED_SOURCES: &str = "ALLOWED_SOURCES";
+    pub const MONITOR: &str = "MONITOR";
+    pub const EVENTS: &str = "EVENTS";
     /// Every map above, in the order `routerctl` and the pinning code walk them.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 19] = [
         ROUTES,
         NEIGHBORS,
         IFACES,
@@ -53,6 +55,8 @@ pub mod map_names {
         FW_RULES,
         FW_STATS,
         ALLOWED_SOURCES,
+        MONITOR,
+        EVENTS,
     ];
 }
 
@@ -250,6 +254,37 @@ impl IfaceStats {
     }
 }
 
+/// `routerctl monitor`: while `MONITOR[0].until_ns` (kernel monotonic clock) lies ahead, the
+/// programs send an [`Event`] to the `EVENTS` ring buffer for every packet they drop or hand
+/// to the kernel. A monitor refreshes the deadline every second, so a monitor that dies
+/// stops the events a few seconds later; nobody has to clean up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MonitorConfig {
+    pub until_ns: u64,
+}
+
+/// Bytes of the `EVENTS` ring buffer.
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// One dropped or passed packet, for `routerctl monitor`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Event {
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    /// A [`Reason`] number.
+    pub reason: u32,
+    pub len: u32,
+    /// IPv4 fields (zero for other frames).
+    pub proto: u8,
+    pub _pad: [u8; 3],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+}
+
 /// XDP metadata the XDP entry leaves in front of a frame it hands to the kernel, so the TC
 /// entry (attached alongside in XDP mode) knows what to do with it.
 pub mod xdp_meta {
@@ -270,6 +305,8 @@ mod pod {
     // any bit pattern is a valid value.
     unsafe impl aya::Pod for RouteKey {}
     unsafe impl aya::Pod for SourceKey {}
+    unsafe impl aya::Pod for MonitorConfig {}
+    unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for RouteEntry {}
     unsafe impl aya::Pod for NeighborKey {}
     unsafe impl aya::Pod for NeighborEntry {}
@@ -309,6 +346,7 @@ mod tests {
         assert_eq!(size_of::<PolicyRule>(), 24);
         assert_eq!(size_of::<FwRule>(), 24);
         assert_eq!(size_of::<FwStats>(), 16);
+        assert_eq!(size_of::<Event>(), 40);
         assert_eq!(size_of::<IfaceStats>(), 8 * (6 + REASON_SLOTS));
         assert_eq!(align_of::<RouteKey>(), 1);
         assert_eq!(align_of::<IfaceStats>(), 8);

@@ -13,6 +13,7 @@ mod csum;
 mod firewall;
 mod flow;
 mod maps;
+mod monitor;
 mod nat;
 mod parse;
 mod pipeline;
@@ -66,6 +67,10 @@ pub fn router_xdp(ctx: XdpContext) -> u32 {
         Verdict::Drop(_) | Verdict::Finish => xdp_action::XDP_DROP,
     };
     counters::count(frame.ingress, frame.len, &verdict);
+    let reason = monitor::reason_of(&verdict);
+    if reason != 0 {
+        let _ = router_xdp_report(ctx.ctx, reason);
+    }
     action
 }
 
@@ -137,6 +142,10 @@ pub fn router_tc(ctx: TcContext) -> i32 {
         Verdict::Drop(_) | Verdict::Finish => TC_ACT_SHOT,
     };
     counters::count(frame.ingress, frame.len, &verdict);
+    let reason = monitor::reason_of(&verdict);
+    if reason != 0 {
+        let _ = router_tc_report(ctx.skb.skb, reason);
+    }
     action
 }
 
@@ -176,6 +185,22 @@ pub extern "C" fn router_xdp_checksum(ctx: *mut xdp_md) -> u32 {
 #[inline(never)]
 pub extern "C" fn router_tc_checksum(skb: *mut __sk_buff) -> u32 {
     pipeline::checksum_check(&Frame::from_tc(&TcContext::new(skb)))
+}
+
+/// `routerctl monitor`'s event under XDP (see `monitor::report`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn router_xdp_report(ctx: *mut xdp_md, reason: u32) -> u32 {
+    monitor::report(&Frame::from_xdp(&XdpContext::new(ctx)), reason);
+    0 // global functions must return a scalar
+}
+
+/// `routerctl monitor`'s event under TC.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn router_tc_report(skb: *mut __sk_buff, reason: u32) -> u32 {
+    monitor::report(&Frame::from_tc(&TcContext::new(skb)), reason);
+    0 // global functions must return a scalar
 }
 
 /// The second half of the pipeline under XDP (see `pipeline::finish`).

@@ -2,10 +2,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use router_common::{
-    CtEntry, CtKey, DEFAULT_SESSION_ENTRIES, FW_STATS_SLOTS, FipEntry, FipStats, FwRule, FwStats,
+    CtEntry, CtKey, DEFAULT_SESSION_ENTRIES, EVENTS_BYTES, MonitorConfig, FW_STATS_SLOTS, FipEntry, FipStats, FwRule, FwStats,
     IfaceEntry, IfaceStats, MAX_FLOATING_IPS, MAX_FW_RULES, MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES,
     MAX_ALLOWED_SOURCES, MAX_RULES, NatConfig, NeighborEntry, NeighborKey, PolicyConfig, PolicyRule, RouteEntry,
     RouteKey, SnatStats, SourceKey,
@@ -93,3 +93,11 @@ pub static HANDOFF: PerCpuArray<crate::pipeline::Handoff> = PerCpuArray::with_ma
 #[map]
 pub static ALLOWED_SOURCES: LpmTrie<SourceKey, u8> =
     LpmTrie::with_max_entries(MAX_ALLOWED_SOURCES, 0);
+
+/// `routerctl monitor`'s deadline (see `router_common::MonitorConfig`).
+#[map]
+pub static MONITOR: Array<MonitorConfig> = Array::with_max_entries(1, 0);
+
+/// Dropped and passed packets while a monitor runs.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
