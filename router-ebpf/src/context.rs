@@ -68,6 +68,27 @@ impl Frame {
         }
     }
 
+    /// A frame over a buffer in host memory, as XDP sees one (`len` is the buffer's length,
+    /// no skb: the checksum helper is never called). For the fuzz targets, which run
+    /// `parse`, `flow` and `rewrite` on the host; the frame must not outlive `buf`.
+    ///
+    /// # Safety
+    /// Every use of the returned frame (and of pointers the parser derives from it) must
+    /// happen while `buf` is alive and not otherwise borrowed.
+    #[cfg(not(target_arch = "bpf"))]
+    pub unsafe fn over(buf: &mut [u8], ingress: u32) -> Self {
+        let data = buf.as_mut_ptr() as usize;
+        Self {
+            data,
+            data_end: data + buf.len(),
+            len: buf.len() as u32,
+            ingress,
+            needs_xdp_egress: true,
+            gso: false,
+            skb: core::ptr::null_mut(),
+        }
+    }
+
     /// A pointer to a `T` at `offset`, if the whole `T` lies within the directly accessible
     /// data. The comparison is written so the verifier can see the bound.
     #[inline(always)]

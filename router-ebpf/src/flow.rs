@@ -4,7 +4,7 @@ use router_common::CtKey;
 
 use crate::{
     context::Frame,
-    parse::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Packet, L4_OFFSET},
+    parse::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Packet, L3_OFFSET, L4_OFFSET},
 };
 
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -157,6 +157,13 @@ pub fn of(frame: &Frame, pkt: &Ipv4Packet) -> Flow {
 /// fragment, truncated, another protocol) or the error is not addressed to its source.
 #[inline(always)]
 fn error_flow(frame: &Frame, pkt: &Ipv4Packet) -> Option<Flow> {
+    // The 28 bytes must be the error's own (within its total length), not bytes after the
+    // IPv4 packet (Ethernet padding, a trailer) that happen to be in the frame.
+    // SAFETY: the parser validated the IPv4 header.
+    let tot_len = usize::from(u16::from_be_bytes(unsafe { (*pkt.ip).tot_len }));
+    if L3_OFFSET + tot_len < INNER_L3_OFFSET + 28 {
+        return None;
+    }
     let inner = frame.ptr_at::<[u8; 28]>(INNER_L3_OFFSET)?;
     // SAFETY: bounds checked by `ptr_at`.
     let inner = unsafe { &*inner };

@@ -9,45 +9,15 @@
 //!   not enter from it (hairpin: the mangle mark rule), is SNATed to the gateway IP with a
 //!   session.
 
-use router_common::{CtEntry, CtKey, NatConfig, Reason, ct_kind, iface_role, nat_flags};
+use router_common::{CtEntry, NatConfig, Reason, ct_kind, iface_role, nat_flags};
 
+pub use crate::verdict::Target;
 use crate::{
     conntrack,
     flow::{Flow, Shape},
     maps::{FIP_BY_ADDRESS, FIP_BY_FIXED, NAT_CONFIG, SNAT_STATS},
     verdict::Verdict,
 };
-
-/// The tuple a packet leaves with.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Target {
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
-}
-
-impl Target {
-    #[inline(always)]
-    pub fn of_key(key: &CtKey) -> Self {
-        Self {
-            src: key.src,
-            dst: key.dst,
-            sport: key.sport,
-            dport: key.dport,
-        }
-    }
-
-    #[inline(always)]
-    pub fn of_entry(e: &CtEntry) -> Self {
-        Self {
-            src: e.new_src,
-            dst: e.new_dst,
-            sport: e.new_sport,
-            dport: e.new_dport,
-        }
-    }
-}
 
 /// The translation decided for one packet.
 pub struct Plan {

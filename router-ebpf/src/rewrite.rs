@@ -8,9 +8,8 @@ use crate::{
     context::{Frame, L4Csum},
     csum::Delta,
     flow::{Flow, INNER_L3_OFFSET, INNER_L4_OFFSET, Shape, Shape2},
-    nat::Target,
-    parse::{IPPROTO_TCP, IPPROTO_UDP, Ipv4Packet, L4_OFFSET},
-    route::Hop,
+    parse::{IPPROTO_TCP, IPPROTO_UDP, Ipv4Packet, L3_OFFSET, L4_OFFSET},
+    verdict::{Hop, Target},
 };
 
 const ICMP_CSUM: usize = L4_OFFSET + 2;
@@ -76,7 +75,12 @@ pub fn apply(frame: &Frame, pkt: &Ipv4Packet, flow: &Flow, target: &Target, hop:
         }
         Shape::EchoRequest => echo_id(frame, target.sport),
         Shape::EchoReply => echo_id(frame, target.dport),
-        Shape::Error(inner) => embedded(frame, &flow.key, target, inner),
+        Shape::Error(inner) => {
+            // SAFETY: as above.
+            let tot_len = u16::from_be_bytes(unsafe { (*pkt.ip).tot_len });
+            let ip_end = L3_OFFSET + usize::from(tot_len);
+            embedded(frame, &flow.key, target, inner, ip_end)
+        }
         Shape::Other => {}
     }
 }
@@ -136,8 +140,9 @@ fn echo_id(frame: &Frame, id: [u8; 2]) {
 /// Translates the packet embedded in an ICMP error: it travelled the opposite direction,
 /// so it becomes the inverse of `target`. Every change inside the ICMP payload (addresses,
 /// the embedded IP and L4 checksums, ports) is folded into the outer ICMP checksum.
+/// `ip_end` is the end of the outer IPv4 packet: bytes after it are not the error's.
 #[inline(always)]
-fn embedded(frame: &Frame, key: &CtKey, target: &Target, shape: Shape2) {
+fn embedded(frame: &Frame, key: &CtKey, target: &Target, shape: Shape2, ip_end: usize) {
     let mut icmp = Delta::default();
     let mut inner_ip = Delta::default();
     let mut inner_pseudo = Delta::default();
@@ -160,7 +165,8 @@ fn embedded(frame: &Frame, key: &CtKey, target: &Target, shape: Shape2) {
             let mut l4 = inner_pseudo;
             l4.merge(ports);
             // The embedded L4 checksum is fixed when the error carries it (a TCP checksum
-            // sits beyond the 8 bytes RFC 792 guarantees).
+            // sits beyond the 8 bytes RFC 792 guarantees): within the error's total length,
+            // not merely within the frame.
             // SAFETY: the protocol byte is within the 28 bytes `flow` bounds-checked.
             let proto = match frame.ptr_at::<u8>(INNER_L3_OFFSET + 9) {
                 Some(p) => unsafe { *p },
@@ -168,7 +174,7 @@ fn embedded(frame: &Frame, key: &CtKey, target: &Target, shape: Shape2) {
             };
             if proto == IPPROTO_UDP {
                 fix_csum(frame, INNER_L4_OFFSET + 6, l4, &mut icmp, true);
-            } else {
+            } else if INNER_L4_OFFSET + 18 <= ip_end {
                 fix_csum(frame, INNER_L4_OFFSET + 16, l4, &mut icmp, false);
             }
         }

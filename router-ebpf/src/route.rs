@@ -3,32 +3,17 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use router_common::{
-    IfaceEntry, MAX_RULES, NeighborKey, PolicyConfig, Reason, RouteEntry, RouteKey, TABLE_MAIN,
-    iface_flags, route_kind,
+    MAX_RULES, NeighborKey, PolicyConfig, Reason, RouteEntry, RouteKey, TABLE_MAIN, iface_flags,
+    route_kind,
 };
 
+pub use crate::verdict::{Egress, Hop};
 use crate::{
     context::Frame,
     maps::{IFACES, NEIGHBORS, POLICY_CONFIG, ROUTES, RULES, SOURCE_TABLES},
     parse::Ipv4Packet,
     verdict::Verdict,
 };
-
-/// The interface a packet leaves by.
-pub struct Egress {
-    pub ifindex: u32,
-    pub out: IfaceEntry,
-}
-
-/// Where a packet leaves.
-pub struct Hop {
-    pub egress: u32,
-    pub out: IfaceEntry,
-    pub next_hop: [u8; 4],
-    /// The next hop's MAC, or `None` when the kernel must resolve it (TC only:
-    /// `bpf_redirect_neigh`).
-    pub mac: Option<[u8; 6]>,
-}
 
 #[inline(always)]
 fn in_table(table: u32, dst: [u8; 4]) -> Option<RouteEntry> {

@@ -1,4 +1,4 @@
-//! `cargo xtask setup | test | demo | build`: the project's drivers.
+//! `cargo xtask setup | test | demo | build | bench | fuzz`: the project's drivers.
 //!
 //! `setup` installs what a fresh machine lacks, idempotently and quickly when nothing is
 //! missing; `test` and `demo` run it first.
@@ -18,6 +18,15 @@ const NIGHTLY: &str = "nightly";
 const NIGHTLY_LLVM_MAJOR: &str = "22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// cargo-fuzz, which runs the fuzz targets in `fuzz/` (with the nightly: libFuzzer and
+/// sanitizers need `-Z` flags).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// The fuzz targets (`fuzz/fuzz_targets/`), each with a seed corpus in `fuzz/corpus/<target>/`.
+const FUZZ_TARGETS: &[&str] = &["parse_differential", "rewrite_checksums"];
+/// Seconds per fuzz target in `cargo xtask test`; `cargo xtask fuzz` defaults to
+/// `LONG_FUZZ_SECONDS`.
+const SHORT_FUZZ_SECONDS: u64 = 20;
+const LONG_FUZZ_SECONDS: u64 = 900;
 /// Debian packages the build, the tests and the demo use.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -29,6 +38,8 @@ const APT_PACKAGES: &[&str] = &[
     "conntrack",
     "iperf3",
     "libc6-dev",
+    // libFuzzer (libfuzzer-sys) is C++.
+    "g++",
 ];
 
 #[derive(Parser)]
@@ -44,11 +55,22 @@ enum Cmd {
     Setup,
     /// Build the eBPF object, routerd and routerctl (release).
     Build,
-    /// Run every test: unit tests, packet tests, topology tests.
+    /// Run every test: unit tests, packet tests, topology tests, then a short run of each
+    /// fuzz target (left out when a test filter is given).
     Test {
         /// Extra arguments for the test binaries (a filter, --nocapture, ...).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+    },
+    /// Fuzz the fast path's parsing and rewrite (host build, libFuzzer) for longer: each
+    /// target in turn. Crashes are left in fuzz/artifacts/<target>/.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = LONG_FUZZ_SECONDS)]
+        seconds: u64,
+        /// Only this target (default: all).
+        #[arg(long)]
+        target: Option<String>,
     },
     /// Build the seed-003 topology, run routerd on it, send traffic, print the counters.
     Demo,
@@ -82,6 +104,18 @@ fn main() -> Result<()> {
             setup()?;
             build_release()?;
             bench(&args)
+        }
+        Cmd::Fuzz { seconds, target } => {
+            setup()?;
+            let targets: Vec<&str> = match &target {
+                Some(t) if FUZZ_TARGETS.contains(&t.as_str()) => vec![t.as_str()],
+                Some(t) => bail!("no fuzz target {t}; there are {FUZZ_TARGETS:?}"),
+                None => FUZZ_TARGETS.to_vec(),
+            };
+            for target in targets {
+                fuzz(target, seconds)?;
+            }
+            Ok(())
         }
     }
 }
@@ -184,7 +218,21 @@ fn setup() -> Result<()> {
             .env("LLVM_PREFIX", LLVM_PREFIX))?;
     }
 
-    // 4. bpffs.
+    // 4. cargo-fuzz (built with the pinned stable; it runs the targets with the nightly).
+    if output(cargo().args(["fuzz", "--version"])).is_none() {
+        step(&format!(
+            "installing cargo-fuzz {CARGO_FUZZ_VERSION} (about 40 s)"
+        ));
+        run(cargo().args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+        ]))?;
+    }
+
+    // 5. bpffs.
     let mounted = std::fs::read_to_string("/proc/mounts")
         .unwrap_or_default()
         .lines()
@@ -253,10 +301,61 @@ fn test(args: &[String]) -> Result<()> {
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
+    // A short run of each fuzz target, from its committed seed corpus; each counts as one
+    // test. Not when a filter picks some tests, nor after failed tests.
+    let filtered = args.iter().any(|a| !a.starts_with('-'));
+    let mut fuzz_failed = Vec::new();
+    if status.success() && !filtered {
+        for target in FUZZ_TARGETS {
+            match fuzz(target, SHORT_FUZZ_SECONDS) {
+                Ok(()) => passed += 1,
+                Err(e) => {
+                    eprintln!("xtask test: fuzz target {target}: {e:#}");
+                    failed += 1;
+                    fuzz_failed.push(*target);
+                }
+            }
+        }
+    }
     println!("\nxtask test: {passed} passed, {failed} failed");
     if !status.success() {
         bail!("cargo test failed: {status}");
     }
+    if !fuzz_failed.is_empty() {
+        bail!("fuzzing failed: {fuzz_failed:?} (inputs in fuzz/artifacts/)");
+    }
+    Ok(())
+}
+
+/// Runs fuzz target `target` for `seconds` with the nightly (cargo-fuzz: libFuzzer with
+/// AddressSanitizer), from its seed corpus `fuzz/corpus/<target>/`. New inputs go to
+/// `target/fuzz-corpus/<target>/` (kept between runs, never committed), so the committed
+/// seeds stay as they are; a crash is saved in `fuzz/artifacts/<target>/` and fails the run.
+fn fuzz(target: &str, seconds: u64) -> Result<()> {
+    let scratch = workspace().join("target/fuzz-corpus").join(target);
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let seeds = workspace().join("fuzz/corpus").join(target);
+    eprintln!("xtask: fuzzing {target} for {seconds} s");
+    let start = Instant::now();
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", NIGHTLY, "cargo", "fuzz", "run", target])
+        .arg(&scratch)
+        .arg(&seeds)
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        .arg("-rss_limit_mb=1024")
+        .arg("-print_final_stats=1")
+        .current_dir(workspace())
+        // The stable toolchain of `cargo xtask` must not leak into the nightly's build.
+        .env_remove("RUSTC")
+        .env_remove("RUSTDOC")
+        .env_remove("CARGO")
+        .env_remove("RUSTUP_TOOLCHAIN");
+    run(&mut cmd)?;
+    eprintln!(
+        "xtask: fuzz target {target}: no failure in {:.0} s (build included)",
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
