@@ -904,6 +904,65 @@ impl Datapath {
             typed(self.map(map_names::IFACE_STATS)?, "IFACE_STATS")?;
         sum_stats(&map, ifindex)
     }
+
+    /// For `routerctl trace` (`trace.rs`): the programs loaded once more, attached nowhere,
+    /// sharing running router `router`'s maps named in `shared` (its configuration), with new
+    /// private maps for every other one (counters; the session table, of `session_entries`
+    /// entries). The shared maps are reached through pins of their own in a temporary
+    /// directory beside the routers' (removed before this returns), so nothing is ever
+    /// created or pinned under the router's directory, even if the router goes away
+    /// meanwhile. The private maps are taken out of the object and returned by name for the
+    /// caller to fill and read; the programs keep using them. Dropping everything leaves
+    /// nothing behind in the kernel.
+    #[allow(clippy::type_complexity)]
+    pub fn open_for_trace(
+        router: &str,
+        shared: &[&'static str],
+        session_entries: u32,
+    ) -> Result<(Self, Vec<(&'static str, Map)>), Error> {
+        let live = crate::paths::router_pin_dir(router);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let tmp = PathBuf::from(crate::paths::BPFFS).join(format!(
+            "neutron-router-trace-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&tmp)
+            .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+        let result = (|| {
+            let mut paths = Vec::with_capacity(shared.len());
+            for name in shared {
+                let data = MapData::from_pin(live.join(name)).map_err(|_| {
+                    Error::NotRunning(router.to_string(), live.display().to_string())
+                })?;
+                let path = tmp.join(name);
+                data.pin(&path).map_err(|source| Error::Pin {
+                    what: format!("pinning {name} at {}", path.display()),
+                    source: Box::new(source),
+                })?;
+                paths.push((*name, path));
+            }
+            let mut loader = EbpfLoader::new();
+            loader.map_max_entries(map_names::SESSIONS, session_entries);
+            for (name, path) in &paths {
+                loader.map_pin_path(name, path.as_path());
+            }
+            let ebpf = loader.load(EBPF_OBJECT).map_err(Box::new)?;
+            let mut dp = Self::with_programs(ebpf, router)?;
+            let private = map_names::ALL
+                .iter()
+                .filter(|name| !shared.contains(name))
+                .filter_map(|name| dp.ebpf.take_map(name).map(|map| (*name, map)))
+                .collect();
+            Ok((dp, private))
+        })();
+        for name in shared {
+            let _ = std::fs::remove_file(tmp.join(name));
+        }
+        let _ = std::fs::remove_dir(&tmp);
+        result
+    }
 }
 
 impl Drop for Datapath {

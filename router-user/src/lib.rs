@@ -7,6 +7,7 @@ pub mod conntrack;
 pub mod datapath;
 pub mod error;
 pub mod firewall;
+pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod paths;
@@ -14,5 +15,6 @@ pub mod policy;
 pub mod router;
 pub mod slowpath;
 pub mod stats;
+pub mod trace;
 
 pub use error::{ConfigError, Error};

@@ -35,6 +35,16 @@ impl Routerd {
 
     /// As [`Routerd::start`], with the API socket at `socket`.
     pub fn start_with_socket(config: &Path, router_id: &str, socket: &Path) -> Self {
+        Self::spawn(config, router_id, socket, &[])
+    }
+
+    /// As [`Routerd::start`], with further arguments for routerd (`--metrics ADDR:PORT`).
+    pub fn start_with_args(config: &Path, router_id: &str, args: &[&str]) -> Self {
+        let socket = std::env::temp_dir().join(format!("routerd-{router_id}.sock"));
+        Self::spawn(config, router_id, &socket, args)
+    }
+
+    fn spawn(config: &Path, router_id: &str, socket: &Path, args: &[&str]) -> Self {
         let bin = routerd_path();
         // routerd writes it once the router forwards (and leaves it when it exits, for the
         // next routerd): a fresh one is the sign of this start.
@@ -46,6 +56,7 @@ impl Routerd {
             .arg(config)
             .arg("--socket")
             .arg(socket)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log_file)

@@ -50,6 +50,10 @@ struct Args {
     /// directory is created 0750 if missing; the socket is 0660.
     #[arg(long, default_value = router_user::paths::API_SOCKET)]
     socket: PathBuf,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g. 127.0.0.1:9477
+    /// (docs/observability.md). Off unless given.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -113,6 +117,16 @@ fn run(args: Args) -> Result<(), Error> {
         let _guard = runtime.enter();
         ApiSocket::bind(&args.socket)?
     };
+    // Metrics: bound before any router too, so a taken port stops the daemon at once.
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let _guard = runtime.enter();
+            let listener = router_user::metrics::bind(addr)?;
+            log::info!("routerd: metrics on http://{addr}/metrics");
+            Some(listener)
+        }
+        None => None,
+    };
     router_user::datapath::set_daemon_config(&config);
     // Routers started so far are stopped (dropped) if a later one fails.
     let mut running = Vec::new();
@@ -142,6 +156,8 @@ fn run(args: Args) -> Result<(), Error> {
         let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::io("SIGHUP handler", e))?;
         let (jobs_tx, mut jobs) = mpsc::channel::<Job>(64);
         let server = tokio::spawn(socket.serve(jobs_tx));
+        let metrics = metrics
+            .map(|l| tokio::spawn(router_user::metrics::serve(l, Some(config.clone()))));
         loop {
             tokio::select! {
                 _ = term.recv() => { log::info!("routerd: SIGTERM; the fast paths keep running"); break }
@@ -160,6 +176,9 @@ fn run(args: Args) -> Result<(), Error> {
             }
         }
         server.abort();
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         // The socket file goes with the task.
         let _ = server.await;
         Ok::<(), Error>(())

@@ -11,6 +11,7 @@ mod output;
 mod route;
 mod rule;
 mod stats;
+mod trace;
 
 use std::path::PathBuf;
 
@@ -57,6 +58,8 @@ enum Command {
     /// The firewall: rules, default policy, steering.
     #[command(subcommand)]
     Fw(fw::Command),
+    /// One made-up packet through a router's real programs, changing nothing (ovn-trace).
+    Trace(trace::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -74,6 +77,7 @@ fn main() -> std::process::ExitCode {
         Command::Route(command) => route::run(&api, command),
         Command::Rule(command) => rule::run(&api, command),
         Command::Fw(command) => fw::run(&api, command),
+        Command::Trace(args) => trace::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
