@@ -4,6 +4,7 @@
 pub mod corpus;
 pub mod desired;
 pub mod fixture;
+pub mod flood;
 pub mod frames;
 pub mod nat_topo;
 pub mod netns;
