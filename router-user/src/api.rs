@@ -12,6 +12,7 @@
 //! message (naming the key) as in a file.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
     net::Ipv4Addr,
     os::unix::net::UnixStream,
@@ -24,8 +25,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 
 use crate::{
-    config::{DesiredState, FirewallRule, Prefix, Router},
+    config::{DesiredState, FirewallRule, IfAddr, Prefix, Router},
     error::Error,
+    router::{RouterInfo, Writes},
 };
 
 /// The longest request or response line accepted (a desired state with many floating IPs
@@ -145,6 +147,99 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         interface: Option<String>,
     },
+    /// A new router in an existing namespace (Neutron's `router create`); routerd starts
+    /// it.
+    RouterCreate {
+        router: String,
+        namespace: String,
+        /// `"xdp"` (the default) or `"tc"`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<String>,
+        /// A router with this id, namespace and mode already there is not an error.
+        #[serde(default)]
+        may_exist: bool,
+    },
+    /// Removes a router: routerd detaches its fast path and removes its pins.
+    RouterDelete {
+        router: String,
+        #[serde(default)]
+        if_exists: bool,
+    },
+    /// Every router: id, namespace, mode, interfaces, gateway, floating IPs, running.
+    RouterList,
+    /// Everything about one router.
+    RouterShow {
+        router: String,
+    },
+    /// An internal interface (a `qr` port) with the subnet's gateway address
+    /// (Neutron's `router add subnet`).
+    RouterInterfaceAdd {
+        router: String,
+        interface: String,
+        /// `a.b.c.d/len`: the router's address, its subnet the interface's.
+        address: String,
+        /// The same interface with the same address already there is not an error.
+        #[serde(default)]
+        may_exist: bool,
+    },
+    RouterInterfaceRemove {
+        router: String,
+        interface: String,
+        #[serde(default)]
+        if_exists: bool,
+    },
+    /// Sets the external gateway (`[router.gateway]`); further external subnets and, with
+    /// the same interface, `xdp_egress` are kept.
+    RouterGatewaySet {
+        router: String,
+        interface: String,
+        address: String,
+        nexthop: String,
+        /// Default SNAT; default: as it is, or `true` for a new gateway.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        snat: Option<bool>,
+    },
+    RouterGatewayClear {
+        router: String,
+        #[serde(default)]
+        if_exists: bool,
+    },
+    /// A floating IP for a fixed IP (Neutron's `floating ip create --port`: created and
+    /// associated at once).
+    FipCreate {
+        router: String,
+        address: String,
+        fixed: String,
+        #[serde(default)]
+        may_exist: bool,
+    },
+    FipDelete {
+        router: String,
+        address: String,
+        #[serde(default)]
+        if_exists: bool,
+    },
+    /// Floating IPs with their counters, of every router or of one.
+    FipList {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        router: Option<String>,
+    },
+    /// Associates floating IP `address` with `fixed`. A floating IP exists only while
+    /// associated, so this creates it (as `fip_create`).
+    FipAssociate {
+        router: String,
+        address: String,
+        fixed: String,
+        #[serde(default)]
+        may_exist: bool,
+    },
+    /// Disassociates floating IP `address`: the same as `fip_delete`.
+    FipDisassociate {
+        router: String,
+        address: String,
+        #[serde(default)]
+        if_exists: bool,
+    },
 }
 
 impl Request {
@@ -156,6 +251,9 @@ impl Request {
                 | Request::RouteList { .. }
                 | Request::RuleList { .. }
                 | Request::FwRuleList { .. }
+                | Request::RouterList
+                | Request::RouterShow { .. }
+                | Request::FipList { .. }
         )
     }
 }
@@ -231,6 +329,11 @@ pub struct ChangeResult {
     pub changed_routers: Vec<String>,
     /// True when the request asked for what already was: nothing was written or applied.
     pub unchanged: bool,
+    /// Map and kernel writes applying the change made, summed over the routers that
+    /// changed (a started or restarted router counts what its start wrote; a removed one
+    /// nothing). Zero when nothing changed.
+    #[serde(default)]
+    pub writes: Writes,
 }
 
 /// `show_state`.
@@ -312,6 +415,141 @@ pub struct SteeringEntry {
     pub interfaces: Vec<String>,
 }
 
+/// One element of `router_list`, in the order of the desired state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterSummary {
+    pub id: String,
+    pub namespace: String,
+    /// `"xdp"` or `"tc"`.
+    pub mode: String,
+    /// The internal interfaces' names.
+    pub interfaces: Vec<String>,
+    /// `None` without a gateway.
+    pub gateway: Option<GatewayEntry>,
+    /// How many floating IPs it has.
+    pub floating_ips: usize,
+    /// Whether routerd runs it (its fast path attached and followed).
+    pub running: bool,
+}
+
+/// `router_show`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterDetail {
+    pub id: String,
+    pub namespace: String,
+    pub mode: String,
+    pub running: bool,
+    /// The internal interfaces, in file order.
+    pub interfaces: Vec<InterfaceEntry>,
+    pub gateway: Option<GatewayEntry>,
+    /// Every subnet of the external network the router has an address on, the gateway's
+    /// first; empty without a gateway.
+    pub external_subnets: Vec<ExternalSubnetEntry>,
+    /// `[[router.table]]`.
+    pub tables: Vec<TableEntry>,
+    /// As `route_list` answers.
+    pub routes: Vec<RouteEntry>,
+    /// As `rule_list` answers (configured and generated rules).
+    pub rules: Vec<RuleEntry>,
+    /// As `fip_list` answers.
+    pub floating_ips: Vec<FloatingIpEntry>,
+    pub firewall: FirewallSummary,
+    pub nat: NatEntry,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceEntry {
+    pub name: String,
+    /// The router's address, `a.b.c.d/len`.
+    pub address: String,
+    /// Its subnet, `a.b.c.0/len`.
+    pub subnet: String,
+    pub source_check: bool,
+    pub allowed_sources: Vec<String>,
+    /// Whether XDP redirects into it: as the running router decided; when not running, as
+    /// configured (`None`: decided by the driver at start).
+    pub xdp_egress: Option<bool>,
+    /// Its ifindex in the router's namespace, when running.
+    pub ifindex: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayEntry {
+    pub interface: String,
+    /// The gateway IP with the external subnet's length, `a.b.c.d/len`.
+    pub address: String,
+    pub nexthop: String,
+    pub snat: bool,
+    /// As for [`InterfaceEntry::xdp_egress`].
+    pub xdp_egress: Option<bool>,
+    /// When running.
+    pub ifindex: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalSubnetEntry {
+    pub subnet: String,
+    /// The router's address on it.
+    pub address: String,
+    /// The subnet's gateway.
+    pub nexthop: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableEntry {
+    pub name: String,
+    pub id: u32,
+}
+
+/// One element of `fip_list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FloatingIpEntry {
+    pub router: String,
+    /// The floating IP.
+    pub address: String,
+    /// The fixed IP it is associated with.
+    pub fixed: String,
+    /// From the running router's pinned `FIP_STATS` (summed over CPUs); `None` when the
+    /// router does not run or they cannot be read. In: to the floating IP; out: from the
+    /// fixed IP.
+    pub in_packets: Option<u64>,
+    pub in_bytes: Option<u64>,
+    pub out_packets: Option<u64>,
+    pub out_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallSummary {
+    pub enabled: bool,
+    /// `"allow"` or `"deny"`; `None` without a firewall.
+    pub default: Option<String>,
+    /// How many rules (`fw_rule_list` has them).
+    pub rules: usize,
+    pub steering: Option<SteeringEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatEntry {
+    pub snat_ports: String,
+    pub slow_path_snat_ports: String,
+    pub max_sessions: u32,
+    pub metadata_port: u16,
+}
+
+/// What routerd knows of the routers it runs, for the answers that show it (`running`,
+/// ifindexes, counters).
+#[derive(Clone, Debug, Default)]
+pub struct Live {
+    /// By router id.
+    pub routers: BTreeMap<String, RouterInfo>,
+}
+
+impl Live {
+    fn info(&self, id: &str) -> Option<&RouterInfo> {
+        self.routers.get(id)
+    }
+}
+
 // ---- what a request means ------------------------------------------------------------
 
 /// What a request comes to.
@@ -325,8 +563,14 @@ pub enum Plan {
     Change(DesiredState),
 }
 
-/// What `request` means for `state`; an error names what is wrong (and nothing changes).
+/// What `request` means for `state`, with no router running; an error names what is
+/// wrong (and nothing changes).
 pub fn plan(state: &DesiredState, request: &Request) -> Result<Plan, String> {
+    plan_with(state, request, &Live::default())
+}
+
+/// What `request` means for `state`, routerd running the routers of `live`.
+pub fn plan_with(state: &DesiredState, request: &Request, live: &Live) -> Result<Plan, String> {
     match request {
         Request::Apply { text } => {
             let new = DesiredState::parse(text).map_err(|e| e.to_string())?;
@@ -341,22 +585,7 @@ pub fn plan(state: &DesiredState, request: &Request) -> Result<Plan, String> {
                 None => None,
                 Some(t) => Some(resolve_table(r, "table", t)?),
             };
-            let mut routes: Vec<_> = r
-                .routes
-                .iter()
-                .filter(|route| only.is_none_or(|t| route.table == t))
-                .collect();
-            // main first, then the tables by id; file order within a table.
-            routes.sort_by_key(|route| (route.table != TABLE_MAIN, route.table));
-            let list: Vec<RouteEntry> = routes
-                .into_iter()
-                .map(|route| RouteEntry {
-                    table: r.table_name(route.table),
-                    destination: route.destination.to_string(),
-                    nexthop: route.nexthop.to_string(),
-                })
-                .collect();
-            Ok(Plan::Answer(to_value(&list)))
+            Ok(Plan::Answer(to_value(&route_entries(r, only))))
         }
         Request::RuleList { router } => {
             let r = find_router(state, router)?;
@@ -594,7 +823,158 @@ pub fn plan(state: &DesiredState, request: &Request) -> Result<Plan, String> {
             }
             revalidate(state, &new)
         }
+        Request::RouterCreate {
+            router,
+            namespace,
+            mode,
+            may_exist,
+        } => router_create(state, router, namespace, mode.as_deref(), *may_exist),
+        Request::RouterDelete { router, if_exists } => {
+            let Some(at) = state.routers.iter().position(|r| r.id == *router) else {
+                if *if_exists {
+                    return Ok(Plan::Unchanged);
+                }
+                return Err(format!("router \"{router}\" does not exist"));
+            };
+            let mut new = state.clone();
+            new.routers.remove(at);
+            revalidate(state, &new)
+        }
+        Request::RouterList => {
+            let list: Vec<RouterSummary> = state
+                .routers
+                .iter()
+                .map(|r| router_summary(r, live))
+                .collect();
+            Ok(Plan::Answer(to_value(&list)))
+        }
+        Request::RouterShow { router } => {
+            let r = find_router(state, router)?;
+            Ok(Plan::Answer(to_value(&router_detail(r, live))))
+        }
+        Request::RouterInterfaceAdd {
+            router,
+            interface,
+            address,
+            may_exist,
+        } => interface_add(state, router, interface, address, *may_exist),
+        Request::RouterInterfaceRemove {
+            router,
+            interface,
+            if_exists,
+        } => {
+            let (i, r) = router_at(state, router)?;
+            let Some(at) = r.interfaces.iter().position(|x| x.name == *interface) else {
+                if r.gateway
+                    .as_ref()
+                    .is_some_and(|g| g.interface == *interface)
+                {
+                    return Err(format!(
+                        "interface {interface} is the gateway interface of router \"{router}\", not an internal one (router gateway clear removes it)"
+                    ));
+                }
+                if *if_exists {
+                    return Ok(Plan::Unchanged);
+                }
+                return Err(format!("router \"{router}\" has no interface {interface}"));
+            };
+            let mut new = state.clone();
+            new.routers[i].interfaces.remove(at);
+            revalidate(state, &new)
+                .map_err(|e| format!("router \"{router}\" still uses interface {interface}: {e}"))
+        }
+        Request::RouterGatewaySet {
+            router,
+            interface,
+            address,
+            nexthop,
+            snat,
+        } => gateway_set(state, router, interface, address, nexthop, *snat),
+        Request::RouterGatewayClear { router, if_exists } => {
+            let (i, r) = router_at(state, router)?;
+            if r.gateway.is_none() {
+                if *if_exists {
+                    return Ok(Plan::Unchanged);
+                }
+                return Err(format!("router \"{router}\" has no gateway"));
+            }
+            let mut new = state.clone();
+            new.routers[i].gateway = None;
+            revalidate(state, &new)
+                .map_err(|e| format!("router \"{router}\" still uses its gateway: {e}"))
+        }
+        Request::FipCreate {
+            router,
+            address,
+            fixed,
+            may_exist,
+        }
+        | Request::FipAssociate {
+            router,
+            address,
+            fixed,
+            may_exist,
+        } => fip_add(state, router, address, fixed, *may_exist),
+        Request::FipDelete {
+            router,
+            address,
+            if_exists,
+        }
+        | Request::FipDisassociate {
+            router,
+            address,
+            if_exists,
+        } => {
+            let (i, r) = router_at(state, router)?;
+            let a = Ipv4Addr::from_str(address)
+                .map_err(|_| format!("address \"{address}\": not an IPv4 address"))?;
+            let Some(at) = r.floating_ips.iter().position(|f| f.address == a) else {
+                if *if_exists {
+                    return Ok(Plan::Unchanged);
+                }
+                return Err(format!("router \"{router}\" has no floating IP {a}"));
+            };
+            let mut new = state.clone();
+            new.routers[i].floating_ips.remove(at);
+            revalidate(state, &new)
+        }
+        Request::FipList { router } => {
+            let routers: Vec<&Router> = match router {
+                None => state.routers.iter().collect(),
+                Some(id) => vec![find_router(state, id)?],
+            };
+            let list: Vec<FloatingIpEntry> = routers
+                .into_iter()
+                .flat_map(|r| floating_ip_entries(r, live))
+                .collect();
+            Ok(Plan::Answer(to_value(&list)))
+        }
     }
+}
+
+/// What the node must have for `new` before it is written: the namespace of every router
+/// that is new or moves to another namespace. (An interface missing in a namespace is found
+/// when the router starts; routerd then restores the previous state.)
+pub fn preflight(old: &DesiredState, new: &DesiredState) -> Result<(), String> {
+    for r in &new.routers {
+        if old
+            .router(&r.id)
+            .is_some_and(|o| o.namespace == r.namespace)
+        {
+            continue;
+        }
+        let path = crate::paths::netns_path(&r.namespace);
+        if !path.exists() {
+            return Err(format!(
+                "router \"{}\": namespace \"{}\" does not exist (no {}; create it first, e.g. ip netns add {})",
+                r.id,
+                r.namespace,
+                path.display(),
+                r.namespace
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Routers added, removed or changed from `old` to `new`, sorted.
@@ -957,6 +1337,320 @@ fn firewall_listing(r: &Router) -> FirewallListing {
         rules,
         counters,
         steering,
+    }
+}
+
+/// The routes of `r` (of table `only`, or all): main first, then the tables by id; file
+/// order within a table.
+fn route_entries(r: &Router, only: Option<u32>) -> Vec<RouteEntry> {
+    let mut routes: Vec<_> = r
+        .routes
+        .iter()
+        .filter(|route| only.is_none_or(|t| route.table == t))
+        .collect();
+    routes.sort_by_key(|route| (route.table != TABLE_MAIN, route.table));
+    routes
+        .into_iter()
+        .map(|route| RouteEntry {
+            table: r.table_name(route.table),
+            destination: route.destination.to_string(),
+            nexthop: route.nexthop.to_string(),
+        })
+        .collect()
+}
+
+/// `a.b.c.d/len`, read only to compare with an interface's address (the file's checks
+/// judge it otherwise).
+fn parse_ifaddr(s: &str) -> Option<IfAddr> {
+    let (addr, len) = s.split_once('/')?;
+    Some(IfAddr {
+        addr: Ipv4Addr::from_str(addr).ok()?,
+        len: len.parse().ok().filter(|l| *l <= 32)?,
+    })
+}
+
+fn router_create(
+    state: &DesiredState,
+    id: &str,
+    namespace: &str,
+    mode: Option<&str>,
+    may_exist: bool,
+) -> Result<Plan, String> {
+    if let Some(r) = state.router(id) {
+        // No mode asked: the file's default.
+        let same = r.namespace == namespace && r.mode.to_string() == mode.unwrap_or("xdp");
+        if same && may_exist {
+            return Ok(Plan::Unchanged);
+        }
+        let what = format!(
+            "router \"{id}\" exists (namespace \"{}\", mode {})",
+            r.namespace, r.mode
+        );
+        return Err(if same {
+            format!("{what} (use --may-exist)")
+        } else {
+            format!("{what}: delete it first or choose another id")
+        });
+    }
+    if let Some(other) = state.routers.iter().find(|r| r.namespace == namespace) {
+        return Err(format!(
+            "namespace \"{namespace}\" is used by router \"{}\" (one router per namespace)",
+            other.id
+        ));
+    }
+    let mut entry = toml::Table::new();
+    entry.insert("id".into(), id.into());
+    entry.insert("namespace".into(), namespace.into());
+    if let Some(m) = mode {
+        entry.insert("mode".into(), m.into());
+    }
+    let mut doc = Doc::of(state)?;
+    array(&mut doc.0, "router")?.push(toml::Value::Table(entry));
+    doc.validate(state)
+}
+
+fn interface_add(
+    state: &DesiredState,
+    router: &str,
+    name: &str,
+    address: &str,
+    may_exist: bool,
+) -> Result<Plan, String> {
+    let (i, r) = router_at(state, router)?;
+    if r.gateway.as_ref().is_some_and(|g| g.interface == name) {
+        return Err(format!(
+            "interface {name} is the gateway interface of router \"{router}\" (router gateway set changes it)"
+        ));
+    }
+    if let Some(existing) = r.interfaces.iter().find(|x| x.name == name) {
+        let asked = parse_ifaddr(address).ok_or_else(|| {
+            format!("address \"{address}\": not an IPv4 address with prefix length (a.b.c.d/len)")
+        })?;
+        if existing.address == asked {
+            if may_exist {
+                return Ok(Plan::Unchanged);
+            }
+            return Err(format!(
+                "interface {name} with address {asked} exists on router \"{router}\" (use --may-exist)"
+            ));
+        }
+        return Err(format!(
+            "router \"{router}\" has interface {name} with address {} already (remove it first)",
+            existing.address
+        ));
+    }
+    let mut entry = toml::Table::new();
+    entry.insert("name".into(), name.into());
+    entry.insert("address".into(), address.into());
+    let mut doc = Doc::of(state)?;
+    array(doc.router(i)?, "interface")?.push(toml::Value::Table(entry));
+    doc.validate(state)
+}
+
+fn gateway_set(
+    state: &DesiredState,
+    router: &str,
+    interface: &str,
+    address: &str,
+    nexthop: &str,
+    snat: Option<bool>,
+) -> Result<Plan, String> {
+    let (i, r) = router_at(state, router)?;
+    if r.interfaces.iter().any(|x| x.name == interface) {
+        return Err(format!(
+            "interface {interface} is an internal interface of router \"{router}\" (router interface remove it first)"
+        ));
+    }
+    let same_interface = r.gateway.as_ref().is_some_and(|g| g.interface == interface);
+    let snat = snat.unwrap_or_else(|| r.gateway.as_ref().is_none_or(|g| g.snat));
+    let mut doc = Doc::of(state)?;
+    // The existing table, if any: its further external subnets stay.
+    let g = doc.router(i)?.table("gateway")?;
+    if !same_interface {
+        g.remove("xdp_egress");
+    }
+    g.insert("interface".into(), interface.into());
+    g.insert("address".into(), address.into());
+    g.insert("nexthop".into(), nexthop.into());
+    g.insert("snat".into(), snat.into());
+    doc.validate(state)
+}
+
+fn fip_add(
+    state: &DesiredState,
+    router: &str,
+    address: &str,
+    fixed: &str,
+    may_exist: bool,
+) -> Result<Plan, String> {
+    let (i, r) = router_at(state, router)?;
+    // Addresses that do not parse get the file's message below.
+    if let (Ok(a), Ok(f)) = (Ipv4Addr::from_str(address), Ipv4Addr::from_str(fixed)) {
+        if let Some(existing) = r.floating_ips.iter().find(|x| x.address == a) {
+            if existing.fixed == f {
+                if may_exist {
+                    return Ok(Plan::Unchanged);
+                }
+                return Err(format!(
+                    "floating IP {a} is already associated with {f} on router \"{router}\" (use --may-exist)"
+                ));
+            }
+            return Err(format!(
+                "floating IP {a} is already associated with {} on router \"{router}\" (disassociate it first)",
+                existing.fixed
+            ));
+        }
+        if let Some(other) = r.floating_ips.iter().find(|x| x.fixed == f) {
+            return Err(format!(
+                "fixed IP {f} already has floating IP {} on router \"{router}\" (one floating IP per fixed IP)",
+                other.address
+            ));
+        }
+    }
+    let mut entry = toml::Table::new();
+    entry.insert("address".into(), address.into());
+    entry.insert("fixed".into(), fixed.into());
+    let mut doc = Doc::of(state)?;
+    array(doc.router(i)?, "floating_ip")?.push(toml::Value::Table(entry));
+    doc.validate(state)
+}
+
+/// The floating IPs of `r`, with the counters of its pinned maps when it runs.
+fn floating_ip_entries(r: &Router, live: &Live) -> Vec<FloatingIpEntry> {
+    let counters: BTreeMap<Ipv4Addr, crate::stats::FloatingIpStats> = if live.info(&r.id).is_some()
+    {
+        crate::stats::collect_nat(Some(&r.id))
+            .map(|nat| {
+                nat.floating_ips
+                    .into_iter()
+                    .map(|f| (f.floating_ip, f))
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        BTreeMap::new()
+    };
+    r.floating_ips
+        .iter()
+        .map(|f| {
+            let c = counters.get(&f.address).filter(|c| c.fixed_ip == f.fixed);
+            FloatingIpEntry {
+                router: r.id.clone(),
+                address: f.address.to_string(),
+                fixed: f.fixed.to_string(),
+                in_packets: c.map(|c| c.in_packets),
+                in_bytes: c.map(|c| c.in_bytes),
+                out_packets: c.map(|c| c.out_packets),
+                out_bytes: c.map(|c| c.out_bytes),
+            }
+        })
+        .collect()
+}
+
+/// The running router's view of interface `name`: (ifindex, XDP egress).
+fn attached(info: Option<&RouterInfo>, name: &str) -> Option<(u32, bool)> {
+    info?
+        .interfaces
+        .iter()
+        .find(|i| i.name == name)
+        .map(|i| (i.ifindex, i.xdp_egress))
+}
+
+fn gateway_entry(r: &Router, live: &Live) -> Option<GatewayEntry> {
+    let g = r.gateway.as_ref()?;
+    let seen = attached(live.info(&r.id), &g.interface);
+    Some(GatewayEntry {
+        interface: g.interface.clone(),
+        address: g.address.to_string(),
+        nexthop: g.nexthop.to_string(),
+        snat: g.snat,
+        xdp_egress: seen.map(|(_, x)| x).or(g.xdp_egress),
+        ifindex: seen.map(|(i, _)| i),
+    })
+}
+
+fn router_summary(r: &Router, live: &Live) -> RouterSummary {
+    RouterSummary {
+        id: r.id.clone(),
+        namespace: r.namespace.clone(),
+        mode: r.mode.to_string(),
+        interfaces: r.interfaces.iter().map(|i| i.name.clone()).collect(),
+        gateway: gateway_entry(r, live),
+        floating_ips: r.floating_ips.len(),
+        running: live.info(&r.id).is_some(),
+    }
+}
+
+fn router_detail(r: &Router, live: &Live) -> RouterDetail {
+    let info = live.info(&r.id);
+    let interfaces = r
+        .interfaces
+        .iter()
+        .map(|i| {
+            let seen = attached(info, &i.name);
+            InterfaceEntry {
+                name: i.name.clone(),
+                address: i.address.to_string(),
+                subnet: i.address.subnet().to_string(),
+                source_check: i.source_check,
+                allowed_sources: i.allowed_sources.iter().map(|p| p.to_string()).collect(),
+                xdp_egress: seen.map(|(_, x)| x).or(i.xdp_egress),
+                ifindex: seen.map(|(index, _)| index),
+            }
+        })
+        .collect();
+    let fw = firewall_listing_config(r);
+    RouterDetail {
+        id: r.id.clone(),
+        namespace: r.namespace.clone(),
+        mode: r.mode.to_string(),
+        running: info.is_some(),
+        interfaces,
+        gateway: gateway_entry(r, live),
+        external_subnets: r
+            .external_subnets()
+            .into_iter()
+            .map(|s| ExternalSubnetEntry {
+                subnet: s.address.subnet().to_string(),
+                address: s.address.to_string(),
+                nexthop: s.nexthop.to_string(),
+            })
+            .collect(),
+        tables: r
+            .tables
+            .iter()
+            .map(|t| TableEntry {
+                name: t.name.clone(),
+                id: t.id,
+            })
+            .collect(),
+        routes: route_entries(r, None),
+        rules: rule_list(r),
+        floating_ips: floating_ip_entries(r, live),
+        firewall: fw,
+        nat: NatEntry {
+            snat_ports: r.nat.snat_ports.to_string(),
+            slow_path_snat_ports: r.nat.slow_path_snat_ports.to_string(),
+            max_sessions: r.nat.max_sessions,
+            metadata_port: r.nat.metadata_port,
+        },
+    }
+}
+
+/// The firewall of `r` in brief (no counters).
+fn firewall_listing_config(r: &Router) -> FirewallSummary {
+    FirewallSummary {
+        enabled: r.firewall.is_some(),
+        default: r
+            .firewall
+            .as_ref()
+            .map(|f| if f.default_allow { "allow" } else { "deny" }.into()),
+        rules: r.firewall.as_ref().map_or(0, |f| f.rules.len()),
+        steering: r.steering.as_ref().map(|s| SteeringEntry {
+            nexthop: s.nexthop.to_string(),
+            gateway_nexthop: s.gateway_nexthop.map(|a| a.to_string()),
+            interfaces: s.interfaces.clone(),
+        }),
     }
 }
 
@@ -1371,6 +2065,468 @@ table = "vfw"
         let s3 = changed(&s, json!({"op": "fw_steer_clear"}));
         assert_eq!(steered(&s3), None);
         unchanged(&s3, json!({"op": "fw_steer_clear"}));
+    }
+
+    #[test]
+    fn router_create_and_delete() {
+        let s = state();
+        let created = |request: Value| match plan(
+            &s,
+            &parse_request(&request.to_string()).expect("a request"),
+        ) {
+            Ok(Plan::Change(new)) => new,
+            other => panic!("{request}: {other:?}"),
+        };
+        let refused = |request: Value| match plan(
+            &s,
+            &parse_request(&request.to_string()).expect("a request"),
+        ) {
+            Err(e) => e,
+            other => panic!("{request}: expected an error, got {other:?}"),
+        };
+        let new = created(
+            json!({"op": "router_create", "router": "r2", "namespace": "ns2", "mode": "tc"}),
+        );
+        assert_eq!(new.routers.len(), 2);
+        assert_eq!(new.routers[1].mode, crate::config::Mode::Tc);
+        assert_eq!(changed_routers(&s, &new), ["r2"]);
+        let new = created(json!({"op": "router_create", "router": "r2", "namespace": "ns2"}));
+        assert_eq!(new.routers[1].mode, crate::config::Mode::Xdp);
+        assert!(new.routers[1].interfaces.is_empty() && new.routers[1].gateway.is_none());
+        for (request, problem) in [
+            (
+                json!({"op": "router_create", "router": "r1", "namespace": "ns1"}),
+                "router \"r1\" exists (namespace \"ns1\", mode xdp) (use --may-exist)",
+            ),
+            (
+                json!({"op": "router_create", "router": "r1", "namespace": "ns9", "may_exist": true}),
+                "router \"r1\" exists (namespace \"ns1\", mode xdp): delete it first",
+            ),
+            (
+                json!({"op": "router_create", "router": "r1", "namespace": "ns1", "mode": "tc", "may_exist": true}),
+                "delete it first",
+            ),
+            (
+                json!({"op": "router_create", "router": "r2", "namespace": "ns1"}),
+                "namespace \"ns1\" is used by router \"r1\"",
+            ),
+            (
+                json!({"op": "router_create", "router": "r2", "namespace": "ns2", "mode": "ebpf"}),
+                "router[1] (id \"r2\").mode = \"ebpf\": must be \"xdp\" or \"tc\"",
+            ),
+            (
+                json!({"op": "router_create", "router": "r 2", "namespace": "ns2"}),
+                ".id = \"r 2\": must be 1-32 characters",
+            ),
+            (
+                json!({"op": "router_delete", "router": "r9"}),
+                "router \"r9\" does not exist",
+            ),
+        ] {
+            let e = refused(request.clone());
+            assert!(e.contains(problem), "{request}: {e}");
+        }
+        assert_eq!(
+            plan(
+                &s,
+                &parse_request(
+                    r#"{"op":"router_create","router":"r1","namespace":"ns1","may_exist":true}"#
+                )
+                .expect("request")
+            ),
+            Ok(Plan::Unchanged)
+        );
+        assert_eq!(
+            plan(
+                &s,
+                &parse_request(r#"{"op":"router_delete","router":"r9","if_exists":true}"#)
+                    .expect("request")
+            ),
+            Ok(Plan::Unchanged)
+        );
+        let gone = created(json!({"op": "router_delete", "router": "r1"}));
+        assert!(gone.routers.is_empty());
+        // An empty state takes a router too.
+        let empty = DesiredState::parse("").expect("valid");
+        assert!(matches!(
+            plan(&empty, &parse_request(r#"{"op":"router_create","router":"a","namespace":"n"}"#).expect("request")),
+            Ok(Plan::Change(n)) if n.routers.len() == 1
+        ));
+    }
+
+    #[test]
+    fn interfaces_add_and_remove() {
+        let s = state();
+        let new = changed(
+            &s,
+            json!({"op": "router_interface_add", "interface": "qr-b", "address": "10.0.2.1/24"}),
+        );
+        assert_eq!(new.routers[0].interfaces.len(), 3);
+        unchanged(
+            &s,
+            json!({"op": "router_interface_add", "interface": "qr-a", "address": "10.0.1.1/24", "may_exist": true}),
+        );
+        for (request, problem) in [
+            (
+                json!({"op": "router_interface_add", "interface": "qr-b", "address": "10.0.1.9/24"}),
+                "interface[2].address = \"10.0.1.9/24\": subnet 10.0.1.0/24 overlaps the subnet of interface qr-a",
+            ),
+            (
+                json!({"op": "router_interface_add", "interface": "qr-b", "address": "198.18.0.9/16"}),
+                "overlaps the subnet of interface qg-1",
+            ),
+            (
+                json!({"op": "router_interface_add", "interface": "qr-b", "address": "10.0.2.1"}),
+                "interface[2].address = \"10.0.2.1\": not an IPv4 address with prefix length",
+            ),
+            (
+                json!({"op": "router_interface_add", "interface": "qr-b", "address": "10.0.2.0/24"}),
+                "is the network or broadcast address",
+            ),
+            (
+                json!({"op": "router_interface_add", "interface": "qr-a", "address": "10.0.1.1/24"}),
+                "interface qr-a with address 10.0.1.1/24 exists on router \"r1\" (use --may-exist)",
+            ),
+            (
+                json!({"op": "router_interface_add", "interface": "qr-a", "address": "10.0.3.1/24", "may_exist": true}),
+                "router \"r1\" has interface qr-a with address 10.0.1.1/24 already",
+            ),
+            (
+                json!({"op": "router_interface_add", "interface": "qg-1", "address": "10.0.3.1/24"}),
+                "interface qg-1 is the gateway interface of router \"r1\"",
+            ),
+            (
+                json!({"op": "router_interface_remove", "interface": "qr-a"}),
+                "router \"r1\" still uses interface qr-a: invalid configuration: router[0] (id \"r1\").route[0].nexthop = \"10.0.1.254\": is on no subnet",
+            ),
+            (
+                json!({"op": "router_interface_remove", "interface": "qr-x"}),
+                "router \"r1\" has no interface qr-x",
+            ),
+            (
+                json!({"op": "router_interface_remove", "interface": "qg-1", "if_exists": true}),
+                "is the gateway interface of router \"r1\", not an internal one",
+            ),
+        ] {
+            let e = error(&s, request.clone());
+            assert!(e.contains(problem), "{request}: {e}");
+        }
+        let new = changed(
+            &s,
+            json!({"op": "router_interface_remove", "interface": "qr-fw"}),
+        );
+        assert_eq!(new.routers[0].interfaces.len(), 1);
+        unchanged(
+            &s,
+            json!({"op": "router_interface_remove", "interface": "qr-x", "if_exists": true}),
+        );
+    }
+
+    #[test]
+    fn gateway_set_and_clear() {
+        let s = state();
+        unchanged(
+            &s,
+            json!({"op": "router_gateway_set", "interface": "qg-1", "address": "198.18.0.2/24", "nexthop": "198.18.0.1"}),
+        );
+        let new = changed(
+            &s,
+            json!({"op": "router_gateway_set", "interface": "qg-1", "address": "198.18.0.2/24", "nexthop": "198.18.0.1", "snat": false}),
+        );
+        assert_eq!(new.routers[0].gateway.as_ref().map(|g| g.snat), Some(false));
+        // Unsaid, SNAT stays as it is.
+        let again = changed(
+            &new,
+            json!({"op": "router_gateway_set", "interface": "qg-1", "address": "198.18.0.2/24", "nexthop": "198.18.0.3"}),
+        );
+        assert_eq!(
+            again.routers[0].gateway.as_ref().map(|g| g.snat),
+            Some(false)
+        );
+        for (request, problem) in [
+            (
+                json!({"op": "router_gateway_set", "interface": "qg-1", "address": "198.18.0.2/24", "nexthop": "192.0.2.1"}),
+                "gateway.nexthop = \"192.0.2.1\": must be another host on the gateway subnet 198.18.0.0/24",
+            ),
+            (
+                json!({"op": "router_gateway_set", "interface": "qr-a", "address": "198.18.0.2/24", "nexthop": "198.18.0.1"}),
+                "interface qr-a is an internal interface of router \"r1\"",
+            ),
+            (
+                json!({"op": "router_gateway_set", "interface": "qg-1", "address": "10.0.1.200/24", "nexthop": "10.0.1.1"}),
+                "overlaps the subnet of",
+            ),
+        ] {
+            let e = error(&s, request.clone());
+            assert!(e.contains(problem), "{request}: {e}");
+        }
+        let with_fip = changed(
+            &s,
+            json!({"op": "fip_create", "address": "198.18.0.10", "fixed": "10.0.1.5"}),
+        );
+        let e = error(&with_fip, json!({"op": "router_gateway_clear"}));
+        assert!(
+            e.contains("router \"r1\" still uses its gateway: invalid configuration: router[0] (id \"r1\").floating_ip[0].address = \"198.18.0.10\": a floating IP needs a router gateway"),
+            "{e}"
+        );
+        let cleared = changed(&s, json!({"op": "router_gateway_clear"}));
+        assert!(cleared.routers[0].gateway.is_none());
+        let e = error(&cleared, json!({"op": "router_gateway_clear"}));
+        assert_eq!(e, "router \"r1\" has no gateway");
+        unchanged(
+            &cleared,
+            json!({"op": "router_gateway_clear", "if_exists": true}),
+        );
+        let set = changed(
+            &cleared,
+            json!({"op": "router_gateway_set", "interface": "qg-2", "address": "203.0.113.2/24", "nexthop": "203.0.113.1"}),
+        );
+        assert_eq!(set.routers[0].gateway.as_ref().map(|g| g.snat), Some(true));
+        // Further external subnets and, on the same interface, xdp_egress stay.
+        let text = BASE.replace(
+            "nexthop = \"198.18.0.1\"\n",
+            "nexthop = \"198.18.0.1\"\nxdp_egress = true\n\n[[router.gateway.subnet]]\naddress = \"203.0.113.2/24\"\nnexthop = \"203.0.113.1\"\n",
+        );
+        let s = DesiredState::parse(&text).expect("valid");
+        let kept = changed(
+            &s,
+            json!({"op": "router_gateway_set", "interface": "qg-1", "address": "198.18.0.3/24", "nexthop": "198.18.0.1", "snat": false}),
+        );
+        let g = kept.routers[0].gateway.as_ref().expect("a gateway");
+        assert_eq!(
+            (g.address.to_string(), g.snat, g.xdp_egress),
+            ("198.18.0.3/24".into(), false, Some(true))
+        );
+        assert_eq!(g.subnets.len(), 1);
+        let moved = changed(
+            &s,
+            json!({"op": "router_gateway_set", "interface": "qg-9", "address": "198.18.0.2/24", "nexthop": "198.18.0.1"}),
+        );
+        let g = moved.routers[0].gateway.as_ref().expect("a gateway");
+        assert_eq!((g.xdp_egress, g.subnets.len()), (None, 1));
+    }
+
+    #[test]
+    fn floating_ips_create_associate_and_delete() {
+        let s = state();
+        let s = changed(
+            &s,
+            json!({"op": "fip_create", "address": "198.18.0.10", "fixed": "10.0.1.5"}),
+        );
+        assert_eq!(s.routers[0].floating_ips.len(), 1);
+        unchanged(
+            &s,
+            json!({"op": "fip_create", "address": "198.18.0.10", "fixed": "10.0.1.5", "may_exist": true}),
+        );
+        unchanged(
+            &s,
+            json!({"op": "fip_associate", "address": "198.18.0.10", "fixed": "10.0.1.5", "may_exist": true}),
+        );
+        for (request, problem) in [
+            (
+                json!({"op": "fip_create", "address": "198.18.0.10", "fixed": "10.0.1.5"}),
+                "floating IP 198.18.0.10 is already associated with 10.0.1.5 on router \"r1\" (use --may-exist)",
+            ),
+            (
+                json!({"op": "fip_associate", "address": "198.18.0.10", "fixed": "10.0.1.6", "may_exist": true}),
+                "floating IP 198.18.0.10 is already associated with 10.0.1.5 on router \"r1\" (disassociate it first)",
+            ),
+            (
+                json!({"op": "fip_create", "address": "198.18.0.11", "fixed": "10.0.1.5"}),
+                "fixed IP 10.0.1.5 already has floating IP 198.18.0.10",
+            ),
+            (
+                json!({"op": "fip_create", "address": "198.18.1.10", "fixed": "10.0.1.6"}),
+                "floating_ip[1].address = \"198.18.1.10\": is in no external subnet of this router (198.18.0.0/24)",
+            ),
+            (
+                json!({"op": "fip_create", "address": "198.18.0.11", "fixed": "10.0.9.6"}),
+                "floating_ip[1].fixed = \"10.0.9.6\": is on no internal subnet of this router",
+            ),
+            (
+                json!({"op": "fip_create", "address": "198.18.0.2", "fixed": "10.0.1.6"}),
+                "is one of the router's gateway IPs",
+            ),
+            (
+                json!({"op": "fip_create", "address": "nope", "fixed": "10.0.1.6"}),
+                "floating_ip[1].address = \"nope\": not an IPv4 address",
+            ),
+            (
+                json!({"op": "fip_delete", "address": "198.18.0.11"}),
+                "router \"r1\" has no floating IP 198.18.0.11",
+            ),
+            (
+                json!({"op": "fip_disassociate", "address": "198.18.0.11"}),
+                "router \"r1\" has no floating IP 198.18.0.11",
+            ),
+            (
+                json!({"op": "fip_delete", "address": "x"}),
+                "address \"x\": not an IPv4 address",
+            ),
+        ] {
+            let e = error(&s, request.clone());
+            assert!(e.contains(problem), "{request}: {e}");
+        }
+        let s2 = changed(
+            &s,
+            json!({"op": "fip_associate", "address": "198.18.0.11", "fixed": "10.99.0.5"}),
+        );
+        let e = error(
+            &s2,
+            json!({"op": "router_interface_remove", "interface": "qr-fw"}),
+        );
+        assert!(
+            e.contains("still uses interface qr-fw")
+                && e.contains("floating_ip[1].fixed = \"10.99.0.5\""),
+            "{e}"
+        );
+        let s3 = changed(
+            &s2,
+            json!({"op": "fip_disassociate", "address": "198.18.0.11"}),
+        );
+        assert_eq!(s3, s);
+        let s4 = changed(&s, json!({"op": "fip_delete", "address": "198.18.0.10"}));
+        assert!(s4.routers[0].floating_ips.is_empty());
+        unchanged(
+            &s4,
+            json!({"op": "fip_delete", "address": "198.18.0.10", "if_exists": true}),
+        );
+        let listing = answer(&s2, json!({"op": "fip_list"}));
+        assert_eq!(
+            listing,
+            json!([
+                {"router": "r1", "address": "198.18.0.10", "fixed": "10.0.1.5", "in_packets": null,
+                 "in_bytes": null, "out_packets": null, "out_bytes": null},
+                {"router": "r1", "address": "198.18.0.11", "fixed": "10.99.0.5", "in_packets": null,
+                 "in_bytes": null, "out_packets": null, "out_bytes": null},
+            ])
+        );
+        assert_eq!(
+            plan(&s2, &Request::FipList { router: None }).ok(),
+            Some(Plan::Answer(listing))
+        );
+        assert_eq!(
+            plan(
+                &s2,
+                &Request::FipList {
+                    router: Some("r9".into())
+                }
+            ),
+            Err("router \"r9\" does not exist".into())
+        );
+    }
+
+    #[test]
+    fn router_list_and_show_have_the_documented_shape() {
+        let s = changed(
+            &state(),
+            json!({"op": "fip_create", "address": "198.18.0.10", "fixed": "10.0.1.5"}),
+        );
+        assert_eq!(
+            plan(&s, &Request::RouterList),
+            Ok(Plan::Answer(json!([{
+                "id": "r1", "namespace": "ns1", "mode": "xdp", "interfaces": ["qr-a", "qr-fw"],
+                "gateway": {"interface": "qg-1", "address": "198.18.0.2/24", "nexthop": "198.18.0.1",
+                            "snat": true, "xdp_egress": null, "ifindex": null},
+                "floating_ips": 1, "running": false
+            }])))
+        );
+        let show = answer(&s, json!({"op": "router_show"}));
+        let keys: Vec<&str> = show
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let mut expected = vec![
+            "id",
+            "namespace",
+            "mode",
+            "running",
+            "interfaces",
+            "gateway",
+            "external_subnets",
+            "tables",
+            "routes",
+            "rules",
+            "floating_ips",
+            "firewall",
+            "nat",
+        ];
+        expected.sort();
+        let mut keys = keys;
+        keys.sort();
+        assert_eq!(keys, expected);
+        assert_eq!(
+            show["interfaces"][0],
+            json!({"name": "qr-a", "address": "10.0.1.1/24", "subnet": "10.0.1.0/24",
+                   "source_check": true, "allowed_sources": [], "xdp_egress": null, "ifindex": null})
+        );
+        assert_eq!(
+            show["external_subnets"],
+            json!([{"subnet": "198.18.0.0/24", "address": "198.18.0.2/24", "nexthop": "198.18.0.1"}])
+        );
+        assert_eq!(show["tables"], json!([{"name": "vfw", "id": 100}]));
+        assert_eq!(show["routes"][0]["destination"], "10.20.0.0/16");
+        assert_eq!(show["rules"][0]["priority"], 1000);
+        assert_eq!(show["floating_ips"][0]["fixed"], "10.0.1.5");
+        assert_eq!(
+            show["firewall"],
+            json!({"enabled": false, "default": null, "rules": 0, "steering": null})
+        );
+        assert_eq!(
+            show["nat"],
+            json!({"snat_ports": "1024-64511", "slow_path_snat_ports": "64512-65535",
+                   "max_sessions": 65536, "metadata_port": 9697})
+        );
+        // A running router: its ifindexes and XDP egress decisions.
+        let live = Live {
+            routers: [(
+                "r1".to_string(),
+                RouterInfo {
+                    router: "r1".into(),
+                    namespace: "ns1".into(),
+                    mode: "xdp".into(),
+                    interfaces: vec![crate::router::InterfaceInfo {
+                        name: "qr-a".into(),
+                        ifindex: 7,
+                        role: "internal".into(),
+                        xdp_egress: false,
+                    }],
+                },
+            )]
+            .into(),
+        };
+        let Ok(Plan::Answer(show)) = plan_with(
+            &s,
+            &Request::RouterShow {
+                router: "r1".into(),
+            },
+            &live,
+        ) else {
+            panic!("router_show answers");
+        };
+        assert_eq!(show["running"], true);
+        assert_eq!(show["interfaces"][0]["ifindex"], 7);
+        assert_eq!(show["interfaces"][0]["xdp_egress"], false);
+        assert_eq!(show["interfaces"][1]["ifindex"], Value::Null);
+    }
+
+    #[test]
+    fn preflight_needs_the_namespaces_of_new_routers() {
+        let s = state();
+        // r1 keeps its namespace: not checked again.
+        assert_eq!(preflight(&s, &s), Ok(()));
+        let Ok(Plan::Change(new)) = plan(
+            &s,
+            &parse_request(r#"{"op":"router_create","router":"r2","namespace":"no-such-ns-here"}"#)
+                .expect("request"),
+        ) else {
+            panic!("a change");
+        };
+        let e = preflight(&s, &new).expect_err("missing namespace");
+        assert!(
+            e.contains("router \"r2\": namespace \"no-such-ns-here\" does not exist (no /run/netns/no-such-ns-here"),
+            "{e}"
+        );
     }
 
     #[test]

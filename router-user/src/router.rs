@@ -54,11 +54,29 @@ pub struct InterfaceInfo {
     pub xdp_egress: bool,
 }
 
+/// Writes a start or a reconfiguration made: map entries written or removed
+/// (`Datapath::writes`), and kernel writes (netlink addresses, routes and rules, sysctls,
+/// nftables transactions).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Writes {
+    pub map: usize,
+    pub kernel: usize,
+}
+
+impl std::ops::AddAssign for Writes {
+    fn add_assign(&mut self, other: Self) {
+        self.map += other.map;
+        self.kernel += other.kernel;
+    }
+}
+
 /// A router whose fast path is attached; dropping it without `stop` also stops it.
 pub struct RunningRouter {
     pub info: RouterInfo,
     /// The desired state the router runs.
     pub desired: Router,
+    /// What its start wrote (an adopted, unchanged fast path: nothing).
+    pub start_writes: Writes,
     /// `true`: detach and remove everything; `false`: leave the fast path running.
     stop: Option<oneshot::Sender<bool>>,
     thread: Option<JoinHandle<()>>,
@@ -68,7 +86,7 @@ pub struct RunningRouter {
 /// A new desired state for a running router, and where to say how applying it went.
 struct Change {
     router: Router,
-    done: oneshot::Sender<Result<(), Error>>,
+    done: oneshot::Sender<Result<Writes, Error>>,
 }
 
 impl RunningRouter {
@@ -85,9 +103,10 @@ impl RunningRouter {
             .spawn(move || run(router, ready_tx, stop_rx, change_rx))
             .map_err(|e| Error::io(format!("spawning thread {name}"), e))?;
         match ready_rx.recv() {
-            Ok(Ok(info)) => Ok(Self {
+            Ok(Ok((info, start_writes))) => Ok(Self {
                 info,
                 desired,
+                start_writes,
                 stop: Some(stop_tx),
                 thread: Some(thread),
                 changes: change_tx,
@@ -134,7 +153,8 @@ impl RunningRouter {
 
     /// Applies `new` to the running router (see `can_apply`): floating IPs, NAT settings,
     /// routes, removed interfaces or gateway. Sessions that used anything removed end at once.
-    pub async fn apply(&mut self, new: Router) -> Result<(), Error> {
+    /// Returns the writes it made.
+    pub async fn apply(&mut self, new: Router) -> Result<Writes, Error> {
         let (done, result) = oneshot::channel();
         let change = Change {
             router: new.clone(),
@@ -147,9 +167,9 @@ impl RunningRouter {
             )
         };
         self.changes.send(change).map_err(|_| gone())?;
-        result.await.map_err(|_| gone())??;
+        let writes = result.await.map_err(|_| gone())??;
         self.desired = new;
-        Ok(())
+        Ok(writes)
     }
 
     /// Stops following the router, leaving its fast path running and pinned for the next
@@ -182,7 +202,7 @@ impl Drop for RunningRouter {
 
 fn run(
     router: Router,
-    ready: mpsc::Sender<Result<RouterInfo, Error>>,
+    ready: mpsc::Sender<Result<(RouterInfo, Writes), Error>>,
     stop: oneshot::Receiver<bool>,
     changes: tmpsc::UnboundedReceiver<Change>,
 ) {
@@ -218,7 +238,7 @@ fn run(
         if let Err(e) = write_info(&info) {
             return fail(e);
         }
-        let _ = ready_ok.send(Ok(info));
+        let _ = ready_ok.send(Ok((info, state.start_writes)));
         log::info!(
             "router {}: fast path attached ({} mode) to {}",
             router.id,
@@ -261,6 +281,8 @@ struct RouterState {
     datapath: Datapath,
     /// ifindex → interface name, for the interfaces the router drives.
     ifaces: BTreeMap<u32, String>,
+    /// What `setup` wrote.
+    start_writes: Writes,
 }
 
 async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
@@ -434,6 +456,7 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
         },
         datapath,
         ifaces,
+        start_writes: Writes::default(),
     };
     state.resync(handle).await?;
     let attach: Vec<(String, u32)> = links
@@ -454,6 +477,10 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
             state.datapath.writes()
         );
     }
+    state.start_writes = Writes {
+        map: state.datapath.writes(),
+        kernel: kernel_writes,
+    };
     Ok(state)
 }
 
@@ -649,9 +676,12 @@ fn session_uses(key: &CtKey, entry: &CtEntry, pred: &dyn Fn([u8; 4]) -> bool) ->
 }
 
 impl RouterState {
-    /// Applies a new desired state (one `RunningRouter::can_apply` accepted).
-    async fn reconfigure(&mut self, handle: &Handle, new: Router) -> Result<(), Error> {
+    /// Applies a new desired state (one `RunningRouter::can_apply` accepted). Returns the
+    /// writes it made.
+    async fn reconfigure(&mut self, handle: &Handle, new: Router) -> Result<Writes, Error> {
         let started = std::time::Instant::now();
+        let map_writes_before = self.datapath.writes();
+        let mut address_writes = 0;
         let old = self.router.clone();
         let nl = |what: String| {
             let router = old.id.clone();
@@ -690,6 +720,7 @@ impl RouterState {
                 netlink::delete_address(handle, index, *addr)
                     .await
                     .map_err(nl(format!("removing {addr} from {name}")))?;
+                address_writes += 1;
             }
             let subnet = addr.subnet();
             let gateway_ip = addr.addr.octets();
@@ -752,11 +783,15 @@ impl RouterState {
                 netlink::delete_address(handle, index, s.address)
                     .await
                     .map_err(nl(format!("removing {}", s.address)))?;
+                address_writes += 1;
             }
             for s in g.subnets.iter().filter(|s| !before.contains(s)) {
-                netlink::ensure_address(handle, index, s.address)
+                if netlink::ensure_address(handle, index, s.address)
                     .await
-                    .map_err(nl(format!("adding {}", s.address)))?;
+                    .map_err(nl(format!("adding {}", s.address)))?
+                {
+                    address_writes += 1;
+                }
             }
         }
         let kernel_writes = sync_kernel_policy(handle, &new).await?;
@@ -776,6 +811,8 @@ impl RouterState {
             ended += conntrack::purge(&mut self.datapath.sessions()?, denied)?;
         }
         slowpath::update(&old, &new)?;
+        // `update` writes one nftables transaction whenever the router changed.
+        let nft_writes = usize::from(old != new);
         self.router = new;
         write_info(&self.info)?;
         self.resync(handle).await?;
@@ -784,7 +821,10 @@ impl RouterState {
             self.id,
             started.elapsed().as_micros()
         );
-        Ok(())
+        Ok(Writes {
+            map: self.datapath.writes() - map_writes_before,
+            kernel: kernel_writes + address_writes + nft_writes,
+        })
     }
 
     /// Ages sessions out.

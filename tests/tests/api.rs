@@ -2,6 +2,11 @@
 //! permissions, every verb of routes, rules, the firewall and steering (through the JSON
 //! protocol and through routerctl), idempotence, rejected requests that change nothing, and
 //! the desired-state file kept equal to the state routerd runs.
+//!
+//! Neutron's imperative verbs (routers, their interfaces and gateway, floating IPs) from an
+//! empty routerd, with traffic after each that matters; a change that fails to apply
+//! (an interface missing in the namespace) rolled back in the file and in the running
+//! routers; the writes an apply reports, and none for the same file applied again.
 
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -13,7 +18,7 @@ use std::{
 use router_tests::{
     routerd::{Routerd, routerd_path},
     topo::{Namespaces, ip, unique, veth},
-    traffic::wait_for,
+    traffic::{ping, wait_for},
 };
 use router_user::api::{Client, Response};
 use serde_json::{Value, json};
@@ -86,9 +91,13 @@ impl Api {
         assert!(r.ok, "{request} failed: {r:?}");
         let result = r.result.expect("result");
         assert_eq!(
-            result,
-            json!({"changed_routers": [self.router], "unchanged": false}),
+            (&result["changed_routers"], &result["unchanged"]),
+            (&json!([self.router]), &json!(false)),
             "{request}"
+        );
+        assert!(
+            result["writes"]["map"].is_u64() && result["writes"]["kernel"].is_u64(),
+            "{request}: no write counts in {result}"
         );
         self.assert_persisted();
     }
@@ -100,7 +109,7 @@ impl Api {
         assert!(r.ok, "{request} failed: {r:?}");
         assert_eq!(
             r.result.expect("result"),
-            json!({"changed_routers": [], "unchanged": true}),
+            json!({"changed_routers": [], "unchanged": true, "writes": {"map": 0, "kernel": 0}}),
             "{request}"
         );
         assert_eq!(self.file(), before, "{request} rewrote the file");
@@ -124,6 +133,13 @@ impl Api {
 
     fn rejected(&self, request: Value, expected: &str) -> String {
         self.rejected_line(&request.to_string(), expected)
+    }
+
+    /// routerctl that must fail: its stderr.
+    fn ctl_err(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert_eq!(out.status.code(), Some(1), "routerctl {args:?} succeeded");
+        String::from_utf8(out.stderr).expect("UTF-8")
     }
 
     fn assert_persisted(&self) {
@@ -679,12 +695,24 @@ table = "vfw"
     let first: Value =
         serde_json::from_str(&api.ctl_ok(&["--output", "json", "apply", "-f", file_arg]))
             .expect("JSON");
-    assert_eq!(first, json!({"changed_routers": [r], "unchanged": false}));
+    assert_eq!(
+        (&first["changed_routers"], &first["unchanged"]),
+        (&json!([r]), &json!(false))
+    );
+    // A route: one kernel write (and its nftables transaction); the fast path mirrors
+    // routes from the kernel (its map writes follow).
+    assert!(
+        first["writes"]["kernel"].as_u64().is_some_and(|k| k >= 1),
+        "{first}"
+    );
     api.assert_persisted();
     let second: Value =
         serde_json::from_str(&api.ctl_ok(&["--output", "json", "apply", "-f", file_arg]))
             .expect("JSON");
-    assert_eq!(second, json!({"changed_routers": [], "unchanged": true}));
+    assert_eq!(
+        second,
+        json!({"changed_routers": [], "unchanged": true, "writes": {"map": 0, "kernel": 0}})
+    );
     let out = api.ctl_ok(&["apply", "-f", file_arg]);
     assert!(out.starts_with("unchanged"), "{out}");
     std::fs::write(&file, "[[router]]\nid = \"x\"\n").expect("writing");
@@ -771,4 +799,946 @@ fn a_stale_socket_is_replaced_and_a_missing_routerd_is_reported() {
     assert_eq!(mode(&socket), 0o660);
     drop(child);
     assert!(!socket.exists(), "routerd left its socket behind");
+}
+
+// ---- Neutron's verbs -----------------------------------------------------------------
+
+/// routerd started on any desired state (even one without routers), stopped on drop with
+/// the fast paths it pinned removed.
+struct Daemon {
+    child: Option<std::process::Child>,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(config: &Path, socket: &Path, log: &Path) -> Self {
+        let child = Command::new(routerd_path())
+            .arg("--config")
+            .arg(config)
+            .arg("--socket")
+            .arg(socket)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log file"))
+            .spawn()
+            .expect("starting routerd");
+        let mut me = Self {
+            child: Some(child),
+            config: config.to_path_buf(),
+            log: log.to_path_buf(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let served = Client::connect(socket)
+                .and_then(|mut c| c.call_line(r#"{"op":"show_state"}"#))
+                .is_ok_and(|r| r.ok);
+            if served {
+                return me;
+            }
+            if let Some(status) = me.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("routerd exited with {status}:\n{}", me.log_text());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "routerd did not serve its socket in time:\n{}",
+                me.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn hup(&self) {
+        if let Some(child) = &self.child {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+        }
+    }
+
+    /// SIGTERM; whether it exited cleanly.
+    fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let mut ok = false;
+        wait_for("routerd to exit", Duration::from_secs(10), || {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    ok = status.success();
+                    true
+                }
+                _ => false,
+            }
+        });
+        ok
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for id in router_user::datapath::pinned_routers_of(&self.config) {
+            let _ = router_user::datapath::teardown(&id);
+            let _ = std::fs::remove_file(router_user::paths::router_info_file(&id));
+        }
+    }
+}
+
+/// Whether `ip -n NS addr show dev IF` lists `addr`.
+fn has_address(ns: &str, ifname: &str, addr: &str) -> bool {
+    ip_out(ns, &["-o", "addr", "show", "dev", ifname]).contains(&format!(" {addr}/"))
+}
+
+/// A host in namespace `ns` on `eth0` with `addr` (and a default route via `gateway`).
+fn host(ns: &str, addr: &str, gateway: Option<&str>) {
+    ip(&["-n", ns, "link", "set", "eth0", "up"]);
+    ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"]);
+    if let Some(gw) = gateway {
+        ip(&["-n", ns, "route", "add", "default", "via", gw]);
+    }
+}
+
+/// Whether `ping -c count` from `ns` gets answers, tried up to 5 times (a loaded machine
+/// may miss one 2-second window; a real failure misses all).
+fn reaches(ns: &str, dst: [u8; 4], count: u32) -> bool {
+    (0..5).any(|_| ping(ns, dst, count))
+}
+
+/// Packets the fast path forwarded on the running router's interfaces, summed.
+fn fast_path_forwarded(router: &str) -> u64 {
+    router_user::stats::collect(Some(router))
+        .map(|rows| rows.iter().map(|r| r.forwarded_packets).sum())
+        .unwrap_or(0)
+}
+
+const EXT_HOST: [u8; 4] = [198, 18, 0, 1];
+const VM_A: [u8; 4] = [10, 0, 1, 5];
+const FIP_A: [u8; 4] = [198, 18, 0, 10];
+const FIP_B: [u8; 4] = [198, 18, 0, 11];
+
+/// The Neutron workflow from an empty routerd: router create, interface add, gateway set,
+/// floating IPs, then back down to router delete. Traffic proves each step the VMs feel;
+/// every kind of bad request is refused with the file and the routers unchanged; each verb
+/// is idempotent with --may-exist / --if-exists.
+#[test]
+fn neutron_router_and_floating_ip_verbs() {
+    router_tests::require_root();
+    let tag = unique("apiv");
+    let dir = TempDir::new(&tag);
+    let mut namespaces = Namespaces::default();
+    let router_ns = namespaces.add(&format!("qrouter-{tag}"));
+    let ext_ns = namespaces.add(&format!("ext-{tag}"));
+    let vma_ns = namespaces.add(&format!("vma-{tag}"));
+    let vmb_ns = namespaces.add(&format!("vmb-{tag}"));
+    veth("qg-v", &router_ns, "eth0", &ext_ns);
+    veth("qr-a", &router_ns, "eth0", &vma_ns);
+    veth("qr-b", &router_ns, "eth0", &vmb_ns);
+    // The external host has no route to the internal subnets: only SNAT and floating IPs
+    // reach it, and it reaches the VMs only through floating IPs.
+    host(&ext_ns, "198.18.0.1/24", None);
+    host(&vma_ns, "10.0.1.5/24", Some("10.0.1.1"));
+    host(&vmb_ns, "10.0.2.5/24", Some("10.0.2.1"));
+    let config = dir.0.join("desired.toml");
+    std::fs::write(&config, "").expect("empty desired state");
+    let socket = dir.0.join("routerd.sock");
+    let mut daemon = Daemon::start(&config, &socket, &dir.0.join("routerd.log"));
+    let api = Api {
+        socket: socket.clone(),
+        config: config.clone(),
+        router: tag.clone(),
+    };
+    let r = tag.as_str();
+    let pins = router_user::paths::router_pin_dir(r);
+    let info = router_user::paths::router_info_file(r);
+
+    // ---- router create / list --------------------------------------------------------
+    assert_eq!(api.query(json!({"op": "router_list"})), json!([]));
+    let out = api.ctl_ok(&["router", "list"]);
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        [
+            "ID",
+            "NAMESPACE",
+            "MODE",
+            "INTERFACES",
+            "GATEWAY",
+            "FLOATING_IPS",
+            "RUNNING"
+        ],
+        "{out}"
+    );
+    let missing_ns = format!("nons-{tag}");
+    api.rejected(
+        json!({"op": "router_create", "router": r, "namespace": missing_ns}),
+        &format!(
+            "router \"{r}\": namespace \"{missing_ns}\" does not exist (no /run/netns/{missing_ns}"
+        ),
+    );
+    let out = api.ctl_ok(&["router", "create", "--router", r, "--namespace", &router_ns]);
+    assert!(
+        out.starts_with(&format!("applied: router(s) {r} (")),
+        "{out}"
+    );
+    assert!(
+        out.contains(" map and ") && out.contains(" kernel writes)"),
+        "{out}"
+    );
+    api.assert_persisted();
+    assert!(pins.is_dir() && info.exists(), "router {r} was not started");
+    assert_eq!(
+        api.query(json!({"op": "router_list"})),
+        json!([{"id": r, "namespace": router_ns, "mode": "xdp", "interfaces": [],
+                "gateway": null, "floating_ips": 0, "running": true}])
+    );
+    let out = api.ctl_ok(&["router", "list"]);
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .expect("a row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row,
+        [r, router_ns.as_str(), "xdp", "-", "-", "0", "yes"],
+        "{out}"
+    );
+    let create = json!({"op": "router_create", "router": r, "namespace": router_ns});
+    api.rejected(
+        create.clone(),
+        &format!("router \"{r}\" exists (namespace \"{router_ns}\", mode xdp) (use --may-exist)"),
+    );
+    let mut may = create.clone();
+    may["may_exist"] = json!(true);
+    api.unchanged(may);
+    let out = api.ctl_ok(&[
+        "router",
+        "create",
+        "--router",
+        r,
+        "--namespace",
+        &router_ns,
+        "--mode",
+        "xdp",
+        "--may-exist",
+    ]);
+    assert!(out.starts_with("unchanged"), "{out}");
+    api.rejected(
+        json!({"op": "router_create", "router": r, "namespace": router_ns, "mode": "tc", "may_exist": true}),
+        "mode xdp): delete it first or choose another id",
+    );
+    api.rejected(
+        json!({"op": "router_create", "router": format!("{r}x"), "namespace": router_ns}),
+        &format!("namespace \"{router_ns}\" is used by router \"{r}\""),
+    );
+    api.rejected(
+        json!({"op": "router_create", "router": format!("{r}x"), "namespace": ext_ns, "mode": "ebpf"}),
+        ".mode = \"ebpf\": must be \"xdp\" or \"tc\"",
+    );
+    let e = api.ctl_err(&[
+        "router",
+        "create",
+        "--router",
+        "bad id",
+        "--namespace",
+        &ext_ns,
+    ]);
+    assert!(
+        e.contains(".id = \"bad id\": must be 1-32 characters"),
+        "{e}"
+    );
+
+    // ---- router interface add: a VM on the new subnet reaches the other --------------
+    api.change(
+        json!({"op": "router_interface_add", "router": r, "interface": "qr-a", "address": "10.0.1.1/24"}),
+    );
+    let out = api.ctl_ok(&[
+        "router",
+        "interface",
+        "add",
+        "--router",
+        r,
+        "--interface",
+        "qr-b",
+        "--address",
+        "10.0.2.1/24",
+    ]);
+    assert!(out.starts_with(&format!("applied: router(s) {r}")), "{out}");
+    api.assert_persisted();
+    assert!(has_address(&router_ns, "qr-b", "10.0.2.1"));
+    let forwarded = fast_path_forwarded(r);
+    assert!(
+        reaches(&vmb_ns, VM_A, 3),
+        "vm b does not reach vm a through the router"
+    );
+    assert!(
+        fast_path_forwarded(r) > forwarded,
+        "the fast path did not forward the pings"
+    );
+    let add_a = json!({"op": "router_interface_add", "router": r, "interface": "qr-a", "address": "10.0.1.1/24"});
+    api.rejected(
+        add_a.clone(),
+        &format!(
+            "interface qr-a with address 10.0.1.1/24 exists on router \"{r}\" (use --may-exist)"
+        ),
+    );
+    let mut may = add_a;
+    may["may_exist"] = json!(true);
+    api.unchanged(may);
+    let out = api.ctl_ok(&[
+        "router",
+        "interface",
+        "add",
+        "--router",
+        r,
+        "--interface",
+        "qr-b",
+        "--address",
+        "10.0.2.1/24",
+        "--may-exist",
+    ]);
+    assert!(out.starts_with("unchanged"), "{out}");
+    api.rejected(
+        json!({"op": "router_interface_add", "router": r, "interface": "qr-a", "address": "10.0.5.1/24", "may_exist": true}),
+        &format!("router \"{r}\" has interface qr-a with address 10.0.1.1/24 already"),
+    );
+    api.rejected(
+        json!({"op": "router_interface_add", "router": r, "interface": "qr-c", "address": "10.0.1.9/24"}),
+        "interface[2].address = \"10.0.1.9/24\": subnet 10.0.1.0/24 overlaps the subnet of interface qr-a",
+    );
+    api.rejected(
+        json!({"op": "router_interface_add", "router": r, "interface": "qr-c", "address": "10.0.3.1"}),
+        "interface[2].address = \"10.0.3.1\": not an IPv4 address with prefix length",
+    );
+    api.rejected(
+        json!({"op": "router_interface_add", "router": "nope", "interface": "qr-c", "address": "10.0.3.1/24"}),
+        "router \"nope\" does not exist",
+    );
+    // Missing in the namespace: routerd's own error, and everything as it was (the router
+    // restarted on its previous state, adopting its fast path).
+    let list = api.query(json!({"op": "router_list"}));
+    let show = api.query(json!({"op": "router_show", "router": r}));
+    let e = api.rejected(
+        json!({"op": "router_interface_add", "router": r, "interface": "qr-x", "address": "10.0.3.1/24"}),
+        &format!("router {r}: interface qr-x does not exist in namespace {router_ns}"),
+    );
+    assert!(
+        e.contains("nothing changed") && e.contains("as before"),
+        "{e}"
+    );
+    assert_eq!(api.query(json!({"op": "router_list"})), list);
+    assert_eq!(api.query(json!({"op": "router_show", "router": r})), show);
+    assert!(!ip_out(&router_ns, &["-o", "addr"]).contains("10.0.3.1"));
+    assert!(reaches(&vmb_ns, VM_A, 1), "the router stopped forwarding");
+    let e = api.ctl_err(&[
+        "router",
+        "interface",
+        "add",
+        "--router",
+        r,
+        "--interface",
+        "qr-x",
+        "--address",
+        "10.0.3.1/24",
+    ]);
+    assert!(
+        e.starts_with(&format!(
+            "routerctl: router {r}: interface qr-x does not exist in namespace"
+        )),
+        "{e}"
+    );
+
+    // ---- router gateway set: SNAT to the external host --------------------------------
+    let set = json!({"op": "router_gateway_set", "router": r, "interface": "qg-v",
+        "address": "198.18.0.2/24", "nexthop": "198.18.0.1"});
+    api.change(set.clone());
+    assert!(has_address(&router_ns, "qg-v", "198.18.0.2"));
+    assert!(
+        reaches(&vma_ns, EXT_HOST, 2),
+        "vm a does not reach the external host (SNAT)"
+    );
+    api.unchanged(set.clone());
+    let gateway_args = |snat: &str| {
+        let mut args = vec![
+            "router",
+            "gateway",
+            "set",
+            "--router",
+            r,
+            "--interface",
+            "qg-v",
+            "--address",
+            "198.18.0.2/24",
+            "--nexthop",
+            "198.18.0.1",
+        ];
+        args.push(snat);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let args = gateway_args("--no-snat");
+    let out = api.ctl_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.starts_with("applied"), "{out}");
+    api.assert_persisted();
+    assert!(
+        !ping(&vma_ns, EXT_HOST, 1),
+        "without SNAT the external host cannot answer"
+    );
+    let args = gateway_args("--snat");
+    let out = api.ctl_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.starts_with("applied"), "{out}");
+    assert!(reaches(&vma_ns, EXT_HOST, 1), "SNAT is back");
+    let mut bad = set.clone();
+    bad["nexthop"] = json!("192.0.2.1");
+    api.rejected(
+        bad,
+        "gateway.nexthop = \"192.0.2.1\": must be another host on the gateway subnet 198.18.0.0/24",
+    );
+    let mut bad = set.clone();
+    bad["interface"] = json!("qr-a");
+    api.rejected(
+        bad,
+        &format!("interface qr-a is an internal interface of router \"{r}\""),
+    );
+    let mut bad = set.clone();
+    bad["address"] = json!("10.0.2.200/16");
+    bad["nexthop"] = json!("10.0.0.1");
+    api.rejected(bad, "overlaps the subnet of");
+    api.rejected(
+        json!({"op": "router_interface_add", "router": r, "interface": "qg-v", "address": "10.0.3.1/24"}),
+        &format!("interface qg-v is the gateway interface of router \"{r}\""),
+    );
+
+    // ---- floating IPs: the external host reaches the VMs -----------------------------
+    assert!(
+        !ping(&ext_ns, FIP_A, 1),
+        "198.18.0.10 answered before it existed"
+    );
+    let out = api.ctl_ok(&[
+        "fip",
+        "create",
+        "--router",
+        r,
+        "--address",
+        "198.18.0.10",
+        "--fixed",
+        "10.0.1.5",
+    ]);
+    assert!(out.starts_with("applied"), "{out}");
+    api.assert_persisted();
+    assert!(
+        reaches(&ext_ns, FIP_A, 3),
+        "the external host does not reach vm a's floating IP"
+    );
+    let fips: Value =
+        serde_json::from_str(&api.ctl_ok(&["--output", "json", "fip", "list", "--router", r]))
+            .expect("JSON");
+    let fip = &fips[0];
+    assert_eq!(
+        (&fip["router"], &fip["address"], &fip["fixed"]),
+        (&json!(r), &json!("198.18.0.10"), &json!("10.0.1.5")),
+        "{fips}"
+    );
+    for key in ["in_packets", "out_packets"] {
+        assert!(fip[key].as_u64().is_some_and(|n| n >= 1), "{key}: {fips}");
+    }
+    assert!(fip["in_bytes"].as_u64().is_some_and(|n| n >= 84), "{fips}");
+    let out = api.ctl_ok(&["fip", "list"]);
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        [
+            "ROUTER",
+            "FLOATING_IP",
+            "FIXED_IP",
+            "IN_PKTS",
+            "IN_BYTES",
+            "OUT_PKTS",
+            "OUT_BYTES"
+        ]
+    );
+    assert_eq!(lines[1][..3], [r, "198.18.0.10", "10.0.1.5"], "{out}");
+    let fip_a =
+        json!({"op": "fip_create", "router": r, "address": "198.18.0.10", "fixed": "10.0.1.5"});
+    api.rejected(
+        fip_a.clone(),
+        &format!("floating IP 198.18.0.10 is already associated with 10.0.1.5 on router \"{r}\" (use --may-exist)"),
+    );
+    let mut may = fip_a;
+    may["may_exist"] = json!(true);
+    api.unchanged(may);
+    for (request, expected) in [
+        (
+            json!({"op": "fip_create", "router": r, "address": "198.18.0.10", "fixed": "10.0.2.5", "may_exist": true}),
+            format!("floating IP 198.18.0.10 is already associated with 10.0.1.5 on router \"{r}\" (disassociate it first)"),
+        ),
+        (
+            json!({"op": "fip_create", "router": r, "address": "198.18.0.12", "fixed": "10.0.1.5"}),
+            format!("fixed IP 10.0.1.5 already has floating IP 198.18.0.10 on router \"{r}\""),
+        ),
+        (
+            json!({"op": "fip_create", "router": r, "address": "198.19.0.10", "fixed": "10.0.1.6"}),
+            "floating_ip[1].address = \"198.19.0.10\": is in no external subnet of this router (198.18.0.0/24)".into(),
+        ),
+        (
+            json!({"op": "fip_create", "router": r, "address": "198.18.0.12", "fixed": "10.0.9.6"}),
+            "floating_ip[1].fixed = \"10.0.9.6\": is on no internal subnet of this router".into(),
+        ),
+        (
+            json!({"op": "fip_create", "router": r, "address": "198.18.0.12", "fixed": "10.0.1.255"}),
+            "floating_ip[1].fixed = \"10.0.1.255\": is not a VM address".into(),
+        ),
+        (
+            json!({"op": "fip_create", "router": "nope", "address": "198.18.0.12", "fixed": "10.0.1.6"}),
+            "router \"nope\" does not exist".into(),
+        ),
+        (
+            json!({"op": "fip_list", "router": "nope"}),
+            "router \"nope\" does not exist".into(),
+        ),
+        (
+            json!({"op": "fip_create", "router": r, "address": "198.18.0.12"}),
+            "missing field `fixed`".into(),
+        ),
+    ] {
+        api.rejected(request, &expected);
+    }
+    let e = api.ctl_err(&[
+        "fip",
+        "associate",
+        "--router",
+        r,
+        "--address",
+        "198.18.0.10",
+        "--fixed",
+        "10.0.1.6",
+    ]);
+    assert!(
+        e.starts_with("routerctl: floating IP 198.18.0.10 is already associated with 10.0.1.5"),
+        "{e}"
+    );
+    // associate creates (a floating IP exists only associated).
+    let out = api.ctl_ok(&[
+        "fip",
+        "associate",
+        "--router",
+        r,
+        "--address",
+        "198.18.0.11",
+        "--fixed",
+        "10.0.2.5",
+    ]);
+    assert!(out.starts_with("applied"), "{out}");
+    api.assert_persisted();
+    assert!(
+        reaches(&ext_ns, FIP_B, 2),
+        "the external host does not reach vm b's floating IP"
+    );
+    let assoc =
+        json!({"op": "fip_associate", "router": r, "address": "198.18.0.11", "fixed": "10.0.2.5"});
+    api.rejected(assoc.clone(), "is already associated with 10.0.2.5");
+    let mut may = assoc;
+    may["may_exist"] = json!(true);
+    api.unchanged(may);
+
+    // ---- router show: everything, in the documented shape ----------------------------
+    let show = api.query(json!({"op": "router_show", "router": r}));
+    let mut keys: Vec<&str> = show
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "external_subnets",
+            "firewall",
+            "floating_ips",
+            "gateway",
+            "id",
+            "interfaces",
+            "mode",
+            "namespace",
+            "nat",
+            "routes",
+            "rules",
+            "running",
+            "tables"
+        ]
+    );
+    assert_eq!(
+        (&show["id"], &show["running"], &show["mode"]),
+        (&json!(r), &json!(true), &json!("xdp"))
+    );
+    let names: Vec<&str> = show["interfaces"]
+        .as_array()
+        .expect("interfaces")
+        .iter()
+        .map(|i| i["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["qr-a", "qr-b"]);
+    for i in show["interfaces"].as_array().expect("interfaces") {
+        assert!(i["ifindex"].is_u64() && i["xdp_egress"].is_boolean(), "{i}");
+    }
+    assert_eq!(show["interfaces"][1]["subnet"], "10.0.2.0/24");
+    assert_eq!(
+        (
+            &show["gateway"]["interface"],
+            &show["gateway"]["address"],
+            &show["gateway"]["nexthop"],
+            &show["gateway"]["snat"]
+        ),
+        (
+            &json!("qg-v"),
+            &json!("198.18.0.2/24"),
+            &json!("198.18.0.1"),
+            &json!(true)
+        )
+    );
+    assert!(show["gateway"]["ifindex"].is_u64());
+    assert_eq!(
+        show["external_subnets"],
+        json!([{"subnet": "198.18.0.0/24", "address": "198.18.0.2/24", "nexthop": "198.18.0.1"}])
+    );
+    assert_eq!(show["floating_ips"].as_array().map(Vec::len), Some(2));
+    assert!(
+        show["floating_ips"][0]["in_packets"]
+            .as_u64()
+            .is_some_and(|n| n >= 1)
+    );
+    assert_eq!(
+        show["firewall"],
+        json!({"enabled": false, "default": null, "rules": 0, "steering": null})
+    );
+    assert_eq!(
+        (&show["routes"], &show["rules"], &show["tables"]),
+        (&json!([]), &json!([]), &json!([]))
+    );
+    assert_eq!(show["nat"]["snat_ports"], "1024-64511");
+    let out = api.ctl_ok(&["router", "show", "--router", r]);
+    assert!(
+        out.starts_with(&format!(
+            "router {r}: namespace {router_ns}, mode xdp, running\nINTERFACE"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("gateway: qg-v 198.18.0.2/24 via 198.18.0.1, snat on"),
+        "{out}"
+    );
+    assert!(out.contains("firewall: none; steering: none"), "{out}");
+
+    // ---- what depends on an interface or the gateway keeps it -------------------------
+    api.rejected(
+        json!({"op": "router_interface_remove", "router": r, "interface": "qr-b"}),
+        &format!("router \"{r}\" still uses interface qr-b: invalid configuration: router[0] (id \"{r}\").floating_ip[1].fixed = \"10.0.2.5\""),
+    );
+    api.rejected(
+        json!({"op": "router_gateway_clear", "router": r}),
+        &format!("router \"{r}\" still uses its gateway: invalid configuration: router[0] (id \"{r}\").floating_ip[0].address"),
+    );
+
+    // ---- disassociate and delete -------------------------------------------------------
+    let out = api.ctl_ok(&[
+        "fip",
+        "disassociate",
+        "--router",
+        r,
+        "--address",
+        "198.18.0.11",
+    ]);
+    assert!(out.starts_with("applied"), "{out}");
+    api.assert_persisted();
+    assert!(!ping(&ext_ns, FIP_B, 1), "198.18.0.11 still answers");
+    api.rejected(
+        json!({"op": "fip_disassociate", "router": r, "address": "198.18.0.11"}),
+        &format!("router \"{r}\" has no floating IP 198.18.0.11"),
+    );
+    api.unchanged(
+        json!({"op": "fip_disassociate", "router": r, "address": "198.18.0.11", "if_exists": true}),
+    );
+    api.change(json!({"op": "fip_delete", "router": r, "address": "198.18.0.10"}));
+    let out = api.ctl_ok(&[
+        "fip",
+        "delete",
+        "--router",
+        r,
+        "--address",
+        "198.18.0.10",
+        "--if-exists",
+    ]);
+    assert!(out.starts_with("unchanged"), "{out}");
+    api.rejected(
+        json!({"op": "fip_delete", "router": r, "address": "198.18.0.10"}),
+        "has no floating IP 198.18.0.10",
+    );
+    assert_eq!(api.query(json!({"op": "fip_list"})), json!([]));
+
+    // ---- gateway clear, interface remove ----------------------------------------------
+    let out = api.ctl_ok(&["router", "gateway", "clear", "--router", r]);
+    assert!(out.starts_with("applied"), "{out}");
+    api.assert_persisted();
+    assert!(!has_address(&router_ns, "qg-v", "198.18.0.2"));
+    api.rejected(
+        json!({"op": "router_gateway_clear", "router": r}),
+        &format!("router \"{r}\" has no gateway"),
+    );
+    api.unchanged(json!({"op": "router_gateway_clear", "router": r, "if_exists": true}));
+    let out = api.ctl_ok(&[
+        "router",
+        "interface",
+        "remove",
+        "--router",
+        r,
+        "--interface",
+        "qr-b",
+    ]);
+    assert!(out.starts_with("applied"), "{out}");
+    api.assert_persisted();
+    assert!(!has_address(&router_ns, "qr-b", "10.0.2.1"));
+    api.rejected(
+        json!({"op": "router_interface_remove", "router": r, "interface": "qr-b"}),
+        &format!("router \"{r}\" has no interface qr-b"),
+    );
+    api.unchanged(json!({"op": "router_interface_remove", "router": r, "interface": "qr-b", "if_exists": true}));
+    assert_eq!(
+        api.query(json!({"op": "router_list"}))[0]["interfaces"],
+        json!(["qr-a"])
+    );
+
+    // ---- router delete: detached, pins gone --------------------------------------------
+    assert!(pins.is_dir());
+    assert!(
+        ip_out(&router_ns, &["link", "show", "qr-a"]).contains("xdp"),
+        "no XDP program on qr-a before the delete"
+    );
+    let out = api.ctl_ok(&["router", "delete", "--router", r]);
+    assert!(out.starts_with(&format!("applied: router(s) {r}")), "{out}");
+    api.assert_persisted();
+    assert!(!pins.exists(), "{} is still there", pins.display());
+    assert!(!info.exists(), "{} is still there", info.display());
+    assert!(
+        !ip_out(&router_ns, &["link", "show", "qr-a"]).contains("xdp"),
+        "an XDP program is still attached to qr-a"
+    );
+    assert_eq!(api.query(json!({"op": "router_list"})), json!([]));
+    assert_eq!(std::fs::read_to_string(&config).expect("file"), "");
+    api.rejected(
+        json!({"op": "router_delete", "router": r}),
+        &format!("router \"{r}\" does not exist"),
+    );
+    let out = api.ctl_ok(&["router", "delete", "--router", r, "--if-exists"]);
+    assert!(out.starts_with("unchanged"), "{out}");
+    assert!(
+        daemon.stop(),
+        "routerd did not exit cleanly:\n{}",
+        daemon.log_text()
+    );
+}
+
+/// Two routers: an apply reports the writes of the router that changed, the same file
+/// again writes nothing (API and SIGHUP); a change that fails for one router (an interface
+/// missing in its namespace) is rolled back for both, file and fast path.
+#[test]
+fn apply_counts_writes_and_a_failed_change_is_rolled_back() {
+    router_tests::require_root();
+    let tag = unique("apiw");
+    let dir = TempDir::new(&tag);
+    let mut namespaces = Namespaces::default();
+    let r1_ns = namespaces.add(&format!("qrouter-{tag}a"));
+    let r2_ns = namespaces.add(&format!("qrouter-{tag}b"));
+    let ext_ns = namespaces.add(&format!("ext-{tag}"));
+    let vma_ns = namespaces.add(&format!("vma-{tag}"));
+    let vmc_ns = namespaces.add(&format!("vmc-{tag}"));
+    veth("qg-w", &r1_ns, "eth0", &ext_ns);
+    veth("qr-a", &r1_ns, "eth0", &vma_ns);
+    veth("qr-c", &r2_ns, "eth0", &vmc_ns);
+    host(&ext_ns, "198.18.0.1/24", None);
+    host(&vma_ns, "10.0.1.5/24", Some("10.0.1.1"));
+    host(&vmc_ns, "10.0.7.5/24", Some("10.0.7.1"));
+    let (r1, r2) = (format!("{tag}a"), format!("{tag}b"));
+    let config = dir.0.join("desired.toml");
+    let r1_text = format!(
+        r#"[[router]]
+id = "{r1}"
+namespace = "{r1_ns}"
+mode = "tc"
+
+[router.gateway]
+interface = "qg-w"
+address = "198.18.0.2/24"
+nexthop = "198.18.0.1"
+
+[[router.interface]]
+name = "qr-a"
+address = "10.0.1.1/24"
+"#
+    );
+    let r2_text = format!(
+        r#"[[router]]
+id = "{r2}"
+namespace = "{r2_ns}"
+mode = "tc"
+
+[[router.interface]]
+name = "qr-c"
+address = "10.0.7.1/24"
+"#
+    );
+    let base = format!("{r1_text}\n{r2_text}");
+    std::fs::write(&config, &base).expect("config");
+    let socket = dir.0.join("routerd.sock");
+    let daemon = Daemon::start(&config, &socket, &dir.0.join("routerd.log"));
+    let api = Api {
+        socket: socket.clone(),
+        config: config.clone(),
+        router: r1.clone(),
+    };
+    let running: Vec<Value> = api
+        .query(json!({"op": "router_list"}))
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|x| x["running"].clone())
+        .collect();
+    assert_eq!(running, [json!(true), json!(true)]);
+
+    // ---- a floating IP for r1: its writes, and none for r2 ----------------------------
+    let fip_file = dir.0.join("fip.toml");
+    let text = format!(
+        "{r1_text}\n[[router.floating_ip]]\naddress = \"198.18.0.10\"\nfixed = \"10.0.1.5\"\n\n{r2_text}"
+    );
+    std::fs::write(&fip_file, &text).expect("fip file");
+    let f = fip_file.to_str().expect("path");
+    let unchanged_logs = |id: &str| {
+        daemon
+            .log_text()
+            .matches(&format!("router {id} unchanged, nothing written"))
+            .count()
+    };
+    let r2_before = unchanged_logs(&r2);
+    let first: Value =
+        serde_json::from_str(&api.ctl_ok(&["--output", "json", "apply", "-f", f])).expect("JSON");
+    assert_eq!(
+        (&first["changed_routers"], &first["unchanged"]),
+        (&json!([r1]), &json!(false)),
+        "{first}"
+    );
+    // FIP_BY_ADDRESS and FIP_BY_FIXED (counted as 2; its counters are created with them),
+    // and one nftables transaction for the slow path's map elements.
+    assert_eq!(first["writes"], json!({"map": 2, "kernel": 1}), "{first}");
+    assert_eq!(unchanged_logs(&r2), r2_before + 1, "r2 was touched");
+    api.assert_persisted();
+    assert!(
+        reaches(&ext_ns, FIP_A, 2),
+        "the floating IP does not answer"
+    );
+    // The same file again: nothing to write, nothing written.
+    let (bytes, mtime) = (api.file(), api.modified());
+    let second: Value =
+        serde_json::from_str(&api.ctl_ok(&["--output", "json", "apply", "-f", f])).expect("JSON");
+    assert_eq!(
+        second,
+        json!({"changed_routers": [], "unchanged": true, "writes": {"map": 0, "kernel": 0}})
+    );
+    let out = api.ctl_ok(&["apply", "-f", f]);
+    assert_eq!(out, "unchanged: already as asked, nothing written\n");
+    assert_eq!((api.file(), api.modified()), (bytes.clone(), mtime));
+    // SIGHUP re-reads the same state: each router unchanged, nothing written.
+    let (r1_seen, r2_seen) = (unchanged_logs(&r1), unchanged_logs(&r2));
+    daemon.hup();
+    wait_for("the reload after SIGHUP", Duration::from_secs(5), || {
+        unchanged_logs(&r1) > r1_seen && unchanged_logs(&r2) > r2_seen
+    });
+
+    // ---- a change that fails for r2 is undone for r1 too ------------------------------
+    let state = api.state();
+    let fast_path_fips = |id: &str| -> Vec<String> {
+        router_user::stats::collect_nat(Some(id))
+            .expect("r1's NAT maps")
+            .floating_ips
+            .iter()
+            .map(|f| f.floating_ip.to_string())
+            .collect()
+    };
+    assert_eq!(fast_path_fips(&r1), ["198.18.0.10"]);
+    let bad = state
+        .replace(
+            "[[router.floating_ip]]",
+            "[[router.floating_ip]]\naddress = \"198.18.0.11\"\nfixed = \"10.0.1.6\"\n\n[[router.floating_ip]]",
+        )
+        + "\n[[router.interface]]\nname = \"qr-gone\"\naddress = \"10.0.8.1/24\"\n";
+    // The extra interface lands in the last router, r2.
+    let bad_file = dir.0.join("bad.toml");
+    std::fs::write(&bad_file, &bad).expect("bad file");
+    let parsed = router_user::config::DesiredState::parse(&bad).expect("a valid file");
+    assert_eq!(parsed.routers[0].floating_ips.len(), 2);
+    assert_eq!(parsed.routers[1].interfaces.len(), 2);
+    let list = api.query(json!({"op": "router_list"}));
+    let e = api.rejected(
+        json!({"op": "apply", "text": bad}),
+        &format!("router {r2}: interface qr-gone does not exist in namespace {r2_ns}"),
+    );
+    assert!(e.contains("nothing changed"), "{e}");
+    assert_eq!(api.file(), bytes, "the file was not restored byte for byte");
+    assert_eq!(api.query(json!({"op": "router_list"})), list);
+    assert_eq!(
+        fast_path_fips(&r1),
+        ["198.18.0.10"],
+        "r1's change was not undone"
+    );
+    let nft = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &r1_ns,
+                "nft",
+                "list",
+                "map",
+                "ip",
+                "neutron_router",
+                "fip_dnat",
+            ])
+            .output()
+            .expect("nft")
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        nft.contains("198.18.0.10") && !nft.contains("198.18.0.11"),
+        "{nft}"
+    );
+    assert!(!has_address(&r2_ns, "qr-c", "10.0.8.1"));
+    assert!(reaches(&ext_ns, FIP_A, 1), "r1 stopped translating");
+    // r1 had taken the change before r2 failed, and gave it back.
+    let log = daemon.log_text();
+    let failed_at = log.find("applying failed").expect("the failure logged");
+    assert!(
+        log[..failed_at].contains(&format!("router {r1}: applied new desired state"))
+            && log[failed_at..].contains(&format!("router {r1}: applied new desired state"))
+            && log[failed_at..].contains("previous state restored"),
+        "{log}"
+    );
 }

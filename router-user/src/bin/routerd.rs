@@ -6,7 +6,8 @@
 //! state is detached and its pins removed; `routerd --teardown` removes routers by hand.
 //!
 //! The API socket (`--socket`, `docs/api.md`) takes edits of the desired state: each is
-//! checked whole, written to the file atomically, and applied as SIGHUP applies a file.
+//! checked whole, written to the file atomically, and applied as SIGHUP applies a file; if
+//! applying fails, the previous file and running state are restored and the request fails.
 //! Requests and signals are handled one at a time by the main loop, which owns the state
 //! and the running routers.
 
@@ -22,7 +23,7 @@ use router_user::{
     Error,
     api::{self, ChangeResult, Plan, Request, Response},
     config::DesiredState,
-    router::RunningRouter,
+    router::{RunningRouter, Writes},
 };
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
@@ -165,7 +166,7 @@ fn run(args: Args) -> Result<(), Error> {
                 _ = hup.recv() => match (Instant::now(), DesiredState::load(&config)) {
                     (started, Ok(new)) => {
                         state = new.clone();
-                        reload(&mut running, new, started).await;
+                        let _ = reload(&mut running, new, started).await;
                     }
                     (_, Err(e)) => log::error!("routerd: SIGHUP: {e}; nothing changed"),
                 },
@@ -190,7 +191,8 @@ fn run(args: Args) -> Result<(), Error> {
 }
 
 /// One API request, against the state the daemon runs: queries are answered, edits are
-/// checked, written and applied (or rejected with nothing changed).
+/// checked, written and applied (or rejected with nothing changed; an edit that fails to
+/// apply is rolled back, file and routers).
 async fn handle(
     request: &Request,
     state: &mut DesiredState,
@@ -199,7 +201,13 @@ async fn handle(
 ) -> Response {
     let started = Instant::now();
     let op = op_name(request);
-    let plan = match api::plan(state, request) {
+    let live = api::Live {
+        routers: running
+            .iter()
+            .map(|r| (r.desired.id.clone(), r.info.clone()))
+            .collect(),
+    };
+    let plan = match api::plan_with(state, request, &live) {
         Ok(plan) => plan,
         Err(e) => {
             if request.is_mutation() {
@@ -212,12 +220,18 @@ async fn handle(
         Plan::Answer(value) => return Response::success(value),
         Plan::Unchanged => {
             log::info!("routerd: API {op}: already so, nothing written");
-            return Response::success(change_result(Vec::new(), true));
+            return Response::success(change_result(Vec::new(), true, Writes::default()));
         }
         Plan::Change(new) => new,
     };
+    if let Err(e) = api::preflight(state, &new) {
+        log::warn!("routerd: API {op}: rejected: {e}");
+        return Response::failure(e);
+    }
     let changed = api::changed_routers(state, &new);
-    if let Err(e) = write_atomically(config, &new.to_toml()) {
+    // The file as it is, to put back byte for byte if applying fails.
+    let previous_file = std::fs::read(config);
+    if let Err(e) = write_atomically(config, new.to_toml().as_bytes()) {
         log::error!("routerd: API {op}: {e}; nothing changed");
         return Response::failure(format!("{e}; nothing changed"));
     }
@@ -226,23 +240,101 @@ async fn handle(
         config.display(),
         changed.join(", ")
     );
-    *state = new.clone();
-    let failures = reload(running, new, started).await;
-    if failures.is_empty() {
-        Response::success(change_result(changed, false))
-    } else {
+    let old = std::mem::replace(state, new.clone());
+    let outcome = reload(running, new.clone(), started).await;
+    if outcome.failures.is_empty() {
+        log::info!(
+            "routerd: API {op}: applied; {} map and {} kernel writes",
+            outcome.writes.map,
+            outcome.writes.kernel
+        );
+        return Response::success(change_result(changed, false, outcome.writes));
+    }
+    // Roll back: the file first (a crash from here on restarts with the old state), then
+    // the routers.
+    log::error!(
+        "routerd: API {op}: applying failed ({}); restoring the previous state",
+        outcome.failures.join("; ")
+    );
+    *state = old.clone();
+    let mut problems = Vec::new();
+    let restored = match &previous_file {
+        Ok(bytes) => write_atomically(config, bytes),
+        Err(_) => write_atomically(config, old.to_toml().as_bytes()),
+    };
+    if let Err(e) = restored {
+        problems.push(format!("restoring {}: {e}", config.display()));
+    }
+    problems.extend(roll_back(running, &old, &new, &outcome.failed_live, config).await);
+    if problems.is_empty() {
+        log::info!("routerd: API {op}: previous state restored");
         Response::failure(format!(
-            "the new desired state is saved in {}, but applying it failed: {}",
-            config.display(),
-            failures.join("; ")
+            "{}; nothing changed ({} and the running routers are as before)",
+            outcome.failures.join("; "),
+            config.display()
+        ))
+    } else {
+        log::error!(
+            "routerd: API {op}: restoring the previous state: {}",
+            problems.join("; ")
+        );
+        Response::failure(format!(
+            "{}; restoring the previous state failed too: {}",
+            outcome.failures.join("; "),
+            problems.join("; ")
         ))
     }
 }
 
-fn change_result(changed_routers: Vec<String>, unchanged: bool) -> serde_json::Value {
+/// Brings the routers back to `old` after applying `new` failed: routers whose live change
+/// stopped halfway restart on their old state (adopting their pinned fast path, which
+/// writes only what differs), the others are reloaded, and routers `new` added that did
+/// not start leave no pins. Returns what failed.
+async fn roll_back(
+    running: &mut Vec<RunningRouter>,
+    old: &DesiredState,
+    new: &DesiredState,
+    failed_live: &[String],
+    config: &Path,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for id in failed_live {
+        let Some(at) = running.iter().position(|r| r.desired.id == *id) else {
+            continue;
+        };
+        let router = running.remove(at);
+        let desired = router.desired.clone();
+        router.stop();
+        match RunningRouter::start(desired) {
+            Ok(r) => running.push(r),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    problems.extend(reload(running, old.clone(), Instant::now()).await.failures);
+    let pinned = router_user::datapath::pinned_routers_of(config);
+    for r in &new.routers {
+        if old.router(&r.id).is_none()
+            && !running.iter().any(|x| x.desired.id == r.id)
+            && pinned.contains(&r.id)
+        {
+            if let Err(e) = router_user::datapath::teardown(&r.id) {
+                problems.push(format!("removing router {}: {e}", r.id));
+            }
+            let _ = std::fs::remove_file(router_user::paths::router_info_file(&r.id));
+        }
+    }
+    problems
+}
+
+fn change_result(
+    changed_routers: Vec<String>,
+    unchanged: bool,
+    writes: Writes,
+) -> serde_json::Value {
     serde_json::to_value(ChangeResult {
         changed_routers,
         unchanged,
+        writes,
     })
     .unwrap_or_default()
 }
@@ -257,7 +349,7 @@ fn op_name(request: &Request) -> String {
 /// Replaces `path` with `text` so that a crash leaves the old file or the new one, never
 /// a mix: `<path>.tmp` in the same directory, fsync, rename, fsync of the directory. The
 /// file keeps its permissions.
-fn write_atomically(path: &Path, text: &str) -> Result<(), Error> {
+fn write_atomically(path: &Path, text: &[u8]) -> Result<(), Error> {
     let name = path.file_name().ok_or_else(|| {
         Error::io(
             format!("writing {}", path.display()),
@@ -278,8 +370,7 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), Error> {
             file.set_permissions(meta.permissions())
                 .map_err(|e| io("setting the permissions of", e))?;
         }
-        file.write_all(text.as_bytes())
-            .map_err(|e| io("writing", e))?;
+        file.write_all(text).map_err(|e| io("writing", e))?;
         file.sync_all().map_err(|e| io("syncing", e))?;
         drop(file);
         std::fs::rename(&tmp, path).map_err(|e| {
@@ -503,16 +594,26 @@ async fn connection(stream: UnixStream, refusal: Option<String>, jobs: mpsc::Sen
     }
 }
 
+/// What a reload did.
+#[derive(Default)]
+struct Outcome {
+    /// What failed, one message per router.
+    failures: Vec<String>,
+    /// Routers whose live change failed (possibly halfway).
+    failed_live: Vec<String>,
+    /// The writes of the routers that changed.
+    writes: Writes,
+}
+
 /// Brings the running routers to `new`: live changes where possible, a restart of one
 /// router where not (a new interface, another mode), start and stop for added and removed
-/// routers. A router that fails keeps running as it was. Returns what failed.
+/// routers. A router that fails keeps running as it was (a live change that failed may
+/// have been applied in part). Returns what failed and what was written.
 /// `started`: when the file began to be read (the reload time reported includes parsing).
-async fn reload(
-    running: &mut Vec<RunningRouter>,
-    new: DesiredState,
-    started: Instant,
-) -> Vec<String> {
+async fn reload(running: &mut Vec<RunningRouter>, new: DesiredState, started: Instant) -> Outcome {
     let mut failures = Vec::new();
+    let mut failed_live = Vec::new();
+    let mut writes = Writes::default();
     let mut kept = Vec::new();
     for mut router in std::mem::take(running) {
         match new.router(&router.desired.id).cloned() {
@@ -525,9 +626,13 @@ async fn reload(
                 kept.push(router);
             }
             Some(wanted) if router.can_apply(&wanted) => {
-                if let Err(e) = router.apply(wanted).await {
-                    log::error!("routerd: {e}");
-                    failures.push(e.to_string());
+                match router.apply(wanted).await {
+                    Ok(w) => writes += w,
+                    Err(e) => {
+                        log::error!("routerd: {e}");
+                        failures.push(e.to_string());
+                        failed_live.push(router.desired.id.clone());
+                    }
                 }
                 kept.push(router);
             }
@@ -539,7 +644,10 @@ async fn reload(
                 let old = router.desired.clone();
                 router.stop();
                 match RunningRouter::start(wanted) {
-                    Ok(r) => kept.push(r),
+                    Ok(r) => {
+                        writes += r.start_writes;
+                        kept.push(r);
+                    }
                     Err(e) => {
                         log::error!("routerd: {e}; restoring the previous state");
                         failures.push(e.to_string());
@@ -558,7 +666,10 @@ async fn reload(
     for wanted in &new.routers {
         if !kept.iter().any(|r| r.desired.id == wanted.id) {
             match RunningRouter::start(wanted.clone()) {
-                Ok(r) => kept.push(r),
+                Ok(r) => {
+                    writes += r.start_writes;
+                    kept.push(r);
+                }
                 Err(e) => {
                     log::error!("routerd: {e}");
                     failures.push(e.to_string());
@@ -572,5 +683,9 @@ async fn reload(
         started.elapsed().as_micros(),
         running.len()
     );
-    failures
+    Outcome {
+        failures,
+        failed_live,
+        writes,
+    }
 }

@@ -1,14 +1,17 @@
 //! `routerctl`: the operator's command line. One file per subcommand.
 //!
 //! `stats`, `ct` and `nat` read the running routers' pinned maps; `apply`, `state`,
-//! `route`, `rule` and `fw` talk to routerd over its API socket (`docs/api.md`).
+//! `router`, `fip`, `route`, `rule` and `fw` talk to routerd over its API socket
+//! (`docs/api.md`).
 
 mod apply;
 mod ct;
+mod fip;
 mod fw;
 mod nat;
 mod output;
 mod route;
+mod router;
 mod rule;
 mod stats;
 mod trace;
@@ -26,8 +29,8 @@ struct Cli {
     /// routerd's API socket.
     #[arg(long, global = true, default_value = router_user::paths::API_SOCKET)]
     socket: PathBuf,
-    /// Output of the API verbs (apply, state, route, rule, fw): aligned columns, or the
-    /// result as JSON.
+    /// Output of the API verbs (apply, state, router, fip, route, rule, fw): aligned
+    /// columns, or the result as JSON.
     #[arg(long, global = true, value_enum, default_value_t = output::Output::Table)]
     output: output::Output,
     #[command(subcommand)]
@@ -49,6 +52,12 @@ enum Command {
     Apply(apply::Args),
     /// The desired state routerd runs, as a file.
     State,
+    /// Routers: create, delete, list, show, interfaces, gateway (Neutron's router verbs).
+    #[command(subcommand)]
+    Router(router::Command),
+    /// Floating IPs: create, delete, list, associate, disassociate.
+    #[command(subcommand)]
+    Fip(fip::Command),
     /// Static routes of a router: add, del, list.
     #[command(subcommand)]
     Route(route::Command),
@@ -74,6 +83,8 @@ fn main() -> std::process::ExitCode {
         Command::Nat(command) => nat::run(command),
         Command::Apply(args) => apply::run(&api, args),
         Command::State => apply::show(&api),
+        Command::Router(command) => router::run(&api, command),
+        Command::Fip(command) => fip::run(&api, command),
         Command::Route(command) => route::run(&api, command),
         Command::Rule(command) => rule::run(&api, command),
         Command::Fw(command) => fw::run(&api, command),

@@ -36,12 +36,19 @@ impl Api {
             return print_json(&result);
         }
         let change: ChangeResult = decode(result)?;
+        let writes = format!(
+            "{} map and {} kernel writes",
+            change.writes.map, change.writes.kernel
+        );
         if change.unchanged {
             println!("unchanged: already as asked, nothing written");
         } else if change.changed_routers.is_empty() {
-            println!("applied");
+            println!("applied ({writes})");
         } else {
-            println!("applied: router(s) {}", change.changed_routers.join(", "));
+            println!(
+                "applied: router(s) {} ({writes})",
+                change.changed_routers.join(", ")
+            );
         }
         Ok(())
     }

@@ -1,0 +1,406 @@
+//! `routerctl router ...`: Neutron's router verbs (create, delete, list, show, interface
+//! add/remove, gateway set/clear) over routerd's API.
+
+use std::fmt::Write as _;
+
+use router_user::{
+    Error,
+    api::{FloatingIpEntry, GatewayEntry, Request, RouterDetail, RouterSummary},
+};
+
+use crate::output::{Api, table};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Mode {
+    Xdp,
+    Tc,
+}
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// A new router in an existing namespace; routerd starts it.
+    Create {
+        #[arg(long)]
+        router: String,
+        /// The network namespace holding the router's interfaces (it must exist).
+        #[arg(long)]
+        namespace: String,
+        /// Where the fast path attaches: native XDP (with TC beside it) or TC only
+        /// (default: xdp).
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        /// A router with this id, namespace and mode already there is not an error.
+        #[arg(long)]
+        may_exist: bool,
+    },
+    /// Removes a router: its fast path is detached and its pins removed.
+    Delete {
+        #[arg(long)]
+        router: String,
+        /// No such router is not an error.
+        #[arg(long)]
+        if_exists: bool,
+    },
+    /// Every router: id, namespace, mode, interfaces, gateway, floating IPs, running.
+    List,
+    /// Everything about one router.
+    Show {
+        #[arg(long)]
+        router: String,
+    },
+    /// Internal interfaces (qr ports): add, remove.
+    #[command(subcommand)]
+    Interface(InterfaceCommand),
+    /// The external gateway (qg port): set, clear.
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
+}
+
+#[derive(clap::Subcommand)]
+pub enum InterfaceCommand {
+    /// Adds an internal interface with the subnet's gateway address (the router restarts
+    /// to attach it; its fast path keeps forwarding meanwhile).
+    Add {
+        #[arg(long)]
+        router: String,
+        /// An interface in the router's namespace.
+        #[arg(long)]
+        interface: String,
+        /// The router's address on the subnet, e.g. 10.0.1.1/24.
+        #[arg(long)]
+        address: String,
+        /// The same interface with the same address already there is not an error.
+        #[arg(long)]
+        may_exist: bool,
+    },
+    /// Removes an internal interface (live: its sessions end, its address goes).
+    Remove {
+        #[arg(long)]
+        router: String,
+        #[arg(long)]
+        interface: String,
+        /// No such interface is not an error.
+        #[arg(long)]
+        if_exists: bool,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum GatewayCommand {
+    /// Sets the external gateway: interface, the router's address on the external subnet,
+    /// the default route's next hop, default SNAT.
+    Set {
+        #[arg(long)]
+        router: String,
+        #[arg(long)]
+        interface: String,
+        /// The gateway IP with the subnet's length, e.g. 198.18.0.2/24.
+        #[arg(long)]
+        address: String,
+        /// The external subnet's gateway (the default route).
+        #[arg(long)]
+        nexthop: String,
+        /// Default SNAT to the gateway IP (the default for a new gateway).
+        #[arg(long, conflicts_with = "no_snat")]
+        snat: bool,
+        /// No default SNAT.
+        #[arg(long)]
+        no_snat: bool,
+    },
+    /// Removes the external gateway.
+    Clear {
+        #[arg(long)]
+        router: String,
+        /// No gateway is not an error.
+        #[arg(long)]
+        if_exists: bool,
+    },
+}
+
+pub fn run(api: &Api, command: Command) -> Result<(), Error> {
+    match command {
+        Command::Create {
+            router,
+            namespace,
+            mode,
+            may_exist,
+        } => api.change(&Request::RouterCreate {
+            router,
+            namespace,
+            mode: mode.map(|m| {
+                match m {
+                    Mode::Xdp => "xdp",
+                    Mode::Tc => "tc",
+                }
+                .to_string()
+            }),
+            may_exist,
+        }),
+        Command::Delete { router, if_exists } => {
+            api.change(&Request::RouterDelete { router, if_exists })
+        }
+        Command::List => api.show(&Request::RouterList, list),
+        Command::Show { router } => api.show(&Request::RouterShow { router }, show),
+        Command::Interface(InterfaceCommand::Add {
+            router,
+            interface,
+            address,
+            may_exist,
+        }) => api.change(&Request::RouterInterfaceAdd {
+            router,
+            interface,
+            address,
+            may_exist,
+        }),
+        Command::Interface(InterfaceCommand::Remove {
+            router,
+            interface,
+            if_exists,
+        }) => api.change(&Request::RouterInterfaceRemove {
+            router,
+            interface,
+            if_exists,
+        }),
+        Command::Gateway(GatewayCommand::Set {
+            router,
+            interface,
+            address,
+            nexthop,
+            snat,
+            no_snat,
+        }) => api.change(&Request::RouterGatewaySet {
+            router,
+            interface,
+            address,
+            nexthop,
+            snat: match (snat, no_snat) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+        }),
+        Command::Gateway(GatewayCommand::Clear { router, if_exists }) => {
+            api.change(&Request::RouterGatewayClear { router, if_exists })
+        }
+    }
+}
+
+fn dash_if_empty(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(",")
+    }
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.into()
+}
+
+fn gateway_text(g: &Option<GatewayEntry>) -> String {
+    g.as_ref().map_or_else(|| "-".into(), |g| g.address.clone())
+}
+
+fn list(routers: Vec<RouterSummary>) -> String {
+    let rows: Vec<Vec<String>> = routers
+        .into_iter()
+        .map(|r| {
+            vec![
+                r.id,
+                r.namespace,
+                r.mode,
+                dash_if_empty(&r.interfaces),
+                gateway_text(&r.gateway),
+                r.floating_ips.to_string(),
+                yes_no(r.running),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "NAMESPACE",
+            "MODE",
+            "INTERFACES",
+            "GATEWAY",
+            "FLOATING_IPS",
+            "RUNNING",
+        ],
+        &rows,
+    )
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// The floating IP rows `fip list` and `router show` print.
+pub fn fip_table(fips: &[FloatingIpEntry]) -> String {
+    let rows: Vec<Vec<String>> = fips
+        .iter()
+        .map(|f| {
+            vec![
+                f.router.clone(),
+                f.address.clone(),
+                f.fixed.clone(),
+                opt(f.in_packets),
+                opt(f.in_bytes),
+                opt(f.out_packets),
+                opt(f.out_bytes),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ROUTER",
+            "FLOATING_IP",
+            "FIXED_IP",
+            "IN_PKTS",
+            "IN_BYTES",
+            "OUT_PKTS",
+            "OUT_BYTES",
+        ],
+        &rows,
+    )
+}
+
+fn show(r: RouterDetail) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "router {}: namespace {}, mode {}, {}",
+        r.id,
+        r.namespace,
+        r.mode,
+        if r.running { "running" } else { "not running" }
+    );
+    let xdp = |x: Option<bool>| {
+        x.map_or_else(
+            || "auto".into(),
+            |x| if x { "yes" } else { "no" }.to_string(),
+        )
+    };
+    let mut rows = Vec::new();
+    if let Some(g) = &r.gateway {
+        rows.push(vec![
+            g.interface.clone(),
+            "external".into(),
+            g.address.clone(),
+            opt(g.ifindex),
+            xdp(g.xdp_egress),
+            "-".into(),
+        ]);
+    }
+    for i in &r.interfaces {
+        rows.push(vec![
+            i.name.clone(),
+            "internal".into(),
+            i.address.clone(),
+            opt(i.ifindex),
+            xdp(i.xdp_egress),
+            if i.source_check {
+                if i.allowed_sources.is_empty() {
+                    "on".into()
+                } else {
+                    format!("on +{}", i.allowed_sources.join(","))
+                }
+            } else {
+                "off".into()
+            },
+        ]);
+    }
+    out.push_str(&table(
+        &[
+            "INTERFACE",
+            "ROLE",
+            "ADDRESS",
+            "IFINDEX",
+            "XDP_EGRESS",
+            "SOURCE_CHECK",
+        ],
+        &rows,
+    ));
+    match &r.gateway {
+        None => out.push_str("gateway: none\n"),
+        Some(g) => {
+            let _ = writeln!(
+                out,
+                "gateway: {} {} via {}, snat {}",
+                g.interface,
+                g.address,
+                g.nexthop,
+                if g.snat { "on" } else { "off" }
+            );
+            let rows: Vec<Vec<String>> = r
+                .external_subnets
+                .iter()
+                .map(|s| vec![s.subnet.clone(), s.address.clone(), s.nexthop.clone()])
+                .collect();
+            out.push_str(&table(&["EXTERNAL_SUBNET", "ADDRESS", "NEXTHOP"], &rows));
+        }
+    }
+    if r.routes.is_empty() {
+        out.push_str("routes: none\n");
+    } else {
+        let rows: Vec<Vec<String>> = r
+            .routes
+            .iter()
+            .map(|x| vec![x.table.clone(), x.destination.clone(), x.nexthop.clone()])
+            .collect();
+        out.push_str(&table(&["TABLE", "DESTINATION", "NEXTHOP"], &rows));
+    }
+    if r.rules.is_empty() {
+        out.push_str("rules: none\n");
+    } else {
+        let rows: Vec<Vec<String>> = r
+            .rules
+            .iter()
+            .map(|x| {
+                vec![
+                    x.priority.to_string(),
+                    x.iif.clone().unwrap_or_else(|| "any".into()),
+                    x.from.clone(),
+                    x.to.clone(),
+                    x.table.clone(),
+                    x.origin.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["PRIORITY", "IIF", "FROM", "TO", "TABLE", "ORIGIN"],
+            &rows,
+        ));
+    }
+    if r.floating_ips.is_empty() {
+        out.push_str("floating IPs: none\n");
+    } else {
+        out.push_str(&fip_table(&r.floating_ips));
+    }
+    match &r.firewall.default {
+        None => out.push_str("firewall: none"),
+        Some(d) => {
+            let _ = write!(out, "firewall: default {d}, {} rule(s)", r.firewall.rules);
+        }
+    }
+    match &r.firewall.steering {
+        None => out.push_str("; steering: none\n"),
+        Some(s) => {
+            let _ = writeln!(
+                out,
+                "; steering: nexthop {}{}, interfaces {}",
+                s.nexthop,
+                s.gateway_nexthop
+                    .as_ref()
+                    .map(|g| format!(", gateway_nexthop {g}"))
+                    .unwrap_or_default(),
+                dash_if_empty(&s.interfaces)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "nat: snat_ports {}, slow_path_snat_ports {}, max_sessions {}, metadata_port {}",
+        r.nat.snat_ports, r.nat.slow_path_snat_ports, r.nat.max_sessions, r.nat.metadata_port
+    );
+    out
+}
