@@ -790,6 +790,12 @@ impl Datapath {
         Ok(())
     }
 
+    /// The ifindexes in `IFACES`.
+    pub fn iface_indexes(&mut self) -> Result<Vec<u32>, Error> {
+        let map: HashMap<_, u32, IfaceEntry> = typed(self.map(map_names::IFACES)?, "IFACES")?;
+        Ok(map.keys().filter_map(Result::ok).collect())
+    }
+
     pub fn remove_iface(&mut self, ifindex: u32) -> Result<(), Error> {
         let mut map: HashMap<_, u32, IfaceEntry> = typed(self.map(map_names::IFACES)?, "IFACES")?;
         let _ = map.remove(&ifindex);

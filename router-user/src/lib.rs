@@ -8,6 +8,7 @@ pub mod datapath;
 pub mod error;
 pub mod firewall;
 pub mod metrics;
+pub mod monitor;
 pub mod netlink;
 pub mod netns;
 pub mod paths;

@@ -292,14 +292,14 @@ interfaces = ["qr-a", "qr-b"]
 "#,
         );
         let p = of(&r);
-        let iifs: Vec<_> = p.rules.iter().map(|r| r.iif.clone().unwrap()).collect();
+        let iifs: Vec<_> = p.rules.iter().map(|r| r.iif.clone().expect("iif")).collect();
         assert_eq!(iifs, ["qr-a", "qr-b", "qg-1"]);
         assert!(p.rules.iter().all(|r| r.origin == Origin::Steering));
         assert_eq!(p.rules[2].table, TABLE_STEER_GATEWAY);
         assert!(p.routes.contains(&TableRoute {
             table: TABLE_STEER_INTERNAL,
             destination: Prefix::ANY,
-            nexthop: "10.99.0.2".parse().unwrap(),
+            nexthop: "10.99.0.2".parse().expect("address"),
         }));
         assert!(p.source_tables.is_empty());
     }

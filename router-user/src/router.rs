@@ -251,11 +251,51 @@ fn run(
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let teardown = match state.mirror(&handle, stop, changes).await {
-            Ok(teardown) => teardown,
-            Err(e) => {
-                log::error!("router {}: mirror stopped: {e}", router.id);
-                false
+        let (mut stop, mut changes) = (stop, changes);
+        let teardown = loop {
+            match state.mirror(&handle, &mut stop, &mut changes).await {
+                Ok(MirrorEnd::Stop { teardown }) => break teardown,
+                Ok(MirrorEnd::Rebuild) => {
+                    // An interface came back with a new ifindex: set the router up again
+                    // from its current desired state, adopting its own pinned maps (sessions
+                    // and counters stay) and attaching to the new interface.
+                    let desired = state.router.clone();
+                    drop(state);
+                    state = loop {
+                        match setup(&desired, &handle).await {
+                            Ok(s) => break s,
+                            Err(e) => {
+                                log::error!("router {}: repairing: {e}; retrying", desired.id);
+                                if let Ok(teardown) = stop.try_recv() {
+                                    log::info!("router {}: stopped while repairing", desired.id);
+                                    if teardown {
+                                        let _ = crate::datapath::teardown(&desired.id);
+                                    }
+                                    return;
+                                }
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                            }
+                        }
+                    };
+                    if let Err(e) = write_info(&state.info) {
+                        log::error!("router {}: {e}", desired.id);
+                    }
+                    log::info!(
+                        "router {}: repaired: re-attached to {}",
+                        desired.id,
+                        state
+                            .info
+                            .interfaces
+                            .iter()
+                            .map(|i| format!("{} (ifindex {})", i.name, i.ifindex))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                Err(e) => {
+                    log::error!("router {}: mirror stopped: {e}", router.id);
+                    break false;
+                }
             }
         };
         if teardown {
@@ -273,8 +313,18 @@ fn run(
     });
 }
 
+/// Why `RouterState::mirror` returned.
+enum MirrorEnd {
+    /// Stopped by the daemon; `teardown`: detach and remove everything.
+    Stop { teardown: bool },
+    /// An interface came back under a new ifindex: set the router up again.
+    Rebuild,
+}
+
 struct RouterState {
     id: String,
+    /// Desired interfaces that are gone from the namespace (logged once).
+    missing: std::collections::BTreeSet<String>,
     /// The desired state being run.
     router: Router,
     info: RouterInfo,
@@ -422,6 +472,12 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
             xdp_egress: *xdp_egress,
         });
     }
+    // Interfaces of an earlier run that are gone (one that came back has a new ifindex).
+    for stale in datapath.iface_indexes()? {
+        if !links.iter().any(|(l, ..)| l.index == stale) {
+            datapath.remove_iface(stale)?;
+        }
+    }
     let gateway_ifindex = links
         .iter()
         .find(|(_, _, role, _)| *role == iface_role::EXTERNAL)
@@ -447,6 +503,7 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
     }
     let mut state = RouterState {
         id: router.id.clone(),
+        missing: Default::default(),
         router: router.clone(),
         info: RouterInfo {
             router: router.id.clone(),
@@ -904,13 +961,14 @@ impl RouterState {
 
     /// Follows netlink events until `stop` fires: neighbours are applied one by one as they
     /// change, route and address changes trigger a re-mirror of the routes.
-    /// Returns whether the router is to be torn down (rather than left running).
+    /// Follows the kernel and the desired state until stopped, or until an interface of the
+    /// router comes back with a new ifindex (then the router is set up again).
     async fn mirror(
         &mut self,
         handle: &Handle,
-        mut stop: oneshot::Receiver<bool>,
-        mut changes: tmpsc::UnboundedReceiver<Change>,
-    ) -> Result<bool, Error> {
+        stop: &mut oneshot::Receiver<bool>,
+        changes: &mut tmpsc::UnboundedReceiver<Change>,
+    ) -> Result<MirrorEnd, Error> {
         let groups = [
             MulticastGroup::Neigh,
             MulticastGroup::Ipv4Route,
@@ -927,7 +985,9 @@ impl RouterState {
         let mut gc = tokio::time::interval(GC_INTERVAL);
         loop {
             tokio::select! {
-                teardown = &mut stop => return Ok(teardown.unwrap_or(false)),
+                teardown = &mut *stop => {
+                    return Ok(MirrorEnd::Stop { teardown: teardown.unwrap_or(false) });
+                }
                 Some(change) = changes.recv() => {
                     let result = self.reconfigure(handle, change.router).await;
                     if let Err(e) = &result {
@@ -958,11 +1018,94 @@ impl RouterState {
                 }
                 _ = tokio::time::sleep(RESYNC_DELAY), if dirty => {
                     dirty = false;
+                    if self.repair(handle).await? {
+                        return Ok(MirrorEnd::Rebuild);
+                    }
                     self.resync(handle).await?;
                 }
-                _ = safety.tick() => self.resync(handle).await?,
+                _ = safety.tick() => {
+                    if self.repair(handle).await? {
+                        return Ok(MirrorEnd::Rebuild);
+                    }
+                    self.resync(handle).await?;
+                }
             }
         }
+    }
+
+    /// Drift repair: what someone changed by hand in the namespace goes back to the desired
+    /// state (addresses, links down, routes and rules), and is logged. Returns whether an
+    /// interface came back under a new ifindex (the router must be set up again).
+    async fn repair(&mut self, handle: &Handle) -> Result<bool, Error> {
+        let nl = |what: String| {
+            let router = self.id.clone();
+            move |source| Error::Netlink {
+                router,
+                what,
+                source: Box::new(source),
+            }
+        };
+        let mut wanted: Vec<(String, Vec<IfAddr>)> = Vec::new();
+        if let Some(g) = &self.router.gateway {
+            let mut addrs = vec![g.address];
+            addrs.extend(g.subnets.iter().map(|s| s.address));
+            wanted.push((g.interface.clone(), addrs));
+        }
+        for i in &self.router.interfaces {
+            wanted.push((i.name.clone(), vec![i.address]));
+        }
+        for (name, addrs) in &wanted {
+            let link = netlink::link_by_name(handle, name)
+                .await
+                .map_err(nl(format!("looking up {name}")))?;
+            let Some(link) = link else {
+                if self.missing.insert(name.clone()) {
+                    log::warn!(
+                        "router {}: interface {name} is gone; waiting for it to come back",
+                        self.id
+                    );
+                }
+                continue;
+            };
+            let known = self
+                .ifaces
+                .iter()
+                .find(|(_, n)| *n == name)
+                .map(|(i, _)| *i);
+            if known != Some(link.index) {
+                log::warn!(
+                    "router {}: interface {name} is back as ifindex {}; re-attaching",
+                    self.id,
+                    link.index
+                );
+                return Ok(true);
+            }
+            if self.missing.remove(name) {
+                log::info!("router {}: interface {name} is back", self.id);
+            }
+            if !link.up {
+                netlink::set_up(handle, link.index)
+                    .await
+                    .map_err(nl(format!("setting {name} up")))?;
+                log::warn!("router {}: repaired: {name} was down, set up", self.id);
+            }
+            for addr in addrs {
+                if netlink::ensure_address(handle, link.index, *addr)
+                    .await
+                    .map_err(nl(format!("adding {addr} to {name}")))?
+                {
+                    log::warn!("router {}: repaired: {addr} re-added to {name}", self.id);
+                }
+            }
+        }
+        let writes = sync_kernel_policy(handle, &self.router).await?;
+        if writes > 0 {
+            log::warn!(
+                "router {}: repaired: {writes} route or rule changes restored the desired state",
+                self.id
+            );
+        }
+        Ok(false)
     }
 
     fn apply_neighbor(

@@ -343,6 +343,18 @@ pub fn rows<'a>(interfaces: &'a [InterfaceStats], nat: &'a NatStats) -> Vec<Row<
         .collect()
 }
 
+/// Session table entries of running router `router` (two per session), at about the time of
+/// the call (entries come and go during the walk).
+pub fn session_count(router: &str) -> Result<usize, Error> {
+    let map: aya::maps::HashMap<aya::maps::MapData, router_common::CtKey, router_common::CtEntry> =
+        crate::datapath::open_pinned(router, router_common::map_names::SESSIONS)?;
+    // Distinct keys: a walk restarts from the beginning when the entry it stands on is
+    // deleted meanwhile (aging), and would count some twice.
+    let keys: std::collections::HashSet<router_common::CtKey> =
+        map.keys().filter_map(Result::ok).collect();
+    Ok(keys.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,11 +426,4 @@ mod tests {
                 .is_some_and(|l| l.contains(" -  ") && l.contains("off"))
         );
     }
-}
-
-/// Session table entries of running router `router` (two per session).
-pub fn session_count(router: &str) -> Result<usize, Error> {
-    let map: aya::maps::HashMap<aya::maps::MapData, router_common::CtKey, router_common::CtEntry> =
-        crate::datapath::open_pinned(router, router_common::map_names::SESSIONS)?;
-    Ok(map.keys().filter_map(Result::ok).count())
 }

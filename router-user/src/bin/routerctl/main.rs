@@ -8,6 +8,7 @@ mod apply;
 mod ct;
 mod fip;
 mod fw;
+mod monitor;
 mod nat;
 mod output;
 mod route;
@@ -47,6 +48,9 @@ enum Command {
     /// Floating IPs and the SNAT gateway with their counters.
     #[command(subcommand)]
     Nat(nat::Command),
+    /// Packets the fast path drops or hands to the kernel, live (filter by router and
+    /// reason; --json for one object per line).
+    Monitor(monitor::Args),
     /// Replaces the whole desired state with a file (checked whole; nothing changes if
     /// it is invalid).
     Apply(apply::Args),
@@ -81,6 +85,7 @@ fn main() -> std::process::ExitCode {
         Command::Stats(args) => stats::run(args),
         Command::Ct(command) => ct::run(command),
         Command::Nat(command) => nat::run(command),
+        Command::Monitor(args) => monitor::run(args),
         Command::Apply(args) => apply::run(&api, args),
         Command::State => apply::show(&api),
         Command::Router(command) => router::run(&api, command),
