@@ -5,10 +5,10 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use router_common::{
-    CtEntry, CtKey, DEFAULT_SESSION_ENTRIES, EVENTS_BYTES, MonitorConfig, FW_STATS_SLOTS, FipEntry, FipStats, FwRule, FwStats,
-    IfaceEntry, IfaceStats, MAX_FLOATING_IPS, MAX_FW_RULES, MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES,
-    MAX_ALLOWED_SOURCES, MAX_RULES, NatConfig, NeighborEntry, NeighborKey, PolicyConfig, PolicyRule, RouteEntry,
-    RouteKey, SnatStats, SourceKey,
+    CtEntry, CtKey, DEFAULT_SESSION_ENTRIES, EVENTS_BYTES, FW_STATS_SLOTS, FipEntry, FipStats,
+    FwRule, FwStats, IfaceEntry, IfaceStats, MAX_ALLOWED_SOURCES, MAX_FLOATING_IPS, MAX_FW_RULES,
+    MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES, MAX_RULES, MonitorConfig, NatConfig, NeighborEntry,
+    NeighborKey, PolicyConfig, PolicyRule, RouteEntry, RouteKey, SnatStats, SourceKey,
 };
 
 /// Every routing table of the router in one trie (see `RouteKey`).

@@ -13,8 +13,9 @@ use crate::{
     maps::{ALLOWED_SOURCES, HANDOFF, IFACES, POLICY_CONFIG},
     nat,
     parse::{self, IPPROTO_TCP, Ipv4Packet, L2, L4_OFFSET},
-    rewrite, route, verify,
+    rewrite, route,
     verdict::Verdict,
+    verify,
 };
 
 const METADATA_ADDR: [u8; 4] = [169, 254, 169, 254];

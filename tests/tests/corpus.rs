@@ -633,15 +633,13 @@ fn corpus() -> Vec<Case> {
         Drop(Reason::BadL4Checksum),
         "it would create a SNAT session: its checksum is verified first (as nf_conntrack_checksum does)",
     ));
-    v.push(
-        case(
-            "udp: bad checksum",
-            In,
-            bad_l4_sum(base.clone(), 6),
-            Drop(Reason::BadL4Checksum),
-            "verified before it would create a SNAT session: no session, no port",
-        ),
-    );
+    v.push(case(
+        "udp: bad checksum",
+        In,
+        bad_l4_sum(base.clone(), 6),
+        Drop(Reason::BadL4Checksum),
+        "verified before it would create a SNAT session: no session, no port",
+    ));
     v.push(case(
         "udp: checksum 0 (none)",
         In,
@@ -649,15 +647,13 @@ fn corpus() -> Vec<Case> {
         fwd,
         "no checksum stays no checksum",
     ));
-    v.push(
-        case(
-            "icmp: bad checksum (echo request)",
-            In,
-            bad_l4_sum(out_echo(b"ping"), 2),
-            Drop(Reason::BadL4Checksum),
-            "verified before it would create a SNAT session (ICMP: no pseudo-header)",
-        ),
-    );
+    v.push(case(
+        "icmp: bad checksum (echo request)",
+        In,
+        bad_l4_sum(out_echo(b"ping"), 2),
+        Drop(Reason::BadL4Checksum),
+        "verified before it would create a SNAT session (ICMP: no pseudo-header)",
+    ));
     v.push(
         case(
             "udp: bad checksum, to a floating IP from outside",

@@ -54,7 +54,15 @@ fn external_receives(ns: &str, wait: Duration) -> std::thread::JoinHandle<usize>
 fn spoofing_is_dropped_and_monitored(mode: &str) {
     let topo = RouterTopology::build(mode);
     let _routerd = Routerd::start(&topo.config, &topo.router_id);
-    ip(&["-n", &topo.vm_a_ns, "addr", "add", "10.0.9.5/32", "dev", "eth0"]);
+    ip(&[
+        "-n",
+        &topo.vm_a_ns,
+        "addr",
+        "add",
+        "10.0.9.5/32",
+        "dev",
+        "eth0",
+    ]);
 
     let monitor = Command::new(routerctl())
         .args([
@@ -80,7 +88,11 @@ fn spoofing_is_dropped_and_monitored(mode: &str) {
     // Fragments (a 3000-byte datagram): the fast path passes them to the kernel, whose
     // nftables source check drops them.
     send_spoofed(&topo.vm_a_ns, 2, 3000);
-    assert_eq!(join(receiver), 0, "{mode}: a spoofed datagram reached the outside");
+    assert_eq!(
+        join(receiver),
+        0,
+        "{mode}: a spoofed datagram reached the outside"
+    );
 
     let out = monitor.wait_with_output().expect("monitor output");
     assert!(out.status.success(), "{mode}: monitor failed: {out:?}");
@@ -95,7 +107,9 @@ fn spoofing_is_dropped_and_monitored(mode: &str) {
         assert_eq!(l["interface"], "qr-a", "{mode}: {l}");
         assert_eq!(l["protocol"], 17, "{mode}: {l}");
         assert!(
-            l["source"].as_str().is_some_and(|s| s.starts_with("10.0.9.5:")),
+            l["source"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("10.0.9.5:")),
             "{mode}: {l}"
         );
         assert_eq!(l["destination"], "198.18.0.1:9999", "{mode}: {l}");
