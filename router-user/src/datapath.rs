@@ -12,7 +12,7 @@ use aya::{
         PerCpuValues, lpm_trie::Key,
     },
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
         xdp::{XdpLink, XdpLinkId},
@@ -757,6 +757,96 @@ impl Datapath {
         }
         self.pin_dir = Some(dir.to_path_buf());
         Ok(())
+    }
+
+    /// Pins again what someone removed from bpffs by hand (maps, links): without its pins a
+    /// persistent datapath would detach when this process ends. Returns what was re-pinned.
+    pub fn repair_pins(&mut self) -> Result<Vec<String>, Error> {
+        let Some(dir) = self.pin_dir.clone().filter(|_| self.persistent) else {
+            return Ok(Vec::new());
+        };
+        let mut repaired = Vec::new();
+        std::fs::create_dir_all(links_dir(&self.router))
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        for name in map_names::ALL {
+            let path = dir.join(name);
+            if path.exists() {
+                continue;
+            }
+            let map = self.map(name)?;
+            map.pin(&path).map_err(|source| Error::Pin {
+                what: format!("pinning {name} at {}", path.display()),
+                source: Box::new(source),
+            })?;
+            repaired.push(name.to_string());
+        }
+        let links: Vec<(u32, Option<XdpLinkId>, SchedClassifierLinkId)> =
+            std::mem::take(&mut self.links)
+                .into_iter()
+                .map(|(i, (x, t))| (i, x, t))
+                .collect();
+        for (index, xdp_id, tc_id) in links {
+            let xdp_id = match xdp_id {
+                Some(id)
+                    if !links_dir(&self.router)
+                        .join(format!("{index}_xdp"))
+                        .exists() =>
+                {
+                    repaired.push(format!("{index}_xdp"));
+                    Some(self.repin_xdp(index, id)?)
+                }
+                other => other,
+            };
+            let tc_id = if links_dir(&self.router).join(format!("{index}_tc")).exists() {
+                tc_id
+            } else {
+                repaired.push(format!("{index}_tc"));
+                self.repin_tc(index, tc_id)?
+            };
+            self.links.insert(index, (xdp_id, tc_id));
+        }
+        Ok(repaired)
+    }
+
+    fn repin_xdp(&mut self, index: u32, id: XdpLinkId) -> Result<XdpLinkId, Error> {
+        let path = links_dir(&self.router).join(format!("{index}_xdp"));
+        let what = |e: String| {
+            Error::io(
+                format!("re-pinning {}", path.display()),
+                std::io::Error::other(e),
+            )
+        };
+        let xdp: &mut Xdp = program(&mut self.ebpf, prog_names::XDP)?
+            .try_into()
+            .map_err(|e: ProgramError| what(e.to_string()))?;
+        let link = xdp.take_link(id).map_err(|e| what(e.to_string()))?;
+        let fd = FdLink::try_from(link).map_err(|e| what(e.to_string()))?;
+        let pinned = fd.pin(&path).map_err(|e| what(e.to_string()))?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| what(e.to_string()))?;
+        xdp.attach_to_link(link).map_err(|e| what(e.to_string()))
+    }
+
+    fn repin_tc(
+        &mut self,
+        index: u32,
+        id: SchedClassifierLinkId,
+    ) -> Result<SchedClassifierLinkId, Error> {
+        let path = links_dir(&self.router).join(format!("{index}_tc"));
+        let what = |e: String| {
+            Error::io(
+                format!("re-pinning {}", path.display()),
+                std::io::Error::other(e),
+            )
+        };
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, prog_names::TC)?
+            .try_into()
+            .map_err(|e: ProgramError| what(e.to_string()))?;
+        let link = tc.take_link(id).map_err(|e| what(e.to_string()))?;
+        let fd = FdLink::try_from(link).map_err(|e| what(e.to_string()))?;
+        let pinned = fd.pin(&path).map_err(|e| what(e.to_string()))?;
+        let link =
+            SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| what(e.to_string()))?;
+        tc.attach_to_link(link).map_err(|e| what(e.to_string()))
     }
 
     fn map(&mut self, name: &str) -> Result<&mut Map, Error> {

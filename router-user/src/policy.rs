@@ -292,7 +292,11 @@ interfaces = ["qr-a", "qr-b"]
 "#,
         );
         let p = of(&r);
-        let iifs: Vec<_> = p.rules.iter().map(|r| r.iif.clone().expect("iif")).collect();
+        let iifs: Vec<_> = p
+            .rules
+            .iter()
+            .map(|r| r.iif.clone().expect("iif"))
+            .collect();
         assert_eq!(iifs, ["qr-a", "qr-b", "qg-1"]);
         assert!(p.rules.iter().all(|r| r.origin == Origin::Steering));
         assert_eq!(p.rules[2].table, TABLE_STEER_GATEWAY);

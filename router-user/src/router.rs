@@ -32,6 +32,8 @@ use crate::{
 const RESYNC_DELAY: Duration = Duration::from_millis(20);
 /// A full re-read of routes and neighbours, in case a netlink event was lost.
 const SAFETY_RESYNC: Duration = Duration::from_secs(10);
+/// How often the pins are checked (someone may remove them by hand).
+const PIN_CHECK: Duration = Duration::from_secs(1);
 /// How often expired sessions are collected.
 const GC_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -983,6 +985,7 @@ impl RouterState {
         let mut dirty = false;
         let mut safety = tokio::time::interval(SAFETY_RESYNC);
         let mut gc = tokio::time::interval(GC_INTERVAL);
+        let mut pins = tokio::time::interval(PIN_CHECK);
         loop {
             tokio::select! {
                 teardown = &mut *stop => {
@@ -994,6 +997,10 @@ impl RouterState {
                         log::error!("router {}: applying the new desired state: {e}", self.id);
                     }
                     let _ = change.done.send(result);
+                }
+                _ = pins.tick() => {
+                    self.check_pins()?;
+                    self.check_namespace();
                 }
                 _ = gc.tick() => {
                     if let Err(e) = self.collect_garbage() {
@@ -1045,6 +1052,7 @@ impl RouterState {
                 source: Box::new(source),
             }
         };
+        self.check_namespace();
         let mut wanted: Vec<(String, Vec<IfAddr>)> = Vec::new();
         if let Some(g) = &self.router.gateway {
             let mut addrs = vec![g.address];
@@ -1098,6 +1106,7 @@ impl RouterState {
                 }
             }
         }
+        self.check_pins()?;
         let writes = sync_kernel_policy(handle, &self.router).await?;
         if writes > 0 {
             log::warn!(
@@ -1106,6 +1115,54 @@ impl RouterState {
             );
         }
         Ok(false)
+    }
+
+    /// A router namespace deleted by hand (`ip netns del`) lives on while this thread is in
+    /// it, interfaces and all, and keeps forwarding; its name is bound again so that
+    /// operators (and the next routerd) find it.
+    fn check_namespace(&self) {
+        let path = paths::netns_path(&self.router.namespace);
+        if path.exists() {
+            return;
+        }
+        let result = (|| -> std::io::Result<()> {
+            std::fs::create_dir_all(paths::NETNS_DIR)?;
+            std::fs::File::create(&path)?;
+            nix::mount::mount(
+                Some("/proc/thread-self/ns/net"),
+                &path,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(std::io::Error::from)
+        })();
+        match result {
+            Ok(()) => log::warn!(
+                "router {}: repaired: namespace {} was deleted under the router; bound again",
+                self.id,
+                self.router.namespace
+            ),
+            Err(e) => log::error!(
+                "router {}: namespace {} was deleted and cannot be bound again: {e}",
+                self.id,
+                self.router.namespace
+            ),
+        }
+    }
+
+    /// Pins removed from bpffs by hand are restored (the fast path would otherwise detach
+    /// when routerd ends).
+    fn check_pins(&mut self) -> Result<(), Error> {
+        let repinned = self.datapath.repair_pins()?;
+        if !repinned.is_empty() {
+            log::warn!(
+                "router {}: repaired: pins removed by hand restored: {}",
+                self.id,
+                repinned.join(", ")
+            );
+        }
+        Ok(())
     }
 
     fn apply_neighbor(

@@ -1,0 +1,228 @@
+//! Control-plane faults (issue 7): pins removed by hand, `kill -9` during an apply, a
+//! router namespace deleted under a running router, an interface flapping. Each ends in a
+//! consistent state that routerd repairs and reports, and the fast path keeps forwarding.
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddrV4},
+    time::{Duration, Instant},
+};
+
+use router_tests::{
+    probe::UdpStream,
+    routerd::Routerd,
+    topo::{EXT_HOST, RouterTopology, VM_A, VM_B, ip},
+    traffic,
+};
+use router_user::{api::Client, config::DesiredState};
+
+fn within(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn pins_of(router: &str) -> BTreeSet<String> {
+    let dir = router_user::paths::router_pin_dir(router);
+    let mut out = BTreeSet::new();
+    for d in [dir.clone(), dir.join("links")] {
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_file()) {
+                    out.insert(e.path().display().to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Pins removed by hand come back; then `kill -9` leaves a fast path that still forwards.
+#[test]
+fn pins_removed_by_hand_are_restored() {
+    let topo = RouterTopology::build("tc");
+    let mut routerd = Routerd::start(&topo.config, &topo.router_id);
+    let pins = pins_of(&topo.router_id);
+    assert!(pins.len() > 10, "pins: {pins:?}");
+    for p in &pins {
+        std::fs::remove_file(p).expect("removing a pin");
+    }
+    assert!(
+        within(Duration::from_secs(3), || pins_of(&topo.router_id) == pins),
+        "pins not restored:\n{}",
+        routerd.log_text()
+    );
+    assert!(
+        routerd.log_text().contains("pins removed by hand restored"),
+        "not reported"
+    );
+    // The restored link pins are what keeps the fast path attached without routerd.
+    routerd.kill9();
+    assert!(traffic::ping(&topo.vm_a_ns, VM_B, 1), "after kill -9");
+    let before = traffic::forwarded_by_kernel(&topo.router_ns);
+    assert!(
+        traffic::ping(&topo.vm_a_ns, VM_B, 3),
+        "fast path after kill -9"
+    );
+    assert_eq!(traffic::forwarded_by_kernel(&topo.router_ns), before);
+}
+
+/// `kill -9` while an apply of 200 floating IPs is under way: the file is the old or the
+/// new state, never a mix, and the next routerd runs exactly what the file says.
+#[test]
+fn kill9_during_an_apply_leaves_old_or_new() {
+    let topo = RouterTopology::build("tc");
+    let socket = std::env::temp_dir().join(format!("routerd-{}-faults.sock", topo.router_id));
+    let mut routerd = Routerd::start_with_socket(&topo.config, &topo.router_id, &socket);
+    let old_text = std::fs::read_to_string(&topo.config).expect("config");
+    // 200 floating IPs (the gateway's /24 has room for that many).
+    let mut new_text = old_text.clone();
+    for i in 0..200u32 {
+        new_text.push_str(&format!(
+            "\n[[router.floating_ip]]\naddress = \"198.18.0.{}\"\nfixed = \"10.0.1.{}\"\n",
+            20 + i,
+            20 + i
+        ));
+    }
+    let text = new_text.clone();
+    let sock = socket.clone();
+    let applier = std::thread::spawn(move || {
+        let Ok(mut client) = Client::connect(&sock) else {
+            return;
+        };
+        let _ = client.call_line(&serde_json::json!({"op": "apply", "text": text}).to_string());
+    });
+    std::thread::sleep(Duration::from_millis(15));
+    routerd.kill9();
+    let _ = applier.join();
+
+    let on_disk = std::fs::read_to_string(&topo.config).expect("config after kill");
+    let state = DesiredState::parse(&on_disk).expect("the file is a valid state");
+    let fips = state.routers[0].floating_ips.len();
+    assert!(
+        fips == 0 || fips == 200,
+        "a mix: {fips} floating IPs in the file"
+    );
+    eprintln!("file after kill -9: {fips} floating IPs");
+
+    let routerd = Routerd::start_with_socket(&topo.config, &topo.router_id, &socket);
+    let running: BTreeSet<[u8; 4]> = {
+        let map: aya::maps::HashMap<aya::maps::MapData, [u8; 4], router_common::FipEntry> =
+            router_user::datapath::open_pinned(
+                &topo.router_id,
+                router_common::map_names::FIP_BY_ADDRESS,
+            )
+            .expect("floating IP map");
+        map.keys().filter_map(Result::ok).collect()
+    };
+    let wanted: BTreeSet<[u8; 4]> = state.routers[0]
+        .floating_ips
+        .iter()
+        .map(|f| f.address.octets())
+        .collect();
+    assert_eq!(
+        running,
+        wanted,
+        "the fast path does not run what the file says:\n{}",
+        routerd.log_text()
+    );
+    assert!(
+        traffic::ping(&topo.vm_a_ns, VM_B, 2),
+        "forwarding after the restart"
+    );
+}
+
+/// A router's namespace deleted under it: the router keeps forwarding, routerd binds the
+/// name again and says so, and another router of the same routerd is not disturbed.
+#[test]
+fn a_deleted_namespace_is_bound_again_and_others_are_undisturbed() {
+    let one = RouterTopology::build("tc");
+    let two = RouterTopology::build("tc");
+    let config = std::env::temp_dir().join(format!("faults-two-{}.toml", one.router_id));
+    let text = format!(
+        "{}\n{}",
+        std::fs::read_to_string(&one.config).expect("config one"),
+        std::fs::read_to_string(&two.config).expect("config two")
+    );
+    std::fs::write(&config, text).expect("writing config");
+    let routerd = Routerd::start(&config, &one.router_id);
+    assert!(
+        within(Duration::from_secs(10), || {
+            router_user::paths::router_info_file(&two.router_id).exists()
+        }),
+        "second router not up"
+    );
+    // Router two carries a stream throughout.
+    let stream = UdpStream::start(
+        &two.vm_a_ns,
+        42001,
+        SocketAddrV4::new(Ipv4Addr::from(EXT_HOST), 6001),
+        &two.ext_ns,
+        6001,
+        Duration::from_millis(5),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    ip(&["netns", "del", &one.router_ns]);
+    assert!(
+        within(Duration::from_secs(3), || router_user::paths::netns_path(
+            &one.router_ns
+        )
+        .exists()),
+        "namespace not bound again:\n{}",
+        routerd.log_text()
+    );
+    assert!(
+        routerd
+            .log_text()
+            .contains("was deleted under the router; bound again"),
+        "not reported"
+    );
+    assert!(traffic::ping(&one.vm_a_ns, VM_B, 2), "router one forwards");
+    let report = stream.finish();
+    assert!(
+        report.sent > 100 && report.lost.is_empty(),
+        "router two lost {} of {}",
+        report.lost.len(),
+        report.sent
+    );
+    let _ = std::fs::remove_file(&config);
+}
+
+/// An interface flapping (down, up) five times: routerd sets it up again each time it is
+/// found down, and the fast path forwards afterwards.
+#[test]
+fn a_flapping_interface_is_repaired() {
+    let topo = RouterTopology::build("xdp");
+    let routerd = Routerd::start(&topo.config, &topo.router_id);
+    for _ in 0..5 {
+        ip(&["-n", &topo.router_ns, "link", "set", "qr-b", "down"]);
+        assert!(
+            within(Duration::from_secs(1), || {
+                let out = std::process::Command::new("ip")
+                    .args(["-n", &topo.router_ns, "-o", "link", "show", "qr-b"])
+                    .output()
+                    .expect("ip");
+                String::from_utf8_lossy(&out.stdout).contains(",UP")
+            }),
+            "qr-b not set up again:\n{}",
+            routerd.log_text()
+        );
+    }
+    assert!(routerd.log_text().contains("qr-b was down, set up"));
+    assert!(
+        traffic::ping(&topo.vm_a_ns, VM_B, 2),
+        "VM-a -> VM-b after the flaps"
+    );
+    let before = traffic::forwarded_by_kernel(&topo.router_ns);
+    assert!(traffic::ping(&topo.vm_b_ns, VM_A, 3), "VM-b -> VM-a");
+    assert_eq!(
+        traffic::forwarded_by_kernel(&topo.router_ns),
+        before,
+        "the kernel forwarded after the flaps"
+    );
+}
