@@ -1019,7 +1019,13 @@ impl RouterState {
                         }
                         NetlinkPayload::InnerMessage(_) => dirty = true,
                         // An overrun (ENOBUFS) loses events: read everything again.
-                        NetlinkPayload::Error(_) | NetlinkPayload::Overrun(_) => dirty = true,
+                        NetlinkPayload::Error(_) | NetlinkPayload::Overrun(_) => {
+                            log::warn!(
+                                "router {}: netlink events lost (overrun); reading everything again",
+                                self.id
+                            );
+                            dirty = true;
+                        }
                         _ => {}
                     }
                 }
