@@ -36,8 +36,9 @@ pub mod map_names {
     pub const ALLOWED_SOURCES: &str = "ALLOWED_SOURCES";
     pub const MONITOR: &str = "MONITOR";
     pub const EVENTS: &str = "EVENTS";
+    pub const SNAT_SOURCES: &str = "SNAT_SOURCES";
     /// Every map above, in the order `routerctl` and the pinning code walk them.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         ROUTES,
         NEIGHBORS,
         IFACES,
@@ -57,6 +58,7 @@ pub mod map_names {
         ALLOWED_SOURCES,
         MONITOR,
         EVENTS,
+        SNAT_SOURCES,
     ];
 }
 
@@ -337,7 +339,7 @@ mod tests {
         assert_eq!(size_of::<NeighborKey>(), 8);
         assert_eq!(size_of::<NeighborEntry>(), 8);
         assert_eq!(size_of::<IfaceEntry>(), 24);
-        assert_eq!(size_of::<NatConfig>(), 16);
+        assert_eq!(size_of::<NatConfig>(), 24);
         assert_eq!(size_of::<FipEntry>(), 8);
         assert_eq!(size_of::<CtKey>(), 16);
         assert_eq!(size_of::<CtEntry>(), 72);

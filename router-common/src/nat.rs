@@ -25,6 +25,10 @@ pub struct NatConfig {
     /// The kernel's own slow-path SNAT uses a disjoint range, so the two never collide.
     pub port_min: u16,
     pub port_max: u16,
+    /// Most SNAT sessions one internal address may hold at once (0: no limit), so that one
+    /// VM cannot take every port of the gateway IP from the others.
+    pub source_quota: u32,
+    pub _pad: u32,
 }
 
 /// One side of a floating IP: keyed by the floating IP it holds the fixed IP, keyed by the

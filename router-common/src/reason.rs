@@ -87,11 +87,14 @@ pub enum Reason {
     /// A packet that would create a session (SNAT, hairpin or a firewall-tracked flow) has
     /// a wrong TCP, UDP or ICMP checksum: it takes no session and no port.
     BadL4Checksum = 36,
+    /// A new SNAT session from an internal address that holds `nat.snat_sessions_per_source`
+    /// sessions already.
+    SnatSourceQuota = 37,
 }
 
 impl Reason {
     /// Every reason, in numeric order.
-    pub const ALL: [Reason; 33] = [
+    pub const ALL: [Reason; 34] = [
         Reason::Arp,
         Reason::Ipv6,
         Reason::OtherL3,
@@ -125,6 +128,7 @@ impl Reason {
         Reason::FwDefaultDeny,
         Reason::SpoofedSource,
         Reason::BadL4Checksum,
+        Reason::SnatSourceQuota,
     ];
 
     /// First numeric value of the drop reasons.
@@ -171,6 +175,7 @@ impl Reason {
             34 => Some(Reason::FwDefaultDeny),
             35 => Some(Reason::SpoofedSource),
             36 => Some(Reason::BadL4Checksum),
+            37 => Some(Reason::SnatSourceQuota),
             _ => None,
         }
     }
@@ -211,6 +216,7 @@ impl Reason {
             Reason::FwDefaultDeny => "fw_default_deny",
             Reason::SpoofedSource => "spoofed_source",
             Reason::BadL4Checksum => "bad_l4_checksum",
+            Reason::SnatSourceQuota => "snat_source_quota",
         }
     }
 }

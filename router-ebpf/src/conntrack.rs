@@ -13,7 +13,11 @@ use aya_ebpf::{
 };
 use router_common::{CtEntry, CtKey, NatConfig, Reason, ct_dir, ct_kind, ct_tcp};
 
-use crate::{flow::Shape, maps::SESSIONS, nat::Target};
+use crate::{
+    flow::Shape,
+    maps::{SESSIONS, SNAT_SOURCES},
+    nat::Target,
+};
 
 /// Port candidates tried before giving up: the original port, then random ones.
 const PORT_TRIES: u32 = 16;
@@ -59,6 +63,7 @@ pub fn touch(entry: *mut CtEntry, bytes: u32, tcp_flags: u32) {
 pub enum CreateError {
     NoPort,
     TableFull,
+    Quota,
 }
 
 impl CreateError {
@@ -66,6 +71,7 @@ impl CreateError {
         match self {
             CreateError::NoPort => Reason::NoSnatPort,
             CreateError::TableFull => Reason::SessionTableFull,
+            CreateError::Quota => Reason::SnatSourceQuota,
         }
     }
 }
@@ -86,6 +92,12 @@ pub fn create(
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let reverse = reply_entry(fwd, kind, now);
+    if cfg.source_quota != 0
+        // SAFETY: a map value, read once.
+        && unsafe { SNAT_SOURCES.get(&fwd.src) }.is_some_and(|n| *n >= cfg.source_quota)
+    {
+        return Err(CreateError::Quota);
+    }
     let (min, max) = (u32::from(cfg.port_min), u32::from(cfg.port_max));
     if min == 0 || max < min {
         return Err(CreateError::NoPort);
@@ -109,7 +121,13 @@ pub fn create(
         target.sport = (port as u16).to_be_bytes();
         let reply_key = reply_key(target, fwd.proto, reply_zone, shape);
         match SESSIONS.insert(&reply_key, &reverse, u64::from(BPF_NOEXIST)) {
-            Ok(()) => return insert_forward(fwd, target, reply_key, kind, now),
+            Ok(()) => {
+                insert_forward(fwd, target, reply_key, kind, now)?;
+                if cfg.source_quota != 0 {
+                    count_source(fwd.src);
+                }
+                return Ok(());
+            }
             Err(EEXIST) => *collisions += 1,
             Err(_) => return Err(CreateError::TableFull),
         }
@@ -156,6 +174,20 @@ fn reply_entry(fwd: &CtKey, kind: u8, now: u64) -> CtEntry {
         direction: ct_dir::REPLY,
         kind,
         ..CtEntry::default()
+    }
+}
+
+/// One more SNAT session for internal address `src` (see `NatConfig::source_quota`).
+#[inline(always)]
+fn count_source(src: [u8; 4]) {
+    match SNAT_SOURCES.get_ptr_mut(&src) {
+        // SAFETY: a map value, 4-byte aligned; another CPU may count the same address.
+        Some(n) => unsafe {
+            atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(n, 1);
+        },
+        None => {
+            let _ = SNAT_SOURCES.insert(&src, &1, 0);
+        }
     }
 }
 

@@ -101,3 +101,8 @@ pub static MONITOR: Array<MonitorConfig> = Array::with_max_entries(1, 0);
 /// Dropped and passed packets while a monitor runs.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// SNAT sessions per internal address, for `NatConfig::source_quota`: counted up here when
+/// a session is made, recounted from the table by user space at each garbage collection.
+#[map]
+pub static SNAT_SOURCES: HashMap<[u8; 4], u32> = HashMap::with_max_entries(MAX_FLOATING_IPS, 0);

@@ -165,7 +165,7 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// What one garbage collection pass did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct GcReport {
     /// Entries looked at (two per session).
     pub scanned: usize,
@@ -173,6 +173,8 @@ pub struct GcReport {
     pub expired_sessions: usize,
     /// Entries whose partner was missing, removed.
     pub orphans_removed: usize,
+    /// SNAT and hairpin sessions left per internal address (for the per-source quota).
+    pub snat_sources: std::collections::HashMap<[u8; 4], u32>,
 }
 
 /// Removes the sessions idle for longer than their state's timeout, and half-sessions
@@ -201,6 +203,8 @@ pub fn collect_garbage<T: BorrowMut<MapData>>(
                 if idle_for(now_ns, last) > state.timeout(timeouts) {
                     remove_session(map, &key, &entry)?;
                     report.expired_sessions += 1;
+                } else if entry.kind == ct_kind::SNAT || entry.kind == ct_kind::HAIRPIN {
+                    *report.snat_sources.entry(key.src).or_default() += 1;
                 }
             }
             None if idle_for(now_ns, entry.created_ns) > ORPHAN_GRACE => {

@@ -720,6 +720,27 @@ impl Datapath {
         Ok(writes)
     }
 
+    /// Makes the per-source SNAT session counts these (addresses without sessions go).
+    pub fn sync_snat_sources(
+        &mut self,
+        counts: &std::collections::HashMap<[u8; 4], u32>,
+    ) -> Result<(), Error> {
+        let mut map: HashMap<_, [u8; 4], u32> =
+            typed(self.map(map_names::SNAT_SOURCES)?, "SNAT_SOURCES")?;
+        let current: std::collections::HashMap<[u8; 4], u32> =
+            map.iter().filter_map(Result::ok).collect();
+        for (addr, n) in counts {
+            if current.get(addr) != Some(n) {
+                map.insert(addr, n, 0)
+                    .map_err(|e| Error::map("writing SNAT_SOURCES", e))?;
+            }
+        }
+        for addr in current.keys().filter(|a| !counts.contains_key(*a)) {
+            let _ = map.remove(addr);
+        }
+        Ok(())
+    }
+
     /// Zeroes the firewall counters of `slots` (given to new rules).
     pub fn reset_fw_slots(&mut self, slots: &[u8]) -> Result<(), Error> {
         if slots.is_empty() {

@@ -696,6 +696,7 @@ fn nat_config(router: &Router, gateway_ifindex: Option<u32>) -> NatConfig {
     let mut cfg = NatConfig {
         port_min: router.nat.snat_ports.min,
         port_max: router.nat.snat_ports.max,
+        source_quota: router.nat.snat_sessions_per_source,
         ..NatConfig::default()
     };
     if let (Some(g), Some(index)) = (&router.gateway, gateway_ifindex) {
@@ -895,6 +896,10 @@ impl RouterState {
             &timeouts,
         )?;
         log::debug!("router {}: session gc {report:?}", self.id);
+        if self.router.nat.snat_sessions_per_source != 0 {
+            // The fast path only counts up; the table is the truth.
+            self.datapath.sync_snat_sources(&report.snat_sources)?;
+        }
         Ok(())
     }
 

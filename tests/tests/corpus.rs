@@ -1152,6 +1152,7 @@ impl Router {
             flags: nat_flags::GATEWAY | nat_flags::SNAT,
             port_min: 40000,
             port_max: 40100,
+            ..NatConfig::default()
         })
         .expect("NAT_CONFIG");
         dp.reset_snat_stats().expect("SNAT_STATS");

@@ -130,6 +130,7 @@ impl Router {
             flags: nat_flags::GATEWAY | nat_flags::SNAT,
             port_min: 40000,
             port_max: 40063,
+            ..NatConfig::default()
         })
         .expect("NAT_CONFIG");
         dp.reset_snat_stats().expect("SNAT_STATS");

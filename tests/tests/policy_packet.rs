@@ -133,6 +133,7 @@ impl Router {
                 flags: nat_flags::GATEWAY | nat_flags::SNAT,
                 port_min: 40000,
                 port_max: 40100,
+                ..NatConfig::default()
             })
             .expect("NAT_CONFIG");
         self.dp.reset_snat_stats().expect("SNAT_STATS");
@@ -608,6 +609,50 @@ fn spoofed_sources_are_dropped_on_checked_internal_interfaces() {
             r.run(fw, &via_fw).0,
             Outcome::Forward,
             "{entry:?}: unchecked interface"
+        );
+    });
+}
+
+#[test]
+fn snat_source_quota_keeps_one_address_from_taking_every_port() {
+    both(|entry| {
+        let mut r = Router::new(entry).with_nat();
+        let (inside, outside) = (r.inside, r.outside);
+        r.dp.set_nat_config(NatConfig {
+            gateway_ip: GW,
+            gateway_ifindex: outside,
+            flags: nat_flags::GATEWAY | nat_flags::SNAT,
+            port_min: 40000,
+            port_max: 40100,
+            source_quota: 2,
+            ..NatConfig::default()
+        })
+        .expect("NAT_CONFIG");
+        for port in [5000, 5001] {
+            let (_, src, ..) = r.forward(inside, &udp(VM3, port, REMOTE, 53, ROUTER_IN_MAC));
+            assert_eq!(src, GW, "{entry:?}: within the quota");
+        }
+        let third = udp(VM3, 5002, REMOTE, 53, ROUTER_IN_MAC);
+        assert_eq!(
+            r.run(inside, &third).0,
+            Outcome::Drop,
+            "{entry:?}: over the quota"
+        );
+        assert_eq!(r.reason(inside, Reason::SnatSourceQuota), 1);
+        // Another internal address is not held back by the first one's sessions.
+        let other = [10, 0, 1, 7];
+        let (_, src, ..) = r.forward(inside, &udp(other, 5000, REMOTE, 53, ROUTER_IN_MAC));
+        assert_eq!(src, GW, "{entry:?}: another address");
+        // An existing session of the first address still works.
+        let (_, src, ..) = r.forward(inside, &udp(VM3, 5000, REMOTE, 53, ROUTER_IN_MAC));
+        assert_eq!(src, GW, "{entry:?}: established within the quota");
+        // routerd's garbage collection recounts from the table: one session left of VM3's.
+        let counts = [(VM3, 1u32)].into_iter().collect();
+        r.dp.sync_snat_sources(&counts).expect("SNAT_SOURCES");
+        assert_eq!(
+            r.run(inside, &third).0,
+            Outcome::Forward,
+            "{entry:?}: room again"
         );
     });
 }

@@ -137,6 +137,8 @@ pub struct NatSettings {
     pub slow_path_snat_ports: PortRange,
     /// Sessions the table holds (each takes two map entries).
     pub max_sessions: u32,
+    /// Most SNAT sessions one internal address may hold (0: no limit).
+    pub snat_sessions_per_source: u32,
     /// Port of the metadata proxy in the router namespace.
     pub metadata_port: u16,
     pub timeouts: crate::conntrack::Timeouts,
@@ -154,6 +156,7 @@ impl Default for NatSettings {
                 max: 65535,
             },
             max_sessions: 65_536,
+            snat_sessions_per_source: 0,
             metadata_port: 9697,
             timeouts: crate::conntrack::Timeouts::default(),
         }
@@ -329,6 +332,7 @@ struct FileNat {
     snat_ports: Option<String>,
     slow_path_snat_ports: Option<String>,
     max_sessions: Option<u32>,
+    snat_sessions_per_source: Option<u32>,
     metadata_port: Option<u16>,
     timeouts: Option<FileTimeouts>,
 }
@@ -896,6 +900,16 @@ fn validate_nat(at: &Ctx, file: Option<&FileNat>) -> Result<NatSettings, ConfigE
             return Err(at.bad("nat.max_sessions", &n.to_string(), "must be 16 to 4194304"));
         }
         nat.max_sessions = n;
+    }
+    if let Some(n) = f.snat_sessions_per_source {
+        if n > nat.max_sessions {
+            return Err(at.bad(
+                "nat.snat_sessions_per_source",
+                &n.to_string(),
+                &format!("must be at most nat.max_sessions ({})", nat.max_sessions),
+            ));
+        }
+        nat.snat_sessions_per_source = n;
     }
     if let Some(p) = f.metadata_port {
         if p == 0 {

@@ -170,6 +170,12 @@ fn write_nat(s: &mut String, nat: &NatSettings) -> std::fmt::Result {
     if nat.max_sessions != d.max_sessions {
         keys.push(format!("max_sessions = {}", nat.max_sessions));
     }
+    if nat.snat_sessions_per_source != d.snat_sessions_per_source {
+        keys.push(format!(
+            "snat_sessions_per_source = {}",
+            nat.snat_sessions_per_source
+        ));
+    }
     if nat.metadata_port != d.metadata_port {
         keys.push(format!("metadata_port = {}", nat.metadata_port));
     }

@@ -287,7 +287,9 @@ fn gc_purge_and_flush_on_a_kernel_map() {
         GcReport {
             scanned: 9,
             expired_sessions: 1,
-            orphans_removed: 2
+            orphans_removed: 2,
+            // The two SNAT sessions left (k1, k3), both from CLIENT.
+            snat_sources: [(CLIENT, 2)].into_iter().collect(),
         }
     );
     let left: BTreeSet<CtKey> = map.keys().map(|k| k.expect("key")).collect();
