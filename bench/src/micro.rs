@@ -3,10 +3,20 @@
 //!
 //! # Setup
 //!
-//! One private network namespace ([`NetnsGuard`]) with two veth pairs: `in0` (internal,
-//! 10.0.0.0/16, router 10.0.0.1) and `out0` (gateway interface, 198.18.0.0/16, gateway IP
-//! 198.18.0.2, default route via 198.18.0.1). The maps are written the way the controller
-//! writes them (`Datapath`'s setters), with XDP redirects allowed into both interfaces.
+//! One private network namespace ([`NetnsGuard`]) with three veth pairs: `in0` (internal,
+//! 10.0.0.0/16, router 10.0.0.1), `fw0` (internal, 10.99.0.0/24, router 10.99.0.1, a
+//! firewall at 10.99.0.2: the steering target) and `out0` (gateway interface,
+//! 198.18.0.0/16, gateway IP 198.18.0.2, default route via 198.18.0.1). The maps are
+//! written the way the controller writes them (`Datapath`'s setters), with XDP redirects
+//! allowed into every interface.
+//!
+//! The policy is written as `Datapath::set_policy` writes it, once: one policy rule
+//! (`iif in0 lookup 100`, table 100 holding only a default route via the firewall on `fw0`)
+//! and [`FW_RULE_COUNT`] firewall rules, each in the first half of its array. Only the
+//! steering and firewall rows turn them on: each row names the `POLICY_CONFIG` it runs
+//! under (rule counts and firewall flags), written before its runs when it differs from
+//! the live one (one map write, outside the timed runs), so every other row runs with no
+//! rules and no firewall, as before.
 //!
 //! The object is loaded here rather than through `Datapath::load` because the route trie
 //! must hold 100,000 routes and `Datapath::load` keeps the object's capacity
@@ -17,7 +27,7 @@
 //!
 //! Table sizes vary one at a time from a baseline of 10 routes, 1 floating IP and 1,000
 //! sessions: routes 1,000 and 100,000 (random /24 and /32 unicast routes via the upstream
-//! gateway, outside every prefix the scenarios use, on top of the 5 the router needs; the
+//! gateway, outside every prefix the scenarios use, on top of the 8 the router needs; the
 //! size is the trie's total), 10,000 floating IPs, 1,000,000 sessions (two `SESSIONS`
 //! entries each, well-formed SNAT pairs in a zone no interface uses, so they are only ever
 //! bucket neighbours of the measured flows). The baseline is measured once and reported
@@ -31,13 +41,25 @@
 //! - `snat_established`: internal host without a floating IP -> external host, its session
 //!   created by one earlier run of the same frame;
 //! - `snat_new`: the same, with a new source port (so a new session, two inserts) each packet;
+//! - `steering`: internal host -> external host, matched by the `iif in0` policy rule, whose
+//!   table sends it to the firewall's address on `fw0` (forwarded there untranslated: two
+//!   lookups in table 100, the rule's check and the route's);
+//! - `firewall_established`: the firewall on (10 rules, default deny), internal host without
+//!   a floating IP -> external host, its SNAT session created by one earlier run of the same
+//!   frame (which walked the rules): accepted as established (compare `snat_established`);
+//! - `firewall_new`: the firewall on, the fixed IP with a floating IP -> external host with a
+//!   new source port each packet: no rule matches but the last (an allow), so every packet
+//!   walks all 10 and creates a forward session (two inserts), and leaves as the floating IP
+//!   (compare `fip_out`, the same packet untracked, and `snat_new`);
 //! - `floor_arp_pass`: an ARP request on the internal interface, handed to the kernel at
 //!   once (parse, one interface lookup, counters): the floor under every other row.
 //!
 //! Every forwarding scenario is first run once with its output checked (verdict redirect,
 //! addresses, destination MAC, checksums by etherparse), and every measurement then checks
 //! each run's verdict and that the interface's forwarded (or passed) counter grew by exactly
-//! the number of runs, so a misconfigured scenario fails loudly instead of timing a pass.
+//! the number of runs (and, for the firewall rows, that the firewall counted every run in
+//! the expected slot: established, or the allow rule), so a misconfigured scenario fails
+//! loudly instead of timing a pass.
 //!
 //! # Methods: why most rows are "single-runs"
 //!
@@ -53,10 +75,12 @@
 //!   fresh copy of the frame. Each run's `duration` is the kernel's own measurement around
 //!   the program (no syscall, no copying of the frame), but it includes one clock read and
 //!   the test loop's per-run bookkeeping, and the program starts with caches the syscall
-//!   path has partly disturbed. `snat_new` can only be measured this way (a new flow per
-//!   packet needs a new frame per packet), and `snat_established` is measured the same way
-//!   so that the two are directly comparable. Means drop the slowest 1 % of runs (a
-//!   hypervisor preempting a 100 ns run for a millisecond would otherwise dominate them).
+//!   path has partly disturbed. `snat_new` and `firewall_new` can only be measured this way
+//!   (a new flow per packet needs a new frame per packet; their sessions are removed after
+//!   each pass, so the table keeps its nominal size), and the established scenarios are
+//!   measured the same way so that they are directly comparable. Means drop the slowest
+//!   1 % of runs (a hypervisor preempting a 100 ns run for a millisecond would otherwise
+//!   dominate them).
 //! - `repeat` (only where it is valid): `floor_arp_pass` (the frame is never written), and
 //!   `route_only`, whose frame is made to survive its own rewrite: TTL 255 and repeat 250
 //!   per call (so the TTL never expires), and the internal host's MAC set to the router's
@@ -97,14 +121,18 @@ use std::collections::HashSet;
 use anyhow::{Context, anyhow, bail, ensure};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, Map, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    maps::{
+        Array, DevMapHash, HashMap, LpmTrie, Map, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        lpm_trie::Key,
+    },
     programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode},
     util::nr_cpus,
 };
 use router_common::{
-    CtEntry, CtKey, FipEntry, FipStats, IfaceEntry, IfaceStats, NatConfig, NeighborEntry,
-    NeighborKey, Reason, RouteEntry, RouteKey, TABLE_MAIN, ct_dir, ct_kind, iface_flags,
-    iface_role, map_names, nat_flags, prog_names, route_kind,
+    CtEntry, CtKey, FipEntry, FipStats, FwRule, FwStats, IfaceEntry, IfaceStats, NatConfig,
+    NeighborEntry, NeighborKey, Net, PolicyConfig, PolicyRule, Reason, RouteEntry, RouteKey,
+    TABLE_MAIN, ct_dir, ct_kind, fw_action, fw_flags, fw_slot, iface_flags, iface_role, map_names,
+    nat_flags, prog_names, route_kind,
 };
 use router_tests::{
     fixture::{iface, route, veth_pairs},
@@ -267,11 +295,11 @@ pub fn run_all(quick: bool, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Ve
     Ok(results)
 }
 
-/// A fresh namespace with the routers' two veth pairs and `spares` spare ones; the thread
+/// A fresh namespace with the routers' three veth pairs and `spares` spare ones; the thread
 /// returns to its namespace, and everything in this one vanishes, when the guard drops.
 fn private_namespace(spares: usize) -> NetnsGuard {
     let ns = NetnsGuard::new();
-    veth_pairs(&[("in0", "in1"), ("out0", "out1")]);
+    veth_pairs(&[("in0", "in1"), ("fw0", "fw1"), ("out0", "out1")]);
     for index in 0..spares {
         let (dev, peer) = (spare_dev(index), format!("xdppeer{index}"));
         veth_pairs(&[(dev.as_str(), peer.as_str())]);
@@ -293,7 +321,7 @@ struct Plan {
     repeat: u32,
     /// Runs of a single-run row of a steady scenario, all passes together.
     single_runs: u32,
-    /// Runs (new sessions) of a `snat_new` row, all passes together.
+    /// Runs (new sessions) of a `snat_new` or `firewall_new` row, all passes together.
     new_flows: u32,
 }
 
@@ -372,6 +400,19 @@ const VM_EST: [u8; 4] = [10, 0, 1, 6];
 const VM_NEW: [u8; 4] = [10, 0, 1, 7];
 /// Internal host of `route_only` (no floating IP).
 const ROUTE_HOST: [u8; 4] = [10, 0, 1, 20];
+/// Internal host of `steering` (no floating IP).
+const STEER_HOST: [u8; 4] = [10, 0, 1, 8];
+/// Internal host of `firewall_established` (no floating IP: SNAT).
+const VM_FW_EST: [u8; 4] = [10, 0, 1, 9];
+const ROUTER_FW_IP: [u8; 4] = [10, 99, 0, 1];
+const ROUTER_FW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x40];
+/// The firewall on `fw0` that steered packets are sent to.
+const FIREWALL: [u8; 4] = [10, 99, 0, 2];
+const FIREWALL_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xf2];
+/// The table of the steering rule: only a default route via [`FIREWALL`].
+const T_STEER: u32 = 100;
+/// Firewall rules of the firewall rows (see [`firewall_rules`]).
+const FW_RULE_COUNT: u32 = 10;
 const REMOTE: [u8; 4] = [203, 0, 113, 9];
 const VM_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x55];
 const UPSTREAM_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x66];
@@ -381,14 +422,17 @@ const ROUTE_HOST_MAC: [u8; 6] = ROUTER_OUT_MAC;
 /// Zone of the synthetic sessions: no interface has it, so no packet ever matches them.
 const SYNTH_ZONE: u16 = 0x5a5a;
 const EST_SPORT: u16 = 5555;
-/// First source port of `snat_new` flows (each setup counts up from here).
+/// Source port of `firewall_established` (its SNAT keeps it: `EST_SPORT` is taken).
+const FW_EST_SPORT: u16 = 5556;
+/// First source port of the new-flow rows (each setup counts up from here).
 const NEW_SPORT_BASE: u16 = 20_000;
 /// Repetitions per call of the `route_only` repeat rows: the TTL (255) never expires.
 const ROUTE_REPEAT_BATCH: u32 = 250;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
-/// Routes every setup has: connected and local routes of both sides, and the default.
-const NEEDED_ROUTES: u32 = 5;
+/// Routes every setup has: connected and local routes of the three interfaces, the
+/// default, and the steering table's default.
+const NEEDED_ROUTES: u32 = 8;
 /// Repeated runs of the floor that probe the host's speed before and after each pass.
 const PROBE_RUNS: u32 = 10_000;
 /// Probes of each entry before the first pass (10 ms apart).
@@ -404,9 +448,13 @@ const BLOCKS: usize = 5;
 struct Router {
     ebpf: Ebpf,
     inside: u32,
+    /// The firewall's leg (internal), the steering target.
+    fw: u32,
     outside: u32,
-    /// Next `snat_new` source port.
+    /// Next source port of a new-flow row.
     next_sport: u16,
+    /// The `POLICY_CONFIG` last written.
+    live_policy: PolicyConfig,
 }
 
 impl Router {
@@ -418,8 +466,8 @@ impl Router {
         progress: &mut dyn FnMut(&str),
     ) -> anyhow::Result<Self> {
         progress(&format!("micro: loading the router ({label})"));
-        // Two entries per synthetic session, and more than enough for the snat_new flows
-        // of one pass (removed after it) and the few sessions the checks create.
+        // Two entries per synthetic session, and more than enough for the new flows of one
+        // pass (removed after it) and the few sessions the checks create.
         let session_entries = 2 * t.sessions + 4 * plan.new_flows + 1_024;
         let route_entries = router_common::MAX_ROUTES.max(t.routes + 1_024);
         let mut ebpf = EbpfLoader::new()
@@ -437,8 +485,10 @@ impl Router {
         let mut router = Self {
             ebpf,
             inside: ifindex("in0"),
+            fw: ifindex("fw0"),
             outside: ifindex("out0"),
             next_sport: NEW_SPORT_BASE,
+            live_policy: PolicyConfig::default(),
         };
         router.configure(t, label, progress)?;
         Ok(router)
@@ -450,13 +500,14 @@ impl Router {
         label: &str,
         progress: &mut dyn FnMut(&str),
     ) -> anyhow::Result<()> {
-        let (inside, outside) = (self.inside, self.outside);
+        let (inside, fw, outside) = (self.inside, self.fw, self.outside);
         let entry = |mac, role| iface(mac, role, iface_flags::XDP_EGRESS);
         self.set_iface(inside, entry(ROUTER_IN_MAC, iface_role::INTERNAL))?;
+        self.set_iface(fw, entry(ROUTER_FW_MAC, iface_role::INTERNAL))?;
         self.set_iface(outside, entry(ROUTER_OUT_MAC, iface_role::EXTERNAL))?;
         {
             let mut devs: DevMapHash<_> = typed(&mut self.ebpf, map_names::EGRESS_DEVS)?;
-            for dev in [inside, outside] {
+            for dev in [inside, fw, outside] {
                 devs.insert(dev, dev, None, 0)
                     .map_err(|e| anyhow!("EGRESS_DEVS[{dev}]: {e}"))?;
             }
@@ -469,7 +520,8 @@ impl Router {
                 neighbors.insert(NeighborKey { ifindex, addr }, entry, 0)
             };
             add(outside, UPSTREAM, UPSTREAM_MAC)?;
-            for vm in [FIXED, VM_EST, VM_NEW] {
+            add(fw, FIREWALL, FIREWALL_MAC)?;
+            for vm in [FIXED, VM_EST, VM_NEW, STEER_HOST, VM_FW_EST] {
                 add(inside, vm, VM_MAC)?;
             }
             add(inside, ROUTE_HOST, ROUTE_HOST_MAC)?;
@@ -482,6 +534,7 @@ impl Router {
                 flags: nat_flags::GATEWAY | nat_flags::SNAT,
                 port_min: 1024,
                 port_max: 65535,
+                ..NatConfig::default()
             };
             cfg.set(0, nat, 0)?;
         }
@@ -499,6 +552,7 @@ impl Router {
             ));
         }
         self.write_floating_ips(t.fips)?;
+        self.write_policy()?;
         if t.sessions >= 100_000 {
             progress(&format!(
                 "micro: writing {} sessions ({label})",
@@ -520,18 +574,22 @@ impl Router {
     /// The routes the router needs, plus random /24 and /32 routes via the upstream gateway
     /// up to `total`, none of them inside a prefix the scenarios use.
     fn write_routes(&mut self, total: u32) -> anyhow::Result<()> {
-        let (inside, outside) = (self.inside, self.outside);
+        let (inside, fw, outside) = (self.inside, self.fw, self.outside);
         let mut trie: LpmTrie<_, RouteKey, RouteEntry> = typed(&mut self.ebpf, map_names::ROUTES)?;
-        let mut add = |addr: [u8; 4], len: u32, entry: RouteEntry| {
-            let key = Key::new(RouteKey::TABLE_BITS + len, RouteKey::new(TABLE_MAIN, addr));
+        let mut add_to = |table: u32, addr: [u8; 4], len: u32, entry: RouteEntry| {
+            let key = Key::new(RouteKey::TABLE_BITS + len, RouteKey::new(table, addr));
             trie.insert(&key, entry, 0)
         };
+        add_to(T_STEER, [0; 4], 0, route(route_kind::UNICAST, fw, FIREWALL))?;
+        let mut add = |addr, len, entry| add_to(TABLE_MAIN, addr, len, entry);
         add(
             [10, 0, 0, 0],
             16,
             route(route_kind::UNICAST, inside, [0; 4]),
         )?;
         add(ROUTER_IN_IP, 32, route(route_kind::LOCAL, 0, [0; 4]))?;
+        add([10, 99, 0, 0], 24, route(route_kind::UNICAST, fw, [0; 4]))?;
+        add(ROUTER_FW_IP, 32, route(route_kind::LOCAL, 0, [0; 4]))?;
         add(
             [198, 18, 0, 0],
             16,
@@ -587,6 +645,35 @@ impl Router {
         Ok(())
     }
 
+    /// The steering rule and the firewall rules, in the first half of `RULES` and
+    /// `FW_RULES`, as `Datapath::set_policy` writes them; live only while a row's
+    /// `POLICY_CONFIG` counts them (see [`Router::use_policy`]).
+    fn write_policy(&mut self) -> anyhow::Result<()> {
+        let steer = PolicyRule {
+            iif: self.inside,
+            from: Net::ANY,
+            to: Net::ANY,
+            table: T_STEER,
+        };
+        let mut rules: Array<_, PolicyRule> = typed(&mut self.ebpf, map_names::RULES)?;
+        rules.set(0, steer, 0)?;
+        let mut fw: Array<_, FwRule> = typed(&mut self.ebpf, map_names::FW_RULES)?;
+        for (i, rule) in firewall_rules().into_iter().enumerate() {
+            fw.set(i as u32, rule, 0)?;
+        }
+        self.use_policy(PolicyConfig::default())
+    }
+
+    /// Makes `policy` the live `POLICY_CONFIG` (one write, only when it changes).
+    fn use_policy(&mut self, policy: PolicyConfig) -> anyhow::Result<()> {
+        if policy != self.live_policy {
+            let mut cfg: Array<_, PolicyConfig> = typed(&mut self.ebpf, map_names::POLICY_CONFIG)?;
+            cfg.set(0, policy, 0)?;
+            self.live_policy = policy;
+        }
+        Ok(())
+    }
+
     /// `count` synthetic SNAT sessions in [`SYNTH_ZONE`], both entries of each.
     fn write_sessions(&mut self, count: u32) -> anyhow::Result<()> {
         let mut sessions: HashMap<_, CtKey, CtEntry> = typed(&mut self.ebpf, map_names::SESSIONS)?;
@@ -613,11 +700,8 @@ impl Router {
         // The floor: an ARP request on the internal interface goes to the kernel at once.
         let arp = arp_request(ROUTE_HOST, ROUTER_IN_IP);
         let floor = |kind| Row {
-            scenario: "floor_arp_pass",
-            ingress: inside,
-            frame: arp.clone(),
             expect: Expect::Pass,
-            kind,
+            ..Row::forward("floor_arp_pass", inside, arp.clone(), kind)
         };
         let runs = per_pass(plan.repeat);
         rows.push(floor(Kind::Repeat { runs, batch: runs }));
@@ -627,17 +711,16 @@ impl Router {
         let f = udp(ROUTER_OUT_MAC, REMOTE, 53, ROUTE_HOST, 5000, 64);
         let want = Want::new(ROUTE_HOST_MAC, REMOTE, 53, ROUTE_HOST, 5000);
         self.check_forward("route_only", entry, outside, &f, &want)?;
-        rows.push(Row {
-            scenario: "route_only",
-            ingress: outside,
+        rows.push(Row::forward(
+            "route_only",
+            outside,
             // TTL 255: survives the `ROUTE_REPEAT_BATCH` rewrites of one call.
-            frame: udp(ROUTER_OUT_MAC, REMOTE, 53, ROUTE_HOST, 5000, 255),
-            expect: Expect::Forward,
-            kind: Kind::Repeat {
+            udp(ROUTER_OUT_MAC, REMOTE, 53, ROUTE_HOST, 5000, 255),
+            Kind::Repeat {
                 runs: per_pass(plan.repeat),
                 batch: ROUTE_REPEAT_BATCH,
             },
-        });
+        ));
         rows.push(Row::forward(
             "route_only",
             outside,
@@ -682,8 +765,56 @@ impl Router {
         self.remove_sessions(&[flow_key(VM_NEW, first)])?;
         let kind = Kind::NewFlows {
             runs: per_pass(plan.new_flows),
+            host: VM_NEW,
         };
         rows.push(Row::forward("snat_new", inside, f, kind));
+
+        // steering: the `iif in0` rule's table sends the packet to the firewall on `fw0`.
+        self.use_policy(steering_policy())?;
+        let f = udp(ROUTER_IN_MAC, STEER_HOST, 5000, REMOTE, 53, 64);
+        let want = Want::new(FIREWALL_MAC, STEER_HOST, 5000, REMOTE, 53);
+        self.check_forward("steering", entry, inside, &f, &want)?;
+        let row = Row::forward("steering", inside, f, single(plan.single_runs));
+        rows.push(row.under(steering_policy(), None));
+
+        // firewall_established: as snat_established, the firewall on; the check's run walks
+        // the rules and creates the session (or, for the second entry, is established).
+        self.use_policy(firewall_policy())?;
+        let f = udp(ROUTER_IN_MAC, VM_FW_EST, FW_EST_SPORT, REMOTE, 53, 64);
+        let want = Want::new(UPSTREAM_MAC, GW, FW_EST_SPORT, REMOTE, 53);
+        self.check_forward("firewall_established", entry, inside, &f, &want)?;
+        ensure!(
+            self.session(&flow_key(VM_FW_EST, FW_EST_SPORT))?
+                .is_some_and(|s| s.kind == ct_kind::SNAT),
+            "firewall_established: the first packet created no SNAT session"
+        );
+        let row = Row::forward("firewall_established", inside, f, single(plan.single_runs));
+        rows.push(row.under(firewall_policy(), Some(fw_slot::ESTABLISHED)));
+
+        // firewall_new: a new flow from the fixed IP every packet, through every rule to the
+        // allow at the end; a forward session each (removed after every pass).
+        let first = self.take_sports(1)?;
+        let f = udp(ROUTER_IN_MAC, FIXED, first, REMOTE, 53, 64);
+        let want = Want::new(UPSTREAM_MAC, FIP, first, REMOTE, 53);
+        let allowed = self.fw_packets(FW_ALLOW_SLOT)?;
+        self.check_forward("firewall_new", entry, inside, &f, &want)?;
+        ensure!(
+            self.fw_packets(FW_ALLOW_SLOT)? == allowed + 1,
+            "firewall_new: not accepted by the last rule"
+        );
+        ensure!(
+            self.session(&flow_key(FIXED, first))?
+                .is_some_and(|s| s.kind == ct_kind::FORWARD),
+            "firewall_new: the packet created no forward session"
+        );
+        self.remove_sessions(&[flow_key(FIXED, first)])?;
+        let kind = Kind::NewFlows {
+            runs: per_pass(plan.new_flows),
+            host: FIXED,
+        };
+        let row = Row::forward("firewall_new", inside, f, kind);
+        rows.push(row.under(firewall_policy(), Some(FW_ALLOW_SLOT)));
+        self.use_policy(PolicyConfig::default())?;
         Ok(rows)
     }
 
@@ -724,8 +855,27 @@ impl Router {
         Ok(result.duration.as_nanos() as f64)
     }
 
-    /// One pass of `row`: ns per packet.
+    /// One pass of `row`, under its policy: ns per packet.
     fn measure_row(&mut self, entry: Entry, row: &Row) -> anyhow::Result<f64> {
+        self.use_policy(row.policy)?;
+        let counted_before = match row.fw_counted {
+            Some(slot) => self.fw_packets(slot)?,
+            None => 0,
+        };
+        let ns = self.measure_row_runs(entry, row)?;
+        if let Some(slot) = row.fw_counted {
+            let counted = self.fw_packets(slot)? - counted_before;
+            ensure!(
+                counted == row.kind.runs_made(),
+                "the firewall counted {counted} of {} runs in slot {slot}",
+                row.kind.runs_made()
+            );
+        }
+        Ok(ns)
+    }
+
+    /// The runs of one pass of `row`: ns per packet.
+    fn measure_row_runs(&mut self, entry: Entry, row: &Row) -> anyhow::Result<f64> {
         let (ingress, expect) = (row.ingress, row.expect);
         match row.kind {
             Kind::Repeat { runs, batch } => {
@@ -734,14 +884,12 @@ impl Router {
             Kind::Single { runs } => {
                 self.single_runs(entry, ingress, &|_| row.frame.clone(), runs, expect)
             }
-            Kind::NewFlows { runs } => {
+            Kind::NewFlows { runs, host } => {
                 let base = self.take_sports(runs)?;
-                let frame = |i: u32| udp(ROUTER_IN_MAC, VM_NEW, base + i as u16, REMOTE, 53, 64);
+                let frame = |i: u32| udp(ROUTER_IN_MAC, host, base + i as u16, REMOTE, 53, 64);
                 let ns = self.single_runs(entry, ingress, &frame, runs, expect)?;
                 // Back to the table's nominal size for the next row.
-                let keys: Vec<CtKey> = (0..runs)
-                    .map(|i| flow_key(VM_NEW, base + i as u16))
-                    .collect();
+                let keys: Vec<CtKey> = (0..runs).map(|i| flow_key(host, base + i as u16)).collect();
                 let removed = self.remove_sessions(&keys)?;
                 ensure!(
                     removed == keys.len(),
@@ -753,8 +901,8 @@ impl Router {
         }
     }
 
-    /// `count` fresh `snat_new` source ports; returns the first.
-    /// Every `snat_new` session is removed after its pass, so the ports start over when
+    /// `count` fresh source ports for new flows; returns the first.
+    /// Every new-flow session is removed after its pass, so the ports start over when
     /// they run out.
     fn take_sports(&mut self, count: u32) -> anyhow::Result<u16> {
         let span = 65_535 - u32::from(NEW_SPORT_BASE);
@@ -960,6 +1108,16 @@ impl Router {
         Ok(total)
     }
 
+    /// Packets the firewall counted in `slot` (a rule's, or one of [`fw_slot`]).
+    fn fw_packets(&mut self, slot: u32) -> anyhow::Result<u64> {
+        let map: PerCpuArray<_, FwStats> = typed(&mut self.ebpf, map_names::FW_STATS)?;
+        let mut total = FwStats::default();
+        for v in map.get(&slot, 0)?.iter() {
+            total.accumulate(v);
+        }
+        Ok(total.packets)
+    }
+
     fn session(&mut self, key: &CtKey) -> anyhow::Result<Option<CtEntry>> {
         let map: HashMap<_, CtKey, CtEntry> = typed(&mut self.ebpf, map_names::SESSIONS)?;
         Ok(map.get(key, 0).ok())
@@ -1007,6 +1165,10 @@ struct Row {
     frame: Vec<u8>,
     expect: Expect,
     kind: Kind,
+    /// The `POLICY_CONFIG` the row runs under (none: no rules, no firewall).
+    policy: PolicyConfig,
+    /// The firewall counter slot every run must be counted in.
+    fw_counted: Option<u32>,
 }
 
 impl Row {
@@ -1017,8 +1179,82 @@ impl Row {
             frame,
             expect: Expect::Forward,
             kind,
+            policy: PolicyConfig::default(),
+            fw_counted: None,
         }
     }
+
+    /// The row, run under `policy`, every run counted by the firewall in `fw_counted`.
+    fn under(self, policy: PolicyConfig, fw_counted: Option<u32>) -> Self {
+        Self {
+            policy,
+            fw_counted,
+            ..self
+        }
+    }
+}
+
+/// Steering on: the `iif in0` rule (no firewall).
+fn steering_policy() -> PolicyConfig {
+    PolicyConfig {
+        rule_count: 1,
+        ..PolicyConfig::default()
+    }
+}
+
+/// The firewall on with its [`FW_RULE_COUNT`] rules, default deny (no policy rules).
+fn firewall_policy() -> PolicyConfig {
+    PolicyConfig {
+        fw_rule_count: FW_RULE_COUNT,
+        fw_flags: fw_flags::ENABLED,
+        ..PolicyConfig::default()
+    }
+}
+
+/// Counter slot of the last firewall rule, the allow the measured flows match.
+const FW_ALLOW_SLOT: u32 = FW_RULE_COUNT - 1;
+
+/// The firewall rules, in order: nine that the measured flows (UDP from 10.0.1.0/24 to
+/// `REMOTE:53`) do not match, each failing on a different field (protocol, source,
+/// destination, port), then the allow they match. Rule `i` counts in slot `i`.
+fn firewall_rules() -> Vec<FwRule> {
+    const ANY: ([u8; 4], u8) = ([0; 4], 0);
+    const VMS: ([u8; 4], u8) = ([10, 0, 1, 0], 24);
+    const ALL_PORTS: (u16, u16) = (0, u16::MAX);
+    let rules = [
+        (fw_action::DENY, IPPROTO_TCP, ANY, ANY, (22, 22)),
+        (fw_action::DENY, 0, ([10, 0, 2, 0], 24), ANY, ALL_PORTS),
+        (fw_action::ALLOW, IPPROTO_TCP, VMS, ANY, (80, 80)),
+        (fw_action::ALLOW, IPPROTO_TCP, VMS, ANY, (443, 443)),
+        (fw_action::REJECT, IPPROTO_UDP, ANY, ANY, (123, 123)),
+        (fw_action::DENY, 1, ([10, 0, 1, 128], 25), ANY, ALL_PORTS),
+        (
+            fw_action::ALLOW,
+            IPPROTO_UDP,
+            VMS,
+            ([198, 51, 100, 0], 24),
+            (53, 53),
+        ),
+        (fw_action::DENY, IPPROTO_UDP, VMS, ANY, (1, 52)),
+        (fw_action::ALLOW, IPPROTO_TCP, ANY, VMS, (22, 22)),
+        (fw_action::ALLOW, IPPROTO_UDP, VMS, ANY, (53, 53)),
+    ];
+    let rules: Vec<FwRule> = rules
+        .into_iter()
+        .enumerate()
+        .map(|(slot, (action, proto, src, dst, ports))| FwRule {
+            source: Net::new(src.0, src.1),
+            destination: Net::new(dst.0, dst.1),
+            port_min: ports.0,
+            port_max: ports.1,
+            proto,
+            action,
+            slot: slot as u8,
+            _pad: 0,
+        })
+        .collect();
+    debug_assert_eq!(rules.len() as u32, FW_RULE_COUNT);
+    rules
 }
 
 /// How a row is measured, with the runs of one pass.
@@ -1027,9 +1263,9 @@ enum Kind {
     Repeat { runs: u32, batch: u32 },
     /// `runs` calls of `repeat = 1`, each on a fresh copy of the frame.
     Single { runs: u32 },
-    /// `runs` calls of `repeat = 1`, each a new `snat_new` flow (the row's frame is the
-    /// checked one, not reused).
-    NewFlows { runs: u32 },
+    /// `runs` calls of `repeat = 1`, each a new flow from internal `host` to `REMOTE:53`
+    /// (a new source port; the row's frame is the checked one, not reused).
+    NewFlows { runs: u32, host: [u8; 4] },
 }
 
 impl Kind {
@@ -1037,6 +1273,14 @@ impl Kind {
         match self {
             Kind::Repeat { .. } => "repeat",
             Kind::Single { .. } | Kind::NewFlows { .. } => "single-runs",
+        }
+    }
+
+    /// Program runs one pass makes (a repeat row's last call is a whole batch).
+    fn runs_made(&self) -> u64 {
+        match *self {
+            Kind::Repeat { runs, batch } => u64::from(runs.div_ceil(batch) * batch),
+            Kind::Single { runs } | Kind::NewFlows { runs, .. } => u64::from(runs),
         }
     }
 }

@@ -105,7 +105,12 @@ fn markdown(r: &Results) -> String {
              Each table is grown alone from the baseline (10 routes, 1 floating IP, 1k sessions). \
              `repeat`: one frame run many times in the kernel (only where the rewritten frame is a \
              valid input again); `single-runs`: the mean of many runs of one repetition each, \
-             which adds about 45-90 ns of per-run overhead (compare the two rows of a scenario).\n"
+             which adds about 45-90 ns of per-run overhead (compare the two rows of a scenario). \
+             `steering`: an `iif` policy rule's table sends the packet to a firewall on another \
+             internal interface. `firewall_established` and `firewall_new`: the firewall on with \
+             10 rules; a packet of an existing SNAT session (compare `snat_established`), and a \
+             new flow from a floating IP's fixed address that walks every rule to the allow at \
+             the end and creates a forward session (compare `fip_out` and `snat_new`).\n"
         );
         let _ = writeln!(
             s,
