@@ -73,19 +73,43 @@ pub fn selected_routers(only: Option<&str>) -> Result<Vec<RouterInfo>, Error> {
 pub fn collect(only: Option<&str>) -> Result<Vec<InterfaceStats>, Error> {
     let mut out = Vec::new();
     for info in &selected_routers(only)? {
-        let map = datapath::open_pinned_stats(&info.router)?;
-        for iface in &info.interfaces {
-            let s = datapath::sum_stats(&map, iface.ifindex)?;
-            out.push(InterfaceStats::new(
-                &info.router,
-                &iface.name,
-                iface.ifindex,
-                &iface.role,
-                &s,
-            ));
-        }
+        let rows = skip_unreadable(only, &info.router, || {
+            let map = datapath::open_pinned_stats(&info.router)?;
+            info.interfaces
+                .iter()
+                .map(|iface| {
+                    let s = datapath::sum_stats(&map, iface.ifindex)?;
+                    Ok(InterfaceStats::new(
+                        &info.router,
+                        &iface.name,
+                        iface.ifindex,
+                        &iface.role,
+                        &s,
+                    ))
+                })
+                .collect::<Result<Vec<_>, Error>>()
+        })?;
+        out.extend(rows.unwrap_or_default());
     }
     Ok(out)
+}
+
+/// Runs `f` for `router`. Asked about every router, one that cannot be read (its pins gone,
+/// or left by a build with other map layouts) is reported on stderr and skipped rather than
+/// hiding every other router; asked about that router alone, it is an error.
+fn skip_unreadable<T>(
+    only: Option<&str>,
+    router: &str,
+    f: impl FnOnce() -> Result<T, Error>,
+) -> Result<Option<T>, Error> {
+    match f() {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if only.is_none() => {
+            eprintln!("routerctl: skipping router {router}: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The human-readable table: one row per interface, then one row per non-zero reason.
@@ -197,8 +221,13 @@ pub struct NatStats {
 pub fn collect_nat(only: Option<&str>) -> Result<NatStats, Error> {
     let mut out = NatStats::default();
     for info in &selected_routers(only)? {
-        out.gateways.push(gateway(&info.router)?);
-        out.floating_ips.extend(floating_ips(&info.router)?);
+        let read = skip_unreadable(only, &info.router, || {
+            Ok((gateway(&info.router)?, floating_ips(&info.router)?))
+        })?;
+        if let Some((gateway, fips)) = read {
+            out.gateways.push(gateway);
+            out.floating_ips.extend(fips);
+        }
     }
     Ok(out)
 }
