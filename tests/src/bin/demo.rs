@@ -150,9 +150,11 @@ fn main() {
 
     let clean = routerd.stop();
     println!(
-        "\n== routerd stopped with SIGTERM: {}",
-        if clean { "detached cleanly" } else { "FAILED" }
+        "\n== routerd stopped with SIGTERM: {} (the fast path keeps running until torn down)",
+        if clean { "exited cleanly" } else { "FAILED" }
     );
+    routerd.teardown();
+    println!("== routerd --teardown: the demo router's fast path removed");
     let _ = std::fs::remove_file(&config);
     drop(ns);
     std::thread::sleep(Duration::from_millis(10));
