@@ -373,31 +373,10 @@ impl Datapath {
                 ),
                 source: Box::new(source),
             })?;
-        let Some(path) = pin else {
+        if pin.is_none() {
             return Ok((id, false));
-        };
-        let pin_error = |what: String| {
-            let router = router.clone();
-            move |e: String| Error::io(format!("router {router}: {what}"), std::io::Error::other(e))
-        };
-        let link = xdp.take_link(id).map_err(|source| Error::Program {
-            router: router.clone(),
-            what: format!("taking the XDP link of {name}"),
-            source: Box::new(source),
-        })?;
-        let fd = FdLink::try_from(link)
-            .map_err(|e| pin_error(format!("XDP link of {name}"))(e.to_string()))?;
-        let pinned = fd
-            .pin(&path)
-            .map_err(|e| pin_error(format!("pinning the XDP link of {name}"))(e.to_string()))?;
-        let link = XdpLink::try_from(FdLink::from(pinned))
-            .map_err(|e| pin_error(format!("XDP link of {name}"))(e.to_string()))?;
-        let id = xdp.attach_to_link(link).map_err(|source| Error::Program {
-            router,
-            what: format!("keeping the XDP link of {name}"),
-            source: Box::new(source),
-        })?;
-        Ok((id, false))
+        }
+        Ok((self.repin_xdp(index, id)?, false))
     }
 
     /// The TC entry on `name` (tcx ingress), adopted or new, like `attach_xdp`.
@@ -440,30 +419,10 @@ impl Datapath {
                 what: format!("attaching TC (tcx ingress) to {name}"),
                 source: Box::new(source),
             })?;
-        let Some(path) = pin else {
+        if pin.is_none() {
             return Ok((id, false));
-        };
-        let pin_error = |what: String, e: String| {
-            Error::io(format!("router {router}: {what}"), std::io::Error::other(e))
-        };
-        let link = tc.take_link(id).map_err(|source| Error::Program {
-            router: router.clone(),
-            what: format!("taking the TC link of {name}"),
-            source: Box::new(source),
-        })?;
-        let fd = FdLink::try_from(link)
-            .map_err(|e| pin_error(format!("TC link of {name}"), e.to_string()))?;
-        let pinned = fd
-            .pin(&path)
-            .map_err(|e| pin_error(format!("pinning the TC link of {name}"), e.to_string()))?;
-        let link = SchedClassifierLink::try_from(FdLink::from(pinned))
-            .map_err(|e| pin_error(format!("TC link of {name}"), e.to_string()))?;
-        let id = tc.attach_to_link(link).map_err(|source| Error::Program {
-            router: router.clone(),
-            what: format!("keeping the TC link of {name}"),
-            source: Box::new(source),
-        })?;
-        Ok((id, false))
+        }
+        Ok((self.repin_tc(index, id)?, false))
     }
 
     /// Detaches the programs from one interface and forgets it (the interface was removed
@@ -829,6 +788,8 @@ impl Datapath {
         Ok(repaired)
     }
 
+    /// Pins XDP link `id` (taken from the program, pinned, handed back): a pinned link
+    /// outlives this process.
     fn repin_xdp(&mut self, index: u32, id: XdpLinkId) -> Result<XdpLinkId, Error> {
         let path = links_dir(&self.router).join(format!("{index}_xdp"));
         let what = |e: String| {
@@ -847,6 +808,7 @@ impl Datapath {
         xdp.attach_to_link(link).map_err(|e| what(e.to_string()))
     }
 
+    /// Pins TC link `id`, like `repin_xdp`.
     fn repin_tc(
         &mut self,
         index: u32,
