@@ -72,7 +72,9 @@ pub mod prog_names {
 pub const MAX_ROUTES: u32 = 65_536;
 pub const MAX_NEIGHBORS: u32 = 16_384;
 pub const MAX_IFACES: u32 = 256;
-pub const MAX_FLOATING_IPS: u32 = 65_536;
+/// Floating IPs of one router (the configuration refuses more). Also sizes the hash tables'
+/// bucket arrays, which exist per router whatever they hold: 16 bytes a bucket.
+pub const MAX_FLOATING_IPS: u32 = 16_384;
 /// Session table entries (two per session) unless the configuration says otherwise.
 pub const DEFAULT_SESSION_ENTRIES: u32 = 2 * 65_536;
 

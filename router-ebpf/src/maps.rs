@@ -1,6 +1,7 @@
 //! Every map of the router; user space finds them by the names in `router_common::map_names`.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -15,10 +16,15 @@ use router_common::{
 #[map]
 pub static ROUTES: LpmTrie<RouteKey, RouteEntry> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
 
+/// Hash maps only user space fills are not preallocated: a router uses memory for what it
+/// holds, not for its limits (1,000 routers on a node each with room for 65,536 floating
+/// IPs would otherwise pin gigabytes). Lookups cost the same either way.
+const ON_DEMAND: u32 = BPF_F_NO_PREALLOC;
+
 /// Neighbours of the router namespace, mirrored from the kernel.
 #[map]
 pub static NEIGHBORS: HashMap<NeighborKey, NeighborEntry> =
-    HashMap::with_max_entries(MAX_NEIGHBORS, 0);
+    HashMap::with_max_entries(MAX_NEIGHBORS, ON_DEMAND);
 
 /// The router's interfaces by ifindex.
 #[map]
@@ -31,7 +37,7 @@ pub static EGRESS_DEVS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0)
 /// Counters by ingress ifindex. User space creates the entries; the programs only update.
 #[map]
 pub static IFACE_STATS: PerCpuHashMap<u32, IfaceStats> =
-    PerCpuHashMap::with_max_entries(MAX_IFACES, 0);
+    PerCpuHashMap::with_max_entries(MAX_IFACES, ON_DEMAND);
 
 /// The router's gateway and SNAT settings (one entry).
 #[map]
@@ -40,17 +46,17 @@ pub static NAT_CONFIG: Array<NatConfig> = Array::with_max_entries(1, 0);
 /// Floating IP -> fixed IP.
 #[map]
 pub static FIP_BY_ADDRESS: HashMap<[u8; 4], FipEntry> =
-    HashMap::with_max_entries(MAX_FLOATING_IPS, 0);
+    HashMap::with_max_entries(MAX_FLOATING_IPS, ON_DEMAND);
 
 /// Fixed IP -> floating IP.
 #[map]
 pub static FIP_BY_FIXED: HashMap<[u8; 4], FipEntry> =
-    HashMap::with_max_entries(MAX_FLOATING_IPS, 0);
+    HashMap::with_max_entries(MAX_FLOATING_IPS, ON_DEMAND);
 
 /// Counters by floating IP; user space creates the entries with the floating IPs.
 #[map]
 pub static FIP_STATS: PerCpuHashMap<[u8; 4], FipStats> =
-    PerCpuHashMap::with_max_entries(MAX_FLOATING_IPS, 0);
+    PerCpuHashMap::with_max_entries(MAX_FLOATING_IPS, ON_DEMAND);
 
 /// Counters of the SNAT gateway (one entry).
 #[map]
@@ -105,4 +111,5 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 /// SNAT sessions per internal address, for `NatConfig::source_quota`: counted up here when
 /// a session is made, recounted from the table by user space at each garbage collection.
 #[map]
-pub static SNAT_SOURCES: HashMap<[u8; 4], u32> = HashMap::with_max_entries(MAX_FLOATING_IPS, 0);
+pub static SNAT_SOURCES: HashMap<[u8; 4], u32> =
+    HashMap::with_max_entries(MAX_FLOATING_IPS, ON_DEMAND);

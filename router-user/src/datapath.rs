@@ -61,6 +61,9 @@ pub struct Owner {
     pub netns_inode: u64,
     /// Changes whenever a shared map type changes size.
     pub layout: String,
+    /// Entries of the session table (set at creation: another size is another table).
+    #[serde(default)]
+    pub session_entries: u32,
     /// The desired-state file of the routerd that pinned the router (not part of what
     /// adoption compares): a routerd removes pinned routers its own file no longer has,
     /// never another daemon's.
@@ -78,7 +81,7 @@ pub fn set_daemon_config(path: &Path) {
 
 impl Owner {
     /// The owner record of the calling thread's namespace.
-    pub fn current(namespace: &str) -> Result<Self, Error> {
+    pub fn current(namespace: &str, session_entries: u32) -> Result<Self, Error> {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata("/proc/thread-self/ns/net")
             .map_err(|e| Error::io("reading the network namespace", e))?;
@@ -86,14 +89,24 @@ impl Owner {
             namespace: namespace.to_string(),
             netns_inode: meta.ino(),
             layout: layout_signature(),
+            session_entries,
             config: DAEMON_CONFIG.get().cloned().unwrap_or_default(),
         })
     }
 
     /// Whether a datapath pinned by `self` may be adopted by `other`.
     fn same_datapath(&self, other: &Owner) -> bool {
-        (&self.namespace, self.netns_inode, &self.layout)
-            == (&other.namespace, other.netns_inode, &other.layout)
+        (
+            &self.namespace,
+            self.netns_inode,
+            &self.layout,
+            self.session_entries,
+        ) == (
+            &other.namespace,
+            other.netns_inode,
+            &other.layout,
+            other.session_entries,
+        )
     }
 }
 
@@ -116,7 +129,7 @@ pub fn pinned_routers_of(config: &Path) -> Vec<String> {
 fn layout_signature() -> String {
     use std::mem::size_of;
     format!(
-        "v1:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}",
+        "v2:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}",
         size_of::<RouteKey>(),
         size_of::<RouteEntry>(),
         size_of::<IfaceEntry>(),

@@ -127,6 +127,48 @@ impl RunningRouter {
         }
     }
 
+    /// Starts `routers` (as `start`) with up to `parallel` setting up at once, and returns
+    /// them in the order given; each result is that router's. Loading is mostly the
+    /// verifier's work on one CPU, so a node's routers come up about `parallel` times faster
+    /// than one after another.
+    pub fn start_all(routers: Vec<Router>, parallel: usize) -> Vec<Result<Self, Error>> {
+        use std::sync::{
+            Mutex,
+            atomic::{AtomicUsize, Ordering},
+        };
+        let next = AtomicUsize::new(0);
+        let results: Mutex<Vec<Option<Result<Self, Error>>>> =
+            Mutex::new(routers.iter().map(|_| None).collect());
+        thread::scope(|scope| {
+            for _ in 0..parallel.clamp(1, routers.len().max(1)) {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(router) = routers.get(i) else { break };
+                        let started = Self::start(router.clone());
+                        if let Ok(mut slots) = results.lock() {
+                            slots[i] = Some(started);
+                        }
+                    }
+                });
+            }
+        });
+        results
+            .into_inner()
+            .unwrap_or_default()
+            .into_iter()
+            .zip(&routers)
+            .map(|(r, router)| {
+                r.unwrap_or_else(|| {
+                    Err(Error::io(
+                        format!("starting router {}", router.id),
+                        std::io::Error::other("its start thread panicked"),
+                    ))
+                })
+            })
+            .collect()
+    }
+
     /// Whether `new` can be applied to the running router without restarting it: same
     /// namespace and mode, and no interface added or changed (removals are live).
     pub fn can_apply(&self, new: &Router) -> bool {
@@ -430,12 +472,9 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
 
     // A routerd that ran this router before left its maps and links pinned: they are taken
     // over as they are (sessions, counters), and below only differences are written.
-    let owner = crate::datapath::Owner::current(&router.namespace)?;
-    let mut datapath = Datapath::open(
-        &router.id,
-        router.nat.max_sessions.saturating_mul(2),
-        &owner,
-    )?;
+    let session_entries = router.nat.max_sessions.saturating_mul(2);
+    let owner = crate::datapath::Owner::current(&router.namespace, session_entries)?;
+    let mut datapath = Datapath::open(&router.id, session_entries, &owner)?;
     let mut ifaces = BTreeMap::new();
     let mut infos = Vec::new();
     for (link, _, role, xdp_egress) in &links {

@@ -13,6 +13,7 @@ pub mod observe;
 pub mod policy_topo;
 pub mod probe;
 pub mod routerd;
+pub mod scale;
 pub mod testrun;
 pub mod topo;
 pub mod traffic;

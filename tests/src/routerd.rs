@@ -35,16 +35,29 @@ impl Routerd {
 
     /// As [`Routerd::start`], with the API socket at `socket`.
     pub fn start_with_socket(config: &Path, router_id: &str, socket: &Path) -> Self {
-        Self::spawn(config, router_id, socket, &[])
+        Self::spawn(config, router_id, socket, &[], Duration::from_secs(20))
+    }
+
+    /// As [`Routerd::start`], waiting up to `timeout` for `router_id` (a node of many
+    /// routers takes longer than one).
+    pub fn start_waiting(config: &Path, router_id: &str, timeout: Duration) -> Self {
+        let socket = std::env::temp_dir().join(format!("routerd-{router_id}.sock"));
+        Self::spawn(config, router_id, &socket, &[], timeout)
     }
 
     /// As [`Routerd::start`], with further arguments for routerd (`--metrics ADDR:PORT`).
     pub fn start_with_args(config: &Path, router_id: &str, args: &[&str]) -> Self {
         let socket = std::env::temp_dir().join(format!("routerd-{router_id}.sock"));
-        Self::spawn(config, router_id, &socket, args)
+        Self::spawn(config, router_id, &socket, args, Duration::from_secs(20))
     }
 
-    fn spawn(config: &Path, router_id: &str, socket: &Path, args: &[&str]) -> Self {
+    fn spawn(
+        config: &Path,
+        router_id: &str,
+        socket: &Path,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Self {
         let bin = routerd_path();
         // routerd writes it once the router forwards (and leaves it when it exits, for the
         // next routerd): a fresh one is the sign of this start.
@@ -75,7 +88,7 @@ impl Routerd {
             config: config.to_path_buf(),
         };
         let info = router_user::paths::router_info_file(router_id);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + timeout;
         while !info.exists() {
             if let Some(status) = me.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!(

@@ -81,6 +81,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// One routerd with many routers (1,000 by default): time to start them, memory,
+    /// adding and removing one under traffic, a restart under traffic; writes
+    /// docs/scale.md and docs/scale.json.
+    Scale {
+        /// Extra arguments for routerscale (`--routers N`, `--mode tc`, `--max-sessions N`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -104,6 +112,11 @@ fn main() -> Result<()> {
             setup()?;
             build_release()?;
             bench(&args)
+        }
+        Cmd::Scale { args } => {
+            setup()?;
+            build_release()?;
+            release_bin("routerscale", &args)
         }
         Cmd::Fuzz { seconds, target } => {
             setup()?;
@@ -397,6 +410,16 @@ fn bench(args: &[String]) -> Result<()> {
             "routerbench",
             "--",
         ])
+        .args(args)
+        .env("ROUTERD_BIN", release.join("routerd"))
+        .current_dir(workspace()))
+}
+
+/// Runs a binary of the bench crate (release) with the release routerd.
+fn release_bin(bin: &str, args: &[String]) -> Result<()> {
+    let release = workspace().join("target/release");
+    run(cargo()
+        .args(["run", "--release", "-q", "-p", "bench", "--bin", bin, "--"])
         .args(args)
         .env("ROUTERD_BIN", release.join("routerd"))
         .current_dir(workspace()))

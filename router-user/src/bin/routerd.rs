@@ -130,10 +130,17 @@ fn run(args: Args) -> Result<(), Error> {
     };
     router_user::datapath::set_daemon_config(&config);
     // Routers started so far are stopped (dropped) if a later one fails.
+    raise_file_limit();
+    let started = Instant::now();
     let mut running = Vec::new();
-    for router in state.routers.clone() {
-        running.push(RunningRouter::start(router)?);
+    for result in RunningRouter::start_all(state.routers.clone(), start_parallelism()) {
+        running.push(result?);
     }
+    log::info!(
+        "routerd: {} router(s) started in {} ms",
+        running.len(),
+        started.elapsed().as_millis()
+    );
     // Routers pinned by an earlier routerd that the desired state no longer has.
     for id in router_user::datapath::pinned_routers_of(&config) {
         if state.router(&id).is_none() {
@@ -594,6 +601,35 @@ async fn connection(stream: UnixStream, refusal: Option<String>, jobs: mpsc::Sen
     }
 }
 
+/// How many routers set up at once: one per CPU (loading is the verifier's work).
+fn start_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Each router holds a few dozen descriptors (maps, programs, links, netlink sockets): a
+/// node of 1,000 routers needs far more than the usual soft limit of 1,024. Raised to what
+/// the kernel allows; a failure leaves the limit as it was, with a warning.
+fn raise_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let wanted = nr_open.min(1 << 20);
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < wanted => {
+            // Root may raise the hard limit too; otherwise the soft one up to the hard one.
+            if setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted.max(hard)).is_err() {
+                if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                    log::warn!("routerd: raising the open-file limit from {soft}: {e}");
+                }
+            }
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("routerd: reading the open-file limit: {e}"),
+    }
+}
+
 /// What a reload did.
 #[derive(Default)]
 struct Outcome {
@@ -663,17 +699,21 @@ async fn reload(running: &mut Vec<RunningRouter>, new: DesiredState, started: In
             }
         }
     }
-    for wanted in &new.routers {
-        if !kept.iter().any(|r| r.desired.id == wanted.id) {
-            match RunningRouter::start(wanted.clone()) {
-                Ok(r) => {
-                    writes += r.start_writes;
-                    kept.push(r);
-                }
-                Err(e) => {
-                    log::error!("routerd: {e}");
-                    failures.push(e.to_string());
-                }
+    let added: Vec<_> = new
+        .routers
+        .iter()
+        .filter(|wanted| !kept.iter().any(|r| r.desired.id == wanted.id))
+        .cloned()
+        .collect();
+    for result in RunningRouter::start_all(added, start_parallelism()) {
+        match result {
+            Ok(r) => {
+                writes += r.start_writes;
+                kept.push(r);
+            }
+            Err(e) => {
+                log::error!("routerd: {e}");
+                failures.push(e.to_string());
             }
         }
     }

@@ -772,6 +772,16 @@ fn validate_floating_ips(
     gateway: Option<&Gateway>,
     interfaces: &[Interface],
 ) -> Result<Vec<FloatingIp>, ConfigError> {
+    if file.len() > router_common::MAX_FLOATING_IPS as usize {
+        return Err(at.bad(
+            "floating_ip",
+            &format!("{} entries", file.len()),
+            &format!(
+                "a router holds at most {} floating IPs",
+                router_common::MAX_FLOATING_IPS
+            ),
+        ));
+    }
     let mut out: Vec<FloatingIp> = Vec::with_capacity(file.len());
     // Sets, not scans: tens of thousands of floating IPs must validate in milliseconds.
     let mut addresses = HashSet::with_capacity(file.len());

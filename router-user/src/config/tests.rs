@@ -1060,3 +1060,26 @@ fn documentation_examples_parse() {
     let r = &DesiredState::parse(seed_000).expect("valid").routers[0];
     assert_eq!(r.generated_rule_count(), 3);
 }
+
+#[test]
+fn more_floating_ips_than_a_router_holds_are_rejected() {
+    let fip = |i: u32| {
+        let a = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + 10 + i);
+        let f = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + 10 + i);
+        format!("[[router.floating_ip]]\naddress = \"{a}\"\nfixed = \"{f}\"\n")
+    };
+    let router = |n: u32| {
+        let mut s = String::from(
+            "[[router]]\nid = \"r1\"\nnamespace = \"ns1\"\n\
+             [router.gateway]\ninterface = \"qg\"\naddress = \"172.16.0.2/16\"\nnexthop = \"172.16.0.1\"\n\
+             [[router.interface]]\nname = \"qr\"\naddress = \"10.128.0.1/16\"\n",
+        );
+        for i in 0..n {
+            s += &fip(i);
+        }
+        s
+    };
+    DesiredState::parse(&router(router_common::MAX_FLOATING_IPS)).expect("the most a router holds");
+    let e = err(&router(router_common::MAX_FLOATING_IPS + 1));
+    names(&e, "floating_ip", &["16385 entries", "at most 16384"]);
+}

@@ -1,0 +1,321 @@
+//! `routerscale`: one routerd serving many routers (1,000 by default), each in its own
+//! namespace with a gateway and three internal ports. Measures the time to start them all,
+//! the memory they hold, the time to add and remove one while another carries traffic, and
+//! a restart of routerd under traffic; writes `docs/scale.md` and `docs/scale.json`.
+//!
+//! Run through `cargo xtask scale [--routers N]` (which builds the release binaries).
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use router_tests::{
+    probe::UdpStream,
+    scale::{EXT_HOST, ScaleTopology, bpf_memory, meminfo, rss},
+    traffic,
+};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(about = "Many routers under one routerd: start time, memory, live changes")]
+struct Args {
+    /// Routers to start.
+    #[arg(long, default_value_t = 1000)]
+    routers: usize,
+    /// Fast-path mode of every router (xdp or tc).
+    #[arg(long, default_value = "xdp")]
+    mode: String,
+    /// `nat.max_sessions` of every router (its session table is preallocated).
+    #[arg(long, default_value_t = 4096)]
+    max_sessions: u32,
+    /// Where the report goes (the JSON beside it).
+    #[arg(long, default_value = "docs/scale.md")]
+    out: PathBuf,
+}
+
+#[derive(Serialize)]
+struct Report {
+    command: String,
+    machine: String,
+    routers: usize,
+    interfaces_per_router: usize,
+    mode: String,
+    max_sessions: u32,
+    topology_build_s: f64,
+    topology_memory_mib: f64,
+    start_ms: u64,
+    start_wall_s: f64,
+    routerd_rss_mib: f64,
+    bpf_memlock_mib: f64,
+    bpf_maps: usize,
+    bpf_programs: usize,
+    node_memory_mib: f64,
+    samples_forwarding: usize,
+    samples: usize,
+    add_one_ms: u128,
+    remove_one_ms: u128,
+    change_stream_sent: u64,
+    change_stream_lost: usize,
+    restart_ms: u64,
+    restart_stream_sent: u64,
+    restart_stream_lost: usize,
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Runs streams of datagrams through router `sample` (each at most 50 s, the stream's own
+/// bound) until `done` says stop; returns (sent, lost).
+fn stream_until(
+    topo: &ScaleTopology,
+    sample: usize,
+    port: u16,
+    mut done: impl FnMut() -> bool,
+) -> (u64, usize) {
+    let s = topo
+        .samples
+        .iter()
+        .find(|s| s.router == sample)
+        .expect("a sampled router");
+    let (mut sent, mut lost) = (0, 0);
+    loop {
+        let stream = UdpStream::start(
+            &s.vm_ns,
+            port,
+            SocketAddrV4::new(Ipv4Addr::from(EXT_HOST), port),
+            &s.ext_ns,
+            port,
+            Duration::from_millis(5),
+        );
+        let until = Instant::now() + Duration::from_secs(50);
+        let mut finished = false;
+        while Instant::now() < until {
+            if done() {
+                finished = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let report = stream.finish();
+        sent += report.sent;
+        lost += report.lost.len();
+        if finished {
+            return (sent, lost);
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.routers < 3 {
+        bail!("--routers must be at least 3");
+    }
+    if std::env::var_os("ROUTERD_BIN").is_none() {
+        let exe = std::env::current_exe().context("locating routerscale")?;
+        let routerd = exe.with_file_name("routerd");
+        // SAFETY: single-threaded at this point.
+        unsafe { std::env::set_var("ROUTERD_BIN", &routerd) };
+    }
+    let n = args.routers;
+    let mib = |b: u64| b as f64 / MIB;
+
+    eprintln!("building {} router namespaces with 4 ports each...", n + 1);
+    let avail0 = meminfo("MemAvailable");
+    let t = Instant::now();
+    let topo = ScaleTopology::build(n + 1, &args.mode, args.max_sessions, &[0, n / 2, n - 1, n]);
+    let topology_build_s = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(2));
+    let avail1 = meminfo("MemAvailable");
+    topo.write_config(0..n);
+
+    eprintln!("starting routerd with {n} routers...");
+    let t = Instant::now();
+    let timeout = Duration::from_secs(60 + n as u64);
+    let (mut first, start_ms) = topo.start_routerd(timeout);
+    let start_wall_s = t.elapsed().as_secs_f64();
+    eprintln!("  started in {start_ms} ms");
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = first.pid().context("routerd pid")?;
+    let avail2 = meminfo("MemAvailable");
+    let routerd_rss = rss(pid);
+    let (bpf_bytes, bpf_maps, bpf_programs) = bpf_memory(pid);
+
+    let live: Vec<usize> = topo
+        .samples
+        .iter()
+        .map(|s| s.router)
+        .filter(|&r| r < n)
+        .collect();
+    let samples_forwarding = topo
+        .samples
+        .iter()
+        .filter(|s| s.router < n)
+        .filter(|s| {
+            traffic::ping(&s.vm_ns, EXT_HOST, 2)
+                && traffic::ping(&s.ext_ns, ScaleTopology::floating_ip(s.router).octets(), 2)
+        })
+        .count();
+    eprintln!(
+        "  {samples_forwarding} of {} sampled routers forward",
+        live.len()
+    );
+
+    eprintln!("adding router {n} and removing router 1 while router 0 carries a stream...");
+    let (mut add_one_ms, mut remove_one_ms) = (0, 0);
+    let (change_stream_sent, change_stream_lost) = {
+        let mut step = 0;
+        let mut t = Instant::now();
+        stream_until(&topo, 0, 6001, || match step {
+            0 => {
+                std::thread::sleep(Duration::from_millis(300));
+                topo.write_config(0..=n);
+                t = Instant::now();
+                first.reload();
+                step = 1;
+                false
+            }
+            1 => {
+                if router_user::paths::router_info_file(&topo.router_id(n)).exists() {
+                    add_one_ms = t.elapsed().as_millis();
+                    topo.write_config((0..=n).filter(|&i| i != 1));
+                    t = Instant::now();
+                    first.reload();
+                    step = 2;
+                }
+                false
+            }
+            _ => {
+                if router_user::datapath::pinned_routers().contains(&topo.router_id(1)) {
+                    return false;
+                }
+                remove_one_ms = t.elapsed().as_millis();
+                true
+            }
+        })
+    };
+    eprintln!(
+        "  add {add_one_ms} ms, remove {remove_one_ms} ms; stream lost {change_stream_lost} of {change_stream_sent}"
+    );
+
+    eprintln!(
+        "restarting routerd under traffic through router {}...",
+        n / 2
+    );
+    // Stopped (its fast paths keep running); dropped at the end, which tears them down.
+    first.stop();
+    let (second, restart_ms, restart_stream_sent, restart_stream_lost) =
+        std::thread::scope(|scope| {
+            let starting = scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(300));
+                topo.start_routerd(timeout)
+            });
+            let (sent, lost) = stream_until(&topo, n / 2, 6002, || starting.is_finished());
+            let (second, ms) = starting.join().expect("starting routerd again");
+            (second, ms, sent, lost)
+        });
+    eprintln!(
+        "  restarted in {restart_ms} ms; stream lost {restart_stream_lost} of {restart_stream_sent}"
+    );
+
+    let report = Report {
+        command: format!("cargo xtask scale --routers {n}"),
+        machine: machine(),
+        routers: n,
+        interfaces_per_router: 4,
+        mode: args.mode.clone(),
+        max_sessions: args.max_sessions,
+        topology_build_s,
+        topology_memory_mib: mib(avail0.saturating_sub(avail1)),
+        start_ms,
+        start_wall_s,
+        routerd_rss_mib: mib(routerd_rss),
+        bpf_memlock_mib: mib(bpf_bytes),
+        bpf_maps,
+        bpf_programs,
+        node_memory_mib: mib(avail1.saturating_sub(avail2)),
+        samples_forwarding,
+        samples: live.len(),
+        add_one_ms,
+        remove_one_ms,
+        change_stream_sent,
+        change_stream_lost,
+        restart_ms,
+        restart_stream_sent,
+        restart_stream_lost,
+    };
+    write_report(&args.out, &report)?;
+    drop(second);
+    drop(first);
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let memory = meminfo("MemTotal") as f64 / MIB / 1024.0;
+    format!("{cpus} CPUs, {memory:.1} GiB, Linux {}", kernel.trim())
+}
+
+fn write_report(out: &PathBuf, r: &Report) -> Result<()> {
+    let per = |v: f64| v / r.routers as f64;
+    let md = format!(
+        "# Many routers on one node\n\n\
+         Command: `{cmd}`  \nMachine: {machine}\n\n\
+         One routerd serves {n} routers, each in its own namespace with a gateway port and \
+         three internal ports ({ifaces} interfaces), every router with the same tenant \
+         subnets and a floating IP, mode `{mode}`, `nat.max_sessions = {sessions}` (the \
+         session table is preallocated; every other hash map holds only what is in it). \
+         Routers are set up one per CPU at a time; each loads and verifies its own pair of \
+         programs.\n\n\
+         | what | figure |\n|---|---|\n\
+         | routers started (routerd's own figure, from the first to the last attached) | {start_s:.1} s ({start_per:.0} ms per router) |\n\
+         | routerd started to every router attached (wall clock) | {wall:.1} s |\n\
+         | kernel memory of the BPF maps and programs (memlock of routerd's descriptors) | {bpf:.0} MiB ({bpf_per:.2} MiB per router; {maps} maps, {progs} programs) |\n\
+         | node memory taken by starting the routers (MemAvailable before and after) | {node:.0} MiB ({node_per:.2} MiB per router) |\n\
+         | routerd resident memory | {rss:.0} MiB |\n\
+         | the namespaces and veth pairs themselves (not ours; built in {build:.0} s) | {topo_mem:.0} MiB |\n\
+         | sampled routers forwarding (VM -> external host by SNAT, external host -> floating IP) | {fwd} of {samples} |\n\
+         | add one router to {n} (SIGHUP to attached) | {add} ms |\n\
+         | remove one router (SIGHUP to its pins gone) | {remove} ms |\n\
+         | datagrams router 0 lost meanwhile (5 ms apart) | {cl} of {cs} |\n\
+         | restart routerd: every router adopted (routerd's figure) | {restart_s:.1} s |\n\
+         | datagrams a router lost during the restart (5 ms apart) | {rl} of {rs} |\n",
+        cmd = r.command,
+        machine = r.machine,
+        n = r.routers,
+        ifaces = r.routers * r.interfaces_per_router,
+        mode = r.mode,
+        sessions = r.max_sessions,
+        start_s = r.start_ms as f64 / 1000.0,
+        start_per = per(r.start_ms as f64),
+        wall = r.start_wall_s,
+        bpf = r.bpf_memlock_mib,
+        bpf_per = per(r.bpf_memlock_mib),
+        maps = r.bpf_maps,
+        progs = r.bpf_programs,
+        node = r.node_memory_mib,
+        node_per = per(r.node_memory_mib),
+        rss = r.routerd_rss_mib,
+        build = r.topology_build_s,
+        topo_mem = r.topology_memory_mib,
+        fwd = r.samples_forwarding,
+        samples = r.samples,
+        add = r.add_one_ms,
+        remove = r.remove_one_ms,
+        cl = r.change_stream_lost,
+        cs = r.change_stream_sent,
+        restart_s = r.restart_ms as f64 / 1000.0,
+        rl = r.restart_stream_lost,
+        rs = r.restart_stream_sent,
+    );
+    std::fs::write(out, md).with_context(|| format!("writing {}", out.display()))?;
+    let json = out.with_extension("json");
+    std::fs::write(&json, serde_json::to_string_pretty(r)? + "\n")
+        .with_context(|| format!("writing {}", json.display()))?;
+    eprintln!("wrote {} and {}", out.display(), json.display());
+    Ok(())
+}

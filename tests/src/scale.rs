@@ -1,0 +1,315 @@
+//! Many routers on one node, as a Neutron network node hosts them: N router namespaces,
+//! each with a gateway port and three internal ports, every router with the same (tenant)
+//! subnets and a floating IP of its own, all served by one routerd.
+//!
+//! Built with `ip -batch` (thousands of `ip` processes would take minutes). The ports'
+//! peers wait in one fabric namespace, except the sampled routers', whose first internal
+//! port leads to a VM and whose gateway leads to an external host, for real traffic.
+
+use std::{
+    fmt::Write as _,
+    io::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{desired::RouterText, routerd::Routerd, topo::unique};
+
+/// The external network's gateway: the external host of every sampled router.
+pub const EXT_HOST: [u8; 4] = [172, 16, 0, 1];
+/// The VM behind every sampled router's first internal port.
+pub const VM: [u8; 4] = [10, 0, 1, 10];
+/// Internal ports of every router (the gateway is `qg`).
+pub const INTERNAL: [&str; 3] = ["qr-a", "qr-b", "qr-c"];
+
+/// A router whose ports lead to hosts of its own.
+pub struct Sample {
+    pub router: usize,
+    pub vm_ns: String,
+    pub ext_ns: String,
+}
+
+pub struct ScaleTopology {
+    pub prefix: String,
+    /// Routers built (namespaces and ports); the desired state may hold fewer.
+    pub count: usize,
+    pub mode: String,
+    pub max_sessions: u32,
+    pub samples: Vec<Sample>,
+    pub config: PathBuf,
+    namespaces: Vec<String>,
+}
+
+/// Runs `ip [-n NS] -batch -` with `lines`, panicking with its stderr on failure.
+fn ip_batch(ns: Option<&str>, lines: &str) {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.args(["-n", ns]);
+    }
+    let mut child = cmd
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running ip -batch: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(lines.as_bytes())
+        .expect("writing the batch");
+    let out = child.wait_with_output().expect("ip -batch");
+    assert!(
+        out.status.success(),
+        "ip -batch failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl ScaleTopology {
+    /// Builds `count` routers (`sampled` indexes get hosts) and writes a desired state with
+    /// all of them.
+    pub fn build(count: usize, mode: &str, max_sessions: u32, sampled: &[usize]) -> Self {
+        crate::require_root();
+        let prefix = unique("sc");
+        let fabric = format!("{prefix}f");
+        let mut me = Self {
+            config: std::env::temp_dir().join(format!("{prefix}.toml")),
+            prefix,
+            count,
+            mode: mode.to_string(),
+            max_sessions,
+            samples: Vec::new(),
+            namespaces: Vec::new(),
+        };
+        // Recorded before creation: a failure halfway still removes what exists.
+        let mut names = vec![fabric.clone()];
+        names.extend((0..count).map(|i| me.router_ns(i)));
+        for &i in sampled.iter().filter(|&&i| i < count) {
+            let sample = Sample {
+                router: i,
+                vm_ns: format!("{}v{i}", me.prefix),
+                ext_ns: format!("{}x{i}", me.prefix),
+            };
+            names.push(sample.vm_ns.clone());
+            names.push(sample.ext_ns.clone());
+            me.samples.push(sample);
+        }
+        me.namespaces = names.clone();
+        let mut batch = String::new();
+        for ns in &names {
+            let _ = writeln!(batch, "netns add {ns}");
+        }
+        ip_batch(None, &batch);
+        let mut batch = String::new();
+        let mut fabric_up = String::new();
+        for i in 0..count {
+            let router_ns = me.router_ns(i);
+            let sample = me.samples.iter().find(|s| s.router == i);
+            for (n, port) in ["qg"].iter().chain(INTERNAL.iter()).enumerate() {
+                let peer_ns = match (sample, n) {
+                    (Some(s), 0) => &s.ext_ns,
+                    (Some(s), 1) => &s.vm_ns,
+                    _ => &fabric,
+                };
+                let peer = format!("p{i}x{n}");
+                let _ = writeln!(
+                    batch,
+                    "link add {port} netns {router_ns} type veth peer name {peer} netns {peer_ns}"
+                );
+                if peer_ns == &fabric {
+                    let _ = writeln!(fabric_up, "link set {peer} up");
+                }
+            }
+        }
+        ip_batch(None, &batch);
+        ip_batch(Some(&fabric), &fabric_up);
+        for s in &me.samples {
+            let i = s.router;
+            ip_batch(
+                Some(&s.vm_ns),
+                &format!(
+                    "link set lo up\nlink set p{i}x1 up\naddress add {}/24 dev p{i}x1\n\
+                     route add default via 10.0.1.1\n",
+                    Ipv4Addr::from(VM)
+                ),
+            );
+            ip_batch(
+                Some(&s.ext_ns),
+                &format!(
+                    "link set lo up\nlink set p{i}x0 up\naddress add {}/16 dev p{i}x0\n",
+                    Ipv4Addr::from(EXT_HOST)
+                ),
+            );
+        }
+        me.write_config(0..count);
+        me
+    }
+
+    pub fn router_id(&self, i: usize) -> String {
+        format!("{}-{i}", self.prefix)
+    }
+
+    pub fn router_ns(&self, i: usize) -> String {
+        format!("{}r{i}", self.prefix)
+    }
+
+    /// Router `i`'s gateway address (all routers share the external network 172.16.0.0/16).
+    pub fn gateway_address(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(172, 16, 1 + (i / 250) as u8, 2 + (i % 250) as u8)
+    }
+
+    /// Router `i`'s floating IP, for the VM at [`VM`].
+    pub fn floating_ip(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(172, 16, 100 + (i / 250) as u8, 2 + (i % 250) as u8)
+    }
+
+    fn router_text(&self, i: usize) -> RouterText {
+        RouterText {
+            id: self.router_id(i),
+            namespace: self.router_ns(i),
+            mode: self.mode.clone(),
+            gateway: Some((
+                "qg".into(),
+                format!("{}/16", Self::gateway_address(i)),
+                Ipv4Addr::from(EXT_HOST).to_string(),
+                None,
+            )),
+            interfaces: INTERNAL
+                .iter()
+                .enumerate()
+                .map(|(n, name)| (name.to_string(), format!("10.0.{}.1/24", n + 1), None))
+                .collect(),
+            floating_ips: vec![(Self::floating_ip(i), Ipv4Addr::from(VM))],
+            extra: format!("[router.nat]\nmax_sessions = {}\n", self.max_sessions),
+        }
+    }
+
+    /// Writes the desired state with routers `routers` (routerd reads it at start and on
+    /// SIGHUP).
+    pub fn write_config(&self, routers: impl IntoIterator<Item = usize>) {
+        let text: String = routers
+            .into_iter()
+            .map(|i| self.router_text(i).render() + "\n")
+            .collect();
+        std::fs::write(&self.config, text).expect("writing the desired state");
+    }
+
+    /// Starts routerd on the desired state and waits (up to `timeout`) until it has started
+    /// every router in it; returns it and the start time routerd reports, in ms.
+    pub fn start_routerd(&self, timeout: Duration) -> (Routerd, u64) {
+        let routerd = Routerd::start_waiting(&self.config, &self.router_id(0), timeout);
+        let ms = wait_started(&routerd, timeout);
+        (routerd, ms)
+    }
+}
+
+/// Waits for routerd's "N router(s) started in M ms" and returns M.
+pub fn wait_started(routerd: &Routerd, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = routerd.log_text();
+        if let Some(ms) = log.lines().rev().find_map(|l| {
+            let rest = l.split(" router(s) started in ").nth(1)?;
+            rest.split_whitespace().next()?.parse::<u64>().ok()
+        }) {
+            return ms;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "routerd did not start its routers in {timeout:?}:\n{}",
+            tail(&log, 40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Memory the kernel holds for BPF maps and programs open in process `pid` (the `memlock`
+/// of each descriptor's fdinfo), in bytes, and how many of each.
+pub fn bpf_memory(pid: u32) -> (u64, usize, usize) {
+    let (mut bytes, mut maps, mut progs) = (0, 0, 0);
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return (0, 0, 0);
+    };
+    for fd in fds.flatten() {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        let target = target.to_string_lossy();
+        let kind = if target.contains("bpf-map") {
+            &mut maps
+        } else if target.contains("bpf-prog") {
+            &mut progs
+        } else {
+            continue;
+        };
+        *kind += 1;
+        let info = std::fs::read_to_string(Path::new(&format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        )))
+        .unwrap_or_default();
+        bytes += info
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    (bytes, maps, progs)
+}
+
+/// A line of /proc/meminfo, in bytes.
+pub fn meminfo(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+            rest.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Resident memory of process `pid`, in bytes.
+pub fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+impl Drop for ScaleTopology {
+    fn drop(&mut self) {
+        // Deleting a namespace destroys its ports, and their peers with them.
+        let batch: String = self
+            .namespaces
+            .iter()
+            .rev()
+            .map(|ns| format!("netns del {ns}\n"))
+            .collect();
+        let _ = Command::new("ip")
+            .args(["-force", "-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .and_then(|mut child| {
+                if let Some(mut stdin) = child.stdin.take() {
+                    let _ = stdin.write_all(batch.as_bytes());
+                }
+                child.wait()
+            });
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
