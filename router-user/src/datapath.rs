@@ -12,13 +12,14 @@ use aya::{
         PerCpuValues, lpm_trie::Key,
     },
     programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
         xdp::{XdpLink, XdpLinkId},
     },
     util::nr_cpus,
 };
+use aya_obj::programs::XdpAttachType;
 use router_common::{
     CtEntry, CtKey, FipEntry, FipStats, FwRule, FwStats, IfaceEntry, IfaceStats, MAX_FW_RULES,
     MAX_RULES, NatConfig, NeighborEntry, NeighborKey, PolicyConfig, PolicyRule, RouteEntry,
@@ -48,6 +49,9 @@ pub struct Datapath {
     writes: usize,
     /// The attachments of each interface, to detach one interface alone.
     links: BTreeMap<u32, (Option<XdpLinkId>, SchedClassifierLinkId)>,
+    /// Programs a previous routerd loaded from this same object, taken from their pins
+    /// instead of being verified again (the object's own copies then stay unloaded).
+    pinned_programs: Option<(Xdp, SchedClassifier)>,
 }
 
 /// Who a router's pins belong to: adopted only by a routerd running the same router in the
@@ -64,6 +68,10 @@ pub struct Owner {
     /// Entries of the session table (set at creation: another size is another table).
     #[serde(default)]
     pub session_entries: u32,
+    /// The eBPF object the pinned programs were loaded from (see [`object_digest`]): the
+    /// same object's programs are adopted without loading them again.
+    #[serde(default)]
+    pub object: String,
     /// The desired-state file of the routerd that pinned the router (not part of what
     /// adoption compares): a routerd removes pinned routers its own file no longer has,
     /// never another daemon's.
@@ -90,6 +98,7 @@ impl Owner {
             netns_inode: meta.ino(),
             layout: layout_signature(),
             session_entries,
+            object: object_digest(),
             config: DAEMON_CONFIG.get().cloned().unwrap_or_default(),
         })
     }
@@ -109,6 +118,22 @@ impl Owner {
         )
     }
 }
+
+/// A digest of [`EBPF_OBJECT`] (FNV-1a): programs pinned from another build are replaced.
+pub fn object_digest() -> String {
+    static DIGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIGEST
+        .get_or_init(|| {
+            let hash = EBPF_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            format!("{hash:016x}-{}", EBPF_OBJECT.len())
+        })
+        .clone()
+}
+
+/// Pin names of the programs in a router's pin directory.
+const PROGRAM_PINS: [&str; 2] = ["prog_xdp", "prog_tc"];
 
 /// Routers pinned by the routerd whose desired-state file is `config`.
 pub fn pinned_routers_of(config: &Path) -> Vec<String> {
@@ -205,7 +230,29 @@ impl Datapath {
     }
 
     /// Loads both programs of `ebpf` into the kernel.
-    fn with_programs(mut ebpf: Ebpf, router: &str) -> Result<Self, Error> {
+    fn with_programs(ebpf: Ebpf, router: &str) -> Result<Self, Error> {
+        let mut dp = Self::without_programs(ebpf, router);
+        dp.load_programs()?;
+        Ok(dp)
+    }
+
+    fn without_programs(ebpf: Ebpf, router: &str) -> Self {
+        Self {
+            ebpf,
+            router: router.to_string(),
+            pin_dir: None,
+            persistent: false,
+            adopted: false,
+            writes: 0,
+            links: BTreeMap::new(),
+            pinned_programs: None,
+        }
+    }
+
+    /// Loads (and so verifies) both programs of the object.
+    fn load_programs(&mut self) -> Result<(), Error> {
+        let router = self.router.as_str();
+        let ebpf = &mut self.ebpf;
         let program_error = |what: &str| {
             let what = what.to_string();
             let router = router.to_string();
@@ -215,24 +262,40 @@ impl Datapath {
                 source: Box::new(source),
             }
         };
-        let xdp: &mut Xdp = program(&mut ebpf, prog_names::XDP)?
+        let xdp: &mut Xdp = program(ebpf, prog_names::XDP)?
             .try_into()
             .map_err(program_error("XDP program type"))?;
         xdp.load()
             .map_err(program_error("loading the XDP program"))?;
-        let tc: &mut SchedClassifier = program(&mut ebpf, prog_names::TC)?
+        let tc: &mut SchedClassifier = program(ebpf, prog_names::TC)?
             .try_into()
             .map_err(program_error("TC program type"))?;
         tc.load().map_err(program_error("loading the TC program"))?;
-        Ok(Self {
-            ebpf,
-            router: router.to_string(),
-            pin_dir: None,
-            persistent: false,
-            adopted: false,
-            writes: 0,
-            links: BTreeMap::new(),
-        })
+        Ok(())
+    }
+
+    /// Takes the programs pinned in `dir` (loaded from this same object by an earlier
+    /// routerd, with these same maps). `None` if either is missing or unusable.
+    fn programs_from_pins(dir: &Path) -> Option<(Xdp, SchedClassifier)> {
+        let xdp = Xdp::from_pin(dir.join(PROGRAM_PINS[0]), XdpAttachType::Interface).ok()?;
+        let tc = SchedClassifier::from_pin(dir.join(PROGRAM_PINS[1])).ok()?;
+        Some((xdp, tc))
+    }
+
+    /// Pins both (freshly loaded) programs in `dir`, replacing older pins, so that the next
+    /// routerd can adopt them.
+    fn pin_programs(&mut self, dir: &Path) -> Result<(), Error> {
+        for (name, pin) in [prog_names::XDP, prog_names::TC].iter().zip(PROGRAM_PINS) {
+            let path = dir.join(pin);
+            remove_pin(&path)?;
+            program(&mut self.ebpf, name)?
+                .pin(&path)
+                .map_err(|source| Error::Pin {
+                    what: format!("pinning program {name} at {}", path.display()),
+                    source: Box::new(source),
+                })?;
+        }
+        Ok(())
     }
 
     /// Loads the programs for routerd with every map pinned under the router's pin
@@ -260,7 +323,17 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let ebpf = loader.load(EBPF_OBJECT).map_err(Box::new)?;
-        let mut dp = Self::with_programs(ebpf, router)?;
+        let mut dp = Self::without_programs(ebpf, router);
+        // Programs verified once per build: a restart of routerd with the same object takes
+        // them from their pins (they hold these same maps) instead of loading them again.
+        let same_object = adopt && recorded.as_ref().is_some_and(|r| r.object == owner.object);
+        dp.pinned_programs = same_object
+            .then(|| Self::programs_from_pins(&dir))
+            .flatten();
+        if dp.pinned_programs.is_none() {
+            dp.load_programs()?;
+            dp.pin_programs(&dir)?;
+        }
         dp.pin_dir = Some(dir);
         dp.persistent = true;
         dp.adopted = adopt;
@@ -286,15 +359,52 @@ impl Datapath {
     }
 
     pub fn xdp(&self) -> &Xdp {
+        if let Some((xdp, _)) = &self.pinned_programs {
+            return xdp;
+        }
         let prog = self.ebpf.program(prog_names::XDP);
         prog.and_then(|p| p.try_into().ok())
             .unwrap_or_else(|| unreachable!("load() checked the XDP program"))
     }
 
     pub fn tc(&self) -> &SchedClassifier {
+        if let Some((_, tc)) = &self.pinned_programs {
+            return tc;
+        }
         let prog = self.ebpf.program(prog_names::TC);
         prog.and_then(|p| p.try_into().ok())
             .unwrap_or_else(|| unreachable!("load() checked the TC program"))
+    }
+
+    /// Whether the programs were taken from a previous routerd's pins (not verified again).
+    pub fn programs_adopted(&self) -> bool {
+        self.pinned_programs.is_some()
+    }
+
+    fn xdp_mut(&mut self) -> Result<&mut Xdp, Error> {
+        match &mut self.pinned_programs {
+            Some((xdp, _)) => Ok(xdp),
+            None => program(&mut self.ebpf, prog_names::XDP)?
+                .try_into()
+                .map_err(|source| Error::Program {
+                    router: self.router.clone(),
+                    what: "XDP program type".into(),
+                    source: Box::new(source),
+                }),
+        }
+    }
+
+    fn tc_mut(&mut self) -> Result<&mut SchedClassifier, Error> {
+        match &mut self.pinned_programs {
+            Some((_, tc)) => Ok(tc),
+            None => program(&mut self.ebpf, prog_names::TC)?
+                .try_into()
+                .map_err(|source| Error::Program {
+                    router: self.router.clone(),
+                    what: "TC program type".into(),
+                    source: Box::new(source),
+                }),
+        }
     }
 
     /// Attaches the programs to `interfaces` (by name, in the calling thread's namespace).
@@ -354,13 +464,7 @@ impl Datapath {
     fn attach_xdp(&mut self, name: &str, index: u32) -> Result<(XdpLinkId, bool), Error> {
         let pin = self.link_pin(index, "xdp");
         let router = self.router.clone();
-        let xdp: &mut Xdp = program(&mut self.ebpf, prog_names::XDP)?
-            .try_into()
-            .map_err(|source| Error::Program {
-                router: router.clone(),
-                what: "XDP program type".into(),
-                source: Box::new(source),
-            })?;
+        let xdp = self.xdp_mut()?;
         if let Some(path) = pin.as_ref().filter(|p| p.exists()) {
             let adopted = PinnedLink::from_pin(path)
                 .ok()
@@ -400,13 +504,7 @@ impl Datapath {
     ) -> Result<(SchedClassifierLinkId, bool), Error> {
         let pin = self.link_pin(index, "tc");
         let router = self.router.clone();
-        let tc: &mut SchedClassifier = program(&mut self.ebpf, prog_names::TC)?
-            .try_into()
-            .map_err(|source| Error::Program {
-                router: router.clone(),
-                what: "TC program type".into(),
-                source: Box::new(source),
-            })?;
+        let tc = self.tc_mut()?;
         if let Some(path) = pin.as_ref().filter(|p| p.exists()) {
             let adopted = PinnedLink::from_pin(path)
                 .ok()
@@ -445,22 +543,10 @@ impl Datapath {
         self.drop_link_pin(ifindex, "xdp")?;
         self.drop_link_pin(ifindex, "tc")?;
         if let Some((xdp_link, tc_link)) = self.links.remove(&ifindex) {
-            let router = self.router.clone();
-            let type_error = |source| Error::Program {
-                router: router.clone(),
-                what: "program type".into(),
-                source: Box::new(source),
-            };
             if let Some(link) = xdp_link {
-                let xdp: &mut Xdp = program(&mut self.ebpf, prog_names::XDP)?
-                    .try_into()
-                    .map_err(type_error)?;
-                let _ = xdp.detach(link);
+                let _ = self.xdp_mut()?.detach(link);
             }
-            let tc: &mut SchedClassifier = program(&mut self.ebpf, prog_names::TC)?
-                .try_into()
-                .map_err(type_error)?;
-            let _ = tc.detach(tc_link);
+            let _ = self.tc_mut()?.detach(tc_link);
         }
         self.remove_iface(ifindex)
     }
@@ -773,6 +859,22 @@ impl Datapath {
             })?;
             repaired.push(name.to_string());
         }
+        for (i, pin) in PROGRAM_PINS.iter().enumerate() {
+            let path = dir.join(pin);
+            if path.exists() {
+                continue;
+            }
+            let pinned = if i == 0 {
+                self.xdp_mut()?.pin(&path)
+            } else {
+                self.tc_mut()?.pin(&path)
+            };
+            pinned.map_err(|source| Error::Pin {
+                what: format!("pinning {pin} at {}", path.display()),
+                source: Box::new(source),
+            })?;
+            repaired.push(pin.to_string());
+        }
         let links: Vec<(u32, Option<XdpLinkId>, SchedClassifierLinkId)> =
             std::mem::take(&mut self.links)
                 .into_iter()
@@ -811,9 +913,7 @@ impl Datapath {
                 std::io::Error::other(e),
             )
         };
-        let xdp: &mut Xdp = program(&mut self.ebpf, prog_names::XDP)?
-            .try_into()
-            .map_err(|e: ProgramError| what(e.to_string()))?;
+        let xdp = self.xdp_mut()?;
         let link = xdp.take_link(id).map_err(|e| what(e.to_string()))?;
         let fd = FdLink::try_from(link).map_err(|e| what(e.to_string()))?;
         let pinned = fd.pin(&path).map_err(|e| what(e.to_string()))?;
@@ -834,9 +934,7 @@ impl Datapath {
                 std::io::Error::other(e),
             )
         };
-        let tc: &mut SchedClassifier = program(&mut self.ebpf, prog_names::TC)?
-            .try_into()
-            .map_err(|e: ProgramError| what(e.to_string()))?;
+        let tc = self.tc_mut()?;
         let link = tc.take_link(id).map_err(|e| what(e.to_string()))?;
         let fd = FdLink::try_from(link).map_err(|e| what(e.to_string()))?;
         let pinned = fd.pin(&path).map_err(|e| what(e.to_string()))?;

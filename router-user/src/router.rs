@@ -564,8 +564,13 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
     let adopted_links = state.datapath.attach(router.mode, &attach)?;
     if state.datapath.adopted() {
         log::info!(
-            "router {}: adopted the running fast path ({adopted_links} links, programs replaced atomically); {} map writes, {kernel_writes} kernel writes",
+            "router {}: adopted the running fast path ({adopted_links} links, {}); {} map writes, {kernel_writes} kernel writes",
             router.id,
+            if state.datapath.programs_adopted() {
+                "the same build's programs kept, not verified again"
+            } else {
+                "programs of this build swapped in atomically"
+            },
             state.datapath.writes()
         );
     } else {

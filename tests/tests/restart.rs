@@ -20,7 +20,7 @@ use router_tests::{
     probe::UdpStream,
     routerd::Routerd,
     topo::{EXT_HOST, RouterTopology},
-    traffic::{in_ns, join},
+    traffic::{self, in_ns, join},
 };
 
 const FIP_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
@@ -157,9 +157,12 @@ fn restart_under_traffic(mode: &str) {
     );
 
     first.kill9();
+    // The next routerd is a new build: its programs must replace the running ones. (The
+    // owner record names the object the pinned programs came from.)
+    pretend_another_build(&topo.router_id);
     // No routerd at all for a while: the fast path forwards on its own.
     std::thread::sleep(Duration::from_millis(500));
-    let second = Routerd::start(&topo.config, &topo.router_id);
+    let mut second = Routerd::start(&topo.config, &topo.router_id);
     std::thread::sleep(Duration::from_millis(800));
 
     let fip = to_fip.finish();
@@ -213,6 +216,38 @@ fn restart_under_traffic(mode: &str) {
             "{mode}: link {name} still runs the old program"
         );
     }
+    assert!(
+        log.contains("programs of this build swapped in atomically"),
+        "{mode}: {log}"
+    );
+
+    // The same build again: its programs are taken from their pins, not verified again.
+    second.kill9();
+    let third = Routerd::start(&topo.config, &topo.router_id);
+    let log = third.log_text();
+    assert!(
+        log.contains("the same build's programs kept, not verified again")
+            && log.contains("; 0 map writes, 0 kernel writes"),
+        "{mode}: the same build did not keep its programs:\n{log}"
+    );
+    assert_eq!(
+        links(&topo.router_id),
+        after,
+        "{mode}: the same build's restart changed links or programs"
+    );
+    assert!(
+        traffic::ping(&topo.vm_a_ns, EXT_HOST, 2),
+        "{mode}: forwarding after the same build's restart"
+    );
+}
+
+/// Rewrites the owner record of `router`'s pins as if another build had pinned them.
+fn pretend_another_build(router: &str) {
+    let path = std::path::Path::new(router_user::paths::RUN_DIR).join(format!("{router}.owner"));
+    let text = std::fs::read_to_string(&path).expect("owner record");
+    let mut owner: serde_json::Value = serde_json::from_str(&text).expect("owner JSON");
+    owner["object"] = serde_json::Value::String("another-build".into());
+    std::fs::write(&path, owner.to_string()).expect("writing the owner record");
 }
 
 #[test]
