@@ -619,10 +619,10 @@ fn raise_file_limit() {
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < wanted => {
             // Root may raise the hard limit too; otherwise the soft one up to the hard one.
-            if setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted.max(hard)).is_err() {
-                if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                    log::warn!("routerd: raising the open-file limit from {soft}: {e}");
-                }
+            if setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted.max(hard)).is_err()
+                && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+            {
+                log::warn!("routerd: raising the open-file limit from {soft}: {e}");
             }
         }
         Ok(_) => {}
