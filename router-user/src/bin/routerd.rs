@@ -58,6 +58,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    limit_malloc_arenas();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
     match run(args) {
@@ -599,6 +600,18 @@ async fn connection(stream: UnixStream, refusal: Option<String>, jobs: mpsc::Sen
             return;
         }
     }
+}
+
+/// Every router has a thread, and glibc gives threads arenas of their own (up to eight per
+/// CPU), each keeping its high-water mark: with hundreds of routers that was three quarters
+/// of routerd's memory (331 MiB for 40 routers, 79 MiB with one arena). Routers are idle
+/// between events, so a few arenas shared by all cost no measurable contention.
+fn limit_malloc_arenas() {
+    let arenas = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(4);
+    // SAFETY: mallopt only changes allocator parameters; called before any thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas as libc::c_int) };
 }
 
 /// How many routers set up at once: one per CPU (loading is the verifier's work).
