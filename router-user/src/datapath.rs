@@ -47,11 +47,24 @@ pub struct Datapath {
     /// Map entries written or removed since load: a routerd that adopts an unchanged
     /// router writes none.
     writes: usize,
-    /// The attachments of each interface, to detach one interface alone.
-    links: BTreeMap<u32, (Option<XdpLinkId>, SchedClassifierLinkId)>,
+    /// The attachments of each interface by ifindex, to detach one interface alone.
+    links: BTreeMap<u32, Attachment>,
     /// Programs a previous routerd loaded from this same object, taken from their pins
     /// instead of being verified again (the object's own copies then stay unloaded).
     pinned_programs: Option<(Xdp, SchedClassifier)>,
+    /// A persistent datapath's maps, opened from their pins for the operation under way and
+    /// closed by `release_maps`: routerd holds no map descriptors between events, or a node
+    /// of 1,000 routers would need 20 per router more than many systems allow a process.
+    open_maps: BTreeMap<&'static str, Map>,
+}
+
+/// The programs on one interface. A persistent datapath holds no link descriptors (the
+/// pins hold the links: 8 descriptors a router less), so its link ids are `None`.
+struct Attachment {
+    name: String,
+    xdp: bool,
+    xdp_link: Option<XdpLinkId>,
+    tc_link: Option<SchedClassifierLinkId>,
 }
 
 /// Who a router's pins belong to: adopted only by a routerd running the same router in the
@@ -246,6 +259,7 @@ impl Datapath {
             writes: 0,
             links: BTreeMap::new(),
             pinned_programs: None,
+            open_maps: BTreeMap::new(),
         }
     }
 
@@ -334,6 +348,17 @@ impl Datapath {
             dp.load_programs()?;
             dp.pin_programs(&dir)?;
         }
+        // Kept for now (setup writes them all); `release_maps` closes them.
+        for name in map_names::ALL {
+            if let Some(map) = dp.ebpf.take_map(name) {
+                dp.open_maps.insert(name, map);
+            }
+        }
+        // The rest (per-CPU scratch, constants) only the programs use: they hold them.
+        let rest: Vec<String> = dp.ebpf.maps().map(|(name, _)| name.to_string()).collect();
+        for name in rest {
+            drop(dp.ebpf.take_map(&name));
+        }
         dp.pin_dir = Some(dir);
         dp.persistent = true;
         dp.adopted = adopt;
@@ -421,14 +446,22 @@ impl Datapath {
             let xdp_link = if mode == Mode::Xdp {
                 let (id, reused) = self.attach_xdp(name, *index)?;
                 adopted += usize::from(reused);
-                Some(id)
+                id
             } else {
                 self.drop_link_pin(*index, "xdp")?;
                 None
             };
             let (tc_link, reused) = self.attach_tc(name, *index)?;
             adopted += usize::from(reused);
-            self.links.insert(*index, (xdp_link, tc_link));
+            self.links.insert(
+                *index,
+                Attachment {
+                    name: name.clone(),
+                    xdp: mode == Mode::Xdp,
+                    xdp_link,
+                    tc_link,
+                },
+            );
         }
         if self.persistent {
             let wanted: Vec<String> = interfaces
@@ -461,7 +494,9 @@ impl Datapath {
     }
 
     /// Native XDP on `name`: the pinned link's program replaced, or a new link (pinned).
-    fn attach_xdp(&mut self, name: &str, index: u32) -> Result<(XdpLinkId, bool), Error> {
+    /// Returns the link (`None` for a persistent datapath: its pin holds it) and whether it
+    /// was adopted.
+    fn attach_xdp(&mut self, name: &str, index: u32) -> Result<(Option<XdpLinkId>, bool), Error> {
         let pin = self.link_pin(index, "xdp");
         let router = self.router.clone();
         let xdp = self.xdp_mut()?;
@@ -472,7 +507,11 @@ impl Datapath {
                 .and_then(|fd| XdpLink::try_from(fd).ok())
                 .and_then(|link| xdp.attach_to_link(link).ok());
             match adopted {
-                Some(id) => return Ok((id, true)),
+                // Its pin holds it: our descriptor is closed.
+                Some(id) => {
+                    drop(xdp.take_link(id));
+                    return Ok((None, true));
+                }
                 None => {
                     log::info!(
                         "router {router}: pinned XDP link of {name} is gone; attaching anew"
@@ -490,10 +529,20 @@ impl Datapath {
                 ),
                 source: Box::new(source),
             })?;
-        if pin.is_none() {
-            return Ok((id, false));
-        }
-        Ok((self.repin_xdp(index, id)?, false))
+        let Some(path) = pin else {
+            return Ok((Some(id), false));
+        };
+        let what = |e: String| {
+            Error::io(
+                format!("pinning {}", path.display()),
+                std::io::Error::other(e),
+            )
+        };
+        let link = xdp.take_link(id).map_err(|e| what(e.to_string()))?;
+        let fd = FdLink::try_from(link).map_err(|e| what(e.to_string()))?;
+        // The pin holds the link; dropping the returned handle only closes our descriptor.
+        fd.pin(&path).map_err(|e| what(e.to_string()))?;
+        Ok((None, false))
     }
 
     /// The TC entry on `name` (tcx ingress), adopted or new, like `attach_xdp`.
@@ -501,7 +550,7 @@ impl Datapath {
         &mut self,
         name: &str,
         index: u32,
-    ) -> Result<(SchedClassifierLinkId, bool), Error> {
+    ) -> Result<(Option<SchedClassifierLinkId>, bool), Error> {
         let pin = self.link_pin(index, "tc");
         let router = self.router.clone();
         let tc = self.tc_mut()?;
@@ -512,7 +561,10 @@ impl Datapath {
                 .and_then(|fd| SchedClassifierLink::try_from(fd).ok())
                 .and_then(|link| tc.attach_to_link(link).ok());
             match adopted {
-                Some(id) => return Ok((id, true)),
+                Some(id) => {
+                    drop(tc.take_link(id));
+                    return Ok((None, true));
+                }
                 None => {
                     log::info!("router {router}: pinned TC link of {name} is gone; attaching anew");
                     remove_pin(path)?;
@@ -530,23 +582,34 @@ impl Datapath {
                 what: format!("attaching TC (tcx ingress) to {name}"),
                 source: Box::new(source),
             })?;
-        if pin.is_none() {
-            return Ok((id, false));
-        }
-        Ok((self.repin_tc(index, id)?, false))
+        let Some(path) = pin else {
+            return Ok((Some(id), false));
+        };
+        let what = |e: String| {
+            Error::io(
+                format!("pinning {}", path.display()),
+                std::io::Error::other(e),
+            )
+        };
+        let link = tc.take_link(id).map_err(|e| what(e.to_string()))?;
+        let fd = FdLink::try_from(link).map_err(|e| what(e.to_string()))?;
+        fd.pin(&path).map_err(|e| what(e.to_string()))?;
+        Ok((None, false))
     }
 
     /// Detaches the programs from one interface and forgets it (the interface was removed
     /// from the router).
     pub fn detach_iface(&mut self, ifindex: u32) -> Result<(), Error> {
-        // Unpinned first: the link goes when its last file descriptor (ours) closes.
+        // A pinned link goes with its pin (routerd keeps no descriptor of it).
         self.drop_link_pin(ifindex, "xdp")?;
         self.drop_link_pin(ifindex, "tc")?;
-        if let Some((xdp_link, tc_link)) = self.links.remove(&ifindex) {
-            if let Some(link) = xdp_link {
+        if let Some(attached) = self.links.remove(&ifindex) {
+            if let Some(link) = attached.xdp_link {
                 let _ = self.xdp_mut()?.detach(link);
             }
-            let _ = self.tc_mut()?.detach(tc_link);
+            if let Some(link) = attached.tc_link {
+                let _ = self.tc_mut()?.detach(link);
+            }
         }
         self.remove_iface(ifindex)
     }
@@ -828,7 +891,11 @@ impl Datapath {
         for name in map_names::ALL {
             let path = dir.join(name);
             remove_pin(&path)?;
-            let map = self.map(name)?;
+            // Through the programs: `map` would look for the missing pin.
+            let map = match self.open_maps.remove(name) {
+                Some(map) => map,
+                None => self.map_of_programs(name)?,
+            };
             map.pin(&path).map_err(|source| Error::Pin {
                 what: format!("pinning {name} at {}", path.display()),
                 source: Box::new(source),
@@ -852,7 +919,11 @@ impl Datapath {
             if path.exists() {
                 continue;
             }
-            let map = self.map(name)?;
+            // Through the programs: `map` would look for the missing pin.
+            let map = match self.open_maps.remove(name) {
+                Some(map) => map,
+                None => self.map_of_programs(name)?,
+            };
             map.pin(&path).map_err(|source| Error::Pin {
                 what: format!("pinning {name} at {}", path.display()),
                 source: Box::new(source),
@@ -875,81 +946,75 @@ impl Datapath {
             })?;
             repaired.push(pin.to_string());
         }
-        let links: Vec<(u32, Option<XdpLinkId>, SchedClassifierLinkId)> =
-            std::mem::take(&mut self.links)
-                .into_iter()
-                .map(|(i, (x, t))| (i, x, t))
-                .collect();
-        for (index, xdp_id, tc_id) in links {
-            let xdp_id = match xdp_id {
-                Some(id)
-                    if !links_dir(&self.router)
-                        .join(format!("{index}_xdp"))
-                        .exists() =>
-                {
-                    repaired.push(format!("{index}_xdp"));
-                    Some(self.repin_xdp(index, id)?)
-                }
-                other => other,
-            };
-            let tc_id = if links_dir(&self.router).join(format!("{index}_tc")).exists() {
-                tc_id
-            } else {
+        // A link pin removed by hand took the link with it (routerd holds no descriptor):
+        // the interface is attached again. Until then the kernel's slow path forwards.
+        let attached: Vec<(u32, String, bool)> = self
+            .links
+            .iter()
+            .map(|(i, a)| (*i, a.name.clone(), a.xdp))
+            .collect();
+        for (index, name, xdp) in attached {
+            if xdp
+                && !links_dir(&self.router)
+                    .join(format!("{index}_xdp"))
+                    .exists()
+            {
+                self.attach_xdp(&name, index)?;
+                repaired.push(format!("{index}_xdp"));
+            }
+            if !links_dir(&self.router).join(format!("{index}_tc")).exists() {
+                self.attach_tc(&name, index)?;
                 repaired.push(format!("{index}_tc"));
-                self.repin_tc(index, tc_id)?
-            };
-            self.links.insert(index, (xdp_id, tc_id));
+            }
         }
         Ok(repaired)
     }
 
-    /// Pins XDP link `id` (taken from the program, pinned, handed back): a pinned link
-    /// outlives this process.
-    fn repin_xdp(&mut self, index: u32, id: XdpLinkId) -> Result<XdpLinkId, Error> {
-        let path = links_dir(&self.router).join(format!("{index}_xdp"));
-        let what = |e: String| {
-            Error::io(
-                format!("re-pinning {}", path.display()),
-                std::io::Error::other(e),
-            )
-        };
-        let xdp = self.xdp_mut()?;
-        let link = xdp.take_link(id).map_err(|e| what(e.to_string()))?;
-        let fd = FdLink::try_from(link).map_err(|e| what(e.to_string()))?;
-        let pinned = fd.pin(&path).map_err(|e| what(e.to_string()))?;
-        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| what(e.to_string()))?;
-        xdp.attach_to_link(link).map_err(|e| what(e.to_string()))
-    }
-
-    /// Pins TC link `id`, like `repin_xdp`.
-    fn repin_tc(
-        &mut self,
-        index: u32,
-        id: SchedClassifierLinkId,
-    ) -> Result<SchedClassifierLinkId, Error> {
-        let path = links_dir(&self.router).join(format!("{index}_tc"));
-        let what = |e: String| {
-            Error::io(
-                format!("re-pinning {}", path.display()),
-                std::io::Error::other(e),
-            )
-        };
-        let tc = self.tc_mut()?;
-        let link = tc.take_link(id).map_err(|e| what(e.to_string()))?;
-        let fd = FdLink::try_from(link).map_err(|e| what(e.to_string()))?;
-        let pinned = fd.pin(&path).map_err(|e| what(e.to_string()))?;
-        let link =
-            SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| what(e.to_string()))?;
-        tc.attach_to_link(link).map_err(|e| what(e.to_string()))
-    }
-
     fn map(&mut self, name: &str) -> Result<&mut Map, Error> {
-        self.ebpf.map_mut(name).ok_or_else(|| {
+        let invalid = || {
             Error::map(
                 name.to_string(),
                 aya::maps::MapError::InvalidName { name: name.into() },
             )
-        })
+        };
+        let pinned = map_names::ALL.iter().copied().find(|n| *n == name);
+        let (Some(name), Some(dir), true) = (pinned, &self.pin_dir, self.persistent) else {
+            return self.ebpf.map_mut(name).ok_or_else(invalid);
+        };
+        if !self.open_maps.contains_key(name) {
+            let path = dir.join(name);
+            let map = MapData::from_pin(&path)
+                .and_then(Map::from_map_data)
+                .map_err(|e| Error::map(format!("opening {}", path.display()), e))?;
+            self.open_maps.insert(name, map);
+        }
+        self.open_maps.get_mut(name).ok_or_else(invalid)
+    }
+
+    /// Closes the maps opened since the last call (see `open_maps`); the next operation
+    /// opens what it needs from the pins again.
+    pub fn release_maps(&mut self) {
+        self.open_maps.clear();
+    }
+
+    /// Map `name` found through the programs that use it (its pin is gone).
+    fn map_of_programs(&self, name: &str) -> Result<Map, Error> {
+        let infos = [self.xdp().info(), self.tc().info()];
+        for info in infos.into_iter().flatten() {
+            for id in info.map_ids().ok().flatten().unwrap_or_default() {
+                let named =
+                    aya::maps::MapInfo::from_id(id).is_ok_and(|m| m.name_as_str() == Some(name));
+                if named {
+                    return MapData::from_id(id)
+                        .and_then(Map::from_map_data)
+                        .map_err(|e| Error::map(format!("opening map {name} (id {id})"), e));
+                }
+            }
+        }
+        Err(Error::map(
+            name.to_string(),
+            aya::maps::MapError::InvalidName { name: name.into() },
+        ))
     }
 
     pub fn set_iface(&mut self, ifindex: u32, entry: IfaceEntry) -> Result<(), Error> {

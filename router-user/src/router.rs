@@ -1036,6 +1036,8 @@ impl RouterState {
         let mut gc = tokio::time::interval(GC_INTERVAL);
         let mut pins = tokio::time::interval(PIN_CHECK);
         loop {
+            // Maps are opened per event and closed here (see `Datapath::release_maps`).
+            self.datapath.release_maps();
             tokio::select! {
                 teardown = &mut *stop => {
                     return Ok(MirrorEnd::Stop { teardown: teardown.unwrap_or(false) });
