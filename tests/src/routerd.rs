@@ -114,6 +114,13 @@ impl Routerd {
         }
     }
 
+    /// Whether the daemon has exited (it never should on its own).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+
     /// The process id, for signalling from another thread.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())

@@ -201,14 +201,14 @@ impl ScaleTopology {
     /// Starts routerd on the desired state and waits (up to `timeout`) until it has started
     /// every router in it; returns it and the start time routerd reports, in ms.
     pub fn start_routerd(&self, timeout: Duration) -> (Routerd, u64) {
-        let routerd = Routerd::start_waiting(&self.config, &self.router_id(0), timeout);
-        let ms = wait_started(&routerd, timeout);
+        let mut routerd = Routerd::start_waiting(&self.config, &self.router_id(0), timeout);
+        let ms = wait_started(&mut routerd, timeout);
         (routerd, ms)
     }
 }
 
 /// Waits for routerd's "N router(s) started in M ms" and returns M.
-pub fn wait_started(routerd: &Routerd, timeout: Duration) -> u64 {
+pub fn wait_started(routerd: &mut Routerd, timeout: Duration) -> u64 {
     let deadline = Instant::now() + timeout;
     loop {
         let log = routerd.log_text();
@@ -218,6 +218,11 @@ pub fn wait_started(routerd: &Routerd, timeout: Duration) -> u64 {
         }) {
             return ms;
         }
+        assert!(
+            !routerd.exited(),
+            "routerd exited while starting its routers:\n{}",
+            tail(&log, 40)
+        );
         assert!(
             Instant::now() < deadline,
             "routerd did not start its routers in {timeout:?}:\n{}",
