@@ -633,22 +633,18 @@ impl Datapath {
             typed(self.map(map_names::FIP_STATS)?, "FIP_STATS")?;
         if stats.get(&fip, 0).is_err() {
             let cpus = nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
-            let zero = PerCpuValues::try_from(vec![FipStats::default(); cpus])
-                .map_err(|e| Error::io("per-CPU values", e))?;
-            stats
-                .insert(fip, zero, 0)
+            let zero = vec![FipStats::default(); cpus];
+            retry_short_of_memory(|| stats.insert(fip, PerCpuValues::try_from(zero.clone())?, 0))
                 .map_err(|e| Error::map("writing FIP_STATS", e))?;
         }
         let entry = |addr| FipEntry { addr, _pad: 0 };
         let mut by_fixed: HashMap<_, [u8; 4], FipEntry> =
             typed(self.map(map_names::FIP_BY_FIXED)?, "FIP_BY_FIXED")?;
-        by_fixed
-            .insert(fixed, entry(fip), 0)
+        retry_short_of_memory(|| by_fixed.insert(fixed, entry(fip), 0))
             .map_err(|e| Error::map("writing FIP_BY_FIXED", e))?;
         let mut by_address: HashMap<_, [u8; 4], FipEntry> =
             typed(self.map(map_names::FIP_BY_ADDRESS)?, "FIP_BY_ADDRESS")?;
-        by_address
-            .insert(fip, entry(fixed), 0)
+        retry_short_of_memory(|| by_address.insert(fip, entry(fixed), 0))
             .map_err(|e| Error::map("writing FIP_BY_ADDRESS", e))
     }
 
@@ -1029,11 +1025,11 @@ impl Datapath {
             typed(self.map(map_names::IFACE_STATS)?, "IFACE_STATS")?;
         if stats.get(&ifindex, 0).is_err() {
             let cpus = nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
-            let zero = PerCpuValues::try_from(vec![IfaceStats::default(); cpus])
-                .map_err(|e| Error::io("per-CPU values", e))?;
-            stats
-                .insert(ifindex, zero, 0)
-                .map_err(|e| Error::map(format!("IFACE_STATS[{ifindex}]"), e))?;
+            let zero = vec![IfaceStats::default(); cpus];
+            retry_short_of_memory(|| {
+                stats.insert(ifindex, PerCpuValues::try_from(zero.clone())?, 0)
+            })
+            .map_err(|e| Error::map(format!("IFACE_STATS[{ifindex}]"), e))?;
             self.writes += 1;
         }
         Ok(())
@@ -1117,8 +1113,7 @@ impl Datapath {
         let mut map: HashMap<_, NeighborKey, NeighborEntry> =
             typed(self.map(map_names::NEIGHBORS)?, "NEIGHBORS")?;
         let result = match entry {
-            Some(entry) => map
-                .insert(key, entry, 0)
+            Some(entry) => retry_short_of_memory(|| map.insert(key, entry, 0))
                 .map_err(|e| Error::map("writing NEIGHBORS", e)),
             None => {
                 let _ = map.remove(&key);
@@ -1251,6 +1246,35 @@ where
     T: TryFrom<&'a mut Map, Error = aya::maps::MapError>,
 {
     T::try_from(map).map_err(|e| Error::map(format!("map {name}"), e))
+}
+
+/// Runs a map write again while the kernel answers ENOMEM, for up to a second. Entries of
+/// the maps that are not preallocated come from caches the kernel refills in the
+/// background (per-CPU counters from the per-CPU allocator's atomic reserve): setting up
+/// hundreds of routers at once can find one empty for a moment (seen at about 800 routers:
+/// "percpu: allocation failed ... atomic alloc failed").
+fn retry_short_of_memory(
+    mut write: impl FnMut() -> Result<(), aya::maps::MapError>,
+) -> Result<(), aya::maps::MapError> {
+    let mut tries = 0;
+    loop {
+        match write() {
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOMEM) && tries < 100 =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => {
+                if tries > 0 {
+                    log::info!(
+                        "a per-CPU map write needed {tries} retries (kernel short of per-CPU memory)"
+                    );
+                }
+                return other;
+            }
+        }
+    }
 }
 
 fn remove_pin(path: &Path) -> Result<(), Error> {
