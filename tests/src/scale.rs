@@ -15,6 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::os::fd::AsRawFd as _;
+
 use crate::{desired::RouterText, routerd::Routerd, topo::unique};
 
 /// The external network's gateway: the external host of every sampled router.
@@ -238,36 +240,63 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Memory the kernel holds for BPF maps and programs open in process `pid` (the `memlock`
-/// of each descriptor's fdinfo), in bytes, and how many of each.
-pub fn bpf_memory(pid: u32) -> (u64, usize, usize) {
+/// Memory the kernel accounts to the BPF maps and programs pinned for `routers` (the
+/// `memlock` of each, as its fdinfo gives it), in bytes, and how many maps and programs.
+/// routerd keeps no map descriptors between events, so its own descriptors would miss them.
+pub fn pinned_bpf_memory(routers: &[String]) -> (u64, usize, usize) {
     let (mut bytes, mut maps, mut progs) = (0, 0, 0);
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return (0, 0, 0);
-    };
-    for fd in fds.flatten() {
-        let target = std::fs::read_link(fd.path()).unwrap_or_default();
-        let target = target.to_string_lossy();
-        let kind = if target.contains("bpf-map") {
-            &mut maps
-        } else if target.contains("bpf-prog") {
-            &mut progs
-        } else {
+    for router in routers {
+        let dir = router_user::paths::router_pin_dir(router);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
-        *kind += 1;
-        let info = std::fs::read_to_string(Path::new(&format!(
-            "/proc/{pid}/fdinfo/{}",
-            fd.file_name().to_string_lossy()
-        )))
-        .unwrap_or_default();
-        bytes += info
-            .lines()
-            .find_map(|l| l.strip_prefix("memlock:"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            let Some(fd) = bpf_obj_get(&entry.path()) else {
+                continue;
+            };
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+                .unwrap_or_default();
+            let field = |key: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .map(|v| v.trim().to_string())
+            };
+            if field("map_type:").is_some() {
+                maps += 1;
+            } else if field("prog_type:").is_some() {
+                progs += 1;
+            }
+            bytes += field("memlock:")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
     }
     (bytes, maps, progs)
+}
+
+/// A descriptor of the BPF object pinned at `path` (BPF_OBJ_GET).
+fn bpf_obj_get(path: &Path) -> Option<std::os::fd::OwnedFd> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags (the rest zero).
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    // SAFETY: `attr` outlives the call and is as large as the kernel reads; `path` is a
+    // valid NUL-terminated string for the duration of the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    // SAFETY: a new descriptor the kernel just gave us, owned from here on.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// A line of /proc/meminfo, in bytes.

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use router_tests::{
     probe::UdpStream,
-    scale::{EXT_HOST, ScaleTopology, bpf_memory, meminfo, rss},
+    scale::{EXT_HOST, ScaleTopology, meminfo, pinned_bpf_memory, rss},
     traffic,
 };
 use serde::Serialize;
@@ -53,6 +53,7 @@ struct Report {
     bpf_memlock_mib: f64,
     bpf_maps: usize,
     bpf_programs: usize,
+    routerd_fds: usize,
     node_memory_mib: f64,
     samples_forwarding: usize,
     samples: usize,
@@ -142,7 +143,9 @@ fn main() -> Result<()> {
     let pid = first.pid().context("routerd pid")?;
     let avail2 = meminfo("MemAvailable");
     let routerd_rss = rss(pid);
-    let (bpf_bytes, bpf_maps, bpf_programs) = bpf_memory(pid);
+    let ids: Vec<String> = (0..n).map(|i| topo.router_id(i)).collect();
+    let (bpf_bytes, bpf_maps, bpf_programs) = pinned_bpf_memory(&ids);
+    let routerd_fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
 
     let live: Vec<usize> = topo
         .samples
@@ -236,6 +239,7 @@ fn main() -> Result<()> {
         bpf_memlock_mib: mib(bpf_bytes),
         bpf_maps,
         bpf_programs,
+        routerd_fds,
         node_memory_mib: mib(avail1.saturating_sub(avail2)),
         samples_forwarding,
         samples: live.len(),
@@ -274,9 +278,10 @@ fn write_report(out: &PathBuf, r: &Report) -> Result<()> {
          | what | figure |\n|---|---|\n\
          | routers started (routerd's own figure, from the first to the last attached) | {start_s:.1} s ({start_per:.0} ms per router) |\n\
          | routerd started to every router attached (wall clock) | {wall:.1} s |\n\
-         | kernel memory of the BPF maps and programs (memlock of routerd's descriptors) | {bpf:.0} MiB ({bpf_per:.2} MiB per router; {maps} maps, {progs} programs) |\n\
+         | kernel memory of the pinned BPF maps and programs (their memlock; JIT images and BTF not included) | {bpf:.0} MiB ({bpf_per:.2} MiB per router; {maps} maps, {progs} programs) |\n\
          | node memory taken by starting the routers (MemAvailable before and after) | {node:.0} MiB ({node_per:.2} MiB per router) |\n\
          | routerd resident memory | {rss:.0} MiB |\n\
+         | routerd's open file descriptors | {fds} ({fds_per:.1} per router) |\n\
          | the namespaces and veth pairs themselves (not ours; built in {build:.0} s) | {topo_mem:.0} MiB |\n\
          | sampled routers forwarding (VM -> external host by SNAT, external host -> floating IP) | {fwd} of {samples} |\n\
          | add one router to {n} (SIGHUP to attached) | {add} ms |\n\
@@ -300,6 +305,8 @@ fn write_report(out: &PathBuf, r: &Report) -> Result<()> {
         node = r.node_memory_mib,
         node_per = per(r.node_memory_mib),
         rss = r.routerd_rss_mib,
+        fds = r.routerd_fds,
+        fds_per = per(r.routerd_fds as f64),
         build = r.topology_build_s,
         topo_mem = r.topology_memory_mib,
         fwd = r.samples_forwarding,
