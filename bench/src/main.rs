@@ -1,7 +1,9 @@
 //! `routerbench` (run by `cargo xtask bench`): the fast path and the Neutron iptables path
 //! side by side, in one run, written to `docs/benchmarks.{md,json}` with SVG plots.
 
+mod jitmap;
 mod micro;
+mod profile;
 mod rate;
 mod report;
 mod traffic;
@@ -25,6 +27,14 @@ struct Args {
     /// with `rate`.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Instead of the benchmarks: profile them with `perf record` (the per-packet runs, the
+    /// XDP and TC forwarding-rate runs, routerd applying 10k floating IPs) and write
+    /// profile.md and profile.json to `--out`. `--only micro,rate,control` picks sections.
+    #[arg(long)]
+    profile: bool,
+    /// Where `--profile` keeps its perf.data files.
+    #[arg(long, default_value = "target/profile")]
+    perf_data: std::path::PathBuf,
 }
 
 /// Everything one run measured.
@@ -92,6 +102,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         started: Instant::now(),
         step: 0,
     };
+    if args.profile {
+        return profile::run(
+            profile::Options {
+                out: args.out.clone(),
+                data: args.perf_data.clone(),
+                quick: args.quick,
+                only: args.only.clone(),
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+            },
+            &mut |what| progress.say(what),
+        );
+    }
     let mut results = Results {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         machine: report::machine(),

@@ -295,6 +295,88 @@ pub fn run_all(quick: bool, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Ve
     Ok(results)
 }
 
+/// One row looped for `routerbench --profile`: what it ran, and the kernel's own timing of
+/// those runs (the same figure the benchmark's row reports, here over the whole loop).
+#[derive(serde::Serialize, Clone, Debug)]
+pub struct LoopStats {
+    pub scenario: String,
+    pub entry: String,
+    pub method: String,
+    /// Program runs made in the loop.
+    pub runs: u64,
+    /// The kernel's mean time per run over the loop (`repeat`: per call / batch; single
+    /// runs: the mean of the runs, the slowest 1 % of each pass left out).
+    pub ns_per_packet: f64,
+    pub seconds: f64,
+}
+
+/// What [`profile_loops`] hands each row to: its label, and the loop to run.
+pub type ProfileHook<'a> =
+    dyn FnMut(&str, &mut dyn FnMut() -> anyhow::Result<LoopStats>) -> anyhow::Result<()> + 'a;
+
+/// For `routerbench --profile`: the baseline router of [`run_all`] (10 routes, 1 floating
+/// IP, 1,000 sessions; its own namespace, gone on return), every scenario checked as there,
+/// then each of `wanted` (scenario, `"xdp"`/`"tc"`, `"repeat"`/`"single-runs"`) run in a
+/// loop of whole passes for about `duration`, inside `around`, which is handed the row's
+/// label and the loop to call (a profiler starts before and stops after it). The runs are
+/// the benchmark's own (`Router::measure_row`: verdicts and counters checked on every pass);
+/// the host-speed probes are left out.
+pub fn profile_loops(
+    wanted: &[(&str, &str, &str)],
+    duration: std::time::Duration,
+    progress: &mut dyn FnMut(&str),
+    around: &mut ProfileHook<'_>,
+) -> anyhow::Result<()> {
+    let plan = Plan::new(false);
+    let tables = Tables {
+        routes: 10,
+        fips: 1,
+        sessions: 1_000,
+    };
+    let _ns = private_namespace(1);
+    let mut router = Router::new(&tables, &plan, "baseline", &spare_dev(0), progress)?;
+    let mut rows = Vec::new();
+    for entry in [Entry::Xdp, Entry::Tc] {
+        progress(&format!(
+            "profile: checking every scenario, {} (baseline)",
+            entry.name()
+        ));
+        rows.push((entry, router.check_scenarios(entry, &plan)?));
+    }
+    for &(scenario, entry_name, method) in wanted {
+        let (entry, row) = rows
+            .iter()
+            .filter(|(e, _)| e.name() == entry_name)
+            .flat_map(|(e, rows)| rows.iter().map(move |r| (*e, r)))
+            .find(|(_, r)| r.scenario == scenario && r.kind.method() == method)
+            .ok_or_else(|| anyhow!("no micro row {scenario} {entry_name} {method}"))?;
+        let label = format!("{scenario} {entry_name} {method}");
+        let router = &mut router;
+        let mut run_loop = || -> anyhow::Result<LoopStats> {
+            let start = std::time::Instant::now();
+            let (mut runs, mut ns_total) = (0u64, 0.0);
+            while start.elapsed() < duration {
+                let ns = router
+                    .measure_row(entry, row)
+                    .with_context(|| format!("{scenario} ({entry_name})"))?;
+                let made = row.kind.runs_made();
+                runs += made;
+                ns_total += ns * made as f64;
+            }
+            Ok(LoopStats {
+                scenario: scenario.into(),
+                entry: entry_name.into(),
+                method: method.into(),
+                runs,
+                ns_per_packet: ns_total / runs.max(1) as f64,
+                seconds: start.elapsed().as_secs_f64(),
+            })
+        };
+        around(&label, &mut run_loop)?;
+    }
+    Ok(())
+}
+
 /// A fresh namespace with the routers' three veth pairs and `spares` spare ones; the thread
 /// returns to its namespace, and everything in this one vanishes, when the guard drops.
 fn private_namespace(spares: usize) -> NetnsGuard {

@@ -32,6 +32,9 @@ const VM: Ipv4Addr = Ipv4Addr::new(10, 0, 255, 250);
 const VM_NO_FIP: Ipv4Addr = Ipv4Addr::new(10, 0, 255, 251);
 const QG: &str = "qg-bench";
 const QR: &str = "qr-bench";
+/// A spare veth pair in the generator's namespace (`Setup::attach_generator`).
+const SPARE: &str = "gen-spare0";
+const SPARE_PEER: &str = "gen-spare1";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -96,6 +99,9 @@ pub struct Setup {
     config: Option<PathBuf>,
     /// How long `iptables-restore` took (Neutron path).
     pub iptables_restore: Option<Duration>,
+    /// Whether `measure` attaches the generator's program to a spare interface first (see
+    /// `Generator::attach`; `routerbench --profile` only).
+    attach_generator: bool,
     /// Declared last: the namespaces go after everything in them.
     _namespaces: Namespaces,
 }
@@ -154,6 +160,7 @@ pub fn setup(path: Path, fips: usize) -> anyhow::Result<Setup> {
             mode: String::new(),
             config: None,
             iptables_restore: None,
+            attach_generator: false,
             _namespaces: namespaces,
         });
     }
@@ -283,6 +290,7 @@ pub fn setup(path: Path, fips: usize) -> anyhow::Result<Setup> {
         mode: if path == Path::Tc { "tc" } else { "xdp" }.into(),
         config,
         iptables_restore,
+        attach_generator: false,
         _namespaces: namespaces,
     })
 }
@@ -383,12 +391,35 @@ impl Setup {
         })
     }
 
+    /// From now on, `measure` attaches the generator's program to a spare interface of the
+    /// generator's namespace (made here, down, so no frame reaches it) before sending: see
+    /// `Generator::attach`. For `routerbench --profile`.
+    pub fn attach_generator(&mut self) {
+        if !self.attach_generator {
+            veth(SPARE, &self.gen_ns, SPARE_PEER, &self.gen_ns);
+            self.attach_generator = true;
+        }
+    }
+
     /// Offers `frame_bytes`-byte UDP frames in `flows` flows for `duration`.
     pub fn measure(
         &mut self,
         frame_bytes: u32,
         flows: u32,
         duration: Duration,
+    ) -> anyhow::Result<RateResult> {
+        self.measure_observed(frame_bytes, flows, duration, &mut |_| Ok(()))
+    }
+
+    /// As `measure`, calling `observe(true)` just before the measured traffic starts (after
+    /// the warm-up) and `observe(false)` once it has stopped: `routerbench --profile` turns
+    /// its profiler on and off there.
+    pub fn measure_observed(
+        &mut self,
+        frame_bytes: u32,
+        flows: u32,
+        duration: Duration,
+        observe: &mut dyn FnMut(bool) -> anyhow::Result<()>,
     ) -> anyhow::Result<RateResult> {
         let cfg = GenConfig {
             dst_mac: self.target_mac,
@@ -401,6 +432,9 @@ impl Setup {
             frame_len: frame_bytes,
         };
         let mut generator = within(&self.gen_ns, || Generator::new("eth0", cfg))?;
+        if self.attach_generator {
+            within(&self.gen_ns, || generator.attach(SPARE))?;
+        }
         // A short warm-up: caches, neighbour and conntrack state of a steady flow set.
         within(&self.gen_ns, || {
             generator.run_for(Duration::from_millis(100))
@@ -413,7 +447,10 @@ impl Setup {
         let pid = self.routerd.as_ref().and_then(Routerd::pid);
         let before = sink.packets()?;
         let run_before = pid.map(program_run_time);
-        let (sent, secs) = within(&self.gen_ns, || generator.run_for(duration))?;
+        observe(true)?;
+        let sent = within(&self.gen_ns, || generator.run_for(duration));
+        observe(false)?;
+        let (sent, secs) = sent?;
         // Frames still in flight arrive within milliseconds.
         std::thread::sleep(Duration::from_millis(50));
         let delivered = sink.packets()? - before;
@@ -506,6 +543,23 @@ impl Setup {
     /// routerd; returns the time
     /// routerd reports for the reload (reading and validating the file included).
     pub fn apply_floating_ips(&mut self, fips: usize, plus: usize) -> anyhow::Result<Duration> {
+        self.apply_floating_ips_observed(fips, plus, &mut |_| Ok(()))
+    }
+
+    /// The process id of this path's routerd, if it has one.
+    pub fn routerd_pid(&self) -> Option<u32> {
+        self.routerd.as_ref().and_then(Routerd::pid)
+    }
+
+    /// As `apply_floating_ips`, calling `observe(true)` just before the SIGHUP (the file is
+    /// written) and `observe(false)` as soon as routerd's log reports the reload (checked
+    /// every 10 ms): `routerbench --profile` turns its profiler on and off there.
+    pub fn apply_floating_ips_observed(
+        &mut self,
+        fips: usize,
+        plus: usize,
+        observe: &mut dyn FnMut(bool) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Duration> {
         let (Some(routerd), Some(config)) = (&self.routerd, &self.config) else {
             anyhow::bail!("not a routerd path");
         };
@@ -520,11 +574,13 @@ impl Setup {
         let marker = "routerd: reloaded in ";
         let applied = |log: &str| log.matches(marker).count();
         let before = applied(&routerd.log_text());
+        observe(true)?;
         routerd.reload();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let log = routerd.log_text();
             if applied(&log) > before {
+                observe(false)?;
                 let line = log
                     .lines()
                     .rev()
@@ -538,7 +594,10 @@ impl Setup {
                     .ok_or_else(|| anyhow::anyhow!("unparsable log line {line}"))?;
                 return Ok(Duration::from_micros(us));
             }
-            anyhow::ensure!(Instant::now() < deadline, "routerd did not apply: {log}");
+            if Instant::now() >= deadline {
+                observe(false)?;
+                anyhow::bail!("routerd did not apply: {log}");
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -26,7 +26,9 @@ pub fn write(dir: &Path, results: &Results) -> anyhow::Result<()> {
         dir.join("benchmarks.json"),
         serde_json::to_string_pretty(results)?,
     )?;
-    std::fs::write(dir.join("benchmarks.md"), markdown(results))?;
+    let md = dir.join("benchmarks.md");
+    let old = std::fs::read_to_string(&md).unwrap_or_default();
+    std::fs::write(&md, markdown(results, &old))?;
     if !results.scale.is_empty() {
         let mut series = Vec::new();
         for path in [rate::Path::Xdp, rate::Path::Tc, rate::Path::Neutron] {
@@ -93,11 +95,29 @@ fn mpps(pps: f64) -> String {
     format!("{:.3}", pps / 1e6)
 }
 
-fn markdown(r: &Results) -> String {
+/// Text between `<!-- kept: NAME -->` and `<!-- /kept -->` in `old`, markers included:
+/// hand-written text that a regenerated file carries over.
+pub fn kept_block(old: &str, name: &str) -> Option<String> {
+    let start_marker = format!("<!-- kept: {name} -->");
+    let start = old.find(&start_marker)?;
+    let end = old[start..].find("<!-- /kept -->")? + start + "<!-- /kept -->".len();
+    Some(old[start..end].to_string())
+}
+
+/// The report; `old` is the file it replaces, whose kept blocks it carries over.
+fn markdown(r: &Results, old: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Benchmarks\n");
     let _ = writeln!(s, "Command: `{}`  \nMachine: {}\n", r.command, r.machine);
     targets(&mut s, r);
+    let _ = writeln!(
+        s,
+        "Where the time goes, from `perf` profiles of these same workloads \
+         (`cargo xtask bench --profile`): [profile.md](profile.md).\n"
+    );
+    if let Some(block) = kept_block(old, "targets") {
+        let _ = writeln!(s, "{block}\n");
+    }
     if !r.micro.is_empty() {
         let _ = writeln!(
             s,
@@ -430,4 +450,20 @@ fn targets(s: &mut String, r: &Results) {
         );
     }
     let _ = writeln!(s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-written notes under the targets survive a regenerated report.
+    #[test]
+    fn targets_notes_are_carried_over() {
+        let notes = "<!-- kept: targets -->\nwhy not met\n<!-- /kept -->";
+        let old = format!("# Benchmarks\n\n## Targets\n\n| a |\n\n{notes}\n\n## Per-packet cost\n");
+        let new = markdown(&Results::default(), &old);
+        assert!(new.contains(&format!("[profile.md](profile.md).\n\n{notes}\n")));
+        assert_eq!(kept_block(&new, "targets").as_deref(), Some(notes));
+        assert!(!markdown(&Results::default(), "").contains("kept"));
+    }
 }

@@ -69,6 +69,18 @@ impl Generator {
         })
     }
 
+    /// Attaches the generator's program to `ifname` (of the calling thread's namespace; a
+    /// spare interface no frame reaches). An XDP program that is attached somewhere stays
+    /// in the kernel's XDP dispatcher; unattached, every test run with `repeat > 1` adds it
+    /// to the dispatcher and removes it again, each time patching the dispatcher's code
+    /// and waiting for an RCU grace period. Used by `routerbench --profile` to measure what
+    /// that costs the generator.
+    pub fn attach(&mut self, ifname: &str) -> anyhow::Result<()> {
+        let prog: &mut Xdp = program(&mut self.ebpf, names::GEN_PROG)?.try_into()?;
+        prog.attach(ifname, XdpMode::Driver)?;
+        Ok(())
+    }
+
     /// Sends frames for about `duration`; returns (frames sent, seconds taken).
     pub fn run_for(&mut self, duration: Duration) -> anyhow::Result<(u64, f64)> {
         let prog: &Xdp = self

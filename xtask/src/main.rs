@@ -75,9 +75,11 @@ enum Cmd {
     /// Build the seed-003 topology, run routerd on it, send traffic, print the counters.
     Demo,
     /// Run the benchmarks (fast path and Neutron iptables path side by side) and write
-    /// docs/benchmarks.md, docs/benchmarks.json and the plots.
+    /// docs/benchmarks.md, docs/benchmarks.json and the plots; with `--profile`, profile them
+    /// with perf instead and write docs/profile.md.
     Bench {
-        /// Extra arguments for routerbench (`--quick`, `--only rate,scale`, `--out DIR`).
+        /// Extra arguments for routerbench (`--quick`, `--only rate,scale`, `--out DIR`,
+        /// `--profile`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -398,6 +400,22 @@ fn demo() -> Result<()> {
 }
 
 fn bench(args: &[String]) -> Result<()> {
+    // `--profile` samples with perf (Debian's linux-perf), which nothing else needs.
+    if args.iter().any(|a| a == "--profile")
+        && output(Command::new("perf").arg("--version")).is_none()
+    {
+        step("installing linux-perf (for --profile)");
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "linux-perf",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
     let release = workspace().join("target/release");
     run(cargo()
         .args([
