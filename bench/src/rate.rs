@@ -304,7 +304,9 @@ fn routerd_config(id: &str, ns: &str, mode: &str, fips: &[FloatingIp]) -> String
         // The sink's XDP program makes the far end take XDP frames.
         interfaces: vec![(QR.into(), format!("{QR_IP}/16"), Some(true))],
         floating_ips: fips.iter().map(|f| (f.floating, f.fixed)).collect(),
-        extra: String::new(),
+        // Room for the largest run (10,001) whatever this one holds: the size is fixed
+        // when the maps are made, and a change of it would restart the router.
+        extra: "[router.nat]\nmax_floating_ips = 16384\n".into(),
     }
     .render()
 }

@@ -67,6 +67,15 @@ struct Attachment {
     tc_link: Option<SchedClassifierLinkId>,
 }
 
+/// Sizes of the maps the configuration sizes, fixed when the maps are created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TableSizes {
+    /// Entries of the session table (two per session).
+    pub session_entries: u32,
+    /// Entries of the floating-IP tables and their (preallocated, per-CPU) counters.
+    pub floating_ips: u32,
+}
+
 /// Who a router's pins belong to: adopted only by a routerd running the same router in the
 /// same namespace with the same map layouts. Kept beside the router's info file (bpffs holds
 /// only BPF objects).
@@ -78,9 +87,10 @@ pub struct Owner {
     pub netns_inode: u64,
     /// Changes whenever a shared map type changes size.
     pub layout: String,
-    /// Entries of the session table (set at creation: another size is another table).
+    /// Sizes of the tables sized by the configuration (set at creation: another size is
+    /// another table).
     #[serde(default)]
-    pub session_entries: u32,
+    pub sizes: TableSizes,
     /// The eBPF object the pinned programs were loaded from (see [`object_digest`]): the
     /// same object's programs are adopted without loading them again.
     #[serde(default)]
@@ -102,7 +112,7 @@ pub fn set_daemon_config(path: &Path) {
 
 impl Owner {
     /// The owner record of the calling thread's namespace.
-    pub fn current(namespace: &str, session_entries: u32) -> Result<Self, Error> {
+    pub fn current(namespace: &str, sizes: TableSizes) -> Result<Self, Error> {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata("/proc/thread-self/ns/net")
             .map_err(|e| Error::io("reading the network namespace", e))?;
@@ -110,7 +120,7 @@ impl Owner {
             namespace: namespace.to_string(),
             netns_inode: meta.ino(),
             layout: layout_signature(),
-            session_entries,
+            sizes,
             object: object_digest(),
             config: DAEMON_CONFIG.get().cloned().unwrap_or_default(),
         })
@@ -118,17 +128,13 @@ impl Owner {
 
     /// Whether a datapath pinned by `self` may be adopted by `other`.
     fn same_datapath(&self, other: &Owner) -> bool {
-        (
-            &self.namespace,
-            self.netns_inode,
-            &self.layout,
-            self.session_entries,
-        ) == (
-            &other.namespace,
-            other.netns_inode,
-            &other.layout,
-            other.session_entries,
-        )
+        (&self.namespace, self.netns_inode, &self.layout, self.sizes)
+            == (
+                &other.namespace,
+                other.netns_inode,
+                &other.layout,
+                other.sizes,
+            )
     }
 }
 
@@ -316,7 +322,7 @@ impl Datapath {
     /// directory: maps a previous routerd pinned for the same `owner` are taken over as they
     /// are (sessions, counters and all); pins of another owner are removed first. Nothing is
     /// attached yet (see `attach`, which adopts pinned links).
-    pub fn open(router: &str, session_entries: u32, owner: &Owner) -> Result<Self, Error> {
+    pub fn open(router: &str, sizes: TableSizes, owner: &Owner) -> Result<Self, Error> {
         let dir = crate::paths::router_pin_dir(router);
         let recorded: Option<Owner> = std::fs::read(owner_file(router))
             .ok()
@@ -332,7 +338,14 @@ impl Datapath {
         let paths: Vec<(&str, PathBuf)> =
             map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect();
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(map_names::SESSIONS, session_entries);
+        loader.map_max_entries(map_names::SESSIONS, sizes.session_entries);
+        for name in [
+            map_names::FIP_BY_ADDRESS,
+            map_names::FIP_BY_FIXED,
+            map_names::FIP_STATS,
+        ] {
+            loader.map_max_entries(name, sizes.floating_ips);
+        }
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }

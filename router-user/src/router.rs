@@ -183,6 +183,7 @@ impl RunningRouter {
         old.namespace == new.namespace
             && old.mode == new.mode
             && old.nat.max_sessions == new.nat.max_sessions
+            && old.nat.max_floating_ips == new.nat.max_floating_ips
             && gateway_ok
             && new.interfaces.iter().all(|i| {
                 // Allowed sources change live; anything else about an interface restarts.
@@ -472,9 +473,12 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
 
     // A routerd that ran this router before left its maps and links pinned: they are taken
     // over as they are (sessions, counters), and below only differences are written.
-    let session_entries = router.nat.max_sessions.saturating_mul(2);
-    let owner = crate::datapath::Owner::current(&router.namespace, session_entries)?;
-    let mut datapath = Datapath::open(&router.id, session_entries, &owner)?;
+    let sizes = crate::datapath::TableSizes {
+        session_entries: router.nat.max_sessions.saturating_mul(2),
+        floating_ips: router.nat.max_floating_ips,
+    };
+    let owner = crate::datapath::Owner::current(&router.namespace, sizes)?;
+    let mut datapath = Datapath::open(&router.id, sizes, &owner)?;
     let mut ifaces = BTreeMap::new();
     let mut infos = Vec::new();
     for (link, _, role, xdp_egress) in &links {

@@ -137,6 +137,8 @@ pub struct NatSettings {
     pub slow_path_snat_ports: PortRange,
     /// Sessions the table holds (each takes two map entries).
     pub max_sessions: u32,
+    /// Floating IPs the router's tables hold (their counters are preallocated).
+    pub max_floating_ips: u32,
     /// Most SNAT sessions one internal address may hold (0: no limit).
     pub snat_sessions_per_source: u32,
     /// Port of the metadata proxy in the router namespace.
@@ -156,6 +158,7 @@ impl Default for NatSettings {
                 max: 65535,
             },
             max_sessions: 65_536,
+            max_floating_ips: 1024,
             snat_sessions_per_source: 0,
             metadata_port: 9697,
             timeouts: crate::conntrack::Timeouts::default(),
@@ -332,6 +335,7 @@ struct FileNat {
     snat_ports: Option<String>,
     slow_path_snat_ports: Option<String>,
     max_sessions: Option<u32>,
+    max_floating_ips: Option<u32>,
     snat_sessions_per_source: Option<u32>,
     metadata_port: Option<u16>,
     timeouts: Option<FileTimeouts>,
@@ -624,7 +628,13 @@ fn validate_router(index: usize, r: &FileRouter) -> Result<Router, ConfigError> 
     )?;
     let firewall = firewall::validate_firewall(&at, r.firewall.as_ref())?;
     let nat = validate_nat(&at, r.nat.as_ref())?;
-    let floating_ips = validate_floating_ips(&at, &r.floating_ip, gateway.as_ref(), &interfaces)?;
+    let floating_ips = validate_floating_ips(
+        &at,
+        &r.floating_ip,
+        gateway.as_ref(),
+        &interfaces,
+        nat.max_floating_ips,
+    )?;
 
     Ok(Router {
         id: r.id.clone(),
@@ -771,15 +781,13 @@ fn validate_floating_ips(
     file: &[FileFloatingIp],
     gateway: Option<&Gateway>,
     interfaces: &[Interface],
+    max: u32,
 ) -> Result<Vec<FloatingIp>, ConfigError> {
-    if file.len() > router_common::MAX_FLOATING_IPS as usize {
+    if file.len() > max as usize {
         return Err(at.bad(
             "floating_ip",
             &format!("{} entries", file.len()),
-            &format!(
-                "a router holds at most {} floating IPs",
-                router_common::MAX_FLOATING_IPS
-            ),
+            &format!("more than nat.max_floating_ips ({max})"),
         ));
     }
     let mut out: Vec<FloatingIp> = Vec::with_capacity(file.len());
@@ -910,6 +918,12 @@ fn validate_nat(at: &Ctx, file: Option<&FileNat>) -> Result<NatSettings, ConfigE
             return Err(at.bad("nat.max_sessions", &n.to_string(), "must be 16 to 4194304"));
         }
         nat.max_sessions = n;
+    }
+    if let Some(n) = f.max_floating_ips {
+        if !(1..=65_536).contains(&n) {
+            return Err(at.bad("nat.max_floating_ips", &n.to_string(), "must be 1 to 65536"));
+        }
+        nat.max_floating_ips = n;
     }
     if let Some(n) = f.snat_sessions_per_source {
         if n > nat.max_sessions {

@@ -167,6 +167,9 @@ fn write_nat(s: &mut String, nat: &NatSettings) -> std::fmt::Result {
             nat.slow_path_snat_ports
         ));
     }
+    if nat.max_floating_ips != d.max_floating_ips {
+        keys.push(format!("max_floating_ips = {}", nat.max_floating_ips));
+    }
     if nat.max_sessions != d.max_sessions {
         keys.push(format!("max_sessions = {}", nat.max_sessions));
     }

@@ -1068,18 +1068,27 @@ fn more_floating_ips_than_a_router_holds_are_rejected() {
         let f = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + 10 + i);
         format!("[[router.floating_ip]]\naddress = \"{a}\"\nfixed = \"{f}\"\n")
     };
-    let router = |n: u32| {
-        let mut s = String::from(
+    let router = |n: u32, nat: &str| {
+        let mut s = format!(
             "[[router]]\nid = \"r1\"\nnamespace = \"ns1\"\n\
              [router.gateway]\ninterface = \"qg\"\naddress = \"172.16.0.2/16\"\nnexthop = \"172.16.0.1\"\n\
-             [[router.interface]]\nname = \"qr\"\naddress = \"10.128.0.1/16\"\n",
+             [[router.interface]]\nname = \"qr\"\naddress = \"10.128.0.1/16\"\n{nat}"
         );
         for i in 0..n {
             s += &fip(i);
         }
         s
     };
-    DesiredState::parse(&router(router_common::MAX_FLOATING_IPS)).expect("the most a router holds");
-    let e = err(&router(router_common::MAX_FLOATING_IPS + 1));
-    names(&e, "floating_ip", &["16385 entries", "at most 16384"]);
+    DesiredState::parse(&router(1024, "")).expect("the default holds 1024");
+    let e = err(&router(1025, ""));
+    names(
+        &e,
+        "floating_ip",
+        &["1025 entries", "more than nat.max_floating_ips (1024)"],
+    );
+    let state = DesiredState::parse(&router(1025, "[router.nat]\nmax_floating_ips = 2000\n"))
+        .expect("a larger table holds more");
+    assert_eq!(state.routers[0].nat.max_floating_ips, 2000);
+    let e = err(&router(1, "[router.nat]\nmax_floating_ips = 0\n"));
+    names(&e, "nat.max_floating_ips", &["must be 1 to 65536"]);
 }
