@@ -235,6 +235,24 @@ fn run(args: Args) -> anyhow::Result<()> {
                         floating_ips: n + 1,
                         millis: same.as_secs_f64() * 1e3,
                     });
+                    // Through the API, as an operator would: from none again.
+                    setup.apply_floating_ips(0, 0)?;
+                    let by_routerctl = setup.routerctl_apply(n)?;
+                    results.control.push(ControlResult {
+                        what: format!(
+                            "`routerctl apply -f` of {n} floating IPs, from none (command start to exit)"
+                        ),
+                        path: path.name().into(),
+                        floating_ips: n,
+                        millis: by_routerctl.as_secs_f64() * 1e3,
+                    });
+                    let again = setup.routerctl_apply(n)?;
+                    results.control.push(ControlResult {
+                        what: format!("`routerctl apply -f` of the same {n} floating IPs"),
+                        path: path.name().into(),
+                        floating_ips: n,
+                        millis: again.as_secs_f64() * 1e3,
+                    });
                 }
             }
         }

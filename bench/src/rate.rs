@@ -605,6 +605,41 @@ impl Setup {
     }
 }
 
+impl Setup {
+    /// `routerctl apply -f FILE` of a desired state with `fips` floating IPs, timed from
+    /// the command's start to its exit (process start, the API round trip, validation, the
+    /// atomic write of the state file and the apply). Returns the wall time.
+    pub fn routerctl_apply(&mut self, fips: usize) -> anyhow::Result<Duration> {
+        let (Some(routerd), Some(config)) = (&self.routerd, &self.config) else {
+            anyhow::bail!("not a routerd path");
+        };
+        let list: Vec<FloatingIp> = (0..fips).map(|i| floating_ip(i, fips)).collect();
+        let file = config.with_extension("apply.toml");
+        std::fs::write(
+            &file,
+            routerd_config(&self.router_id, &self.router_ns, &self.mode, &list),
+        )?;
+        let routerctl = router_tests::routerd::routerd_path().with_file_name("routerctl");
+        let started = Instant::now();
+        let out = std::process::Command::new(&routerctl)
+            .arg("--socket")
+            .arg(&routerd.socket)
+            .args(["apply", "-f"])
+            .arg(&file)
+            .output()?;
+        let took = started.elapsed();
+        let _ = std::fs::remove_file(&file);
+        if !out.status.success() {
+            anyhow::bail!(
+                "{} apply failed: {}",
+                routerctl.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(took)
+    }
+}
+
 /// Opens and closes TCP connections from `VM_NO_FIP` in `vm_ns` to a listener in `ext_ns`
 /// for `duration`; returns completed connections per second.
 fn connection_rate(ext_ns: &str, vm_ns: &str, duration: Duration) -> anyhow::Result<f64> {
