@@ -545,16 +545,7 @@ impl Datapath {
         let Some(path) = pin else {
             return Ok((Some(id), false));
         };
-        let what = |e: String| {
-            Error::io(
-                format!("pinning {}", path.display()),
-                std::io::Error::other(e),
-            )
-        };
-        let link = xdp.take_link(id).map_err(|e| what(e.to_string()))?;
-        let fd = FdLink::try_from(link).map_err(|e| what(e.to_string()))?;
-        // The pin holds the link; dropping the returned handle only closes our descriptor.
-        fd.pin(&path).map_err(|e| what(e.to_string()))?;
+        pin_link(xdp.take_link(id), &path)?;
         Ok((None, false))
     }
 
@@ -598,15 +589,7 @@ impl Datapath {
         let Some(path) = pin else {
             return Ok((Some(id), false));
         };
-        let what = |e: String| {
-            Error::io(
-                format!("pinning {}", path.display()),
-                std::io::Error::other(e),
-            )
-        };
-        let link = tc.take_link(id).map_err(|e| what(e.to_string()))?;
-        let fd = FdLink::try_from(link).map_err(|e| what(e.to_string()))?;
-        fd.pin(&path).map_err(|e| what(e.to_string()))?;
+        pin_link(tc.take_link(id), &path)?;
         Ok((None, false))
     }
 
@@ -1288,6 +1271,25 @@ fn retry_short_of_memory(
             }
         }
     }
+}
+
+/// Pins a link just taken from its program at `path`. The pin holds the link; dropping the
+/// handle afterwards only closes our descriptor.
+fn pin_link<L>(link: Result<L, aya::programs::ProgramError>, path: &Path) -> Result<(), Error>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    let what = |e: String| {
+        Error::io(
+            format!("pinning {}", path.display()),
+            std::io::Error::other(e),
+        )
+    };
+    let link = link.map_err(|e| what(e.to_string()))?;
+    let fd = FdLink::try_from(link).map_err(|e| what(e.to_string()))?;
+    fd.pin(path).map_err(|e| what(e.to_string()))?;
+    Ok(())
 }
 
 fn remove_pin(path: &Path) -> Result<(), Error> {
