@@ -11,7 +11,7 @@ mod traffic;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rate::{Path, RateResult, TcpResult};
+use rate::{FipConnectionResult, Path, RateResult, TcpResult};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -47,6 +47,7 @@ pub struct Results {
     pub rate: Vec<RateResult>,
     pub tcp: Vec<TcpResult>,
     pub scale: Vec<RateResult>,
+    pub floating_ip_connections: Vec<FipConnectionResult>,
     pub control: Vec<ControlResult>,
     pub updates: Vec<UpdateResult>,
 }
@@ -253,6 +254,16 @@ fn run(args: Args) -> anyhow::Result<()> {
                         floating_ips: n,
                         millis: again.as_secs_f64() * 1e3,
                     });
+                }
+                if wants("scale") {
+                    // Last: it detaches the sink the rate runs above need.
+                    progress.say(&format!(
+                        "scale: {}, {n} floating IPs, new TCP connections",
+                        path.name()
+                    ));
+                    results
+                        .floating_ip_connections
+                        .push(setup.floating_ip_connections(duration)?);
                 }
             }
         }

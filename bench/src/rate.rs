@@ -318,30 +318,19 @@ pub struct TcpResult {
     /// iperf3, VM (as its floating IP) -> external host.
     pub throughput_gbps: f64,
     /// Connections opened and closed per second, VM address without a floating IP (default
-    /// SNAT) -> external host.
+    /// SNAT) -> external host, `CONNECTING_CLIENTS` clients at once.
     pub snat_connections_per_sec: f64,
+    /// SYNs the clients sent again meanwhile (each costs its client a second).
+    pub syn_retransmits: u64,
+    /// Packets the router did not forward meanwhile, by reason (fast paths only).
+    pub not_forwarded: std::collections::BTreeMap<String, u64>,
 }
 
 impl Setup {
     /// iperf3 from the VM to the external host, then a connect/close loop through SNAT.
-    /// The sink is detached first and the VM's veth gets GRO instead, as a VM's port would
-    /// look: an XDP program on the VM's veth (the sink) makes TCP through it far slower
-    /// (seen: 388 instead of 7,670 connections/s in XDP mode). Call it last.
+    /// Call it last: see `tcp_ready`.
     pub fn tcp(&mut self, duration: Duration) -> anyhow::Result<TcpResult> {
-        self.sink = None;
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.vm_ns,
-                "ethtool",
-                "-K",
-                "eth0",
-                "gro",
-                "on",
-            ],
-        );
+        self.tcp_ready();
         let server = Command::new("ip")
             .args([
                 "netns",
@@ -385,12 +374,88 @@ impl Setup {
         let bps = v["end"]["sum_received"]["bits_per_second"]
             .as_f64()
             .unwrap_or(0.0);
-        let rate = connection_rate(&self.gen_ns, &self.vm_ns, duration)?;
+        let connections =
+            self.connections_through((&self.vm_ns, VM_NO_FIP), (&self.gen_ns, EXT_HOST), duration)?;
         Ok(TcpResult {
             path: self.path,
             throughput_gbps: bps / 1e9,
-            snat_connections_per_sec: rate,
+            snat_connections_per_sec: connections.per_sec,
+            syn_retransmits: connections.syn_retransmits,
+            not_forwarded: connections.not_forwarded,
         })
+    }
+
+    /// New TCP connections per second from the external host to the VM's floating IP (the
+    /// last configured, last in Neutron's chains). Call it last: see `tcp_ready`.
+    pub fn floating_ip_connections(
+        &mut self,
+        duration: Duration,
+    ) -> anyhow::Result<FipConnectionResult> {
+        self.tcp_ready();
+        let connections = self.connections_through(
+            (&self.gen_ns, EXT_HOST),
+            (&self.vm_ns, self.target_ip),
+            duration,
+        )?;
+        Ok(FipConnectionResult {
+            path: self.path,
+            floating_ips: self.floating_ips,
+            connections_per_sec: connections.per_sec,
+            syn_retransmits: connections.syn_retransmits,
+            not_forwarded: connections.not_forwarded,
+        })
+    }
+
+    /// What the router did not forward, by reason, summed over its interfaces (empty for
+    /// the Neutron path).
+    fn not_forwarded(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut by_reason = std::collections::BTreeMap::new();
+        if self.routerd.is_some() {
+            for row in router_user::stats::collect(Some(&self.router_id)).unwrap_or_default() {
+                for (reason, n) in row.reasons {
+                    *by_reason.entry(reason).or_default() += n;
+                }
+            }
+        }
+        by_reason
+    }
+
+    /// `connection_rate`, with what the router did not forward meanwhile.
+    fn connections_through(
+        &self,
+        client: (&str, Ipv4Addr),
+        server: (&str, Ipv4Addr),
+        duration: Duration,
+    ) -> anyhow::Result<ConnectionRate> {
+        let before = self.not_forwarded();
+        let mut rate = connection_rate(client, server, duration)?;
+        for (reason, n) in self.not_forwarded() {
+            let n = n.saturating_sub(before.get(&reason).copied().unwrap_or(0));
+            if n > 0 {
+                rate.not_forwarded.insert(reason, n);
+            }
+        }
+        Ok(rate)
+    }
+
+    /// Detaches the sink and gives the VM's veth GRO instead, as a VM's port would look:
+    /// an XDP program on the VM's veth (the sink) makes TCP through it far slower (seen:
+    /// 388 instead of 7,670 connections/s in XDP mode). `measure` has no sink afterwards.
+    fn tcp_ready(&mut self) {
+        self.sink = None;
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.vm_ns,
+                "ethtool",
+                "-K",
+                "eth0",
+                "gro",
+                "on",
+            ],
+        );
     }
 
     /// From now on, `measure` attaches the generator's program to a spare interface of the
@@ -640,59 +705,170 @@ impl Setup {
     }
 }
 
-/// Opens and closes TCP connections from `VM_NO_FIP` in `vm_ns` to a listener in `ext_ns`
-/// for `duration`; returns completed connections per second.
-fn connection_rate(ext_ns: &str, vm_ns: &str, duration: Duration) -> anyhow::Result<f64> {
+/// Clients opening connections at once: one client's rate is bound by its round trips
+/// (handshake, then close), not by the path.
+pub const CONNECTING_CLIENTS: usize = 4;
+/// Threads accepting them: one alone falls behind four clients.
+const ACCEPTING_THREADS: usize = 2;
+
+/// New TCP connections per second to a floating IP, with this many configured.
+#[derive(Clone, Debug, Serialize)]
+pub struct FipConnectionResult {
+    pub path: Path,
+    pub floating_ips: usize,
+    /// `CONNECTING_CLIENTS` clients at once, external host -> floating IP -> VM.
+    pub connections_per_sec: f64,
+    /// SYNs the clients sent again meanwhile (each costs its client a second).
+    pub syn_retransmits: u64,
+    /// Packets the router did not forward meanwhile, by reason (fast paths only).
+    pub not_forwarded: std::collections::BTreeMap<String, u64>,
+}
+
+/// A new-connection rate and the SYNs the clients had to send again.
+struct ConnectionRate {
+    per_sec: f64,
+    syn_retransmits: u64,
+    not_forwarded: std::collections::BTreeMap<String, u64>,
+}
+
+/// Opens and closes TCP connections from `client` (namespace, source address) to a
+/// listener in `server`'s namespace at `server`'s address, `CONNECTING_CLIENTS` at once,
+/// for `duration`.
+///
+/// The client closes first and the listener closes when it reads the client's end, so the
+/// TIME_WAIT is the client's: a listener closing first keeps each 4-tuple in TIME_WAIT, and
+/// a later SYN that reuses one (the translated source ports repeat) waits out a 1 s SYN
+/// retransmit, which made one-second runs vary several-fold on any path.
+fn connection_rate(
+    client: (&str, Ipv4Addr),
+    server: (&str, Ipv4Addr),
+    duration: Duration,
+) -> anyhow::Result<ConnectionRate> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn, sockopt};
     use router_tests::traffic::{in_ns, join};
+    use std::io::Read;
     use std::net::{SocketAddrV4, TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ((client_ns, client_addr), (server_ns, server_addr)) = (client, server);
     let port = 5300;
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stopped = stop.clone();
-    let server = in_ns(ext_ns, move || {
-        let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind");
-        let _ = ready_tx.send(());
-        // Blocking accepts: a polling accept lets the SYN backlog overflow.
-        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Ok((s, _)) = listener.accept() {
-                drop(s);
-            }
+    let listener = join(in_ns(server_ns, move || -> nix::Result<TcpListener> {
+        let sock = socket::socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        socket::setsockopt(&sock, sockopt::ReuseAddr, &true)?;
+        socket::bind(
+            sock.as_raw_fd(),
+            &SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)),
+        )?;
+        // The clients outrun the listener at times; an accept queue that overflows drops a
+        // SYN, and every client waits out a 1 s retransmit.
+        socket::listen(&sock, socket::Backlog::MAXCONN)?;
+        // Accept wakes every 100 ms to see `stop`.
+        let tick = nix::sys::time::TimeVal::new(0, 100_000);
+        socket::setsockopt(&sock, sockopt::ReceiveTimeout, &tick)?;
+        Ok(TcpListener::from(sock))
+    }))
+    .map_err(|e| anyhow::anyhow!("the connection-rate listener in {server_ns}: {e}"))?;
+    let listener = Arc::new(listener);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acceptors: Vec<_> = (0..ACCEPTING_THREADS)
+        .map(|_| {
+            let (listener, stop) = (listener.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((mut s, _)) = listener.accept() {
+                        // Until the client's FIN (or a stalled client's 100 ms).
+                        let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+                        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+                    }
+                }
+            })
+        })
+        .collect();
+    let syn_retransmits = || -> anyhow::Result<u64> {
+        let ns = client_ns.to_string();
+        join(in_ns(client_ns, move || tcp_ext_counter("TCPSynRetrans")))
+            .map_err(|e| anyhow::anyhow!("reading {ns}'s TCP counters: {e}"))
+    };
+    // Every client port lingers in TIME_WAIT for a minute; at tens of thousands of
+    // connections a second the default 28,000 ephemeral ports would run out within the run.
+    join(in_ns(client_ns, || -> std::io::Result<()> {
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535")?;
+        std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1")
+    }))
+    .map_err(|e| anyhow::anyhow!("widening {client_ns}'s ports: {e}"))?;
+    let retransmits_before = syn_retransmits()?;
+    let to = SockaddrIn::from(SocketAddrV4::new(server_addr, port));
+    let from = SockaddrIn::from(SocketAddrV4::new(client_addr, 0));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..CONNECTING_CLIENTS)
+        .map(|_| {
+            in_ns(client_ns, move || -> nix::Result<u64> {
+                let mut done = 0u64;
+                while started.elapsed() < duration {
+                    let sock = socket::socket(
+                        AddressFamily::Inet,
+                        SockType::Stream,
+                        SockFlag::empty(),
+                        None,
+                    )?;
+                    // The port is picked at connect, where TIME_WAIT ports may be reused.
+                    socket::setsockopt(&sock, sockopt::IpBindAddressNoPort, &true)?;
+                    socket::bind(sock.as_raw_fd(), &from)?;
+                    if socket::connect(sock.as_raw_fd(), &to).is_ok() {
+                        done += 1;
+                    }
+                    drop(TcpStream::from(sock));
+                }
+                Ok(done)
+            })
+        })
+        .collect();
+    let mut done = 0u64;
+    let mut failed = None;
+    for client in clients {
+        match join(client) {
+            Ok(n) => done += n,
+            Err(e) => failed = Some(e),
         }
-    });
-    ready_rx.recv_timeout(Duration::from_secs(5))?;
-    let client = in_ns(vm_ns, move || {
-        let to = SocketAddrV4::new(EXT_HOST, port);
-        let started = Instant::now();
-        let mut done = 0u64;
-        while started.elapsed() < duration {
-            let sock = nix::sys::socket::socket(
-                nix::sys::socket::AddressFamily::Inet,
-                nix::sys::socket::SockType::Stream,
-                nix::sys::socket::SockFlag::empty(),
-                None,
-            )
-            .expect("socket");
-            let from = nix::sys::socket::SockaddrIn::from(SocketAddrV4::new(VM_NO_FIP, 0));
-            nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&sock), &from).expect("bind");
-            let stream = TcpStream::from(sock);
-            let addr = nix::sys::socket::SockaddrIn::from(to);
-            if nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&stream), &addr).is_ok() {
-                done += 1;
-            }
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    acceptors.into_iter().for_each(join);
+    if let Some(e) = failed {
+        anyhow::bail!("a connecting client failed: {e}");
+    }
+    Ok(ConnectionRate {
+        per_sec: done as f64 / elapsed.as_secs_f64(),
+        syn_retransmits: syn_retransmits()?.saturating_sub(retransmits_before),
+        not_forwarded: Default::default(),
+    })
+}
+
+/// A `TcpExt` counter of the calling thread's network namespace (`/proc/thread-self`: the
+/// thread may have entered another namespace than the process's).
+fn tcp_ext_counter(name: &str) -> std::io::Result<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/netstat")?;
+    let mut lines = text.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if !names.starts_with("TcpExt:") {
+            continue;
         }
-        done as f64 / started.elapsed().as_secs_f64()
-    });
-    let rate = join(client);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    // One last connection wakes the blocked accept.
-    let _ = join(in_ns(vm_ns, move || {
-        TcpStream::connect_timeout(
-            &SocketAddrV4::new(EXT_HOST, port).into(),
-            Duration::from_secs(2),
-        )
-    }));
-    join(server);
-    Ok(rate)
+        if let Some((_, v)) = names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == name)
+        {
+            return v.parse().map_err(std::io::Error::other);
+        }
+    }
+    Err(std::io::Error::other(format!("no TcpExt {name}")))
 }
 
 /// Replaces `path` by renaming a complete temporary file over it, so routerd never reads a

@@ -190,15 +190,20 @@ fn markdown(r: &Results, old: &str) -> String {
     if !r.tcp.is_empty() {
         let _ = writeln!(
             s,
-            "\n## TCP\n\n| path | iperf3 VM -> external (Gbit/s) | new SNAT connections/s |\n|---|---|---|"
+            "\n## TCP\n\nNew connections: {} clients at once, each connecting and closing in a loop; \
+             a SYN sent again costs its client a second.\n\n\
+             | path | iperf3 VM -> external (Gbit/s) | new SNAT connections/s | SYNs sent again | router: not forwarded |\n|---|---|---|---|---|",
+            rate::CONNECTING_CLIENTS
         );
         for t in &r.tcp {
             let _ = writeln!(
                 s,
-                "| {} | {:.2} | {:.0} |",
+                "| {} | {:.2} | {:.0} | {} | {} |",
                 t.path.name(),
                 t.throughput_gbps,
-                t.snat_connections_per_sec
+                t.snat_connections_per_sec,
+                t.syn_retransmits,
+                by_reason(t.path, &t.not_forwarded)
             );
         }
     }
@@ -219,6 +224,26 @@ fn markdown(r: &Results, old: &str) -> String {
                 x.floating_ips,
                 x.flows,
                 mpps(x.delivered_pps)
+            );
+        }
+    }
+    if !r.floating_ip_connections.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n## Floating IPs: new TCP connections as their number grows\n\n\
+             External host -> the last floating IP configured -> VM, {} clients at once.\n\n\
+             | path | floating IPs | new connections/s | SYNs sent again | router: not forwarded |\n|---|---|---|---|---|",
+            rate::CONNECTING_CLIENTS
+        );
+        for c in &r.floating_ip_connections {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} | {} | {} |",
+                c.path.name(),
+                c.floating_ips,
+                c.connections_per_sec,
+                c.syn_retransmits,
+                by_reason(c.path, &c.not_forwarded)
             );
         }
     }
@@ -450,6 +475,21 @@ fn targets(s: &mut String, r: &Results) {
         );
     }
     let _ = writeln!(s);
+}
+
+/// `reason count, ...`, "none" when empty, "-" for the Neutron path (no router counters).
+fn by_reason(path: rate::Path, counts: &std::collections::BTreeMap<String, u64>) -> String {
+    if path == rate::Path::Neutron {
+        return "-".into();
+    }
+    if counts.is_empty() {
+        return "none".into();
+    }
+    counts
+        .iter()
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
