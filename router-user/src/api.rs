@@ -430,6 +430,8 @@ pub struct RouterSummary {
     pub floating_ips: usize,
     /// Whether routerd runs it (its fast path attached and followed).
     pub running: bool,
+    /// Why it does not run, when its start failed: routerd tries it again.
+    pub start_error: Option<String>,
 }
 
 /// `router_show`.
@@ -439,6 +441,8 @@ pub struct RouterDetail {
     pub namespace: String,
     pub mode: String,
     pub running: bool,
+    /// Why it does not run, when its start failed: routerd tries it again.
+    pub start_error: Option<String>,
     /// The internal interfaces, in file order.
     pub interfaces: Vec<InterfaceEntry>,
     pub gateway: Option<GatewayEntry>,
@@ -542,6 +546,8 @@ pub struct NatEntry {
 pub struct Live {
     /// By router id.
     pub routers: BTreeMap<String, RouterInfo>,
+    /// Routers whose start failed, by id: why. routerd tries them again.
+    pub waiting: BTreeMap<String, String>,
 }
 
 impl Live {
@@ -1578,6 +1584,7 @@ fn router_summary(r: &Router, live: &Live) -> RouterSummary {
         gateway: gateway_entry(r, live),
         floating_ips: r.floating_ips.len(),
         running: live.info(&r.id).is_some(),
+        start_error: live.waiting.get(&r.id).cloned(),
     }
 }
 
@@ -1605,6 +1612,7 @@ fn router_detail(r: &Router, live: &Live) -> RouterDetail {
         namespace: r.namespace.clone(),
         mode: r.mode.to_string(),
         running: info.is_some(),
+        start_error: live.waiting.get(&r.id).cloned(),
         interfaces,
         gateway: gateway_entry(r, live),
         external_subnets: r
@@ -2428,7 +2436,7 @@ table = "vfw"
                 "id": "r1", "namespace": "ns1", "mode": "xdp", "interfaces": ["qr-a", "qr-fw"],
                 "gateway": {"interface": "qg-1", "address": "198.18.0.2/24", "nexthop": "198.18.0.1",
                             "snat": true, "xdp_egress": null, "ifindex": null},
-                "floating_ips": 1, "running": false
+                "floating_ips": 1, "running": false, "start_error": null
             }])))
         );
         let show = answer(&s, json!({"op": "router_show"}));
@@ -2441,6 +2449,7 @@ table = "vfw"
             "namespace",
             "mode",
             "running",
+            "start_error",
             "interfaces",
             "gateway",
             "external_subnets",
@@ -2494,6 +2503,7 @@ table = "vfw"
                 },
             )]
             .into(),
+            ..Live::default()
         };
         let Ok(Plan::Answer(show)) = plan_with(
             &s,
@@ -2508,6 +2518,29 @@ table = "vfw"
         assert_eq!(show["interfaces"][0]["ifindex"], 7);
         assert_eq!(show["interfaces"][0]["xdp_egress"], false);
         assert_eq!(show["interfaces"][1]["ifindex"], Value::Null);
+        assert_eq!(show["start_error"], Value::Null);
+        // A router whose start failed: not running, and why.
+        let live = Live {
+            waiting: [("r1".to_string(), "interface qr-a is missing".to_string())].into(),
+            ..Live::default()
+        };
+        for request in [
+            Request::RouterList,
+            Request::RouterShow {
+                router: "r1".into(),
+            },
+        ] {
+            let Ok(Plan::Answer(answer)) = plan_with(&s, &request, &live) else {
+                panic!("{request:?} answers");
+            };
+            let r = if answer.is_array() {
+                &answer[0]
+            } else {
+                &answer
+            };
+            assert_eq!(r["running"], false);
+            assert_eq!(r["start_error"], "interface qr-a is missing");
+        }
     }
 
     #[test]

@@ -1006,7 +1006,7 @@ fn neutron_router_and_floating_ip_verbs() {
     assert_eq!(
         api.query(json!({"op": "router_list"})),
         json!([{"id": r, "namespace": router_ns, "mode": "xdp", "interfaces": [],
-                "gateway": null, "floating_ips": 0, "running": true}])
+                "gateway": null, "floating_ips": 0, "running": true, "start_error": null}])
     );
     let out = api.ctl_ok(&["router", "list"]);
     let row: Vec<&str> = out
@@ -1384,6 +1384,7 @@ fn neutron_router_and_floating_ip_verbs() {
             "routes",
             "rules",
             "running",
+            "start_error",
             "tables"
         ]
     );

@@ -295,3 +295,109 @@ fn a_netlink_overrun_is_caught_up() {
         routerd.log_text()
     );
 }
+
+/// A router whose port is missing when routerd starts (a node booting, an agent still
+/// plugging ports) waits: routerd and the other router run, `router list` says why it
+/// waits, an edit of the other router goes through meanwhile, and the router starts on its
+/// own once the port appears, forwarding in the fast path.
+#[test]
+fn a_router_that_cannot_start_waits_and_starts_when_its_port_appears() {
+    use router_user::api::Request;
+    let one = RouterTopology::build("tc");
+    let two = RouterTopology::build("tc");
+    let config = std::env::temp_dir().join(format!("faults-wait-{}.toml", one.router_id));
+    let text = format!(
+        "{}\n{}",
+        std::fs::read_to_string(&one.config).expect("config one"),
+        std::fs::read_to_string(&two.config).expect("config two")
+    );
+    std::fs::write(&config, text).expect("writing config");
+    // Router two's port qr-b is not there (under another name) when routerd starts.
+    ip(&["-n", &two.router_ns, "link", "set", "qr-b", "down"]);
+    ip(&[
+        "-n",
+        &two.router_ns,
+        "link",
+        "set",
+        "qr-b",
+        "name",
+        "unplugged-b",
+    ]);
+    let socket = std::env::temp_dir().join(format!("routerd-{}-wait.sock", one.router_id));
+    let routerd = Routerd::start_with_socket(&config, &one.router_id, &socket);
+    let before = traffic::forwarded_by_kernel(&one.router_ns);
+    assert!(traffic::ping(&one.vm_a_ns, VM_B, 2), "router one forwards");
+    assert_eq!(
+        traffic::forwarded_by_kernel(&one.router_ns),
+        before,
+        "router one forwards in the fast path"
+    );
+
+    let mut client = Client::connect(&socket).expect("connecting to routerd");
+    let status_of_two = |client: &mut Client| {
+        let list = client.call(&Request::RouterList).expect("router_list");
+        list.as_array()
+            .and_then(|routers| routers.iter().find(|r| r["id"] == two.router_id.as_str()))
+            .cloned()
+            .expect("router two listed")
+    };
+    let waiting = status_of_two(&mut client);
+    assert_eq!(waiting["running"], false, "{waiting}");
+    let why = waiting["start_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("qr-b"),
+        "start_error names the port: {waiting}"
+    );
+
+    // An edit of router one is not held up by router two.
+    let fip = serde_json::json!({
+        "op": "fip_create", "router": one.router_id, "address": "198.18.0.10", "fixed": "10.0.1.5"
+    });
+    let response = client.call_line(&fip.to_string()).expect("fip_create");
+    assert!(response.ok, "fip_create for router one: {response:?}");
+    assert!(
+        traffic::ping(&one.ext_ns, [198, 18, 0, 10], 2),
+        "router one's new floating IP answers"
+    );
+
+    // The port appears: router two starts within its retry delay (1, 2, 4 s so far).
+    ip(&[
+        "-n",
+        &two.router_ns,
+        "link",
+        "set",
+        "unplugged-b",
+        "name",
+        "qr-b",
+    ]);
+    ip(&["-n", &two.router_ns, "link", "set", "qr-b", "up"]);
+    assert!(
+        within(
+            Duration::from_secs(12),
+            || status_of_two(&mut client)["running"] == true
+        ),
+        "router two did not start:\n{}",
+        routerd.log_text()
+    );
+    assert_eq!(
+        status_of_two(&mut client)["start_error"],
+        serde_json::Value::Null
+    );
+    let before = traffic::forwarded_by_kernel(&two.router_ns);
+    assert!(traffic::ping(&two.vm_a_ns, VM_B, 2), "router two forwards");
+    assert_eq!(
+        traffic::forwarded_by_kernel(&two.router_ns),
+        before,
+        "router two forwards in the fast path"
+    );
+    let log = routerd.log_text();
+    assert!(
+        log.contains(&format!(
+            "router {}: interface qr-b does not exist in namespace {}; the router did not start",
+            two.router_id, two.router_ns
+        )) && log.contains(&format!("router {} started after", two.router_id)),
+        "not reported:\n{log}"
+    );
+    drop(routerd);
+    let _ = std::fs::remove_file(&config);
+}

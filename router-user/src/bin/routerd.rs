@@ -10,19 +10,23 @@
 //! applying fails, the previous file and running state are restored and the request fails.
 //! Requests and signals are handled one at a time by the main loop, which owns the state
 //! and the running routers.
+//!
+//! A router that cannot start (its namespace or a port not there yet, as on a node still
+//! booting) waits and is tried again, every second at first and then less often, without
+//! stopping routerd or the other routers; `router list` and `router show` say why it waits.
 
 use std::{
     io::Write as _,
     os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use clap::Parser;
 use router_user::{
     Error,
     api::{self, ChangeResult, Plan, Request, Response},
-    config::DesiredState,
+    config::{DesiredState, Router},
     router::{RunningRouter, Writes},
 };
 use tokio::{
@@ -130,17 +134,16 @@ fn run(args: Args) -> Result<(), Error> {
         None => None,
     };
     router_user::datapath::set_daemon_config(&config);
-    // Routers started so far are stopped (dropped) if a later one fails.
     raise_file_limit();
     let started = Instant::now();
     let mut running = Vec::new();
-    for result in RunningRouter::start_all(state.routers.clone(), start_parallelism()) {
-        running.push(result?);
-    }
+    let mut waiting = Waiting::default();
+    start_routers(state.routers.clone(), &mut running, &mut waiting);
     log::info!(
-        "routerd: {} router(s) started in {} ms",
+        "routerd: {} router(s) started in {} ms; {} waiting",
         running.len(),
-        started.elapsed().as_millis()
+        started.elapsed().as_millis(),
+        waiting.len()
     );
     // Routers pinned by an earlier routerd that the desired state no longer has.
     for id in router_user::datapath::pinned_routers_of(&config) {
@@ -167,6 +170,8 @@ fn run(args: Args) -> Result<(), Error> {
         let server = tokio::spawn(socket.serve(jobs_tx));
         let metrics = metrics
             .map(|l| tokio::spawn(router_user::metrics::serve(l, Some(config.clone()))));
+        let mut retry = tokio::time::interval(RETRY_TICK);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 _ = term.recv() => { log::info!("routerd: SIGTERM; the fast paths keep running"); break }
@@ -174,13 +179,20 @@ fn run(args: Args) -> Result<(), Error> {
                 _ = hup.recv() => match (Instant::now(), DesiredState::load(&config)) {
                     (started, Ok(new)) => {
                         state = new.clone();
-                        let _ = reload(&mut running, new, started).await;
+                        let _ = reload(&mut running, &mut waiting, new, started).await;
                     }
                     (_, Err(e)) => log::error!("routerd: SIGHUP: {e}; nothing changed"),
                 },
                 Some((request, reply)) = jobs.recv() => {
-                    let response = handle(&request, &mut state, &mut running, &config).await;
+                    let response =
+                        handle(&request, &mut state, &mut running, &mut waiting, &config).await;
                     let _ = reply.send(response);
+                }
+                _ = retry.tick(), if !waiting.is_empty() => {
+                    let due = waiting.due(Instant::now());
+                    if !due.is_empty() {
+                        start_routers(due, &mut running, &mut waiting);
+                    }
                 }
             }
         }
@@ -205,6 +217,7 @@ async fn handle(
     request: &Request,
     state: &mut DesiredState,
     running: &mut Vec<RunningRouter>,
+    waiting: &mut Waiting,
     config: &Path,
 ) -> Response {
     let started = Instant::now();
@@ -214,6 +227,7 @@ async fn handle(
             .iter()
             .map(|r| (r.desired.id.clone(), r.info.clone()))
             .collect(),
+        waiting: waiting.reasons(),
     };
     let plan = match api::plan_with(state, request, &live) {
         Ok(plan) => plan,
@@ -249,7 +263,7 @@ async fn handle(
         changed.join(", ")
     );
     let old = std::mem::replace(state, new.clone());
-    let outcome = reload(running, new.clone(), started).await;
+    let outcome = reload(running, waiting, new.clone(), started).await;
     if outcome.failures.is_empty() {
         log::info!(
             "routerd: API {op}: applied; {} map and {} kernel writes",
@@ -273,7 +287,7 @@ async fn handle(
     if let Err(e) = restored {
         problems.push(format!("restoring {}: {e}", config.display()));
     }
-    problems.extend(roll_back(running, &old, &new, &outcome.failed_live, config).await);
+    problems.extend(roll_back(running, waiting, &old, &new, &outcome.failed_live, config).await);
     if problems.is_empty() {
         log::info!("routerd: API {op}: previous state restored");
         Response::failure(format!(
@@ -300,6 +314,7 @@ async fn handle(
 /// not start leave no pins. Returns what failed.
 async fn roll_back(
     running: &mut Vec<RunningRouter>,
+    waiting: &mut Waiting,
     old: &DesiredState,
     new: &DesiredState,
     failed_live: &[String],
@@ -318,7 +333,11 @@ async fn roll_back(
             Err(e) => problems.push(e.to_string()),
         }
     }
-    problems.extend(reload(running, old.clone(), Instant::now()).await.failures);
+    problems.extend(
+        reload(running, waiting, old.clone(), Instant::now())
+            .await
+            .failures,
+    );
     let pinned = router_user::datapath::pinned_routers_of(config);
     for r in &new.routers {
         if old.router(&r.id).is_none()
@@ -643,6 +662,125 @@ fn raise_file_limit() {
     }
 }
 
+/// Starts `routers` (several at once), adding those that start to `running` and the
+/// others to `waiting`. Returns the failures: (index in `routers`, error).
+fn start_routers(
+    routers: Vec<Router>,
+    running: &mut Vec<RunningRouter>,
+    waiting: &mut Waiting,
+) -> Vec<(usize, String)> {
+    let mut failed = Vec::new();
+    let results = RunningRouter::start_all(routers.clone(), start_parallelism());
+    for (i, (router, result)) in routers.into_iter().zip(results).enumerate() {
+        match result {
+            Ok(r) => {
+                if let Some(attempts) = waiting.started(&router.id) {
+                    log::info!(
+                        "routerd: router {} started after {attempts} failed attempt(s)",
+                        router.id
+                    );
+                }
+                running.push(r);
+            }
+            Err(e) => {
+                failed.push((i, e.to_string()));
+                waiting.failed(router, &e);
+            }
+        }
+    }
+    failed
+}
+
+/// How often waiting routers are looked at; each is tried again when its delay is over.
+const RETRY_TICK: Duration = Duration::from_secs(1);
+/// The delay after a router's first failed start; it doubles with each failure after that.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_LONGEST: Duration = Duration::from_secs(30);
+
+/// Routers of the desired state whose start failed, tried again after a delay that grows
+/// from `RETRY_FIRST` to `RETRY_LONGEST`, until they start or leave the desired state.
+#[derive(Default)]
+struct Waiting {
+    by_id: std::collections::BTreeMap<String, WaitingRouter>,
+}
+
+struct WaitingRouter {
+    router: Router,
+    error: String,
+    /// Failed starts of `router` as it is (a changed router counts afresh).
+    attempts: u32,
+    next_try: Instant,
+}
+
+impl Waiting {
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Whether `router`, exactly as it is, is waiting.
+    fn has(&self, router: &Router) -> bool {
+        self.by_id
+            .get(&router.id)
+            .is_some_and(|w| w.router == *router)
+    }
+
+    /// Records a failed start of `router`, and when to try it again.
+    fn failed(&mut self, router: Router, error: &Error) {
+        let attempts = match self.by_id.get(&router.id) {
+            Some(w) if w.router == router => w.attempts.saturating_add(1),
+            _ => 1,
+        };
+        let delay = RETRY_FIRST
+            .saturating_mul(1 << (attempts - 1).min(16))
+            .min(RETRY_LONGEST);
+        // The error names the router.
+        log::error!(
+            "routerd: {error}; the router did not start and waits, tried again in {} s",
+            delay.as_secs()
+        );
+        self.by_id.insert(
+            router.id.clone(),
+            WaitingRouter {
+                router,
+                error: error.to_string(),
+                attempts,
+                next_try: Instant::now() + delay,
+            },
+        );
+    }
+
+    /// Forgets router `id`, started at last; returns its failed attempts if it was waiting.
+    fn started(&mut self, id: &str) -> Option<u32> {
+        self.by_id.remove(id).map(|w| w.attempts)
+    }
+
+    /// Forgets the routers `state` no longer has; a changed router waits as it is now.
+    fn retain_desired(&mut self, state: &DesiredState) {
+        self.by_id.retain(|id, _| state.router(id).is_some());
+    }
+
+    /// The routers whose delay is over at `now`.
+    fn due(&self, now: Instant) -> Vec<Router> {
+        self.by_id
+            .values()
+            .filter(|w| w.next_try <= now)
+            .map(|w| w.router.clone())
+            .collect()
+    }
+
+    /// Why each waits, by router id (for `router list` and `router show`).
+    fn reasons(&self) -> std::collections::BTreeMap<String, String> {
+        self.by_id
+            .iter()
+            .map(|(id, w)| (id.clone(), w.error.clone()))
+            .collect()
+    }
+}
+
 /// What a reload did.
 #[derive(Default)]
 struct Outcome {
@@ -657,9 +795,16 @@ struct Outcome {
 /// Brings the running routers to `new`: live changes where possible, a restart of one
 /// router where not (a new interface, another mode), start and stop for added and removed
 /// routers. A router that fails keeps running as it was (a live change that failed may
-/// have been applied in part). Returns what failed and what was written.
+/// have been applied in part); a router that does not start waits (`Waiting`). Returns
+/// what failed, except routers already waiting as they are, and what was written.
 /// `started`: when the file began to be read (the reload time reported includes parsing).
-async fn reload(running: &mut Vec<RunningRouter>, new: DesiredState, started: Instant) -> Outcome {
+async fn reload(
+    running: &mut Vec<RunningRouter>,
+    waiting: &mut Waiting,
+    new: DesiredState,
+    started: Instant,
+) -> Outcome {
+    waiting.retain_desired(&new);
     let mut failures = Vec::new();
     let mut failed_live = Vec::new();
     let mut writes = Writes::default();
@@ -691,6 +836,7 @@ async fn reload(running: &mut Vec<RunningRouter>, new: DesiredState, started: In
                     wanted.id
                 );
                 let old = router.desired.clone();
+                let wanted_again = wanted.clone();
                 router.stop();
                 match RunningRouter::start(wanted) {
                     Ok(r) => {
@@ -703,8 +849,8 @@ async fn reload(running: &mut Vec<RunningRouter>, new: DesiredState, started: In
                         match RunningRouter::start(old) {
                             Ok(r) => kept.push(r),
                             Err(e) => {
-                                log::error!("routerd: {e}");
                                 failures.push(e.to_string());
+                                waiting.failed(wanted_again, &e);
                             }
                         }
                     }
@@ -718,16 +864,17 @@ async fn reload(running: &mut Vec<RunningRouter>, new: DesiredState, started: In
         .filter(|wanted| !kept.iter().any(|r| r.desired.id == wanted.id))
         .cloned()
         .collect();
-    for result in RunningRouter::start_all(added, start_parallelism()) {
-        match result {
-            Ok(r) => {
-                writes += r.start_writes;
-                kept.push(r);
-            }
-            Err(e) => {
-                log::error!("routerd: {e}");
-                failures.push(e.to_string());
-            }
+    // A router already waiting as it is failing again is not news: it does not fail
+    // this reload (an API edit of another router goes through).
+    let news: Vec<bool> = added.iter().map(|r| !waiting.has(r)).collect();
+    let before = kept.len();
+    let failed = start_routers(added, &mut kept, waiting);
+    for r in &kept[before..] {
+        writes += r.start_writes;
+    }
+    for (i, e) in failed {
+        if news[i] {
+            failures.push(e);
         }
     }
     *running = kept;

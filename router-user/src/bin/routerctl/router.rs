@@ -197,6 +197,14 @@ fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.into()
 }
 
+/// The RUNNING column: yes, no, or "waiting: ERROR" when the start failed and is retried.
+fn running_text(running: bool, start_error: Option<&str>) -> String {
+    match (running, start_error) {
+        (false, Some(e)) => format!("waiting: {e}"),
+        _ => yes_no(running),
+    }
+}
+
 fn gateway_text(g: &Option<GatewayEntry>) -> String {
     g.as_ref().map_or_else(|| "-".into(), |g| g.address.clone())
 }
@@ -212,7 +220,7 @@ fn list(routers: Vec<RouterSummary>) -> String {
                 dash_if_empty(&r.interfaces),
                 gateway_text(&r.gateway),
                 r.floating_ips.to_string(),
-                yes_no(r.running),
+                running_text(r.running, r.start_error.as_deref()),
             ]
         })
         .collect();
@@ -272,7 +280,11 @@ fn show(r: RouterDetail) -> String {
         r.id,
         r.namespace,
         r.mode,
-        if r.running { "running" } else { "not running" }
+        match (r.running, &r.start_error) {
+            (true, _) => "running".to_string(),
+            (false, Some(e)) => format!("waiting to start (tried again; last error: {e})"),
+            (false, None) => "not running".to_string(),
+        }
     );
     let xdp = |x: Option<bool>| {
         x.map_or_else(
