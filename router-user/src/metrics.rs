@@ -9,6 +9,10 @@ use std::{
     fmt::Write as _,
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -63,6 +67,8 @@ pub struct Snapshot {
     pub routers: Vec<RouterMetrics>,
     /// Routers whose maps could not be read this time (being torn down, say).
     pub errors: u64,
+    /// Routers of the desired state whose start failed; routerd tries them again.
+    pub waiting: u64,
 }
 
 // ---- collection ------------------------------------------------------------------------
@@ -285,6 +291,12 @@ pub fn families(s: &Snapshot) -> Vec<Family> {
         "Routers whose maps could not be read in this scrape.",
     );
     errors.add(&[], s.errors);
+    let mut waiting = Family::new(
+        "routerd_routers_waiting",
+        Gauge,
+        "Routers of the desired state that do not run because their start failed; routerd tries them again (routerctl router list says why).",
+    );
+    waiting.add(&[], s.waiting);
     let mut packets = Family::new(
         "router_interface_packets_total",
         Counter,
@@ -454,6 +466,7 @@ pub fn families(s: &Snapshot) -> Vec<Family> {
         up,
         routers,
         errors,
+        waiting,
         packets,
         bytes,
         reasons,
@@ -536,12 +549,13 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
 }
 
 /// Serves `GET /metrics` until aborted, one task per connection; each scrape collects
-/// afresh (on a blocking thread) the routers of `config`'s routerd.
-pub async fn serve(listener: TcpListener, config: Option<PathBuf>) {
+/// afresh (on a blocking thread) the routers of `config`'s routerd. `waiting`: how many
+/// routers wait to start, as routerd keeps it.
+pub async fn serve(listener: TcpListener, config: Option<PathBuf>, waiting: Arc<AtomicU64>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, config.clone()));
+                tokio::spawn(connection(stream, config.clone(), waiting.clone()));
             }
             Err(e) => {
                 log::warn!("metrics: accept: {e}");
@@ -555,7 +569,7 @@ pub async fn serve(listener: TcpListener, config: Option<PathBuf>) {
 const MAX_HEAD: usize = 8192;
 
 /// One request, one response, then the connection closes.
-async fn connection(mut stream: TcpStream, config: Option<PathBuf>) {
+async fn connection(mut stream: TcpStream, config: Option<PathBuf>, waiting: Arc<AtomicU64>) {
     let head = match tokio::time::timeout(Duration::from_secs(5), read_head(&mut stream)).await {
         Ok(Some(head)) => head,
         _ => return,
@@ -569,12 +583,18 @@ async fn connection(mut stream: TcpStream, config: Option<PathBuf>) {
             }
             ("GET" | "HEAD", "/") => ("200 OK", PLAIN, "routerd: metrics at /metrics\n".into()),
             ("GET" | "HEAD", _) => {
-                let page = tokio::task::spawn_blocking(move || render(&collect(config.as_deref())))
-                    .await
-                    .unwrap_or_else(|e| {
-                        log::error!("metrics: collection failed: {e}");
-                        String::new()
-                    });
+                let waiting = waiting.load(Ordering::Relaxed);
+                let page = tokio::task::spawn_blocking(move || {
+                    render(&Snapshot {
+                        waiting,
+                        ..collect(config.as_deref())
+                    })
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    log::error!("metrics: collection failed: {e}");
+                    String::new()
+                });
                 ("200 OK", CONTENT_TYPE, page)
             }
             _ => ("405 Method Not Allowed", PLAIN, "GET or HEAD\n".into()),
@@ -712,6 +732,7 @@ mod tests {
                 },
             ],
             errors: 0,
+            waiting: 1,
         }
     }
 
@@ -773,6 +794,7 @@ mod tests {
         for expected in [
             "routerd_up 1",
             "routerd_routers 2",
+            "routerd_routers_waiting 1",
             r#"router_interface_packets_total{router="r\"1",interface="qr-a",role="internal",verdict="forwarded"} 10"#,
             r#"router_interface_bytes_total{router="r\"1",interface="qr-a",role="internal",verdict="dropped"} 120"#,
             r#"router_interface_reason_packets_total{router="r\"1",interface="qr-a",reason="fw_deny"} 2"#,
@@ -808,6 +830,7 @@ mod tests {
         let text = render(&Snapshot::default());
         assert!(text.contains("routerd_up 1\n"));
         assert!(text.contains("routerd_routers 0\n"));
+        assert!(text.contains("routerd_routers_waiting 0\n"));
         assert_eq!(
             text.matches("# TYPE ").count(),
             families(&Snapshot::default()).len()

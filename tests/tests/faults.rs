@@ -323,8 +323,17 @@ fn a_router_that_cannot_start_waits_and_starts_when_its_port_appears() {
         "name",
         "unplugged-b",
     ]);
-    let socket = std::env::temp_dir().join(format!("routerd-{}-wait.sock", one.router_id));
-    let routerd = Routerd::start_with_socket(&config, &one.router_id, &socket);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let routerd = Routerd::start_with_args(
+        &config,
+        &one.router_id,
+        &["--metrics", &format!("127.0.0.1:{port}")],
+    );
+    // The socket `start_with_args` gives routerd.
+    let socket = std::env::temp_dir().join(format!("routerd-{}.sock", one.router_id));
     let before = traffic::forwarded_by_kernel(&one.router_ns);
     assert!(traffic::ping(&one.vm_a_ns, VM_B, 2), "router one forwards");
     assert_eq!(
@@ -348,6 +357,7 @@ fn a_router_that_cannot_start_waits_and_starts_when_its_port_appears() {
         why.contains("qr-b"),
         "start_error names the port: {waiting}"
     );
+    assert_eq!(routers_waiting(port), 1, "the metrics gauge");
 
     // An edit of router one is not held up by router two.
     let fip = serde_json::json!({
@@ -383,6 +393,7 @@ fn a_router_that_cannot_start_waits_and_starts_when_its_port_appears() {
         status_of_two(&mut client)["start_error"],
         serde_json::Value::Null
     );
+    assert_eq!(routers_waiting(port), 0, "the metrics gauge");
     let before = traffic::forwarded_by_kernel(&two.router_ns);
     assert!(traffic::ping(&two.vm_a_ns, VM_B, 2), "router two forwards");
     assert_eq!(
@@ -400,4 +411,21 @@ fn a_router_that_cannot_start_waits_and_starts_when_its_port_appears() {
     );
     drop(routerd);
     let _ = std::fs::remove_file(&config);
+}
+
+/// `routerd_routers_waiting` from routerd's metrics endpoint on `port`.
+fn routers_waiting(port: u16) -> u64 {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
+    let mut page = String::new();
+    stream.read_to_string(&mut page).expect("response");
+    page.lines()
+        .find_map(|l| l.strip_prefix("routerd_routers_waiting "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no routerd_routers_waiting in:\n{page}"))
 }

@@ -168,11 +168,18 @@ fn run(args: Args) -> Result<(), Error> {
         let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::io("SIGHUP handler", e))?;
         let (jobs_tx, mut jobs) = mpsc::channel::<Job>(64);
         let server = tokio::spawn(socket.serve(jobs_tx));
-        let metrics = metrics
-            .map(|l| tokio::spawn(router_user::metrics::serve(l, Some(config.clone()))));
+        let waiting_gauge = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let metrics = metrics.map(|l| {
+            tokio::spawn(router_user::metrics::serve(
+                l,
+                Some(config.clone()),
+                waiting_gauge.clone(),
+            ))
+        });
         let mut retry = tokio::time::interval(RETRY_TICK);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
+            waiting_gauge.store(waiting.len() as u64, std::sync::atomic::Ordering::Relaxed);
             tokio::select! {
                 _ = term.recv() => { log::info!("routerd: SIGTERM; the fast paths keep running"); break }
                 _ = int.recv() => { log::info!("routerd: SIGINT; the fast paths keep running"); break }
