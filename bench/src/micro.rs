@@ -1660,7 +1660,6 @@ mod tests {
     /// The reason most rows are single runs: with `repeat`, the kernel hands the program
     /// the frame its previous repetition rewrote.
     #[test]
-    #[ignore = "needs root; loads the router into a private namespace"]
     fn repeat_runs_on_the_rewritten_frame() {
         let _ns = private_namespace(1);
         let tables = Tables {
