@@ -6,7 +6,6 @@ mod micro;
 mod profile;
 mod rate;
 mod report;
-mod traffic;
 
 use std::time::{Duration, Instant};
 

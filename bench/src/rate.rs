@@ -22,7 +22,7 @@ use router_tests::{
 };
 use serde::Serialize;
 
-use crate::traffic::{Generator, Sink};
+use bench::traffic::{Generator, Sink};
 
 pub const SINK_PORT: u16 = 9;
 const EXT_HOST: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -504,7 +504,7 @@ impl Setup {
         }
         // A short warm-up: caches, neighbour and conntrack state of a steady flow set.
         within(&self.gen_ns, || {
-            generator.run_for(Duration::from_millis(100))
+            generator.run_for(Duration::from_millis(100), None)
         })?;
         std::thread::sleep(Duration::from_millis(50));
         let sink = self
@@ -515,7 +515,7 @@ impl Setup {
         let before = sink.packets()?;
         let run_before = pid.map(program_run_time);
         observe(true)?;
-        let sent = within(&self.gen_ns, || generator.run_for(duration));
+        let sent = within(&self.gen_ns, || generator.run_for(duration, None));
         observe(false)?;
         let (sent, secs) = sent?;
         // Frames still in flight arrive within milliseconds.

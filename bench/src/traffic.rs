@@ -33,9 +33,20 @@ impl Sink {
 
     /// Test frames received so far.
     pub fn packets(&mut self) -> anyhow::Result<u64> {
+        Ok(self.counts()?.packets)
+    }
+
+    /// Test frames and their bytes (whole frames) received so far, over every CPU.
+    pub fn counts(&mut self) -> anyhow::Result<SinkStats> {
         let stats: PerCpuArray<_, SinkStats> =
             PerCpuArray::try_from(map(&mut self.ebpf, names::SINK_STATS)?)?;
-        Ok(stats.get(&0, 0)?.iter().map(|s| s.packets).sum())
+        Ok(stats
+            .get(&0, 0)?
+            .iter()
+            .fold(SinkStats::default(), |all, s| SinkStats {
+                packets: all.packets + s.packets,
+                bytes: all.bytes + s.bytes,
+            }))
     }
 }
 
@@ -81,8 +92,19 @@ impl Generator {
         Ok(())
     }
 
-    /// Sends frames for about `duration`; returns (frames sent, seconds taken).
-    pub fn run_for(&mut self, duration: Duration) -> anyhow::Result<(u64, f64)> {
+    /// Sends frames for about `duration`, `rate` frames per second on average when given
+    /// (as fast as it can otherwise); returns (frames sent, seconds taken).
+    ///
+    /// Unpaced, each test run sends a chunk sized to last about 50 ms (a syscall per frame
+    /// would be the bottleneck). Paced, each test run sends what the schedule owes by then
+    /// (at line speed) and the generator sleeps while it is ahead: the bursts are as long
+    /// as a test run takes, 1 ms with the program attached somewhere, tens of milliseconds
+    /// unattached (see `attach`).
+    pub fn run_for(&mut self, duration: Duration, rate: Option<u64>) -> anyhow::Result<(u64, f64)> {
+        anyhow::ensure!(
+            rate != Some(0),
+            "a rate of 0 frames per second sends nothing"
+        );
         let prog: &Xdp = self
             .ebpf
             .program(names::GEN_PROG)
@@ -93,9 +115,19 @@ impl Generator {
         ctx[12..16].copy_from_slice(&self.ifindex.to_ne_bytes());
         let start = Instant::now();
         let mut sent = 0u64;
-        // Chunks of ~50 ms keep the duration honest without a syscall per frame.
         let mut chunk: u32 = 20_000;
         while start.elapsed() < duration {
+            if let Some(rate) = rate {
+                let rate = rate as f64;
+                // Owed by now, counting the frame due at the start.
+                let owed = (start.elapsed().as_secs_f64() * rate) as u64 + 1;
+                if owed <= sent {
+                    let next = Duration::from_secs_f64((sent + 1) as f64 / rate);
+                    std::thread::sleep(next.saturating_sub(start.elapsed()));
+                    continue;
+                }
+                chunk = (owed - sent).min(u64::from(MAX_CHUNK)) as u32;
+            }
             let t = Instant::now();
             let opts = TestRunOptions {
                 data_in: Some(&self.frame),
@@ -106,12 +138,17 @@ impl Generator {
             };
             prog.test_run(opts)?;
             sent += u64::from(chunk);
-            let took = t.elapsed().as_secs_f64().max(1e-6);
-            chunk = ((f64::from(chunk) * 0.05 / took) as u32).clamp(1_000, 2_000_000);
+            if rate.is_none() {
+                let took = t.elapsed().as_secs_f64().max(1e-6);
+                chunk = ((f64::from(chunk) * 0.05 / took) as u32).clamp(1_000, MAX_CHUNK);
+            }
         }
         Ok((sent, start.elapsed().as_secs_f64()))
     }
 }
+
+/// The most frames one test run sends.
+const MAX_CHUNK: u32 = 2_000_000;
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
     ebpf.map_mut(name)
