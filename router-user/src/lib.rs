@@ -16,6 +16,7 @@ pub mod policy;
 pub mod router;
 pub mod slowpath;
 pub mod stats;
+pub mod table;
 pub mod trace;
 
 pub use error::{ConfigError, Error};

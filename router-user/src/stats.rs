@@ -1,6 +1,6 @@
 //! Reading the counters of running routers from their pinned maps, and showing them.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use router_common::{
@@ -114,67 +114,77 @@ fn skip_unreadable<T>(
 
 /// The human-readable table: one row per interface, then one row per non-zero reason.
 pub fn table(stats: &[InterfaceStats]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<10} {:<14} {:<8} {:>12} {:>14} {:>10} {:>12} {:>10} {:>12}",
-        "ROUTER",
-        "INTERFACE",
-        "ROLE",
-        "FWD_PKTS",
-        "FWD_BYTES",
-        "PASS_PKTS",
-        "PASS_BYTES",
-        "DROP_PKTS",
-        "DROP_BYTES"
+    let rows: Vec<Vec<String>> = stats
+        .iter()
+        .map(|s| {
+            vec![
+                s.router.clone(),
+                s.interface.clone(),
+                s.role.clone(),
+                s.forwarded_packets.to_string(),
+                s.forwarded_bytes.to_string(),
+                s.passed_packets.to_string(),
+                s.passed_bytes.to_string(),
+                s.dropped_packets.to_string(),
+                s.dropped_bytes.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = crate::table::table(
+        &[
+            "ROUTER",
+            "INTERFACE",
+            "ROLE",
+            "FWD_PKTS",
+            "FWD_BYTES",
+            "PASS_PKTS",
+            "PASS_BYTES",
+            "DROP_PKTS",
+            "DROP_BYTES",
+        ],
+        &rows,
     );
-    for s in stats {
-        let _ = writeln!(
-            out,
-            "{:<10} {:<14} {:<8} {:>12} {:>14} {:>10} {:>12} {:>10} {:>12}",
-            s.router,
-            s.interface,
-            s.role,
-            s.forwarded_packets,
-            s.forwarded_bytes,
-            s.passed_packets,
-            s.passed_bytes,
-            s.dropped_packets,
-            s.dropped_bytes
-        );
-    }
-    if stats.iter().any(|s| !s.reasons.is_empty()) {
-        let _ = writeln!(
-            out,
-            "\n{:<10} {:<14} {:<20} {:<8} {:>12}",
-            "ROUTER", "INTERFACE", "REASON", "VERDICT", "PACKETS"
-        );
-        for s in stats {
-            for (name, count) in &s.reasons {
-                let verdict = Reason::ALL
-                    .iter()
-                    .find(|r| r.name() == name)
-                    .map_or("?", |r| {
-                        if r.is_drop() {
-                            "drop"
-                        } else if *r == Reason::XdpToTc {
-                            "to-tc"
-                        } else if *r == Reason::NoNeighbor {
-                            // Under TC these are forwarded, the kernel resolving the MAC.
-                            "resolve"
-                        } else {
-                            "kernel"
-                        }
-                    });
-                let _ = writeln!(
-                    out,
-                    "{:<10} {:<14} {:<20} {:<8} {:>12}",
-                    s.router, s.interface, name, verdict, count
-                );
-            }
-        }
+    let reasons: Vec<Vec<String>> = stats
+        .iter()
+        .flat_map(|s| {
+            s.reasons.iter().map(|(name, count)| {
+                vec![
+                    s.router.clone(),
+                    s.interface.clone(),
+                    name.clone(),
+                    verdict_of(name).into(),
+                    count.to_string(),
+                ]
+            })
+        })
+        .collect();
+    if !reasons.is_empty() {
+        out.push('\n');
+        out.push_str(&crate::table::table(
+            &["ROUTER", "INTERFACE", "REASON", "VERDICT", "PACKETS"],
+            &reasons,
+        ));
     }
     out
+}
+
+/// What the fast path does with packets of reason `name`, in a word.
+fn verdict_of(name: &str) -> &'static str {
+    Reason::ALL
+        .iter()
+        .find(|r| r.name() == name)
+        .map_or("?", |r| {
+            if r.is_drop() {
+                "drop"
+            } else if *r == Reason::XdpToTc {
+                "to-tc"
+            } else if *r == Reason::NoNeighbor {
+                // Under TC these are forwarded, the kernel resolving the MAC.
+                "resolve"
+            } else {
+                "kernel"
+            }
+        })
 }
 
 /// One floating IP and its counters (summed over CPUs).
@@ -295,60 +305,68 @@ fn floating_ips(router: &str) -> Result<Vec<FloatingIpStats>, Error> {
 
 /// The human-readable NAT tables: one row per router gateway, one per floating IP.
 pub fn nat_table(nat: &NatStats) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<10} {:<15} {:<4} {:<11} {:>9} {:>10} {:>12} {:>14} {:>12} {:>14}",
-        "ROUTER",
-        "GATEWAY",
-        "SNAT",
-        "PORTS",
-        "SESSIONS",
-        "COLLISIONS",
-        "OUT_PKTS",
-        "OUT_BYTES",
-        "IN_PKTS",
-        "IN_BYTES"
+    let gateways: Vec<Vec<String>> = nat
+        .gateways
+        .iter()
+        .map(|g| {
+            vec![
+                g.router.clone(),
+                g.gateway_ip.map_or_else(|| "-".into(), |ip| ip.to_string()),
+                if g.snat { "on" } else { "off" }.into(),
+                format!("{}-{}", g.port_min, g.port_max),
+                g.sessions_created.to_string(),
+                g.port_collisions.to_string(),
+                g.out_packets.to_string(),
+                g.out_bytes.to_string(),
+                g.in_packets.to_string(),
+                g.in_bytes.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = crate::table::table(
+        &[
+            "ROUTER",
+            "GATEWAY",
+            "SNAT",
+            "PORTS",
+            "SESSIONS",
+            "COLLISIONS",
+            "OUT_PKTS",
+            "OUT_BYTES",
+            "IN_PKTS",
+            "IN_BYTES",
+        ],
+        &gateways,
     );
-    for g in &nat.gateways {
-        let ip = g
-            .gateway_ip
-            .map_or_else(|| "-".to_string(), |ip| ip.to_string());
-        let ports = format!("{}-{}", g.port_min, g.port_max);
-        let _ = writeln!(
-            out,
-            "{:<10} {:<15} {:<4} {:<11} {:>9} {:>10} {:>12} {:>14} {:>12} {:>14}",
-            g.router,
-            ip,
-            if g.snat { "on" } else { "off" },
-            ports,
-            g.sessions_created,
-            g.port_collisions,
-            g.out_packets,
-            g.out_bytes,
-            g.in_packets,
-            g.in_bytes
-        );
-    }
     if !nat.floating_ips.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n{:<10} {:<15} {:<15} {:>12} {:>14} {:>12} {:>14}",
-            "ROUTER", "FLOATING_IP", "FIXED_IP", "IN_PKTS", "IN_BYTES", "OUT_PKTS", "OUT_BYTES"
-        );
-        for f in &nat.floating_ips {
-            let _ = writeln!(
-                out,
-                "{:<10} {:<15} {:<15} {:>12} {:>14} {:>12} {:>14}",
-                f.router.as_str(),
-                f.floating_ip.to_string(),
-                f.fixed_ip.to_string(),
-                f.in_packets,
-                f.in_bytes,
-                f.out_packets,
-                f.out_bytes
-            );
-        }
+        let fips: Vec<Vec<String>> = nat
+            .floating_ips
+            .iter()
+            .map(|f| {
+                vec![
+                    f.router.clone(),
+                    f.floating_ip.to_string(),
+                    f.fixed_ip.to_string(),
+                    f.in_packets.to_string(),
+                    f.in_bytes.to_string(),
+                    f.out_packets.to_string(),
+                    f.out_bytes.to_string(),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&crate::table::table(
+            &[
+                "ROUTER",
+                "FLOATING_IP",
+                "FIXED_IP",
+                "IN_PKTS",
+                "IN_BYTES",
+                "OUT_PKTS",
+                "OUT_BYTES",
+            ],
+            &fips,
+        ));
     }
     out
 }
@@ -434,7 +452,10 @@ mod tests {
     fn nat_table_shows_gateway_and_floating_ips() {
         let text = nat_table(&nat());
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].starts_with("ROUTER     GATEWAY"));
+        assert!(lines[0].starts_with("ROUTER  GATEWAY"));
+        // Columns line up under their headers, however long the values.
+        assert_eq!(lines[0].find("GATEWAY"), lines[1].find("203.0.113.2"));
+        assert_eq!(lines[3].find("FIXED_IP"), lines[4].find("10.0.0.5"));
         assert!(lines[1].contains("203.0.113.2") && lines[1].contains("1024-64511"));
         assert!(lines[1].split_whitespace().nth(2) == Some("on"));
         assert!(lines[3].contains("FLOATING_IP"));

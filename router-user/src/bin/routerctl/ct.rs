@@ -1,5 +1,3 @@
-use std::fmt::Write as _;
-
 use aya::maps::{HashMap, MapData};
 use router_common::{CtEntry, CtKey, map_names};
 use router_user::{
@@ -78,42 +76,42 @@ fn flush(only: Option<&str>) -> Result<(), Error> {
 }
 
 fn table(rows: &[Row]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<10} {:<5} {:>4} {:<7} {:<11} {:<45} {:<45} {:>8} {:>8} {:>8} {:>17} {:>23}",
-        "ROUTER",
-        "PROTO",
-        "ZONE",
-        "KIND",
-        "STATE",
-        "ORIGINAL",
-        "TRANSLATED",
-        "AGE",
-        "IDLE",
-        "EXPIRES",
-        "PACKETS(ORIG/REP)",
-        "BYTES(ORIG/REP)"
-    );
-    for Row { router, session: s } in rows {
-        let _ = writeln!(
-            out,
-            "{:<10} {:<5} {:>4} {:<7} {:<11} {:<45} {:<45} {:>8} {:>8} {:>8} {:>17} {:>23}",
-            router,
-            s.proto,
-            s.zone,
-            s.kind,
-            s.state,
-            tuple(&s.proto, &s.original),
-            tuple(&s.proto, &s.translated),
-            s.age_secs,
-            s.idle_secs,
-            s.expires_in_secs,
-            format!("{}/{}", s.original_packets, s.reply_packets),
-            format!("{}/{}", s.original_bytes, s.reply_bytes),
-        );
-    }
-    out
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|Row { router, session: s }| {
+            vec![
+                router.clone(),
+                s.proto.to_string(),
+                s.zone.to_string(),
+                s.kind.to_string(),
+                s.state.to_string(),
+                tuple(&s.proto, &s.original),
+                tuple(&s.proto, &s.translated),
+                s.age_secs.to_string(),
+                s.idle_secs.to_string(),
+                s.expires_in_secs.to_string(),
+                format!("{}/{}", s.original_packets, s.reply_packets),
+                format!("{}/{}", s.original_bytes, s.reply_bytes),
+            ]
+        })
+        .collect();
+    crate::output::table(
+        &[
+            "ROUTER",
+            "PROTO",
+            "ZONE",
+            "KIND",
+            "STATE",
+            "ORIGINAL",
+            "TRANSLATED",
+            "AGE",
+            "IDLE",
+            "EXPIRES",
+            "PACKETS(ORIG/REP)",
+            "BYTES(ORIG/REP)",
+        ],
+        &cells,
+    )
 }
 
 fn tuple(proto: &str, t: &Tuple) -> String {
