@@ -50,8 +50,15 @@ pub struct Datapath {
     /// The attachments of each interface by ifindex, to detach one interface alone.
     links: BTreeMap<u32, Attachment>,
     /// Programs a previous routerd loaded from this same object, taken from their pins
-    /// instead of being verified again (the object's own copies then stay unloaded).
-    pinned_programs: Option<(Xdp, SchedClassifier)>,
+    /// instead of being verified again (the object's own copies then stay unloaded). No
+    /// XDP program in TC mode.
+    pinned_programs: Option<(Option<Xdp>, SchedClassifier)>,
+    /// Whether the XDP program is loaded (from the object or a pin). A TC-mode router runs
+    /// only the TC entry, so it skips the XDP program's verification (about 40% of a
+    /// router's start).
+    xdp_loaded: bool,
+    /// The sizes `open` made the configuration-sized maps with.
+    sizes: TableSizes,
     /// A persistent datapath's maps, opened from their pins for the operation under way and
     /// closed by `release_maps`: routerd holds no map descriptors between events, or a node
     /// of 1,000 routers would need 20 per router more than many systems allow a process.
@@ -150,6 +157,9 @@ pub fn object_digest() -> String {
         })
         .clone()
 }
+
+/// Maps only the XDP entry uses: in TC mode no program holds them.
+const XDP_ONLY_MAPS: [&str; 1] = [map_names::EGRESS_DEVS];
 
 /// Pin names of the programs in a router's pin directory.
 const PROGRAM_PINS: [&str; 2] = ["prog_xdp", "prog_tc"];
@@ -251,7 +261,7 @@ impl Datapath {
     /// Loads both programs of `ebpf` into the kernel.
     fn with_programs(ebpf: Ebpf, router: &str) -> Result<Self, Error> {
         let mut dp = Self::without_programs(ebpf, router);
-        dp.load_programs()?;
+        dp.load_programs(true)?;
         Ok(dp)
     }
 
@@ -265,12 +275,14 @@ impl Datapath {
             writes: 0,
             links: BTreeMap::new(),
             pinned_programs: None,
+            xdp_loaded: false,
+            sizes: TableSizes::default(),
             open_maps: BTreeMap::new(),
         }
     }
 
-    /// Loads (and so verifies) both programs of the object.
-    fn load_programs(&mut self) -> Result<(), Error> {
+    /// Loads (and so verifies) the TC program of the object, and the XDP program `with_xdp`.
+    fn load_programs(&mut self, with_xdp: bool) -> Result<(), Error> {
         let router = self.router.as_str();
         let ebpf = &mut self.ebpf;
         let program_error = |what: &str| {
@@ -282,32 +294,43 @@ impl Datapath {
                 source: Box::new(source),
             }
         };
-        let xdp: &mut Xdp = program(ebpf, prog_names::XDP)?
-            .try_into()
-            .map_err(program_error("XDP program type"))?;
-        xdp.load()
-            .map_err(program_error("loading the XDP program"))?;
+        if with_xdp {
+            let xdp: &mut Xdp = program(ebpf, prog_names::XDP)?
+                .try_into()
+                .map_err(program_error("XDP program type"))?;
+            xdp.load()
+                .map_err(program_error("loading the XDP program"))?;
+        }
         let tc: &mut SchedClassifier = program(ebpf, prog_names::TC)?
             .try_into()
             .map_err(program_error("TC program type"))?;
         tc.load().map_err(program_error("loading the TC program"))?;
+        self.xdp_loaded = with_xdp;
         Ok(())
     }
 
     /// Takes the programs pinned in `dir` (loaded from this same object by an earlier
-    /// routerd, with these same maps). `None` if either is missing or unusable.
-    fn programs_from_pins(dir: &Path) -> Option<(Xdp, SchedClassifier)> {
-        let xdp = Xdp::from_pin(dir.join(PROGRAM_PINS[0]), XdpAttachType::Interface).ok()?;
+    /// routerd, with these same maps): the TC program, and the XDP program `with_xdp`.
+    /// `None` if one of those is missing or unusable.
+    fn programs_from_pins(dir: &Path, with_xdp: bool) -> Option<(Option<Xdp>, SchedClassifier)> {
+        let xdp = if with_xdp {
+            Some(Xdp::from_pin(dir.join(PROGRAM_PINS[0]), XdpAttachType::Interface).ok()?)
+        } else {
+            None
+        };
         let tc = SchedClassifier::from_pin(dir.join(PROGRAM_PINS[1])).ok()?;
         Some((xdp, tc))
     }
 
-    /// Pins both (freshly loaded) programs in `dir`, replacing older pins, so that the next
-    /// routerd can adopt them.
+    /// Pins the (freshly loaded) programs in `dir`, replacing older pins, so that the next
+    /// routerd can adopt them. Without an XDP program its old pin goes.
     fn pin_programs(&mut self, dir: &Path) -> Result<(), Error> {
         for (name, pin) in [prog_names::XDP, prog_names::TC].iter().zip(PROGRAM_PINS) {
             let path = dir.join(pin);
             remove_pin(&path)?;
+            if *name == prog_names::XDP && !self.xdp_loaded {
+                continue;
+            }
             program(&mut self.ebpf, name)?
                 .pin(&path)
                 .map_err(|source| Error::Pin {
@@ -321,8 +344,10 @@ impl Datapath {
     /// Loads the programs for routerd with every map pinned under the router's pin
     /// directory: maps a previous routerd pinned for the same `owner` are taken over as they
     /// are (sessions, counters and all); pins of another owner are removed first. Nothing is
-    /// attached yet (see `attach`, which adopts pinned links).
-    pub fn open(router: &str, sizes: TableSizes, owner: &Owner) -> Result<Self, Error> {
+    /// attached yet (see `attach`, which adopts pinned links). `mode`: TC mode loads only
+    /// the TC program.
+    pub fn open(router: &str, sizes: TableSizes, owner: &Owner, mode: Mode) -> Result<Self, Error> {
+        let with_xdp = mode == Mode::Xdp;
         let dir = crate::paths::router_pin_dir(router);
         let recorded: Option<Owner> = std::fs::read(owner_file(router))
             .ok()
@@ -335,31 +360,27 @@ impl Datapath {
         }
         std::fs::create_dir_all(links_dir(router))
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let paths: Vec<(&str, PathBuf)> =
-            map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect();
-        let mut loader = EbpfLoader::new();
-        loader.map_max_entries(map_names::SESSIONS, sizes.session_entries);
-        for name in [
-            map_names::FIP_BY_ADDRESS,
-            map_names::FIP_BY_FIXED,
-            map_names::FIP_STATS,
-        ] {
-            loader.map_max_entries(name, sizes.floating_ips);
-        }
-        for (name, path) in &paths {
-            loader.map_pin_path(name, path.as_path());
-        }
-        let ebpf = loader.load(EBPF_OBJECT).map_err(Box::new)?;
+        let ebpf = Self::load_pinned(&dir, sizes)?;
         let mut dp = Self::without_programs(ebpf, router);
+        dp.sizes = sizes;
         // Programs verified once per build: a restart of routerd with the same object takes
         // them from their pins (they hold these same maps) instead of loading them again.
         let same_object = adopt && recorded.as_ref().is_some_and(|r| r.object == owner.object);
         dp.pinned_programs = same_object
-            .then(|| Self::programs_from_pins(&dir))
+            .then(|| Self::programs_from_pins(&dir, with_xdp))
             .flatten();
-        if dp.pinned_programs.is_none() {
-            dp.load_programs()?;
-            dp.pin_programs(&dir)?;
+        match &dp.pinned_programs {
+            Some((xdp, _)) => {
+                dp.xdp_loaded = xdp.is_some();
+                if !with_xdp {
+                    // An XDP-mode run's program, not needed now.
+                    remove_pin(&dir.join(PROGRAM_PINS[0]))?;
+                }
+            }
+            None => {
+                dp.load_programs(with_xdp)?;
+                dp.pin_programs(&dir)?;
+            }
         }
         // Kept for now (setup writes them all); `release_maps` closes them.
         for name in map_names::ALL {
@@ -386,6 +407,27 @@ impl Datapath {
         Ok(dp)
     }
 
+    /// Loads the object (not its programs) with every map pinned in `dir`: maps pinned
+    /// there already are reused, the others are made (`sizes` for those sized by the
+    /// configuration) and pinned.
+    fn load_pinned(dir: &Path, sizes: TableSizes) -> Result<Ebpf, Error> {
+        let paths: Vec<(&str, PathBuf)> =
+            map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect();
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(map_names::SESSIONS, sizes.session_entries);
+        for name in [
+            map_names::FIP_BY_ADDRESS,
+            map_names::FIP_BY_FIXED,
+            map_names::FIP_STATS,
+        ] {
+            loader.map_max_entries(name, sizes.floating_ips);
+        }
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        Ok(loader.load(EBPF_OBJECT).map_err(Box::new)?)
+    }
+
     /// Whether `open` took over a running router's maps.
     pub fn adopted(&self) -> bool {
         self.adopted
@@ -396,13 +438,17 @@ impl Datapath {
         self.writes
     }
 
-    pub fn xdp(&self) -> &Xdp {
-        if let Some((xdp, _)) = &self.pinned_programs {
-            return xdp;
+    /// The XDP program, when loaded (always by `load`; by `open` in XDP mode).
+    pub fn xdp(&self) -> Option<&Xdp> {
+        if !self.xdp_loaded {
+            return None;
         }
-        let prog = self.ebpf.program(prog_names::XDP);
-        prog.and_then(|p| p.try_into().ok())
-            .unwrap_or_else(|| unreachable!("load() checked the XDP program"))
+        if let Some((xdp, _)) = &self.pinned_programs {
+            return xdp.as_ref();
+        }
+        self.ebpf
+            .program(prog_names::XDP)
+            .and_then(|p| p.try_into().ok())
     }
 
     pub fn tc(&self) -> &SchedClassifier {
@@ -420,9 +466,16 @@ impl Datapath {
     }
 
     fn xdp_mut(&mut self) -> Result<&mut Xdp, Error> {
+        if !self.xdp_loaded {
+            return Err(Error::Program {
+                router: self.router.clone(),
+                what: "the XDP program (not loaded in TC mode)".into(),
+                source: Box::new(aya::programs::ProgramError::NotLoaded),
+            });
+        }
         match &mut self.pinned_programs {
-            Some((xdp, _)) => Ok(xdp),
-            None => program(&mut self.ebpf, prog_names::XDP)?
+            Some((Some(xdp), _)) => Ok(xdp),
+            _ => program(&mut self.ebpf, prog_names::XDP)?
                 .try_into()
                 .map_err(|source| Error::Program {
                     router: self.router.clone(),
@@ -906,6 +959,7 @@ impl Datapath {
         let mut repaired = Vec::new();
         std::fs::create_dir_all(links_dir(&self.router))
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let mut unheld = Vec::new();
         for name in map_names::ALL {
             let path = dir.join(name);
             if path.exists() {
@@ -914,6 +968,12 @@ impl Datapath {
             // Through the programs: `map` would look for the missing pin.
             let map = match self.open_maps.remove(name) {
                 Some(map) => map,
+                // No loaded program holds it (TC mode: the XDP entry's redirect map), so it
+                // went with its pin: made again below, empty, as it is unused.
+                None if !self.xdp_loaded && XDP_ONLY_MAPS.contains(&name) => {
+                    unheld.push(name.to_string());
+                    continue;
+                }
                 None => self.map_of_programs(name)?,
             };
             map.pin(&path).map_err(|source| Error::Pin {
@@ -922,9 +982,13 @@ impl Datapath {
             })?;
             repaired.push(name.to_string());
         }
+        if !unheld.is_empty() {
+            drop(Self::load_pinned(&dir, self.sizes)?);
+            repaired.extend(unheld);
+        }
         for (i, pin) in PROGRAM_PINS.iter().enumerate() {
             let path = dir.join(pin);
-            if path.exists() {
+            if path.exists() || (i == 0 && !self.xdp_loaded) {
                 continue;
             }
             let pinned = if i == 0 {
@@ -991,8 +1055,8 @@ impl Datapath {
 
     /// Map `name` found through the programs that use it (its pin is gone).
     fn map_of_programs(&self, name: &str) -> Result<Map, Error> {
-        let infos = [self.xdp().info(), self.tc().info()];
-        for info in infos.into_iter().flatten() {
+        let infos = [self.xdp().map(Xdp::info), Some(self.tc().info())];
+        for info in infos.into_iter().flatten().flatten() {
             for id in info.map_ids().ok().flatten().unwrap_or_default() {
                 let named =
                     aya::maps::MapInfo::from_id(id).is_ok_and(|m| m.name_as_str() == Some(name));

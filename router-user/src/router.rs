@@ -478,7 +478,7 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
         floating_ips: router.nat.max_floating_ips,
     };
     let owner = crate::datapath::Owner::current(&router.namespace, sizes)?;
-    let mut datapath = Datapath::open(&router.id, sizes, &owner)?;
+    let mut datapath = Datapath::open(&router.id, sizes, &owner, router.mode)?;
     let mut ifaces = BTreeMap::new();
     let mut infos = Vec::new();
     for (link, _, role, xdp_egress) in &links {

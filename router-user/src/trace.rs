@@ -738,7 +738,10 @@ fn test_run(dp: &Datapath, xdp: bool, ingress: u32, frame: &[u8]) -> Result<(u32
             ctx_in: Some(&ctx),
             ..Default::default()
         };
-        dp.xdp().test_run(opts)
+        // `open_for_trace` loads both programs.
+        dp.xdp()
+            .ok_or(aya::programs::ProgramError::NotLoaded)
+            .and_then(|p| p.test_run(opts))
     } else {
         // struct __sk_buff up to `ifindex` (offset 40).
         let mut ctx = [0u8; 44];

@@ -448,7 +448,9 @@ pub fn try_run(
                 ctx_in: Some(&ctx),
                 ..Default::default()
             };
-            dp.xdp().test_run(opts)
+            dp.xdp()
+                .expect("Datapath::load loads the XDP program")
+                .test_run(opts)
         }
         Entry::Tc => {
             // struct __sk_buff up to `ifindex` (offset 40).

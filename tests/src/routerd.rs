@@ -217,3 +217,20 @@ pub fn fast_path_has_neighbor(router_id: &str, ifname: &str, addr: [u8; 4]) -> b
     };
     map.get(&NeighborKey { ifindex, addr }, 0).is_ok()
 }
+
+/// Names of the programs loaded in the kernel that use router `router_id`'s pinned
+/// `NAT_CONFIG` map (every entry point of the router does), sorted.
+pub fn programs_of(router_id: &str) -> Vec<String> {
+    let pin =
+        router_user::paths::router_pin_dir(router_id).join(router_common::map_names::NAT_CONFIG);
+    let map = aya::maps::MapData::from_pin(&pin)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", pin.display()));
+    let id = map.info().expect("map info").id();
+    let mut names: Vec<String> = aya::programs::loaded_programs()
+        .flatten()
+        .filter(|p| p.map_ids().ok().flatten().unwrap_or_default().contains(&id))
+        .filter_map(|p| p.name_as_str().map(String::from))
+        .collect();
+    names.sort();
+    names
+}

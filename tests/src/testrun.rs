@@ -23,7 +23,11 @@ pub fn xdp(dp: &Datapath, ingress: u32, frame: &[u8]) -> (u32, Vec<u8>) {
         ctx_in: Some(&ctx),
         ..Default::default()
     };
-    let result = dp.xdp().test_run(opts).expect("BPF_PROG_TEST_RUN (XDP)");
+    let result = dp
+        .xdp()
+        .expect("Datapath::load loads the XDP program")
+        .test_run(opts)
+        .expect("BPF_PROG_TEST_RUN (XDP)");
     out.truncate(result.data_size_out as usize);
     (result.return_value, out)
 }

@@ -500,7 +500,11 @@ fn unknown_ingress_is_passed_and_not_counted_elsewhere() {
         ..Default::default()
     };
     let before = f.stats();
-    let r = f.dp.xdp().test_run(opts).expect("test run");
+    let r =
+        f.dp.xdp()
+            .expect("Datapath::load loads the XDP program")
+            .test_run(opts)
+            .expect("test run");
     assert_eq!(r.return_value, XDP_PASS);
     assert_eq!(
         f.stats(),

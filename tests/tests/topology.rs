@@ -64,6 +64,13 @@ fn routed(mode: &str, xdp_egress: bool) {
     let topo = RouterTopology::build_with(mode, xdp_egress);
     let mut routerd = Routerd::start(&topo.config, &topo.router_id);
     let id = topo.router_id.clone();
+    // TC mode runs (and so loads and verifies) only the TC entry.
+    let expected: &[&str] = if mode == "xdp" {
+        &["router_tc", "router_xdp"]
+    } else {
+        &["router_tc"]
+    };
+    assert_eq!(router_tests::routerd::programs_of(&id), expected, "{mode}");
 
     // Reachability (this also resolves the neighbours).
     assert!(
