@@ -55,6 +55,30 @@ pub fn write(dir: &Path, results: &Results) -> anyhow::Result<()> {
             ),
         )?;
     }
+    if !results.floating_ip_connections.is_empty() {
+        let series: Vec<Series> = [rate::Path::Xdp, rate::Path::Tc, rate::Path::Neutron]
+            .into_iter()
+            .map(|path| Series {
+                name: path.name().into(),
+                points: results
+                    .floating_ip_connections
+                    .iter()
+                    .filter(|c| c.path == path)
+                    .map(|c| (c.floating_ips as f64, c.connections_per_sec / 1e3))
+                    .collect(),
+            })
+            .filter(|s| !s.points.is_empty())
+            .collect();
+        std::fs::write(
+            dir.join("connections-vs-floating-ips.svg"),
+            svg_chart(
+                "New TCP connections to a floating IP",
+                "floating IPs",
+                "thousand connections/s",
+                &series,
+            ),
+        )?;
+    }
     if !results.micro.is_empty() {
         let mut series = Vec::new();
         for dim in ["routes", "floating_ips", "sessions"] {
@@ -231,6 +255,7 @@ fn markdown(r: &Results, old: &str) -> String {
         let _ = writeln!(
             s,
             "\n## Floating IPs: new TCP connections as their number grows\n\n\
+             ![connections vs floating IPs](connections-vs-floating-ips.svg)\n\n\
              External host -> the last floating IP configured -> VM, {} clients at once.\n\n\
              | path | floating IPs | new connections/s | SYNs sent again | router: not forwarded |\n|---|---|---|---|---|",
             rate::CONNECTING_CLIENTS
