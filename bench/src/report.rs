@@ -354,17 +354,15 @@ pub fn svg_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -
     );
     for i in 0..=4 {
         let y = y_max * f64::from(i) / 4.0;
+        let (label_x, label_y, grid_y, grid_end) = (left - 6.0, py(y) + 4.0, py(y), w - right);
+        let label = if y_max >= 10.0 {
+            format!("{y:.0}")
+        } else {
+            format!("{y:.2}")
+        };
         let _ = writeln!(
             s,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text><line x1=\"{left}\" y1=\"{2}\" x2=\"{}\" y2=\"{2}\" stroke=\"#ddd\"/>",
-            left - 6.0,
-            py(y) + 4.0,
-            if y_max >= 10.0 {
-                format!("{y:.0}")
-            } else {
-                format!("{y:.2}")
-            },
-            w - right
+            "<text x=\"{label_x}\" y=\"{label_y}\" text-anchor=\"end\">{label}</text><line x1=\"{left}\" y1=\"{grid_y}\" x2=\"{grid_end}\" y2=\"{grid_y}\" stroke=\"#ddd\"/>"
         );
     }
     let mut ticks: Vec<f64> = all().map(|p| p.0).collect();
@@ -522,6 +520,34 @@ mod tests {
     use super::*;
 
     /// The hand-written notes under the targets survive a regenerated report.
+    /// Each grid line is drawn at its label's height (they once sat at the label's value).
+    #[test]
+    fn grid_lines_sit_at_their_labels() {
+        let svg = svg_chart(
+            "t",
+            "x",
+            "y",
+            &[Series {
+                name: "s".into(),
+                points: vec![(1.0, 20.0), (10.0, 40.0)],
+            }],
+        );
+        let grid: Vec<&str> = svg.lines().filter(|l| l.contains("#ddd")).collect();
+        assert_eq!(grid.len(), 5);
+        for line in grid {
+            let attr = |name: &str| -> f64 {
+                let at = line.find(&format!(" {name}=\"")).expect(name) + name.len() + 3;
+                line[at..]
+                    .split('"')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect(name)
+            };
+            assert_eq!(attr("y1"), attr("y") - 4.0, "{line}");
+            assert_eq!(attr("y1"), attr("y2"), "{line}");
+        }
+    }
+
     #[test]
     fn targets_notes_are_carried_over() {
         let notes = "<!-- kept: targets -->\nwhy not met\n<!-- /kept -->";
