@@ -118,18 +118,8 @@ impl Drop for Setup {
 }
 
 fn mac_of(ns: &str, ifname: &str) -> anyhow::Result<[u8; 6]> {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-j", "link", "show", "dev", ifname])
-        .output()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let text = v[0]["address"]
-        .as_str()
-        .ok_or_else(|| anyhow::anyhow!("no MAC for {ifname}"))?;
-    let mut mac = [0u8; 6];
-    for (i, part) in text.split(':').enumerate().take(6) {
-        mac[i] = u8::from_str_radix(part, 16)?;
-    }
-    Ok(mac)
+    router_tests::topo::try_mac_of(Some(ns), ifname)
+        .map_err(|e| anyhow::anyhow!("the MAC of {ifname} in {ns}: {e}"))
 }
 
 /// Builds `path` with `fips` floating IPs (at least 1).

@@ -19,7 +19,6 @@ use std::{
     io::{self, ErrorKind, Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -1046,28 +1045,8 @@ pub fn cpu_time(pid: u32) -> Duration {
 
 /// The MAC address of `ifname` in namespace `ns`.
 pub fn mac_of(ns: &str, ifname: &str) -> [u8; 6] {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-j", "link", "show", "dev", ifname])
-        .output()
-        .expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip -n {ns} link show {ifname}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
-    let text = json[0]["address"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no address for {ifname} in {ns}"));
-    parse_mac(text).unwrap_or_else(|| panic!("bad MAC {text}"))
-}
-
-fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).ok())
-        .collect::<Option<_>>()?;
-    bytes.try_into().ok()
+    crate::topo::try_mac_of(Some(ns), ifname)
+        .unwrap_or_else(|e| panic!("the MAC of {ifname} in {ns}: {e}"))
 }
 
 /// The MAC of `ifname` in the calling thread's namespace (SIOCGIFHWADDR).

@@ -33,6 +33,29 @@ pub fn run(program: &str, args: &[&str]) {
     );
 }
 
+/// The MAC address of `ifname` in namespace `ns` (`ip netns`), or in the calling thread's
+/// when `None`; the error says what `ip` said.
+pub fn try_mac_of(ns: Option<&str>, ifname: &str) -> Result<[u8; 6], String> {
+    let mut args = Vec::new();
+    if let Some(ns) = ns {
+        args.extend(["-n", ns]);
+    }
+    args.extend(["-j", "link", "show", "dev", ifname]);
+    let out = Command::new("ip")
+        .args(&args)
+        .output()
+        .map_err(|e| format!("running ip: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("ip -j output: {e}"))?;
+    let text = json[0]["address"]
+        .as_str()
+        .ok_or_else(|| format!("no MAC address for {ifname}"))?;
+    router_user::trace::parse_mac(text)
+}
+
 /// ifindex of `name` in the current thread's namespace.
 pub fn ifindex(name: &str) -> u32 {
     let c = std::ffi::CString::new(name).expect("interface name");

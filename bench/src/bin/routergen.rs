@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use bench::traffic::{Generator, Sink};
 use clap::Parser;
 use router_common::bench::GenConfig;
-use router_tests::netns::within;
+use router_tests::{netns::within, topo::try_mac_of};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -30,10 +30,10 @@ struct Args {
     #[arg(long)]
     dev: String,
     /// Destination MAC: the next hop's (a router's port, or the receiver's).
-    #[arg(long, value_parser = parse_mac)]
+    #[arg(long, value_parser = router_user::trace::parse_mac)]
     dst_mac: [u8; 6],
     /// Source MAC; the sending interface's when not given.
-    #[arg(long, value_parser = parse_mac)]
+    #[arg(long, value_parser = router_user::trace::parse_mac)]
     src_mac: Option<[u8; 6]>,
     #[arg(long)]
     src: Ipv4Addr,
@@ -83,45 +83,12 @@ struct Report {
     lost: Option<u64>,
 }
 
-fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let mut mac = [0u8; 6];
-    if parts.len() != 6 {
-        return Err(format!(
-            "{s}: not a MAC address (six hex bytes, colon-separated)"
-        ));
-    }
-    for (byte, part) in mac.iter_mut().zip(parts) {
-        *byte = u8::from_str_radix(part, 16)
-            .map_err(|_| format!("{s}: not a MAC address (\"{part}\" is not a hex byte)"))?;
-    }
-    Ok(mac)
-}
-
 /// Runs `f` in namespace `ns`, or where the thread is.
 fn inside<T>(ns: Option<&str>, f: impl FnOnce() -> T) -> T {
     match ns {
         Some(ns) => within(ns, f),
         None => f(),
     }
-}
-
-/// The MAC address of `dev` in namespace `ns` (`ip -br link`, run in the namespace).
-fn mac_of(ns: Option<&str>, dev: &str) -> anyhow::Result<[u8; 6]> {
-    let out = inside(ns, || {
-        std::process::Command::new("ip")
-            .args(["-br", "link", "show", "dev", dev])
-            .output()
-    })
-    .context("running ip link")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mac = text.split_whitespace().nth(2).ok_or_else(|| {
-        anyhow::anyhow!(
-            "--dev {dev}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-    })?;
-    parse_mac(mac).map_err(anyhow::Error::msg)
 }
 
 fn main() -> std::process::ExitCode {
@@ -144,7 +111,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     let netns = args.netns.as_deref();
     let src_mac = match args.src_mac {
         Some(mac) => mac,
-        None => mac_of(netns, &args.dev)?,
+        None => {
+            try_mac_of(netns, &args.dev).map_err(|e| anyhow::anyhow!("--dev {}: {e}", args.dev))?
+        }
     };
     let cfg = GenConfig {
         dst_mac: args.dst_mac,
