@@ -324,3 +324,49 @@ fn invalid_desired_state_is_rejected_before_anything_changes() {
     );
     assert!(!router_user::paths::router_pin_dir(&topo.router_id).exists());
 }
+
+/// The mode changed in the desired state restarts the router in the other mode: XDP mode
+/// loads the XDP program beside the TC one, TC mode drops it (and its pin), and the fast
+/// path forwards in each.
+#[test]
+fn a_mode_change_loads_or_drops_the_xdp_program() {
+    let topo = RouterTopology::build("tc");
+    let routerd = Routerd::start(&topo.config, &topo.router_id);
+    let id = topo.router_id.clone();
+    let xdp_pin = router_user::paths::router_pin_dir(&id).join("prog_xdp");
+    let text = std::fs::read_to_string(&topo.config).expect("config");
+    for (mode, programs) in [
+        ("xdp", &["router_tc", "router_xdp"][..]),
+        ("tc", &["router_tc"][..]),
+    ] {
+        let now = text.replace("mode = \"tc\"", &format!("mode = \"{mode}\""));
+        assert!(now.contains(&format!("mode = \"{mode}\"")), "{now}");
+        std::fs::write(&topo.config, &now).expect("writing config");
+        let reloads = || routerd.log_text().matches("routerd: reloaded in").count();
+        let before = reloads();
+        routerd.reload();
+        traffic::wait_for(
+            &format!("router {id} restarted in {mode} mode"),
+            Duration::from_secs(10),
+            || reloads() > before,
+        );
+        // A program whose last link and pin are gone is freed after an RCU grace period.
+        traffic::wait_for(
+            &format!("router {id}'s programs in {mode} mode: {programs:?}"),
+            Duration::from_secs(5),
+            || router_tests::routerd::programs_of(&id) == programs,
+        );
+        assert_eq!(xdp_pin.exists(), mode == "xdp", "{mode}: prog_xdp pin");
+        let before = traffic::forwarded_by_kernel(&topo.router_ns);
+        assert!(
+            traffic::ping(&topo.vm_a_ns, VM_B, 2),
+            "{mode}: ping VM A -> VM B\n{}",
+            routerd.log_text()
+        );
+        assert_eq!(
+            traffic::forwarded_by_kernel(&topo.router_ns),
+            before,
+            "{mode}: the fast path forwards"
+        );
+    }
+}
