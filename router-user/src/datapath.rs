@@ -298,13 +298,13 @@ impl Datapath {
             let xdp: &mut Xdp = program(ebpf, prog_names::XDP)?
                 .try_into()
                 .map_err(program_error("XDP program type"))?;
-            xdp.load()
+            load_retrying_eagain(|| xdp.load())
                 .map_err(program_error("loading the XDP program"))?;
         }
         let tc: &mut SchedClassifier = program(ebpf, prog_names::TC)?
             .try_into()
             .map_err(program_error("TC program type"))?;
-        tc.load().map_err(program_error("loading the TC program"))?;
+        load_retrying_eagain(|| tc.load()).map_err(program_error("loading the TC program"))?;
         self.xdp_loaded = with_xdp;
         Ok(())
     }
@@ -1313,6 +1313,35 @@ where
 /// background (per-CPU counters from the per-CPU allocator's atomic reserve): setting up
 /// hundreds of routers at once can find one empty for a moment (seen at about 800 routers:
 /// "percpu: allocation failed ... atomic alloc failed").
+/// Program loads this process repeated because the verifier was interrupted (EAGAIN).
+static LOADS_INTERRUPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many program loads this process has repeated because a signal interrupted the
+/// verifier (see `load_retrying_eagain`).
+pub fn loads_interrupted() -> u64 {
+    LOADS_INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Loads a program, again when the kernel answers EAGAIN: the verifier gives up when a
+/// signal arrives while it works (a SIGHUP to routerd during a router's start, say).
+fn load_retrying_eagain(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    let mut tries = 0;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 10 =>
+            {
+                tries += 1;
+                LOADS_INTERRUPTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                log::info!("loading a program: interrupted by a signal (EAGAIN), loading again");
+            }
+            other => return other,
+        }
+    }
+}
+
 fn retry_short_of_memory(
     mut write: impl FnMut() -> Result<(), aya::maps::MapError>,
 ) -> Result<(), aya::maps::MapError> {
