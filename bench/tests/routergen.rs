@@ -57,6 +57,24 @@ fn routergen(args: &[&str]) -> Output {
         .expect("running routergen")
 }
 
+/// `routergen` from the sender's eth0 to the receiver, with `more` arguments.
+fn routergen_to_receiver(sender_ns: &str, receiver_mac: &str, more: &[&str]) -> Output {
+    let mut args = vec![
+        "--netns",
+        sender_ns,
+        "--dev",
+        "eth0",
+        "--dst-mac",
+        receiver_mac,
+        "--src",
+        SENDER,
+        "--dst",
+        "10.99.0.2",
+    ];
+    args.extend_from_slice(more);
+    routergen(&args)
+}
+
 fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
 }
@@ -66,31 +84,25 @@ fn u(v: &Value) -> u64 {
 #[test]
 fn the_rate_and_size_asked_for_and_every_frame_counted() {
     let (_namespaces, a, b, mac) = pair();
-    let out = routergen(&[
-        "--netns",
+    let out = routergen_to_receiver(
         &a,
-        "--dev",
-        "eth0",
-        "--dst-mac",
         &mac,
-        "--src",
-        SENDER,
-        "--dst",
-        "10.99.0.2",
-        "--flows",
-        "16",
-        "--size",
-        "128",
-        "--rate",
-        "20000",
-        "--duration",
-        "0.5",
-        "--sink-netns",
-        &b,
-        "--sink-dev",
-        "eth0",
-        "--json",
-    ]);
+        &[
+            "--flows",
+            "16",
+            "--size",
+            "128",
+            "--rate",
+            "20000",
+            "--duration",
+            "0.5",
+            "--sink-netns",
+            &b,
+            "--sink-dev",
+            "eth0",
+            "--json",
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -125,30 +137,24 @@ fn flows_and_size_as_the_receiving_kernel_sees_them() {
     // Room for every datagram until the run is over and they are read.
     nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20))
         .expect("SO_RCVBUFFORCE");
-    let out = routergen(&[
-        "--netns",
+    let out = routergen_to_receiver(
         &a,
-        "--dev",
-        "eth0",
-        "--dst-mac",
         &mac,
-        "--src",
-        SENDER,
-        "--dst",
-        "10.99.0.2",
-        "--src-port",
-        "20000",
-        "--dst-port",
-        "7000",
-        "--flows",
-        "16",
-        "--size",
-        "100",
-        "--rate",
-        "1000",
-        "--duration",
-        "0.2",
-    ]);
+        &[
+            "--src-port",
+            "20000",
+            "--dst-port",
+            "7000",
+            "--flows",
+            "16",
+            "--size",
+            "100",
+            "--rate",
+            "1000",
+            "--duration",
+            "0.2",
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
