@@ -85,7 +85,7 @@ impl JitIndex {
 
     fn add(&mut self, fd: BorrowedFd<'_>) -> anyhow::Result<()> {
         let mut info = [0u8; INFO_LEN];
-        prog_info(fd, &mut info)?;
+        obj_info(fd, &mut info)?;
         let u32_at = |b: &[u8; INFO_LEN], at: usize| {
             u32::from_ne_bytes(b[at..at + 4].try_into().unwrap_or([0; 4]))
         };
@@ -116,7 +116,7 @@ impl JitIndex {
         put_ptr(&mut query, 32, xlated.as_mut_ptr() as u64);
         put_ptr(&mut query, 152, line_info.as_mut_ptr() as u64);
         put_ptr(&mut query, 160, jited_lines.as_mut_ptr() as u64);
-        prog_info(fd, &mut query)?;
+        obj_info(fd, &mut query)?;
         let program = self.insns.len();
         self.insns.push(
             xlated
@@ -226,22 +226,8 @@ fn btf_strings(id: u32) -> std::io::Result<Vec<u8>> {
         let mut btf_info = [0u8; 32];
         btf_info[..8].copy_from_slice(&(buf.as_mut_ptr() as u64).to_ne_bytes());
         btf_info[8..12].copy_from_slice(&(buf.len() as u32).to_ne_bytes());
-        let mut attr = [0u8; 16];
-        attr[..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
-        attr[4..8].copy_from_slice(&(btf_info.len() as u32).to_ne_bytes());
-        attr[8..16].copy_from_slice(&(btf_info.as_mut_ptr() as u64).to_ne_bytes());
-        // SAFETY: `attr`, `btf_info` and `buf` (of the length given) outlive the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_OBJ_GET_INFO_BY_FD,
-                attr.as_mut_ptr(),
-                attr.len(),
-            )
-        };
-        if r < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        // `buf` (of the length given) outlives the call.
+        obj_info(fd.as_fd(), &mut btf_info)?;
         Ok(u32::from_ne_bytes(
             btf_info[8..12].try_into().unwrap_or([0; 4]),
         ))
@@ -263,21 +249,23 @@ fn btf_strings(id: u32) -> std::io::Result<Vec<u8>> {
 /// The kernel addresses of a program's JIT'd functions (`jited_ksyms`).
 fn function_addresses(fd: BorrowedFd<'_>) -> std::io::Result<Vec<u64>> {
     let mut info = [0u8; INFO_LEN];
-    prog_info(fd, &mut info)?;
+    obj_info(fd, &mut info)?;
     let count = u32::from_ne_bytes(info[104..108].try_into().unwrap_or([0; 4])) as usize;
     let mut addrs = vec![0u64; count];
     let mut query = [0u8; INFO_LEN];
     query[104..108].copy_from_slice(&(count as u32).to_ne_bytes());
     query[112..120].copy_from_slice(&(addrs.as_mut_ptr() as u64).to_ne_bytes());
-    prog_info(fd, &mut query)?;
+    obj_info(fd, &mut query)?;
     Ok(addrs)
 }
 
-fn prog_info(fd: BorrowedFd<'_>, info: &mut [u8; INFO_LEN]) -> std::io::Result<()> {
+/// BPF_OBJ_GET_INFO_BY_FD: the kernel fills `info` (a `bpf_prog_info`, `bpf_btf_info`...,
+/// with whatever buffers its pointers name) for the object `fd`.
+fn obj_info(fd: BorrowedFd<'_>, info: &mut [u8]) -> std::io::Result<()> {
     // union bpf_attr's `info` member: bpf_fd, info_len, info (pointer).
     let mut attr = [0u8; 16];
     attr[..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
-    attr[4..8].copy_from_slice(&(INFO_LEN as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
     attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
     // SAFETY: `attr` and the buffers `info` points to (sized as `info` says) outlive the
     // call; the kernel writes at most the lengths given.
