@@ -80,8 +80,8 @@ pub const DEFAULT_SESSION_ENTRIES: u32 = 2 * 65_536;
 
 /// The table id of the kernel's main table; tables are numbered as `ip route` numbers them.
 pub const TABLE_MAIN: u32 = 254;
-/// Tables the controller generates: steering (seed 000) and one per external subnet
-/// (seed 002). Tables of the desired state must stay below this.
+/// Tables the controller generates: steering and one per external subnet.
+/// Tables of the desired state must stay below this.
 pub const TABLE_GENERATED_MIN: u32 = 0x7f00_0000;
 pub const TABLE_STEER_INTERNAL: u32 = TABLE_GENERATED_MIN + 1;
 pub const TABLE_STEER_GATEWAY: u32 = TABLE_GENERATED_MIN + 2;
@@ -207,7 +207,7 @@ pub struct IfaceEntry {
     /// Bits of [`iface_flags`].
     pub flags: u32,
     /// Session zone of packets arriving here (see [`CtKey::zone`]); the controller gives
-    /// every interface its own (its ifindex), as seed 000's conntrack zones do.
+    /// every interface its own (its ifindex), as conntrack zones do for firewall steering.
     pub zone: u16,
     pub _pad2: [u8; 2],
 }

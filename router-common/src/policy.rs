@@ -5,12 +5,12 @@
 //!   main table comes last. Rules are stored in priority order in one half of `RULES`;
 //!   [`PolicyConfig`] names the live half, so an update is one write of the config and a
 //!   packet never sees half a rule list.
-//! - External source tables (seed 002): after NAT has chosen the source a packet leaves the
+//! - External source tables: after NAT has chosen the source a packet leaves the
 //!   gateway interface with, a route through a gateway is looked up again in the table of the
 //!   external subnet that source belongs to, so a floating IP of subnet N leaves via subnet
 //!   N's gateway. Destinations on an external subnet are connected routes and never reach
 //!   this step.
-//! - The firewall (FWaaS, seed 001) on internal interfaces: drop invalid, accept packets of
+//! - The firewall (FWaaS) on internal interfaces: drop invalid, accept packets of
 //!   a session (established and related), then the ordered rules, then the default policy.
 //!   Firewall rules are double-buffered like policy rules.
 //!

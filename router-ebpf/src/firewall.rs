@@ -1,4 +1,4 @@
-//! The stateful firewall (FWaaS, seed 001) on internal interfaces, in both directions:
+//! The stateful firewall (FWaaS) on internal interfaces, in both directions:
 //! invalid packets are dropped, packets of a session (established, or ICMP errors about it:
 //! related) pass, new flows take the first matching rule, then the default policy. An
 //! accepted new flow gets a session, so its replies are established.

@@ -83,7 +83,7 @@ pub static POLICY_CONFIG: Array<PolicyConfig> = Array::with_max_entries(1, 0);
 pub static RULES: Array<PolicyRule> = Array::with_max_entries(2 * MAX_RULES, 0);
 
 /// External subnet -> the table routes through a gateway are taken from for packets leaving
-/// with a source in it (seed 002).
+/// with a source in it.
 #[map]
 pub static SOURCE_TABLES: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(256, 0);
 

@@ -102,7 +102,7 @@ pub fn egress(frame: &Frame, pkt: &Ipv4Packet, route: &RouteEntry) -> Result<Egr
     Ok(Egress { ifindex, out })
 }
 
-/// Seed 002: a packet leaving through a gateway with source `src` (after NAT) takes the
+/// With several external subnets, a packet leaving through a gateway with source `src` (after NAT) takes the
 /// route of the table of `src`'s external subnet, if it has one and that route leaves by
 /// the same interface.
 #[inline(always)]

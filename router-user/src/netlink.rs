@@ -69,7 +69,7 @@ impl Link {
 
 /// Whether XDP-redirected frames into `link` are delivered, when the configuration does
 /// not say. A veth delivers them only if its far end runs XDP or GRO, which the router
-/// does not control (see DESIGN.md), so veths default to the TC redirect; NICs with native
+/// does not control (a bridge, OVS or a VM tap owns it), so veths default to the TC redirect; NICs with native
 /// XDP implement `ndo_xdp_xmit`.
 pub fn xdp_egress_default(link: &Link) -> bool {
     !matches!(link.kind.as_deref(), Some("veth"))

@@ -1,6 +1,6 @@
 //! What a router's desired state means for routing and the firewall once the generated parts
-//! are added: the steering tables and rules (seed 000), one table per external subnet
-//! (seed 002), and the firewall's rules with their counter slots. Both the kernel (the slow
+//! are added: the steering tables and rules, one table per external subnet,
+//! and the firewall's rules with their counter slots. Both the kernel (the slow
 //! path, with `ip rule` and tables) and the fast path (maps) are programmed from this.
 
 use std::net::Ipv4Addr;

@@ -880,7 +880,7 @@ impl RouterState {
                 session_uses(k, e, &|a| a == gw)
             })?;
         }
-        // External subnets added or removed (seed 002): their addresses on the gateway.
+        // External subnets added or removed: their addresses on the gateway.
         if let (Some(index), Some(g)) = (gateway_ifindex, &new.gateway) {
             let before = old
                 .gateway

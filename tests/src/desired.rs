@@ -85,7 +85,7 @@ pub struct PolicyRuleText {
     pub table: String,
 }
 
-/// `[router.steering]` (seed 000).
+/// `[router.steering]`.
 #[derive(Clone, Debug, Default)]
 pub struct SteeringText {
     pub nexthop: String,
@@ -93,7 +93,7 @@ pub struct SteeringText {
     pub interfaces: Vec<String>,
 }
 
-/// `[router.firewall]` (seed 001): `default` is "allow" or "deny".
+/// `[router.firewall]`: `default` is "allow" or "deny".
 #[derive(Clone, Debug, Default)]
 pub struct FirewallText {
     pub default: String,

@@ -1,12 +1,12 @@
 //! Topologies of the policy-routing tests, each built from named namespaces (unique per run,
 //! deleted on drop) and configured for routerd by a desired-state file written here:
 //!
-//! - [`SteeringTopology`] (seed 000): a router with four internal subnets, a gateway to an
+//! - [`SteeringTopology`]: a router with four internal subnets, a gateway to an
 //!   outside host, and a virtual firewall on two more router interfaces (its internal and
 //!   external legs) that forwards, counts (nftables) and can drop on demand.
-//! - [`ExternalTopology`] (seed 002): one external L2 (a bridge) carrying three external
+//! - [`ExternalTopology`]: one external L2 (a bridge) carrying three external
 //!   subnets, each with its own gateway host, all three leading to one internet host.
-//! - [`FirewallTopology`] (seed 001): internal subnets 10.0.0.0/24, 2.2.2.0/24 and
+//! - [`FirewallTopology`]: internal subnets 10.0.0.0/24, 2.2.2.0/24 and
 //!   3.3.3.0/24 behind a router with the stateful firewall.
 //!
 //! Also: applying a new desired state through SIGHUP and waiting for routerd to report it,
@@ -89,7 +89,7 @@ fn write_config(path: &Path, text: &str) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Seed 000: steering through a virtual firewall
+// Steering through a virtual firewall
 
 /// ```text
 ///  outside 198.18.0.1 ── qg-s (198.18.0.2 = GW; FIP 198.18.0.10 -> vm-a)
@@ -351,7 +351,7 @@ impl Drop for SteeringTopology {
 }
 
 // ---------------------------------------------------------------------------------------
-// Seed 002: several external subnets
+// Several external subnets
 
 /// ```text
 ///                       ┌ gw1 172.24.4.1 ─┐
@@ -617,7 +617,7 @@ impl Drop for ExternalTopology {
 }
 
 // ---------------------------------------------------------------------------------------
-// Seed 001: the stateful firewall
+// The stateful firewall
 
 /// ```text
 ///  outside 198.18.0.1 ── qg-f (198.18.0.2 = GW; FIP 198.18.0.13 -> vm3)

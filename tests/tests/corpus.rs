@@ -1,4 +1,4 @@
-//! The malformed- and edge-frame corpus (issue 7, point 1): every frame runs through the XDP
+//! The malformed- and edge-frame corpus: every frame runs through the XDP
 //! entry and the TC entry (BPF_PROG_TEST_RUN) of one router in two configurations, and has
 //! exactly one documented outcome in each (docs/verdicts.md, checked against this file by
 //! `docs_list_every_case`).

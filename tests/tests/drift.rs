@@ -1,4 +1,4 @@
-//! Drift repair (issue 5): what someone changes by hand in a router namespace goes back to
+//! Drift repair: what someone changes by hand in a router namespace goes back to
 //! the desired state within a second, and routerd says so in its log. An interface that
 //! disappears and comes back (with a new ifindex) is re-attached, and the fast path
 //! forwards for it again.

@@ -1,4 +1,4 @@
-//! Control-plane faults (issue 7): pins removed by hand, `kill -9` during an apply, a
+//! Control-plane faults: pins removed by hand, `kill -9` during an apply, a
 //! router namespace deleted under a running router, an interface flapping. Each ends in a
 //! consistent state that routerd repairs and reports, and the fast path keeps forwarding.
 

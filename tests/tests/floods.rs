@@ -1,4 +1,4 @@
-//! Floods and exhaustion against the real routerd in namespaces (issue 7, points 3 and 4).
+//! Floods and exhaustion against the real routerd in namespaces.
 //!
 //! - `syn_flood_*`: a router with a small session table (`max_sessions`), short SYN
 //!   timeouts and the firewall on (default deny, TCP 80 to a VM allowed, so every new flow

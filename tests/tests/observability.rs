@@ -1,4 +1,4 @@
-//! Observability (issue 5, point 7): routerd's Prometheus endpoint and `routerctl trace`,
+//! Observability: routerd's Prometheus endpoint and `routerctl trace`,
 //! against a real routerd in namespaces.
 //!
 //! After real traffic (SNAT, a floating IP, a firewall deny), a scrape of `/metrics` must

@@ -1,18 +1,18 @@
 //! Policy routing, firewall steering, several external subnets and the stateful firewall,
 //! end to end through the real routerd, in XDP mode and in TC mode:
 //!
-//! - `steering_*` (seed 000): traffic entering steered internal interfaces goes to a
+//! - `steering_*`: traffic entering steered internal interfaces goes to a
 //!   virtual firewall's internal leg, traffic entering the gateway to its external leg; the
 //!   firewall (a namespace with nftables counters) forwards it back. East-west arrives
 //!   untranslated, floating-IP and SNAT traffic translated only on the second pass; a drop
 //!   rule in the firewall stops exactly its flow; an explicit `[[router.rule]]` (from/to)
 //!   steers only what it selects; steering switched off and on at run time (SIGHUP) while a
 //!   steered flow of another VM loses nothing.
-//! - `external_subnets_*` (seed 002): floating IPs of two external subnets leave through
+//! - `external_subnets_*`: floating IPs of two external subnets leave through
 //!   their own subnet's gateway (counted on each gateway host), SNAT through the primary
 //!   subnet's, traffic to an external subnet goes directly; a third subnet added and removed
 //!   at run time while a flow runs.
-//! - `firewall_*` (seed 001): the FWaaS rules (deny TCP 2.2.2.0/24 -> 3.3.3.0/24, deny ICMP
+//! - `firewall_*`: the FWaaS rules (deny TCP 2.2.2.0/24 -> 3.3.3.0/24, deny ICMP
 //!   from 10.0.0.0/24, ...), established replies, default deny from outside, reject (TCP RST,
 //!   ICMP unreachable), invalid packets; per-rule and fixed counters equal to the packets
 //!   sent; drop reasons in the stats; a rule change at run time.
@@ -124,7 +124,7 @@ fn assert_path(what: &str, ex: &Exchange, src: Ipv4Addr, dst: Ipv4Addr, answer: 
 const PROTOS: [Proto; 3] = [Proto::Tcp, Proto::Udp, Proto::Icmp];
 
 // ---------------------------------------------------------------------------------------
-// Seed 000: firewall steering
+// Firewall steering
 
 fn steering(mode: &str) {
     use steer::*;
@@ -379,7 +379,7 @@ fn steering_tc() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Seed 002: several external subnets
+// Several external subnets
 
 fn external_subnets(mode: &str) {
     use ext::*;
@@ -577,9 +577,9 @@ fn external_subnets_tc() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Seed 001: the stateful firewall
+// The stateful firewall
 
-/// Seed 001's rules and what the test needs besides; default deny.
+/// The FWaaS rules and what the test needs besides; default deny.
 fn seed_001_rules() -> Vec<FwRuleText> {
     vec![
         // 0

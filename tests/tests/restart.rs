@@ -1,4 +1,4 @@
-//! Restart without loss (issue 5): `kill -9` routerd while traffic flows and start it again.
+//! Restart without loss: `kill -9` routerd while traffic flows and start it again.
 //! The fast path must keep forwarding throughout, sessions must survive, the new routerd
 //! must adopt the pinned maps and links and write nothing (the desired state did not
 //! change), and its freshly loaded programs must replace the running ones in the same

@@ -1,4 +1,4 @@
-//! The stateful firewall (FWaaS, seed 001), on the router's internal interfaces in both
+//! The stateful firewall (FWaaS), on the router's internal interfaces in both
 //! directions: invalid packets dropped, packets of a session accepted, then the rules in
 //! order, then the default policy.
 

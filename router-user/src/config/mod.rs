@@ -1,10 +1,10 @@
 //! The desired state: a TOML file in Neutron's vocabulary, parsed and validated whole before
 //! anything is touched. Every error names the offending key and value.
 //!
-//! - this module: routers, interfaces, the gateway and its external subnets (seed 002),
+//! - this module: routers, interfaces, the gateway and its external subnets,
 //!   routes, floating IPs, NAT settings;
-//! - [`policy`]: routing tables, policy rules (`ip rule`) and firewall steering (seed 000);
-//! - [`firewall`]: the stateful firewall (FWaaS, seed 001);
+//! - [`policy`]: routing tables, policy rules (`ip rule`) and firewall steering;
+//! - [`firewall`]: the stateful firewall (FWaaS);
 //! - [`render`]: the state written back as TOML ([`DesiredState::to_toml`]).
 //!
 //! `docs/configuration.md` is the operator's reference of the file.
@@ -65,9 +65,9 @@ pub struct Router {
     /// Policy rules (`[[router.rule]]`), in file order; the fast path walks them by
     /// priority, before the rules the router generates for steering and external subnets.
     pub rules: Vec<Rule>,
-    /// Firewall steering (seed 000), `None` without `[router.steering]`.
+    /// Firewall steering, `None` without `[router.steering]`.
     pub steering: Option<Steering>,
-    /// The stateful firewall on internal interfaces (seed 001), `None` = no firewall.
+    /// The stateful firewall on internal interfaces, `None` = no firewall.
     pub firewall: Option<Firewall>,
 }
 
@@ -173,7 +173,7 @@ pub struct Gateway {
     pub nexthop: Ipv4Addr,
     pub snat: bool,
     pub xdp_egress: Option<bool>,
-    /// Further subnets of the external network (seed 002), each with the router's address
+    /// Further subnets of the external network, each with the router's address
     /// on it (added to the gateway interface) and its own gateway. The primary subnet
     /// (`address`, `nexthop`) is not in this list; see [`Router::external_subnets`].
     pub subnets: Vec<ExternalSubnet>,

@@ -1,4 +1,4 @@
-//! Routing tables, policy rules (`ip rule`) and firewall steering (seed 000).
+//! Routing tables, policy rules (`ip rule`) and firewall steering.
 
 use std::{collections::HashSet, net::Ipv4Addr};
 
@@ -44,7 +44,7 @@ impl Rule {
     }
 }
 
-/// Firewall steering (seed 000): traffic entering from the steered internal interfaces is
+/// Firewall steering: traffic entering from the steered internal interfaces is
 /// routed to a firewall hanging off another internal interface of the router, and traffic
 /// entering from the gateway to `gateway_nexthop` if set. What the firewall sends back
 /// enters from its own interface, is not steered, and takes the main table.

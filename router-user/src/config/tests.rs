@@ -1,6 +1,6 @@
 use super::*;
 
-/// The file issue 2 says must work exactly as written.
+/// The smallest complete router file: it must parse exactly as written.
 pub const ISSUE_EXAMPLE: &str = r#"
 [[router]]
 id = "r1"
@@ -117,7 +117,7 @@ fn prefix_arithmetic() {
     assert!(zero.contains(Ipv4Addr::new(8, 8, 8, 8)));
 }
 
-/// Issue 3's floating IP, and a `[router.nat]` section with every key.
+/// A floating IP, and a `[router.nat]` section with every key.
 const NAT_EXAMPLE: &str = r#"
 [[router.floating_ip]]
 address = "198.18.0.10"   # on the external network
@@ -210,8 +210,8 @@ fn invalid_floating_ips_and_nat_settings_are_rejected() {
 
 // ---- policy routing, steering, several external subnets, the firewall -----------------
 
-/// A router using every key: seed 000's steering, seed 001's firewall rules, seed 002's
-/// second external subnet, extra tables, routes and rules, floating IPs on both external
+/// A router using every key: firewall steering, FWaaS rules, several external subnets (a
+/// second external subnet), extra tables, routes and rules, floating IPs on both external
 /// subnets, NAT settings and timeouts.
 const FULL_EXAMPLE: &str = r#"
 [[router]]
@@ -305,7 +305,7 @@ protocol = "tcp"
 source = "2.2.2.0/24"
 destination = "3.3.3.0/24"
 destination_ports = "1:65535"
-description = "seed 001"
+description = "fwaas rules"
 
 [[router.firewall.rule]]
 action = "reject"
@@ -510,7 +510,7 @@ fn full_example_parses() {
             source: prefix("2.2.2.0/24"),
             destination: prefix("3.3.3.0/24"),
             ports: Some(PortRange { min: 1, max: 65535 }),
-            description: Some("seed 001".into()),
+            description: Some("fwaas rules".into()),
         }
     );
     let fr = seed.to_fw_rule(3);
@@ -992,7 +992,7 @@ fn invalid_firewall_rules_are_rejected() {
     let e = full_err("source = \"10.0.0.0/24\"", "source = \"10.0.0.1/24\"");
     names(&e, "firewall.rule[1].source", &["host bits"]);
     let e = full_err(
-        "description = \"seed 001\"",
+        "description = \"fwaas rules\"",
         &format!("description = \"{}\"", "x".repeat(256)),
     );
     names(&e, "firewall.rule[0].description", &["255"]);
@@ -1051,12 +1051,12 @@ fn documentation_examples_parse() {
         examples += 1;
     }
     assert!(examples >= 5, "{examples} examples");
-    // Seed 000's steering generates a rule per steered interface and one for the gateway.
+    // Firewall steering generates a rule per steered interface and one for the gateway.
     let seed_000 = doc
         .split("```toml\n")
         .filter_map(|b| b.split("```").next())
         .find(|b| b.contains("qr-vfw-int"))
-        .expect("seed 000 example");
+        .expect("steering example");
     let r = &DesiredState::parse(seed_000).expect("valid").routers[0];
     assert_eq!(r.generated_rule_count(), 3);
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask demo`: seed 003's router (an external network, one internal subnet with one
+//! `cargo xtask demo`: the reference router (an external network, one internal subnet with one
 //! VM) in namespaces, routerd attached, real traffic through it, and the counters table.
 //!
 //! Usage: demo <dir holding routerd and routerctl>
@@ -29,7 +29,7 @@ fn main() {
     let ext_ns = ns.add(&format!("ext-{tag}"));
     let vm_ns = ns.add(&format!("vm1-{tag}"));
     let vm2_ns = ns.add(&format!("vm2-{tag}"));
-    println!("== seed 003: router1 in {router_ns}");
+    println!("== reference router: router1 in {router_ns}");
     println!(
         "   ext-net 192.168.101.0/24: gateway host 192.168.101.1 ({ext_ns}), router qg 192.168.101.2"
     );
