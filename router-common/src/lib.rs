@@ -140,7 +140,7 @@ pub struct RouteEntry {
 
 /// A neighbour (ARP) entry, mirrored from the kernel's table of the router namespace.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NeighborKey {
     pub ifindex: u32,
     pub addr: [u8; 4],

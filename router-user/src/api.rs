@@ -1321,7 +1321,8 @@ fn firewall_listing(r: &Router) -> FirewallListing {
         .enumerate()
         .map(|(i, rule)| fw_rule_entry(i + 1, rule))
         .collect();
-    if let Ok(counters) = crate::firewall::rule_counters(&r.id) {
+    use crate::maps::{Pinned, Rooms as _};
+    if let Ok(counters) = Pinned::open(&r.id).and_then(|mut m| m.policy().rule_counters()) {
         for c in counters {
             if let Some(entry) = rules.get_mut(c.index) {
                 entry.packets = Some(c.packets);
@@ -1330,7 +1331,8 @@ fn firewall_listing(r: &Router) -> FirewallListing {
         }
     }
     let counter = |(packets, bytes): (u64, u64)| Counter { packets, bytes };
-    let counters = crate::firewall::fixed_counters(&r.id)
+    let counters = Pinned::open(&r.id)
+        .and_then(|mut m| m.policy().fixed_counters())
         .ok()
         .map(|f| FixedCounterEntry {
             established: counter(f.established),

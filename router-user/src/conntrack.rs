@@ -355,7 +355,8 @@ fn session(
     }
 }
 
-fn proto_name(proto: u8) -> String {
+/// A protocol number as people name it (`tcp`, `udp`, `icmp`, else the number).
+pub fn proto_name(proto: u8) -> String {
     match proto {
         IPPROTO_TCP => "tcp".into(),
         IPPROTO_UDP => "udp".into(),
@@ -364,7 +365,8 @@ fn proto_name(proto: u8) -> String {
     }
 }
 
-fn kind_name(kind: u8) -> String {
+/// A session kind as people name it.
+pub fn kind_name(kind: u8) -> String {
     match kind {
         ct_kind::SNAT => "snat".into(),
         ct_kind::HAIRPIN => "hairpin".into(),

@@ -1,4 +1,7 @@
-//! One router's eBPF programs and maps: loading, map writes, attachment and pinning.
+//! One router's eBPF programs and maps in the kernel: loading, pinning, adoption of what an
+//! earlier routerd pinned, attachment to interfaces (XDP, TC) and pin repair. What the maps
+//! hold is written and read through the rooms of [`crate::maps`]; a `Datapath` is one of
+//! their map sources.
 
 use std::{
     collections::BTreeMap,
@@ -7,32 +10,24 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
-    maps::{
-        Array, DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap,
-        PerCpuValues, lpm_trie::Key,
-    },
+    maps::{Map, MapData, MapError},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
         xdp::{XdpLink, XdpLinkId},
     },
-    util::nr_cpus,
 };
 use aya_obj::programs::XdpAttachType;
 use router_common::{
-    CtEntry, CtKey, FipEntry, FipStats, FwRule, FwStats, IfaceEntry, IfaceStats, MAX_FW_RULES,
-    MAX_RULES, NatConfig, NeighborEntry, NeighborKey, PolicyConfig, PolicyRule, RouteEntry,
-    RouteKey, SnatStats, SourceKey, map_names, prog_names,
+    CtEntry, CtKey, FwRule, FwStats, IfaceEntry, IfaceStats, NatConfig, PolicyConfig, PolicyRule,
+    RouteEntry, RouteKey, SourceKey, map_names, prog_names,
 };
 
-use crate::{config::Mode, error::Error};
+use crate::{config::Mode, error::Error, maps::MapSource};
 
 /// The eBPF object built by build.rs.
 pub static EBPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/router-ebpf"));
-
-/// A route as the LPM trie stores it: (trie prefix length, key).
-pub type RouteSlot = (u32, RouteKey);
 
 pub struct Datapath {
     ebpf: Ebpf,
@@ -660,273 +655,7 @@ impl Datapath {
                 let _ = self.tc_mut()?.detach(link);
             }
         }
-        self.remove_iface(ifindex)
-    }
-
-    pub fn set_nat_config(&mut self, cfg: NatConfig) -> Result<(), Error> {
-        let mut map: Array<_, NatConfig> = typed(self.map(map_names::NAT_CONFIG)?, "NAT_CONFIG")?;
-        if map.get(&0, 0).ok() == Some(cfg) {
-            return Ok(());
-        }
-        let result = map
-            .set(0, cfg, 0)
-            .map_err(|e| Error::map("writing NAT_CONFIG", e));
-        self.writes += 1;
-        result
-    }
-
-    /// Adds (or changes) floating IP `fip` for `fixed`, with zeroed counters for a new one.
-    pub fn set_floating_ip(&mut self, fip: [u8; 4], fixed: [u8; 4]) -> Result<(), Error> {
-        self.writes += 2;
-        let mut stats: PerCpuHashMap<_, [u8; 4], FipStats> =
-            typed(self.map(map_names::FIP_STATS)?, "FIP_STATS")?;
-        if stats.get(&fip, 0).is_err() {
-            let cpus = nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
-            let zero = vec![FipStats::default(); cpus];
-            retry_short_of_memory(|| stats.insert(fip, PerCpuValues::try_from(zero.clone())?, 0))
-                .map_err(|e| Error::map("writing FIP_STATS", e))?;
-        }
-        let entry = |addr| FipEntry { addr, _pad: 0 };
-        let mut by_fixed: HashMap<_, [u8; 4], FipEntry> =
-            typed(self.map(map_names::FIP_BY_FIXED)?, "FIP_BY_FIXED")?;
-        retry_short_of_memory(|| by_fixed.insert(fixed, entry(fip), 0))
-            .map_err(|e| Error::map("writing FIP_BY_FIXED", e))?;
-        let mut by_address: HashMap<_, [u8; 4], FipEntry> =
-            typed(self.map(map_names::FIP_BY_ADDRESS)?, "FIP_BY_ADDRESS")?;
-        retry_short_of_memory(|| by_address.insert(fip, entry(fixed), 0))
-            .map_err(|e| Error::map("writing FIP_BY_ADDRESS", e))
-    }
-
-    /// Removes floating IP `fip`: from then on no packet is translated by it.
-    pub fn remove_floating_ip(&mut self, fip: [u8; 4]) -> Result<(), Error> {
-        self.writes += 2;
-        let mut by_address: HashMap<_, [u8; 4], FipEntry> =
-            typed(self.map(map_names::FIP_BY_ADDRESS)?, "FIP_BY_ADDRESS")?;
-        let fixed = by_address.get(&fip, 0).ok().map(|e| e.addr);
-        let _ = by_address.remove(&fip);
-        if let Some(fixed) = fixed {
-            let mut by_fixed: HashMap<_, [u8; 4], FipEntry> =
-                typed(self.map(map_names::FIP_BY_FIXED)?, "FIP_BY_FIXED")?;
-            if by_fixed.get(&fixed, 0).is_ok_and(|e| e.addr == fip) {
-                let _ = by_fixed.remove(&fixed);
-            }
-        }
-        let mut stats: PerCpuHashMap<_, [u8; 4], FipStats> =
-            typed(self.map(map_names::FIP_STATS)?, "FIP_STATS")?;
-        let _ = stats.remove(&fip);
         Ok(())
-    }
-
-    /// Floating IP -> fixed IP, as the fast path has them.
-    pub fn floating_ips(&mut self) -> Result<BTreeMap<[u8; 4], [u8; 4]>, Error> {
-        let map: HashMap<_, [u8; 4], FipEntry> =
-            typed(self.map(map_names::FIP_BY_ADDRESS)?, "FIP_BY_ADDRESS")?;
-        map.iter()
-            .map(|item| {
-                item.map(|(k, v)| (k, v.addr))
-                    .map_err(|e| Error::map("reading FIP_BY_ADDRESS", e))
-            })
-            .collect()
-    }
-
-    /// Makes the floating IPs these (floating IP -> fixed IP), writing only differences.
-    pub fn sync_floating_ips(&mut self, wanted: &BTreeMap<[u8; 4], [u8; 4]>) -> Result<(), Error> {
-        let current = self.floating_ips()?;
-        for (fip, fixed) in wanted {
-            if current.get(fip) != Some(fixed) {
-                self.set_floating_ip(*fip, *fixed)?;
-            }
-        }
-        for fip in current.keys().filter(|f| !wanted.contains_key(*f)) {
-            self.remove_floating_ip(*fip)?;
-        }
-        Ok(())
-    }
-
-    /// Zeroed SNAT counters (the array entry exists from load; this makes it explicit).
-    pub fn reset_snat_stats(&mut self) -> Result<(), Error> {
-        self.writes += 1;
-        let mut map: PerCpuArray<_, SnatStats> =
-            typed(self.map(map_names::SNAT_STATS)?, "SNAT_STATS")?;
-        let cpus = nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
-        let zero = PerCpuValues::try_from(vec![SnatStats::default(); cpus])
-            .map_err(|e| Error::io("per-CPU values", e))?;
-        map.set(0, zero, 0)
-            .map_err(|e| Error::map("writing SNAT_STATS", e))
-    }
-
-    /// The policy settings the fast path runs with.
-    pub fn policy_config(&mut self) -> Result<PolicyConfig, Error> {
-        let map: Array<_, PolicyConfig> =
-            typed(self.map(map_names::POLICY_CONFIG)?, "POLICY_CONFIG")?;
-        map.get(&0, 0)
-            .map_err(|e| Error::map("reading POLICY_CONFIG", e))
-    }
-
-    /// The firewall rules the fast path runs with.
-    pub fn fw_rules(&mut self) -> Result<Vec<FwRule>, Error> {
-        let cfg = self.policy_config()?;
-        let map: Array<_, FwRule> = typed(self.map(map_names::FW_RULES)?, "FW_RULES")?;
-        (cfg.fw_base..cfg.fw_base + cfg.fw_rule_count)
-            .map(|i| {
-                map.get(&i, 0)
-                    .map_err(|e| Error::map("reading FW_RULES", e))
-            })
-            .collect()
-    }
-
-    fn live_rules(&mut self, cfg: &PolicyConfig) -> Result<Vec<PolicyRule>, Error> {
-        let map: Array<_, PolicyRule> = typed(self.map(map_names::RULES)?, "RULES")?;
-        (cfg.rules_base..cfg.rules_base + cfg.rule_count)
-            .map(|i| map.get(&i, 0).map_err(|e| Error::map("reading RULES", e)))
-            .collect()
-    }
-
-    /// Makes the fast path's policy rules, firewall and external source tables these.
-    /// Changed rule lists are written to the half of their array not in use and take effect
-    /// with one write of `POLICY_CONFIG`, so a packet sees the old list or the new one,
-    /// never a mix. Returns the number of map writes (0 when nothing differs).
-    pub fn set_policy(
-        &mut self,
-        rules: &[PolicyRule],
-        fw_rules: &[FwRule],
-        fw_flags: u32,
-        source_tables: &[(([u8; 4], u8), u32)],
-    ) -> Result<usize, Error> {
-        let old = self.policy_config()?;
-        let mut new = old;
-        let mut writes = 0;
-        if self.live_rules(&old)? != rules {
-            let base = if old.rules_base == 0 { MAX_RULES } else { 0 };
-            let mut map: Array<_, PolicyRule> = typed(self.map(map_names::RULES)?, "RULES")?;
-            for (i, rule) in rules.iter().enumerate() {
-                map.set(base + i as u32, rule, 0)
-                    .map_err(|e| Error::map("writing RULES", e))?;
-                writes += 1;
-            }
-            new.rules_base = base;
-            new.rule_count = rules.len() as u32;
-        }
-        if self.fw_rules()? != fw_rules {
-            let base = if old.fw_base == 0 { MAX_FW_RULES } else { 0 };
-            let mut map: Array<_, FwRule> = typed(self.map(map_names::FW_RULES)?, "FW_RULES")?;
-            for (i, rule) in fw_rules.iter().enumerate() {
-                map.set(base + i as u32, rule, 0)
-                    .map_err(|e| Error::map("writing FW_RULES", e))?;
-                writes += 1;
-            }
-            new.fw_base = base;
-            new.fw_rule_count = fw_rules.len() as u32;
-        }
-        new.fw_flags = fw_flags;
-        // Source tables: new entries before the switch, stale ones after it.
-        let mut trie: LpmTrie<_, [u8; 4], u32> =
-            typed(self.map(map_names::SOURCE_TABLES)?, "SOURCE_TABLES")?;
-        let mut current = BTreeMap::new();
-        for item in trie.iter() {
-            let (key, table) = item.map_err(|e| Error::map("reading SOURCE_TABLES", e))?;
-            current.insert((key.data(), key.prefix_len() as u8), table);
-        }
-        for ((addr, len), table) in source_tables {
-            if current.get(&(*addr, *len)) != Some(table) {
-                trie.insert(&Key::new(u32::from(*len), *addr), table, 0)
-                    .map_err(|e| Error::map("writing SOURCE_TABLES", e))?;
-                writes += 1;
-            }
-        }
-        new.source_tables = source_tables.len() as u32;
-        if new != old {
-            let mut map: Array<_, PolicyConfig> =
-                typed(self.map(map_names::POLICY_CONFIG)?, "POLICY_CONFIG")?;
-            map.set(0, new, 0)
-                .map_err(|e| Error::map("writing POLICY_CONFIG", e))?;
-            writes += 1;
-        }
-        let mut trie: LpmTrie<_, [u8; 4], u32> =
-            typed(self.map(map_names::SOURCE_TABLES)?, "SOURCE_TABLES")?;
-        for (addr, len) in current.keys() {
-            if !source_tables
-                .iter()
-                .any(|((a, l), _)| a == addr && l == len)
-            {
-                trie.remove(&Key::new(u32::from(*len), *addr))
-                    .map_err(|e| Error::map("removing from SOURCE_TABLES", e))?;
-                writes += 1;
-            }
-        }
-        self.writes += writes;
-        Ok(writes)
-    }
-
-    /// Makes the anti-spoofing trie equal to `wanted` (prefix length, key), touching only
-    /// entries that differ. Returns the number of writes.
-    pub fn sync_allowed_sources(
-        &mut self,
-        wanted: &std::collections::BTreeSet<(u32, SourceKey)>,
-    ) -> Result<usize, Error> {
-        let mut map: LpmTrie<_, SourceKey, u8> =
-            typed(self.map(map_names::ALLOWED_SOURCES)?, "ALLOWED_SOURCES")?;
-        let mut current = std::collections::BTreeSet::new();
-        for item in map.iter() {
-            let (key, _) = item.map_err(|e| Error::map("reading ALLOWED_SOURCES", e))?;
-            current.insert((key.prefix_len(), key.data()));
-        }
-        let mut writes = 0;
-        for (len, key) in wanted.difference(&current) {
-            map.insert(&Key::new(*len, *key), 1, 0)
-                .map_err(|e| Error::map("writing ALLOWED_SOURCES", e))?;
-            writes += 1;
-        }
-        for (len, key) in current.difference(wanted) {
-            map.remove(&Key::new(*len, *key))
-                .map_err(|e| Error::map("removing from ALLOWED_SOURCES", e))?;
-            writes += 1;
-        }
-        self.writes += writes;
-        Ok(writes)
-    }
-
-    /// Makes the per-source SNAT session counts these (addresses without sessions go).
-    pub fn sync_snat_sources(
-        &mut self,
-        counts: &std::collections::HashMap<[u8; 4], u32>,
-    ) -> Result<(), Error> {
-        let mut map: HashMap<_, [u8; 4], u32> =
-            typed(self.map(map_names::SNAT_SOURCES)?, "SNAT_SOURCES")?;
-        let current: std::collections::HashMap<[u8; 4], u32> =
-            map.iter().filter_map(Result::ok).collect();
-        for (addr, n) in counts {
-            if current.get(addr) != Some(n) {
-                map.insert(addr, n, 0)
-                    .map_err(|e| Error::map("writing SNAT_SOURCES", e))?;
-            }
-        }
-        for addr in current.keys().filter(|a| !counts.contains_key(*a)) {
-            let _ = map.remove(addr);
-        }
-        Ok(())
-    }
-
-    /// Zeroes the firewall counters of `slots` (given to new rules).
-    pub fn reset_fw_slots(&mut self, slots: &[u8]) -> Result<(), Error> {
-        if slots.is_empty() {
-            return Ok(());
-        }
-        self.writes += slots.len();
-        let mut map: PerCpuArray<_, FwStats> = typed(self.map(map_names::FW_STATS)?, "FW_STATS")?;
-        let cpus = nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
-        for slot in slots {
-            let zero = PerCpuValues::try_from(vec![FwStats::default(); cpus])
-                .map_err(|e| Error::io("per-CPU values", e))?;
-            map.set(u32::from(*slot), zero, 0)
-                .map_err(|e| Error::map("writing FW_STATS", e))?;
-        }
-        Ok(())
-    }
-
-    /// The session table, for aging, purging and listing.
-    pub fn sessions(&mut self) -> Result<HashMap<&mut MapData, CtKey, CtEntry>, Error> {
-        typed(self.map(map_names::SESSIONS)?, "SESSIONS")
     }
 
     /// Pins every map under `dir` (replacing pins a previous run left behind).
@@ -1026,27 +755,6 @@ impl Datapath {
         Ok(repaired)
     }
 
-    fn map(&mut self, name: &str) -> Result<&mut Map, Error> {
-        let invalid = || {
-            Error::map(
-                name.to_string(),
-                aya::maps::MapError::InvalidName { name: name.into() },
-            )
-        };
-        let pinned = map_names::ALL.iter().copied().find(|n| *n == name);
-        let (Some(name), Some(dir), true) = (pinned, &self.pin_dir, self.persistent) else {
-            return self.ebpf.map_mut(name).ok_or_else(invalid);
-        };
-        if !self.open_maps.contains_key(name) {
-            let path = dir.join(name);
-            let map = MapData::from_pin(&path)
-                .and_then(Map::from_map_data)
-                .map_err(|e| Error::map(format!("opening {}", path.display()), e))?;
-            self.open_maps.insert(name, map);
-        }
-        self.open_maps.get_mut(name).ok_or_else(invalid)
-    }
-
     /// Closes the maps opened since the last call (see `open_maps`); the next operation
     /// opens what it needs from the pins again.
     pub fn release_maps(&mut self) {
@@ -1071,148 +779,6 @@ impl Datapath {
             name.to_string(),
             aya::maps::MapError::InvalidName { name: name.into() },
         ))
-    }
-
-    pub fn set_iface(&mut self, ifindex: u32, entry: IfaceEntry) -> Result<(), Error> {
-        let mut map: HashMap<_, u32, IfaceEntry> = typed(self.map(map_names::IFACES)?, "IFACES")?;
-        if map.get(&ifindex, 0).ok() != Some(entry) {
-            map.insert(ifindex, entry, 0)
-                .map_err(|e| Error::map(format!("IFACES[{ifindex}]"), e))?;
-            self.writes += 1;
-        }
-        // Counters exist from the start, so the programs only ever update them.
-        let mut stats: PerCpuHashMap<_, u32, IfaceStats> =
-            typed(self.map(map_names::IFACE_STATS)?, "IFACE_STATS")?;
-        if stats.get(&ifindex, 0).is_err() {
-            let cpus = nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
-            let zero = vec![IfaceStats::default(); cpus];
-            retry_short_of_memory(|| {
-                stats.insert(ifindex, PerCpuValues::try_from(zero.clone())?, 0)
-            })
-            .map_err(|e| Error::map(format!("IFACE_STATS[{ifindex}]"), e))?;
-            self.writes += 1;
-        }
-        Ok(())
-    }
-
-    /// The ifindexes in `IFACES`.
-    pub fn iface_indexes(&mut self) -> Result<Vec<u32>, Error> {
-        let map: HashMap<_, u32, IfaceEntry> = typed(self.map(map_names::IFACES)?, "IFACES")?;
-        Ok(map.keys().filter_map(Result::ok).collect())
-    }
-
-    pub fn remove_iface(&mut self, ifindex: u32) -> Result<(), Error> {
-        let mut map: HashMap<_, u32, IfaceEntry> = typed(self.map(map_names::IFACES)?, "IFACES")?;
-        let _ = map.remove(&ifindex);
-        let mut devs: DevMapHash<_> = typed(self.map(map_names::EGRESS_DEVS)?, "EGRESS_DEVS")?;
-        let _ = devs.remove(ifindex);
-        self.writes += 2;
-        Ok(())
-    }
-
-    /// Lets XDP redirect into `ifindex` (call only for egresses that deliver XDP frames).
-    pub fn set_xdp_egress(&mut self, ifindex: u32) -> Result<(), Error> {
-        let mut devs: DevMapHash<_> = typed(self.map(map_names::EGRESS_DEVS)?, "EGRESS_DEVS")?;
-        if devs.get(ifindex, 0).is_ok() {
-            return Ok(());
-        }
-        let result = devs.insert(ifindex, ifindex, None, 0).map_err(|e| match e {
-            aya::maps::xdp::XdpMapError::MapError(e) => {
-                Error::map(format!("EGRESS_DEVS[{ifindex}]"), e)
-            }
-            other => Error::io(
-                format!("EGRESS_DEVS[{ifindex}]"),
-                std::io::Error::other(other.to_string()),
-            ),
-        });
-        self.writes += 1;
-        result
-    }
-
-    pub fn routes(&mut self) -> Result<BTreeMap<RouteSlot, RouteEntry>, Error> {
-        let map: LpmTrie<_, RouteKey, RouteEntry> = typed(self.map(map_names::ROUTES)?, "ROUTES")?;
-        let mut out = BTreeMap::new();
-        for item in map.iter() {
-            let (key, value) = item.map_err(|e| Error::map("reading ROUTES", e))?;
-            out.insert((key.prefix_len(), key.data()), value);
-        }
-        Ok(out)
-    }
-
-    /// Makes the route trie equal to `wanted`, touching only entries that differ.
-    /// Returns the number of writes.
-    pub fn sync_routes(
-        &mut self,
-        wanted: &BTreeMap<RouteSlot, RouteEntry>,
-    ) -> Result<usize, Error> {
-        let current = self.routes()?;
-        let mut map: LpmTrie<_, RouteKey, RouteEntry> =
-            typed(self.map(map_names::ROUTES)?, "ROUTES")?;
-        let mut writes = 0;
-        for (slot, entry) in wanted {
-            if current.get(slot) != Some(entry) {
-                map.insert(&Key::new(slot.0, slot.1), entry, 0)
-                    .map_err(|e| Error::map("writing ROUTES", e))?;
-                writes += 1;
-            }
-        }
-        for slot in current.keys().filter(|s| !wanted.contains_key(*s)) {
-            map.remove(&Key::new(slot.0, slot.1))
-                .map_err(|e| Error::map("removing from ROUTES", e))?;
-            writes += 1;
-        }
-        self.writes += writes;
-        Ok(writes)
-    }
-
-    pub fn set_neighbor(
-        &mut self,
-        key: NeighborKey,
-        entry: Option<NeighborEntry>,
-    ) -> Result<(), Error> {
-        let mut map: HashMap<_, NeighborKey, NeighborEntry> =
-            typed(self.map(map_names::NEIGHBORS)?, "NEIGHBORS")?;
-        let result = match entry {
-            Some(entry) => retry_short_of_memory(|| map.insert(key, entry, 0))
-                .map_err(|e| Error::map("writing NEIGHBORS", e)),
-            None => {
-                let _ = map.remove(&key);
-                Ok(())
-            }
-        };
-        self.writes += 1;
-        result
-    }
-
-    /// Makes the neighbour map equal to `wanted`.
-    pub fn sync_neighbors(&mut self, wanted: &[(NeighborKey, NeighborEntry)]) -> Result<(), Error> {
-        let mut map: HashMap<_, NeighborKey, NeighborEntry> =
-            typed(self.map(map_names::NEIGHBORS)?, "NEIGHBORS")?;
-        let current: std::collections::HashMap<NeighborKey, NeighborEntry> =
-            map.iter().filter_map(Result::ok).collect();
-        let mut writes = 0;
-        for key in current.keys() {
-            if !wanted.iter().any(|(k, _)| k == key) {
-                let _ = map.remove(key);
-                writes += 1;
-            }
-        }
-        for (key, entry) in wanted {
-            if current.get(key) != Some(entry) {
-                map.insert(key, entry, 0)
-                    .map_err(|e| Error::map("writing NEIGHBORS", e))?;
-                writes += 1;
-            }
-        }
-        self.writes += writes;
-        Ok(())
-    }
-
-    /// Counters of `ifindex`, summed over CPUs.
-    pub fn stats(&mut self, ifindex: u32) -> Result<IfaceStats, Error> {
-        let map: PerCpuHashMap<_, u32, IfaceStats> =
-            typed(self.map(map_names::IFACE_STATS)?, "IFACE_STATS")?;
-        sum_stats(&map, ifindex)
     }
 
     /// For `routerctl trace` (`trace.rs`): the programs loaded once more, attached nowhere,
@@ -1275,6 +841,38 @@ impl Datapath {
     }
 }
 
+impl MapSource for Datapath {
+    /// A persistent datapath opens its maps from their pins (see `open_maps`); a datapath
+    /// of tests and benchmarks uses the loaded object's.
+    fn map(&mut self, name: &'static str) -> Result<&mut Map, Error> {
+        let invalid = || Error::map(name, MapError::InvalidName { name: name.into() });
+        let (Some(dir), true) = (&self.pin_dir, self.persistent) else {
+            return self.ebpf.map_mut(name).ok_or_else(invalid);
+        };
+        if !self.open_maps.contains_key(name) {
+            let path = dir.join(name);
+            let map = MapData::from_pin(&path)
+                .and_then(Map::from_map_data)
+                .map_err(|e| Error::map(format!("opening {}", path.display()), e))?;
+            self.open_maps.insert(name, map);
+        }
+        self.open_maps.get_mut(name).ok_or_else(invalid)
+    }
+
+    fn take(&mut self, name: &'static str) -> Result<Map, Error> {
+        let invalid = || Error::map(name, MapError::InvalidName { name: name.into() });
+        if !self.persistent {
+            return self.ebpf.take_map(name).ok_or_else(invalid);
+        }
+        self.map(name)?;
+        self.open_maps.remove(name).ok_or_else(invalid)
+    }
+
+    fn count_writes(&mut self, n: usize) {
+        self.writes += n;
+    }
+}
+
 impl Drop for Datapath {
     /// A datapath of tests and benchmarks goes entirely: dropping the `Ebpf` detaches every
     /// link and the pins are removed. routerd's (persistent) stays pinned and attached for
@@ -1301,18 +899,6 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
     })
 }
 
-fn typed<'a, T>(map: &'a mut Map, name: &str) -> Result<T, Error>
-where
-    T: TryFrom<&'a mut Map, Error = aya::maps::MapError>,
-{
-    T::try_from(map).map_err(|e| Error::map(format!("map {name}"), e))
-}
-
-/// Runs a map write again while the kernel answers ENOMEM, for up to a second. Entries of
-/// the maps that are not preallocated come from caches the kernel refills in the
-/// background (per-CPU counters from the per-CPU allocator's atomic reserve): setting up
-/// hundreds of routers at once can find one empty for a moment (seen at about 800 routers:
-/// "percpu: allocation failed ... atomic alloc failed").
 /// Program loads this process repeated because the verifier was interrupted (EAGAIN).
 static LOADS_INTERRUPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -1338,30 +924,6 @@ fn load_retrying_eagain(
                 log::info!("loading a program: interrupted by a signal (EAGAIN), loading again");
             }
             other => return other,
-        }
-    }
-}
-
-fn retry_short_of_memory(
-    mut write: impl FnMut() -> Result<(), aya::maps::MapError>,
-) -> Result<(), aya::maps::MapError> {
-    let mut tries = 0;
-    loop {
-        match write() {
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOMEM) && tries < 100 =>
-            {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            other => {
-                if tries > 0 {
-                    log::info!(
-                        "a per-CPU map write needed {tries} retries (kernel short of per-CPU memory)"
-                    );
-                }
-                return other;
-            }
         }
     }
 }
@@ -1394,36 +956,4 @@ fn remove_pin(path: &Path) -> Result<(), Error> {
             e,
         )),
     }
-}
-
-pub fn sum_stats<T: std::borrow::Borrow<MapData>>(
-    map: &PerCpuHashMap<T, u32, IfaceStats>,
-    ifindex: u32,
-) -> Result<IfaceStats, Error> {
-    let values = map
-        .get(&ifindex, 0)
-        .map_err(|e| Error::map(format!("IFACE_STATS[{ifindex}]"), e))?;
-    let mut total = IfaceStats::default();
-    for v in values.iter() {
-        total.accumulate(v);
-    }
-    Ok(total)
-}
-
-/// Opens map `name` pinned by a running router.
-pub fn open_pinned<T>(router: &str, name: &str) -> Result<T, Error>
-where
-    T: TryFrom<Map, Error = aya::maps::MapError>,
-{
-    let dir = crate::paths::router_pin_dir(router);
-    let path = dir.join(name);
-    let data = MapData::from_pin(&path)
-        .map_err(|_| Error::NotRunning(router.to_string(), dir.display().to_string()))?;
-    let map = Map::from_map_data(data).map_err(|e| Error::map(path.display().to_string(), e))?;
-    T::try_from(map).map_err(|e| Error::map(path.display().to_string(), e))
-}
-
-/// Opens the pinned counters of a running router (for `routerctl`).
-pub fn open_pinned_stats(router: &str) -> Result<PerCpuHashMap<MapData, u32, IfaceStats>, Error> {
-    open_pinned(router, map_names::IFACE_STATS)
 }

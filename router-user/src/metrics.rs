@@ -16,8 +16,7 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{Array, HashMap, Map, MapData};
-use router_common::{CtEntry, CtKey, PolicyConfig, ct_dir, fw_flags, map_names};
+use router_common::fw_flags;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -25,23 +24,16 @@ use tokio::{
 
 use crate::{
     error::Error,
-    firewall::{self, FixedCounters, RuleCounters},
+    maps::{
+        Fill, Pinned, Rooms as _,
+        policy::{FixedCounters, RuleCounters},
+    },
     router::{RouterInfo, running_routers},
     stats::{self, FloatingIpStats, GatewayStats, InterfaceStats},
 };
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// How full one map is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MapFill {
-    pub map: String,
-    /// Meaningful entries (see `docs/observability.md` for what each map counts).
-    pub entries: u64,
-    /// The map's `max_entries`.
-    pub capacity: u64,
-}
 
 /// Everything one router exports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,7 +48,7 @@ pub struct RouterMetrics {
     pub fw_enabled: bool,
     pub fw_default_allow: bool,
     /// One per map of `map_names::ALL`, in that order.
-    pub maps: Vec<MapFill>,
+    pub maps: Vec<Fill>,
     /// Sessions (original-direction entries of `SESSIONS`).
     pub sessions: u64,
 }
@@ -102,22 +94,11 @@ pub fn collect_router(info: &RouterInfo) -> Result<RouterMetrics, Error> {
     let router = info.router.as_str();
     let interfaces = stats::collect(Some(router))?;
     let nat = stats::collect_nat(Some(router))?;
-    let policy: Array<MapData, PolicyConfig> =
-        crate::datapath::open_pinned(router, map_names::POLICY_CONFIG)?;
-    let policy = policy
-        .get(&0, 0)
-        .map_err(|e| Error::map(format!("{router}: POLICY_CONFIG[0]"), e))?;
-    let fw_rules = firewall::rule_counters(router)?;
-    let fw_fixed = firewall::fixed_counters(router)?;
-    let mut maps = Vec::with_capacity(map_names::ALL.len());
-    let mut sessions = 0;
-    for name in map_names::ALL {
-        let (fill, originals) = map_fill(router, name, &policy)?;
-        maps.push(fill);
-        if name == map_names::SESSIONS {
-            sessions = originals;
-        }
-    }
+    let mut maps = Pinned::open(router)?;
+    let policy = maps.policy().config()?;
+    let fw_rules = maps.policy().rule_counters()?;
+    let fw_fixed = maps.policy().fixed_counters()?;
+    let (fill, sessions) = maps.fill()?;
     Ok(RouterMetrics {
         router: router.to_string(),
         interfaces,
@@ -127,108 +108,9 @@ pub fn collect_router(info: &RouterInfo) -> Result<RouterMetrics, Error> {
         fw_fixed,
         fw_enabled: policy.fw_flags & fw_flags::ENABLED != 0,
         fw_default_allow: policy.fw_flags & fw_flags::DEFAULT_ALLOW != 0,
-        maps,
+        maps: fill,
         sessions,
     })
-}
-
-/// Entries and capacity of map `name` of `router`; for `SESSIONS` also the number of
-/// original-direction entries (sessions). Hash and LPM maps count their keys whatever their
-/// key type (so a map added later is counted too); arrays count the entries in use where
-/// that is known, else their capacity; other maps (ring buffers) count 0 entries.
-fn map_fill(router: &str, name: &str, policy: &PolicyConfig) -> Result<(MapFill, u64), Error> {
-    use aya::maps::MapType;
-    let path = crate::paths::router_pin_dir(router).join(name);
-    let what = || format!("{router}: {name}");
-    let data = MapData::from_pin(&path).map_err(|e| Error::map(what(), e))?;
-    let info = data.info().map_err(|e| Error::map(what(), e))?;
-    let capacity = u64::from(info.max_entries());
-    let mut originals = 0;
-    let entries = if name == map_names::SESSIONS {
-        let map = Map::from_map_data(data).map_err(|e| Error::map(what(), e))?;
-        let sessions =
-            HashMap::<_, CtKey, CtEntry>::try_from(map).map_err(|e| Error::map(what(), e))?;
-        let mut entries = 0;
-        for (_, entry) in sessions.iter().filter_map(Result::ok) {
-            entries += 1;
-            if entry.direction == ct_dir::ORIGINAL {
-                originals += 1;
-            }
-        }
-        entries
-    } else {
-        match info.map_type() {
-            Ok(
-                MapType::Hash
-                | MapType::PerCpuHash
-                | MapType::LruHash
-                | MapType::LruPerCpuHash
-                | MapType::LpmTrie
-                | MapType::DevMapHash,
-            ) => count_keys(&data, info.key_size() as usize, capacity),
-            Ok(MapType::Array | MapType::PerCpuArray) => match name {
-                map_names::RULES => u64::from(policy.rule_count),
-                map_names::FW_RULES => u64::from(policy.fw_rule_count),
-                // One slot per live rule, and the three fixed slots.
-                map_names::FW_STATS => u64::from(policy.fw_rule_count) + 3,
-                // One-entry settings and counters (NAT_CONFIG, POLICY_CONFIG, SNAT_STATS).
-                _ => capacity,
-            },
-            _ => 0,
-        }
-    };
-    Ok((
-        MapFill {
-            map: name.to_string(),
-            entries,
-            capacity,
-        },
-        originals,
-    ))
-}
-
-/// Keys of a hash-like map, walked with `BPF_MAP_GET_NEXT_KEY` (at most `limit`: a walk
-/// that meets a deleted key starts over, so it must not run on forever).
-fn count_keys(map: &MapData, key_size: usize, limit: u64) -> u64 {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-    /// `union bpf_attr` as the map element commands use it.
-    #[repr(C)]
-    struct Attr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        next_key: u64,
-        flags: u64,
-    }
-    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-    let fd = map.fd().as_fd().as_raw_fd();
-    let (mut key, mut next) = (vec![0u8; key_size.max(1)], vec![0u8; key_size.max(1)]);
-    let mut n = 0;
-    while n < limit {
-        let attr = Attr {
-            map_fd: fd as u32,
-            _pad: 0,
-            key: if n == 0 { 0 } else { key.as_ptr() as u64 },
-            next_key: next.as_mut_ptr() as u64,
-            flags: 0,
-        };
-        // SAFETY: `attr` and the buffers it points to (each `key_size` bytes, as the map's
-        // keys) live across the call; the kernel writes only `next`.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_GET_NEXT_KEY,
-                &attr as *const Attr,
-                std::mem::size_of::<Attr>(),
-            )
-        };
-        if rc != 0 {
-            break;
-        }
-        n += 1;
-        std::mem::swap(&mut key, &mut next);
-    }
-    n
 }
 
 // ---- rendering -------------------------------------------------------------------------
@@ -456,7 +338,7 @@ pub fn families(s: &Snapshot) -> Vec<Family> {
             }
         }
         for m in &r.maps {
-            let labels = [("router", router), ("map", m.map.as_str())];
+            let labels = [("router", router), ("map", m.map)];
             entries.add(&labels, m.entries);
             capacity.add(&labels, m.capacity);
         }
@@ -656,6 +538,8 @@ pub fn parse_request_line(head: &str) -> Result<(&str, &str), &'static str> {
 mod tests {
     use std::{collections::BTreeMap, net::Ipv4Addr};
 
+    use router_common::map_names;
+
     use super::*;
 
     fn snapshot() -> Snapshot {
@@ -715,8 +599,8 @@ mod tests {
             fw_default_allow: true,
             maps: map_names::ALL
                 .iter()
-                .map(|m| MapFill {
-                    map: m.to_string(),
+                .map(|m| Fill {
+                    map: m,
                     entries: 1,
                     capacity: 2,
                 })

@@ -5,11 +5,15 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use aya::maps::{Array, MapData, RingBuf};
-use router_common::{Event, MonitorConfig, Reason, map_names};
+use router_common::{Event, Reason};
 use serde::Serialize;
 
-use crate::{conntrack::monotonic_ns, datapath::open_pinned, error::Error, router::RouterInfo};
+use crate::{
+    conntrack::monotonic_ns,
+    error::Error,
+    maps::{Pinned, Rooms as _, events::Ring},
+    router::RouterInfo,
+};
 
 /// How far ahead each refresh moves the deadline.
 const LEASE: Duration = Duration::from_secs(3);
@@ -32,8 +36,8 @@ pub struct EventLine {
 
 struct Watched {
     info: RouterInfo,
-    events: RingBuf<MapData>,
-    config: Array<MapData, MonitorConfig>,
+    maps: Pinned,
+    ring: Ring,
 }
 
 /// Monitors of the selected running routers.
@@ -46,13 +50,9 @@ impl Monitor {
     pub fn open(only: Option<&str>) -> Result<Self, Error> {
         let mut routers = Vec::new();
         for info in crate::stats::selected_routers(only)? {
-            let events = open_pinned(&info.router, map_names::EVENTS)?;
-            let config = open_pinned(&info.router, map_names::MONITOR)?;
-            routers.push(Watched {
-                info,
-                events,
-                config,
-            });
+            let mut maps = Pinned::open(&info.router)?;
+            let ring = maps.events().ring()?;
+            routers.push(Watched { info, maps, ring });
         }
         let mut me = Self { routers };
         me.refresh()?;
@@ -67,9 +67,7 @@ impl Monitor {
 
     fn set(&mut self, until_ns: u64) -> Result<(), Error> {
         for w in &mut self.routers {
-            w.config
-                .set(0, MonitorConfig { until_ns }, 0)
-                .map_err(|e| Error::map(format!("MONITOR of {}", w.info.router), e))?;
+            w.maps.events().send_until(until_ns)?;
         }
         Ok(())
     }
@@ -78,14 +76,7 @@ impl Monitor {
     pub fn drain(&mut self) -> Vec<EventLine> {
         let mut out = Vec::new();
         for w in &mut self.routers {
-            while let Some(item) = w.events.next() {
-                if item.len() < size_of::<Event>() {
-                    continue;
-                }
-                // SAFETY: the programs write whole `Event`s; read unaligned.
-                let e: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                out.push(line(&w.info, &e));
-            }
+            out.extend(w.ring.drain().iter().map(|e| line(&w.info, e)));
         }
         out
     }

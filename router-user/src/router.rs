@@ -12,10 +12,7 @@ use std::{
 use futures::StreamExt;
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::RouteNetlinkMessage;
-use router_common::{
-    CtEntry, CtKey, IfaceEntry, NatConfig, RouteEntry, TABLE_MAIN, iface_flags, iface_role,
-    nat_flags,
-};
+use router_common::{CtEntry, CtKey, RouteEntry, TABLE_MAIN, iface_role};
 use rtnetlink::{Handle, MulticastGroup};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc as tmpsc, oneshot};
@@ -23,9 +20,12 @@ use tokio::sync::{mpsc as tmpsc, oneshot};
 use crate::{
     config::{IfAddr, Mode, Router},
     conntrack,
-    datapath::{Datapath, RouteSlot},
+    datapath::Datapath,
     error::Error,
-    netlink, netns, paths, policy, slowpath,
+    maps::{Rooms as _, ifaces, routes::RouteSlot},
+    netlink, netns, paths, policy,
+    reconcile::{self, Port},
+    slowpath,
 };
 
 /// How long route/address events are gathered before the routes are mirrored again.
@@ -374,8 +374,8 @@ struct RouterState {
     router: Router,
     info: RouterInfo,
     datapath: Datapath,
-    /// ifindex → interface name, for the interfaces the router drives.
-    ifaces: BTreeMap<u32, String>,
+    /// The interfaces the router drives, by ifindex.
+    ports: BTreeMap<u32, Port>,
     /// What `setup` wrote.
     start_writes: Writes,
 }
@@ -479,69 +479,44 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
     };
     let owner = crate::datapath::Owner::current(&router.namespace, sizes)?;
     let mut datapath = Datapath::open(&router.id, sizes, &owner, router.mode)?;
-    let mut ifaces = BTreeMap::new();
-    let mut infos = Vec::new();
-    for (link, _, role, xdp_egress) in &links {
-        let entry = IfaceEntry {
-            mac: link.mac,
-            _pad: [0; 2],
-            mtu: link.mtu,
-            role: *role,
-            flags: if *xdp_egress {
-                iface_flags::XDP_EGRESS
-            } else {
-                0
-            } | if source_checked(router, &link.name) {
-                iface_flags::SOURCE_CHECK
-            } else {
-                0
-            },
-            // Every interface its own session zone (see `IfaceEntry::zone`).
-            zone: link.index as u16,
-            _pad2: [0; 2],
-        };
-        datapath.set_iface(link.index, entry)?;
-        if *xdp_egress {
-            datapath.set_xdp_egress(link.index)?;
-        }
-        ifaces.insert(link.index, link.name.clone());
-        infos.push(InterfaceInfo {
-            name: link.name.clone(),
-            ifindex: link.index,
-            role: if *role == iface_role::EXTERNAL {
+    let ports: BTreeMap<u32, Port> = links
+        .iter()
+        .map(|(link, _, role, xdp_egress)| {
+            let port = Port {
+                name: link.name.clone(),
+                iface: ifaces::Wanted {
+                    mac: link.mac,
+                    mtu: link.mtu,
+                    external: *role == iface_role::EXTERNAL,
+                    xdp_egress: *xdp_egress,
+                    source_check: source_checked(router, &link.name),
+                },
+            };
+            (link.index, port)
+        })
+        .collect();
+    // Interfaces of an earlier run that are gone (one that came back has a new ifindex) are
+    // not among the ports: the plan removes them.
+    reconcile::reconcile(&mut datapath, router, &ports)?;
+    if !datapath.adopted() {
+        datapath.nat().reset_snat_stats()?;
+    }
+    // In the order of the desired state: the gateway first, then the internal interfaces.
+    let infos = links
+        .iter()
+        .filter_map(|(link, ..)| Some((link.index, ports.get(&link.index)?)))
+        .map(|(ifindex, p)| InterfaceInfo {
+            name: p.name.clone(),
+            ifindex,
+            role: if p.iface.external {
                 "external"
             } else {
                 "internal"
             }
             .to_string(),
-            xdp_egress: *xdp_egress,
-        });
-    }
-    // Interfaces of an earlier run that are gone (one that came back has a new ifindex).
-    for stale in datapath.iface_indexes()? {
-        if !links.iter().any(|(l, ..)| l.index == stale) {
-            datapath.remove_iface(stale)?;
-        }
-    }
-    let gateway_ifindex = links
-        .iter()
-        .find(|(_, _, role, _)| *role == iface_role::EXTERNAL)
-        .map(|(l, ..)| l.index);
-    datapath.set_nat_config(nat_config(router, gateway_ifindex))?;
-    if !datapath.adopted() {
-        datapath.reset_snat_stats()?;
-    }
-    let fips = router
-        .floating_ips
-        .iter()
-        .map(|f| (f.address.octets(), f.fixed.octets()))
+            xdp_egress: p.iface.xdp_egress,
+        })
         .collect();
-    datapath.sync_floating_ips(&fips)?;
-    let names: BTreeMap<String, u32> = links
-        .iter()
-        .map(|(l, ..)| (l.name.clone(), l.index))
-        .collect();
-    program_policy(&mut datapath, router, &names)?;
     // The kernel's NAT rules are in place before the fast path hands it anything.
     if slowpath::ensure(router)? {
         kernel_writes += 1;
@@ -557,7 +532,7 @@ async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
             interfaces: infos,
         },
         datapath,
-        ifaces,
+        ports,
         start_writes: Writes::default(),
     };
     state.resync(handle).await?;
@@ -681,80 +656,6 @@ fn source_checked(router: &Router, name: &str) -> bool {
         .any(|i| i.name == name && i.source_check)
 }
 
-/// Anti-spoofing entries of the fast path (see `policy::allowed_sources`).
-fn allowed_sources(
-    router: &Router,
-    ifindex: &BTreeMap<String, u32>,
-) -> std::collections::BTreeSet<(u32, router_common::SourceKey)> {
-    let mut out = std::collections::BTreeSet::new();
-    for (name, prefixes) in policy::allowed_sources(router) {
-        let Some(index) = ifindex.get(&name) else {
-            continue;
-        };
-        for prefix in prefixes {
-            out.insert((
-                router_common::SourceKey::IFINDEX_BITS + u32::from(prefix.len),
-                router_common::SourceKey::new(*index, prefix.addr.octets()),
-            ));
-        }
-    }
-    out
-}
-
-/// Writes the fast path's policy: rules (interfaces as ifindexes), firewall, external
-/// source tables and allowed sources. Returns the map writes.
-fn program_policy(
-    datapath: &mut Datapath,
-    router: &Router,
-    ifindex: &BTreeMap<String, u32>,
-) -> Result<usize, Error> {
-    let p = policy::of(router);
-    let rules: Vec<router_common::PolicyRule> = p
-        .rules
-        .iter()
-        .filter(|r| r.in_fast_path())
-        .filter_map(|r| {
-            let iif = match &r.iif {
-                None => 0,
-                // A rule for an interface the router does not drive matches nothing here.
-                Some(name) => *ifindex.get(name)?,
-            };
-            Some(router_common::PolicyRule {
-                iif,
-                from: r.from.to_net(),
-                to: r.to.to_net(),
-                table: r.table,
-            })
-        })
-        .collect();
-    let live = datapath.fw_rules()?;
-    let fw = policy::firewall(router, &live);
-    datapath.reset_fw_slots(&fw.fresh)?;
-    let sources: Vec<(([u8; 4], u8), u32)> = p
-        .source_tables
-        .iter()
-        .map(|(prefix, table)| ((prefix.addr.octets(), prefix.len), *table))
-        .collect();
-    let writes = datapath.sync_allowed_sources(&allowed_sources(router, ifindex))?;
-    Ok(writes + datapath.set_policy(&rules, &fw.rules, fw.flags, &sources)?)
-}
-
-/// The fast path's NAT settings for `router`.
-fn nat_config(router: &Router, gateway_ifindex: Option<u32>) -> NatConfig {
-    let mut cfg = NatConfig {
-        port_min: router.nat.snat_ports.min,
-        port_max: router.nat.snat_ports.max,
-        source_quota: router.nat.snat_sessions_per_source,
-        ..NatConfig::default()
-    };
-    if let (Some(g), Some(index)) = (&router.gateway, gateway_ifindex) {
-        cfg.gateway_ip = g.address.addr.octets();
-        cfg.gateway_ifindex = index;
-        cfg.flags = nat_flags::GATEWAY | if g.snat { nat_flags::SNAT } else { 0 };
-    }
-    cfg
-}
-
 /// Whether the firewall `rules` (first match wins, then the default) allow the flow of a
 /// session's original direction, as the fast path judges it: source before SNAT,
 /// destination after DNAT.
@@ -784,8 +685,9 @@ fn session_uses(key: &CtKey, entry: &CtEntry, pred: &dyn Fn([u8; 4]) -> bool) ->
 }
 
 impl RouterState {
-    /// Applies a new desired state (one `RunningRouter::can_apply` accepted). Returns the
-    /// writes it made.
+    /// Applies a new desired state (one `RunningRouter::can_apply` accepted): interfaces
+    /// and the gateway that are gone are detached, the maps reconciled with the new state,
+    /// and the sessions that used anything removed end. Returns the writes it made.
     async fn reconfigure(&mut self, handle: &Handle, new: Router) -> Result<Writes, Error> {
         let started = std::time::Instant::now();
         let map_writes_before = self.datapath.writes();
@@ -799,9 +701,8 @@ impl RouterState {
                 source: Box::new(source),
             }
         };
-        let mut ended = 0;
-        // Interfaces and the gateway that are gone: detach, drop the address (and with it
-        // the kernel's routes), end the sessions of their subnets.
+        // Interfaces and the gateway that are gone: detached, their address dropped (and with
+        // it the kernel's routes); the plan below removes them from the maps.
         let mut removed: Vec<(String, IfAddr)> = old
             .interfaces
             .iter()
@@ -817,29 +718,33 @@ impl RouterState {
         }
         for (name, addr) in &removed {
             let index = self
-                .ifaces
+                .ports
                 .iter()
-                .find(|(_, n)| *n == name)
+                .find(|(_, p)| p.name == *name)
                 .map(|(i, _)| *i);
             if let Some(index) = index {
                 self.datapath.detach_iface(index)?;
-                self.ifaces.remove(&index);
+                self.ports.remove(&index);
                 self.info.interfaces.retain(|i| i.ifindex != index);
                 netlink::delete_address(handle, index, *addr)
                     .await
                     .map_err(nl(format!("removing {addr} from {name}")))?;
                 address_writes += 1;
             }
+        }
+        let plan = reconcile::reconcile(&mut self.datapath, &new, &self.ports)?;
+
+        // Sessions that used what is gone end now, in one pass over the table each.
+        let mut ended = 0;
+        for (_, addr) in &removed {
             let subnet = addr.subnet();
             let gateway_ip = addr.addr.octets();
-            ended += conntrack::purge(&mut self.datapath.sessions()?, |k, e| {
+            ended += self.datapath.sessions().purge(|k, e| {
                 session_uses(k, e, &|a| {
                     a == gateway_ip || subnet.contains(std::net::Ipv4Addr::from(a))
                 })
             })?;
         }
-        // Floating IPs that are gone or changed stop translating now; their sessions end in
-        // one pass over the table, however many there are.
         let after: std::collections::BTreeSet<_> = new.floating_ips.iter().collect();
         let gone: Vec<_> = old
             .floating_ips
@@ -847,40 +752,44 @@ impl RouterState {
             .filter(|f| !after.contains(f))
             .collect();
         if !gone.is_empty() {
-            let mut addrs = std::collections::HashSet::new();
-            for f in &gone {
-                self.datapath.remove_floating_ip(f.address.octets())?;
-                addrs.insert(f.address.octets());
-                addrs.insert(f.fixed.octets());
-            }
-            ended += conntrack::purge(&mut self.datapath.sessions()?, |k, e| {
-                session_uses(k, e, &|a| addrs.contains(&a))
-            })?;
+            let addrs: std::collections::HashSet<[u8; 4]> = gone
+                .iter()
+                .flat_map(|f| [f.address.octets(), f.fixed.octets()])
+                .collect();
+            ended += self
+                .datapath
+                .sessions()
+                .purge(|k, e| session_uses(k, e, &|a| addrs.contains(&a)))?;
             flush_kernel_conntrack(&gone.iter().map(|f| f.address).collect::<Vec<_>>());
         }
-        // Only what is new is written: applying an unchanged list writes nothing.
-        let before: std::collections::BTreeSet<_> = old.floating_ips.iter().collect();
-        for f in new.floating_ips.iter().filter(|f| !before.contains(f)) {
-            self.datapath
-                .set_floating_ip(f.address.octets(), f.fixed.octets())?;
-        }
-        let gateway_ifindex = self
-            .info
-            .interfaces
-            .iter()
-            .find(|i| i.role == "external")
-            .map(|i| i.ifindex);
         let snat_before = old.gateway.as_ref().is_some_and(|g| g.snat);
         let snat_after = new.gateway.as_ref().is_some_and(|g| g.snat);
-        self.datapath
-            .set_nat_config(nat_config(&new, gateway_ifindex))?;
         if let (true, false, Some(g)) = (snat_before, snat_after, &old.gateway) {
             let gw = g.address.addr.octets();
-            ended += conntrack::purge(&mut self.datapath.sessions()?, |k, e| {
-                session_uses(k, e, &|a| a == gw)
-            })?;
+            ended += self
+                .datapath
+                .sessions()
+                .purge(|k, e| session_uses(k, e, &|a| a == gw))?;
         }
+        if new.firewall != old.firewall
+            && let Some(fw) = &new.firewall
+        {
+            // Flows a changed firewall no longer allows end now, as Neutron's FWaaS driver
+            // deletes their conntrack entries.
+            let rules = self.datapath.policy().fw_rules()?;
+            let denied = |k: &CtKey, e: &CtEntry| {
+                e.direction == router_common::ct_dir::ORIGINAL
+                    && !firewall_allows(&rules, fw.default_allow, k, e)
+            };
+            ended += self.datapath.sessions().purge(denied)?;
+        }
+
         // External subnets added or removed: their addresses on the gateway.
+        let gateway_ifindex = self
+            .ports
+            .iter()
+            .find(|(_, p)| p.iface.external)
+            .map(|(i, _)| *i);
         if let (Some(index), Some(g)) = (gateway_ifindex, &new.gateway) {
             let before = old
                 .gateway
@@ -903,21 +812,6 @@ impl RouterState {
             }
         }
         let kernel_writes = sync_kernel_policy(handle, &new).await?;
-        let names: BTreeMap<String, u32> =
-            self.ifaces.iter().map(|(i, n)| (n.clone(), *i)).collect();
-        let map_writes = program_policy(&mut self.datapath, &new, &names)?;
-        if new.firewall != old.firewall
-            && let Some(fw) = &new.firewall
-        {
-            // Flows a changed firewall no longer allows end now, as Neutron's FWaaS driver
-            // deletes their conntrack entries.
-            let rules = self.datapath.fw_rules()?;
-            let denied = |k: &CtKey, e: &CtEntry| {
-                e.direction == router_common::ct_dir::ORIGINAL
-                    && !firewall_allows(&rules, fw.default_allow, k, e)
-            };
-            ended += conntrack::purge(&mut self.datapath.sessions()?, denied)?;
-        }
         slowpath::update(&old, &new)?;
         // `update` writes one nftables transaction whenever the router changed.
         let nft_writes = usize::from(old != new);
@@ -925,9 +819,10 @@ impl RouterState {
         write_info(&self.info)?;
         self.resync(handle).await?;
         log::info!(
-            "router {}: applied new desired state in {} us; {ended} session(s) ended; {kernel_writes} kernel and {map_writes} policy map writes",
+            "router {}: applied new desired state in {} us; {ended} session(s) ended; {kernel_writes} kernel and {} map writes",
             self.id,
-            started.elapsed().as_micros()
+            started.elapsed().as_micros(),
+            plan.writes()
         );
         Ok(Writes {
             map: self.datapath.writes() - map_writes_before,
@@ -938,15 +833,16 @@ impl RouterState {
     /// Ages sessions out.
     fn collect_garbage(&mut self) -> Result<(), Error> {
         let timeouts = self.router.nat.timeouts.clone();
-        let report = conntrack::collect_garbage(
-            &mut self.datapath.sessions()?,
-            conntrack::monotonic_ns(),
-            &timeouts,
-        )?;
+        let report = self
+            .datapath
+            .sessions()
+            .collect_garbage(conntrack::monotonic_ns(), &timeouts)?;
         log::debug!("router {}: session gc {report:?}", self.id);
         if self.router.nat.snat_sessions_per_source != 0 {
             // The fast path only counts up; the table is the truth.
-            self.datapath.sync_snat_sources(&report.snat_sources)?;
+            self.datapath
+                .nat()
+                .sync_snat_sources(&report.snat_sources)?;
         }
         Ok(())
     }
@@ -1000,7 +896,7 @@ impl RouterState {
                 wanted.entry(slot).or_insert(*entry);
             }
         }
-        let writes = self.datapath.sync_routes(&wanted)?;
+        let writes = self.datapath.routes().sync(&wanted)?;
         if writes > 0 {
             log::debug!("router {}: {writes} route writes", self.id);
         }
@@ -1009,9 +905,10 @@ impl RouterState {
             .map_err(nl("dumping neighbours"))?;
         let ours: Vec<_> = neighbors
             .into_iter()
-            .filter(|(k, _)| self.ifaces.contains_key(&k.ifindex))
+            .filter(|(k, _)| self.ports.contains_key(&k.ifindex))
             .collect();
-        self.datapath.sync_neighbors(&ours)
+        self.datapath.routes().sync_neighbors(&ours)?;
+        Ok(())
     }
 
     /// Follows netlink events until `stop` fires: neighbours are applied one by one as they
@@ -1137,9 +1034,9 @@ impl RouterState {
                 continue;
             };
             let known = self
-                .ifaces
+                .ports
                 .iter()
-                .find(|(_, n)| *n == name)
+                .find(|(_, p)| p.name == *name)
                 .map(|(i, _)| *i);
             if known != Some(link.index) {
                 log::warn!(
@@ -1233,11 +1130,11 @@ impl RouterState {
         let Some((key, entry)) = netlink::neighbor_entry(msg) else {
             return Ok(());
         };
-        if !self.ifaces.contains_key(&key.ifindex) {
+        if !self.ports.contains_key(&key.ifindex) {
             return Ok(());
         }
         log::debug!("router {}: neighbour {:?} -> {:?}", self.id, key, entry);
-        self.datapath.set_neighbor(key, entry)
+        self.datapath.routes().set_neighbor(key, entry)
     }
 }
 

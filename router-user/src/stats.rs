@@ -1,16 +1,13 @@
 //! Reading the counters of running routers from their pinned maps, and showing them.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
-use router_common::{
-    FipEntry, FipStats, IfaceStats, NatConfig, Reason, SnatStats, map_names, nat_flags,
-};
+use router_common::{IfaceStats, Reason, nat_flags};
 use serde::Serialize;
 
 use crate::{
-    datapath,
     error::Error,
+    maps::{Pinned, Rooms as _},
     router::{RouterInfo, running_routers},
 };
 
@@ -74,11 +71,11 @@ pub fn collect(only: Option<&str>) -> Result<Vec<InterfaceStats>, Error> {
     let mut out = Vec::new();
     for info in &selected_routers(only)? {
         let rows = skip_unreadable(only, &info.router, || {
-            let map = datapath::open_pinned_stats(&info.router)?;
+            let mut maps = Pinned::open(&info.router)?;
             info.interfaces
                 .iter()
                 .map(|iface| {
-                    let s = datapath::sum_stats(&map, iface.ifindex)?;
+                    let s = maps.ifaces().stats(iface.ifindex)?;
                     Ok(InterfaceStats::new(
                         &info.router,
                         &iface.name,
@@ -232,7 +229,11 @@ pub fn collect_nat(only: Option<&str>) -> Result<NatStats, Error> {
     let mut out = NatStats::default();
     for info in &selected_routers(only)? {
         let read = skip_unreadable(only, &info.router, || {
-            Ok((gateway(&info.router)?, floating_ips(&info.router)?))
+            let mut maps = Pinned::open(&info.router)?;
+            Ok((
+                gateway(&info.router, &mut maps)?,
+                floating_ips(&info.router, &mut maps)?,
+            ))
         })?;
         if let Some((gateway, fips)) = read {
             out.gateways.push(gateway);
@@ -242,18 +243,9 @@ pub fn collect_nat(only: Option<&str>) -> Result<NatStats, Error> {
     Ok(out)
 }
 
-fn gateway(router: &str) -> Result<GatewayStats, Error> {
-    let config: Array<MapData, NatConfig> = datapath::open_pinned(router, map_names::NAT_CONFIG)?;
-    let cfg = config
-        .get(&0, 0)
-        .map_err(|e| Error::map(format!("{router}: reading NAT_CONFIG"), e))?;
-    let counters: PerCpuArray<MapData, SnatStats> =
-        datapath::open_pinned(router, map_names::SNAT_STATS)?;
-    let mut s = SnatStats::default();
-    let values = counters
-        .get(&0, 0)
-        .map_err(|e| Error::map(format!("{router}: reading SNAT_STATS"), e))?;
-    values.iter().for_each(|v| s.accumulate(v));
+fn gateway(router: &str, maps: &mut Pinned) -> Result<GatewayStats, Error> {
+    let cfg = maps.nat().config()?;
+    let s = maps.nat().snat_stats()?;
     let has_gateway = cfg.flags & nat_flags::GATEWAY != 0;
     Ok(GatewayStats {
         router: router.to_string(),
@@ -270,37 +262,20 @@ fn gateway(router: &str) -> Result<GatewayStats, Error> {
     })
 }
 
-fn floating_ips(router: &str) -> Result<Vec<FloatingIpStats>, Error> {
-    let by_address: HashMap<MapData, [u8; 4], FipEntry> =
-        datapath::open_pinned(router, map_names::FIP_BY_ADDRESS)?;
-    let counters: PerCpuHashMap<MapData, [u8; 4], FipStats> =
-        datapath::open_pinned(router, map_names::FIP_STATS)?;
-    let mut fips = BTreeMap::new();
-    for item in by_address.iter() {
-        let (fip, entry) =
-            item.map_err(|e| Error::map(format!("{router}: reading FIP_BY_ADDRESS"), e))?;
-        fips.insert(Ipv4Addr::from(fip), Ipv4Addr::from(entry.addr));
-    }
-    let mut out = Vec::with_capacity(fips.len());
-    for (fip, fixed) in fips {
-        let mut s = FipStats::default();
-        match counters.get(&fip.octets(), 0) {
-            Ok(values) => values.iter().for_each(|v| s.accumulate(v)),
-            // Added a moment ago, counters not created yet: nothing counted.
-            Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(Error::map(format!("{router}: FIP_STATS[{fip}]"), e)),
-        }
-        out.push(FloatingIpStats {
+fn floating_ips(router: &str, maps: &mut Pinned) -> Result<Vec<FloatingIpStats>, Error> {
+    let fips = maps.nat().floating_ip_counters_all()?;
+    Ok(fips
+        .into_iter()
+        .map(|(fip, fixed, s)| FloatingIpStats {
             router: router.to_string(),
-            floating_ip: fip,
-            fixed_ip: fixed,
+            floating_ip: Ipv4Addr::from(fip),
+            fixed_ip: Ipv4Addr::from(fixed),
             in_packets: s.in_packets,
             in_bytes: s.in_bytes,
             out_packets: s.out_packets,
             out_bytes: s.out_bytes,
-        });
-    }
-    Ok(out)
+        })
+        .collect())
 }
 
 /// The human-readable NAT tables: one row per router gateway, one per floating IP.
@@ -391,15 +366,9 @@ pub fn rows<'a>(interfaces: &'a [InterfaceStats], nat: &'a NatStats) -> Vec<Row<
 }
 
 /// Session table entries of running router `router` (two per session), at about the time of
-/// the call (entries come and go during the walk).
+/// the call.
 pub fn session_count(router: &str) -> Result<usize, Error> {
-    let map: aya::maps::HashMap<aya::maps::MapData, router_common::CtKey, router_common::CtEntry> =
-        crate::datapath::open_pinned(router, router_common::map_names::SESSIONS)?;
-    // Distinct keys: a walk restarts from the beginning when the entry it stands on is
-    // deleted meanwhile (aging), and would count some twice.
-    let keys: std::collections::HashSet<router_common::CtKey> =
-        map.keys().filter_map(Result::ok).collect();
-    Ok(keys.len())
+    Pinned::open(router)?.sessions().entries()
 }
 
 #[cfg(test)]

@@ -199,12 +199,8 @@ impl Drop for Routerd {
 /// Whether running router `router_id` has the neighbour `addr` on interface `ifname` in its
 /// pinned neighbour map, i.e. the fast path can forward to it without the kernel.
 pub fn fast_path_has_neighbor(router_id: &str, ifname: &str, addr: [u8; 4]) -> bool {
-    use aya::maps::{HashMap, MapData};
-    use router_common::{NeighborEntry, NeighborKey, map_names};
-    let Ok(map) = router_user::datapath::open_pinned::<HashMap<MapData, NeighborKey, NeighborEntry>>(
-        router_id,
-        map_names::NEIGHBORS,
-    ) else {
+    use router_user::maps::{Pinned, Rooms as _};
+    let Ok(mut maps) = Pinned::open(router_id) else {
         return false;
     };
     let Some(ifindex) = router_user::router::running_routers()
@@ -215,7 +211,8 @@ pub fn fast_path_has_neighbor(router_id: &str, ifname: &str, addr: [u8; 4]) -> b
     else {
         return false;
     };
-    map.get(&NeighborKey { ifindex, addr }, 0).is_ok()
+    let key = router_common::NeighborKey { ifindex, addr };
+    maps.routes().neighbor(&key).is_ok_and(|n| n.is_some())
 }
 
 /// Names of the programs loaded in the kernel that use router `router_id`'s pinned

@@ -37,7 +37,10 @@ use router_tests::{
     testrun::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT},
     topo::ifindex,
 };
-use router_user::datapath::Datapath;
+use router_user::{
+    datapath::Datapath,
+    maps::{Rooms as _, policy},
+};
 
 const GW: [u8; 4] = [198, 18, 0, 2];
 const GW_A: [u8; 4] = [198, 18, 0, 1];
@@ -1126,8 +1129,8 @@ impl Router {
             if config == Config::Guarded && index == inside {
                 entry.flags |= iface_flags::SOURCE_CHECK;
             }
-            dp.set_iface(index, entry).expect("IFACES");
-            dp.set_xdp_egress(index).expect("EGRESS_DEVS");
+            dp.ifaces().set(index, entry).expect("IFACES");
+            dp.ifaces().set_xdp_egress(index).expect("EGRESS_DEVS");
         }
         let mut routes = Routes::default();
         let unicast = |ifindex, via| route(route_kind::UNICAST, ifindex, via);
@@ -1139,33 +1142,41 @@ impl Router {
         routes.add(GW, 32, local);
         routes.add([198, 18, 0, 255], 32, local);
         routes.add([0; 4], 0, unicast(outside, GW_A));
-        dp.sync_routes(&routes.0).expect("ROUTES");
-        dp.sync_neighbors(&[
-            neighbor(outside, GW_A, GW_A_MAC),
-            neighbor(inside, FIXED_A, VM_MAC),
-            neighbor(inside, VM3, VM_MAC),
-        ])
-        .expect("NEIGHBORS");
-        dp.set_nat_config(NatConfig {
-            gateway_ip: GW,
-            gateway_ifindex: outside,
-            flags: nat_flags::GATEWAY | nat_flags::SNAT,
-            port_min: 40000,
-            port_max: 40100,
-            ..NatConfig::default()
-        })
-        .expect("NAT_CONFIG");
-        dp.reset_snat_stats().expect("SNAT_STATS");
-        dp.set_floating_ip(FIP_A, FIXED_A).expect("FIP");
+        dp.routes().sync(&routes.0).expect("ROUTES");
+        dp.routes()
+            .sync_neighbors(&[
+                neighbor(outside, GW_A, GW_A_MAC),
+                neighbor(inside, FIXED_A, VM_MAC),
+                neighbor(inside, VM3, VM_MAC),
+            ])
+            .expect("NEIGHBORS");
+        dp.nat()
+            .set_config(NatConfig {
+                gateway_ip: GW,
+                gateway_ifindex: outside,
+                flags: nat_flags::GATEWAY | nat_flags::SNAT,
+                port_min: 40000,
+                port_max: 40100,
+                ..NatConfig::default()
+            })
+            .expect("NAT_CONFIG");
+        dp.nat().reset_snat_stats().expect("SNAT_STATS");
+        dp.nat().add_floating_ip(FIP_A, FIXED_A).expect("FIP");
         if config == Config::Guarded {
-            dp.set_policy(&[], &[allow_inside()], fw_flags::ENABLED, &[])
-                .expect("set_policy");
+            let wanted = policy::Wanted {
+                fw_rules: vec![allow_inside()],
+                fw_flags: fw_flags::ENABLED,
+                ..policy::Wanted::default()
+            };
+            dp.policy().sync_rules(&wanted).expect("policy maps");
             let key = (
                 SourceKey::IFINDEX_BITS + 24,
                 SourceKey::new(inside, [10, 0, 1, 0]),
             );
             let wanted: BTreeSet<_> = [key].into();
-            dp.sync_allowed_sources(&wanted).expect("ALLOWED_SOURCES");
+            dp.policy()
+                .sync_allowed_sources(&wanted)
+                .expect("ALLOWED_SOURCES");
         }
         Self {
             _ns: ns,
@@ -1183,19 +1194,15 @@ impl Router {
     }
 
     fn stats(&mut self, ifindex: u32) -> IfaceStats {
-        self.dp.stats(ifindex).expect("IFACE_STATS")
+        self.dp.ifaces().stats(ifindex).expect("IFACE_STATS")
     }
 
     fn session_entries(&mut self) -> usize {
-        self.dp.sessions().expect("SESSIONS").keys().count()
+        self.dp.sessions().entries().expect("SESSIONS")
     }
 
     fn clear_sessions(&mut self) {
-        let mut map = self.dp.sessions().expect("SESSIONS");
-        let keys: Vec<_> = map.keys().filter_map(Result::ok).collect();
-        for k in keys {
-            map.remove(&k).expect("removing a session");
-        }
+        self.dp.sessions().flush().expect("removing the sessions");
     }
 
     /// The largest frame the TC test run takes (binary search on refusal).

@@ -2,6 +2,7 @@
 //! router namespace deleted under a running router, an interface flapping. Each ends in a
 //! consistent state that routerd repairs and reports, and the fast path keeps forwarding.
 
+use router_user::maps::Rooms as _;
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddrV4},
@@ -112,13 +113,11 @@ fn kill9_during_an_apply_leaves_old_or_new() {
 
     let routerd = Routerd::start_with_socket(&topo.config, &topo.router_id, &socket);
     let running: BTreeSet<[u8; 4]> = {
-        let map: aya::maps::HashMap<aya::maps::MapData, [u8; 4], router_common::FipEntry> =
-            router_user::datapath::open_pinned(
-                &topo.router_id,
-                router_common::map_names::FIP_BY_ADDRESS,
-            )
-            .expect("floating IP map");
-        map.keys().filter_map(Result::ok).collect()
+        router_user::maps::Pinned::open(&topo.router_id)
+            .and_then(|mut m| m.nat().floating_ips())
+            .expect("floating IP map")
+            .into_keys()
+            .collect()
     };
     let wanted: BTreeSet<[u8; 4]> = state.routers[0]
         .floating_ips
@@ -277,15 +276,11 @@ fn a_netlink_overrun_is_caught_up() {
         "no overrun in 10 bursts of 20,000 route changes (or it was not reported)"
     );
     let count = || {
-        let map: aya::maps::LpmTrie<
-            aya::maps::MapData,
-            router_common::RouteKey,
-            router_common::RouteEntry,
-        > = router_user::datapath::open_pinned(&topo.router_id, router_common::map_names::ROUTES)
-            .expect("routes");
-        map.keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.data().addr[0] == 172 && k.data().addr[1] == 16)
+        router_user::maps::Pinned::open(&topo.router_id)
+            .and_then(|mut m| m.routes().all())
+            .expect("routes")
+            .keys()
+            .filter(|(_, k)| k.addr[0] == 172 && k.addr[1] == 16)
             .count()
     };
     assert!(

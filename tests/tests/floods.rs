@@ -51,6 +51,7 @@ use router_tests::{
     topo::{EXT_HOST, RouterTopology, ip, run},
     traffic::wait_for,
 };
+use router_user::maps::Rooms as _;
 
 const EXT: Ipv4Addr = Ipv4Addr::new(EXT_HOST[0], EXT_HOST[1], EXT_HOST[2], EXT_HOST[3]);
 const GW: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -129,45 +130,32 @@ fn session_entries(router: &str) -> usize {
         .unwrap_or_else(|e| panic!("counting router {router}'s sessions: {e}"))
 }
 
-fn session_map(
-    router: &str,
-) -> aya::maps::HashMap<aya::maps::MapData, router_common::CtKey, router_common::CtEntry> {
-    router_user::datapath::open_pinned(router, router_common::map_names::SESSIONS)
-        .unwrap_or_else(|e| panic!("opening router {router}'s sessions: {e}"))
+fn session_maps(router: &str) -> router_user::maps::Pinned {
+    router_user::maps::Pinned::open(router)
+        .unwrap_or_else(|e| panic!("opening router {router}'s maps: {e}"))
 }
 
 /// Distinct keys met in one walk of the session table. A walk is not a snapshot: when the
-/// key it stands on is deleted (aging), the kernel restarts it from the first bucket, so
-/// `router_user::stats::session_count` (which counts every key the walk yields) counts
-/// some twice while sessions end. Distinct keys are exact while nothing is inserted during
-/// the walk, and otherwise at most the keys present at some moment of it.
-fn distinct_entries(
-    map: &aya::maps::HashMap<aya::maps::MapData, router_common::CtKey, router_common::CtEntry>,
-) -> usize {
-    map.keys()
-        .filter_map(Result::ok)
-        .collect::<std::collections::HashSet<_>>()
-        .len()
+/// key it stands on is deleted (aging), the kernel restarts it from the first bucket and
+/// yields some keys twice while sessions end. Distinct keys are exact while nothing is
+/// inserted during the walk, and otherwise at most the keys present at some moment of it.
+fn distinct_entries(maps: &mut router_user::maps::Pinned) -> usize {
+    maps.sessions().entries().expect("walking SESSIONS")
 }
 
 /// The table's size in the kernel (`max_entries`): what no insert can go beyond.
 fn table_capacity(router: &str) -> usize {
-    use aya::maps::IterableMap;
-    session_map(router)
-        .map()
-        .info()
-        .expect("SESSIONS map info")
-        .max_entries() as usize
+    session_maps(router)
+        .sessions()
+        .capacity()
+        .expect("SESSIONS map info") as usize
 }
 
 fn sessions(router: &str) -> Vec<router_user::conntrack::Session> {
-    use aya::maps::{HashMap, MapData};
-    use router_common::{CtEntry, CtKey, map_names};
-    let map: HashMap<MapData, CtKey, CtEntry> =
-        router_user::datapath::open_pinned(router, map_names::SESSIONS)
-            .unwrap_or_else(|e| panic!("opening router {router}'s sessions: {e}"));
     let timeouts = router_user::conntrack::running_timeouts(router);
-    router_user::conntrack::list(&map, router_user::conntrack::monotonic_ns(), &timeouts)
+    session_maps(router)
+        .sessions()
+        .list(router_user::conntrack::monotonic_ns(), &timeouts)
         .unwrap_or_else(|e| panic!("listing router {router}'s sessions: {e}"))
 }
 
@@ -247,11 +235,11 @@ fn watch_table(
     // Big tables take a while to walk (two walks per sample): sample less often.
     let pause = Duration::from_millis(if capacity > 10_000 { 250 } else { 50 });
     thread::spawn(move || {
-        let map = session_map(&id);
+        let mut map = session_maps(&id);
         let start = Instant::now();
         let mut seen = TableWatch::default();
         while go.load(Ordering::Relaxed) {
-            let n = distinct_entries(&map);
+            let n = distinct_entries(&mut map);
             let raw = session_entries(&id);
             seen.samples += 1;
             seen.max_distinct = seen.max_distinct.max(n);
@@ -365,7 +353,7 @@ fn syn_flood(case: &FloodCase) {
     );
     let rss_before = rss_kib(pid);
     let kernel_capacity = table_capacity(router);
-    let map = session_map(router);
+    let mut map = session_maps(router);
     let spec = SynFloodSpec {
         ns: topo.ext_ns.clone(),
         ifname: "eth0".into(),
@@ -395,14 +383,14 @@ fn syn_flood(case: &FloodCase) {
         let cpu1 = cpu_time(pid);
         // Nothing is inserted any more (the flood stopped, the established sessions
         // exist): from here on a walk's distinct keys are never more than the table holds.
-        let at_end = distinct_entries(&map);
+        let at_end = distinct_entries(&mut map);
 
         // Drain: the half-open sessions age out, the established ones stay.
         let drain_start = Instant::now();
         let drain_limit = Duration::from_secs(3 * t + 12);
         let (mut drained, mut max_draining) = (None, 0);
         while drain_start.elapsed() < drain_limit {
-            let n = distinct_entries(&map);
+            let n = distinct_entries(&mut map);
             max_draining = max_draining.max(n);
             if n <= base_entries {
                 drained = Some(drain_start.elapsed());
@@ -586,7 +574,7 @@ fn syn_flood(case: &FloodCase) {
         assert!(
             r.drained.is_some(),
             "{mode}, round {round}: the table did not drain back to {base_entries} entries: {} left",
-            distinct_entries(&map)
+            distinct_entries(&mut map)
         );
         let slack = 4096.max(rss_before / 10);
         assert!(

@@ -30,7 +30,7 @@ use router_tests::{
     topo::ifindex,
     wire::seen,
 };
-use router_user::datapath::Datapath;
+use router_user::{datapath::Datapath, maps::Rooms as _};
 
 const FRAMES: usize = 20_000;
 const XDP_ABORTED: u32 = 0;
@@ -97,12 +97,14 @@ impl Router {
         let (inside, outside) = (ifindex("in0"), ifindex("out0"));
         let mut dp = Datapath::load("fuzz-test", 4096).expect("loading");
         let entry = |mac, role| iface(mac, role, iface_flags::XDP_EGRESS);
-        dp.set_iface(inside, entry(ROUTER_IN_MAC, iface_role::INTERNAL))
+        dp.ifaces()
+            .set(inside, entry(ROUTER_IN_MAC, iface_role::INTERNAL))
             .expect("IFACES");
-        dp.set_iface(outside, entry(ROUTER_OUT_MAC, iface_role::EXTERNAL))
+        dp.ifaces()
+            .set(outside, entry(ROUTER_OUT_MAC, iface_role::EXTERNAL))
             .expect("IFACES");
-        dp.set_xdp_egress(inside).expect("EGRESS_DEVS");
-        dp.set_xdp_egress(outside).expect("EGRESS_DEVS");
+        dp.ifaces().set_xdp_egress(inside).expect("EGRESS_DEVS");
+        dp.ifaces().set_xdp_egress(outside).expect("EGRESS_DEVS");
         let mut routes = Routes::default();
         routes.add(
             [10, 0, 1, 0],
@@ -118,24 +120,25 @@ impl Router {
         routes.add(GW, 32, route(route_kind::LOCAL, 0, [0; 4]));
         routes.add([192, 0, 2, 0], 24, route(route_kind::BLACKHOLE, 0, [0; 4]));
         routes.add([0; 4], 0, route(route_kind::UNICAST, outside, UPSTREAM));
-        dp.sync_routes(&routes.0).expect("ROUTES");
+        dp.routes().sync(&routes.0).expect("ROUTES");
         let mut neighbors = vec![neighbor(outside, UPSTREAM, UPSTREAM_MAC)];
         for vm in [FIXED, FIXED2, VM3] {
             neighbors.push(neighbor(inside, vm, VM_MAC));
         }
-        dp.sync_neighbors(&neighbors).expect("NEIGHBORS");
-        dp.set_nat_config(NatConfig {
-            gateway_ip: GW,
-            gateway_ifindex: outside,
-            flags: nat_flags::GATEWAY | nat_flags::SNAT,
-            port_min: 40000,
-            port_max: 40063,
-            ..NatConfig::default()
-        })
-        .expect("NAT_CONFIG");
-        dp.reset_snat_stats().expect("SNAT_STATS");
-        dp.set_floating_ip(FIP, FIXED).expect("FIP");
-        dp.set_floating_ip(FIP2, FIXED2).expect("FIP");
+        dp.routes().sync_neighbors(&neighbors).expect("NEIGHBORS");
+        dp.nat()
+            .set_config(NatConfig {
+                gateway_ip: GW,
+                gateway_ifindex: outside,
+                flags: nat_flags::GATEWAY | nat_flags::SNAT,
+                port_min: 40000,
+                port_max: 40063,
+                ..NatConfig::default()
+            })
+            .expect("NAT_CONFIG");
+        dp.nat().reset_snat_stats().expect("SNAT_STATS");
+        dp.nat().add_floating_ip(FIP, FIXED).expect("FIP");
+        dp.nat().add_floating_ip(FIP2, FIXED2).expect("FIP");
         Self {
             _ns: ns,
             dp,
@@ -413,7 +416,8 @@ fn fuzz(entry: Entry) {
     println!("{entry:?}: FUZZ_SEED={seed}");
     let mut rng = Rng(seed);
     let mut r = Router::new();
-    let mut before = [r.inside, r.outside].map(|i| classes(&r.dp.stats(i).expect("stats")));
+    let mut before =
+        [r.inside, r.outside].map(|i| classes(&r.dp.ifaces().stats(i).expect("stats")));
     let start = Instant::now();
     let mut seen_codes = [0usize; 8];
     let (mut n, mut refused) = (0, 0);
@@ -450,7 +454,7 @@ fn fuzz(entry: Entry) {
         };
         seen_codes[class] += 1;
         let slot = usize::from(ingress == r.outside);
-        let after = classes(&r.dp.stats(ingress).expect("stats"));
+        let after = classes(&r.dp.ifaces().stats(ingress).expect("stats"));
         let grew: Vec<u64> = after
             .iter()
             .zip(&before[slot])

@@ -15,7 +15,7 @@ use router_tests::{
     testrun::{self, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT},
     topo::ifindex,
 };
-use router_user::datapath::Datapath;
+use router_user::{datapath::Datapath, maps::Rooms as _};
 
 const GW: [u8; 4] = [198, 18, 0, 2];
 const UPSTREAM: [u8; 4] = [198, 18, 0, 1];
@@ -51,12 +51,14 @@ impl Router {
         let (inside, outside) = (ifindex("in0"), ifindex("out0"));
         let mut dp = Datapath::load("nat-test", session_entries).expect("loading");
         let iface = |mac, role| iface(mac, role, iface_flags::XDP_EGRESS);
-        dp.set_iface(inside, iface(ROUTER_IN_MAC, iface_role::INTERNAL))
+        dp.ifaces()
+            .set(inside, iface(ROUTER_IN_MAC, iface_role::INTERNAL))
             .expect("IFACES");
-        dp.set_iface(outside, iface(ROUTER_OUT_MAC, iface_role::EXTERNAL))
+        dp.ifaces()
+            .set(outside, iface(ROUTER_OUT_MAC, iface_role::EXTERNAL))
             .expect("IFACES");
-        dp.set_xdp_egress(inside).expect("EGRESS_DEVS");
-        dp.set_xdp_egress(outside).expect("EGRESS_DEVS");
+        dp.ifaces().set_xdp_egress(inside).expect("EGRESS_DEVS");
+        dp.ifaces().set_xdp_egress(outside).expect("EGRESS_DEVS");
         let mut routes = Routes::default();
         let mut add = |addr, len, entry| routes.add(addr, len, entry);
         add(
@@ -72,25 +74,26 @@ impl Router {
         );
         add(GW, 32, route(route_kind::LOCAL, 0, [0; 4]));
         add([0; 4], 0, route(route_kind::UNICAST, outside, UPSTREAM));
-        dp.sync_routes(&routes.0).expect("ROUTES");
+        dp.routes().sync(&routes.0).expect("ROUTES");
         let neigh = neighbor;
         let mut neighbors = vec![neigh(outside, UPSTREAM, UPSTREAM_MAC)];
         for vm in [FIXED, FIXED2, VM3, VM7, VM8] {
             neighbors.push(neigh(inside, vm, VM_MAC));
         }
-        dp.sync_neighbors(&neighbors).expect("NEIGHBORS");
-        dp.set_nat_config(NatConfig {
-            gateway_ip: GW,
-            gateway_ifindex: outside,
-            flags: nat_flags::GATEWAY | nat_flags::SNAT,
-            port_min: 40000,
-            port_max: 40001,
-            ..NatConfig::default()
-        })
-        .expect("NAT_CONFIG");
-        dp.reset_snat_stats().expect("SNAT_STATS");
-        dp.set_floating_ip(FIP, FIXED).expect("FIP");
-        dp.set_floating_ip(FIP2, FIXED2).expect("FIP");
+        dp.routes().sync_neighbors(&neighbors).expect("NEIGHBORS");
+        dp.nat()
+            .set_config(NatConfig {
+                gateway_ip: GW,
+                gateway_ifindex: outside,
+                flags: nat_flags::GATEWAY | nat_flags::SNAT,
+                port_min: 40000,
+                port_max: 40001,
+                ..NatConfig::default()
+            })
+            .expect("NAT_CONFIG");
+        dp.nat().reset_snat_stats().expect("SNAT_STATS");
+        dp.nat().add_floating_ip(FIP, FIXED).expect("FIP");
+        dp.nat().add_floating_ip(FIP2, FIXED2).expect("FIP");
         Self {
             _ns: ns,
             dp,
@@ -115,7 +118,7 @@ impl Router {
     }
 
     fn reason(&mut self, ifindex: u32, r: Reason) -> u64 {
-        self.dp.stats(ifindex).expect("stats").reasons[r as usize]
+        self.dp.ifaces().stats(ifindex).expect("stats").reasons[r as usize]
     }
 }
 
@@ -578,7 +581,7 @@ fn zones(entry: Entry) {
     );
     let mut iface = iface(ROUTER_IN_MAC, iface_role::INTERNAL, iface_flags::XDP_EGRESS);
     iface.zone = 7;
-    r.dp.set_iface(i, iface).expect("IFACES");
+    r.dp.ifaces().set(i, iface).expect("IFACES");
     // A new session: port 40000 is held by the zone-0 one, so it gets 40001.
     expect_forward(
         &r,
@@ -605,7 +608,7 @@ fn zones(entry: Entry) {
         "zone 7 reply",
     );
     iface.zone = 0;
-    r.dp.set_iface(i, iface).expect("IFACES");
+    r.dp.ifaces().set(i, iface).expect("IFACES");
     let f = udp(VM3, 40000, REMOTE, 53, ROUTER_IN_MAC);
     expect_forward(
         &r,

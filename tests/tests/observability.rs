@@ -10,6 +10,7 @@
 //! traces, the live counters and the live session table must not change, and no pin may be
 //! left behind.
 
+use router_user::maps::Rooms as _;
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
@@ -19,7 +20,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap, MapData};
 use router_common::{CtEntry, CtKey, map_names};
 use router_tests::{
     probe::{UdpStream, udp_connected},
@@ -169,9 +169,9 @@ fn u(v: &Value) -> u64 {
 
 /// The live session table of `router`.
 fn live_sessions(router: &str) -> BTreeMap<CtKey, CtEntry> {
-    let map: HashMap<MapData, CtKey, CtEntry> =
-        router_user::datapath::open_pinned(router, map_names::SESSIONS).expect("SESSIONS");
-    map.iter().filter_map(Result::ok).collect()
+    router_user::maps::Pinned::open(router)
+        .and_then(|mut m| m.sessions().dump())
+        .expect("SESSIONS")
 }
 
 /// Everything a trace must not change: counters (`routerctl stats`, with the ARP and IPv6
@@ -181,8 +181,8 @@ fn live_sessions(router: &str) -> BTreeMap<CtKey, CtEntry> {
 struct LiveState {
     stats: Value,
     fw: (
-        Vec<router_user::firewall::RuleCounters>,
-        router_user::firewall::FixedCounters,
+        Vec<router_user::maps::policy::RuleCounters>,
+        router_user::maps::policy::FixedCounters,
     ),
     sessions: BTreeMap<CtKey, CtEntry>,
     pins: BTreeSet<String>,
@@ -202,8 +202,12 @@ fn live_state(router: &str) -> LiveState {
         }
     }
     let fw = (
-        router_user::firewall::rule_counters(router).expect("firewall rules"),
-        router_user::firewall::fixed_counters(router).expect("firewall counters"),
+        router_user::maps::Pinned::open(router)
+            .and_then(|mut m| m.policy().rule_counters())
+            .expect("firewall rules"),
+        router_user::maps::Pinned::open(router)
+            .and_then(|mut m| m.policy().fixed_counters())
+            .expect("firewall counters"),
     );
     let pins = std::fs::read_dir(router_user::paths::router_pin_dir(router))
         .expect("the router's pins")
@@ -346,7 +350,9 @@ fn check_metrics(mode: &str, port: u16, router: &str) {
     }
     assert_eq!(interfaces, 3, "{mode}: {stats}");
     // The firewall.
-    let rules = router_user::firewall::rule_counters(router).expect("rules");
+    let rules = router_user::maps::Pinned::open(router)
+        .and_then(|mut m| m.policy().rule_counters())
+        .expect("rules");
     assert_eq!(rules.len(), 1);
     assert_eq!(
         metric(
@@ -365,7 +371,9 @@ fn check_metrics(mode: &str, port: u16, router: &str) {
         ),
         rules[0].bytes
     );
-    let fixed = router_user::firewall::fixed_counters(router).expect("fixed");
+    let fixed = router_user::maps::Pinned::open(router)
+        .and_then(|mut m| m.policy().fixed_counters())
+        .expect("fixed");
     for (step, action, (packets, bytes)) in [
         ("established", "allow", fixed.established),
         ("invalid", "deny", fixed.invalid),

@@ -10,7 +10,7 @@ use router_tests::{
     netns::NetnsGuard,
     topo::{ifindex, ip},
 };
-use router_user::datapath::Datapath;
+use router_user::{datapath::Datapath, maps::Rooms as _};
 
 use router_tests::testrun::{
     self, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT,
@@ -35,24 +35,27 @@ impl Fixture {
         let (ingress, egress, slow) = (ifindex("in0"), ifindex("out0"), ifindex("slow0"));
         let mut dp = Datapath::load("packet-test", router_common::DEFAULT_SESSION_ENTRIES)
             .expect("loading the eBPF object");
-        dp.set_iface(
-            ingress,
-            iface(ROUTER_IN_MAC, iface_role::INTERNAL, iface_flags::XDP_EGRESS),
-        )
-        .expect("IFACES");
-        dp.set_iface(
-            egress,
-            iface(
-                ROUTER_OUT_MAC,
-                iface_role::EXTERNAL,
-                iface_flags::XDP_EGRESS,
-            ),
-        )
-        .expect("IFACES");
-        dp.set_iface(slow, iface(SLOW_OUT_MAC, iface_role::INTERNAL, 0))
+        dp.ifaces()
+            .set(
+                ingress,
+                iface(ROUTER_IN_MAC, iface_role::INTERNAL, iface_flags::XDP_EGRESS),
+            )
             .expect("IFACES");
-        dp.set_xdp_egress(ingress).expect("EGRESS_DEVS");
-        dp.set_xdp_egress(egress).expect("EGRESS_DEVS");
+        dp.ifaces()
+            .set(
+                egress,
+                iface(
+                    ROUTER_OUT_MAC,
+                    iface_role::EXTERNAL,
+                    iface_flags::XDP_EGRESS,
+                ),
+            )
+            .expect("IFACES");
+        dp.ifaces()
+            .set(slow, iface(SLOW_OUT_MAC, iface_role::INTERNAL, 0))
+            .expect("IFACES");
+        dp.ifaces().set_xdp_egress(ingress).expect("EGRESS_DEVS");
+        dp.ifaces().set_xdp_egress(egress).expect("EGRESS_DEVS");
 
         let mut routes = Routes::default();
         let mut add = |addr, len, entry| routes.add(addr, len, entry);
@@ -89,15 +92,16 @@ impl Fixture {
             24,
             route(route_kind::UNICAST, slow, [0; 4]),
         );
-        dp.sync_routes(&routes.0).expect("ROUTES");
+        dp.routes().sync(&routes.0).expect("ROUTES");
 
         let neigh = neighbor;
-        dp.sync_neighbors(&[
-            neigh(egress, [198, 18, 0, 1], NEXT_HOP_MAC),
-            neigh(egress, [198, 18, 0, 254], OTHER_HOP_MAC),
-            neigh(slow, [100, 64, 0, 9], SLOW_HOP_MAC),
-        ])
-        .expect("NEIGHBORS");
+        dp.routes()
+            .sync_neighbors(&[
+                neigh(egress, [198, 18, 0, 1], NEXT_HOP_MAC),
+                neigh(egress, [198, 18, 0, 254], OTHER_HOP_MAC),
+                neigh(slow, [100, 64, 0, 9], SLOW_HOP_MAC),
+            ])
+            .expect("NEIGHBORS");
         Self {
             _ns: ns,
             dp,
@@ -106,7 +110,10 @@ impl Fixture {
     }
 
     fn stats(&mut self) -> IfaceStats {
-        self.dp.stats(self.ingress).expect("reading IFACE_STATS")
+        self.dp
+            .ifaces()
+            .stats(self.ingress)
+            .expect("reading IFACE_STATS")
     }
 
     fn run_xdp(&self, frame: &[u8]) -> (u32, Vec<u8>) {

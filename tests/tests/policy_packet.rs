@@ -8,6 +8,8 @@
 //! Floating IPs 198.18.0.10 -> 10.0.1.5 and 198.19.0.10 -> 10.0.1.9; 10.0.1.6 has none.
 //! Every interface is its own session zone, as routerd sets them.
 
+use std::collections::BTreeMap;
+
 use router_common::{
     FwRule, NatConfig, Net, PolicyRule, REJECT_MARK, Reason, RouteKey, fw_action, fw_flags,
     iface_flags, iface_role, nat_flags, route_kind, table_external_subnet,
@@ -20,7 +22,10 @@ use router_tests::{
     topo::ifindex,
     wire::{echo, seen, tcp, tcp_with_flags, udp},
 };
-use router_user::datapath::Datapath;
+use router_user::{
+    datapath::Datapath,
+    maps::{Rooms as _, policy},
+};
 
 const ROUTER_FW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x40];
 const GW: [u8; 4] = [198, 18, 0, 2];
@@ -78,8 +83,8 @@ impl Router {
         ] {
             let mut entry = iface(mac, role, iface_flags::XDP_EGRESS);
             entry.zone = index as u16;
-            dp.set_iface(index, entry).expect("IFACES");
-            dp.set_xdp_egress(index).expect("EGRESS_DEVS");
+            dp.ifaces().set(index, entry).expect("IFACES");
+            dp.ifaces().set_xdp_egress(index).expect("EGRESS_DEVS");
         }
         let mut routes = Routes::default();
         let unicast = |ifindex, via| route(route_kind::UNICAST, ifindex, via);
@@ -103,7 +108,7 @@ impl Router {
         add(T_NARROW, [192, 0, 2, 0], 24, unicast(outside, GW_B));
         add(table_external_subnet(0), [0; 4], 0, unicast(outside, GW_A));
         add(table_external_subnet(1), [0; 4], 0, unicast(outside, GW_B));
-        dp.sync_routes(&routes.0).expect("ROUTES");
+        dp.routes().sync(&routes.0).expect("ROUTES");
         let mut neighbors = vec![
             neighbor(outside, GW_A, GW_A_MAC),
             neighbor(outside, GW_B, GW_B_MAC),
@@ -113,7 +118,7 @@ impl Router {
         for vm in [FIXED_A, FIXED_B, VM3] {
             neighbors.push(neighbor(inside, vm, VM_MAC));
         }
-        dp.sync_neighbors(&neighbors).expect("NEIGHBORS");
+        dp.routes().sync_neighbors(&neighbors).expect("NEIGHBORS");
         Self {
             _ns: ns,
             dp,
@@ -127,7 +132,8 @@ impl Router {
     /// Gateway, SNAT and the two floating IPs.
     fn with_nat(mut self) -> Self {
         self.dp
-            .set_nat_config(NatConfig {
+            .nat()
+            .set_config(NatConfig {
                 gateway_ip: GW,
                 gateway_ifindex: self.outside,
                 flags: nat_flags::GATEWAY | nat_flags::SNAT,
@@ -136,24 +142,29 @@ impl Router {
                 ..NatConfig::default()
             })
             .expect("NAT_CONFIG");
-        self.dp.reset_snat_stats().expect("SNAT_STATS");
-        self.dp.set_floating_ip(FIP_A, FIXED_A).expect("FIP");
-        self.dp.set_floating_ip(FIP_B, FIXED_B).expect("FIP");
+        self.dp.nat().reset_snat_stats().expect("SNAT_STATS");
+        self.dp.nat().add_floating_ip(FIP_A, FIXED_A).expect("FIP");
+        self.dp.nat().add_floating_ip(FIP_B, FIXED_B).expect("FIP");
         self
     }
 
     fn policy(&mut self, rules: &[PolicyRule], fw: &[FwRule], flags: u32, sources: bool) {
-        let sources: Vec<(([u8; 4], u8), u32)> = if sources {
-            vec![
+        let source_tables = if sources {
+            BTreeMap::from([
                 (([198, 18, 0, 0], 24), table_external_subnet(0)),
                 (([198, 19, 0, 0], 24), table_external_subnet(1)),
-            ]
+            ])
         } else {
-            Vec::new()
+            BTreeMap::new()
         };
-        self.dp
-            .set_policy(rules, fw, flags, &sources)
-            .expect("set_policy");
+        let wanted = policy::Wanted {
+            rules: rules.to_vec(),
+            fw_rules: fw.to_vec(),
+            fw_flags: flags,
+            source_tables,
+            ..policy::Wanted::default()
+        };
+        self.dp.policy().sync_rules(&wanted).expect("policy maps");
     }
 
     fn run(&self, ingress: u32, frame: &[u8]) -> (Outcome, Vec<u8>) {
@@ -179,7 +190,7 @@ impl Router {
     }
 
     fn reason(&mut self, ifindex: u32, r: Reason) -> u64 {
-        self.dp.stats(ifindex).expect("stats").reasons[r as usize]
+        self.dp.ifaces().stats(ifindex).expect("stats").reasons[r as usize]
     }
 }
 
@@ -296,7 +307,7 @@ fn rules_are_walked_in_order_and_fall_through_tables_without_a_route() {
             GW_A_MAC,
             "{entry:?}: no rules"
         );
-        assert_eq!(r.dp.policy_config().expect("config").rule_count, 0);
+        assert_eq!(r.dp.policy().config().expect("config").rule_count, 0);
     });
 }
 
@@ -409,9 +420,16 @@ fn firewall_verdicts_and_counters() {
             fw_rule(fw_action::ALLOW, 1, ANY, ANY, (0, 65535), 5),
         ];
         r.policy(&[], &rules, fw_flags::ENABLED, false);
-        let counters =
-            |_: &mut Router| router_user::firewall::rule_counters(&id).expect("counters");
-        let fixed = || router_user::firewall::fixed_counters(&id).expect("fixed");
+        let counters = |_: &mut Router| {
+            router_user::maps::Pinned::open(&id)
+                .and_then(|mut m| m.policy().rule_counters())
+                .expect("counters")
+        };
+        let fixed = || {
+            router_user::maps::Pinned::open(&id)
+                .and_then(|mut m| m.policy().fixed_counters())
+                .expect("fixed")
+        };
 
         // Allowed new flow; its reply is established (default deny would drop it).
         let syn = tcp(VM3, 4000, REMOTE, 80, ROUTER_IN_MAC);
@@ -550,7 +568,7 @@ fn firewall_keeps_nat_and_tracks_floating_ip_flows() {
         r.policy(&[], &[allow_out_web, allow_in], fw_flags::ENABLED, false);
         let (_, _, dst, ..) = r.forward(outside, &inbound);
         assert_eq!(dst, FIXED_A, "{entry:?}: inbound allowed by its fixed IP");
-        let sessions = r.dp.sessions().expect("sessions").keys().count();
+        let sessions = r.dp.sessions().entries().expect("sessions");
         assert_eq!(sessions, 6, "{entry:?}: three sessions, two entries each");
     });
 }
@@ -563,7 +581,7 @@ fn spoofed_sources_are_dropped_on_checked_internal_interfaces() {
         let mut checked = iface(ROUTER_IN_MAC, iface_role::INTERNAL, iface_flags::XDP_EGRESS);
         checked.flags |= iface_flags::SOURCE_CHECK;
         checked.zone = inside as u16;
-        r.dp.set_iface(inside, checked).expect("IFACES");
+        r.dp.ifaces().set(inside, checked).expect("IFACES");
         let key = |addr: [u8; 4], len: u32| {
             (
                 router_common::SourceKey::IFINDEX_BITS + len,
@@ -572,9 +590,16 @@ fn spoofed_sources_are_dropped_on_checked_internal_interfaces() {
         };
         // The interface's subnet and a network routed through a host on it.
         let allowed = [key([10, 0, 1, 0], 24), key([172, 16, 0, 0], 16)].into();
-        assert_eq!(r.dp.sync_allowed_sources(&allowed).expect("sources"), 2);
         assert_eq!(
-            r.dp.sync_allowed_sources(&allowed).expect("sources"),
+            r.dp.policy()
+                .sync_allowed_sources(&allowed)
+                .expect("sources"),
+            2
+        );
+        assert_eq!(
+            r.dp.policy()
+                .sync_allowed_sources(&allowed)
+                .expect("sources"),
             0,
             "idempotent"
         );
@@ -618,16 +643,17 @@ fn snat_source_quota_keeps_one_address_from_taking_every_port() {
     both(|entry| {
         let mut r = Router::new(entry).with_nat();
         let (inside, outside) = (r.inside, r.outside);
-        r.dp.set_nat_config(NatConfig {
-            gateway_ip: GW,
-            gateway_ifindex: outside,
-            flags: nat_flags::GATEWAY | nat_flags::SNAT,
-            port_min: 40000,
-            port_max: 40100,
-            source_quota: 2,
-            ..NatConfig::default()
-        })
-        .expect("NAT_CONFIG");
+        r.dp.nat()
+            .set_config(NatConfig {
+                gateway_ip: GW,
+                gateway_ifindex: outside,
+                flags: nat_flags::GATEWAY | nat_flags::SNAT,
+                port_min: 40000,
+                port_max: 40100,
+                source_quota: 2,
+                ..NatConfig::default()
+            })
+            .expect("NAT_CONFIG");
         for port in [5000, 5001] {
             let (_, src, ..) = r.forward(inside, &udp(VM3, port, REMOTE, 53, ROUTER_IN_MAC));
             assert_eq!(src, GW, "{entry:?}: within the quota");
@@ -648,7 +674,7 @@ fn snat_source_quota_keeps_one_address_from_taking_every_port() {
         assert_eq!(src, GW, "{entry:?}: established within the quota");
         // routerd's garbage collection recounts from the table: one session left of VM3's.
         let counts = [(VM3, 1u32)].into_iter().collect();
-        r.dp.sync_snat_sources(&counts).expect("SNAT_SOURCES");
+        r.dp.nat().sync_snat_sources(&counts).expect("SNAT_SOURCES");
         assert_eq!(
             r.run(inside, &third).0,
             Outcome::Forward,

@@ -37,11 +37,12 @@ use router_tests::{
 
 /// The router's firewall counters, through the controller library.
 mod fw {
-    use router_user::firewall as api;
+    use router_user::maps::{Pinned, Rooms as _};
 
     /// (index, action, packets) of each rule, by position in the rule list.
     pub fn rules(router: &str) -> Vec<(usize, String, u64)> {
-        let mut v: Vec<(usize, String, u64)> = api::rule_counters(router)
+        let mut v: Vec<(usize, String, u64)> = Pinned::open(router)
+            .and_then(|mut m| m.policy().rule_counters())
             .unwrap_or_else(|e| panic!("reading router {router}'s firewall rule counters: {e}"))
             .into_iter()
             .map(|c| (c.index, c.action, c.packets))
@@ -52,7 +53,8 @@ mod fw {
 
     /// Packets (established, invalid, default).
     pub fn fixed(router: &str) -> (u64, u64, u64) {
-        let f = api::fixed_counters(router)
+        let f = Pinned::open(router)
+            .and_then(|mut m| m.policy().fixed_counters())
             .unwrap_or_else(|e| panic!("reading router {router}'s firewall counters: {e}"));
         (f.established.0, f.invalid.0, f.default.0)
     }

@@ -3,10 +3,10 @@
 //! stays still), that the kernel still answers TTL expiry, and that the first packet to an
 //! unresolved neighbour is not lost.
 
+use router_user::maps::Rooms as _;
 use std::{net::Ipv4Addr, time::Duration};
 
-use aya::maps::{HashMap, MapData};
-use router_common::{NeighborEntry, NeighborKey, map_names};
+use router_common::NeighborKey;
 use router_tests::{
     routerd::Routerd,
     topo::{EXT_HOST, QR_A_IP, RouterTopology, VM_A, VM_B, ip},
@@ -32,8 +32,7 @@ fn fwd_bytes(router: &str, iface: &str) -> u64 {
 }
 
 fn has_neighbor(router: &str, ifname: &str, addr: [u8; 4]) -> bool {
-    let map: HashMap<MapData, NeighborKey, NeighborEntry> =
-        router_user::datapath::open_pinned(router, map_names::NEIGHBORS).expect("pinned NEIGHBORS");
+    let mut maps = router_user::maps::Pinned::open(router).expect("pinned maps");
     let info = router_user::router::running_routers()
         .expect("router info")
         .into_iter()
@@ -45,7 +44,10 @@ fn has_neighbor(router: &str, ifname: &str, addr: [u8; 4]) -> bool {
         .find(|i| i.name == ifname)
         .expect("interface")
         .ifindex;
-    map.get(&NeighborKey { ifindex, addr }, 0).is_ok()
+    maps.routes()
+        .neighbor(&NeighborKey { ifindex, addr })
+        .expect("NEIGHBORS")
+        .is_some()
 }
 
 fn routed_through_fast_path(mode: &str) {

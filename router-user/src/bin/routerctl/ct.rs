@@ -1,9 +1,8 @@
-use aya::maps::{HashMap, MapData};
-use router_common::{CtEntry, CtKey, map_names};
 use router_user::{
     Error,
     conntrack::{self, Session, Tuple},
-    datapath, stats,
+    maps::{Pinned, Rooms as _},
+    stats,
 };
 use serde::Serialize;
 
@@ -40,17 +39,15 @@ pub fn run(command: Command) -> Result<(), Error> {
     }
 }
 
-fn sessions(router: &str) -> Result<HashMap<MapData, CtKey, CtEntry>, Error> {
-    datapath::open_pinned(router, map_names::SESSIONS)
-}
-
 fn list(only: Option<&str>, json: bool) -> Result<(), Error> {
     let mut rows = Vec::new();
     for info in stats::selected_routers(only)? {
         let timeouts = conntrack::running_timeouts(&info.router);
-        let map = sessions(&info.router)?;
         let now = conntrack::monotonic_ns();
-        for session in conntrack::list(&map, now, &timeouts)? {
+        for session in Pinned::open(&info.router)?
+            .sessions()
+            .list(now, &timeouts)?
+        {
             rows.push(Row {
                 router: info.router.clone(),
                 session,
@@ -69,7 +66,7 @@ fn list(only: Option<&str>, json: bool) -> Result<(), Error> {
 
 fn flush(only: Option<&str>) -> Result<(), Error> {
     for info in stats::selected_routers(only)? {
-        let removed = conntrack::flush(&mut sessions(&info.router)?)?;
+        let removed = Pinned::open(&info.router)?.sessions().flush()?;
         println!("router {}: {removed} session(s) removed", info.router);
     }
     Ok(())

@@ -1,0 +1,259 @@
+//! Interfaces: the settings of each interface the router drives (`IFACES`, by ifindex in
+//! the router's namespace), the egresses XDP may redirect into (`EGRESS_DEVS`), and each
+//! interface's counters with the drop and hand-over reasons (`IFACE_STATS`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aya::maps::{DevMapHash, HashMap, PerCpuHashMap};
+use router_common::{IfaceEntry, IfaceStats, iface_flags, iface_role, map_names};
+
+use super::{Diff, MapSource, retry_short_of_memory, typed, zeroed};
+use crate::error::Error;
+
+/// An interface as the desired state and the kernel describe it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    /// Gateway (`qg`) or internal (`qr`).
+    pub external: bool,
+    /// XDP may redirect into it (its far end takes XDP frames).
+    pub xdp_egress: bool,
+    /// Packets arriving here are checked against their allowed sources.
+    pub source_check: bool,
+}
+
+/// The fast path's entry for interface `ifindex`.
+pub fn entry(ifindex: u32, w: &Wanted) -> IfaceEntry {
+    let mut flags = 0;
+    if w.xdp_egress {
+        flags |= iface_flags::XDP_EGRESS;
+    }
+    if w.source_check {
+        flags |= iface_flags::SOURCE_CHECK;
+    }
+    IfaceEntry {
+        mac: w.mac,
+        _pad: [0; 2],
+        mtu: w.mtu,
+        role: if w.external {
+            iface_role::EXTERNAL
+        } else {
+            iface_role::INTERNAL
+        },
+        flags,
+        // Every interface its own session zone (see `IfaceEntry::zone`).
+        zone: ifindex as u16,
+        _pad2: [0; 2],
+    }
+}
+
+/// What the interface maps should hold for `wanted` (by ifindex).
+pub fn tables(wanted: &BTreeMap<u32, Wanted>) -> (BTreeMap<u32, IfaceEntry>, BTreeSet<u32>) {
+    let entries = wanted.iter().map(|(i, w)| (*i, entry(*i, w))).collect();
+    let egresses = wanted
+        .iter()
+        .filter(|(_, w)| w.xdp_egress)
+        .map(|(i, _)| *i)
+        .collect();
+    (entries, egresses)
+}
+
+/// Writes to the interface maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub entries: Diff<u32, IfaceEntry>,
+    pub egresses: Diff<u32, ()>,
+    /// New interfaces whose counters are created (zeroed) with them.
+    pub new_counters: Vec<u32>,
+}
+
+impl Plan {
+    pub fn writes(&self) -> usize {
+        self.entries.set.len()
+            + self.entries.remove.len()
+            + self.egresses.set.len()
+            + self.egresses.remove.len()
+            + self.new_counters.len()
+    }
+}
+
+/// The interface maps of one router.
+pub struct Ifaces<'a> {
+    maps: &'a mut dyn MapSource,
+}
+
+impl<'a> Ifaces<'a> {
+    pub fn new(maps: &'a mut dyn MapSource) -> Self {
+        Self { maps }
+    }
+
+    /// The interfaces the fast path has, by ifindex.
+    pub fn entries(&mut self) -> Result<BTreeMap<u32, IfaceEntry>, Error> {
+        let map: HashMap<_, u32, IfaceEntry> = typed(self.maps, map_names::IFACES)?;
+        map.iter()
+            .map(|r| r.map_err(|e| Error::map("reading IFACES", e)))
+            .collect()
+    }
+
+    /// The egresses XDP redirects into.
+    pub fn egresses(&mut self) -> Result<BTreeSet<u32>, Error> {
+        let map: DevMapHash<_> = typed(self.maps, map_names::EGRESS_DEVS)?;
+        Ok(map.keys().filter_map(Result::ok).collect())
+    }
+
+    /// What turns the maps into `entries` and `egresses` (see [`tables`]).
+    pub fn plan(
+        &mut self,
+        entries: &BTreeMap<u32, IfaceEntry>,
+        egresses: &BTreeSet<u32>,
+    ) -> Result<Plan, Error> {
+        let current = self.entries()?;
+        let entries_diff = Diff::between(&current, entries);
+        let live_egresses = self.egresses()?.into_iter().map(|i| (i, ())).collect();
+        let wanted_egresses = egresses.iter().map(|i| (*i, ())).collect();
+        let stats: PerCpuHashMap<_, u32, IfaceStats> = typed(self.maps, map_names::IFACE_STATS)?;
+        let new_counters = entries
+            .keys()
+            .filter(|i| stats.get(i, 0).is_err())
+            .copied()
+            .collect();
+        Ok(Plan {
+            entries: entries_diff,
+            egresses: Diff::between(&live_egresses, &wanted_egresses),
+            new_counters,
+        })
+    }
+
+    /// Carries out `plan`. Counters exist from an interface's start, so the programs only
+    /// ever update them; an interface that goes keeps its counters until the router goes.
+    pub fn write(&mut self, plan: &Plan) -> Result<(), Error> {
+        for ifindex in &plan.new_counters {
+            self.create_counters(*ifindex)?;
+        }
+        let mut map: HashMap<_, u32, IfaceEntry> = typed(self.maps, map_names::IFACES)?;
+        for (ifindex, entry) in &plan.entries.set {
+            map.insert(ifindex, entry, 0)
+                .map_err(|e| Error::map(format!("IFACES[{ifindex}]"), e))?;
+        }
+        for ifindex in &plan.entries.remove {
+            let _ = map.remove(ifindex);
+        }
+        let mut devs: DevMapHash<_> = typed(self.maps, map_names::EGRESS_DEVS)?;
+        for (ifindex, ()) in &plan.egresses.set {
+            devs.insert(*ifindex, *ifindex, None, 0)
+                .map_err(|e| match e {
+                    aya::maps::xdp::XdpMapError::MapError(e) => {
+                        Error::map(format!("EGRESS_DEVS[{ifindex}]"), e)
+                    }
+                    other => Error::io(
+                        format!("EGRESS_DEVS[{ifindex}]"),
+                        std::io::Error::other(other.to_string()),
+                    ),
+                })?;
+        }
+        for ifindex in &plan.egresses.remove {
+            let _ = devs.remove(*ifindex);
+        }
+        self.maps.count_writes(plan.writes());
+        Ok(())
+    }
+
+    /// Makes the interface maps hold `wanted` (by ifindex), writing only differences.
+    /// Returns the writes.
+    pub fn sync(&mut self, wanted: &BTreeMap<u32, Wanted>) -> Result<usize, Error> {
+        let (entries, egresses) = tables(wanted);
+        let plan = self.plan(&entries, &egresses)?;
+        self.write(&plan)?;
+        Ok(plan.writes())
+    }
+
+    /// Sets one interface's entry as it is (with counters, if it has none yet).
+    pub fn set(&mut self, ifindex: u32, entry: IfaceEntry) -> Result<(), Error> {
+        let mut entries = self.entries()?;
+        entries.insert(ifindex, entry);
+        let egresses = self.egresses()?;
+        let plan = self.plan(&entries, &egresses)?;
+        self.write(&plan)
+    }
+
+    /// Lets XDP redirect into `ifindex` (only for egresses that deliver XDP frames).
+    pub fn set_xdp_egress(&mut self, ifindex: u32) -> Result<(), Error> {
+        let entries = self.entries()?;
+        let mut egresses = self.egresses()?;
+        egresses.insert(ifindex);
+        let plan = self.plan(&entries, &egresses)?;
+        self.write(&plan)
+    }
+
+    /// Zeroed counters for interface `ifindex` (the programs only update existing ones).
+    pub fn create_counters(&mut self, ifindex: u32) -> Result<(), Error> {
+        let mut stats: PerCpuHashMap<_, u32, IfaceStats> =
+            typed(self.maps, map_names::IFACE_STATS)?;
+        retry_short_of_memory(|| stats.insert(ifindex, zeroed::<IfaceStats>()?, 0))
+            .map_err(|e| Error::map(format!("IFACE_STATS[{ifindex}]"), e))
+    }
+
+    /// Counters of interface `ifindex`, summed over CPUs.
+    pub fn stats(&mut self, ifindex: u32) -> Result<IfaceStats, Error> {
+        let map: PerCpuHashMap<_, u32, IfaceStats> = typed(self.maps, map_names::IFACE_STATS)?;
+        let values = map
+            .get(&ifindex, 0)
+            .map_err(|e| Error::map(format!("IFACE_STATS[{ifindex}]"), e))?;
+        let mut total = IfaceStats::default();
+        for v in values.iter() {
+            total.accumulate(v);
+        }
+        Ok(total)
+    }
+
+    /// Counters of every interface that has them, summed over CPUs.
+    pub fn all_stats(&mut self) -> Result<BTreeMap<u32, IfaceStats>, Error> {
+        let map: PerCpuHashMap<_, u32, IfaceStats> = typed(self.maps, map_names::IFACE_STATS)?;
+        let mut out = BTreeMap::new();
+        for item in map.iter() {
+            let (ifindex, values) = item.map_err(|e| Error::map("reading IFACE_STATS", e))?;
+            let mut total = IfaceStats::default();
+            for v in values.iter() {
+                total.accumulate(v);
+            }
+            out.insert(ifindex, total);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_carry_role_flags_and_zone() {
+        let w = Wanted {
+            mac: [2, 0, 0, 0, 0, 1],
+            mtu: 1500,
+            external: true,
+            xdp_egress: true,
+            source_check: false,
+        };
+        let e = entry(7, &w);
+        assert_eq!(e.role, iface_role::EXTERNAL);
+        assert_eq!(e.flags, iface_flags::XDP_EGRESS);
+        assert_eq!(e.zone, 7);
+        let (entries, egresses) = tables(&BTreeMap::from([
+            (7, w.clone()),
+            (
+                8,
+                Wanted {
+                    external: false,
+                    xdp_egress: false,
+                    source_check: true,
+                    ..w
+                },
+            ),
+        ]));
+        assert_eq!(entries[&8].flags, iface_flags::SOURCE_CHECK);
+        assert_eq!(entries[&8].role, iface_role::INTERNAL);
+        assert_eq!(egresses, BTreeSet::from([7]));
+    }
+}

@@ -1,0 +1,273 @@
+//! NAT: the gateway and SNAT settings (`NAT_CONFIG`), the floating IPs in both directions
+//! (`FIP_BY_ADDRESS`: floating -> fixed, for DNAT; `FIP_BY_FIXED`: fixed -> floating, for the
+//! source rewrite) with their counters (`FIP_STATS`), the SNAT counters (`SNAT_STATS`), and
+//! the SNAT sessions per source address that enforce the per-source quota (`SNAT_SOURCES`).
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use aya::maps::{Array, HashMap, MapError, PerCpuArray, PerCpuHashMap};
+use router_common::{FipEntry, FipStats, NatConfig, SnatStats, map_names, nat_flags};
+
+use super::{Diff, MapSource, retry_short_of_memory, typed, zeroed};
+use crate::{config::Router, error::Error};
+
+/// The fast path's NAT settings for `router`, its gateway at `gateway_ifindex`.
+pub fn config(router: &Router, gateway_ifindex: Option<u32>) -> NatConfig {
+    let mut cfg = NatConfig {
+        port_min: router.nat.snat_ports.min,
+        port_max: router.nat.snat_ports.max,
+        source_quota: router.nat.snat_sessions_per_source,
+        ..NatConfig::default()
+    };
+    if let (Some(g), Some(index)) = (&router.gateway, gateway_ifindex) {
+        cfg.gateway_ip = g.address.addr.octets();
+        cfg.gateway_ifindex = index;
+        cfg.flags = nat_flags::GATEWAY | if g.snat { nat_flags::SNAT } else { 0 };
+    }
+    cfg
+}
+
+/// The floating IPs of `router`: floating -> fixed.
+pub fn floating_ips(router: &Router) -> BTreeMap<[u8; 4], [u8; 4]> {
+    router
+        .floating_ips
+        .iter()
+        .map(|f| (f.address.octets(), f.fixed.octets()))
+        .collect()
+}
+
+/// Writes to the NAT maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The new settings, when they differ.
+    pub config: Option<NatConfig>,
+    /// Floating IPs to remove (first) and to add; one whose fixed IP changes is removed and
+    /// added again, so no stale fixed -> floating entry stays behind.
+    pub floating_ips: Diff<[u8; 4], [u8; 4]>,
+}
+
+impl Plan {
+    /// Each floating IP is two entries (its counters are created with them).
+    pub fn writes(&self) -> usize {
+        usize::from(self.config.is_some())
+            + 2 * (self.floating_ips.set.len() + self.floating_ips.remove.len())
+    }
+}
+
+/// A floating IP, its fixed IP, and its counters summed over CPUs.
+pub type FloatingIpCounters = ([u8; 4], [u8; 4], FipStats);
+
+/// The NAT maps of one router.
+pub struct Nat<'a> {
+    maps: &'a mut dyn MapSource,
+}
+
+impl<'a> Nat<'a> {
+    pub fn new(maps: &'a mut dyn MapSource) -> Self {
+        Self { maps }
+    }
+
+    /// The NAT settings the fast path runs with.
+    pub fn config(&mut self) -> Result<NatConfig, Error> {
+        let map: Array<_, NatConfig> = typed(self.maps, map_names::NAT_CONFIG)?;
+        map.get(&0, 0)
+            .map_err(|e| Error::map("reading NAT_CONFIG", e))
+    }
+
+    /// Floating IP -> fixed IP, as the fast path has them.
+    pub fn floating_ips(&mut self) -> Result<BTreeMap<[u8; 4], [u8; 4]>, Error> {
+        let map: HashMap<_, [u8; 4], FipEntry> = typed(self.maps, map_names::FIP_BY_ADDRESS)?;
+        map.iter()
+            .map(|item| {
+                item.map(|(k, v)| (k, v.addr))
+                    .map_err(|e| Error::map("reading FIP_BY_ADDRESS", e))
+            })
+            .collect()
+    }
+
+    /// Fixed IP -> floating IP, as the fast path has them.
+    pub fn floating_ips_by_fixed(&mut self) -> Result<BTreeMap<[u8; 4], [u8; 4]>, Error> {
+        let map: HashMap<_, [u8; 4], FipEntry> = typed(self.maps, map_names::FIP_BY_FIXED)?;
+        map.iter()
+            .map(|item| {
+                item.map(|(k, v)| (k, v.addr))
+                    .map_err(|e| Error::map("reading FIP_BY_FIXED", e))
+            })
+            .collect()
+    }
+
+    /// What turns the NAT maps into `config` and `floating_ips`.
+    pub fn plan(
+        &mut self,
+        config: &NatConfig,
+        floating_ips: &BTreeMap<[u8; 4], [u8; 4]>,
+    ) -> Result<Plan, Error> {
+        let current = self.floating_ips()?;
+        let mut diff = Diff::between(&current, floating_ips);
+        // A changed floating IP is removed first (see `Plan::floating_ips`).
+        for (fip, _) in &diff.set {
+            if current.contains_key(fip) {
+                diff.remove.push(*fip);
+            }
+        }
+        Ok(Plan {
+            config: (self.config().ok().as_ref() != Some(config)).then_some(*config),
+            floating_ips: diff,
+        })
+    }
+
+    /// Carries out `plan`.
+    pub fn write(&mut self, plan: &Plan) -> Result<(), Error> {
+        if let Some(cfg) = plan.config {
+            let mut map: Array<_, NatConfig> = typed(self.maps, map_names::NAT_CONFIG)?;
+            map.set(0, cfg, 0)
+                .map_err(|e| Error::map("writing NAT_CONFIG", e))?;
+        }
+        for fip in &plan.floating_ips.remove {
+            self.remove_floating_ip(*fip)?;
+        }
+        for (fip, fixed) in &plan.floating_ips.set {
+            self.insert_floating_ip(*fip, *fixed)?;
+        }
+        self.maps.count_writes(plan.writes());
+        Ok(())
+    }
+
+    /// Makes the NAT maps hold `config` and `floating_ips`, writing only differences.
+    /// Returns the writes.
+    pub fn sync(
+        &mut self,
+        config: &NatConfig,
+        floating_ips: &BTreeMap<[u8; 4], [u8; 4]>,
+    ) -> Result<usize, Error> {
+        let plan = self.plan(config, floating_ips)?;
+        self.write(&plan)?;
+        Ok(plan.writes())
+    }
+
+    /// Zeroed counters for floating IP `fip` (the programs only update existing ones).
+    pub fn create_floating_ip_counters(&mut self, fip: [u8; 4]) -> Result<(), Error> {
+        let mut stats: PerCpuHashMap<_, [u8; 4], FipStats> =
+            typed(self.maps, map_names::FIP_STATS)?;
+        retry_short_of_memory(|| stats.insert(fip, zeroed::<FipStats>()?, 0))
+            .map_err(|e| Error::map("writing FIP_STATS", e))
+    }
+
+    /// Sets the NAT settings (one write, none if they are these already).
+    pub fn set_config(&mut self, config: NatConfig) -> Result<(), Error> {
+        let plan = Plan {
+            config: (self.config().ok() != Some(config)).then_some(config),
+            ..Plan::default()
+        };
+        self.write(&plan)
+    }
+
+    /// Adds (or changes) floating IP `fip` for `fixed`.
+    pub fn add_floating_ip(&mut self, fip: [u8; 4], fixed: [u8; 4]) -> Result<(), Error> {
+        let mut wanted = self.floating_ips()?;
+        wanted.insert(fip, fixed);
+        let config = self.config()?;
+        let plan = self.plan(&config, &wanted)?;
+        self.write(&plan)
+    }
+
+    /// Writes floating IP `fip` for `fixed`, with zeroed counters for a new one.
+    fn insert_floating_ip(&mut self, fip: [u8; 4], fixed: [u8; 4]) -> Result<(), Error> {
+        let stats: PerCpuHashMap<_, [u8; 4], FipStats> = typed(self.maps, map_names::FIP_STATS)?;
+        if stats.get(&fip, 0).is_err() {
+            self.create_floating_ip_counters(fip)?;
+        }
+        let entry = |addr| FipEntry { addr, _pad: 0 };
+        let mut by_fixed: HashMap<_, [u8; 4], FipEntry> =
+            typed(self.maps, map_names::FIP_BY_FIXED)?;
+        retry_short_of_memory(|| by_fixed.insert(fixed, entry(fip), 0))
+            .map_err(|e| Error::map("writing FIP_BY_FIXED", e))?;
+        let mut by_address: HashMap<_, [u8; 4], FipEntry> =
+            typed(self.maps, map_names::FIP_BY_ADDRESS)?;
+        retry_short_of_memory(|| by_address.insert(fip, entry(fixed), 0))
+            .map_err(|e| Error::map("writing FIP_BY_ADDRESS", e))
+    }
+
+    /// Removes floating IP `fip`: from then on no packet is translated by it.
+    fn remove_floating_ip(&mut self, fip: [u8; 4]) -> Result<(), Error> {
+        let mut by_address: HashMap<_, [u8; 4], FipEntry> =
+            typed(self.maps, map_names::FIP_BY_ADDRESS)?;
+        let fixed = by_address.get(&fip, 0).ok().map(|e| e.addr);
+        let _ = by_address.remove(&fip);
+        if let Some(fixed) = fixed {
+            let mut by_fixed: HashMap<_, [u8; 4], FipEntry> =
+                typed(self.maps, map_names::FIP_BY_FIXED)?;
+            if by_fixed.get(&fixed, 0).is_ok_and(|e| e.addr == fip) {
+                let _ = by_fixed.remove(&fixed);
+            }
+        }
+        let mut stats: PerCpuHashMap<_, [u8; 4], FipStats> =
+            typed(self.maps, map_names::FIP_STATS)?;
+        let _ = stats.remove(&fip);
+        Ok(())
+    }
+
+    /// Zeroed SNAT counters (the array entry exists from load; this makes it explicit).
+    pub fn reset_snat_stats(&mut self) -> Result<(), Error> {
+        let mut map: PerCpuArray<_, SnatStats> = typed(self.maps, map_names::SNAT_STATS)?;
+        zeroed::<SnatStats>()
+            .and_then(|zero| map.set(0, zero, 0))
+            .map_err(|e| Error::map("writing SNAT_STATS", e))?;
+        self.maps.count_writes(1);
+        Ok(())
+    }
+
+    /// Makes the per-source SNAT session counts these (addresses without sessions go).
+    pub fn sync_snat_sources(
+        &mut self,
+        counts: &std::collections::HashMap<[u8; 4], u32>,
+    ) -> Result<(), Error> {
+        let mut map: HashMap<_, [u8; 4], u32> = typed(self.maps, map_names::SNAT_SOURCES)?;
+        let current: std::collections::HashMap<[u8; 4], u32> =
+            map.iter().filter_map(Result::ok).collect();
+        for (addr, n) in counts {
+            if current.get(addr) != Some(n) {
+                map.insert(addr, n, 0)
+                    .map_err(|e| Error::map("writing SNAT_SOURCES", e))?;
+            }
+        }
+        for addr in current.keys().filter(|a| !counts.contains_key(*a)) {
+            let _ = map.remove(addr);
+        }
+        Ok(())
+    }
+
+    /// The SNAT counters, summed over CPUs.
+    pub fn snat_stats(&mut self) -> Result<SnatStats, Error> {
+        let counters: PerCpuArray<_, SnatStats> = typed(self.maps, map_names::SNAT_STATS)?;
+        let mut s = SnatStats::default();
+        let values = counters
+            .get(&0, 0)
+            .map_err(|e| Error::map("reading SNAT_STATS", e))?;
+        values.iter().for_each(|v| s.accumulate(v));
+        Ok(s)
+    }
+
+    /// The counters of floating IP `fip`, summed over CPUs (zero when it has none yet).
+    pub fn floating_ip_counters(&mut self, fip: [u8; 4]) -> Result<FipStats, Error> {
+        let counters: PerCpuHashMap<_, [u8; 4], FipStats> = typed(self.maps, map_names::FIP_STATS)?;
+        let mut s = FipStats::default();
+        match counters.get(&fip, 0) {
+            Ok(values) => values.iter().for_each(|v| s.accumulate(v)),
+            // Added a moment ago, counters not created yet: nothing counted.
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(Error::map(format!("FIP_STATS[{}]", Ipv4Addr::from(fip)), e)),
+        }
+        Ok(s)
+    }
+
+    /// Every floating IP with its fixed IP and counters, by address.
+    pub fn floating_ip_counters_all(&mut self) -> Result<Vec<FloatingIpCounters>, Error> {
+        let fips = self.floating_ips()?;
+        let mut out = Vec::with_capacity(fips.len());
+        for (fip, fixed) in fips {
+            out.push((fip, fixed, self.floating_ip_counters(fip)?));
+        }
+        Ok(out)
+    }
+}

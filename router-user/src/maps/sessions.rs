@@ -1,0 +1,104 @@
+//! The session table (`SESSIONS`): two entries per session, one per direction, each naming
+//! the other, keyed by zone and tuple. The fast path creates and updates them; user space
+//! ages them out, ends them when a translation stops being valid, lists and flushes them
+//! (the rules of each are in `conntrack`).
+
+use std::collections::BTreeMap;
+
+use aya::maps::{HashMap, IterableMap as _, MapData};
+use router_common::{CtEntry, CtKey, ct_dir, map_names};
+
+use super::{MapSource, typed};
+use crate::{
+    conntrack::{self, GcReport, Session, Timeouts},
+    error::Error,
+};
+
+/// Entries and sessions of the table at about one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Entries (two per session).
+    pub entries: u64,
+    /// Original-direction entries: sessions.
+    pub sessions: u64,
+}
+
+/// The session table of one router.
+pub struct Sessions<'a> {
+    maps: &'a mut dyn MapSource,
+}
+
+impl<'a> Sessions<'a> {
+    pub fn new(maps: &'a mut dyn MapSource) -> Self {
+        Self { maps }
+    }
+
+    fn table(&mut self) -> Result<HashMap<&mut MapData, CtKey, CtEntry>, Error> {
+        typed(self.maps, map_names::SESSIONS)
+    }
+
+    /// Removes the sessions idle for longer than their timeout (see
+    /// `conntrack::collect_garbage`).
+    pub fn collect_garbage(&mut self, now_ns: u64, timeouts: &Timeouts) -> Result<GcReport, Error> {
+        conntrack::collect_garbage(&mut self.table()?, now_ns, timeouts)
+    }
+
+    /// Ends every session one of whose entries matches `pred`; returns how many.
+    pub fn purge(&mut self, pred: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<usize, Error> {
+        conntrack::purge(&mut self.table()?, pred)
+    }
+
+    /// Ends every session; returns how many there were.
+    pub fn flush(&mut self) -> Result<usize, Error> {
+        conntrack::flush(&mut self.table()?)
+    }
+
+    /// Every session, as `routerctl ct list` shows them.
+    pub fn list(&mut self, now_ns: u64, timeouts: &Timeouts) -> Result<Vec<Session>, Error> {
+        conntrack::list(&self.table()?, now_ns, timeouts)
+    }
+
+    /// A copy of every entry.
+    pub fn dump(&mut self) -> Result<BTreeMap<CtKey, CtEntry>, Error> {
+        Ok(self.table()?.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Writes `entries` as they are (trace's private copy of a running router's table).
+    pub fn insert_all(&mut self, entries: &BTreeMap<CtKey, CtEntry>) -> Result<(), Error> {
+        let mut table = self.table()?;
+        for (key, entry) in entries {
+            table
+                .insert(key, entry, 0)
+                .map_err(|e| Error::map("writing SESSIONS", e))?;
+        }
+        Ok(())
+    }
+
+    /// The table's capacity in entries.
+    pub fn capacity(&mut self) -> Result<u32, Error> {
+        let table = self.table()?;
+        let info = table.map().info().map_err(|e| Error::map("SESSIONS", e))?;
+        Ok(info.max_entries())
+    }
+
+    /// Distinct keys at about the time of the call: a walk restarts from the beginning when
+    /// the entry it stands on is deleted meanwhile (aging), and would count some twice.
+    pub fn entries(&mut self) -> Result<usize, Error> {
+        let table = self.table()?;
+        let keys: std::collections::HashSet<CtKey> = table.keys().filter_map(Result::ok).collect();
+        Ok(keys.len())
+    }
+
+    /// Entries and sessions (original-direction entries), in one walk.
+    pub fn counts(&mut self) -> Result<Counts, Error> {
+        let table = self.table()?;
+        let mut counts = Counts::default();
+        for (_, entry) in table.iter().filter_map(Result::ok) {
+            counts.entries += 1;
+            if entry.direction == ct_dir::ORIGINAL {
+                counts.sessions += 1;
+            }
+        }
+        Ok(counts)
+    }
+}
