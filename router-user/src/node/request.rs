@@ -1,0 +1,115 @@
+//! An API request against the node: queries are answered, edits are checked, persisted and
+//! applied, or rolled back (state file and routers) when applying fails.
+
+use std::time::Instant;
+
+use super::{NodeController, StateFile};
+use crate::{
+    api::{self, ChangeResult, Plan, Request, Response},
+    router::Writes,
+};
+
+impl NodeController {
+    /// Serves one API request. A query is answered from the desired state and the running
+    /// routers. An edit is planned against the desired state (an invalid one is refused
+    /// with nothing changed), written to `file` atomically, and applied all or nothing
+    /// ([`NodeController::apply`]); if applying fails, the file is put back first (a crash
+    /// from then on restarts with the previous state), then the routers, and the response
+    /// says what failed and whether the previous state is whole again.
+    pub async fn handle(&mut self, request: &Request, file: &StateFile) -> Response {
+        let started = Instant::now();
+        let op = op_name(request);
+        let plan = match api::plan_with(&self.desired, request, &self.live()) {
+            Ok(plan) => plan,
+            Err(e) => {
+                if request.is_mutation() {
+                    log::warn!("routerd: API {op}: rejected: {e}");
+                }
+                return Response::failure(e);
+            }
+        };
+        let new = match plan {
+            Plan::Answer(value) => return Response::success(value),
+            Plan::Unchanged => {
+                log::info!("routerd: API {op}: already so, nothing written");
+                return Response::success(change_result(Vec::new(), true, Writes::default()));
+            }
+            Plan::Change(new) => new,
+        };
+        if let Err(e) = api::preflight(&self.desired, &new) {
+            log::warn!("routerd: API {op}: rejected: {e}");
+            return Response::failure(e);
+        }
+        let changed = api::changed_routers(&self.desired, &new);
+        // The file as it is, to put back byte for byte if applying fails.
+        let previous_file = file.read();
+        if let Err(e) = file.write(new.to_toml().as_bytes()) {
+            log::error!("routerd: API {op}: {e}; nothing changed");
+            return Response::failure(format!("{e}; nothing changed"));
+        }
+        let path = file.path().display();
+        log::info!(
+            "routerd: API {op}: {path} written, applying (routers {})",
+            changed.join(", ")
+        );
+        let failed = match self.apply(new, started).await {
+            Ok(writes) => {
+                log::info!(
+                    "routerd: API {op}: applied; {} map and {} kernel writes",
+                    writes.map,
+                    writes.kernel
+                );
+                return Response::success(change_result(changed, false, writes));
+            }
+            Err(failed) => failed,
+        };
+        let failures = failed.failures.join("; ");
+        log::error!(
+            "routerd: API {op}: applying failed ({failures}); restoring the previous state"
+        );
+        let mut problems = Vec::new();
+        let restored = match &previous_file {
+            Ok(bytes) => file.write(bytes),
+            Err(_) => file.write(self.desired.to_toml().as_bytes()),
+        };
+        if let Err(e) = restored {
+            problems.push(format!("restoring {path}: {e}"));
+        }
+        problems.extend(self.roll_back(failed).await);
+        if problems.is_empty() {
+            log::info!("routerd: API {op}: previous state restored");
+            Response::failure(format!(
+                "{failures}; nothing changed ({path} and the running routers are as before)"
+            ))
+        } else {
+            let problems = problems.join("; ");
+            log::error!("routerd: API {op}: restoring the previous state: {problems}");
+            Response::failure(format!(
+                "{failures}; restoring the previous state failed too: {problems}"
+            ))
+        }
+    }
+}
+
+/// The result of an edit: the routers it changed, whether it asked for what already was,
+/// and what it wrote.
+fn change_result(
+    changed_routers: Vec<String>,
+    unchanged: bool,
+    writes: Writes,
+) -> serde_json::Value {
+    serde_json::to_value(ChangeResult {
+        changed_routers,
+        unchanged,
+        writes,
+    })
+    .unwrap_or_default()
+}
+
+/// The request's `op` (its name in the protocol), for the log.
+fn op_name(request: &Request) -> String {
+    serde_json::to_value(request)
+        .ok()
+        .and_then(|v| v.get("op").and_then(|o| o.as_str()).map(String::from))
+        .unwrap_or_default()
+}
