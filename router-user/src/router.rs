@@ -169,31 +169,10 @@ impl RunningRouter {
             .collect()
     }
 
-    /// Whether `new` can be applied to the running router without restarting it: same
-    /// namespace and mode, and no interface added or changed (removals are live).
+    /// Whether `new` can be applied to this router without restarting it (see
+    /// [`can_apply`]).
     pub fn can_apply(&self, new: &Router) -> bool {
-        let old = &self.desired;
-        let gateway_ok = match (&old.gateway, &new.gateway) {
-            (_, None) => true,
-            (Some(a), Some(b)) => {
-                a.interface == b.interface && a.address == b.address && a.xdp_egress == b.xdp_egress
-            }
-            (None, Some(_)) => false,
-        };
-        old.namespace == new.namespace
-            && old.mode == new.mode
-            && old.nat.max_sessions == new.nat.max_sessions
-            && old.nat.max_floating_ips == new.nat.max_floating_ips
-            && gateway_ok
-            && new.interfaces.iter().all(|i| {
-                // Allowed sources change live; anything else about an interface restarts.
-                old.interfaces.iter().any(|o| {
-                    crate::config::Interface {
-                        allowed_sources: i.allowed_sources.clone(),
-                        ..o.clone()
-                    } == *i
-                })
-            })
+        can_apply(&self.desired, new)
     }
 
     /// Applies `new` to the running router (see `can_apply`): floating IPs, NAT settings,
@@ -243,6 +222,32 @@ impl Drop for RunningRouter {
     fn drop(&mut self) {
         self.shutdown(false);
     }
+}
+
+/// Whether a router running `old` can take `new` without restarting: same namespace and
+/// mode, same table sizes, and no interface added or changed (removals are live).
+pub fn can_apply(old: &Router, new: &Router) -> bool {
+    let gateway_ok = match (&old.gateway, &new.gateway) {
+        (_, None) => true,
+        (Some(a), Some(b)) => {
+            a.interface == b.interface && a.address == b.address && a.xdp_egress == b.xdp_egress
+        }
+        (None, Some(_)) => false,
+    };
+    old.namespace == new.namespace
+        && old.mode == new.mode
+        && old.nat.max_sessions == new.nat.max_sessions
+        && old.nat.max_floating_ips == new.nat.max_floating_ips
+        && gateway_ok
+        && new.interfaces.iter().all(|i| {
+            // Allowed sources change live; anything else about an interface restarts.
+            old.interfaces.iter().any(|o| {
+                crate::config::Interface {
+                    allowed_sources: i.allowed_sources.clone(),
+                    ..o.clone()
+                } == *i
+            })
+        })
 }
 
 fn run(

@@ -16,7 +16,7 @@
 //!    state no longer has are removed.
 //! 2. A new desired state is applied as a difference against what runs ([`diff`]): removed
 //!    routers are detached and their pins removed, new ones started, changed ones changed
-//!    live where [`RunningRouter::can_apply`] allows and restarted where not; an unchanged
+//!    live where [`can_apply`] allows and restarted where not; an unchanged
 //!    router is not touched. Two ways:
 //!    - [`NodeController::reload`] goes as far as it can: the new state is the state, a
 //!      router that fails keeps running as it was or waits (SIGHUP; a source that is the
@@ -45,7 +45,7 @@ use crate::{
     api,
     config::{DesiredState, Router},
     datapath, paths,
-    router::{RunningRouter, Writes},
+    router::{RunningRouter, Writes, can_apply},
 };
 
 mod request;
@@ -119,13 +119,8 @@ pub struct Diff {
 }
 
 /// What bringing `running` (the desired states of the running routers) to `new` takes.
-/// `can_apply(running, wanted)` says whether a running router takes `wanted` live
-/// ([`RunningRouter::can_apply`]).
-pub fn diff<'a>(
-    running: impl IntoIterator<Item = &'a Router>,
-    new: &DesiredState,
-    can_apply: impl Fn(&Router, &Router) -> bool,
-) -> Diff {
+/// A running router takes a new state live where [`can_apply`] allows.
+pub fn diff<'a>(running: impl IntoIterator<Item = &'a Router>, new: &DesiredState) -> Diff {
     let mut ids = HashSet::new();
     let steps = running
         .into_iter()
@@ -315,16 +310,7 @@ impl NodeController {
     /// and what was written.
     async fn bring_to(&mut self, new: &DesiredState, since: Instant) -> Outcome {
         self.waiting.retain_desired(new);
-        let diff = diff(
-            self.running.iter().map(|r| &r.desired),
-            new,
-            |old, wanted| {
-                self.running
-                    .iter()
-                    .find(|r| r.desired.id == old.id)
-                    .is_some_and(|r| r.can_apply(wanted))
-            },
-        );
+        let diff = diff(self.running.iter().map(|r| &r.desired), new);
         let mut outcome = Outcome::default();
         let mut kept = Vec::new();
         // Routers whose restart failed and whose previous state did not start again either.
@@ -471,13 +457,6 @@ pub(crate) mod tests {
         DesiredState { routers }
     }
 
-    /// What the test takes for a live change: everything but the namespace, the mode and
-    /// the interfaces (`RunningRouter::can_apply` is the real rule; it needs a running
-    /// router).
-    fn same_shape(old: &Router, new: &Router) -> bool {
-        old.namespace == new.namespace && old.mode == new.mode && old.interfaces == new.interfaces
-    }
-
     fn ids(diff: &Diff, wanted: fn(&Step) -> bool) -> Vec<&str> {
         diff.steps
             .iter()
@@ -506,7 +485,7 @@ pub(crate) mod tests {
             tc,
             router("waiting", "ns-waiting"),
         ]);
-        let diff = diff(&old.routers, &new, same_shape);
+        let diff = diff(&old.routers, &new);
         // One step per running router, in the running order.
         let order: Vec<&str> = diff.steps.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(order, ["kept", "gone", "routes", "moved", "tc"]);
@@ -531,9 +510,7 @@ pub(crate) mod tests {
     #[test]
     fn diff_of_the_same_state_changes_nothing() {
         let old = state(vec![router("r1", "ns1"), router("r2", "ns2")]);
-        let diff = diff(&old.routers, &old.clone(), |_, _| {
-            panic!("an unchanged router is not asked whether it can change")
-        });
+        let diff = diff(&old.routers, &old.clone());
         assert!(diff.steps.iter().all(|(_, s)| *s == Step::Keep));
         assert!(diff.added.is_empty());
     }
@@ -541,11 +518,11 @@ pub(crate) mod tests {
     #[test]
     fn diff_to_nothing_removes_everything() {
         let old = state(vec![router("r1", "ns1"), router("r2", "ns2")]);
-        let diff = diff(&old.routers, &state(Vec::new()), same_shape);
+        let diff = diff(&old.routers, &state(Vec::new()));
         assert!(diff.steps.iter().all(|(_, s)| *s == Step::Remove));
         assert!(diff.added.is_empty());
         // From nothing, every router is added.
-        let diff = super::diff(std::iter::empty(), &old, same_shape);
+        let diff = super::diff(std::iter::empty(), &old);
         assert!(diff.steps.is_empty());
         assert_eq!(diff.added, old.routers);
     }
