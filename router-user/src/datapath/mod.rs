@@ -3,6 +3,9 @@
 //! hold is written and read through the rooms of [`crate::maps`]; a `Datapath` is one of
 //! their map sources.
 
+mod attach;
+mod owner;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -11,19 +14,16 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
     maps::{Map, MapData, MapError},
-    programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-        tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
-        xdp::{XdpLink, XdpLinkId},
-    },
+    programs::{SchedClassifier, Xdp, tc::SchedClassifierLinkId, xdp::XdpLinkId},
 };
 use aya_obj::programs::XdpAttachType;
-use router_common::{
-    CtEntry, CtKey, FwRule, FwStats, IfaceEntry, IfaceStats, NatConfig, PolicyConfig, PolicyRule,
-    RouteEntry, RouteKey, SourceKey, map_names, prog_names,
-};
+use router_common::{map_names, prog_names};
 
+pub use self::owner::{
+    Owner, TableSizes, object_digest, pinned_routers, pinned_routers_of, set_daemon_config,
+    teardown,
+};
+use self::owner::{links_dir, owner_file};
 use crate::{config::Mode, error::Error, maps::MapSource};
 
 /// The eBPF object built by build.rs.
@@ -69,178 +69,11 @@ struct Attachment {
     tc_link: Option<SchedClassifierLinkId>,
 }
 
-/// Sizes of the maps the configuration sizes, fixed when the maps are created.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct TableSizes {
-    /// Entries of the session table (two per session).
-    pub session_entries: u32,
-    /// Entries of the floating-IP tables and their (preallocated, per-CPU) counters.
-    pub floating_ips: u32,
-}
-
-/// Who a router's pins belong to: adopted only by a routerd running the same router in the
-/// same namespace with the same map layouts. Kept beside the router's info file (bpffs holds
-/// only BPF objects).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Owner {
-    pub namespace: String,
-    /// Inode of the network namespace (a namespace deleted and created again under the same
-    /// name is another one).
-    pub netns_inode: u64,
-    /// Changes whenever a shared map type changes size.
-    pub layout: String,
-    /// Sizes of the tables sized by the configuration (set at creation: another size is
-    /// another table).
-    #[serde(default)]
-    pub sizes: TableSizes,
-    /// The eBPF object the pinned programs were loaded from (see [`object_digest`]): the
-    /// same object's programs are adopted without loading them again.
-    #[serde(default)]
-    pub object: String,
-    /// The desired-state file of the routerd that pinned the router (not part of what
-    /// adoption compares): a routerd removes pinned routers its own file no longer has,
-    /// never another daemon's.
-    #[serde(default)]
-    pub config: String,
-}
-
-static DAEMON_CONFIG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// Records the desired-state file of this routerd (see [`Owner::config`]).
-pub fn set_daemon_config(path: &Path) {
-    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let _ = DAEMON_CONFIG.set(path.display().to_string());
-}
-
-impl Owner {
-    /// The owner record of the calling thread's namespace.
-    pub fn current(namespace: &str, sizes: TableSizes) -> Result<Self, Error> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata("/proc/thread-self/ns/net")
-            .map_err(|e| Error::io("reading the network namespace", e))?;
-        Ok(Self {
-            namespace: namespace.to_string(),
-            netns_inode: meta.ino(),
-            layout: layout_signature(),
-            sizes,
-            object: object_digest(),
-            config: DAEMON_CONFIG.get().cloned().unwrap_or_default(),
-        })
-    }
-
-    /// Whether a datapath pinned by `self` may be adopted by `other`.
-    fn same_datapath(&self, other: &Owner) -> bool {
-        (&self.namespace, self.netns_inode, &self.layout, self.sizes)
-            == (
-                &other.namespace,
-                other.netns_inode,
-                &other.layout,
-                other.sizes,
-            )
-    }
-}
-
-/// A digest of [`EBPF_OBJECT`] (FNV-1a): programs pinned from another build are replaced.
-pub fn object_digest() -> String {
-    static DIGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DIGEST
-        .get_or_init(|| {
-            let hash = EBPF_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-            });
-            format!("{hash:016x}-{}", EBPF_OBJECT.len())
-        })
-        .clone()
-}
-
 /// Maps only the XDP entry uses: in TC mode no program holds them.
 const XDP_ONLY_MAPS: [&str; 1] = [map_names::EGRESS_DEVS];
 
 /// Pin names of the programs in a router's pin directory.
 const PROGRAM_PINS: [&str; 2] = ["prog_xdp", "prog_tc"];
-
-/// Routers pinned by the routerd whose desired-state file is `config`.
-pub fn pinned_routers_of(config: &Path) -> Vec<String> {
-    let config = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
-    pinned_routers()
-        .into_iter()
-        .filter(|id| {
-            std::fs::read(owner_file(id))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Owner>(&b).ok())
-                .is_some_and(|o| o.config == config.display().to_string())
-        })
-        .collect()
-}
-
-/// The sizes of every shared map key and value: maps pinned by a build with other layouts
-/// are not adopted.
-fn layout_signature() -> String {
-    use std::mem::size_of;
-    format!(
-        "v2:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}",
-        size_of::<RouteKey>(),
-        size_of::<RouteEntry>(),
-        size_of::<IfaceEntry>(),
-        size_of::<IfaceStats>(),
-        size_of::<NatConfig>(),
-        size_of::<CtKey>(),
-        size_of::<CtEntry>(),
-        size_of::<PolicyConfig>(),
-        size_of::<PolicyRule>(),
-        size_of::<FwRule>(),
-        size_of::<FwStats>(),
-        size_of::<SourceKey>(),
-    )
-}
-
-fn owner_file(router: &str) -> PathBuf {
-    PathBuf::from(crate::paths::RUN_DIR).join(format!("{router}.owner"))
-}
-
-fn links_dir(router: &str) -> PathBuf {
-    crate::paths::router_pin_dir(router).join("links")
-}
-
-/// Removes everything a router pinned (links first, which detaches them, then maps) and its
-/// owner record. Nothing of the router stays in the kernel once its last file descriptor
-/// closes.
-pub fn teardown(router: &str) -> Result<(), Error> {
-    let dir = crate::paths::router_pin_dir(router);
-    for sub in [links_dir(router), dir.clone()] {
-        if let Ok(entries) = std::fs::read_dir(&sub) {
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_file()) {
-                    remove_pin(&entry.path())?;
-                }
-            }
-        }
-    }
-    for d in [links_dir(router), dir] {
-        match std::fs::remove_dir(&d) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::io(format!("removing {}", d.display()), e));
-            }
-            _ => {}
-        }
-    }
-    remove_pin(&owner_file(router))?;
-    // The slow path's record of the rules it applied (slowpath.rs).
-    remove_pin(&PathBuf::from(crate::paths::RUN_DIR).join(format!("{router}.nft")))
-}
-
-/// Routers with pins on this node.
-pub fn pinned_routers() -> Vec<String> {
-    std::fs::read_dir(crate::paths::PIN_ROOT)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .filter_map(|e| e.file_name().to_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 impl Datapath {
     /// Loads the object and both programs into the kernel (nothing is attached), with a
@@ -491,171 +324,6 @@ impl Datapath {
                     source: Box::new(source),
                 }),
         }
-    }
-
-    /// Attaches the programs to `interfaces` (by name, in the calling thread's namespace).
-    /// XDP mode attaches native XDP and the TC entry beside it (the TC entry forwards what
-    /// XDP cannot redirect); TC mode attaches only the TC entry.
-    ///
-    /// A persistent datapath pins every link. Where a previous routerd left a link pinned for
-    /// the interface, this program replaces the one in it atomically (`bpf_link_update`):
-    /// no packet meets an interface without a program. Pinned links of interfaces no longer
-    /// wanted are removed. Returns how many links were adopted.
-    pub fn attach(&mut self, mode: Mode, interfaces: &[(String, u32)]) -> Result<usize, Error> {
-        let mut adopted = 0;
-        for (name, index) in interfaces {
-            let xdp_link = if mode == Mode::Xdp {
-                let (id, reused) = self.attach_xdp(name, *index)?;
-                adopted += usize::from(reused);
-                id
-            } else {
-                self.drop_link_pin(*index, "xdp")?;
-                None
-            };
-            let (tc_link, reused) = self.attach_tc(name, *index)?;
-            adopted += usize::from(reused);
-            self.links.insert(
-                *index,
-                Attachment {
-                    name: name.clone(),
-                    xdp: mode == Mode::Xdp,
-                    xdp_link,
-                    tc_link,
-                },
-            );
-        }
-        if self.persistent {
-            let wanted: Vec<String> = interfaces
-                .iter()
-                .flat_map(|(_, i)| [format!("{i}_xdp"), format!("{i}_tc")])
-                .collect();
-            if let Ok(entries) = std::fs::read_dir(links_dir(&self.router)) {
-                for e in entries.flatten() {
-                    let file = e.file_name().to_string_lossy().to_string();
-                    if !wanted.contains(&file) {
-                        log::info!("router {}: removing stale link pin {file}", self.router);
-                        remove_pin(&e.path())?;
-                    }
-                }
-            }
-        }
-        Ok(adopted)
-    }
-
-    fn link_pin(&self, ifindex: u32, kind: &str) -> Option<PathBuf> {
-        self.persistent
-            .then(|| links_dir(&self.router).join(format!("{ifindex}_{kind}")))
-    }
-
-    fn drop_link_pin(&self, ifindex: u32, kind: &str) -> Result<(), Error> {
-        match self.link_pin(ifindex, kind) {
-            Some(path) => remove_pin(&path),
-            None => Ok(()),
-        }
-    }
-
-    /// Native XDP on `name`: the pinned link's program replaced, or a new link (pinned).
-    /// Returns the link (`None` for a persistent datapath: its pin holds it) and whether it
-    /// was adopted.
-    fn attach_xdp(&mut self, name: &str, index: u32) -> Result<(Option<XdpLinkId>, bool), Error> {
-        let pin = self.link_pin(index, "xdp");
-        let router = self.router.clone();
-        let xdp = self.xdp_mut()?;
-        if let Some(path) = pin.as_ref().filter(|p| p.exists()) {
-            let adopted = PinnedLink::from_pin(path)
-                .ok()
-                .map(FdLink::from)
-                .and_then(|fd| XdpLink::try_from(fd).ok())
-                .and_then(|link| xdp.attach_to_link(link).ok());
-            match adopted {
-                // Its pin holds it: our descriptor is closed.
-                Some(id) => {
-                    drop(xdp.take_link(id));
-                    return Ok((None, true));
-                }
-                None => {
-                    log::info!(
-                        "router {router}: pinned XDP link of {name} is gone; attaching anew"
-                    );
-                    remove_pin(path)?;
-                }
-            }
-        }
-        let id = xdp
-            .attach_to_if_index(index, XdpMode::Driver)
-            .map_err(|source| Error::Program {
-                router: router.clone(),
-                what: format!(
-                    "attaching native XDP to {name} (use mode = \"tc\" for interfaces without native XDP)"
-                ),
-                source: Box::new(source),
-            })?;
-        let Some(path) = pin else {
-            return Ok((Some(id), false));
-        };
-        pin_link(xdp.take_link(id), &path)?;
-        Ok((None, false))
-    }
-
-    /// The TC entry on `name` (tcx ingress), adopted or new, like `attach_xdp`.
-    fn attach_tc(
-        &mut self,
-        name: &str,
-        index: u32,
-    ) -> Result<(Option<SchedClassifierLinkId>, bool), Error> {
-        let pin = self.link_pin(index, "tc");
-        let router = self.router.clone();
-        let tc = self.tc_mut()?;
-        if let Some(path) = pin.as_ref().filter(|p| p.exists()) {
-            let adopted = PinnedLink::from_pin(path)
-                .ok()
-                .map(FdLink::from)
-                .and_then(|fd| SchedClassifierLink::try_from(fd).ok())
-                .and_then(|link| tc.attach_to_link(link).ok());
-            match adopted {
-                Some(id) => {
-                    drop(tc.take_link(id));
-                    return Ok((None, true));
-                }
-                None => {
-                    log::info!("router {router}: pinned TC link of {name} is gone; attaching anew");
-                    remove_pin(path)?;
-                }
-            }
-        }
-        let id = tc
-            .attach_with_options(
-                name,
-                TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(|source| Error::Program {
-                router: router.clone(),
-                what: format!("attaching TC (tcx ingress) to {name}"),
-                source: Box::new(source),
-            })?;
-        let Some(path) = pin else {
-            return Ok((Some(id), false));
-        };
-        pin_link(tc.take_link(id), &path)?;
-        Ok((None, false))
-    }
-
-    /// Detaches the programs from one interface and forgets it (the interface was removed
-    /// from the router).
-    pub fn detach_iface(&mut self, ifindex: u32) -> Result<(), Error> {
-        // A pinned link goes with its pin (routerd keeps no descriptor of it).
-        self.drop_link_pin(ifindex, "xdp")?;
-        self.drop_link_pin(ifindex, "tc")?;
-        if let Some(attached) = self.links.remove(&ifindex) {
-            if let Some(link) = attached.xdp_link {
-                let _ = self.xdp_mut()?.detach(link);
-            }
-            if let Some(link) = attached.tc_link {
-                let _ = self.tc_mut()?.detach(link);
-            }
-        }
-        Ok(())
     }
 
     /// Pins every map under `dir` (replacing pins a previous run left behind).
@@ -926,25 +594,6 @@ fn load_retrying_eagain(
             other => return other,
         }
     }
-}
-
-/// Pins a link just taken from its program at `path`. The pin holds the link; dropping the
-/// handle afterwards only closes our descriptor.
-fn pin_link<L>(link: Result<L, aya::programs::ProgramError>, path: &Path) -> Result<(), Error>
-where
-    FdLink: TryFrom<L>,
-    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
-{
-    let what = |e: String| {
-        Error::io(
-            format!("pinning {}", path.display()),
-            std::io::Error::other(e),
-        )
-    };
-    let link = link.map_err(|e| what(e.to_string()))?;
-    let fd = FdLink::try_from(link).map_err(|e| what(e.to_string()))?;
-    fd.pin(path).map_err(|e| what(e.to_string()))?;
-    Ok(())
 }
 
 fn remove_pin(path: &Path) -> Result<(), Error> {

@@ -1,0 +1,205 @@
+//! Attachment of a router's programs to its interfaces: native XDP and the TC entry (tcx
+//! ingress), each link pinned so that it outlives routerd, adopted from its pin by the next
+//! routerd with the program inside replaced atomically.
+
+use std::path::{Path, PathBuf};
+
+use aya::programs::{
+    LinkOrder, TcAttachType, XdpMode,
+    links::{FdLink, PinnedLink},
+    tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
+    xdp::{XdpLink, XdpLinkId},
+};
+
+use super::{Attachment, Datapath, links_dir, remove_pin};
+use crate::{config::Mode, error::Error};
+
+impl Datapath {
+    /// Attaches the programs to `interfaces` (by name, in the calling thread's namespace).
+    /// XDP mode attaches native XDP and the TC entry beside it (the TC entry forwards what
+    /// XDP cannot redirect); TC mode attaches only the TC entry.
+    ///
+    /// A persistent datapath pins every link. Where a previous routerd left a link pinned for
+    /// the interface, this program replaces the one in it atomically (`bpf_link_update`):
+    /// no packet meets an interface without a program. Pinned links of interfaces no longer
+    /// wanted are removed. Returns how many links were adopted.
+    pub fn attach(&mut self, mode: Mode, interfaces: &[(String, u32)]) -> Result<usize, Error> {
+        let mut adopted = 0;
+        for (name, index) in interfaces {
+            let xdp_link = if mode == Mode::Xdp {
+                let (id, reused) = self.attach_xdp(name, *index)?;
+                adopted += usize::from(reused);
+                id
+            } else {
+                self.drop_link_pin(*index, "xdp")?;
+                None
+            };
+            let (tc_link, reused) = self.attach_tc(name, *index)?;
+            adopted += usize::from(reused);
+            self.links.insert(
+                *index,
+                Attachment {
+                    name: name.clone(),
+                    xdp: mode == Mode::Xdp,
+                    xdp_link,
+                    tc_link,
+                },
+            );
+        }
+        if self.persistent {
+            let wanted: Vec<String> = interfaces
+                .iter()
+                .flat_map(|(_, i)| [format!("{i}_xdp"), format!("{i}_tc")])
+                .collect();
+            if let Ok(entries) = std::fs::read_dir(links_dir(&self.router)) {
+                for e in entries.flatten() {
+                    let file = e.file_name().to_string_lossy().to_string();
+                    if !wanted.contains(&file) {
+                        log::info!("router {}: removing stale link pin {file}", self.router);
+                        remove_pin(&e.path())?;
+                    }
+                }
+            }
+        }
+        Ok(adopted)
+    }
+
+    fn link_pin(&self, ifindex: u32, kind: &str) -> Option<PathBuf> {
+        self.persistent
+            .then(|| links_dir(&self.router).join(format!("{ifindex}_{kind}")))
+    }
+
+    fn drop_link_pin(&self, ifindex: u32, kind: &str) -> Result<(), Error> {
+        match self.link_pin(ifindex, kind) {
+            Some(path) => remove_pin(&path),
+            None => Ok(()),
+        }
+    }
+
+    /// Native XDP on `name`: the pinned link's program replaced, or a new link (pinned).
+    /// Returns the link (`None` for a persistent datapath: its pin holds it) and whether it
+    /// was adopted.
+    pub(super) fn attach_xdp(
+        &mut self,
+        name: &str,
+        index: u32,
+    ) -> Result<(Option<XdpLinkId>, bool), Error> {
+        let pin = self.link_pin(index, "xdp");
+        let router = self.router.clone();
+        let xdp = self.xdp_mut()?;
+        if let Some(path) = pin.as_ref().filter(|p| p.exists()) {
+            let adopted = PinnedLink::from_pin(path)
+                .ok()
+                .map(FdLink::from)
+                .and_then(|fd| XdpLink::try_from(fd).ok())
+                .and_then(|link| xdp.attach_to_link(link).ok());
+            match adopted {
+                // Its pin holds it: our descriptor is closed.
+                Some(id) => {
+                    drop(xdp.take_link(id));
+                    return Ok((None, true));
+                }
+                None => {
+                    log::info!(
+                        "router {router}: pinned XDP link of {name} is gone; attaching anew"
+                    );
+                    remove_pin(path)?;
+                }
+            }
+        }
+        let id = xdp
+            .attach_to_if_index(index, XdpMode::Driver)
+            .map_err(|source| Error::Program {
+                router: router.clone(),
+                what: format!(
+                    "attaching native XDP to {name} (use mode = \"tc\" for interfaces without native XDP)"
+                ),
+                source: Box::new(source),
+            })?;
+        let Some(path) = pin else {
+            return Ok((Some(id), false));
+        };
+        pin_link(xdp.take_link(id), &path)?;
+        Ok((None, false))
+    }
+
+    /// The TC entry on `name` (tcx ingress), adopted or new, like `attach_xdp`.
+    pub(super) fn attach_tc(
+        &mut self,
+        name: &str,
+        index: u32,
+    ) -> Result<(Option<SchedClassifierLinkId>, bool), Error> {
+        let pin = self.link_pin(index, "tc");
+        let router = self.router.clone();
+        let tc = self.tc_mut()?;
+        if let Some(path) = pin.as_ref().filter(|p| p.exists()) {
+            let adopted = PinnedLink::from_pin(path)
+                .ok()
+                .map(FdLink::from)
+                .and_then(|fd| SchedClassifierLink::try_from(fd).ok())
+                .and_then(|link| tc.attach_to_link(link).ok());
+            match adopted {
+                Some(id) => {
+                    drop(tc.take_link(id));
+                    return Ok((None, true));
+                }
+                None => {
+                    log::info!("router {router}: pinned TC link of {name} is gone; attaching anew");
+                    remove_pin(path)?;
+                }
+            }
+        }
+        let id = tc
+            .attach_with_options(
+                name,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|source| Error::Program {
+                router: router.clone(),
+                what: format!("attaching TC (tcx ingress) to {name}"),
+                source: Box::new(source),
+            })?;
+        let Some(path) = pin else {
+            return Ok((Some(id), false));
+        };
+        pin_link(tc.take_link(id), &path)?;
+        Ok((None, false))
+    }
+
+    /// Detaches the programs from one interface and forgets it (the interface was removed
+    /// from the router).
+    pub fn detach_iface(&mut self, ifindex: u32) -> Result<(), Error> {
+        // A pinned link goes with its pin (routerd keeps no descriptor of it).
+        self.drop_link_pin(ifindex, "xdp")?;
+        self.drop_link_pin(ifindex, "tc")?;
+        if let Some(attached) = self.links.remove(&ifindex) {
+            if let Some(link) = attached.xdp_link {
+                let _ = self.xdp_mut()?.detach(link);
+            }
+            if let Some(link) = attached.tc_link {
+                let _ = self.tc_mut()?.detach(link);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Pins a link just taken from its program at `path`. The pin holds the link; dropping the
+/// handle afterwards only closes our descriptor.
+fn pin_link<L>(link: Result<L, aya::programs::ProgramError>, path: &Path) -> Result<(), Error>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    let what = |e: String| {
+        Error::io(
+            format!("pinning {}", path.display()),
+            std::io::Error::other(e),
+        )
+    };
+    let link = link.map_err(|e| what(e.to_string()))?;
+    let fd = FdLink::try_from(link).map_err(|e| what(e.to_string()))?;
+    fd.pin(path).map_err(|e| what(e.to_string()))?;
+    Ok(())
+}

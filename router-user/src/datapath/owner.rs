@@ -1,0 +1,182 @@
+//! Who a router's pins belong to, and the pins of a node: the owner record a routerd
+//! writes beside each router (adopted only by a routerd running the same router, in the same
+//! namespace, with the same map layouts and sizes), the object digest that lets the same
+//! build's programs be adopted without verifying them again, and the removal of a router's
+//! pins.
+
+use std::path::{Path, PathBuf};
+
+use router_common::{
+    CtEntry, CtKey, FwRule, FwStats, IfaceEntry, IfaceStats, NatConfig, PolicyConfig, PolicyRule,
+    RouteEntry, RouteKey, SourceKey,
+};
+
+use super::{EBPF_OBJECT, remove_pin};
+use crate::error::Error;
+
+/// Sizes of the maps the configuration sizes, fixed when the maps are created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TableSizes {
+    /// Entries of the session table (two per session).
+    pub session_entries: u32,
+    /// Entries of the floating-IP tables and their (preallocated, per-CPU) counters.
+    pub floating_ips: u32,
+}
+
+/// Who a router's pins belong to: adopted only by a routerd running the same router in the
+/// same namespace with the same map layouts. Kept beside the router's info file (bpffs holds
+/// only BPF objects).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Owner {
+    pub namespace: String,
+    /// Inode of the network namespace (a namespace deleted and created again under the same
+    /// name is another one).
+    pub netns_inode: u64,
+    /// Changes whenever a shared map type changes size.
+    pub layout: String,
+    /// Sizes of the tables sized by the configuration (set at creation: another size is
+    /// another table).
+    #[serde(default)]
+    pub sizes: TableSizes,
+    /// The eBPF object the pinned programs were loaded from (see [`object_digest`]): the
+    /// same object's programs are adopted without loading them again.
+    #[serde(default)]
+    pub object: String,
+    /// The desired-state file of the routerd that pinned the router (not part of what
+    /// adoption compares): a routerd removes pinned routers its own file no longer has,
+    /// never another daemon's.
+    #[serde(default)]
+    pub config: String,
+}
+
+static DAEMON_CONFIG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Records the desired-state file of this routerd (see [`Owner::config`]).
+pub fn set_daemon_config(path: &Path) {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let _ = DAEMON_CONFIG.set(path.display().to_string());
+}
+
+impl Owner {
+    /// The owner record of the calling thread's namespace.
+    pub fn current(namespace: &str, sizes: TableSizes) -> Result<Self, Error> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata("/proc/thread-self/ns/net")
+            .map_err(|e| Error::io("reading the network namespace", e))?;
+        Ok(Self {
+            namespace: namespace.to_string(),
+            netns_inode: meta.ino(),
+            layout: layout_signature(),
+            sizes,
+            object: object_digest(),
+            config: DAEMON_CONFIG.get().cloned().unwrap_or_default(),
+        })
+    }
+
+    /// Whether a datapath pinned by `self` may be adopted by `other`.
+    pub(super) fn same_datapath(&self, other: &Owner) -> bool {
+        (&self.namespace, self.netns_inode, &self.layout, self.sizes)
+            == (
+                &other.namespace,
+                other.netns_inode,
+                &other.layout,
+                other.sizes,
+            )
+    }
+}
+
+/// A digest of [`EBPF_OBJECT`] (FNV-1a): programs pinned from another build are replaced.
+pub fn object_digest() -> String {
+    static DIGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIGEST
+        .get_or_init(|| {
+            let hash = EBPF_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            format!("{hash:016x}-{}", EBPF_OBJECT.len())
+        })
+        .clone()
+}
+
+/// Routers pinned by the routerd whose desired-state file is `config`.
+pub fn pinned_routers_of(config: &Path) -> Vec<String> {
+    let config = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    pinned_routers()
+        .into_iter()
+        .filter(|id| {
+            std::fs::read(owner_file(id))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Owner>(&b).ok())
+                .is_some_and(|o| o.config == config.display().to_string())
+        })
+        .collect()
+}
+
+/// The sizes of every shared map key and value: maps pinned by a build with other layouts
+/// are not adopted.
+fn layout_signature() -> String {
+    use std::mem::size_of;
+    format!(
+        "v2:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}",
+        size_of::<RouteKey>(),
+        size_of::<RouteEntry>(),
+        size_of::<IfaceEntry>(),
+        size_of::<IfaceStats>(),
+        size_of::<NatConfig>(),
+        size_of::<CtKey>(),
+        size_of::<CtEntry>(),
+        size_of::<PolicyConfig>(),
+        size_of::<PolicyRule>(),
+        size_of::<FwRule>(),
+        size_of::<FwStats>(),
+        size_of::<SourceKey>(),
+    )
+}
+
+pub(super) fn owner_file(router: &str) -> PathBuf {
+    PathBuf::from(crate::paths::RUN_DIR).join(format!("{router}.owner"))
+}
+
+pub(super) fn links_dir(router: &str) -> PathBuf {
+    crate::paths::router_pin_dir(router).join("links")
+}
+
+/// Removes everything a router pinned (links first, which detaches them, then maps) and its
+/// owner record. Nothing of the router stays in the kernel once its last file descriptor
+/// closes.
+pub fn teardown(router: &str) -> Result<(), Error> {
+    let dir = crate::paths::router_pin_dir(router);
+    for sub in [links_dir(router), dir.clone()] {
+        if let Ok(entries) = std::fs::read_dir(&sub) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_file()) {
+                    remove_pin(&entry.path())?;
+                }
+            }
+        }
+    }
+    for d in [links_dir(router), dir] {
+        match std::fs::remove_dir(&d) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(format!("removing {}", d.display()), e));
+            }
+            _ => {}
+        }
+    }
+    remove_pin(&owner_file(router))?;
+    // The slow path's record of the rules it applied (slowpath.rs).
+    remove_pin(&PathBuf::from(crate::paths::RUN_DIR).join(format!("{router}.nft")))
+}
+
+/// Routers with pins on this node.
+pub fn pinned_routers() -> Vec<String> {
+    std::fs::read_dir(crate::paths::PIN_ROOT)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| e.file_name().to_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}

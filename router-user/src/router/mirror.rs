@@ -1,0 +1,324 @@
+//! A running router following the kernel and the desired state: the routes and neighbours
+//! mirrored into the maps from rtnetlink events, drift repaired, sessions aged out, pins
+//! and the namespace kept.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use futures::StreamExt;
+use netlink_packet_core::NetlinkPayload;
+use netlink_packet_route::RouteNetlinkMessage;
+use router_common::{RouteEntry, TABLE_MAIN};
+use rtnetlink::{Handle, MulticastGroup};
+use tokio::sync::{mpsc as tmpsc, oneshot};
+
+use super::{
+    Change,
+    state::{MirrorEnd, RouterState, sync_kernel_policy},
+};
+use crate::{
+    config::IfAddr,
+    error::Error,
+    maps::{Rooms as _, routes::RouteSlot},
+    netlink, paths,
+};
+
+/// How long route/address events are gathered before the routes are mirrored again.
+const RESYNC_DELAY: Duration = Duration::from_millis(20);
+/// A full re-read of routes and neighbours, in case a netlink event was lost.
+const SAFETY_RESYNC: Duration = Duration::from_secs(10);
+/// How often the pins are checked (someone may remove them by hand).
+const PIN_CHECK: Duration = Duration::from_secs(1);
+/// How often expired sessions are collected.
+const GC_INTERVAL: Duration = Duration::from_secs(1);
+
+impl RouterState {
+    /// Mirrors the kernel's routes and neighbours into the maps, writing only differences.
+    pub(super) async fn resync(&mut self, handle: &Handle) -> Result<(), Error> {
+        let nl = |what: &str| {
+            let router = self.id.clone();
+            let what = what.to_string();
+            move |source| Error::Netlink {
+                router,
+                what,
+                source: Box::new(source),
+            }
+        };
+        let routes = netlink::route_entries(handle)
+            .await
+            .map_err(nl("dumping routes"))?;
+        let mut wanted: BTreeMap<RouteSlot, RouteEntry> = BTreeMap::new();
+        for (len, key, entry) in routes {
+            // The kernel consults its local table first: a local entry wins a tie.
+            let slot = (len, key);
+            let keep_local = wanted
+                .get(&slot)
+                .is_some_and(|e| e.kind == router_common::route_kind::LOCAL);
+            if !keep_local {
+                wanted.insert(slot, entry);
+            }
+        }
+        // The kernel consults the local table before any rule: every other table gets the
+        // local entries too, so a rule's table never routes away a packet for the router.
+        let tables: std::collections::BTreeSet<[u8; 4]> = wanted
+            .keys()
+            .map(|(_, k)| k.table_be)
+            .filter(|t| *t != TABLE_MAIN.to_be_bytes())
+            .collect();
+        let locals: Vec<(RouteSlot, RouteEntry)> = wanted
+            .iter()
+            .filter(|(_, e)| e.kind == router_common::route_kind::LOCAL)
+            .map(|(s, e)| (*s, *e))
+            .collect();
+        for table in tables {
+            for ((len, key), entry) in &locals {
+                let slot = (
+                    *len,
+                    router_common::RouteKey {
+                        table_be: table,
+                        ..*key
+                    },
+                );
+                wanted.entry(slot).or_insert(*entry);
+            }
+        }
+        let writes = self.datapath.routes().sync(&wanted)?;
+        if writes > 0 {
+            log::debug!("router {}: {writes} route writes", self.id);
+        }
+        let neighbors = netlink::neighbor_entries(handle)
+            .await
+            .map_err(nl("dumping neighbours"))?;
+        let ours: Vec<_> = neighbors
+            .into_iter()
+            .filter(|(k, _)| self.ports.contains_key(&k.ifindex))
+            .collect();
+        self.datapath.routes().sync_neighbors(&ours)?;
+        Ok(())
+    }
+
+    /// Follows netlink events until `stop` fires: neighbours are applied one by one as they
+    /// change, route and address changes trigger a re-mirror of the routes.
+    /// Follows the kernel and the desired state until stopped, or until an interface of the
+    /// router comes back with a new ifindex (then the router is set up again).
+    pub(super) async fn mirror(
+        &mut self,
+        handle: &Handle,
+        stop: &mut oneshot::Receiver<bool>,
+        changes: &mut tmpsc::UnboundedReceiver<Change>,
+    ) -> Result<MirrorEnd, Error> {
+        let groups = [
+            MulticastGroup::Neigh,
+            MulticastGroup::Ipv4Route,
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Link,
+        ];
+        let (conn, _, mut events) = rtnetlink::new_multicast_connection(&groups)
+            .map_err(|e| Error::io("subscribing to rtnetlink events", e))?;
+        tokio::spawn(conn);
+        // Events between setup's dump and the subscription would be lost: read again.
+        self.resync(handle).await?;
+        let mut dirty = false;
+        let mut safety = tokio::time::interval(SAFETY_RESYNC);
+        let mut gc = tokio::time::interval(GC_INTERVAL);
+        let mut pins = tokio::time::interval(PIN_CHECK);
+        loop {
+            // Maps are opened per event and closed here (see `Datapath::release_maps`).
+            self.datapath.release_maps();
+            tokio::select! {
+                teardown = &mut *stop => {
+                    return Ok(MirrorEnd::Stop { teardown: teardown.unwrap_or(false) });
+                }
+                Some(change) = changes.recv() => {
+                    let result = self.reconfigure(handle, change.router).await;
+                    if let Err(e) = &result {
+                        log::error!("router {}: applying the new desired state: {e}", self.id);
+                    }
+                    let _ = change.done.send(result);
+                }
+                _ = pins.tick() => {
+                    self.check_pins()?;
+                    self.check_namespace();
+                }
+                _ = gc.tick() => {
+                    if let Err(e) = self.collect_garbage() {
+                        log::warn!("router {}: session gc: {e}", self.id);
+                    }
+                }
+                event = events.next() => {
+                    let Some((msg, _)) = event else {
+                        log::warn!("router {}: rtnetlink event stream ended; resubscribing", self.id);
+                        return Box::pin(self.mirror(handle, stop, changes)).await;
+                    };
+                    match msg.payload {
+                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n))
+                        | NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(n)) => {
+                            self.apply_neighbor(&n)?;
+                        }
+                        NetlinkPayload::InnerMessage(_) => dirty = true,
+                        // An overrun (ENOBUFS) loses events: read everything again.
+                        NetlinkPayload::Error(_) | NetlinkPayload::Overrun(_) => {
+                            log::warn!(
+                                "router {}: netlink events lost (overrun); reading everything again",
+                                self.id
+                            );
+                            dirty = true;
+                        }
+                        _ => {}
+                    }
+                }
+                _ = tokio::time::sleep(RESYNC_DELAY), if dirty => {
+                    dirty = false;
+                    if self.repair(handle).await? {
+                        return Ok(MirrorEnd::Rebuild);
+                    }
+                    self.resync(handle).await?;
+                }
+                _ = safety.tick() => {
+                    if self.repair(handle).await? {
+                        return Ok(MirrorEnd::Rebuild);
+                    }
+                    self.resync(handle).await?;
+                }
+            }
+        }
+    }
+
+    /// Drift repair: what someone changed by hand in the namespace goes back to the desired
+    /// state (addresses, links down, routes and rules), and is logged. Returns whether an
+    /// interface came back under a new ifindex (the router must be set up again).
+    pub(super) async fn repair(&mut self, handle: &Handle) -> Result<bool, Error> {
+        let nl = |what: String| {
+            let router = self.id.clone();
+            move |source| Error::Netlink {
+                router,
+                what,
+                source: Box::new(source),
+            }
+        };
+        self.check_namespace();
+        let mut wanted: Vec<(String, Vec<IfAddr>)> = Vec::new();
+        if let Some(g) = &self.router.gateway {
+            let mut addrs = vec![g.address];
+            addrs.extend(g.subnets.iter().map(|s| s.address));
+            wanted.push((g.interface.clone(), addrs));
+        }
+        for i in &self.router.interfaces {
+            wanted.push((i.name.clone(), vec![i.address]));
+        }
+        for (name, addrs) in &wanted {
+            let link = netlink::link_by_name(handle, name)
+                .await
+                .map_err(nl(format!("looking up {name}")))?;
+            let Some(link) = link else {
+                if self.missing.insert(name.clone()) {
+                    log::warn!(
+                        "router {}: interface {name} is gone; waiting for it to come back",
+                        self.id
+                    );
+                }
+                continue;
+            };
+            let known = self
+                .ports
+                .iter()
+                .find(|(_, p)| p.name == *name)
+                .map(|(i, _)| *i);
+            if known != Some(link.index) {
+                log::warn!(
+                    "router {}: interface {name} is back as ifindex {}; re-attaching",
+                    self.id,
+                    link.index
+                );
+                return Ok(true);
+            }
+            if self.missing.remove(name) {
+                log::info!("router {}: interface {name} is back", self.id);
+            }
+            if !link.up {
+                netlink::set_up(handle, link.index)
+                    .await
+                    .map_err(nl(format!("setting {name} up")))?;
+                log::warn!("router {}: repaired: {name} was down, set up", self.id);
+            }
+            for addr in addrs {
+                if netlink::ensure_address(handle, link.index, *addr)
+                    .await
+                    .map_err(nl(format!("adding {addr} to {name}")))?
+                {
+                    log::warn!("router {}: repaired: {addr} re-added to {name}", self.id);
+                }
+            }
+        }
+        self.check_pins()?;
+        let writes = sync_kernel_policy(handle, &self.router).await?;
+        if writes > 0 {
+            log::warn!(
+                "router {}: repaired: {writes} route or rule changes restored the desired state",
+                self.id
+            );
+        }
+        Ok(false)
+    }
+
+    /// A router namespace deleted by hand (`ip netns del`) lives on while this thread is in
+    /// it, interfaces and all, and keeps forwarding; its name is bound again so that
+    /// operators (and the next routerd) find it.
+    pub(super) fn check_namespace(&self) {
+        let path = paths::netns_path(&self.router.namespace);
+        if path.exists() {
+            return;
+        }
+        let result = (|| -> std::io::Result<()> {
+            std::fs::create_dir_all(paths::NETNS_DIR)?;
+            std::fs::File::create(&path)?;
+            nix::mount::mount(
+                Some("/proc/thread-self/ns/net"),
+                &path,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(std::io::Error::from)
+        })();
+        match result {
+            Ok(()) => log::warn!(
+                "router {}: repaired: namespace {} was deleted under the router; bound again",
+                self.id,
+                self.router.namespace
+            ),
+            Err(e) => log::error!(
+                "router {}: namespace {} was deleted and cannot be bound again: {e}",
+                self.id,
+                self.router.namespace
+            ),
+        }
+    }
+
+    /// Pins removed from bpffs by hand are restored (the fast path would otherwise detach
+    /// when routerd ends).
+    pub(super) fn check_pins(&mut self) -> Result<(), Error> {
+        let repinned = self.datapath.repair_pins()?;
+        if !repinned.is_empty() {
+            log::warn!(
+                "router {}: repaired: pins removed by hand restored: {}",
+                self.id,
+                repinned.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    fn apply_neighbor(
+        &mut self,
+        msg: &netlink_packet_route::neighbour::NeighbourMessage,
+    ) -> Result<(), Error> {
+        let Some((key, entry)) = netlink::neighbor_entry(msg) else {
+            return Ok(());
+        };
+        if !self.ports.contains_key(&key.ifindex) {
+            return Ok(());
+        }
+        log::debug!("router {}: neighbour {:?} -> {:?}", self.id, key, entry);
+        self.datapath.routes().set_neighbor(key, entry)
+    }
+}

@@ -1,0 +1,546 @@
+//! One router's running state: its setup in the namespace (kernel forwarding, addresses,
+//! routes and rules, the fast path loaded or adopted and reconciled, the slow path's rules)
+//! and how a new desired state is applied to it.
+
+use std::collections::BTreeMap;
+
+use router_common::{CtEntry, CtKey, TABLE_MAIN, iface_role};
+use rtnetlink::Handle;
+
+use super::{InterfaceInfo, RouterInfo, Writes, write_info};
+use crate::{
+    config::{IfAddr, Mode, Router},
+    conntrack,
+    datapath::Datapath,
+    error::Error,
+    maps::{Rooms as _, ifaces},
+    netlink, netns, policy,
+    reconcile::{self, Port},
+    slowpath,
+};
+
+/// Why `RouterState::mirror` returned.
+pub(super) enum MirrorEnd {
+    /// Stopped by the daemon; `teardown`: detach and remove everything.
+    Stop { teardown: bool },
+    /// An interface came back under a new ifindex: set the router up again.
+    Rebuild,
+}
+
+pub(super) struct RouterState {
+    pub(super) id: String,
+    /// Desired interfaces that are gone from the namespace (logged once).
+    pub(super) missing: std::collections::BTreeSet<String>,
+    /// The desired state being run.
+    pub(super) router: Router,
+    pub(super) info: RouterInfo,
+    pub(super) datapath: Datapath,
+    /// The interfaces the router drives, by ifindex.
+    pub(super) ports: BTreeMap<u32, Port>,
+    /// What `setup` wrote.
+    pub(super) start_writes: Writes,
+}
+
+pub(super) async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
+    let nl = |what: String| {
+        let router = router.id.clone();
+        move |source| Error::Netlink {
+            router,
+            what,
+            source: Box::new(source),
+        }
+    };
+    // Everything is resolved before anything is changed.
+    let mut wanted = Vec::new();
+    if let Some(g) = &router.gateway {
+        wanted.push((
+            g.interface.clone(),
+            g.address,
+            iface_role::EXTERNAL,
+            g.xdp_egress,
+        ));
+    }
+    for i in &router.interfaces {
+        wanted.push((
+            i.name.clone(),
+            i.address,
+            iface_role::INTERNAL,
+            i.xdp_egress,
+        ));
+    }
+    let mut links = Vec::new();
+    for (name, addr, role, xdp_egress) in &wanted {
+        let link = netlink::link_by_name(handle, name)
+            .await
+            .map_err(nl(format!("looking up {name}")))?
+            .ok_or_else(|| Error::InterfaceMissing {
+                router: router.id.clone(),
+                interface: name.clone(),
+                namespace: router.namespace.clone(),
+            })?;
+        let xdp_egress = router.mode == Mode::Xdp
+            && xdp_egress.unwrap_or_else(|| netlink::xdp_egress_default(&link));
+        links.push((link, *addr, *role, xdp_egress));
+    }
+
+    // The kernel stays the slow path: it forwards what the fast path hands over (and
+    // answers TTL expiry), so it needs forwarding on and the same addresses and routes.
+    let mut kernel_writes = 0;
+    if netns::read_sysctl("net.ipv4.ip_forward").as_deref() != Some("1") {
+        netns::write_sysctl("net.ipv4.ip_forward", "1").map_err(|e| {
+            Error::io(
+                format!("router {}: enabling net.ipv4.ip_forward", router.id),
+                e,
+            )
+        })?;
+        kernel_writes += 1;
+    }
+    for (link, addr, _, _) in &links {
+        if !link.up {
+            netlink::set_up(handle, link.index)
+                .await
+                .map_err(nl(format!("setting {} up", link.name)))?;
+        }
+        if netlink::ensure_address(handle, link.index, *addr)
+            .await
+            .map_err(nl(format!("adding {addr} to {}", link.name)))?
+        {
+            log::info!("router {}: added {addr} to {}", router.id, link.name);
+            kernel_writes += 1;
+        }
+    }
+    if let (Some(g), Some((link, ..))) = (
+        &router.gateway,
+        links
+            .iter()
+            .find(|(_, _, role, _)| *role == iface_role::EXTERNAL),
+    ) {
+        for subnet in &g.subnets {
+            if netlink::ensure_address(handle, link.index, subnet.address)
+                .await
+                .map_err(nl(format!("adding {} to {}", subnet.address, link.name)))?
+            {
+                log::info!(
+                    "router {}: added {} to {}",
+                    router.id,
+                    subnet.address,
+                    link.name
+                );
+                kernel_writes += 1;
+            }
+        }
+    }
+    kernel_writes += sync_kernel_policy(handle, router).await?;
+
+    // A routerd that ran this router before left its maps and links pinned: they are taken
+    // over as they are (sessions, counters), and below only differences are written.
+    let sizes = crate::datapath::TableSizes {
+        session_entries: router.nat.max_sessions.saturating_mul(2),
+        floating_ips: router.nat.max_floating_ips,
+    };
+    let owner = crate::datapath::Owner::current(&router.namespace, sizes)?;
+    let mut datapath = Datapath::open(&router.id, sizes, &owner, router.mode)?;
+    let ports: BTreeMap<u32, Port> = links
+        .iter()
+        .map(|(link, _, role, xdp_egress)| {
+            let port = Port {
+                name: link.name.clone(),
+                iface: ifaces::Wanted {
+                    mac: link.mac,
+                    mtu: link.mtu,
+                    external: *role == iface_role::EXTERNAL,
+                    xdp_egress: *xdp_egress,
+                    source_check: source_checked(router, &link.name),
+                },
+            };
+            (link.index, port)
+        })
+        .collect();
+    // Interfaces of an earlier run that are gone (one that came back has a new ifindex) are
+    // not among the ports: the plan removes them.
+    reconcile::reconcile(&mut datapath, router, &ports)?;
+    if !datapath.adopted() {
+        datapath.nat().reset_snat_stats()?;
+    }
+    // In the order of the desired state: the gateway first, then the internal interfaces.
+    let infos = links
+        .iter()
+        .filter_map(|(link, ..)| Some((link.index, ports.get(&link.index)?)))
+        .map(|(ifindex, p)| InterfaceInfo {
+            name: p.name.clone(),
+            ifindex,
+            role: if p.iface.external {
+                "external"
+            } else {
+                "internal"
+            }
+            .to_string(),
+            xdp_egress: p.iface.xdp_egress,
+        })
+        .collect();
+    // The kernel's NAT rules are in place before the fast path hands it anything.
+    if slowpath::ensure(router)? {
+        kernel_writes += 1;
+    }
+    let mut state = RouterState {
+        id: router.id.clone(),
+        missing: Default::default(),
+        router: router.clone(),
+        info: RouterInfo {
+            router: router.id.clone(),
+            namespace: router.namespace.clone(),
+            mode: router.mode.to_string(),
+            interfaces: infos,
+        },
+        datapath,
+        ports,
+        start_writes: Writes::default(),
+    };
+    state.resync(handle).await?;
+    let attach: Vec<(String, u32)> = links
+        .iter()
+        .map(|(l, ..)| (l.name.clone(), l.index))
+        .collect();
+    let adopted_links = state.datapath.attach(router.mode, &attach)?;
+    if state.datapath.adopted() {
+        log::info!(
+            "router {}: adopted the running fast path ({adopted_links} links, {}); {} map writes, {kernel_writes} kernel writes",
+            router.id,
+            if state.datapath.programs_adopted() {
+                "the same build's programs kept, not verified again"
+            } else {
+                "programs of this build swapped in atomically"
+            },
+            state.datapath.writes()
+        );
+    } else {
+        log::info!(
+            "router {}: new fast path; {} map writes, {kernel_writes} kernel writes",
+            router.id,
+            state.datapath.writes()
+        );
+    }
+    state.start_writes = Writes {
+        map: state.datapath.writes(),
+        kernel: kernel_writes,
+    };
+    Ok(state)
+}
+
+/// Makes the kernel's static routes (every table) and policy rules those of `router`'s
+/// policy: adds what is missing, removes what is no longer wanted. Returns the writes.
+pub(super) async fn sync_kernel_policy(handle: &Handle, router: &Router) -> Result<usize, Error> {
+    let nl = |what: String| {
+        let router = router.id.clone();
+        move |source| Error::Netlink {
+            router,
+            what,
+            source: Box::new(source),
+        }
+    };
+    let p = policy::of(router);
+    let mut wanted: Vec<netlink::StaticRoute> = p
+        .routes
+        .iter()
+        .map(|r| netlink::StaticRoute {
+            table: r.table,
+            destination: r.destination,
+            nexthop: r.nexthop,
+        })
+        .collect();
+    if let Some(g) = &router.gateway {
+        wanted.push(netlink::StaticRoute {
+            table: TABLE_MAIN,
+            destination: crate::config::Prefix::ANY,
+            nexthop: g.nexthop,
+        });
+    }
+    let mut writes = 0;
+    // Rules first out, routes first in: a rule never points at a table being emptied.
+    let rules: Vec<netlink::KernelRule> = p
+        .rules
+        .iter()
+        .map(|r| netlink::KernelRule {
+            priority: r.priority,
+            iif: r.iif.clone(),
+            from: r.from,
+            to: r.to,
+            table: r.table,
+        })
+        .collect();
+    let present = netlink::rules(handle)
+        .await
+        .map_err(nl("dumping rules".into()))?;
+    for (rule, msg) in present.iter().filter(|(r, _)| !rules.contains(r)) {
+        netlink::delete_rule(handle, msg.clone())
+            .await
+            .map_err(nl(format!("deleting rule {rule:?}")))?;
+        writes += 1;
+    }
+    let routes = netlink::static_routes(handle)
+        .await
+        .map_err(nl("dumping routes".into()))?;
+    for route in &wanted {
+        if !routes.iter().any(|(r, _)| r == route) {
+            netlink::ensure_route(handle, *route)
+                .await
+                .map_err(nl(format!(
+                    "adding route {} via {} (table {})",
+                    route.destination, route.nexthop, route.table
+                )))?;
+            writes += 1;
+        }
+    }
+    for (route, msg) in routes.iter().filter(|(r, _)| !wanted.contains(r)) {
+        netlink::delete_route(handle, msg.clone())
+            .await
+            .map_err(nl(format!("deleting route {route:?}")))?;
+        writes += 1;
+    }
+    for rule in rules
+        .iter()
+        .filter(|r| !present.iter().any(|(p, _)| p == *r))
+    {
+        netlink::add_rule(handle, rule)
+            .await
+            .map_err(nl(format!("adding rule {rule:?}")))?;
+        writes += 1;
+    }
+    Ok(writes)
+}
+
+/// Whether packets arriving on interface `name` are checked against their allowed sources.
+fn source_checked(router: &Router, name: &str) -> bool {
+    router
+        .interfaces
+        .iter()
+        .any(|i| i.name == name && i.source_check)
+}
+
+/// Whether the firewall `rules` (first match wins, then the default) allow the flow of a
+/// session's original direction, as the fast path judges it: source before SNAT,
+/// destination after DNAT.
+fn firewall_allows(
+    rules: &[router_common::FwRule],
+    default_allow: bool,
+    key: &CtKey,
+    entry: &CtEntry,
+) -> bool {
+    let dport = match key.proto {
+        6 | 17 => u16::from_be_bytes(key.dport),
+        _ => 0,
+    };
+    rules
+        .iter()
+        .find(|r| r.matches(key.proto, key.src, entry.new_dst, dport))
+        .map_or(default_allow, |r| {
+            r.action == router_common::fw_action::ALLOW
+        })
+}
+
+/// Whether a session mentions `addr` in any of its tuples.
+fn session_uses(key: &CtKey, entry: &CtEntry, pred: &dyn Fn([u8; 4]) -> bool) -> bool {
+    [key.src, key.dst, entry.new_src, entry.new_dst]
+        .into_iter()
+        .any(pred)
+}
+
+impl RouterState {
+    /// Applies a new desired state (one `RunningRouter::can_apply` accepted): interfaces
+    /// and the gateway that are gone are detached, the maps reconciled with the new state,
+    /// and the sessions that used anything removed end. Returns the writes it made.
+    pub(super) async fn reconfigure(
+        &mut self,
+        handle: &Handle,
+        new: Router,
+    ) -> Result<Writes, Error> {
+        let started = std::time::Instant::now();
+        let map_writes_before = self.datapath.writes();
+        let mut address_writes = 0;
+        let old = self.router.clone();
+        let nl = |what: String| {
+            let router = old.id.clone();
+            move |source| Error::Netlink {
+                router,
+                what,
+                source: Box::new(source),
+            }
+        };
+        // Interfaces and the gateway that are gone: detached, their address dropped (and with
+        // it the kernel's routes); the plan below removes them from the maps.
+        let mut removed: Vec<(String, IfAddr)> = old
+            .interfaces
+            .iter()
+            .filter(|i| {
+                !new.interfaces
+                    .iter()
+                    .any(|n| n.name == i.name && n.address == i.address)
+            })
+            .map(|i| (i.name.clone(), i.address))
+            .collect();
+        if let (Some(g), None) = (&old.gateway, &new.gateway) {
+            removed.push((g.interface.clone(), g.address));
+        }
+        for (name, addr) in &removed {
+            let index = self
+                .ports
+                .iter()
+                .find(|(_, p)| p.name == *name)
+                .map(|(i, _)| *i);
+            if let Some(index) = index {
+                self.datapath.detach_iface(index)?;
+                self.ports.remove(&index);
+                self.info.interfaces.retain(|i| i.ifindex != index);
+                netlink::delete_address(handle, index, *addr)
+                    .await
+                    .map_err(nl(format!("removing {addr} from {name}")))?;
+                address_writes += 1;
+            }
+        }
+        let plan = reconcile::reconcile(&mut self.datapath, &new, &self.ports)?;
+
+        // Sessions that used what is gone end now, in one pass over the table each.
+        let mut ended = 0;
+        for (_, addr) in &removed {
+            let subnet = addr.subnet();
+            let gateway_ip = addr.addr.octets();
+            ended += self.datapath.sessions().purge(|k, e| {
+                session_uses(k, e, &|a| {
+                    a == gateway_ip || subnet.contains(std::net::Ipv4Addr::from(a))
+                })
+            })?;
+        }
+        let after: std::collections::BTreeSet<_> = new.floating_ips.iter().collect();
+        let gone: Vec<_> = old
+            .floating_ips
+            .iter()
+            .filter(|f| !after.contains(f))
+            .collect();
+        if !gone.is_empty() {
+            let addrs: std::collections::HashSet<[u8; 4]> = gone
+                .iter()
+                .flat_map(|f| [f.address.octets(), f.fixed.octets()])
+                .collect();
+            ended += self
+                .datapath
+                .sessions()
+                .purge(|k, e| session_uses(k, e, &|a| addrs.contains(&a)))?;
+            flush_kernel_conntrack(&gone.iter().map(|f| f.address).collect::<Vec<_>>());
+        }
+        let snat_before = old.gateway.as_ref().is_some_and(|g| g.snat);
+        let snat_after = new.gateway.as_ref().is_some_and(|g| g.snat);
+        if let (true, false, Some(g)) = (snat_before, snat_after, &old.gateway) {
+            let gw = g.address.addr.octets();
+            ended += self
+                .datapath
+                .sessions()
+                .purge(|k, e| session_uses(k, e, &|a| a == gw))?;
+        }
+        if new.firewall != old.firewall
+            && let Some(fw) = &new.firewall
+        {
+            // Flows a changed firewall no longer allows end now, as Neutron's FWaaS driver
+            // deletes their conntrack entries.
+            let rules = self.datapath.policy().fw_rules()?;
+            let denied = |k: &CtKey, e: &CtEntry| {
+                e.direction == router_common::ct_dir::ORIGINAL
+                    && !firewall_allows(&rules, fw.default_allow, k, e)
+            };
+            ended += self.datapath.sessions().purge(denied)?;
+        }
+
+        // External subnets added or removed: their addresses on the gateway.
+        let gateway_ifindex = self
+            .ports
+            .iter()
+            .find(|(_, p)| p.iface.external)
+            .map(|(i, _)| *i);
+        if let (Some(index), Some(g)) = (gateway_ifindex, &new.gateway) {
+            let before = old
+                .gateway
+                .as_ref()
+                .map(|g| g.subnets.clone())
+                .unwrap_or_default();
+            for s in before.iter().filter(|s| !g.subnets.contains(s)) {
+                netlink::delete_address(handle, index, s.address)
+                    .await
+                    .map_err(nl(format!("removing {}", s.address)))?;
+                address_writes += 1;
+            }
+            for s in g.subnets.iter().filter(|s| !before.contains(s)) {
+                if netlink::ensure_address(handle, index, s.address)
+                    .await
+                    .map_err(nl(format!("adding {}", s.address)))?
+                {
+                    address_writes += 1;
+                }
+            }
+        }
+        let kernel_writes = sync_kernel_policy(handle, &new).await?;
+        slowpath::update(&old, &new)?;
+        // `update` writes one nftables transaction whenever the router changed.
+        let nft_writes = usize::from(old != new);
+        self.router = new;
+        write_info(&self.info)?;
+        self.resync(handle).await?;
+        log::info!(
+            "router {}: applied new desired state in {} us; {ended} session(s) ended; {kernel_writes} kernel and {} map writes",
+            self.id,
+            started.elapsed().as_micros(),
+            plan.writes()
+        );
+        Ok(Writes {
+            map: self.datapath.writes() - map_writes_before,
+            kernel: kernel_writes + address_writes + nft_writes,
+        })
+    }
+
+    /// Ages sessions out.
+    pub(super) fn collect_garbage(&mut self) -> Result<(), Error> {
+        let timeouts = self.router.nat.timeouts.clone();
+        let report = self
+            .datapath
+            .sessions()
+            .collect_garbage(conntrack::monotonic_ns(), &timeouts)?;
+        log::debug!("router {}: session gc {report:?}", self.id);
+        if self.router.nat.snat_sessions_per_source != 0 {
+            // The fast path only counts up; the table is the truth.
+            self.datapath
+                .nat()
+                .sync_snat_sources(&report.snat_sources)?;
+        }
+        Ok(())
+    }
+}
+
+/// Ends the kernel's own (slow-path) sessions of removed floating IPs. Best effort: the
+/// fast path no longer translates them either way.
+fn flush_kernel_conntrack(fips: &[std::net::Ipv4Addr]) {
+    let fips = fips.to_vec();
+    // On a thread of its own: the rules that made those sessions are gone already, and the
+    // conntrack tool takes tens of milliseconds that an apply need not wait for.
+    let spawned = std::thread::Builder::new()
+        .name("conntrack-flush".into())
+        .spawn(move || {
+            let run = |args: &[&str]| {
+                let _ = std::process::Command::new("conntrack")
+                    .args(args)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            };
+            // Past a handful, one flush of the kernel's (rare, slow-path) sessions is cheaper
+            // than two processes per address.
+            if fips.len() > 8 {
+                return run(&["-F"]);
+            }
+            for fip in &fips {
+                for flag in ["--orig-dst", "--reply-dst"] {
+                    run(&["-D", flag, &fip.to_string()]);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("flushing the kernel's sessions of removed floating IPs: {e}");
+    }
+}
