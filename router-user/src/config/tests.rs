@@ -1,4 +1,4 @@
-use super::*;
+use super::{file::parse_prefix_or_addr, *};
 
 /// The smallest complete router file: it must parse exactly as written.
 pub const ISSUE_EXAMPLE: &str = r#"
