@@ -229,13 +229,15 @@ async fn handle(
 ) -> Response {
     let started = Instant::now();
     let op = op_name(request);
-    let live = api::Live {
+    let mut live = api::Live {
         routers: running
             .iter()
             .map(|r| (r.desired.id.clone(), r.info.clone()))
             .collect(),
         waiting: waiting.reasons(),
+        counters: Default::default(),
     };
+    live.read_counters(state, request);
     let plan = match api::plan_with(state, request, &live) {
         Ok(plan) => plan,
         Err(e) => {
