@@ -7,7 +7,10 @@ use std::fmt;
 use router_common::{FwRule, MAX_FW_RULES, fw_action};
 use serde::Deserialize;
 
-use super::{Ctx, PortRange, Prefix, parse_prefix_or_addr, value_text};
+use super::{
+    Ctx, PortRange, Prefix,
+    file::{parse_prefix_or_addr, read, value_text},
+};
 use crate::error::ConfigError;
 
 /// `[router.firewall]`.
@@ -122,10 +125,40 @@ pub(super) struct FileFwRule {
     description: Option<String>,
 }
 
+/// A firewall rule as an edit gives it (a request's fields), for
+/// [`super::RouterText::firewall_rule`].
+#[derive(Clone, Copy, Debug)]
+pub struct FirewallRuleText<'a> {
+    /// `"allow"`, `"deny"` or `"reject"`.
+    pub action: &'a str,
+    /// `"tcp"`, `"udp"`, `"icmp"`, `"any"` or a number; `None`: any.
+    pub protocol: Option<&'a str>,
+    /// A prefix or an address; `None`: any.
+    pub source: Option<&'a str>,
+    pub destination: Option<&'a str>,
+    /// `"80"`, `"1000-2000"` or `"1000:2000"`; `None`: every port.
+    pub destination_ports: Option<&'a str>,
+    pub description: Option<&'a str>,
+}
+
+impl FirewallRuleText<'_> {
+    pub(super) fn to_file(self) -> FileFwRule {
+        let text = |v: Option<&str>| v.map(|s| toml::Value::String(s.to_string()));
+        FileFwRule {
+            action: Some(self.action.to_string()),
+            protocol: text(self.protocol),
+            source: self.source.map(str::to_string),
+            destination: self.destination.map(str::to_string),
+            destination_ports: text(self.destination_ports),
+            description: self.description.map(str::to_string),
+        }
+    }
+}
+
 /// Neutron's limit on descriptions.
 const DESCRIPTION_MAX: usize = 255;
 
-pub(super) fn validate_firewall(
+pub(super) fn read_firewall(
     at: &Ctx,
     file: Option<&FileFirewall>,
 ) -> Result<Option<Firewall>, ConfigError> {
@@ -139,27 +172,59 @@ pub(super) fn validate_firewall(
             return Err(at.bad("firewall.default", other, "must be \"deny\" or \"allow\""));
         }
     };
-    if f.rule.len() > MAX_FW_RULES as usize {
-        return Err(at.bad(
-            "firewall.rule",
-            &f.rule.len().to_string(),
-            &format!(
-                "{} firewall rules, more than the {MAX_FW_RULES} the fast path holds",
-                f.rule.len()
-            ),
-        ));
-    }
-    let mut rules = Vec::with_capacity(f.rule.len());
-    for (i, r) in f.rule.iter().enumerate() {
-        rules.push(validate_rule(at, &format!("firewall.rule[{i}]"), r)?);
-    }
+    let rules = f
+        .rule
+        .iter()
+        .enumerate()
+        .map(|(i, r)| read_rule(at, &format!("firewall.rule[{i}]"), r))
+        .collect::<Result<_, _>>()?;
     Ok(Some(Firewall {
         default_allow,
         rules,
     }))
 }
 
-fn validate_rule(at: &Ctx, key: &str, r: &FileFwRule) -> Result<FirewallRule, ConfigError> {
+pub(super) fn check_firewall(at: &Ctx, firewall: Option<&Firewall>) -> Result<(), ConfigError> {
+    let Some(f) = firewall else {
+        return Ok(());
+    };
+    if f.rules.len() > MAX_FW_RULES as usize {
+        return Err(at.bad(
+            "firewall.rule",
+            &f.rules.len().to_string(),
+            &format!(
+                "{} firewall rules, more than the {MAX_FW_RULES} the fast path holds",
+                f.rules.len()
+            ),
+        ));
+    }
+    for (i, r) in f.rules.iter().enumerate() {
+        let key = format!("firewall.rule[{i}]");
+        if let Some(ports) = r.ports
+            && r.protocol != PROTO_TCP
+            && r.protocol != PROTO_UDP
+        {
+            return Err(at.bad(
+                &format!("{key}.destination_ports"),
+                &ports_text(ports),
+                "ports need protocol \"tcp\" or \"udp\"",
+            ));
+        }
+        if let Some(d) = &r.description
+            && d.len() > DESCRIPTION_MAX
+        {
+            return Err(at.bad(
+                &format!("{key}.description"),
+                d,
+                "must be at most 255 bytes",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The rule at `key` (`firewall.rule[i]`).
+pub(super) fn read_rule(at: &Ctx, key: &str, r: &FileFwRule) -> Result<FirewallRule, ConfigError> {
     let action = match r.action.as_deref() {
         Some("allow") => FwAction::Allow,
         Some("deny") => FwAction::Deny,
@@ -184,9 +249,7 @@ fn validate_rule(at: &Ctx, key: &str, r: &FileFwRule) -> Result<FirewallRule, Co
     };
     let prefix = |name: &str, value: &Option<String>| match value {
         None => Ok(Prefix::ANY),
-        Some(s) => {
-            parse_prefix_or_addr(s).map_err(|problem| at.bad(&format!("{key}.{name}"), s, problem))
-        }
+        Some(s) => read(at, &format!("{key}.{name}"), s, parse_prefix_or_addr),
     };
     let source = prefix("source", &r.source)?;
     let destination = prefix("destination", &r.destination)?;
@@ -200,25 +263,9 @@ fn validate_rule(at: &Ctx, key: &str, r: &FileFwRule) -> Result<FirewallRule, Co
                 _ => Err("must be a port (\"80\") or a range (\"1000-2000\", \"1:65535\")"),
             }
             .map_err(|problem| at.bad(&format!("{key}.destination_ports"), &text, problem))?;
-            if protocol != PROTO_TCP && protocol != PROTO_UDP {
-                return Err(at.bad(
-                    &format!("{key}.destination_ports"),
-                    &text,
-                    "ports need protocol \"tcp\" or \"udp\"",
-                ));
-            }
             Some(ports)
         }
     };
-    if let Some(d) = &r.description
-        && (d.len() > DESCRIPTION_MAX)
-    {
-        return Err(at.bad(
-            &format!("{key}.description"),
-            d,
-            "must be at most 255 bytes",
-        ));
-    }
     Ok(FirewallRule {
         action,
         protocol,

@@ -5,7 +5,11 @@ use std::{collections::HashSet, net::Ipv4Addr};
 use router_common::{MAX_RULES, PolicyRule, TABLE_GENERATED_MIN, TABLE_MAIN};
 use serde::Deserialize;
 
-use super::{Ctx, Gateway, Interface, Prefix, host_on, parse_ip, parse_prefix_or_addr, value_text};
+use super::{
+    Ctx, Gateway, Interface, Prefix,
+    check::host_on,
+    file::{parse_ip, parse_prefix_or_addr, read, value_text},
+};
 use crate::error::ConfigError;
 
 /// A routing table besides main (`[[router.table]]`).
@@ -84,70 +88,114 @@ pub(super) struct FileSteering {
     interfaces: Vec<String>,
 }
 
+/// A policy rule as an edit gives it (a request's fields), for
+/// [`super::RouterText::rule`].
+#[derive(Clone, Copy, Debug)]
+pub struct RuleText<'a> {
+    pub priority: i64,
+    /// `None`: any interface.
+    pub iif: Option<&'a str>,
+    /// A prefix or an address; `None`: any.
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    /// `"main"`, a table's name or id.
+    pub table: &'a str,
+}
+
+impl RuleText<'_> {
+    pub(super) fn to_file(self) -> FileRule {
+        FileRule {
+            priority: Some(self.priority),
+            iif: self.iif.map(str::to_string),
+            from: self.from.map(str::to_string),
+            to: self.to.map(str::to_string),
+            table: Some(toml::Value::String(self.table.to_string())),
+        }
+    }
+}
+
 /// Priorities of the rules of the desired state (the router's own come after them).
-const PRIORITY_MAX: i64 = 29_999;
+const PRIORITY_MAX: u32 = 29_999;
+
+const PRIORITY_RANGE: &str = "must be 1 to 29999 (the router's own rules come after them)";
 
 /// Names `ip` gives tables of its own; a table of the desired state cannot take them.
 const RESERVED_NAMES: [&str; 4] = ["main", "local", "default", "unspec"];
 
-pub(super) fn validate_tables(at: &Ctx, file: &[FileTable]) -> Result<Vec<Table>, ConfigError> {
-    let mut out: Vec<Table> = Vec::with_capacity(file.len());
-    for (i, f) in file.iter().enumerate() {
+/// Why a table id is refused: the kernel's and the router's own ids are not the file's.
+fn table_id_range() -> String {
+    format!(
+        "must be 1-252 or 256-{}: 0 and 253-255 are the kernel's (unspec, default, main, local) and higher ids the router's own",
+        TABLE_GENERATED_MIN - 1
+    )
+}
+
+pub(super) fn read_tables(at: &Ctx, file: &[FileTable]) -> Result<Vec<Table>, ConfigError> {
+    file.iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let id = u32::try_from(f.id).map_err(|_| {
+                at.bad(
+                    &format!("table[{i}].id"),
+                    &f.id.to_string(),
+                    &table_id_range(),
+                )
+            })?;
+            Ok(Table {
+                name: f.name.clone(),
+                id,
+            })
+        })
+        .collect()
+}
+
+pub(super) fn check_tables(at: &Ctx, tables: &[Table]) -> Result<(), ConfigError> {
+    for (i, t) in tables.iter().enumerate() {
         let key = format!("table[{i}]");
-        let name_ok = (1..=31).contains(&f.name.len())
-            && f.name.starts_with(|c: char| c.is_ascii_alphabetic())
-            && f.name
+        let before = &tables[..i];
+        let name_ok = (1..=31).contains(&t.name.len())
+            && t.name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && t.name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !name_ok {
             return Err(at.bad(
                 &format!("{key}.name"),
-                &f.name,
+                &t.name,
                 "must be 1-31 characters of letters, digits, '-', '_' or '.', starting with a letter",
             ));
         }
-        if RESERVED_NAMES.contains(&f.name.as_str()) {
+        if RESERVED_NAMES.contains(&t.name.as_str()) {
             return Err(at.bad(
                 &format!("{key}.name"),
-                &f.name,
+                &t.name,
                 "is the name of a kernel table (main, local, default, unspec)",
             ));
         }
-        if out.iter().any(|t| t.name == f.name) {
+        if before.iter().any(|x| x.name == t.name) {
             return Err(at.bad(
                 &format!("{key}.name"),
-                &f.name,
+                &t.name,
                 "another table has this name",
             ));
         }
-        let id = f.id;
-        let in_range =
-            (1..=252).contains(&id) || (256..i64::from(TABLE_GENERATED_MIN)).contains(&id);
+        let in_range = (1..=252).contains(&t.id) || (256..TABLE_GENERATED_MIN).contains(&t.id);
         if !in_range {
-            return Err(at.bad(
-                &format!("{key}.id"),
-                &id.to_string(),
-                &format!(
-                    "must be 1-252 or 256-{}: 0 and 253-255 are the kernel's (unspec, default, main, local) and higher ids the router's own",
-                    TABLE_GENERATED_MIN - 1
-                ),
-            ));
+            return Err(at.bad(&format!("{key}.id"), &t.id.to_string(), &table_id_range()));
         }
-        let id = u32::try_from(id).unwrap_or(0);
-        if out.iter().any(|t| t.id == id) {
+        if before.iter().any(|x| x.id == t.id) {
             return Err(at.bad(
                 &format!("{key}.id"),
-                &id.to_string(),
+                &t.id.to_string(),
                 "another table has this id",
             ));
         }
-        out.push(Table {
-            name: f.name.clone(),
-            id,
-        });
     }
-    Ok(out)
+    Ok(())
 }
+
+const UNKNOWN_TABLE: &str =
+    "is not \"main\" or a table of this router ([[router.table]] name or id)";
 
 /// A table reference (`route.table`, `rule.table`): `"main"`, a table's name, or a number
 /// (integer or string) that is main's or a table's id.
@@ -157,13 +205,7 @@ pub(super) fn resolve_table(
     value: &toml::Value,
     tables: &[Table],
 ) -> Result<u32, ConfigError> {
-    let unknown = || {
-        at.bad(
-            key,
-            &value_text(value),
-            "is not \"main\" or a table of this router ([[router.table]] name or id)",
-        )
-    };
+    let unknown = || at.bad(key, &value_text(value), UNKNOWN_TABLE);
     let id: i64 = match value {
         toml::Value::String(s) if s == "main" => return Ok(TABLE_MAIN),
         toml::Value::String(s) => {
@@ -191,6 +233,19 @@ pub(super) fn resolve_table(
         .ok_or_else(unknown)
 }
 
+/// Checks that table id `id` (of `route.table` or `rule.table`) is main or one of `tables`.
+pub(super) fn check_table_known(
+    at: &Ctx,
+    key: &str,
+    id: u32,
+    tables: &[Table],
+) -> Result<(), ConfigError> {
+    if id == TABLE_MAIN || tables.iter().any(|t| t.id == id) {
+        return Ok(());
+    }
+    Err(at.bad(key, &id.to_string(), UNKNOWN_TABLE))
+}
+
 /// Policy rules the router generates (see [`super::Router::generated_rule_count`]), for a
 /// router with `external` external subnets (primary and extra).
 pub(super) fn generated_rules(steering: Option<&Steering>, external: usize) -> usize {
@@ -209,49 +264,97 @@ pub(super) struct RuleScope<'a> {
     pub generated: usize,
 }
 
-pub(super) fn validate_rules(
+pub(super) fn read_rules(
     at: &Ctx,
     file: &[FileRule],
-    scope: &RuleScope<'_>,
+    tables: &[Table],
 ) -> Result<Vec<Rule>, ConfigError> {
-    let total = file.len() + scope.generated;
+    file.iter()
+        .enumerate()
+        .map(|(i, f)| read_rule(at, i, f, tables))
+        .collect()
+}
+
+/// `rule[index]`.
+pub(super) fn read_rule(
+    at: &Ctx,
+    index: usize,
+    f: &FileRule,
+    tables: &[Table],
+) -> Result<Rule, ConfigError> {
+    let key = format!("rule[{index}]");
+    let Some(priority) = f.priority else {
+        return Err(at.bad(
+            &format!("{key}.priority"),
+            "",
+            "is required (1-29999, unique within the router)",
+        ));
+    };
+    let priority = u32::try_from(priority).map_err(|_| {
+        at.bad(
+            &format!("{key}.priority"),
+            &priority.to_string(),
+            PRIORITY_RANGE,
+        )
+    })?;
+    let prefix = |name: &str, value: &Option<String>| match value {
+        None => Ok(Prefix::ANY),
+        Some(s) => read(at, &format!("{key}.{name}"), s, parse_prefix_or_addr),
+    };
+    let from = prefix("from", &f.from)?;
+    let to = prefix("to", &f.to)?;
+    let Some(table) = &f.table else {
+        return Err(at.bad(
+            &format!("{key}.table"),
+            "",
+            "is required: a table name, a table id, or \"main\"",
+        ));
+    };
+    let table = resolve_table(at, &format!("{key}.table"), table, tables)?;
+    Ok(Rule {
+        priority,
+        iif: f.iif.clone(),
+        from,
+        to,
+        table,
+    })
+}
+
+pub(super) fn check_rules(
+    at: &Ctx,
+    rules: &[Rule],
+    scope: &RuleScope<'_>,
+) -> Result<(), ConfigError> {
+    let total = rules.len() + scope.generated;
     if total > MAX_RULES as usize {
         return Err(at.bad(
             "rule",
-            &file.len().to_string(),
+            &rules.len().to_string(),
             &format!(
                 "{} rules plus the {} the router generates (one per steered interface, one for gateway steering, one per external subnet when there are several) make {total}, more than the {MAX_RULES} policy rules the fast path holds",
-                file.len(),
+                rules.len(),
                 scope.generated
             ),
         ));
     }
-    let mut out: Vec<Rule> = Vec::with_capacity(file.len());
-    let mut priorities = HashSet::with_capacity(file.len());
-    for (i, f) in file.iter().enumerate() {
+    let mut priorities = HashSet::with_capacity(rules.len());
+    for (i, r) in rules.iter().enumerate() {
         let key = format!("rule[{i}]");
-        let Some(priority) = f.priority else {
+        if !(1..=PRIORITY_MAX).contains(&r.priority) {
             return Err(at.bad(
                 &format!("{key}.priority"),
-                "",
-                "is required (1-29999, unique within the router)",
-            ));
-        };
-        if !(1..=PRIORITY_MAX).contains(&priority) {
-            return Err(at.bad(
-                &format!("{key}.priority"),
-                &priority.to_string(),
-                "must be 1 to 29999 (the router's own rules come after them)",
+                &r.priority.to_string(),
+                PRIORITY_RANGE,
             ));
         }
-        if !priorities.insert(priority) {
+        if !priorities.insert(r.priority) {
             return Err(at.bad(
                 &format!("{key}.priority"),
-                &priority.to_string(),
+                &r.priority.to_string(),
                 "another rule has this priority",
             ));
         }
-        if let Some(iif) = &f.iif {
+        if let Some(iif) = &r.iif {
             let known = scope.gateway.is_some_and(|g| g.interface == *iif)
                 || scope.interfaces.iter().any(|i| i.name == *iif);
             if !known {
@@ -262,43 +365,40 @@ pub(super) fn validate_rules(
                 ));
             }
         }
-        let prefix = |name: &str, value: &Option<String>| match value {
-            None => Ok(Prefix::ANY),
-            Some(s) => parse_prefix_or_addr(s)
-                .map_err(|problem| at.bad(&format!("{key}.{name}"), s, problem)),
-        };
-        let from = prefix("from", &f.from)?;
-        let to = prefix("to", &f.to)?;
-        let Some(table) = &f.table else {
-            return Err(at.bad(
-                &format!("{key}.table"),
-                "",
-                "is required: a table name, a table id, or \"main\"",
-            ));
-        };
-        let table = resolve_table(at, &format!("{key}.table"), table, scope.tables)?;
-        out.push(Rule {
-            priority: u32::try_from(priority).unwrap_or(0),
-            iif: f.iif.clone(),
-            from,
-            to,
-            table,
-        });
+        check_table_known(at, &format!("{key}.table"), r.table, scope.tables)?;
     }
-    Ok(out)
+    Ok(())
 }
 
-pub(super) fn validate_steering(
+pub(super) fn read_steering(
     at: &Ctx,
     file: Option<&FileSteering>,
-    gateway: Option<&Gateway>,
-    interfaces: &[Interface],
 ) -> Result<Option<Steering>, ConfigError> {
     let Some(f) = file else {
         return Ok(None);
     };
-    let mut steered = HashSet::with_capacity(f.interfaces.len());
-    for (i, name) in f.interfaces.iter().enumerate() {
+    Ok(Some(Steering {
+        nexthop: read(at, "steering.nexthop", &f.nexthop, parse_ip)?,
+        gateway_nexthop: f
+            .gateway_nexthop
+            .as_deref()
+            .map(|text| read(at, "steering.gateway_nexthop", text, parse_ip))
+            .transpose()?,
+        interfaces: f.interfaces.clone(),
+    }))
+}
+
+pub(super) fn check_steering(
+    at: &Ctx,
+    steering: Option<&Steering>,
+    gateway: Option<&Gateway>,
+    interfaces: &[Interface],
+) -> Result<(), ConfigError> {
+    let Some(s) = steering else {
+        return Ok(());
+    };
+    let mut steered = HashSet::with_capacity(s.interfaces.len());
+    for (i, name) in s.interfaces.iter().enumerate() {
         let key = format!("steering.interfaces[{i}]");
         if gateway.is_some_and(|g| g.interface == *name) {
             return Err(at.bad(
@@ -316,22 +416,22 @@ pub(super) fn validate_steering(
     }
     // The firewall hangs off an internal interface of its own, which is not steered (what
     // it sends back must take the main table).
-    let firewall_address = |key: &str, text: &str| -> Result<Ipv4Addr, ConfigError> {
-        let addr = parse_ip(text).map_err(|problem| at.bad(key, text, problem))?;
+    let firewall_address = |key: &str, addr: Ipv4Addr| -> Result<(), ConfigError> {
+        let text = addr.to_string();
         let Some(on) = interfaces
             .iter()
             .find(|i| i.address.subnet().contains(addr))
         else {
             return Err(at.bad(
                 key,
-                text,
+                &text,
                 "is on no internal subnet of this router: the firewall must hang off an internal interface",
             ));
         };
         if steered.contains(on.name.as_str()) {
             return Err(at.bad(
                 key,
-                text,
+                &text,
                 &format!(
                     "is on the subnet of {}, which is steered: the firewall must hang off an internal interface that is not steered",
                     on.name
@@ -341,7 +441,7 @@ pub(super) fn validate_steering(
         if !host_on(on.address.subnet(), on.address.addr, addr) {
             return Err(at.bad(
                 key,
-                text,
+                &text,
                 &format!(
                     "must be a host on {}'s subnet {}, not the router, network or broadcast address",
                     on.name,
@@ -349,25 +449,18 @@ pub(super) fn validate_steering(
                 ),
             ));
         }
-        Ok(addr)
+        Ok(())
     };
-    let nexthop = firewall_address("steering.nexthop", &f.nexthop)?;
-    let gateway_nexthop = match &f.gateway_nexthop {
-        None => None,
-        Some(text) => {
-            if gateway.is_none() {
-                return Err(at.bad(
-                    "steering.gateway_nexthop",
-                    text,
-                    "steers traffic from the gateway interface, but the router has no gateway",
-                ));
-            }
-            Some(firewall_address("steering.gateway_nexthop", text)?)
+    firewall_address("steering.nexthop", s.nexthop)?;
+    if let Some(addr) = s.gateway_nexthop {
+        if gateway.is_none() {
+            return Err(at.bad(
+                "steering.gateway_nexthop",
+                &addr.to_string(),
+                "steers traffic from the gateway interface, but the router has no gateway",
+            ));
         }
-    };
-    Ok(Some(Steering {
-        nexthop,
-        gateway_nexthop,
-        interfaces: f.interfaces.clone(),
-    }))
+        firewall_address("steering.gateway_nexthop", addr)?;
+    }
+    Ok(())
 }

@@ -216,6 +216,7 @@ impl NodeController {
                 .map(|r| (r.desired.id.clone(), r.info.clone()))
                 .collect(),
             waiting: self.waiting.reasons(),
+            counters: Default::default(),
         }
     }
 

@@ -19,7 +19,9 @@ impl NodeController {
     pub async fn handle(&mut self, request: &Request, file: &StateFile) -> Response {
         let started = Instant::now();
         let op = op_name(request);
-        let plan = match api::plan_with(&self.desired, request, &self.live()) {
+        let mut live = self.live();
+        live.read_counters(&self.desired, request);
+        let plan = match api::plan_with(&self.desired, request, &live) {
             Ok(plan) => plan,
             Err(e) => {
                 if request.is_mutation() {

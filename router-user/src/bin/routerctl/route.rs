@@ -1,6 +1,6 @@
 use router_user::{
     Error,
-    api::{Request, RouteEntry},
+    api::{Request, RouteView},
 };
 
 use crate::output::{Api, table};
@@ -70,7 +70,7 @@ pub fn run(api: &Api, command: Command) -> Result<(), Error> {
         }),
         Command::List { router, table: t } => api.show(
             &Request::RouteList { router, table: t },
-            |routes: Vec<RouteEntry>| {
+            |routes: Vec<RouteView>| {
                 let rows: Vec<Vec<String>> = routes
                     .into_iter()
                     .map(|r| vec![r.table, r.destination, r.nexthop])

@@ -1,0 +1,85 @@
+//! A blocking client of routerd's API, for `routerctl` and the tests.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+};
+
+use serde_json::Value;
+
+use super::protocol::{MAX_LINE, Request, Response};
+use crate::error::Error;
+
+/// A connection to routerd.
+pub struct Client {
+    stream: BufReader<UnixStream>,
+    path: PathBuf,
+}
+
+impl Client {
+    /// Connects to routerd's socket at `path`.
+    pub fn connect(path: &Path) -> Result<Self, Error> {
+        let stream = UnixStream::connect(path).map_err(|source| Error::Unreachable {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Self {
+            stream: BufReader::new(stream),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Sends `request`; returns the result, or the error routerd answered as
+    /// [`Error::Api`].
+    pub fn call(&mut self, request: &Request) -> Result<Value, Error> {
+        let line = serde_json::to_string(request)
+            .map_err(|e| Error::io("encoding the request", std::io::Error::other(e)))?;
+        let response = self.call_line(&line)?;
+        match response {
+            Response {
+                ok: true, result, ..
+            } => Ok(result.unwrap_or(Value::Null)),
+            Response { error, .. } => {
+                Err(Error::Api(error.unwrap_or_else(|| {
+                    "routerd answered an error without a message".into()
+                })))
+            }
+        }
+    }
+
+    /// Sends one raw line (a newline is added) and reads the response.
+    pub fn call_line(&mut self, line: &str) -> Result<Response, Error> {
+        let talk = |source| Error::Io {
+            what: format!("talking to routerd at {}", self.path.display()),
+            source,
+        };
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        let written = self.stream.get_mut().write_all(&bytes);
+        // routerd may have answered (a refusal) and closed before reading: read the
+        // answer even when the write failed.
+        let mut answer = String::new();
+        let read = (&mut self.stream)
+            .take(MAX_LINE as u64)
+            .read_line(&mut answer);
+        match (written, read) {
+            (_, Ok(n)) if n > 0 => {}
+            (Err(e), _) => return Err(talk(e)),
+            (Ok(()), Err(e)) => return Err(talk(e)),
+            (Ok(()), Ok(_)) => {
+                return Err(talk(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "routerd closed the connection without answering",
+                )));
+            }
+        }
+        serde_json::from_str(answer.trim_end()).map_err(|e| {
+            talk(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not a response: {e}"),
+            ))
+        })
+    }
+}

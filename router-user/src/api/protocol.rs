@@ -1,0 +1,312 @@
+//! The wire protocol: newline-delimited JSON over a unix stream socket, one [`Request`]
+//! and one [`Response`] per line, several requests per connection (`docs/api.md` is the
+//! reference).
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use crate::router::Writes;
+
+/// The longest request or response line accepted (a desired state with many floating IPs
+/// fits easily).
+pub const MAX_LINE: usize = 64 << 20;
+
+/// One request: `{"op": "...", ...}`. Fields that are optional in JSON are `Option`s or
+/// default to `false`; unknown fields are errors.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Replaces the whole desired state with `text` (a desired-state file).
+    Apply {
+        text: String,
+    },
+    /// The desired state routerd runs, as a file.
+    ShowState,
+    RouteAdd {
+        router: String,
+        destination: String,
+        nexthop: String,
+        /// `"main"` (the default), a table's name or id.
+        #[serde(default, deserialize_with = "text_or_number")]
+        #[serde(skip_serializing_if = "Option::is_none")]
+        table: Option<String>,
+        /// An identical route already there is not an error.
+        #[serde(default)]
+        may_exist: bool,
+    },
+    RouteDel {
+        router: String,
+        destination: String,
+        #[serde(default, deserialize_with = "text_or_number")]
+        #[serde(skip_serializing_if = "Option::is_none")]
+        table: Option<String>,
+        /// No such route is not an error.
+        #[serde(default)]
+        if_exists: bool,
+    },
+    RouteList {
+        router: String,
+        /// Only this table (default: every table).
+        #[serde(default, deserialize_with = "text_or_number")]
+        #[serde(skip_serializing_if = "Option::is_none")]
+        table: Option<String>,
+    },
+    RuleAdd {
+        router: String,
+        priority: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        iif: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+        #[serde(deserialize_with = "text_or_number_required")]
+        table: String,
+        #[serde(default)]
+        may_exist: bool,
+    },
+    RuleDel {
+        router: String,
+        priority: i64,
+        #[serde(default)]
+        if_exists: bool,
+    },
+    RuleList {
+        router: String,
+    },
+    FwRuleAdd {
+        router: String,
+        /// 1-based position to insert at (default: after the last rule).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<usize>,
+        action: String,
+        #[serde(default, deserialize_with = "text_or_number")]
+        #[serde(skip_serializing_if = "Option::is_none")]
+        protocol: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        destination: Option<String>,
+        #[serde(default, deserialize_with = "text_or_number")]
+        #[serde(skip_serializing_if = "Option::is_none")]
+        destination_ports: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+    },
+    FwRuleDel {
+        router: String,
+        /// 1-based.
+        position: usize,
+    },
+    FwRuleList {
+        router: String,
+    },
+    /// The firewall's default policy; creates the firewall (`[router.firewall]`) if the
+    /// router has none.
+    FwDefault {
+        router: String,
+        policy: String,
+    },
+    /// Steers `interface` (adds it to `steering.interfaces`) and/or sets the firewall's
+    /// addresses; `nexthop` is needed when the router has no steering yet.
+    FwSteerSet {
+        router: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        interface: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nexthop: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gateway_nexthop: Option<String>,
+    },
+    /// Stops steering `interface`, or, without one, removes the steering altogether.
+    FwSteerClear {
+        router: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        interface: Option<String>,
+    },
+    /// A new router in an existing namespace (Neutron's `router create`); routerd starts
+    /// it.
+    RouterCreate {
+        router: String,
+        namespace: String,
+        /// `"xdp"` (the default) or `"tc"`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<String>,
+        /// A router with this id, namespace and mode already there is not an error.
+        #[serde(default)]
+        may_exist: bool,
+    },
+    /// Removes a router: routerd detaches its fast path and removes its pins.
+    RouterDelete {
+        router: String,
+        #[serde(default)]
+        if_exists: bool,
+    },
+    /// Every router: id, namespace, mode, interfaces, gateway, floating IPs, running.
+    RouterList,
+    /// Everything about one router.
+    RouterShow {
+        router: String,
+    },
+    /// An internal interface (a `qr` port) with the subnet's gateway address
+    /// (Neutron's `router add subnet`).
+    RouterInterfaceAdd {
+        router: String,
+        interface: String,
+        /// `a.b.c.d/len`: the router's address, its subnet the interface's.
+        address: String,
+        /// The same interface with the same address already there is not an error.
+        #[serde(default)]
+        may_exist: bool,
+    },
+    RouterInterfaceRemove {
+        router: String,
+        interface: String,
+        #[serde(default)]
+        if_exists: bool,
+    },
+    /// Sets the external gateway (`[router.gateway]`); further external subnets and, with
+    /// the same interface, `xdp_egress` are kept.
+    RouterGatewaySet {
+        router: String,
+        interface: String,
+        address: String,
+        nexthop: String,
+        /// Default SNAT; default: as it is, or `true` for a new gateway.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        snat: Option<bool>,
+    },
+    RouterGatewayClear {
+        router: String,
+        #[serde(default)]
+        if_exists: bool,
+    },
+    /// A floating IP for a fixed IP (Neutron's `floating ip create --port`: created and
+    /// associated at once).
+    FipCreate {
+        router: String,
+        address: String,
+        fixed: String,
+        #[serde(default)]
+        may_exist: bool,
+    },
+    FipDelete {
+        router: String,
+        address: String,
+        #[serde(default)]
+        if_exists: bool,
+    },
+    /// Floating IPs with their counters, of every router or of one.
+    FipList {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        router: Option<String>,
+    },
+    /// Associates floating IP `address` with `fixed`. A floating IP exists only while
+    /// associated, so this creates it (as `fip_create`).
+    FipAssociate {
+        router: String,
+        address: String,
+        fixed: String,
+        #[serde(default)]
+        may_exist: bool,
+    },
+    /// Disassociates floating IP `address`: the same as `fip_delete`.
+    FipDisassociate {
+        router: String,
+        address: String,
+        #[serde(default)]
+        if_exists: bool,
+    },
+}
+
+impl Request {
+    /// Whether the request may change the desired state.
+    pub fn is_mutation(&self) -> bool {
+        !matches!(
+            self,
+            Request::ShowState
+                | Request::RouteList { .. }
+                | Request::RuleList { .. }
+                | Request::FwRuleList { .. }
+                | Request::RouterList
+                | Request::RouterShow { .. }
+                | Request::FipList { .. }
+        )
+    }
+}
+
+/// A string, or a number taken as its decimal text (`"table": 100`, `"protocol": 6`,
+/// `"destination_ports": 80`).
+fn text_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum TextOrNumber {
+        Text(String),
+        Number(i64),
+    }
+    Ok(Option::<TextOrNumber>::deserialize(d)?.map(|v| match v {
+        TextOrNumber::Text(s) => s,
+        TextOrNumber::Number(n) => n.to_string(),
+    }))
+}
+
+fn text_or_number_required<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    text_or_number(d)?.ok_or_else(|| serde::de::Error::custom("must be a string or a number"))
+}
+
+/// One response: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    pub fn success(result: Value) -> Self {
+        Self {
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    pub fn failure(error: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            result: None,
+            error: Some(error.into()),
+        }
+    }
+
+    /// The response as one line (with its newline).
+    pub fn to_line(&self) -> String {
+        // A Response of strings and JSON values always serializes.
+        let mut line = serde_json::to_string(self).unwrap_or_else(|e| {
+            format!("{{\"ok\":false,\"error\":\"encoding the response: {e}\"}}")
+        });
+        line.push('\n');
+        line
+    }
+}
+
+/// Reads one request line; a line that is not a request is an error naming the problem.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    serde_json::from_str(line).map_err(|e| format!("malformed request: {e}"))
+}
+
+/// The result of every request that may change the state (`apply` and the edits).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeResult {
+    /// Routers added, removed or changed (sorted).
+    pub changed_routers: Vec<String>,
+    /// True when the request asked for what already was: nothing was written or applied.
+    pub unchanged: bool,
+    /// Map and kernel writes applying the change made, summed over the routers that
+    /// changed (a started or restarted router counts what its start wrote; a removed one
+    /// nothing). Zero when nothing changed.
+    #[serde(default)]
+    pub writes: Writes,
+}

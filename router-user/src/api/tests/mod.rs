@@ -1,0 +1,158 @@
+//! The planner's unit tests: requests as JSON against a small desired state, with no
+//! router running (nothing here needs root, bpffs or a namespace).
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::{config::DesiredState, router::RouterInfo};
+
+mod edits;
+mod views;
+
+const BASE: &str = r#"
+[[router]]
+id = "r1"
+namespace = "ns1"
+
+[router.gateway]
+interface = "qg-1"
+address = "198.18.0.2/24"
+nexthop = "198.18.0.1"
+
+[[router.interface]]
+name = "qr-a"
+address = "10.0.1.1/24"
+
+[[router.interface]]
+name = "qr-fw"
+address = "10.99.0.1/24"
+
+[[router.table]]
+name = "vfw"
+id = 100
+
+[[router.route]]
+destination = "10.20.0.0/16"
+nexthop = "10.0.1.254"
+
+[[router.rule]]
+priority = 1000
+iif = "qr-a"
+table = "vfw"
+"#;
+
+fn state() -> DesiredState {
+    DesiredState::parse(BASE).expect("valid")
+}
+
+/// `request` on router r1, sent as JSON.
+fn ask(s: &DesiredState, mut request: Value) -> Result<Plan, String> {
+    request["router"] = json!("r1");
+    plan(s, &parse_request(&request.to_string()).expect("a request"))
+}
+
+fn changed(s: &DesiredState, request: Value) -> DesiredState {
+    match ask(s, request.clone()) {
+        Ok(Plan::Change(s)) => s,
+        other => panic!("{request}: expected a change, got {other:?}"),
+    }
+}
+
+fn error(s: &DesiredState, request: Value) -> String {
+    match ask(s, request.clone()) {
+        Err(e) => e,
+        other => panic!("{request}: expected an error, got {other:?}"),
+    }
+}
+
+fn unchanged(s: &DesiredState, request: Value) {
+    assert_eq!(ask(s, request.clone()), Ok(Plan::Unchanged), "{request}");
+}
+
+fn answer(s: &DesiredState, request: Value) -> Value {
+    match ask(s, request.clone()) {
+        Ok(Plan::Answer(v)) => v,
+        other => panic!("{request}: expected an answer, got {other:?}"),
+    }
+}
+
+#[test]
+fn requests_read_and_write_as_documented() {
+    let line = r#"{"op":"route_add","router":"r1","destination":"10.30.0.0/16","nexthop":"10.0.1.254","table":100}"#;
+    let r = parse_request(line).expect("a request");
+    assert_eq!(
+        r,
+        Request::RouteAdd {
+            router: "r1".into(),
+            destination: "10.30.0.0/16".into(),
+            nexthop: "10.0.1.254".into(),
+            table: Some("100".into()),
+            may_exist: false,
+        }
+    );
+    let text = serde_json::to_string(&r).expect("encodes");
+    assert_eq!(parse_request(&text), Ok(r));
+    assert_eq!(
+        parse_request(r#"{"op":"show_state"}"#),
+        Ok(Request::ShowState)
+    );
+    for (line, problem) in [
+        (
+            r#"{"op":"route_add","router":"r1"}"#,
+            "missing field `destination`",
+        ),
+        (
+            r#"{"op":"rule_list","router":"r1","bogus":1}"#,
+            "unknown field `bogus`",
+        ),
+        (r#"{"op":"launch"}"#, "unknown variant `launch`"),
+        ("{not json", "malformed request"),
+    ] {
+        let e = parse_request(line).expect_err(line);
+        assert!(
+            e.starts_with("malformed request: ") && e.contains(problem),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn preflight_needs_the_namespaces_of_new_routers() {
+    let s = state();
+    // r1 keeps its namespace: not checked again.
+    assert_eq!(preflight(&s, &s), Ok(()));
+    let Ok(Plan::Change(new)) = plan(
+        &s,
+        &parse_request(r#"{"op":"router_create","router":"r2","namespace":"no-such-ns-here"}"#)
+            .expect("request"),
+    ) else {
+        panic!("a change");
+    };
+    let e = preflight(&s, &new).expect_err("missing namespace");
+    assert!(
+        e.contains("router \"r2\": namespace \"no-such-ns-here\" does not exist (no /run/netns/no-such-ns-here"),
+        "{e}"
+    );
+}
+
+#[test]
+fn apply_reports_what_changes() {
+    let s = state();
+    assert_eq!(
+        plan(&s, &Request::Apply { text: BASE.into() }),
+        Ok(Plan::Unchanged)
+    );
+    let two = format!("{BASE}\n[[router]]\nid = \"r2\"\nnamespace = \"ns2\"\n");
+    let Ok(Plan::Change(new)) = plan(&s, &Request::Apply { text: two }) else {
+        panic!("a second router is a change");
+    };
+    assert_eq!(changed_routers(&s, &new), ["r2"]);
+    assert_eq!(changed_routers(&new, &s), ["r2"]);
+    let bad = plan(
+        &s,
+        &Request::Apply {
+            text: "[[router]]\nid = 1\n".into(),
+        },
+    );
+    assert!(bad.is_err_and(|e| e.starts_with("invalid configuration")));
+}

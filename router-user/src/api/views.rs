@@ -1,0 +1,471 @@
+//! The answers of the queries: what `router_list`, `router_show`, `route_list`,
+//! `rule_list`, `fw_rule_list`, `fip_list` and `show_state` show, and how they are built
+//! from the desired state and what routerd knows of the running routers ([`Live`]).
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use router_common::TABLE_MAIN;
+use serde::{Deserialize, Serialize};
+
+use super::live::{Live, RouterCounters};
+use crate::{
+    config::{FirewallRule, Router},
+    router::RouterInfo,
+    stats::FloatingIpStats,
+};
+
+/// `show_state`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateText {
+    pub text: String,
+}
+
+/// One route as `route_list` shows it (not the fast path's `router_common::RouteEntry`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteView {
+    pub table: String,
+    pub destination: String,
+    pub nexthop: String,
+}
+
+/// One element of `rule_list`, by priority.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleEntry {
+    pub priority: u32,
+    /// `None`: any interface.
+    pub iif: Option<String>,
+    pub from: String,
+    pub to: String,
+    pub table: String,
+    /// `"config"`, `"steering"` or `"external-subnet"`.
+    pub origin: String,
+}
+
+/// `fw_rule_list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallListing {
+    /// Whether the router has a firewall (`[router.firewall]`).
+    pub enabled: bool,
+    /// `"allow"` or `"deny"`; `None` without a firewall.
+    pub default: Option<String>,
+    pub rules: Vec<FwRuleEntry>,
+    /// The fixed steps' counters, as routerd read them from the router's pinned maps for
+    /// this answer; `None` without a firewall or when they cannot be read.
+    pub counters: Option<FixedCounterEntry>,
+    /// `[router.steering]`, if any.
+    pub steering: Option<SteeringEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FwRuleEntry {
+    /// 1-based.
+    pub position: usize,
+    pub action: String,
+    /// `"any"`, `"tcp"`, `"udp"`, `"icmp"` or a number.
+    pub protocol: String,
+    pub source: String,
+    pub destination: String,
+    /// `"80"`, `"1000-2000"`; `None` = every port.
+    pub destination_ports: Option<String>,
+    pub description: Option<String>,
+    /// From the running router; `None` when they cannot be read.
+    pub packets: Option<u64>,
+    pub bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FixedCounterEntry {
+    pub established: Counter,
+    pub invalid: Counter,
+    pub default: Counter,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SteeringEntry {
+    pub nexthop: String,
+    pub gateway_nexthop: Option<String>,
+    pub interfaces: Vec<String>,
+}
+
+/// One element of `router_list`, in the order of the desired state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterSummary {
+    pub id: String,
+    pub namespace: String,
+    /// `"xdp"` or `"tc"`.
+    pub mode: String,
+    /// The internal interfaces' names.
+    pub interfaces: Vec<String>,
+    /// `None` without a gateway.
+    pub gateway: Option<GatewayEntry>,
+    /// How many floating IPs it has.
+    pub floating_ips: usize,
+    /// Whether routerd runs it (its fast path attached and followed).
+    pub running: bool,
+    /// Why it does not run, when its start failed: routerd tries it again.
+    pub start_error: Option<String>,
+}
+
+/// `router_show`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterDetail {
+    pub id: String,
+    pub namespace: String,
+    pub mode: String,
+    pub running: bool,
+    /// Why it does not run, when its start failed: routerd tries it again.
+    pub start_error: Option<String>,
+    /// The internal interfaces, in file order.
+    pub interfaces: Vec<InterfaceEntry>,
+    pub gateway: Option<GatewayEntry>,
+    /// Every subnet of the external network the router has an address on, the gateway's
+    /// first; empty without a gateway.
+    pub external_subnets: Vec<ExternalSubnetEntry>,
+    /// `[[router.table]]`.
+    pub tables: Vec<TableEntry>,
+    /// As `route_list` answers.
+    pub routes: Vec<RouteView>,
+    /// As `rule_list` answers (configured and generated rules).
+    pub rules: Vec<RuleEntry>,
+    /// As `fip_list` answers.
+    pub floating_ips: Vec<FloatingIpEntry>,
+    pub firewall: FirewallSummary,
+    pub nat: NatEntry,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceEntry {
+    pub name: String,
+    /// The router's address, `a.b.c.d/len`.
+    pub address: String,
+    /// Its subnet, `a.b.c.0/len`.
+    pub subnet: String,
+    pub source_check: bool,
+    pub allowed_sources: Vec<String>,
+    /// Whether XDP redirects into it: as the running router decided; when not running, as
+    /// configured (`None`: decided by the driver at start).
+    pub xdp_egress: Option<bool>,
+    /// Its ifindex in the router's namespace, when running.
+    pub ifindex: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayEntry {
+    pub interface: String,
+    /// The gateway IP with the external subnet's length, `a.b.c.d/len`.
+    pub address: String,
+    pub nexthop: String,
+    pub snat: bool,
+    /// As for [`InterfaceEntry::xdp_egress`].
+    pub xdp_egress: Option<bool>,
+    /// When running.
+    pub ifindex: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalSubnetEntry {
+    pub subnet: String,
+    /// The router's address on it.
+    pub address: String,
+    /// The subnet's gateway.
+    pub nexthop: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableEntry {
+    pub name: String,
+    pub id: u32,
+}
+
+/// One element of `fip_list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FloatingIpEntry {
+    pub router: String,
+    /// The floating IP.
+    pub address: String,
+    /// The fixed IP it is associated with.
+    pub fixed: String,
+    /// From the running router's pinned `FIP_STATS` (summed over CPUs), as routerd read
+    /// them for this answer; `None` when the router does not run or they cannot be read. In: to the floating IP; out: from the
+    /// fixed IP.
+    pub in_packets: Option<u64>,
+    pub in_bytes: Option<u64>,
+    pub out_packets: Option<u64>,
+    pub out_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallSummary {
+    pub enabled: bool,
+    /// `"allow"` or `"deny"`; `None` without a firewall.
+    pub default: Option<String>,
+    /// How many rules (`fw_rule_list` has them).
+    pub rules: usize,
+    pub steering: Option<SteeringEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatEntry {
+    pub snat_ports: String,
+    pub slow_path_snat_ports: String,
+    pub max_sessions: u32,
+    pub metadata_port: u16,
+}
+
+// ---- building them ------------------------------------------------------------------------
+
+/// The routes of `r` (of table `only`, or all): main first, then the tables by id; file
+/// order within a table.
+pub(super) fn route_views(r: &Router, only: Option<u32>) -> Vec<RouteView> {
+    let mut routes: Vec<_> = r
+        .routes
+        .iter()
+        .filter(|route| only.is_none_or(|t| route.table == t))
+        .collect();
+    routes.sort_by_key(|route| (route.table != TABLE_MAIN, route.table));
+    routes
+        .into_iter()
+        .map(|route| RouteView {
+            table: r.table_name(route.table),
+            destination: route.destination.to_string(),
+            nexthop: route.nexthop.to_string(),
+        })
+        .collect()
+}
+
+/// The router's rules with the ones it generates, by priority.
+pub(super) fn rule_entries(r: &Router) -> Vec<RuleEntry> {
+    crate::policy::of(r)
+        .rules
+        .into_iter()
+        .map(|rule| RuleEntry {
+            priority: rule.priority,
+            iif: rule.iif,
+            from: rule.from.to_string(),
+            to: rule.to.to_string(),
+            table: crate::policy::table_name(r, rule.table),
+            origin: match rule.origin {
+                crate::policy::Origin::Config => "config",
+                crate::policy::Origin::Steering => "steering",
+                crate::policy::Origin::ExternalSubnet => "external-subnet",
+            }
+            .into(),
+        })
+        .collect()
+}
+
+fn protocol_text(proto: u8) -> String {
+    match proto {
+        0 => "any".into(),
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        n => n.to_string(),
+    }
+}
+
+fn fw_rule_entry(position: usize, rule: &FirewallRule) -> FwRuleEntry {
+    FwRuleEntry {
+        position,
+        action: rule.action.to_string(),
+        protocol: protocol_text(rule.protocol),
+        source: rule.source.to_string(),
+        destination: rule.destination.to_string(),
+        destination_ports: rule.ports.map(|p| {
+            if p.min == p.max {
+                p.min.to_string()
+            } else {
+                p.to_string()
+            }
+        }),
+        description: rule.description.clone(),
+        packets: None,
+        bytes: None,
+    }
+}
+
+fn steering_entry(r: &Router) -> Option<SteeringEntry> {
+    r.steering.as_ref().map(|s| SteeringEntry {
+        nexthop: s.nexthop.to_string(),
+        gateway_nexthop: s.gateway_nexthop.map(|a| a.to_string()),
+        interfaces: s.interfaces.clone(),
+    })
+}
+
+fn policy_name(default_allow: bool) -> String {
+    if default_allow { "allow" } else { "deny" }.into()
+}
+
+/// The firewall of `r` with the counters routerd read from the running router (none
+/// given: `null`).
+pub(super) fn firewall_listing(r: &Router, counters: Option<&RouterCounters>) -> FirewallListing {
+    let steering = steering_entry(r);
+    let Some(fw) = &r.firewall else {
+        return FirewallListing {
+            enabled: false,
+            default: None,
+            rules: Vec::new(),
+            counters: None,
+            steering,
+        };
+    };
+    let mut rules: Vec<FwRuleEntry> = fw
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| fw_rule_entry(i + 1, rule))
+        .collect();
+    for c in counters.iter().flat_map(|c| &c.firewall_rules) {
+        if let Some(entry) = rules.get_mut(c.index) {
+            entry.packets = Some(c.packets);
+            entry.bytes = Some(c.bytes);
+        }
+    }
+    let counter = |(packets, bytes): (u64, u64)| Counter { packets, bytes };
+    let fixed = counters.and_then(|c| c.firewall_fixed.as_ref());
+    FirewallListing {
+        enabled: true,
+        default: Some(policy_name(fw.default_allow)),
+        rules,
+        counters: fixed.map(|f| FixedCounterEntry {
+            established: counter(f.established),
+            invalid: counter(f.invalid),
+            default: counter(f.default),
+        }),
+        steering,
+    }
+}
+
+/// The firewall of `r` in brief (no counters).
+fn firewall_summary(r: &Router) -> FirewallSummary {
+    FirewallSummary {
+        enabled: r.firewall.is_some(),
+        default: r.firewall.as_ref().map(|f| policy_name(f.default_allow)),
+        rules: r.firewall.as_ref().map_or(0, |f| f.rules.len()),
+        steering: steering_entry(r),
+    }
+}
+
+/// The floating IPs of `r`, with the counters routerd read from the running router (none
+/// given: `null`).
+pub(super) fn floating_ip_entries(r: &Router, live: &Live) -> Vec<FloatingIpEntry> {
+    let counters: BTreeMap<Ipv4Addr, &FloatingIpStats> = live
+        .counters
+        .get(&r.id)
+        .iter()
+        .flat_map(|c| &c.floating_ips)
+        .map(|f| (f.floating_ip, f))
+        .collect();
+    r.floating_ips
+        .iter()
+        .map(|f| {
+            let c = counters.get(&f.address).filter(|c| c.fixed_ip == f.fixed);
+            FloatingIpEntry {
+                router: r.id.clone(),
+                address: f.address.to_string(),
+                fixed: f.fixed.to_string(),
+                in_packets: c.map(|c| c.in_packets),
+                in_bytes: c.map(|c| c.in_bytes),
+                out_packets: c.map(|c| c.out_packets),
+                out_bytes: c.map(|c| c.out_bytes),
+            }
+        })
+        .collect()
+}
+
+/// The running router's view of interface `name`: (ifindex, XDP egress).
+fn attached(info: Option<&RouterInfo>, name: &str) -> Option<(u32, bool)> {
+    info?
+        .interfaces
+        .iter()
+        .find(|i| i.name == name)
+        .map(|i| (i.ifindex, i.xdp_egress))
+}
+
+fn gateway_entry(r: &Router, live: &Live) -> Option<GatewayEntry> {
+    let g = r.gateway.as_ref()?;
+    let seen = attached(live.routers.get(&r.id), &g.interface);
+    Some(GatewayEntry {
+        interface: g.interface.clone(),
+        address: g.address.to_string(),
+        nexthop: g.nexthop.to_string(),
+        snat: g.snat,
+        xdp_egress: seen.map(|(_, x)| x).or(g.xdp_egress),
+        ifindex: seen.map(|(i, _)| i),
+    })
+}
+
+pub(super) fn router_summary(r: &Router, live: &Live) -> RouterSummary {
+    RouterSummary {
+        id: r.id.clone(),
+        namespace: r.namespace.clone(),
+        mode: r.mode.to_string(),
+        interfaces: r.interfaces.iter().map(|i| i.name.clone()).collect(),
+        gateway: gateway_entry(r, live),
+        floating_ips: r.floating_ips.len(),
+        running: live.routers.contains_key(&r.id),
+        start_error: live.waiting.get(&r.id).cloned(),
+    }
+}
+
+pub(super) fn router_detail(r: &Router, live: &Live) -> RouterDetail {
+    let info = live.routers.get(&r.id);
+    let interfaces = r
+        .interfaces
+        .iter()
+        .map(|i| {
+            let seen = attached(info, &i.name);
+            InterfaceEntry {
+                name: i.name.clone(),
+                address: i.address.to_string(),
+                subnet: i.address.subnet().to_string(),
+                source_check: i.source_check,
+                allowed_sources: i.allowed_sources.iter().map(|p| p.to_string()).collect(),
+                xdp_egress: seen.map(|(_, x)| x).or(i.xdp_egress),
+                ifindex: seen.map(|(index, _)| index),
+            }
+        })
+        .collect();
+    RouterDetail {
+        id: r.id.clone(),
+        namespace: r.namespace.clone(),
+        mode: r.mode.to_string(),
+        running: info.is_some(),
+        start_error: live.waiting.get(&r.id).cloned(),
+        interfaces,
+        gateway: gateway_entry(r, live),
+        external_subnets: r
+            .external_subnets()
+            .into_iter()
+            .map(|s| ExternalSubnetEntry {
+                subnet: s.address.subnet().to_string(),
+                address: s.address.to_string(),
+                nexthop: s.nexthop.to_string(),
+            })
+            .collect(),
+        tables: r
+            .tables
+            .iter()
+            .map(|t| TableEntry {
+                name: t.name.clone(),
+                id: t.id,
+            })
+            .collect(),
+        routes: route_views(r, None),
+        rules: rule_entries(r),
+        floating_ips: floating_ip_entries(r, live),
+        firewall: firewall_summary(r),
+        nat: NatEntry {
+            snat_ports: r.nat.snat_ports.to_string(),
+            slow_path_snat_ports: r.nat.slow_path_snat_ports.to_string(),
+            max_sessions: r.nat.max_sessions,
+            metadata_port: r.nat.metadata_port,
+        },
+    }
+}
