@@ -28,7 +28,7 @@ use etherparse::{
 };
 use router_common::{CtKey, Reason};
 
-use crate::ours::{self, Accepted, Final, FlowShape, Parsed};
+use crate::fast_path::{self, Accepted, Final, FlowShape, Parsed};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
@@ -251,7 +251,7 @@ fn special(addr: [u8; 4]) -> bool {
 /// The fuzz target's body: ours and the oracle must agree on `frame`.
 pub fn check(frame: &[u8]) {
     let mut buf = frame.to_vec();
-    let ours = ours::parse(&mut buf);
+    let ours = fast_path::parse(&mut buf);
     assert_eq!(buf, frame, "parsing wrote to the frame");
     let want = expected(frame);
     let agree = match (&ours, &want) {

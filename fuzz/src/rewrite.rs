@@ -17,7 +17,7 @@ use etherparse::{
 use router_common::{CtKey, IfaceEntry};
 use router_ebpf::verdict::{Hop, Target};
 
-use crate::ours::{self, FlowShape};
+use crate::fast_path::{self, FlowShape};
 
 const MAX_PAYLOAD: usize = 1400;
 
@@ -391,7 +391,7 @@ pub fn check(input: Input) {
         dport: input.new_dport.map(u16::to_be_bytes).unwrap_or(key.dport),
     };
     let mut out = original.clone();
-    let (flow, target) = match ours::parse_and_rewrite(&mut out, choose, &hop) {
+    let (flow, target) = match fast_path::parse_and_rewrite(&mut out, choose, &hop) {
         Ok(done) => done,
         Err(parsed) => panic!("ours refuses a well-formed packet: {parsed:?}\n{input:?}"),
     };

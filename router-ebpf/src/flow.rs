@@ -29,7 +29,7 @@ pub enum Shape {
     EchoReply,
     /// An ICMP error whose embedded packet is TCP, UDP or ICMP echo: the tuple is the
     /// embedded packet's, inverted (the error travels the reply direction of that flow).
-    Error(Shape2),
+    Error(EmbeddedShape),
     /// Anything else: addresses only.
     Other,
 }
@@ -42,9 +42,9 @@ impl Shape {
             Shape::Ports => 0,
             Shape::EchoRequest => 1,
             Shape::EchoReply => 2,
-            Shape::Error(Shape2::Ports) => 3,
-            Shape::Error(Shape2::EchoRequest) => 4,
-            Shape::Error(Shape2::EchoReply) => 5,
+            Shape::Error(EmbeddedShape::Ports) => 3,
+            Shape::Error(EmbeddedShape::EchoRequest) => 4,
+            Shape::Error(EmbeddedShape::EchoReply) => 5,
             Shape::Other => 6,
         }
     }
@@ -55,9 +55,9 @@ impl Shape {
             0 => Shape::Ports,
             1 => Shape::EchoRequest,
             2 => Shape::EchoReply,
-            3 => Shape::Error(Shape2::Ports),
-            4 => Shape::Error(Shape2::EchoRequest),
-            5 => Shape::Error(Shape2::EchoReply),
+            3 => Shape::Error(EmbeddedShape::Ports),
+            4 => Shape::Error(EmbeddedShape::EchoRequest),
+            5 => Shape::Error(EmbeddedShape::EchoReply),
             _ => Shape::Other,
         }
     }
@@ -65,7 +65,7 @@ impl Shape {
 
 /// The shape of the packet embedded in an ICMP error.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Shape2 {
+pub enum EmbeddedShape {
     Ports,
     EchoRequest,
     EchoReply,
@@ -179,13 +179,13 @@ fn error_flow(frame: &Frame, pkt: &Ipv4Packet) -> Option<Flow> {
     }
     let (shape, sport, dport) = match proto {
         IPPROTO_TCP | IPPROTO_UDP => (
-            Shape2::Ports,
+            EmbeddedShape::Ports,
             [inner[20], inner[21]],
             [inner[22], inner[23]],
         ),
         IPPROTO_ICMP => match inner[20] {
-            ICMP_ECHO_REQUEST => (Shape2::EchoRequest, [inner[24], inner[25]], [0; 2]),
-            ICMP_ECHO_REPLY => (Shape2::EchoReply, [0; 2], [inner[24], inner[25]]),
+            ICMP_ECHO_REQUEST => (EmbeddedShape::EchoRequest, [inner[24], inner[25]], [0; 2]),
+            ICMP_ECHO_REPLY => (EmbeddedShape::EchoReply, [0; 2], [inner[24], inner[25]]),
             _ => return None,
         },
         _ => return None,

@@ -7,7 +7,7 @@ use router_common::CtKey;
 use crate::{
     context::{Frame, L4Csum},
     csum::Delta,
-    flow::{Flow, INNER_L3_OFFSET, INNER_L4_OFFSET, Shape, Shape2},
+    flow::{EmbeddedShape, Flow, INNER_L3_OFFSET, INNER_L4_OFFSET, Shape},
     parse::{IPPROTO_TCP, IPPROTO_UDP, Ipv4Packet, L3_OFFSET, L4_OFFSET},
     verdict::{Hop, Target},
 };
@@ -142,7 +142,7 @@ fn echo_id(frame: &Frame, id: [u8; 2]) {
 /// the embedded IP and L4 checksums, ports) is folded into the outer ICMP checksum.
 /// `ip_end` is the end of the outer IPv4 packet: bytes after it are not the error's.
 #[inline(always)]
-fn embedded(frame: &Frame, key: &CtKey, target: &Target, shape: Shape2, ip_end: usize) {
+fn embedded(frame: &Frame, key: &CtKey, target: &Target, shape: EmbeddedShape, ip_end: usize) {
     let mut icmp = Delta::default();
     let mut inner_ip = Delta::default();
     let mut inner_pseudo = Delta::default();
@@ -158,7 +158,7 @@ fn embedded(frame: &Frame, key: &CtKey, target: &Target, shape: Shape2, ip_end: 
     fix_csum(frame, INNER_L3_OFFSET + 10, inner_ip, &mut icmp, false);
     let mut ports = Delta::default();
     match shape {
-        Shape2::Ports => {
+        EmbeddedShape::Ports => {
             set(frame, INNER_L4_OFFSET, target.dport, &mut ports);
             set(frame, INNER_L4_OFFSET + 2, target.sport, &mut ports);
             icmp.merge(ports);
@@ -178,8 +178,8 @@ fn embedded(frame: &Frame, key: &CtKey, target: &Target, shape: Shape2, ip_end: 
                 fix_csum(frame, INNER_L4_OFFSET + 16, l4, &mut icmp, false);
             }
         }
-        Shape2::EchoRequest | Shape2::EchoReply => {
-            let id = if shape == Shape2::EchoRequest {
+        EmbeddedShape::EchoRequest | EmbeddedShape::EchoReply => {
+            let id = if shape == EmbeddedShape::EchoRequest {
                 target.dport
             } else {
                 target.sport

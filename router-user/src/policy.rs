@@ -28,9 +28,11 @@ pub enum Origin {
     ExternalSubnet,
 }
 
-/// One `ip rule` of the router.
+/// One `ip rule` of the router, configured or generated: the kernel gets it as an `ip rule`,
+/// the fast path as a `router_common::PolicyRule` (with the ingress interface resolved to
+/// its index) when [`IpRule::in_fast_path`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PolicyRule {
+pub struct IpRule {
     pub priority: u32,
     /// `Some("lo")` for rules that only concern the router's own traffic (the fast path
     /// never sees those).
@@ -41,7 +43,7 @@ pub struct PolicyRule {
     pub origin: Origin,
 }
 
-impl PolicyRule {
+impl IpRule {
     /// Whether the fast path walks this rule (it only sees forwarded traffic).
     pub fn in_fast_path(&self) -> bool {
         self.iif.as_deref() != Some("lo")
@@ -60,7 +62,7 @@ pub struct TableRoute {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
     /// By priority.
-    pub rules: Vec<PolicyRule>,
+    pub rules: Vec<IpRule>,
     /// Routes the kernel must have (every table, main included).
     pub routes: Vec<TableRoute>,
     /// External subnet -> its table, for packets leaving the gateway with a source in it.
@@ -71,7 +73,7 @@ pub struct Policy {
 pub fn of(router: &Router) -> Policy {
     let mut p = Policy::default();
     for r in &router.rules {
-        p.rules.push(PolicyRule {
+        p.rules.push(IpRule {
             priority: r.priority,
             iif: r.iif.clone(),
             from: r.from,
@@ -90,7 +92,7 @@ pub fn of(router: &Router) -> Policy {
     let any = Prefix::ANY;
     if let Some(s) = &router.steering {
         for (i, name) in s.interfaces.iter().enumerate() {
-            p.rules.push(PolicyRule {
+            p.rules.push(IpRule {
                 priority: PRIORITY_STEERING + i as u32,
                 iif: Some(name.clone()),
                 from: any,
@@ -105,7 +107,7 @@ pub fn of(router: &Router) -> Policy {
             nexthop: s.nexthop,
         });
         if let (Some(nexthop), Some(g)) = (s.gateway_nexthop, &router.gateway) {
-            p.rules.push(PolicyRule {
+            p.rules.push(IpRule {
                 priority: PRIORITY_STEER_GATEWAY,
                 iif: Some(g.interface.clone()),
                 from: any,
@@ -127,7 +129,7 @@ pub fn of(router: &Router) -> Policy {
             // The kernel cannot route by the source NAT gives a forwarded packet; it only
             // needs the tables for traffic of its own (`iif lo`). The fast path uses
             // `source_tables` after NAT.
-            p.rules.push(PolicyRule {
+            p.rules.push(IpRule {
                 priority: PRIORITY_EXTERNAL + n as u32,
                 iif: Some("lo".into()),
                 from: subnet.address.subnet(),

@@ -10,8 +10,10 @@ use router_user::{
 
 use crate::output::{Api, table};
 
+/// The `--mode` argument of `router create`: where the router's fast path attaches (sent
+/// to routerd as the name of a `router_user::config::Mode`).
 #[derive(Clone, Copy, clap::ValueEnum)]
-pub enum Mode {
+pub enum AttachModeArg {
     Xdp,
     Tc,
 }
@@ -28,7 +30,7 @@ pub enum Command {
         /// Where the fast path attaches: native XDP (with TC beside it) or TC only
         /// (default: xdp).
         #[arg(long, value_enum)]
-        mode: Option<Mode>,
+        mode: Option<AttachModeArg>,
         /// A router with this id, namespace and mode already there is not an error.
         #[arg(long)]
         may_exist: bool,
@@ -129,8 +131,8 @@ pub fn run(api: &Api, command: Command) -> Result<(), Error> {
             namespace,
             mode: mode.map(|m| {
                 match m {
-                    Mode::Xdp => "xdp",
-                    Mode::Tc => "tc",
+                    AttachModeArg::Xdp => "xdp",
+                    AttachModeArg::Tc => "tc",
                 }
                 .to_string()
             }),

@@ -1,10 +1,12 @@
-//! Runs router-ebpf's own parsing on a host buffer and returns plain values (no pointers
-//! escape: every `Frame` lives only inside these functions, over a buffer they borrow).
+//! The fast path's side of each comparison: runs router-ebpf's own parsing (and rewrite)
+//! on a host buffer and returns its result as plain values the checks compare with the
+//! oracle's (no pointers escape: every `Frame` lives only inside these functions, over a
+//! buffer they borrow).
 
 use router_common::{CtKey, Reason};
 use router_ebpf::{
     context::Frame,
-    flow::{self, Flow, Shape, Shape2},
+    flow::{self, EmbeddedShape, Flow, Shape},
     parse::{self, L2},
     rewrite,
     verdict::{Hop, Target, Verdict},
@@ -35,9 +37,9 @@ impl FlowShape {
             Shape::Ports => Self::Ports,
             Shape::EchoRequest => Self::EchoRequest,
             Shape::EchoReply => Self::EchoReply,
-            Shape::Error(Shape2::Ports) => Self::ErrorPorts,
-            Shape::Error(Shape2::EchoRequest) => Self::ErrorEchoRequest,
-            Shape::Error(Shape2::EchoReply) => Self::ErrorEchoReply,
+            Shape::Error(EmbeddedShape::Ports) => Self::ErrorPorts,
+            Shape::Error(EmbeddedShape::EchoRequest) => Self::ErrorEchoRequest,
+            Shape::Error(EmbeddedShape::EchoReply) => Self::ErrorEchoReply,
             Shape::Other => Self::Other,
         }
     }
