@@ -1,6 +1,6 @@
 //! The router reconciler: what one router's fast path should hold, computed from its desired
 //! state and its interfaces as the kernel has them, compared with what the maps hold now,
-//! as a [`Plan`] of writes per room, then written.
+//! as a [`RouterChanges`] of writes per room, then written.
 //!
 //! A new router, a running fast path adopted from an earlier routerd and every change of the
 //! desired state go through the same two steps, so each table has one way to be synced and
@@ -17,20 +17,20 @@ use crate::{
 
 /// One interface the router drives, as resolved in its namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Port {
+pub struct RouterPort {
     pub name: String,
-    pub iface: ifaces::Wanted,
+    pub iface: ifaces::IfaceSpec,
 }
 
 /// The writes that make a router's maps hold its desired state, per room.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    pub ifaces: ifaces::Plan,
-    pub nat: nat::Plan,
-    pub policy: policy::Plan,
+pub struct RouterChanges {
+    pub ifaces: ifaces::IfaceChanges,
+    pub nat: nat::NatChanges,
+    pub policy: policy::PolicyChanges,
 }
 
-impl Plan {
+impl RouterChanges {
     /// Map entries the plan writes or removes.
     pub fn writes(&self) -> usize {
         self.ifaces.writes() + self.nat.writes() + self.policy.writes()
@@ -46,9 +46,9 @@ impl Plan {
 pub fn plan(
     maps: &mut impl MapSource,
     router: &Router,
-    ports: &BTreeMap<u32, Port>,
-) -> Result<Plan, Error> {
-    let wanted: BTreeMap<u32, ifaces::Wanted> =
+    ports: &BTreeMap<u32, RouterPort>,
+) -> Result<RouterChanges, Error> {
+    let wanted: BTreeMap<u32, ifaces::IfaceSpec> =
         ports.iter().map(|(i, p)| (*i, p.iface.clone())).collect();
     let (entries, egresses) = ifaces::tables(&wanted);
     let ifaces = maps.ifaces().plan(&entries, &egresses)?;
@@ -64,7 +64,7 @@ pub fn plan(
     let policy = maps
         .policy()
         .plan(&policy::wanted(router, &names, &live_fw))?;
-    Ok(Plan {
+    Ok(RouterChanges {
         ifaces,
         nat,
         policy,
@@ -73,7 +73,7 @@ pub fn plan(
 
 /// Carries out `plan`: interfaces first (a rule or a route may name them), then NAT, then
 /// the policy, whose rule lists switch in one write. Returns the writes.
-pub fn write(maps: &mut impl MapSource, plan: &Plan) -> Result<usize, Error> {
+pub fn write(maps: &mut impl MapSource, plan: &RouterChanges) -> Result<usize, Error> {
     maps.ifaces().write(&plan.ifaces)?;
     maps.nat().write(&plan.nat)?;
     maps.policy().write(&plan.policy)?;
@@ -84,8 +84,8 @@ pub fn write(maps: &mut impl MapSource, plan: &Plan) -> Result<usize, Error> {
 pub fn reconcile(
     maps: &mut impl MapSource,
     router: &Router,
-    ports: &BTreeMap<u32, Port>,
-) -> Result<Plan, Error> {
+    ports: &BTreeMap<u32, RouterPort>,
+) -> Result<RouterChanges, Error> {
     let plan = plan(maps, router, ports)?;
     write(maps, &plan)?;
     Ok(plan)

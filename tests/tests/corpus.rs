@@ -1163,10 +1163,10 @@ impl Router {
         dp.nat().reset_snat_stats().expect("SNAT_STATS");
         dp.nat().add_floating_ip(FIP_A, FIXED_A).expect("FIP");
         if config == Config::Guarded {
-            let wanted = policy::Wanted {
+            let wanted = policy::PolicyTables {
                 fw_rules: vec![allow_inside()],
                 fw_flags: fw_flags::ENABLED,
-                ..policy::Wanted::default()
+                ..policy::PolicyTables::default()
             };
             dp.policy().sync_rules(&wanted).expect("policy maps");
             let key = (

@@ -157,12 +157,12 @@ impl Router {
         } else {
             BTreeMap::new()
         };
-        let wanted = policy::Wanted {
+        let wanted = policy::PolicyTables {
             rules: rules.to_vec(),
             fw_rules: fw.to_vec(),
             fw_flags: flags,
             source_tables,
-            ..policy::Wanted::default()
+            ..policy::PolicyTables::default()
         };
         self.dp.policy().sync_rules(&wanted).expect("policy maps");
     }

@@ -1,4 +1,4 @@
-//! Events: the ring buffer the programs report dropped and handed-over packets to
+//! EventMaps: the ring buffer the programs report dropped and handed-over packets to
 //! (`EVENTS`), and the deadline until which they do (`MONITOR`): a monitor moves it forward
 //! while it reads, so the programs send nothing when nobody listens.
 
@@ -9,11 +9,11 @@ use super::{MapSource, typed};
 use crate::error::Error;
 
 /// The event maps of one router.
-pub struct Events<'a> {
+pub struct EventMaps<'a> {
     maps: &'a mut dyn MapSource,
 }
 
-impl<'a> Events<'a> {
+impl<'a> EventMaps<'a> {
     pub fn new(maps: &'a mut dyn MapSource) -> Self {
         Self { maps }
     }

@@ -7,12 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use aya::maps::{DevMapHash, HashMap, PerCpuHashMap};
 use router_common::{IfaceEntry, IfaceStats, iface_flags, iface_role, map_names};
 
-use super::{Diff, MapSource, retry_short_of_memory, typed, zeroed};
+use super::{EntryDiff, MapSource, retry_short_of_memory, typed, zeroed};
 use crate::error::Error;
 
 /// An interface as the desired state and the kernel describe it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Wanted {
+pub struct IfaceSpec {
     pub mac: [u8; 6],
     pub mtu: u32,
     /// Gateway (`qg`) or internal (`qr`).
@@ -24,7 +24,7 @@ pub struct Wanted {
 }
 
 /// The fast path's entry for interface `ifindex`.
-pub fn entry(ifindex: u32, w: &Wanted) -> IfaceEntry {
+pub fn entry(ifindex: u32, w: &IfaceSpec) -> IfaceEntry {
     let mut flags = 0;
     if w.xdp_egress {
         flags |= iface_flags::XDP_EGRESS;
@@ -49,7 +49,7 @@ pub fn entry(ifindex: u32, w: &Wanted) -> IfaceEntry {
 }
 
 /// What the interface maps should hold for `wanted` (by ifindex).
-pub fn tables(wanted: &BTreeMap<u32, Wanted>) -> (BTreeMap<u32, IfaceEntry>, BTreeSet<u32>) {
+pub fn tables(wanted: &BTreeMap<u32, IfaceSpec>) -> (BTreeMap<u32, IfaceEntry>, BTreeSet<u32>) {
     let entries = wanted.iter().map(|(i, w)| (*i, entry(*i, w))).collect();
     let egresses = wanted
         .iter()
@@ -61,14 +61,14 @@ pub fn tables(wanted: &BTreeMap<u32, Wanted>) -> (BTreeMap<u32, IfaceEntry>, BTr
 
 /// Writes to the interface maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    pub entries: Diff<u32, IfaceEntry>,
-    pub egresses: Diff<u32, ()>,
+pub struct IfaceChanges {
+    pub entries: EntryDiff<u32, IfaceEntry>,
+    pub egresses: EntryDiff<u32, ()>,
     /// New interfaces whose counters are created (zeroed) with them.
     pub new_counters: Vec<u32>,
 }
 
-impl Plan {
+impl IfaceChanges {
     pub fn writes(&self) -> usize {
         self.entries.set.len()
             + self.entries.remove.len()
@@ -79,11 +79,11 @@ impl Plan {
 }
 
 /// The interface maps of one router.
-pub struct Ifaces<'a> {
+pub struct IfaceMaps<'a> {
     maps: &'a mut dyn MapSource,
 }
 
-impl<'a> Ifaces<'a> {
+impl<'a> IfaceMaps<'a> {
     pub fn new(maps: &'a mut dyn MapSource) -> Self {
         Self { maps }
     }
@@ -107,9 +107,9 @@ impl<'a> Ifaces<'a> {
         &mut self,
         entries: &BTreeMap<u32, IfaceEntry>,
         egresses: &BTreeSet<u32>,
-    ) -> Result<Plan, Error> {
+    ) -> Result<IfaceChanges, Error> {
         let current = self.entries()?;
-        let entries_diff = Diff::between(&current, entries);
+        let entries_diff = EntryDiff::between(&current, entries);
         let live_egresses = self.egresses()?.into_iter().map(|i| (i, ())).collect();
         let wanted_egresses = egresses.iter().map(|i| (*i, ())).collect();
         let stats: PerCpuHashMap<_, u32, IfaceStats> = typed(self.maps, map_names::IFACE_STATS)?;
@@ -118,16 +118,16 @@ impl<'a> Ifaces<'a> {
             .filter(|i| stats.get(i, 0).is_err())
             .copied()
             .collect();
-        Ok(Plan {
+        Ok(IfaceChanges {
             entries: entries_diff,
-            egresses: Diff::between(&live_egresses, &wanted_egresses),
+            egresses: EntryDiff::between(&live_egresses, &wanted_egresses),
             new_counters,
         })
     }
 
     /// Carries out `plan`. Counters exist from an interface's start, so the programs only
     /// ever update them; an interface that goes keeps its counters until the router goes.
-    pub fn write(&mut self, plan: &Plan) -> Result<(), Error> {
+    pub fn write(&mut self, plan: &IfaceChanges) -> Result<(), Error> {
         for ifindex in &plan.new_counters {
             self.create_counters(*ifindex)?;
         }
@@ -161,7 +161,7 @@ impl<'a> Ifaces<'a> {
 
     /// Makes the interface maps hold `wanted` (by ifindex), writing only differences.
     /// Returns the writes.
-    pub fn sync(&mut self, wanted: &BTreeMap<u32, Wanted>) -> Result<usize, Error> {
+    pub fn sync(&mut self, wanted: &BTreeMap<u32, IfaceSpec>) -> Result<usize, Error> {
         let (entries, egresses) = tables(wanted);
         let plan = self.plan(&entries, &egresses)?;
         self.write(&plan)?;
@@ -229,7 +229,7 @@ mod tests {
 
     #[test]
     fn entries_carry_role_flags_and_zone() {
-        let w = Wanted {
+        let w = IfaceSpec {
             mac: [2, 0, 0, 0, 0, 1],
             mtu: 1500,
             external: true,
@@ -244,7 +244,7 @@ mod tests {
             (7, w.clone()),
             (
                 8,
-                Wanted {
+                IfaceSpec {
                     external: false,
                     xdp_egress: false,
                     source_check: true,

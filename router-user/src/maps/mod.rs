@@ -31,12 +31,12 @@ use router_common::map_names;
 
 use crate::error::Error;
 
-pub use events::Events;
-pub use ifaces::Ifaces;
-pub use nat::Nat;
-pub use policy::Policy;
-pub use routes::Routes;
-pub use sessions::Sessions;
+pub use events::EventMaps;
+pub use ifaces::IfaceMaps;
+pub use nat::NatMaps;
+pub use policy::PolicyMaps;
+pub use routes::RouteMaps;
+pub use sessions::SessionMaps;
 
 /// Where one router's maps are reached.
 pub trait MapSource {
@@ -54,23 +54,23 @@ pub trait MapSource {
 
 /// The rooms of a map source: `source.nat().floating_ips()`.
 pub trait Rooms: MapSource + Sized {
-    fn ifaces(&mut self) -> Ifaces<'_> {
-        Ifaces::new(self)
+    fn ifaces(&mut self) -> IfaceMaps<'_> {
+        IfaceMaps::new(self)
     }
-    fn routes(&mut self) -> Routes<'_> {
-        Routes::new(self)
+    fn routes(&mut self) -> RouteMaps<'_> {
+        RouteMaps::new(self)
     }
-    fn policy(&mut self) -> Policy<'_> {
-        Policy::new(self)
+    fn policy(&mut self) -> PolicyMaps<'_> {
+        PolicyMaps::new(self)
     }
-    fn nat(&mut self) -> Nat<'_> {
-        Nat::new(self)
+    fn nat(&mut self) -> NatMaps<'_> {
+        NatMaps::new(self)
     }
-    fn sessions(&mut self) -> Sessions<'_> {
-        Sessions::new(self)
+    fn sessions(&mut self) -> SessionMaps<'_> {
+        SessionMaps::new(self)
     }
-    fn events(&mut self) -> Events<'_> {
-        Events::new(self)
+    fn events(&mut self) -> EventMaps<'_> {
+        EventMaps::new(self)
     }
 }
 
@@ -313,12 +313,12 @@ fn retry_short_of_memory(mut write: impl FnMut() -> Result<(), MapError>) -> Res
 /// keys to remove. Computed before anything is written, so a plan can be counted (and
 /// shown) first.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Diff<K, V> {
+pub struct EntryDiff<K, V> {
     pub set: Vec<(K, V)>,
     pub remove: Vec<K>,
 }
 
-impl<K, V> Default for Diff<K, V> {
+impl<K, V> Default for EntryDiff<K, V> {
     fn default() -> Self {
         Self {
             set: Vec::new(),
@@ -327,7 +327,7 @@ impl<K, V> Default for Diff<K, V> {
     }
 }
 
-impl<K: Ord + Clone, V: PartialEq + Clone> Diff<K, V> {
+impl<K: Ord + Clone, V: PartialEq + Clone> EntryDiff<K, V> {
     /// What turns `current` into `wanted`: entries missing or different, keys not wanted.
     pub fn between(current: &BTreeMap<K, V>, wanted: &BTreeMap<K, V>) -> Self {
         Self {
@@ -357,9 +357,9 @@ mod tests {
     fn a_diff_writes_only_differences() {
         let current = BTreeMap::from([(1, 'a'), (2, 'b'), (3, 'c')]);
         let wanted = BTreeMap::from([(1, 'a'), (2, 'x'), (4, 'd')]);
-        let diff = Diff::between(&current, &wanted);
+        let diff = EntryDiff::between(&current, &wanted);
         assert_eq!(diff.set, vec![(2, 'x'), (4, 'd')]);
         assert_eq!(diff.remove, vec![3]);
-        assert!(Diff::between(&wanted, &wanted).is_empty());
+        assert!(EntryDiff::between(&wanted, &wanted).is_empty());
     }
 }

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use aya::maps::{Array, HashMap, MapError, PerCpuArray, PerCpuHashMap};
 use router_common::{FipEntry, FipStats, NatConfig, SnatStats, map_names, nat_flags};
 
-use super::{Diff, MapSource, retry_short_of_memory, typed, zeroed};
+use super::{EntryDiff, MapSource, retry_short_of_memory, typed, zeroed};
 use crate::{config::Router, error::Error};
 
 /// The fast path's NAT settings for `router`, its gateway at `gateway_ifindex`.
@@ -38,15 +38,15 @@ pub fn floating_ips(router: &Router) -> BTreeMap<[u8; 4], [u8; 4]> {
 
 /// Writes to the NAT maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+pub struct NatChanges {
     /// The new settings, when they differ.
     pub config: Option<NatConfig>,
     /// Floating IPs to remove (first) and to add; one whose fixed IP changes is removed and
     /// added again, so no stale fixed -> floating entry stays behind.
-    pub floating_ips: Diff<[u8; 4], [u8; 4]>,
+    pub floating_ips: EntryDiff<[u8; 4], [u8; 4]>,
 }
 
-impl Plan {
+impl NatChanges {
     /// Each floating IP is two entries (its counters are created with them).
     pub fn writes(&self) -> usize {
         usize::from(self.config.is_some())
@@ -58,11 +58,11 @@ impl Plan {
 pub type FloatingIpCounters = ([u8; 4], [u8; 4], FipStats);
 
 /// The NAT maps of one router.
-pub struct Nat<'a> {
+pub struct NatMaps<'a> {
     maps: &'a mut dyn MapSource,
 }
 
-impl<'a> Nat<'a> {
+impl<'a> NatMaps<'a> {
     pub fn new(maps: &'a mut dyn MapSource) -> Self {
         Self { maps }
     }
@@ -101,23 +101,23 @@ impl<'a> Nat<'a> {
         &mut self,
         config: &NatConfig,
         floating_ips: &BTreeMap<[u8; 4], [u8; 4]>,
-    ) -> Result<Plan, Error> {
+    ) -> Result<NatChanges, Error> {
         let current = self.floating_ips()?;
-        let mut diff = Diff::between(&current, floating_ips);
-        // A changed floating IP is removed first (see `Plan::floating_ips`).
+        let mut diff = EntryDiff::between(&current, floating_ips);
+        // A changed floating IP is removed first (see `NatChanges::floating_ips`).
         for (fip, _) in &diff.set {
             if current.contains_key(fip) {
                 diff.remove.push(*fip);
             }
         }
-        Ok(Plan {
+        Ok(NatChanges {
             config: (self.config().ok().as_ref() != Some(config)).then_some(*config),
             floating_ips: diff,
         })
     }
 
     /// Carries out `plan`.
-    pub fn write(&mut self, plan: &Plan) -> Result<(), Error> {
+    pub fn write(&mut self, plan: &NatChanges) -> Result<(), Error> {
         if let Some(cfg) = plan.config {
             let mut map: Array<_, NatConfig> = typed(self.maps, map_names::NAT_CONFIG)?;
             map.set(0, cfg, 0)
@@ -155,9 +155,9 @@ impl<'a> Nat<'a> {
 
     /// Sets the NAT settings (one write, none if they are these already).
     pub fn set_config(&mut self, config: NatConfig) -> Result<(), Error> {
-        let plan = Plan {
+        let plan = NatChanges {
             config: (self.config().ok() != Some(config)).then_some(config),
-            ..Plan::default()
+            ..NatChanges::default()
         };
         self.write(&plan)
     }

@@ -1,4 +1,4 @@
-//! Policy routing and the firewall: the policy rules (`RULES`, interfaces as ifindexes),
+//! PolicyMaps routing and the firewall: the policy rules (`RULES`, interfaces as ifindexes),
 //! the external source tables (`SOURCE_TABLES`: after NAT a packet from an external
 //! subnet's address leaves by that subnet's table), the FWaaS rules on internal interfaces
 //! (`FW_RULES`) with their counters (`FW_STATS`, one slot per rule and the fixed slots), the
@@ -17,12 +17,12 @@ use router_common::{
 };
 use serde::Serialize;
 
-use super::{Diff, MapSource, typed, zeroed};
+use super::{EntryDiff, MapSource, typed, zeroed};
 use crate::{config::Router, error::Error};
 
 /// What the policy maps should hold for a router.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Wanted {
+pub struct PolicyTables {
     pub rules: Vec<PolicyRule>,
     pub fw_rules: Vec<FwRule>,
     pub fw_flags: u32,
@@ -36,7 +36,11 @@ pub struct Wanted {
 
 /// The fast path's policy for `router`, its interfaces resolved to ifindexes (`ifindex`),
 /// keeping the counter slots of the firewall rules the fast path runs now (`live_fw`).
-pub fn wanted(router: &Router, ifindex: &BTreeMap<String, u32>, live_fw: &[FwRule]) -> Wanted {
+pub fn wanted(
+    router: &Router,
+    ifindex: &BTreeMap<String, u32>,
+    live_fw: &[FwRule],
+) -> PolicyTables {
     let p = crate::policy::of(router);
     let rules = p
         .rules
@@ -74,7 +78,7 @@ pub fn wanted(router: &Router, ifindex: &BTreeMap<String, u32>, live_fw: &[FwRul
             ));
         }
     }
-    Wanted {
+    PolicyTables {
         rules,
         fw_rules: fw.rules,
         fw_flags: fw.flags,
@@ -86,18 +90,18 @@ pub fn wanted(router: &Router, ifindex: &BTreeMap<String, u32>, live_fw: &[FwRul
 
 /// Writes to the policy maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+pub struct PolicyChanges {
     /// The new rule list, when it differs (written to the idle half).
     pub rules: Option<Vec<PolicyRule>>,
     pub fw_rules: Option<Vec<FwRule>>,
     pub fresh_slots: Vec<u8>,
-    pub source_tables: Diff<([u8; 4], u8), u32>,
+    pub source_tables: EntryDiff<([u8; 4], u8), u32>,
     /// The new `POLICY_CONFIG`, when it differs.
     pub config: Option<PolicyConfig>,
-    pub allowed_sources: Diff<(u32, SourceKey), ()>,
+    pub allowed_sources: EntryDiff<(u32, SourceKey), ()>,
 }
 
-impl Plan {
+impl PolicyChanges {
     pub fn writes(&self) -> usize {
         self.rules.as_ref().map_or(0, Vec::len)
             + self.fw_rules.as_ref().map_or(0, Vec::len)
@@ -150,11 +154,11 @@ pub fn slots_in_use(map: &str, config: &PolicyConfig) -> Option<u64> {
 }
 
 /// The policy maps of one router.
-pub struct Policy<'a> {
+pub struct PolicyMaps<'a> {
     maps: &'a mut dyn MapSource,
 }
 
-impl<'a> Policy<'a> {
+impl<'a> PolicyMaps<'a> {
     pub fn new(maps: &'a mut dyn MapSource) -> Self {
         Self { maps }
     }
@@ -210,10 +214,10 @@ impl<'a> Policy<'a> {
     }
 
     /// What turns the policy maps into `wanted`.
-    pub fn plan(&mut self, wanted: &Wanted) -> Result<Plan, Error> {
+    pub fn plan(&mut self, wanted: &PolicyTables) -> Result<PolicyChanges, Error> {
         let old = self.config()?;
         let mut new = old;
-        let mut plan = Plan::default();
+        let mut plan = PolicyChanges::default();
         if self.rules()? != wanted.rules {
             new.rules_base = if old.rules_base == 0 { MAX_RULES } else { 0 };
             new.rule_count = wanted.rules.len() as u32;
@@ -228,9 +232,9 @@ impl<'a> Policy<'a> {
         new.source_tables = wanted.source_tables.len() as u32;
         plan.config = (new != old).then_some(new);
         plan.fresh_slots = wanted.fresh_slots.clone();
-        plan.source_tables = Diff::between(&self.source_tables()?, &wanted.source_tables);
+        plan.source_tables = EntryDiff::between(&self.source_tables()?, &wanted.source_tables);
         let unit = |set: &BTreeSet<(u32, SourceKey)>| set.iter().map(|k| (*k, ())).collect();
-        plan.allowed_sources = Diff::between(
+        plan.allowed_sources = EntryDiff::between(
             &unit(&self.allowed_sources()?),
             &unit(&wanted.allowed_sources),
         );
@@ -239,7 +243,7 @@ impl<'a> Policy<'a> {
 
     /// Carries out `plan`: fresh counters and new lists first, then the switch, then the
     /// removal of source tables no longer wanted.
-    pub fn write(&mut self, plan: &Plan) -> Result<(), Error> {
+    pub fn write(&mut self, plan: &PolicyChanges) -> Result<(), Error> {
         let mut stats: PerCpuArray<_, FwStats> = typed(self.maps, map_names::FW_STATS)?;
         for slot in &plan.fresh_slots {
             zeroed::<FwStats>()
@@ -292,7 +296,7 @@ impl<'a> Policy<'a> {
     }
 
     /// Makes the policy maps hold `wanted`, writing only differences. Returns the writes.
-    pub fn sync(&mut self, wanted: &Wanted) -> Result<usize, Error> {
+    pub fn sync(&mut self, wanted: &PolicyTables) -> Result<usize, Error> {
         let plan = self.plan(wanted)?;
         self.write(&plan)?;
         Ok(plan.writes())
@@ -300,9 +304,9 @@ impl<'a> Policy<'a> {
 
     /// Makes the policy maps hold `wanted` but for the allowed sources, which stay as they
     /// are. Returns the writes.
-    pub fn sync_rules(&mut self, wanted: &Wanted) -> Result<usize, Error> {
+    pub fn sync_rules(&mut self, wanted: &PolicyTables) -> Result<usize, Error> {
         let mut plan = self.plan(wanted)?;
-        plan.allowed_sources = Diff::default();
+        plan.allowed_sources = EntryDiff::default();
         self.write(&plan)?;
         Ok(plan.writes())
     }
@@ -314,9 +318,9 @@ impl<'a> Policy<'a> {
         wanted: &BTreeSet<(u32, SourceKey)>,
     ) -> Result<usize, Error> {
         let unit = |set: &BTreeSet<(u32, SourceKey)>| set.iter().map(|k| (*k, ())).collect();
-        let plan = Plan {
-            allowed_sources: Diff::between(&unit(&self.allowed_sources()?), &unit(wanted)),
-            ..Plan::default()
+        let plan = PolicyChanges {
+            allowed_sources: EntryDiff::between(&unit(&self.allowed_sources()?), &unit(wanted)),
+            ..PolicyChanges::default()
         };
         self.write(&plan)?;
         Ok(plan.writes())

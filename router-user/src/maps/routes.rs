@@ -1,4 +1,4 @@
-//! Routes and neighbours, mirrored from the kernel of the router's namespace: the LPM trie
+//! RouteMaps and neighbours, mirrored from the kernel of the router's namespace: the LPM trie
 //! of every routing table (`ROUTES`, key = table + prefix) and the neighbour table
 //! (`NEIGHBORS`, next hop -> MAC). The kernel stays the authority; these are its copy for
 //! the fast path, written only where they differ.
@@ -8,18 +8,18 @@ use std::collections::BTreeMap;
 use aya::maps::{HashMap, LpmTrie, lpm_trie::Key};
 use router_common::{NeighborEntry, NeighborKey, RouteEntry, RouteKey, map_names};
 
-use super::{Diff, MapSource, retry_short_of_memory, typed};
+use super::{EntryDiff, MapSource, retry_short_of_memory, typed};
 use crate::error::Error;
 
 /// A route as the LPM trie stores it: (trie prefix length, key).
 pub type RouteSlot = (u32, RouteKey);
 
 /// The route and neighbour maps of one router.
-pub struct Routes<'a> {
+pub struct RouteMaps<'a> {
     maps: &'a mut dyn MapSource,
 }
 
-impl<'a> Routes<'a> {
+impl<'a> RouteMaps<'a> {
     pub fn new(maps: &'a mut dyn MapSource) -> Self {
         Self { maps }
     }
@@ -45,7 +45,7 @@ impl<'a> Routes<'a> {
     /// Makes the route trie equal to `wanted`, touching only entries that differ. Returns
     /// the number of writes.
     pub fn sync(&mut self, wanted: &BTreeMap<RouteSlot, RouteEntry>) -> Result<usize, Error> {
-        let diff = Diff::between(&self.all()?, wanted);
+        let diff = EntryDiff::between(&self.all()?, wanted);
         let mut map: LpmTrie<_, RouteKey, RouteEntry> = typed(self.maps, map_names::ROUTES)?;
         for ((len, key), entry) in &diff.set {
             map.insert(&Key::new(*len, *key), entry, 0)
@@ -98,7 +98,7 @@ impl<'a> Routes<'a> {
         wanted: &[(NeighborKey, NeighborEntry)],
     ) -> Result<usize, Error> {
         let wanted: BTreeMap<NeighborKey, NeighborEntry> = wanted.iter().copied().collect();
-        let diff = Diff::between(&self.neighbors()?, &wanted);
+        let diff = EntryDiff::between(&self.neighbors()?, &wanted);
         let mut map: HashMap<_, NeighborKey, NeighborEntry> =
             typed(self.maps, map_names::NEIGHBORS)?;
         for key in &diff.remove {

@@ -24,11 +24,11 @@ pub struct Counts {
 }
 
 /// The session table of one router.
-pub struct Sessions<'a> {
+pub struct SessionMaps<'a> {
     maps: &'a mut dyn MapSource,
 }
 
-impl<'a> Sessions<'a> {
+impl<'a> SessionMaps<'a> {
     pub fn new(maps: &'a mut dyn MapSource) -> Self {
         Self { maps }
     }

@@ -15,7 +15,7 @@ use crate::{
     error::Error,
     maps::{Rooms as _, ifaces},
     netlink, netns, policy,
-    reconcile::{self, Port},
+    reconcile::{self, RouterPort},
     slowpath,
 };
 
@@ -36,7 +36,7 @@ pub(super) struct RouterState {
     pub(super) info: RouterInfo,
     pub(super) datapath: Datapath,
     /// The interfaces the router drives, by ifindex.
-    pub(super) ports: BTreeMap<u32, Port>,
+    pub(super) ports: BTreeMap<u32, RouterPort>,
     /// What `setup` wrote.
     pub(super) start_writes: Writes,
 }
@@ -140,12 +140,12 @@ pub(super) async fn setup(router: &Router, handle: &Handle) -> Result<RouterStat
     };
     let owner = crate::datapath::Owner::current(&router.namespace, sizes)?;
     let mut datapath = Datapath::open(&router.id, sizes, &owner, router.mode)?;
-    let ports: BTreeMap<u32, Port> = links
+    let ports: BTreeMap<u32, RouterPort> = links
         .iter()
         .map(|(link, _, role, xdp_egress)| {
-            let port = Port {
+            let port = RouterPort {
                 name: link.name.clone(),
-                iface: ifaces::Wanted {
+                iface: ifaces::IfaceSpec {
                     mac: link.mac,
                     mtu: link.mtu,
                     external: *role == iface_role::EXTERNAL,

@@ -17,7 +17,7 @@ pub enum Command {
     Default {
         #[arg(long)]
         router: String,
-        policy: Policy,
+        policy: DefaultPolicy,
     },
     /// Steering through a virtual firewall (`[router.steering]`): set, clear.
     #[command(subcommand)]
@@ -25,7 +25,7 @@ pub enum Command {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-pub enum Policy {
+pub enum DefaultPolicy {
     Allow,
     Deny,
 }
@@ -126,8 +126,8 @@ pub fn run(api: &Api, command: Command) -> Result<(), Error> {
         Command::Default { router, policy } => api.change(&Request::FwDefault {
             router,
             policy: match policy {
-                Policy::Allow => "allow",
-                Policy::Deny => "deny",
+                DefaultPolicy::Allow => "allow",
+                DefaultPolicy::Deny => "deny",
             }
             .into(),
         }),
