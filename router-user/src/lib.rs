@@ -17,6 +17,7 @@ pub mod router;
 pub mod slowpath;
 pub mod stats;
 pub mod table;
+pub mod testrun;
 pub mod trace;
 
 pub use error::{ConfigError, Error};
