@@ -125,7 +125,7 @@ use aya::{
         Array, DevMapHash, HashMap, LpmTrie, Map, PerCpuArray, PerCpuHashMap, PerCpuValues,
         lpm_trie::Key,
     },
-    programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode},
+    programs::{SchedClassifier, Xdp, XdpMode},
     util::nr_cpus,
 };
 use router_common::{
@@ -136,12 +136,14 @@ use router_common::{
 };
 use router_tests::{
     fixture::{iface, route, veth_pairs},
-    frames::{CLIENT_MAC, ROUTER_IN_MAC, ROUTER_OUT_MAC},
+    frames::{Addresses, BROADCAST_MAC, ROUTER_IN_MAC, ROUTER_OUT_MAC, eth},
     netns::NetnsGuard,
-    testrun::{TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS, XDP_REDIRECT},
     topo::ifindex,
 };
-use router_user::datapath::EBPF_OBJECT;
+use router_user::{
+    datapath::EBPF_OBJECT,
+    testrun::{self, Entry, Run},
+};
 
 /// One measurement: the program `entry` on `scenario` with one table at `size`.
 #[derive(serde::Serialize, Clone, Debug)]
@@ -433,35 +435,6 @@ struct Tables {
     fips: u32,
     /// Synthetic SNAT sessions (two entries each).
     sessions: u32,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Entry {
-    Xdp,
-    Tc,
-}
-
-impl Entry {
-    fn name(self) -> &'static str {
-        match self {
-            Entry::Xdp => "xdp",
-            Entry::Tc => "tc",
-        }
-    }
-
-    fn redirect(self) -> u32 {
-        match self {
-            Entry::Xdp => XDP_REDIRECT,
-            Entry::Tc => TC_ACT_REDIRECT,
-        }
-    }
-
-    fn pass(self) -> u32 {
-        match self {
-            Entry::Xdp => XDP_PASS,
-            Entry::Tc => TC_ACT_OK,
-        }
-    }
 }
 
 /// What every run of a measurement must do with its packet.
@@ -791,7 +764,7 @@ impl Router {
 
         // route_only: external host -> internal host without a floating IP.
         let f = udp(ROUTER_OUT_MAC, REMOTE, 53, ROUTE_HOST, 5000, 64);
-        let want = Want::new(ROUTE_HOST_MAC, REMOTE, 53, ROUTE_HOST, 5000);
+        let want = Addresses::new(ROUTE_HOST_MAC, REMOTE, 53, ROUTE_HOST, 5000);
         self.check_forward("route_only", entry, outside, &f, &want)?;
         rows.push(Row::forward(
             "route_only",
@@ -812,20 +785,20 @@ impl Router {
 
         // fip_in: external host -> floating IP, DNAT to the fixed IP.
         let f = udp(ROUTER_OUT_MAC, REMOTE, 53, FIP, 5000, 64);
-        let want = Want::new(VM_MAC, REMOTE, 53, FIXED, 5000);
+        let want = Addresses::new(VM_MAC, REMOTE, 53, FIXED, 5000);
         self.check_forward("fip_in", entry, outside, &f, &want)?;
         rows.push(Row::forward("fip_in", outside, f, single(plan.single_runs)));
 
         // fip_out: the fixed IP leaves as its floating IP.
         let f = udp(ROUTER_IN_MAC, FIXED, 5000, REMOTE, 53, 64);
-        let want = Want::new(UPSTREAM_MAC, FIP, 5000, REMOTE, 53);
+        let want = Addresses::new(UPSTREAM_MAC, FIP, 5000, REMOTE, 53);
         self.check_forward("fip_out", entry, inside, &f, &want)?;
         rows.push(Row::forward("fip_out", inside, f, single(plan.single_runs)));
 
         // snat_established: the check's run creates the session (or, for the second
         // entry, finds the one the first created); every timed run then uses it.
         let f = udp(ROUTER_IN_MAC, VM_EST, EST_SPORT, REMOTE, 53, 64);
-        let want = Want::new(UPSTREAM_MAC, GW, EST_SPORT, REMOTE, 53);
+        let want = Addresses::new(UPSTREAM_MAC, GW, EST_SPORT, REMOTE, 53);
         self.check_forward("snat_established", entry, inside, &f, &want)?;
         ensure!(
             self.session(&flow_key(VM_EST, EST_SPORT))?.is_some(),
@@ -842,7 +815,7 @@ impl Router {
         // a repeated run would see its own rewritten frame (see "Methods").
         let first = self.take_sports(1)?;
         let f = udp(ROUTER_IN_MAC, VM_NEW, first, REMOTE, 53, 64);
-        let want = Want::new(UPSTREAM_MAC, GW, first, REMOTE, 53);
+        let want = Addresses::new(UPSTREAM_MAC, GW, first, REMOTE, 53);
         self.check_forward("snat_new", entry, inside, &f, &want)?;
         self.remove_sessions(&[flow_key(VM_NEW, first)])?;
         let kind = Kind::NewFlows {
@@ -854,7 +827,7 @@ impl Router {
         // steering: the `iif in0` rule's table sends the packet to the firewall on `fw0`.
         self.use_policy(steering_policy())?;
         let f = udp(ROUTER_IN_MAC, STEER_HOST, 5000, REMOTE, 53, 64);
-        let want = Want::new(FIREWALL_MAC, STEER_HOST, 5000, REMOTE, 53);
+        let want = Addresses::new(FIREWALL_MAC, STEER_HOST, 5000, REMOTE, 53);
         self.check_forward("steering", entry, inside, &f, &want)?;
         let row = Row::forward("steering", inside, f, single(plan.single_runs));
         rows.push(row.under(steering_policy(), None));
@@ -863,7 +836,7 @@ impl Router {
         // the rules and creates the session (or, for the second entry, is established).
         self.use_policy(firewall_policy())?;
         let f = udp(ROUTER_IN_MAC, VM_FW_EST, FW_EST_SPORT, REMOTE, 53, 64);
-        let want = Want::new(UPSTREAM_MAC, GW, FW_EST_SPORT, REMOTE, 53);
+        let want = Addresses::new(UPSTREAM_MAC, GW, FW_EST_SPORT, REMOTE, 53);
         self.check_forward("firewall_established", entry, inside, &f, &want)?;
         ensure!(
             self.session(&flow_key(VM_FW_EST, FW_EST_SPORT))?
@@ -877,7 +850,7 @@ impl Router {
         // allow at the end; a forward session each (removed after every pass).
         let first = self.take_sports(1)?;
         let f = udp(ROUTER_IN_MAC, FIXED, first, REMOTE, 53, 64);
-        let want = Want::new(UPSTREAM_MAC, FIP, first, REMOTE, 53);
+        let want = Addresses::new(UPSTREAM_MAC, FIP, first, REMOTE, 53);
         let allowed = self.fw_packets(FW_ALLOW_SLOT)?;
         self.check_forward("firewall_new", entry, inside, &f, &want)?;
         ensure!(
@@ -928,13 +901,13 @@ impl Router {
     /// The floor's cost per packet over [`PROBE_RUNS`] repeated runs: the host's speed.
     fn probe(&mut self, entry: Entry) -> anyhow::Result<f64> {
         let arp = arp_request(ROUTE_HOST, ROUTER_IN_IP);
-        let result = self.test_run(entry, self.inside, &arp, PROBE_RUNS, None)?;
+        let result = self.test_run(entry, self.inside, &arp, PROBE_RUNS)?;
         ensure!(
-            result.return_value == entry.pass(),
+            result.verdict == entry.pass(),
             "probe: verdict {}",
-            result.return_value
+            result.verdict
         );
-        Ok(result.duration.as_nanos() as f64)
+        Ok(result.duration_ns as f64)
     }
 
     /// One pass of `row`, under its policy: ns per packet.
@@ -1004,21 +977,20 @@ impl Router {
         entry: Entry,
         ingress: u32,
         frame: &[u8],
-        want: &Want,
+        want: &Addresses,
     ) -> anyhow::Result<()> {
         let before = self.iface_stats(ingress)?;
-        let mut out = vec![0u8; frame.len() + 256];
-        let result = self.test_run(entry, ingress, frame, 1, Some(&mut out))?;
-        if result.return_value != entry.redirect() {
+        let result = self.test_run(entry, ingress, frame, 1)?;
+        if result.verdict != entry.redirect() {
             let after = self.iface_stats(ingress)?;
             bail!(
                 "{what} ({}): verdict {} instead of a redirect; reasons: {}",
                 entry.name(),
-                result.return_value,
+                result.verdict,
                 reasons_between(&before, &after)
             );
         }
-        out.truncate(result.data_size_out as usize);
+        let out = result.frame;
         ensure!(
             out.len() >= 42,
             "{what}: output frame of {} bytes",
@@ -1030,13 +1002,7 @@ impl Router {
             "{what} ({}): bad checksum in the output",
             entry.name()
         );
-        let seen = Want {
-            dst_mac: parsed.dst_mac,
-            src: [out[26], out[27], out[28], out[29]],
-            dst: [out[30], out[31], out[32], out[33]],
-            sport: u16::from_be_bytes([out[34], out[35]]),
-            dport: u16::from_be_bytes([out[36], out[37]]),
-        };
+        let seen = parsed.addresses;
         ensure!(
             seen == *want,
             "{what} ({}): forwarded as {seen:?}, expected {want:?}",
@@ -1063,17 +1029,17 @@ impl Router {
         let mut times = Vec::with_capacity(runs as usize);
         for i in 0..runs {
             let data = frame(i);
-            let result = self.test_run(entry, ingress, &data, 1, None)?;
-            if result.return_value != want {
+            let result = self.test_run(entry, ingress, &data, 1)?;
+            if result.verdict != want {
                 let after = self.iface_stats(ingress)?;
                 bail!(
                     "run {i} ({}): verdict {} instead of {want}; reasons: {}",
                     entry.name(),
-                    result.return_value,
+                    result.verdict,
                     reasons_between(&before, &after)
                 );
             }
-            times.push(result.duration.as_nanos() as u64);
+            times.push(result.duration_ns);
         }
         self.check_counted(ingress, &before, u64::from(runs), expect)?;
         Ok(trimmed_mean(&mut times))
@@ -1097,15 +1063,15 @@ impl Router {
         let calls = total.div_ceil(batch);
         let mut per_call = Vec::with_capacity(calls as usize);
         for _ in 0..calls {
-            let result = self.test_run(entry, ingress, frame, batch, None)?;
+            let result = self.test_run(entry, ingress, frame, batch)?;
             // The last repetition's verdict; the counters below cover all of them.
             ensure!(
-                result.return_value == want,
+                result.verdict == want,
                 "repeat ({}): verdict {} instead of {want}",
                 entry.name(),
-                result.return_value
+                result.verdict
             );
-            per_call.push(result.duration.as_nanos() as f64);
+            per_call.push(result.duration_ns as f64);
         }
         self.check_counted(
             ingress,
@@ -1137,36 +1103,14 @@ impl Router {
         Ok(())
     }
 
+    /// `entry` run `repeat` times on `frame` arriving on `ingress`.
     fn test_run(
         &self,
         entry: Entry,
         ingress: u32,
         frame: &[u8],
         repeat: u32,
-        data_out: Option<&mut [u8]>,
-    ) -> anyhow::Result<TestRunResult> {
-        let ctx = match entry {
-            // struct xdp_md: data, data_end, data_meta, ingress_ifindex, ...
-            Entry::Xdp => {
-                let mut ctx = vec![0u8; 24];
-                ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-                ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
-                ctx
-            }
-            // struct __sk_buff up to `ifindex` (offset 40).
-            Entry::Tc => {
-                let mut ctx = vec![0u8; 44];
-                ctx[40..44].copy_from_slice(&ingress.to_ne_bytes());
-                ctx
-            }
-        };
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out,
-            ctx_in: Some(&ctx),
-            repeat,
-            ..Default::default()
-        };
+    ) -> anyhow::Result<Run> {
         let prog = self
             .ebpf
             .program(match entry {
@@ -1174,11 +1118,12 @@ impl Router {
                 Entry::Tc => prog_names::TC,
             })
             .ok_or_else(|| anyhow!("no {} program", entry.name()))?;
-        let result = match entry {
-            Entry::Xdp => <&Xdp>::try_from(prog)?.test_run(opts),
-            Entry::Tc => <&SchedClassifier>::try_from(prog)?.test_run(opts),
-        };
-        result.with_context(|| format!("BPF_PROG_TEST_RUN ({})", entry.name()))
+        Ok(match entry {
+            Entry::Xdp => testrun::run_xdp(<&Xdp>::try_from(prog)?, ingress, frame, repeat)?,
+            Entry::Tc => {
+                testrun::run_tc(<&SchedClassifier>::try_from(prog)?, ingress, frame, repeat)?
+            }
+        })
     }
 
     fn iface_stats(&mut self, ifindex: u32) -> anyhow::Result<IfaceStats> {
@@ -1367,28 +1312,6 @@ impl Kind {
     }
 }
 
-/// The fields a forwarded frame is checked on.
-#[derive(Debug, PartialEq, Eq)]
-struct Want {
-    dst_mac: [u8; 6],
-    src: [u8; 4],
-    dst: [u8; 4],
-    sport: u16,
-    dport: u16,
-}
-
-impl Want {
-    fn new(dst_mac: [u8; 6], src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Self {
-        Self {
-            dst_mac,
-            src,
-            dst,
-            sport,
-            dport,
-        }
-    }
-}
-
 /// The original-direction session key of a UDP flow from internal host `src` to
 /// `REMOTE:53`, as the internal interface (zone 0) sees it.
 fn flow_key(src: [u8; 4], sport: u16) -> CtKey {
@@ -1459,76 +1382,22 @@ fn synthetic_session(i: u32) -> [(CtKey, CtEntry); 2] {
     [(fwd, fwd_entry), (reply, reply_entry)]
 }
 
-/// Ethernet + IPv4 + UDP with 18 bytes of payload (a 60-byte frame), checksums correct.
+/// Ethernet + IPv4 + UDP with 18 bytes of payload (a 60-byte frame), from the client
+/// host, checksums correct.
 fn udp(dst_mac: [u8; 6], src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, ttl: u8) -> Vec<u8> {
-    const PAYLOAD: usize = 18;
-    let udp_len = (8 + PAYLOAD) as u16;
-    let mut f = Vec::with_capacity(60);
-    f.extend_from_slice(&dst_mac);
-    f.extend_from_slice(&CLIENT_MAC);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
-    ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
-    ip[6] = 0x40; // DF
-    ip[8] = ttl;
-    ip[9] = IPPROTO_UDP;
-    ip[12..16].copy_from_slice(&src);
-    ip[16..20].copy_from_slice(&dst);
-    let check = fold(sum16(&ip, 0));
-    ip[10..12].copy_from_slice(&check.to_be_bytes());
-    f.extend_from_slice(&ip);
-    let mut l4 = Vec::with_capacity(udp_len as usize);
-    l4.extend_from_slice(&sport.to_be_bytes());
-    l4.extend_from_slice(&dport.to_be_bytes());
-    l4.extend_from_slice(&udp_len.to_be_bytes());
-    l4.extend_from_slice(&[0, 0]);
-    l4.extend((0..PAYLOAD).map(|i| i as u8));
-    let mut pseudo = Vec::with_capacity(12);
-    pseudo.extend_from_slice(&src);
-    pseudo.extend_from_slice(&dst);
-    pseudo.extend_from_slice(&[0, IPPROTO_UDP]);
-    pseudo.extend_from_slice(&udp_len.to_be_bytes());
-    let check = match fold(sum16(&l4, sum16(&pseudo, 0))) {
-        0 => 0xffff,
-        c => c,
-    };
-    l4[6..8].copy_from_slice(&check.to_be_bytes());
-    f.extend_from_slice(&l4);
-    f
+    let payload: Vec<u8> = (0..18).collect();
+    eth(dst_mac)
+        .ipv4(src, dst)
+        .ttl(ttl)
+        .udp(sport, dport)
+        .payload(&payload)
 }
 
-/// A broadcast ARP request from `ROUTE_HOST` for `target`, padded to 60 bytes.
+/// A broadcast ARP request from the VM's MAC and `sender` for `target`, padded to 60 bytes.
 fn arp_request(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(60);
-    f.extend_from_slice(&[0xff; 6]);
-    f.extend_from_slice(&VM_MAC);
-    f.extend_from_slice(&[0x08, 0x06]);
-    f.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]);
-    f.extend_from_slice(&VM_MAC);
-    f.extend_from_slice(&sender);
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&target);
+    let mut f = eth(BROADCAST_MAC).src(VM_MAC).arp_request(sender, target);
     f.resize(60, 0);
     f
-}
-
-/// One's-complement sum of big-endian 16-bit words, added to `sum`.
-fn sum16(data: &[u8], mut sum: u32) -> u32 {
-    for pair in data.chunks(2) {
-        let hi = u32::from(pair[0]) << 8;
-        let lo = pair.get(1).copied().map_or(0, u32::from);
-        sum += hi | lo;
-    }
-    sum
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// Prefixes no random route may take: those the scenarios and the synthetic sessions use,
@@ -1679,15 +1548,9 @@ mod tests {
         let f = udp(ROUTER_OUT_MAC, REMOTE, 53, FIP, 5000, 64);
         for entry in [Entry::Xdp, Entry::Tc] {
             let before = r.iface_stats(outside).expect("stats");
-            let result = r
-                .test_run(entry, outside, &f, 1_000, None)
-                .expect("test run");
+            let result = r.test_run(entry, outside, &f, 1_000).expect("test run");
             let after = r.iface_stats(outside).expect("stats");
-            assert_eq!(
-                result.return_value,
-                entry.pass(),
-                "the last repetition passes"
-            );
+            assert_eq!(result.verdict, entry.pass(), "the last repetition passes");
             assert_eq!(
                 after.fwd_packets - before.fwd_packets,
                 1,

@@ -5,10 +5,11 @@ use std::time::{Duration, Instant};
 use aya::{
     Ebpf, include_bytes_aligned,
     maps::{Array, PerCpuArray, PerCpuValues},
-    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::{Xdp, XdpMode},
     util::nr_cpus,
 };
 use router_common::bench::{GenConfig, SinkStats, bench_names as names};
+use router_user::testrun;
 
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-ebpf"));
 
@@ -110,9 +111,6 @@ impl Generator {
             .program(names::GEN_PROG)
             .ok_or_else(|| anyhow::anyhow!("no generator program"))?
             .try_into()?;
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(self.frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&self.ifindex.to_ne_bytes());
         let start = Instant::now();
         let mut sent = 0u64;
         let mut chunk: u32 = 20_000;
@@ -129,14 +127,7 @@ impl Generator {
                 chunk = (owed - sent).min(u64::from(MAX_CHUNK)) as u32;
             }
             let t = Instant::now();
-            let opts = TestRunOptions {
-                data_in: Some(&self.frame),
-                ctx_in: Some(&ctx),
-                repeat: chunk,
-                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
-                ..Default::default()
-            };
-            prog.test_run(opts)?;
+            testrun::send_xdp_live(prog, self.ifindex, &self.frame, chunk, BATCH)?;
             sent += u64::from(chunk);
             if rate.is_none() {
                 let took = t.elapsed().as_secs_f64().max(1e-6);

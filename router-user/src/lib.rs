@@ -20,6 +20,7 @@ pub mod server;
 pub mod slowpath;
 pub mod stats;
 pub mod table;
+pub mod testrun;
 pub mod trace;
 
 pub use error::{ConfigError, Error};

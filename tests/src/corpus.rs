@@ -1,12 +1,8 @@
-//! Raw frame builders for the malformed-frame corpus (`tests/tests/corpus.rs`), and test
-//! runs that report the kernel refusing a frame instead of panicking.
+//! Raw frame builders for the malformed-frame corpus (`tests/tests/corpus.rs`).
 //!
 //! The builders write every byte themselves (the corpus needs headers etherparse will not
 //! write: IHL 0, version 6 in an IPv4 ethertype, lengths that lie, truncated headers);
 //! checksums are computed here and the outputs are checked with etherparse by the test.
-
-use aya::programs::{TestRun, TestRunOptions};
-use router_user::datapath::Datapath;
 
 use crate::frames::CLIENT_MAC;
 
@@ -416,63 +412,5 @@ pub fn view(frame: &[u8]) -> View {
         src: h.source,
         dst: h.destination,
         l4,
-    }
-}
-
-/// The two program entries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Entry {
-    Xdp,
-    Tc,
-}
-
-/// Runs `entry` on `frame` as if it arrived on `ingress`: `Ok((verdict, output))`, or the
-/// errno BPF_PROG_TEST_RUN failed with (the kernel refused to build the context, e.g. a
-/// frame shorter than an Ethernet header, or larger than a page).
-pub fn try_run(
-    dp: &Datapath,
-    entry: Entry,
-    ingress: u32,
-    frame: &[u8],
-) -> Result<(u32, Vec<u8>), i32> {
-    let mut out = vec![0u8; frame.len() + 256];
-    let result = match entry {
-        Entry::Xdp => {
-            // struct xdp_md: data, data_end, data_meta, ingress_ifindex, ...
-            let mut ctx = [0u8; 24];
-            ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-            ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
-            let opts = TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..Default::default()
-            };
-            dp.xdp()
-                .expect("Datapath::load loads the XDP program")
-                .test_run(opts)
-        }
-        Entry::Tc => {
-            // struct __sk_buff up to `ifindex` (offset 40).
-            let mut ctx = [0u8; 44];
-            ctx[40..44].copy_from_slice(&ingress.to_ne_bytes());
-            let opts = TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..Default::default()
-            };
-            dp.tc().test_run(opts)
-        }
-    };
-    match result {
-        Ok(r) => {
-            out.truncate(r.data_size_out as usize);
-            Ok((r.return_value, out))
-        }
-        Err(aya::programs::ProgramError::SyscallError(e)) => {
-            Err(e.io_error.raw_os_error().unwrap_or(-1))
-        }
-        Err(e) => panic!("BPF_PROG_TEST_RUN ({entry:?}): {e}"),
     }
 }

@@ -17,7 +17,6 @@ pub mod scale;
 pub mod testrun;
 pub mod topo;
 pub mod traffic;
-pub mod wire;
 
 /// Panics with a clear message unless running as root (every test here needs it).
 pub fn require_root() {

@@ -28,13 +28,15 @@ use router_common::{
 };
 use router_tests::{
     corpus::{
-        self as c, ACK, Arp, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, Entry, FIN, ICMP, Ip,
-        L3, L4, PSH, RST, SYN, UDP, URG,
+        self as c, ACK, Arp, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, FIN, ICMP, Ip, L3, L4,
+        PSH, RST, SYN, UDP, URG,
     },
     fixture::{Routes, iface, neighbor, route, veth_pairs},
     frames::{ROUTER_IN_MAC, ROUTER_OUT_MAC},
     netns::NetnsGuard,
-    testrun::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT},
+    testrun::{
+        self, Entry, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+    },
     topo::ifindex,
 };
 use router_user::{
@@ -1210,7 +1212,7 @@ impl Router {
         let (mut ok, mut refused) = (1514, 65536);
         while ok + 1 < refused {
             let mid = (ok + refused) / 2;
-            match c::try_run(&self.dp, Entry::Tc, self.inside, &udp_of_len(mid)) {
+            match testrun::try_run(&self.dp, Entry::Tc, self.inside, &udp_of_len(mid)) {
                 Ok(_) => ok = mid,
                 Err(_) => refused = mid,
             }
@@ -1224,8 +1226,9 @@ impl Router {
         let ingress = self.ifindex(case.side);
         self.clear_sessions();
         for p in &case.prelude {
-            let (verdict, _) = c::try_run(&self.dp, entry, ingress, p)
-                .unwrap_or_else(|e| panic!("{name}: prelude refused ({e})"));
+            let verdict = testrun::try_run(&self.dp, entry, ingress, p)
+                .unwrap_or_else(|e| panic!("{name}: prelude refused ({e})"))
+                .verdict;
             let want = if entry == Entry::Xdp {
                 XDP_REDIRECT
             } else {
@@ -1235,7 +1238,8 @@ impl Router {
         }
         let sessions_before = self.session_entries();
         let before = self.stats(ingress);
-        let result = c::try_run(&self.dp, entry, ingress, frame);
+        let result =
+            testrun::try_run(&self.dp, entry, ingress, frame).map(|r| (r.verdict, r.frame));
         let after = self.stats(ingress);
         if let Some(made) = case.sessions {
             let want = made[usize::from(config == Config::Guarded)];
@@ -1438,7 +1442,7 @@ fn sessions_made_by(config: Config, frame: &[u8]) -> Vec<(Entry, usize)> {
     for entry in [Entry::Xdp, Entry::Tc] {
         r.clear_sessions();
         let before = r.session_entries();
-        c::try_run(&r.dp, entry, r.inside, frame).expect("test run");
+        testrun::try_run(&r.dp, entry, r.inside, frame).expect("test run");
         made.push((entry, r.session_entries() - before));
     }
     made

@@ -18,22 +18,23 @@
 
 use std::time::{Duration, Instant};
 
-use etherparse::{Icmpv4Type, PacketBuilder, icmpv4::TimeExceededCode};
+use etherparse::{Icmpv4Type, icmpv4::TimeExceededCode};
 use router_common::{
     IfaceStats, NatConfig, Reason, iface_flags, iface_role, nat_flags, route_kind, xdp_meta,
 };
 use router_tests::{
     fixture::{Routes, iface, neighbor, route, veth_pairs},
-    frames::{CLIENT_MAC, ROUTER_IN_MAC, ROUTER_OUT_MAC},
+    frames::{BROADCAST_MAC, ROUTER_IN_MAC, ROUTER_OUT_MAC, addresses, eth, ipv4},
     netns::NetnsGuard,
-    testrun::{self, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT},
+    testrun::{
+        self, Entry, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_ABORTED, XDP_DROP, XDP_PASS,
+        XDP_REDIRECT,
+    },
     topo::ifindex,
-    wire::seen,
 };
 use router_user::{datapath::Datapath, maps::Rooms as _};
 
 const FRAMES: usize = 20_000;
-const XDP_ABORTED: u32 = 0;
 
 const GW: [u8; 4] = [198, 18, 0, 2];
 const UPSTREAM: [u8; 4] = [198, 18, 0, 1];
@@ -48,12 +49,6 @@ const REMOTE: [u8; 4] = [203, 0, 113, 9];
 const METADATA: [u8; 4] = [169, 254, 169, 254];
 const VM_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x55];
 const UPSTREAM_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x66];
-
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Entry {
-    Xdp,
-    Tc,
-}
 
 /// xorshift64*: small, seeded, good enough to pick bytes and branches.
 struct Rng(u64);
@@ -148,10 +143,8 @@ impl Router {
     }
 
     fn run(&self, entry: Entry, ingress: u32, frame: &[u8]) -> (u32, Vec<u8>) {
-        match entry {
-            Entry::Xdp => testrun::xdp(&self.dp, ingress, frame),
-            Entry::Tc => testrun::tc(&self.dp, ingress, frame),
-        }
+        let run = testrun::run(&self.dp, entry, ingress, frame);
+        (run.verdict, run.frame)
     }
 }
 
@@ -198,53 +191,43 @@ fn valid(rng: &mut Rng, r: &Router) -> (u32, Vec<u8>) {
     let ttl = rng.pick(&[0, 1, 2, 64, 255]);
     let (sport, dport) = (rng.pick(PORTS), rng.pick(PORTS));
     let payload: Vec<u8> = (0..rng.below(64)).map(|_| rng.byte()).collect();
-    let mut out = Vec::new();
-    let eth = PacketBuilder::ethernet2(CLIENT_MAC, mac);
-    match rng.below(9) {
-        0 | 1 => eth
-            .ipv4(src, dst, ttl)
-            .udp(sport, dport)
-            .write(&mut out, &payload)
-            .expect("udp"),
+    let ip = eth(mac).ipv4(src, dst).ttl(ttl);
+    let out = match rng.below(9) {
+        0 | 1 => ip.udp(sport, dport).payload(&payload),
         2 | 3 => {
-            let mut b = eth
-                .ipv4(src, dst, ttl)
-                .tcp(sport, dport, rng.next() as u32, 65535);
-            b = match rng.below(4) {
-                0 => b.syn(),
-                1 => b.ack(1),
-                2 => b.fin().ack(1),
-                _ => b.rst(),
+            let tcp = ip.tcp(sport, dport).seq(rng.next() as u32);
+            let tcp = match rng.below(4) {
+                0 => tcp.syn(),
+                1 => tcp.ack(1),
+                2 => tcp.fin().ack(1),
+                _ => tcp.rst(),
             };
-            b.write(&mut out, &payload).expect("tcp")
+            tcp.payload(&payload)
         }
         4 => {
-            let b = eth.ipv4(src, dst, ttl);
-            let b = if rng.chance(2) {
-                b.icmpv4_echo_request(sport, 1)
+            let icmp = if rng.chance(2) {
+                ip.icmp_echo_request(sport, 1)
             } else {
-                b.icmpv4_echo_reply(dport, 1)
+                ip.icmp_echo_reply(dport, 1)
             };
-            b.write(&mut out, &payload).expect("echo")
+            icmp.payload(&payload)
         }
         5 | 6 => {
             // An ICMP error about a packet that left through SNAT or a floating IP (the
             // embedded packet goes from the gateway side to the outside), quoting a random
             // number of its bytes.
-            let mut original = Vec::new();
             let inner_src = rng.pick(&[GW, FIP, FIP2, FIXED]);
-            let b = PacketBuilder::ipv4(inner_src, rng.pick(&[REMOTE, UPSTREAM]), 1);
-            match rng.below(3) {
-                0 => b.udp(sport, dport).write(&mut original, &payload),
-                1 => b
-                    .tcp(sport, dport, 7, 1000)
+            let quoted = ipv4(inner_src, rng.pick(&[REMOTE, UPSTREAM])).ttl(1);
+            let mut original = match rng.below(3) {
+                0 => quoted.udp(sport, dport).payload(&payload),
+                1 => quoted
+                    .tcp(sport, dport)
+                    .seq(7)
+                    .window(1000)
                     .syn()
-                    .write(&mut original, &payload),
-                _ => b
-                    .icmpv4_echo_request(sport, 3)
-                    .write(&mut original, &payload),
-            }
-            .expect("original");
+                    .payload(&payload),
+                _ => quoted.icmp_echo_request(sport, 3).payload(&payload),
+            };
             original.truncate(rng.below(original.len() + 1).max(rng.pick(&[0, 28, 48])));
             let ty = rng.pick(&[
                 Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit),
@@ -259,44 +242,35 @@ fn valid(rng: &mut Rng, r: &Router) -> (u32, Vec<u8>) {
                     bytes5to8: [8, 0, 0, 0],
                 },
             ]);
-            PacketBuilder::ethernet2(CLIENT_MAC, ROUTER_OUT_MAC)
-                .ipv4(rng.pick(OUTSIDE_SOURCES), inner_src, ttl.max(2))
-                .icmpv4(ty)
-                .write(&mut out, &original)
-                .expect("icmp error");
-            return (r.outside, out);
+            let error = eth(ROUTER_OUT_MAC)
+                .ipv4(rng.pick(OUTSIDE_SOURCES), inner_src)
+                .ttl(ttl.max(2))
+                .icmp(ty)
+                .payload(&original);
+            return (r.outside, error);
         }
         7 => {
             // ARP request (often for a floating IP, which the router answers).
-            out.extend_from_slice(&[0xff; 6]);
-            out.extend_from_slice(&CLIENT_MAC);
-            out.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-            out.extend_from_slice(&CLIENT_MAC);
-            out.extend_from_slice(&src);
-            out.extend_from_slice(&[0; 6]);
-            out.extend_from_slice(&rng.pick(&[FIP, FIP2, GW, REMOTE]));
+            eth(BROADCAST_MAC).arp_request(src, rng.pick(&[FIP, FIP2, GW, REMOTE]))
         }
         _ => {
             // VLAN-tagged or another L3: the kernel's.
-            let mut b = Vec::new();
-            eth.ipv4(src, dst, ttl)
-                .udp(sport, dport)
-                .write(&mut b, &payload)
-                .expect("udp");
+            let b = ip.udp(sport, dport).payload(&payload);
             let tag: &[u8] = rng.pick(&[
                 &[0x81, 0, 0, 5][..],
                 &[0x88, 0xa8, 0, 5, 0x81, 0, 0, 6],
                 &[0x86, 0xdd],
             ]);
-            out.extend_from_slice(&b[..12]);
+            let mut out = b[..12].to_vec();
             out.extend_from_slice(tag);
             if tag.len() > 2 {
                 out.extend_from_slice(&b[12..]);
             } else {
                 out.extend_from_slice(&b[14..]);
             }
+            out
         }
-    }
+    };
     (ingress, out)
 }
 
@@ -531,31 +505,26 @@ fn icmp_errors_end_at_their_total_length() {
     for entry in [Entry::Xdp, Entry::Tc] {
         let r = Router::new();
         // A SNAT session: VM3:40000 leaves as GW:40000 (the original port is free).
-        let mut syn = Vec::new();
-        PacketBuilder::ethernet2(CLIENT_MAC, ROUTER_IN_MAC)
-            .ipv4(VM3, REMOTE, 64)
-            .tcp(40000, 80, 1, 65535)
+        let syn = eth(ROUTER_IN_MAC)
+            .ipv4(VM3, REMOTE)
+            .tcp(40000, 80)
+            .seq(1)
             .syn()
-            .write(&mut syn, &[])
-            .expect("tcp");
+            .build();
         let (code, out) = r.run(entry, r.inside, &syn);
         assert!(
             code == XDP_REDIRECT || code == TC_ACT_REDIRECT,
             "{entry:?}: SNAT"
         );
-        let left = seen(&out);
+        let left = addresses(&out);
         assert_eq!((left.src, left.sport), (GW, 40000), "{entry:?}: SNAT");
         let quoted = &out[14..14 + 28];
         let trailer = [0xa5u8; 12];
         let error = |quoted: &[u8], trailer: &[u8]| {
-            let mut frame = Vec::new();
-            PacketBuilder::ethernet2(CLIENT_MAC, ROUTER_OUT_MAC)
-                .ipv4(UPSTREAM, GW, 64)
-                .icmpv4(Icmpv4Type::TimeExceeded(
-                    TimeExceededCode::TtlExceededInTransit,
-                ))
-                .write(&mut frame, quoted)
-                .expect("icmp error");
+            let mut frame = eth(ROUTER_OUT_MAC)
+                .ipv4(UPSTREAM, GW)
+                .icmp_time_exceeded()
+                .payload(quoted);
             frame.extend_from_slice(trailer);
             frame
         };
@@ -571,7 +540,7 @@ fn icmp_errors_end_at_their_total_length() {
             "{entry:?}: trailer changed"
         );
         let ip = &out[..out.len() - 12];
-        let back = seen(ip); // checks the IPv4 and the (outer) ICMP checksums
+        let back = addresses(ip); // checks the IPv4 and the (outer) ICMP checksums
         assert_eq!(back.dst, VM3, "{entry:?}: error translated to the VM");
         assert_eq!(&out[42 + 12..42 + 16], &VM3, "{entry:?}: embedded source");
 

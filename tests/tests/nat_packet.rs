@@ -5,14 +5,18 @@
 //! gateway IP 198.18.0.2, default route via 198.18.0.1), floating IPs 198.18.0.10 for
 //! 10.0.1.5 and 198.18.0.11 for 10.0.1.9, SNAT ports 40000-40001.
 
-use etherparse::{Icmpv4Header, Icmpv4Type, Ipv4Header, PacketBuilder, icmpv4::TimeExceededCode};
+use etherparse::{Icmpv4Header, Icmpv4Type, Ipv4Header};
 use router_common::{NatConfig, Reason, iface_flags, iface_role, nat_flags, route_kind};
-use router_tests::wire::{Seen, echo, seen, tcp, udp};
 use router_tests::{
     fixture::{Routes, iface, neighbor, route, veth_pairs},
-    frames::{CLIENT_MAC, ROUTER_IN_MAC, ROUTER_OUT_MAC},
+    frames::{
+        Addresses, BROADCAST_MAC, CLIENT_MAC, ROUTER_IN_MAC, ROUTER_OUT_MAC, addresses, eth,
+        fix_ip_checksum,
+    },
     netns::NetnsGuard,
-    testrun::{self, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT},
+    testrun::{
+        self, Entry, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+    },
     topo::ifindex,
 };
 use router_user::{datapath::Datapath, maps::Rooms as _};
@@ -29,12 +33,7 @@ const VM8: [u8; 4] = [10, 0, 1, 8];
 const REMOTE: [u8; 4] = [203, 0, 113, 9];
 const VM_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x55];
 const UPSTREAM_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x66];
-
-#[derive(Clone, Copy, PartialEq)]
-enum Entry {
-    Xdp,
-    Tc,
-}
+const PAYLOAD: &[u8] = b"some payload";
 
 struct Router {
     _ns: NetnsGuard,
@@ -104,10 +103,11 @@ impl Router {
     }
 
     fn run(&self, ingress: u32, frame: &[u8]) -> (Outcome, Vec<u8>) {
-        let (verdict, out) = match self.entry {
-            Entry::Xdp => testrun::xdp(&self.dp, ingress, frame),
-            Entry::Tc => testrun::tc(&self.dp, ingress, frame),
-        };
+        let testrun::Run {
+            verdict,
+            frame: out,
+            ..
+        } = testrun::run(&self.dp, self.entry, ingress, frame);
         let outcome = match (self.entry, verdict) {
             (Entry::Xdp, XDP_REDIRECT) | (Entry::Tc, TC_ACT_REDIRECT) => Outcome::Forward,
             (Entry::Xdp, XDP_PASS) | (Entry::Tc, TC_ACT_OK) => Outcome::Pass,
@@ -129,41 +129,24 @@ enum Outcome {
     Drop,
 }
 
-/// An ICMP time exceeded from `from` to `to` about `original` (an IPv4 packet, no
-/// Ethernet), carrying all of it.
-fn time_exceeded(from: [u8; 4], to: [u8; 4], original: &[u8], router_mac: [u8; 6]) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, router_mac)
-        .ipv4(from, to, 64)
-        .icmpv4(Icmpv4Type::TimeExceeded(
-            TimeExceededCode::TtlExceededInTransit,
-        ))
-        .write(&mut out, original)
-        .expect("icmp error");
-    out
-}
-
-fn expect_forward(r: &Router, ingress: u32, frame: &[u8], want: Seen, what: &str) {
+fn expect_forward(r: &Router, ingress: u32, frame: &[u8], want: Addresses, what: &str) {
     let (outcome, out) = r.run(ingress, frame);
     assert_eq!(outcome, Outcome::Forward, "{what}: verdict");
-    assert_eq!(seen(&out), want, "{what}");
+    assert_eq!(addresses(&out), want, "{what}");
 }
 
-fn want(dst_mac: [u8; 6], src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Seen {
-    Seen {
-        dst_mac,
-        src,
-        dst,
-        sport,
-        dport,
-    }
+fn want(dst_mac: [u8; 6], src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Addresses {
+    Addresses::new(dst_mac, src, sport, dst, dport)
 }
 
 fn floating_ips(entry: Entry) {
     let r = Router::new(entry, 1024);
     let (i, o) = (r.inside, r.outside);
     // Out: the fixed IP leaves as its floating IP, ports untouched (stateless).
-    let f = udp(FIXED, 5000, REMOTE, 53, ROUTER_IN_MAC);
+    let f = eth(ROUTER_IN_MAC)
+        .ipv4(FIXED, REMOTE)
+        .udp(5000, 53)
+        .payload(PAYLOAD);
     expect_forward(
         &r,
         i,
@@ -171,7 +154,12 @@ fn floating_ips(entry: Entry) {
         want(UPSTREAM_MAC, FIP, 5000, REMOTE, 53),
         "fip out udp",
     );
-    let f = tcp(FIXED, 5001, REMOTE, 443, ROUTER_IN_MAC);
+    let f = eth(ROUTER_IN_MAC)
+        .ipv4(FIXED, REMOTE)
+        .tcp(5001, 443)
+        .seq(1000)
+        .syn()
+        .build();
     expect_forward(
         &r,
         i,
@@ -179,7 +167,10 @@ fn floating_ips(entry: Entry) {
         want(UPSTREAM_MAC, FIP, 5001, REMOTE, 443),
         "fip out tcp",
     );
-    let f = echo(FIXED, REMOTE, 77, true, ROUTER_IN_MAC);
+    let f = eth(ROUTER_IN_MAC)
+        .ipv4(FIXED, REMOTE)
+        .icmp_echo_request(77, 1)
+        .payload(b"ping");
     expect_forward(
         &r,
         i,
@@ -188,7 +179,10 @@ fn floating_ips(entry: Entry) {
         "fip out ping",
     );
     // In: the floating IP is rewritten to the fixed IP.
-    let f = udp(REMOTE, 53, FIP, 5000, ROUTER_OUT_MAC);
+    let f = eth(ROUTER_OUT_MAC)
+        .ipv4(REMOTE, FIP)
+        .udp(53, 5000)
+        .payload(PAYLOAD);
     expect_forward(
         &r,
         o,
@@ -196,7 +190,12 @@ fn floating_ips(entry: Entry) {
         want(VM_MAC, REMOTE, 53, FIXED, 5000),
         "fip in udp",
     );
-    let f = tcp(REMOTE, 443, FIP, 5001, ROUTER_OUT_MAC);
+    let f = eth(ROUTER_OUT_MAC)
+        .ipv4(REMOTE, FIP)
+        .tcp(443, 5001)
+        .seq(1000)
+        .syn()
+        .build();
     expect_forward(
         &r,
         o,
@@ -204,7 +203,10 @@ fn floating_ips(entry: Entry) {
         want(VM_MAC, REMOTE, 443, FIXED, 5001),
         "fip in tcp",
     );
-    let f = echo(REMOTE, FIP, 77, false, ROUTER_OUT_MAC);
+    let f = eth(ROUTER_OUT_MAC)
+        .ipv4(REMOTE, FIP)
+        .icmp_echo_reply(77, 1)
+        .payload(b"ping");
     expect_forward(
         &r,
         o,
@@ -213,22 +215,31 @@ fn floating_ips(entry: Entry) {
         "fip in ping reply",
     );
     // UDP without a checksum keeps none.
-    let mut f = udp(FIXED, 5002, REMOTE, 53, ROUTER_IN_MAC);
+    let mut f = eth(ROUTER_IN_MAC)
+        .ipv4(FIXED, REMOTE)
+        .udp(5002, 53)
+        .payload(PAYLOAD);
     f[40..42].copy_from_slice(&[0, 0]);
     let (outcome, out) = r.run(i, &f);
     assert_eq!(outcome, Outcome::Forward);
     assert_eq!(out[40..42], [0, 0], "UDP checksum 0 stays 0");
-    assert_eq!(seen(&out).src, FIP);
+    assert_eq!(addresses(&out).src, FIP);
     // Any other protocol: the address only (GRE, protocol 47).
-    let mut gre = udp(REMOTE, 1, FIP, 1, ROUTER_OUT_MAC);
+    let mut gre = eth(ROUTER_OUT_MAC)
+        .ipv4(REMOTE, FIP)
+        .udp(1, 1)
+        .payload(PAYLOAD);
     gre[23] = 47;
-    router_tests::frames::fix_ip_checksum(&mut gre);
+    fix_ip_checksum(&mut gre);
     let (outcome, out) = r.run(o, &gre);
     assert_eq!(outcome, Outcome::Forward, "gre to a floating IP");
     assert_eq!(out[30..34], FIXED, "gre destination");
-    assert_eq!(seen(&out).src, REMOTE);
+    assert_eq!(addresses(&out).src, REMOTE);
     // No translation between internal hosts, even for one with a floating IP.
-    let f = udp(FIXED, 5000, VM3, 53, ROUTER_IN_MAC);
+    let f = eth(ROUTER_IN_MAC)
+        .ipv4(FIXED, VM3)
+        .udp(5000, 53)
+        .payload(PAYLOAD);
     expect_forward(&r, i, &f, want(VM_MAC, FIXED, 5000, VM3, 53), "east-west");
 }
 
@@ -236,7 +247,10 @@ fn default_snat(entry: Entry) {
     let mut r = Router::new(entry, 1024);
     let (i, o) = (r.inside, r.outside);
     // The original port is kept when it is in the range and free...
-    let f = udp(VM3, 40000, REMOTE, 53, ROUTER_IN_MAC);
+    let f = eth(ROUTER_IN_MAC)
+        .ipv4(VM3, REMOTE)
+        .udp(40000, 53)
+        .payload(PAYLOAD);
     expect_forward(
         &r,
         i,
@@ -253,7 +267,10 @@ fn default_snat(entry: Entry) {
         "snat udp again",
     );
     // ...another host with the same port gets the other one...
-    let f = udp(VM7, 40000, REMOTE, 53, ROUTER_IN_MAC);
+    let f = eth(ROUTER_IN_MAC)
+        .ipv4(VM7, REMOTE)
+        .udp(40000, 53)
+        .payload(PAYLOAD);
     expect_forward(
         &r,
         i,
@@ -263,7 +280,13 @@ fn default_snat(entry: Entry) {
     );
     // ...and a third finds none: dropped, never sent untranslated.
     let before = r.reason(i, Reason::NoSnatPort);
-    let (outcome, _) = r.run(i, &udp(VM8, 40000, REMOTE, 53, ROUTER_IN_MAC));
+    let (outcome, _) = r.run(
+        i,
+        &eth(ROUTER_IN_MAC)
+            .ipv4(VM8, REMOTE)
+            .udp(40000, 53)
+            .payload(PAYLOAD),
+    );
     assert_eq!(outcome, Outcome::Drop, "port exhaustion");
     assert_eq!(
         r.reason(i, Reason::NoSnatPort),
@@ -271,7 +294,10 @@ fn default_snat(entry: Entry) {
         "no_snat_port counted"
     );
     // Replies are translated back.
-    let f = udp(REMOTE, 53, GW, 40000, ROUTER_OUT_MAC);
+    let f = eth(ROUTER_OUT_MAC)
+        .ipv4(REMOTE, GW)
+        .udp(53, 40000)
+        .payload(PAYLOAD);
     expect_forward(
         &r,
         o,
@@ -279,7 +305,10 @@ fn default_snat(entry: Entry) {
         want(VM_MAC, REMOTE, 53, VM3, 40000),
         "snat reply 1",
     );
-    let f = udp(REMOTE, 53, GW, 40001, ROUTER_OUT_MAC);
+    let f = eth(ROUTER_OUT_MAC)
+        .ipv4(REMOTE, GW)
+        .udp(53, 40001)
+        .payload(PAYLOAD);
     expect_forward(
         &r,
         o,
@@ -288,10 +317,21 @@ fn default_snat(entry: Entry) {
         "snat reply 2",
     );
     // A port no session holds is the router's own business.
-    let (outcome, _) = r.run(o, &udp(REMOTE, 53, GW, 39999, ROUTER_OUT_MAC));
+    let (outcome, _) = r.run(
+        o,
+        &eth(ROUTER_OUT_MAC)
+            .ipv4(REMOTE, GW)
+            .udp(53, 39999)
+            .payload(PAYLOAD),
+    );
     assert_eq!(outcome, Outcome::Pass, "no session: to the kernel");
     // TCP to another destination may reuse port 40000.
-    let f = tcp(VM8, 40000, REMOTE, 80, ROUTER_IN_MAC);
+    let f = eth(ROUTER_IN_MAC)
+        .ipv4(VM8, REMOTE)
+        .tcp(40000, 80)
+        .seq(1000)
+        .syn()
+        .build();
     expect_forward(
         &r,
         i,
@@ -299,7 +339,12 @@ fn default_snat(entry: Entry) {
         want(UPSTREAM_MAC, GW, 40000, REMOTE, 80),
         "snat tcp",
     );
-    let f = tcp(REMOTE, 80, GW, 40000, ROUTER_OUT_MAC);
+    let f = eth(ROUTER_OUT_MAC)
+        .ipv4(REMOTE, GW)
+        .tcp(80, 40000)
+        .seq(1000)
+        .syn()
+        .build();
     expect_forward(
         &r,
         o,
@@ -308,7 +353,10 @@ fn default_snat(entry: Entry) {
         "snat tcp reply",
     );
     // ICMP echo: the identifier is the port.
-    let f = echo(VM3, REMOTE, 40001, true, ROUTER_IN_MAC);
+    let f = eth(ROUTER_IN_MAC)
+        .ipv4(VM3, REMOTE)
+        .icmp_echo_request(40001, 1)
+        .payload(b"ping");
     expect_forward(
         &r,
         i,
@@ -316,7 +364,10 @@ fn default_snat(entry: Entry) {
         want(UPSTREAM_MAC, GW, 40001, REMOTE, 0),
         "snat ping",
     );
-    let f = echo(REMOTE, GW, 40001, false, ROUTER_OUT_MAC);
+    let f = eth(ROUTER_OUT_MAC)
+        .ipv4(REMOTE, GW)
+        .icmp_echo_reply(40001, 1)
+        .payload(b"ping");
     expect_forward(
         &r,
         o,
@@ -324,7 +375,10 @@ fn default_snat(entry: Entry) {
         want(VM_MAC, REMOTE, 40001, VM3, 0),
         "snat ping reply",
     );
-    let f = echo(VM7, REMOTE, 40001, true, ROUTER_IN_MAC);
+    let f = eth(ROUTER_IN_MAC)
+        .ipv4(VM7, REMOTE)
+        .icmp_echo_request(40001, 1)
+        .payload(b"ping");
     expect_forward(
         &r,
         i,
@@ -332,7 +386,10 @@ fn default_snat(entry: Entry) {
         want(UPSTREAM_MAC, GW, 40000, REMOTE, 0),
         "ping id collision",
     );
-    let f = echo(REMOTE, GW, 40000, false, ROUTER_OUT_MAC);
+    let f = eth(ROUTER_OUT_MAC)
+        .ipv4(REMOTE, GW)
+        .icmp_echo_reply(40000, 1)
+        .payload(b"ping");
     expect_forward(
         &r,
         o,
@@ -348,7 +405,10 @@ fn icmp_errors(entry: Entry) {
     let r = Router::new(entry, 1024);
     let (i, o) = (r.inside, r.outside);
     // A SNAT session (VM7:40000 leaves as GW:40000) and a floating-IP flow.
-    let f = udp(VM7, 40000, REMOTE, 53, ROUTER_IN_MAC);
+    let f = eth(ROUTER_IN_MAC)
+        .ipv4(VM7, REMOTE)
+        .udp(40000, 53)
+        .payload(PAYLOAD);
     expect_forward(
         &r,
         i,
@@ -358,28 +418,42 @@ fn icmp_errors(entry: Entry) {
     );
     let cases = [
         (
-            udp(GW, 40000, REMOTE, 53, ROUTER_OUT_MAC),
+            eth(ROUTER_OUT_MAC)
+                .ipv4(GW, REMOTE)
+                .udp(40000, 53)
+                .payload(PAYLOAD),
             GW,
             VM7,
             40000,
             "snat udp",
         ),
         (
-            tcp(GW, 40000, REMOTE, 53, ROUTER_OUT_MAC),
+            eth(ROUTER_OUT_MAC)
+                .ipv4(GW, REMOTE)
+                .tcp(40000, 53)
+                .seq(1000)
+                .syn()
+                .build(),
             GW,
             VM7,
             40000,
             "snat tcp (no session)",
         ),
         (
-            udp(FIP, 5000, REMOTE, 53, ROUTER_OUT_MAC),
+            eth(ROUTER_OUT_MAC)
+                .ipv4(FIP, REMOTE)
+                .udp(5000, 53)
+                .payload(PAYLOAD),
             FIP,
             FIXED,
             5000,
             "floating ip udp",
         ),
         (
-            echo(FIP, REMOTE, 9, true, ROUTER_OUT_MAC),
+            eth(ROUTER_OUT_MAC)
+                .ipv4(FIP, REMOTE)
+                .icmp_echo_request(9, 1)
+                .payload(b"ping"),
             FIP,
             FIXED,
             9,
@@ -387,7 +461,10 @@ fn icmp_errors(entry: Entry) {
         ),
     ];
     for (original, outer_dst, vm, vm_port, what) in cases {
-        let error = time_exceeded(UPSTREAM, outer_dst, &original[14..], ROUTER_OUT_MAC);
+        let error = eth(ROUTER_OUT_MAC)
+            .ipv4(UPSTREAM, outer_dst)
+            .icmp_time_exceeded()
+            .payload(&original[14..]);
         let (outcome, out) = r.run(o, &error);
         if what.contains("no session") {
             // TCP 40000 has no session: the kernel's rules decide.
@@ -395,7 +472,7 @@ fn icmp_errors(entry: Entry) {
             continue;
         }
         assert_eq!(outcome, Outcome::Forward, "{what}: verdict");
-        let outer = seen(&out);
+        let outer = addresses(&out);
         assert_eq!(
             (outer.src, outer.dst),
             (UPSTREAM, vm),
@@ -440,7 +517,10 @@ fn hairpin(entry: Entry) {
     let r = Router::new(entry, 1024);
     let i = r.inside;
     // Sender without a floating IP: destination to the fixed IP, source to the gateway IP.
-    let f = udp(VM3, 40001, FIP, 7, ROUTER_IN_MAC);
+    let f = eth(ROUTER_IN_MAC)
+        .ipv4(VM3, FIP)
+        .udp(40001, 7)
+        .payload(PAYLOAD);
     expect_forward(
         &r,
         i,
@@ -449,12 +529,21 @@ fn hairpin(entry: Entry) {
         "hairpin via gw",
     );
     // The reply reaches the sender from the floating IP it used.
-    let f = udp(FIXED, 7, GW, 40001, ROUTER_IN_MAC);
+    let f = eth(ROUTER_IN_MAC)
+        .ipv4(FIXED, GW)
+        .udp(7, 40001)
+        .payload(PAYLOAD);
     expect_forward(&r, i, &f, want(VM_MAC, FIP, 7, VM3, 40001), "hairpin reply");
     // Sender with a floating IP: it appears as its own floating IP (float-snat first).
-    let f = udp(FIXED2, 6000, FIP, 7, ROUTER_IN_MAC);
+    let f = eth(ROUTER_IN_MAC)
+        .ipv4(FIXED2, FIP)
+        .udp(6000, 7)
+        .payload(PAYLOAD);
     expect_forward(&r, i, &f, want(VM_MAC, FIP2, 6000, FIXED, 7), "hairpin fip");
-    let f = udp(FIXED, 7, FIP2, 6000, ROUTER_IN_MAC);
+    let f = eth(ROUTER_IN_MAC)
+        .ipv4(FIXED, FIP2)
+        .udp(7, 6000)
+        .payload(PAYLOAD);
     expect_forward(
         &r,
         i,
@@ -467,16 +556,7 @@ fn hairpin(entry: Entry) {
 fn arp_and_metadata(entry: Entry) {
     let mut r = Router::new(entry, 1024);
     let (i, o) = (r.inside, r.outside);
-    let arp = |target: [u8; 4]| {
-        let mut f = vec![0xff; 6];
-        f.extend_from_slice(&CLIENT_MAC);
-        f.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
-        f.extend_from_slice(&CLIENT_MAC);
-        f.extend_from_slice(&UPSTREAM);
-        f.extend_from_slice(&[0; 6]);
-        f.extend_from_slice(&target);
-        f
-    };
+    let arp = |target: [u8; 4]| eth(BROADCAST_MAC).arp_request(UPSTREAM, target);
     let (outcome, out) = r.run(o, &arp(FIP));
     assert_eq!(
         outcome,
@@ -502,14 +582,24 @@ fn arp_and_metadata(entry: Entry) {
     let before = r.reason(i, Reason::Metadata);
     let (outcome, out) = r.run(
         i,
-        &tcp(FIXED, 5555, [169, 254, 169, 254], 80, ROUTER_IN_MAC),
+        &eth(ROUTER_IN_MAC)
+            .ipv4(FIXED, [169, 254, 169, 254])
+            .tcp(5555, 80)
+            .seq(1000)
+            .syn()
+            .build(),
     );
     assert_eq!(
         outcome,
         Outcome::Pass,
         "metadata goes to the kernel's redirect"
     );
-    let sent = tcp(FIXED, 5555, [169, 254, 169, 254], 80, ROUTER_IN_MAC);
+    let sent = eth(ROUTER_IN_MAC)
+        .ipv4(FIXED, [169, 254, 169, 254])
+        .tcp(5555, 80)
+        .seq(1000)
+        .syn()
+        .build();
     assert!(out.ends_with(&sent), "untouched");
     assert_eq!(r.reason(i, Reason::Metadata), before + 1);
 }
@@ -521,12 +611,27 @@ fn full_table(entry: Entry) {
     let mut r = Router::new(entry, 4);
     let (i, o) = (r.inside, r.outside);
     // An established TCP session: SYN out, SYN-ACK back.
-    let f = tcp(VM3, 40000, REMOTE, 443, ROUTER_IN_MAC);
+    let f = eth(ROUTER_IN_MAC)
+        .ipv4(VM3, REMOTE)
+        .tcp(40000, 443)
+        .seq(1000)
+        .syn()
+        .build();
     expect_forward(&r, i, &f, want(UPSTREAM_MAC, GW, 40000, REMOTE, 443), "syn");
-    let f = tcp(REMOTE, 443, GW, 40000, ROUTER_OUT_MAC);
+    let f = eth(ROUTER_OUT_MAC)
+        .ipv4(REMOTE, GW)
+        .tcp(443, 40000)
+        .seq(1000)
+        .syn()
+        .build();
     expect_forward(&r, o, &f, want(VM_MAC, REMOTE, 443, VM3, 40000), "syn-ack");
     // A half-open one fills the table.
-    let f = tcp(VM7, 40000, [203, 0, 113, 10], 80, ROUTER_IN_MAC);
+    let f = eth(ROUTER_IN_MAC)
+        .ipv4(VM7, [203, 0, 113, 10])
+        .tcp(40000, 80)
+        .seq(1000)
+        .syn()
+        .build();
     expect_forward(
         &r,
         i,
@@ -535,11 +640,24 @@ fn full_table(entry: Entry) {
         "half-open",
     );
     let before = r.reason(i, Reason::SessionTableFull);
-    let (outcome, _) = r.run(i, &tcp(VM8, 40000, [203, 0, 113, 11], 80, ROUTER_IN_MAC));
+    let (outcome, _) = r.run(
+        i,
+        &eth(ROUTER_IN_MAC)
+            .ipv4(VM8, [203, 0, 113, 11])
+            .tcp(40000, 80)
+            .seq(1000)
+            .syn()
+            .build(),
+    );
     assert_eq!(outcome, Outcome::Drop, "a third session does not fit");
     assert_eq!(r.reason(i, Reason::SessionTableFull), before + 1);
     // The established session still works both ways.
-    let f = tcp(VM3, 40000, REMOTE, 443, ROUTER_IN_MAC);
+    let f = eth(ROUTER_IN_MAC)
+        .ipv4(VM3, REMOTE)
+        .tcp(40000, 443)
+        .seq(1000)
+        .syn()
+        .build();
     expect_forward(
         &r,
         i,
@@ -547,7 +665,12 @@ fn full_table(entry: Entry) {
         want(UPSTREAM_MAC, GW, 40000, REMOTE, 443),
         "established out",
     );
-    let f = tcp(REMOTE, 443, GW, 40000, ROUTER_OUT_MAC);
+    let f = eth(ROUTER_OUT_MAC)
+        .ipv4(REMOTE, GW)
+        .tcp(443, 40000)
+        .seq(1000)
+        .syn()
+        .build();
     expect_forward(
         &r,
         o,
@@ -556,7 +679,10 @@ fn full_table(entry: Entry) {
         "established in",
     );
     // Floating IPs need no session.
-    let f = udp(FIXED, 1, REMOTE, 2, ROUTER_IN_MAC);
+    let f = eth(ROUTER_IN_MAC)
+        .ipv4(FIXED, REMOTE)
+        .udp(1, 2)
+        .payload(PAYLOAD);
     expect_forward(
         &r,
         i,
@@ -571,7 +697,10 @@ fn full_table(entry: Entry) {
 fn zones(entry: Entry) {
     let mut r = Router::new(entry, 1024);
     let (i, o) = (r.inside, r.outside);
-    let f = udp(VM3, 40000, REMOTE, 53, ROUTER_IN_MAC);
+    let f = eth(ROUTER_IN_MAC)
+        .ipv4(VM3, REMOTE)
+        .udp(40000, 53)
+        .payload(PAYLOAD);
     expect_forward(
         &r,
         i,
@@ -591,7 +720,10 @@ fn zones(entry: Entry) {
         "zone 7",
     );
     // Both sessions answer.
-    let f = udp(REMOTE, 53, GW, 40000, ROUTER_OUT_MAC);
+    let f = eth(ROUTER_OUT_MAC)
+        .ipv4(REMOTE, GW)
+        .udp(53, 40000)
+        .payload(PAYLOAD);
     expect_forward(
         &r,
         o,
@@ -599,7 +731,10 @@ fn zones(entry: Entry) {
         want(VM_MAC, REMOTE, 53, VM3, 40000),
         "zone 0 reply",
     );
-    let f = udp(REMOTE, 53, GW, 40001, ROUTER_OUT_MAC);
+    let f = eth(ROUTER_OUT_MAC)
+        .ipv4(REMOTE, GW)
+        .udp(53, 40001)
+        .payload(PAYLOAD);
     expect_forward(
         &r,
         o,
@@ -609,7 +744,10 @@ fn zones(entry: Entry) {
     );
     iface.zone = 0;
     r.dp.ifaces().set(i, iface).expect("IFACES");
-    let f = udp(VM3, 40000, REMOTE, 53, ROUTER_IN_MAC);
+    let f = eth(ROUTER_IN_MAC)
+        .ipv4(VM3, REMOTE)
+        .udp(40000, 53)
+        .payload(PAYLOAD);
     expect_forward(
         &r,
         i,

@@ -2,19 +2,16 @@
 //! known map contents (PKTGEN -> SETUP -> CHECK). Every fixture runs through both entries,
 //! XDP and TC, and checks the verdict, the reason counter, and the bytes that come out.
 
-use aya::programs::{TestRun, TestRunOptions};
 use router_common::{IfaceStats, Reason, iface_flags, iface_role, route_kind, xdp_meta};
 use router_tests::{
     fixture::{Routes, iface, neighbor, route, veth_pairs},
-    frames::{self, NEXT_HOP_MAC, ROUTER_IN_MAC, ROUTER_OUT_MAC},
+    frames::{self, NEXT_HOP_MAC, ROUTER_IN_MAC, ROUTER_OUT_MAC, eth},
     netns::NetnsGuard,
     topo::{ifindex, ip},
 };
 use router_user::{datapath::Datapath, maps::Rooms as _};
 
-use router_tests::testrun::{
-    self, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT,
-};
+use router_tests::testrun::{self, Entry, Run, XDP_PASS};
 
 const OTHER_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x31];
 const SLOW_OUT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x40];
@@ -116,12 +113,8 @@ impl Fixture {
             .expect("reading IFACE_STATS")
     }
 
-    fn run_xdp(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        testrun::xdp(&self.dp, self.ingress, frame)
-    }
-
-    fn run_tc(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        testrun::tc(&self.dp, self.ingress, frame)
+    fn run(&self, entry: Entry, frame: &[u8]) -> Run {
+        testrun::run(&self.dp, entry, self.ingress, frame)
     }
 }
 
@@ -156,13 +149,20 @@ fn case(name: &'static str, frame: Vec<u8>, both: Expect) -> Case {
 }
 
 const VM: [u8; 4] = [10, 0, 1, 5];
+/// Behind the next hop 198.18.0.1.
+const REMOTE: [u8; 4] = [198, 51, 100, 7];
+
+/// IPv4 from the VM to `dst`, as it reaches the router's internal interface.
+fn vm_to(dst: [u8; 4]) -> frames::Ipv4 {
+    eth(ROUTER_IN_MAC).ipv4(VM, dst)
+}
 
 fn cases() -> Vec<Case> {
     let fwd = Expect::Forward(NEXT_HOP_MAC, ROUTER_OUT_MAC);
-    let mut ttl1 = frames::udp(VM, [198, 51, 100, 7], 1, b"x");
-    let ttl0 = frames::udp(VM, [198, 51, 100, 7], 0, b"x");
+    let mut ttl1 = vm_to(REMOTE).ttl(1).udp(40000, 53).payload(b"x");
+    let ttl0 = vm_to(REMOTE).ttl(0).udp(40000, 53).payload(b"x");
 
-    let mut options = frames::udp(VM, [198, 51, 100, 7], 64, b"payload!");
+    let mut options = vm_to(REMOTE).udp(40000, 53).payload(b"payload!");
     // IHL 6 with one word of NOP options inserted after the fixed header.
     options.splice(34..34, [1u8, 1, 1, 1]);
     options[14] = 0x46;
@@ -170,73 +170,73 @@ fn cases() -> Vec<Case> {
     options[16..18].copy_from_slice(&tot.to_be_bytes());
     frames::fix_ip_checksum(&mut options);
 
-    let mut more_fragments = frames::udp(VM, [198, 51, 100, 7], 64, b"frag");
+    let mut more_fragments = vm_to(REMOTE).udp(40000, 53).payload(b"frag");
     more_fragments[20] = 0x20; // MF
     frames::fix_ip_checksum(&mut more_fragments);
-    let mut later_fragment = frames::udp(VM, [198, 51, 100, 7], 64, b"frag");
+    let mut later_fragment = vm_to(REMOTE).udp(40000, 53).payload(b"frag");
     later_fragment[21] = 0x10; // offset 16 * 8 bytes
     frames::fix_ip_checksum(&mut later_fragment);
 
-    let mut bad_ihl = frames::udp(VM, [198, 51, 100, 7], 64, b"x");
+    let mut bad_ihl = vm_to(REMOTE).udp(40000, 53).payload(b"x");
     bad_ihl[14] = 0x44;
-    let mut long_total = frames::udp(VM, [198, 51, 100, 7], 64, b"x");
+    let mut long_total = vm_to(REMOTE).udp(40000, 53).payload(b"x");
     long_total[16..18].copy_from_slice(&600u16.to_be_bytes());
     frames::fix_ip_checksum(&mut long_total);
-    let mut bad_checksum = frames::udp(VM, [198, 51, 100, 7], 64, b"x");
+    let mut bad_checksum = vm_to(REMOTE).udp(40000, 53).payload(b"x");
     bad_checksum[24] ^= 0xff;
-    let truncated_ip = frames::udp(VM, [198, 51, 100, 7], 64, b"x")[..24].to_vec();
+    let truncated_ip = vm_to(REMOTE).udp(40000, 53).payload(b"x")[..24].to_vec();
     // IPv4 header announcing 24 bytes: only half a UDP header.
-    let mut short_udp = frames::udp(VM, [198, 51, 100, 7], 64, b"")[..38].to_vec();
+    let mut short_udp = vm_to(REMOTE).udp(40000, 53).payload(b"")[..38].to_vec();
     short_udp[16..18].copy_from_slice(&24u16.to_be_bytes());
     frames::fix_ip_checksum(&mut short_udp);
-    let mut short_tcp = frames::tcp(VM, [198, 51, 100, 7], 64)[..44].to_vec();
+    let mut short_tcp = vm_to(REMOTE).tcp(40000, 80).seq(1).syn().build()[..44].to_vec();
     short_tcp[16..18].copy_from_slice(&30u16.to_be_bytes());
     frames::fix_ip_checksum(&mut short_tcp);
 
-    let mut vlan = frames::udp(VM, [198, 51, 100, 7], 64, b"x");
+    let mut vlan = vm_to(REMOTE).udp(40000, 53).payload(b"x");
     vlan.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
     let mut double_vlan = vlan.clone();
     double_vlan.splice(16..16, [0x81, 0x00, 0x00, 0x65]);
-    let mut broadcast_mac = frames::udp(VM, [198, 51, 100, 7], 64, b"x");
+    let mut broadcast_mac = vm_to(REMOTE).udp(40000, 53).payload(b"x");
     broadcast_mac[..6].copy_from_slice(&[0xff; 6]);
-    let big = frames::udp(VM, [198, 51, 100, 7], 64, &[0u8; 1600]);
+    let big = vm_to(REMOTE).udp(40000, 53).payload(&[0u8; 1600]);
     ttl1[22] = 1;
 
     vec![
         case(
             "udp, route hit",
-            frames::udp(VM, [198, 51, 100, 7], 64, b"hello"),
+            vm_to(REMOTE).udp(40000, 53).payload(b"hello"),
             fwd,
         ),
         case(
             "tcp syn, route hit",
-            frames::tcp(VM, [198, 51, 100, 7], 64),
+            vm_to(REMOTE).tcp(40000, 80).seq(1).syn().build(),
             fwd,
         ),
         case(
             "icmp echo, route hit",
-            frames::icmp_echo(VM, [198, 51, 100, 7], 64),
+            vm_to(REMOTE).icmp_echo_request(7, 1).payload(b"ping"),
             fwd,
         ),
         case(
             "shorter prefix /16",
-            frames::udp(VM, [10, 20, 9, 9], 64, b"x"),
+            vm_to([10, 20, 9, 9]).udp(40000, 53).payload(b"x"),
             fwd,
         ),
         case(
             "longest prefix /24 wins over /16",
-            frames::udp(VM, [10, 20, 5, 5], 64, b"x"),
+            vm_to([10, 20, 5, 5]).udp(40000, 53).payload(b"x"),
             Expect::Forward(OTHER_HOP_MAC, ROUTER_OUT_MAC),
         ),
         case(
             "route miss",
-            frames::udp(VM, [8, 8, 8, 8], 64, b"x"),
+            vm_to([8, 8, 8, 8]).udp(40000, 53).payload(b"x"),
             Expect::Pass(Reason::NoRoute),
         ),
         // XDP cannot resolve a neighbour; TC redirects with the kernel resolving it.
         Case {
             name: "connected, neighbour unknown",
-            frame: frames::udp(VM, [198, 18, 0, 77], 64, b"x"),
+            frame: vm_to([198, 18, 0, 77]).udp(40000, 53).payload(b"x"),
             xdp: Expect::Pass(Reason::XdpToTc),
             tc: Some(Expect::Resolve),
         },
@@ -285,12 +285,12 @@ fn cases() -> Vec<Case> {
         case("two vlan tags", double_vlan, Expect::Pass(Reason::OtherL3)),
         case(
             "ipv6",
-            frames::raw_l2(0x86dd, &[0x60; 40]),
+            eth(ROUTER_IN_MAC).raw(0x86dd, &[0x60; 40]),
             Expect::Pass(Reason::Ipv6),
         ),
         case(
             "arp",
-            frames::raw_l2(0x0806, &[0; 28]),
+            eth(ROUTER_IN_MAC).raw(0x0806, &[0; 28]),
             Expect::Pass(Reason::Arp),
         ),
         case(
@@ -300,17 +300,17 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "to the router itself",
-            frames::udp(VM, [10, 0, 1, 1], 64, b"x"),
+            vm_to([10, 0, 1, 1]).udp(40000, 53).payload(b"x"),
             Expect::Pass(Reason::LocalDest),
         ),
         case(
             "blackhole route",
-            frames::udp(VM, [192, 0, 2, 5], 64, b"x"),
+            vm_to([192, 0, 2, 5]).udp(40000, 53).payload(b"x"),
             Expect::Drop(Reason::Blackhole),
         ),
         case(
             "unreachable route",
-            frames::udp(VM, [203, 0, 113, 1], 64, b"x"),
+            vm_to([203, 0, 113, 1]).udp(40000, 53).payload(b"x"),
             Expect::Pass(Reason::KernelRoute),
         ),
         case(
@@ -320,36 +320,35 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "multicast destination",
-            frames::udp(VM, [224, 0, 0, 5], 64, b"x"),
+            vm_to([224, 0, 0, 5]).udp(40000, 53).payload(b"x"),
             Expect::Pass(Reason::SpecialAddress),
         ),
         case(
             "zero source",
-            frames::udp([0, 0, 0, 0], [198, 51, 100, 7], 64, b"x"),
+            eth(ROUTER_IN_MAC)
+                .ipv4([0, 0, 0, 0], REMOTE)
+                .udp(40000, 53)
+                .payload(b"x"),
             Expect::Pass(Reason::SpecialAddress),
         ),
         Case {
             name: "egress without XDP delivery: XDP hands it to TC, TC forwards",
-            frame: frames::udp(VM, [100, 64, 0, 9], 64, b"x"),
+            frame: vm_to([100, 64, 0, 9]).udp(40000, 53).payload(b"x"),
             xdp: Expect::Pass(Reason::XdpToTc),
             tc: Some(Expect::Forward(SLOW_HOP_MAC, SLOW_OUT_MAC)),
         },
     ]
 }
 
-fn check(entry: &str, case: &Case, expect: Expect, verdict: u32, out: &[u8]) {
-    let name = format!("{entry}: {}", case.name);
-    let (redirect, pass, drop) = if entry == "xdp" {
-        (XDP_REDIRECT, XDP_PASS, XDP_DROP)
-    } else {
-        (TC_ACT_REDIRECT, TC_ACT_OK, TC_ACT_SHOT)
-    };
+fn check(entry: Entry, case: &Case, expect: Expect, verdict: u32, out: &[u8]) {
+    let name = format!("{}: {}", entry.name(), case.name);
+    let (redirect, pass, drop) = (entry.redirect(), entry.pass(), entry.drop());
     match expect {
         Expect::Forward(dst, src) => {
             assert_eq!(verdict, redirect, "{name}: verdict");
             let got = frames::parse(out);
             let sent = frames::parse(&case.frame);
-            assert_eq!(got.dst_mac, dst, "{name}: destination MAC");
+            assert_eq!(got.addresses.dst_mac, dst, "{name}: destination MAC");
             assert_eq!(got.src_mac, src, "{name}: source MAC");
             assert_eq!(got.ttl, sent.ttl - 1, "{name}: TTL");
             assert!(
@@ -366,7 +365,7 @@ fn check(entry: &str, case: &Case, expect: Expect, verdict: u32, out: &[u8]) {
         }
         Expect::Pass(reason) => {
             assert_eq!(verdict, pass, "{name}: verdict");
-            let frame = if entry == "xdp" {
+            let frame = if entry == Entry::Xdp {
                 // The XDP entry leaves a tag in the metadata area for the TC entry.
                 let tag = if reason == Reason::XdpToTc {
                     xdp_meta::TC_FORWARD
@@ -404,18 +403,19 @@ fn check(entry: &str, case: &Case, expect: Expect, verdict: u32, out: &[u8]) {
     }
 }
 
-fn run_all(entry: &str) {
+fn run_all(entry: Entry) {
     let mut f = Fixture::new();
     for case in cases() {
         let before = f.stats();
-        let (expect, (verdict, out)) = match (entry, case.tc) {
-            ("xdp", _) => (case.xdp, f.run_xdp(&case.frame)),
-            (_, Some(tc)) => (tc, f.run_tc(&case.frame)),
-            (_, None) => continue,
+        let expect = match (entry, case.tc) {
+            (Entry::Xdp, _) => case.xdp,
+            (Entry::Tc, Some(tc)) => tc,
+            (Entry::Tc, None) => continue,
         };
-        check(entry, &case, expect, verdict, &out);
+        let run = f.run(entry, &case.frame);
+        check(entry, &case, expect, run.verdict, &run.frame);
         let after = f.stats();
-        let name = format!("{entry}: {}", case.name);
+        let name = format!("{}: {}", entry.name(), case.name);
         let len = case.frame.len() as u64;
         match expect {
             Expect::Resolve => {
@@ -480,12 +480,12 @@ fn run_all(entry: &str) {
 
 #[test]
 fn xdp_entry_fixtures() {
-    run_all("xdp");
+    run_all(Entry::Xdp);
 }
 
 #[test]
 fn tc_entry_fixtures() {
-    run_all("tc");
+    run_all(Entry::Tc);
 }
 
 #[test]
@@ -495,24 +495,10 @@ fn unknown_ingress_is_passed_and_not_counted_elsewhere() {
         "link", "add", "stray0", "type", "veth", "peer", "name", "stray1",
     ]);
     let stray = ifindex("stray0");
-    let frame = frames::udp(VM, [198, 51, 100, 7], 64, b"x");
-    let mut ctx = [0u8; 24];
-    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&stray.to_ne_bytes());
-    let mut out = vec![0u8; 256];
-    let opts = TestRunOptions {
-        data_in: Some(&frame),
-        data_out: Some(&mut out),
-        ctx_in: Some(&ctx),
-        ..Default::default()
-    };
+    let frame = vm_to(REMOTE).udp(40000, 53).payload(b"x");
     let before = f.stats();
-    let r =
-        f.dp.xdp()
-            .expect("Datapath::load loads the XDP program")
-            .test_run(opts)
-            .expect("test run");
-    assert_eq!(r.return_value, XDP_PASS);
+    let run = testrun::run(&f.dp, Entry::Xdp, stray, &frame);
+    assert_eq!(run.verdict, XDP_PASS);
     assert_eq!(
         f.stats(),
         before,

@@ -16,11 +16,12 @@ use router_common::{
 };
 use router_tests::{
     fixture::{Routes, iface, neighbor, route, veth_pairs},
-    frames::{ROUTER_IN_MAC, ROUTER_OUT_MAC},
+    frames::{ROUTER_IN_MAC, ROUTER_OUT_MAC, addresses, eth},
     netns::NetnsGuard,
-    testrun::{self, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT},
+    testrun::{
+        self, Entry, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+    },
     topo::ifindex,
-    wire::{echo, seen, tcp, tcp_with_flags, udp},
 };
 use router_user::{
     datapath::Datapath,
@@ -47,12 +48,7 @@ const FIREWALL_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xf2];
 const T_STEER: u32 = 100;
 const T_OTHER: u32 = 200;
 const T_NARROW: u32 = 300;
-
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Entry {
-    Xdp,
-    Tc,
-}
+const PAYLOAD: &[u8] = b"some payload";
 
 #[derive(Debug, PartialEq, Clone, Copy)]
 enum Outcome {
@@ -168,10 +164,11 @@ impl Router {
     }
 
     fn run(&self, ingress: u32, frame: &[u8]) -> (Outcome, Vec<u8>) {
-        let (verdict, out) = match self.entry {
-            Entry::Xdp => testrun::xdp(&self.dp, ingress, frame),
-            Entry::Tc => testrun::tc(&self.dp, ingress, frame),
-        };
+        let testrun::Run {
+            verdict,
+            frame: out,
+            ..
+        } = testrun::run(&self.dp, self.entry, ingress, frame);
         let outcome = match (self.entry, verdict) {
             (Entry::Xdp, XDP_REDIRECT) | (Entry::Tc, TC_ACT_REDIRECT) => Outcome::Forward,
             (Entry::Xdp, XDP_PASS) | (Entry::Tc, TC_ACT_OK) => Outcome::Pass,
@@ -185,7 +182,7 @@ impl Router {
     fn forward(&self, ingress: u32, frame: &[u8]) -> ([u8; 6], [u8; 4], [u8; 4], u16, u16) {
         let (outcome, out) = self.run(ingress, frame);
         assert_eq!(outcome, Outcome::Forward, "{:?}: not forwarded", self.entry);
-        let s = seen(&out);
+        let s = addresses(&out);
         (s.dst_mac, s.src, s.dst, s.sport, s.dport)
     }
 
@@ -237,7 +234,10 @@ fn rules_are_walked_in_order_and_fall_through_tables_without_a_route() {
         let mut r = Router::new(entry);
         let (inside, outside) = (r.inside, r.outside);
         // No rules: the main table (default via gateway A).
-        let to_remote = udp([10, 0, 1, 200], 5000, REMOTE, 53, ROUTER_IN_MAC);
+        let to_remote = eth(ROUTER_IN_MAC)
+            .ipv4([10, 0, 1, 200], REMOTE)
+            .udp(5000, 53)
+            .payload(PAYLOAD);
         assert_eq!(
             r.forward(inside, &to_remote).0,
             GW_A_MAC,
@@ -261,25 +261,37 @@ fn rules_are_walked_in_order_and_fall_through_tables_without_a_route() {
             "{entry:?}: iif+to rule"
         );
         // 10.0.1.5 matches the second rule first: table 100, the firewall.
-        let steered = udp(FIXED_A, 5000, REMOTE, 53, ROUTER_IN_MAC);
+        let steered = eth(ROUTER_IN_MAC)
+            .ipv4(FIXED_A, REMOTE)
+            .udp(5000, 53)
+            .payload(PAYLOAD);
         let (mac, ..) = r.forward(inside, &steered);
         assert_eq!(mac, FIREWALL_MAC, "{entry:?}: from rule");
         // The first rule's table has a route for 192.0.2.1: it wins over the others.
-        let narrow = udp(FIXED_A, 5000, [192, 0, 2, 1], 53, ROUTER_IN_MAC);
+        let narrow = eth(ROUTER_IN_MAC)
+            .ipv4(FIXED_A, [192, 0, 2, 1])
+            .udp(5000, 53)
+            .payload(PAYLOAD);
         assert_eq!(
             r.forward(inside, &narrow).0,
             GW_B_MAC,
             "{entry:?}: first rule"
         );
         // The iif rule does not match traffic from another interface: main table.
-        let from_out = udp(REMOTE, 5000, [203, 0, 113, 77], 53, ROUTER_OUT_MAC);
+        let from_out = eth(ROUTER_OUT_MAC)
+            .ipv4(REMOTE, [203, 0, 113, 77])
+            .udp(5000, 53)
+            .payload(PAYLOAD);
         assert_eq!(
             r.forward(outside, &from_out).0,
             GW_A_MAC,
             "{entry:?}: other iif"
         );
         // A local address in a rule's table stays local.
-        let to_router = udp(FIXED_A, 5000, [10, 0, 1, 1], 53, ROUTER_IN_MAC);
+        let to_router = eth(ROUTER_IN_MAC)
+            .ipv4(FIXED_A, [10, 0, 1, 1])
+            .udp(5000, 53)
+            .payload(PAYLOAD);
         assert_eq!(
             r.run(inside, &to_router).0,
             Outcome::Pass,
@@ -318,7 +330,10 @@ fn steering_sends_traffic_through_the_firewall_and_nat_happens_on_the_second_pas
         let (inside, fw, outside) = (r.inside, r.fw, r.outside);
         r.policy(&[rule(inside, ANY, ANY, T_STEER)], &[], 0, false);
         // Pass 1: from the VM with a floating IP to the firewall, untranslated.
-        let out = udp(FIXED_A, 5000, REMOTE, 53, ROUTER_IN_MAC);
+        let out = eth(ROUTER_IN_MAC)
+            .ipv4(FIXED_A, REMOTE)
+            .udp(5000, 53)
+            .payload(PAYLOAD);
         let (mac, src, dst, sport, _) = r.forward(inside, &out);
         assert_eq!(
             (mac, src, dst, sport),
@@ -326,7 +341,10 @@ fn steering_sends_traffic_through_the_firewall_and_nat_happens_on_the_second_pas
             "{entry:?}: pass 1"
         );
         // Pass 2: back from the firewall (zone fw0), routed by main, float-snat.
-        let back = udp(FIXED_A, 5000, REMOTE, 53, ROUTER_FW_MAC);
+        let back = eth(ROUTER_FW_MAC)
+            .ipv4(FIXED_A, REMOTE)
+            .udp(5000, 53)
+            .payload(PAYLOAD);
         let (mac, src, ..) = r.forward(fw, &back);
         assert_eq!(
             (mac, src),
@@ -334,26 +352,45 @@ fn steering_sends_traffic_through_the_firewall_and_nat_happens_on_the_second_pas
             "{entry:?}: pass 2 float-snat"
         );
         // A VM without a floating IP: SNAT on pass 2 only, with a session in zone fw0.
-        let out = tcp(VM3, 5555, REMOTE, 80, ROUTER_IN_MAC);
+        let out = eth(ROUTER_IN_MAC)
+            .ipv4(VM3, REMOTE)
+            .tcp(5555, 80)
+            .seq(1000)
+            .syn()
+            .build();
         let (mac, src, ..) = r.forward(inside, &out);
         assert_eq!(
             (mac, src),
             (FIREWALL_MAC, VM3),
             "{entry:?}: SNAT pass 1 untranslated"
         );
-        let back = tcp(VM3, 5555, REMOTE, 80, ROUTER_FW_MAC);
+        let back = eth(ROUTER_FW_MAC)
+            .ipv4(VM3, REMOTE)
+            .tcp(5555, 80)
+            .seq(1000)
+            .syn()
+            .build();
         let (_, src, _, sport, _) = r.forward(fw, &back);
         assert_eq!(src, GW, "{entry:?}: SNAT on pass 2");
         // The next packet's pass 1 still leaves untranslated: its zone has no session.
         let (_, src, ..) = r.forward(inside, &out);
         assert_eq!(src, VM3, "{entry:?}: zones keep the passes apart");
         // The reply comes back to the gateway IP and is translated back.
-        let reply = tcp_with_flags(REMOTE, 80, GW, sport, 0x12, ROUTER_OUT_MAC);
+        let reply = eth(ROUTER_OUT_MAC)
+            .ipv4(REMOTE, GW)
+            .tcp(80, sport)
+            .seq(1000)
+            .syn()
+            .ack(1)
+            .build();
         let (mac, _, dst, _, dport) = r.forward(outside, &reply);
         assert_eq!((mac, dst, dport), (VM_MAC, VM3, 5555), "{entry:?}: reply");
         // Steering off: direct, SNAT on the only pass.
         r.policy(&[], &[], 0, false);
-        let direct = udp(VM3, 6000, REMOTE, 53, ROUTER_IN_MAC);
+        let direct = eth(ROUTER_IN_MAC)
+            .ipv4(VM3, REMOTE)
+            .udp(6000, 53)
+            .payload(PAYLOAD);
         let (mac, src, ..) = r.forward(inside, &direct);
         assert_eq!((mac, src), (GW_A_MAC, GW), "{entry:?}: steering off");
     });
@@ -365,26 +402,50 @@ fn external_source_tables_send_each_floating_ip_to_its_subnets_gateway() {
         let mut r = Router::new(entry).with_nat();
         let inside = r.inside;
         r.policy(&[], &[], 0, true);
-        let (mac, src, ..) = r.forward(inside, &udp(FIXED_B, 5000, REMOTE, 53, ROUTER_IN_MAC));
+        let (mac, src, ..) = r.forward(
+            inside,
+            &eth(ROUTER_IN_MAC)
+                .ipv4(FIXED_B, REMOTE)
+                .udp(5000, 53)
+                .payload(PAYLOAD),
+        );
         assert_eq!(
             (mac, src),
             (GW_B_MAC, FIP_B),
             "{entry:?}: subnet B floating IP"
         );
-        let (mac, src, ..) = r.forward(inside, &udp(FIXED_A, 5000, REMOTE, 53, ROUTER_IN_MAC));
+        let (mac, src, ..) = r.forward(
+            inside,
+            &eth(ROUTER_IN_MAC)
+                .ipv4(FIXED_A, REMOTE)
+                .udp(5000, 53)
+                .payload(PAYLOAD),
+        );
         assert_eq!(
             (mac, src),
             (GW_A_MAC, FIP_A),
             "{entry:?}: subnet A floating IP"
         );
-        let (mac, src, ..) = r.forward(inside, &udp(VM3, 5000, REMOTE, 53, ROUTER_IN_MAC));
+        let (mac, src, ..) = r.forward(
+            inside,
+            &eth(ROUTER_IN_MAC)
+                .ipv4(VM3, REMOTE)
+                .udp(5000, 53)
+                .payload(PAYLOAD),
+        );
         assert_eq!(
             (mac, src),
             (GW_A_MAC, GW),
             "{entry:?}: SNAT leaves by the primary"
         );
         // A host on an external subnet is connected: straight to it, never a gateway.
-        let (mac, src, ..) = r.forward(inside, &udp(FIXED_A, 5000, HOST_B, 53, ROUTER_IN_MAC));
+        let (mac, src, ..) = r.forward(
+            inside,
+            &eth(ROUTER_IN_MAC)
+                .ipv4(FIXED_A, HOST_B)
+                .udp(5000, 53)
+                .payload(PAYLOAD),
+        );
         assert_eq!(
             (mac, src),
             (HOST_B_MAC, FIP_A),
@@ -392,7 +453,13 @@ fn external_source_tables_send_each_floating_ip_to_its_subnets_gateway() {
         );
         // Without the source tables, subnet B's floating IP would leave by gateway A.
         r.policy(&[], &[], 0, false);
-        let (mac, ..) = r.forward(inside, &udp(FIXED_B, 5000, REMOTE, 53, ROUTER_IN_MAC));
+        let (mac, ..) = r.forward(
+            inside,
+            &eth(ROUTER_IN_MAC)
+                .ipv4(FIXED_B, REMOTE)
+                .udp(5000, 53)
+                .payload(PAYLOAD),
+        );
         assert_eq!(mac, GW_A_MAC, "{entry:?}: no source tables");
     });
 }
@@ -432,13 +499,24 @@ fn firewall_verdicts_and_counters() {
         };
 
         // Allowed new flow; its reply is established (default deny would drop it).
-        let syn = tcp(VM3, 4000, REMOTE, 80, ROUTER_IN_MAC);
+        let syn = eth(ROUTER_IN_MAC)
+            .ipv4(VM3, REMOTE)
+            .tcp(4000, 80)
+            .seq(1000)
+            .syn()
+            .build();
         assert_eq!(
             r.run(inside, &syn).0,
             Outcome::Forward,
             "{entry:?}: allow tcp/80"
         );
-        let reply = tcp_with_flags(REMOTE, 80, VM3, 4000, 0x12, ROUTER_OUT_MAC);
+        let reply = eth(ROUTER_OUT_MAC)
+            .ipv4(REMOTE, VM3)
+            .tcp(80, 4000)
+            .seq(1000)
+            .syn()
+            .ack(1)
+            .build();
         assert_eq!(
             r.run(outside, &reply).0,
             Outcome::Forward,
@@ -446,7 +524,12 @@ fn firewall_verdicts_and_counters() {
         );
         assert_eq!(fixed().established.0, 1, "{entry:?}: established counter");
         // New flow from outside, no rule: default deny.
-        let inbound = tcp(REMOTE, 4001, VM3, 22, ROUTER_OUT_MAC);
+        let inbound = eth(ROUTER_OUT_MAC)
+            .ipv4(REMOTE, VM3)
+            .tcp(4001, 22)
+            .seq(1000)
+            .syn()
+            .build();
         let before = r.reason(outside, Reason::FwDefaultDeny);
         assert_eq!(
             r.run(outside, &inbound).0,
@@ -456,7 +539,10 @@ fn firewall_verdicts_and_counters() {
         assert_eq!(r.reason(outside, Reason::FwDefaultDeny), before + 1);
         assert_eq!(fixed().default.0, 1, "{entry:?}: default counter");
         // Deny by rule: ICMP from 10.0.1.0/25, counted on rule 1 (slot 3).
-        let ping = echo(VM3, REMOTE, 7, true, ROUTER_IN_MAC);
+        let ping = eth(ROUTER_IN_MAC)
+            .ipv4(VM3, REMOTE)
+            .icmp_echo_request(7, 1)
+            .payload(b"ping");
         for _ in 0..3 {
             assert_eq!(
                 r.run(inside, &ping).0,
@@ -466,28 +552,47 @@ fn firewall_verdicts_and_counters() {
         }
         assert_eq!(r.reason(inside, Reason::FwDeny), 3);
         // ICMP from 10.0.1.200 is not in the /25: the allow-icmp rule.
-        let ping2 = echo([10, 0, 1, 200], REMOTE, 7, true, ROUTER_IN_MAC);
+        let ping2 = eth(ROUTER_IN_MAC)
+            .ipv4([10, 0, 1, 200], REMOTE)
+            .icmp_echo_request(7, 1)
+            .payload(b"ping");
         assert_eq!(
             r.run(inside, &ping2).0,
             Outcome::Forward,
             "{entry:?}: allow icmp"
         );
         // Reject: handed to the kernel, marked for it to answer (TC shows the mark).
-        let dns = udp(VM3, 5353, REMOTE, 53, ROUTER_IN_MAC);
+        let dns = eth(ROUTER_IN_MAC)
+            .ipv4(VM3, REMOTE)
+            .udp(5353, 53)
+            .payload(PAYLOAD);
         assert_eq!(r.run(inside, &dns).0, Outcome::Pass, "{entry:?}: reject");
         assert_eq!(r.reason(inside, Reason::FwReject), 1);
         if entry == Entry::Tc {
-            let (verdict, _, mark) = testrun::tc_with_mark(&r.dp, inside, &dns);
-            assert_eq!((verdict, mark), (TC_ACT_OK, REJECT_MARK), "reject mark");
+            let run = testrun::run(&r.dp, Entry::Tc, inside, &dns);
+            assert_eq!(
+                (run.verdict, run.mark),
+                (TC_ACT_OK, Some(REJECT_MARK)),
+                "reject mark"
+            );
         }
         // Invalid: SYN+FIN, and an echo reply nobody asked for.
-        let synfin = tcp_with_flags(VM3, 4002, REMOTE, 80, 0x03, ROUTER_IN_MAC);
+        let synfin = eth(ROUTER_IN_MAC)
+            .ipv4(VM3, REMOTE)
+            .tcp(4002, 80)
+            .seq(1000)
+            .syn()
+            .fin()
+            .build();
         assert_eq!(
             r.run(inside, &synfin).0,
             Outcome::Drop,
             "{entry:?}: SYN+FIN"
         );
-        let stray = echo(REMOTE, VM3, 9, false, ROUTER_OUT_MAC);
+        let stray = eth(ROUTER_OUT_MAC)
+            .ipv4(REMOTE, VM3)
+            .icmp_echo_reply(9, 1)
+            .payload(b"ping");
         assert_eq!(
             r.run(outside, &stray).0,
             Outcome::Drop,
@@ -510,7 +615,10 @@ fn firewall_verdicts_and_counters() {
             "{entry:?}: per-rule bytes"
         );
         // Traffic between two external addresses is not the firewall's business.
-        let transit = udp(REMOTE, 1, [198, 19, 0, 50], 2, ROUTER_OUT_MAC);
+        let transit = eth(ROUTER_OUT_MAC)
+            .ipv4(REMOTE, [198, 19, 0, 50])
+            .udp(1, 2)
+            .payload(PAYLOAD);
         assert_eq!(
             r.run(outside, &transit).0,
             Outcome::Forward,
@@ -528,7 +636,13 @@ fn firewall_verdicts_and_counters() {
             Outcome::Forward,
             "{entry:?}: default allow"
         );
-        let reply = tcp_with_flags(VM3, 22, REMOTE, 4001, 0x12, ROUTER_IN_MAC);
+        let reply = eth(ROUTER_IN_MAC)
+            .ipv4(VM3, REMOTE)
+            .tcp(22, 4001)
+            .seq(1000)
+            .syn()
+            .ack(1)
+            .build();
         assert_eq!(
             r.run(inside, &reply).0,
             Outcome::Forward,
@@ -546,19 +660,52 @@ fn firewall_keeps_nat_and_tracks_floating_ip_flows() {
         let allow_out_web = fw_rule(fw_action::ALLOW, 6, ([10, 0, 1, 0], 24), ANY, (80, 80), 0);
         r.policy(&[], &[allow_out_web], fw_flags::ENABLED, false);
         // SNAT: the SNAT session is the firewall's session too.
-        let (_, src, _, sport, _) = r.forward(inside, &tcp(VM3, 4100, REMOTE, 80, ROUTER_IN_MAC));
+        let (_, src, _, sport, _) = r.forward(
+            inside,
+            &eth(ROUTER_IN_MAC)
+                .ipv4(VM3, REMOTE)
+                .tcp(4100, 80)
+                .seq(1000)
+                .syn()
+                .build(),
+        );
         assert_eq!(src, GW, "{entry:?}: SNAT with a firewall");
-        let reply = tcp_with_flags(REMOTE, 80, GW, sport, 0x12, ROUTER_OUT_MAC);
+        let reply = eth(ROUTER_OUT_MAC)
+            .ipv4(REMOTE, GW)
+            .tcp(80, sport)
+            .seq(1000)
+            .syn()
+            .ack(1)
+            .build();
         let (_, _, dst, ..) = r.forward(outside, &reply);
         assert_eq!(dst, VM3, "{entry:?}: SNAT reply established");
         // Floating IP out: float-snat, a forward session; its reply established and DNATed.
-        let (_, src, ..) = r.forward(inside, &tcp(FIXED_A, 4200, REMOTE, 80, ROUTER_IN_MAC));
+        let (_, src, ..) = r.forward(
+            inside,
+            &eth(ROUTER_IN_MAC)
+                .ipv4(FIXED_A, REMOTE)
+                .tcp(4200, 80)
+                .seq(1000)
+                .syn()
+                .build(),
+        );
         assert_eq!(src, FIP_A, "{entry:?}: float-snat with a firewall");
-        let reply = tcp_with_flags(REMOTE, 80, FIP_A, 4200, 0x12, ROUTER_OUT_MAC);
+        let reply = eth(ROUTER_OUT_MAC)
+            .ipv4(REMOTE, FIP_A)
+            .tcp(80, 4200)
+            .seq(1000)
+            .syn()
+            .ack(1)
+            .build();
         let (_, _, dst, ..) = r.forward(outside, &reply);
         assert_eq!(dst, FIXED_A, "{entry:?}: floating IP reply established");
         // New flow to the floating IP from outside: default deny (rules see the fixed IP).
-        let inbound = tcp(REMOTE, 4300, FIP_A, 80, ROUTER_OUT_MAC);
+        let inbound = eth(ROUTER_OUT_MAC)
+            .ipv4(REMOTE, FIP_A)
+            .tcp(4300, 80)
+            .seq(1000)
+            .syn()
+            .build();
         assert_eq!(
             r.run(outside, &inbound).0,
             Outcome::Drop,
@@ -603,25 +750,37 @@ fn spoofed_sources_are_dropped_on_checked_internal_interfaces() {
             0,
             "idempotent"
         );
-        let own = udp(VM3, 5000, REMOTE, 53, ROUTER_IN_MAC);
+        let own = eth(ROUTER_IN_MAC)
+            .ipv4(VM3, REMOTE)
+            .udp(5000, 53)
+            .payload(PAYLOAD);
         assert_eq!(
             r.run(inside, &own).0,
             Outcome::Forward,
             "{entry:?}: own subnet"
         );
-        let routed = udp([172, 16, 9, 9], 5000, REMOTE, 53, ROUTER_IN_MAC);
+        let routed = eth(ROUTER_IN_MAC)
+            .ipv4([172, 16, 9, 9], REMOTE)
+            .udp(5000, 53)
+            .payload(PAYLOAD);
         assert_eq!(
             r.run(inside, &routed).0,
             Outcome::Forward,
             "{entry:?}: routed network"
         );
-        let spoofed = udp([10, 0, 2, 5], 5000, REMOTE, 53, ROUTER_IN_MAC);
+        let spoofed = eth(ROUTER_IN_MAC)
+            .ipv4([10, 0, 2, 5], REMOTE)
+            .udp(5000, 53)
+            .payload(PAYLOAD);
         assert_eq!(
             r.run(inside, &spoofed).0,
             Outcome::Drop,
             "{entry:?}: spoofed"
         );
-        let as_router_peer = udp([198, 18, 0, 77], 5000, REMOTE, 53, ROUTER_IN_MAC);
+        let as_router_peer = eth(ROUTER_IN_MAC)
+            .ipv4([198, 18, 0, 77], REMOTE)
+            .udp(5000, 53)
+            .payload(PAYLOAD);
         assert_eq!(
             r.run(inside, &as_router_peer).0,
             Outcome::Drop,
@@ -629,7 +788,10 @@ fn spoofed_sources_are_dropped_on_checked_internal_interfaces() {
         );
         assert_eq!(r.reason(inside, Reason::SpoofedSource), 2);
         // An interface without the check (a firewall leg) takes any source.
-        let via_fw = udp([10, 0, 2, 5], 5000, REMOTE, 53, ROUTER_FW_MAC);
+        let via_fw = eth(ROUTER_FW_MAC)
+            .ipv4([10, 0, 2, 5], REMOTE)
+            .udp(5000, 53)
+            .payload(PAYLOAD);
         assert_eq!(
             r.run(fw, &via_fw).0,
             Outcome::Forward,
@@ -655,10 +817,19 @@ fn snat_source_quota_keeps_one_address_from_taking_every_port() {
             })
             .expect("NAT_CONFIG");
         for port in [5000, 5001] {
-            let (_, src, ..) = r.forward(inside, &udp(VM3, port, REMOTE, 53, ROUTER_IN_MAC));
+            let (_, src, ..) = r.forward(
+                inside,
+                &eth(ROUTER_IN_MAC)
+                    .ipv4(VM3, REMOTE)
+                    .udp(port, 53)
+                    .payload(PAYLOAD),
+            );
             assert_eq!(src, GW, "{entry:?}: within the quota");
         }
-        let third = udp(VM3, 5002, REMOTE, 53, ROUTER_IN_MAC);
+        let third = eth(ROUTER_IN_MAC)
+            .ipv4(VM3, REMOTE)
+            .udp(5002, 53)
+            .payload(PAYLOAD);
         assert_eq!(
             r.run(inside, &third).0,
             Outcome::Drop,
@@ -667,10 +838,22 @@ fn snat_source_quota_keeps_one_address_from_taking_every_port() {
         assert_eq!(r.reason(inside, Reason::SnatSourceQuota), 1);
         // Another internal address is not held back by the first one's sessions.
         let other = [10, 0, 1, 7];
-        let (_, src, ..) = r.forward(inside, &udp(other, 5000, REMOTE, 53, ROUTER_IN_MAC));
+        let (_, src, ..) = r.forward(
+            inside,
+            &eth(ROUTER_IN_MAC)
+                .ipv4(other, REMOTE)
+                .udp(5000, 53)
+                .payload(PAYLOAD),
+        );
         assert_eq!(src, GW, "{entry:?}: another address");
         // An existing session of the first address still works.
-        let (_, src, ..) = r.forward(inside, &udp(VM3, 5000, REMOTE, 53, ROUTER_IN_MAC));
+        let (_, src, ..) = r.forward(
+            inside,
+            &eth(ROUTER_IN_MAC)
+                .ipv4(VM3, REMOTE)
+                .udp(5000, 53)
+                .payload(PAYLOAD),
+        );
         assert_eq!(src, GW, "{entry:?}: established within the quota");
         // routerd's garbage collection recounts from the table: one session left of VM3's.
         let counts = [(VM3, 1u32)].into_iter().collect();

@@ -18,7 +18,6 @@ use std::{
     net::Ipv4Addr,
 };
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use router_common::{
     CtEntry, CtKey, FipStats, FwRule, FwStats, IfaceEntry, IfaceStats, PolicyConfig, Reason,
     SnatStats, TABLE_MAIN, ct_dir, fw_flags, fw_slot, route_kind, xdp_meta,
@@ -39,18 +38,13 @@ use crate::{
     maps::{self, Pinned, Rooms as _, Taken, policy::action_name},
     router::RouterInfo,
     stats,
+    testrun::{
+        self, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_ABORTED, XDP_DROP, XDP_PASS,
+        XDP_REDIRECT, XDP_TX,
+    },
 };
 
 const IPPROTO_ICMP: u8 = 1;
-
-const XDP_ABORTED: u32 = 0;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
 
 // ---- the result ------------------------------------------------------------------------
 
@@ -328,44 +322,18 @@ fn tc_stage(ret: u32) -> Stage {
 /// BPF_PROG_TEST_RUN of one entry as if `frame` arrived on `ingress`: (return value,
 /// output frame).
 fn test_run(dp: &Datapath, xdp: bool, ingress: u32, frame: &[u8]) -> Result<(u32, Vec<u8>), Error> {
-    let mut out = vec![0u8; frame.len() + 256];
-    let result = if xdp {
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, ...
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        };
+    let run = if xdp {
         // `open_for_trace` loads both programs.
-        dp.xdp()
-            .ok_or(aya::programs::ProgramError::NotLoaded)
-            .and_then(|p| p.test_run(opts))
+        let prog = dp.xdp().ok_or_else(|| Error::Program {
+            router: String::new(),
+            what: "the XDP entry".into(),
+            source: Box::new(aya::programs::ProgramError::NotLoaded),
+        })?;
+        testrun::run_xdp(prog, ingress, frame, 1)?
     } else {
-        // struct __sk_buff up to `ifindex` (offset 40).
-        let mut ctx = [0u8; 44];
-        ctx[40..44].copy_from_slice(&ingress.to_ne_bytes());
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        };
-        dp.tc().test_run(opts)
+        testrun::run_tc(dp.tc(), ingress, frame, 1)?
     };
-    let result = result.map_err(|e| Error::Program {
-        router: String::new(),
-        what: format!(
-            "BPF_PROG_TEST_RUN of the {} entry",
-            if xdp { "XDP" } else { "TC" }
-        ),
-        source: Box::new(e),
-    })?;
-    out.truncate(result.data_size_out as usize);
-    Ok((result.return_value, out))
+    Ok((run.verdict, run.frame))
 }
 
 fn xdp_action(ret: u32) -> &'static str {
