@@ -77,9 +77,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// routerd refused a request; the message names what is wrong.
-    #[error("{0}")]
-    Api(String),
+    /// routerd refused a request: its code, and a message naming what is wrong.
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
     /// routerd's API socket cannot be served.
     #[error("API socket {path}: {problem}")]
     Socket { path: String, problem: String },

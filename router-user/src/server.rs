@@ -169,6 +169,11 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// The answer to a request routerd can no longer serve.
+fn shutting_down() -> api::ApiError {
+    api::ApiError::new(api::ErrorCode::Unavailable, "routerd is shutting down")
+}
+
 /// One client: lines in, lines out, until it closes. A refused client gets its refusal as
 /// the one response.
 async fn connection(stream: UnixStream, refusal: Option<String>, jobs: mpsc::Sender<Job>) {
@@ -176,7 +181,11 @@ async fn connection(stream: UnixStream, refusal: Option<String>, jobs: mpsc::Sen
     if let Some(why) = refusal {
         log::warn!("routerd: API connection refused: {why}");
         let _ = write
-            .write_all(Response::failure(why).to_line().as_bytes())
+            .write_all(
+                Response::failure(api::ApiError::new(api::ErrorCode::Forbidden, why))
+                    .to_line()
+                    .as_bytes(),
+            )
             .await;
         let _ = write.shutdown().await;
         return;
@@ -200,10 +209,10 @@ async fn connection(stream: UnixStream, refusal: Option<String>, jobs: mpsc::Sen
             return;
         }
         if line.len() > api::MAX_LINE {
-            let r = Response::failure(format!(
+            let r = Response::failure(api::ApiError::invalid(format!(
                 "malformed request: longer than {} bytes",
                 api::MAX_LINE
-            ));
+            )));
             let _ = write.write_all(r.to_line().as_bytes()).await;
             return;
         }
@@ -217,11 +226,11 @@ async fn connection(stream: UnixStream, refusal: Option<String>, jobs: mpsc::Sen
             Ok(request) => {
                 let (reply, response) = oneshot::channel();
                 if jobs.send(Job { request, reply }).await.is_err() {
-                    Response::failure("routerd is shutting down")
+                    Response::failure(shutting_down())
                 } else {
                     response
                         .await
-                        .unwrap_or_else(|_| Response::failure("routerd is shutting down"))
+                        .unwrap_or_else(|_| Response::failure(shutting_down()))
                 }
             }
         };

@@ -8,7 +8,7 @@ use std::{
 
 use serde_json::Value;
 
-use super::protocol::{MAX_LINE, Request, Response};
+use super::protocol::{ApiError, ErrorCode, MAX_LINE, Request, Response};
 use crate::error::Error;
 
 /// A connection to routerd.
@@ -40,11 +40,12 @@ impl Client {
             Response {
                 ok: true, result, ..
             } => Ok(result.unwrap_or(Value::Null)),
-            Response { error, .. } => {
-                Err(Error::Api(error.unwrap_or_else(|| {
-                    "routerd answered an error without a message".into()
-                })))
-            }
+            Response { error, .. } => Err(Error::Api(error.unwrap_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Internal,
+                    "routerd answered an error without a message",
+                )
+            }))),
         }
     }
 

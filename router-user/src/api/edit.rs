@@ -7,7 +7,7 @@ use std::{net::Ipv4Addr, str::FromStr};
 
 use router_common::TABLE_MAIN;
 
-use super::planner::Plan;
+use super::{planner::Plan, protocol::ApiError};
 use crate::config::{
     self, DesiredState, Firewall, FirewallRuleText, IfAddr, Prefix, Router, RouterText, RuleText,
     Steering,
@@ -21,7 +21,7 @@ pub(super) struct Target<'a> {
 }
 
 impl<'a> Target<'a> {
-    pub(super) fn of(state: &'a DesiredState, id: &str) -> Result<Self, String> {
+    pub(super) fn of(state: &'a DesiredState, id: &str) -> Result<Self, ApiError> {
         state
             .routers
             .iter()
@@ -32,7 +32,10 @@ impl<'a> Target<'a> {
                 index,
                 router,
             })
-            .ok_or_else(|| format!("router \"{id}\" does not exist"))
+            .ok_or_else(|| {
+                ApiError::not_found(format!("router \"{id}\" does not exist"))
+                    .at(format!("router {id}"))
+            })
     }
 
     pub(super) fn router(&self) -> &'a Router {
@@ -52,14 +55,14 @@ impl<'a> Target<'a> {
     }
 
     /// The state with this router edited by `edit`, checked whole.
-    fn change(&self, edit: impl FnOnce(&mut Router)) -> Result<Plan, String> {
+    fn change(&self, edit: impl FnOnce(&mut Router)) -> Result<Plan, ApiError> {
         checked(self.state, self.edited(edit))
     }
 }
 
 /// `new`, checked whole, as a plan for `state`.
-fn checked(state: &DesiredState, new: DesiredState) -> Result<Plan, String> {
-    new.validate().map_err(|e| e.to_string())?;
+fn checked(state: &DesiredState, new: DesiredState) -> Result<Plan, ApiError> {
+    new.validate()?;
     Ok(change(state, new))
 }
 
@@ -73,8 +76,8 @@ pub(super) fn change(state: &DesiredState, new: DesiredState) -> Plan {
 }
 
 /// A prefix as a request names a route by (`route_del`).
-fn parse_prefix(key: &str, s: &str) -> Result<Prefix, String> {
-    let bad = |problem: &str| format!("{key} \"{s}\": {problem}");
+fn parse_prefix(key: &str, s: &str) -> Result<Prefix, ApiError> {
+    let bad = |problem: &str| ApiError::invalid(format!("{key} \"{s}\": {problem}")).at(key);
     let (addr, len) = s
         .split_once('/')
         .ok_or_else(|| bad("not an IPv4 prefix (a.b.c.d/len)"))?;
@@ -93,7 +96,7 @@ fn parse_prefix(key: &str, s: &str) -> Result<Prefix, String> {
 
 /// A table as a request names it (`route_del`, `route_list`): "main", a table's name, or
 /// an id.
-pub(super) fn resolve_table(r: &Router, key: &str, value: &str) -> Result<u32, String> {
+pub(super) fn resolve_table(r: &Router, key: &str, value: &str) -> Result<u32, ApiError> {
     if value == "main" {
         return Ok(TABLE_MAIN);
     }
@@ -103,10 +106,10 @@ pub(super) fn resolve_table(r: &Router, key: &str, value: &str) -> Result<u32, S
     match value.parse::<u32>() {
         Ok(TABLE_MAIN) => Ok(TABLE_MAIN),
         Ok(id) if r.tables.iter().any(|t| t.id == id) => Ok(id),
-        _ => Err(format!(
+        _ => Err(ApiError::invalid(format!(
             "{key} \"{value}\": is not \"main\" or a table of router \"{}\" ([[router.table]] name or id)",
             r.id
-        )),
+        ))),
     }
 }
 
@@ -132,14 +135,13 @@ pub(super) fn route_add(
     router: &str,
     text: RouteText<'_>,
     may_exist: bool,
-) -> Result<Plan, String> {
+) -> Result<Plan, ApiError> {
     let t = Target::of(state, router)?;
     let r = t.router;
     // Appended: checked like the file's last route.
     let route = t
         .text()
-        .route(r.routes.len(), text.destination, text.nexthop, text.table)
-        .map_err(|e| e.to_string())?;
+        .route(r.routes.len(), text.destination, text.nexthop, text.table)?;
     let appended = match t.change(|r| r.routes.push(route.clone())) {
         Ok(plan) => return Ok(plan),
         Err(e) => e,
@@ -161,18 +163,18 @@ pub(super) fn route_add(
     };
     let table = r.table_name(route.table);
     if old.nexthop != route.nexthop {
-        return Err(format!(
+        return Err(ApiError::conflict(format!(
             "router \"{router}\" has a route to {} in table {table} via {} already (delete it first)",
             old.destination, old.nexthop
-        ));
+        )));
     }
     if may_exist {
         return Ok(Plan::Unchanged);
     }
-    Err(format!(
+    Err(ApiError::conflict(format!(
         "route to {} via {} in table {table} exists on router \"{router}\" (use --may-exist)",
         old.destination, old.nexthop
-    ))
+    )))
 }
 
 pub(super) fn route_del(
@@ -181,7 +183,7 @@ pub(super) fn route_del(
     destination: &str,
     table: Option<&str>,
     if_exists: bool,
-) -> Result<Plan, String> {
+) -> Result<Plan, ApiError> {
     let t = Target::of(state, router)?;
     let r = t.router;
     let destination = parse_prefix("destination", destination)?;
@@ -197,10 +199,10 @@ pub(super) fn route_del(
         if if_exists {
             return Ok(Plan::Unchanged);
         }
-        return Err(format!(
+        return Err(ApiError::not_found(format!(
             "router \"{router}\" has no route to {destination} in table {}",
             r.table_name(table)
-        ));
+        )));
     };
     t.change(|r| {
         r.routes.remove(at);
@@ -212,19 +214,19 @@ pub(super) fn rule_add(
     router: &str,
     text: &RuleText<'_>,
     may_exist: bool,
-) -> Result<Plan, String> {
+) -> Result<Plan, ApiError> {
     let t = Target::of(state, router)?;
     let r = t.router;
     let priority = text.priority;
     let existing = r.rules.iter().find(|x| i64::from(x.priority) == priority);
     // In the place of the rule with this priority, if any (last), to compare the two.
     let others = r.rules.len() - usize::from(existing.is_some());
-    let added = t.text().rule(others, text).map_err(|e| e.to_string())?;
+    let added = t.text().rule(others, text)?;
     let new = t.edited(|r| {
         r.rules.retain(|x| i64::from(x.priority) != priority);
         r.rules.push(added.clone());
     });
-    new.validate().map_err(|e| e.to_string())?;
+    new.validate()?;
     let Some(old) = existing else {
         return Ok(change(state, new));
     };
@@ -232,14 +234,14 @@ pub(super) fn rule_add(
         if may_exist {
             return Ok(Plan::Unchanged);
         }
-        return Err(format!(
+        return Err(ApiError::conflict(format!(
             "rule priority {priority} exists on router \"{router}\" (use --may-exist)"
-        ));
+        )));
     }
-    Err(format!(
+    Err(ApiError::conflict(format!(
         "rule priority {priority} exists on router \"{router}\" with other selectors or table ({}); delete it first or choose another priority",
         describe_rule(r, old)
-    ))
+    )))
 }
 
 fn describe_rule(r: &Router, rule: &config::Rule) -> String {
@@ -261,7 +263,7 @@ pub(super) fn rule_del(
     router: &str,
     priority: i64,
     if_exists: bool,
-) -> Result<Plan, String> {
+) -> Result<Plan, ApiError> {
     let t = Target::of(state, router)?;
     let Some(at) = t
         .router
@@ -272,9 +274,9 @@ pub(super) fn rule_del(
         if if_exists {
             return Ok(Plan::Unchanged);
         }
-        return Err(format!(
+        return Err(ApiError::not_found(format!(
             "router \"{router}\" has no rule with priority {priority}"
-        ));
+        )));
     };
     t.change(|r| {
         r.rules.remove(at);
@@ -287,28 +289,25 @@ pub(super) fn fw_rule_add(
     router: &str,
     position: Option<usize>,
     text: &FirewallRuleText<'_>,
-) -> Result<Plan, String> {
+) -> Result<Plan, ApiError> {
     let t = Target::of(state, router)?;
     let Some(fw) = &t.router.firewall else {
-        return Err(format!(
+        return Err(ApiError::not_found(format!(
             "router \"{router}\" has no firewall: create it with its default policy first (fw_default; routerctl fw default --router {router} deny|allow)"
-        ));
+        )));
     };
     let count = fw.rules.len();
     let at = match position {
         None => count,
         Some(p) if (1..=count + 1).contains(&p) => p - 1,
         Some(p) => {
-            return Err(format!(
+            return Err(ApiError::invalid(format!(
                 "position {p} is out of range: router \"{router}\" has {count} firewall rule(s), a rule is inserted at 1 to {}",
                 count + 1
-            ));
+            )));
         }
     };
-    let rule = t
-        .text()
-        .firewall_rule(at, text)
-        .map_err(|e| e.to_string())?;
+    let rule = t.text().firewall_rule(at, text)?;
     t.change(|r| {
         if let Some(fw) = &mut r.firewall {
             fw.rules.insert(at, rule);
@@ -321,16 +320,18 @@ pub(super) fn fw_rule_del(
     state: &DesiredState,
     router: &str,
     position: usize,
-) -> Result<Plan, String> {
+) -> Result<Plan, ApiError> {
     let t = Target::of(state, router)?;
     let Some(fw) = &t.router.firewall else {
-        return Err(format!("router \"{router}\" has no firewall"));
+        return Err(ApiError::not_found(format!(
+            "router \"{router}\" has no firewall"
+        )));
     };
     if !(1..=fw.rules.len()).contains(&position) {
-        return Err(format!(
+        return Err(ApiError::not_found(format!(
             "router \"{router}\" has no firewall rule at position {position} (it has {} rule(s), numbered from 1)",
             fw.rules.len()
-        ));
+        )));
     }
     t.change(|r| {
         if let Some(fw) = &mut r.firewall {
@@ -340,15 +341,19 @@ pub(super) fn fw_rule_del(
 }
 
 /// Sets the firewall's default policy, creating the firewall if the router has none.
-pub(super) fn fw_default(state: &DesiredState, router: &str, policy: &str) -> Result<Plan, String> {
+pub(super) fn fw_default(
+    state: &DesiredState,
+    router: &str,
+    policy: &str,
+) -> Result<Plan, ApiError> {
     let t = Target::of(state, router)?;
     let default_allow = match policy {
         "allow" => true,
         "deny" => false,
         _ => {
-            return Err(format!(
+            return Err(ApiError::invalid(format!(
                 "policy \"{policy}\": must be \"allow\" or \"deny\""
-            ));
+            )));
         }
     };
     t.change(|r| {
@@ -372,30 +377,26 @@ pub(super) fn fw_steer_set(
     state: &DesiredState,
     router: &str,
     text: SteerText<'_>,
-) -> Result<Plan, String> {
+) -> Result<Plan, ApiError> {
     let t = Target::of(state, router)?;
     if text.interface.is_none() && text.nexthop.is_none() && text.gateway_nexthop.is_none() {
-        return Err(
-            "nothing to set: give an interface to steer, a nexthop or a gateway_nexthop".into(),
-        );
+        return Err(ApiError::invalid(
+            "nothing to set: give an interface to steer, a nexthop or a gateway_nexthop",
+        ));
     }
     let current = t.router.steering.as_ref();
     let values = t.text();
     let nexthop = match (text.nexthop, current) {
-        (Some(s), _) => values.steering_nexthop(s).map_err(|e| e.to_string())?,
+        (Some(s), _) => values.steering_nexthop(s)?,
         (None, Some(c)) => c.nexthop,
         (None, None) => {
-            return Err(format!(
+            return Err(ApiError::invalid(format!(
                 "router \"{router}\" has no steering yet: give the firewall's address (nexthop) to create it"
-            ));
+            )));
         }
     };
     let gateway_nexthop = match text.gateway_nexthop {
-        Some(s) => Some(
-            values
-                .steering_gateway_nexthop(s)
-                .map_err(|e| e.to_string())?,
-        ),
+        Some(s) => Some(values.steering_gateway_nexthop(s)?),
         None => current.and_then(|s| s.gateway_nexthop),
     };
     let mut interfaces: Vec<String> = current.map(|s| s.interfaces.clone()).unwrap_or_default();
@@ -418,7 +419,7 @@ pub(super) fn fw_steer_clear(
     state: &DesiredState,
     router: &str,
     interface: Option<&str>,
-) -> Result<Plan, String> {
+) -> Result<Plan, ApiError> {
     let t = Target::of(state, router)?;
     let Some(name) = interface else {
         return t.change(|r| r.steering = None);
@@ -429,9 +430,9 @@ pub(super) fn fw_steer_clear(
         .as_ref()
         .and_then(|s| s.interfaces.iter().position(|n| n == name))
     else {
-        return Err(format!(
+        return Err(ApiError::not_found(format!(
             "interface \"{name}\" is not steered on router \"{router}\""
-        ));
+        )));
     };
     t.change(|r| {
         if let Some(s) = &mut r.steering {
@@ -446,7 +447,7 @@ pub(super) fn router_create(
     namespace: &str,
     mode: Option<&str>,
     may_exist: bool,
-) -> Result<Plan, String> {
+) -> Result<Plan, ApiError> {
     if let Some(r) = state.router(id) {
         // No mode asked: the file's default.
         let same = r.namespace == namespace && r.mode.to_string() == mode.unwrap_or("xdp");
@@ -457,20 +458,20 @@ pub(super) fn router_create(
             "router \"{id}\" exists (namespace \"{}\", mode {})",
             r.namespace, r.mode
         );
-        return Err(if same {
+        let message = if same {
             format!("{what} (use --may-exist)")
         } else {
             format!("{what}: delete it first or choose another id")
-        });
+        };
+        return Err(ApiError::conflict(message).at(format!("router {id}")));
     }
     if let Some(other) = state.routers.iter().find(|r| r.namespace == namespace) {
-        return Err(format!(
+        return Err(ApiError::conflict(format!(
             "namespace \"{namespace}\" is used by router \"{}\" (one router per namespace)",
             other.id
-        ));
+        )));
     }
-    let router =
-        config::new_router(state.routers.len(), id, namespace, mode).map_err(|e| e.to_string())?;
+    let router = config::new_router(state.routers.len(), id, namespace, mode)?;
     let mut new = state.clone();
     new.routers.push(router);
     checked(state, new)
@@ -480,12 +481,15 @@ pub(super) fn router_delete(
     state: &DesiredState,
     router: &str,
     if_exists: bool,
-) -> Result<Plan, String> {
+) -> Result<Plan, ApiError> {
     let Some(at) = state.routers.iter().position(|r| r.id == router) else {
         if if_exists {
             return Ok(Plan::Unchanged);
         }
-        return Err(format!("router \"{router}\" does not exist"));
+        return Err(
+            ApiError::not_found(format!("router \"{router}\" does not exist"))
+                .at(format!("router {router}")),
+        );
     };
     let mut new = state.clone();
     new.routers.remove(at);
@@ -498,35 +502,35 @@ pub(super) fn interface_add(
     name: &str,
     address: &str,
     may_exist: bool,
-) -> Result<Plan, String> {
+) -> Result<Plan, ApiError> {
     let t = Target::of(state, router)?;
     let r = t.router;
     if r.gateway.as_ref().is_some_and(|g| g.interface == name) {
-        return Err(format!(
+        return Err(ApiError::conflict(format!(
             "interface {name} is the gateway interface of router \"{router}\" (router gateway set changes it)"
-        ));
+        )));
     }
     if let Some(existing) = r.interfaces.iter().find(|x| x.name == name) {
         let asked = parse_ifaddr(address).ok_or_else(|| {
-            format!("address \"{address}\": not an IPv4 address with prefix length (a.b.c.d/len)")
+            ApiError::invalid(format!(
+                "address \"{address}\": not an IPv4 address with prefix length (a.b.c.d/len)"
+            ))
+            .at("address")
         })?;
         if existing.address == asked {
             if may_exist {
                 return Ok(Plan::Unchanged);
             }
-            return Err(format!(
+            return Err(ApiError::conflict(format!(
                 "interface {name} with address {asked} exists on router \"{router}\" (use --may-exist)"
-            ));
+            )));
         }
-        return Err(format!(
+        return Err(ApiError::conflict(format!(
             "router \"{router}\" has interface {name} with address {} already (remove it first)",
             existing.address
-        ));
+        )));
     }
-    let interface = t
-        .text()
-        .interface(r.interfaces.len(), name, address)
-        .map_err(|e| e.to_string())?;
+    let interface = t.text().interface(r.interfaces.len(), name, address)?;
     t.change(|r| r.interfaces.push(interface))
 }
 
@@ -535,24 +539,31 @@ pub(super) fn interface_remove(
     router: &str,
     interface: &str,
     if_exists: bool,
-) -> Result<Plan, String> {
+) -> Result<Plan, ApiError> {
     let t = Target::of(state, router)?;
     let r = t.router;
     let Some(at) = r.interfaces.iter().position(|x| x.name == interface) else {
         if r.gateway.as_ref().is_some_and(|g| g.interface == interface) {
-            return Err(format!(
+            return Err(ApiError::conflict(format!(
                 "interface {interface} is the gateway interface of router \"{router}\", not an internal one (router gateway clear removes it)"
-            ));
+            )));
         }
         if if_exists {
             return Ok(Plan::Unchanged);
         }
-        return Err(format!("router \"{router}\" has no interface {interface}"));
+        return Err(ApiError::not_found(format!(
+            "router \"{router}\" has no interface {interface}"
+        )));
     };
     t.change(|r| {
         r.interfaces.remove(at);
     })
-    .map_err(|e| format!("router \"{router}\" still uses interface {interface}: {e}"))
+    .map_err(|e| {
+        ApiError::conflict(format!(
+            "router \"{router}\" still uses interface {interface}: {e}"
+        ))
+        .at(format!("interface {interface}"))
+    })
 }
 
 /// The external gateway a request sets.
@@ -570,21 +581,20 @@ pub(super) fn gateway_set(
     state: &DesiredState,
     router: &str,
     text: GatewayText<'_>,
-) -> Result<Plan, String> {
+) -> Result<Plan, ApiError> {
     let t = Target::of(state, router)?;
     let r = t.router;
     let interface = text.interface;
     if r.interfaces.iter().any(|x| x.name == interface) {
-        return Err(format!(
+        return Err(ApiError::conflict(format!(
             "interface {interface} is an internal interface of router \"{router}\" (router interface remove it first)"
-        ));
+        )));
     }
     let old = r.gateway.as_ref();
     let snat = text.snat.unwrap_or_else(|| old.is_none_or(|g| g.snat));
     let mut gateway = t
         .text()
-        .gateway(interface, text.address, text.nexthop, snat)
-        .map_err(|e| e.to_string())?;
+        .gateway(interface, text.address, text.nexthop, snat)?;
     if let Some(old) = old {
         gateway.subnets = old.subnets.clone();
         if old.interface == interface {
@@ -598,16 +608,19 @@ pub(super) fn gateway_clear(
     state: &DesiredState,
     router: &str,
     if_exists: bool,
-) -> Result<Plan, String> {
+) -> Result<Plan, ApiError> {
     let t = Target::of(state, router)?;
     if t.router.gateway.is_none() {
         if if_exists {
             return Ok(Plan::Unchanged);
         }
-        return Err(format!("router \"{router}\" has no gateway"));
+        return Err(ApiError::not_found(format!(
+            "router \"{router}\" has no gateway"
+        )));
     }
-    t.change(|r| r.gateway = None)
-        .map_err(|e| format!("router \"{router}\" still uses its gateway: {e}"))
+    t.change(|r| r.gateway = None).map_err(|e| {
+        ApiError::conflict(format!("router \"{router}\" still uses its gateway: {e}")).at("gateway")
+    })
 }
 
 /// Creates floating IP `address` for `fixed`.
@@ -617,33 +630,30 @@ pub(super) fn fip_add(
     address: &str,
     fixed: &str,
     may_exist: bool,
-) -> Result<Plan, String> {
+) -> Result<Plan, ApiError> {
     let t = Target::of(state, router)?;
     let r = t.router;
-    let fip = t
-        .text()
-        .floating_ip(r.floating_ips.len(), address, fixed)
-        .map_err(|e| e.to_string())?;
+    let fip = t.text().floating_ip(r.floating_ips.len(), address, fixed)?;
     let (a, f) = (fip.address, fip.fixed);
     if let Some(existing) = r.floating_ips.iter().find(|x| x.address == a) {
         if existing.fixed == f {
             if may_exist {
                 return Ok(Plan::Unchanged);
             }
-            return Err(format!(
+            return Err(ApiError::conflict(format!(
                 "floating IP {a} is already associated with {f} on router \"{router}\" (use --may-exist)"
-            ));
+            )));
         }
-        return Err(format!(
+        return Err(ApiError::conflict(format!(
             "floating IP {a} is already associated with {} on router \"{router}\" (disassociate it first)",
             existing.fixed
-        ));
+        )));
     }
     if let Some(other) = r.floating_ips.iter().find(|x| x.fixed == f) {
-        return Err(format!(
+        return Err(ApiError::conflict(format!(
             "fixed IP {f} already has floating IP {} on router \"{router}\" (one floating IP per fixed IP)",
             other.address
-        ));
+        )));
     }
     t.change(|r| r.floating_ips.push(fip))
 }
@@ -653,15 +663,18 @@ pub(super) fn fip_delete(
     router: &str,
     address: &str,
     if_exists: bool,
-) -> Result<Plan, String> {
+) -> Result<Plan, ApiError> {
     let t = Target::of(state, router)?;
-    let a = Ipv4Addr::from_str(address)
-        .map_err(|_| format!("address \"{address}\": not an IPv4 address"))?;
+    let a = Ipv4Addr::from_str(address).map_err(|_| {
+        ApiError::invalid(format!("address \"{address}\": not an IPv4 address")).at("address")
+    })?;
     let Some(at) = t.router.floating_ips.iter().position(|f| f.address == a) else {
         if if_exists {
             return Ok(Plan::Unchanged);
         }
-        return Err(format!("router \"{router}\" has no floating IP {a}"));
+        return Err(ApiError::not_found(format!(
+            "router \"{router}\" has no floating IP {a}"
+        )));
     };
     t.change(|r| {
         r.floating_ips.remove(at);

@@ -2,6 +2,7 @@
 //! counters read from the pinned maps, the namespaces a new state needs. Everything here
 //! may read the system; the planner ([`super::plan_with`]) reads only what it is given.
 
+use super::protocol::ApiError;
 use std::collections::BTreeMap;
 
 use super::protocol::Request;
@@ -101,7 +102,7 @@ impl Live {
 /// What the node must have for `new` before it is written: the namespace of every router
 /// that is new or moves to another namespace. (An interface missing in a namespace is found
 /// when the router starts; routerd then restores the previous state.)
-pub fn preflight(old: &DesiredState, new: &DesiredState) -> Result<(), String> {
+pub fn preflight(old: &DesiredState, new: &DesiredState) -> Result<(), ApiError> {
     for r in &new.routers {
         if old
             .router(&r.id)
@@ -111,13 +112,14 @@ pub fn preflight(old: &DesiredState, new: &DesiredState) -> Result<(), String> {
         }
         let path = crate::paths::netns_path(&r.namespace);
         if !path.exists() {
-            return Err(format!(
+            return Err(ApiError::not_found(format!(
                 "router \"{}\": namespace \"{}\" does not exist (no {}; create it first, e.g. ip netns add {})",
                 r.id,
                 r.namespace,
                 path.display(),
                 r.namespace
-            ));
+            ))
+            .at(format!("namespace {}", r.namespace)));
         }
     }
     Ok(())

@@ -26,7 +26,9 @@ mod tests;
 pub use client::Client;
 pub use live::{Live, RouterCounters, WantedCounters, preflight};
 pub use planner::{Plan, changed_routers, plan, plan_with};
-pub use protocol::{ChangeResult, MAX_LINE, Request, Response, parse_request};
+pub use protocol::{
+    API_VERSION, ApiError, ChangeResult, ErrorCode, MAX_LINE, Request, Response, parse_request,
+};
 pub use views::{
     Counter, ExternalSubnetEntry, FirewallListing, FirewallSummary, FixedCounterEntry,
     FloatingIpEntry, FwRuleEntry, GatewayEntry, InterfaceEntry, NatEntry, RouteView, RouterDetail,

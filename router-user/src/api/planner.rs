@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::{
     edit::{self, GatewayText, RouteText, SteerText, Target},
     live::Live,
-    protocol::Request,
+    protocol::{ApiError, Request},
     views::{self, FloatingIpEntry, RouterSummary, StateText},
 };
 use crate::config::{DesiredState, FirewallRuleText, Router, RuleText};
@@ -26,17 +26,17 @@ pub enum Plan {
 }
 
 /// What `request` means for `state`, with no router running; an error names what is
-/// wrong (and nothing changes).
-pub fn plan(state: &DesiredState, request: &Request) -> Result<Plan, String> {
+/// wrong (its code says what kind of wrong) (and nothing changes).
+pub fn plan(state: &DesiredState, request: &Request) -> Result<Plan, ApiError> {
     plan_with(state, request, &Live::default())
 }
 
 /// What `request` means for `state`, routerd running the routers of `live` (whose
 /// counters it read for this request).
-pub fn plan_with(state: &DesiredState, request: &Request, live: &Live) -> Result<Plan, String> {
+pub fn plan_with(state: &DesiredState, request: &Request, live: &Live) -> Result<Plan, ApiError> {
     match request {
         Request::Apply { text } => {
-            let new = DesiredState::parse(text).map_err(|e| e.to_string())?;
+            let new = DesiredState::parse(text)?;
             Ok(edit::change(state, new))
         }
         Request::ShowState => answer(&StateText {
@@ -247,12 +247,12 @@ pub fn changed_routers(old: &DesiredState, new: &DesiredState) -> Vec<String> {
     ids
 }
 
-fn answer<T: Serialize>(v: &T) -> Result<Plan, String> {
+fn answer<T: Serialize>(v: &T) -> Result<Plan, ApiError> {
     Ok(Plan::Answer(serde_json::to_value(v).unwrap_or_else(
         |e| json!({ "encoding_error": e.to_string() }),
     )))
 }
 
-fn find_router<'a>(state: &'a DesiredState, id: &str) -> Result<&'a Router, String> {
+fn find_router<'a>(state: &'a DesiredState, id: &str) -> Result<&'a Router, ApiError> {
     Target::of(state, id).map(|t| t.router())
 }

@@ -254,30 +254,131 @@ fn text_or_number_required<'de, D: Deserializer<'de>>(d: D) -> Result<String, D:
     text_or_number(d)?.ok_or_else(|| serde::de::Error::custom("must be a string or a number"))
 }
 
-/// One response: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.
+/// The version of the protocol, in every response (`"version"`). It changes only when a
+/// field changes meaning or goes away; new fields and new error codes keep it.
+pub const API_VERSION: u32 = 1;
+
+/// What kind of failure a refused request is: stable names a script can act on
+/// (`routerctl` maps them to its exit codes; `docs/api.md` lists them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request, or a value in it, is malformed or breaks a rule of the desired state.
+    Invalid,
+    /// The router, or the object of the router the request names, does not exist.
+    NotFound,
+    /// It exists already (differently), or something still uses it.
+    Conflict,
+    /// Valid, but applying it failed; the previous state is whole again.
+    ApplyFailed,
+    /// Applying failed and restoring the previous state failed too: some of the change
+    /// may be in place.
+    RestoreFailed,
+    /// The client may not use the API (its uid or gid is not allowed).
+    Forbidden,
+    /// routerd is shutting down.
+    Unavailable,
+    /// routerd could not persist the state or encode its answer.
+    Internal,
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        f.write_str(&name)
+    }
+}
+
+/// Why routerd refused a request: a stable code, a message naming what is wrong, and the
+/// key or object at fault when there is one (`router[0] (id "r1").route[1].nexthop`,
+/// `router r1`, `floating_ip 198.18.0.10`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    /// On the wire: `"error"`, as before codes existed.
+    #[serde(rename = "error")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            object: None,
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Invalid, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Conflict, message)
+    }
+
+    /// The same error, naming the key or object at fault.
+    pub fn at(mut self, object: impl Into<String>) -> Self {
+        self.object = Some(object.into());
+        self
+    }
+}
+
+/// A desired state that fails its checks: `invalid`, at the key the check names.
+impl From<crate::error::ConfigError> for ApiError {
+    fn from(e: crate::error::ConfigError) -> Self {
+        let key = match &e {
+            crate::error::ConfigError::Invalid { key, .. } => Some(key.clone()),
+            crate::error::ConfigError::Syntax(_) => None,
+        };
+        Self {
+            code: ErrorCode::Invalid,
+            message: e.to_string(),
+            object: key,
+        }
+    }
+}
+
+/// One response: `{"ok": true, "version": 1, "result": ...}` or
+/// `{"ok": false, "version": 1, "code": "not_found", "error": "...", "object": "..."}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,
+    /// [`API_VERSION`] of the routerd that answered (0: one from before versions).
+    #[serde(default)]
+    pub version: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
 }
 
 impl Response {
     pub fn success(result: Value) -> Self {
         Self {
             ok: true,
+            version: API_VERSION,
             result: Some(result),
             error: None,
         }
     }
 
-    pub fn failure(error: impl Into<String>) -> Self {
+    pub fn failure(error: ApiError) -> Self {
         Self {
             ok: false,
+            version: API_VERSION,
             result: None,
-            error: Some(error.into()),
+            error: Some(error),
         }
     }
 
@@ -285,7 +386,9 @@ impl Response {
     pub fn to_line(&self) -> String {
         // A Response of strings and JSON values always serializes.
         let mut line = serde_json::to_string(self).unwrap_or_else(|e| {
-            format!("{{\"ok\":false,\"error\":\"encoding the response: {e}\"}}")
+            format!(
+                "{{\"ok\":false,\"version\":{API_VERSION},\"code\":\"internal\",\"error\":\"encoding the response: {e}\"}}"
+            )
         });
         line.push('\n');
         line
@@ -293,8 +396,8 @@ impl Response {
 }
 
 /// Reads one request line; a line that is not a request is an error naming the problem.
-pub fn parse_request(line: &str) -> Result<Request, String> {
-    serde_json::from_str(line).map_err(|e| format!("malformed request: {e}"))
+pub fn parse_request(line: &str) -> Result<Request, ApiError> {
+    serde_json::from_str(line).map_err(|e| ApiError::invalid(format!("malformed request: {e}")))
 }
 
 /// The result of every request that may change the state (`apply` and the edits).

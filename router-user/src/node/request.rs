@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::{NodeController, StateFile};
 use crate::{
-    api::{self, ChangeResult, Plan, Request, Response},
+    api::{self, ApiError, ChangeResult, ErrorCode, Plan, Request, Response},
     router::Writes,
 };
 
@@ -47,7 +47,10 @@ impl NodeController {
         let previous_file = file.read();
         if let Err(e) = file.write(new.to_toml().as_bytes()) {
             log::error!("routerd: API {op}: {e}; nothing changed");
-            return Response::failure(format!("{e}; nothing changed"));
+            return Response::failure(ApiError::new(
+                ErrorCode::Internal,
+                format!("{e}; nothing changed"),
+            ));
         }
         let path = file.path().display();
         log::info!(
@@ -80,14 +83,18 @@ impl NodeController {
         problems.extend(self.roll_back(failed).await);
         if problems.is_empty() {
             log::info!("routerd: API {op}: previous state restored");
-            Response::failure(format!(
-                "{failures}; nothing changed ({path} and the running routers are as before)"
+            Response::failure(ApiError::new(
+                ErrorCode::ApplyFailed,
+                format!(
+                    "{failures}; nothing changed ({path} and the running routers are as before)"
+                ),
             ))
         } else {
             let problems = problems.join("; ");
             log::error!("routerd: API {op}: restoring the previous state: {problems}");
-            Response::failure(format!(
-                "{failures}; restoring the previous state failed too: {problems}"
+            Response::failure(ApiError::new(
+                ErrorCode::RestoreFailed,
+                format!("{failures}; restoring the previous state failed too: {problems}"),
             ))
         }
     }

@@ -47,7 +47,10 @@ fn route_add_checks_like_the_file_and_knows_duplicates() {
             table: None,
         },
     );
-    assert_eq!(e, Err("router \"r9\" does not exist".into()));
+    assert_eq!(
+        e,
+        Err(ApiError::not_found("router \"r9\" does not exist").at("router r9"))
+    );
 }
 
 #[test]
@@ -280,7 +283,7 @@ fn router_create_and_delete() {
         ),
     ] {
         let e = refused(request.clone());
-        assert!(e.contains(problem), "{request}: {e}");
+        assert!(e.message.contains(problem), "{request}: {e}");
     }
     assert_eq!(
         plan(
@@ -568,7 +571,7 @@ fn floating_ips_create_associate_and_delete() {
                 router: Some("r9".into())
             }
         ),
-        Err("router \"r9\" does not exist".into())
+        Err(ApiError::not_found("router \"r9\" does not exist").at("router r9"))
     );
 }
 
@@ -627,5 +630,6 @@ fn a_refused_edit_has_the_message_of_the_same_file() {
     ))
     .expect_err("refused")
     .to_string();
-    assert_eq!(edit, file);
+    assert_eq!(edit.code, ErrorCode::Invalid);
+    assert_eq!(edit.message, file);
 }

@@ -48,7 +48,7 @@ fn state() -> DesiredState {
 /// `request` on router r1, sent as JSON.
 fn ask(s: &DesiredState, mut request: Value) -> Result<Plan, String> {
     request["router"] = json!("r1");
-    plan(s, &parse_request(&request.to_string()).expect("a request"))
+    plan(s, &parse_request(&request.to_string()).expect("a request")).map_err(|e| e.message)
 }
 
 fn changed(s: &DesiredState, request: Value) -> DesiredState {
@@ -110,7 +110,9 @@ fn requests_read_and_write_as_documented() {
     ] {
         let e = parse_request(line).expect_err(line);
         assert!(
-            e.starts_with("malformed request: ") && e.contains(problem),
+            e.code == ErrorCode::Invalid
+                && e.message.starts_with("malformed request: ")
+                && e.message.contains(problem),
             "{e}"
         );
     }
@@ -130,7 +132,7 @@ fn preflight_needs_the_namespaces_of_new_routers() {
     };
     let e = preflight(&s, &new).expect_err("missing namespace");
     assert!(
-        e.contains("router \"r2\": namespace \"no-such-ns-here\" does not exist (no /run/netns/no-such-ns-here"),
+        e.code == ErrorCode::NotFound && e.message.contains("router \"r2\": namespace \"no-such-ns-here\" does not exist (no /run/netns/no-such-ns-here"),
         "{e}"
     );
 }
@@ -154,5 +156,51 @@ fn apply_reports_what_changes() {
             text: "[[router]]\nid = 1\n".into(),
         },
     );
-    assert!(bad.is_err_and(|e| e.starts_with("invalid configuration")));
+    assert!(bad.is_err_and(|e| e.message.starts_with("invalid configuration")));
+}
+
+/// A refused request says what kind of failure it is (a stable code), what it is about when
+/// that is known, and every response, success or not, says the protocol's version.
+#[test]
+fn errors_carry_a_code_the_object_at_fault_and_the_version() {
+    let s = state();
+    let refused =
+        |line: &str| plan(&s, &parse_request(line).expect("a request")).expect_err("refused");
+    let missing = refused(r#"{"op":"rule_del","router":"r9","priority":4242}"#);
+    assert_eq!(missing.code, ErrorCode::NotFound);
+    assert_eq!(missing.object.as_deref(), Some("router r9"));
+    let missing_rule = refused(r#"{"op":"rule_del","router":"r1","priority":4242}"#);
+    assert_eq!(missing_rule.code, ErrorCode::NotFound, "{missing_rule}");
+    let exists = refused(r#"{"op":"router_create","router":"r1","namespace":"elsewhere"}"#);
+    assert_eq!(exists.code, ErrorCode::Conflict, "{exists}");
+    assert_eq!(exists.object.as_deref(), Some("router r1"));
+    let bad = refused(
+        r#"{"op":"route_add","router":"r1","destination":"10.50.0.0/16","nexthop":"10.0.1.999"}"#,
+    );
+    assert_eq!(bad.code, ErrorCode::Invalid, "{bad}");
+    assert!(
+        bad.object
+            .as_deref()
+            .is_some_and(|k| k.ends_with(".nexthop")),
+        "{bad:?}"
+    );
+    let malformed = parse_request(r#"{"op":"launch"}"#).expect_err("malformed");
+    assert_eq!(malformed.code, ErrorCode::Invalid);
+
+    let line = Response::failure(exists.clone()).to_line();
+    let wire: Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(wire["ok"], json!(false));
+    assert_eq!(wire["version"], json!(API_VERSION));
+    assert_eq!(wire["code"], json!("conflict"));
+    assert_eq!(wire["object"], json!("router r1"));
+    assert_eq!(wire["error"], json!(exists.message));
+    let back: Response = serde_json::from_str(&line).expect("a response");
+    assert_eq!(back.error, Some(exists));
+
+    let ok: Value = serde_json::from_str(&Response::success(json!([])).to_line()).expect("JSON");
+    assert_eq!(ok["version"], json!(API_VERSION));
+    assert!(ok.get("code").is_none(), "{ok}");
+    let back: Response =
+        serde_json::from_str(&Response::success(json!(1)).to_line()).expect("a response");
+    assert_eq!(back.error, None);
 }
