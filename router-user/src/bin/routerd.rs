@@ -35,10 +35,13 @@ struct Args {
     /// Desired state (TOML).
     #[arg(long, short, required_unless_present = "teardown")]
     config: Option<PathBuf>,
-    /// Detach and remove these routers' pinned fast paths (every pinned router if none is
-    /// named) and exit, without a desired state.
+    /// Detach and remove these routers' pinned fast paths and exit, without a desired
+    /// state. Without a router, --all is required (every pinned router).
     #[arg(long, num_args = 0.., value_name = "ROUTER")]
     teardown: Option<Vec<String>>,
+    /// With --teardown and no router: every pinned router.
+    #[arg(long, requires = "teardown")]
+    all: bool,
     /// Validate the file and exit without touching anything.
     #[arg(long)]
     check: bool,
@@ -56,6 +59,18 @@ fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
+    // Tearing down every router stops every router's fast path on the node: only when
+    // asked by name. A usage error, as clap's (exit code 2).
+    if args.teardown.as_ref().is_some_and(Vec::is_empty) && !args.all {
+        eprintln!(
+            "routerd: --teardown without a router removes every pinned router: name the routers, or give --all"
+        );
+        return std::process::ExitCode::from(2);
+    }
+    if args.all && args.teardown.as_ref().is_some_and(|r| !r.is_empty()) {
+        eprintln!("routerd: --teardown names routers and --all: give one or the other");
+        return std::process::ExitCode::from(2);
+    }
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -66,7 +81,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// `--teardown`: removes the named routers' pins (all pinned routers if none is named).
+/// `--teardown`: removes the named routers' pins (all pinned routers if none is named,
+/// which `--all` has allowed).
 fn teardown(routers: &[String]) -> Result<(), Error> {
     let routers = if routers.is_empty() {
         router_user::datapath::pinned_routers()

@@ -5,24 +5,30 @@ use router_user::{
     api::{Request, StateText},
 };
 
-use crate::output::Api;
+use crate::output::{Api, Failure};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The new desired state (a whole file, as `routerd --config` takes it).
-    #[arg(long = "file", short = 'f')]
-    file: PathBuf,
+    #[arg(value_name = "FILE", required_unless_present = "file_flag")]
+    file: Option<PathBuf>,
+    /// The same, named (`-f` is the output format).
+    #[arg(long = "file", value_name = "FILE", conflicts_with = "file")]
+    file_flag: Option<PathBuf>,
 }
 
-/// `routerctl apply -f FILE`: routerd checks the file whole, writes it to its --config
+/// `routerctl apply FILE`: routerd checks the file whole, writes it to its --config
 /// file and applies it, or changes nothing.
-pub fn run(api: &Api, args: Args) -> Result<(), Error> {
-    let text = std::fs::read_to_string(&args.file)
-        .map_err(|e| Error::io(format!("reading {}", args.file.display()), e))?;
+pub fn run(api: &Api, args: Args) -> Result<(), Failure> {
+    let Some(file) = args.file.or(args.file_flag) else {
+        return Err(Failure::Usage("apply: give the desired-state FILE".into()));
+    };
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| Error::io(format!("reading {}", file.display()), e))?;
     api.change(&Request::Apply { text })
 }
 
 /// `routerctl state`: the desired state routerd runs, as a file.
-pub fn show(api: &Api) -> Result<(), Error> {
-    api.show(&Request::ShowState, |s: StateText| s.text)
+pub fn show(api: &Api) -> Result<(), Failure> {
+    api.show("state", &Request::ShowState, |s: StateText| s.text)
 }

@@ -1,27 +1,28 @@
 use router_user::{
-    Error,
     conntrack::{self, Session, Tuple},
     maps::{Pinned, Rooms as _},
     stats,
 };
 use serde::Serialize;
 
+use crate::output::{Failure, Output};
+
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Sessions with their translation, state, age and counters.
+    /// Sessions with their translation, state, age and counters (JSON: the document
+    /// `sessions`).
     List {
-        /// Only this router.
-        #[arg(long)]
+        /// Only this router (its id); default: every running router.
         router: Option<String>,
-        /// Machine-readable output (a JSON array).
-        #[arg(long)]
-        json: bool,
     },
-    /// Removes every session (established flows get new ones, possibly other ports).
+    /// Removes every session of a router (established flows get new ones, possibly other
+    /// ports); of every running router with --all.
     Flush {
-        /// Only this router.
-        #[arg(long)]
+        /// The router (its id); without one, --all is required.
         router: Option<String>,
+        /// Every running router (required when no router is named).
+        #[arg(long, conflicts_with = "router")]
+        all: bool,
     },
 }
 
@@ -32,14 +33,14 @@ struct Row {
     session: Session,
 }
 
-pub fn run(command: Command) -> Result<(), Error> {
+pub fn run(output: &Output, command: Command) -> Result<(), Failure> {
     match command {
-        Command::List { router, json } => list(router.as_deref(), json),
-        Command::Flush { router } => flush(router.as_deref()),
+        Command::List { router } => list(output, router.as_deref()),
+        Command::Flush { router, all } => flush(router.as_deref(), all),
     }
 }
 
-fn list(only: Option<&str>, json: bool) -> Result<(), Error> {
+fn list(output: &Output, only: Option<&str>) -> Result<(), Failure> {
     let mut rows = Vec::new();
     for info in stats::selected_routers(only)? {
         let timeouts = conntrack::running_timeouts(&info.router);
@@ -54,20 +55,35 @@ fn list(only: Option<&str>, json: bool) -> Result<(), Error> {
             });
         }
     }
-    if json {
-        let text = serde_json::to_string_pretty(&rows)
-            .map_err(|e| Error::io("encoding JSON", std::io::Error::other(e)))?;
-        println!("{text}");
-    } else {
-        print!("{}", table(&rows));
-    }
-    Ok(())
+    output.print("sessions", &rows, || table(&rows))
 }
 
-fn flush(only: Option<&str>) -> Result<(), Error> {
+/// Flushes one router's sessions, or with `all` every running router's: a router that
+/// fails is reported and the others flushed (then a partial failure).
+fn flush(only: Option<&str>, all: bool) -> Result<(), Failure> {
+    if only.is_none() && !all {
+        // Flushing every router resets every translated flow on the node: only when asked.
+        return Err(Failure::Usage(
+            "ct flush: name a router, or give --all to flush every running router".into(),
+        ));
+    }
+    let mut failed = Vec::new();
     for info in stats::selected_routers(only)? {
-        let removed = Pinned::open(&info.router)?.sessions().flush()?;
-        println!("router {}: {removed} session(s) removed", info.router);
+        let flushed = Pinned::open(&info.router).and_then(|mut maps| maps.sessions().flush());
+        match flushed {
+            Ok(removed) => println!("router {}: {removed} session(s) removed", info.router),
+            Err(e) if only.is_some() => return Err(e.into()),
+            Err(e) => {
+                eprintln!("routerctl: router {}: {e}", info.router);
+                failed.push(info.router.clone());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        return Err(Failure::Partial(format!(
+            "ct flush: failed for router(s) {}",
+            failed.join(", ")
+        )));
     }
     Ok(())
 }

@@ -2,72 +2,77 @@
 //! only associated with a fixed IP: `create` associates it, `disassociate` deletes it,
 //! `associate` creates it.
 
-use router_user::{
-    Error,
-    api::{FloatingIpEntry, Request},
-};
+use router_user::api::{FloatingIpEntry, Request};
 
-use crate::{output::Api, router::fip_table};
+use std::net::Ipv4Addr;
+
+use crate::{
+    output::{Api, Failure},
+    router::fip_table,
+};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// A floating IP for a fixed IP (created and associated at once, like Neutron's
     /// `floating ip create --port`).
     Create {
-        #[arg(long)]
+        /// The router (its id).
         router: String,
         /// The floating IP, on an external subnet of the router.
         #[arg(long)]
-        address: String,
+        address: Ipv4Addr,
         /// The VM's fixed IP, on an internal subnet of the router.
         #[arg(long)]
-        fixed: String,
+        fixed: Ipv4Addr,
         /// The same floating IP with the same fixed IP already there is not an error.
         #[arg(long)]
         may_exist: bool,
     },
     /// Removes a floating IP (its sessions end at once).
     Delete {
-        #[arg(long)]
+        /// The router (its id).
         router: String,
+        /// The floating IP.
         #[arg(long)]
-        address: String,
+        address: Ipv4Addr,
         /// No such floating IP is not an error.
         #[arg(long)]
         if_exists: bool,
     },
     /// Floating IPs with their counters (of the running routers' fast paths).
     List {
-        /// Only this router.
-        #[arg(long)]
+        /// Only this router (its id); default: every router.
         router: Option<String>,
     },
     /// Associates a floating IP with a fixed IP (creating it: a floating IP exists only
     /// associated). An error if it is associated with another fixed IP.
     Associate {
-        #[arg(long)]
+        /// The router (its id).
         router: String,
+        /// The floating IP, on an external subnet of the router.
         #[arg(long)]
-        address: String,
+        address: Ipv4Addr,
+        /// The VM's fixed IP, on an internal subnet of the router.
         #[arg(long)]
-        fixed: String,
+        fixed: Ipv4Addr,
         /// Already associated with this fixed IP is not an error.
         #[arg(long)]
         may_exist: bool,
     },
     /// Disassociates a floating IP: the same as delete.
     Disassociate {
-        #[arg(long)]
+        /// The router (its id).
         router: String,
+        /// The floating IP.
         #[arg(long)]
-        address: String,
+        address: Ipv4Addr,
         /// No such floating IP is not an error.
         #[arg(long)]
         if_exists: bool,
     },
 }
 
-pub fn run(api: &Api, command: Command) -> Result<(), Error> {
+pub fn run(api: &Api, command: Command) -> Result<(), Failure> {
     match command {
         Command::Create {
             router,
@@ -76,8 +81,8 @@ pub fn run(api: &Api, command: Command) -> Result<(), Error> {
             may_exist,
         } => api.change(&Request::FipCreate {
             router,
-            address,
-            fixed,
+            address: address.to_string(),
+            fixed: fixed.to_string(),
             may_exist,
         }),
         Command::Delete {
@@ -86,13 +91,14 @@ pub fn run(api: &Api, command: Command) -> Result<(), Error> {
             if_exists,
         } => api.change(&Request::FipDelete {
             router,
-            address,
+            address: address.to_string(),
             if_exists,
         }),
-        Command::List { router } => api
-            .show(&Request::FipList { router }, |f: Vec<FloatingIpEntry>| {
-                fip_table(&f)
-            }),
+        Command::List { router } => api.show(
+            "floating_ips",
+            &Request::FipList { router },
+            |f: Vec<FloatingIpEntry>| fip_table(&f),
+        ),
         Command::Associate {
             router,
             address,
@@ -100,8 +106,8 @@ pub fn run(api: &Api, command: Command) -> Result<(), Error> {
             may_exist,
         } => api.change(&Request::FipAssociate {
             router,
-            address,
-            fixed,
+            address: address.to_string(),
+            fixed: fixed.to_string(),
             may_exist,
         }),
         Command::Disassociate {
@@ -110,7 +116,7 @@ pub fn run(api: &Api, command: Command) -> Result<(), Error> {
             if_exists,
         } => api.change(&Request::FipDisassociate {
             router,
-            address,
+            address: address.to_string(),
             if_exists,
         }),
     }

@@ -1,11 +1,11 @@
-use std::fmt::Write as _;
+use std::{fmt::Write as _, net::Ipv4Addr};
 
-use router_user::{
-    Error,
-    api::{Counter, FirewallListing, Request},
+use router_user::api::{Counter, FirewallListing, Request};
+
+use crate::{
+    args::Cidr,
+    output::{Api, Failure, table},
 };
-
-use crate::output::{Api, table};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -15,13 +15,22 @@ pub enum Command {
     /// The default policy for packets no rule matches; creates the firewall if the router
     /// has none.
     Default {
-        #[arg(long)]
+        /// The router (its id).
         router: String,
+        /// The policy for packets no rule matches.
         policy: DefaultPolicy,
     },
     /// Steering through a virtual firewall (`[router.steering]`): set, clear.
     #[command(subcommand)]
     Steer(SteerCommand),
+}
+
+/// `fw rule add --action`: sent to routerd by its name.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum RuleAction {
+    Allow,
+    Deny,
+    Reject,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -34,39 +43,41 @@ pub enum DefaultPolicy {
 pub enum RuleCommand {
     /// Inserts a rule (at the end, or at --position).
     Add {
-        #[arg(long)]
+        /// The router (its id).
         router: String,
         /// 1-based position to insert at (default: after the last rule).
         #[arg(long)]
         position: Option<usize>,
-        /// allow, deny or reject.
-        #[arg(long)]
-        action: String,
+        /// What a matching packet gets.
+        #[arg(long, value_enum)]
+        action: RuleAction,
         /// tcp, udp, icmp, any or a protocol number (default: any).
         #[arg(long)]
         protocol: Option<String>,
         /// Source prefix or address (default: any).
-        #[arg(long)]
-        source: Option<String>,
+        #[arg(long, value_parser = Cidr::prefix_or_address)]
+        source: Option<Cidr>,
         /// Destination prefix or address (default: any).
-        #[arg(long)]
-        destination: Option<String>,
+        #[arg(long, value_parser = Cidr::prefix_or_address)]
+        destination: Option<Cidr>,
         /// "80", "1000-2000" or "1000:2000" (tcp and udp only; default: every port).
         #[arg(long)]
         destination_ports: Option<String>,
+        /// Free text kept with the rule.
         #[arg(long)]
         description: Option<String>,
     },
     /// Removes the rule at --position (1-based).
     Del {
-        #[arg(long)]
+        /// The router (its id).
         router: String,
+        /// The rule's position (1-based, as `fw rule list` numbers them).
         #[arg(long)]
         position: usize,
     },
     /// The rules in order with their counters, the fixed steps' counters and the steering.
     List {
-        #[arg(long)]
+        /// The router (its id).
         router: String,
     },
 }
@@ -76,27 +87,29 @@ pub enum SteerCommand {
     /// Steers an interface's traffic to the firewall and/or sets the firewall's addresses
     /// (--nexthop is needed when the router has no steering yet).
     Set {
-        #[arg(long)]
+        /// The router (its id).
         router: String,
+        /// An internal interface whose traffic goes through the firewall.
         #[arg(long)]
         interface: Option<String>,
         /// The firewall's address for traffic from the steered interfaces.
         #[arg(long)]
-        nexthop: Option<String>,
+        nexthop: Option<Ipv4Addr>,
         /// The firewall's address for traffic from the gateway interface.
         #[arg(long)]
-        gateway_nexthop: Option<String>,
+        gateway_nexthop: Option<Ipv4Addr>,
     },
     /// Stops steering --interface, or, without it, removes the steering altogether.
     Clear {
-        #[arg(long)]
+        /// The router (its id).
         router: String,
+        /// The interface to stop steering (default: remove the steering altogether).
         #[arg(long)]
         interface: Option<String>,
     },
 }
 
-pub fn run(api: &Api, command: Command) -> Result<(), Error> {
+pub fn run(api: &Api, command: Command) -> Result<(), Failure> {
     match command {
         Command::Rule(RuleCommand::Add {
             router,
@@ -110,10 +123,15 @@ pub fn run(api: &Api, command: Command) -> Result<(), Error> {
         }) => api.change(&Request::FwRuleAdd {
             router,
             position,
-            action,
+            action: match action {
+                RuleAction::Allow => "allow",
+                RuleAction::Deny => "deny",
+                RuleAction::Reject => "reject",
+            }
+            .into(),
             protocol,
-            source,
-            destination,
+            source: source.map(|c| c.to_string()),
+            destination: destination.map(|c| c.to_string()),
             destination_ports,
             description,
         }),
@@ -121,7 +139,7 @@ pub fn run(api: &Api, command: Command) -> Result<(), Error> {
             api.change(&Request::FwRuleDel { router, position })
         }
         Command::Rule(RuleCommand::List { router }) => {
-            api.show(&Request::FwRuleList { router }, listing)
+            api.show("firewall", &Request::FwRuleList { router }, listing)
         }
         Command::Default { router, policy } => api.change(&Request::FwDefault {
             router,
@@ -139,8 +157,8 @@ pub fn run(api: &Api, command: Command) -> Result<(), Error> {
         }) => api.change(&Request::FwSteerSet {
             router,
             interface,
-            nexthop,
-            gateway_nexthop,
+            nexthop: nexthop.map(|a| a.to_string()),
+            gateway_nexthop: gateway_nexthop.map(|a| a.to_string()),
         }),
         Command::Steer(SteerCommand::Clear { router, interface }) => {
             api.change(&Request::FwSteerClear { router, interface })

@@ -1,10 +1,13 @@
 //! `routerctl`: the operator's command line. One file per subcommand.
 //!
-//! `stats`, `ct` and `nat` read the running routers' pinned maps; `apply`, `state`,
-//! `router`, `fip`, `route`, `rule` and `fw` talk to routerd over its API socket
-//! (`docs/api.md`).
+//! `stats`, `ct`, `nat`, `monitor` and `trace` read the running routers' pinned maps;
+//! `apply`, `state`, `router`, `fip`, `route`, `rule` and `fw` talk to routerd over its API
+//! socket (`docs/api.md`). Every verb prints a table (`-f table`, `-c` to pick columns) or
+//! one JSON document `{"kind", "version", "items"}` (`-f json`), and exits with a code
+//! saying what kind of failure it met ([`output::EXIT_CODES_HELP`]).
 
 mod apply;
+mod args;
 mod ct;
 mod fip;
 mod fw;
@@ -19,21 +22,37 @@ mod trace;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::output::{Failure, Format, Output};
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "eBPF fast path for Neutron-style routers: the command line"
+    about = "eBPF fast path for Neutron-style routers: the command line",
+    after_help = output::EXIT_CODES_HELP
 )]
 struct Cli {
     /// routerd's API socket.
     #[arg(long, global = true, default_value = router_user::paths::API_SOCKET)]
     socket: PathBuf,
-    /// Output of the API verbs (apply, state, router, fip, route, rule, fw): aligned
-    /// columns, or the result as JSON.
-    #[arg(long, global = true, value_enum, default_value_t = output::Output::Table)]
-    output: output::Output,
+    /// Output format of every verb: aligned columns, or one JSON document
+    /// {"kind": ..., "version": 1, "items": ...} (`--output` is the same).
+    #[arg(
+        short = 'f',
+        long = "format",
+        visible_alias = "output",
+        global = true,
+        value_enum,
+        default_value_t = Format::Table
+    )]
+    format: Format,
+    /// The same as `-f json`.
+    #[arg(long, global = true, hide = true)]
+    json: bool,
+    /// A column to show (its header, any case), repeatable, in this order; default: all.
+    #[arg(short = 'c', long = "column", value_name = "COLUMN", global = true)]
+    columns: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,7 +68,7 @@ enum Command {
     #[command(subcommand)]
     Nat(nat::Command),
     /// Packets the fast path drops or hands to the kernel, live (filter by router and
-    /// reason; --json for one object per line).
+    /// reason; -f json for one document per line).
     Monitor(monitor::Args),
     /// Replaces the whole desired state with a file (checked whole; nothing changes if
     /// it is invalid).
@@ -76,16 +95,36 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let api = output::Api {
-        socket: cli.socket,
-        output: cli.output,
+    let args = args::router_flag_as_positional(std::env::args_os().collect(), &Cli::command());
+    let cli = Cli::parse_from(args);
+    let output = Output {
+        format: if cli.json { Format::Json } else { cli.format },
+        columns: cli.columns,
     };
-    let result = match cli.command {
-        Command::Stats(args) => stats::run(args),
-        Command::Ct(command) => ct::run(command),
-        Command::Nat(command) => nat::run(command),
-        Command::Monitor(args) => monitor::run(args),
+    let result = run(cli.command, cli.socket, output);
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("routerctl: {e}");
+            if let Failure::Error(router_user::Error::Api(a)) = &e {
+                match &a.object {
+                    Some(object) => eprintln!("routerctl: error code {} ({object})", a.code),
+                    None => eprintln!("routerctl: error code {}", a.code),
+                }
+            }
+            std::process::ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(command: Command, socket: PathBuf, output: Output) -> Result<(), Failure> {
+    let api = output::Api { socket, output };
+    let output = &api.output;
+    match command {
+        Command::Stats(args) => stats::run(output, args),
+        Command::Ct(command) => ct::run(output, command),
+        Command::Nat(command) => nat::run(output, command),
+        Command::Monitor(args) => monitor::run(output, args),
         Command::Apply(args) => apply::run(&api, args),
         Command::State => apply::show(&api),
         Command::Router(command) => router::run(&api, command),
@@ -93,13 +132,6 @@ fn main() -> std::process::ExitCode {
         Command::Route(command) => route::run(&api, command),
         Command::Rule(command) => rule::run(&api, command),
         Command::Fw(command) => fw::run(&api, command),
-        Command::Trace(args) => trace::run(args),
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("routerctl: {e}");
-            std::process::ExitCode::FAILURE
-        }
+        Command::Trace(args) => trace::run(output, args),
     }
 }

@@ -1,20 +1,18 @@
-//! `routerctl monitor`: dropped and passed packets, live.
+//! `routerctl monitor [ROUTER]`: dropped and passed packets, live.
 
 use std::time::{Duration, Instant};
 
-use router_user::{Error, monitor::Monitor};
+use router_user::monitor::Monitor;
+
+use crate::output::{Failure, Output};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Only this router.
-    #[arg(long)]
+    /// Only this router (its id); default: every running router.
     router: Option<String>,
     /// Only these reasons (names as `routerctl stats` shows them), repeatable.
     #[arg(long)]
     reason: Vec<String>,
-    /// One JSON object per line.
-    #[arg(long)]
-    json: bool,
     /// Stop after this many events.
     #[arg(long)]
     count: Option<usize>,
@@ -23,7 +21,9 @@ pub struct Args {
     duration: Option<f64>,
 }
 
-pub fn run(args: Args) -> Result<(), Error> {
+/// Prints events as they come: a line of text each, or with `-f json` one document
+/// `monitor_event` per line.
+pub fn run(output: &Output, args: Args) -> Result<(), Failure> {
     let mut monitor = Monitor::open(args.router.as_deref())?;
     let started = Instant::now();
     let deadline = args.duration.map(|s| started + Duration::from_secs_f64(s));
@@ -34,12 +34,8 @@ pub fn run(args: Args) -> Result<(), Error> {
             if !args.reason.is_empty() && !args.reason.contains(&e.reason) {
                 continue;
             }
-            if args.json {
-                let text = serde_json::to_string(&e)
-                    .map_err(|e| Error::io("encoding JSON", std::io::Error::other(e)))?;
-                println!("{text}");
-            } else {
-                println!(
+            output.line("monitor_event", &e, || {
+                format!(
                     "{:>12.6} {} {} {} {} proto {} {} -> {} {} bytes",
                     e.ts_ns as f64 / 1e9,
                     e.router,
@@ -50,8 +46,8 @@ pub fn run(args: Args) -> Result<(), Error> {
                     e.source,
                     e.destination,
                     e.bytes
-                );
-            }
+                )
+            })?;
             shown += 1;
             if args.count.is_some_and(|c| shown >= c) {
                 return Ok(());

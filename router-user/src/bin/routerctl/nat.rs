@@ -1,30 +1,24 @@
-use router_user::{Error, stats};
+//! `routerctl nat list [ROUTER]`: the gateways and floating IPs of the running routers.
+
+use router_user::stats;
+
+use crate::output::{Failure, Output};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// The gateway (SNAT) and floating IPs of each router, with their counters.
+    /// The gateway (SNAT) and floating IPs of each router, with their counters (JSON: the
+    /// document `nat`, items `gateways` and `floating_ips`).
     List {
-        /// Only this router.
-        #[arg(long)]
+        /// Only this router (its id); default: every running router.
         router: Option<String>,
-        /// Machine-readable output (an object with `gateways` and `floating_ips` arrays).
-        #[arg(long)]
-        json: bool,
     },
 }
 
-pub fn run(command: Command) -> Result<(), Error> {
+pub fn run(output: &Output, command: Command) -> Result<(), Failure> {
     match command {
-        Command::List { router, json } => {
+        Command::List { router } => {
             let nat = stats::collect_nat(router.as_deref())?;
-            if json {
-                let text = serde_json::to_string_pretty(&nat)
-                    .map_err(|e| Error::io("encoding JSON", std::io::Error::other(e)))?;
-                println!("{text}");
-            } else {
-                print!("{}", stats::nat_table(&nat));
-            }
-            Ok(())
+            output.print("nat", &nat, || stats::nat_table(&nat))
         }
     }
 }

@@ -1,14 +1,14 @@
 //! `routerctl router ...`: Neutron's router verbs (create, delete, list, show, interface
 //! add/remove, gateway set/clear) over routerd's API.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, net::Ipv4Addr};
 
-use router_user::{
-    Error,
-    api::{FloatingIpEntry, GatewayEntry, Request, RouterDetail, RouterSummary},
+use router_user::api::{FloatingIpEntry, GatewayEntry, Request, RouterDetail, RouterSummary};
+
+use crate::{
+    args::Cidr,
+    output::{Api, Failure, table},
 };
-
-use crate::output::{Api, table};
 
 /// The `--mode` argument of `router create`: where the router's fast path attaches (sent
 /// to routerd as the name of a `router_user::config::Mode`).
@@ -22,7 +22,7 @@ pub enum AttachModeArg {
 pub enum Command {
     /// A new router in an existing namespace; routerd starts it.
     Create {
-        #[arg(long)]
+        /// The router (its id).
         router: String,
         /// The network namespace holding the router's interfaces (it must exist).
         #[arg(long)]
@@ -37,7 +37,7 @@ pub enum Command {
     },
     /// Removes a router: its fast path is detached and its pins removed.
     Delete {
-        #[arg(long)]
+        /// The router (its id).
         router: String,
         /// No such router is not an error.
         #[arg(long)]
@@ -47,7 +47,7 @@ pub enum Command {
     List,
     /// Everything about one router.
     Show {
-        #[arg(long)]
+        /// The router (its id).
         router: String,
     },
     /// Internal interfaces (qr ports): add, remove.
@@ -63,22 +63,23 @@ pub enum InterfaceCommand {
     /// Adds an internal interface with the subnet's gateway address (the router restarts
     /// to attach it; its fast path keeps forwarding meanwhile).
     Add {
-        #[arg(long)]
+        /// The router (its id).
         router: String,
         /// An interface in the router's namespace.
         #[arg(long)]
         interface: String,
         /// The router's address on the subnet, e.g. 10.0.1.1/24.
-        #[arg(long)]
-        address: String,
+        #[arg(long, value_parser = Cidr::prefix)]
+        address: Cidr,
         /// The same interface with the same address already there is not an error.
         #[arg(long)]
         may_exist: bool,
     },
     /// Removes an internal interface (live: its sessions end, its address goes).
     Remove {
-        #[arg(long)]
+        /// The router (its id).
         router: String,
+        /// The internal interface to remove.
         #[arg(long)]
         interface: String,
         /// No such interface is not an error.
@@ -92,16 +93,17 @@ pub enum GatewayCommand {
     /// Sets the external gateway: interface, the router's address on the external subnet,
     /// the default route's next hop, default SNAT.
     Set {
-        #[arg(long)]
+        /// The router (its id).
         router: String,
+        /// The gateway interface (qg port) in the router's namespace.
         #[arg(long)]
         interface: String,
         /// The gateway IP with the subnet's length, e.g. 198.18.0.2/24.
-        #[arg(long)]
-        address: String,
+        #[arg(long, value_parser = Cidr::prefix)]
+        address: Cidr,
         /// The external subnet's gateway (the default route).
         #[arg(long)]
-        nexthop: String,
+        nexthop: Ipv4Addr,
         /// Default SNAT to the gateway IP (the default for a new gateway).
         #[arg(long, conflicts_with = "no_snat")]
         snat: bool,
@@ -111,7 +113,7 @@ pub enum GatewayCommand {
     },
     /// Removes the external gateway.
     Clear {
-        #[arg(long)]
+        /// The router (its id).
         router: String,
         /// No gateway is not an error.
         #[arg(long)]
@@ -119,7 +121,7 @@ pub enum GatewayCommand {
     },
 }
 
-pub fn run(api: &Api, command: Command) -> Result<(), Error> {
+pub fn run(api: &Api, command: Command) -> Result<(), Failure> {
     match command {
         Command::Create {
             router,
@@ -141,8 +143,8 @@ pub fn run(api: &Api, command: Command) -> Result<(), Error> {
         Command::Delete { router, if_exists } => {
             api.change(&Request::RouterDelete { router, if_exists })
         }
-        Command::List => api.show(&Request::RouterList, list),
-        Command::Show { router } => api.show(&Request::RouterShow { router }, show),
+        Command::List => api.show("routers", &Request::RouterList, list),
+        Command::Show { router } => api.show("router", &Request::RouterShow { router }, show),
         Command::Interface(InterfaceCommand::Add {
             router,
             interface,
@@ -151,7 +153,7 @@ pub fn run(api: &Api, command: Command) -> Result<(), Error> {
         }) => api.change(&Request::RouterInterfaceAdd {
             router,
             interface,
-            address,
+            address: address.to_string(),
             may_exist,
         }),
         Command::Interface(InterfaceCommand::Remove {
@@ -173,8 +175,8 @@ pub fn run(api: &Api, command: Command) -> Result<(), Error> {
         }) => api.change(&Request::RouterGatewaySet {
             router,
             interface,
-            address,
-            nexthop,
+            address: address.to_string(),
+            nexthop: nexthop.to_string(),
             snat: match (snat, no_snat) {
                 (true, _) => Some(true),
                 (_, true) => Some(false),

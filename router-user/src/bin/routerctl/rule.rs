@@ -1,15 +1,15 @@
-use router_user::{
-    Error,
-    api::{Request, RuleEntry},
-};
+use router_user::api::{Request, RuleEntry};
 
-use crate::output::{Api, table};
+use crate::{
+    args::Cidr,
+    output::{Api, Failure, table},
+};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Adds a policy rule (`[[router.rule]]`), like `ip rule add priority N ... lookup T`.
     Add {
-        #[arg(long)]
+        /// The router (its id).
         router: String,
         /// 1-29999, unique within the router.
         #[arg(long, allow_negative_numbers = true)]
@@ -18,11 +18,11 @@ pub enum Command {
         #[arg(long)]
         iif: Option<String>,
         /// Source prefix or address (default: any).
-        #[arg(long)]
-        from: Option<String>,
+        #[arg(long, value_parser = Cidr::prefix_or_address)]
+        from: Option<Cidr>,
         /// Destination prefix or address (default: any).
-        #[arg(long)]
-        to: Option<String>,
+        #[arg(long, value_parser = Cidr::prefix_or_address)]
+        to: Option<Cidr>,
         /// "main", a table's name or id.
         #[arg(long)]
         table: String,
@@ -32,8 +32,9 @@ pub enum Command {
     },
     /// Removes the rule with this priority.
     Del {
-        #[arg(long)]
+        /// The router (its id).
         router: String,
+        /// The rule's priority.
         #[arg(long, allow_negative_numbers = true)]
         priority: i64,
         /// No such rule is not an error.
@@ -42,12 +43,12 @@ pub enum Command {
     },
     /// The rules by priority, the configured ones and those the router generates.
     List {
-        #[arg(long)]
+        /// The router (its id).
         router: String,
     },
 }
 
-pub fn run(api: &Api, command: Command) -> Result<(), Error> {
+pub fn run(api: &Api, command: Command) -> Result<(), Failure> {
     match command {
         Command::Add {
             router,
@@ -61,8 +62,8 @@ pub fn run(api: &Api, command: Command) -> Result<(), Error> {
             router,
             priority,
             iif,
-            from,
-            to,
+            from: from.map(|c| c.to_string()),
+            to: to.map(|c| c.to_string()),
             table,
             may_exist,
         }),
@@ -75,8 +76,10 @@ pub fn run(api: &Api, command: Command) -> Result<(), Error> {
             priority,
             if_exists,
         }),
-        Command::List { router } => {
-            api.show(&Request::RuleList { router }, |rules: Vec<RuleEntry>| {
+        Command::List { router } => api.show(
+            "rules",
+            &Request::RuleList { router },
+            |rules: Vec<RuleEntry>| {
                 let rows: Vec<Vec<String>> = rules
                     .into_iter()
                     .map(|r| {
@@ -91,7 +94,7 @@ pub fn run(api: &Api, command: Command) -> Result<(), Error> {
                     })
                     .collect();
                 table(&["PRIORITY", "IIF", "FROM", "TO", "TABLE", "ORIGIN"], &rows)
-            })
-        }
+            },
+        ),
     }
 }
