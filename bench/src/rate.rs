@@ -661,7 +661,7 @@ impl Setup {
 }
 
 impl Setup {
-    /// `routerctl apply -f FILE` of a desired state with `fips` floating IPs, timed from
+    /// `routerctl apply FILE` of a desired state with `fips` floating IPs, timed from
     /// the command's start to its exit (process start, the API round trip, validation, the
     /// atomic write of the state file and the apply). Returns the wall time.
     pub fn routerctl_apply(&mut self, fips: usize) -> anyhow::Result<Duration> {
@@ -679,7 +679,7 @@ impl Setup {
         let out = std::process::Command::new(&routerctl)
             .arg("--socket")
             .arg(&routerd.socket)
-            .args(["apply", "-f"])
+            .args(["apply", "--file"])
             .arg(&file)
             .output()?;
         let took = started.elapsed();

@@ -121,7 +121,8 @@ impl Api {
         let (before, state) = (self.file(), self.state());
         let r = self.send_line(line);
         assert!(!r.ok, "{line} was accepted: {r:?}");
-        let error = r.error.expect("an error message");
+        assert_eq!(r.version, router_user::api::API_VERSION, "{line}: {r:?}");
+        let error = r.error.expect("an error message").message;
         assert!(
             error.contains(expected),
             "{line}: error {error:?} does not say {expected:?}"
@@ -135,11 +136,27 @@ impl Api {
         self.rejected_line(&request.to_string(), expected)
     }
 
-    /// routerctl that must fail: its stderr.
-    fn ctl_err(&self, args: &[&str]) -> String {
+    /// routerctl that must fail with exit code `code`: its stderr.
+    fn ctl_exit(&self, code: i32, args: &[&str]) -> String {
         let out = self.ctl(args);
-        assert_eq!(out.status.code(), Some(1), "routerctl {args:?} succeeded");
-        String::from_utf8(out.stderr).expect("UTF-8")
+        let stderr = String::from_utf8(out.stderr).expect("UTF-8");
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "routerctl {args:?}: {stderr}"
+        );
+        stderr
+    }
+
+    /// routerctl printing one JSON document of `kind`: its items.
+    fn ctl_items(&self, kind: &str, args: &[&str]) -> Value {
+        let doc: Value = serde_json::from_str(&self.ctl_ok(args)).expect("JSON");
+        assert_eq!(
+            (&doc["kind"], &doc["version"]),
+            (&json!(kind), &json!(1)),
+            "routerctl {args:?}: {doc}"
+        );
+        doc["items"].clone()
     }
 
     fn assert_persisted(&self) {
@@ -415,10 +432,46 @@ table = "vfw"
         assert_ne!(line.as_bytes()[column], b' ', "{out}");
         assert_eq!(line.as_bytes()[column - 1], b' ', "{out}");
     }
-    let json_out: Value =
-        serde_json::from_str(&api.ctl_ok(&["--output", "json", "route", "list", "--router", r]))
-            .expect("JSON");
+    let json_out: Value = api.ctl_items("routes", &["-f", "json", "route", "list", r]);
     assert_eq!(json_out.as_array().map(Vec::len), Some(3));
+    // -c picks columns, named in any case, in the asked order.
+    let out = api.ctl_ok(&["route", "list", r, "-c", "nexthop", "-c", "DESTINATION"]);
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NEXTHOP", "DESTINATION"], "{out}");
+    assert_eq!(out.lines().count(), 4, "{out}");
+    let e = api.ctl_exit(2, &["route", "list", r, "-c", "GATEWAY"]);
+    assert!(e.contains("no column GATEWAY"), "{e}");
+    // A typo is reported as the CLI argument (exit code 2), and nothing is sent.
+    let (before, mtime) = (api.file(), api.modified());
+    let e = api.ctl_exit(2, &["route", "add", r, "10.40.0.0/33", "10.0.2.254"]);
+    assert!(e.contains("'10.40.0.0/33' for '<DESTINATION>'"), "{e}");
+    let e = api.ctl_exit(
+        2,
+        &["route", "add", "--router", r, "10.40.0.0/16", "10.0.2.2544"],
+    );
+    assert!(e.contains("'10.0.2.2544' for '<NEXTHOP>'"), "{e}");
+    assert_eq!((api.file(), api.modified()), (before, mtime));
+    // No such router: exit code 3, and the object at fault.
+    let e = api.ctl_exit(3, &["route", "list", "no-such-router"]);
+    assert!(
+        e.contains("routerctl: error code not_found (router no-such-router)"),
+        "{e}"
+    );
+    let reply = api.send(json!({"op": "route_list", "router": "no-such-router"}));
+    let error = reply.error.expect("an error");
+    assert_eq!(
+        (reply.version, error.code, error.object.as_deref()),
+        (
+            router_user::api::API_VERSION,
+            router_user::api::ErrorCode::NotFound,
+            Some("router no-such-router")
+        )
+    );
     api.change(json!({"op": "route_del", "router": r, "destination": "10.40.0.0/16"}));
     wait_for(
         "the main route to leave the kernel",
@@ -506,8 +559,13 @@ table = "vfw"
         "--table",
         "main",
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    // A conflict: exit code 4, the API's code on stderr.
+    assert_eq!(out.status.code(), Some(4));
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("routerctl: error code conflict"),
+        "{stderr}"
+    );
     assert!(
         stderr.starts_with("routerctl: rule priority 1000 exists"),
         "{stderr}"
@@ -692,9 +750,7 @@ table = "vfw"
     )
     .expect("writing the new file");
     let file_arg = file.to_str().expect("path");
-    let first: Value =
-        serde_json::from_str(&api.ctl_ok(&["--output", "json", "apply", "-f", file_arg]))
-            .expect("JSON");
+    let first: Value = api.ctl_items("change", &["--output", "json", "apply", "--file", file_arg]);
     assert_eq!(
         (&first["changed_routers"], &first["unchanged"]),
         (&json!([r]), &json!(false))
@@ -706,18 +762,17 @@ table = "vfw"
         "{first}"
     );
     api.assert_persisted();
-    let second: Value =
-        serde_json::from_str(&api.ctl_ok(&["--output", "json", "apply", "-f", file_arg]))
-            .expect("JSON");
+    let second: Value = api.ctl_items("change", &["--output", "json", "apply", file_arg]);
     assert_eq!(
         second,
         json!({"changed_routers": [], "unchanged": true, "writes": {"map": 0, "kernel": 0}})
     );
-    let out = api.ctl_ok(&["apply", "-f", file_arg]);
+    let out = api.ctl_ok(&["apply", file_arg]);
     assert!(out.starts_with("unchanged"), "{out}");
     std::fs::write(&file, "[[router]]\nid = \"x\"\n").expect("writing");
-    let out = api.ctl(&["apply", "-f", file_arg]);
-    assert_eq!(out.status.code(), Some(1));
+    let out = api.ctl(&["apply", file_arg]);
+    // An invalid state: exit code 2.
+    assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.starts_with("routerctl: invalid configuration"),
@@ -759,7 +814,8 @@ fn a_stale_socket_is_replaced_and_a_missing_routerd_is_reported() {
         .output()
         .expect("routerctl");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    // routerd unreachable: exit code 5.
+    assert_eq!(out.status.code(), Some(5));
     assert!(
         stderr.starts_with(&format!(
             "routerctl: cannot reach routerd at {}: ",
@@ -1052,14 +1108,17 @@ fn neutron_router_and_floating_ip_verbs() {
         json!({"op": "router_create", "router": format!("{r}x"), "namespace": ext_ns, "mode": "ebpf"}),
         ".mode = \"ebpf\": must be \"xdp\" or \"tc\"",
     );
-    let e = api.ctl_err(&[
-        "router",
-        "create",
-        "--router",
-        "bad id",
-        "--namespace",
-        &ext_ns,
-    ]);
+    let e = api.ctl_exit(
+        2,
+        &[
+            "router",
+            "create",
+            "--router",
+            "bad id",
+            "--namespace",
+            &ext_ns,
+        ],
+    );
     assert!(
         e.contains(".id = \"bad id\": must be 1-32 characters"),
         "{e}"
@@ -1147,17 +1206,21 @@ fn neutron_router_and_floating_ip_verbs() {
     assert_eq!(api.query(json!({"op": "router_show", "router": r})), show);
     assert!(!ip_out(&router_ns, &["-o", "addr"]).contains("10.0.3.1"));
     assert!(reaches(&vmb_ns, VM_A, 1), "the router stopped forwarding");
-    let e = api.ctl_err(&[
-        "router",
-        "interface",
-        "add",
-        "--router",
-        r,
-        "--interface",
-        "qr-x",
-        "--address",
-        "10.0.3.1/24",
-    ]);
+    // Applying failed and was rolled back: exit code 1.
+    let e = api.ctl_exit(
+        1,
+        &[
+            "router",
+            "interface",
+            "add",
+            "--router",
+            r,
+            "--interface",
+            "qr-x",
+            "--address",
+            "10.0.3.1/24",
+        ],
+    );
     assert!(
         e.starts_with(&format!(
             "routerctl: router {r}: interface qr-x does not exist in namespace"
@@ -1246,9 +1309,7 @@ fn neutron_router_and_floating_ip_verbs() {
         reaches(&ext_ns, FIP_A, 3),
         "the external host does not reach vm a's floating IP"
     );
-    let fips: Value =
-        serde_json::from_str(&api.ctl_ok(&["--output", "json", "fip", "list", "--router", r]))
-            .expect("JSON");
+    let fips: Value = api.ctl_items("floating_ips", &["--json", "fip", "list", r]);
     let fip = &fips[0];
     assert_eq!(
         (&fip["router"], &fip["address"], &fip["fixed"]),
@@ -1322,16 +1383,19 @@ fn neutron_router_and_floating_ip_verbs() {
     ] {
         api.rejected(request, &expected);
     }
-    let e = api.ctl_err(&[
-        "fip",
-        "associate",
-        "--router",
-        r,
-        "--address",
-        "198.18.0.10",
-        "--fixed",
-        "10.0.1.6",
-    ]);
+    let e = api.ctl_exit(
+        4,
+        &[
+            "fip",
+            "associate",
+            "--router",
+            r,
+            "--address",
+            "198.18.0.10",
+            "--fixed",
+            "10.0.1.6",
+        ],
+    );
     assert!(
         e.starts_with("routerctl: floating IP 198.18.0.10 is already associated with 10.0.1.5"),
         "{e}"
@@ -1639,8 +1703,7 @@ address = "10.0.7.1/24"
             .count()
     };
     let r2_before = unchanged_logs(&r2);
-    let first: Value =
-        serde_json::from_str(&api.ctl_ok(&["--output", "json", "apply", "-f", f])).expect("JSON");
+    let first: Value = api.ctl_items("change", &["--output", "json", "apply", f]);
     assert_eq!(
         (&first["changed_routers"], &first["unchanged"]),
         (&json!([r1]), &json!(false)),
@@ -1657,13 +1720,12 @@ address = "10.0.7.1/24"
     );
     // The same file again: nothing to write, nothing written.
     let (bytes, mtime) = (api.file(), api.modified());
-    let second: Value =
-        serde_json::from_str(&api.ctl_ok(&["--output", "json", "apply", "-f", f])).expect("JSON");
+    let second: Value = api.ctl_items("change", &["--output", "json", "apply", f]);
     assert_eq!(
         second,
         json!({"changed_routers": [], "unchanged": true, "writes": {"map": 0, "kernel": 0}})
     );
-    let out = api.ctl_ok(&["apply", "-f", f]);
+    let out = api.ctl_ok(&["apply", f]);
     assert_eq!(out, "unchanged: already as asked, nothing written\n");
     assert_eq!((api.file(), api.modified()), (bytes.clone(), mtime));
     // SIGHUP re-reads the same state: each router unchanged, nothing written.

@@ -67,11 +67,11 @@ fn spoofing_is_dropped_and_monitored(mode: &str) {
     let monitor = Command::new(routerctl())
         .args([
             "monitor",
-            "--router",
             &topo.router_id,
             "--reason",
             "spoofed_source",
-            "--json",
+            "-f",
+            "json",
             "--count",
             "3",
             "--duration",
@@ -98,7 +98,16 @@ fn spoofing_is_dropped_and_monitored(mode: &str) {
     assert!(out.status.success(), "{mode}: monitor failed: {out:?}");
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .map(|l| {
+            // One document per event.
+            let doc: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+            assert_eq!(
+                (&doc["kind"], &doc["version"]),
+                (&serde_json::json!("monitor_event"), &serde_json::json!(1)),
+                "{mode}: {doc}"
+            );
+            doc["items"].clone()
+        })
         .collect();
     assert_eq!(lines.len(), 3, "{mode}: monitor lines {lines:?}");
     for l in &lines {

@@ -80,7 +80,8 @@ fn routerd_reason(router: &str, iface: &str, reason: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn routerctl(args: &[&str]) -> serde_json::Value {
+/// `routerctl ARGS`, which must print one JSON document of `kind`: its items.
+fn routerctl(kind: &str, args: &[&str]) -> serde_json::Value {
     let ctl = router_tests::routerd::routerd_path().with_file_name("routerctl");
     let out = std::process::Command::new(&ctl)
         .args(args)
@@ -91,7 +92,13 @@ fn routerctl(args: &[&str]) -> serde_json::Value {
         "routerctl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("routerctl JSON")
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("routerctl JSON");
+    assert_eq!(
+        (&doc["kind"], &doc["version"]),
+        (&serde_json::json!(kind), &serde_json::json!(1)),
+        "routerctl {args:?}: {doc}"
+    );
+    doc["items"].clone()
 }
 
 fn run(mode: &str) {
@@ -165,14 +172,17 @@ fn run(mode: &str) {
         GATEWAY_IP,
         "{mode}: VM A leaves as the gateway IP"
     );
-    let sessions = routerctl(&["ct", "list", "--json", "--router", &topo.router_id]);
+    let sessions = routerctl("sessions", &["ct", "list", "-f", "json", &topo.router_id]);
     let found = sessions.as_array().expect("array").iter().any(|s| {
         s["original"]["src"] == "10.0.1.5"
             && s["original"]["dport"] == 7005
             && s["translated"]["src"] == "198.18.0.2"
     });
     assert!(found, "{mode}: ct list shows the SNAT session: {sessions}");
-    let nat = routerctl(&["nat", "list", "--json", "--router", &topo.router_id]);
+    let nat = routerctl(
+        "nat",
+        &["nat", "list", "--json", "--router", &topo.router_id],
+    );
     let fip = &nat["floating_ips"][0];
     assert_eq!(fip["floating_ip"], "198.18.0.10", "{mode}: nat list: {nat}");
     // In: the two pings to the floating IP; out: their replies and VM B's datagrams.
@@ -325,7 +335,10 @@ fn sessions_age_out(mode: &str) {
     let routerd = Routerd::start(&topo.config, &topo.router_id);
     ip(&["-n", &topo.ext_ns, "route", "del", "10.0.0.0/8"]);
     let count = |port: u64| {
-        let all = routerctl(&["ct", "list", "--json", "--router", &topo.router_id]);
+        let all = routerctl(
+            "sessions",
+            &["ct", "list", "--output", "json", &topo.router_id],
+        );
         all.as_array()
             .expect("array")
             .iter()
@@ -350,8 +363,17 @@ fn sessions_age_out(mode: &str) {
     assert!(join(rx).is_some());
     assert_eq!(count(7102), 1, "{mode}: a new session");
     let ctl = router_tests::routerd::routerd_path().with_file_name("routerctl");
+    // Without a router, ct flush would reset every router's sessions: refused unless --all.
+    let refused = std::process::Command::new(&ctl)
+        .args(["ct", "flush"])
+        .output()
+        .expect("routerctl ct flush");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "ct flush: {stderr}");
+    assert!(stderr.contains("--all"), "{stderr}");
+    assert_eq!(count(7102), 1, "{mode}: ct flush without a router flushed");
     let out = std::process::Command::new(&ctl)
-        .args(["ct", "flush", "--router", &topo.router_id])
+        .args(["ct", "flush", &topo.router_id])
         .output()
         .expect("routerctl ct flush");
     assert!(out.status.success(), "ct flush");

@@ -38,8 +38,8 @@ fn routerctl_path() -> PathBuf {
     routerd_path().with_file_name("routerctl")
 }
 
-/// `routerctl ARGS` (which must print JSON), parsed.
-fn routerctl(args: &[&str]) -> Value {
+/// `routerctl ARGS`, which must print one JSON document of `kind`: its items.
+fn routerctl(kind: &str, args: &[&str]) -> Value {
     let out = Command::new(routerctl_path())
         .args(args)
         .output()
@@ -49,12 +49,18 @@ fn routerctl(args: &[&str]) -> Value {
         "routerctl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "routerctl {args:?}: not JSON ({e}):\n{}",
             String::from_utf8_lossy(&out.stdout)
         )
-    })
+    });
+    assert_eq!(
+        (&doc["kind"], &doc["version"]),
+        (&Value::from(kind), &Value::from(1)),
+        "routerctl {args:?}: {doc}"
+    );
+    doc["items"].clone()
 }
 
 /// `routerctl trace --router R --in IFACE ARGS --json`, timed.
@@ -62,7 +68,7 @@ fn trace(router: &str, ingress: &str, args: &[&str]) -> Value {
     let mut all = vec!["trace", "--router", router, "--in", ingress, "--json"];
     all.extend_from_slice(args);
     let started = Instant::now();
-    let t = routerctl(&all);
+    let t = routerctl("trace", &all);
     eprintln!(
         "trace {ingress} {args:?} ({} ms):\n{}",
         started.elapsed().as_millis(),
@@ -189,8 +195,8 @@ struct LiveState {
 }
 
 fn live_state(router: &str) -> LiveState {
-    let mut stats = routerctl(&["stats", "--router", router, "--json"]);
-    for row in stats.as_array_mut().expect("rows") {
+    let mut stats = routerctl("stats", &["stats", router, "-f", "json"]);
+    for row in stats["interfaces"].as_array_mut().expect("interface rows") {
         if let Some(reasons) = row.get_mut("reasons").and_then(Value::as_object_mut) {
             let noise: u64 = ["arp", "ipv6"]
                 .iter()
@@ -237,9 +243,9 @@ fn with_floating_ip_and_firewall(config: &Path) {
 /// a straggler); returns the samples and those stats.
 fn quiet_scrape(port: u16, router: &str) -> (Vec<Sample>, Value, String) {
     for _ in 0..10 {
-        let before = routerctl(&["stats", "--router", router, "--json"]);
+        let before = routerctl("stats", &["stats", router, "-f", "json"]);
         let (status, head, body) = http(port, "GET /metrics HTTP/1.1");
-        let after = routerctl(&["stats", "--router", router, "--json"]);
+        let after = routerctl("stats", &["stats", "--router", router, "--json"]);
         assert_eq!(status, "HTTP/1.1 200 OK", "{head}");
         assert!(
             head.contains("Content-Type: text/plain; version=0.0.4"),
@@ -266,7 +272,23 @@ fn check_metrics(mode: &str, port: u16, router: &str) {
     assert_eq!(metric(&samples, "routerd_routers", &[]), 1, "{mode}");
     let r = ("router", router);
     let mut interfaces = 0;
-    for row in stats.as_array().expect("rows") {
+    // Each kind of row in its own list, each row of its kind.
+    let list = |kind: &str, key: &str| -> Vec<Value> {
+        let rows = stats[kind]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("{mode}: no {kind}: {stats}"));
+        assert!(
+            rows.iter().all(|row| row.get(key).is_some()),
+            "{mode}: {kind}: {stats}"
+        );
+        rows
+    };
+    let rows = list("interfaces", "interface")
+        .into_iter()
+        .chain(list("floating_ips", "floating_ip"))
+        .chain(list("gateways", "gateway_ip"));
+    for row in rows {
         if let Some(iface) = row.get("interface").and_then(Value::as_str) {
             interfaces += 1;
             let i = ("interface", iface);
@@ -409,7 +431,7 @@ fn check_metrics(mode: &str, port: u16, router: &str) {
     assert!(entries(map_names::ROUTES) >= 4, "{mode}: routes");
     assert!(entries(map_names::NEIGHBORS) >= 2, "{mode}: neighbours");
     let sessions = metric(&samples, "router_sessions", &[r]);
-    let listed = routerctl(&["ct", "list", "--router", router, "--json"]);
+    let listed = routerctl("sessions", &["ct", "list", router, "-f", "json"]);
     assert_eq!(
         sessions,
         listed.as_array().expect("sessions").len() as u64,

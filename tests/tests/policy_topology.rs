@@ -897,7 +897,7 @@ fn firewall(mode: &str) {
     // The drop reasons as `routerctl stats --json` shows them.
     let ctl = router_tests::routerd::routerd_path().with_file_name("routerctl");
     let stats = std::process::Command::new(&ctl)
-        .args(["stats", "--json", "--router", r])
+        .args(["stats", "-f", "json", r])
         .output()
         .expect("running routerctl");
     assert!(

@@ -206,9 +206,15 @@ fn routed(mode: &str, xdp_egress: bool) {
         "routerctl stats: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rows: serde_json::Value =
+    let doc: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("routerctl --json output");
-    let rows = rows.as_array().expect("a JSON array");
+    assert_eq!(
+        (&doc["kind"], &doc["version"]),
+        (&serde_json::json!("stats"), &serde_json::json!(1))
+    );
+    let rows = doc["items"]["interfaces"]
+        .as_array()
+        .expect("the interface rows");
     let qr_a_row = rows
         .iter()
         .find(|r| r["interface"] == "qr-a")

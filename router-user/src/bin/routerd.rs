@@ -59,16 +59,9 @@ fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
-    // Tearing down every router stops every router's fast path on the node: only when
-    // asked by name. A usage error, as clap's (exit code 2).
-    if args.teardown.as_ref().is_some_and(Vec::is_empty) && !args.all {
-        eprintln!(
-            "routerd: --teardown without a router removes every pinned router: name the routers, or give --all"
-        );
-        return std::process::ExitCode::from(2);
-    }
-    if args.all && args.teardown.as_ref().is_some_and(|r| !r.is_empty()) {
-        eprintln!("routerd: --teardown names routers and --all: give one or the other");
+    if let Some(problem) = teardown_usage(&args) {
+        // A usage error, as clap's (exit code 2).
+        eprintln!("routerd: {problem}");
         return std::process::ExitCode::from(2);
     }
     match run(args) {
@@ -78,6 +71,20 @@ fn main() -> std::process::ExitCode {
             eprintln!("routerd: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// What is wrong with how `--teardown` is asked for, if anything: tearing down every router
+/// stops every router's fast path on the node, so it is done only with `--all`.
+fn teardown_usage(args: &Args) -> Option<&'static str> {
+    match (&args.teardown, args.all) {
+        (Some(routers), false) if routers.is_empty() => Some(
+            "--teardown without a router removes every pinned router: name the routers, or give --all",
+        ),
+        (Some(routers), true) if !routers.is_empty() => {
+            Some("--teardown names routers and --all: give one or the other")
+        }
+        _ => None,
     }
 }
 
@@ -228,5 +235,27 @@ fn raise_file_limit() {
         }
         Ok(_) => {}
         Err(e) => log::warn!("routerd: reading the open-file limit: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Args, teardown_usage};
+
+    #[test]
+    fn teardown_of_every_router_needs_all() {
+        let usage = |args: &[&str]| {
+            let parsed = Args::try_parse_from(args).expect("parses");
+            teardown_usage(&parsed)
+        };
+        assert!(usage(&["routerd", "--teardown"]).is_some_and(|p| p.contains("--all")));
+        assert_eq!(usage(&["routerd", "--teardown", "--all"]), None);
+        assert_eq!(usage(&["routerd", "--teardown", "r1", "r2"]), None);
+        assert!(usage(&["routerd", "--teardown", "r1", "--all"]).is_some());
+        assert_eq!(usage(&["routerd", "-c", "x.toml"]), None);
+        // --all means nothing without --teardown.
+        assert!(Args::try_parse_from(["routerd", "-c", "x.toml", "--all"]).is_err());
     }
 }

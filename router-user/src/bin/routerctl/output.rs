@@ -60,7 +60,7 @@ pub mod exit {
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success
-  1  other failure (applying failed and was rolled back, I/O, permission)
+  1  other failure (applying failed and was rolled back, I/O, permission denied)
   2  invalid input: a usage error, a malformed value, a state routerd refuses as invalid
   3  not found: no such router or object (code not_found), a router not running
   4  conflict: it exists already, differently, or something still uses it (code conflict)
@@ -89,6 +89,12 @@ impl Failure {
                 },
                 Error::Config(_) => exit::INVALID,
                 Error::NotRunning(..) => exit::NOT_FOUND,
+                // Not allowed to connect is a permission problem, as routerd's refusal is.
+                Error::Unreachable { source, .. }
+                    if source.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    exit::OTHER
+                }
                 Error::Unreachable { .. } => exit::UNREACHABLE,
                 _ => exit::OTHER,
             },
