@@ -135,3 +135,104 @@ fn run(command: Command, socket: PathBuf, output: Output) -> Result<(), Failure>
         Command::Trace(args) => trace::run(output, args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::Cli;
+
+    /// Every verb and every argument says what it is in `--help`.
+    #[test]
+    fn every_verb_and_argument_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(sub_path.clone());
+                }
+                walk(sub, &sub_path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "routerctl", &mut missing);
+        assert!(missing.is_empty(), "no help: {missing:?}");
+        Cli::command().debug_assert();
+    }
+
+    /// `--router R` lands where the verb takes its positional router; other verbs are left
+    /// as they are.
+    #[test]
+    fn the_router_flag_is_the_positional_router() {
+        let rewrite = |args: &[&str]| -> Vec<String> {
+            let args = args.iter().map(std::ffi::OsString::from).collect();
+            crate::args::router_flag_as_positional(args, &Cli::command())
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            rewrite(&[
+                "routerctl",
+                "-f",
+                "json",
+                "route",
+                "add",
+                "--router",
+                "r1",
+                "10.0.0.0/8",
+                "10.0.1.1"
+            ]),
+            [
+                "routerctl",
+                "-f",
+                "json",
+                "route",
+                "add",
+                "r1",
+                "10.0.0.0/8",
+                "10.0.1.1"
+            ]
+        );
+        assert_eq!(
+            rewrite(&["routerctl", "fw", "default", "--router=r1", "deny"]),
+            ["routerctl", "fw", "default", "r1", "deny"]
+        );
+        assert_eq!(
+            rewrite(&[
+                "routerctl",
+                "--socket",
+                "/s",
+                "stats",
+                "--json",
+                "--router",
+                "r1"
+            ]),
+            ["routerctl", "--socket", "/s", "stats", "r1", "--json"]
+        );
+        // router list takes no router: left for clap to refuse.
+        assert_eq!(
+            rewrite(&["routerctl", "router", "list", "--router", "r1"]),
+            ["routerctl", "router", "list", "--router", "r1"]
+        );
+        let parsed = Cli::try_parse_from(rewrite(&[
+            "routerctl",
+            "route",
+            "del",
+            "--router",
+            "r1",
+            "10.0.0.0/8",
+        ]));
+        assert!(parsed.is_ok());
+        assert!(Cli::try_parse_from(["routerctl", "route", "del", "r1", "10.0.0.0/88"]).is_err());
+    }
+}
