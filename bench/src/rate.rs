@@ -16,7 +16,7 @@ use std::{
 use router_common::bench::GenConfig;
 use router_tests::{
     netns::within,
-    neutron::{FloatingIp, NeutronRouter},
+    neutron::{NeutronFloatingIp, NeutronRouter},
     routerd::{Routerd, fast_path_has_neighbor},
     topo::{Namespaces, ip, run, unique, veth},
 };
@@ -72,14 +72,14 @@ pub struct RateResult {
 }
 
 /// The i-th floating IP and its fixed IP; the last one is the VM's.
-fn floating_ip(i: usize, count: usize) -> FloatingIp {
+fn floating_ip(i: usize, count: usize) -> NeutronFloatingIp {
     let floating = Ipv4Addr::new(198, 18, 1 + (i / 250) as u8, 1 + (i % 250) as u8);
     let fixed = if i + 1 == count {
         VM
     } else {
         Ipv4Addr::new(10, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8)
     };
-    FloatingIp { floating, fixed }
+    NeutronFloatingIp { floating, fixed }
 }
 
 /// One path set up and ready for traffic.
@@ -204,7 +204,7 @@ pub fn setup(path: Path, fips: usize) -> anyhow::Result<Setup> {
         "via",
         &QR_IP.to_string(),
     ]);
-    let list: Vec<FloatingIp> = (0..fips).map(|i| floating_ip(i, fips)).collect();
+    let list: Vec<NeutronFloatingIp> = (0..fips).map(|i| floating_ip(i, fips)).collect();
     let mut routerd = None;
     let mut config = None;
     let mut iptables_restore = None;
@@ -285,7 +285,7 @@ pub fn setup(path: Path, fips: usize) -> anyhow::Result<Setup> {
     })
 }
 
-fn routerd_config(id: &str, ns: &str, mode: &str, fips: &[FloatingIp]) -> String {
+fn routerd_config(id: &str, ns: &str, mode: &str, fips: &[NeutronFloatingIp]) -> String {
     router_tests::desired::RouterText {
         id: id.into(),
         namespace: ns.into(),
@@ -545,9 +545,10 @@ impl Setup {
         let fips = self.floating_ips;
         // The configured list, with or without one extra floating IP beside it.
         let render = |extra: bool| {
-            let mut list: Vec<FloatingIp> = (0..fips).map(|i| floating_ip(i, fips)).collect();
+            let mut list: Vec<NeutronFloatingIp> =
+                (0..fips).map(|i| floating_ip(i, fips)).collect();
             if extra {
-                list.push(FloatingIp {
+                list.push(NeutronFloatingIp {
                     floating: Ipv4Addr::new(198, 18, 250, 250),
                     fixed: Ipv4Addr::new(10, 0, 250, 250),
                 });
@@ -621,8 +622,8 @@ impl Setup {
             anyhow::bail!("not a routerd path");
         };
         // The `fips` of `setup` (the VM's last), then `plus` more beside them.
-        let mut list: Vec<FloatingIp> = (0..fips).map(|i| floating_ip(i, fips)).collect();
-        list.extend((0..plus).map(|i| FloatingIp {
+        let mut list: Vec<NeutronFloatingIp> = (0..fips).map(|i| floating_ip(i, fips)).collect();
+        list.extend((0..plus).map(|i| NeutronFloatingIp {
             floating: Ipv4Addr::new(198, 18, 250, 250 - i as u8),
             fixed: Ipv4Addr::new(10, 0, 250, 250 - i as u8),
         }));
@@ -668,7 +669,7 @@ impl Setup {
         let (Some(routerd), Some(config)) = (&self.routerd, &self.config) else {
             anyhow::bail!("not a routerd path");
         };
-        let list: Vec<FloatingIp> = (0..fips).map(|i| floating_ip(i, fips)).collect();
+        let list: Vec<NeutronFloatingIp> = (0..fips).map(|i| floating_ip(i, fips)).collect();
         let file = config.with_extension("apply.toml");
         std::fs::write(
             &file,

@@ -257,7 +257,8 @@ pub struct Tuple {
 }
 
 impl Tuple {
-    fn new(proto: u8, src: [u8; 4], sport: [u8; 2], dst: [u8; 4], dport: [u8; 2]) -> Self {
+    /// One direction's tuple from a session key's or entry's fields.
+    pub fn new(proto: u8, src: [u8; 4], sport: [u8; 2], dst: [u8; 4], dport: [u8; 2]) -> Self {
         let (mut sport, mut dport) = (u16::from_be_bytes(sport), u16::from_be_bytes(dport));
         if proto == IPPROTO_ICMP {
             // The identifier sits in the request's source slot and the reply's destination

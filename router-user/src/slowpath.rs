@@ -344,7 +344,7 @@ mod tests {
     use super::*;
     use crate::config::DesiredState;
 
-    /// The seed-001 firewall and a reject rule of every kind, as nftables reads it: `nft
+    /// The FWaaS example firewall and a reject rule of every kind, as nftables reads it: `nft
     /// --check` parses and validates the file (needs root, like every test here).
     #[test]
     fn firewall_ruleset_is_valid_nftables() {

@@ -836,7 +836,7 @@ pub fn tcp_round_trip(ns: &str, target: SocketAddrV4, wait: Duration) -> Result<
 
 /// One datagram as a receiver saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Seen {
+pub struct ReceivedDatagram {
     /// The receiver's address (the translated destination).
     pub at: SocketAddrV4,
     /// The translated source.
@@ -849,7 +849,7 @@ pub struct Seen {
 /// echoing it back to its source.
 pub struct UdpCollector {
     stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    seen: Arc<Mutex<Vec<ReceivedDatagram>>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -881,7 +881,7 @@ impl UdpCollector {
                             continue;
                         }
                         let flow = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
-                        out.lock().expect("seen").push(Seen {
+                        out.lock().expect("seen").push(ReceivedDatagram {
                             at: *at,
                             from,
                             flow,
@@ -905,7 +905,7 @@ impl UdpCollector {
     }
 
     /// Everything received so far.
-    pub fn seen(&self) -> Vec<Seen> {
+    pub fn seen(&self) -> Vec<ReceivedDatagram> {
         self.seen.lock().expect("seen").clone()
     }
 }

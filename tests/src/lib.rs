@@ -1,5 +1,7 @@
-//! Shared helpers of the privileged tests: network-namespace guards, topology building,
-//! and a frame builder over etherparse (an independent implementation of the headers).
+//! Shared helpers of the privileged tests: network-namespace guards, the topology builder
+//! (`topology`) and the topologies built with it, the frame builder over etherparse (an
+//! independent implementation of the headers, `frames`), and test runs of the router's
+//! programs on frames (`testrun`).
 
 pub mod corpus;
 pub mod desired;
@@ -16,6 +18,7 @@ pub mod routerd;
 pub mod scale;
 pub mod testrun;
 pub mod topo;
+pub mod topology;
 pub mod traffic;
 
 /// Panics with a clear message unless running as root (every test here needs it).

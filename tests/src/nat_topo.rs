@@ -1,7 +1,7 @@
 //! The NAT topology: an external host, a router with a gateway port and two internal ports,
-//! and three VMs, two of them with floating IPs. Built bare (links only, router interfaces
-//! without addresses) so the same wiring can be configured either the Neutron way
-//! (`configure_neutron`) or by routerd (`routerd_config`).
+//! and three VMs, two of them with floating IPs. Built bare by [`crate::topology`] (links
+//! only, router interfaces without addresses) so the same wiring can be configured either
+//! the Neutron way (`configure_neutron`) or by routerd (`routerd_config`).
 //!
 //! ```text
 //!  ext 198.18.0.1 ── qg (198.18.0.2 = GW)
@@ -17,8 +17,9 @@
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use crate::{
-    neutron::{FloatingIp, NeutronRouter},
-    topo::{Namespaces, ip, unique, veth},
+    desired::RouterText,
+    neutron::{NeutronFloatingIp, NeutronRouter},
+    topology::{Builder, Host, Topology},
 };
 
 pub const EXT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -36,12 +37,12 @@ pub const QR_A: &str = "qr-a";
 pub const QR_B: &str = "qr-b";
 
 /// The floating IPs of the topology: vm1's and vm2's.
-pub const FLOATING_IPS: [FloatingIp; 2] = [
-    FloatingIp {
+pub const FLOATING_IPS: [NeutronFloatingIp; 2] = [
+    NeutronFloatingIp {
         floating: FIP1,
         fixed: VM1,
     },
-    FloatingIp {
+    NeutronFloatingIp {
         floating: FIP2,
         fixed: VM2,
     },
@@ -49,7 +50,7 @@ pub const FLOATING_IPS: [FloatingIp; 2] = [
 
 /// The endpoints, by role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Host {
+pub enum Endpoint {
     Ext,
     Router,
     Vm1,
@@ -64,73 +65,56 @@ pub struct NatTopology {
     pub vm1_ns: String,
     pub vm2_ns: String,
     pub vm3_ns: String,
-    /// The L2 segment of subnet A (a bridge), where vm1, vm3 and qr-a meet.
-    pub switch_ns: String,
-    config: Option<PathBuf>,
-    /// Declared last: namespaces go after everything that lives in them.
-    pub namespaces: Namespaces,
+    /// Owns the namespaces (the bridge of subnet A among them) and the desired-state file.
+    pub topology: Topology,
 }
 
 impl NatTopology {
     /// Namespaces and links; the hosts are configured, the router's interfaces exist (down,
     /// without addresses).
     pub fn build() -> Self {
-        crate::require_root();
-        let mut namespaces = Namespaces::default();
-        let tag = unique("n");
-        let router_ns = namespaces.add(&format!("qrouter-{tag}"));
-        let ext_ns = namespaces.add(&format!("ext-{tag}"));
-        let vm1_ns = namespaces.add(&format!("vm1-{tag}"));
-        let vm2_ns = namespaces.add(&format!("vm2-{tag}"));
-        let vm3_ns = namespaces.add(&format!("vm3-{tag}"));
-        let switch_ns = namespaces.add(&format!("swa-{tag}"));
-
-        // External network and subnet B: point to point.
-        veth(QG, &router_ns, "eth0", &ext_ns);
-        veth(QR_B, &router_ns, "eth0", &vm2_ns);
-        // Subnet A: qr-a, vm1 and vm3 on one bridge.
-        ip(&["-n", &switch_ns, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &switch_ns, "link", "set", "br0", "up"]);
-        veth(QR_A, &router_ns, "p-qr", &switch_ns);
-        veth("eth0", &vm1_ns, "p-vm1", &switch_ns);
-        veth("eth0", &vm3_ns, "p-vm3", &switch_ns);
-        for port in ["p-qr", "p-vm1", "p-vm3"] {
-            ip(&["-n", &switch_ns, "link", "set", port, "master", "br0"]);
-            ip(&["-n", &switch_ns, "link", "set", port, "up"]);
-        }
-
-        for (ns, addr, gw) in [
-            (&ext_ns, "198.18.0.1/24", None),
-            (&vm1_ns, "10.0.1.5/24", Some("10.0.1.1")),
-            (&vm2_ns, "10.0.2.5/24", Some("10.0.2.1")),
-            (&vm3_ns, "10.0.1.6/24", Some("10.0.1.1")),
-        ] {
-            ip(&["-n", ns, "link", "set", "eth0", "up"]);
-            ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"]);
-            if let Some(gw) = gw {
-                ip(&["-n", ns, "route", "add", "default", "via", gw]);
-            }
-        }
+        let vm = |name: &str, address: &str, gateway: Ipv4Addr| {
+            Host::new(name, address).via(&gateway.to_string())
+        };
+        let topology = Builder::new("n")
+            .external(
+                QG,
+                &format!("{GW}/24"),
+                &EXT.to_string(),
+                [Host::new("ext", &format!("{EXT}/24"))],
+            )
+            .internal(
+                QR_A,
+                &format!("{QR_A_IP}/24"),
+                [
+                    vm("vm1", &format!("{VM1}/24"), QR_A_IP),
+                    vm("vm3", &format!("{VM3}/24"), QR_A_IP),
+                ],
+            )
+            .internal(
+                QR_B,
+                &format!("{QR_B_IP}/24"),
+                [vm("vm2", &format!("{VM2}/24"), QR_B_IP)],
+            )
+            .build();
         Self {
-            tag,
-            router_ns,
-            ext_ns,
-            vm1_ns,
-            vm2_ns,
-            vm3_ns,
-            switch_ns,
-            config: None,
-            namespaces,
+            tag: topology.tag.clone(),
+            router_ns: topology.router_ns.clone(),
+            ext_ns: topology.ns("ext").to_string(),
+            vm1_ns: topology.ns("vm1").to_string(),
+            vm2_ns: topology.ns("vm2").to_string(),
+            vm3_ns: topology.ns("vm3").to_string(),
+            topology,
         }
     }
 
-    pub fn ns(&self, host: Host) -> &str {
-        match host {
-            Host::Ext => &self.ext_ns,
-            Host::Router => &self.router_ns,
-            Host::Vm1 => &self.vm1_ns,
-            Host::Vm2 => &self.vm2_ns,
-            Host::Vm3 => &self.vm3_ns,
+    pub fn ns(&self, endpoint: Endpoint) -> &str {
+        match endpoint {
+            Endpoint::Ext => &self.ext_ns,
+            Endpoint::Router => &self.router_ns,
+            Endpoint::Vm1 => &self.vm1_ns,
+            Endpoint::Vm2 => &self.vm2_ns,
+            Endpoint::Vm3 => &self.vm3_ns,
         }
     }
 
@@ -163,33 +147,15 @@ impl NatTopology {
     /// its path (removed with the topology). No addresses are added here: routerd adds them,
     /// and answers ARP for the floating IPs itself.
     pub fn routerd_config(&mut self, mode: &str) -> PathBuf {
-        let path = std::env::temp_dir().join(format!("{}.toml", self.tag));
-        let text = crate::desired::RouterText {
-            id: self.tag.clone(),
-            namespace: self.router_ns.clone(),
-            mode: mode.into(),
-            gateway: Some((QG.into(), format!("{GW}/24"), EXT.to_string(), None)),
-            interfaces: vec![
-                (QR_A.into(), format!("{QR_A_IP}/24"), None),
-                (QR_B.into(), format!("{QR_B_IP}/24"), None),
-            ],
+        let text = RouterText {
             floating_ips: vec![(FIP1, VM1), (FIP2, VM2)],
             extra: format!(
                 "[router.nat]\nmetadata_port = {}\n",
                 crate::neutron::METADATA_PORT
             ),
-        }
-        .render();
-        std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-        self.config = Some(path.clone());
-        path
-    }
-}
-
-impl Drop for NatTopology {
-    fn drop(&mut self) {
-        if let Some(path) = self.config.take() {
-            let _ = std::fs::remove_file(path);
-        }
+            ..self.topology.router_text(mode)
+        };
+        self.topology.write_config(&text.render());
+        self.topology.config.clone()
     }
 }

@@ -52,7 +52,7 @@ pub const METADATA_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 
 /// A floating IP and the fixed IP it belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FloatingIp {
+pub struct NeutronFloatingIp {
     pub floating: Ipv4Addr,
     pub fixed: Ipv4Addr,
 }
@@ -65,7 +65,7 @@ pub struct FloatingIp {
 pub fn iptables_rules(
     qg: &str,
     gateway: Ipv4Addr,
-    floating_ips: &[FloatingIp],
+    floating_ips: &[NeutronFloatingIp],
     internal_prefix: &str,
 ) -> String {
     let mut s = String::with_capacity(512 + floating_ips.len() * 200);
@@ -132,7 +132,7 @@ pub fn install_iptables_rules(
     ns: &str,
     qg: &str,
     gateway: Ipv4Addr,
-    floating_ips: &[FloatingIp],
+    floating_ips: &[NeutronFloatingIp],
     internal_prefix: &str,
 ) -> Duration {
     let rules = iptables_rules(qg, gateway, floating_ips, internal_prefix);
@@ -181,7 +181,7 @@ pub struct NeutronRouter {
     pub nexthop: Ipv4Addr,
     /// Internal interfaces (`qr-*`): name, the subnet's gateway address, prefix length.
     pub internal: Vec<(String, Ipv4Addr, u8)>,
-    pub floating_ips: Vec<FloatingIp>,
+    pub floating_ips: Vec<NeutronFloatingIp>,
 }
 
 impl NeutronRouter {

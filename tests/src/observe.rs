@@ -26,18 +26,18 @@ use crate::traffic::{in_ns, join};
 pub const WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Proto {
+pub enum Protocol {
     Tcp,
     Udp,
     Icmp,
 }
 
-impl fmt::Display for Proto {
+impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-            Proto::Icmp => "icmp",
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
         })
     }
 }
@@ -45,7 +45,7 @@ impl fmt::Display for Proto {
 /// The first packet as the receiving endpoint saw it. For ICMP echo, the source "port" is
 /// the echo identifier and the destination port is 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Seen {
+pub struct Received {
     pub src: SocketAddrV4,
     pub dst: SocketAddrV4,
 }
@@ -61,7 +61,7 @@ pub struct Answer {
 /// Both sides of one exchange; `None` where nothing arrived in time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exchange {
-    pub seen: Option<Seen>,
+    pub seen: Option<Received>,
     pub answer: Option<Answer>,
 }
 
@@ -69,15 +69,15 @@ pub struct Exchange {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observation {
     pub case: &'static str,
-    pub proto: Proto,
-    pub seen: Option<Seen>,
+    pub proto: Protocol,
+    pub seen: Option<Received>,
     pub answer: Option<Answer>,
 }
 
 impl fmt::Display for Observation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:<34} {:<4} receiver saw ", self.case, self.proto)?;
-        let icmp = self.proto == Proto::Icmp;
+        let icmp = self.proto == Protocol::Icmp;
         match &self.seen {
             Some(s) if icmp => write!(f, "{} -> {} id {}", s.src.ip(), s.dst.ip(), s.src.port())?,
             Some(s) => write!(f, "{} -> {}", s.src, s.dst)?,
@@ -200,7 +200,7 @@ pub fn tcp(
             let local = conn.local_addr().expect("local address");
             let got = read_until(&mut conn, b"\n");
             let _ = conn.write_all(&got);
-            Some(Seen {
+            Some(Received {
                 src: v4(peer),
                 dst: v4(local),
             })
@@ -265,7 +265,7 @@ pub fn udp(
                 (msg.bytes, src, dst)
             };
             let _ = sock.send_to(&buf[..n], src);
-            Some(Seen {
+            Some(Received {
                 src,
                 dst: SocketAddrV4::new(dst, listen_port),
             })
@@ -381,7 +381,7 @@ pub fn icmp_echo(
             let fd = raw_icmp_socket();
             ready.send(()).expect("ready");
             let (src, dst, id) = await_icmp(&fd, ICMP_ECHO_REQUEST, &wanted)?;
-            Some(Seen {
+            Some(Received {
                 src: SocketAddrV4::new(src, id),
                 dst: SocketAddrV4::new(dst, 0),
             })
@@ -446,7 +446,7 @@ pub fn metadata(
             let _ = conn.write_all(
                 format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n{body}").as_bytes(),
             );
-            Some(Seen {
+            Some(Received {
                 src: v4(peer),
                 dst: v4(local),
             })

@@ -1,5 +1,5 @@
-//! Topologies of the policy-routing tests, each built from named namespaces (unique per run,
-//! deleted on drop) and configured for routerd by a desired-state file written here:
+//! Topologies of the policy-routing tests, each built by [`crate::topology`] and configured
+//! for routerd by a desired-state file written here:
 //!
 //! - [`SteeringTopology`]: a router with four internal subnets, a gateway to an
 //!   outside host, and a virtual firewall on two more router interfaces (its internal and
@@ -9,60 +9,18 @@
 //! - [`FirewallTopology`]: internal subnets 10.0.0.0/24, 2.2.2.0/24 and
 //!   3.3.3.0/24 behind a router with the stateful firewall.
 //!
-//! Also: applying a new desired state through SIGHUP and waiting for routerd to report it,
-//! and reading the router's firewall and drop-reason counters.
+//! Also: reading the router's drop-reason counters.
 
-use std::{
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{net::Ipv4Addr, path::PathBuf};
 
 use crate::{
     desired::{FirewallText, PolicyRuleText, PolicyText, RouterText, SteeringText},
     probe::{NftCounters, sysctl},
-    routerd::Routerd,
-    topo::{Namespaces, ip, unique, veth},
-    traffic::wait_for,
+    topology::{Builder, Host, Topology},
 };
 
 // ---------------------------------------------------------------------------------------
 // Shared helpers
-
-/// Writes `text` as the desired state, sends SIGHUP and waits until routerd has reloaded
-/// it; panics with routerd's log if it refused the file or did not finish in time.
-pub fn reload(routerd: &Routerd, config: &Path, text: &str) {
-    let count = |log: &str, what: &str| log.matches(what).count();
-    let before = routerd.log_text();
-    let (done0, refused0) = (
-        count(&before, "routerd: reloaded in"),
-        count(&before, "nothing changed"),
-    );
-    // Written whole, then renamed: routerd never reads half a file.
-    let tmp = config.with_extension("toml.new");
-    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
-    std::fs::rename(&tmp, config)
-        .unwrap_or_else(|e| panic!("renaming to {}: {e}", config.display()));
-    routerd.reload();
-    wait_for(
-        "routerd to apply the new desired state",
-        Duration::from_secs(15),
-        || {
-            let log = routerd.log_text();
-            count(&log, "routerd: reloaded in") > done0 || count(&log, "nothing changed") > refused0
-        },
-    );
-    let log = routerd.log_text();
-    let new = &log[before.len().min(log.len())..];
-    assert!(
-        count(&log, "nothing changed") == refused0,
-        "routerd refused the new desired state:\n{new}\n--- file ---\n{text}"
-    );
-    assert!(
-        !new.contains("ERROR"),
-        "routerd reported an error applying the new desired state:\n{new}\n--- file ---\n{text}"
-    );
-}
 
 /// Packets the router counted under drop/pass reason `reason`, all interfaces together.
 pub fn reason_total(router: &str, reason: &str) -> u64 {
@@ -71,21 +29,6 @@ pub fn reason_total(router: &str, reason: &str) -> u64 {
         .iter()
         .filter_map(|r| r.reasons.get(reason).copied())
         .sum()
-}
-
-/// A point-to-point link: `port` in the router namespace, `eth0` in `host_ns` with
-/// `addr` (with prefix length) and, if given, a default route.
-fn host_link(router_ns: &str, port: &str, host_ns: &str, addr: &str, gateway: Option<&str>) {
-    veth(port, router_ns, "eth0", host_ns);
-    ip(&["-n", host_ns, "link", "set", "eth0", "up"]);
-    ip(&["-n", host_ns, "addr", "add", addr, "dev", "eth0"]);
-    if let Some(gw) = gateway {
-        ip(&["-n", host_ns, "route", "add", "default", "via", gw]);
-    }
-}
-
-fn write_config(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -113,8 +56,8 @@ pub struct SteeringTopology {
     pub fw_ns: String,
     pub config: PathBuf,
     pub fw: NftCounters,
-    /// Declared last: namespaces go after everything that lives in them.
-    pub namespaces: Namespaces,
+    /// Owns the namespaces and the desired-state file.
+    pub topology: Topology,
 }
 
 pub mod steer {
@@ -139,41 +82,37 @@ impl SteeringTopology {
     /// qr-b steered.
     pub fn build(mode: &str) -> Self {
         use steer::*;
-        crate::require_root();
-        let mut namespaces = Namespaces::default();
-        let tag = unique("s");
-        let router_ns = namespaces.add(&format!("qrouter-{tag}"));
-        let outside_ns = namespaces.add(&format!("out-{tag}"));
-        let fw_ns = namespaces.add(&format!("vfw-{tag}"));
-        let vm_ns = ["a", "b", "c", "d"].map(|v| namespaces.add(&format!("vm{v}-{tag}")));
-
-        host_link(&router_ns, QG, &outside_ns, "198.18.0.1/24", None);
-        for (i, ns) in vm_ns.iter().enumerate() {
-            host_link(
-                &router_ns,
-                QR[i],
-                ns,
-                &format!("10.0.{}.5/24", i + 1),
-                Some(&format!("10.0.{}.1", i + 1)),
+        let mut builder = Builder::new("s").external(
+            QG,
+            &format!("{GW}/24"),
+            &OUTSIDE.to_string(),
+            [Host::new("out", &format!("{OUTSIDE}/24"))],
+        );
+        for (i, port) in QR.iter().enumerate() {
+            let n = i + 1;
+            builder = builder.internal(
+                port,
+                &format!("10.0.{n}.1/24"),
+                [Host::new(&format!("vm{n}"), &format!("10.0.{n}.5/24"))
+                    .via(&format!("10.0.{n}.1"))],
             );
         }
         // The firewall: two legs, forwarding, its own routes.
-        veth(QR_FW_INT, &router_ns, "int", &fw_ns);
-        veth(QR_FW_EXT, &router_ns, "ext", &fw_ns);
-        for (dev, addr) in [("int", "10.99.0.2/24"), ("ext", "10.99.1.2/24")] {
-            ip(&["-n", &fw_ns, "link", "set", dev, "up"]);
-            ip(&["-n", &fw_ns, "addr", "add", addr, "dev", dev]);
-        }
-        ip(&[
-            "-n",
-            &fw_ns,
-            "route",
-            "add",
-            "10.0.0.0/16",
-            "via",
-            "10.99.0.1",
-        ]);
-        ip(&["-n", &fw_ns, "route", "add", "default", "via", "10.99.1.1"]);
+        let topology = builder
+            .internal(
+                QR_FW_INT,
+                "10.99.0.1/24",
+                [Host::new("vfw", &format!("{FW_INT}/24")).dev("int")],
+            )
+            .internal(
+                QR_FW_EXT,
+                "10.99.1.1/24",
+                [Host::new("vfw", &format!("{FW_EXT}/24")).dev("ext")],
+            )
+            .route("vfw", "10.0.0.0/16 via 10.99.0.1")
+            .route("vfw", "default via 10.99.1.1")
+            .build();
+        let fw_ns = topology.ns("vfw").to_string();
         sysctl(
             &fw_ns,
             &[
@@ -283,19 +222,18 @@ impl SteeringTopology {
             .map(|(n, e)| (n.as_str(), e.as_str()))
             .collect();
         let fw = NftCounters::install(&fw_ns, "vfw", "forward", &refs);
-        let config = std::env::temp_dir().join(format!("{tag}.toml"));
         let me = Self {
             mode: mode.to_string(),
-            tag,
-            router_ns,
-            outside_ns,
-            vm_ns,
+            tag: topology.tag.clone(),
+            router_ns: topology.router_ns.clone(),
+            outside_ns: topology.ns("out").to_string(),
+            vm_ns: [1, 2, 3, 4].map(|n| topology.ns(&format!("vm{n}")).to_string()),
             fw_ns,
-            config,
+            config: topology.config.clone(),
             fw,
-            namespaces,
+            topology,
         };
-        write_config(&me.config, &me.desired(&["qr-a", "qr-b"]));
+        me.topology.write_config(&me.desired(&["qr-a", "qr-b"]));
         me
     }
 
@@ -324,29 +262,12 @@ impl SteeringTopology {
             }),
             ..PolicyText::default()
         };
-        let mut interfaces: Vec<(String, String, Option<bool>)> = QR
-            .iter()
-            .enumerate()
-            .map(|(i, q)| (q.to_string(), format!("10.0.{}.1/24", i + 1), None))
-            .collect();
-        interfaces.push((QR_FW_INT.into(), "10.99.0.1/24".into(), None));
-        interfaces.push((QR_FW_EXT.into(), "10.99.1.1/24".into(), None));
         RouterText {
-            id: self.tag.clone(),
-            namespace: self.router_ns.clone(),
-            mode: self.mode.clone(),
-            gateway: Some((QG.into(), format!("{GW}/24"), OUTSIDE.to_string(), None)),
-            interfaces,
             floating_ips: vec![(FIP_A, VM_A)],
             extra: policy.render(),
+            ..self.topology.router_text(&self.mode)
         }
         .render()
-    }
-}
-
-impl Drop for SteeringTopology {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.config);
     }
 }
 
@@ -370,7 +291,6 @@ pub struct ExternalTopology {
     pub mode: String,
     pub tag: String,
     pub router_ns: String,
-    pub switch_ns: String,
     /// gw1, gw2, gw3.
     pub gw_ns: [String; 3],
     pub inet_ns: String,
@@ -380,7 +300,9 @@ pub struct ExternalTopology {
     pub config: PathBuf,
     /// The counters of gw1, gw2, gw3.
     pub gw: [NftCounters; 3],
-    pub namespaces: Namespaces,
+    /// Owns the namespaces (the external L2's bridge among them) and the desired-state
+    /// file.
+    pub topology: Topology,
 }
 
 pub mod ext {
@@ -403,94 +325,45 @@ pub mod ext {
 impl ExternalTopology {
     pub fn build(mode: &str) -> Self {
         use ext::*;
-        crate::require_root();
-        let mut namespaces = Namespaces::default();
-        let tag = unique("x");
-        let router_ns = namespaces.add(&format!("qrouter-{tag}"));
-        let switch_ns = namespaces.add(&format!("extsw-{tag}"));
-        let inet_ns = namespaces.add(&format!("inet-{tag}"));
-        let h5_ns = namespaces.add(&format!("h5-{tag}"));
-        let gw_ns = ["1", "2", "3"].map(|g| namespaces.add(&format!("gw{g}-{tag}")));
-        let vm_ns = ["1", "2", "3"].map(|v| namespaces.add(&format!("vm{v}-{tag}")));
-
-        // The external L2.
-        ip(&["-n", &switch_ns, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &switch_ns, "link", "set", "br0", "up"]);
-        let mut ports: Vec<(String, String, String)> =
-            vec![(QG.to_string(), router_ns.clone(), "p-qg".to_string())];
-        for (i, ns) in gw_ns.iter().enumerate() {
-            ports.push(("eth0".into(), ns.clone(), format!("p-gw{}", i + 1)));
+        // The external L2: the router's gateway port, the three gateway hosts and h5 (a
+        // host on subnet 2 that reaches subnet 1 on the link, one L2).
+        let mut external: Vec<Host> = [GW1, GW2, GW3]
+            .iter()
+            .enumerate()
+            .map(|(i, gw)| Host::new(&format!("gw{}", i + 1), &format!("{gw}/24")))
+            .collect();
+        external.push(Host::new("h5", &format!("{H5}/24")).via(&GW2.to_string()));
+        let mut builder = Builder::new("x")
+            .external(QG, &format!("{GW_IP}/24"), &GW1.to_string(), external)
+            .route("h5", "172.24.4.0/24 dev eth0");
+        // The internet host: one link per gateway, each external subnet routed back
+        // through its own gateway.
+        builder = builder.address("inet", "lo", &format!("{INET}/32"));
+        for i in 0..3 {
+            let (n, gw) = (i + 1, format!("gw{}", i + 1));
+            let (gw_end, inet_end) = (4 * i + 1, 4 * i + 2);
+            builder = builder
+                .link(
+                    Host::new(&gw, &format!("192.0.2.{gw_end}/30")).dev("eth1"),
+                    Host::new("inet", &format!("192.0.2.{inet_end}/30")).dev(&format!("up{n}")),
+                )
+                .route(&gw, &format!("203.0.113.0/24 via 192.0.2.{inet_end}"))
+                .route(
+                    "inet",
+                    &format!("172.24.{}.0/24 via 192.0.2.{gw_end} src {INET}", 3 + n),
+                );
         }
-        ports.push(("eth0".into(), h5_ns.clone(), "p-h5".into()));
-        for (dev, ns, port) in &ports {
-            veth(dev, ns, port, &switch_ns);
-            ip(&["-n", &switch_ns, "link", "set", port, "master", "br0"]);
-            ip(&["-n", &switch_ns, "link", "set", port, "up"]);
+        for n in 1..=3 {
+            builder = builder.internal(
+                &format!("qr-{n}"),
+                &format!("10.0.{n}.1/24"),
+                [Host::new(&format!("vm{n}"), &format!("10.0.{n}.5/24"))
+                    .via(&format!("10.0.{n}.1"))],
+            );
         }
-        // The internet host: one link per gateway.
-        ip(&[
-            "-n",
-            &inet_ns,
-            "addr",
-            "add",
-            &format!("{INET}/32"),
-            "dev",
-            "lo",
-        ]);
-        for (i, ns) in gw_ns.iter().enumerate() {
-            let n = i + 1;
-            let up = format!("up{n}");
-            veth("eth1", ns, &up, &inet_ns);
-            ip(&["-n", ns, "link", "set", "eth0", "up"]);
-            ip(&["-n", ns, "link", "set", "eth1", "up"]);
-            ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("172.24.{}.1/24", 3 + n),
-                "dev",
-                "eth0",
-            ]);
-            ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("192.0.2.{}/30", 4 * i + 1),
-                "dev",
-                "eth1",
-            ]);
-            ip(&["-n", &inet_ns, "link", "set", &up, "up"]);
-            ip(&[
-                "-n",
-                &inet_ns,
-                "addr",
-                "add",
-                &format!("192.0.2.{}/30", 4 * i + 2),
-                "dev",
-                &up,
-            ]);
-            ip(&[
-                "-n",
-                ns,
-                "route",
-                "add",
-                "203.0.113.0/24",
-                "via",
-                &format!("192.0.2.{}", 4 * i + 2),
-            ]);
-            ip(&[
-                "-n",
-                &inet_ns,
-                "route",
-                "add",
-                &format!("172.24.{}.0/24", 3 + n),
-                "via",
-                &format!("192.0.2.{}", 4 * i + 1),
-                "src",
-                &INET.to_string(),
-            ]);
+        let topology = builder.build();
+        let gw_ns = [1, 2, 3].map(|n| topology.ns(&format!("gw{n}")).to_string());
+        for ns in &gw_ns {
             sysctl(
                 ns,
                 &[
@@ -503,43 +376,12 @@ impl ExternalTopology {
             );
         }
         sysctl(
-            &inet_ns,
+            topology.ns("inet"),
             &[
                 "net.ipv4.conf.all.rp_filter=0",
                 "net.ipv4.conf.default.rp_filter=0",
             ],
         );
-        // h5: a host on external subnet 2 that reaches subnet 1 on the link (one L2).
-        ip(&["-n", &h5_ns, "link", "set", "eth0", "up"]);
-        ip(&[
-            "-n",
-            &h5_ns,
-            "addr",
-            "add",
-            &format!("{H5}/24"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", &h5_ns, "route", "add", "172.24.4.0/24", "dev", "eth0"]);
-        ip(&[
-            "-n",
-            &h5_ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &GW2.to_string(),
-        ]);
-
-        for (i, ns) in vm_ns.iter().enumerate() {
-            host_link(
-                &router_ns,
-                &format!("qr-{}", i + 1),
-                ns,
-                &format!("10.0.{}.5/24", i + 1),
-                Some(&format!("10.0.{}.1", i + 1)),
-            );
-        }
 
         let counters: Vec<(String, String)> = [
             ("from_fip1", format!("iifname \"eth0\" ip saddr {FIP1}")),
@@ -558,21 +400,19 @@ impl ExternalTopology {
             .map(|(n, e)| (n.as_str(), e.as_str()))
             .collect();
         let gw = [0, 1, 2].map(|i| NftCounters::install(&gw_ns[i], "gwc", "prerouting", &refs));
-        let config = std::env::temp_dir().join(format!("{tag}.toml"));
         let me = Self {
             mode: mode.to_string(),
-            tag,
-            router_ns,
-            switch_ns,
+            tag: topology.tag.clone(),
+            router_ns: topology.router_ns.clone(),
             gw_ns,
-            inet_ns,
-            h5_ns,
-            vm_ns,
-            config,
+            inet_ns: topology.ns("inet").to_string(),
+            h5_ns: topology.ns("h5").to_string(),
+            vm_ns: [1, 2, 3].map(|n| topology.ns(&format!("vm{n}")).to_string()),
+            config: topology.config.clone(),
             gw,
-            namespaces,
+            topology,
         };
-        write_config(&me.config, &me.desired(false));
+        me.topology.write_config(&me.desired(false));
         me
     }
 
@@ -591,15 +431,9 @@ impl ExternalTopology {
             ..PolicyText::default()
         };
         RouterText {
-            id: self.tag.clone(),
-            namespace: self.router_ns.clone(),
-            mode: self.mode.clone(),
-            gateway: Some((QG.into(), format!("{GW_IP}/24"), GW1.to_string(), None)),
-            interfaces: (1..=3)
-                .map(|i| (format!("qr-{i}"), format!("10.0.{i}.1/24"), None))
-                .collect(),
             floating_ips: fips,
             extra: policy.render(),
+            ..self.topology.router_text(&self.mode)
         }
         .render()
     }
@@ -607,12 +441,6 @@ impl ExternalTopology {
     /// `name` of every gateway host: [gw1, gw2, gw3].
     pub fn gw_counts(&self, name: &str) -> [u64; 3] {
         [0, 1, 2].map(|i| self.gw[i].get(name))
-    }
-}
-
-impl Drop for ExternalTopology {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.config);
     }
 }
 
@@ -635,7 +463,8 @@ pub struct FirewallTopology {
     pub vm2_ns: String,
     pub vm3_ns: String,
     pub config: PathBuf,
-    pub namespaces: Namespaces,
+    /// Owns the namespaces and the desired-state file.
+    pub topology: Topology,
 }
 
 pub mod fwt {
@@ -653,31 +482,34 @@ impl FirewallTopology {
     /// Builds the namespaces and links and writes the desired state with `firewall`.
     pub fn build(mode: &str, firewall: &FirewallText) -> Self {
         use fwt::*;
-        crate::require_root();
-        let mut namespaces = Namespaces::default();
-        let tag = unique("f");
-        let router_ns = namespaces.add(&format!("qrouter-{tag}"));
-        let outside_ns = namespaces.add(&format!("out-{tag}"));
-        let vm0_ns = namespaces.add(&format!("vm0-{tag}"));
-        let vm2_ns = namespaces.add(&format!("vm2-{tag}"));
-        let vm3_ns = namespaces.add(&format!("vm3-{tag}"));
-        host_link(&router_ns, QG, &outside_ns, "198.18.0.1/24", None);
-        host_link(&router_ns, "qr-0", &vm0_ns, "10.0.0.5/24", Some("10.0.0.1"));
-        host_link(&router_ns, "qr-2", &vm2_ns, "2.2.2.5/24", Some("2.2.2.1"));
-        host_link(&router_ns, "qr-3", &vm3_ns, "3.3.3.5/24", Some("3.3.3.1"));
-        let config = std::env::temp_dir().join(format!("{tag}.toml"));
+        let vm = |name: &str, address: &str, router: &str| Host::new(name, address).via(router);
+        let topology = Builder::new("f")
+            .external(
+                QG,
+                &format!("{GW}/24"),
+                &OUTSIDE.to_string(),
+                [Host::new("out", &format!("{OUTSIDE}/24"))],
+            )
+            .internal(
+                "qr-0",
+                "10.0.0.1/24",
+                [vm("vm0", "10.0.0.5/24", "10.0.0.1")],
+            )
+            .internal("qr-2", "2.2.2.1/24", [vm("vm2", "2.2.2.5/24", "2.2.2.1")])
+            .internal("qr-3", "3.3.3.1/24", [vm("vm3", "3.3.3.5/24", "3.3.3.1")])
+            .build();
         let me = Self {
             mode: mode.to_string(),
-            tag,
-            router_ns,
-            outside_ns,
-            vm0_ns,
-            vm2_ns,
-            vm3_ns,
-            config,
-            namespaces,
+            tag: topology.tag.clone(),
+            router_ns: topology.router_ns.clone(),
+            outside_ns: topology.ns("out").to_string(),
+            vm0_ns: topology.ns("vm0").to_string(),
+            vm2_ns: topology.ns("vm2").to_string(),
+            vm3_ns: topology.ns("vm3").to_string(),
+            config: topology.config.clone(),
+            topology,
         };
-        write_config(&me.config, &me.desired(firewall));
+        me.topology.write_config(&me.desired(firewall));
         me
     }
 
@@ -688,24 +520,10 @@ impl FirewallTopology {
             ..PolicyText::default()
         };
         RouterText {
-            id: self.tag.clone(),
-            namespace: self.router_ns.clone(),
-            mode: self.mode.clone(),
-            gateway: Some((QG.into(), format!("{GW}/24"), OUTSIDE.to_string(), None)),
-            interfaces: vec![
-                ("qr-0".into(), "10.0.0.1/24".into(), None),
-                ("qr-2".into(), "2.2.2.1/24".into(), None),
-                ("qr-3".into(), "3.3.3.1/24".into(), None),
-            ],
             floating_ips: vec![(FIP3, VM3)],
             extra: policy.render(),
+            ..self.topology.router_text(&self.mode)
         }
         .render()
-    }
-}
-
-impl Drop for FirewallTopology {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.config);
     }
 }

@@ -8,16 +8,17 @@
 
 use std::{
     fmt::Write as _,
-    io::Write as _,
     net::Ipv4Addr,
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use std::os::fd::AsRawFd as _;
-
-use crate::{desired::RouterText, routerd::Routerd, topo::unique};
+use crate::{
+    desired::RouterText,
+    routerd::Routerd,
+    topo::{Namespaces, ip_batch, unique},
+};
 
 /// The external network's gateway: the external host of every sampled router.
 pub const EXT_HOST: [u8; 4] = [172, 16, 0, 1];
@@ -41,34 +42,8 @@ pub struct ScaleTopology {
     pub max_sessions: u32,
     pub samples: Vec<Sample>,
     pub config: PathBuf,
-    namespaces: Vec<String>,
-}
-
-/// Runs `ip [-n NS] -batch -` with `lines`, panicking with its stderr on failure.
-fn ip_batch(ns: Option<&str>, lines: &str) {
-    let mut cmd = Command::new("ip");
-    if let Some(ns) = ns {
-        cmd.args(["-n", ns]);
-    }
-    let mut child = cmd
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("running ip -batch: {e}"));
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(lines.as_bytes())
-        .expect("writing the batch");
-    let out = child.wait_with_output().expect("ip -batch");
-    assert!(
-        out.status.success(),
-        "ip -batch failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    /// Declared last: namespaces go after everything that lives in them.
+    namespaces: Namespaces,
 }
 
 impl ScaleTopology {
@@ -85,9 +60,8 @@ impl ScaleTopology {
             mode: mode.to_string(),
             max_sessions,
             samples: Vec::new(),
-            namespaces: Vec::new(),
+            namespaces: Namespaces::default(),
         };
-        // Recorded before creation: a failure halfway still removes what exists.
         let mut names = vec![fabric.clone()];
         names.extend((0..count).map(|i| me.router_ns(i)));
         for &i in sampled.iter().filter(|&&i| i < count) {
@@ -100,12 +74,7 @@ impl ScaleTopology {
             names.push(sample.ext_ns.clone());
             me.samples.push(sample);
         }
-        me.namespaces = names.clone();
-        let mut batch = String::new();
-        for ns in &names {
-            let _ = writeln!(batch, "netns add {ns}");
-        }
-        ip_batch(None, &batch);
+        me.namespaces.add_all(&names);
         let mut batch = String::new();
         let mut fabric_up = String::new();
         for i in 0..count {
@@ -325,25 +294,6 @@ pub fn rss(pid: u32) -> u64 {
 
 impl Drop for ScaleTopology {
     fn drop(&mut self) {
-        // Deleting a namespace destroys its ports, and their peers with them.
-        let batch: String = self
-            .namespaces
-            .iter()
-            .rev()
-            .map(|ns| format!("netns del {ns}\n"))
-            .collect();
-        let _ = Command::new("ip")
-            .args(["-force", "-batch", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .and_then(|mut child| {
-                if let Some(mut stdin) = child.stdin.take() {
-                    let _ = stdin.write_all(batch.as_bytes());
-                }
-                child.wait()
-            });
         let _ = std::fs::remove_file(&self.config);
     }
 }

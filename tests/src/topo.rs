@@ -1,10 +1,17 @@
-//! Building topologies of network namespaces and veth pairs with iproute2. Commands are
-//! only used to build; results are read from the kernel, never by matching their output.
+//! The commands topologies are built with (iproute2; only used to build: results are read
+//! from the kernel, never by matching their output), unique names, and the two-VM router
+//! most topology tests share ([`RouterTopology`], built with [`crate::topology`]).
 
 use std::{
+    io::Write as _,
     path::PathBuf,
-    process::Command,
+    process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
+};
+
+use crate::{
+    desired::RouterText,
+    topology::{Builder, Host, Topology},
 };
 
 /// Runs `ip ARGS` and panics with its stderr if it fails.
@@ -75,32 +82,95 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// Named network namespaces (`ip netns add`), deleted on drop whatever happened.
+/// Runs `ip [-n NS] -batch -` with `lines` (one process for many commands), and panics
+/// with its stderr if any fails.
+pub fn ip_batch(ns: Option<&str>, lines: &str) {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.args(["-n", ns]);
+    }
+    let mut child = cmd
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running ip -batch: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(lines.as_bytes())
+        .expect("writing the batch");
+    let out = child.wait_with_output().expect("ip -batch");
+    assert!(
+        out.status.success(),
+        "ip -batch failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Named network namespaces (`ip netns add`), deleted on drop whatever happened (the
+/// links in them with them).
 #[derive(Default)]
 pub struct Namespaces {
     names: Vec<String>,
 }
 
 impl Namespaces {
+    /// Creates namespace `name` with its loopback up.
     pub fn add(&mut self, name: &str) -> String {
         ip(&["netns", "add", name]);
         self.names.push(name.to_string());
         ip(&["-n", name, "link", "set", "lo", "up"]);
         name.to_string()
     }
+
+    /// Creates every namespace of `names` with one `ip -batch` (hundreds take a fraction
+    /// of a second), loopbacks left down.
+    pub fn add_all(&mut self, names: &[String]) {
+        // Recorded first: a failure halfway still removes what exists.
+        self.names.extend(names.iter().cloned());
+        let batch: String = names.iter().map(|ns| format!("netns add {ns}\n")).collect();
+        ip_batch(None, &batch);
+    }
 }
 
 impl Drop for Namespaces {
     fn drop(&mut self) {
-        for name in self.names.drain(..).rev() {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        }
+        // One process for all of them; -force goes on past a namespace that is not there.
+        let batch: String = self
+            .names
+            .drain(..)
+            .rev()
+            .map(|ns| format!("netns del {ns}\n"))
+            .collect();
+        let _ = Command::new("ip")
+            .args(["-force", "-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .and_then(|mut child| {
+                if let Some(mut stdin) = child.stdin.take() {
+                    let _ = stdin.write_all(batch.as_bytes());
+                }
+                child.wait()
+            });
     }
 }
 
-/// The router of the issue's example: an external host on the gateway subnet, a router
-/// namespace with `qg` and two `qr` ports, and one VM on each internal subnet. The VMs'
-/// interfaces are left as a VM's would be: no XDP program, default offloads.
+/// A router with a gateway port to an external host and two internal ports, one VM on each
+/// internal subnet. The VMs' interfaces are left as a VM's would be: no XDP program,
+/// default offloads.
+///
+/// ```text
+///  ext 198.18.0.1 ── qg-ext (198.18.0.2)
+///                     router (route 10.20.0.0/16 via 10.0.1.254)
+///  vm-a 10.0.1.5 ──── qr-a 10.0.1.1
+///  vm-b 10.0.2.5 ──── qr-b 10.0.2.1
+/// ```
+/// The external host routes 10.0.0.0/8 through the router.
 pub struct RouterTopology {
     pub router_id: String,
     pub router_ns: String,
@@ -109,8 +179,8 @@ pub struct RouterTopology {
     pub vm_b_ns: String,
     pub qg: String,
     pub config: PathBuf,
-    /// Declared last: namespaces go after everything that lives in them.
-    pub namespaces: Namespaces,
+    /// Owns the namespaces and the desired-state file.
+    pub topology: Topology,
 }
 
 pub const EXT_HOST: [u8; 4] = [198, 18, 0, 1];
@@ -128,85 +198,44 @@ impl RouterTopology {
     /// As `build`; with `xdp_egress` the hosts' ends run GRO (so XDP frames redirected into
     /// the router's veths are delivered) and the configuration declares it.
     pub fn build_with(mode: &str, xdp_egress: bool) -> Self {
-        crate::require_root();
-        let mut namespaces = Namespaces::default();
-        let tag = unique("t");
-        let router_ns = namespaces.add(&format!("qrouter-{tag}"));
-        let ext_ns = namespaces.add(&format!("ext-{tag}"));
-        let vm_a_ns = namespaces.add(&format!("vma-{tag}"));
-        let vm_b_ns = namespaces.add(&format!("vmb-{tag}"));
-        let qg = "qg-ext".to_string();
-
-        for (port, host_ns) in [
-            (qg.as_str(), &ext_ns),
-            ("qr-a", &vm_a_ns),
-            ("qr-b", &vm_b_ns),
-        ] {
-            veth(port, &router_ns, "eth0", host_ns);
-            ip(&["-n", host_ns, "link", "set", "eth0", "up"]);
-            if xdp_egress {
-                run(
-                    "ip",
-                    &[
-                        "netns", "exec", host_ns, "ethtool", "-K", "eth0", "gro", "on", "tx", "off",
-                    ],
-                );
-            }
+        let qg = "qg-ext";
+        let mut builder = Builder::new("t")
+            .external(
+                qg,
+                "198.18.0.2/24",
+                "198.18.0.1",
+                [Host::new("ext", "198.18.0.1/24")],
+            )
+            .internal(
+                "qr-a",
+                "10.0.1.1/24",
+                [Host::new("vma", "10.0.1.5/24").via("10.0.1.1")],
+            )
+            .internal(
+                "qr-b",
+                "10.0.2.1/24",
+                [Host::new("vmb", "10.0.2.5/24").via("10.0.2.1")],
+            )
+            .route("ext", "10.0.0.0/8 via 198.18.0.2");
+        if xdp_egress {
+            builder = builder.xdp_egress();
         }
-        ip(&["-n", &ext_ns, "addr", "add", "198.18.0.1/24", "dev", "eth0"]);
-        ip(&[
-            "-n",
-            &ext_ns,
-            "route",
-            "add",
-            "10.0.0.0/8",
-            "via",
-            "198.18.0.2",
-        ]);
-        ip(&["-n", &vm_a_ns, "addr", "add", "10.0.1.5/24", "dev", "eth0"]);
-        ip(&["-n", &vm_a_ns, "route", "add", "default", "via", "10.0.1.1"]);
-        ip(&["-n", &vm_b_ns, "addr", "add", "10.0.2.5/24", "dev", "eth0"]);
-        ip(&["-n", &vm_b_ns, "route", "add", "default", "via", "10.0.2.1"]);
-
-        let router_id = tag.clone();
-        let config = std::env::temp_dir().join(format!("{tag}.toml"));
-        let egress = xdp_egress.then_some(true);
-        let text = crate::desired::RouterText {
-            id: router_id.clone(),
-            namespace: router_ns.clone(),
-            mode: mode.into(),
-            gateway: Some((
-                qg.clone(),
-                "198.18.0.2/24".into(),
-                "198.18.0.1".into(),
-                egress,
-            )),
-            interfaces: vec![
-                ("qr-a".into(), "10.0.1.1/24".into(), egress),
-                ("qr-b".into(), "10.0.2.1/24".into(), egress),
-            ],
-            floating_ips: vec![],
+        let topology = builder.build();
+        let text = RouterText {
             extra: "[[router.route]]\ndestination = \"10.20.0.0/16\"\nnexthop = \"10.0.1.254\"\n"
                 .into(),
-        }
-        .render();
-        std::fs::write(&config, text)
-            .unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
+            ..topology.router_text(mode)
+        };
+        topology.write_config(&text.render());
         Self {
-            router_id,
-            router_ns,
-            ext_ns,
-            vm_a_ns,
-            vm_b_ns,
-            qg,
-            config,
-            namespaces,
+            router_id: topology.tag.clone(),
+            router_ns: topology.router_ns.clone(),
+            ext_ns: topology.ns("ext").to_string(),
+            vm_a_ns: topology.ns("vma").to_string(),
+            vm_b_ns: topology.ns("vmb").to_string(),
+            qg: qg.to_string(),
+            config: topology.config.clone(),
+            topology,
         }
-    }
-}
-
-impl Drop for RouterTopology {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.config);
     }
 }

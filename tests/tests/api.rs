@@ -18,6 +18,7 @@ use std::{
 use router_tests::{
     routerd::{Routerd, routerd_path},
     topo::{Namespaces, ip, unique, veth},
+    topology::{Builder, Host},
     traffic::{ping, wait_for},
 };
 use router_user::api::{Client, Response};
@@ -997,21 +998,30 @@ const FIP_B: [u8; 4] = [198, 18, 0, 11];
 #[test]
 fn neutron_router_and_floating_ip_verbs() {
     router_tests::require_root();
-    let tag = unique("apiv");
-    let dir = TempDir::new(&tag);
-    let mut namespaces = Namespaces::default();
-    let router_ns = namespaces.add(&format!("qrouter-{tag}"));
-    let ext_ns = namespaces.add(&format!("ext-{tag}"));
-    let vma_ns = namespaces.add(&format!("vma-{tag}"));
-    let vmb_ns = namespaces.add(&format!("vmb-{tag}"));
-    veth("qg-v", &router_ns, "eth0", &ext_ns);
-    veth("qr-a", &router_ns, "eth0", &vma_ns);
-    veth("qr-b", &router_ns, "eth0", &vmb_ns);
     // The external host has no route to the internal subnets: only SNAT and floating IPs
-    // reach it, and it reaches the VMs only through floating IPs.
-    host(&ext_ns, "198.18.0.1/24", None);
-    host(&vma_ns, "10.0.1.5/24", Some("10.0.1.1"));
-    host(&vmb_ns, "10.0.2.5/24", Some("10.0.2.1"));
+    // reach it, and it reaches the VMs only through floating IPs. The router itself is
+    // made through the API below.
+    let topo = Builder::new("apiv")
+        .external(
+            "qg-v",
+            "198.18.0.2/24",
+            "198.18.0.1",
+            [Host::new("ext", "198.18.0.1/24")],
+        )
+        .internal(
+            "qr-a",
+            "10.0.1.1/24",
+            [Host::new("vma", "10.0.1.5/24").via("10.0.1.1")],
+        )
+        .internal(
+            "qr-b",
+            "10.0.2.1/24",
+            [Host::new("vmb", "10.0.2.5/24").via("10.0.2.1")],
+        )
+        .build();
+    let (tag, router_ns) = (topo.tag.clone(), topo.router_ns.clone());
+    let (ext_ns, vma_ns, vmb_ns) = (topo.ns("ext"), topo.ns("vma"), topo.ns("vmb"));
+    let dir = TempDir::new(&tag);
     let config = dir.0.join("desired.toml");
     std::fs::write(&config, "").expect("empty desired state");
     let socket = dir.0.join("routerd.sock");
@@ -1116,7 +1126,7 @@ fn neutron_router_and_floating_ip_verbs() {
             "--router",
             "bad id",
             "--namespace",
-            &ext_ns,
+            ext_ns,
         ],
     );
     assert!(
@@ -1144,7 +1154,7 @@ fn neutron_router_and_floating_ip_verbs() {
     assert!(has_address(&router_ns, "qr-b", "10.0.2.1"));
     let forwarded = fast_path_forwarded(r);
     assert!(
-        reaches(&vmb_ns, VM_A, 3),
+        reaches(vmb_ns, VM_A, 3),
         "vm b does not reach vm a through the router"
     );
     assert!(
@@ -1205,7 +1215,7 @@ fn neutron_router_and_floating_ip_verbs() {
     assert_eq!(api.query(json!({"op": "router_list"})), list);
     assert_eq!(api.query(json!({"op": "router_show", "router": r})), show);
     assert!(!ip_out(&router_ns, &["-o", "addr"]).contains("10.0.3.1"));
-    assert!(reaches(&vmb_ns, VM_A, 1), "the router stopped forwarding");
+    assert!(reaches(vmb_ns, VM_A, 1), "the router stopped forwarding");
     // Applying failed and was rolled back: exit code 1.
     let e = api.ctl_exit(
         1,
@@ -1234,7 +1244,7 @@ fn neutron_router_and_floating_ip_verbs() {
     api.change(set.clone());
     assert!(has_address(&router_ns, "qg-v", "198.18.0.2"));
     assert!(
-        reaches(&vma_ns, EXT_HOST, 2),
+        reaches(vma_ns, EXT_HOST, 2),
         "vm a does not reach the external host (SNAT)"
     );
     api.unchanged(set.clone());
@@ -1260,13 +1270,13 @@ fn neutron_router_and_floating_ip_verbs() {
     assert!(out.starts_with("applied"), "{out}");
     api.assert_persisted();
     assert!(
-        !ping(&vma_ns, EXT_HOST, 1),
+        !ping(vma_ns, EXT_HOST, 1),
         "without SNAT the external host cannot answer"
     );
     let args = gateway_args("--snat");
     let out = api.ctl_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.starts_with("applied"), "{out}");
-    assert!(reaches(&vma_ns, EXT_HOST, 1), "SNAT is back");
+    assert!(reaches(vma_ns, EXT_HOST, 1), "SNAT is back");
     let mut bad = set.clone();
     bad["nexthop"] = json!("192.0.2.1");
     api.rejected(
@@ -1290,7 +1300,7 @@ fn neutron_router_and_floating_ip_verbs() {
 
     // ---- floating IPs: the external host reaches the VMs -----------------------------
     assert!(
-        !ping(&ext_ns, FIP_A, 1),
+        !ping(ext_ns, FIP_A, 1),
         "198.18.0.10 answered before it existed"
     );
     let out = api.ctl_ok(&[
@@ -1306,7 +1316,7 @@ fn neutron_router_and_floating_ip_verbs() {
     assert!(out.starts_with("applied"), "{out}");
     api.assert_persisted();
     assert!(
-        reaches(&ext_ns, FIP_A, 3),
+        reaches(ext_ns, FIP_A, 3),
         "the external host does not reach vm a's floating IP"
     );
     let fips: Value = api.ctl_items("floating_ips", &["--json", "fip", "list", r]);
@@ -1414,7 +1424,7 @@ fn neutron_router_and_floating_ip_verbs() {
     assert!(out.starts_with("applied"), "{out}");
     api.assert_persisted();
     assert!(
-        reaches(&ext_ns, FIP_B, 2),
+        reaches(ext_ns, FIP_B, 2),
         "the external host does not reach vm b's floating IP"
     );
     let assoc =
@@ -1535,7 +1545,7 @@ fn neutron_router_and_floating_ip_verbs() {
     ]);
     assert!(out.starts_with("applied"), "{out}");
     api.assert_persisted();
-    assert!(!ping(&ext_ns, FIP_B, 1), "198.18.0.11 still answers");
+    assert!(!ping(ext_ns, FIP_B, 1), "198.18.0.11 still answers");
     api.rejected(
         json!({"op": "fip_disassociate", "router": r, "address": "198.18.0.11"}),
         &format!("router \"{r}\" has no floating IP 198.18.0.11"),

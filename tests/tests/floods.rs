@@ -44,8 +44,8 @@ use std::{
 
 use router_tests::{
     flood::{
-        self, Chatter, EchoServer, Seen, SynFlood, SynFloodSpec, UdpCollector, UdpFlows,
-        check_syn_frame, cpu_time, rss_kib, syn_frame, tcp_round_trip,
+        self, Chatter, EchoServer, ReceivedDatagram, SynFlood, SynFloodSpec, UdpCollector,
+        UdpFlows, check_syn_frame, cpu_time, rss_kib, syn_frame, tcp_round_trip,
     },
     routerd::Routerd,
     topo::{EXT_HOST, RouterTopology, ip, run},
@@ -670,7 +670,10 @@ fn flow_id(vm: u64, batch: u64, i: u64) -> u64 {
 
 /// What the receivers saw of flows `ids` (received at most once each in this phase):
 /// the translated source of each flow that arrived.
-fn translated(seen: &[Seen], ids: &BTreeSet<u64>) -> BTreeMap<u64, (SocketAddrV4, SocketAddrV4)> {
+fn translated(
+    seen: &[ReceivedDatagram],
+    ids: &BTreeSet<u64>,
+) -> BTreeMap<u64, (SocketAddrV4, SocketAddrV4)> {
     seen.iter()
         .filter(|s| ids.contains(&s.flow))
         .map(|s| (s.flow, (s.from, s.at)))
@@ -680,7 +683,7 @@ fn translated(seen: &[Seen], ids: &BTreeSet<u64>) -> BTreeMap<u64, (SocketAddrV4
 /// No translated tuple (source, source port, destination, destination port) carries two
 /// flows, and no flow appears with two translations. `epoch` datagrams only: sessions of an
 /// earlier epoch have ended, and their ports may be given out again.
-fn assert_unique_tuples(what: &str, epoch: &[Seen]) {
+fn assert_unique_tuples(what: &str, epoch: &[ReceivedDatagram]) {
     let mut by_tuple: BTreeMap<(SocketAddrV4, SocketAddrV4), BTreeSet<u64>> = BTreeMap::new();
     let mut by_flow: BTreeMap<u64, BTreeSet<(SocketAddrV4, SocketAddrV4)>> = BTreeMap::new();
     for s in epoch {
@@ -879,7 +882,7 @@ fn snat_port_exhaustion(case: &SnatCase) {
     let got_b_far = translated(&seen4, &b_far_ids);
     let got_b_near = translated(&seen4, &b_near_ids);
     let refused4 = c4.reason("no_snat_port") - c1.reason("no_snat_port");
-    let again: Vec<&Seen> = seen4[seen1.len()..]
+    let again: Vec<&ReceivedDatagram> = seen4[seen1.len()..]
         .iter()
         .filter(|s| admitted_a.contains(&s.flow))
         .collect();

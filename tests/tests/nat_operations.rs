@@ -240,7 +240,7 @@ fn nat_operations_tc() {
 fn icmp_errors_through_nat(mode: &str) {
     let mut topo = RouterTopology::build(mode);
     with_floating_ip(&topo, true);
-    let far_ns = topo.namespaces.add(&router_tests::topo::unique("far"));
+    let far_ns = topo.topology.namespace("far");
     router_tests::topo::veth("eth1", &topo.ext_ns, "eth0", &far_ns);
     ip(&["-n", &topo.ext_ns, "link", "set", "eth1", "mtu", "1400"]);
     ip(&["-n", &far_ns, "link", "set", "eth0", "mtu", "1400"]);

@@ -17,9 +17,11 @@ use std::{
 };
 
 use router_tests::{
-    nat_topo::{EXT, FIP1, FIP2, GW, Host, NatTopology, QG, QR_A, QR_A_IP, QR_B, VM1, VM2, VM3},
+    nat_topo::{
+        EXT, Endpoint, FIP1, FIP2, GW, NatTopology, QG, QR_A, QR_A_IP, QR_B, VM1, VM2, VM3,
+    },
     neutron::{METADATA_IP, METADATA_PORT},
-    observe::{self, Answer, Observation, Proto, Seen},
+    observe::{self, Answer, Observation, Protocol, Received},
     routerd::{Routerd, fast_path_has_neighbor},
     traffic,
 };
@@ -27,8 +29,8 @@ use router_tests::{
 /// A row of the reference table as traffic between two endpoints of the topology.
 struct Case {
     name: &'static str,
-    from: Host,
-    to: Host,
+    from: Endpoint,
+    to: Endpoint,
     /// The address the sender sends to.
     target: Ipv4Addr,
     /// The source and destination address the receiver must see.
@@ -41,8 +43,8 @@ struct Case {
 const CASES: [Case; 6] = [
     Case {
         name: "1 ext -> FIP of vm1",
-        from: Host::Ext,
-        to: Host::Vm1,
+        from: Endpoint::Ext,
+        to: Endpoint::Vm1,
         target: FIP1,
         sees_src: EXT,
         sees_dst: VM1,
@@ -50,8 +52,8 @@ const CASES: [Case; 6] = [
     },
     Case {
         name: "2 vm1 (FIP) -> ext",
-        from: Host::Vm1,
-        to: Host::Ext,
+        from: Endpoint::Vm1,
+        to: Endpoint::Ext,
         target: EXT,
         sees_src: FIP1,
         sees_dst: EXT,
@@ -59,8 +61,8 @@ const CASES: [Case; 6] = [
     },
     Case {
         name: "3 vm3 (no FIP) -> ext",
-        from: Host::Vm3,
-        to: Host::Ext,
+        from: Endpoint::Vm3,
+        to: Endpoint::Ext,
         target: EXT,
         sees_src: GW,
         sees_dst: EXT,
@@ -68,8 +70,8 @@ const CASES: [Case; 6] = [
     },
     Case {
         name: "4 vm1 -> vm2 (east-west)",
-        from: Host::Vm1,
-        to: Host::Vm2,
+        from: Endpoint::Vm1,
+        to: Endpoint::Vm2,
         target: VM2,
         sees_src: VM1,
         sees_dst: VM2,
@@ -77,8 +79,8 @@ const CASES: [Case; 6] = [
     },
     Case {
         name: "5 hairpin vm3 (no FIP) -> FIP vm2",
-        from: Host::Vm3,
-        to: Host::Vm2,
+        from: Endpoint::Vm3,
+        to: Endpoint::Vm2,
         target: FIP2,
         sees_src: GW,
         sees_dst: VM2,
@@ -86,8 +88,8 @@ const CASES: [Case; 6] = [
     },
     Case {
         name: "6 hairpin vm1 (FIP) -> FIP vm2",
-        from: Host::Vm1,
-        to: Host::Vm2,
+        from: Endpoint::Vm1,
+        to: Endpoint::Vm2,
         target: FIP2,
         sees_src: FIP1,
         sees_dst: VM2,
@@ -96,15 +98,15 @@ const CASES: [Case; 6] = [
 ];
 
 const METADATA_CASE: &str = "7 metadata vm1 -> 169.254.169.254";
-const PROTOS: [Proto; 3] = [Proto::Tcp, Proto::Udp, Proto::Icmp];
+const PROTOS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Icmp];
 
 /// One exchange of the plan: who talks to whom, on which fixed ports (so that two runs are
 /// comparable value by value), and what the reference table says must be observed.
 struct Step {
     case: &'static str,
-    proto: Proto,
-    from: Host,
-    to: Host,
+    proto: Protocol,
+    from: Endpoint,
+    to: Endpoint,
     /// The sender's destination (port 0 for ICMP).
     target: SocketAddrV4,
     /// The sender's source port (the echo identifier for ICMP).
@@ -121,18 +123,22 @@ fn plan() -> Vec<Step> {
     for (i, c) in CASES.iter().enumerate() {
         for (k, &proto) in PROTOS.iter().enumerate() {
             let n = (i + 1) as u16 * 10 + k as u16;
-            let client_port = if proto == Proto::Icmp {
+            let client_port = if proto == Protocol::Icmp {
                 0x4e00 + n
             } else {
                 40000 + n
             };
             let listen_port = 7000 + n;
-            let service_port = if proto == Proto::Icmp { 0 } else { listen_port };
+            let service_port = if proto == Protocol::Icmp {
+                0
+            } else {
+                listen_port
+            };
             let token = format!("case{}-{proto}", i + 1);
             let expected = Observation {
                 case: c.name,
                 proto,
-                seen: Some(Seen {
+                seen: Some(Received {
                     src: SocketAddrV4::new(
                         c.sees_src,
                         if c.gateway_snat { 0 } else { client_port },
@@ -144,7 +150,7 @@ fn plan() -> Vec<Step> {
                     // sender sent to (for ICMP with the sender's own identifier).
                     from: SocketAddrV4::new(
                         c.target,
-                        if proto == Proto::Icmp {
+                        if proto == Protocol::Icmp {
                             client_port
                         } else {
                             listen_port
@@ -171,9 +177,9 @@ fn plan() -> Vec<Step> {
     let client_port = 40070;
     steps.push(Step {
         case: METADATA_CASE,
-        proto: Proto::Tcp,
-        from: Host::Vm1,
-        to: Host::Router,
+        proto: Protocol::Tcp,
+        from: Endpoint::Vm1,
+        to: Endpoint::Router,
         target: SocketAddrV4::new(METADATA_IP, 80),
         client_port,
         listen_port: METADATA_PORT,
@@ -181,8 +187,8 @@ fn plan() -> Vec<Step> {
         metadata: true,
         expected: Observation {
             case: METADATA_CASE,
-            proto: Proto::Tcp,
-            seen: Some(Seen {
+            proto: Protocol::Tcp,
+            seen: Some(Received {
                 src: SocketAddrV4::new(VM1, client_port),
                 dst: SocketAddrV4::new(QR_A_IP, METADATA_PORT),
             }),
@@ -207,7 +213,7 @@ fn run_step(topo: &NatTopology, step: &Step) -> Observation {
         observe::metadata(from, step.client_port, step.target, to, step.listen_port)
     } else {
         match step.proto {
-            Proto::Tcp => observe::tcp(
+            Protocol::Tcp => observe::tcp(
                 from,
                 step.client_port,
                 step.target,
@@ -215,7 +221,7 @@ fn run_step(topo: &NatTopology, step: &Step) -> Observation {
                 step.listen_port,
                 &token,
             ),
-            Proto::Udp => observe::udp(
+            Protocol::Udp => observe::udp(
                 from,
                 step.client_port,
                 step.target,
@@ -223,7 +229,7 @@ fn run_step(topo: &NatTopology, step: &Step) -> Observation {
                 step.listen_port,
                 &token,
             ),
-            Proto::Icmp => {
+            Protocol::Icmp => {
                 observe::icmp_echo(from, step.client_port, *step.target.ip(), to, &token)
             }
         }

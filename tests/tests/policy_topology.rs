@@ -26,12 +26,11 @@ use std::{
 
 use router_tests::{
     desired::{FirewallText, FwRuleText},
-    observe::{self, Exchange, Proto},
+    observe::{self, Exchange, Protocol},
     policy_topo::{
-        ExternalTopology, FirewallTopology, SteeringTopology, ext, fwt, reason_total, reload, steer,
+        ExternalTopology, FirewallTopology, SteeringTopology, ext, fwt, reason_total, steer,
     },
     probe::{self, Connect, UdpStream, delta, describe, tcp_flags},
-    routerd::Routerd,
     traffic,
 };
 
@@ -74,7 +73,7 @@ impl Ports {
 /// One exchange of `proto` from `from_ns` to `target` (a listener in `to_ns`).
 fn exchange(
     ports: &mut Ports,
-    proto: Proto,
+    proto: Protocol,
     from_ns: &str,
     target: Ipv4Addr,
     to_ns: &str,
@@ -82,7 +81,7 @@ fn exchange(
     let (client, listen) = ports.next();
     let token = format!("{proto}-{client}");
     let ex = match proto {
-        Proto::Tcp => observe::tcp(
+        Protocol::Tcp => observe::tcp(
             from_ns,
             client,
             SocketAddrV4::new(target, listen),
@@ -90,7 +89,7 @@ fn exchange(
             listen,
             &token,
         ),
-        Proto::Udp => observe::udp(
+        Protocol::Udp => observe::udp(
             from_ns,
             client,
             SocketAddrV4::new(target, listen),
@@ -98,7 +97,7 @@ fn exchange(
             listen,
             &token,
         ),
-        Proto::Icmp => observe::icmp_echo(from_ns, client, target, to_ns, &token),
+        Protocol::Icmp => observe::icmp_echo(from_ns, client, target, to_ns, &token),
     };
     (ex, listen)
 }
@@ -123,7 +122,7 @@ fn assert_path(what: &str, ex: &Exchange, src: Ipv4Addr, dst: Ipv4Addr, answer: 
     );
 }
 
-const PROTOS: [Proto; 3] = [Proto::Tcp, Proto::Udp, Proto::Icmp];
+const PROTOS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Icmp];
 
 // ---------------------------------------------------------------------------------------
 // Firewall steering
@@ -131,8 +130,9 @@ const PROTOS: [Proto; 3] = [Proto::Tcp, Proto::Udp, Proto::Icmp];
 fn steering(mode: &str) {
     use steer::*;
     let t0 = Instant::now();
-    let topo = SteeringTopology::build(mode);
-    let mut routerd = Routerd::start(&topo.config, &topo.tag);
+    let mut topo = SteeringTopology::build(mode);
+    topo.topology.start_routerd();
+    let routerd = topo.topology.routerd();
     let fw = &topo.fw;
     let (vm_a, vm_b, vm_c, vm_d) = (topo.vm(0), topo.vm(1), topo.vm(2), topo.vm(3));
     let out = topo.outside_ns.as_str();
@@ -217,9 +217,9 @@ fn steering(mode: &str) {
     // An explicit policy rule (iif qr-d from 10.0.4.0/24 to 10.0.1.0/24 lookup vfw): vm-d -> vm-a
     // through the firewall, vm-d -> vm-c not.
     let before = fw.snapshot();
-    let (ex, _) = exchange(&mut ports, Proto::Udp, vm_d, VM_A, vm_a);
+    let (ex, _) = exchange(&mut ports, Protocol::Udp, vm_d, VM_A, vm_a);
     assert_path(&format!("{mode}: udp vm-d -> vm-a"), &ex, VM_D, VM_A, VM_A);
-    let (ex, _) = exchange(&mut ports, Proto::Udp, vm_d, VM_C, vm_c);
+    let (ex, _) = exchange(&mut ports, Protocol::Udp, vm_d, VM_C, vm_c);
     assert_path(&format!("{mode}: udp vm-d -> vm-c"), &ex, VM_D, VM_C, VM_C);
     let after = fw.snapshot();
     assert!(
@@ -275,7 +275,7 @@ fn steering(mode: &str) {
             "{mode}: {what}: a datagram the firewall drops still arrived, so it did not go through the firewall: {ex:?}"
         );
         // Another port of the same pair still passes.
-        let (ex, _) = exchange(&mut ports, Proto::Tcp, from, *target.ip(), to);
+        let (ex, _) = exchange(&mut ports, Protocol::Tcp, from, *target.ip(), to);
         assert!(
             ex.seen.is_some() && ex.answer.is_some(),
             "{mode}: {what}: TCP on another port must still pass while one UDP port is dropped: {ex:?}"
@@ -302,7 +302,7 @@ fn steering(mode: &str) {
         Duration::from_millis(5),
     );
     std::thread::sleep(Duration::from_millis(300));
-    reload(&routerd, &topo.config, &topo.desired(&["qr-b"]));
+    topo.topology.reload(&topo.desired(&["qr-b"]));
     let before = fw.snapshot();
     for proto in PROTOS {
         let (ex, _) = exchange(&mut ports, proto, vm_a, VM_C, vm_c);
@@ -323,9 +323,9 @@ fn steering(mode: &str) {
         log()
     );
     std::thread::sleep(Duration::from_millis(300));
-    reload(&routerd, &topo.config, &topo.desired(&["qr-a", "qr-b"]));
+    topo.topology.reload(&topo.desired(&["qr-a", "qr-b"]));
     let before = fw.snapshot();
-    let (ex, _) = exchange(&mut ports, Proto::Udp, vm_a, VM_C, vm_c);
+    let (ex, _) = exchange(&mut ports, Protocol::Udp, vm_a, VM_C, vm_c);
     assert_path(
         &format!("{mode}: udp vm-a -> vm-c steered again"),
         &ex,
@@ -366,7 +366,10 @@ fn steering(mode: &str) {
         report.received,
         describe(&stream_before, &stream_after)
     );
-    assert!(routerd.stop(), "{mode}: routerd did not stop cleanly");
+    assert!(
+        topo.topology.routerd_mut().stop(),
+        "{mode}: routerd did not stop cleanly"
+    );
     eprintln!("steering {mode}: {:.1}s", t0.elapsed().as_secs_f64());
 }
 
@@ -386,8 +389,9 @@ fn steering_tc() {
 fn external_subnets(mode: &str) {
     use ext::*;
     let t0 = Instant::now();
-    let topo = ExternalTopology::build(mode);
-    let mut routerd = Routerd::start(&topo.config, &topo.tag);
+    let mut topo = ExternalTopology::build(mode);
+    topo.topology.start_routerd();
+    let routerd = topo.topology.routerd();
     let (vm1, vm2, vm3) = (
         topo.vm_ns[0].as_str(),
         topo.vm_ns[1].as_str(),
@@ -493,7 +497,7 @@ fn external_subnets(mode: &str) {
         Duration::from_millis(5),
     );
     std::thread::sleep(Duration::from_millis(300));
-    reload(&routerd, &topo.config, &topo.desired(true));
+    topo.topology.reload(&topo.desired(true));
     assert!(
         traffic::ping(&topo.gw_ns[2], [172, 24, 6, 2], 1),
         "{mode}: gw3 cannot reach the router's new address 172.24.6.2 on subnet 3\n{}",
@@ -512,13 +516,13 @@ fn external_subnets(mode: &str) {
         only_via(&what, &b, &snap(), "from_fip3", 2);
     }
     std::thread::sleep(Duration::from_millis(300));
-    reload(&routerd, &topo.config, &topo.desired(false));
+    topo.topology.reload(&topo.desired(false));
     let b = snap();
-    let (ex, _) = exchange(&mut ports, Proto::Udp, vm3, INET, inet);
+    let (ex, _) = exchange(&mut ports, Protocol::Udp, vm3, INET, inet);
     let what = "udp vm3 -> internet after subnet 3 was removed";
     assert_path(&format!("{mode}: {what}"), &ex, GW_IP, INET, INET);
     only_via(what, &b, &snap(), "from_gw_ip", 0);
-    let (ex, _) = exchange(&mut ports, Proto::Udp, inet, FIP3, vm3);
+    let (ex, _) = exchange(&mut ports, Protocol::Udp, inet, FIP3, vm3);
     assert_eq!(
         ex.seen, None,
         "{mode}: the floating IP {FIP3} of the removed subnet 3 still reaches vm3: {ex:?}"
@@ -561,7 +565,10 @@ fn external_subnets(mode: &str) {
         vec![0, 0, 0],
         "{mode}: untranslated internal addresses reached the gateway hosts"
     );
-    assert!(routerd.stop(), "{mode}: routerd did not stop cleanly");
+    assert!(
+        topo.topology.routerd_mut().stop(),
+        "{mode}: routerd did not stop cleanly"
+    );
     eprintln!(
         "external subnets {mode}: {:.1}s",
         t0.elapsed().as_secs_f64()
@@ -664,8 +671,8 @@ fn firewall(mode: &str) {
         default: "deny".into(),
         rules: seed_001_rules(),
     };
-    let topo = FirewallTopology::build(mode, &fw_text);
-    let mut routerd = Routerd::start(&topo.config, &topo.tag);
+    let mut topo = FirewallTopology::build(mode, &fw_text);
+    topo.topology.start_routerd();
     let r = topo.tag.as_str();
     let (vm0, vm2, vm3, out) = (
         topo.vm0_ns.as_str(),
@@ -731,7 +738,7 @@ fn firewall(mode: &str) {
 
     // UDP on the same pair: allowed by rule 2, the answer passes as established.
     let b = fw_snap(r);
-    let (ex, _) = exchange(&mut ports, Proto::Udp, vm2, VM3, vm3);
+    let (ex, _) = exchange(&mut ports, Protocol::Udp, vm2, VM3, vm3);
     assert_path(
         &format!("{mode}: udp 2.2.2.5 -> 3.3.3.5 (rule 2 allows)"),
         &ex,
@@ -775,7 +782,7 @@ fn firewall(mode: &str) {
     // TCP from 10.0.0.5 to outside: allowed by rule 3; with default deny and no rule for
     // inbound, its replies can only pass as established.
     let b = fw_snap(r);
-    let (ex, _) = exchange(&mut ports, Proto::Tcp, vm0, OUTSIDE, out);
+    let (ex, _) = exchange(&mut ports, Protocol::Tcp, vm0, OUTSIDE, out);
     assert_path(
         &format!("{mode}: tcp 10.0.0.5 -> outside"),
         &ex,
@@ -917,15 +924,11 @@ fn firewall(mode: &str) {
     // and a new connection from outside to the floating IP now pass.
     let mut rules = seed_001_rules();
     rules.remove(0);
-    reload(
-        &routerd,
-        &topo.config,
-        &topo.desired(&FirewallText {
-            default: "allow".into(),
-            rules,
-        }),
-    );
-    let (ex, _) = exchange(&mut ports, Proto::Tcp, vm2, VM3, vm3);
+    topo.topology.reload(&topo.desired(&FirewallText {
+        default: "allow".into(),
+        rules,
+    }));
+    let (ex, _) = exchange(&mut ports, Protocol::Tcp, vm2, VM3, vm3);
     assert_path(
         &format!("{mode}: tcp 2.2.2.5 -> 3.3.3.5 after the deny rule was removed"),
         &ex,
@@ -934,7 +937,7 @@ fn firewall(mode: &str) {
         VM3,
     );
     let b = fw_snap(r);
-    let (ex, _) = exchange(&mut ports, Proto::Tcp, out, FIP3, vm3);
+    let (ex, _) = exchange(&mut ports, Protocol::Tcp, out, FIP3, vm3);
     assert_path(
         &format!("{mode}: tcp outside -> {FIP3} with default allow"),
         &ex,
@@ -953,7 +956,10 @@ fn firewall(mode: &str) {
         ping.replies.is_empty(),
         "{mode}: ping from 10.0.0.5 must still be denied after the reload: {ping:?}"
     );
-    assert!(routerd.stop(), "{mode}: routerd did not stop cleanly");
+    assert!(
+        topo.topology.routerd_mut().stop(),
+        "{mode}: routerd did not stop cleanly"
+    );
     eprintln!("firewall {mode}: {:.1}s", t0.elapsed().as_secs_f64());
 }
 

@@ -72,7 +72,7 @@ enum Cmd {
         #[arg(long)]
         target: Option<String>,
     },
-    /// Build the seed-003 topology, run routerd on it, send traffic, print the counters.
+    /// Build the reference topology (an external network, one internal subnet), run routerd on it, send traffic, print the counters.
     Demo,
     /// Run the benchmarks (fast path and Neutron iptables path side by side) and write
     /// docs/benchmarks.md, docs/benchmarks.json and the plots; with `--profile`, profile them

@@ -88,11 +88,12 @@ impl Live {
                     .map(|nat| nat.floating_ips)
                     .unwrap_or_default();
             }
-            if wanted.firewall && r.firewall.is_some() {
-                if let Ok(mut maps) = Pinned::open(&r.id) {
-                    counters.firewall_rules = maps.policy().rule_counters().unwrap_or_default();
-                    counters.firewall_fixed = maps.policy().fixed_counters().ok();
-                }
+            if wanted.firewall
+                && r.firewall.is_some()
+                && let Ok(mut maps) = Pinned::open(&r.id)
+            {
+                counters.firewall_rules = maps.policy().rule_counters().unwrap_or_default();
+                counters.firewall_fixed = maps.policy().fixed_counters().ok();
             }
             self.counters.insert(r.id.clone(), counters);
         }

@@ -48,15 +48,26 @@ pub fn entry(ifindex: u32, w: &IfaceSpec) -> IfaceEntry {
     }
 }
 
+/// What the interface maps hold: the entries, the XDP egresses, and which interfaces have
+/// counters (an interface that goes keeps them until the router goes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IfaceTables {
+    pub entries: BTreeMap<u32, IfaceEntry>,
+    pub egresses: BTreeSet<u32>,
+    pub counted: BTreeSet<u32>,
+}
+
 /// What the interface maps should hold for `wanted` (by ifindex).
-pub fn tables(wanted: &BTreeMap<u32, IfaceSpec>) -> (BTreeMap<u32, IfaceEntry>, BTreeSet<u32>) {
-    let entries = wanted.iter().map(|(i, w)| (*i, entry(*i, w))).collect();
-    let egresses = wanted
-        .iter()
-        .filter(|(_, w)| w.xdp_egress)
-        .map(|(i, _)| *i)
-        .collect();
-    (entries, egresses)
+pub fn tables(wanted: &BTreeMap<u32, IfaceSpec>) -> IfaceTables {
+    IfaceTables {
+        entries: wanted.iter().map(|(i, w)| (*i, entry(*i, w))).collect(),
+        egresses: wanted
+            .iter()
+            .filter(|(_, w)| w.xdp_egress)
+            .map(|(i, _)| *i)
+            .collect(),
+        counted: wanted.keys().copied().collect(),
+    }
 }
 
 /// Writes to the interface maps.
@@ -69,12 +80,29 @@ pub struct IfaceChanges {
 }
 
 impl IfaceChanges {
+    /// What turns `current` into `wanted` (whose counters are created where missing; none
+    /// are removed).
+    pub fn between(current: &IfaceTables, wanted: &IfaceTables) -> Self {
+        Self {
+            entries: EntryDiff::between(&current.entries, &wanted.entries),
+            egresses: EntryDiff::between_sets(&current.egresses, &wanted.egresses),
+            new_counters: wanted
+                .counted
+                .difference(&current.counted)
+                .copied()
+                .collect(),
+        }
+    }
+
     pub fn writes(&self) -> usize {
-        self.entries.set.len()
-            + self.entries.remove.len()
-            + self.egresses.set.len()
-            + self.egresses.remove.len()
-            + self.new_counters.len()
+        self.entries.len() + self.egresses.len() + self.new_counters.len()
+    }
+
+    /// `tables` as they are once these changes are written.
+    pub fn apply_to(&self, tables: &mut IfaceTables) {
+        self.entries.apply_to(&mut tables.entries);
+        self.egresses.apply_to_set(&mut tables.egresses);
+        tables.counted.extend(self.new_counters.iter().copied());
     }
 }
 
@@ -102,26 +130,14 @@ impl<'a> IfaceMaps<'a> {
         Ok(map.keys().filter_map(Result::ok).collect())
     }
 
-    /// What turns the maps into `entries` and `egresses` (see [`tables`]).
-    pub fn plan(
-        &mut self,
-        entries: &BTreeMap<u32, IfaceEntry>,
-        egresses: &BTreeSet<u32>,
-    ) -> Result<IfaceChanges, Error> {
-        let current = self.entries()?;
-        let entries_diff = EntryDiff::between(&current, entries);
-        let live_egresses = self.egresses()?.into_iter().map(|i| (i, ())).collect();
-        let wanted_egresses = egresses.iter().map(|i| (*i, ())).collect();
+    /// What the interface maps hold now.
+    pub fn read(&mut self) -> Result<IfaceTables, Error> {
         let stats: PerCpuHashMap<_, u32, IfaceStats> = typed(self.maps, map_names::IFACE_STATS)?;
-        let new_counters = entries
-            .keys()
-            .filter(|i| stats.get(i, 0).is_err())
-            .copied()
-            .collect();
-        Ok(IfaceChanges {
-            entries: entries_diff,
-            egresses: EntryDiff::between(&live_egresses, &wanted_egresses),
-            new_counters,
+        let counted = stats.keys().filter_map(Result::ok).collect();
+        Ok(IfaceTables {
+            entries: self.entries()?,
+            egresses: self.egresses()?,
+            counted,
         })
     }
 
@@ -159,31 +175,21 @@ impl<'a> IfaceMaps<'a> {
         Ok(())
     }
 
-    /// Makes the interface maps hold `wanted` (by ifindex), writing only differences.
-    /// Returns the writes.
-    pub fn sync(&mut self, wanted: &BTreeMap<u32, IfaceSpec>) -> Result<usize, Error> {
-        let (entries, egresses) = tables(wanted);
-        let plan = self.plan(&entries, &egresses)?;
-        self.write(&plan)?;
-        Ok(plan.writes())
-    }
-
     /// Sets one interface's entry as it is (with counters, if it has none yet).
     pub fn set(&mut self, ifindex: u32, entry: IfaceEntry) -> Result<(), Error> {
-        let mut entries = self.entries()?;
-        entries.insert(ifindex, entry);
-        let egresses = self.egresses()?;
-        let plan = self.plan(&entries, &egresses)?;
-        self.write(&plan)
+        let current = self.read()?;
+        let mut wanted = current.clone();
+        wanted.entries.insert(ifindex, entry);
+        wanted.counted.insert(ifindex);
+        self.write(&IfaceChanges::between(&current, &wanted))
     }
 
     /// Lets XDP redirect into `ifindex` (only for egresses that deliver XDP frames).
     pub fn set_xdp_egress(&mut self, ifindex: u32) -> Result<(), Error> {
-        let entries = self.entries()?;
-        let mut egresses = self.egresses()?;
-        egresses.insert(ifindex);
-        let plan = self.plan(&entries, &egresses)?;
-        self.write(&plan)
+        let current = self.read()?;
+        let mut wanted = current.clone();
+        wanted.egresses.insert(ifindex);
+        self.write(&IfaceChanges::between(&current, &wanted))
     }
 
     /// Zeroed counters for interface `ifindex` (the programs only update existing ones).
@@ -240,7 +246,7 @@ mod tests {
         assert_eq!(e.role, iface_role::EXTERNAL);
         assert_eq!(e.flags, iface_flags::XDP_EGRESS);
         assert_eq!(e.zone, 7);
-        let (entries, egresses) = tables(&BTreeMap::from([
+        let t = tables(&BTreeMap::from([
             (7, w.clone()),
             (
                 8,
@@ -252,8 +258,39 @@ mod tests {
                 },
             ),
         ]));
-        assert_eq!(entries[&8].flags, iface_flags::SOURCE_CHECK);
-        assert_eq!(entries[&8].role, iface_role::INTERNAL);
-        assert_eq!(egresses, BTreeSet::from([7]));
+        assert_eq!(t.entries[&8].flags, iface_flags::SOURCE_CHECK);
+        assert_eq!(t.entries[&8].role, iface_role::INTERNAL);
+        assert_eq!(t.egresses, BTreeSet::from([7]));
+        assert_eq!(t.counted, BTreeSet::from([7, 8]));
+    }
+
+    #[test]
+    fn changes_create_counters_once_and_keep_them() {
+        let spec = |xdp_egress| IfaceSpec {
+            mac: [2, 0, 0, 0, 0, 1],
+            mtu: 1500,
+            external: false,
+            xdp_egress,
+            source_check: false,
+        };
+        let empty = IfaceTables::default();
+        let both = tables(&BTreeMap::from([(3, spec(true)), (4, spec(false))]));
+        let first = IfaceChanges::between(&empty, &both);
+        // Two entries, one egress, two sets of counters.
+        assert_eq!(first.writes(), 5);
+        let mut now = empty.clone();
+        first.apply_to(&mut now);
+        assert_eq!(now, both);
+        assert_eq!(IfaceChanges::between(&now, &both).writes(), 0);
+        // Interface 3 goes: its entry and egress are removed, its counters stay.
+        let one = tables(&BTreeMap::from([(4, spec(false))]));
+        let second = IfaceChanges::between(&now, &one);
+        assert_eq!(
+            (second.entries.remove.clone(), second.egresses.len()),
+            (vec![3], 1)
+        );
+        assert!(second.new_counters.is_empty());
+        second.apply_to(&mut now);
+        assert_eq!(now.counted, BTreeSet::from([3, 4]));
     }
 }

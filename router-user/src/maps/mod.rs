@@ -24,7 +24,10 @@ pub mod policy;
 pub mod routes;
 pub mod sessions;
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
 
 use aya::maps::{Map, MapData, MapError, PerCpuValues};
 use router_common::map_names;
@@ -346,6 +349,42 @@ impl<K: Ord + Clone, V: PartialEq + Clone> EntryDiff<K, V> {
 
     pub fn is_empty(&self) -> bool {
         self.set.is_empty() && self.remove.is_empty()
+    }
+
+    /// Entries written or removed.
+    pub fn len(&self) -> usize {
+        self.set.len() + self.remove.len()
+    }
+
+    /// `map` as it is once the diff is written.
+    pub fn apply_to(&self, map: &mut BTreeMap<K, V>) {
+        for k in &self.remove {
+            map.remove(k);
+        }
+        for (k, v) in &self.set {
+            map.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+impl<K: Ord + Clone> EntryDiff<K, ()> {
+    /// What turns the set `current` into `wanted`.
+    pub fn between_sets(current: &BTreeSet<K>, wanted: &BTreeSet<K>) -> Self {
+        Self {
+            set: wanted
+                .difference(current)
+                .map(|k| (k.clone(), ()))
+                .collect(),
+            remove: current.difference(wanted).cloned().collect(),
+        }
+    }
+
+    /// `set` as it is once the diff is written.
+    pub fn apply_to_set(&self, set: &mut BTreeSet<K>) {
+        for k in &self.remove {
+            set.remove(k);
+        }
+        set.extend(self.set.iter().map(|(k, ())| k.clone()));
     }
 }
 

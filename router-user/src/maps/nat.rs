@@ -36,6 +36,21 @@ pub fn floating_ips(router: &Router) -> BTreeMap<[u8; 4], [u8; 4]> {
         .collect()
 }
 
+/// What the NAT maps hold: the settings and the floating IPs (floating -> fixed).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NatTables {
+    pub config: NatConfig,
+    pub floating_ips: BTreeMap<[u8; 4], [u8; 4]>,
+}
+
+/// What the NAT maps should hold for `router`, its gateway at `gateway_ifindex`.
+pub fn tables(router: &Router, gateway_ifindex: Option<u32>) -> NatTables {
+    NatTables {
+        config: config(router, gateway_ifindex),
+        floating_ips: floating_ips(router),
+    }
+}
+
 /// Writes to the NAT maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NatChanges {
@@ -47,6 +62,29 @@ pub struct NatChanges {
 }
 
 impl NatChanges {
+    /// What turns `current` into `wanted`.
+    pub fn between(current: &NatTables, wanted: &NatTables) -> Self {
+        let mut diff = EntryDiff::between(&current.floating_ips, &wanted.floating_ips);
+        // A changed floating IP is removed first (see `floating_ips`).
+        for (fip, _) in &diff.set {
+            if current.floating_ips.contains_key(fip) {
+                diff.remove.push(*fip);
+            }
+        }
+        Self {
+            config: (current.config != wanted.config).then_some(wanted.config),
+            floating_ips: diff,
+        }
+    }
+
+    /// `tables` as they are once these changes are written.
+    pub fn apply_to(&self, tables: &mut NatTables) {
+        if let Some(cfg) = self.config {
+            tables.config = cfg;
+        }
+        self.floating_ips.apply_to(&mut tables.floating_ips);
+    }
+
     /// Each floating IP is two entries (its counters are created with them).
     pub fn writes(&self) -> usize {
         usize::from(self.config.is_some())
@@ -85,34 +123,11 @@ impl<'a> NatMaps<'a> {
             .collect()
     }
 
-    /// Fixed IP -> floating IP, as the fast path has them.
-    pub fn floating_ips_by_fixed(&mut self) -> Result<BTreeMap<[u8; 4], [u8; 4]>, Error> {
-        let map: HashMap<_, [u8; 4], FipEntry> = typed(self.maps, map_names::FIP_BY_FIXED)?;
-        map.iter()
-            .map(|item| {
-                item.map(|(k, v)| (k, v.addr))
-                    .map_err(|e| Error::map("reading FIP_BY_FIXED", e))
-            })
-            .collect()
-    }
-
-    /// What turns the NAT maps into `config` and `floating_ips`.
-    pub fn plan(
-        &mut self,
-        config: &NatConfig,
-        floating_ips: &BTreeMap<[u8; 4], [u8; 4]>,
-    ) -> Result<NatChanges, Error> {
-        let current = self.floating_ips()?;
-        let mut diff = EntryDiff::between(&current, floating_ips);
-        // A changed floating IP is removed first (see `NatChanges::floating_ips`).
-        for (fip, _) in &diff.set {
-            if current.contains_key(fip) {
-                diff.remove.push(*fip);
-            }
-        }
-        Ok(NatChanges {
-            config: (self.config().ok().as_ref() != Some(config)).then_some(*config),
-            floating_ips: diff,
+    /// What the NAT maps hold now.
+    pub fn read(&mut self) -> Result<NatTables, Error> {
+        Ok(NatTables {
+            config: self.config()?,
+            floating_ips: self.floating_ips()?,
         })
     }
 
@@ -133,18 +148,6 @@ impl<'a> NatMaps<'a> {
         Ok(())
     }
 
-    /// Makes the NAT maps hold `config` and `floating_ips`, writing only differences.
-    /// Returns the writes.
-    pub fn sync(
-        &mut self,
-        config: &NatConfig,
-        floating_ips: &BTreeMap<[u8; 4], [u8; 4]>,
-    ) -> Result<usize, Error> {
-        let plan = self.plan(config, floating_ips)?;
-        self.write(&plan)?;
-        Ok(plan.writes())
-    }
-
     /// Zeroed counters for floating IP `fip` (the programs only update existing ones).
     pub fn create_floating_ip_counters(&mut self, fip: [u8; 4]) -> Result<(), Error> {
         let mut stats: PerCpuHashMap<_, [u8; 4], FipStats> =
@@ -155,20 +158,20 @@ impl<'a> NatMaps<'a> {
 
     /// Sets the NAT settings (one write, none if they are these already).
     pub fn set_config(&mut self, config: NatConfig) -> Result<(), Error> {
-        let plan = NatChanges {
-            config: (self.config().ok() != Some(config)).then_some(config),
-            ..NatChanges::default()
+        let current = self.read()?;
+        let wanted = NatTables {
+            config,
+            ..current.clone()
         };
-        self.write(&plan)
+        self.write(&NatChanges::between(&current, &wanted))
     }
 
     /// Adds (or changes) floating IP `fip` for `fixed`.
     pub fn add_floating_ip(&mut self, fip: [u8; 4], fixed: [u8; 4]) -> Result<(), Error> {
-        let mut wanted = self.floating_ips()?;
-        wanted.insert(fip, fixed);
-        let config = self.config()?;
-        let plan = self.plan(&config, &wanted)?;
-        self.write(&plan)
+        let current = self.read()?;
+        let mut wanted = current.clone();
+        wanted.floating_ips.insert(fip, fixed);
+        self.write(&NatChanges::between(&current, &wanted))
     }
 
     /// Writes floating IP `fip` for `fixed`, with zeroed counters for a new one.

@@ -36,7 +36,7 @@ pub struct PolicyTables {
 
 /// The fast path's policy for `router`, its interfaces resolved to ifindexes (`ifindex`),
 /// keeping the counter slots of the firewall rules the fast path runs now (`live_fw`).
-pub fn wanted(
+pub fn tables(
     router: &Router,
     ifindex: &BTreeMap<String, u32>,
     live_fw: &[FwRule],
@@ -88,6 +88,17 @@ pub fn wanted(
     }
 }
 
+/// What the policy maps hold: the settings (which half of each rule array is live) and the
+/// live lists and tables.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyState {
+    pub config: PolicyConfig,
+    pub rules: Vec<PolicyRule>,
+    pub fw_rules: Vec<FwRule>,
+    pub source_tables: BTreeMap<([u8; 4], u8), u32>,
+    pub allowed_sources: BTreeSet<(u32, SourceKey)>,
+}
+
 /// Writes to the policy maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PolicyChanges {
@@ -102,15 +113,55 @@ pub struct PolicyChanges {
 }
 
 impl PolicyChanges {
+    /// What turns `current` into `wanted`: a changed list goes to the idle half of its
+    /// array, and the settings switch to it.
+    pub fn between(current: &PolicyState, wanted: &PolicyTables) -> Self {
+        let old = current.config;
+        let mut new = old;
+        let mut changes = PolicyChanges::default();
+        if current.rules != wanted.rules {
+            new.rules_base = if old.rules_base == 0 { MAX_RULES } else { 0 };
+            new.rule_count = wanted.rules.len() as u32;
+            changes.rules = Some(wanted.rules.clone());
+        }
+        if current.fw_rules != wanted.fw_rules {
+            new.fw_base = if old.fw_base == 0 { MAX_FW_RULES } else { 0 };
+            new.fw_rule_count = wanted.fw_rules.len() as u32;
+            changes.fw_rules = Some(wanted.fw_rules.clone());
+        }
+        new.fw_flags = wanted.fw_flags;
+        new.source_tables = wanted.source_tables.len() as u32;
+        changes.config = (new != old).then_some(new);
+        changes.fresh_slots = wanted.fresh_slots.clone();
+        changes.source_tables = EntryDiff::between(&current.source_tables, &wanted.source_tables);
+        changes.allowed_sources =
+            EntryDiff::between_sets(&current.allowed_sources, &wanted.allowed_sources);
+        changes
+    }
+
+    /// `state` as it is once these changes are written.
+    pub fn apply_to(&self, state: &mut PolicyState) {
+        if let Some(cfg) = self.config {
+            state.config = cfg;
+        }
+        if let Some(rules) = &self.rules {
+            state.rules = rules.clone();
+        }
+        if let Some(rules) = &self.fw_rules {
+            state.fw_rules = rules.clone();
+        }
+        self.source_tables.apply_to(&mut state.source_tables);
+        self.allowed_sources
+            .apply_to_set(&mut state.allowed_sources);
+    }
+
     pub fn writes(&self) -> usize {
         self.rules.as_ref().map_or(0, Vec::len)
             + self.fw_rules.as_ref().map_or(0, Vec::len)
             + self.fresh_slots.len()
-            + self.source_tables.set.len()
-            + self.source_tables.remove.len()
+            + self.source_tables.len()
             + usize::from(self.config.is_some())
-            + self.allowed_sources.set.len()
-            + self.allowed_sources.remove.len()
+            + self.allowed_sources.len()
     }
 }
 
@@ -213,32 +264,15 @@ impl<'a> PolicyMaps<'a> {
         Ok(out)
     }
 
-    /// What turns the policy maps into `wanted`.
-    pub fn plan(&mut self, wanted: &PolicyTables) -> Result<PolicyChanges, Error> {
-        let old = self.config()?;
-        let mut new = old;
-        let mut plan = PolicyChanges::default();
-        if self.rules()? != wanted.rules {
-            new.rules_base = if old.rules_base == 0 { MAX_RULES } else { 0 };
-            new.rule_count = wanted.rules.len() as u32;
-            plan.rules = Some(wanted.rules.clone());
-        }
-        if self.fw_rules()? != wanted.fw_rules {
-            new.fw_base = if old.fw_base == 0 { MAX_FW_RULES } else { 0 };
-            new.fw_rule_count = wanted.fw_rules.len() as u32;
-            plan.fw_rules = Some(wanted.fw_rules.clone());
-        }
-        new.fw_flags = wanted.fw_flags;
-        new.source_tables = wanted.source_tables.len() as u32;
-        plan.config = (new != old).then_some(new);
-        plan.fresh_slots = wanted.fresh_slots.clone();
-        plan.source_tables = EntryDiff::between(&self.source_tables()?, &wanted.source_tables);
-        let unit = |set: &BTreeSet<(u32, SourceKey)>| set.iter().map(|k| (*k, ())).collect();
-        plan.allowed_sources = EntryDiff::between(
-            &unit(&self.allowed_sources()?),
-            &unit(&wanted.allowed_sources),
-        );
-        Ok(plan)
+    /// What the policy maps hold now.
+    pub fn read(&mut self) -> Result<PolicyState, Error> {
+        Ok(PolicyState {
+            config: self.config()?,
+            rules: self.rules()?,
+            fw_rules: self.fw_rules()?,
+            source_tables: self.source_tables()?,
+            allowed_sources: self.allowed_sources()?,
+        })
     }
 
     /// Carries out `plan`: fresh counters and new lists first, then the switch, then the
@@ -295,20 +329,17 @@ impl<'a> PolicyMaps<'a> {
         Ok(())
     }
 
-    /// Makes the policy maps hold `wanted`, writing only differences. Returns the writes.
-    pub fn sync(&mut self, wanted: &PolicyTables) -> Result<usize, Error> {
-        let plan = self.plan(wanted)?;
-        self.write(&plan)?;
-        Ok(plan.writes())
-    }
-
     /// Makes the policy maps hold `wanted` but for the allowed sources, which stay as they
     /// are. Returns the writes.
     pub fn sync_rules(&mut self, wanted: &PolicyTables) -> Result<usize, Error> {
-        let mut plan = self.plan(wanted)?;
-        plan.allowed_sources = EntryDiff::default();
-        self.write(&plan)?;
-        Ok(plan.writes())
+        let current = self.read()?;
+        let wanted = PolicyTables {
+            allowed_sources: current.allowed_sources.clone(),
+            ..wanted.clone()
+        };
+        let changes = PolicyChanges::between(&current, &wanted);
+        self.write(&changes)?;
+        Ok(changes.writes())
     }
 
     /// Makes the anti-spoofing trie hold `wanted` (prefix length, key), touching only
@@ -317,9 +348,8 @@ impl<'a> PolicyMaps<'a> {
         &mut self,
         wanted: &BTreeSet<(u32, SourceKey)>,
     ) -> Result<usize, Error> {
-        let unit = |set: &BTreeSet<(u32, SourceKey)>| set.iter().map(|k| (*k, ())).collect();
         let plan = PolicyChanges {
-            allowed_sources: EntryDiff::between(&unit(&self.allowed_sources()?), &unit(wanted)),
+            allowed_sources: EntryDiff::between_sets(&self.allowed_sources()?, wanted),
             ..PolicyChanges::default()
         };
         self.write(&plan)?;

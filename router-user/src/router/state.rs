@@ -15,7 +15,7 @@ use crate::{
     error::Error,
     maps::{Rooms as _, ifaces},
     netlink, netns, policy,
-    reconcile::{self, RouterPort},
+    reconcile::{self, RouterPort, RouterTables},
     slowpath,
 };
 
@@ -35,6 +35,8 @@ pub(super) struct RouterState {
     pub(super) router: Router,
     pub(super) info: RouterInfo,
     pub(super) datapath: Datapath,
+    /// What the maps hold of what the controller writes (see `reconcile`).
+    pub(super) tables: RouterTables,
     /// The interfaces the router drives, by ifindex.
     pub(super) ports: BTreeMap<u32, RouterPort>,
     /// What `setup` wrote.
@@ -158,7 +160,8 @@ pub(super) async fn setup(router: &Router, handle: &Handle) -> Result<RouterStat
         .collect();
     // Interfaces of an earlier run that are gone (one that came back has a new ifindex) are
     // not among the ports: the plan removes them.
-    reconcile::reconcile(&mut datapath, router, &ports)?;
+    let mut tables = reconcile::read(&mut datapath)?;
+    reconcile::reconcile(&mut datapath, &mut tables, router, &ports)?;
     if !datapath.adopted() {
         datapath.nat().reset_snat_stats()?;
     }
@@ -193,6 +196,7 @@ pub(super) async fn setup(router: &Router, handle: &Handle) -> Result<RouterStat
             interfaces: infos,
         },
         datapath,
+        tables,
         ports,
         start_writes: Writes::default(),
     };
@@ -397,7 +401,8 @@ impl RouterState {
                 address_writes += 1;
             }
         }
-        let plan = reconcile::reconcile(&mut self.datapath, &new, &self.ports)?;
+        let changes =
+            reconcile::reconcile(&mut self.datapath, &mut self.tables, &new, &self.ports)?;
 
         // Sessions that used what is gone end now, in one pass over the table each.
         let mut ended = 0;
@@ -487,7 +492,7 @@ impl RouterState {
             "router {}: applied new desired state in {} us; {ended} session(s) ended; {kernel_writes} kernel and {} map writes",
             self.id,
             started.elapsed().as_micros(),
-            plan.writes()
+            changes.writes()
         );
         Ok(Writes {
             map: self.datapath.writes() - map_writes_before,

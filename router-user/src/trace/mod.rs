@@ -44,8 +44,6 @@ use crate::{
     },
 };
 
-const IPPROTO_ICMP: u8 = 1;
-
 // ---- the result ------------------------------------------------------------------------
 
 /// An interface of the router.
@@ -518,21 +516,6 @@ fn route_lookup(live: &mut Live, iif: u32, src: [u8; 4], dst: [u8; 4]) -> Option
         .map(|r| r.ifindex)
 }
 
-fn tuple(proto: u8, src: [u8; 4], sport: [u8; 2], dst: [u8; 4], dport: [u8; 2]) -> Tuple {
-    let (mut sport, mut dport) = (u16::from_be_bytes(sport), u16::from_be_bytes(dport));
-    if proto == IPPROTO_ICMP {
-        // As `routerctl ct list`: both ports hold the echo identifier.
-        sport |= dport;
-        dport = sport;
-    }
-    Tuple {
-        src: Ipv4Addr::from(src),
-        sport,
-        dst: Ipv4Addr::from(dst),
-        dport,
-    }
-}
-
 /// The session whose original entry is `key` in `table`.
 fn session_info(table: &BTreeMap<CtKey, CtEntry>, key: &CtKey) -> Option<SessionInfo> {
     let orig = table.get(key)?;
@@ -544,15 +527,15 @@ fn session_info(table: &BTreeMap<CtKey, CtEntry>, key: &CtKey) -> Option<Session
         proto: proto_name(p),
         zone: key.zone,
         state: State::derive(orig, reply, p).name(),
-        original: tuple(p, key.src, key.sport, key.dst, key.dport),
-        translated: tuple(
+        original: Tuple::new(p, key.src, key.sport, key.dst, key.dport),
+        translated: Tuple::new(
             p,
             orig.new_src,
             orig.new_sport,
             orig.new_dst,
             orig.new_dport,
         ),
-        reply: tuple(p, rk.src, rk.sport, rk.dst, rk.dport),
+        reply: Tuple::new(p, rk.src, rk.sport, rk.dst, rk.dport),
         reply_zone: rk.zone,
     })
 }

@@ -162,8 +162,8 @@ fn invalid_rules_are_rejected() {
         ],
     );
     // Without steering or a second external subnet, nothing is generated.
-    DesiredState::parse(&format!("{ISSUE_EXAMPLE}{}", rules(max))).expect("32 rules");
-    let e = err(&format!("{ISSUE_EXAMPLE}{}", rules(max + 1)));
+    DesiredState::parse(&format!("{SMALL_EXAMPLE}{}", rules(max))).expect("32 rules");
+    let e = err(&format!("{SMALL_EXAMPLE}{}", rules(max + 1)));
     names(&e, "rule", &["\"33\"", "the 0 the router generates"]);
 }
 
@@ -411,7 +411,7 @@ fn invalid_firewall_rules_are_rejected() {
         ],
     );
     // A firewall section alone: no rules, default deny.
-    let r = DesiredState::parse(&format!("{ISSUE_EXAMPLE}\n[router.firewall]\n"))
+    let r = DesiredState::parse(&format!("{SMALL_EXAMPLE}\n[router.firewall]\n"))
         .expect("valid")
         .routers
         .remove(0);

@@ -6,7 +6,7 @@ mod invalid;
 mod validate;
 
 /// The smallest complete router file: it must parse exactly as written.
-pub const ISSUE_EXAMPLE: &str = r#"
+pub const SMALL_EXAMPLE: &str = r#"
 [[router]]
 id = "r1"
 namespace = "qrouter-r1"      # the namespace that holds the router's interfaces
@@ -40,7 +40,7 @@ fn err(text: &str) -> String {
 
 #[test]
 fn issue_example_parses() {
-    let state = DesiredState::parse(ISSUE_EXAMPLE).expect("example must parse");
+    let state = DesiredState::parse(SMALL_EXAMPLE).expect("example must parse");
     let r = &state.routers[0];
     assert_eq!(r.id, "r1");
     assert_eq!(r.mode, Mode::Xdp);
@@ -55,40 +55,40 @@ fn issue_example_parses() {
 
 #[test]
 fn bad_values_are_named() {
-    let e = err(&ISSUE_EXAMPLE.replace("10.0.1.1/24", "10.0.1.300/24"));
+    let e = err(&SMALL_EXAMPLE.replace("10.0.1.1/24", "10.0.1.300/24"));
     assert!(
         e.contains("interface[0].address") && e.contains("10.0.1.300/24"),
         "{e}"
     );
-    let e = err(&ISSUE_EXAMPLE.replace("mode = \"xdp\"", "mode = \"dpdk\""));
+    let e = err(&SMALL_EXAMPLE.replace("mode = \"xdp\"", "mode = \"dpdk\""));
     assert!(e.contains("mode") && e.contains("dpdk"), "{e}");
-    let e = err(&ISSUE_EXAMPLE.replace("10.0.1.254", "10.9.9.9"));
+    let e = err(&SMALL_EXAMPLE.replace("10.0.1.254", "10.9.9.9"));
     assert!(
         e.contains("route[0].nexthop") && e.contains("on no subnet"),
         "{e}"
     );
-    let e = err(&ISSUE_EXAMPLE.replace("10.20.0.0/16", "10.20.0.1/16"));
+    let e = err(&SMALL_EXAMPLE.replace("10.20.0.0/16", "10.20.0.1/16"));
     assert!(
         e.contains("route[0].destination") && e.contains("host bits"),
         "{e}"
     );
-    let e = err(&ISSUE_EXAMPLE.replace("198.18.0.1\"", "198.19.0.1\""));
+    let e = err(&SMALL_EXAMPLE.replace("198.18.0.1\"", "198.19.0.1\""));
     assert!(e.contains("gateway.nexthop"), "{e}");
-    let e = err(&ISSUE_EXAMPLE.replace("10.0.2.1/24", "10.0.1.9/24"));
+    let e = err(&SMALL_EXAMPLE.replace("10.0.2.1/24", "10.0.1.9/24"));
     assert!(e.contains("overlaps") && e.contains("qr-a"), "{e}");
-    let e = err(&ISSUE_EXAMPLE.replace("name = \"qr-b\"", "name = \"qr-a\""));
+    let e = err(&SMALL_EXAMPLE.replace("name = \"qr-b\"", "name = \"qr-a\""));
     assert!(e.contains("interface named twice"), "{e}");
-    let e = err(&ISSUE_EXAMPLE.replace("10.0.1.1/24", "10.0.1.0/24"));
+    let e = err(&SMALL_EXAMPLE.replace("10.0.1.1/24", "10.0.1.0/24"));
     assert!(e.contains("network or broadcast"), "{e}");
-    let e = err(&ISSUE_EXAMPLE.replace("id = \"r1\"", "id = \"../x\""));
+    let e = err(&SMALL_EXAMPLE.replace("id = \"r1\"", "id = \"../x\""));
     assert!(e.contains("id") && e.contains("../x"), "{e}");
 }
 
 #[test]
 fn unknown_keys_and_syntax_errors_are_rejected() {
-    let e = err(&ISSUE_EXAMPLE.replace("snat = true", "snat = true\nsnatt = 1"));
+    let e = err(&SMALL_EXAMPLE.replace("snat = true", "snat = true\nsnatt = 1"));
     assert!(e.contains("snatt"), "{e}");
-    let e = err(&ISSUE_EXAMPLE.replace("snat = true", "snat = \"yes\""));
+    let e = err(&SMALL_EXAMPLE.replace("snat = true", "snat = \"yes\""));
     assert!(e.contains("snat"), "{e}");
     let e = err("[[router]]\nid = \"r1\"\n");
     assert!(e.contains("namespace"), "{e}");
@@ -97,13 +97,13 @@ fn unknown_keys_and_syntax_errors_are_rejected() {
 #[test]
 fn duplicate_routers_are_rejected() {
     let twice = format!(
-        "{ISSUE_EXAMPLE}\n{}",
-        ISSUE_EXAMPLE.replace("qrouter-r1", "qrouter-r2")
+        "{SMALL_EXAMPLE}\n{}",
+        SMALL_EXAMPLE.replace("qrouter-r1", "qrouter-r2")
     );
     assert!(err(&twice).contains("another router has this id"));
     let twice = format!(
-        "{ISSUE_EXAMPLE}\n{}",
-        ISSUE_EXAMPLE.replace("\"r1\"", "\"r2\"")
+        "{SMALL_EXAMPLE}\n{}",
+        SMALL_EXAMPLE.replace("\"r1\"", "\"r2\"")
     );
     assert!(err(&twice).contains("another router uses this namespace"));
 }
@@ -140,7 +140,7 @@ tcp_established = 3600
 
 #[test]
 fn floating_ips_and_nat_settings_parse() {
-    let state = DesiredState::parse(&format!("{ISSUE_EXAMPLE}{NAT_EXAMPLE}")).expect("valid");
+    let state = DesiredState::parse(&format!("{SMALL_EXAMPLE}{NAT_EXAMPLE}")).expect("valid");
     let r = &state.routers[0];
     assert_eq!(
         r.floating_ips,
@@ -164,14 +164,14 @@ fn floating_ips_and_nat_settings_parse() {
     );
     assert_eq!(r.nat.timeouts.icmp, 30, "unset timeouts keep the defaults");
     // Without a [router.nat] section: the defaults.
-    let plain = DesiredState::parse(ISSUE_EXAMPLE).expect("valid");
+    let plain = DesiredState::parse(SMALL_EXAMPLE).expect("valid");
     assert_eq!(plain.routers[0].nat, NatSettings::default());
 }
 
 #[test]
 fn invalid_floating_ips_and_nat_settings_are_rejected() {
     let with =
-        |from: &str, to: &str| err(&format!("{ISSUE_EXAMPLE}{}", NAT_EXAMPLE.replace(from, to)));
+        |from: &str, to: &str| err(&format!("{SMALL_EXAMPLE}{}", NAT_EXAMPLE.replace(from, to)));
     let e = with("198.18.0.10", "198.19.0.10");
     assert!(
         e.contains("floating_ip[0].address") && e.contains("external subnet"),
@@ -198,14 +198,14 @@ fn invalid_floating_ips_and_nat_settings_are_rejected() {
     let e = with("max_sessions = 1024", "max_sessions = 1");
     assert!(e.contains("nat.max_sessions"), "{e}");
     let twice = format!(
-        "{ISSUE_EXAMPLE}{NAT_EXAMPLE}\n[[router.floating_ip]]\naddress = \"198.18.0.11\"\nfixed = \"10.0.1.5\"\n"
+        "{SMALL_EXAMPLE}{NAT_EXAMPLE}\n[[router.floating_ip]]\naddress = \"198.18.0.11\"\nfixed = \"10.0.1.5\"\n"
     );
     assert!(err(&twice).contains("already has a floating IP"));
-    let start = ISSUE_EXAMPLE.find("[router.gateway]").expect("gateway");
-    let end = ISSUE_EXAMPLE
+    let start = SMALL_EXAMPLE.find("[router.gateway]").expect("gateway");
+    let end = SMALL_EXAMPLE
         .find("[[router.interface]]")
         .expect("interface");
-    let no_gateway = format!("{}{}", &ISSUE_EXAMPLE[..start], &ISSUE_EXAMPLE[end..]);
+    let no_gateway = format!("{}{}", &SMALL_EXAMPLE[..start], &SMALL_EXAMPLE[end..]);
     let e = err(&format!("{no_gateway}{NAT_EXAMPLE}"));
     assert!(
         e.contains("floating_ip[0].address") && e.contains("needs a router gateway"),
@@ -404,7 +404,7 @@ fn prefix(s: &str) -> Prefix {
 
 #[test]
 fn existing_files_get_the_defaults_of_the_new_keys() {
-    let r = &DesiredState::parse(ISSUE_EXAMPLE).expect("valid").routers[0];
+    let r = &DesiredState::parse(SMALL_EXAMPLE).expect("valid").routers[0];
     assert_eq!(r.routes[0].table, router_common::TABLE_MAIN);
     assert!(r.tables.is_empty() && r.rules.is_empty());
     assert_eq!((&r.steering, &r.firewall), (&None, &None));
@@ -596,7 +596,7 @@ fn to_toml_round_trips() {
     // Several routers, defaults left out, a router with neither gateway nor extras, and
     // the files of the earlier issues.
     let several = format!(
-        "{FULL_EXAMPLE}\n{ISSUE_EXAMPLE}\n[[router]]\nid = \"bare\"\nnamespace = \"qrouter-bare\"\n\n[router.steering]\nnexthop = \"10.1.0.2\"\n\n[router.firewall]\n\n[[router.interface]]\nname = \"qr-x\"\naddress = \"10.1.0.1/24\"\n"
+        "{FULL_EXAMPLE}\n{SMALL_EXAMPLE}\n[[router]]\nid = \"bare\"\nnamespace = \"qrouter-bare\"\n\n[router.steering]\nnexthop = \"10.1.0.2\"\n\n[router.firewall]\n\n[[router.interface]]\nname = \"qr-x\"\naddress = \"10.1.0.1/24\"\n"
     )
     .replacen("id = \"r1\"\nnamespace = \"qrouter-r1\"      #", "id = \"r2\"\nnamespace = \"qrouter-r2\"      #", 1);
     let state = DesiredState::parse(&several).expect("valid");
@@ -607,8 +607,8 @@ fn to_toml_round_trips() {
     assert!(!bare.contains("[router.nat"), "{bare}");
     assert!(bare.contains("interfaces = []"), "{bare}");
     for plain in [
-        ISSUE_EXAMPLE.to_string(),
-        format!("{ISSUE_EXAMPLE}{NAT_EXAMPLE}"),
+        SMALL_EXAMPLE.to_string(),
+        format!("{SMALL_EXAMPLE}{NAT_EXAMPLE}"),
     ] {
         let state = DesiredState::parse(&plain).expect("valid");
         assert_eq!(DesiredState::parse(&state.to_toml()).expect("valid"), state);

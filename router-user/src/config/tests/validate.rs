@@ -5,11 +5,11 @@ use router_common::TABLE_MAIN;
 
 use super::*;
 
-/// [`ISSUE_EXAMPLE`] with router `r1` edited by `edit`: `validate` refuses it, with the
+/// [`SMALL_EXAMPLE`] with router `r1` edited by `edit`: `validate` refuses it, with the
 /// error `DesiredState::parse` gives for `file` and for the edited state written out.
 #[track_caller]
 fn refused_as_in_a_file(edit: impl FnOnce(&mut Router), file: &str) -> String {
-    let mut state = DesiredState::parse(ISSUE_EXAMPLE).expect("valid");
+    let mut state = DesiredState::parse(SMALL_EXAMPLE).expect("valid");
     edit(&mut state.routers[0]);
     let typed = state.validate().expect_err("the edit is invalid");
     assert_eq!(
@@ -34,7 +34,7 @@ fn a_route_through_a_next_hop_on_no_subnet() {
             })
         },
         &format!(
-            "{ISSUE_EXAMPLE}\n[[router.route]]\ndestination = \"10.30.0.0/16\"\nnexthop = \"192.0.2.1\"\n"
+            "{SMALL_EXAMPLE}\n[[router.route]]\ndestination = \"10.30.0.0/16\"\nnexthop = \"192.0.2.1\"\n"
         ),
     );
     assert_eq!(
@@ -46,7 +46,7 @@ fn a_route_through_a_next_hop_on_no_subnet() {
 #[test]
 fn a_floating_ip_given_twice() {
     let gateway_and_fips = format!(
-        "{ISSUE_EXAMPLE}\n[[router.floating_ip]]\naddress = \"198.18.0.10\"\nfixed = \"10.0.1.5\"\n\n[[router.floating_ip]]\naddress = \"198.18.0.10\"\nfixed = \"10.0.1.6\"\n"
+        "{SMALL_EXAMPLE}\n[[router.floating_ip]]\naddress = \"198.18.0.10\"\nfixed = \"10.0.1.5\"\n\n[[router.floating_ip]]\naddress = \"198.18.0.10\"\nfixed = \"10.0.1.6\"\n"
     );
     let e = refused_as_in_a_file(
         |r| {
@@ -69,17 +69,17 @@ fn a_floating_ip_given_twice() {
 fn other_typed_edits_get_the_messages_of_the_file() {
     let e = refused_as_in_a_file(
         |r| r.interfaces[1].address.addr = ip("10.0.1.9"),
-        &ISSUE_EXAMPLE.replace("10.0.2.1/24", "10.0.1.9/24"),
+        &SMALL_EXAMPLE.replace("10.0.2.1/24", "10.0.1.9/24"),
     );
     assert!(e.contains("interface[1].address = \"10.0.1.9/24\": subnet 10.0.1.0/24 overlaps the subnet of interface qr-a"), "{e}");
     let e = refused_as_in_a_file(
         |r| r.interfaces[0].address.addr = ip("10.0.1.0"),
-        &ISSUE_EXAMPLE.replace("10.0.1.1/24", "10.0.1.0/24"),
+        &SMALL_EXAMPLE.replace("10.0.1.1/24", "10.0.1.0/24"),
     );
     assert!(e.contains("network or broadcast"), "{e}");
     let e = refused_as_in_a_file(
         |r| r.id = "../x".into(),
-        &ISSUE_EXAMPLE.replace("id = \"r1\"", "id = \"../x\""),
+        &SMALL_EXAMPLE.replace("id = \"r1\"", "id = \"../x\""),
     );
     assert!(e.contains("router[0] (id \"../x\").id = \"../x\""), "{e}");
     let e = refused_as_in_a_file(
@@ -88,7 +88,7 @@ fn other_typed_edits_get_the_messages_of_the_file() {
                 g.nexthop = ip("198.19.0.1");
             }
         },
-        &ISSUE_EXAMPLE.replace("198.18.0.1\"", "198.19.0.1\""),
+        &SMALL_EXAMPLE.replace("198.18.0.1\"", "198.19.0.1\""),
     );
     assert!(e.contains("gateway.nexthop = \"198.19.0.1\""), "{e}");
     let e = refused_as_in_a_file(
@@ -106,7 +106,7 @@ fn other_typed_edits_get_the_messages_of_the_file() {
             })
         },
         &format!(
-            "{ISSUE_EXAMPLE}\n[router.firewall]\n[[router.firewall.rule]]\naction = \"allow\"\nprotocol = \"icmp\"\ndestination_ports = \"80\"\n"
+            "{SMALL_EXAMPLE}\n[router.firewall]\n[[router.firewall.rule]]\naction = \"allow\"\nprotocol = \"icmp\"\ndestination_ports = \"80\"\n"
         ),
     );
     assert!(
@@ -124,7 +124,7 @@ fn other_typed_edits_get_the_messages_of_the_file() {
             })
         },
         &format!(
-            "{ISSUE_EXAMPLE}\n[[router.rule]]\npriority = 10\niif = \"eth9\"\ntable = \"main\"\n"
+            "{SMALL_EXAMPLE}\n[[router.rule]]\npriority = 10\niif = \"eth9\"\ntable = \"main\"\n"
         ),
     );
     assert!(e.contains("rule[0].iif = \"eth9\""), "{e}");
@@ -135,7 +135,7 @@ fn other_typed_edits_get_the_messages_of_the_file() {
                 max: 65535,
             }
         },
-        &format!("{ISSUE_EXAMPLE}\n[router.nat]\nslow_path_snat_ports = \"60000-65535\"\n"),
+        &format!("{SMALL_EXAMPLE}\n[router.nat]\nslow_path_snat_ports = \"60000-65535\"\n"),
     );
     assert!(
         e.contains("nat.slow_path_snat_ports = \"60000-65535\": overlaps"),
@@ -146,7 +146,7 @@ fn other_typed_edits_get_the_messages_of_the_file() {
 #[test]
 fn values_only_a_typed_edit_can_hold_are_refused_too() {
     // A table id no `[[router.table]]` has: a file names tables, a typed route holds ids.
-    let mut state = DesiredState::parse(ISSUE_EXAMPLE).expect("valid");
+    let mut state = DesiredState::parse(SMALL_EXAMPLE).expect("valid");
     state.routers[0].routes[0].table = 100;
     let e = state.validate().expect_err("unknown table").to_string();
     assert!(
@@ -154,7 +154,7 @@ fn values_only_a_typed_edit_can_hold_are_refused_too() {
         "{e}"
     );
     // Two routers with one id.
-    let mut state = DesiredState::parse(ISSUE_EXAMPLE).expect("valid");
+    let mut state = DesiredState::parse(SMALL_EXAMPLE).expect("valid");
     let mut second = state.routers[0].clone();
     second.namespace = "qrouter-r2".into();
     state.routers.push(second);
@@ -163,7 +163,7 @@ fn values_only_a_typed_edit_can_hold_are_refused_too() {
         e.contains("router[1] (id \"r1\").id = \"r1\": another router has this id"),
         "{e}"
     );
-    DesiredState::parse(ISSUE_EXAMPLE)
+    DesiredState::parse(SMALL_EXAMPLE)
         .expect("valid")
         .validate()
         .expect("a state read from a valid file is valid");
