@@ -256,7 +256,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     let by_routerctl = setup.routerctl_apply(n)?;
                     results.control.push(ControlResult {
                         what: format!(
-                            "`routerctl apply -f` of {n} floating IPs, from none (command start to exit)"
+                            "`routerctl apply FILE` of {n} floating IPs, from none (command start to exit)"
                         ),
                         path: path.name().into(),
                         floating_ips: n,
@@ -264,7 +264,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     });
                     let again = setup.routerctl_apply(n)?;
                     results.control.push(ControlResult {
-                        what: format!("`routerctl apply -f` of the same {n} floating IPs"),
+                        what: format!("`routerctl apply FILE` of the same {n} floating IPs"),
                         path: path.name().into(),
                         floating_ips: n,
                         millis: again.as_secs_f64() * 1e3,

@@ -168,10 +168,35 @@ fn encode(value: &Value, pretty: bool) -> Result<String, Failure> {
 /// Whether a line is a table's header: upper-case names (digits, `_`, `(`, `/`, `)`, `-`)
 /// two spaces apart.
 fn is_header(line: &str) -> bool {
-    !line.trim().is_empty()
+    line.chars().any(|c| c.is_ascii_uppercase())
         && line
             .chars()
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || " _()/-".contains(c))
+}
+
+/// Whether a line is text between tables (`gateway: ...`, `routes: none`): a label and
+/// `: ` before any column gap.
+fn is_text(line: &str) -> bool {
+    line.split_once(": ")
+        .is_some_and(|(label, _)| !label.contains("  "))
+}
+
+/// The tables in `text`: each header with the rows under it, up to an empty line, a line of
+/// text, or the next header.
+fn tables(text: &str) -> Vec<(&str, Vec<&str>)> {
+    let mut found: Vec<(&str, Vec<&str>)> = Vec::new();
+    let mut open = false;
+    for line in text.lines() {
+        if is_header(line) {
+            found.push((line, Vec::new()));
+            open = true;
+        } else if line.trim().is_empty() || is_text(line) {
+            open = false;
+        } else if open && let Some((_, rows)) = found.last_mut() {
+            rows.push(line);
+        }
+    }
+    found
 }
 
 /// Where each column of an aligned table starts (in chars), with its name: a name starts
@@ -183,8 +208,8 @@ fn column_starts(header: &str) -> Vec<(usize, String)> {
         let starts_here =
             chars[i] != ' ' && (i == 0 || (i >= 2 && chars[i - 1] == ' ' && chars[i - 2] == ' '));
         if starts_here {
-            let name: String = chars[i..].iter().collect::<String>();
-            let name = name
+            let rest: String = chars[i..].iter().collect();
+            let name = rest
                 .split("  ")
                 .next()
                 .unwrap_or_default()
@@ -199,27 +224,21 @@ fn column_starts(header: &str) -> Vec<(usize, String)> {
 /// Every column name of the tables in `text`.
 fn headers(text: &str) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
-    for block in text.split("\n\n") {
-        if let Some(h) = block.lines().next().filter(|l| is_header(l)) {
-            for (_, name) in column_starts(h) {
-                if !names.contains(&name) {
-                    names.push(name);
-                }
+    for (header, _) in tables(text) {
+        for (_, name) in column_starts(header) {
+            if !names.contains(&name) {
+                names.push(name);
             }
         }
     }
     names
 }
 
-/// The tables of `text` (blocks of lines under a header) cut down to `wanted` columns;
-/// a block with none of them, or that is not a table, is left out.
+/// The tables of `text` cut down to `wanted` columns, one after the other with an empty
+/// line between; a table with none of them, and the text around the tables, are left out.
 fn pick_columns(text: &str, wanted: &[String]) -> String {
     let mut out: Vec<String> = Vec::new();
-    for block in text.split("\n\n") {
-        let lines: Vec<&str> = block.lines().collect();
-        let Some(header) = lines.first().filter(|l| is_header(l)) else {
-            continue;
-        };
+    for (header, lines) in tables(text) {
         let starts = column_starts(header);
         let picks: Vec<usize> = wanted
             .iter()
@@ -245,7 +264,7 @@ fn pick_columns(text: &str, wanted: &[String]) -> String {
                 .to_string()
         };
         let names: Vec<&str> = picks.iter().map(|&c| starts[c].1.as_str()).collect();
-        let rows: Vec<Vec<String>> = lines[1..]
+        let rows: Vec<Vec<String>> = lines
             .iter()
             .map(|line| picks.iter().map(|&c| cell(line, c)).collect())
             .collect();
@@ -342,6 +361,26 @@ mod tests {
         assert_eq!(
             headers(&text),
             ["ROUTER", "INTERFACE", "PACKETS(ORIG/REP)", "FLOATING_IP"]
+        );
+    }
+
+    /// Text around and between tables (as `router show` and `fw rule list` print) is left
+    /// out; each table keeps its own rows.
+    #[test]
+    fn columns_are_picked_from_tables_between_text() {
+        let text = "firewall: default allow\n\
+                    POS  ACTION  DESCRIPTION\n\
+                    1    allow   web: port 80\n\
+                    STEP         PACKETS\n\
+                    established  0\n\
+                    steering: none\n";
+        assert_eq!(
+            pick_columns(text, &["ACTION".to_string(), "PACKETS".to_string()]),
+            "ACTION\nallow\n\nPACKETS\n0\n"
+        );
+        assert_eq!(
+            headers(text),
+            ["POS", "ACTION", "DESCRIPTION", "STEP", "PACKETS"]
         );
     }
 
