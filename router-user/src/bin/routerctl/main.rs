@@ -23,7 +23,8 @@ use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
-    version,
+    name = "routerctl",
+    version = router_user::version::long(),
     about = "eBPF fast path for Neutron-style routers: the command line"
 )]
 struct Cli {
@@ -76,6 +77,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    router_user::generate::exit_if_asked(<Cli as clap::CommandFactory>::command);
     let cli = Cli::parse();
     let api = output::Api {
         socket: cli.socket,
