@@ -51,64 +51,185 @@ fn version_names_package_revision_and_ebpf_object() {
     check_version_line(&routerctl, "routerctl");
 }
 
+/// routerd started with `NOTIFY_SOCKET` set to a socket of the test's, on a file of its own.
+struct NotifiedRouterd {
+    dir: PathBuf,
+    receiver: UnixDatagram,
+    child: std::process::Child,
+    log: PathBuf,
+    router_id: String,
+}
+
+impl NotifiedRouterd {
+    /// Starts `prefix... routerd --config <dir>/routerd.toml` with `config` in that file.
+    fn start(tag: &str, config: &str, prefix: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(tag);
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        let notify_path = dir.join("notify.sock");
+        let receiver = UnixDatagram::bind(&notify_path).expect("binding the notify socket");
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
+        let file = dir.join("routerd.toml");
+        std::fs::write(&file, config).expect("writing the desired state");
+        let log = dir.join("routerd.log");
+        let routerd = routerd_path();
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&routerd);
+                c
+            }
+            None => Command::new(&routerd),
+        };
+        let child = command
+            .arg("--config")
+            .arg(&file)
+            .arg("--socket")
+            .arg(dir.join("api.sock"))
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("starting routerd");
+        Self {
+            dir,
+            receiver,
+            child,
+            log,
+            router_id: tag.to_string(),
+        }
+    }
+
+    /// The next datagram on the notify socket (30 s at most).
+    fn next_message(&self) -> String {
+        let mut buf = [0u8; 256];
+        match self.receiver.recv(&mut buf) {
+            Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(e) => panic!("notify socket: {e}:\n{}", self.log_text()),
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM: routerd says STOPPING=1 and exits cleanly.
+    fn stop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(self.next_message(), "STOPPING=1");
+        let status = self.child.wait().expect("waiting for routerd");
+        assert!(status.success(), "{status}:\n{}", self.log_text());
+    }
+}
+
+impl Drop for NotifiedRouterd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = router_user::datapath::teardown(&self.router_id);
+        let _ = std::fs::remove_file(router_user::paths::router_info_file(&self.router_id));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// routerd, given `NOTIFY_SOCKET`, sends `READY=1` once its routers have started or wait
 /// (here one router waits for a namespace that does not exist), and `STOPPING=1` on SIGTERM.
 #[test]
 fn routerd_tells_notify_socket_when_ready() {
     require_root();
     let tag = unique("notify");
-    let dir = std::env::temp_dir().join(&tag);
-    std::fs::create_dir_all(&dir).expect("scratch directory");
-    let notify_path = dir.join("notify.sock");
-    let receiver = UnixDatagram::bind(&notify_path).expect("binding the notify socket");
-    receiver
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("read timeout");
-    let config = dir.join("routerd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[router]]\nid = \"{tag}\"\nnamespace = \"{tag}-absent\"\nmode = \"tc\"\n\n\
-             [[router.interface]]\nname = \"qr-a\"\naddress = \"10.0.1.1/24\"\n"
-        ),
-    )
-    .expect("writing the desired state");
-    let log = dir.join("routerd.log");
-    let mut child = Command::new(routerd_path())
-        .arg("--config")
-        .arg(&config)
-        .arg("--socket")
-        .arg(dir.join("api.sock"))
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("starting routerd");
-    let mut buf = [0u8; 256];
-    let ready = receiver.recv(&mut buf).map(|n| buf[..n].to_vec());
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let stopping = receiver.recv(&mut buf).map(|n| buf[..n].to_vec());
-    let status = child.wait().expect("waiting for routerd");
-    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-    let ready =
-        String::from_utf8_lossy(&ready.unwrap_or_else(|e| panic!("{e}:\n{log_text}"))).into_owned();
+    let config = format!(
+        "[[router]]\nid = \"{tag}\"\nnamespace = \"{tag}-absent\"\nmode = \"tc\"\n\n\
+         [[router.interface]]\nname = \"qr-a\"\naddress = \"10.0.1.1/24\"\n"
+    );
+    let mut routerd = NotifiedRouterd::start(&tag, &config, &[]);
+    let ready = routerd.next_message();
     assert!(ready.starts_with("READY=1\n"), "{ready:?}");
     assert!(
         ready.contains("0 router(s) running, 1 waiting"),
         "{ready:?}"
     );
-    let stopping = stopping.unwrap_or_else(|e| panic!("{e}:\n{log_text}"));
-    assert_eq!(stopping, b"STOPPING=1");
-    assert!(status.success(), "{status}:\n{log_text}");
+    routerd.stop();
     // The version line at start, as `--version` prints it.
+    let log_text = routerd.log_text();
     assert!(
         log_text.contains(&format!("routerd {} (git ", env!("CARGO_PKG_VERSION")))
             && log_text.contains(&router_user::datapath::object_digest()),
         "{log_text}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The unit's `CapabilityBoundingSet`, as setpriv's `--bounding-set` argument
+/// (`-all,+bpf,+net_admin,...`).
+fn unit_bounding_set() -> String {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/routerd.service"),
+    )
+    .expect("packaging/routerd.service");
+    let caps: Vec<String> = unit
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("CapabilityBoundingSet="))
+        .flat_map(|v| v.split_whitespace())
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    assert!(!caps.is_empty(), "no CapabilityBoundingSet in the unit");
+    format!("-all,{}", caps.join(","))
+}
+
+/// routerd confined to the unit's capabilities (as systemd confines it) starts a real XDP
+/// router, applies an API edit (maps, nftables) and exits cleanly: the set is enough.
+#[test]
+fn routerd_runs_with_the_units_capabilities_only() {
+    require_root();
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("setpriv (util-linux) not installed: skipped");
+        return;
+    }
+    let tag = unique("caps");
+    let mut namespaces = router_tests::topo::Namespaces::default();
+    let router_ns = namespaces.add(&format!("{tag}-r"));
+    let outside = namespaces.add(&format!("{tag}-o"));
+    router_tests::topo::veth("qg-caps", &router_ns, "ext", &outside);
+    router_tests::topo::veth("qr-caps", &router_ns, "vm", &outside);
+    let config = format!(
+        "[[router]]\nid = \"{tag}\"\nnamespace = \"{router_ns}\"\nmode = \"xdp\"\n\n\
+         [router.gateway]\ninterface = \"qg-caps\"\naddress = \"198.18.0.2/24\"\n\
+         nexthop = \"198.18.0.1\"\nsnat = true\n\n\
+         [[router.interface]]\nname = \"qr-caps\"\naddress = \"10.0.1.1/24\"\n"
+    );
+    let bounding = unit_bounding_set();
+    let mut routerd = NotifiedRouterd::start(
+        &tag,
+        &config,
+        &["setpriv", "--bounding-set", &bounding, "--inh-caps", "-all"],
+    );
+    let ready = routerd.next_message();
+    assert!(
+        ready.contains("1 router(s) running, 0 waiting"),
+        "{ready:?}:\n{}",
+        routerd.log_text()
+    );
+    let socket = routerd.dir.join("api.sock");
+    let ctl = routerd_path().with_file_name("routerctl");
+    run(Command::new(&ctl).arg("--socket").arg(&socket).args([
+        "fip",
+        "create",
+        "--router",
+        &tag,
+        "--address",
+        "198.18.0.10",
+        "--fixed",
+        "10.0.1.5",
+    ]));
+    routerd.stop();
+    let log_text = routerd.log_text();
+    assert!(
+        !log_text.contains("ERROR") && !log_text.contains("WARN"),
+        "{log_text}"
+    );
 }
 
 fn run(cmd: &mut Command) -> String {
