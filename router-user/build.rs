@@ -38,20 +38,22 @@ fn git_revision(manifest_dir: &Path) {
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
+    // Only files that exist: cargo takes a missing one as changed on every build (a
+    // repository may have no packed-refs, a packed branch no file of its own).
+    let watch_git_file = |file: &str| {
+        if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", file])
+            && Path::new(&path).exists()
+        {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    };
     let revision = match git(&["rev-parse", "--short=12", "HEAD"]) {
         Some(commit) => {
             for file in ["HEAD", "index", "packed-refs"] {
-                if let Some(path) =
-                    git(&["rev-parse", "--path-format=absolute", "--git-path", file])
-                {
-                    println!("cargo:rerun-if-changed={path}");
-                }
+                watch_git_file(file);
             }
-            if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"])
-                && let Some(path) =
-                    git(&["rev-parse", "--path-format=absolute", "--git-path", &branch])
-            {
-                println!("cargo:rerun-if-changed={path}");
+            if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+                watch_git_file(&branch);
             }
             for dir in ["src", "Cargo.toml", "../router-common", "../Cargo.toml"] {
                 println!(
