@@ -129,7 +129,7 @@ fn main() -> Result<()> {
                 &bin_dir,
                 &out.unwrap_or_else(|| workspace().join("target/debian")),
             )?;
-            println!("{}", deb.display());
+            println!("{}", deb.canonicalize().unwrap_or(deb).display());
             Ok(())
         }
         Cmd::Test { args } => {
