@@ -11,6 +11,8 @@ pub const RUN_DIR: &str = "/run/neutron-router";
 /// The API socket of routerd (newline-delimited JSON, see `docs/api.md`); its directory is
 /// created 0750, the socket is 0660.
 pub const API_SOCKET: &str = "/run/routerd/routerd.sock";
+/// routerd's desired state when `--config` is not given (the packaged default).
+pub const DEFAULT_CONFIG: &str = "/etc/routerd/routerd.toml";
 /// Where network namespaces are bound, as `ip netns` does it.
 pub const NETNS_DIR: &str = "/run/netns";
 

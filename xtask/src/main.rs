@@ -1,4 +1,4 @@
-//! `cargo xtask setup | test | demo | build | bench | fuzz`: the project's drivers.
+//! `cargo xtask setup | test | demo | build | package | bench | fuzz`: the project's drivers.
 //!
 //! `setup` installs what a fresh machine lacks, idempotently and quickly when nothing is
 //! missing; `test` and `demo` run it first.
@@ -13,8 +13,12 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-/// The nightly that builds the eBPF object; its LLVM must match bpf-linker's.
-const NIGHTLY: &str = "nightly";
+mod package;
+
+/// The dated nightly that builds the eBPF object (and runs the fuzz targets); its LLVM must
+/// match bpf-linker's. Named once, in `ebpf-toolchain` at the workspace root, which
+/// router-user's build.rs reads too (it hands it to aya-build).
+const NIGHTLY: &str = include_str!("../../ebpf-toolchain").trim_ascii();
 const NIGHTLY_LLVM_MAJOR: &str = "22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -55,6 +59,17 @@ enum Cmd {
     Setup,
     /// Build the eBPF object, routerd and routerctl (release).
     Build,
+    /// Build the release binaries and a Debian package of them (routerd, routerctl, the
+    /// systemd unit, a default configuration, completions, man pages) with dpkg-deb.
+    Package {
+        /// Package the binaries in this directory instead of building release ones
+        /// (the tests package the debug binaries they already have).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Where to write the .deb (default: target/debian).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run every test: unit tests, packet tests, topology tests, then a short run of each
     /// fuzz target (left out when a test filter is given).
     Test {
@@ -100,6 +115,22 @@ fn main() -> Result<()> {
         Cmd::Build => {
             setup()?;
             build_release()
+        }
+        Cmd::Package { bin_dir, out } => {
+            let bin_dir = match bin_dir {
+                Some(dir) => dir,
+                None => {
+                    build_release()?;
+                    workspace().join("target/release")
+                }
+            };
+            let deb = package::build(
+                &workspace(),
+                &bin_dir,
+                &out.unwrap_or_else(|| workspace().join("target/debian")),
+            )?;
+            println!("{}", deb.canonicalize().unwrap_or(deb).display());
+            Ok(())
         }
         Cmd::Test { args } => {
             setup()?;
@@ -171,18 +202,29 @@ fn setup() -> Result<()> {
         bail!("setup installs packages and mounts bpffs: run as root");
     }
 
-    // 1. The nightly with rust-src (for -Z build-std=core).
-    let Some(version) = output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "-vV"]))
-    else {
-        step("installing the nightly toolchain");
-        run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            NIGHTLY,
-            "--profile",
-            "minimal",
-        ]))?;
-        return setup();
+    // 1. The pinned nightly with rust-src (for -Z build-std=core). `rustup run` must not
+    // install it by itself (rustup may be set to): the install below says what it does.
+    let version = output(
+        Command::new("rustup")
+            .args(["run", NIGHTLY, "rustc", "-vV"])
+            .env("RUSTUP_AUTO_INSTALL", "0"),
+    );
+    let version = match version {
+        Some(version) => version,
+        None => {
+            step(&format!("installing the {NIGHTLY} toolchain with rust-src"));
+            run(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                NIGHTLY,
+                "--component",
+                "rust-src",
+                "--profile",
+                "minimal",
+            ]))?;
+            output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "-vV"]))
+                .with_context(|| format!("running the {NIGHTLY} toolchain just installed"))?
+        }
     };
     if !version.contains(&format!("LLVM version: {NIGHTLY_LLVM_MAJOR}.")) {
         bail!(
@@ -194,7 +236,7 @@ fn setup() -> Result<()> {
             .context("asking the nightly for its sysroot")?;
     let rust_src = Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core");
     if !rust_src.exists() {
-        step("adding rust-src to the nightly");
+        step(&format!("adding rust-src to {NIGHTLY}"));
         run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
     }
 

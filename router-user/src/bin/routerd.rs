@@ -1,4 +1,4 @@
-//! `routerd --config FILE`: applies a desired state to the routers of this node and keeps
+//! `routerd [--config FILE]`: applies a desired state to the routers of this node and keeps
 //! their fast paths in step with it. SIGHUP re-reads the file and applies the difference
 //! (an invalid file changes nothing). SIGTERM or SIGINT (or `kill -9`) end the daemon but
 //! not the fast paths: programs, links and maps stay pinned and keep forwarding, and the
@@ -15,6 +15,10 @@
 //! A router that cannot start (its namespace or a port not there yet, as on a node still
 //! booting) waits and is tried again, every second at first and then less often, without
 //! stopping routerd or the other routers; `router list` and `router show` say why it waits.
+//!
+//! Under systemd (`packaging/routerd.service`, `Type=notify`) routerd reports ready once
+//! every router of the file has started or is waiting, and the unit leaves the fast paths
+//! running when it stops (`KillMode=process`).
 
 use std::{path::PathBuf, time::Instant};
 
@@ -28,13 +32,14 @@ use tokio::sync::mpsc;
 
 #[derive(Parser)]
 #[command(
-    version,
+    name = "routerd",
+    version = router_user::version::long(),
     about = "eBPF fast path for Neutron-style routers: the daemon"
 )]
 struct Args {
     /// Desired state (TOML).
-    #[arg(long, short, required_unless_present = "teardown")]
-    config: Option<PathBuf>,
+    #[arg(long, short, default_value = router_user::paths::DEFAULT_CONFIG)]
+    config: PathBuf,
     /// Detach and remove these routers' pinned fast paths and exit, without a desired
     /// state. Without a router, --all is required (every pinned router).
     #[arg(long, num_args = 0.., value_name = "ROUTER")]
@@ -58,6 +63,7 @@ struct Args {
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    router_user::generate::exit_if_asked(<Args as clap::CommandFactory>::command);
     let args = Args::parse();
     if let Some(problem) = teardown_usage(&args) {
         // A usage error, as clap's (exit code 2).
@@ -108,11 +114,7 @@ fn run(args: Args) -> Result<(), Error> {
     if let Some(routers) = &args.teardown {
         return teardown(routers);
     }
-    let file = args
-        .config
-        .clone()
-        .map(StateFile::new)
-        .ok_or_else(|| Error::io("--config", std::io::Error::other("missing")))?;
+    let file = StateFile::new(&args.config);
     let state = file.load()?;
     if args.check {
         println!(
@@ -122,6 +124,7 @@ fn run(args: Args) -> Result<(), Error> {
         );
         return Ok(());
     }
+    log::info!("routerd {}", router_user::version::long());
     // Checked before anything is changed, like the configuration.
     if !router_user::paths::bpffs_mounted() {
         return Err(Error::NoBpffs(router_user::paths::BPFFS));
@@ -159,6 +162,16 @@ fn run(args: Args) -> Result<(), Error> {
         let mut int =
             signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
         let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::io("SIGHUP handler", e))?;
+        // Every router has started or is waiting, and the signals are handled: ready, for
+        // systemd (`Type=notify`), which may send SIGTERM as soon as it has read this.
+        let status = format!(
+            "READY=1\nSTATUS={} router(s) running, {} waiting",
+            node.running_count(),
+            node.waiting_count()
+        );
+        if let Err(e) = router_user::notify::notify(&status) {
+            log::warn!("routerd: telling systemd it is ready: {e}");
+        }
         let (jobs_tx, mut jobs) = mpsc::channel::<Job>(64);
         let server = tokio::spawn(socket.serve(jobs_tx));
         let waiting_gauge = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -198,6 +211,7 @@ fn run(args: Args) -> Result<(), Error> {
         let _ = server.await;
         Ok::<(), Error>(())
     })?;
+    let _ = router_user::notify::notify("STOPPING=1");
     node.stop();
     Ok(())
 }

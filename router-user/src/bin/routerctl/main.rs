@@ -28,7 +28,8 @@ use crate::output::{Failure, Format, Output};
 
 #[derive(Parser)]
 #[command(
-    version,
+    name = "routerctl",
+    version = router_user::version::long(),
     about = "eBPF fast path for Neutron-style routers: the command line",
     after_help = output::EXIT_CODES_HELP
 )]
@@ -95,6 +96,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    router_user::generate::exit_if_asked(<Cli as clap::CommandFactory>::command);
     let args = args::router_flag_as_positional(std::env::args_os().collect(), &Cli::command());
     let cli = Cli::parse_from(args);
     let output = Output {
