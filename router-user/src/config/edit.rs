@@ -34,7 +34,13 @@ impl DesiredState {
                 );
                 rendered
             }
-            None => rendered,
+            None => {
+                log::warn!(
+                    "desired state: the file on disk is not a desired state this edit can \
+                     read; writing the state whole (the file's comments are lost)"
+                );
+                rendered
+            }
         }
     }
 }
