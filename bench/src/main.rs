@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use rate::{FipConnectionResult, Path, RateResult, TcpResult};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Parser)]
 #[command(about = "benchmarks: per-packet cost, forwarding rate, floating-IP scale, control plane")]
@@ -31,13 +31,17 @@ struct Args {
     /// profile.md and profile.json to `--out`. `--only micro,rate,control` picks sections.
     #[arg(long)]
     profile: bool,
+    /// Instead of the benchmarks: rewrite README.md's figures block from the repository's
+    /// docs/benchmarks.json (a run that writes docs/ does it too).
+    #[arg(long)]
+    readme: bool,
     /// Where `--profile` keeps its perf.data files.
     #[arg(long, default_value = "target/profile")]
     perf_data: std::path::PathBuf,
 }
 
 /// Everything one run measured.
-#[derive(Serialize, Default)]
+#[derive(Serialize, Deserialize, Default)]
 pub struct Results {
     pub command: String,
     pub machine: String,
@@ -52,7 +56,7 @@ pub struct Results {
 }
 
 /// Forwarding while the maps change under it: every offered frame must arrive.
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct UpdateResult {
     pub path: String,
     pub floating_ips: usize,
@@ -65,7 +69,7 @@ pub struct UpdateResult {
     pub router_not_forwarded: u64,
 }
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct ControlResult {
     pub what: String,
     pub path: String,
@@ -92,6 +96,12 @@ impl Progress {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.readme {
+        let json = std::fs::read_to_string(report::repo().join("docs/benchmarks.json"))?;
+        report::update_readme(&serde_json::from_str(&json)?)?;
+        eprintln!("routerbench: wrote README.md's figures");
+        return Ok(());
+    }
     router_tests::require_root();
     run(args)
 }

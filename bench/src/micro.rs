@@ -146,7 +146,7 @@ use router_user::{
 };
 
 /// One measurement: the program `entry` on `scenario` with one table at `size`.
-#[derive(serde::Serialize, Clone, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct MicroResult {
     pub scenario: String,
     /// `"xdp"` or `"tc"`.

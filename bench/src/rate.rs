@@ -20,7 +20,7 @@ use router_tests::{
     routerd::{Routerd, fast_path_has_neighbor},
     topo::{Namespaces, ip, run, unique, veth},
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use bench::traffic::{Generator, Sink};
 
@@ -36,7 +36,7 @@ const QR: &str = "qr-bench";
 const SPARE: &str = "gen-spare0";
 const SPARE_PEER: &str = "gen-spare1";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Path {
     Ceiling,
@@ -56,7 +56,7 @@ impl Path {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RateResult {
     pub path: Path,
     pub frame_bytes: u32,
@@ -302,7 +302,7 @@ fn routerd_config(id: &str, ns: &str, mode: &str, fips: &[NeutronFloatingIp]) ->
 }
 
 /// TCP through a path: bulk throughput (iperf3) and new connections per second.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TcpResult {
     pub path: Path,
     /// iperf3, VM (as its floating IP) -> external host.
@@ -703,7 +703,7 @@ pub const CONNECTING_CLIENTS: usize = 4;
 const ACCEPTING_THREADS: usize = 2;
 
 /// New TCP connections per second to a floating IP, with this many configured.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FipConnectionResult {
     pub path: Path,
     pub floating_ips: usize,

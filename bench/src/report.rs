@@ -2,7 +2,7 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use crate::{Results, rate};
+use crate::{Results, rate, rate::RateResult};
 
 /// A line describing this machine.
 pub fn machine() -> String {
@@ -20,12 +20,18 @@ pub fn machine() -> String {
     format!("{cpus} CPUs ({model}), Linux {}", kernel.trim())
 }
 
+/// Writes benchmarks.json, benchmarks.md and the plots to `dir`; when `dir` is the
+/// repository's docs/, README.md's figures block too, so the README quotes this run.
 pub fn write(dir: &Path, results: &Results) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(
         dir.join("benchmarks.json"),
         serde_json::to_string_pretty(results)?,
     )?;
+    let docs = repo().join("docs").canonicalize();
+    if docs.is_ok() && dir.canonicalize().ok() == docs.ok() {
+        update_readme(results)?;
+    }
     let md = dir.join("benchmarks.md");
     let old = std::fs::read_to_string(&md).unwrap_or_default();
     std::fs::write(&md, markdown(results, &old))?;
@@ -410,8 +416,15 @@ pub fn svg_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -
     s
 }
 
-/// The issue's targets against this run's figures.
+/// The issue's targets against this run's figures, as the report's section.
 fn targets(s: &mut String, r: &Results) {
+    let _ = writeln!(s, "## Targets\n");
+    targets_table(s, r);
+    let _ = writeln!(s);
+}
+
+/// The targets table: each target, what was wanted, this run's value and whether it is met.
+fn targets_table(s: &mut String, r: &Results) {
     let micro = |scenario: &str, method: &str, dim: &str, size: u64| {
         r.micro
             .iter()
@@ -485,10 +498,7 @@ fn targets(s: &mut String, r: &Results) {
     row("10k floating IPs applied, ms", "<= 100", control, |v| {
         v <= 100.0
     });
-    let _ = writeln!(
-        s,
-        "## Targets\n\n| target | wanted | this run | met |\n|---|---|---|---|"
-    );
+    let _ = writeln!(s, "| target | wanted | this run | met |\n|---|---|---|---|");
     for (what, target, value, ok) in rows {
         let value = value.map_or("-".to_string(), |v| format!("{v:.2}"));
         let _ = writeln!(
@@ -497,7 +507,266 @@ fn targets(s: &mut String, r: &Results) {
             if ok { "yes" } else { "no" }
         );
     }
-    let _ = writeln!(s);
+}
+
+/// The first line of the README's figures block; the block ends at [`FIGURES_END`].
+pub const FIGURES_START: &str =
+    "<!-- figures: generated from docs/benchmarks.json by routerbench; do not edit -->";
+pub const FIGURES_END: &str = "<!-- /figures -->";
+
+/// The README's figures block (markers included): this run's targets and headline figures,
+/// the ones `docs/benchmarks.md` has in full.
+pub fn readme_figures(r: &Results) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{FIGURES_START}\nThe latest `cargo xtask bench` run, on {} (`docs/benchmarks.md` has \
+         every row; numbers move by 10-30% between runs on these machines, ratios less):\n",
+        r.machine
+    );
+    targets_table(&mut s, r);
+    let paths = [rate::Path::Xdp, rate::Path::Tc, rate::Path::Neutron];
+    let rate = |list: &[RateResult], path, flows, fips: Option<usize>| {
+        list.iter()
+            .find(|x| {
+                x.path == path
+                    && x.frame_bytes == 64
+                    && x.flows == flows
+                    && fips.is_none_or(|n| x.floating_ips == n)
+            })
+            .map(|x| x.delivered_pps)
+    };
+    let neutron = rate(&r.rate, rate::Path::Neutron, 1024, None);
+    let ceiling = rate(&r.rate, rate::Path::Ceiling, 1024, None);
+    let _ = writeln!(
+        s,
+        "\n| | fast path XDP | fast path TC | Neutron iptables |\n|---|---|---|---|"
+    );
+    let mut row = |what: String, cells: [String; 3]| {
+        let _ = writeln!(s, "| {what} | {} | {} | {} |", cells[0], cells[1], cells[2]);
+    };
+    row(
+        format!(
+            "64 B UDP to a floating IP, 1024 flows (generator and sink share the CPUs; veth \
+             ceiling {})",
+            or_dash(ceiling.map(|c| format!("{:.1} Mpps", c / 1e6)))
+        ),
+        paths.map(|p| {
+            let v = rate(&r.rate, p, 1024, None);
+            let ratio = match (p, v, neutron) {
+                (rate::Path::Neutron, ..) => String::new(),
+                (_, Some(v), Some(n)) if n > 0.0 => format!(" ({:.2}x)", v / n),
+                _ => String::new(),
+            };
+            or_dash(v.map(|v| format!("{:.2} Mpps{ratio}", v / 1e6)))
+        }),
+    );
+    row(
+        "the router programs' own time per frame under that load (kernel BPF statistics)".into(),
+        paths.map(|p| {
+            r.rate
+                .iter()
+                .find(|x| x.path == p && x.frame_bytes == 64 && x.flows == 1024)
+                .and_then(|x| x.router_program_ns)
+                .map_or(String::new(), |ns| format!("{ns:.0} ns"))
+        }),
+    );
+    row(
+        "same, 60,000 flows (a new connection per packet), 10,000 floating IPs".into(),
+        paths.map(|p| {
+            let v = rate(&r.scale, p, 60_000, Some(10_000));
+            or_dash(v.map(|v| format!("{:.3} Mpps", v / 1e6)))
+        }),
+    );
+    let tcp = |p: rate::Path| r.tcp.iter().find(|t| t.path == p);
+    row(
+        "iperf3 VM → external".into(),
+        paths.map(|p| or_dash(tcp(p).map(|t| format!("{:.1} Gbit/s", t.throughput_gbps)))),
+    );
+    row(
+        format!(
+            "new TCP connections/s through SNAT ({} clients connecting and closing in a loop)",
+            rate::CONNECTING_CLIENTS
+        ),
+        paths.map(|p| or_dash(tcp(p).map(|t| hundreds(t.snat_connections_per_sec)))),
+    );
+    let fip = |p: rate::Path, n: usize| {
+        r.floating_ip_connections
+            .iter()
+            .find(|c| c.path == p && c.floating_ips == n)
+            .map(|c| hundreds(c.connections_per_sec))
+    };
+    row(
+        "new TCP connections/s to a floating IP, 1 → 10,000 floating IPs".into(),
+        paths.map(|p| match (fip(p, 1), fip(p, 10_000)) {
+            (Some(a), Some(b)) => format!("{a} → {b}"),
+            _ => "-".into(),
+        }),
+    );
+    let updates = |p: rate::Path| {
+        r.updates
+            .iter()
+            .find(|u| u.path == p.name())
+            .map_or(String::new(), |u| {
+                let lost = (u.offered_pps - u.delivered_pps).max(0.0);
+                format!("{lost:.0} lost ({} applies)", u.applies)
+            })
+    };
+    if let Some(u) = r.updates.first() {
+        row(
+            format!(
+                "64 B frames lost while floating IPs are applied, {} configured",
+                thousands(u.floating_ips as f64)
+            ),
+            paths.map(|p| {
+                if p == rate::Path::Neutron {
+                    String::new()
+                } else {
+                    updates(p)
+                }
+            }),
+        );
+    }
+    let control = |what: &str| {
+        r.control
+            .iter()
+            .find(|c| c.what.contains(what))
+            .map(|c| c.millis)
+    };
+    let bulk = [
+        control("from none").map(|ms| format!("{ms:.0} ms (SIGHUP, parse included)")),
+        r.control
+            .iter()
+            .find(|c| c.what.contains("routerctl") && c.what.contains("from none"))
+            .map(|c| {
+                let command = c.what.split('`').nth(1).unwrap_or("routerctl");
+                format!(
+                    "{:.0} ms with `{command}` (command start to exit: API, validation, \
+                     fsync'd state file)",
+                    c.millis
+                )
+            }),
+    ];
+    let bulk: Vec<String> = bulk.into_iter().flatten().collect();
+    let iptables = r
+        .control
+        .iter()
+        .find(|c| c.what.contains("iptables-restore") && c.floating_ips == 10_000)
+        .map_or(String::new(), |c| {
+            format!("{:.0} ms (`iptables-restore`)", c.millis)
+        });
+    row(
+        "apply 10,000 floating IPs".into(),
+        [
+            or_dash(Some(bulk.join("; ")).filter(|b| !b.is_empty())),
+            String::new(),
+            iptables,
+        ],
+    );
+    let single = [
+        control("median").map(|ms| format!("{ms:.0} ms (median of the changes after the first)")),
+        control("adds one floating IP to")
+            .map(|ms| format!("the first change after a bulk apply {ms:.0} ms")),
+    ];
+    let single: Vec<String> = single.into_iter().flatten().collect();
+    row(
+        "one floating IP added or removed beside 10,000 (SIGHUP to applied)".into(),
+        [
+            or_dash(Some(single.join("; ")).filter(|b| !b.is_empty())),
+            String::new(),
+            String::new(),
+        ],
+    );
+    let ns = |scenario: &str, method: &str| {
+        r.micro
+            .iter()
+            .find(|m| {
+                m.scenario == scenario
+                    && m.entry == "xdp"
+                    && m.method == method
+                    && m.dimension == "routes"
+                    && m.size == 10
+            })
+            .map_or("-".to_string(), |m| format!("{:.0}", m.ns_per_packet))
+    };
+    if !r.micro.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nPer packet (BPF_PROG_TEST_RUN, XDP entry, 10 routes): route only {} ns repeated in \
+             the kernel (the floor of an XDP run: {} ns); as single runs (which include ~45-90 ns \
+             of per-run overhead): route only {}, floating IP in {}, established SNAT {}, \
+             steering {}, an established packet with the firewall on {}, a new flow through 10 \
+             firewall rules {}, a new SNAT session {} ns.",
+            ns("route_only", "repeat"),
+            ns("floor_arp_pass", "repeat"),
+            ns("route_only", "single-runs"),
+            ns("fip_in", "single-runs"),
+            ns("snat_established", "single-runs"),
+            ns("steering", "single-runs"),
+            ns("firewall_established", "single-runs"),
+            ns("firewall_new", "single-runs"),
+            ns("snat_new", "single-runs"),
+        );
+    }
+    s.push_str(FIGURES_END);
+    s.push('\n');
+    s
+}
+
+fn or_dash(cell: Option<String>) -> String {
+    cell.unwrap_or_else(|| "-".into())
+}
+
+/// A rate rounded to hundreds, with thousands separators: `32,300`.
+fn hundreds(v: f64) -> String {
+    thousands((v / 100.0).round() * 100.0)
+}
+
+/// An integer with thousands separators: `10,000`.
+fn thousands(v: f64) -> String {
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The repository this crate was built from (README.md and docs/ are there).
+pub fn repo() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Rewrites README.md's figures block from `results`.
+pub fn update_readme(results: &Results) -> anyhow::Result<()> {
+    let path = repo().join("README.md");
+    let readme = std::fs::read_to_string(&path)?;
+    let updated = with_figures(&readme, &readme_figures(results)).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} has no figures block ({FIGURES_START} ... {FIGURES_END})",
+            path.display()
+        )
+    })?;
+    if updated != readme {
+        std::fs::write(&path, updated)?;
+    }
+    Ok(())
+}
+
+/// `readme` with its figures block (from [`FIGURES_START`] to [`FIGURES_END`]) replaced by
+/// `block`; `None` when it has no such block.
+pub fn with_figures(readme: &str, block: &str) -> Option<String> {
+    let start = readme.find(FIGURES_START)?;
+    let end = readme[start..].find(FIGURES_END)? + start + FIGURES_END.len();
+    let end = if readme[end..].starts_with('\n') {
+        end + 1
+    } else {
+        end
+    };
+    Some(format!("{}{block}{}", &readme[..start], &readme[end..]))
 }
 
 /// `reason count, ...`, "none" when empty, "-" for the Neutron path (no router counters).
@@ -546,6 +815,39 @@ mod tests {
             assert_eq!(attr("y1"), attr("y") - 4.0, "{line}");
             assert_eq!(attr("y1"), attr("y2"), "{line}");
         }
+    }
+
+    /// README.md's figures block is what the renderer makes of docs/benchmarks.json (after a
+    /// benchmark run that wrote only docs/, or a hand edit, `routerbench --readme` fixes it).
+    #[test]
+    fn the_readme_quotes_the_latest_benchmarks() {
+        let json = std::fs::read_to_string(repo().join("docs/benchmarks.json"))
+            .expect("docs/benchmarks.json");
+        let results: Results = serde_json::from_str(&json).expect("docs/benchmarks.json parses");
+        let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+        let start = readme
+            .find(FIGURES_START)
+            .expect("README.md has a figures block");
+        let end = readme[start..]
+            .find(FIGURES_END)
+            .map(|e| start + e + FIGURES_END.len() + 1)
+            .expect("the figures block ends");
+        assert_eq!(
+            &readme[start..end.min(readme.len())],
+            readme_figures(&results),
+            "README.md's figures differ from docs/benchmarks.json: run `routerbench --readme`"
+        );
+    }
+
+    #[test]
+    fn the_figures_block_is_replaced_and_the_text_around_it_kept() {
+        let readme = format!("intro\n\n{FIGURES_START}\nold\n{FIGURES_END}\n\nafter\n");
+        let block = readme_figures(&Results::default());
+        assert_eq!(
+            with_figures(&readme, &block),
+            Some(format!("intro\n\n{block}\nafter\n"))
+        );
+        assert_eq!(with_figures("no block", &block), None);
     }
 
     #[test]

@@ -21,7 +21,10 @@ use router_tests::{
     topology::{Builder, Host},
     traffic::{ping, wait_for},
 };
-use router_user::api::{Client, Response};
+use router_user::{
+    api::{Client, Response},
+    config::DesiredState,
+};
 use serde_json::{Value, json};
 
 /// A directory removed with everything in it on drop.
@@ -47,6 +50,9 @@ struct Api {
     socket: PathBuf,
     config: PathBuf,
     router: String,
+    /// Lines the test wrote into the file, in parts its edits leave alone: every edit must
+    /// keep them as they are.
+    comments: Vec<&'static str>,
 }
 
 impl Api {
@@ -160,9 +166,22 @@ impl Api {
         doc["items"].clone()
     }
 
+    /// The file holds the state routerd runs (the same state; its text is the operator's
+    /// file edited where the state changed, so it keeps the comments written into it).
     fn assert_persisted(&self) {
         let file = String::from_utf8(self.file()).expect("UTF-8");
-        assert_eq!(file, self.state(), "the file is not the state routerd runs");
+        let state = self.state();
+        assert_eq!(
+            DesiredState::parse(&file).expect("the file is a valid desired state"),
+            DesiredState::parse(&state).expect("show_state is a valid desired state"),
+            "the file is not the state routerd runs:\n{file}\nrouterd runs:\n{state}"
+        );
+        for comment in &self.comments {
+            assert!(
+                file.contains(comment),
+                "an API edit dropped {comment:?} from the file:\n{file}"
+            );
+        }
         let out = Command::new(routerd_path())
             .args(["--check", "-c"])
             .arg(&self.config)
@@ -282,7 +301,7 @@ fn api_edits_are_checked_persisted_and_applied() {
     std::fs::write(
         &config,
         format!(
-            r#"# written by the test; routerd rewrites it on the first change
+            r#"# written by the test; API edits keep this comment
 [[router]]
 id = "{tag}"
 namespace = "{router_ns}"
@@ -298,7 +317,7 @@ name = "qr-a"
 address = "10.0.1.1/24"
 
 [[router.interface]]
-name = "qr-b"
+name = "qr-b"                 # no API edit touches this interface
 address = "10.0.2.1/24"
 
 [[router.interface]]
@@ -329,6 +348,10 @@ table = "vfw"
         socket: socket.clone(),
         config: config.clone(),
         router: tag.clone(),
+        comments: vec![
+            "# written by the test; API edits keep this comment\n",
+            "name = \"qr-b\"                 # no API edit touches this interface\n",
+        ],
     };
     let r = tag.as_str();
 
@@ -1030,6 +1053,7 @@ fn neutron_router_and_floating_ip_verbs() {
         socket: socket.clone(),
         config: config.clone(),
         router: tag.clone(),
+        comments: Vec::new(),
     };
     let r = tag.as_str();
     let pins = router_user::paths::router_pin_dir(r);
@@ -1689,6 +1713,7 @@ address = "10.0.7.1/24"
         socket: socket.clone(),
         config: config.clone(),
         router: r1.clone(),
+        comments: Vec::new(),
     };
     let running: Vec<Value> = api
         .query(json!({"op": "router_list"}))

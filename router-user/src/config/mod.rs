@@ -12,7 +12,9 @@
 //!   edit get the same message for the same content;
 //! - [`policy`]: routing tables, policy rules (`ip rule`) and firewall steering;
 //! - [`firewall`]: the stateful firewall (FWaaS);
-//! - [`render`]: the state written back as TOML ([`DesiredState::to_toml`]).
+//! - [`render`]: the state written back as TOML ([`DesiredState::to_toml`]);
+//! - [`edit`]: the state written over the operator's file, changing only what changed
+//!   ([`DesiredState::to_toml_over`]).
 //!
 //! `docs/configuration.md` is the operator's reference of the file.
 
@@ -23,6 +25,7 @@ use router_common::TABLE_MAIN;
 use crate::error::{ConfigError, Error};
 
 mod check;
+mod edit;
 mod file;
 mod firewall;
 mod policy;

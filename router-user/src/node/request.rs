@@ -1,5 +1,5 @@
-//! An API request against the node: queries are answered, edits are checked, persisted and
-//! applied, or rolled back (state file and routers) when applying fails.
+//! An API request against the node: queries are answered, edits are checked, persisted (the
+//! file edited where the state changed, its comments kept) and applied, or rolled back (state file and routers) when applying fails.
 
 use std::time::Instant;
 
@@ -12,7 +12,8 @@ use crate::{
 impl NodeController {
     /// Serves one API request. A query is answered from the desired state and the running
     /// routers. An edit is planned against the desired state (an invalid one is refused
-    /// with nothing changed), written to `file` atomically, and applied all or nothing
+    /// with nothing changed), written to `file` atomically (only what changed is rewritten:
+    /// [`crate::config::DesiredState::to_toml_over`]), and applied all or nothing
     /// ([`NodeController::apply`]); if applying fails, the file is put back first (a crash
     /// from then on restarts with the previous state), then the routers, and the response
     /// says what failed and whether the previous state is whole again.
@@ -45,7 +46,13 @@ impl NodeController {
         let changed = api::changed_routers(&self.desired, &new);
         // The file as it is, to put back byte for byte if applying fails.
         let previous_file = file.read();
-        if let Err(e) = file.write(new.to_toml().as_bytes()) {
+        // The file is edited where the state changed, keeping the operator's comments and
+        // order; a file that cannot be read back is written whole.
+        let text = match previous_file.as_deref().map(std::str::from_utf8) {
+            Ok(Ok(existing)) => new.to_toml_over(existing),
+            _ => new.to_toml(),
+        };
+        if let Err(e) = file.write(text.as_bytes()) {
             log::error!("routerd: API {op}: {e}; nothing changed");
             return Response::failure(ApiError::new(
                 ErrorCode::Internal,

@@ -2,6 +2,7 @@
 
 use super::{file::parse_prefix_or_addr, *};
 
+mod edit;
 mod invalid;
 mod validate;
 
