@@ -156,10 +156,18 @@ fn merge_item(have: &mut Item, want: &Item) {
 /// elements with the same first key are edited, the others are the rendered ones.
 fn merge_array(have: &mut ArrayOfTables, want: &ArrayOfTables) {
     let mut pool: Vec<Option<Table>> = std::mem::take(have).into_iter().map(Some).collect();
-    for w in want.iter() {
-        let equal = pool
-            .iter()
-            .position(|t| t.as_ref().is_some_and(|t| same_table(t, w)));
+    for (index, w) in want.iter().enumerate() {
+        // Most elements keep their place: the one at the same position is tried first, so
+        // a list of thousands (floating IPs) is matched in one pass, not one per element.
+        let in_place = pool
+            .get(index)
+            .and_then(Option::as_ref)
+            .is_some_and(|t| same_table(t, w))
+            .then_some(index);
+        let equal = in_place.or_else(|| {
+            pool.iter()
+                .position(|t| t.as_ref().is_some_and(|t| same_table(t, w)))
+        });
         let table = match equal.and_then(|i| pool[i].take()) {
             Some(t) => t,
             None => {
