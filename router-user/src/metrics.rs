@@ -16,11 +16,10 @@ use std::{
     time::Duration,
 };
 
+use http_body_util::Full;
+use hyper::{StatusCode, body::Bytes};
 use router_common::fw_flags;
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-};
+use tokio::net::TcpListener;
 
 use crate::{
     error::Error,
@@ -430,14 +429,29 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
     TcpListener::from_std(listener).map_err(|e| Error::io(what(), e))
 }
 
-/// Serves `GET /metrics` until aborted, one task per connection; each scrape collects
-/// afresh (on a blocking thread) the routers of `config`'s routerd. `waiting`: how many
-/// routers wait to start, as routerd keeps it.
+/// Serves `GET /metrics` over HTTP/1.1 until aborted, one task per connection (one request
+/// each: the connection closes after the answer); each scrape collects afresh (on a blocking
+/// thread) the routers of `config`'s routerd. `waiting`: how many routers wait to start, as
+/// routerd keeps it.
 pub async fn serve(listener: TcpListener, config: Option<PathBuf>, waiting: Arc<AtomicU64>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, config.clone(), waiting.clone()));
+                let (config, waiting) = (config.clone(), waiting.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        answer(request, config.clone(), waiting.clone())
+                    });
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(false)
+                        .title_case_headers(true)
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    match tokio::time::timeout(CONNECTION_TIME, connection).await {
+                        Ok(Err(e)) => log::debug!("metrics: connection: {e}"),
+                        Err(_) => log::debug!("metrics: connection timed out"),
+                        Ok(Ok(())) => {}
+                    }
+                });
             }
             Err(e) => {
                 log::warn!("metrics: accept: {e}");
@@ -447,91 +461,73 @@ pub async fn serve(listener: TcpListener, config: Option<PathBuf>, waiting: Arc<
     }
 }
 
-/// Largest request head accepted.
-const MAX_HEAD: usize = 8192;
+/// How long one connection may take, request and answer.
+const CONNECTION_TIME: Duration = Duration::from_secs(30);
 
-/// One request, one response, then the connection closes.
-async fn connection(mut stream: TcpStream, config: Option<PathBuf>, waiting: Arc<AtomicU64>) {
-    let head = match tokio::time::timeout(Duration::from_secs(5), read_head(&mut stream)).await {
-        Ok(Some(head)) => head,
-        _ => return,
-    };
-    const PLAIN: &str = "text/plain; charset=utf-8";
-    let (status, content_type, body) = match parse_request_line(&head) {
-        Err(status) => (status, PLAIN, format!("{status}\n")),
-        Ok((method, path)) => match (method, path) {
-            (_, p) if p != "/metrics" && p != "/" => {
-                ("404 Not Found", PLAIN, "see /metrics\n".into())
-            }
-            ("GET" | "HEAD", "/") => ("200 OK", PLAIN, "routerd: metrics at /metrics\n".into()),
-            ("GET" | "HEAD", _) => {
-                let waiting = waiting.load(Ordering::Relaxed);
-                let page = tokio::task::spawn_blocking(move || {
-                    render(&Snapshot {
-                        waiting,
-                        ..collect(config.as_deref())
-                    })
+/// The answer to one request: the page at `/metrics` (GET or HEAD), a pointer at `/`.
+async fn answer<B>(
+    request: hyper::Request<B>,
+    config: Option<PathBuf>,
+    waiting: Arc<AtomicU64>,
+) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
+    let (status, content_type, body) = match route(request.method(), request.uri().path()) {
+        Route::Metrics => {
+            let waiting = waiting.load(Ordering::Relaxed);
+            let page = tokio::task::spawn_blocking(move || {
+                render(&Snapshot {
+                    waiting,
+                    ..collect(config.as_deref())
                 })
-                .await
-                .unwrap_or_else(|e| {
-                    log::error!("metrics: collection failed: {e}");
-                    String::new()
-                });
-                ("200 OK", CONTENT_TYPE, page)
-            }
-            _ => ("405 Method Not Allowed", PLAIN, "GET or HEAD\n".into()),
-        },
+            })
+            .await
+            .unwrap_or_else(|e| {
+                log::error!("metrics: collection failed: {e}");
+                String::new()
+            });
+            (StatusCode::OK, CONTENT_TYPE, page)
+        }
+        Route::Index => (
+            StatusCode::OK,
+            PLAIN,
+            "routerd: metrics at /metrics\n".into(),
+        ),
+        Route::NotFound => (StatusCode::NOT_FOUND, PLAIN, "see /metrics\n".into()),
+        Route::WrongMethod => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            PLAIN,
+            "GET or HEAD\n".into(),
+        ),
     };
-    let head_only = head.starts_with("HEAD ");
-    let mut response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    if status.starts_with("405") {
-        response.push_str("Allow: GET, HEAD\r\n");
+    let mut response = hyper::Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, content_type);
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        response = response.header(hyper::header::ALLOW, "GET, HEAD");
     }
-    response.push_str("\r\n");
-    if !head_only {
-        response.push_str(&body);
-    }
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    Ok(response
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new()))))
 }
 
-/// The request head (up to the empty line), or `None` if the peer closed or sent too much.
-async fn read_head(stream: &mut TcpStream) -> Option<String> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            // A request line without the empty line still gets an answer.
-            return (!buf.is_empty()).then(|| String::from_utf8_lossy(&buf).into_owned());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n") {
-            return Some(String::from_utf8_lossy(&buf).into_owned());
-        }
-        if buf.len() > MAX_HEAD {
-            return None;
-        }
-    }
+const PLAIN: &str = "text/plain; charset=utf-8";
+
+/// What a request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Metrics,
+    Index,
+    NotFound,
+    WrongMethod,
 }
 
-/// (method, path without the query) of an HTTP/1.x request line.
-pub fn parse_request_line(head: &str) -> Result<(&str, &str), &'static str> {
-    let line = head.lines().next().unwrap_or_default().trim_end();
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err("400 Bad Request");
-    };
-    if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
-        return Err("400 Bad Request");
+fn route(method: &hyper::Method, path: &str) -> Route {
+    let readable = *method == hyper::Method::GET || *method == hyper::Method::HEAD;
+    match (path, readable) {
+        ("/metrics" | "/", false) => Route::WrongMethod,
+        ("/metrics", true) => Route::Metrics,
+        ("/", true) => Route::Index,
+        _ => Route::NotFound,
     }
-    let path = target.split('?').next().unwrap_or(target);
-    Ok((method, path))
 }
 
 #[cfg(test)]
@@ -722,18 +718,27 @@ mod tests {
     }
 
     #[test]
-    fn request_lines_are_parsed_strictly() {
-        assert_eq!(
-            parse_request_line("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Ok(("GET", "/metrics"))
-        );
-        assert_eq!(
-            parse_request_line("GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
-            Ok(("GET", "/metrics"))
-        );
-        assert!(parse_request_line("GET /metrics\r\n\r\n").is_err());
-        assert!(parse_request_line("GET metrics HTTP/1.1\r\n\r\n").is_err());
-        assert!(parse_request_line("GET /metrics SPDY/3\r\n\r\n").is_err());
-        assert!(parse_request_line("").is_err());
+    fn requests_are_routed_by_method_and_path() {
+        use hyper::Method;
+        assert_eq!(route(&Method::GET, "/metrics"), Route::Metrics);
+        assert_eq!(route(&Method::HEAD, "/metrics"), Route::Metrics);
+        assert_eq!(route(&Method::GET, "/"), Route::Index);
+        assert_eq!(route(&Method::POST, "/metrics"), Route::WrongMethod);
+        assert_eq!(route(&Method::GET, "/nope"), Route::NotFound);
+        assert_eq!(route(&Method::POST, "/nope"), Route::NotFound);
+    }
+
+    #[tokio::test]
+    async fn a_refused_method_is_told_what_is_allowed() {
+        let request = hyper::Request::builder()
+            .method("POST")
+            .uri("/metrics")
+            .body(())
+            .expect("request");
+        let response = answer(request, None, Arc::new(AtomicU64::new(0)))
+            .await
+            .expect("an answer");
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()["allow"], "GET, HEAD");
     }
 }
