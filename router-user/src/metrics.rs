@@ -68,7 +68,7 @@ pub struct Snapshot {
 /// of that desired-state file (the caller's own routers).
 pub fn collect(config: Option<&Path>) -> Snapshot {
     let mut routers = running_routers().unwrap_or_else(|e| {
-        log::warn!("metrics: listing the running routers: {e}");
+        tracing::warn!("metrics: listing the running routers: {e}");
         Vec::new()
     });
     if let Some(config) = config {
@@ -80,7 +80,7 @@ pub fn collect(config: Option<&Path>) -> Snapshot {
         match collect_router(info) {
             Ok(m) => snapshot.routers.push(m),
             Err(e) => {
-                log::warn!("metrics: router {}: {e}", info.router);
+                tracing::warn!("metrics: router {}: {e}", info.router);
                 snapshot.errors += 1;
             }
         }
@@ -447,14 +447,14 @@ pub async fn serve(listener: TcpListener, config: Option<PathBuf>, waiting: Arc<
                         .title_case_headers(true)
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
                     match tokio::time::timeout(CONNECTION_TIME, connection).await {
-                        Ok(Err(e)) => log::debug!("metrics: connection: {e}"),
-                        Err(_) => log::debug!("metrics: connection timed out"),
+                        Ok(Err(e)) => tracing::debug!("metrics: connection: {e}"),
+                        Err(_) => tracing::debug!("metrics: connection timed out"),
                         Ok(Ok(())) => {}
                     }
                 });
             }
             Err(e) => {
-                log::warn!("metrics: accept: {e}");
+                tracing::warn!("metrics: accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -481,7 +481,7 @@ async fn answer<B>(
             })
             .await
             .unwrap_or_else(|e| {
-                log::error!("metrics: collection failed: {e}");
+                tracing::error!("metrics: collection failed: {e}");
                 String::new()
             });
             (StatusCode::OK, CONTENT_TYPE, page)

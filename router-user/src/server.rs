@@ -72,7 +72,7 @@ impl ApiSocket {
                     ));
                 }
                 Err(e) => {
-                    log::info!(
+                    tracing::info!(
                         "routerd: replacing the stale socket {} ({e})",
                         path.display()
                     );
@@ -113,7 +113,7 @@ impl ApiSocket {
                     tokio::spawn(connection(stream, refusal, jobs.clone()));
                 }
                 Err(e) => {
-                    log::warn!("routerd: API accept: {e}");
+                    tracing::warn!("routerd: API accept: {e}");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
             }
@@ -179,7 +179,7 @@ fn shutting_down() -> api::ApiError {
 async fn connection(stream: UnixStream, refusal: Option<String>, jobs: mpsc::Sender<Job>) {
     let (read, mut write) = stream.into_split();
     if let Some(why) = refusal {
-        log::warn!("routerd: API connection refused: {why}");
+        tracing::warn!("routerd: API connection refused: {why}");
         let _ = write
             .write_all(
                 Response::failure(api::ApiError::new(api::ErrorCode::Forbidden, why))
@@ -201,7 +201,7 @@ async fn connection(stream: UnixStream, refusal: Option<String>, jobs: mpsc::Sen
         {
             Ok(n) => n,
             Err(e) => {
-                log::debug!("routerd: API connection: {e}");
+                tracing::debug!("routerd: API connection: {e}");
                 return;
             }
         };

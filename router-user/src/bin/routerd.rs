@@ -34,7 +34,8 @@ use tokio::sync::mpsc;
 #[command(
     name = "routerd",
     version = router_user::version::long(),
-    about = "eBPF fast path for Neutron-style routers: the daemon"
+    about = "eBPF fast path for Neutron-style routers: the daemon",
+    after_help = LOGS_HELP
 )]
 struct Args {
     /// Desired state (TOML).
@@ -58,13 +59,51 @@ struct Args {
     /// (docs/observability.md). Off unless given.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<std::net::SocketAddr>,
+    /// How log lines are written to stderr: `text` (time, level, target, the router's span,
+    /// message) or `json` (one object a line).
+    #[arg(long, value_enum, env = "ROUTERD_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+const LOGS_HELP: &str = "\
+Logs go to stderr. RUST_LOG filters them (default: info), e.g. RUST_LOG=debug,
+RUST_LOG=router_user=debug, RUST_LOG=info,router_user::router=debug. A line about one
+router carries it as the field `router` (text: `router{router=r1}:`; JSON: `span.router`).";
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Writes log lines to stderr in `format`, filtered by RUST_LOG (default `info`). Records
+/// of the `log` crate (aya's) come out through the same subscriber.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    // `try_init` also installs the `log` bridge; it fails only if a subscriber is already
+    // set, which nothing else in routerd does.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     router_user::generate::exit_if_asked(<Args as clap::CommandFactory>::command);
     let args = Args::parse();
+    init_logs(args.log_format);
     if let Some(problem) = teardown_usage(&args) {
         // A usage error, as clap's (exit code 2).
         eprintln!("routerd: {problem}");
@@ -73,7 +112,7 @@ fn main() -> std::process::ExitCode {
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
+            tracing::error!("{e}");
             eprintln!("routerd: {e}");
             std::process::ExitCode::FAILURE
         }
@@ -124,7 +163,7 @@ fn run(args: Args) -> Result<(), Error> {
         );
         return Ok(());
     }
-    log::info!("routerd {}", router_user::version::long());
+    tracing::info!("routerd {}", router_user::version::long());
     // Checked before anything is changed, like the configuration.
     if !router_user::paths::bpffs_mounted() {
         return Err(Error::NoBpffs(router_user::paths::BPFFS));
@@ -143,14 +182,14 @@ fn run(args: Args) -> Result<(), Error> {
         Some(addr) => {
             let _guard = runtime.enter();
             let listener = router_user::metrics::bind(addr)?;
-            log::info!("routerd: metrics on http://{addr}/metrics");
+            tracing::info!("routerd: metrics on http://{addr}/metrics");
             Some(listener)
         }
         None => None,
     };
     raise_file_limit();
     let mut node = NodeController::start(state, file.path(), node::default_parallelism());
-    log::info!(
+    tracing::info!(
         "routerd: {} router(s) running; API on {}",
         node.running_count(),
         args.socket.display()
@@ -170,7 +209,7 @@ fn run(args: Args) -> Result<(), Error> {
             node.waiting_count()
         );
         if let Err(e) = router_user::notify::notify(&status) {
-            log::warn!("routerd: telling systemd it is ready: {e}");
+            tracing::warn!("routerd: telling systemd it is ready: {e}");
         }
         let (jobs_tx, mut jobs) = mpsc::channel::<Job>(64);
         let server = tokio::spawn(socket.serve(jobs_tx));
@@ -188,13 +227,13 @@ fn run(args: Args) -> Result<(), Error> {
             let waiting = node.waiting_count();
             waiting_gauge.store(waiting as u64, std::sync::atomic::Ordering::Relaxed);
             tokio::select! {
-                _ = term.recv() => { log::info!("routerd: SIGTERM; the fast paths keep running"); break }
-                _ = int.recv() => { log::info!("routerd: SIGINT; the fast paths keep running"); break }
+                _ = term.recv() => { tracing::info!("routerd: SIGTERM; the fast paths keep running"); break }
+                _ = int.recv() => { tracing::info!("routerd: SIGINT; the fast paths keep running"); break }
                 _ = hup.recv() => match (Instant::now(), file.load()) {
                     (started, Ok(new)) => {
                         let _ = node.reload(new, started).await;
                     }
-                    (_, Err(e)) => log::error!("routerd: SIGHUP: {e}; nothing changed"),
+                    (_, Err(e)) => tracing::error!("routerd: SIGHUP: {e}; nothing changed"),
                 },
                 Some(job) = jobs.recv() => {
                     let response = node.handle(&job.request, &file).await;
@@ -244,11 +283,11 @@ fn raise_file_limit() {
             if setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted.max(hard)).is_err()
                 && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
             {
-                log::warn!("routerd: raising the open-file limit from {soft}: {e}");
+                tracing::warn!("routerd: raising the open-file limit from {soft}: {e}");
             }
         }
         Ok(_) => {}
-        Err(e) => log::warn!("routerd: reading the open-file limit: {e}"),
+        Err(e) => tracing::warn!("routerd: reading the open-file limit: {e}"),
     }
 }
 

@@ -28,14 +28,14 @@ impl DesiredState {
         match merge(existing, &rendered, self) {
             Some(text) if DesiredState::parse(&text).as_ref() == Ok(self) => text,
             Some(_) => {
-                log::warn!(
+                tracing::warn!(
                     "desired state: the edited file does not read back as the new state; \
                      writing the state whole (the file's comments are lost)"
                 );
                 rendered
             }
             None => {
-                log::warn!(
+                tracing::warn!(
                     "desired state: the file on disk is not a desired state this edit can \
                      read; writing the state whole (the file's comments are lost)"
                 );

@@ -55,7 +55,7 @@ impl Datapath {
                 for e in entries.flatten() {
                     let file = e.file_name().to_string_lossy().to_string();
                     if !wanted.contains(&file) {
-                        log::info!("router {}: removing stale link pin {file}", self.router);
+                        tracing::info!("router {}: removing stale link pin {file}", self.router);
                         remove_pin(&e.path())?;
                     }
                 }
@@ -100,7 +100,7 @@ impl Datapath {
                     return Ok((None, true));
                 }
                 None => {
-                    log::info!(
+                    tracing::info!(
                         "router {router}: pinned XDP link of {name} is gone; attaching anew"
                     );
                     remove_pin(path)?;
@@ -144,7 +144,9 @@ impl Datapath {
                     return Ok((None, true));
                 }
                 None => {
-                    log::info!("router {router}: pinned TC link of {name} is gone; attaching anew");
+                    tracing::info!(
+                        "router {router}: pinned TC link of {name} is gone; attaching anew"
+                    );
                     remove_pin(path)?;
                 }
             }

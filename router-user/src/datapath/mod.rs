@@ -183,7 +183,7 @@ impl Datapath {
         let adopt = dir.join(map_names::NAT_CONFIG).exists()
             && recorded.as_ref().is_some_and(|r| r.same_datapath(owner));
         if !adopt && dir.exists() {
-            log::info!("router {router}: removing pins of another owner ({recorded:?})");
+            tracing::info!("router {router}: removing pins of another owner ({recorded:?})");
             teardown(router)?;
         }
         std::fs::create_dir_all(links_dir(router))
@@ -589,7 +589,9 @@ fn load_retrying_eagain(
             {
                 tries += 1;
                 LOADS_INTERRUPTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                log::info!("loading a program: interrupted by a signal (EAGAIN), loading again");
+                tracing::info!(
+                    "loading a program: interrupted by a signal (EAGAIN), loading again"
+                );
             }
             other => return other,
         }

@@ -302,7 +302,7 @@ fn retry_short_of_memory(mut write: impl FnMut() -> Result<(), MapError>) -> Res
             }
             other => {
                 if tries > 0 {
-                    log::info!(
+                    tracing::info!(
                         "a per-CPU map write needed {tries} retries (kernel short of per-CPU memory)"
                     );
                 }

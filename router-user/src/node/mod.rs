@@ -53,6 +53,7 @@ mod state_file;
 mod waiting;
 
 pub use state_file::StateFile;
+use tracing::Instrument;
 use waiting::Waiting;
 pub use waiting::{RETRY_FIRST, RETRY_LONGEST, RETRY_TICK, retry_delay};
 
@@ -165,7 +166,7 @@ impl NodeController {
             &mut node.running,
             &mut node.waiting,
         );
-        log::info!(
+        tracing::info!(
             "routerd: {} router(s) started in {} ms; {} waiting",
             node.running.len(),
             started.elapsed().as_millis(),
@@ -173,9 +174,10 @@ impl NodeController {
         );
         for id in datapath::pinned_routers_of(owner) {
             if node.desired.router(&id).is_none() {
-                log::info!("routerd: router {id} is pinned but not desired: removing it");
+                let _router = crate::router::span(&id).entered();
+                tracing::info!("routerd: router {id} is pinned but not desired: removing it");
                 if let Err(e) = datapath::teardown(&id) {
-                    log::error!("routerd: removing router {id}: {e}");
+                    tracing::error!("routerd: removing router {id}: {e}");
                 }
             }
         }
@@ -320,23 +322,29 @@ impl NodeController {
             .into_iter()
             .zip(diff.steps)
         {
+            // Each step's events carry the router it is about (see `crate::router::span`); the
+            // span is entered only around code that does not await.
+            let span = crate::router::span(&router.desired.id);
             match step {
                 Step::Remove => {
-                    log::info!("routerd: router {} removed", router.desired.id);
+                    let _router = span.enter();
+                    tracing::info!("routerd: router {} removed", router.desired.id);
                     router.remove();
                 }
                 Step::Keep => {
-                    log::info!(
+                    let _router = span.enter();
+                    tracing::info!(
                         "routerd: router {} unchanged, nothing written",
                         router.desired.id
                     );
                     kept.push(router);
                 }
                 Step::ApplyLive(wanted) => {
-                    match router.apply(wanted).await {
+                    match router.apply(wanted).instrument(span.clone()).await {
                         Ok(w) => outcome.writes += w,
                         Err(e) => {
-                            log::error!("routerd: {e}");
+                            let _router = span.enter();
+                            tracing::error!("routerd: {e}");
                             outcome.failures.push(e.to_string());
                             outcome.failed_live.push(router.desired.id.clone());
                         }
@@ -344,7 +352,8 @@ impl NodeController {
                     kept.push(router);
                 }
                 Step::Restart(wanted) => {
-                    log::info!(
+                    let _router = span.enter();
+                    tracing::info!(
                         "routerd: router {} restarts for its new interfaces",
                         wanted.id
                     );
@@ -357,7 +366,7 @@ impl NodeController {
                             kept.push(r);
                         }
                         Err(e) => {
-                            log::error!("routerd: {e}; restoring the previous state");
+                            tracing::error!("routerd: {e}; restoring the previous state");
                             outcome.failures.push(e.to_string());
                             match RunningRouter::start(old) {
                                 Ok(r) => kept.push(r),
@@ -394,7 +403,7 @@ impl NodeController {
             }
         }
         self.running = kept;
-        log::info!(
+        tracing::info!(
             "routerd: reloaded in {} us; {} router(s) running",
             since.elapsed().as_micros(),
             self.running.len()
@@ -417,7 +426,8 @@ fn start_routers(
         match result {
             Ok(r) => {
                 if let Some(attempts) = waiting.started(&router.id) {
-                    log::info!(
+                    let _router = crate::router::span(&router.id).entered();
+                    tracing::info!(
                         "routerd: router {} started after {attempts} failed attempt(s)",
                         router.id
                     );
@@ -426,6 +436,7 @@ fn start_routers(
             }
             Err(e) => {
                 failed.push((i, e.to_string()));
+                let _router = crate::router::span(&router.id).entered();
                 waiting.failed(router, &e, Instant::now());
             }
         }

@@ -26,7 +26,7 @@ impl NodeController {
             Ok(plan) => plan,
             Err(e) => {
                 if request.is_mutation() {
-                    log::warn!("routerd: API {op}: rejected: {e}");
+                    tracing::warn!("routerd: API {op}: rejected: {e}");
                 }
                 return Response::failure(e);
             }
@@ -34,13 +34,13 @@ impl NodeController {
         let new = match plan {
             Plan::Answer(value) => return Response::success(value),
             Plan::Unchanged => {
-                log::info!("routerd: API {op}: already so, nothing written");
+                tracing::info!("routerd: API {op}: already so, nothing written");
                 return Response::success(change_result(Vec::new(), true, Writes::default()));
             }
             Plan::Change(new) => new,
         };
         if let Err(e) = api::preflight(&self.desired, &new) {
-            log::warn!("routerd: API {op}: rejected: {e}");
+            tracing::warn!("routerd: API {op}: rejected: {e}");
             return Response::failure(e);
         }
         let changed = api::changed_routers(&self.desired, &new);
@@ -53,20 +53,20 @@ impl NodeController {
             _ => new.to_toml(),
         };
         if let Err(e) = file.write(text.as_bytes()) {
-            log::error!("routerd: API {op}: {e}; nothing changed");
+            tracing::error!("routerd: API {op}: {e}; nothing changed");
             return Response::failure(ApiError::new(
                 ErrorCode::Internal,
                 format!("{e}; nothing changed"),
             ));
         }
         let path = file.path().display();
-        log::info!(
+        tracing::info!(
             "routerd: API {op}: {path} written, applying (routers {})",
             changed.join(", ")
         );
         let failed = match self.apply(new, started).await {
             Ok(writes) => {
-                log::info!(
+                tracing::info!(
                     "routerd: API {op}: applied; {} map and {} kernel writes",
                     writes.map,
                     writes.kernel
@@ -76,7 +76,7 @@ impl NodeController {
             Err(failed) => failed,
         };
         let failures = failed.failures.join("; ");
-        log::error!(
+        tracing::error!(
             "routerd: API {op}: applying failed ({failures}); restoring the previous state"
         );
         let mut problems = Vec::new();
@@ -89,7 +89,7 @@ impl NodeController {
         }
         problems.extend(self.roll_back(failed).await);
         if problems.is_empty() {
-            log::info!("routerd: API {op}: previous state restored");
+            tracing::info!("routerd: API {op}: previous state restored");
             Response::failure(ApiError::new(
                 ErrorCode::ApplyFailed,
                 format!(
@@ -98,7 +98,7 @@ impl NodeController {
             ))
         } else {
             let problems = problems.join("; ");
-            log::error!("routerd: API {op}: restoring the previous state: {problems}");
+            tracing::error!("routerd: API {op}: restoring the previous state: {problems}");
             Response::failure(ApiError::new(
                 ErrorCode::RestoreFailed,
                 format!("{failures}; restoring the previous state failed too: {problems}"),

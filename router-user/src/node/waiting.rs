@@ -64,7 +64,7 @@ impl Waiting {
         };
         let delay = retry_delay(attempts);
         // The error names the router.
-        log::error!(
+        tracing::error!(
             "routerd: {error}; the router did not start and waits, tried again in {} s",
             delay.as_secs()
         );

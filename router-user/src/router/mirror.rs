@@ -83,7 +83,7 @@ impl RouterState {
         }
         let writes = self.datapath.routes().sync(&wanted)?;
         if writes > 0 {
-            log::debug!("router {}: {writes} route writes", self.id);
+            tracing::debug!("router {}: {writes} route writes", self.id);
         }
         let neighbors = netlink::neighbor_entries(handle)
             .await
@@ -131,7 +131,7 @@ impl RouterState {
                 Some(change) = changes.recv() => {
                     let result = self.reconfigure(handle, change.router).await;
                     if let Err(e) = &result {
-                        log::error!("router {}: applying the new desired state: {e}", self.id);
+                        tracing::error!("router {}: applying the new desired state: {e}", self.id);
                     }
                     let _ = change.done.send(result);
                 }
@@ -141,12 +141,12 @@ impl RouterState {
                 }
                 _ = gc.tick() => {
                     if let Err(e) = self.collect_garbage() {
-                        log::warn!("router {}: session gc: {e}", self.id);
+                        tracing::warn!("router {}: session gc: {e}", self.id);
                     }
                 }
                 event = events.next() => {
                     let Some((msg, _)) = event else {
-                        log::warn!("router {}: rtnetlink event stream ended; resubscribing", self.id);
+                        tracing::warn!("router {}: rtnetlink event stream ended; resubscribing", self.id);
                         return Box::pin(self.mirror(handle, stop, changes)).await;
                     };
                     match msg.payload {
@@ -157,7 +157,7 @@ impl RouterState {
                         NetlinkPayload::InnerMessage(_) => dirty = true,
                         // An overrun (ENOBUFS) loses events: read everything again.
                         NetlinkPayload::Error(_) | NetlinkPayload::Overrun(_) => {
-                            log::warn!(
+                            tracing::warn!(
                                 "router {}: netlink events lost (overrun); reading everything again",
                                 self.id
                             );
@@ -211,7 +211,7 @@ impl RouterState {
                 .map_err(nl(format!("looking up {name}")))?;
             let Some(link) = link else {
                 if self.missing.insert(name.clone()) {
-                    log::warn!(
+                    tracing::warn!(
                         "router {}: interface {name} is gone; waiting for it to come back",
                         self.id
                     );
@@ -224,7 +224,7 @@ impl RouterState {
                 .find(|(_, p)| p.name == *name)
                 .map(|(i, _)| *i);
             if known != Some(link.index) {
-                log::warn!(
+                tracing::warn!(
                     "router {}: interface {name} is back as ifindex {}; re-attaching",
                     self.id,
                     link.index
@@ -232,27 +232,27 @@ impl RouterState {
                 return Ok(true);
             }
             if self.missing.remove(name) {
-                log::info!("router {}: interface {name} is back", self.id);
+                tracing::info!("router {}: interface {name} is back", self.id);
             }
             if !link.up {
                 netlink::set_up(handle, link.index)
                     .await
                     .map_err(nl(format!("setting {name} up")))?;
-                log::warn!("router {}: repaired: {name} was down, set up", self.id);
+                tracing::warn!("router {}: repaired: {name} was down, set up", self.id);
             }
             for addr in addrs {
                 if netlink::ensure_address(handle, link.index, *addr)
                     .await
                     .map_err(nl(format!("adding {addr} to {name}")))?
                 {
-                    log::warn!("router {}: repaired: {addr} re-added to {name}", self.id);
+                    tracing::warn!("router {}: repaired: {addr} re-added to {name}", self.id);
                 }
             }
         }
         self.check_pins()?;
         let writes = sync_kernel_policy(handle, &self.router).await?;
         if writes > 0 {
-            log::warn!(
+            tracing::warn!(
                 "router {}: repaired: {writes} route or rule changes restored the desired state",
                 self.id
             );
@@ -281,12 +281,12 @@ impl RouterState {
             .map_err(std::io::Error::from)
         })();
         match result {
-            Ok(()) => log::warn!(
+            Ok(()) => tracing::warn!(
                 "router {}: repaired: namespace {} was deleted under the router; bound again",
                 self.id,
                 self.router.namespace
             ),
-            Err(e) => log::error!(
+            Err(e) => tracing::error!(
                 "router {}: namespace {} was deleted and cannot be bound again: {e}",
                 self.id,
                 self.router.namespace
@@ -299,7 +299,7 @@ impl RouterState {
     pub(super) fn check_pins(&mut self) -> Result<(), Error> {
         let repinned = self.datapath.repair_pins()?;
         if !repinned.is_empty() {
-            log::warn!(
+            tracing::warn!(
                 "router {}: repaired: pins removed by hand restored: {}",
                 self.id,
                 repinned.join(", ")
@@ -318,7 +318,7 @@ impl RouterState {
         if !self.ports.contains_key(&key.ifindex) {
             return Ok(());
         }
-        log::debug!("router {}: neighbour {:?} -> {:?}", self.id, key, entry);
+        tracing::debug!("router {}: neighbour {:?} -> {:?}", self.id, key, entry);
         self.datapath.routes().set_neighbor(key, entry)
     }
 }

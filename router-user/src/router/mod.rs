@@ -230,12 +230,21 @@ pub fn can_apply(old: &Router, new: &Router) -> bool {
         })
 }
 
+/// The span of work about one router: events inside it carry the router's id as the field
+/// `router` (`router{router=r1}:` in text logs, `"span":{"router":"r1",..}` in JSON logs),
+/// so that a router's lines can be selected without parsing the message.
+pub(crate) fn span(id: &str) -> tracing::Span {
+    tracing::info_span!("router", router = %id)
+}
+
 fn run(
     router: Router,
     ready: mpsc::Sender<Result<(RouterInfo, Writes), Error>>,
     stop: oneshot::Receiver<bool>,
     changes: tmpsc::UnboundedReceiver<Change>,
 ) {
+    // The thread's whole life, setup and mirror alike, is about this router.
+    let _router = span(&router.id).entered();
     let fail = |e| {
         let _ = ready.send(Err(e));
     };
@@ -269,7 +278,7 @@ fn run(
             return fail(e);
         }
         let _ = ready_ok.send(Ok((info, state.start_writes)));
-        log::info!(
+        tracing::info!(
             "router {}: fast path attached ({} mode) to {}",
             router.id,
             router.mode,
@@ -295,9 +304,12 @@ fn run(
                         match setup(&desired, &handle).await {
                             Ok(s) => break s,
                             Err(e) => {
-                                log::error!("router {}: repairing: {e}; retrying", desired.id);
+                                tracing::error!("router {}: repairing: {e}; retrying", desired.id);
                                 if let Ok(teardown) = stop.try_recv() {
-                                    log::info!("router {}: stopped while repairing", desired.id);
+                                    tracing::info!(
+                                        "router {}: stopped while repairing",
+                                        desired.id
+                                    );
                                     if teardown {
                                         let _ = crate::datapath::teardown(&desired.id);
                                     }
@@ -308,9 +320,9 @@ fn run(
                         }
                     };
                     if let Err(e) = write_info(&state.info) {
-                        log::error!("router {}: {e}", desired.id);
+                        tracing::error!("router {}: {e}", desired.id);
                     }
-                    log::info!(
+                    tracing::info!(
                         "router {}: repaired: re-attached to {}",
                         desired.id,
                         state
@@ -323,7 +335,7 @@ fn run(
                     );
                 }
                 Err(e) => {
-                    log::error!("router {}: mirror stopped: {e}", router.id);
+                    tracing::error!("router {}: mirror stopped: {e}", router.id);
                     break false;
                 }
             }
@@ -333,12 +345,12 @@ fn run(
             let _ = std::fs::remove_file(paths::router_info_file(&router.id));
             drop(state);
             match crate::datapath::teardown(&router.id) {
-                Ok(()) => log::info!("router {}: detached and removed", router.id),
-                Err(e) => log::error!("router {}: removing its pins: {e}", router.id),
+                Ok(()) => tracing::info!("router {}: detached and removed", router.id),
+                Err(e) => tracing::error!("router {}: removing its pins: {e}", router.id),
             }
         } else {
             // The fast path keeps forwarding; the next routerd adopts it.
-            log::info!("router {}: left running for the next routerd", router.id);
+            tracing::info!("router {}: left running for the next routerd", router.id);
         }
     });
 }

@@ -107,7 +107,7 @@ pub(super) async fn setup(router: &Router, handle: &Handle) -> Result<RouterStat
             .await
             .map_err(nl(format!("adding {addr} to {}", link.name)))?
         {
-            log::info!("router {}: added {addr} to {}", router.id, link.name);
+            tracing::info!("router {}: added {addr} to {}", router.id, link.name);
             kernel_writes += 1;
         }
     }
@@ -122,7 +122,7 @@ pub(super) async fn setup(router: &Router, handle: &Handle) -> Result<RouterStat
                 .await
                 .map_err(nl(format!("adding {} to {}", subnet.address, link.name)))?
             {
-                log::info!(
+                tracing::info!(
                     "router {}: added {} to {}",
                     router.id,
                     subnet.address,
@@ -207,7 +207,7 @@ pub(super) async fn setup(router: &Router, handle: &Handle) -> Result<RouterStat
         .collect();
     let adopted_links = state.datapath.attach(router.mode, &attach)?;
     if state.datapath.adopted() {
-        log::info!(
+        tracing::info!(
             "router {}: adopted the running fast path ({adopted_links} links, {}); {} map writes, {kernel_writes} kernel writes",
             router.id,
             if state.datapath.programs_adopted() {
@@ -218,7 +218,7 @@ pub(super) async fn setup(router: &Router, handle: &Handle) -> Result<RouterStat
             state.datapath.writes()
         );
     } else {
-        log::info!(
+        tracing::info!(
             "router {}: new fast path; {} map writes, {kernel_writes} kernel writes",
             router.id,
             state.datapath.writes()
@@ -488,7 +488,7 @@ impl RouterState {
         self.router = new;
         write_info(&self.info)?;
         self.resync(handle).await?;
-        log::info!(
+        tracing::info!(
             "router {}: applied new desired state in {} us; {ended} session(s) ended; {kernel_writes} kernel and {} map writes",
             self.id,
             started.elapsed().as_micros(),
@@ -507,7 +507,7 @@ impl RouterState {
             .datapath
             .sessions()
             .collect_garbage(conntrack::monotonic_ns(), &timeouts)?;
-        log::debug!("router {}: session gc {report:?}", self.id);
+        tracing::debug!("router {}: session gc {report:?}", self.id);
         if self.router.nat.snat_sessions_per_source != 0 {
             // The fast path only counts up; the table is the truth.
             self.datapath
@@ -546,6 +546,6 @@ fn flush_kernel_conntrack(fips: &[std::net::Ipv4Addr]) {
             }
         });
     if let Err(e) = spawned {
-        log::warn!("flushing the kernel's sessions of removed floating IPs: {e}");
+        tracing::warn!("flushing the kernel's sessions of removed floating IPs: {e}");
     }
 }
