@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use router_common::{IfaceEntry, NeighborEntry, NeighborKey, RouteEntry, RouteKey, TABLE_MAIN};
+use router_common::{
+    IfaceEntry, NatConfig, NeighborEntry, NeighborKey, RouteEntry, RouteKey, TABLE_MAIN, nat_flags,
+};
+use router_user::{datapath::Datapath, maps::Rooms as _};
 
 use crate::topo::ip;
 
@@ -55,4 +58,20 @@ impl Routes {
             entry,
         );
     }
+}
+
+/// A gateway with SNAT on `outside` at `gateway_ip`, SNAT ports `ports` (inclusive), and
+/// zeroed SNAT counters: the NAT settings the packet tests start from.
+pub fn snat_gateway(dp: &mut Datapath, gateway_ip: [u8; 4], outside: u32, ports: (u16, u16)) {
+    dp.nat()
+        .set_config(NatConfig {
+            gateway_ip,
+            gateway_ifindex: outside,
+            flags: nat_flags::GATEWAY | nat_flags::SNAT,
+            port_min: ports.0,
+            port_max: ports.1,
+            ..NatConfig::default()
+        })
+        .expect("NAT_CONFIG");
+    dp.nat().reset_snat_stats().expect("SNAT_STATS");
 }

@@ -23,15 +23,15 @@
 use std::collections::BTreeSet;
 
 use router_common::{
-    FwRule, IfaceStats, NatConfig, Net, Reason, SourceKey, fw_action, fw_flags, iface_flags,
-    iface_role, nat_flags, route_kind, xdp_meta,
+    FwRule, IfaceStats, Net, Reason, SourceKey, fw_action, fw_flags, iface_flags, iface_role,
+    route_kind, xdp_meta,
 };
 use router_tests::{
     corpus::{
         self as c, ACK, Arp, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, FIN, ICMP, Ip, L3, L4,
         PSH, RST, SYN, UDP, URG,
     },
-    fixture::{Routes, iface, neighbor, route, veth_pairs},
+    fixture::{Routes, iface, neighbor, route, snat_gateway, veth_pairs},
     frames::{ROUTER_IN_MAC, ROUTER_OUT_MAC},
     netns::NetnsGuard,
     testrun::{
@@ -1152,17 +1152,7 @@ impl Router {
                 neighbor(inside, VM3, VM_MAC),
             ])
             .expect("NEIGHBORS");
-        dp.nat()
-            .set_config(NatConfig {
-                gateway_ip: GW,
-                gateway_ifindex: outside,
-                flags: nat_flags::GATEWAY | nat_flags::SNAT,
-                port_min: 40000,
-                port_max: 40100,
-                ..NatConfig::default()
-            })
-            .expect("NAT_CONFIG");
-        dp.nat().reset_snat_stats().expect("SNAT_STATS");
+        snat_gateway(&mut dp, GW, outside, (40000, 40100));
         dp.nat().add_floating_ip(FIP_A, FIXED_A).expect("FIP");
         if config == Config::Guarded {
             let wanted = policy::PolicyTables {

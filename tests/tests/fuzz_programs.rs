@@ -19,11 +19,9 @@
 use std::time::{Duration, Instant};
 
 use etherparse::{Icmpv4Type, icmpv4::TimeExceededCode};
-use router_common::{
-    IfaceStats, NatConfig, Reason, iface_flags, iface_role, nat_flags, route_kind, xdp_meta,
-};
+use router_common::{IfaceStats, Reason, iface_flags, iface_role, route_kind, xdp_meta};
 use router_tests::{
-    fixture::{Routes, iface, neighbor, route, veth_pairs},
+    fixture::{Routes, iface, neighbor, route, snat_gateway, veth_pairs},
     frames::{BROADCAST_MAC, ROUTER_IN_MAC, ROUTER_OUT_MAC, addresses, eth, ipv4},
     netns::NetnsGuard,
     testrun::{
@@ -121,17 +119,7 @@ impl Router {
             neighbors.push(neighbor(inside, vm, VM_MAC));
         }
         dp.routes().sync_neighbors(&neighbors).expect("NEIGHBORS");
-        dp.nat()
-            .set_config(NatConfig {
-                gateway_ip: GW,
-                gateway_ifindex: outside,
-                flags: nat_flags::GATEWAY | nat_flags::SNAT,
-                port_min: 40000,
-                port_max: 40063,
-                ..NatConfig::default()
-            })
-            .expect("NAT_CONFIG");
-        dp.nat().reset_snat_stats().expect("SNAT_STATS");
+        snat_gateway(&mut dp, GW, outside, (40000, 40063));
         dp.nat().add_floating_ip(FIP, FIXED).expect("FIP");
         dp.nat().add_floating_ip(FIP2, FIXED2).expect("FIP");
         Self {

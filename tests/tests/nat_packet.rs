@@ -6,9 +6,9 @@
 //! 10.0.1.5 and 198.18.0.11 for 10.0.1.9, SNAT ports 40000-40001.
 
 use etherparse::{Icmpv4Header, Icmpv4Type, Ipv4Header};
-use router_common::{NatConfig, Reason, iface_flags, iface_role, nat_flags, route_kind};
+use router_common::{Reason, iface_flags, iface_role, route_kind};
 use router_tests::{
-    fixture::{Routes, iface, neighbor, route, veth_pairs},
+    fixture::{Routes, iface, neighbor, route, snat_gateway, veth_pairs},
     frames::{
         Addresses, BROADCAST_MAC, CLIENT_MAC, ROUTER_IN_MAC, ROUTER_OUT_MAC, addresses, eth,
         fix_ip_checksum,
@@ -80,17 +80,7 @@ impl Router {
             neighbors.push(neigh(inside, vm, VM_MAC));
         }
         dp.routes().sync_neighbors(&neighbors).expect("NEIGHBORS");
-        dp.nat()
-            .set_config(NatConfig {
-                gateway_ip: GW,
-                gateway_ifindex: outside,
-                flags: nat_flags::GATEWAY | nat_flags::SNAT,
-                port_min: 40000,
-                port_max: 40001,
-                ..NatConfig::default()
-            })
-            .expect("NAT_CONFIG");
-        dp.nat().reset_snat_stats().expect("SNAT_STATS");
+        snat_gateway(&mut dp, GW, outside, (40000, 40001));
         dp.nat().add_floating_ip(FIP, FIXED).expect("FIP");
         dp.nat().add_floating_ip(FIP2, FIXED2).expect("FIP");
         Self {
