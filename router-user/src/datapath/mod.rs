@@ -519,9 +519,14 @@ impl MapSource for Datapath {
         };
         if !self.open_maps.contains_key(name) {
             let path = dir.join(name);
-            let map = MapData::from_pin(&path)
-                .and_then(Map::from_map_data)
-                .map_err(|e| Error::map(format!("opening {}", path.display()), e))?;
+            // A pin removed by hand (until `repair_pins` puts it back) still has its map
+            // held by the loaded programs: reached through them instead.
+            let map = match MapData::from_pin(&path).and_then(Map::from_map_data) {
+                Ok(map) => map,
+                Err(e) => self
+                    .map_of_programs(name)
+                    .map_err(|_| Error::map(format!("opening {}", path.display()), e))?,
+            };
             self.open_maps.insert(name, map);
         }
         self.open_maps.get_mut(name).ok_or_else(invalid)
