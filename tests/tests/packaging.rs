@@ -321,7 +321,7 @@ fn deb_installs_binaries_unit_config_completions_and_man_pages() {
     for field in [
         "Package: routerd",
         &format!("Version: {}", env!("CARGO_PKG_VERSION")),
-        "Depends: libc6, iproute2, nftables, conntrack",
+        "Depends: libc6, iproute2, libnftables1, conntrack",
     ] {
         assert!(control.contains(field), "{field} not in\n{control}");
     }

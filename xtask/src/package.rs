@@ -21,9 +21,9 @@ use crate::{output, run};
 
 /// The package's name (and the name of its documentation directory).
 const PACKAGE: &str = "routerd";
-/// What the binaries run: `ip` (namespaces), `nft` (the slow path's NAT rules),
+/// What the binaries run or load: `ip` (namespaces), libnftables (the slow path's NAT rules),
 /// `conntrack` (flushing the kernel's sessions when a floating IP moves).
-const DEPENDS: &str = "libc6, iproute2, nftables, conntrack";
+const DEPENDS: &str = "libc6, iproute2, libnftables1, conntrack";
 
 /// (binary, where it goes in the package)
 const BINARIES: [(&str, &str); 2] = [("routerd", "usr/sbin"), ("routerctl", "usr/bin")];

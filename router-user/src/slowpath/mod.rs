@@ -1,0 +1,220 @@
+//! The kernel's own NAT rules: the slow path's translation.
+//!
+//! The fast path hands some packets to the kernel (fragments, IP options, TTL expiry,
+//! packets too big for the egress, protocols it does not translate). The router namespace
+//! keeps `ip_forward=1` so the kernel can deal with them, and these nftables rules make the
+//! kernel translate them exactly as Neutron's iptables rules would — so nothing handed over
+//! ever leaves with an internal source address. One table per router namespace, replaced
+//! atomically (one libnftables transaction, `libnft`). Floating IPs are map elements, not
+//! one rule each, so a lookup does not grow with their number, and a floating IP added or
+//! removed is one element changed, not the table replaced.
+//!
+//! The rules are typed objects (`rules`), handed to libnftables as its JSON in this
+//! process: no `nft` process, no text to generate or parse.
+//!
+//! The kernel's SNAT uses its own port range, disjoint from the fast path's, so a session
+//! the kernel makes can never take a tuple a fast-path session holds.
+
+mod libnft;
+mod rules;
+
+use std::collections::BTreeSet;
+
+use nftables::schema::{NfObject, Nftables};
+
+pub use rules::TABLE;
+
+use crate::{config::Router, error::Error};
+
+/// Brings the slow-path rules from `old` to `new`: when only floating IPs differ, by adding
+/// and deleting map elements (one transaction); otherwise by replacing the table.
+pub fn update(old: &Router, new: &Router) -> Result<(), Error> {
+    let same_but_fips = Router {
+        floating_ips: new.floating_ips.clone(),
+        ..old.clone()
+    } == *new;
+    if !same_but_fips {
+        return apply(new);
+    }
+    let before: BTreeSet<_> = old.floating_ips.iter().collect();
+    let after: BTreeSet<_> = new.floating_ips.iter().collect();
+    let gone: Vec<_> = before.difference(&after).copied().collect();
+    let added: Vec<_> = after.difference(&before).copied().collect();
+    if gone.is_empty() && added.is_empty() {
+        return Ok(());
+    }
+    run(&new.id, rules::floating_ip_changes(&added, &gone))?;
+    let _ = std::fs::write(applied_file(&new.id), ruleset_json(new));
+    Ok(())
+}
+
+/// Replaces the router's slow-path rules in the calling thread's namespace.
+pub fn apply(router: &Router) -> Result<(), Error> {
+    let rules = ruleset_json(router);
+    run_json(&router.id, &rules)?;
+    let _ = std::fs::write(applied_file(&router.id), rules);
+    Ok(())
+}
+
+/// Applies the router's rules unless the kernel has exactly these already (the table
+/// exists and the last ruleset applied for this router is the same). Returns whether it
+/// wrote.
+pub fn ensure(router: &Router) -> Result<bool, Error> {
+    let rules = ruleset_json(router);
+    let same = std::fs::read_to_string(applied_file(&router.id)).is_ok_and(|r| r == rules);
+    if same && present() {
+        return Ok(false);
+    }
+    apply(router)?;
+    Ok(true)
+}
+
+/// Whether the calling thread's namespace has the router's table.
+pub fn present() -> bool {
+    libnft::run(rules::LIST_TABLES).is_ok_and(|listing| rules::names_our_table(&listing))
+}
+
+/// The router's ruleset as libnftables JSON (one transaction that replaces the table).
+pub fn ruleset_json(router: &Router) -> String {
+    document(rules::ruleset(router))
+}
+
+fn document(objects: Vec<NfObject<'static>>) -> String {
+    let doc = Nftables {
+        objects: objects.into(),
+    };
+    serde_json::to_string(&doc).unwrap_or_else(|e| unreachable!("typed rules serialise: {e}"))
+}
+
+/// The ruleset last applied for `router` (in the run directory, gone at reboot with the
+/// kernel state it describes).
+fn applied_file(router: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(crate::paths::RUN_DIR).join(format!("{router}.nft.json"))
+}
+
+fn run(id: &str, objects: Vec<NfObject<'static>>) -> Result<(), Error> {
+    run_json(id, &document(objects))
+}
+
+/// Runs one transaction: all or nothing.
+fn run_json(id: &str, json: &str) -> Result<(), Error> {
+    libnft::run(json).map(drop).map_err(|e| {
+        Error::io(
+            format!("router {id}: installing the slow-path NAT rules"),
+            std::io::Error::other(format!("libnftables: {e}")),
+        )
+    })
+}
+
+/// Removes the router's slow-path rules (the router is being removed).
+pub fn remove(router: &str) {
+    let _ = std::fs::remove_file(applied_file(router));
+    let _ = libnft::run(&document(rules::delete_table()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DesiredState;
+
+    /// The FWaaS example firewall and a reject rule of every kind, applied through
+    /// libnftables in a namespace of its own and listed back by `nft` (needs root, like every
+    /// test here): the kernel holds the rules meant, in nftables' own words.
+    #[test]
+    fn firewall_ruleset_is_valid_nftables() {
+        let text = r#"
+[[router]]
+id = "r1"
+namespace = "ns1"
+[router.gateway]
+interface = "qg-1"
+address = "172.24.4.2/24"
+nexthop = "172.24.4.1"
+[[router.interface]]
+name = "qr-a"
+address = "10.0.0.1/24"
+[router.firewall]
+[[router.firewall.rule]]
+action = "deny"
+protocol = "tcp"
+source = "2.2.2.0/24"
+destination = "3.3.3.0/24"
+destination_ports = "1:65535"
+[[router.firewall.rule]]
+action = "deny"
+protocol = "icmp"
+source = "10.0.0.0/24"
+[[router.firewall.rule]]
+action = "reject"
+protocol = "udp"
+destination_ports = "53"
+[[router.firewall.rule]]
+action = "reject"
+[[router.firewall.rule]]
+action = "allow"
+protocol = "47"
+"#;
+        let router = DesiredState::parse(text).expect("valid").routers.remove(0);
+        let fip = "[[router.floating_ip]]\naddress = \"172.24.4.10\"\nfixed = \"10.0.0.10\"\n";
+        let with_fip = DesiredState::parse(&format!("{text}{fip}"))
+            .expect("valid")
+            .routers
+            .remove(0);
+        let listing = in_scratch_namespace(move || {
+            apply(&router).expect("libnftables takes the ruleset");
+            assert!(present());
+            // Floating IPs change as map elements; the table stays.
+            update(&router, &with_fip).expect("element added");
+        });
+        // As `nft` lists them: it leaves out the `meta l4proto tcp` that a TCP reset
+        // implies and folds the mark's masks.
+        for line in [
+            "ip saddr 2.2.2.0/24 ip daddr 3.3.3.0/24 tcp dport 1-65535 drop",
+            "meta l4proto icmp ip saddr 10.0.0.0/24 drop",
+            "udp dport 53-53 reject\n",
+            "meta mark 0x52f00000/16 reject with tcp reset",
+            "meta l4proto gre accept",
+            "iifname \"qr-a\" ip saddr != 10.0.0.0/24 drop",
+            "iifname \"qg-1\" meta mark set meta mark & 0xffff0002 | 0x00000002",
+            "iifname != \"qg-1\" oifname != \"qg-1\" ct status ! dnat accept",
+            "dnat to ip daddr map @fip_dnat",
+            "snat to ip saddr map @fip_snat",
+            "oifname \"qg-1\" meta l4proto { tcp, udp } snat to 172.24.4.2:64512-65535",
+            "meta mark & 0x0000ffff != 0x00000002 ct status & dnat == dnat snat to 172.24.4.2",
+            "iifname \"qr-a\" ip daddr 169.254.169.254 tcp dport 80 redirect to :9697",
+            "elements = { 172.24.4.10 : 10.0.0.10 }",
+            "ct state invalid drop",
+            "ct state established,related accept",
+            "iifname != \"qr-a\" oifname != \"qr-a\" accept",
+        ] {
+            assert!(listing.contains(line), "missing {line:?} in:\n{listing}");
+        }
+    }
+
+    /// Runs `f` in a thread of its own network namespace, then lists the router's table
+    /// there with `nft` (through the thread's namespace file).
+    fn in_scratch_namespace(f: impl FnOnce() + Send + 'static) -> String {
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            f();
+            let ns = format!(
+                "/proc/{}/task/{}/ns/net",
+                std::process::id(),
+                nix::unistd::gettid()
+            );
+            let out = std::process::Command::new("nsenter")
+                .arg(format!("--net={ns}"))
+                .args(["nft", "list", "table", "ip", TABLE])
+                .output()
+                .expect("nft runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .join()
+        .expect("the scratch thread")
+    }
+}
