@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    helpers::bpf_l4_csum_replace,
+    helpers::{bpf_l4_csum_replace, bpf_xdp_get_buff_len},
     programs::{TcContext, XdpContext},
 };
 
@@ -39,10 +39,13 @@ impl Frame {
     #[inline(always)]
     pub fn from_xdp(ctx: &XdpContext) -> Self {
         let (data, data_end) = (ctx.data(), ctx.data_end());
+        // SAFETY: plain helper call on the program's own context. It counts every buffer of
+        // a multi-buffer frame; `data..data_end` is only the first.
+        let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as u32;
         Self {
             data,
             data_end,
-            len: (data_end - data) as u32,
+            len,
             ingress: ctx.ingress_ifindex() as u32,
             needs_xdp_egress: true,
             gso: false,

@@ -37,7 +37,10 @@ use crate::{context::Frame, maps::EGRESS_DEVS, verdict::Verdict};
 /// checksum of a TCP header embedded in an ICMP error.
 const TC_LINEAR_BYTES: u32 = 14 + 20 + 8 + 20 + 18;
 
-#[xdp]
+/// `frags`: the program takes multi-buffer frames, so an interface whose MTU exceeds a page
+/// (jumbo frames, MTU 9000) can run it natively. Headers are always in the first buffer;
+/// only the frame's length comes from all of them.
+#[xdp(frags)]
 pub fn router_xdp(ctx: XdpContext) -> u32 {
     let frame = Frame::from_xdp(&ctx);
     let decision = router_xdp_decide(ctx.ctx);

@@ -50,6 +50,9 @@ pub struct RouterMetrics {
     pub maps: Vec<Fill>,
     /// Sessions (original-direction entries of `SESSIONS`).
     pub sessions: u64,
+    /// Interfaces of an XDP-mode router where native XDP could not attach (they run the TC
+    /// entry alone).
+    pub xdp_unavailable: Vec<String>,
 }
 
 /// One scrape.
@@ -109,6 +112,12 @@ pub fn collect_router(info: &RouterInfo) -> Result<RouterMetrics, Error> {
         fw_default_allow: policy.fw_flags & fw_flags::DEFAULT_ALLOW != 0,
         maps: fill,
         sessions,
+        xdp_unavailable: info
+            .interfaces
+            .iter()
+            .filter(|i| i.xdp_unavailable.is_some())
+            .map(|i| i.name.clone())
+            .collect(),
     })
 }
 
@@ -259,8 +268,16 @@ pub fn families(s: &Snapshot) -> Vec<Family> {
         "Sessions in the fast path's session table (each holds two entries of SESSIONS).",
     );
 
+    let mut xdp_unavailable = Family::new(
+        "router_interface_xdp_unavailable",
+        Gauge,
+        "1 for each interface of an XDP-mode router where native XDP could not attach: it runs the TC entry alone (routerctl router show says why).",
+    );
     for r in &s.routers {
         let router = r.router.as_str();
+        for name in &r.xdp_unavailable {
+            xdp_unavailable.add(&[("router", router), ("interface", name)], 1);
+        }
         for i in &r.interfaces {
             let base = [
                 ("router", router),
@@ -364,6 +381,7 @@ pub fn families(s: &Snapshot) -> Vec<Family> {
         entries,
         capacity,
         sessions,
+        xdp_unavailable,
     ]
 }
 
@@ -602,6 +620,7 @@ mod tests {
                 })
                 .collect(),
             sessions: 3,
+            xdp_unavailable: vec!["qr-x".into()],
         };
         Snapshot {
             routers: vec![
@@ -628,6 +647,10 @@ mod tests {
         );
         assert!(
             text.contains(r#"router_sessions{router="r2\\x\ny"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"router_interface_xdp_unavailable{router="r\"1",interface="qr-x"} 1"#),
             "{text}"
         );
         // No raw newline inside a sample: every line is a comment or `name{...} value`.

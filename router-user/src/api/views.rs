@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::live::{Live, RouterCounters};
 use crate::{
     config::{FirewallRule, Router},
-    router::RouterInfo,
+    router::{InterfaceInfo, RouterInfo},
     stats::FloatingIpStats,
 };
 
@@ -153,6 +153,10 @@ pub struct InterfaceEntry {
     pub xdp_egress: Option<bool>,
     /// Its ifindex in the router's namespace, when running.
     pub ifindex: Option<u32>,
+    /// When running in XDP mode: why native XDP could not attach here (the interface runs
+    /// the TC entry alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp_unavailable: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +170,9 @@ pub struct GatewayEntry {
     pub xdp_egress: Option<bool>,
     /// When running.
     pub ifindex: Option<u32>,
+    /// As for [`InterfaceEntry::xdp_unavailable`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp_unavailable: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -379,13 +386,9 @@ pub(super) fn floating_ip_entries(r: &Router, live: &Live) -> Vec<FloatingIpEntr
         .collect()
 }
 
-/// The running router's view of interface `name`: (ifindex, XDP egress).
-fn attached(info: Option<&RouterInfo>, name: &str) -> Option<(u32, bool)> {
-    info?
-        .interfaces
-        .iter()
-        .find(|i| i.name == name)
-        .map(|i| (i.ifindex, i.xdp_egress))
+/// The running router's view of interface `name`.
+fn attached<'a>(info: Option<&'a RouterInfo>, name: &str) -> Option<&'a InterfaceInfo> {
+    info?.interfaces.iter().find(|i| i.name == name)
 }
 
 fn gateway_entry(r: &Router, live: &Live) -> Option<GatewayEntry> {
@@ -396,8 +399,9 @@ fn gateway_entry(r: &Router, live: &Live) -> Option<GatewayEntry> {
         address: g.address.to_string(),
         nexthop: g.nexthop.to_string(),
         snat: g.snat,
-        xdp_egress: seen.map(|(_, x)| x).or(g.xdp_egress),
-        ifindex: seen.map(|(i, _)| i),
+        xdp_egress: seen.map(|i| i.xdp_egress).or(g.xdp_egress),
+        ifindex: seen.map(|i| i.ifindex),
+        xdp_unavailable: seen.and_then(|i| i.xdp_unavailable.clone()),
     })
 }
 
@@ -427,8 +431,9 @@ pub(super) fn router_detail(r: &Router, live: &Live) -> RouterDetail {
                 subnet: i.address.subnet().to_string(),
                 source_check: i.source_check,
                 allowed_sources: i.allowed_sources.iter().map(|p| p.to_string()).collect(),
-                xdp_egress: seen.map(|(_, x)| x).or(i.xdp_egress),
-                ifindex: seen.map(|(index, _)| index),
+                xdp_egress: seen.map(|s| s.xdp_egress).or(i.xdp_egress),
+                ifindex: seen.map(|s| s.ifindex),
+                xdp_unavailable: seen.and_then(|s| s.xdp_unavailable.clone()),
             }
         })
         .collect();

@@ -14,33 +14,76 @@ use aya::programs::{
 use super::{Attachment, Datapath, links_dir, remove_pin};
 use crate::{config::Mode, error::Error};
 
+/// What [`Datapath::attach`] did.
+#[derive(Debug, Default)]
+pub struct Attached {
+    /// Links adopted from a previous routerd's pins.
+    pub adopted: usize,
+    /// Interfaces (by ifindex) where native XDP could not attach, with the kernel's reason:
+    /// they run the TC entry alone.
+    pub xdp_unavailable: Vec<(u32, String)>,
+}
+
+/// An error and its sources, as one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 impl Datapath {
     /// Attaches the programs to `interfaces` (by name, in the calling thread's namespace).
     /// XDP mode attaches native XDP and the TC entry beside it (the TC entry forwards what
     /// XDP cannot redirect); TC mode attaches only the TC entry.
     ///
+    /// Where native XDP cannot attach to an interface in XDP mode (a driver without it, a
+    /// device the kernel refuses it on), that interface runs the TC entry alone: the router
+    /// starts rather than waiting for an attach that cannot succeed. Such interfaces and the
+    /// kernel's reason come back in [`Attached::xdp_unavailable`]; the caller stops XDP
+    /// redirecting into them.
+    ///
     /// A persistent datapath pins every link. Where a previous routerd left a link pinned for
     /// the interface, this program replaces the one in it atomically (`bpf_link_update`):
     /// no packet meets an interface without a program. Pinned links of interfaces no longer
     /// wanted are removed. Returns how many links were adopted.
-    pub fn attach(&mut self, mode: Mode, interfaces: &[(String, u32)]) -> Result<usize, Error> {
-        let mut adopted = 0;
+    pub fn attach(&mut self, mode: Mode, interfaces: &[(String, u32)]) -> Result<Attached, Error> {
+        let mut attached = Attached::default();
         for (name, index) in interfaces {
-            let xdp_link = if mode == Mode::Xdp {
-                let (id, reused) = self.attach_xdp(name, *index)?;
-                adopted += usize::from(reused);
-                id
+            let mut xdp = mode == Mode::Xdp;
+            let xdp_link = if xdp {
+                match self.attach_xdp(name, *index) {
+                    Ok((id, reused)) => {
+                        attached.adopted += usize::from(reused);
+                        id
+                    }
+                    Err(e) => {
+                        let reason = error_chain(&e);
+                        tracing::warn!(
+                            "router {}: native XDP unavailable on {name} ({reason}); it runs the TC entry",
+                            self.router
+                        );
+                        attached.xdp_unavailable.push((*index, reason));
+                        self.drop_link_pin(*index, "xdp")?;
+                        xdp = false;
+                        None
+                    }
+                }
             } else {
                 self.drop_link_pin(*index, "xdp")?;
                 None
             };
             let (tc_link, reused) = self.attach_tc(name, *index)?;
-            adopted += usize::from(reused);
+            attached.adopted += usize::from(reused);
             self.links.insert(
                 *index,
                 Attachment {
                     name: name.clone(),
-                    xdp: mode == Mode::Xdp,
+                    xdp,
                     xdp_link,
                     tc_link,
                 },
@@ -61,7 +104,7 @@ impl Datapath {
                 }
             }
         }
-        Ok(adopted)
+        Ok(attached)
     }
 
     fn link_pin(&self, ifindex: u32, kind: &str) -> Option<PathBuf> {
@@ -111,9 +154,7 @@ impl Datapath {
             .attach_to_if_index(index, XdpMode::Driver)
             .map_err(|source| Error::Program {
                 router: router.clone(),
-                what: format!(
-                    "attaching native XDP to {name} (use mode = \"tc\" for interfaces without native XDP)"
-                ),
+                what: format!("attaching native XDP to {name}"),
                 source: Box::new(source),
             })?;
         let Some(path) = pin else {

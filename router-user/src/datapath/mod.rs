@@ -4,6 +4,7 @@
 //! their map sources.
 
 mod attach;
+pub use self::attach::Attached;
 mod owner;
 
 use std::{

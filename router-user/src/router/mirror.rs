@@ -19,7 +19,7 @@ use crate::{
     config::IfAddr,
     error::Error,
     maps::{Rooms as _, routes::RouteSlot},
-    netlink, paths,
+    netlink, paths, reconcile,
 };
 
 /// How long route/address events are gathered before the routes are mirrored again.
@@ -205,6 +205,7 @@ impl RouterState {
         for i in &self.router.interfaces {
             wanted.push((i.name.clone(), vec![i.address]));
         }
+        let mut ports_changed = false;
         for (name, addrs) in &wanted {
             let link = netlink::link_by_name(handle, name)
                 .await
@@ -234,6 +235,22 @@ impl RouterState {
             if self.missing.remove(name) {
                 tracing::info!("router {}: interface {name} is back", self.id);
             }
+            // The fast path checks sizes against the egress's MTU and writes its MAC as
+            // the source: it follows what the interface has now.
+            if let Some(port) = self.ports.get_mut(&link.index)
+                && (port.iface.mtu != link.mtu || port.iface.mac != link.mac)
+            {
+                tracing::info!(
+                    "router {}: {name} changed (MTU {}, was {}; MAC {:02x?}); the fast path follows",
+                    self.id,
+                    link.mtu,
+                    port.iface.mtu,
+                    link.mac
+                );
+                port.iface.mtu = link.mtu;
+                port.iface.mac = link.mac;
+                ports_changed = true;
+            }
             if !link.up {
                 netlink::set_up(handle, link.index)
                     .await
@@ -248,6 +265,14 @@ impl RouterState {
                     tracing::warn!("router {}: repaired: {addr} re-added to {name}", self.id);
                 }
             }
+        }
+        if ports_changed {
+            reconcile::reconcile(
+                &mut self.datapath,
+                &mut self.tables,
+                &self.router,
+                &self.ports,
+            )?;
         }
         self.check_pins()?;
         let writes = sync_kernel_policy(handle, &self.router).await?;

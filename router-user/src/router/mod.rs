@@ -34,6 +34,10 @@ pub struct InterfaceInfo {
     pub role: String,
     /// Whether XDP redirects into this interface (otherwise the TC entry forwards).
     pub xdp_egress: bool,
+    /// In XDP mode, why native XDP could not attach here (the interface runs the TC entry
+    /// alone); `None` where it runs as its router's mode says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp_unavailable: Option<String>,
 }
 
 /// Writes a start or a reconfiguration made: map entries written or removed

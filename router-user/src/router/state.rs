@@ -179,6 +179,7 @@ pub(super) async fn setup(router: &Router, handle: &Handle) -> Result<RouterStat
             }
             .to_string(),
             xdp_egress: p.iface.xdp_egress,
+            xdp_unavailable: None,
         })
         .collect();
     // The kernel's NAT rules are in place before the fast path hands it anything.
@@ -205,7 +206,27 @@ pub(super) async fn setup(router: &Router, handle: &Handle) -> Result<RouterStat
         .iter()
         .map(|(l, ..)| (l.name.clone(), l.index))
         .collect();
-    let adopted_links = state.datapath.attach(router.mode, &attach)?;
+    let attached = state.datapath.attach(router.mode, &attach)?;
+    let adopted_links = attached.adopted;
+    if !attached.xdp_unavailable.is_empty() {
+        // XDP cannot send frames into an interface that runs no native XDP: the TC entry
+        // forwards to it instead.
+        for (ifindex, reason) in attached.xdp_unavailable {
+            if let Some(port) = state.ports.get_mut(&ifindex) {
+                port.iface.xdp_egress = false;
+            }
+            if let Some(info) = state
+                .info
+                .interfaces
+                .iter_mut()
+                .find(|i| i.ifindex == ifindex)
+            {
+                info.xdp_egress = false;
+                info.xdp_unavailable = Some(reason);
+            }
+        }
+        reconcile::reconcile(&mut state.datapath, &mut state.tables, router, &state.ports)?;
+    }
     if state.datapath.adopted() {
         tracing::info!(
             "router {}: adopted the running fast path ({adopted_links} links, {}); {} map writes, {kernel_writes} kernel writes",

@@ -77,6 +77,7 @@ fn router_list_and_show_have_the_documented_shape() {
                     ifindex: 7,
                     role: "internal".into(),
                     xdp_egress: false,
+                    xdp_unavailable: None,
                 }],
             },
         )]

@@ -296,6 +296,14 @@ fn show(r: RouterDetail) -> String {
             |x| if x { "yes" } else { "no" }.to_string(),
         )
     };
+    // Which program entry runs on a running interface: the router's mode, or the TC entry
+    // where native XDP could not attach (`*`, said below the table).
+    let mode = r.mode.clone();
+    let entry = |ifindex: Option<u32>, unavailable: &Option<String>| match (ifindex, unavailable) {
+        (None, _) => "-".to_string(),
+        (Some(_), Some(_)) => "tc*".to_string(),
+        (Some(_), None) => mode.clone(),
+    };
     let mut rows = Vec::new();
     if let Some(g) = &r.gateway {
         rows.push(vec![
@@ -303,6 +311,7 @@ fn show(r: RouterDetail) -> String {
             "external".into(),
             g.address.clone(),
             opt(g.ifindex),
+            entry(g.ifindex, &g.xdp_unavailable),
             xdp(g.xdp_egress),
             "-".into(),
         ]);
@@ -313,6 +322,7 @@ fn show(r: RouterDetail) -> String {
             "internal".into(),
             i.address.clone(),
             opt(i.ifindex),
+            entry(i.ifindex, &i.xdp_unavailable),
             xdp(i.xdp_egress),
             if i.source_check {
                 if i.allowed_sources.is_empty() {
@@ -331,11 +341,25 @@ fn show(r: RouterDetail) -> String {
             "ROLE",
             "ADDRESS",
             "IFINDEX",
+            "ENTRY",
             "XDP_EGRESS",
             "SOURCE_CHECK",
         ],
         &rows,
     ));
+    let fallbacks = r
+        .gateway
+        .iter()
+        .map(|g| (&g.interface, &g.xdp_unavailable))
+        .chain(r.interfaces.iter().map(|i| (&i.name, &i.xdp_unavailable)));
+    for (name, reason) in fallbacks {
+        if let Some(reason) = reason {
+            let _ = writeln!(
+                out,
+                "* {name}: native XDP unavailable, runs the TC entry ({reason})"
+            );
+        }
+    }
     match &r.gateway {
         None => out.push_str("gateway: none\n"),
         Some(g) => {
