@@ -3,6 +3,7 @@
 use super::{file::parse_prefix_or_addr, *};
 
 mod edit;
+mod ids;
 mod invalid;
 mod validate;
 
