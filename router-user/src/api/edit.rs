@@ -9,8 +9,7 @@ use router_common::TABLE_MAIN;
 
 use super::{planner::Plan, protocol::ApiError};
 use crate::config::{
-    self, DesiredState, Firewall, IfAddr, Prefix, Router, RouterText, RuleText,
-    Steering,
+    self, DesiredState, Firewall, IfAddr, Prefix, Router, RouterText, RuleText, Steering,
 };
 
 /// Router `id` of a state, to edit.

@@ -197,7 +197,10 @@ pub(super) fn fw_rule_add(
             "router \"{router}\" has a different firewall rule with this id: {} (delete it first)",
             describe_rule(i + 1, existing)
         ))
-        .at(format!("firewall rule {}", existing.id.map(|id| id.to_string()).unwrap_or_default())));
+        .at(format!(
+            "firewall rule {}",
+            existing.id.map(|id| id.to_string()).unwrap_or_default()
+        )));
     }
     if may_exist && rule.id.is_none() {
         let same = match position {

@@ -239,13 +239,7 @@ pub fn plan_with(state: &DesiredState, request: &Request, live: &Live) -> Result
             address,
             id,
             if_exists,
-        } => edit_keyed::fip_delete(
-            state,
-            router,
-            address.as_deref(),
-            id.as_deref(),
-            *if_exists,
-        ),
+        } => edit_keyed::fip_delete(state, router, address.as_deref(), id.as_deref(), *if_exists),
     }
 }
 

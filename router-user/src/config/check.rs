@@ -91,7 +91,8 @@ impl RouterChecks {
                 "must be 1-64 characters of letters, digits, '-', '_' or '.', not starting with '.'",
             ));
         }
-        if r.namespace.is_empty() || r.namespace.contains('/') || r.namespace.len() > NAMESPACE_MAX {
+        if r.namespace.is_empty() || r.namespace.contains('/') || r.namespace.len() > NAMESPACE_MAX
+        {
             return Err(at.bad(
                 "namespace",
                 &r.namespace,

@@ -283,11 +283,10 @@ pub(super) fn read_rule(at: &Ctx, key: &str, r: &FileFwRule) -> Result<FirewallR
             Some(ports)
         }
     };
-    let id = r
-        .id
-        .as_deref()
-        .map(|text| read(at, &format!("{key}.id"), text, parse_id))
-        .transpose()?;
+    let id =
+        r.id.as_deref()
+            .map(|text| read(at, &format!("{key}.id"), text, parse_id))
+            .transpose()?;
     Ok(FirewallRule {
         action,
         protocol,

@@ -13,8 +13,7 @@ pub struct NeutronId([u8; 16]);
 const HYPHENS: [usize; 4] = [8, 13, 18, 23];
 
 /// What a message says an id must be.
-pub const NEUTRON_ID_FORM: &str =
-    "not a Neutron id (a UUID: 8-4-4-4-12 hexadecimal digits, like 6e2f1c3a-0b7d-4f6e-9a51-2c3d4e5f6a7b)";
+pub const NEUTRON_ID_FORM: &str = "not a Neutron id (a UUID: 8-4-4-4-12 hexadecimal digits, like 6e2f1c3a-0b7d-4f6e-9a51-2c3d4e5f6a7b)";
 
 impl FromStr for NeutronId {
     type Err = &'static str;

@@ -94,7 +94,10 @@ fn a_floating_ip_is_deleted_by_id_address_or_both() {
         e.contains(&format!("router \"r1\" has no floating IP id {FIP_A}")),
         "{e}"
     );
-    unchanged(&gone, json!({"op": "fip_delete", "id": FIP_A, "if_exists": true}));
+    unchanged(
+        &gone,
+        json!({"op": "fip_delete", "id": FIP_A, "if_exists": true}),
+    );
     // Both keys must name the same floating IP, if_exists or not.
     for if_exists in [false, true] {
         let e = error(
@@ -108,7 +111,8 @@ fn a_floating_ip_is_deleted_by_id_address_or_both() {
 }
 
 fn rule(action: &str, id: Option<&str>) -> Value {
-    let mut r = json!({"op": "fw_rule_add", "action": action, "protocol": "tcp", "destination_ports": 22});
+    let mut r =
+        json!({"op": "fw_rule_add", "action": action, "protocol": "tcp", "destination_ports": 22});
     if let Some(id) = id {
         r["id"] = json!(id);
     }
@@ -131,13 +135,19 @@ fn a_firewall_rule_is_added_by_id_and_again_with_may_exist() {
     // The same id elsewhere or with other values: a conflict.
     at_one["position"] = json!(2);
     let e = error(&s2, at_one);
-    assert!(e.contains("a different firewall rule with this id: rule 1"), "{e}");
+    assert!(
+        e.contains("a different firewall rule with this id: rule 1"),
+        "{e}"
+    );
     let e = error(&s2, with_may_exist(rule("reject", Some(RULE_A))));
     assert!(e.contains("a different firewall rule with this id"), "{e}");
     // Without an id: may_exist finds an identical rule without one.
     let s3 = changed(&s2, rule("reject", None));
     unchanged(&s3, with_may_exist(rule("reject", None)));
-    let e = error(&s3, json!({"op": "fw_rule_add", "action": "allow", "id": RULE_A, "protocol": "tcp", "destination_ports": 22, "position": 7}));
+    let e = error(
+        &s3,
+        json!({"op": "fw_rule_add", "action": "allow", "id": RULE_A, "protocol": "tcp", "destination_ports": 22, "position": 7}),
+    );
     assert!(e.contains("position 7 is out of range"), "{e}");
     // fw_rule_list shows the ids.
     let listing = answer(&s3, json!({"op": "fw_rule_list"}));
@@ -156,17 +166,35 @@ fn a_firewall_rule_is_deleted_by_id_position_or_both() {
         only_a
     );
     assert_eq!(
-        changed(&s, json!({"op": "fw_rule_del", "position": 2, "id": RULE_B})),
+        changed(
+            &s,
+            json!({"op": "fw_rule_del", "position": 2, "id": RULE_B})
+        ),
         only_a
     );
-    let e = error(&s, json!({"op": "fw_rule_del", "position": 1, "id": RULE_B}));
+    let e = error(
+        &s,
+        json!({"op": "fw_rule_del", "position": 1, "id": RULE_B}),
+    );
     assert!(e.contains("that position holds rule 1 (id 0b0e3c1c"), "{e}");
     let e = error(&only_a, json!({"op": "fw_rule_del", "id": RULE_B}));
-    assert!(e.contains(&format!("has no firewall rule with id {RULE_B}")), "{e}");
-    unchanged(&only_a, json!({"op": "fw_rule_del", "id": RULE_B, "if_exists": true}));
-    unchanged(&only_a, json!({"op": "fw_rule_del", "position": 5, "if_exists": true}));
+    assert!(
+        e.contains(&format!("has no firewall rule with id {RULE_B}")),
+        "{e}"
+    );
+    unchanged(
+        &only_a,
+        json!({"op": "fw_rule_del", "id": RULE_B, "if_exists": true}),
+    );
+    unchanged(
+        &only_a,
+        json!({"op": "fw_rule_del", "position": 5, "if_exists": true}),
+    );
     // With no firewall at all, if_exists still succeeds.
-    unchanged(&state(), json!({"op": "fw_rule_del", "id": RULE_B, "if_exists": true}));
+    unchanged(
+        &state(),
+        json!({"op": "fw_rule_del", "id": RULE_B, "if_exists": true}),
+    );
     let e = error(&state(), json!({"op": "fw_rule_del", "position": 1}));
     assert!(e.contains("it has no firewall"), "{e}");
 }

@@ -90,7 +90,9 @@ fixed = "10.0.1.6"
 #[test]
 fn ids_that_are_no_uuid_or_given_twice_are_refused() {
     let fip = |id: &str, address: &str, fixed: &str| {
-        format!("\n[[router.floating_ip]]\nid = \"{id}\"\naddress = \"{address}\"\nfixed = \"{fixed}\"\n")
+        format!(
+            "\n[[router.floating_ip]]\nid = \"{id}\"\naddress = \"{address}\"\nfixed = \"{fixed}\"\n"
+        )
     };
     let e = err(&neutron_router(&fip("fip-1", "198.18.0.10", "10.0.1.5")));
     assert!(
@@ -116,7 +118,8 @@ fn ids_that_are_no_uuid_or_given_twice_are_refused() {
     ));
     DesiredState::parse(&other).expect("two ids");
 
-    let rule = |id: &str| format!("\n[[router.firewall.rule]]\nid = \"{id}\"\naction = \"allow\"\n");
+    let rule =
+        |id: &str| format!("\n[[router.firewall.rule]]\nid = \"{id}\"\naction = \"allow\"\n");
     let rules = neutron_router(&format!(
         "\n[router.firewall]\ndefault = \"deny\"\n{}{}",
         rule(RULE_A),
@@ -134,9 +137,14 @@ fn ids_that_are_no_uuid_or_given_twice_are_refused() {
     let first = state.routers[0].floating_ips[0].id;
     state.routers[0].floating_ips[1].id = first;
     let typed = state.validate().expect_err("an id twice").to_string();
-    assert!(typed.contains("another floating IP of this router has this id"), "{typed}");
+    assert!(
+        typed.contains("another floating IP of this router has this id"),
+        "{typed}"
+    );
     assert_eq!(
-        DesiredState::parse(&state.to_toml()).expect_err("written out too").to_string(),
+        DesiredState::parse(&state.to_toml())
+            .expect_err("written out too")
+            .to_string(),
         typed
     );
 }

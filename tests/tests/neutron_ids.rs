@@ -1,0 +1,222 @@
+//! A router named as Neutron names it, end to end: router id a UUID, namespace
+//! `qrouter-<uuid>`, interfaces `qr-`/`qg-` and the first 11 characters of their port ids.
+//! routerd starts it, pins it under its id, the fast path forwards its traffic, and
+//! routerctl's verbs reach it; its floating IP and firewall rule are named by Neutron's ids,
+//! idempotently (`--may-exist`, `--if-exists`).
+
+use std::{path::PathBuf, process::Output};
+
+use router_tests::{
+    routerd::routerd_path,
+    topology::{Builder, Host},
+    traffic::ping,
+};
+use serde_json::Value;
+
+const EXT_HOST: [u8; 4] = [198, 18, 0, 1];
+const FIP: [u8; 4] = [198, 18, 0, 10];
+const FIP_ID: &str = "2f245a7b-796b-4f26-9cf9-9e82d248fda7";
+const RULE_ID: &str = "0b0e3c1c-8f6d-4d5e-a1c4-3f1d2b0a9c8e";
+/// As Neutron names a router's ports: the prefix and the port id's first 11 characters.
+const QG: &str = "qg-4d5e6f70-81";
+const QR: &str = "qr-0a1b2c3d-4e";
+
+fn routerctl(socket: &PathBuf, args: &[&str]) -> Output {
+    std::process::Command::new(routerd_path().with_file_name("routerctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("running routerctl")
+}
+
+/// routerctl that must succeed: its stdout.
+fn ctl_ok(socket: &PathBuf, args: &[&str]) -> String {
+    let out = routerctl(socket, args);
+    assert!(
+        out.status.success(),
+        "routerctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// routerctl that must fail with exit code `code`: its stderr.
+fn ctl_fails(socket: &PathBuf, code: i32, args: &[&str]) -> String {
+    let out = routerctl(socket, args);
+    let stderr = String::from_utf8(out.stderr).expect("UTF-8");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "routerctl {args:?}: {stderr}"
+    );
+    stderr
+}
+
+/// The items of routerctl's JSON document.
+fn items(socket: &PathBuf, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.extend(["-f", "json"]);
+    let doc: Value = serde_json::from_str(&ctl_ok(socket, &args)).expect("JSON");
+    doc["items"].clone()
+}
+
+/// Packets the fast path forwarded on the router's interfaces, summed.
+fn forwarded(router: &str) -> u64 {
+    router_user::stats::collect(Some(router))
+        .expect("the router's pinned counters")
+        .iter()
+        .map(|r| r.forwarded_packets)
+        .sum()
+}
+
+/// Whether pings get through, tried up to 5 times (a loaded machine may miss one window).
+fn reaches(ns: &str, dst: [u8; 4]) -> bool {
+    (0..5).any(|_| ping(ns, dst, 2))
+}
+
+#[test]
+fn a_router_named_by_its_neutron_uuid_forwards_and_answers_routerctl() {
+    router_tests::require_root();
+    // The external host has no route to the internal subnet: it reaches the VM through
+    // the floating IP only.
+    let mut topo = Builder::neutron()
+        .external(
+            QG,
+            "198.18.0.2/24",
+            "198.18.0.1",
+            [Host::new("ext", "198.18.0.1/24")],
+        )
+        .internal(
+            QR,
+            "10.0.1.1/24",
+            [Host::new("vma", "10.0.1.5/24").via("10.0.1.1")],
+        )
+        .build();
+    let router = topo.tag.clone();
+    assert_eq!(router.len(), 36, "{router} is a UUID");
+    assert_eq!(topo.router_ns, format!("qrouter-{router}"));
+    let mut text = topo.router_text("xdp");
+    text.extra = format!(
+        "[[router.floating_ip]]\nid = \"{FIP_ID}\"\naddress = \"198.18.0.10\"\nfixed = \"10.0.1.5\"\n"
+    );
+    topo.write_config(&text.render());
+    let socket = topo.start_routerd().socket.clone();
+    let (ext, vma) = (topo.ns("ext").to_string(), topo.ns("vma").to_string());
+
+    // Its pins and run files are named by the UUID.
+    assert!(router_user::paths::router_pin_dir(&router).is_dir());
+    assert!(router_user::paths::router_info_file(&router).exists());
+
+    // Traffic both ways through the floating IP, forwarded by the fast path.
+    let before = forwarded(&router);
+    assert!(
+        reaches(&vma, EXT_HOST),
+        "the VM does not reach the external host"
+    );
+    assert!(
+        reaches(&ext, FIP),
+        "the external host does not reach the floating IP"
+    );
+    let after = forwarded(&router);
+    assert!(
+        after >= before + 4,
+        "the fast path forwarded {} packets, expected the pings' (4 or more)",
+        after - before
+    );
+
+    // routerctl: the router, its floating IP by id, idempotent.
+    let list = items(&socket, &["router", "list"]);
+    assert_eq!(list[0]["id"], router.as_str(), "{list}");
+    assert_eq!(list[0]["running"], true, "{list}");
+    let show = items(&socket, &["router", "show", &router]);
+    assert_eq!(show["namespace"], topo.router_ns.as_str(), "{show}");
+    let fips = items(&socket, &["fip", "list", &router]);
+    assert_eq!(fips[0]["id"], FIP_ID, "{fips}");
+    assert_eq!(fips[0]["address"], "198.18.0.10", "{fips}");
+    let table = ctl_ok(&socket, &["fip", "list", &router]);
+    assert!(table.contains(FIP_ID), "{table}");
+    let create = [
+        "fip",
+        "create",
+        &router,
+        "--address",
+        "198.18.0.10",
+        "--fixed",
+        "10.0.1.5",
+        "--id",
+        FIP_ID,
+    ];
+    let e = ctl_fails(&socket, 4, &create);
+    assert!(e.contains("(use --may-exist)"), "{e}");
+    let mut again = create.to_vec();
+    again.push("--may-exist");
+    let out = ctl_ok(&socket, &again);
+    assert!(out.contains("unchanged"), "{out}");
+    let mut moved = again.clone();
+    moved[6] = "10.0.1.6";
+    let e = ctl_fails(&socket, 4, &moved);
+    assert!(
+        e.contains(&format!("floating IP id {FIP_ID} exists")),
+        "{e}"
+    );
+    ctl_ok(&socket, &["fip", "delete", &router, "--id", FIP_ID]);
+    assert!(
+        !ping(&ext, FIP, 2),
+        "the floating IP still answers after its delete by id"
+    );
+    let e = ctl_fails(&socket, 3, &["fip", "delete", &router, "--id", FIP_ID]);
+    assert!(e.contains("has no floating IP id"), "{e}");
+    ctl_ok(
+        &socket,
+        &["fip", "delete", &router, "--id", FIP_ID, "--if-exists"],
+    );
+    ctl_ok(&socket, &again);
+    assert!(
+        reaches(&ext, FIP),
+        "the floating IP created again does not answer"
+    );
+
+    // A firewall rule by id: it drops the VM's pings, and goes again by id.
+    ctl_ok(&socket, &["fw", "default", &router, "allow"]);
+    let add = [
+        "fw",
+        "rule",
+        "add",
+        &router,
+        "--action",
+        "deny",
+        "--protocol",
+        "icmp",
+        "--id",
+        RULE_ID,
+    ];
+    ctl_ok(&socket, &add);
+    let mut add_again = add.to_vec();
+    add_again.push("--may-exist");
+    let out = ctl_ok(&socket, &add_again);
+    assert!(out.contains("unchanged"), "{out}");
+    let fw = items(&socket, &["fw", "rule", "list", &router]);
+    assert_eq!(fw["rules"][0]["id"], RULE_ID, "{fw}");
+    assert!(!ping(&vma, EXT_HOST, 2), "the deny rule lets pings through");
+    ctl_ok(&socket, &["fw", "rule", "del", &router, "--id", RULE_ID]);
+    ctl_ok(
+        &socket,
+        &["fw", "rule", "del", &router, "--id", RULE_ID, "--if-exists"],
+    );
+    assert!(
+        reaches(&vma, EXT_HOST),
+        "pings do not pass once the rule is gone"
+    );
+
+    // The read-only verbs reach it through its pins.
+    let stats = ctl_ok(&socket, &["stats", &router]);
+    assert!(stats.contains(QG) && stats.contains(QR), "{stats}");
+
+    // What routerd persisted holds the ids.
+    let file = std::fs::read_to_string(&topo.config).expect("the desired state");
+    assert!(
+        file.contains(&format!("id = \"{FIP_ID}\"")),
+        "the file lost the floating IP's id:\n{file}"
+    );
+}
