@@ -209,9 +209,26 @@ fn a_router_named_by_its_neutron_uuid_forwards_and_answers_routerctl() {
         "pings do not pass once the rule is gone"
     );
 
-    // The read-only verbs reach it through its pins.
+    // The read-only verbs reach it through its pins; trace pins the maps it shares in a
+    // temporary directory of its own, whatever the router's id.
     let stats = ctl_ok(&socket, &["stats", &router]);
     assert!(stats.contains(QG) && stats.contains(QR), "{stats}");
+    let trace = items(
+        &socket,
+        &[
+            "trace",
+            &router,
+            "--in",
+            QR,
+            "--src",
+            "10.0.1.5",
+            "--dst",
+            "198.18.0.1",
+            "--proto",
+            "icmp",
+        ],
+    );
+    assert_eq!(trace["verdict"], "forwarded", "{trace}");
 
     // What routerd persisted holds the ids.
     let file = std::fs::read_to_string(&topo.config).expect("the desired state");
@@ -219,4 +236,81 @@ fn a_router_named_by_its_neutron_uuid_forwards_and_answers_routerctl() {
         file.contains(&format!("id = \"{FIP_ID}\"")),
         "the file lost the floating IP's id:\n{file}"
     );
+}
+
+/// `routerctl import neutron` on the fixtures writes a file that routerd accepts, and lists
+/// what it skipped; an input it cannot map exits 2 naming the object, writing nothing.
+#[test]
+fn the_neutron_import_writes_a_file_routerd_accepts() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/neutron");
+    let dir = std::env::temp_dir().join(router_tests::topology::unique_uuid());
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let result = std::panic::catch_unwind(|| {
+        let file = dir.join("imported.toml");
+        let socket = dir.join("unused.sock");
+        let out = routerctl(
+            &socket,
+            &[
+                "import",
+                "neutron",
+                &fixtures.display().to_string(),
+                "-o",
+                &file.display().to_string(),
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "import: {stderr}");
+        assert!(
+            stderr.contains("routerctl: skipped: floating IP 2c7990c7-bbfa-4fa3-a122-1b8e710450aa"),
+            "{stderr}"
+        );
+        let written = std::fs::read_to_string(&file).expect("the imported file");
+        let expected =
+            std::fs::read_to_string(fixtures.join("expected.toml")).expect("expected.toml");
+        assert_eq!(written, expected);
+        let check = std::process::Command::new(routerd_path())
+            .args(["--check", "--config"])
+            .arg(&file)
+            .output()
+            .expect("routerd --check");
+        assert!(
+            check.status.success(),
+            "routerd --check refuses the import: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        // One router's subnet missing: refused, naming it; the file is left as it was.
+        let partial = dir.join("partial");
+        std::fs::create_dir_all(&partial).expect("a directory");
+        for entry in std::fs::read_dir(&fixtures)
+            .expect("the fixtures")
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != "subnet-96d46a1c-faa6-45b3-bea4-e7d52f751aff.json" {
+                std::fs::copy(entry.path(), partial.join(&name)).expect("a copy");
+            }
+        }
+        let e = ctl_fails(
+            &socket,
+            2,
+            &[
+                "import",
+                "neutron",
+                &partial.display().to_string(),
+                "-o",
+                &file.display().to_string(),
+            ],
+        );
+        assert!(
+            e.contains(
+                "subnet 96d46a1c-faa6-45b3-bea4-e7d52f751aff of 192.168.10.1 is not in the input"
+            ),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(&file).expect("the file"), expected);
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
 }
