@@ -180,8 +180,8 @@ pub(super) fn fw_rule_add(
     let rule = t.text().firewall_rule(at, text)?;
     let same_id = rule
         .id
-        .and_then(|id| fw.rules.iter().position(|x| x.id == Some(id)));
-    if let Some(i) = same_id {
+        .and_then(|id| Some((id, fw.rules.iter().position(|x| x.id == Some(id))?)));
+    if let Some((id, i)) = same_id {
         let existing = &fw.rules[i];
         let in_place = position.is_none_or(|p| p == i + 1);
         if *existing == rule && in_place {
@@ -197,10 +197,7 @@ pub(super) fn fw_rule_add(
             "router \"{router}\" has a different firewall rule with this id: {} (delete it first)",
             describe_rule(i + 1, existing)
         ))
-        .at(format!(
-            "firewall rule {}",
-            existing.id.map(|id| id.to_string()).unwrap_or_default()
-        )));
+        .at(format!("firewall rule {id}")));
     }
     if may_exist && rule.id.is_none() {
         let same = match position {
