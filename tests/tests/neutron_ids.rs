@@ -1,13 +1,14 @@
 //! A router named as Neutron names it, end to end: router id a UUID, namespace
 //! `qrouter-<uuid>`, interfaces `qr-`/`qg-` and the first 11 characters of their port ids.
-//! routerd starts it, pins it under its id, the fast path forwards its traffic, and
-//! routerctl's verbs reach it; its floating IP and firewall rule are named by Neutron's ids,
-//! idempotently (`--may-exist`, `--if-exists`).
+//! routerd starts it, pins it under its id, the fast path forwards its traffic,
+//! routerctl's verbs reach it, and a second routerd adopts it; its floating IP and firewall
+//! rule are named by Neutron's ids, idempotently (`--may-exist`, `--if-exists`). And
+//! `routerctl import neutron` end to end on the fixtures.
 
 use std::{path::PathBuf, process::Output};
 
 use router_tests::{
-    routerd::routerd_path,
+    routerd::{Routerd, routerd_path},
     topology::{Builder, Host},
     traffic::ping,
 };
@@ -235,6 +236,30 @@ fn a_router_named_by_its_neutron_uuid_forwards_and_answers_routerctl() {
     assert!(
         file.contains(&format!("id = \"{FIP_ID}\"")),
         "the file lost the floating IP's id:\n{file}"
+    );
+
+    // A new routerd adopts the router by its id (its owner record, pins and links), and
+    // writes nothing: the file it reads is what runs.
+    // (The topology keeps the stopped one: dropping it would tear the router down.)
+    assert!(topo.routerd_mut().stop(), "routerd did not stop cleanly");
+    let second = Routerd::start(&topo.config, &router);
+    let adopted = |log: &str| {
+        log.contains("adopted the running fast path")
+            && log.contains("; 0 map writes, 0 kernel writes")
+    };
+    // The line follows the router's start by a moment; bounded, it is there or never.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !adopted(&second.log_text()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let log = second.log_text();
+    assert!(
+        adopted(&log),
+        "the new routerd did not adopt router {router} without writing:\n{log}"
+    );
+    assert!(
+        reaches(&ext, FIP),
+        "the floating IP does not answer after the restart"
     );
 }
 
