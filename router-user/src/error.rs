@@ -83,6 +83,10 @@ pub enum Error {
     /// routerd's API socket cannot be served.
     #[error("API socket {path}: {problem}")]
     Socket { path: String, problem: String },
+    /// Neutron's API objects that cannot be read, or mapped to a desired state
+    /// (`routerctl import neutron`): the object (kind and id) and why.
+    #[error("{object}: {problem}")]
+    Import { object: String, problem: String },
 }
 
 impl Error {
@@ -90,6 +94,13 @@ impl Error {
         Error::Io {
             what: what.into(),
             source,
+        }
+    }
+
+    pub fn import(object: impl Into<String>, problem: impl Into<String>) -> Self {
+        Error::Import {
+            object: object.into(),
+            problem: problem.into(),
         }
     }
 

@@ -7,6 +7,7 @@ pub mod conntrack;
 pub mod datapath;
 pub mod error;
 pub mod generate;
+pub mod import;
 pub mod maps;
 pub mod metrics;
 pub mod monitor;

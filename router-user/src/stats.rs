@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::{
     error::Error,
     maps::{Pinned, Rooms as _},
-    router::{RouterInfo, running_routers},
+    router::{RouterInfo, running_router, running_routers},
 };
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -52,18 +52,19 @@ impl InterfaceStats {
 
 /// Every running router, or only `only` (an error if that one is not running).
 pub fn selected_routers(only: Option<&str>) -> Result<Vec<RouterInfo>, Error> {
-    let mut routers = running_routers()?;
-    if let Some(id) = only {
-        routers.retain(|r| r.router == id);
-        if routers.is_empty() {
+    let Some(id) = only else {
+        return running_routers();
+    };
+    match running_router(id)? {
+        Some(info) => Ok(vec![info]),
+        None => {
             let pins = crate::paths::router_pin_dir(id);
-            return Err(Error::NotRunning(
+            Err(Error::NotRunning(
                 id.to_string(),
                 pins.display().to_string(),
-            ));
+            ))
         }
     }
-    Ok(routers)
 }
 
 /// Counters of every interface of every running router (or of `only`).

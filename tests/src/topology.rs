@@ -107,6 +107,15 @@ impl Builder {
         }
     }
 
+    /// As [`Builder::new`], with a tag that is a UUID unique to the run: the router is
+    /// named as Neutron names one (router `<uuid>` in namespace `qrouter-<uuid>`).
+    pub fn neutron() -> Self {
+        Self {
+            tag: unique_uuid(),
+            ..Self::new("n")
+        }
+    }
+
     /// The router's interfaces send by XDP redirect (`xdp_egress`): the hosts' ends of
     /// their links run GRO, so the frames redirected into them are delivered (and transmit
     /// checksum offload is off, so what the hosts send carries its checksums).
@@ -244,6 +253,24 @@ impl Builder {
             namespaces,
         }
     }
+}
+
+/// A UUID no other test run uses at the same time: the process id, a counter and the
+/// clock's nanoseconds in its fields.
+pub fn unique_uuid() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        std::process::id(),
+        n & 0xffff,
+        (nanos >> 48) as u32 & 0xfff,
+        (nanos >> 36) as u32 & 0xfff,
+        nanos as u64 & 0xffff_ffff_ffff
+    )
 }
 
 /// A bridge `br0` in namespace `switch`, each end (namespace, device) linked to a port

@@ -1154,7 +1154,7 @@ fn neutron_router_and_floating_ip_verbs() {
         ],
     );
     assert!(
-        e.contains(".id = \"bad id\": must be 1-32 characters"),
+        e.contains(".id = \"bad id\": must be 1-64 characters"),
         "{e}"
     );
 

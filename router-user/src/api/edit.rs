@@ -9,8 +9,7 @@ use router_common::TABLE_MAIN;
 
 use super::{planner::Plan, protocol::ApiError};
 use crate::config::{
-    self, DesiredState, Firewall, FirewallRuleText, IfAddr, Prefix, Router, RouterText, RuleText,
-    Steering,
+    self, DesiredState, Firewall, IfAddr, Prefix, Router, RouterText, RuleText, Steering,
 };
 
 /// Router `id` of a state, to edit.
@@ -43,19 +42,19 @@ impl<'a> Target<'a> {
     }
 
     /// The request's values for this router, read as the file reads them.
-    fn text(&self) -> RouterText<'a> {
+    pub(super) fn text(&self) -> RouterText<'a> {
         RouterText::new(self.index, self.router)
     }
 
     /// The state with this router edited by `edit` (not checked).
-    fn edited(&self, edit: impl FnOnce(&mut Router)) -> DesiredState {
+    pub(super) fn edited(&self, edit: impl FnOnce(&mut Router)) -> DesiredState {
         let mut new = self.state.clone();
         edit(&mut new.routers[self.index]);
         new
     }
 
     /// The state with this router edited by `edit`, checked whole.
-    fn change(&self, edit: impl FnOnce(&mut Router)) -> Result<Plan, ApiError> {
+    pub(super) fn change(&self, edit: impl FnOnce(&mut Router)) -> Result<Plan, ApiError> {
         checked(self.state, self.edited(edit))
     }
 }
@@ -280,63 +279,6 @@ pub(super) fn rule_del(
     };
     t.change(|r| {
         r.rules.remove(at);
-    })
-}
-
-/// Inserts a firewall rule at 1-based `position` (default: after the last).
-pub(super) fn fw_rule_add(
-    state: &DesiredState,
-    router: &str,
-    position: Option<usize>,
-    text: &FirewallRuleText<'_>,
-) -> Result<Plan, ApiError> {
-    let t = Target::of(state, router)?;
-    let Some(fw) = &t.router.firewall else {
-        return Err(ApiError::not_found(format!(
-            "router \"{router}\" has no firewall: create it with its default policy first (fw_default; routerctl fw default --router {router} deny|allow)"
-        )));
-    };
-    let count = fw.rules.len();
-    let at = match position {
-        None => count,
-        Some(p) if (1..=count + 1).contains(&p) => p - 1,
-        Some(p) => {
-            return Err(ApiError::invalid(format!(
-                "position {p} is out of range: router \"{router}\" has {count} firewall rule(s), a rule is inserted at 1 to {}",
-                count + 1
-            )));
-        }
-    };
-    let rule = t.text().firewall_rule(at, text)?;
-    t.change(|r| {
-        if let Some(fw) = &mut r.firewall {
-            fw.rules.insert(at, rule);
-        }
-    })
-}
-
-/// Removes the firewall rule at 1-based `position`.
-pub(super) fn fw_rule_del(
-    state: &DesiredState,
-    router: &str,
-    position: usize,
-) -> Result<Plan, ApiError> {
-    let t = Target::of(state, router)?;
-    let Some(fw) = &t.router.firewall else {
-        return Err(ApiError::not_found(format!(
-            "router \"{router}\" has no firewall"
-        )));
-    };
-    if !(1..=fw.rules.len()).contains(&position) {
-        return Err(ApiError::not_found(format!(
-            "router \"{router}\" has no firewall rule at position {position} (it has {} rule(s), numbered from 1)",
-            fw.rules.len()
-        )));
-    }
-    t.change(|r| {
-        if let Some(fw) = &mut r.firewall {
-            fw.rules.remove(position - 1);
-        }
     })
 }
 
@@ -620,63 +562,5 @@ pub(super) fn gateway_clear(
     }
     t.change(|r| r.gateway = None).map_err(|e| {
         ApiError::conflict(format!("router \"{router}\" still uses its gateway: {e}")).at("gateway")
-    })
-}
-
-/// Creates floating IP `address` for `fixed`.
-pub(super) fn fip_add(
-    state: &DesiredState,
-    router: &str,
-    address: &str,
-    fixed: &str,
-    may_exist: bool,
-) -> Result<Plan, ApiError> {
-    let t = Target::of(state, router)?;
-    let r = t.router;
-    let fip = t.text().floating_ip(r.floating_ips.len(), address, fixed)?;
-    let (a, f) = (fip.address, fip.fixed);
-    if let Some(existing) = r.floating_ips.iter().find(|x| x.address == a) {
-        if existing.fixed == f {
-            if may_exist {
-                return Ok(Plan::Unchanged);
-            }
-            return Err(ApiError::conflict(format!(
-                "floating IP {a} is already associated with {f} on router \"{router}\" (use --may-exist)"
-            )));
-        }
-        return Err(ApiError::conflict(format!(
-            "floating IP {a} is already associated with {} on router \"{router}\" (disassociate it first)",
-            existing.fixed
-        )));
-    }
-    if let Some(other) = r.floating_ips.iter().find(|x| x.fixed == f) {
-        return Err(ApiError::conflict(format!(
-            "fixed IP {f} already has floating IP {} on router \"{router}\" (one floating IP per fixed IP)",
-            other.address
-        )));
-    }
-    t.change(|r| r.floating_ips.push(fip))
-}
-
-pub(super) fn fip_delete(
-    state: &DesiredState,
-    router: &str,
-    address: &str,
-    if_exists: bool,
-) -> Result<Plan, ApiError> {
-    let t = Target::of(state, router)?;
-    let a = Ipv4Addr::from_str(address).map_err(|_| {
-        ApiError::invalid(format!("address \"{address}\": not an IPv4 address")).at("address")
-    })?;
-    let Some(at) = t.router.floating_ips.iter().position(|f| f.address == a) else {
-        if if_exists {
-            return Ok(Plan::Unchanged);
-        }
-        return Err(ApiError::not_found(format!(
-            "router \"{router}\" has no floating IP {a}"
-        )));
-    };
-    t.change(|r| {
-        r.floating_ips.remove(at);
     })
 }

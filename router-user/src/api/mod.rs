@@ -6,6 +6,8 @@
 //! - [`edit`]: the edits, made on the typed state and checked whole with
 //!   [`DesiredState::validate`](crate::config::DesiredState::validate), so a bad value is
 //!   rejected with the message (naming the key) it gets in a file;
+//! - [`edit_keyed`]: the edits of floating IPs and firewall rules, which a request names
+//!   by Neutron's id as well as by address or position;
 //! - [`views`]: what the queries answer, built from the state and [`Live`];
 //! - [`live`]: what routerd finds on the node for the planner: the running routers, their
 //!   counters ([`Live::read_counters`]), the namespaces a new state needs ([`preflight`]);
@@ -15,6 +17,7 @@
 
 pub mod client;
 mod edit;
+mod edit_keyed;
 pub mod live;
 pub mod planner;
 pub mod protocol;

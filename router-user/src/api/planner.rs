@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::{
     edit::{self, GatewayText, RouteText, SteerText, Target},
+    edit_keyed,
     live::Live,
     protocol::{ApiError, Request},
     views::{self, FloatingIpEntry, RouterSummary, StateText},
@@ -133,7 +134,9 @@ pub fn plan_with(state: &DesiredState, request: &Request, live: &Live) -> Result
             destination,
             destination_ports,
             description,
-        } => edit::fw_rule_add(
+            id,
+            may_exist,
+        } => edit_keyed::fw_rule_add(
             state,
             router,
             *position,
@@ -144,9 +147,16 @@ pub fn plan_with(state: &DesiredState, request: &Request, live: &Live) -> Result
                 destination: destination.as_deref(),
                 destination_ports: destination_ports.as_deref(),
                 description: description.as_deref(),
+                id: id.as_deref(),
             },
+            *may_exist,
         ),
-        Request::FwRuleDel { router, position } => edit::fw_rule_del(state, router, *position),
+        Request::FwRuleDel {
+            router,
+            position,
+            id,
+            if_exists,
+        } => edit_keyed::fw_rule_del(state, router, *position, id.as_deref(), *if_exists),
         Request::FwDefault { router, policy } => edit::fw_default(state, router, policy),
         Request::FwSteerSet {
             router,
@@ -208,24 +218,28 @@ pub fn plan_with(state: &DesiredState, request: &Request, live: &Live) -> Result
             router,
             address,
             fixed,
+            id,
             may_exist,
         }
         | Request::FipAssociate {
             router,
             address,
             fixed,
+            id,
             may_exist,
-        } => edit::fip_add(state, router, address, fixed, *may_exist),
+        } => edit_keyed::fip_add(state, router, address, fixed, id.as_deref(), *may_exist),
         Request::FipDelete {
             router,
             address,
+            id,
             if_exists,
         }
         | Request::FipDisassociate {
             router,
             address,
+            id,
             if_exists,
-        } => edit::fip_delete(state, router, address, *if_exists),
+        } => edit_keyed::fip_delete(state, router, address.as_deref(), id.as_deref(), *if_exists),
     }
 }
 

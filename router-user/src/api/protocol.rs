@@ -92,11 +92,26 @@ pub enum Request {
         destination_ports: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         description: Option<String>,
+        /// Neutron's id of the rule (a UUID), unique among the router's rules.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// An identical rule already there is not an error: the rule with this `id`, or,
+        /// without an id, an identical rule without one at `position` (or anywhere when no
+        /// position is given).
+        #[serde(default)]
+        may_exist: bool,
     },
+    /// Removes the rule at `position`, the rule with `id`, or the rule with both.
     FwRuleDel {
         router: String,
         /// 1-based.
-        position: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// No such rule is not an error.
+        #[serde(default)]
+        if_exists: bool,
     },
     FwRuleList {
         router: String,
@@ -187,12 +202,20 @@ pub enum Request {
         router: String,
         address: String,
         fixed: String,
+        /// Neutron's id of the floating IP (a UUID), unique among the router's floating IPs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// The same floating IP (address, fixed IP and id) already there is not an error.
         #[serde(default)]
         may_exist: bool,
     },
+    /// Deletes the floating IP with `address`, with `id`, or with both.
     FipDelete {
         router: String,
-        address: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
         #[serde(default)]
         if_exists: bool,
     },
@@ -207,13 +230,18 @@ pub enum Request {
         router: String,
         address: String,
         fixed: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
         #[serde(default)]
         may_exist: bool,
     },
-    /// Disassociates floating IP `address`: the same as `fip_delete`.
+    /// Disassociates a floating IP: the same as `fip_delete`.
     FipDisassociate {
         router: String,
-        address: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
         #[serde(default)]
         if_exists: bool,
     },

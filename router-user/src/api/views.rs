@@ -60,6 +60,9 @@ pub struct FirewallListing {
 pub struct FwRuleEntry {
     /// 1-based.
     pub position: usize,
+    /// Neutron's id of the rule; left out when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub action: String,
     /// `"any"`, `"tcp"`, `"udp"`, `"icmp"` or a number.
     pub protocol: String,
@@ -194,6 +197,9 @@ pub struct TableEntry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FloatingIpEntry {
     pub router: String,
+    /// Neutron's id of the floating IP; left out when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// The floating IP.
     pub address: String,
     /// The fixed IP it is associated with.
@@ -280,6 +286,7 @@ fn protocol_text(proto: u8) -> String {
 fn fw_rule_entry(position: usize, rule: &FirewallRule) -> FwRuleEntry {
     FwRuleEntry {
         position,
+        id: rule.id.map(|id| id.to_string()),
         action: rule.action.to_string(),
         protocol: protocol_text(rule.protocol),
         source: rule.source.to_string(),
@@ -375,6 +382,7 @@ pub(super) fn floating_ip_entries(r: &Router, live: &Live) -> Vec<FloatingIpEntr
             let c = counters.get(&f.address).filter(|c| c.fixed_ip == f.fixed);
             FloatingIpEntry {
                 router: r.id.clone(),
+                id: f.id.map(|id| id.to_string()),
                 address: f.address.to_string(),
                 fixed: f.fixed.to_string(),
                 in_packets: c.map(|c| c.in_packets),

@@ -13,6 +13,16 @@ use super::{
 };
 use crate::error::ConfigError;
 
+/// The longest router id. The id names a directory under bpffs and files under the run
+/// directory (`<id>.json`, `<id>.owner`, `<id>.nft`), whose names may be 255 bytes; it never
+/// names a kernel object with a short limit (interfaces, BPF objects and nftables tables have
+/// names of their own). A Neutron router's id, a UUID, is 36 characters; its namespace
+/// `qrouter-<uuid>` is 44, within [`NAMESPACE_MAX`].
+const ROUTER_ID_MAX: usize = 64;
+
+/// The longest namespace name (a file name under `/run/netns`).
+const NAMESPACE_MAX: usize = 64;
+
 /// The checks across routers: ids and namespaces are unique.
 #[derive(Default)]
 pub(super) struct StateChecks {
@@ -68,7 +78,7 @@ impl RouterChecks {
     pub(super) fn new(index: usize, r: &Router) -> Result<Self, ConfigError> {
         let at = Ctx::router(index, &r.id);
         if r.id.is_empty()
-            || r.id.len() > 32
+            || r.id.len() > ROUTER_ID_MAX
             || !r
                 .id
                 .chars()
@@ -78,10 +88,11 @@ impl RouterChecks {
             return Err(at.bad(
                 "id",
                 &r.id,
-                "must be 1-32 characters of letters, digits, '-', '_' or '.', not starting with '.'",
+                "must be 1-64 characters of letters, digits, '-', '_' or '.', not starting with '.'",
             ));
         }
-        if r.namespace.is_empty() || r.namespace.contains('/') || r.namespace.len() > 64 {
+        if r.namespace.is_empty() || r.namespace.contains('/') || r.namespace.len() > NAMESPACE_MAX
+        {
             return Err(at.bad(
                 "namespace",
                 &r.namespace,
@@ -383,6 +394,7 @@ fn check_floating_ips(
     // Sets, not scans: tens of thousands of floating IPs must validate in milliseconds.
     let mut addresses = HashSet::with_capacity(fips.len());
     let mut fixeds = HashSet::with_capacity(fips.len());
+    let mut ids = HashSet::new();
     let external: Vec<ExternalSubnet> = gateway
         .iter()
         .flat_map(|g| {
@@ -453,6 +465,15 @@ fn check_floating_ips(
         }
         if !fixeds.insert(fixed) {
             return Err(bad_fixed("already has a floating IP (one per fixed IP)"));
+        }
+        if let Some(id) = f.id
+            && !ids.insert(id)
+        {
+            return Err(at.bad(
+                &format!("{key}.id"),
+                &id.to_string(),
+                "another floating IP of this router has this id",
+            ));
         }
     }
     Ok(())

@@ -52,6 +52,7 @@ pub(super) struct FileRouter {
 struct FileFloatingIp {
     address: String,
     fixed: String,
+    id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -260,6 +261,11 @@ fn read_floating_ip(at: &Ctx, index: usize, f: &FileFloatingIp) -> Result<Floati
     Ok(FloatingIp {
         address: read(at, &format!("{key}.address"), &f.address, parse_ip)?,
         fixed: read(at, &format!("{key}.fixed"), &f.fixed, parse_ip)?,
+        id: f
+            .id
+            .as_deref()
+            .map(|text| read(at, &format!("{key}.id"), text, parse_id))
+            .transpose()?,
     })
 }
 
@@ -420,16 +426,18 @@ impl<'a> RouterText<'a> {
         read(&self.at, "steering.gateway_nexthop", text, parse_ip)
     }
 
-    /// `floating_ip[index]`.
+    /// `floating_ip[index]`, with Neutron's id `id` if given.
     pub fn floating_ip(
         &self,
         index: usize,
         address: &str,
         fixed: &str,
+        id: Option<&str>,
     ) -> Result<FloatingIp, ConfigError> {
         let f = FileFloatingIp {
             address: address.to_string(),
             fixed: fixed.to_string(),
+            id: id.map(str::to_string),
         };
         read_floating_ip(&self.at, index, &f)
     }
@@ -481,6 +489,11 @@ fn parse_port_range(s: &str) -> Result<PortRange, &'static str> {
         return Err("must be low-high with 1 <= low <= high <= 65535");
     }
     Ok(PortRange { min, max })
+}
+
+/// A Neutron id (a UUID).
+pub(super) fn parse_id(s: &str) -> Result<super::NeutronId, &'static str> {
+    s.parse()
 }
 
 pub(super) fn parse_ip(s: &str) -> Result<Ipv4Addr, &'static str> {

@@ -8,8 +8,8 @@ use router_common::{FwRule, MAX_FW_RULES, fw_action};
 use serde::Deserialize;
 
 use super::{
-    Ctx, PortRange, Prefix,
-    file::{parse_prefix_or_addr, read, value_text},
+    Ctx, NeutronId, PortRange, Prefix,
+    file::{parse_id, parse_prefix_or_addr, read, value_text},
 };
 use crate::error::ConfigError;
 
@@ -63,6 +63,9 @@ pub struct FirewallRule {
     /// Destination ports (TCP or UDP rules only); `None` = every port.
     pub ports: Option<PortRange>,
     pub description: Option<String>,
+    /// Neutron's id of the rule (`id`), unique among the router's firewall rules; `None`:
+    /// addressed by its position only.
+    pub id: Option<NeutronId>,
 }
 
 impl FirewallRule {
@@ -123,6 +126,7 @@ pub(super) struct FileFwRule {
     destination: Option<String>,
     destination_ports: Option<toml::Value>,
     description: Option<String>,
+    id: Option<String>,
 }
 
 /// A firewall rule as an edit gives it (a request's fields), for
@@ -139,6 +143,8 @@ pub struct FirewallRuleText<'a> {
     /// `"80"`, `"1000-2000"` or `"1000:2000"`; `None`: every port.
     pub destination_ports: Option<&'a str>,
     pub description: Option<&'a str>,
+    /// Neutron's id of the rule; `None`: none.
+    pub id: Option<&'a str>,
 }
 
 impl FirewallRuleText<'_> {
@@ -151,6 +157,7 @@ impl FirewallRuleText<'_> {
             destination: self.destination.map(str::to_string),
             destination_ports: text(self.destination_ports),
             description: self.description.map(str::to_string),
+            id: self.id.map(str::to_string),
         }
     }
 }
@@ -198,8 +205,18 @@ pub(super) fn check_firewall(at: &Ctx, firewall: Option<&Firewall>) -> Result<()
             ),
         ));
     }
+    let mut ids = std::collections::HashSet::new();
     for (i, r) in f.rules.iter().enumerate() {
         let key = format!("firewall.rule[{i}]");
+        if let Some(id) = r.id
+            && !ids.insert(id)
+        {
+            return Err(at.bad(
+                &format!("{key}.id"),
+                &id.to_string(),
+                "another firewall rule of this router has this id",
+            ));
+        }
         if let Some(ports) = r.ports
             && r.protocol != PROTO_TCP
             && r.protocol != PROTO_UDP
@@ -266,6 +283,10 @@ pub(super) fn read_rule(at: &Ctx, key: &str, r: &FileFwRule) -> Result<FirewallR
             Some(ports)
         }
     };
+    let id =
+        r.id.as_deref()
+            .map(|text| read(at, &format!("{key}.id"), text, parse_id))
+            .transpose()?;
     Ok(FirewallRule {
         action,
         protocol,
@@ -273,6 +294,7 @@ pub(super) fn read_rule(at: &Ctx, key: &str, r: &FileFwRule) -> Result<FirewallR
         destination,
         ports,
         description: r.description.clone(),
+        id,
     })
 }
 

@@ -28,6 +28,7 @@ mod check;
 mod edit;
 mod file;
 mod firewall;
+mod ident;
 mod policy;
 mod render;
 #[cfg(test)]
@@ -35,6 +36,7 @@ mod tests;
 
 pub use file::{RouterText, new_router};
 pub use firewall::{Firewall, FirewallRule, FirewallRuleText, FwAction};
+pub use ident::{NEUTRON_ID_FORM, NeutronId};
 pub use policy::{Rule, RuleText, Steering, Table};
 
 /// A validated desired state.
@@ -144,6 +146,9 @@ impl Router {
 pub struct FloatingIp {
     pub address: Ipv4Addr,
     pub fixed: Ipv4Addr,
+    /// Neutron's id of the floating IP (`id`), unique among the router's floating IPs;
+    /// `None`: addressed by its address only.
+    pub id: Option<NeutronId>,
 }
 
 /// An inclusive port range.

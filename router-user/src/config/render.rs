@@ -116,6 +116,10 @@ impl Router {
             )?;
             for r in &fw.rules {
                 writeln!(s, "\n[[router.firewall.rule]]")?;
+                // The id first: the file's edits match a rule by its first key.
+                if let Some(id) = r.id {
+                    writeln!(s, "id = \"{id}\"")?;
+                }
                 writeln!(s, "action = \"{}\"", r.action)?;
                 if let Some(p) = protocol_name(r.protocol) {
                     writeln!(s, "protocol = {p}")?;
@@ -136,6 +140,9 @@ impl Router {
         }
         for f in &self.floating_ips {
             writeln!(s, "\n[[router.floating_ip]]")?;
+            if let Some(id) = f.id {
+                writeln!(s, "id = \"{id}\"")?;
+            }
             writeln!(s, "address = \"{}\"", f.address)?;
             writeln!(s, "fixed = \"{}\"", f.fixed)?;
         }

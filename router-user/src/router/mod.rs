@@ -370,6 +370,24 @@ fn write_info(info: &RouterInfo) -> Result<(), Error> {
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(format!("renaming {}", path.display()), e))
 }
 
+/// Reads the info file of router `id`: `None` when it has none (it does not run). Reads
+/// that one file only, so nothing else in the run directory can stand in its way.
+pub fn running_router(id: &str) -> Result<Option<RouterInfo>, Error> {
+    let path = paths::router_info_file(id);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    let info: RouterInfo = serde_json::from_str(&text).map_err(|e| {
+        Error::io(
+            format!("parsing {}", path.display()),
+            std::io::Error::other(e),
+        )
+    })?;
+    Ok(Some(info).filter(|info| info.router == id))
+}
+
 /// Reads the info files of every running router.
 pub fn running_routers() -> Result<Vec<RouterInfo>, Error> {
     let mut out = Vec::new();

@@ -275,7 +275,7 @@ fn router_create_and_delete() {
         ),
         (
             json!({"op": "router_create", "router": "r 2", "namespace": "ns2"}),
-            ".id = \"r 2\": must be 1-32 characters",
+            ".id = \"r 2\": must be 1-64 characters",
         ),
         (
             json!({"op": "router_delete", "router": "r9"}),

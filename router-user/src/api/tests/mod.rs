@@ -7,6 +7,7 @@ use super::*;
 use crate::{config::DesiredState, router::RouterInfo};
 
 mod edits;
+mod neutron_ids;
 mod views;
 
 const BASE: &str = r#"

@@ -304,7 +304,8 @@ fn only_the_queries_that_show_counters_want_them() {
         },
         Request::FipDelete {
             router: r1(),
-            address: "198.18.0.10".into(),
+            address: Some("198.18.0.10".into()),
+            id: None,
             if_exists: false,
         },
     ] {

@@ -24,7 +24,10 @@ pub enum Command {
         /// The VM's fixed IP, on an internal subnet of the router.
         #[arg(long)]
         fixed: Ipv4Addr,
-        /// The same floating IP with the same fixed IP already there is not an error.
+        /// Neutron's id of the floating IP (a UUID), unique among the router's.
+        #[arg(long)]
+        id: Option<String>,
+        /// The same floating IP (address, fixed IP and id) already there is not an error.
         #[arg(long)]
         may_exist: bool,
     },
@@ -32,9 +35,12 @@ pub enum Command {
     Delete {
         /// The router (its id).
         router: String,
-        /// The floating IP.
+        /// The floating IP's address.
+        #[arg(long, required_unless_present = "id")]
+        address: Option<Ipv4Addr>,
+        /// Neutron's id of the floating IP (with --address too: both must name it).
         #[arg(long)]
-        address: Ipv4Addr,
+        id: Option<String>,
         /// No such floating IP is not an error.
         #[arg(long)]
         if_exists: bool,
@@ -55,6 +61,9 @@ pub enum Command {
         /// The VM's fixed IP, on an internal subnet of the router.
         #[arg(long)]
         fixed: Ipv4Addr,
+        /// Neutron's id of the floating IP (a UUID), unique among the router's.
+        #[arg(long)]
+        id: Option<String>,
         /// Already associated with this fixed IP is not an error.
         #[arg(long)]
         may_exist: bool,
@@ -63,9 +72,12 @@ pub enum Command {
     Disassociate {
         /// The router (its id).
         router: String,
-        /// The floating IP.
+        /// The floating IP's address.
+        #[arg(long, required_unless_present = "id")]
+        address: Option<Ipv4Addr>,
+        /// Neutron's id of the floating IP (with --address too: both must name it).
         #[arg(long)]
-        address: Ipv4Addr,
+        id: Option<String>,
         /// No such floating IP is not an error.
         #[arg(long)]
         if_exists: bool,
@@ -78,20 +90,24 @@ pub fn run(api: &Api, command: Command) -> Result<(), Failure> {
             router,
             address,
             fixed,
+            id,
             may_exist,
         } => api.change(&Request::FipCreate {
             router,
             address: address.to_string(),
             fixed: fixed.to_string(),
+            id,
             may_exist,
         }),
         Command::Delete {
             router,
             address,
+            id,
             if_exists,
         } => api.change(&Request::FipDelete {
             router,
-            address: address.to_string(),
+            address: address.map(|a| a.to_string()),
+            id,
             if_exists,
         }),
         Command::List { router } => api.show(
@@ -103,20 +119,24 @@ pub fn run(api: &Api, command: Command) -> Result<(), Failure> {
             router,
             address,
             fixed,
+            id,
             may_exist,
         } => api.change(&Request::FipAssociate {
             router,
             address: address.to_string(),
             fixed: fixed.to_string(),
+            id,
             may_exist,
         }),
         Command::Disassociate {
             router,
             address,
+            id,
             if_exists,
         } => api.change(&Request::FipDisassociate {
             router,
-            address: address.to_string(),
+            address: address.map(|a| a.to_string()),
+            id,
             if_exists,
         }),
     }

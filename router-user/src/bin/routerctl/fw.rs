@@ -66,14 +66,27 @@ pub enum RuleCommand {
         /// Free text kept with the rule.
         #[arg(long)]
         description: Option<String>,
+        /// Neutron's id of the rule (a UUID), unique among the router's rules.
+        #[arg(long)]
+        id: Option<String>,
+        /// An identical rule already there is not an error: the rule with this --id, or,
+        /// without --id, an identical rule without one at --position (or anywhere).
+        #[arg(long)]
+        may_exist: bool,
     },
-    /// Removes the rule at --position (1-based).
+    /// Removes the rule at --position (1-based) or with --id.
     Del {
         /// The router (its id).
         router: String,
         /// The rule's position (1-based, as `fw rule list` numbers them).
+        #[arg(long, required_unless_present = "id")]
+        position: Option<usize>,
+        /// Neutron's id of the rule (with --position too: both must name it).
         #[arg(long)]
-        position: usize,
+        id: Option<String>,
+        /// No such rule is not an error.
+        #[arg(long)]
+        if_exists: bool,
     },
     /// The rules in order with their counters, the fixed steps' counters and the steering.
     List {
@@ -120,6 +133,8 @@ pub fn run(api: &Api, command: Command) -> Result<(), Failure> {
             destination,
             destination_ports,
             description,
+            id,
+            may_exist,
         }) => api.change(&Request::FwRuleAdd {
             router,
             position,
@@ -134,10 +149,20 @@ pub fn run(api: &Api, command: Command) -> Result<(), Failure> {
             destination: destination.map(|c| c.to_string()),
             destination_ports,
             description,
+            id,
+            may_exist,
         }),
-        Command::Rule(RuleCommand::Del { router, position }) => {
-            api.change(&Request::FwRuleDel { router, position })
-        }
+        Command::Rule(RuleCommand::Del {
+            router,
+            position,
+            id,
+            if_exists,
+        }) => api.change(&Request::FwRuleDel {
+            router,
+            position,
+            id,
+            if_exists,
+        }),
         Command::Rule(RuleCommand::List { router }) => {
             api.show("firewall", &Request::FwRuleList { router }, listing)
         }
@@ -173,11 +198,13 @@ fn listing(fw: FirewallListing) -> String {
         None => out.push_str("firewall: none\n"),
         Some(default) => {
             let _ = writeln!(out, "firewall: default {default}");
+            // The ids' column only when a rule has one: most routers' rules have none.
+            let ids = fw.rules.iter().any(|r| r.id.is_some());
             let rows: Vec<Vec<String>> = fw
                 .rules
                 .iter()
                 .map(|r| {
-                    vec![
+                    let mut row = vec![
                         r.position.to_string(),
                         r.action.clone(),
                         r.protocol.clone(),
@@ -187,23 +214,28 @@ fn listing(fw: FirewallListing) -> String {
                         count(r.packets),
                         count(r.bytes),
                         r.description.clone().unwrap_or_default(),
-                    ]
+                    ];
+                    if ids {
+                        row.push(r.id.clone().unwrap_or_else(|| "-".into()));
+                    }
+                    row
                 })
                 .collect();
-            out.push_str(&table(
-                &[
-                    "POS",
-                    "ACTION",
-                    "PROTO",
-                    "SOURCE",
-                    "DESTINATION",
-                    "PORTS",
-                    "PACKETS",
-                    "BYTES",
-                    "DESCRIPTION",
-                ],
-                &rows,
-            ));
+            let mut columns = vec![
+                "POS",
+                "ACTION",
+                "PROTO",
+                "SOURCE",
+                "DESTINATION",
+                "PORTS",
+                "PACKETS",
+                "BYTES",
+                "DESCRIPTION",
+            ];
+            if ids {
+                columns.push("ID");
+            }
+            out.push_str(&table(&columns, &rows));
             if let Some(c) = &fw.counters {
                 let line = |name: &str, c: &Counter| {
                     vec![name.to_string(), c.packets.to_string(), c.bytes.to_string()]

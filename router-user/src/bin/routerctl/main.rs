@@ -2,7 +2,7 @@
 //!
 //! `stats`, `ct`, `nat`, `monitor` and `trace` read the running routers' pinned maps;
 //! `apply`, `state`, `router`, `fip`, `route`, `rule` and `fw` talk to routerd over its API
-//! socket (`docs/api.md`). Every verb prints a table (`-f table`, `-c` to pick columns) or
+//! socket (`docs/api.md`); `import` reads files only. Every verb prints a table (`-f table`, `-c` to pick columns) or
 //! one JSON document `{"kind", "version", "items"}` (`-f json`), and exits with a code
 //! saying what kind of failure it met ([`output::EXIT_CODES_HELP`]).
 
@@ -11,6 +11,7 @@ mod args;
 mod ct;
 mod fip;
 mod fw;
+mod import;
 mod monitor;
 mod nat;
 mod output;
@@ -93,6 +94,9 @@ enum Command {
     Fw(fw::Command),
     /// One made-up packet through a router's real programs, changing nothing (ovn-trace).
     Trace(trace::Args),
+    /// A desired state from another source's objects: neutron (`openstack ... -f json`).
+    #[command(subcommand)]
+    Import(import::Command),
 }
 
 fn main() -> std::process::ExitCode {
@@ -135,6 +139,7 @@ fn run(command: Command, socket: PathBuf, output: Output) -> Result<(), Failure>
         Command::Rule(command) => rule::run(&api, command),
         Command::Fw(command) => fw::run(&api, command),
         Command::Trace(args) => trace::run(output, args),
+        Command::Import(command) => import::run(output, command),
     }
 }
 

@@ -87,7 +87,7 @@ impl Failure {
                         exit::OTHER
                     }
                 },
-                Error::Config(_) => exit::INVALID,
+                Error::Config(_) | Error::Import { .. } => exit::INVALID,
                 Error::NotRunning(..) => exit::NOT_FOUND,
                 // Not allowed to connect is a permission problem, as routerd's refusal is.
                 Error::Unreachable { source, .. }

@@ -248,10 +248,12 @@ fn opt<T: ToString>(v: Option<T>) -> String {
 
 /// The floating IP rows `fip list` and `router show` print.
 pub fn fip_table(fips: &[FloatingIpEntry]) -> String {
+    // The ids' column only when a floating IP has one (those Neutron made do).
+    let ids = fips.iter().any(|f| f.id.is_some());
     let rows: Vec<Vec<String>> = fips
         .iter()
         .map(|f| {
-            vec![
+            let mut row = vec![
                 f.router.clone(),
                 f.address.clone(),
                 f.fixed.clone(),
@@ -259,21 +261,26 @@ pub fn fip_table(fips: &[FloatingIpEntry]) -> String {
                 opt(f.in_bytes),
                 opt(f.out_packets),
                 opt(f.out_bytes),
-            ]
+            ];
+            if ids {
+                row.push(f.id.clone().unwrap_or_else(|| "-".into()));
+            }
+            row
         })
         .collect();
-    table(
-        &[
-            "ROUTER",
-            "FLOATING_IP",
-            "FIXED_IP",
-            "IN_PKTS",
-            "IN_BYTES",
-            "OUT_PKTS",
-            "OUT_BYTES",
-        ],
-        &rows,
-    )
+    let mut columns = vec![
+        "ROUTER",
+        "FLOATING_IP",
+        "FIXED_IP",
+        "IN_PKTS",
+        "IN_BYTES",
+        "OUT_PKTS",
+        "OUT_BYTES",
+    ];
+    if ids {
+        columns.push("ID");
+    }
+    table(&columns, &rows)
 }
 
 fn show(r: RouterDetail) -> String {

@@ -83,6 +83,7 @@ fn edits_keep_the_comments_and_order_of_what_they_do_not_change() {
     state.routers[0].floating_ips.push(FloatingIp {
         address: "198.18.0.10".parse().expect("address"),
         fixed: "10.0.1.5".parse().expect("address"),
+        id: None,
     });
     let mut all_r1 = all.clone();
     all_r1.push("[[router.route]]              # to the lab\n");

@@ -3,6 +3,7 @@
 use super::{file::parse_prefix_or_addr, *};
 
 mod edit;
+mod ids;
 mod invalid;
 mod validate;
 
@@ -147,7 +148,8 @@ fn floating_ips_and_nat_settings_parse() {
         r.floating_ips,
         vec![FloatingIp {
             address: Ipv4Addr::new(198, 18, 0, 10),
-            fixed: Ipv4Addr::new(10, 0, 1, 5)
+            fixed: Ipv4Addr::new(10, 0, 1, 5),
+            id: None,
         }]
     );
     assert_eq!(
@@ -517,6 +519,7 @@ fn full_example_parses() {
             destination: prefix("3.3.3.0/24"),
             ports: Some(PortRange { min: 1, max: 65535 }),
             description: Some("fwaas rules".into()),
+            id: None,
         }
     );
     let fr = seed.to_fw_rule(3);

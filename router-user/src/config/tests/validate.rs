@@ -54,6 +54,7 @@ fn a_floating_ip_given_twice() {
                 r.floating_ips.push(FloatingIp {
                     address: ip("198.18.0.10"),
                     fixed: ip(fixed),
+                    id: None,
                 });
             }
         },
@@ -102,6 +103,7 @@ fn other_typed_edits_get_the_messages_of_the_file() {
                     destination: Prefix::ANY,
                     ports: Some(PortRange { min: 80, max: 80 }),
                     description: None,
+                    id: None,
                 }],
             })
         },
