@@ -109,6 +109,15 @@ pub async fn ensure_address(
     if present {
         return Ok(false);
     }
+    add_address(handle, index, addr).await
+}
+
+/// Adds `addr` to the link; one already there is no error. Returns whether it wrote.
+pub async fn add_address(
+    handle: &Handle,
+    index: u32,
+    addr: IfAddr,
+) -> Result<bool, rtnetlink::Error> {
     ignore_exists(
         handle
             .address()
@@ -420,4 +429,21 @@ fn is_address(msg: &netlink_packet_route::address::AddressMessage, addr: IfAddr)
             .attributes
             .iter()
             .any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(v4)) if *v4 == addr.addr))
+}
+
+/// The IPv4 addresses of interface `index`.
+pub async fn addresses(handle: &Handle, index: u32) -> Result<Vec<IfAddr>, rtnetlink::Error> {
+    let msgs = link_addresses(handle, index).await?;
+    Ok(msgs
+        .iter()
+        .filter_map(|msg| {
+            msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(v4)) => Some(IfAddr {
+                    addr: *v4,
+                    len: msg.header.prefix_len,
+                }),
+                _ => None,
+            })
+        })
+        .collect())
 }

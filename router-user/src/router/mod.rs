@@ -2,6 +2,7 @@
 //! the desired state, loads and attaches the fast path, and keeps its maps in step with the
 //! kernel's routes and neighbours.
 
+mod degraded;
 mod mirror;
 mod state;
 
@@ -275,8 +276,29 @@ fn run(
         tokio::spawn(conn);
         let mut state = match setup(&router, &handle).await {
             Ok(state) => state,
-            Err(e) => return fail(e),
+            Err(e) => {
+                // Until the fast path attaches, the kernel serves the router alone.
+                match degraded::serve(&handle, &router).await {
+                    Ok(n) => tracing::warn!(
+                        "router {}: fast path not attached; the kernel path serves the router ({n} floating IPs answered by the kernel)",
+                        router.id
+                    ),
+                    Err(degraded) => tracing::warn!(
+                        "router {}: fast path not attached, and the kernel path is incomplete: {degraded}",
+                        router.id
+                    ),
+                }
+                return fail(e);
+            }
         };
+        match degraded::leave(&handle, &router).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                "router {}: the fast path answers for the floating IPs again ({n} kernel addresses removed)",
+                router.id
+            ),
+            Err(e) => tracing::warn!("router {}: {e}", router.id),
+        }
         let info = state.info.clone();
         if let Err(e) = write_info(&info) {
             return fail(e);
