@@ -19,6 +19,7 @@ pub mod policy;
 pub mod reconcile;
 pub mod router;
 pub mod server;
+pub mod signals;
 pub mod slowpath;
 pub mod stats;
 pub mod table;

@@ -4,6 +4,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -11,22 +12,41 @@ use serde_json::Value;
 use super::protocol::{ApiError, ErrorCode, MAX_LINE, Request, Response};
 use crate::error::Error;
 
+/// How long `routerctl` waits for routerd by default (`--timeout`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A connection to routerd.
 pub struct Client {
     stream: BufReader<UnixStream>,
     path: PathBuf,
+    /// How long each read or write may wait; `None`: as long as it takes.
+    timeout: Option<Duration>,
 }
 
 impl Client {
-    /// Connects to routerd's socket at `path`.
+    /// Connects to routerd's socket at `path`; calls wait as long as routerd takes.
     pub fn connect(path: &Path) -> Result<Self, Error> {
+        Self::connect_within(path, None)
+    }
+
+    /// Connects to routerd's socket at `path`; a call fails with [`Error::Timeout`] when
+    /// routerd has not taken the request or answered within `timeout` (a routerd that
+    /// accepts connections but does not serve them, a stopped process).
+    pub fn connect_within(path: &Path, timeout: Option<Duration>) -> Result<Self, Error> {
         let stream = UnixStream::connect(path).map_err(|source| Error::Unreachable {
             path: path.display().to_string(),
             source,
         })?;
+        // A zero duration is refused by the socket calls: it means no limit here too.
+        let timeout = timeout.filter(|t| !t.is_zero());
+        let set = stream
+            .set_read_timeout(timeout)
+            .and_then(|()| stream.set_write_timeout(timeout));
+        set.map_err(|e| Error::io("setting the socket's timeout", e))?;
         Ok(Self {
             stream: BufReader::new(stream),
             path: path.to_path_buf(),
+            timeout,
         })
     }
 
@@ -51,9 +71,17 @@ impl Client {
 
     /// Sends one raw line (a newline is added) and reads the response.
     pub fn call_line(&mut self, line: &str) -> Result<Response, Error> {
-        let talk = |source| Error::Io {
-            what: format!("talking to routerd at {}", self.path.display()),
-            source,
+        let talk = |source: std::io::Error| match (source.kind(), self.timeout) {
+            (std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut, Some(t)) => {
+                Error::Timeout {
+                    path: self.path.display().to_string(),
+                    seconds: t.as_secs_f64(),
+                }
+            }
+            _ => Error::Io {
+                what: format!("talking to routerd at {}", self.path.display()),
+                source,
+            },
         };
         let mut bytes = Vec::with_capacity(line.len() + 1);
         bytes.extend_from_slice(line.as_bytes());

@@ -23,7 +23,7 @@ pub mod views;
 #[cfg(test)]
 mod tests;
 
-pub use client::Client;
+pub use client::{Client, DEFAULT_TIMEOUT};
 pub use live::{Live, RouterCounters, WantedCounters, preflight};
 pub use planner::{Plan, changed_routers, plan, plan_with};
 pub use protocol::{

@@ -37,6 +37,10 @@ struct Cli {
     /// routerd's API socket.
     #[arg(long, global = true, default_value = router_user::paths::API_SOCKET)]
     socket: PathBuf,
+    /// Seconds to wait for routerd's answer before giving up (exit code 7); 0: wait as
+    /// long as it takes.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = router_user::api::DEFAULT_TIMEOUT.as_secs_f64())]
+    timeout: f64,
     /// Output format of every verb: aligned columns, or one JSON document
     /// {"kind": ..., "version": 1, "items": ...} (`--output` is the same).
     #[arg(
@@ -103,7 +107,15 @@ fn main() -> std::process::ExitCode {
         format: if cli.json { Format::Json } else { cli.format },
         columns: cli.columns,
     };
-    let result = run(cli.command, cli.socket, output);
+    let timeout = match std::time::Duration::try_from_secs_f64(cli.timeout) {
+        Ok(t) if !t.is_zero() => Some(t),
+        Ok(_) => None,
+        Err(e) => {
+            eprintln!("routerctl: --timeout {}: {e}", cli.timeout);
+            return std::process::ExitCode::from(output::exit::INVALID);
+        }
+    };
+    let result = run(cli.command, cli.socket, timeout, output);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -119,8 +131,17 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(command: Command, socket: PathBuf, output: Output) -> Result<(), Failure> {
-    let api = output::Api { socket, output };
+fn run(
+    command: Command,
+    socket: PathBuf,
+    timeout: Option<std::time::Duration>,
+    output: Output,
+) -> Result<(), Failure> {
+    let api = output::Api {
+        socket,
+        output,
+        timeout,
+    };
     let output = &api.output;
     match command {
         Command::Stats(args) => stats::run(output, args),
