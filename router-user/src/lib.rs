@@ -21,6 +21,7 @@ pub mod router;
 pub mod server;
 pub mod signals;
 pub mod slowpath;
+pub mod stale;
 pub mod stats;
 pub mod table;
 pub mod testrun;

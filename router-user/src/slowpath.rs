@@ -283,17 +283,21 @@ pub fn apply(router: &Router) -> Result<(), Error> {
 pub fn ensure(router: &Router) -> Result<bool, Error> {
     let rules = ruleset(router);
     let same = std::fs::read_to_string(applied_file(&router.id)).is_ok_and(|r| r == rules);
-    let present = Command::new("nft")
-        .args(["list", "table", "ip", TABLE])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if same && present {
+    if same && table_present() {
         return Ok(false);
     }
     apply(router)?;
     Ok(true)
+}
+
+/// Whether the calling thread's namespace has the slow path's table.
+pub fn table_present() -> bool {
+    Command::new("nft")
+        .args(["list", "table", "ip", TABLE])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// The ruleset last applied for `router` (in the run directory, gone at reboot with the

@@ -50,9 +50,11 @@ impl InterfaceStats {
     }
 }
 
-/// Every running router, or only `only` (an error if that one is not running).
+/// Every running router, or only `only` (an error if that one is not running). A router
+/// whose namespace is gone is not running, whatever it left pinned ([`stale_routers`]).
 pub fn selected_routers(only: Option<&str>) -> Result<Vec<RouterInfo>, Error> {
     let mut routers = running_routers()?;
+    routers.retain(crate::stale::is_live);
     if let Some(id) = only {
         routers.retain(|r| r.router == id);
         if routers.is_empty() {
@@ -64,6 +66,14 @@ pub fn selected_routers(only: Option<&str>) -> Result<Vec<RouterInfo>, Error> {
         }
     }
     Ok(routers)
+}
+
+/// The routers (every one, or only `only`) left by a routerd whose namespace is gone or
+/// whose pins are: (router, why). [`selected_routers`] leaves them out.
+pub fn stale_routers(only: Option<&str>) -> Vec<(String, String)> {
+    let mut infos = running_routers().unwrap_or_default();
+    infos.retain(|i| only.is_none_or(|id| i.router == id));
+    crate::stale::stale(&infos)
 }
 
 /// Counters of every interface of every running router (or of `only`).

@@ -60,6 +60,10 @@ struct Args {
     /// (docs/observability.md). Off unless given.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<std::net::SocketAddr>,
+    /// Seconds between two looks for stale routers (pins of routers of no desired state
+    /// whose namespace is gone), besides the one at start.
+    #[arg(long, value_name = "SECONDS", default_value_t = router_user::stale::SWEEP_INTERVAL.as_secs_f64())]
+    sweep_interval: f64,
     /// How log lines are written to stderr: `text` (time, level, target, the router's span,
     /// message) or `json` (one object a line).
     #[arg(long, value_enum, env = "ROUTERD_LOG_FORMAT", default_value = "text")]
@@ -188,6 +192,15 @@ fn run(args: Args) -> Result<(), Error> {
         }
         None => None,
     };
+    let sweep_interval = std::time::Duration::try_from_secs_f64(args.sweep_interval)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            Error::io(
+                "--sweep-interval",
+                std::io::Error::other("must be a positive number of seconds"),
+            )
+        })?;
     raise_file_limit();
     let node = runtime.block_on(async {
         // The socket answers from the start: during it, queries from what has started so
@@ -247,6 +260,10 @@ fn run(args: Args) -> Result<(), Error> {
         }
         let mut retry = tokio::time::interval(node::RETRY_TICK);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // The start swept already: the first tick comes one interval from now.
+        let every = sweep_interval;
+        let mut sweep = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let waiting = node.waiting_count();
             waiting_gauge.store(waiting as u64, std::sync::atomic::Ordering::Relaxed);
@@ -260,6 +277,7 @@ fn run(args: Args) -> Result<(), Error> {
                     let _ = job.reply.send(response);
                 }
                 _ = retry.tick(), if waiting > 0 => node.retry_due(Instant::now()),
+                _ = sweep.tick() => { node.sweep_stale(); }
             }
         }
         server.abort();

@@ -13,7 +13,8 @@
 //! Its lifecycle:
 //! 1. [`NodeController::start`] starts every router of the desired state, several at once;
 //!    a router that does not start waits. Routers pinned under the same owner that the
-//!    state no longer has are removed.
+//!    state no longer has are removed, and so are stale routers of no running routerd
+//!    ([`NodeController::sweep_stale`], which routerd also calls every 30 s).
 //! 2. A new desired state is applied as a difference against what runs ([`diff`]): removed
 //!    routers are detached and their pins removed, new ones started, changed ones changed
 //!    live where [`can_apply`] allows and restarted where not; an unchanged
@@ -197,16 +198,16 @@ impl NodeController {
             started.elapsed().as_millis(),
             node.waiting.len()
         );
-        for id in datapath::pinned_routers_of(owner) {
-            if node.desired.router(&id).is_none() {
-                let _router = crate::router::span(&id).entered();
-                tracing::info!("routerd: router {id} is pinned but not desired: removing it");
-                if let Err(e) = datapath::teardown(&id) {
-                    tracing::error!("routerd: removing router {id}: {e}");
-                }
-            }
-        }
+        node.sweep_stale();
         node
+    }
+
+    /// Removes stale routers ([`crate::stale::sweep`]): those this controller's owner
+    /// pinned that the desired state no longer has, and those of no running routerd whose
+    /// namespace is gone. Routers of the desired state, waiting ones too, keep their pins.
+    /// Returns the routers removed.
+    pub fn sweep_stale(&self) -> Vec<String> {
+        crate::stale::sweep(&self.desired, &self.owner)
     }
 
     /// The desired state the controller follows.

@@ -404,7 +404,8 @@ fn write_info(info: &RouterInfo) -> Result<(), Error> {
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(format!("renaming {}", path.display()), e))
 }
 
-/// Reads the info files of every running router.
+/// Reads the info files of every running router (files of the run directory that are not
+/// a router's info are passed over).
 pub fn running_routers() -> Result<Vec<RouterInfo>, Error> {
     let mut out = Vec::new();
     let dir = match std::fs::read_dir(paths::RUN_DIR) {
@@ -417,12 +418,10 @@ pub fn running_routers() -> Result<Vec<RouterInfo>, Error> {
         if path.extension().is_some_and(|e| e == "json") {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            let info: RouterInfo = serde_json::from_str(&text).map_err(|e| {
-                Error::io(
-                    format!("parsing {}", path.display()),
-                    std::io::Error::other(e),
-                )
-            })?;
+            // Another tool's JSON file in the run directory is not a router's info.
+            let Ok(info) = serde_json::from_str::<RouterInfo>(&text) else {
+                continue;
+            };
             out.push(info);
         }
     }

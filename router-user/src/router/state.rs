@@ -43,7 +43,64 @@ pub(super) struct RouterState {
     pub(super) start_writes: Writes,
 }
 
+/// What one start attempt made that was not there before it, so that a start that fails
+/// leaves nothing behind: a router waiting to start again must not hold addresses, pins,
+/// links or nftables rules of a half-made attempt. What it found and adopted stays.
+#[derive(Default)]
+pub(super) struct Made {
+    /// Addresses it added: (ifindex, address).
+    addresses: Vec<(u32, IfAddr)>,
+    /// The pins (maps, programs, links) are its own: it did not adopt them.
+    pins: bool,
+    /// It created the slow path's table.
+    nft_table: bool,
+}
+
+impl Made {
+    /// Removes what the attempt made (best effort: each removal is tried, failures are
+    /// logged). The datapath must have been dropped: its pins are removed here.
+    pub(super) async fn undo(self, router: &Router, handle: &Handle) {
+        if self.pins {
+            match crate::datapath::teardown(&router.id) {
+                Ok(()) => tracing::info!(
+                    "router {}: start failed: its pins and links removed",
+                    router.id
+                ),
+                Err(e) => tracing::error!("router {}: removing its pins: {e}", router.id),
+            }
+        }
+        if self.nft_table {
+            slowpath::remove(&router.id);
+        }
+        for (index, addr) in self.addresses {
+            if let Err(e) = netlink::delete_address(handle, index, addr).await {
+                tracing::warn!("router {}: removing {addr} it added: {e}", router.id);
+            }
+        }
+    }
+}
+
+/// Sets the router up (see [`setup_recording`]); a setup that fails removes what it made
+/// ([`Made`]) before returning the error.
 pub(super) async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
+    let mut made = Made::default();
+    match setup_recording(router, handle, &mut made).await {
+        Ok(state) => Ok(state),
+        Err(e) => {
+            made.undo(router, handle).await;
+            Err(e)
+        }
+    }
+}
+
+/// Sets the router up in the calling thread's namespace: forwarding on, the addresses,
+/// the static routes and rules, the fast path opened (adopted or new), reconciled and
+/// attached, the slow path's rules. Records in `made` what it adds.
+async fn setup_recording(
+    router: &Router,
+    handle: &Handle,
+    made: &mut Made,
+) -> Result<RouterState, Error> {
     let nl = |what: String| {
         let router = router.id.clone();
         move |source| Error::Netlink {
@@ -108,6 +165,7 @@ pub(super) async fn setup(router: &Router, handle: &Handle) -> Result<RouterStat
             .map_err(nl(format!("adding {addr} to {}", link.name)))?
         {
             tracing::info!("router {}: added {addr} to {}", router.id, link.name);
+            made.addresses.push((link.index, *addr));
             kernel_writes += 1;
         }
     }
@@ -128,6 +186,7 @@ pub(super) async fn setup(router: &Router, handle: &Handle) -> Result<RouterStat
                     subnet.address,
                     link.name
                 );
+                made.addresses.push((link.index, subnet.address));
                 kernel_writes += 1;
             }
         }
@@ -141,6 +200,8 @@ pub(super) async fn setup(router: &Router, handle: &Handle) -> Result<RouterStat
         floating_ips: router.nat.max_floating_ips,
     };
     let owner = crate::datapath::Owner::current(&router.namespace, sizes)?;
+    // What `open` does not adopt, it makes: from here a failure removes it.
+    made.pins = !crate::datapath::would_adopt(&router.id, &owner);
     let mut datapath = Datapath::open(&router.id, sizes, &owner, router.mode)?;
     let ports: BTreeMap<u32, RouterPort> = links
         .iter()
@@ -182,7 +243,9 @@ pub(super) async fn setup(router: &Router, handle: &Handle) -> Result<RouterStat
         })
         .collect();
     // The kernel's NAT rules are in place before the fast path hands it anything.
+    let nft_before = slowpath::table_present();
     if slowpath::ensure(router)? {
+        made.nft_table = !nft_before;
         kernel_writes += 1;
     }
     let mut state = RouterState {

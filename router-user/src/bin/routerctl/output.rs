@@ -277,6 +277,14 @@ fn pick_columns(text: &str, wanted: &[String]) -> String {
     out.join("\n")
 }
 
+/// Says on stderr which routers are not shown because they are stale (their namespace is
+/// gone: what they left pinned forwards nothing; routerd removes it).
+pub fn note_stale(only: Option<&str>) {
+    for (router, why) in router_user::stats::stale_routers(only) {
+        eprintln!("routerctl: router {router} not shown: {why} (stale; routerd removes it)");
+    }
+}
+
 /// How to reach routerd, and how to print.
 pub struct Api {
     pub socket: PathBuf,
