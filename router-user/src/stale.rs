@@ -39,10 +39,7 @@ pub fn namespace_gone(namespace: &str, inode: Option<u64>) -> bool {
 /// pins were made in) and its maps are pinned.
 pub fn is_live(info: &RouterInfo) -> bool {
     let inode = datapath::owner_of(&info.router).map(|o| o.netns_inode);
-    !namespace_gone(&info.namespace, inode)
-        && paths::router_pin_dir(&info.router)
-            .join(router_common::map_names::NAT_CONFIG)
-            .exists()
+    !namespace_gone(&info.namespace, inode) && datapath::maps_pinned(&info.router)
 }
 
 /// Removes the stale routers the routerd of desired-state file `own_config` may remove

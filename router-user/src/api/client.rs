@@ -9,7 +9,7 @@ use std::{
 
 use serde_json::Value;
 
-use super::protocol::{ApiError, ErrorCode, MAX_LINE, Request, Response};
+use super::protocol::{ApiError, ErrorCode, MAX_LINE, MonitorLine, Request, Response};
 use crate::error::Error;
 
 /// How long `routerctl` waits for routerd by default (`--timeout`).
@@ -110,5 +110,64 @@ impl Client {
                 format!("not a response: {e}"),
             ))
         })
+    }
+}
+
+impl Client {
+    /// Asks for routerd's events (of every router, or of `router`): the connection then
+    /// carries them, read with [`MonitorStream::next`].
+    pub fn monitor(mut self, router: Option<String>) -> Result<MonitorStream, Error> {
+        self.call(&Request::Monitor { router })?;
+        Ok(MonitorStream {
+            client: self,
+            partial: Vec::new(),
+        })
+    }
+}
+
+/// The events of a `monitor` request, line by line.
+pub struct MonitorStream {
+    client: Client,
+    /// A line read in part when a wait ended.
+    partial: Vec<u8>,
+}
+
+impl MonitorStream {
+    /// The next line, waiting up to `wait` for it: `None` when none came in that time.
+    pub fn next(&mut self, wait: Duration) -> Result<Option<MonitorLine>, Error> {
+        let path = self.client.path.display().to_string();
+        let talk = |source| Error::Io {
+            what: format!("reading routerd's events at {path}"),
+            source,
+        };
+        let stream = &mut self.client.stream;
+        stream
+            .get_ref()
+            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
+            .map_err(talk)?;
+        match stream.read_until(b'\n', &mut self.partial) {
+            Ok(_) if self.partial.ends_with(b"\n") => {
+                let line = std::mem::take(&mut self.partial);
+                serde_json::from_slice(&line).map(Some).map_err(|e| {
+                    talk(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("not a monitor line: {e}"),
+                    ))
+                })
+            }
+            Ok(_) => Err(talk(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "routerd closed the monitor stream",
+            ))),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(talk(e)),
+        }
     }
 }

@@ -110,8 +110,8 @@ pub struct RouterSummary {
     pub running: bool,
     /// Why it does not run, when its start failed: routerd tries it again.
     pub start_error: Option<String>,
-    /// routerd is starting and has not tried this router yet.
-    #[serde(default)]
+    /// routerd is starting and has not tried this router yet (only shown when so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub starting: bool,
 }
 
@@ -124,8 +124,8 @@ pub struct RouterDetail {
     pub running: bool,
     /// Why it does not run, when its start failed: routerd tries it again.
     pub start_error: Option<String>,
-    /// routerd is starting and has not tried this router yet.
-    #[serde(default)]
+    /// routerd is starting and has not tried this router yet (only shown when so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub starting: bool,
     /// The internal interfaces, in file order.
     pub interfaces: Vec<InterfaceEntry>,

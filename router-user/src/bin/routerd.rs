@@ -182,7 +182,8 @@ fn run(args: Args) -> Result<(), Error> {
     let _runtime = runtime.enter();
     let mut signals = Signals::install(held)?;
     // Before any router: a second routerd stops here, having touched nothing.
-    let socket = ApiSocket::bind(&args.socket)?;
+    let socket = ApiSocket::bind(&args.socket)?
+        .with_monitor(router_user::monitor::Hub::start(file.path().to_path_buf())?);
     // Metrics: bound before any router too, so a taken port stops the daemon at once.
     let metrics = match args.metrics {
         Some(addr) => {

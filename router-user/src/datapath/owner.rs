@@ -105,13 +105,17 @@ pub fn owner_of(router: &str) -> Option<Owner> {
         .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
-/// Whether `Datapath::open` for `owner` would take over what is pinned for `router`
-/// (otherwise whatever it leaves pinned is its own making).
-pub fn would_adopt(router: &str, owner: &Owner) -> bool {
+/// Whether router `router`'s maps are pinned.
+pub fn maps_pinned(router: &str) -> bool {
     crate::paths::router_pin_dir(router)
         .join(router_common::map_names::NAT_CONFIG)
         .exists()
-        && owner_of(router).is_some_and(|r| r.same_datapath(owner))
+}
+
+/// Whether `Datapath::open` for `owner` would take over what is pinned for `router`
+/// (otherwise whatever it leaves pinned is its own making).
+pub fn would_adopt(router: &str, owner: &Owner) -> bool {
+    maps_pinned(router) && owner_of(router).is_some_and(|r| r.same_datapath(owner))
 }
 
 /// Routers pinned by the routerd whose desired-state file is `config`.

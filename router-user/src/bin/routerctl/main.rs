@@ -1,6 +1,6 @@
 //! `routerctl`: the operator's command line. One file per subcommand.
 //!
-//! `stats`, `ct`, `nat`, `monitor` and `trace` read the running routers' pinned maps;
+//! `stats`, `ct`, `nat` and `trace` read the running routers' pinned maps; `monitor`,
 //! `apply`, `state`, `router`, `fip`, `route`, `rule` and `fw` talk to routerd over its API
 //! socket (`docs/api.md`). Every verb prints a table (`-f table`, `-c` to pick columns) or
 //! one JSON document `{"kind", "version", "items"}` (`-f json`), and exits with a code
@@ -147,7 +147,7 @@ fn run(
         Command::Stats(args) => stats::run(output, args),
         Command::Ct(command) => ct::run(output, command),
         Command::Nat(command) => nat::run(output, command),
-        Command::Monitor(args) => monitor::run(output, args),
+        Command::Monitor(args) => monitor::run(&api, args),
         Command::Apply(args) => apply::run(&api, args),
         Command::State => apply::show(&api),
         Command::Router(command) => router::run(&api, command),
