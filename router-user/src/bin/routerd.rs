@@ -16,6 +16,14 @@
 //! booting) waits and is tried again, every second at first and then less often, without
 //! stopping routerd or the other routers; `router list` and `router show` say why it waits.
 //!
+//! Signals are handled from the first instant (`router_user::signals`), and the routers
+//! start on a thread of their own (`node::Startup`) while the main loop serves the socket:
+//! during the start queries are answered, edits refused ("starting, try again"), a SIGHUP
+//! is applied once the start ends and a SIGTERM starts no further router. At start and
+//! every `--sweep-interval` the pins of stale routers are removed (`router_user::stale`).
+//! The socket also streams the routers' events to `routerctl monitor`s
+//! (`router_user::monitor::Hub`).
+//!
 //! Under systemd (`packaging/routerd.service`, `Type=notify`) routerd reports ready once
 //! every router of the file has started or is waiting, and the unit leaves the fast paths
 //! running when it stops (`KillMode=process`).
