@@ -135,8 +135,13 @@ fn stale_routers_are_removed_and_not_shown() {
         &(router_text(&id("b"), &ns("b"), "tc") + &router_text(&id("c"), &ns("c"), "tc")),
     );
     let routerd_b = Routerd::start_with_args(&config("b"), &id("b"), &["--sweep-interval", "1"]);
+    // The start's sweep comes once every router of the start has been tried.
+    wait_for(
+        "a removed at routerd b's start",
+        Duration::from_secs(10),
+        || !pinned(&id("a")),
+    );
     let log = routerd_b.log_text();
-    assert!(!pinned(&id("a")), "a still pinned:\n{log}");
     let removed_a = format!("router {} is stale", id("a"));
     assert_eq!(log.matches(&removed_a).count(), 1, "{log}");
     // Several sweeps later: c (desired, waiting) and e (another routerd's) are still there.
@@ -165,8 +170,9 @@ fn stale_routers_are_removed_and_not_shown() {
     drop(killed);
 }
 
-/// A start that fails after it made things (addresses, pins, the first port's links, the
-/// nftables table: the second port, a bridge, takes no native XDP) removes them.
+/// A start that fails after it made things (addresses, a static route, a policy rule, pins,
+/// the first port's links, the nftables table: the second port, a bridge, takes no native
+/// XDP) removes them.
 #[test]
 fn a_failed_start_leaves_nothing_behind() {
     router_tests::require_root();
@@ -181,7 +187,11 @@ fn a_failed_start_leaves_nothing_behind() {
     write(
         &config,
         &(router_text(&id, &ns, "xdp")
-            + "[[router.interface]]\nname = \"qr-b\"\naddress = \"10.0.2.1/24\"\n"),
+            + "[[router.interface]]\nname = \"qr-b\"\naddress = \"10.0.2.1/24\"\n"
+            + "[[router.table]]\nname = \"vfw\"\nid = 100\n"
+            + "[[router.route]]\ndestination = \"10.20.0.0/16\"\nnexthop = \"10.0.1.254\"\n"
+            + "[[router.route]]\ndestination = \"10.30.0.0/16\"\nnexthop = \"10.0.1.254\"\ntable = \"vfw\"\n"
+            + "[[router.rule]]\npriority = 1000\niif = \"qr-a\"\ntable = \"vfw\"\n"),
     );
     let socket = std::env::temp_dir().join(format!("{tag}.sock"));
     let mut routerd = Routerd::start_unready(&config, &id, &socket);
@@ -211,6 +221,13 @@ fn a_failed_start_leaves_nothing_behind() {
         !addrs.contains("10.0.1.1") && !addrs.contains("10.0.2.1"),
         "addresses left: {addrs}\n{log}"
     );
+    let routes = show(&["route", "show", "table", "all"]);
+    assert!(
+        !routes.contains("10.20.0.0/16") && !routes.contains("10.30.0.0/16"),
+        "routes left: {routes}"
+    );
+    let rules = show(&["rule", "show"]);
+    assert!(!rules.contains("1000:"), "rule left: {rules}");
     let link = show(&["link", "show", "qr-a"]);
     assert!(!link.contains("xdp"), "XDP left on qr-a: {link}");
     let nft = Command::new("ip")

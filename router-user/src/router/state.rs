@@ -44,8 +44,10 @@ pub(super) struct RouterState {
 }
 
 /// What one start attempt made that was not there before it, so that a start that fails
-/// leaves nothing behind: a router waiting to start again must not hold addresses, pins,
-/// links or nftables rules of a half-made attempt. What it found and adopted stays.
+/// leaves nothing behind: a router waiting to start again must not hold addresses, static
+/// routes, policy rules, pins, links or nftables rules of a half-made attempt. What it
+/// found and adopted stays (and so do forwarding, once enabled, and what it removed as not
+/// desired).
 #[derive(Default)]
 pub(super) struct Made {
     /// Addresses it added: (ifindex, address).
@@ -54,6 +56,9 @@ pub(super) struct Made {
     pins: bool,
     /// It created the slow path's table.
     nft_table: bool,
+    /// The static routes and policy rules there were before it changed them (`None`: it
+    /// had not yet): those present at the end and not before are its own.
+    kernel_policy_before: Option<(Vec<netlink::StaticRoute>, Vec<netlink::KernelRule>)>,
 }
 
 impl Made {
@@ -71,6 +76,23 @@ impl Made {
         }
         if self.nft_table {
             slowpath::remove(&router.id);
+        }
+        if let Some((routes, rules)) = self.kernel_policy_before {
+            // Rules first out, as `sync_kernel_policy` does: none points at a table emptied.
+            if let Ok(now) = netlink::rules(handle).await {
+                for (rule, msg) in now.into_iter().filter(|(r, _)| !rules.contains(r)) {
+                    if let Err(e) = netlink::delete_rule(handle, msg).await {
+                        tracing::warn!("router {}: removing rule {rule:?}: {e}", router.id);
+                    }
+                }
+            }
+            if let Ok(now) = netlink::static_routes(handle).await {
+                for (route, msg) in now.into_iter().filter(|(r, _)| !routes.contains(r)) {
+                    if let Err(e) = netlink::delete_route(handle, msg).await {
+                        tracing::warn!("router {}: removing route {route:?}: {e}", router.id);
+                    }
+                }
+            }
         }
         for (index, addr) in self.addresses {
             if let Err(e) = netlink::delete_address(handle, index, addr).await {
@@ -191,6 +213,16 @@ async fn setup_recording(
             }
         }
     }
+    let routes_before = netlink::static_routes(handle)
+        .await
+        .map_err(nl("dumping routes".into()))?;
+    let rules_before = netlink::rules(handle)
+        .await
+        .map_err(nl("dumping rules".into()))?;
+    made.kernel_policy_before = Some((
+        routes_before.into_iter().map(|(r, _)| r).collect(),
+        rules_before.into_iter().map(|(r, _)| r).collect(),
+    ));
     kernel_writes += sync_kernel_policy(handle, router).await?;
 
     // A routerd that ran this router before left its maps and links pinned: they are taken
