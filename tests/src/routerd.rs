@@ -109,6 +109,15 @@ impl Routerd {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Every router of the start tried (routerd refuses edits until then).
+        while !timeout.is_zero() && !me.log_text().contains(" router(s) started in ") {
+            assert!(
+                Instant::now() < deadline,
+                "routerd did not finish its start in time:\n{}",
+                me.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         me
     }
 

@@ -113,6 +113,9 @@ fn init_logs(format: LogFormat) {
 }
 
 fn main() -> std::process::ExitCode {
+    // From the first instant a signal waits for its handler instead of killing routerd
+    // (released at once by the paths that install none: --teardown, --check, errors).
+    let held = HeldSignals::hold();
     limit_malloc_arenas();
     router_user::generate::exit_if_asked(<Args as clap::CommandFactory>::command);
     let args = Args::parse();
@@ -122,7 +125,7 @@ fn main() -> std::process::ExitCode {
         eprintln!("routerd: {problem}");
         return std::process::ExitCode::from(2);
     }
-    match run(args) {
+    match run(args, held) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -162,12 +165,11 @@ fn teardown(routers: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
-fn run(args: Args) -> Result<(), Error> {
+fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
     if let Some(routers) = &args.teardown {
+        drop(held);
         return teardown(routers);
     }
-    // From here on a signal waits for its handler instead of killing routerd.
-    let held = HeldSignals::hold();
     let file = StateFile::new(&args.config);
     let state = file.load()?;
     if args.check {
