@@ -180,6 +180,15 @@ fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
         );
         return Ok(());
     }
+    let sweep_interval = std::time::Duration::try_from_secs_f64(args.sweep_interval)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            Error::io(
+                "--sweep-interval",
+                std::io::Error::other("must be a positive number of seconds"),
+            )
+        })?;
     tracing::info!("routerd {}", router_user::version::long());
     // Checked before anything is changed, like the configuration.
     if !router_user::paths::bpffs_mounted() {
@@ -203,15 +212,6 @@ fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
         }
         None => None,
     };
-    let sweep_interval = std::time::Duration::try_from_secs_f64(args.sweep_interval)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| {
-            Error::io(
-                "--sweep-interval",
-                std::io::Error::other("must be a positive number of seconds"),
-            )
-        })?;
     raise_file_limit();
     let node = runtime.block_on(async {
         // The socket answers from the start: during it, queries from what has started so
