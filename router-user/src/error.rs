@@ -80,6 +80,12 @@ pub enum Error {
     /// routerd refused a request: its code, and a message naming what is wrong.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+    /// A router was not started: routerd was asked to stop first.
+    #[error("router {0} not started: routerd is stopping")]
+    Cancelled(String),
+    /// routerd did not answer in time (it accepted the connection, or not even that).
+    #[error("routerd at {path} did not answer within {seconds} s")]
+    Timeout { path: String, seconds: f64 },
     /// routerd's API socket cannot be served.
     #[error("API socket {path}: {problem}")]
     Socket { path: String, problem: String },

@@ -78,6 +78,9 @@ pub fn collect(config: Option<&Path>) -> Snapshot {
         let mine = crate::datapath::pinned_routers_of(config);
         routers.retain(|r| mine.contains(&r.router));
     }
+    // A router whose namespace is gone forwards nothing: its counters are not a live
+    // router's (routerd removes it at its next sweep).
+    routers.retain(crate::stale::is_live);
     let mut snapshot = Snapshot::default();
     for info in &routers {
         match collect_router(info) {

@@ -1,12 +1,23 @@
-//! `routerctl monitor`: packets the fast path drops or hands to the kernel, live, from each
-//! running router's `EVENTS` ring buffer. The programs only send events while the
-//! deadline in `MONITOR` lies ahead; a monitor moves it forward every second and clears it
-//! when it ends (a monitor that dies stops the events a few seconds later).
+//! Packets the fast path drops or hands to the kernel, live, from each running router's
+//! `EVENTS` ring buffer. The programs only send events while the deadline in `MONITOR`
+//! lies ahead; a [`Monitor`] moves it forward every second and clears it when it ends (a
+//! monitor that dies stops the events a few seconds later).
+//!
+//! A ring has one reader: an event read is gone for every other reader. So routerd alone
+//! reads the rings, through its [`Hub`], and hands every event to every `monitor` client of
+//! its API socket (`routerctl monitor`); each client has a bounded queue, and one that
+//! reads too slowly loses the oldest events, counted, instead of slowing the others.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use router_common::{Event, Reason};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 
 use crate::{
     conntrack::monotonic_ns,
@@ -19,7 +30,7 @@ use crate::{
 const LEASE: Duration = Duration::from_secs(3);
 
 /// One dropped or passed packet.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventLine {
     pub router: String,
     pub interface: String,
@@ -59,6 +70,31 @@ impl Monitor {
         Ok(me)
     }
 
+    /// Opens the rings of the routers of `infos` that can be opened (the others are left
+    /// out, logged) and starts their events.
+    pub fn open_each(infos: &[RouterInfo]) -> Self {
+        let mut routers = Vec::new();
+        for info in infos {
+            let opened = Pinned::open(&info.router).and_then(|mut maps| {
+                let ring = maps.events().ring()?;
+                Ok(Watched {
+                    info: info.clone(),
+                    maps,
+                    ring,
+                })
+            });
+            match opened {
+                Ok(w) => routers.push(w),
+                Err(e) => tracing::debug!("monitor: router {}: {e}", info.router),
+            }
+        }
+        let mut me = Self { routers };
+        if let Err(e) = me.refresh() {
+            tracing::debug!("monitor: starting the events: {e}");
+        }
+        me
+    }
+
     /// Moves every router's deadline `LEASE` ahead.
     pub fn refresh(&mut self) -> Result<(), Error> {
         let until = monotonic_ns() + LEASE.as_nanos() as u64;
@@ -79,6 +115,77 @@ impl Monitor {
             out.extend(w.ring.drain().iter().map(|e| line(&w.info, e)));
         }
         out
+    }
+}
+
+/// Events queued for each monitor client (see the module docs) before it loses some.
+pub const QUEUE: usize = 4096;
+
+/// routerd's reader of the rings (see the module docs): a thread that, while a client
+/// listens, drains the rings of the routers this routerd pinned every 20 ms and sends every
+/// event to every client. Without clients it reads nothing and the programs send nothing.
+#[derive(Clone)]
+pub struct Hub {
+    events: broadcast::Sender<Arc<EventLine>>,
+}
+
+impl Hub {
+    /// Starts the reader for the routers pinned by the routerd of desired-state file
+    /// `owner`. It runs as long as the process.
+    pub fn start(owner: PathBuf) -> Result<Self, Error> {
+        let (events, _) = broadcast::channel(QUEUE);
+        let sender = events.clone();
+        std::thread::Builder::new()
+            .name("monitor-hub".into())
+            .spawn(move || drain_for_clients(&sender, &owner))
+            .map_err(|e| Error::io("spawning the monitor thread", e))?;
+        Ok(Self { events })
+    }
+
+    /// A new client: every event from now on, or how many it lost
+    /// ([`broadcast::error::RecvError::Lagged`]) when it falls [`QUEUE`] events behind.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<EventLine>> {
+        self.events.subscribe()
+    }
+}
+
+fn drain_for_clients(events: &broadcast::Sender<Arc<EventLine>>, owner: &std::path::Path) {
+    let mut monitor: Option<(Vec<RouterInfo>, Monitor)> = None;
+    let mut checked = Instant::now();
+    loop {
+        // The sender kept here is not a client.
+        if events.receiver_count() == 0 {
+            // Dropping the monitor stops the events at once.
+            monitor = None;
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        if monitor.is_none() || checked.elapsed() >= Duration::from_secs(1) {
+            checked = Instant::now();
+            // Routers come and go: the rings of those that run now, the deadline moved on.
+            let ours = crate::datapath::pinned_routers_of(owner);
+            let mut infos = crate::stats::selected_routers(None).unwrap_or_default();
+            infos.retain(|i| ours.contains(&i.router));
+            match &mut monitor {
+                Some((seen, m)) if *seen == infos => {
+                    if let Err(e) = m.refresh() {
+                        tracing::debug!("monitor: moving the deadline on: {e}");
+                    }
+                }
+                _ => {
+                    // The old one goes first: its drop clears the deadlines it set.
+                    drop(monitor.take());
+                    let m = Monitor::open_each(&infos);
+                    monitor = Some((infos, m));
+                }
+            }
+        }
+        if let Some((_, m)) = &mut monitor {
+            for e in m.drain() {
+                let _ = events.send(Arc::new(e));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

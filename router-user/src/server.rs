@@ -1,7 +1,8 @@
 //! routerd's API socket (`docs/api.md`): a Unix stream socket of JSON lines, one request
 //! and one response per line. Connections are served concurrently; their requests go, as
 //! [`Job`]s, to the one task that owns the node (routerd's main loop), which serves them one
-//! at a time.
+//! at a time. A `monitor` request is served by its connection itself, from the monitor
+//! [`Hub`] ([`ApiSocket::with_monitor`]): it streams events until the client closes.
 //!
 //! Access: the socket file is 0660 in a 0750 directory, and a peer must be root, the
 //! socket's owner, or in its group (checked on its credentials, whatever the file mode).
@@ -13,13 +14,17 @@ use std::{
 
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot},
+    net::{
+        UnixListener, UnixStream,
+        unix::{OwnedReadHalf, OwnedWriteHalf},
+    },
+    sync::{broadcast, mpsc, oneshot},
 };
 
 use crate::{
     Error,
-    api::{self, Request, Response},
+    api::{self, MonitorLine, Request, Response},
+    monitor::Hub,
 };
 
 /// A request from a connection, and where its response goes.
@@ -36,6 +41,8 @@ pub struct ApiSocket {
     id: (u64, u64),
     /// Owner and group at bind time, if the file cannot be read later.
     owner: (u32, u32),
+    /// Where `monitor` requests get their events; none: they are refused.
+    monitor: Option<Hub>,
 }
 
 impl ApiSocket {
@@ -100,7 +107,14 @@ impl ApiSocket {
             path: path.to_path_buf(),
             id: (meta.dev(), meta.ino()),
             owner: (meta.uid(), meta.gid()),
+            monitor: None,
         })
+    }
+
+    /// Serves `monitor` requests from `hub`.
+    pub fn with_monitor(mut self, hub: Hub) -> Self {
+        self.monitor = Some(hub);
+        self
     }
 
     /// Accepts connections until aborted; each runs as a task of its own, its requests
@@ -110,7 +124,12 @@ impl ApiSocket {
             match self.listener.accept().await {
                 Ok((stream, _)) => {
                     let refusal = self.refusal(&stream);
-                    tokio::spawn(connection(stream, refusal, jobs.clone()));
+                    tokio::spawn(connection(
+                        stream,
+                        refusal,
+                        jobs.clone(),
+                        self.monitor.clone(),
+                    ));
                 }
                 Err(e) => {
                     tracing::warn!("routerd: API accept: {e}");
@@ -176,7 +195,12 @@ fn shutting_down() -> api::ApiError {
 
 /// One client: lines in, lines out, until it closes. A refused client gets its refusal as
 /// the one response.
-async fn connection(stream: UnixStream, refusal: Option<String>, jobs: mpsc::Sender<Job>) {
+async fn connection(
+    stream: UnixStream,
+    refusal: Option<String>,
+    jobs: mpsc::Sender<Job>,
+    monitor: Option<Hub>,
+) {
     let (read, mut write) = stream.into_split();
     if let Some(why) = refusal {
         tracing::warn!("routerd: API connection refused: {why}");
@@ -223,6 +247,9 @@ async fn connection(stream: UnixStream, refusal: Option<String>, jobs: mpsc::Sen
         }
         let response = match api::parse_request(text) {
             Err(e) => Response::failure(e),
+            Ok(Request::Monitor { router }) => {
+                return stream_events(reader, write, router, monitor.as_ref()).await;
+            }
             Ok(request) => {
                 let (reply, response) = oneshot::channel();
                 if jobs.send(Job { request, reply }).await.is_err() {
@@ -239,6 +266,65 @@ async fn connection(stream: UnixStream, refusal: Option<String>, jobs: mpsc::Sen
             .await
             .is_err()
         {
+            return;
+        }
+    }
+}
+
+/// A `monitor` request: the response, then one [`MonitorLine`] per line (the events of
+/// every router of this routerd, or of `router`) until the client closes the connection.
+async fn stream_events(
+    mut reader: BufReader<OwnedReadHalf>,
+    mut write: OwnedWriteHalf,
+    router: Option<String>,
+    hub: Option<&Hub>,
+) {
+    let refused = match (hub, &router) {
+        (None, _) => Some(api::ApiError::new(
+            api::ErrorCode::Unavailable,
+            "this routerd serves no monitor",
+        )),
+        (Some(_), Some(id)) => crate::stats::selected_routers(Some(id))
+            .err()
+            .map(|e| api::ApiError::new(api::ErrorCode::NotFound, e.to_string())),
+        _ => None,
+    };
+    let (Some(hub), None) = (hub, refused.clone()) else {
+        let refusal = refused.unwrap_or_else(shutting_down);
+        let _ = write
+            .write_all(Response::failure(refusal).to_line().as_bytes())
+            .await;
+        return;
+    };
+    let mut events = hub.subscribe();
+    let started = Response::success(serde_json::json!({ "monitor": router }));
+    if write.write_all(started.to_line().as_bytes()).await.is_err() {
+        return;
+    }
+    let mut ignored = [0u8; 512];
+    loop {
+        let line = tokio::select! {
+            // The client says nothing more; its closing ends the stream.
+            read = reader.read(&mut ignored) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
+            event = events.recv() => match event {
+                Ok(e) if router.as_ref().is_some_and(|r| *r != e.router) => continue,
+                Ok(e) => MonitorLine::Event((*e).clone()),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!("routerd: a monitor lost {n} event(s): it reads too slowly");
+                    MonitorLine::Dropped(n)
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        let mut text = match serde_json::to_string(&line) {
+            Ok(t) => t,
+            Err(_) => continue,
+        };
+        text.push('\n');
+        if write.write_all(text.as_bytes()).await.is_err() {
             return;
         }
     }

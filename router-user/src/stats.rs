@@ -50,12 +50,15 @@ impl InterfaceStats {
     }
 }
 
-/// Every running router, or only `only` (an error if that one is not running).
+/// Every running router, or only `only` (an error if that one is not running). A router
+/// whose namespace is gone is not running, whatever it left pinned ([`stale_routers`]).
 pub fn selected_routers(only: Option<&str>) -> Result<Vec<RouterInfo>, Error> {
     let Some(id) = only else {
-        return running_routers();
+        let mut routers = running_routers()?;
+        routers.retain(crate::stale::is_live);
+        return Ok(routers);
     };
-    match running_router(id)? {
+    match running_router(id)?.filter(crate::stale::is_live) {
         Some(info) => Ok(vec![info]),
         None => {
             let pins = crate::paths::router_pin_dir(id);
@@ -65,6 +68,14 @@ pub fn selected_routers(only: Option<&str>) -> Result<Vec<RouterInfo>, Error> {
             ))
         }
     }
+}
+
+/// The routers (every one, or only `only`) left by a routerd whose namespace is gone or
+/// whose pins are: (router, why). [`selected_routers`] leaves them out.
+pub fn stale_routers(only: Option<&str>) -> Vec<(String, String)> {
+    let mut infos = running_routers().unwrap_or_default();
+    infos.retain(|i| only.is_none_or(|id| i.router == id));
+    crate::stale::stale(&infos)
 }
 
 /// Counters of every interface of every running router (or of `only`).

@@ -69,6 +69,12 @@ impl Routerd {
         me
     }
 
+    /// Starts routerd on `config` with the API socket at `socket` and returns at once,
+    /// without waiting for any router (`name` names its log).
+    pub fn start_unready(config: &Path, name: &str, socket: &Path) -> Self {
+        Self::spawn(config, name, socket, &[], Duration::ZERO)
+    }
+
     fn spawn(
         config: &Path,
         router_id: &str,
@@ -117,6 +123,15 @@ impl Routerd {
             assert!(
                 Instant::now() < deadline,
                 "routerd did not attach in time:\n{}",
+                me.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Every router of the start tried (routerd refuses edits until then).
+        while !timeout.is_zero() && !me.log_text().contains(" router(s) started in ") {
+            assert!(
+                Instant::now() < deadline,
+                "routerd did not finish its start in time:\n{}",
                 me.log_text()
             );
             std::thread::sleep(Duration::from_millis(20));

@@ -910,9 +910,20 @@ impl Daemon {
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
+            // Served, and every router tried: the socket answers queries during the start
+            // already (routers not tried yet are "starting") and refuses edits then.
             let served = Client::connect(socket)
-                .and_then(|mut c| c.call_line(r#"{"op":"show_state"}"#))
-                .is_ok_and(|r| r.ok);
+                .and_then(|mut c| c.call_line(r#"{"op":"router_list"}"#))
+                .is_ok_and(|r| {
+                    r.ok && r
+                        .result
+                        .as_ref()
+                        .and_then(|v| v.as_array())
+                        .is_some_and(|l| {
+                            l.iter()
+                                .all(|router| router["starting"] != serde_json::json!(true))
+                        })
+                });
             if served {
                 return me;
             }

@@ -1,7 +1,8 @@
 //! Anti-spoofing through the real routerd, watched with `routerctl monitor`: a VM sending
 //! from an address that is not its subnet's is dropped on its `qr` interface and counted
 //! (`spoofed_source`); the monitor streams those drops live; spoofed fragments, which the
-//! fast path hands to the kernel, are dropped by the slow path's source check.
+//! fast path hands to the kernel, are dropped by the slow path's source check. Two monitors
+//! at once each see every event (routerd alone reads the ring and hands them out).
 
 use std::{
     net::{SocketAddrV4, UdpSocket},
@@ -53,7 +54,7 @@ fn external_receives(ns: &str, wait: Duration) -> std::thread::JoinHandle<usize>
 
 fn spoofing_is_dropped_and_monitored(mode: &str) {
     let topo = RouterTopology::build(mode);
-    let _routerd = Routerd::start(&topo.config, &topo.router_id);
+    let routerd = Routerd::start(&topo.config, &topo.router_id);
     ip(&[
         "-n",
         &topo.vm_a_ns,
@@ -65,6 +66,8 @@ fn spoofing_is_dropped_and_monitored(mode: &str) {
     ]);
 
     let monitor = Command::new(routerctl())
+        .arg("--socket")
+        .arg(&routerd.socket)
         .args([
             "monitor",
             &topo.router_id,
@@ -150,4 +153,155 @@ fn spoofing_is_dropped_and_monitored_xdp() {
 #[test]
 fn spoofing_is_dropped_and_monitored_tc() {
     spoofing_is_dropped_and_monitored("tc");
+}
+
+/// Two monitors at once: each sees every one of N events, told apart by their lengths
+/// (routerd reads the ring once and hands every event to both).
+#[test]
+fn two_monitors_each_see_every_event() {
+    const N: usize = 8;
+    let topo = RouterTopology::build("tc");
+    let routerd = Routerd::start(&topo.config, &topo.router_id);
+    ip(&[
+        "-n",
+        &topo.vm_a_ns,
+        "addr",
+        "add",
+        "10.0.9.5/32",
+        "dev",
+        "eth0",
+    ]);
+    let monitor = || {
+        Command::new(routerctl())
+            .arg("--socket")
+            .arg(&routerd.socket)
+            .args([
+                "monitor",
+                &topo.router_id,
+                "--reason",
+                "spoofed_source",
+                "-f",
+                "json",
+                "--count",
+                &N.to_string(),
+                "--duration",
+                "20",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("routerctl monitor")
+    };
+    let monitors = [monitor(), monitor()];
+    // Both subscribed before the first packet.
+    std::thread::sleep(Duration::from_millis(1000));
+    join(in_ns(&topo.vm_a_ns, move || {
+        let sock = UdpSocket::bind((std::net::Ipv4Addr::from(SPOOFED), 0)).expect("bind");
+        let to = SocketAddrV4::new(EXT_HOST.into(), 9999);
+        for i in 0..N {
+            let _ = sock.send_to(&vec![7u8; 40 + i], to);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }));
+    let seen: Vec<std::collections::BTreeSet<u64>> = monitors
+        .into_iter()
+        .map(|m| {
+            let out = m.wait_with_output().expect("monitor output");
+            assert!(out.status.success(), "monitor failed: {out:?}");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| {
+                    let doc: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+                    doc["items"]["bytes"].as_u64().expect("bytes")
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(seen[0].len(), N, "first monitor: {:?}", seen[0]);
+    assert_eq!(seen[0], seen[1], "the monitors saw different events");
+}
+
+/// A monitor that does not read loses events once its queue is full, and is told how many;
+/// a monitor that reads meanwhile sees every event.
+#[test]
+fn a_slow_monitor_loses_events_counted_and_slows_no_other() {
+    use router_user::api::{Client, MonitorLine};
+    // More than the slow monitor's queue (4096) and the socket's buffers hold.
+    const N: usize = 10_000;
+    let topo = RouterTopology::build("tc");
+    let routerd = Routerd::start(&topo.config, &topo.router_id);
+    ip(&[
+        "-n",
+        &topo.vm_a_ns,
+        "addr",
+        "add",
+        "10.0.9.5/32",
+        "dev",
+        "eth0",
+    ]);
+    let fast = Command::new(routerctl())
+        .arg("--socket")
+        .arg(&routerd.socket)
+        .args([
+            "monitor",
+            &topo.router_id,
+            "--reason",
+            "spoofed_source",
+            "-f",
+            "json",
+            "--count",
+            &N.to_string(),
+            "--duration",
+            "60",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("routerctl monitor");
+    // Its output is read as it comes (a full pipe would make it a slow monitor too).
+    let fast = std::thread::spawn(move || fast.wait_with_output());
+    let mut slow = Client::connect_within(&routerd.socket, Some(Duration::from_secs(10)))
+        .expect("connects")
+        .monitor(Some(topo.router_id.clone()))
+        .expect("a monitor");
+    std::thread::sleep(Duration::from_millis(1000));
+    // About 4,000 a second: the reading monitor keeps up, the other is not read.
+    join(in_ns(&topo.vm_a_ns, move || {
+        let sock = UdpSocket::bind((std::net::Ipv4Addr::from(SPOOFED), 0)).expect("bind");
+        let to = SocketAddrV4::new(EXT_HOST.into(), 9999);
+        for i in 0..N {
+            let _ = sock.send_to(&[7u8; 16], to);
+            if i % 16 == 15 {
+                std::thread::sleep(Duration::from_millis(4));
+            }
+        }
+    }));
+    let out = fast
+        .join()
+        .expect("the reader thread")
+        .expect("monitor output");
+    assert!(out.status.success(), "reading monitor failed: {out:?}");
+    let fast_events = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(fast_events, N, "the reading monitor missed events");
+    let (mut events, mut dropped) = (0u64, 0u64);
+    while let Some(line) = slow
+        .next(Duration::from_millis(500))
+        .expect("reading events")
+    {
+        match line {
+            MonitorLine::Event(e) if e.reason == "spoofed_source" => events += 1,
+            MonitorLine::Event(_) => {}
+            MonitorLine::Dropped(n) => dropped += n,
+        }
+    }
+    eprintln!("slow monitor: {events} events, {dropped} dropped");
+    assert!(
+        dropped > 0,
+        "the slow monitor lost nothing: {events} events"
+    );
+    assert!(
+        events + dropped >= N as u64,
+        "{events} events + {dropped} dropped < {N}"
+    );
+    assert!(events < N as u64);
 }

@@ -24,6 +24,9 @@ pub struct Live {
     pub routers: BTreeMap<String, RouterInfo>,
     /// Routers whose start failed, by id: why. routerd tries them again.
     pub waiting: BTreeMap<String, String>,
+    /// Routers routerd has not tried yet because it is still starting (see
+    /// `node::Startup`): neither running nor waiting.
+    pub starting: std::collections::BTreeSet<String>,
     /// Counters of the routers the answer shows, by router id, read for this request only
     /// ([`Live::read_counters`]); a router missing here shows none (`null`).
     pub counters: BTreeMap<String, RouterCounters>,

@@ -26,11 +26,12 @@ pub mod views;
 #[cfg(test)]
 mod tests;
 
-pub use client::Client;
+pub use client::{Client, DEFAULT_TIMEOUT, MonitorStream};
 pub use live::{Live, RouterCounters, WantedCounters, preflight};
 pub use planner::{Plan, changed_routers, plan, plan_with};
 pub use protocol::{
-    API_VERSION, ApiError, ChangeResult, ErrorCode, MAX_LINE, Request, Response, parse_request,
+    API_VERSION, ApiError, ChangeResult, ErrorCode, MAX_LINE, MonitorLine, Request, Response,
+    parse_request,
 };
 pub use views::{
     Counter, ExternalSubnetEntry, FirewallListing, FirewallSummary, FixedCounterEntry,

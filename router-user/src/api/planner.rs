@@ -36,6 +36,10 @@ pub fn plan(state: &DesiredState, request: &Request) -> Result<Plan, ApiError> {
 /// counters it read for this request).
 pub fn plan_with(state: &DesiredState, request: &Request, live: &Live) -> Result<Plan, ApiError> {
     match request {
+        // The socket serves it (`server`); it plans nothing.
+        Request::Monitor { .. } => Err(ApiError::invalid(
+            "monitor is a stream the API socket serves, not a query of the desired state",
+        )),
         Request::Apply { text } => {
             let new = DesiredState::parse(text)?;
             Ok(edit::change(state, new))

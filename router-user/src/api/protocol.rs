@@ -245,6 +245,24 @@ pub enum Request {
         #[serde(default)]
         if_exists: bool,
     },
+    /// Packets the fast path drops or hands to the kernel, live: after the response, the
+    /// connection carries one [`MonitorLine`] per line until the client closes it. Served
+    /// by the socket itself (routerd drains the routers' event rings once and hands every
+    /// monitor every event), never queued behind edits.
+    Monitor {
+        /// Only this router's events (it must run); default: every router's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        router: Option<String>,
+    },
+}
+
+/// One line of a `monitor` stream: an event, or how many events this monitor lost because
+/// it read more slowly than they came (its queue is bounded).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MonitorLine {
+    Event(crate::monitor::EventLine),
+    Dropped(u64),
 }
 
 impl Request {
@@ -259,6 +277,7 @@ impl Request {
                 | Request::RouterList
                 | Request::RouterShow { .. }
                 | Request::FipList { .. }
+                | Request::Monitor { .. }
         )
     }
 }

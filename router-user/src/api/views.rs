@@ -113,6 +113,9 @@ pub struct RouterSummary {
     pub running: bool,
     /// Why it does not run, when its start failed: routerd tries it again.
     pub start_error: Option<String>,
+    /// routerd is starting and has not tried this router yet (only shown when so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub starting: bool,
 }
 
 /// `router_show`.
@@ -124,6 +127,9 @@ pub struct RouterDetail {
     pub running: bool,
     /// Why it does not run, when its start failed: routerd tries it again.
     pub start_error: Option<String>,
+    /// routerd is starting and has not tried this router yet (only shown when so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub starting: bool,
     /// The internal interfaces, in file order.
     pub interfaces: Vec<InterfaceEntry>,
     pub gateway: Option<GatewayEntry>,
@@ -423,6 +429,7 @@ pub(super) fn router_summary(r: &Router, live: &Live) -> RouterSummary {
         floating_ips: r.floating_ips.len(),
         running: live.routers.contains_key(&r.id),
         start_error: live.waiting.get(&r.id).cloned(),
+        starting: live.starting.contains(&r.id),
     }
 }
 
@@ -451,6 +458,7 @@ pub(super) fn router_detail(r: &Router, live: &Live) -> RouterDetail {
         mode: r.mode.to_string(),
         running: info.is_some(),
         start_error: live.waiting.get(&r.id).cloned(),
+        starting: live.starting.contains(&r.id),
         interfaces,
         gateway: gateway_entry(r, live),
         external_subnets: r

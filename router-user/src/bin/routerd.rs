@@ -16,6 +16,14 @@
 //! booting) waits and is tried again, every second at first and then less often, without
 //! stopping routerd or the other routers; `router list` and `router show` say why it waits.
 //!
+//! Signals are handled from the first instant (`router_user::signals`), and the routers
+//! start on a thread of their own (`node::Startup`) while the main loop serves the socket:
+//! during the start queries are answered, edits refused ("starting, try again"), a SIGHUP
+//! is applied once the start ends and a SIGTERM starts no further router. At start and
+//! every `--sweep-interval` the pins of stale routers are removed (`router_user::stale`).
+//! The socket also streams the routers' events to `routerctl monitor`s
+//! (`router_user::monitor::Hub`).
+//!
 //! Under systemd (`packaging/routerd.service`, `Type=notify`) routerd reports ready once
 //! every router of the file has started or is waiting, and the unit leaves the fast paths
 //! running when it stops (`KillMode=process`).
@@ -25,8 +33,9 @@ use std::{path::PathBuf, time::Instant};
 use clap::Parser;
 use router_user::{
     Error,
-    node::{self, NodeController, StateFile},
+    node::{self, NodeController, Startup, StateFile},
     server::{ApiSocket, Job},
+    signals::{HeldSignals, Signal, Signals},
 };
 use tokio::sync::mpsc;
 
@@ -59,6 +68,10 @@ struct Args {
     /// (docs/observability.md). Off unless given.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<std::net::SocketAddr>,
+    /// Seconds between two looks for stale routers (pins of routers of no desired state
+    /// whose namespace is gone), besides the one at start.
+    #[arg(long, value_name = "SECONDS", default_value_t = router_user::stale::SWEEP_INTERVAL.as_secs_f64())]
+    sweep_interval: f64,
     /// How log lines are written to stderr: `text` (time, level, target, the router's span,
     /// message) or `json` (one object a line).
     #[arg(long, value_enum, env = "ROUTERD_LOG_FORMAT", default_value = "text")]
@@ -100,6 +113,9 @@ fn init_logs(format: LogFormat) {
 }
 
 fn main() -> std::process::ExitCode {
+    // From the first instant a signal waits for its handler instead of killing routerd
+    // (released at once by the paths that install none: --teardown, --check, errors).
+    let held = HeldSignals::hold();
     limit_malloc_arenas();
     router_user::generate::exit_if_asked(<Args as clap::CommandFactory>::command);
     let args = Args::parse();
@@ -109,7 +125,7 @@ fn main() -> std::process::ExitCode {
         eprintln!("routerd: {problem}");
         return std::process::ExitCode::from(2);
     }
-    match run(args) {
+    match run(args, held) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -149,8 +165,9 @@ fn teardown(routers: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
-fn run(args: Args) -> Result<(), Error> {
+fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
     if let Some(routers) = &args.teardown {
+        drop(held);
         return teardown(routers);
     }
     let file = StateFile::new(&args.config);
@@ -163,6 +180,15 @@ fn run(args: Args) -> Result<(), Error> {
         );
         return Ok(());
     }
+    let sweep_interval = std::time::Duration::try_from_secs_f64(args.sweep_interval)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            Error::io(
+                "--sweep-interval",
+                std::io::Error::other("must be a positive number of seconds"),
+            )
+        })?;
     tracing::info!("routerd {}", router_user::version::long());
     // Checked before anything is changed, like the configuration.
     if !router_user::paths::bpffs_mounted() {
@@ -172,15 +198,14 @@ fn run(args: Args) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("building the runtime", e))?;
+    let _runtime = runtime.enter();
+    let mut signals = Signals::install(held)?;
     // Before any router: a second routerd stops here, having touched nothing.
-    let socket = {
-        let _guard = runtime.enter();
-        ApiSocket::bind(&args.socket)?
-    };
+    let socket = ApiSocket::bind(&args.socket)?
+        .with_monitor(router_user::monitor::Hub::start(file.path().to_path_buf())?);
     // Metrics: bound before any router too, so a taken port stops the daemon at once.
     let metrics = match args.metrics {
         Some(addr) => {
-            let _guard = runtime.enter();
             let listener = router_user::metrics::bind(addr)?;
             tracing::info!("routerd: metrics on http://{addr}/metrics");
             Some(listener)
@@ -188,29 +213,9 @@ fn run(args: Args) -> Result<(), Error> {
         None => None,
     };
     raise_file_limit();
-    let mut node = NodeController::start(state, file.path(), node::default_parallelism());
-    tracing::info!(
-        "routerd: {} router(s) running; API on {}",
-        node.running_count(),
-        args.socket.display()
-    );
-    runtime.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term =
-            signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
-        let mut int =
-            signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
-        let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::io("SIGHUP handler", e))?;
-        // Every router has started or is waiting, and the signals are handled: ready, for
-        // systemd (`Type=notify`), which may send SIGTERM as soon as it has read this.
-        let status = format!(
-            "READY=1\nSTATUS={} router(s) running, {} waiting",
-            node.running_count(),
-            node.waiting_count()
-        );
-        if let Err(e) = router_user::notify::notify(&status) {
-            tracing::warn!("routerd: telling systemd it is ready: {e}");
-        }
+    let node = runtime.block_on(async {
+        // The socket answers from the start: during it, queries from what has started so
+        // far, edits with "starting, try again" (node::Startup).
         let (jobs_tx, mut jobs) = mpsc::channel::<Job>(64);
         let server = tokio::spawn(socket.serve(jobs_tx));
         let waiting_gauge = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -221,25 +226,69 @@ fn run(args: Args) -> Result<(), Error> {
                 waiting_gauge.clone(),
             ))
         });
+        let mut startup = Startup::spawn(state, file.path(), node::default_parallelism())?;
+        let mut reload_pending = false;
+        let mut node = loop {
+            tokio::select! {
+                node = startup.finished() => break node?,
+                signal = signals.next() => match signal {
+                    Signal::Hangup => {
+                        reload_pending = true;
+                        tracing::info!("routerd: SIGHUP during the start: the file is read again once every router has been tried");
+                    }
+                    stop => {
+                        let (done, total) = startup.progress();
+                        tracing::info!("routerd: {stop} during the start ({done} of {total} routers tried): no further router starts; those started keep running");
+                        startup.cancel();
+                        let node = startup.finished().await?;
+                        server.abort();
+                        let _ = server.await;
+                        return Ok::<_, Error>(node);
+                    }
+                },
+                Some(job) = jobs.recv() => {
+                    let _ = job.reply.send(startup.answer(&job.request));
+                }
+            }
+        };
+        tracing::info!(
+            "routerd: {} router(s) running; API on {}",
+            node.running_count(),
+            args.socket.display()
+        );
+        // Every router has started or is waiting, and the signals are handled: ready, for
+        // systemd (`Type=notify`), which may send SIGTERM as soon as it has read this.
+        let status = format!(
+            "READY=1\nSTATUS={} router(s) running, {} waiting",
+            node.running_count(),
+            node.waiting_count()
+        );
+        if let Err(e) = router_user::notify::notify(&status) {
+            tracing::warn!("routerd: telling systemd it is ready: {e}");
+        }
+        if reload_pending {
+            reload(&mut node, &file).await;
+        }
         let mut retry = tokio::time::interval(node::RETRY_TICK);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // The start swept already: the first tick comes one interval from now.
+        let every = sweep_interval;
+        let mut sweep = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let waiting = node.waiting_count();
             waiting_gauge.store(waiting as u64, std::sync::atomic::Ordering::Relaxed);
             tokio::select! {
-                _ = term.recv() => { tracing::info!("routerd: SIGTERM; the fast paths keep running"); break }
-                _ = int.recv() => { tracing::info!("routerd: SIGINT; the fast paths keep running"); break }
-                _ = hup.recv() => match (Instant::now(), file.load()) {
-                    (started, Ok(new)) => {
-                        let _ = node.reload(new, started).await;
-                    }
-                    (_, Err(e)) => tracing::error!("routerd: SIGHUP: {e}; nothing changed"),
+                signal = signals.next() => match signal {
+                    Signal::Hangup => reload(&mut node, &file).await,
+                    stop => { tracing::info!("routerd: {stop}; the fast paths keep running"); break }
                 },
                 Some(job) = jobs.recv() => {
                     let response = node.handle(&job.request, &file).await;
                     let _ = job.reply.send(response);
                 }
                 _ = retry.tick(), if waiting > 0 => node.retry_due(Instant::now()),
+                _ = sweep.tick() => { node.sweep_stale(); }
             }
         }
         server.abort();
@@ -248,11 +297,22 @@ fn run(args: Args) -> Result<(), Error> {
         }
         // The socket file goes with the task.
         let _ = server.await;
-        Ok::<(), Error>(())
+        Ok::<_, Error>(node)
     })?;
     let _ = router_user::notify::notify("STOPPING=1");
     node.stop();
     Ok(())
+}
+
+/// SIGHUP: reads the file again and applies it; an invalid file changes nothing.
+async fn reload(node: &mut NodeController, file: &StateFile) {
+    let started = Instant::now();
+    match file.load() {
+        Ok(new) => {
+            let _ = node.reload(new, started).await;
+        }
+        Err(e) => tracing::error!("routerd: SIGHUP: {e}; nothing changed"),
+    }
 }
 
 /// Every router has a thread, and glibc gives threads arenas of their own (up to eight per

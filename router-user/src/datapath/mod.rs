@@ -21,8 +21,8 @@ use aya_obj::programs::XdpAttachType;
 use router_common::{map_names, prog_names};
 
 pub use self::owner::{
-    Owner, TableSizes, object_digest, pinned_routers, pinned_routers_of, set_daemon_config,
-    teardown,
+    Owner, TableSizes, maps_pinned, object_digest, owner_of, pinned_routers, pinned_routers_of,
+    set_daemon_config, teardown, would_adopt,
 };
 use self::owner::{links_dir, owner_file};
 use crate::{config::Mode, error::Error, maps::MapSource};

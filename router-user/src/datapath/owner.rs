@@ -98,6 +98,26 @@ pub fn object_digest() -> String {
         .clone()
 }
 
+/// The owner record of router `router`'s pins, if there is one and it can be read.
+pub fn owner_of(router: &str) -> Option<Owner> {
+    std::fs::read(owner_file(router))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// Whether router `router`'s maps are pinned.
+pub fn maps_pinned(router: &str) -> bool {
+    crate::paths::router_pin_dir(router)
+        .join(router_common::map_names::NAT_CONFIG)
+        .exists()
+}
+
+/// Whether `Datapath::open` for `owner` would take over what is pinned for `router`
+/// (otherwise whatever it leaves pinned is its own making).
+pub fn would_adopt(router: &str, owner: &Owner) -> bool {
+    maps_pinned(router) && owner_of(router).is_some_and(|r| r.same_datapath(owner))
+}
+
 /// Routers pinned by the routerd whose desired-state file is `config`.
 pub fn pinned_routers_of(config: &Path) -> Vec<String> {
     let config = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());

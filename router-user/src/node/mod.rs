@@ -13,7 +13,8 @@
 //! Its lifecycle:
 //! 1. [`NodeController::start`] starts every router of the desired state, several at once;
 //!    a router that does not start waits. Routers pinned under the same owner that the
-//!    state no longer has are removed.
+//!    state no longer has are removed, and so are stale routers of no running routerd
+//!    ([`NodeController::sweep_stale`], which routerd also calls every 30 s).
 //! 2. A new desired state is applied as a difference against what runs ([`diff`]): removed
 //!    routers are detached and their pins removed, new ones started, changed ones changed
 //!    live where [`can_apply`] allows and restarted where not; an unchanged
@@ -45,13 +46,15 @@ use crate::{
     api,
     config::{DesiredState, Router},
     datapath, paths,
-    router::{RunningRouter, Writes, can_apply},
+    router::{RunningRouter, StartControl, Writes, can_apply},
 };
 
 mod request;
+mod startup;
 mod state_file;
 mod waiting;
 
+pub use startup::Startup;
 pub use state_file::StateFile;
 use tracing::Instrument;
 use waiting::Waiting;
@@ -151,6 +154,18 @@ impl NodeController {
     /// fail wait), then removes the routers pinned under `owner` that `desired` does not
     /// have (left by an earlier daemon).
     pub fn start(desired: DesiredState, owner: &Path, parallel: usize) -> Self {
+        Self::start_with(desired, owner, parallel, &StartControl::default())
+    }
+
+    /// As [`NodeController::start`], telling `control` of each router as its start ends.
+    /// Once `control` is cancelled no further router starts (those not started wait) and
+    /// no pinned router is removed: the caller is stopping.
+    pub fn start_with(
+        desired: DesiredState,
+        owner: &Path,
+        parallel: usize,
+        control: &StartControl<'_>,
+    ) -> Self {
         datapath::set_daemon_config(owner);
         let started = Instant::now();
         let mut node = Self {
@@ -163,25 +178,36 @@ impl NodeController {
         start_routers(
             node.desired.routers.clone(),
             node.parallel,
+            control,
             &mut node.running,
             &mut node.waiting,
         );
+        if control
+            .cancel
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            tracing::info!(
+                "routerd: start stopped after {} router(s); the others were not started",
+                node.running.len()
+            );
+            return node;
+        }
         tracing::info!(
             "routerd: {} router(s) started in {} ms; {} waiting",
             node.running.len(),
             started.elapsed().as_millis(),
             node.waiting.len()
         );
-        for id in datapath::pinned_routers_of(owner) {
-            if node.desired.router(&id).is_none() {
-                let _router = crate::router::span(&id).entered();
-                tracing::info!("routerd: router {id} is pinned but not desired: removing it");
-                if let Err(e) = datapath::teardown(&id) {
-                    tracing::error!("routerd: removing router {id}: {e}");
-                }
-            }
-        }
+        node.sweep_stale();
         node
+    }
+
+    /// Removes stale routers ([`crate::stale::sweep`]): those this controller's owner
+    /// pinned that the desired state no longer has, and those of no running routerd whose
+    /// namespace is gone. Routers of the desired state, waiting ones too, keep their pins.
+    /// Returns the routers removed.
+    pub fn sweep_stale(&self) -> Vec<String> {
+        crate::stale::sweep(&self.desired, &self.owner)
     }
 
     /// The desired state the controller follows.
@@ -218,6 +244,7 @@ impl NodeController {
                 .map(|r| (r.desired.id.clone(), r.info.clone()))
                 .collect(),
             waiting: self.waiting.reasons(),
+            starting: Default::default(),
             counters: Default::default(),
         }
     }
@@ -230,7 +257,13 @@ impl NodeController {
         }
         let due = self.waiting.due(now);
         if !due.is_empty() {
-            start_routers(due, self.parallel, &mut self.running, &mut self.waiting);
+            start_routers(
+                due,
+                self.parallel,
+                &StartControl::default(),
+                &mut self.running,
+                &mut self.waiting,
+            );
         }
     }
 
@@ -393,7 +426,13 @@ impl NodeController {
         // this change (an API edit of another router goes through).
         let news: Vec<bool> = added.iter().map(|r| !self.waiting.has(r)).collect();
         let before = kept.len();
-        let failed = start_routers(added, self.parallel, &mut kept, &mut self.waiting);
+        let failed = start_routers(
+            added,
+            self.parallel,
+            &StartControl::default(),
+            &mut kept,
+            &mut self.waiting,
+        );
         for r in &kept[before..] {
             outcome.writes += r.start_writes;
         }
@@ -417,11 +456,12 @@ impl NodeController {
 fn start_routers(
     routers: Vec<Router>,
     parallel: usize,
+    control: &StartControl<'_>,
     running: &mut Vec<RunningRouter>,
     waiting: &mut Waiting,
 ) -> Vec<(usize, String)> {
     let mut failed = Vec::new();
-    let results = RunningRouter::start_all(routers.clone(), parallel);
+    let results = RunningRouter::start_all_with(routers.clone(), parallel, control);
     for (i, (router, result)) in routers.into_iter().zip(results).enumerate() {
         match result {
             Ok(r) => {

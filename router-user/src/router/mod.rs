@@ -76,6 +76,23 @@ struct Change {
     done: oneshot::Sender<Result<Writes, Error>>,
 }
 
+/// How a start of many routers is followed and stopped: `done` is told of each router as
+/// its start ends (from the thread that started it), and once `cancel` is set no further
+/// router is started.
+#[derive(Default)]
+pub struct StartControl<'a> {
+    pub cancel: Option<&'a std::sync::atomic::AtomicBool>,
+    #[allow(clippy::type_complexity)]
+    pub done: Option<&'a (dyn Fn(&Router, &Result<RunningRouter, Error>) + Sync)>,
+}
+
+impl StartControl<'_> {
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 impl RunningRouter {
     /// Sets the router up in its namespace and attaches the fast path. Returns once it
     /// forwards, or with the error that stopped it (then nothing of it stays attached).
@@ -117,6 +134,17 @@ impl RunningRouter {
     /// verifier's work on one CPU, so a node's routers come up about `parallel` times faster
     /// than one after another.
     pub fn start_all(routers: Vec<Router>, parallel: usize) -> Vec<Result<Self, Error>> {
+        Self::start_all_with(routers, parallel, &StartControl::default())
+    }
+
+    /// As [`RunningRouter::start_all`], telling `control` of each router as it is done, and
+    /// starting no further router once `control` is cancelled (those routers' results are
+    /// [`Error::Cancelled`]; the ones under way finish their start).
+    pub fn start_all_with(
+        routers: Vec<Router>,
+        parallel: usize,
+        control: &StartControl<'_>,
+    ) -> Vec<Result<Self, Error>> {
         use std::sync::{
             Mutex,
             atomic::{AtomicUsize, Ordering},
@@ -128,9 +156,15 @@ impl RunningRouter {
             for _ in 0..parallel.clamp(1, routers.len().max(1)) {
                 scope.spawn(|| {
                     loop {
+                        if control.cancelled() {
+                            break;
+                        }
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(router) = routers.get(i) else { break };
                         let started = Self::start(router.clone());
+                        if let Some(done) = control.done {
+                            done(router, &started);
+                        }
                         if let Ok(mut slots) = results.lock() {
                             slots[i] = Some(started);
                         }
@@ -138,6 +172,7 @@ impl RunningRouter {
                 });
             }
         });
+        let cancelled = control.cancelled();
         results
             .into_inner()
             .unwrap_or_default()
@@ -145,6 +180,9 @@ impl RunningRouter {
             .zip(&routers)
             .map(|(r, router)| {
                 r.unwrap_or_else(|| {
+                    if cancelled {
+                        return Err(Error::Cancelled(router.id.clone()));
+                    }
                     Err(Error::io(
                         format!("starting router {}", router.id),
                         std::io::Error::other("its start thread panicked"),
@@ -410,7 +448,8 @@ pub fn running_router(id: &str) -> Result<Option<RouterInfo>, Error> {
     Ok(Some(info).filter(|info| info.router == id))
 }
 
-/// Reads the info files of every running router.
+/// Reads the info files of every running router (files of the run directory that are not
+/// a router's info are passed over).
 pub fn running_routers() -> Result<Vec<RouterInfo>, Error> {
     let mut out = Vec::new();
     let dir = match std::fs::read_dir(paths::RUN_DIR) {
@@ -423,12 +462,10 @@ pub fn running_routers() -> Result<Vec<RouterInfo>, Error> {
         if path.extension().is_some_and(|e| e == "json") {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            let info: RouterInfo = serde_json::from_str(&text).map_err(|e| {
-                Error::io(
-                    format!("parsing {}", path.display()),
-                    std::io::Error::other(e),
-                )
-            })?;
+            // Another tool's JSON file in the run directory is not a router's info.
+            let Ok(info) = serde_json::from_str::<RouterInfo>(&text) else {
+                continue;
+            };
             out.push(info);
         }
     }

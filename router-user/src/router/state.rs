@@ -43,7 +43,53 @@ pub(super) struct RouterState {
     pub(super) start_writes: Writes,
 }
 
+/// What one start attempt made of the fast path that was not there before it, so that a
+/// start that fails leaves no pins or links behind. The kernel's part (addresses, routes,
+/// rules, the slow path's table) stays: the router is still desired, and while it waits the
+/// kernel serves it alone (`degraded`). What the attempt found and adopted stays too.
+#[derive(Default)]
+pub(super) struct Made {
+    /// The pins (maps, programs, links) are its own: it did not adopt them.
+    pins: bool,
+}
+
+impl Made {
+    /// Removes the fast path the attempt made. The datapath must have been dropped: its
+    /// pins are removed here.
+    pub(super) fn undo(self, router: &Router) {
+        if self.pins {
+            match crate::datapath::teardown(&router.id) {
+                Ok(()) => tracing::info!(
+                    "router {}: start failed: its pins and links removed",
+                    router.id
+                ),
+                Err(e) => tracing::error!("router {}: removing its pins: {e}", router.id),
+            }
+        }
+    }
+}
+
+/// Sets the router up (see [`setup_recording`]); a setup that fails removes what it made
+/// ([`Made`]) before returning the error.
 pub(super) async fn setup(router: &Router, handle: &Handle) -> Result<RouterState, Error> {
+    let mut made = Made::default();
+    match setup_recording(router, handle, &mut made).await {
+        Ok(state) => Ok(state),
+        Err(e) => {
+            made.undo(router);
+            Err(e)
+        }
+    }
+}
+
+/// Sets the router up in the calling thread's namespace: forwarding on, the addresses,
+/// the static routes and rules, the fast path opened (adopted or new), reconciled and
+/// attached, the slow path's rules. Records in `made` what it adds.
+async fn setup_recording(
+    router: &Router,
+    handle: &Handle,
+    made: &mut Made,
+) -> Result<RouterState, Error> {
     let nl = |what: String| {
         let router = router.id.clone();
         move |source| Error::Netlink {
@@ -141,6 +187,8 @@ pub(super) async fn setup(router: &Router, handle: &Handle) -> Result<RouterStat
         floating_ips: router.nat.max_floating_ips,
     };
     let owner = crate::datapath::Owner::current(&router.namespace, sizes)?;
+    // What `open` does not adopt, it makes: from here a failure removes it.
+    made.pins = !crate::datapath::would_adopt(&router.id, &owner);
     let mut datapath = Datapath::open(&router.id, sizes, &owner, router.mode)?;
     let ports: BTreeMap<u32, RouterPort> = links
         .iter()

@@ -41,6 +41,7 @@ pub fn run(output: &Output, command: Command) -> Result<(), Failure> {
 }
 
 fn list(output: &Output, only: Option<&str>) -> Result<(), Failure> {
+    crate::output::note_stale(only);
     let mut rows = Vec::new();
     for info in stats::selected_routers(only)? {
         let timeouts = conntrack::running_timeouts(&info.router);

@@ -1,6 +1,6 @@
 //! `routerctl`: the operator's command line. One file per subcommand.
 //!
-//! `stats`, `ct`, `nat`, `monitor` and `trace` read the running routers' pinned maps;
+//! `stats`, `ct`, `nat` and `trace` read the running routers' pinned maps; `monitor`,
 //! `apply`, `state`, `router`, `fip`, `route`, `rule` and `fw` talk to routerd over its API
 //! socket (`docs/api.md`); `import` reads files only. Every verb prints a table (`-f table`, `-c` to pick columns) or
 //! one JSON document `{"kind", "version", "items"}` (`-f json`), and exits with a code
@@ -38,6 +38,10 @@ struct Cli {
     /// routerd's API socket.
     #[arg(long, global = true, default_value = router_user::paths::API_SOCKET)]
     socket: PathBuf,
+    /// Seconds to wait for routerd's answer before giving up (exit code 7); 0: wait as
+    /// long as it takes.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = router_user::api::DEFAULT_TIMEOUT.as_secs_f64())]
+    timeout: f64,
     /// Output format of every verb: aligned columns, or one JSON document
     /// {"kind": ..., "version": 1, "items": ...} (`--output` is the same).
     #[arg(
@@ -107,7 +111,15 @@ fn main() -> std::process::ExitCode {
         format: if cli.json { Format::Json } else { cli.format },
         columns: cli.columns,
     };
-    let result = run(cli.command, cli.socket, output);
+    let timeout = match std::time::Duration::try_from_secs_f64(cli.timeout) {
+        Ok(t) if !t.is_zero() => Some(t),
+        Ok(_) => None,
+        Err(e) => {
+            eprintln!("routerctl: --timeout {}: {e}", cli.timeout);
+            return std::process::ExitCode::from(output::exit::INVALID);
+        }
+    };
+    let result = run(cli.command, cli.socket, timeout, output);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -123,14 +135,23 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(command: Command, socket: PathBuf, output: Output) -> Result<(), Failure> {
-    let api = output::Api { socket, output };
+fn run(
+    command: Command,
+    socket: PathBuf,
+    timeout: Option<std::time::Duration>,
+    output: Output,
+) -> Result<(), Failure> {
+    let api = output::Api {
+        socket,
+        output,
+        timeout,
+    };
     let output = &api.output;
     match command {
         Command::Stats(args) => stats::run(output, args),
         Command::Ct(command) => ct::run(output, command),
         Command::Nat(command) => nat::run(output, command),
-        Command::Monitor(args) => monitor::run(output, args),
+        Command::Monitor(args) => monitor::run(&api, args),
         Command::Apply(args) => apply::run(&api, args),
         Command::State => apply::show(&api),
         Command::Router(command) => router::run(&api, command),

@@ -17,6 +17,7 @@ pub enum Command {
 pub fn run(output: &Output, command: Command) -> Result<(), Failure> {
     match command {
         Command::List { router } => {
+            crate::output::note_stale(router.as_deref());
             let nat = stats::collect_nat(router.as_deref())?;
             output.print("nat", &nat, || stats::nat_table(&nat))
         }

@@ -54,6 +54,7 @@ pub mod exit {
     pub const CONFLICT: u8 = 4;
     pub const UNREACHABLE: u8 = 5;
     pub const PARTIAL: u8 = 6;
+    pub const TIMEOUT: u8 = 7;
 }
 
 /// The exit codes, for `routerctl --help`.
@@ -67,6 +68,8 @@ Exit codes:
   5  routerd unreachable (no socket, not answering, shutting down)
   6  partial failure: some of a bulk action failed, or routerd could not restore the
      previous state after a failed apply (code restore_failed)
+  7  timed out: routerd took the connection but did not answer within --timeout
+     (it may still apply an edit it was sent: check with a query)
 
 A router is named by its id, positionally (routerctl route list R); --router R is still
 accepted in its place.";
@@ -96,6 +99,7 @@ impl Failure {
                     exit::OTHER
                 }
                 Error::Unreachable { .. } => exit::UNREACHABLE,
+                Error::Timeout { .. } => exit::TIMEOUT,
                 _ => exit::OTHER,
             },
         }
@@ -273,16 +277,26 @@ fn pick_columns(text: &str, wanted: &[String]) -> String {
     out.join("\n")
 }
 
+/// Says on stderr which routers are not shown because they are stale (their namespace is
+/// gone: what they left pinned forwards nothing; routerd removes it).
+pub fn note_stale(only: Option<&str>) {
+    for (router, why) in router_user::stats::stale_routers(only) {
+        eprintln!("routerctl: router {router} not shown: {why} (stale; routerd removes it)");
+    }
+}
+
 /// How to reach routerd, and how to print.
 pub struct Api {
     pub socket: PathBuf,
     pub output: Output,
+    /// How long to wait for routerd (`--timeout`); `None`: as long as it takes.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Api {
     /// Sends one request; the result, or routerd's error.
     pub fn call(&self, request: &Request) -> Result<Value, Failure> {
-        Ok(Client::connect(&self.socket)?.call(request)?)
+        Ok(Client::connect_within(&self.socket, self.timeout)?.call(request)?)
     }
 
     /// A request that may change the desired state: prints what it did (JSON: the

@@ -202,9 +202,10 @@ fn yes_no(b: bool) -> String {
 }
 
 /// The RUNNING column: yes, no, or "waiting: ERROR" when the start failed and is retried.
-fn running_text(running: bool, start_error: Option<&str>) -> String {
+fn running_text(running: bool, start_error: Option<&str>, starting: bool) -> String {
     match (running, start_error) {
         (false, Some(e)) => format!("waiting: {e}"),
+        (false, None) if starting => "starting".into(),
         _ => yes_no(running),
     }
 }
@@ -224,7 +225,7 @@ fn list(routers: Vec<RouterSummary>) -> String {
                 dash_if_empty(&r.interfaces),
                 gateway_text(&r.gateway),
                 r.floating_ips.to_string(),
-                running_text(r.running, r.start_error.as_deref()),
+                running_text(r.running, r.start_error.as_deref(), r.starting),
             ]
         })
         .collect();
@@ -294,6 +295,7 @@ fn show(r: RouterDetail) -> String {
         match (r.running, &r.start_error) {
             (true, _) => "running".to_string(),
             (false, Some(e)) => format!("waiting to start (tried again; last error: {e})"),
+            (false, None) if r.starting => "starting (routerd has not tried it yet)".to_string(),
             (false, None) => "not running".to_string(),
         }
     );

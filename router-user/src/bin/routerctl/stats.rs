@@ -20,6 +20,7 @@ struct Stats<'a> {
 }
 
 pub fn run(output: &Output, args: Args) -> Result<(), Failure> {
+    crate::output::note_stale(args.router.as_deref());
     let rows = stats::collect(args.router.as_deref())?;
     let nat = stats::collect_nat(args.router.as_deref())?;
     let document = Stats {
