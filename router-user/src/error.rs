@@ -80,6 +80,13 @@ pub enum Error {
     /// routerd refused a request: its code, and a message naming what is wrong.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+    /// etcd (the cluster's desired state) did not answer or refused a request.
+    #[error("etcd: {what}: {source}")]
+    Etcd {
+        what: String,
+        #[source]
+        source: Box<etcd_client::Error>,
+    },
     /// routerd's API socket cannot be served.
     #[error("API socket {path}: {problem}")]
     Socket { path: String, problem: String },
@@ -90,6 +97,13 @@ impl Error {
         Error::Io {
             what: what.into(),
             source,
+        }
+    }
+
+    pub fn etcd(what: impl Into<String>, source: etcd_client::Error) -> Self {
+        Error::Etcd {
+            what: what.into(),
+            source: Box::new(source),
         }
     }
 

@@ -299,7 +299,7 @@ pub fn ensure(router: &Router) -> Result<bool, Error> {
 /// The ruleset last applied for `router` (in the run directory, gone at reboot with the
 /// kernel state it describes).
 fn applied_file(router: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(crate::paths::RUN_DIR).join(format!("{router}.nft"))
+    crate::paths::run_dir().join(format!("{router}.nft"))
 }
 
 /// Runs `nft -f -` on `rules` (one transaction: all or nothing).

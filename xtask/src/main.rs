@@ -44,6 +44,11 @@ const APT_PACKAGES: &[&str] = &[
     "libc6-dev",
     // libFuzzer (libfuzzer-sys) is C++.
     "g++",
+    // The cluster's store (`etcd`, `etcdctl`) for the etcd tests and demo, and protoc, which
+    // the etcd-client crate's build runs on etcd's protocol files.
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
 ];
 
 #[derive(Parser)]

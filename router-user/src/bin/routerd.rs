@@ -53,7 +53,7 @@ struct Args {
     check: bool,
     /// The API socket (routerctl's verbs that change the desired state use it). Its
     /// directory is created 0750 if missing; the socket is 0660.
-    #[arg(long, default_value = router_user::paths::API_SOCKET)]
+    #[arg(long, env = router_user::paths::API_SOCKET_ENV, default_value = router_user::paths::API_SOCKET)]
     socket: PathBuf,
     /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g. 127.0.0.1:9477
     /// (docs/observability.md). Off unless given.
@@ -63,6 +63,10 @@ struct Args {
     /// message) or `json` (one object a line).
     #[arg(long, value_enum, env = "ROUTERD_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
+    #[command(flatten)]
+    roots: router_user::cluster::RootArgs,
+    #[command(flatten)]
+    cluster: router_user::cluster::ClusterArgs,
 }
 
 const LOGS_HELP: &str = "\
@@ -150,11 +154,17 @@ fn teardown(routers: &[String]) -> Result<(), Error> {
 }
 
 fn run(args: Args) -> Result<(), Error> {
+    args.roots.apply()?;
     if let Some(routers) = &args.teardown {
         return teardown(routers);
     }
     let file = StateFile::new(&args.config);
-    let state = file.load()?;
+    // With --etcd, the desired state is etcd's and the file is not read.
+    let state = if args.cluster.etcd.is_some() && !args.check {
+        router_user::config::DesiredState::default()
+    } else {
+        file.load()?
+    };
     if args.check {
         println!(
             "{}: valid, {} router(s)",
@@ -188,7 +198,12 @@ fn run(args: Args) -> Result<(), Error> {
         None => None,
     };
     raise_file_limit();
-    let mut node = NodeController::start(state, file.path(), node::default_parallelism());
+    let mut cluster = args.cluster.start(&runtime)?;
+    let (state, owner) = match &mut cluster {
+        Some(c) => (c.take_initial_state(), c.state_file().to_path_buf()),
+        None => (state, file.path().to_path_buf()),
+    };
+    let mut node = NodeController::start(state, &owner, node::default_parallelism());
     tracing::info!(
         "routerd: {} router(s) running; API on {}",
         node.running_count(),
@@ -217,7 +232,7 @@ fn run(args: Args) -> Result<(), Error> {
         let metrics = metrics.map(|l| {
             tokio::spawn(router_user::metrics::serve(
                 l,
-                Some(file.path().to_path_buf()),
+                Some(owner.clone()),
                 waiting_gauge.clone(),
             ))
         });
@@ -226,17 +241,29 @@ fn run(args: Args) -> Result<(), Error> {
         loop {
             let waiting = node.waiting_count();
             waiting_gauge.store(waiting as u64, std::sync::atomic::Ordering::Relaxed);
+            if let Some(c) = &cluster {
+                c.observe(&node);
+            }
             tokio::select! {
                 _ = term.recv() => { tracing::info!("routerd: SIGTERM; the fast paths keep running"); break }
                 _ = int.recv() => { tracing::info!("routerd: SIGINT; the fast paths keep running"); break }
                 _ = hup.recv() => match (Instant::now(), file.load()) {
+                    _ if cluster.is_some() => cluster.iter().for_each(|c| c.reread()),
                     (started, Ok(new)) => {
                         let _ = node.reload(new, started).await;
                     }
                     (_, Err(e)) => tracing::error!("routerd: SIGHUP: {e}; nothing changed"),
                 },
+                Some(update) = router_user::cluster::next_update(&mut cluster) => {
+                    if let Some(c) = &mut cluster {
+                        c.apply(&mut node, update).await;
+                    }
+                }
                 Some(job) = jobs.recv() => {
-                    let response = node.handle(&job.request, &file).await;
+                    let response = match &cluster {
+                        Some(c) => c.handle(&mut node, &job.request),
+                        None => node.handle(&job.request, &file).await,
+                    };
                     let _ = job.reply.send(response);
                 }
                 _ = retry.tick(), if waiting > 0 => node.retry_due(Instant::now()),

@@ -28,6 +28,7 @@ mod check;
 mod edit;
 mod file;
 mod firewall;
+mod json;
 mod policy;
 mod render;
 #[cfg(test)]
@@ -38,7 +39,7 @@ pub use firewall::{Firewall, FirewallRule, FirewallRuleText, FwAction};
 pub use policy::{Rule, RuleText, Steering, Table};
 
 /// A validated desired state.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
     pub routers: Vec<Router>,
 }

@@ -13,6 +13,7 @@ mod fip;
 mod fw;
 mod monitor;
 mod nat;
+mod node;
 mod output;
 mod route;
 mod router;
@@ -35,8 +36,20 @@ use crate::output::{Failure, Format, Output};
 )]
 struct Cli {
     /// routerd's API socket.
-    #[arg(long, global = true, default_value = router_user::paths::API_SOCKET)]
+    #[arg(long, global = true, env = router_user::paths::API_SOCKET_ENV, default_value = router_user::paths::API_SOCKET)]
     socket: PathBuf,
+    /// etcd endpoints, comma-separated, for the verbs that read the cluster's state
+    /// (`node`).
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL[,URL...]",
+        value_delimiter = ','
+    )]
+    etcd: Option<Vec<String>>,
+    /// The prefix of the cluster's keys in etcd.
+    #[arg(long, global = true, value_name = "PREFIX", default_value = router_user::cluster::DEFAULT_PREFIX)]
+    etcd_prefix: String,
     /// Output format of every verb: aligned columns, or one JSON document
     /// {"kind": ..., "version": 1, "items": ...} (`--output` is the same).
     #[arg(
@@ -91,6 +104,9 @@ enum Command {
     /// The firewall: rules, default policy, steering.
     #[command(subcommand)]
     Fw(fw::Command),
+    /// The nodes of a cluster that follows etcd (needs --etcd): list.
+    #[command(subcommand)]
+    Node(node::Command),
     /// One made-up packet through a router's real programs, changing nothing (ovn-trace).
     Trace(trace::Args),
 }
@@ -103,7 +119,11 @@ fn main() -> std::process::ExitCode {
         format: if cli.json { Format::Json } else { cli.format },
         columns: cli.columns,
     };
-    let result = run(cli.command, cli.socket, output);
+    let store = node::Store {
+        endpoints: cli.etcd.as_deref(),
+        prefix: &cli.etcd_prefix,
+    };
+    let result = run(cli.command, cli.socket, store, output);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -119,7 +139,12 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(command: Command, socket: PathBuf, output: Output) -> Result<(), Failure> {
+fn run(
+    command: Command,
+    socket: PathBuf,
+    store: node::Store<'_>,
+    output: Output,
+) -> Result<(), Failure> {
     let api = output::Api { socket, output };
     let output = &api.output;
     match command {
@@ -135,6 +160,7 @@ fn run(command: Command, socket: PathBuf, output: Output) -> Result<(), Failure>
         Command::Rule(command) => rule::run(&api, command),
         Command::Fw(command) => fw::run(&api, command),
         Command::Trace(args) => trace::run(output, args),
+        Command::Node(command) => node::run(output, store, command),
     }
 }
 

@@ -83,9 +83,10 @@ impl Failure {
                     ErrorCode::Conflict => exit::CONFLICT,
                     ErrorCode::Unavailable => exit::UNREACHABLE,
                     ErrorCode::RestoreFailed => exit::PARTIAL,
-                    ErrorCode::ApplyFailed | ErrorCode::Forbidden | ErrorCode::Internal => {
-                        exit::OTHER
-                    }
+                    ErrorCode::ApplyFailed
+                    | ErrorCode::Forbidden
+                    | ErrorCode::ReadOnly
+                    | ErrorCode::Internal => exit::OTHER,
                 },
                 Error::Config(_) => exit::INVALID,
                 Error::NotRunning(..) => exit::NOT_FOUND,
