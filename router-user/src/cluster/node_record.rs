@@ -80,7 +80,6 @@ async fn keep(
     let (mut keeper, mut answers) =
         timed("keeping the lease alive", client.lease_keep_alive(lease)).await?;
     let mut written = Report::default();
-    let mut first = true;
     let report = reports.borrow_and_update().clone();
     write(
         options,
@@ -90,10 +89,9 @@ async fn keep(
         started,
         &report,
         &mut written,
-        first,
+        true,
     )
     .await?;
-    first = false;
     backoff.reset();
     tracing::info!(
         "routerd: node {} registered in etcd (lease {lease:x}, {ttl} s)",
@@ -123,7 +121,7 @@ async fn keep(
                     return Ok(());
                 }
                 let report = reports.borrow_and_update().clone();
-                write(options, keys, client, lease, started, &report, &mut written, first).await?;
+                write(options, keys, client, lease, started, &report, &mut written, false).await?;
             }
         }
     }
