@@ -36,77 +36,124 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// A single-member etcd on loopback (see the module docs).
-pub struct Etcd {
-    child: Option<Child>,
+/// One etcd process of an [`Etcd`].
+struct Member {
     name: String,
-    dir: PathBuf,
     client_port: u16,
     peer_port: u16,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// etcd on loopback, one member or several (see the module docs).
+pub struct Etcd {
+    members: Vec<Member>,
+    dir: PathBuf,
     runtime: tokio::runtime::Runtime,
     pub keys: Keys,
 }
 
 impl Etcd {
-    /// Starts etcd and waits until it answers (up to 15 s).
+    /// Starts a one-member etcd and waits until it answers (up to 15 s).
     pub fn start() -> Self {
+        Self::start_cluster(1)
+    }
+
+    /// Starts an etcd cluster of `size` members and waits until it answers (up to 15 s).
+    pub fn start_cluster(size: usize) -> Self {
         crate::require_root();
         let name = unique("etcd");
         let dir = std::env::temp_dir().join(format!("{name}.d"));
         std::fs::create_dir_all(&dir).expect("etcd's directory");
+        let members = (0..size)
+            .map(|i| Member {
+                name: format!("{name}-{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+            })
+            .collect();
         let mut me = Self {
-            child: None,
-            name,
+            members,
             dir,
-            client_port: free_port(),
-            peer_port: free_port(),
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("a runtime for the etcd client"),
             keys: Keys::new(router_user::cluster::DEFAULT_PREFIX),
         };
-        me.spawn();
+        for i in 0..size {
+            me.spawn(i);
+        }
+        me.wait_answers();
         me
     }
 
-    /// The client URL (`http://127.0.0.1:PORT`).
+    /// The client URLs of the members, comma-separated (as `routerd --etcd` takes them).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        self.endpoints().join(",")
     }
 
-    fn spawn(&mut self) {
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+    fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::endpoint).collect()
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let cluster: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer()))
+            .collect();
+        let member = &self.members[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("etcd.log"))
+            .open(self.dir.join(format!("{}.log", member.name)))
             .expect("etcd's log");
         let child = Command::new("etcd")
-            .args(["--name", &self.name])
+            .args(["--name", &member.name])
             .arg("--data-dir")
-            .arg(self.dir.join("data"))
-            .args(["--listen-client-urls", &self.endpoint()])
-            .args(["--advertise-client-urls", &self.endpoint()])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("{}={peer}", self.name)])
+            .arg(self.dir.join(&member.name))
+            .args(["--listen-client-urls", &member.endpoint()])
+            .args(["--advertise-client-urls", &member.endpoint()])
+            .args(["--listen-peer-urls", &member.peer()])
+            .args(["--initial-advertise-peer-urls", &member.peer()])
+            .args(["--initial-cluster", &cluster.join(",")])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("starting etcd: {e} (installed by `cargo xtask setup`)"));
-        self.child = Some(child);
+        self.members[i].child = Some(child);
+    }
+
+    fn wait_answers(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if self.try_revision().is_some() {
                 return;
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("etcd exited with {status}:\n{}", self.log_text());
+            let exited = self.members.iter_mut().find_map(|m| {
+                let status = m.child.as_mut()?.try_wait().ok().flatten()?;
+                Some(format!("etcd {} exited with {status}", m.name))
+            });
+            if let Some(exited) = exited {
+                panic!("{exited}:\n{}", self.log_text());
             }
             assert!(
                 Instant::now() < deadline,
@@ -117,30 +164,69 @@ impl Etcd {
         }
     }
 
+    /// Every member's log.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+        self.members
+            .iter()
+            .map(|m| {
+                let log = std::fs::read_to_string(self.dir.join(format!("{}.log", m.name)));
+                format!("--- {} ---\n{}", m.name, log.unwrap_or_default())
+            })
+            .collect()
     }
 
-    /// `kill -9`: etcd is gone at once (its connections close).
+    /// `kill -9` of every member: etcd is gone at once (its connections close).
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        for member in &mut self.members {
+            member.kill9();
         }
     }
 
-    /// Starts etcd again on the same ports and data (after [`Etcd::kill9`]).
+    /// Starts every member killed again, on the same ports and data, and waits until etcd
+    /// answers.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "etcd still runs");
-        self.spawn();
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_none() {
+                self.spawn(i);
+            }
+        }
+        self.wait_answers();
+    }
+
+    /// Kills (-9) the member that leads the cluster now; returns its client URL.
+    pub fn kill9_leader(&mut self) -> String {
+        let leader = self
+            .members
+            .iter()
+            .position(|m| {
+                let Ok(mut client) = self.client_of(&[m.endpoint()]) else {
+                    return false;
+                };
+                self.runtime
+                    .block_on(client.status())
+                    .is_ok_and(|s| s.header().is_some_and(|h| h.member_id() == s.leader()))
+            })
+            .expect("a member leads the cluster");
+        self.members[leader].kill9();
+        self.members[leader].endpoint()
     }
 
     fn client(&self) -> Result<Client, etcd_client::Error> {
+        let live: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(Member::endpoint)
+            .collect();
+        self.client_of(&live)
+    }
+
+    fn client_of(&self, endpoints: &[String]) -> Result<Client, etcd_client::Error> {
         let options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
             .with_timeout(Duration::from_secs(5));
         self.runtime
-            .block_on(Client::connect([self.endpoint()], Some(options)))
+            .block_on(Client::connect(endpoints, Some(options)))
     }
 
     fn try_revision(&self) -> Option<i64> {
@@ -493,18 +579,22 @@ fn wait_for_quietly(timeout: Duration, mut cond: impl FnMut() -> bool) {
 
 /// `routerctl --etcd ENDPOINT node list -f json`: the nodes' items.
 pub fn node_list(endpoint: &str) -> Vec<serde_json::Value> {
+    try_node_list(endpoint).unwrap_or_else(|e| panic!("routerctl node list: {e}"))
+}
+
+/// As [`node_list`], or routerctl's error (etcd may refuse a read while it elects a
+/// leader).
+pub fn try_node_list(endpoint: &str) -> Result<Vec<serde_json::Value>, String> {
     let routerctl = routerd_path().with_file_name("routerctl");
     let out = Command::new(&routerctl)
         .args(["--etcd", endpoint, "node", "list", "-f", "json"])
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", routerctl.display()));
-    assert!(
-        out.status.success(),
-        "routerctl node list: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
     let doc: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("routerctl prints JSON");
     assert_eq!(doc["kind"], "nodes");
-    doc["items"].as_array().cloned().unwrap_or_default()
+    Ok(doc["items"].as_array().cloned().unwrap_or_default())
 }

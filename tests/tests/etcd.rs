@@ -14,7 +14,7 @@ use std::{
 };
 
 use router_tests::{
-    etcd::{Etcd, Node, node_list, wait_until},
+    etcd::{Etcd, Node, node_list, try_node_list, wait_until},
     probe::UdpStream,
     topo::{EXT_HOST, RouterTopology},
     traffic,
@@ -439,5 +439,75 @@ fn a_dead_node_leaves_the_node_list_within_its_ttl() {
     assert!(
         listed(&etcd).iter().any(|(n, a, _)| *n == alive.name && *a),
         "the other node stays"
+    );
+}
+
+/// A three-member etcd whose leader is killed (-9) under traffic: the nodes, given every
+/// member, carry on: they stay in the node list throughout (a new leader keeps their
+/// leases), no datagram is lost, and an edit made after the election is applied.
+#[test]
+fn a_three_member_etcd_loses_its_leader_and_the_nodes_carry_on() {
+    let mut etcd = Etcd::start_cluster(3);
+    let nodes = [
+        Node::start(&etcd.endpoint(), "c1-"),
+        Node::start(&etcd.endpoint(), "c2-"),
+    ];
+    let topologies: Vec<(RouterTopology, Router)> = (0..2).map(|_| router_topology()).collect();
+    for ((_, router), node) in topologies.iter().zip(&nodes) {
+        etcd.put_router(router);
+        let at = etcd.place(&router.id, &[&node.name]);
+        etcd.wait_running(&node.name, &router.id, at, SETTLE);
+    }
+    let (topo, router) = &topologies[0];
+    let stream = UdpStream::start(
+        &topo.vm_a_ns,
+        42001,
+        SocketAddrV4::new(Ipv4Addr::from(EXT_HOST), 6001),
+        &topo.ext_ns,
+        6001,
+        Duration::from_millis(5),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = etcd.kill9_leader();
+    let survivors = etcd
+        .endpoint()
+        .replace(&format!("{killed},"), "")
+        .replace(&format!(",{killed}"), "");
+    // For longer than a lease: both nodes are alive at every look (a read refused during
+    // the election is looked at again).
+    let until = Instant::now() + DEFAULT_LEASE_TTL + Duration::from_secs(2);
+    let mut looks = 0;
+    while Instant::now() < until {
+        let Ok(list) = try_node_list(&survivors) else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        looks += 1;
+        for node in &nodes {
+            assert!(
+                list.iter()
+                    .any(|n| n["node"] == node.name.as_str() && n["alive"] == true),
+                "node {} not alive after the leader was killed: {list:?}\n{}",
+                node.name,
+                node.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(looks >= 5, "the node list was read {looks} times");
+    // Each node kept its lease: registered once, in etcd again on the same lease.
+    for node in &nodes {
+        let log = node.log_text();
+        assert_eq!(log.matches("registered in etcd").count(), 1, "{log}");
+    }
+    let at = etcd.put_router(&with_fip(router));
+    etcd.wait_running(&nodes[0].name, &router.id, at, SETTLE);
+    assert!(traffic::ping(&topo.ext_ns, FIP.octets(), 2));
+    let report = stream.finish();
+    assert!(
+        report.sent > 500 && report.lost.is_empty(),
+        "lost {} of {}",
+        report.lost.len(),
+        report.sent
     );
 }

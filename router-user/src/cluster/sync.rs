@@ -207,16 +207,47 @@ impl Default for Backoff {
     }
 }
 
-/// Connects to the first etcd endpoint that answers. The connection is checked with HTTP/2
-/// pings every 10 s (etcd refuses clients that ping more often than every 5 s), so a server
-/// that went away without closing the connection is noticed within 15 s; one that stops
-/// (its socket closes) is noticed at once.
+/// Connects to the first etcd endpoint, in the order given, that answers a status request
+/// and has a leader: one member at a time, so a dead member is never picked again while
+/// others answer (a client balanced over every endpoint keeps sending a share of the
+/// requests to a dead one). Requests then need a leader (a member cut off from the others
+/// refuses them, and its watches are cancelled, rather than serving old data). The
+/// connection is checked with HTTP/2 pings every 10 s (etcd refuses clients that ping more
+/// often than every 5 s), so a member that went away without closing the connection is
+/// noticed within 15 s; one that stops (its socket closes) is noticed at once.
 pub async fn connect(endpoints: &[String]) -> Result<Client, Error> {
     let options = etcd_client::ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
-        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-    let client = timed("connecting", Client::connect(endpoints, Some(options))).await?;
-    Ok(client)
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+        .with_require_leader(true);
+    let mut last = None;
+    for endpoint in endpoints {
+        let attempt = async {
+            let mut client = timed(
+                "connecting",
+                Client::connect([endpoint], Some(options.clone())),
+            )
+            .await?;
+            let status = timed("asking for the member's status", client.status()).await?;
+            if status.leader() == 0 {
+                return Err(Error::etcd(
+                    "asking for the member's status",
+                    etcd_client::Error::InvalidArgs(format!("{endpoint} has no leader")),
+                ));
+            }
+            Ok::<_, Error>(client)
+        };
+        match attempt.await {
+            Ok(client) => return Ok(client),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        Error::etcd(
+            "connecting",
+            etcd_client::Error::InvalidArgs("no endpoint".into()),
+        )
+    }))
 }
 
 /// Runs `request` with [`REQUEST_TIMEOUT`]; the error says `what` failed.
