@@ -9,7 +9,9 @@
 //! - [`Node`]: a `routerd --etcd ... --node NAME` with its own pin root, run directory,
 //!   state directory and API socket, so several run side by side on one machine. Dropping
 //!   it stops the daemon and removes the fast paths it pinned (`routerd --teardown --all`
-//!   on its pin root) and its directories.
+//!   on its pin root) and its directories. Drop a node before the namespaces of its routers
+//!   (make the topologies first): a running routerd binds a namespace deleted under its
+//!   router again.
 
 use std::{
     collections::BTreeMap,

@@ -5,7 +5,9 @@
 //!
 //! Every test starts its own etcd (`router_tests::etcd::Etcd`, loopback ports free for the
 //! run) and its own routerd nodes, each with its own pin root, run and state directories,
-//! in namespaces of its own. The etcd outage lasts [`outage`] (ETCD_TEST_OUTAGE_SECS, 5 s by
+//! in namespaces of its own. The topologies are made before the nodes, so the nodes stop
+//! (and tear their routers down) before the namespaces go: a running routerd binds a
+//! namespace deleted under its router again. The etcd outage lasts [`outage`] (ETCD_TEST_OUTAGE_SECS, 5 s by
 //! default; 30 for the full-length run).
 
 use std::{
@@ -87,12 +89,12 @@ fn applied_count(node: &Node) -> usize {
 /// refuses edits.
 #[test]
 fn three_nodes_run_their_routers_and_a_change_reaches_only_its_node() {
+    let topologies: Vec<(RouterTopology, Router)> = (0..3).map(|_| router_topology()).collect();
     let etcd = Etcd::start();
     let nodes: Vec<Node> = ["n1-", "n2-", "n3-"]
         .iter()
         .map(|n| Node::start(&etcd.endpoint(), n))
         .collect();
-    let topologies: Vec<(RouterTopology, Router)> = (0..3).map(|_| router_topology()).collect();
     for ((_, router), node) in topologies.iter().zip(&nodes) {
         etcd.put_router(router);
         let at = etcd.place(&router.id, &[&node.name]);
@@ -179,10 +181,10 @@ fn three_nodes_run_their_routers_and_a_change_reaches_only_its_node() {
 /// down on the first and set up on the second.
 #[test]
 fn a_router_placed_elsewhere_moves() {
+    let (topo, router) = router_topology();
     let etcd = Etcd::start();
     let one = Node::start(&etcd.endpoint(), "m1-");
     let two = Node::start(&etcd.endpoint(), "m2-");
-    let (topo, router) = router_topology();
     let before = applied_count(&one);
     let at = etcd.put_all(&[
         (etcd.keys.router(&router.id), router.to_json()),
@@ -223,12 +225,12 @@ fn a_router_placed_elsewhere_moves() {
 /// change, and an edit made then is applied.
 #[test]
 fn etcd_away_costs_no_packet_and_no_write() {
+    let topologies: Vec<(RouterTopology, Router)> = (0..2).map(|_| router_topology()).collect();
     let mut etcd = Etcd::start();
     let mut nodes = vec![
         Node::start(&etcd.endpoint(), "o1-"),
         Node::start(&etcd.endpoint(), "o2-"),
     ];
-    let topologies: Vec<(RouterTopology, Router)> = (0..2).map(|_| router_topology()).collect();
     for ((_, router), node) in topologies.iter().zip(&nodes) {
         etcd.put_router(router);
         let at = etcd.place(&router.id, &[&node.name]);
@@ -336,9 +338,9 @@ fn etcd_away_costs_no_packet_and_no_write() {
 /// continued it registers again and converges on the latest desired state.
 #[test]
 fn a_node_stopped_across_a_compaction_converges() {
+    let (topo, router) = router_topology();
     let etcd = Etcd::start();
     let mut node = Node::start(&etcd.endpoint(), "s1-");
-    let (topo, router) = router_topology();
     etcd.put_router(&router);
     let at = etcd.place(&router.id, &[&node.name]);
     etcd.wait_running(&node.name, &router.id, at, SETTLE);
@@ -405,10 +407,10 @@ fn a_node_stopped_across_a_compaction_converges() {
 /// the router placed on it shows it down.
 #[test]
 fn a_dead_node_leaves_the_node_list_within_its_ttl() {
+    let (_topo, router) = router_topology();
     let etcd = Etcd::start();
     let mut dead = Node::start(&etcd.endpoint(), "d1-");
     let alive = Node::start(&etcd.endpoint(), "d2-");
-    let (_topo, router) = router_topology();
     etcd.put_router(&router);
     let at = etcd.place(&router.id, &[&dead.name]);
     etcd.wait_running(&dead.name, &router.id, at, SETTLE);
@@ -447,12 +449,12 @@ fn a_dead_node_leaves_the_node_list_within_its_ttl() {
 /// leases), no datagram is lost, and an edit made after the election is applied.
 #[test]
 fn a_three_member_etcd_loses_its_leader_and_the_nodes_carry_on() {
+    let topologies: Vec<(RouterTopology, Router)> = (0..2).map(|_| router_topology()).collect();
     let mut etcd = Etcd::start_cluster(3);
     let nodes = [
         Node::start(&etcd.endpoint(), "c1-"),
         Node::start(&etcd.endpoint(), "c2-"),
     ];
-    let topologies: Vec<(RouterTopology, Router)> = (0..2).map(|_| router_topology()).collect();
     for ((_, router), node) in topologies.iter().zip(&nodes) {
         etcd.put_router(router);
         let at = etcd.place(&router.id, &[&node.name]);
