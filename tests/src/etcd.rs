@@ -389,7 +389,7 @@ impl Node {
             endpoints: endpoints.to_string(),
             stopped: false,
         };
-        node.spawn();
+        node.spawn_until("API on");
         node
     }
 
@@ -404,7 +404,8 @@ impl Node {
         ]
     }
 
-    fn spawn(&mut self) {
+    /// Starts routerd and waits until its log (of this start) says `marker`.
+    fn spawn_until(&mut self, marker: &str) {
         // The log is appended to across restarts: this start's lines are after `skip`.
         let skip = self.log_text().len();
         let log = std::fs::OpenOptions::new()
@@ -424,7 +425,7 @@ impl Node {
         self.child = Some(child);
         self.stopped = false;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.log_since(skip).contains("API on") {
+        while !self.log_since(skip).contains(marker) {
             if let Some(status) = self
                 .child
                 .as_mut()
@@ -469,10 +470,16 @@ impl Node {
         }
     }
 
-    /// Starts routerd again on the same paths (after [`Node::kill9`]).
+    /// Starts routerd again on the same paths (after [`Node::kill9`]) and waits until its
+    /// API answers.
     pub fn restart(&mut self) {
+        self.restart_until("API on");
+    }
+
+    /// As [`Node::restart`], waiting until the new routerd's log says `marker` instead.
+    pub fn restart_until(&mut self, marker: &str) {
         assert!(self.child.is_none(), "routerd {} still runs", self.name);
-        self.spawn();
+        self.spawn_until(marker);
     }
 
     /// SIGSTOP: the process stays but does nothing (its lease is not renewed).

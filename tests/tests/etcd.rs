@@ -220,9 +220,10 @@ fn a_router_placed_elsewhere_moves() {
 }
 
 /// etcd killed (-9) under traffic: the fast paths forward every datagram, the nodes write
-/// nothing, a node restarted meanwhile starts from its saved state and adopts its router
-/// (0 map writes); when etcd is back the nodes reconnect, read everything, find nothing to
-/// change, and an edit made then is applied.
+/// nothing; a node restarted meanwhile starts from its saved state and adopts its router
+/// (0 map writes); a node restarted without its saved state waits for etcd, touching
+/// nothing, and adopts its router (0 map writes) when etcd answers; when etcd is back the
+/// nodes read everything, find nothing to change, and an edit made then is applied.
 #[test]
 fn etcd_away_costs_no_packet_and_no_write() {
     let topologies: Vec<(RouterTopology, Router)> = (0..2).map(|_| router_topology()).collect();
@@ -285,10 +286,34 @@ fn etcd_away_costs_no_packet_and_no_write() {
     let adopted = nodes[1].log_since(logs[1]);
     assert!(adopted.contains("; 0 map writes"), "{adopted}");
     assert!(!adopted.contains("detached and removed"), "{adopted}");
+    // Node one restarts too, its saved state lost: with routers pinned and nothing to go
+    // by, it waits for etcd and touches nothing.
+    nodes[0].kill9();
+    std::fs::remove_file(
+        nodes[0]
+            .state_dir
+            .join(router_user::cluster::local::FILE_NAME),
+    )
+    .expect("node one's saved state");
+    let waiting_from = nodes[0].log_text().len();
+    nodes[0].restart_until("waiting for etcd before touching them");
+    assert!(nodes[0].pinned(&topologies[0].1.id));
     if let Some(rest) = outage().checked_sub(outage_started.elapsed()) {
         std::thread::sleep(rest);
     }
     etcd.restart();
+    wait_until(
+        "node one to adopt its router once etcd answers",
+        SETTLE,
+        || {
+            let log = nodes[0].log_since(waiting_from);
+            log.contains("API on") && log.contains("adopted the running fast path")
+        },
+        || nodes[0].log_text(),
+    );
+    let adopted = nodes[0].log_since(waiting_from);
+    assert!(adopted.contains("; 0 map writes"), "{adopted}");
+    assert!(!adopted.contains("detached and removed"), "{adopted}");
     for (i, node) in nodes.iter().enumerate() {
         wait_until(
             "the node to read etcd again",

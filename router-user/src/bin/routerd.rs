@@ -16,6 +16,12 @@
 //! booting) waits and is tried again, every second at first and then less often, without
 //! stopping routerd or the other routers; `router list` and `router show` say why it waits.
 //!
+//! With `--etcd URL --node NAME` the desired state is the routers placed on this node in
+//! etcd instead of the file (`router_user::cluster`, `docs/etcd.md`): applied as it changes,
+//! saved in the state directory to restart from while etcd is away; SIGHUP reads etcd
+//! again, and the API answers queries only. `--pin-root`, `--run-dir`, `--socket` and
+//! `--state-dir` set this routerd's paths apart from another's on the same machine.
+//!
 //! Under systemd (`packaging/routerd.service`, `Type=notify`) routerd reports ready once
 //! every router of the file has started or is waiting, and the unit leaves the fast paths
 //! running when it stops (`KillMode=process`).
@@ -247,12 +253,14 @@ fn run(args: Args) -> Result<(), Error> {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("routerd: SIGTERM; the fast paths keep running"); break }
                 _ = int.recv() => { tracing::info!("routerd: SIGINT; the fast paths keep running"); break }
-                _ = hup.recv() => match (Instant::now(), file.load()) {
-                    _ if cluster.is_some() => cluster.iter().for_each(|c| c.reread()),
-                    (started, Ok(new)) => {
-                        let _ = node.reload(new, started).await;
-                    }
-                    (_, Err(e)) => tracing::error!("routerd: SIGHUP: {e}; nothing changed"),
+                _ = hup.recv() => match (&cluster, Instant::now()) {
+                    (Some(c), _) => c.reread(),
+                    (None, started) => match file.load() {
+                        Ok(new) => {
+                            let _ = node.reload(new, started).await;
+                        }
+                        Err(e) => tracing::error!("routerd: SIGHUP: {e}; nothing changed"),
+                    },
                 },
                 Some(update) = router_user::cluster::next_update(&mut cluster) => {
                     if let Some(c) = &mut cluster {

@@ -36,6 +36,7 @@ use crate::{
     Error,
     api::{ApiError, ErrorCode, Request, Response},
     config::DesiredState,
+    datapath,
     node::NodeController,
 };
 pub use args::{ClusterArgs, RootArgs};
@@ -105,7 +106,9 @@ pub struct Cluster {
 impl Cluster {
     /// Starts following etcd: the etcd thread starts, and routerd waits up to
     /// [`FIRST_READ_WAIT`] for the desired state placed on this node. Without an answer it
-    /// starts from the saved state (or none), and reconciles when etcd answers.
+    /// starts from the saved state, and reconciles when etcd answers; without a saved state
+    /// it starts with no router, unless routers of this node are pinned (the saved state
+    /// was lost): then it waits for etcd rather than tear them down.
     pub async fn start(options: Options) -> Result<Self, Error> {
         options.check()?;
         let local = local::LocalState::new(&options.state_dir);
@@ -153,6 +156,26 @@ impl Cluster {
                     update.state.routers.len(),
                     update.revision
                 );
+                if let Err(e) = local.save(&update) {
+                    tracing::error!("routerd: saving the desired state: {e}");
+                }
+                update
+            }
+            _ if saved.is_none() && !datapath::pinned_routers_of(local.path()).is_empty() => {
+                // Starting from nothing would tear down routers that forward now, on no
+                // information: wait for etcd instead (the fast paths keep forwarding).
+                tracing::warn!(
+                    "routerd: etcd did not answer in {} s and there is no saved state in {}, \
+                     but routers of this node are pinned: waiting for etcd before touching them",
+                    FIRST_READ_WAIT.as_secs(),
+                    local.path().display()
+                );
+                let update = updates.recv().await.ok_or_else(|| {
+                    Error::io(
+                        "waiting for etcd",
+                        std::io::Error::other("the etcd thread ended"),
+                    )
+                })?;
                 if let Err(e) = local.save(&update) {
                     tracing::error!("routerd: saving the desired state: {e}");
                 }
