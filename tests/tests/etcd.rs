@@ -538,3 +538,68 @@ fn a_three_member_etcd_loses_its_leader_and_the_nodes_carry_on() {
         report.sent
     );
 }
+
+/// Events less than the debounce window apart are one desired state: a placement and its
+/// router put separately (two revisions, two watch responses) arrive as one update; a
+/// router placed on another node changes nothing here. The sync loop runs on its own
+/// against a real etcd, with a window long enough (300 ms) that the puts fall in it.
+#[test]
+fn events_within_the_debounce_window_are_one_update() {
+    use router_user::cluster::{Options, sync};
+    let etcd = Etcd::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let options = Options {
+        endpoints: vec![etcd.endpoint()],
+        prefix: etcd.keys.prefix().to_string(),
+        node: "n1".into(),
+        lease_ttl: DEFAULT_LEASE_TTL,
+        state_dir: std::env::temp_dir(),
+        debounce: Duration::from_millis(300),
+    };
+    let (tx, mut updates) = tokio::sync::mpsc::channel(16);
+    let reread = std::sync::Arc::new(tokio::sync::Notify::new());
+    let task = runtime.spawn(sync::run(options, sync::Update::default(), tx, reread));
+    let mut next = |within: Duration| {
+        runtime.block_on(async {
+            tokio::time::timeout(within, updates.recv())
+                .await
+                .ok()
+                .flatten()
+        })
+    };
+    let first = next(Duration::from_secs(10)).expect("the first full read");
+    assert!(first.state.routers.is_empty());
+
+    let router = |id: &str| {
+        let text = format!(
+            "[[router]]\nid = \"{id}\"\nnamespace = \"ns-{id}\"\n\
+             [[router.interface]]\nname = \"qr-a\"\naddress = \"10.0.1.1/24\"\n"
+        );
+        DesiredState::parse(&text)
+            .expect("router")
+            .routers
+            .remove(0)
+    };
+    // The placement first: alone, it is a change for this node (a router placed here
+    // without a desired state, refused), so two updates would be sent without the window.
+    let placed = etcd.place("r1", &["n1"]);
+    let written = etcd.put_router(&router("r1"));
+    assert!(written > placed, "two revisions");
+    let update = next(Duration::from_secs(5)).expect("an update");
+    assert_eq!(update.state.routers, vec![router("r1")]);
+    assert!(update.refused.is_empty(), "{:?}", update.refused);
+    assert_eq!(update.revisions.get("r1"), Some(&written));
+    assert!(
+        next(Duration::from_millis(700)).is_none(),
+        "the two puts were sent as more than one update"
+    );
+    // Another node's router: nothing for this one.
+    etcd.put_router(&router("r2"));
+    etcd.place("r2", &["n2"]);
+    assert!(next(Duration::from_millis(700)).is_none());
+    task.abort();
+}

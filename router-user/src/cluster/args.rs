@@ -53,6 +53,7 @@ impl ClusterArgs {
             node,
             lease_ttl: Duration::from_secs(self.lease_ttl),
             state_dir: self.state_dir.clone(),
+            debounce: super::sync::DEBOUNCE,
         };
         options.check()?;
         Ok(Some(options))

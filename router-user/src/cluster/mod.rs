@@ -63,6 +63,8 @@ pub struct Options {
     pub lease_ttl: Duration,
     /// Where the last applied state is saved ([`local`]).
     pub state_dir: PathBuf,
+    /// Watch responses less than this apart are applied together ([`sync::DEBOUNCE`]).
+    pub debounce: Duration,
 }
 
 impl Options {

@@ -6,7 +6,8 @@
 //!   placements; the keys nodes write are not part of the desired state) and
 //!   [`Snapshot::desired_for`] the part placed on one node, validated. Pure: no etcd here.
 //! - [`run`] is the loop: connect, read, watch; events that arrive together (one watch
-//!   response, or responses less than [`DEBOUNCE`] apart) become one [`Update`]. A watch
+//!   response, or responses less than [`Options::debounce`] apart, [`DEBOUNCE`] by default,
+//!   for at most ten times that) become one [`Update`]. A watch
 //!   cancelled because its revision was compacted reads everything again; a lost connection
 //!   is retried with a growing delay ([`Backoff`]), logged, and read again whole when it is
 //!   back. The node applies each update as a difference, so reading again changes only what
@@ -32,8 +33,8 @@ use crate::{
 /// How long a batch of watch responses stays open for more: events written together (a
 /// transaction, a script's few puts) are applied as one desired state.
 pub const DEBOUNCE: Duration = Duration::from_millis(20);
-/// The most watch responses one batch takes, so a busy store cannot hold a batch open
-/// forever.
+/// The most watch responses one batch takes; with the batch's time limit (ten debounce
+/// windows), a busy store cannot hold a batch open.
 const BATCH_MOST: usize = 1000;
 /// How long one request to etcd may take before the connection counts as lost.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -385,8 +386,12 @@ async fn follow(
             _ = updates.closed() => return Ended::Stopped,
         };
         let mut batch = vec![first];
+        let closes = tokio::time::Instant::now() + options.debounce * 10;
         while batch.len() < BATCH_MOST {
-            match tokio::time::timeout(DEBOUNCE, stream.message()).await {
+            let window = options
+                .debounce
+                .min(closes.saturating_duration_since(tokio::time::Instant::now()));
+            match tokio::time::timeout(window, stream.message()).await {
                 Ok(m) => batch.push(m),
                 Err(_) => break,
             }
