@@ -603,3 +603,57 @@ fn events_within_the_debounce_window_are_one_update() {
     assert!(next(Duration::from_millis(700)).is_none());
     task.abort();
 }
+
+/// A router placed on a node that cannot start it (its namespace does not exist) is
+/// reported `waiting` with the start error, in its status and in `node list`; taken off the
+/// node, its status goes.
+#[test]
+fn a_router_that_cannot_start_is_reported_waiting() {
+    let etcd = Etcd::start();
+    let node = Node::start(&etcd.endpoint(), "w1-");
+    let id = router_tests::topo::unique("w");
+    let text = format!(
+        "[[router]]\nid = \"{id}\"\nnamespace = \"qrouter-{id}\"\n\
+         [[router.interface]]\nname = \"qr-a\"\naddress = \"10.0.1.1/24\"\n"
+    );
+    let router = DesiredState::parse(&text)
+        .expect("router")
+        .routers
+        .remove(0);
+    etcd.put_router(&router);
+    let at = etcd.place(&id, &[&node.name]);
+    let mut status = None;
+    wait_until(
+        "the router's status",
+        SETTLE,
+        || {
+            status = etcd.status(&node.name, &id);
+            status.is_some()
+        },
+        || node.log_text(),
+    );
+    let status = status.expect("a status");
+    assert_eq!(status.state, RunState::Waiting);
+    assert_eq!(status.revision, at);
+    assert!(
+        status
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains(&format!("qrouter-{id}"))),
+        "{status:?}"
+    );
+    let listed = node_list(&etcd.endpoint());
+    let me = listed
+        .iter()
+        .find(|n| n["node"] == node.name.as_str())
+        .expect("the node is listed");
+    assert_eq!(me["placed"][&id]["state"], "waiting", "{me}");
+    assert_eq!(me["running"], serde_json::json!([]));
+    etcd.delete(&etcd.keys.placement(&id));
+    wait_until(
+        "the status to go",
+        SETTLE,
+        || etcd.status(&node.name, &id).is_none(),
+        || node.log_text(),
+    );
+}
