@@ -86,6 +86,13 @@ pub enum Error {
     /// routerd did not answer in time (it accepted the connection, or not even that).
     #[error("routerd at {path} did not answer within {seconds} s")]
     Timeout { path: String, seconds: f64 },
+    /// etcd (the cluster's desired state) did not answer or refused a request.
+    #[error("etcd: {what}: {source}")]
+    Etcd {
+        what: String,
+        #[source]
+        source: Box<etcd_client::Error>,
+    },
     /// routerd's API socket cannot be served.
     #[error("API socket {path}: {problem}")]
     Socket { path: String, problem: String },
@@ -107,6 +114,13 @@ impl Error {
         Error::Import {
             object: object.into(),
             problem: problem.into(),
+        }
+    }
+
+    pub fn etcd(what: impl Into<String>, source: etcd_client::Error) -> Self {
+        Error::Etcd {
+            what: what.into(),
+            source: Box::new(source),
         }
     }
 

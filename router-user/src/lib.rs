@@ -2,6 +2,7 @@
 //! shells over it.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod conntrack;
 pub mod datapath;

@@ -61,7 +61,7 @@ fn echo_round(conn: &mut TcpStream, round: u8) {
 
 #[test]
 fn the_kernel_serves_a_router_until_its_fast_path_attaches() {
-    let mut topo = Builder::new("dg")
+    let topo = Builder::new("dg")
         .external(
             "qg-ext",
             "198.18.0.2/24",

@@ -243,7 +243,7 @@ fn restart_under_traffic(mode: &str) {
 
 /// Rewrites the owner record of `router`'s pins as if another build had pinned them.
 fn pretend_another_build(router: &str) {
-    let path = std::path::Path::new(router_user::paths::RUN_DIR).join(format!("{router}.owner"));
+    let path = router_user::paths::run_dir().join(format!("{router}.owner"));
     let text = std::fs::read_to_string(&path).expect("owner record");
     let mut owner: serde_json::Value = serde_json::from_str(&text).expect("owner JSON");
     owner["object"] = serde_json::Value::String("another-build".into());

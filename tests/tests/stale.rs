@@ -205,7 +205,12 @@ fn a_failed_start_leaves_no_fast_path_behind() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let qr_b = show(&["-o", "link", "show", "qr-b"]);
-    let index = qr_b.split(':').next().expect("an ifindex").trim().to_string();
+    let index = qr_b
+        .split(':')
+        .next()
+        .expect("an ifindex")
+        .trim()
+        .to_string();
     let links = router_user::paths::router_pin_dir(&id).join("links");
     let obstacle = links.join(format!("{index}_tc"));
     std::fs::create_dir_all(obstacle.join("x")).expect("the obstacle");

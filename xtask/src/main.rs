@@ -44,6 +44,11 @@ const APT_PACKAGES: &[&str] = &[
     "libc6-dev",
     // libFuzzer (libfuzzer-sys) is C++.
     "g++",
+    // The cluster's store (`etcd`, `etcdctl`) for the etcd tests and demo, and protoc, which
+    // the etcd-client crate's build runs on etcd's protocol files.
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
 ];
 
 #[derive(Parser)]
@@ -88,7 +93,13 @@ enum Cmd {
         target: Option<String>,
     },
     /// Build the reference topology (an external network, one internal subnet), run routerd on it, send traffic, print the counters.
-    Demo,
+    /// With `--nodes N` (2 to 8): a real etcd and N routerd nodes, a router placed on each,
+    /// a change written to etcd reaching its node, a router moved (docs/etcd.md).
+    Demo {
+        /// How many routerd nodes follow one desired state in etcd (1: the one-node demo).
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+    },
     /// Run the benchmarks (fast path and Neutron iptables path side by side) and write
     /// docs/benchmarks.md, docs/benchmarks.json and the plots; with `--profile`, profile them
     /// with perf instead and write docs/profile.md.
@@ -136,10 +147,10 @@ fn main() -> Result<()> {
             setup()?;
             test(&args)
         }
-        Cmd::Demo => {
+        Cmd::Demo { nodes } => {
             setup()?;
             build_release()?;
-            demo()
+            demo(nodes)
         }
         Cmd::Bench { args } => {
             setup()?;
@@ -425,8 +436,13 @@ fn count_before(line: &str, label: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn demo() -> Result<()> {
+fn demo(nodes: usize) -> Result<()> {
     let bin_dir = workspace().join("target/release");
+    let (bin, extra) = if nodes > 1 {
+        ("demo_cluster", vec![nodes.to_string()])
+    } else {
+        ("demo", Vec::new())
+    };
     run(cargo()
         .args([
             "run",
@@ -435,10 +451,11 @@ fn demo() -> Result<()> {
             "-p",
             "router-tests",
             "--bin",
-            "demo",
+            bin,
             "--",
         ])
-        .arg(&bin_dir))
+        .arg(&bin_dir)
+        .args(extra))
 }
 
 fn bench(args: &[String]) -> Result<()> {

@@ -325,6 +325,9 @@ pub enum ErrorCode {
     Forbidden,
     /// routerd is shutting down.
     Unavailable,
+    /// The desired state is not routerd's to change here: it follows etcd (`--etcd`), where
+    /// changes are written.
+    ReadOnly,
     /// routerd could not persist the state or encode its answer.
     Internal,
 }

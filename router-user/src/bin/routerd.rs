@@ -24,6 +24,12 @@
 //! The socket also streams the routers' events to `routerctl monitor`s
 //! (`router_user::monitor::Hub`).
 //!
+//! With `--etcd URL --node NAME` the desired state is the routers placed on this node in
+//! etcd instead of the file (`router_user::cluster`, `docs/etcd.md`): applied as it changes,
+//! saved in the state directory to restart from while etcd is away; SIGHUP reads etcd
+//! again, and the API answers queries only. `--pin-root`, `--run-dir`, `--socket` and
+//! `--state-dir` set this routerd's paths apart from another's on the same machine.
+//!
 //! Under systemd (`packaging/routerd.service`, `Type=notify`) routerd reports ready once
 //! every router of the file has started or is waiting, and the unit leaves the fast paths
 //! running when it stops (`KillMode=process`).
@@ -62,7 +68,7 @@ struct Args {
     check: bool,
     /// The API socket (routerctl's verbs that change the desired state use it). Its
     /// directory is created 0750 if missing; the socket is 0660.
-    #[arg(long, default_value = router_user::paths::API_SOCKET)]
+    #[arg(long, env = router_user::paths::API_SOCKET_ENV, default_value = router_user::paths::API_SOCKET)]
     socket: PathBuf,
     /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g. 127.0.0.1:9477
     /// (docs/observability.md). Off unless given.
@@ -76,6 +82,10 @@ struct Args {
     /// message) or `json` (one object a line).
     #[arg(long, value_enum, env = "ROUTERD_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
+    #[command(flatten)]
+    roots: router_user::cluster::RootArgs,
+    #[command(flatten)]
+    cluster: router_user::cluster::ClusterArgs,
 }
 
 const LOGS_HELP: &str = "\
@@ -166,12 +176,18 @@ fn teardown(routers: &[String]) -> Result<(), Error> {
 }
 
 fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
+    args.roots.apply()?;
     if let Some(routers) = &args.teardown {
         drop(held);
         return teardown(routers);
     }
     let file = StateFile::new(&args.config);
-    let state = file.load()?;
+    // With --etcd, the desired state is etcd's and the file is not read.
+    let state = if args.cluster.etcd.is_some() && !args.check {
+        router_user::config::DesiredState::default()
+    } else {
+        file.load()?
+    };
     if args.check {
         println!(
             "{}: valid, {} router(s)",
@@ -201,8 +217,7 @@ fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
     let _runtime = runtime.enter();
     let mut signals = Signals::install(held)?;
     // Before any router: a second routerd stops here, having touched nothing.
-    let socket = ApiSocket::bind(&args.socket)?
-        .with_monitor(router_user::monitor::Hub::start(file.path().to_path_buf())?);
+    let socket = ApiSocket::bind(&args.socket)?;
     // Metrics: bound before any router too, so a taken port stops the daemon at once.
     let metrics = match args.metrics {
         Some(addr) => {
@@ -213,6 +228,13 @@ fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
         None => None,
     };
     raise_file_limit();
+    let mut cluster = args.cluster.start(&runtime)?;
+    // The routers' owner: the file, or with --etcd the state saved from etcd.
+    let (state, owner) = match &mut cluster {
+        Some(c) => (c.take_initial_state(), c.state_file().to_path_buf()),
+        None => (state, file.path().to_path_buf()),
+    };
+    let socket = socket.with_monitor(router_user::monitor::Hub::start(owner.clone())?);
     let node = runtime.block_on(async {
         // The socket answers from the start: during it, queries from what has started so
         // far, edits with "starting, try again" (node::Startup).
@@ -222,11 +244,11 @@ fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
         let metrics = metrics.map(|l| {
             tokio::spawn(router_user::metrics::serve(
                 l,
-                Some(file.path().to_path_buf()),
+                Some(owner.clone()),
                 waiting_gauge.clone(),
             ))
         });
-        let mut startup = Startup::spawn(state, file.path(), node::default_parallelism())?;
+        let mut startup = Startup::spawn(state, &owner, node::default_parallelism())?;
         let mut reload_pending = false;
         let mut node = loop {
             tokio::select! {
@@ -267,7 +289,10 @@ fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
             tracing::warn!("routerd: telling systemd it is ready: {e}");
         }
         if reload_pending {
-            reload(&mut node, &file).await;
+            match &cluster {
+                Some(c) => c.reread(),
+                None => reload(&mut node, &file).await,
+            }
         }
         let mut retry = tokio::time::interval(node::RETRY_TICK);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -278,13 +303,25 @@ fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
         loop {
             let waiting = node.waiting_count();
             waiting_gauge.store(waiting as u64, std::sync::atomic::Ordering::Relaxed);
+            if let Some(c) = &cluster {
+                c.observe(&node);
+            }
             tokio::select! {
-                signal = signals.next() => match signal {
-                    Signal::Hangup => reload(&mut node, &file).await,
-                    stop => { tracing::info!("routerd: {stop}; the fast paths keep running"); break }
+                signal = signals.next() => match (signal, &cluster) {
+                    (Signal::Hangup, Some(c)) => c.reread(),
+                    (Signal::Hangup, None) => reload(&mut node, &file).await,
+                    (stop, _) => { tracing::info!("routerd: {stop}; the fast paths keep running"); break }
                 },
+                Some(update) = router_user::cluster::next_update(&mut cluster) => {
+                    if let Some(c) = &mut cluster {
+                        c.apply(&mut node, update).await;
+                    }
+                }
                 Some(job) = jobs.recv() => {
-                    let response = node.handle(&job.request, &file).await;
+                    let response = match &cluster {
+                        Some(c) => c.handle(&mut node, &job.request),
+                        None => node.handle(&job.request, &file).await,
+                    };
                     let _ = job.reply.send(response);
                 }
                 _ = retry.tick(), if waiting > 0 => node.retry_due(Instant::now()),

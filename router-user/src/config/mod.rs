@@ -29,6 +29,7 @@ mod edit;
 mod file;
 mod firewall;
 mod ident;
+mod json;
 mod policy;
 mod render;
 #[cfg(test)]
@@ -40,7 +41,7 @@ pub use ident::{NEUTRON_ID_FORM, NeutronId};
 pub use policy::{Rule, RuleText, Steering, Table};
 
 /// A validated desired state.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
     pub routers: Vec<Router>,
 }

@@ -228,8 +228,9 @@ impl Datapath {
         if recorded.as_ref() != Some(owner) {
             let text = serde_json::to_vec(owner)
                 .map_err(|e| Error::io("encoding the owner record", std::io::Error::other(e)))?;
-            std::fs::create_dir_all(crate::paths::RUN_DIR)
-                .map_err(|e| Error::io(format!("creating {}", crate::paths::RUN_DIR), e))?;
+            std::fs::create_dir_all(crate::paths::run_dir()).map_err(|e| {
+                Error::io(format!("creating {}", crate::paths::run_dir().display()), e)
+            })?;
             std::fs::write(owner_file(router), text)
                 .map_err(|e| Error::io("writing the owner record", e))?;
         }

@@ -154,7 +154,7 @@ fn layout_signature() -> String {
 }
 
 pub(super) fn owner_file(router: &str) -> PathBuf {
-    PathBuf::from(crate::paths::RUN_DIR).join(format!("{router}.owner"))
+    crate::paths::run_dir().join(format!("{router}.owner"))
 }
 
 pub(super) fn links_dir(router: &str) -> PathBuf {
@@ -185,12 +185,12 @@ pub fn teardown(router: &str) -> Result<(), Error> {
     }
     remove_pin(&owner_file(router))?;
     // The slow path's record of the rules it applied (slowpath.rs).
-    remove_pin(&PathBuf::from(crate::paths::RUN_DIR).join(format!("{router}.nft")))
+    remove_pin(&crate::paths::run_dir().join(format!("{router}.nft")))
 }
 
 /// Routers with pins on this node.
 pub fn pinned_routers() -> Vec<String> {
-    std::fs::read_dir(crate::paths::PIN_ROOT)
+    std::fs::read_dir(crate::paths::pin_root())
         .map(|entries| {
             entries
                 .flatten()

@@ -107,7 +107,13 @@ pub struct Pinned {
 impl Pinned {
     /// The pinned maps of running router `router` (an error if it has none).
     pub fn open(router: &str) -> Result<Self, Error> {
-        let dir = crate::paths::router_pin_dir(router);
+        Self::open_in(crate::paths::pin_root(), router)
+    }
+
+    /// The pinned maps of router `router` under another pin root than this process's (a
+    /// routerd started with `--pin-root`, read from a test or a tool beside it).
+    pub fn open_in(pin_root: &std::path::Path, router: &str) -> Result<Self, Error> {
+        let dir = pin_root.join(router);
         if !dir.join(map_names::NAT_CONFIG).exists() {
             return Err(Error::NotRunning(
                 router.to_string(),

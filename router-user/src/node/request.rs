@@ -10,6 +10,25 @@ use crate::{
 };
 
 impl NodeController {
+    /// Answers a query from the desired state and the running routers; an edit is refused
+    /// as not a query (a caller whose state comes from elsewhere refuses edits first, with
+    /// its own reason).
+    pub fn answer(&mut self, request: &Request) -> Response {
+        let mut live = self.live();
+        live.read_counters(&self.desired, request);
+        match api::plan_with(&self.desired, request, &live) {
+            Ok(Plan::Answer(value)) => Response::success(value),
+            Ok(_) => Response::failure(ApiError::new(
+                ErrorCode::Invalid,
+                format!(
+                    "{} changes the desired state; only queries are answered",
+                    op_name(request)
+                ),
+            )),
+            Err(e) => Response::failure(e),
+        }
+    }
+
     /// Serves one API request. A query is answered from the desired state and the running
     /// routers. An edit is planned against the desired state (an invalid one is refused
     /// with nothing changed), written to `file` atomically (only what changed is rewritten:

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc as tmpsc, oneshot};
 use self::state::{MirrorEnd, setup};
 use crate::{config::Router, error::Error, netns, paths, slowpath};
 
-/// What `routerctl` learns about a running router (written to `paths::RUN_DIR`).
+/// What `routerctl` learns about a running router (written to `paths::run_dir()`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RouterInfo {
     pub router: String,
@@ -420,8 +420,8 @@ fn run(
 }
 
 fn write_info(info: &RouterInfo) -> Result<(), Error> {
-    std::fs::create_dir_all(paths::RUN_DIR)
-        .map_err(|e| Error::io(format!("creating {}", paths::RUN_DIR), e))?;
+    std::fs::create_dir_all(paths::run_dir())
+        .map_err(|e| Error::io(format!("creating {}", paths::run_dir().display()), e))?;
     let path = paths::router_info_file(&info.router);
     let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(info)
@@ -452,10 +452,15 @@ pub fn running_router(id: &str) -> Result<Option<RouterInfo>, Error> {
 /// a router's info are passed over).
 pub fn running_routers() -> Result<Vec<RouterInfo>, Error> {
     let mut out = Vec::new();
-    let dir = match std::fs::read_dir(paths::RUN_DIR) {
+    let dir = match std::fs::read_dir(paths::run_dir()) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(Error::io(format!("reading {}", paths::RUN_DIR), e)),
+        Err(e) => {
+            return Err(Error::io(
+                format!("reading {}", paths::run_dir().display()),
+                e,
+            ));
+        }
     };
     for entry in dir.flatten() {
         let path = entry.path();

@@ -89,7 +89,7 @@ fn document(objects: Vec<NfObject<'static>>) -> String {
 /// The ruleset last applied for `router` (in the run directory, gone at reboot with the
 /// kernel state it describes).
 fn applied_file(router: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(crate::paths::RUN_DIR).join(format!("{router}.nftables"))
+    crate::paths::run_dir().join(format!("{router}.nftables"))
 }
 
 fn run(id: &str, objects: Vec<NfObject<'static>>) -> Result<(), Error> {

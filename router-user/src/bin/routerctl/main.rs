@@ -14,6 +14,7 @@ mod fw;
 mod import;
 mod monitor;
 mod nat;
+mod node;
 mod output;
 mod route;
 mod router;
@@ -36,12 +37,24 @@ use crate::output::{Failure, Format, Output};
 )]
 struct Cli {
     /// routerd's API socket.
-    #[arg(long, global = true, default_value = router_user::paths::API_SOCKET)]
+    #[arg(long, global = true, env = router_user::paths::API_SOCKET_ENV, default_value = router_user::paths::API_SOCKET)]
     socket: PathBuf,
     /// Seconds to wait for routerd's answer before giving up (exit code 7); 0: wait as
     /// long as it takes.
     #[arg(long, global = true, value_name = "SECONDS", default_value_t = router_user::api::DEFAULT_TIMEOUT.as_secs_f64())]
     timeout: f64,
+    /// etcd endpoints, comma-separated, for the verbs that read the cluster's state
+    /// (`node`).
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL[,URL...]",
+        value_delimiter = ','
+    )]
+    etcd: Option<Vec<String>>,
+    /// The prefix of the cluster's keys in etcd.
+    #[arg(long, global = true, value_name = "PREFIX", default_value = router_user::cluster::DEFAULT_PREFIX)]
+    etcd_prefix: String,
     /// Output format of every verb: aligned columns, or one JSON document
     /// {"kind": ..., "version": 1, "items": ...} (`--output` is the same).
     #[arg(
@@ -96,6 +109,9 @@ enum Command {
     /// The firewall: rules, default policy, steering.
     #[command(subcommand)]
     Fw(fw::Command),
+    /// The nodes of a cluster that follows etcd (needs --etcd): list.
+    #[command(subcommand)]
+    Node(node::Command),
     /// One made-up packet through a router's real programs, changing nothing (ovn-trace).
     Trace(trace::Args),
     /// A desired state from another source's objects: neutron (`openstack ... -f json`).
@@ -119,7 +135,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(output::exit::INVALID);
         }
     };
-    let result = run(cli.command, cli.socket, timeout, output);
+    let store = node::Store {
+        endpoints: cli.etcd.as_deref(),
+        prefix: &cli.etcd_prefix,
+    };
+    let result = run(cli.command, cli.socket, timeout, store, output);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -139,6 +159,7 @@ fn run(
     command: Command,
     socket: PathBuf,
     timeout: Option<std::time::Duration>,
+    store: node::Store<'_>,
     output: Output,
 ) -> Result<(), Failure> {
     let api = output::Api {
@@ -161,6 +182,7 @@ fn run(
         Command::Fw(command) => fw::run(&api, command),
         Command::Trace(args) => trace::run(output, args),
         Command::Import(command) => import::run(output, command),
+        Command::Node(command) => node::run(output, store, command),
     }
 }
 

@@ -61,7 +61,8 @@ pub mod exit {
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success
-  1  other failure (applying failed and was rolled back, I/O, permission denied)
+  1  other failure (applying failed and was rolled back, I/O, permission denied, an
+     edit refused as read_only by a routerd that follows etcd, etcd unreachable)
   2  invalid input: a usage error, a malformed value, a state routerd refuses as invalid
   3  not found: no such router or object (code not_found), a router not running
   4  conflict: it exists already, differently, or something still uses it (code conflict)
@@ -86,9 +87,10 @@ impl Failure {
                     ErrorCode::Conflict => exit::CONFLICT,
                     ErrorCode::Unavailable => exit::UNREACHABLE,
                     ErrorCode::RestoreFailed => exit::PARTIAL,
-                    ErrorCode::ApplyFailed | ErrorCode::Forbidden | ErrorCode::Internal => {
-                        exit::OTHER
-                    }
+                    ErrorCode::ApplyFailed
+                    | ErrorCode::Forbidden
+                    | ErrorCode::ReadOnly
+                    | ErrorCode::Internal => exit::OTHER,
                 },
                 Error::Config(_) | Error::Import { .. } => exit::INVALID,
                 Error::NotRunning(..) => exit::NOT_FOUND,
@@ -414,6 +416,7 @@ mod tests {
         assert_eq!(code(ErrorCode::Unavailable), 5);
         assert_eq!(code(ErrorCode::RestoreFailed), 6);
         assert_eq!(code(ErrorCode::ApplyFailed), 1);
+        assert_eq!(code(ErrorCode::ReadOnly), 1);
         assert_eq!(Failure::Usage("x".into()).exit_code(), 2);
         assert_eq!(Failure::Partial("x".into()).exit_code(), 6);
     }
