@@ -136,7 +136,7 @@ impl RouterState {
                     let _ = change.done.send(result);
                 }
                 _ = pins.tick() => {
-                    self.check_pins()?;
+                    self.check_pins();
                     self.check_namespace();
                 }
                 _ = gc.tick() => {
@@ -274,7 +274,7 @@ impl RouterState {
                 &self.ports,
             )?;
         }
-        self.check_pins()?;
+        self.check_pins();
         let writes = sync_kernel_policy(handle, &self.router).await?;
         if writes > 0 {
             tracing::warn!(
@@ -321,16 +321,22 @@ impl RouterState {
 
     /// Pins removed from bpffs by hand are restored (the fast path would otherwise detach
     /// when routerd ends).
-    pub(super) fn check_pins(&mut self) -> Result<(), Error> {
-        let repinned = self.datapath.repair_pins()?;
-        if !repinned.is_empty() {
-            tracing::warn!(
+    /// Puts back pins removed by hand. A failure is not the mirror's end: a link whose pin
+    /// was just removed may still be on its way out of the kernel (attaching again then
+    /// fails as "already attached"), so what is left is tried again at the next check.
+    pub(super) fn check_pins(&mut self) {
+        match self.datapath.repair_pins() {
+            Ok(repinned) if !repinned.is_empty() => tracing::warn!(
                 "router {}: repaired: pins removed by hand restored: {}",
                 self.id,
                 repinned.join(", ")
-            );
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                "router {}: restoring pins removed by hand: {e}; tried again in {PIN_CHECK:?}",
+                self.id
+            ),
         }
-        Ok(())
     }
 
     fn apply_neighbor(
