@@ -98,14 +98,15 @@ fn the_kernel_serves_a_router_until_its_fast_path_attaches() {
         topo.ns("vmb").to_string(),
     );
 
-    // A directory where the router's map pin belongs: building the fast path fails until it
-    // goes, as any start failure after the kernel's part would.
+    // A directory (not empty) where the router's map pin belongs: routerd can neither pin
+    // there nor clear it, so building the fast path fails until it goes, as any start
+    // failure after the kernel's part would.
     let obstacle = router_user::paths::router_pin_dir(&tag).join("ROUTES");
-    std::fs::create_dir_all(&obstacle).expect("the obstacle");
+    std::fs::create_dir_all(obstacle.join("x")).expect("the obstacle");
     struct Obstacle(std::path::PathBuf);
     impl Drop for Obstacle {
         fn drop(&mut self) {
-            let _ = std::fs::remove_dir(&self.0);
+            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
     let guard = Obstacle(obstacle);
@@ -188,9 +189,10 @@ fn the_kernel_serves_a_router_until_its_fast_path_attaches() {
         .expect("timeout");
     echo_round(&mut conn, 1);
 
+    let info = router_user::paths::router_info_file(&tag);
+    assert!(!info.exists(), "the fast path attached while the obstacle stood");
     // The obstacle goes: the retry attaches the fast path.
     drop(guard);
-    let info = router_user::paths::router_info_file(&tag);
     traffic::wait_for("the fast path to attach", Duration::from_secs(40), || {
         info.exists()
     });
