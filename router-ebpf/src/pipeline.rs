@@ -58,7 +58,7 @@ fn process(frame: &Frame) -> Verdict {
     }
     let verdict = translate(frame, &iface, &pkt);
     if pkt.is_first_fragment() {
-        // A forwarded one is recorded by `finish`, once its session exists.
+        // A forwarded one is recorded by `verdict`, once `finish` has made its session.
         fragment::record_verdict(&pkt, iface.zone, &verdict);
     }
     verdict
@@ -255,12 +255,12 @@ pub fn finish(frame: &Frame) -> u32 {
     let Some(pkt) = parse::reparse_ipv4(frame) else {
         return Reason::MalformedIpv4 as u32;
     };
-    let some = |addr: [u8; 4]| (addr != [0; 4]).then_some(addr);
     let flow = flow::Flow {
         key: h.key,
         shape: flow::Shape::from_code(h.shape),
         tcp_flags: h.tcp_flags,
     };
+    let some = |addr: [u8; 4]| (addr != [0; 4]).then_some(addr);
     let mut plan = nat::Plan {
         target: h.target,
         session: if h.has_session != 0 {
