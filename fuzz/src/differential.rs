@@ -2,8 +2,10 @@
 //! it. Where ours deliberately differs from a general-purpose parser the difference is
 //! written out here, next to where the oracle handles it:
 //!
-//! 1. Ours hands IPv4 options (IHL > 5) and fragments (MF or an offset) to the kernel
-//!    (`Pass`), which etherparse parses happily.
+//! 1. Ours hands IPv4 options (IHL > 5) to the kernel (`Pass`), which etherparse parses
+//!    happily. A later fragment (offset > 0) has no L4 header: ours takes only its
+//!    addresses (the fast path translates it from its first fragment's record); a first
+//!    fragment is parsed as an unfragmented packet, L4 header included.
 //! 2. Ours verifies the IPv4 header checksum (`Drop(BadIpChecksum)`); etherparse does not.
 //! 3. Ours hands "special" addresses (0/8, 127/8, 224/4, 240/4) to the kernel.
 //! 4. Ours reads only the fixed 20 bytes of a TCP header (ports, flags, checksum); the data
@@ -77,11 +79,15 @@ pub fn expected(frame: &[u8]) -> Parsed {
     if Sum16BitWords::new().add_slice(ip.slice()).ones_complement() != 0 {
         return Parsed::Final(Drop(Reason::BadIpChecksum)); // difference 2
     }
-    if ip.is_fragmenting_payload() {
-        return Parsed::Final(Pass(Reason::Fragment)); // difference 1
-    }
     if special(ip.source()) || special(ip.destination()) {
         return Parsed::Final(Pass(Reason::SpecialAddress)); // difference 3
+    }
+    if ip.fragments_offset().value() != 0 {
+        return Parsed::LaterFragment {
+            src: ip.source(),
+            dst: ip.destination(),
+            proto: ip.protocol().0,
+        }; // difference 1
     }
     let payload = &l3[20..usize::from(ip.total_len())];
     let proto = ip.protocol();

@@ -63,6 +63,9 @@ pub enum Parsed {
     /// ARP: `arp.rs` (which needs maps) takes it from here.
     Arp,
     Ipv4(Accepted),
+    /// A later fragment (offset > 0): no L4 header, no flow; `fragment.rs` (which needs
+    /// maps) takes it from here.
+    LaterFragment { src: [u8; 4], dst: [u8; 4], proto: u8 },
 }
 
 fn final_of(v: Verdict) -> Final {
@@ -72,6 +75,14 @@ fn final_of(v: Verdict) -> Final {
         Verdict::Forward { .. } | Verdict::Finish => {
             panic!("the parser returned a forwarding verdict")
         }
+    }
+}
+
+fn later_fragment(pkt: &parse::Ipv4Packet) -> Parsed {
+    Parsed::LaterFragment {
+        src: pkt.src,
+        dst: pkt.dst,
+        proto: pkt.proto,
     }
 }
 
@@ -90,6 +101,9 @@ pub fn parse(buf: &mut [u8]) -> Parsed {
         Ok(pkt) => pkt,
         Err(v) => return Parsed::Final(final_of(v)),
     };
+    if pkt.is_later_fragment() {
+        return later_fragment(&pkt);
+    }
     let flow = flow::of(&frame, &pkt);
     Parsed::Ipv4(Accepted {
         src: pkt.src,
@@ -120,6 +134,9 @@ pub fn parse_and_rewrite(
         Ok(pkt) => pkt,
         Err(v) => return Err(Parsed::Final(final_of(v))),
     };
+    if pkt.is_later_fragment() {
+        return Err(later_fragment(&pkt));
+    }
     let flow = flow::of(&frame, &pkt);
     let accepted = Accepted {
         src: pkt.src,

@@ -37,8 +37,9 @@ pub mod map_names {
     pub const MONITOR: &str = "MONITOR";
     pub const EVENTS: &str = "EVENTS";
     pub const SNAT_SOURCES: &str = "SNAT_SOURCES";
+    pub const FRAGMENTS: &str = "FRAGMENTS";
     /// Every map above, in the order `routerctl` and the pinning code walk them.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         ROUTES,
         NEIGHBORS,
         IFACES,
@@ -59,6 +60,7 @@ pub mod map_names {
         MONITOR,
         EVENTS,
         SNAT_SOURCES,
+        FRAGMENTS,
     ];
 }
 
@@ -289,6 +291,69 @@ pub struct Event {
     pub dport: [u8; 2],
 }
 
+/// Fragmented datagrams the `FRAGMENTS` table remembers at once (an LRU: the least
+/// recently used record makes room). A datagram's record lives from its first fragment to
+/// its last, usually well under a millisecond; each is about 120 bytes of kernel memory,
+/// preallocated per router.
+pub const MAX_FRAGMENT_DATAGRAMS: u32 = 1024;
+
+/// How long a datagram's record answers for its later fragments (Linux's `ipfrag_time`).
+pub const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
+
+/// Key of `FRAGMENTS`: one fragmented datagram as it arrived (before translation), in the
+/// session zone of its ingress interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct FragKey {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// The IPv4 identification field, as on the wire.
+    pub id: [u8; 2],
+    pub proto: u8,
+    pub _pad: u8,
+    pub zone: u16,
+    pub _pad2: [u8; 2],
+}
+
+/// What became of a fragmented datagram's first fragment (`FragEntry::outcome`).
+pub mod frag_outcome {
+    /// Forwarded: later fragments take the same addresses and path.
+    pub const FORWARD: u8 = 1;
+    /// Handed to the kernel: later fragments follow (`Reason::Fragment`).
+    pub const PASS: u8 = 2;
+    /// Dropped: later fragments are dropped for the same reason.
+    pub const DROP: u8 = 3;
+    /// The XDP entry handed it to the TC entry, which has not decided it yet: later
+    /// fragments go the same way.
+    pub const TO_TC: u8 = 4;
+}
+
+/// Value of `FRAGMENTS`: the first fragment's outcome, for the datagram's later fragments
+/// (which carry no L4 header: they need only the addresses and the path).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragEntry {
+    /// When the first fragment was decided (coarse monotonic clock).
+    pub created_ns: u64,
+    /// The addresses the datagram leaves with.
+    pub new_src: [u8; 4],
+    pub new_dst: [u8; 4],
+    pub next_hop: [u8; 4],
+    pub egress: u32,
+    /// Floating IPs the datagram was translated from and to (0.0.0.0: none), for their
+    /// counters.
+    pub dnat_fip: [u8; 4],
+    pub snat_fip: [u8; 4],
+    /// The next hop's MAC, when `has_mac` (else the TC entry lets the kernel resolve it).
+    pub mac: [u8; 6],
+    pub has_mac: u8,
+    /// One of [`frag_outcome`].
+    pub outcome: u8,
+    /// The `Reason` of a `PASS` or `DROP` outcome.
+    pub reason: u8,
+    pub _pad: [u8; 7],
+}
+
 /// XDP metadata the XDP entry leaves in front of a frame it hands to the kernel, so the TC
 /// entry (attached alongside in XDP mode) knows what to do with it.
 pub mod xdp_meta {
@@ -326,6 +391,8 @@ mod pod {
     unsafe impl aya::Pod for PolicyRule {}
     unsafe impl aya::Pod for FwRule {}
     unsafe impl aya::Pod for FwStats {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragEntry {}
 }
 
 #[cfg(test)]
@@ -351,6 +418,8 @@ mod tests {
         assert_eq!(size_of::<FwRule>(), 24);
         assert_eq!(size_of::<FwStats>(), 16);
         assert_eq!(size_of::<Event>(), 40);
+        assert_eq!(size_of::<FragKey>(), 16);
+        assert_eq!(size_of::<FragEntry>(), 48);
         assert_eq!(size_of::<IfaceStats>(), 8 * (6 + REASON_SLOTS));
         assert_eq!(align_of::<RouteKey>(), 1);
         assert_eq!(align_of::<IfaceStats>(), 8);

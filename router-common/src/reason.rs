@@ -18,7 +18,9 @@ pub enum Reason {
     Vlan = 4,
     /// IPv4 header with options (IHL > 5).
     IpOptions = 5,
-    /// A fragment (MF set or offset non-zero).
+    /// A later fragment (offset non-zero) of a datagram whose first fragment went to the
+    /// kernel (for whatever reason that one was counted under): the kernel gets the whole
+    /// datagram.
     Fragment = 6,
     /// TTL <= 1: the kernel answers with ICMP time exceeded.
     TtlExpired = 7,
@@ -64,7 +66,7 @@ pub enum Reason {
     MalformedIpv4 = 25,
     /// IPv4 header checksum wrong (the kernel would drop it too).
     BadIpChecksum = 26,
-    /// TCP, UDP or ICMP header truncated in a first fragment.
+    /// TCP, UDP or ICMP header truncated (in an unfragmented packet or a first fragment).
     MalformedL4 = 27,
     /// A blackhole route.
     Blackhole = 28,
@@ -90,11 +92,20 @@ pub enum Reason {
     /// A new SNAT session from an internal address that holds `nat.snat_sessions_per_source`
     /// sessions already.
     SnatSourceQuota = 37,
+    /// A later fragment (offset non-zero) of a datagram whose first fragment the fast path
+    /// has no record of: it has not arrived yet (out of order), was lost or dropped before
+    /// it was recorded, or its record was evicted or is older than 30 s. Dropped as Cilium
+    /// does: the fast path does not hold fragments back, and the kernel could not reassemble
+    /// a datagram whose first fragment the fast path already forwarded.
+    FragmentUnknown = 38,
+    /// A later fragment of a datagram the fast path forwarded that cannot follow its first
+    /// fragment: larger than the egress MTU (the fast path does not fragment) or TTL <= 1.
+    FragmentUnfit = 39,
 }
 
 impl Reason {
     /// Every reason, in numeric order.
-    pub const ALL: [Reason; 34] = [
+    pub const ALL: [Reason; 36] = [
         Reason::Arp,
         Reason::Ipv6,
         Reason::OtherL3,
@@ -129,6 +140,8 @@ impl Reason {
         Reason::SpoofedSource,
         Reason::BadL4Checksum,
         Reason::SnatSourceQuota,
+        Reason::FragmentUnknown,
+        Reason::FragmentUnfit,
     ];
 
     /// First numeric value of the drop reasons.
@@ -176,6 +189,8 @@ impl Reason {
             35 => Some(Reason::SpoofedSource),
             36 => Some(Reason::BadL4Checksum),
             37 => Some(Reason::SnatSourceQuota),
+            38 => Some(Reason::FragmentUnknown),
+            39 => Some(Reason::FragmentUnfit),
             _ => None,
         }
     }
@@ -217,6 +232,8 @@ impl Reason {
             Reason::SpoofedSource => "spoofed_source",
             Reason::BadL4Checksum => "bad_l4_checksum",
             Reason::SnatSourceQuota => "snat_source_quota",
+            Reason::FragmentUnknown => "fragment_unknown",
+            Reason::FragmentUnfit => "fragment_unfit",
         }
     }
 }

@@ -12,6 +12,7 @@ mod counters;
 mod csum;
 mod firewall;
 mod flow;
+mod fragment;
 mod maps;
 mod monitor;
 mod nat;
@@ -49,6 +50,7 @@ pub fn router_xdp(ctx: XdpContext) -> u32 {
         decision,
         || router_xdp_checksum(ctx.ctx),
         || router_xdp_finish(ctx.ctx),
+        || router_xdp_fragment(ctx.ctx),
     );
     let action = match verdict {
         Verdict::Forward { ifindex, .. } => match EGRESS_DEVS.redirect(ifindex, 0) {
@@ -120,6 +122,7 @@ pub fn router_tc(ctx: TcContext) -> i32 {
         decision,
         || router_tc_checksum(ctx.skb.skb),
         || router_tc_finish(ctx.skb.skb),
+        || router_tc_fragment(ctx.skb.skb),
     );
     let action = match verdict {
         Verdict::Forward { ifindex, resolve } => {
@@ -218,6 +221,20 @@ pub extern "C" fn router_xdp_finish(ctx: *mut xdp_md) -> u32 {
 #[inline(never)]
 pub extern "C" fn router_tc_finish(skb: *mut __sk_buff) -> u32 {
     pipeline::finish(&Frame::from_tc(&TcContext::new(skb)))
+}
+
+/// The second half for a later fragment under XDP (see `pipeline::finish_fragment`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn router_xdp_fragment(ctx: *mut xdp_md) -> u32 {
+    pipeline::finish_fragment(&Frame::from_xdp(&XdpContext::new(ctx)))
+}
+
+/// The second half for a later fragment under TC.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn router_tc_fragment(skb: *mut __sk_buff) -> u32 {
+    pipeline::finish_fragment(&Frame::from_tc(&TcContext::new(skb)))
 }
 
 /// Redirects to `ifindex` with the kernel resolving `next_hop`'s MAC (queueing the packet

@@ -3,13 +3,14 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use router_common::{
     CtEntry, CtKey, DEFAULT_SESSION_ENTRIES, EVENTS_BYTES, FW_STATS_SLOTS, FipEntry, FipStats,
-    FwRule, FwStats, IfaceEntry, IfaceStats, MAX_ALLOWED_SOURCES, MAX_FLOATING_IPS, MAX_FW_RULES,
-    MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES, MAX_RULES, MonitorConfig, NatConfig, NeighborEntry,
-    NeighborKey, PolicyConfig, PolicyRule, RouteEntry, RouteKey, SnatStats, SourceKey,
+    FragEntry, FragKey, FwRule, FwStats, IfaceEntry, IfaceStats, MAX_ALLOWED_SOURCES,
+    MAX_FLOATING_IPS, MAX_FRAGMENT_DATAGRAMS, MAX_FW_RULES, MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES,
+    MAX_RULES, MonitorConfig, NatConfig, NeighborEntry, NeighborKey, PolicyConfig, PolicyRule,
+    RouteEntry, RouteKey, SnatStats, SourceKey,
 };
 
 /// Every routing table of the router in one trie (see `RouteKey`).
@@ -118,3 +119,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map]
 pub static SNAT_SOURCES: HashMap<[u8; 4], u32> =
     HashMap::with_max_entries(MAX_FLOATING_IPS, ON_DEMAND);
+
+/// Fragmented datagrams in flight: the outcome of each one's first fragment, for its later
+/// fragments (`fragment.rs`). An LRU: a datagram whose last fragment never came is
+/// forgotten when room is needed, and a record answers for 30 s at most.
+#[map]
+pub static FRAGMENTS: LruHashMap<FragKey, FragEntry> =
+    LruHashMap::with_max_entries(MAX_FRAGMENT_DATAGRAMS, 0);

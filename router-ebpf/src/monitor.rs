@@ -47,7 +47,9 @@ pub fn report(frame: &Frame, reason: u32) {
             event.proto = h[23];
             event.src = [h[26], h[27], h[28], h[29]];
             event.dst = [h[30], h[31], h[32], h[33]];
-            if h[14] == 0x45 && (h[23] == 6 || h[23] == 17) {
+            // Ports only where the L4 header is: no options, not a later fragment.
+            let later_fragment = (h[20] & 0x1f) | h[21] != 0;
+            if h[14] == 0x45 && (h[23] == 6 || h[23] == 17) && !later_fragment {
                 event.sport = [h[34], h[35]];
                 event.dport = [h[36], h[37]];
             }

@@ -19,21 +19,43 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
 const IPV4_HDR_LEN: usize = 20;
-const IP_MF_AND_OFFSET: u16 = 0x3fff;
+/// "More fragments" and the fragment offset (in 8-byte units) of the IPv4 flags field.
+pub const IP_MF: u16 = 0x2000;
+pub const IP_OFFSET: u16 = 0x1fff;
+const IP_MF_AND_OFFSET: u16 = IP_MF | IP_OFFSET;
 
 /// Offset of the IPv4 header (untagged Ethernet).
 pub const L3_OFFSET: usize = 14;
 /// Offset of the L4 header: packets with IP options never reach the stages that use it.
 pub const L4_OFFSET: usize = L3_OFFSET + IPV4_HDR_LEN;
 
-/// A parsed IPv4 packet without options and not a fragment, whose TCP, UDP or ICMP header
-/// (if that is the protocol) lies within the directly accessible data.
+/// A parsed IPv4 packet without options, whose TCP, UDP or ICMP header (if that is the
+/// protocol and the packet is not a later fragment) lies within the directly accessible
+/// data.
 pub struct Ipv4Packet {
     pub eth: *mut EthHdr,
     pub ip: *mut Ipv4Hdr,
     pub src: [u8; 4],
     pub dst: [u8; 4],
     pub proto: u8,
+    /// The "more fragments" bit and the fragment offset ([`IP_MF`], [`IP_OFFSET`]); 0 for a
+    /// packet that is not a fragment.
+    pub frags: u16,
+}
+
+impl Ipv4Packet {
+    /// A fragment other than the first: no L4 header, only a slice of the datagram's data.
+    #[inline(always)]
+    pub fn is_later_fragment(&self) -> bool {
+        self.frags & IP_OFFSET != 0
+    }
+
+    /// The first fragment of a fragmented datagram (offset 0, MF set): it carries the L4
+    /// header.
+    #[inline(always)]
+    pub fn is_first_fragment(&self) -> bool {
+        self.frags == IP_MF
+    }
 }
 
 /// What the fast path handles at L2.
@@ -73,8 +95,9 @@ pub fn parse_l2(frame: &Frame) -> Result<L2, Verdict> {
 }
 
 /// Validates the IPv4 header that follows an untagged Ethernet header, and the L4 header
-/// of TCP, UDP and ICMP. Packets the fast path leaves to the kernel get `Pass`, broken ones
-/// `Drop`.
+/// of TCP, UDP and ICMP (not in a later fragment, which has none). Packets the fast path
+/// leaves to the kernel get `Pass`, broken ones `Drop`. Fragments are accepted: the
+/// pipeline translates them (`fragment`).
 #[inline(always)]
 pub fn parse_ipv4(frame: &Frame, eth: *mut EthHdr) -> Result<Ipv4Packet, Verdict> {
     let l3 = size_of::<EthHdr>();
@@ -107,14 +130,13 @@ pub fn parse_ipv4(frame: &Frame, eth: *mut EthHdr) -> Result<Ipv4Packet, Verdict
     if csum::ipv4_header_sum(unsafe { &*hdr }) != 0xffff {
         return Err(Verdict::Drop(Reason::BadIpChecksum));
     }
-    if frags & IP_MF_AND_OFFSET != 0 {
-        return Err(Verdict::Pass(Reason::Fragment));
-    }
     if is_special(src) || is_special(dst) {
         return Err(Verdict::Pass(Reason::SpecialAddress));
     }
+    let frags = frags & IP_MF_AND_OFFSET;
     let l4 = l3 + IPV4_HDR_LEN;
     let l4_ok = match proto {
+        _ if frags & IP_OFFSET != 0 => true,
         IPPROTO_TCP => frame.ptr_at::<[u8; 20]>(l4).is_some() && tot_len >= 40,
         IPPROTO_UDP | IPPROTO_ICMP => frame.ptr_at::<[u8; 8]>(l4).is_some() && tot_len >= 28,
         _ => true,
@@ -128,6 +150,7 @@ pub fn parse_ipv4(frame: &Frame, eth: *mut EthHdr) -> Result<Ipv4Packet, Verdict
         src,
         dst,
         proto,
+        frags,
     })
 }
 
@@ -139,13 +162,21 @@ pub fn reparse_ipv4(frame: &Frame) -> Option<Ipv4Packet> {
     let eth: *mut EthHdr = frame.ptr_at(0)?;
     let ip: *mut Ipv4Hdr = frame.ptr_at(L3_OFFSET)?;
     // SAFETY: `ptr_at` checked the fixed header.
-    let (src, dst, proto) = unsafe { ((*ip).src_addr, (*ip).dst_addr, (*ip).proto) };
+    let (src, dst, proto, frags) = unsafe {
+        (
+            (*ip).src_addr,
+            (*ip).dst_addr,
+            (*ip).proto,
+            u16::from_be_bytes((*ip).frags) & IP_MF_AND_OFFSET,
+        )
+    };
     Some(Ipv4Packet {
         eth,
         ip,
         src,
         dst,
         proto,
+        frags,
     })
 }
 

@@ -9,7 +9,7 @@ use router_common::{
 use crate::{
     arp, conntrack,
     context::Frame,
-    counters, firewall, flow,
+    counters, firewall, flow, fragment,
     maps::{ALLOWED_SOURCES, HANDOFF, IFACES, POLICY_CONFIG},
     nat,
     parse::{self, IPPROTO_TCP, Ipv4Packet, L2, L4_OFFSET},
@@ -43,17 +43,37 @@ fn process(frame: &Frame) -> Verdict {
     }
     let pkt = match parse::parse_ipv4(frame, eth) {
         Ok(pkt) => pkt,
-        Err(verdict) => return verdict,
+        Err(verdict) => {
+            if matches!(verdict, Verdict::Pass(Reason::IpOptions)) {
+                fragment::record_options(frame, iface.zone);
+            }
+            return verdict;
+        }
     };
     if iface.flags & iface_flags::SOURCE_CHECK != 0 && !source_allowed(frame.ingress, pkt.src) {
         return Verdict::Drop(Reason::SpoofedSource);
     }
-    if iface.role == iface_role::INTERNAL && is_metadata(frame, &pkt) {
+    if pkt.is_later_fragment() {
+        return fragment::later(frame, &pkt, iface.zone);
+    }
+    let verdict = translate(frame, &iface, &pkt);
+    if pkt.is_first_fragment() {
+        // A forwarded one is recorded by `verdict`, once `finish` has made its session.
+        fragment::record_verdict(&pkt, iface.zone, &verdict);
+    }
+    verdict
+}
+
+/// The first half's decision for a packet with its L4 header (not a later fragment) that
+/// passed the ingress checks: NAT, route, firewall, neighbour.
+#[inline(always)]
+fn translate(frame: &Frame, iface: &IfaceEntry, pkt: &Ipv4Packet) -> Verdict {
+    if iface.role == iface_role::INTERNAL && is_metadata(frame, pkt) {
         return Verdict::Pass(Reason::Metadata);
     }
 
     let policy = POLICY_CONFIG.get(0).copied().unwrap_or_default();
-    let mut flow = flow::of(frame, &pkt);
+    let mut flow = flow::of(frame, pkt);
     flow.key.zone = iface.zone;
     let track_all = policy.fw_flags & fw_flags::ENABLED != 0;
     let mut plan = nat::before_routing(&flow, iface.role, track_all);
@@ -61,7 +81,7 @@ fn process(frame: &Frame) -> Verdict {
         Ok(route) => route,
         Err(verdict) => return verdict,
     };
-    let egress = match route::egress(frame, &pkt, &route) {
+    let egress = match route::egress(frame, pkt, &route) {
         Ok(egress) => egress,
         Err(verdict) => return verdict,
     };
@@ -83,7 +103,8 @@ fn process(frame: &Frame) -> Verdict {
     let Some(handoff) = HANDOFF.get_ptr_mut(0) else {
         return Verdict::Drop(Reason::RedirectFailed);
     };
-    // SAFETY: a per-CPU value, ours for the rest of this program run.
+    // SAFETY: a per-CPU value, ours for the rest of this program run; the parser validated
+    // the IPv4 header.
     unsafe {
         *handoff = Handoff {
             key: flow.key,
@@ -101,7 +122,13 @@ fn process(frame: &Frame) -> Verdict {
             track: track as u8,
             stateful: plan.stateful as u8,
             has_session: plan.session.is_some() as u8,
-            _pad: [0; 2],
+            fragment: if pkt.is_first_fragment() {
+                fragment::role::FIRST
+            } else {
+                fragment::role::NONE
+            },
+            _pad: 0,
+            ip_id: (*pkt.ip).id,
         };
     }
     Verdict::Finish
@@ -142,13 +169,14 @@ pub fn checksum_check(frame: &Frame) -> u32 {
 
 /// The verdict of a packet after both halves: `decision` from [`decide`], then (when that
 /// was `FINISH`) `check` (`checksum_check`, for a packet that would create a session) and
-/// `finish`.
+/// `finish`, or for a later fragment `finish_fragment` ([`finish_fragment`]).
 #[inline(always)]
 pub fn verdict(
     frame: &Frame,
     decision: u32,
     check: impl FnOnce() -> u32,
     finish: impl FnOnce() -> u32,
+    finish_fragment: impl FnOnce() -> u32,
 ) -> Verdict {
     match decision {
         decided::FINISH => {}
@@ -160,22 +188,28 @@ pub fn verdict(
         }
         reason => return Verdict::of_reason(reason),
     }
-    let creates = HANDOFF
-        .get(0)
-        .is_some_and(|h| h.create != 0 || (h.track != 0 && h.has_session == 0));
-    if creates && check() == 0 {
-        return Verdict::Drop(Reason::BadL4Checksum);
+    let Some(h) = HANDOFF.get(0) else {
+        return Verdict::Drop(Reason::RedirectFailed);
+    };
+    if h.fragment == fragment::role::LATER {
+        finish_fragment();
+    } else {
+        let creates = h.create != 0 || (h.track != 0 && h.has_session == 0);
+        if creates && check() == 0 {
+            return Verdict::Drop(Reason::BadL4Checksum);
+        }
+        let result = finish();
+        if result != 0 {
+            return Verdict::of_reason(result);
+        }
+        if h.fragment == fragment::role::FIRST {
+            // Here rather than in `finish`, whose stack cannot take another call.
+            fragment::record_forward(h);
+        }
     }
-    let result = finish();
-    if result != 0 {
-        return Verdict::of_reason(result);
-    }
-    match HANDOFF.get(0) {
-        Some(h) => Verdict::Forward {
-            ifindex: h.egress,
-            resolve: if h.has_mac != 0 { [0; 4] } else { h.next_hop },
-        },
-        None => Verdict::Drop(Reason::RedirectFailed),
+    Verdict::Forward {
+        ifindex: h.egress,
+        resolve: if h.has_mac != 0 { [0; 4] } else { h.next_hop },
     }
 }
 
@@ -183,23 +217,27 @@ pub fn verdict(
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Handoff {
-    key: CtKey,
-    target: nat::Target,
-    tcp_flags: u32,
-    egress: u32,
-    out: IfaceEntry,
-    next_hop: [u8; 4],
+    pub key: CtKey,
+    pub target: nat::Target,
+    pub tcp_flags: u32,
+    pub egress: u32,
+    pub out: IfaceEntry,
+    pub next_hop: [u8; 4],
     /// 0.0.0.0: none (a floating IP is never 0.0.0.0).
-    dnat_fip: [u8; 4],
-    snat_fip: [u8; 4],
-    mac: [u8; 6],
-    has_mac: u8,
-    shape: u8,
-    create: u8,
-    track: u8,
-    stateful: u8,
-    has_session: u8,
-    _pad: [u8; 2],
+    pub dnat_fip: [u8; 4],
+    pub snat_fip: [u8; 4],
+    pub mac: [u8; 6],
+    pub has_mac: u8,
+    pub shape: u8,
+    pub create: u8,
+    pub track: u8,
+    pub stateful: u8,
+    pub has_session: u8,
+    /// One of `fragment::role`.
+    pub fragment: u8,
+    pub _pad: u8,
+    /// The IPv4 identification, for a first fragment's record.
+    pub ip_id: [u8; 2],
 }
 
 /// The second half of the pipeline, for a packet `process` decided to forward: creates its
@@ -249,6 +287,17 @@ pub fn finish(frame: &Frame) -> u32 {
         mac: if h.has_mac != 0 { Some(h.mac) } else { None },
     };
     rewrite::apply(frame, &pkt, &flow, &plan.target, &hop);
+    0
+}
+
+/// The second half for a later fragment `decide` found the record of: its floating IPs'
+/// counters and its IPv4 header (a global function of each entry of its own: `finish`'s
+/// stack has no room for it). Returns 0.
+#[inline(always)]
+pub fn finish_fragment(frame: &Frame) -> u32 {
+    if let (Some(h), Some(pkt)) = (HANDOFF.get(0), parse::reparse_ipv4(frame)) {
+        fragment::finish_later(frame, &pkt, h);
+    }
     0
 }
 

@@ -15,9 +15,17 @@ use crate::{
 const ICMP_CSUM: usize = L4_OFFSET + 2;
 const ICMP_ID: usize = L4_OFFSET + 4;
 
-/// Rewrites `pkt` to leave by `hop` as `target`.
+/// Writes the MACs, the TTL and the addresses of the IPv4 header, and fixes its checksum;
+/// returns the change of the addresses (for an L4 pseudo-header). An address becomes its
+/// translation (`src` -> `new_src`, `dst` -> `new_dst`) where it is the flow's own (an ICMP
+/// error from a router on the path keeps that router's address as its source).
 #[inline(always)]
-pub fn apply(frame: &Frame, pkt: &Ipv4Packet, flow: &Flow, target: &Target, hop: &Hop) {
+fn ip_header(
+    pkt: &Ipv4Packet,
+    (src, new_src): ([u8; 4], [u8; 4]),
+    (dst, new_dst): ([u8; 4], [u8; 4]),
+    hop: &Hop,
+) -> Delta {
     // SAFETY: the parser bounds-checked the Ethernet and IPv4 headers.
     let (old_src, old_dst) = unsafe {
         if let Some(mac) = hop.mac {
@@ -26,18 +34,8 @@ pub fn apply(frame: &Frame, pkt: &Ipv4Packet, flow: &Flow, target: &Target, hop:
         }
         ((*pkt.ip).src_addr, (*pkt.ip).dst_addr)
     };
-    // Outer addresses follow the flow's translation where they are the flow's own (an ICMP
-    // error from a router on the path keeps that router's address as its source).
-    let new_src = if old_src == flow.key.src {
-        target.src
-    } else {
-        old_src
-    };
-    let new_dst = if old_dst == flow.key.dst {
-        target.dst
-    } else {
-        old_dst
-    };
+    let new_src = if old_src == src { new_src } else { old_src };
+    let new_dst = if old_dst == dst { new_dst } else { old_dst };
     let mut ip = Delta::default();
     let mut pseudo = Delta::default();
     // SAFETY: as above.
@@ -57,6 +55,22 @@ pub fn apply(frame: &Frame, pkt: &Ipv4Packet, flow: &Flow, target: &Target, hop:
         }
         (*pkt.ip).check = ip.apply((*pkt.ip).check);
     }
+    pseudo
+}
+
+/// Rewrites a later fragment (no L4 header) to leave by `hop` with the addresses its
+/// datagram's first fragment left with. Its L4 checksum, in the first fragment, already
+/// took the translation of the whole datagram, pseudo-header included.
+#[inline(always)]
+pub fn later_fragment(pkt: &Ipv4Packet, new_src: [u8; 4], new_dst: [u8; 4], hop: &Hop) {
+    ip_header(pkt, (pkt.src, new_src), (pkt.dst, new_dst), hop);
+}
+
+/// Rewrites `pkt` to leave by `hop` as `target`.
+#[inline(always)]
+pub fn apply(frame: &Frame, pkt: &Ipv4Packet, flow: &Flow, target: &Target, hop: &Hop) {
+    let key = &flow.key;
+    let pseudo = ip_header(pkt, (key.src, target.src), (key.dst, target.dst), hop);
     if *target == Target::of_key(&flow.key) {
         return;
     }
@@ -76,7 +90,7 @@ pub fn apply(frame: &Frame, pkt: &Ipv4Packet, flow: &Flow, target: &Target, hop:
         Shape::EchoRequest => echo_id(frame, target.sport),
         Shape::EchoReply => echo_id(frame, target.dport),
         Shape::Error(inner) => {
-            // SAFETY: as above.
+            // SAFETY: the parser validated the IPv4 header.
             let tot_len = u16::from_be_bytes(unsafe { (*pkt.ip).tot_len });
             let ip_end = L3_OFFSET + usize::from(tot_len);
             embedded(frame, &flow.key, target, inner, ip_end)

@@ -13,13 +13,15 @@ use crate::{
 /// those not in the linear part of an skb) are left to the receiver.
 const MAX_WORDS: usize = 740;
 
-/// Whether `pkt`'s TCP, UDP or ICMP checksum is right (or cannot be checked here). A
+/// Whether `pkt`'s TCP, UDP or ICMP checksum is right (or cannot be checked here: a
+/// fragment, a segment too long or beyond the linear part of an skb). A
 /// TCP/UDP checksum field holding just the pseudo-header sum is accepted: that is a
 /// CHECKSUM_PARTIAL packet of a local sender (a VM on a veth with tx offload), which the
 /// device would have completed.
 #[inline(always)]
 pub fn l4_checksum_ok(frame: &Frame, pkt: &Ipv4Packet, shape: Shape) -> bool {
-    if !matches!(shape, Shape::Ports | Shape::EchoRequest) {
+    // A first fragment's checksum covers the whole datagram, which is not here.
+    if !matches!(shape, Shape::Ports | Shape::EchoRequest) || pkt.frags != 0 {
         return true;
     }
     // SAFETY: the IPv4 header was validated earlier in this run.

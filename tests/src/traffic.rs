@@ -59,8 +59,9 @@ fn content(i: usize) -> u8 {
     (i.wrapping_mul(2654435761) >> 13) as u8
 }
 
-/// Sends `bytes` of known content over TCP from `client_ns` to a server in `server_ns` at
-/// `server`:`port`; the server checks every byte. Returns the bytes verified.
+/// Sends `bytes` of known content over TCP from `client_ns` to `server`:`port`, to a server
+/// listening on any address of `server_ns`; the server checks every byte. Returns the bytes
+/// verified.
 pub fn tcp_transfer(
     client_ns: &str,
     server_ns: &str,
@@ -69,9 +70,11 @@ pub fn tcp_transfer(
     bytes: usize,
 ) -> usize {
     let addr = SocketAddrV4::new(Ipv4Addr::from(server), port);
+    // Any address: `server` may be a floating IP, translated before it reaches the host.
+    let listen = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let srv = in_ns(server_ns, move || {
-        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        let listener = TcpListener::bind(listen).unwrap_or_else(|e| panic!("bind {listen}: {e}"));
         ready_tx.send(()).expect("signal ready");
         let (mut conn, _) = listener.accept().expect("accept");
         conn.set_read_timeout(Some(Duration::from_secs(20)))
@@ -296,4 +299,91 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         thread::sleep(Duration::from_millis(20));
     }
     panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// What one large UDP datagram met: the source its receiver saw, and whether the receiver's
+/// answer (the same bytes, sent back to that source) reached the sender whole.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LargeUdp {
+    pub seen_from: SocketAddrV4,
+    pub answered: bool,
+}
+
+/// Sends one UDP datagram of `len` bytes of known content (larger than the MTU: the stack
+/// fragments it) from `client_ns` (port `port`) to `target`:`port`, received on any address
+/// of `server_ns`, which checks every byte and sends it back. `None` when nothing intact
+/// arrived within `wait`.
+pub fn large_udp(
+    client_ns: &str,
+    server_ns: &str,
+    target: [u8; 4],
+    port: u16,
+    len: usize,
+    wait: Duration,
+) -> Option<LargeUdp> {
+    let expected: Vec<u8> = (0..len).map(content).collect();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let want = expected.clone();
+    let srv = in_ns(server_ns, move || {
+        let sock =
+            UdpSocket::bind(("0.0.0.0", port)).unwrap_or_else(|e| panic!("bind {port}: {e}"));
+        sock.set_read_timeout(Some(wait)).expect("timeout");
+        ready_tx.send(()).expect("ready");
+        let mut buf = vec![0u8; 65536];
+        let (n, from) = sock.recv_from(&mut buf).ok()?;
+        if buf[..n] != want[..] {
+            return None;
+        }
+        sock.send_to(&buf[..n], from).expect("answer");
+        match from {
+            std::net::SocketAddr::V4(v4) => Some(v4),
+            std::net::SocketAddr::V6(_) => None,
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server ready");
+    let addr = SocketAddrV4::new(Ipv4Addr::from(target), port);
+    let answered = join(in_ns(client_ns, move || {
+        let sock = UdpSocket::bind(("0.0.0.0", port)).expect("bind");
+        sock.set_read_timeout(Some(wait)).expect("timeout");
+        sock.send_to(&expected, addr).expect("send");
+        let mut buf = vec![0u8; 65536];
+        matches!(sock.recv_from(&mut buf), Ok((n, _)) if buf[..n] == expected[..])
+    }));
+    join(srv).map(|seen_from| LargeUdp {
+        seen_from,
+        answered,
+    })
+}
+
+/// `ping -s size -c count` from `ns` with fragmentation allowed (`-M dont`): the echo
+/// requests and replies of `size` bytes are fragmented on an MTU of 1500. True when every
+/// echo was answered.
+pub fn ping_large(ns: &str, dst: [u8; 4], size: usize, count: u32) -> bool {
+    let dst = Ipv4Addr::from(dst).to_string();
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-n",
+            "-q",
+            "-M",
+            "dont",
+            "-s",
+            &size.to_string(),
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            &dst,
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }

@@ -61,7 +61,7 @@ const MULTICAST_MAC: [u8; 6] = [0x01, 0x00, 0x5e, 0, 0, 1];
 const EINVAL: i32 = 22;
 /// The largest frame BPF_PROG_TEST_RUN gives an XDP program in one buffer: a page less
 /// XDP_PACKET_HEADROOM (256) and `skb_shared_info` (320). Longer frames are split into
-/// fragments the program (not `xdp.frags`) does not see; `data_end - data` stays 3520.
+/// buffers; the program (`xdp.frags`) reads headers from the first and the length from all.
 const XDP_LINEAR_MAX: usize = 3520;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -506,45 +506,73 @@ fn corpus() -> Vec<Case> {
         "the MTU check uses the IP length; the trailing bytes leave too, above the MTU (finding 4)",
     ));
 
-    // Fragments.
+    // Fragments: the first runs the pipeline as any packet and its outcome is recorded; a
+    // later one takes that outcome, and without one is dropped.
     let data: Vec<u8> = (0..24).collect();
     let frag = |flags_offset: u16, bytes: &[u8]| fragment(flags_offset, bytes);
     let first = c::udp_seg(VM3, REMOTE, 5000, 53, &data);
-    for (name, frame) in [
-        ("first (MF, offset 0)", frag(0x2000, &first[..16])),
-        ("middle (MF, offset 16)", frag(0x2002, &first[16..24])),
-        ("last (offset 24)", frag(0x0003, &first[24..])),
-        (
-            "overlapping 1 of 2 (MF, offset 0, 24 bytes)",
-            frag(0x2000, &first[..24]),
-        ),
-        (
-            "overlapping 2 of 2 (offset 8, overlaps 16 bytes)",
-            frag(0x0001, &first[8..]),
-        ),
-        (
-            "first, UDP header cut (MF, 4 bytes)",
-            frag(0x2000, &first[..4]),
-        ),
-    ] {
-        v.push(case(
-            format!("fragment: {name}"),
-            In,
-            frame,
-            Pass(Reason::Fragment),
-            "fragments are the kernel's (reassembly, conntrack)",
-        ));
-    }
+    let first_frag = frag(0x2000, &first[..16]);
     v.push(case(
-        "fragment: from a spoofed source (10.0.2.5, MF)",
+        "fragment: first (MF, offset 0)",
         In,
-        edit(frag(0x2000, &first[..16]), |f| {
-            f[L3 + 12..L3 + 16].copy_from_slice(&[10, 0, 2, 5]);
-            c::fix_ip_checksum(f);
-        }),
-        Pass(Reason::Fragment),
-        "fragments go to the kernel before anti-spoofing looks (finding 5)",
+        first_frag.clone(),
+        fwd,
+        "a first fragment runs the pipeline (SNAT, session) as an unfragmented packet",
     ));
+    v.push(
+        case(
+            "fragment: middle (MF, offset 16), after its first",
+            In,
+            frag(0x2002, &first[16..24]),
+            fwd,
+            "a later fragment leaves as its first fragment did",
+        )
+        .after(first_frag.clone()),
+    );
+    v.push(
+        case(
+            "fragment: last (offset 24), after its first",
+            In,
+            frag(0x0003, &first[24..]),
+            fwd,
+            "a later fragment leaves as its first fragment did",
+        )
+        .after(first_frag.clone()),
+    );
+    v.push(case(
+        "fragment: overlapping 1 of 2 (MF, offset 0, 24 bytes)",
+        In,
+        frag(0x2000, &first[..24]),
+        fwd,
+        "a first fragment; overlaps are the receiver's to resolve",
+    ));
+    v.push(case(
+        "fragment: overlapping 2 of 2 (offset 8), its first not seen",
+        In,
+        frag(0x0001, &first[8..]),
+        Drop(Reason::FragmentUnknown),
+        "a later fragment before (or without) its first: dropped, as Cilium does",
+    ));
+    v.push(case(
+        "fragment: first, UDP header cut (MF, 4 bytes)",
+        In,
+        frag(0x2000, &first[..4]),
+        Drop(Reason::MalformedL4),
+        "a first fragment must carry the whole L4 header",
+    ));
+    v.push(
+        case(
+            "fragment: from a spoofed source (10.0.2.5, MF)",
+            In,
+            edit(first_frag, |f| {
+                f[L3 + 12..L3 + 16].copy_from_slice(&[10, 0, 2, 5]);
+                c::fix_ip_checksum(f);
+            }),
+            fwd,
+            "fragments meet anti-spoofing as any packet does",
+        )
+        .guarded(Drop(Reason::SpoofedSource)),
+    );
     v.push(case(
         "ipv4: DF set",
         In,
@@ -620,7 +648,7 @@ fn corpus() -> Vec<Case> {
         In,
         bad_ip_sum(frag(0x2000, &first[..16])),
         Drop(Reason::BadIpChecksum),
-        "the checksum is checked before fragments are handed over",
+        "the header checksum is checked before anything else",
     ));
     v.push(case(
         "ipv4: header checksum field 0 (not computed)",
@@ -1189,6 +1217,10 @@ impl Router {
 
     fn clear_sessions(&mut self) {
         self.dp.sessions().flush().expect("removing the sessions");
+        self.dp
+            .sessions()
+            .flush_fragments()
+            .expect("removing the fragment records");
     }
 
     /// The largest frame the TC test run takes (binary search on refusal).
@@ -1311,8 +1343,8 @@ impl Router {
     }
 }
 
-/// The bytes a run counts: the frame, or under XDP the part the program sees of a frame
-/// the test run split into fragments.
+/// The bytes a run counts: the whole frame, under XDP too (the program takes multi-buffer
+/// frames and counts every buffer).
 fn counted_bytes(_entry: Entry, len: usize) -> u64 {
     len as u64
 }
@@ -1513,7 +1545,8 @@ fn table() -> String {
             Side::In => "in0",
             Side::Out => "out0",
         };
-        let prelude = if case.prelude.is_empty() {
+        // A prelude is a SYN opening the flow, or (named in the case) a first fragment.
+        let prelude = if case.prelude.is_empty() || case.name.contains("after its first") {
             ""
         } else {
             " (after a SYN)"
@@ -1548,6 +1581,23 @@ fn docs_list_every_case() {
         current == table,
         "docs/verdicts.md is not the corpus's table: run with CORPUS_WRITE_DOCS=1"
     );
+}
+
+#[test]
+fn docs_name_every_reason() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/verdicts.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/verdicts.md");
+    let (_, listed) = doc
+        .split_once("## Every reason")
+        .expect("the section listing every reason");
+    let listed = listed.split("\n## ").next().unwrap_or_default();
+    for reason in Reason::ALL {
+        assert!(
+            listed.contains(&format!("`{}`", reason.name())),
+            "docs/verdicts.md does not list reason `{}`",
+            reason.name()
+        );
+    }
 }
 
 #[test]

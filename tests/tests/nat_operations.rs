@@ -1,6 +1,7 @@
 //! NAT through the real routerd, beyond what each endpoint sees: a floating IP removed at
-//! run time stops translating at once (its sessions end), and what the fast path hands to
-//! the kernel (here: fragments) still leaves translated, by the kernel's slow-path rules.
+//! run time stops translating at once (its sessions end), fragments leave translated (by the
+//! fast path), and what the fast path hands to the kernel (here: IP options) still leaves
+//! translated, by the kernel's slow-path rules.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
@@ -125,8 +126,8 @@ fn run(mode: &str) {
         "{mode}: VM B leaves as its floating IP"
     );
 
-    // Fragments are the kernel's (slow path): a 3000-byte datagram from VM A (no floating
-    // IP) leaves as the gateway IP, never as 10.0.1.5.
+    // Fragments: a 3000-byte datagram from VM A (no floating IP) leaves as the gateway IP,
+    // never as 10.0.1.5 (the fast path translates every fragment as the first).
     let rx = receive_one(&topo.ext_ns, 7002);
     std::thread::sleep(Duration::from_millis(200));
     send_from(&topo.vm_a_ns, EXT_HOST, 7002, 3000);

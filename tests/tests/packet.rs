@@ -176,6 +176,10 @@ fn cases() -> Vec<Case> {
     let mut later_fragment = vm_to(REMOTE).udp(40000, 53).payload(b"frag");
     later_fragment[21] = 0x10; // offset 16 * 8 bytes
     frames::fix_ip_checksum(&mut later_fragment);
+    // The same, of another datagram (IP id), whose first fragment never came.
+    let mut orphan_fragment = later_fragment.clone();
+    orphan_fragment[18..20].copy_from_slice(&0x0bad_u16.to_be_bytes());
+    frames::fix_ip_checksum(&mut orphan_fragment);
 
     let mut bad_ihl = vm_to(REMOTE).udp(40000, 53).payload(b"x");
     bad_ihl[14] = 0x44;
@@ -243,15 +247,21 @@ fn cases() -> Vec<Case> {
         case("ttl 1", ttl1, Expect::Pass(Reason::TtlExpired)),
         case("ttl 0", ttl0, Expect::Pass(Reason::TtlExpired)),
         case("ip options", options, Expect::Pass(Reason::IpOptions)),
+        // Fragments are forwarded: the first as any packet, a later one as its first was.
         case(
             "first fragment (MF)",
             more_fragments,
-            Expect::Pass(Reason::Fragment),
+            Expect::Forward(NEXT_HOP_MAC, ROUTER_OUT_MAC),
         ),
         case(
-            "later fragment (offset)",
+            "later fragment (offset), after its first",
             later_fragment,
-            Expect::Pass(Reason::Fragment),
+            Expect::Forward(NEXT_HOP_MAC, ROUTER_OUT_MAC),
+        ),
+        case(
+            "later fragment without its first",
+            orphan_fragment,
+            Expect::Drop(Reason::FragmentUnknown),
         ),
         case("ihl 4", bad_ihl, Expect::Drop(Reason::MalformedIpv4)),
         case(

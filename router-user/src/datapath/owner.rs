@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use router_common::{
-    CtEntry, CtKey, FwRule, FwStats, IfaceEntry, IfaceStats, NatConfig, PolicyConfig, PolicyRule,
-    RouteEntry, RouteKey, SourceKey,
+    CtEntry, CtKey, FragEntry, FragKey, FwRule, FwStats, IfaceEntry, IfaceStats, NatConfig,
+    PolicyConfig, PolicyRule, RouteEntry, RouteKey, SourceKey,
 };
 
 use super::{EBPF_OBJECT, remove_pin};
@@ -137,7 +137,7 @@ pub fn pinned_routers_of(config: &Path) -> Vec<String> {
 fn layout_signature() -> String {
     use std::mem::size_of;
     format!(
-        "v2:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}",
+        "v2:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}",
         size_of::<RouteKey>(),
         size_of::<RouteEntry>(),
         size_of::<IfaceEntry>(),
@@ -150,6 +150,8 @@ fn layout_signature() -> String {
         size_of::<FwRule>(),
         size_of::<FwStats>(),
         size_of::<SourceKey>(),
+        size_of::<FragKey>(),
+        size_of::<FragEntry>(),
     )
 }
 

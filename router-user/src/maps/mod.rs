@@ -7,7 +7,7 @@
 //! | [`routes`] | `ROUTES`, `NEIGHBORS` | the kernel's routes and neighbours, mirrored |
 //! | [`policy`] | `POLICY_CONFIG`, `RULES`, `SOURCE_TABLES`, `FW_RULES`, `FW_STATS`, `ALLOWED_SOURCES` | policy rules, external source tables, the firewall and anti-spoofing |
 //! | [`nat`] | `NAT_CONFIG`, `FIP_BY_ADDRESS`, `FIP_BY_FIXED`, `FIP_STATS`, `SNAT_STATS`, `SNAT_SOURCES` | gateway and SNAT settings, floating IPs, their counters |
-//! | [`sessions`] | `SESSIONS` | the session table |
+//! | [`sessions`] | `SESSIONS`, `FRAGMENTS` | the session table, fragmented datagrams in flight |
 //! | [`events`] | `MONITOR`, `EVENTS` | the event ring and its deadline |
 //!
 //! Each room is the only code that names its maps, for writes and for reads, and holds the

@@ -2,11 +2,15 @@
 //! the other, keyed by zone and tuple. The fast path creates and updates them; user space
 //! ages them out, ends them when a translation stops being valid, lists and flushes them
 //! (the rules of each are in `conntrack`).
+//!
+//! And the fragmented datagrams in flight (`FRAGMENTS`): the outcome of each one's first
+//! fragment, for its later fragments. The fast path writes them and the LRU forgets them;
+//! user space only reads and flushes them.
 
 use std::collections::BTreeMap;
 
 use aya::maps::{HashMap, IterableMap as _, MapData};
-use router_common::{CtEntry, CtKey, ct_dir, map_names};
+use router_common::{CtEntry, CtKey, FragEntry, FragKey, ct_dir, map_names};
 
 use super::{MapSource, typed};
 use crate::{
@@ -100,5 +104,30 @@ impl<'a> SessionMaps<'a> {
             }
         }
         Ok(counts)
+    }
+
+    fn fragment_table(&mut self) -> Result<HashMap<&mut MapData, FragKey, FragEntry>, Error> {
+        typed(self.maps, map_names::FRAGMENTS)
+    }
+
+    /// The records of fragmented datagrams in flight.
+    pub fn fragments(&mut self) -> Result<BTreeMap<FragKey, FragEntry>, Error> {
+        Ok(self
+            .fragment_table()?
+            .iter()
+            .filter_map(Result::ok)
+            .collect())
+    }
+
+    /// Forgets every fragmented datagram in flight (their later fragments are then dropped
+    /// as `fragment_unknown`); returns how many there were.
+    pub fn flush_fragments(&mut self) -> Result<usize, Error> {
+        let mut table = self.fragment_table()?;
+        let keys: Vec<FragKey> = table.keys().filter_map(Result::ok).collect();
+        for key in &keys {
+            // Gone meanwhile (evicted) is as good as removed.
+            let _ = table.remove(key);
+        }
+        Ok(keys.len())
     }
 }
