@@ -1,0 +1,204 @@
+//! Open vSwitch as a Neutron node has it, for the topology tests: bridges of the userspace
+//! datapath (`datapath_type=netdev`; these kernels have no `openvswitch` module), whose
+//! internal ports are tap devices, moved into the namespaces that use them the way
+//! Neutron's OVS interface driver moves `qr-`/`qg-`/`tap` ports into theirs.
+//!
+//! A tap keeps working in another namespace: ovs-vswitchd reads and writes it through the
+//! file descriptor it opened, which does not depend on the namespace. What OVS loses is
+//! everything it asks the kernel by name (MAC, MTU, statistics: `ovs-ofctl dump-ports`
+//! shows `?`), and it logs "No such device" for those requests. Ports are created under a
+//! temporary name unique to the run (interface names are per namespace, and the root
+//! namespace is shared with every other test) and renamed as they enter their namespace.
+
+use std::{
+    process::Command,
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use crate::topo::ip;
+
+/// The script Debian's `openvswitch-switch` starts OVS with (there is no systemd here).
+const OVS_CTL: &str = "/usr/share/openvswitch/scripts/ovs-ctl";
+/// Serializes starting OVS between test processes.
+const START_LOCK: &str = "/run/router-tests-ovs-start.lock";
+/// How long one ovs-vsctl call may wait for the database or ovs-vswitchd.
+const VSCTL_TIMEOUT: &str = "--timeout=20";
+
+/// Runs `ovs-vsctl` with `args` (bounded by [`VSCTL_TIMEOUT`]); its stdout, or what it
+/// said when it failed.
+pub fn vsctl(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ovs-vsctl")
+        .arg(VSCTL_TIMEOUT)
+        .args(args)
+        .output()
+        .map_err(|e| {
+            format!("running ovs-vsctl (is openvswitch-switch installed? `cargo xtask setup`): {e}")
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "ovs-vsctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Whether ovsdb-server (`ovs-vsctl show`) and ovs-vswitchd (`ovs-appctl version`) answer.
+fn answers() -> bool {
+    let ok = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    ok("ovs-vsctl", &["--timeout=3", "show"])
+        && ok(
+            "ovs-appctl",
+            &["--timeout=3", "-t", "ovs-vswitchd", "version"],
+        )
+}
+
+/// Starts Open vSwitch (`ovs-ctl start`) unless it answers already. Safe to call from any
+/// number of tests at once, in one process (once) or several (a lock file serializes the
+/// start; whoever comes second finds OVS answering). Panics with ovs-ctl's output if OVS
+/// cannot be started.
+pub fn ensure_running() {
+    static STARTED: OnceLock<Result<(), String>> = OnceLock::new();
+    if let Err(e) = STARTED.get_or_init(start_once) {
+        panic!("{e}");
+    }
+}
+
+fn start_once() -> Result<(), String> {
+    if answers() {
+        return Ok(());
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(START_LOCK)
+        .map_err(|e| format!("opening {START_LOCK}: {e}"))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // SAFETY: flock on a file descriptor this function owns; the lock goes with `lock`.
+    while unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if Instant::now() > deadline {
+            return Err(format!("another process held {START_LOCK} for 60 s"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if answers() {
+        return Ok(());
+    }
+    let out = Command::new(OVS_CTL).arg("start").output().map_err(|e| {
+        format!("running {OVS_CTL} (`cargo xtask setup` installs openvswitch-switch): {e}")
+    })?;
+    let said = || {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    if !out.status.success() {
+        return Err(format!("{OVS_CTL} start failed:\n{}", said()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !answers() {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "OVS did not answer 20 s after {OVS_CTL} start:\n{}",
+                said()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// A bridge of the userspace datapath, deleted on drop (with its ports, wherever their
+/// taps are: the taps go with the file descriptors ovs-vswitchd closes).
+pub struct Bridge {
+    pub name: String,
+}
+
+impl Bridge {
+    /// Creates bridge `name` (at most 15 characters: it is an interface too) with
+    /// `datapath_type=netdev`, starting OVS first if needed.
+    pub fn new(name: &str) -> Self {
+        assert!(name.len() <= 15, "bridge name {name} is longer than 15");
+        ensure_running();
+        let bridge = Self {
+            name: name.to_string(),
+        };
+        // Owned before it exists: a failure halfway still deletes what was made.
+        vsctl(&[
+            "add-br",
+            name,
+            "--",
+            "set",
+            "bridge",
+            name,
+            "datapath_type=netdev",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        bridge
+    }
+
+    /// An internal port of this bridge (a tap device) with VLAN `tag` (an access port;
+    /// `None`: untagged), moved into namespace `ns` as `dev`. Returns the port's name in
+    /// OVS (unique to the run; the device in `ns` is `dev`).
+    pub fn internal_port(&self, tag: Option<u16>, ns: &str, dev: &str) -> String {
+        let port = temporary_name();
+        let tag = tag.map(|t| format!("tag={t}"));
+        let mut args = vec!["add-port", &self.name, &port];
+        args.extend(tag.as_deref());
+        args.extend(["--", "set", "interface", &port, "type=internal"]);
+        vsctl(&args).unwrap_or_else(|e| panic!("{e}"));
+        // ovs-vsctl returns once ovs-vswitchd has created the tap.
+        ip(&["link", "set", "dev", &port, "netns", ns, "name", dev]);
+        port
+    }
+
+    /// The VLAN tag of `port`, as OVS's database has it (`None`: untagged).
+    pub fn tag_of(port: &str) -> Option<u16> {
+        let out = vsctl(&["get", "port", port, "tag"]).unwrap_or_else(|e| panic!("{e}"));
+        out.trim().parse().ok()
+    }
+
+    /// The ports of this bridge, as OVS's database has them.
+    pub fn ports(&self) -> Vec<String> {
+        vsctl(&["list-ports", &self.name])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if let Err(e) = vsctl(&["--if-exists", "del-br", &self.name]) {
+            eprintln!("deleting OVS bridge {}: {e}", self.name);
+        }
+    }
+}
+
+/// A port name no other test run uses at the same time: `ov<pid>p<counter>`.
+fn temporary_name() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "ov{}p{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    assert!(name.len() <= 15, "port name {name} is longer than 15");
+    name
+}
