@@ -68,11 +68,22 @@ impl Link {
 }
 
 /// Whether XDP-redirected frames into `link` are delivered, when the configuration does
-/// not say. A veth delivers them only if its far end runs XDP or GRO, which the router
-/// does not control (a bridge, OVS or a VM tap owns it), so veths default to the TC redirect; NICs with native
-/// XDP implement `ndo_xdp_xmit`.
+/// not say.
 pub fn xdp_egress_default(link: &Link) -> bool {
-    !matches!(link.kind.as_deref(), Some("veth"))
+    match link.kind.as_deref() {
+        // A veth delivers them only if its far end runs XDP or GRO, which the router does
+        // not control (a Linux bridge or a VM owns it); otherwise they vanish uncounted. The
+        // TC redirect always delivers.
+        Some("veth") => false,
+        // A tap (an internal port of OVS's userspace datapath, as on OVS-DPDK nodes; a VM's
+        // tap) queues a redirected frame for the process reading the tap (ovs-vswitchd,
+        // qemu), which gets it as it gets any other frame: nothing is asked of the far end.
+        // A frame that finds the queue full (a slow reader) is dropped and counted in the
+        // tap's tx_dropped, as the kernel's own path would drop it there.
+        Some("tun") => true,
+        // NICs with native XDP implement `ndo_xdp_xmit`.
+        _ => true,
+    }
 }
 
 pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<Link>, rtnetlink::Error> {
@@ -420,4 +431,27 @@ fn is_address(msg: &netlink_packet_route::address::AddressMessage, addr: IfAddr)
             .attributes
             .iter()
             .any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(v4)) if *v4 == addr.addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(kind: Option<&str>) -> Link {
+        Link {
+            index: 7,
+            name: "qr-test".into(),
+            mac: [0; 6],
+            mtu: 1500,
+            up: true,
+            kind: kind.map(String::from),
+        }
+    }
+
+    #[test]
+    fn xdp_egress_default_by_kind() {
+        assert!(!xdp_egress_default(&link(Some("veth"))), "veth");
+        assert!(xdp_egress_default(&link(Some("tun"))), "an OVS tap");
+        assert!(xdp_egress_default(&link(None)), "a NIC");
+    }
 }

@@ -363,3 +363,69 @@ fn bridges_are_deleted_on_panic() {
         );
     }
 }
+
+/// Bulk TCP over OVS taps, each way of forwarding in turn: Neutron's (the kernel with the
+/// L3 agent's iptables rules), routerd in TC mode, in XDP mode redirecting into the taps
+/// (its choice for them), and in XDP mode handing every frame to the TC entry to send
+/// (`xdp_egress = false`). Prints Mbit/s (median of three) for docs/ovs.md; run it alone:
+/// `cargo test -p router-tests --test ovs -- --ignored --nocapture compare`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn compare_forwarding_over_ovs_taps() {
+    const BYTES: usize = 32 * 1024 * 1024;
+    let mut rows = Vec::new();
+    for (what, mode, xdp_egress) in [
+        ("Neutron (kernel + iptables)", None, None),
+        ("routerd tc", Some("tc"), None),
+        ("routerd xdp (redirect into the taps)", Some("xdp"), None),
+        ("routerd xdp, xdp_egress = false", Some("xdp"), Some(false)),
+    ] {
+        let mut topo = NatTopology::build_ovs();
+        match mode {
+            None => topo.configure_neutron(),
+            Some(mode) => {
+                let mut text = RouterText {
+                    floating_ips: vec![(FIP1, VM1), (FIP2, VM2)],
+                    ..topo.topology.router_text(mode)
+                };
+                if let Some(x) = xdp_egress {
+                    if let Some(g) = &mut text.gateway {
+                        g.3 = Some(x);
+                    }
+                    for i in &mut text.interfaces {
+                        i.2 = Some(x);
+                    }
+                }
+                topo.topology.write_config(&text.render());
+                topo.topology.start_routerd();
+            }
+        }
+        assert!(traffic::ping(&topo.vm1_ns, EXT.octets(), 2), "{what}");
+        assert!(traffic::ping(&topo.vm1_ns, VM2.octets(), 2), "{what}");
+        let mut cells = Vec::new();
+        for (n, (from, to_ns, dst)) in [
+            (&topo.vm1_ns, &topo.ext_ns, EXT),
+            (&topo.vm1_ns, &topo.vm2_ns, VM2),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut rates: Vec<f64> = (0..3u16)
+                .map(|k| {
+                    let start = Instant::now();
+                    let port = 5200 + n as u16 * 10 + k;
+                    let got = traffic::tcp_transfer(from, to_ns, dst.octets(), port, BYTES);
+                    assert_eq!(got, BYTES, "{what}");
+                    (BYTES * 8) as f64 / start.elapsed().as_secs_f64() / 1e6
+                })
+                .collect();
+            rates.sort_by(f64::total_cmp);
+            cells.push(rates[1]);
+        }
+        rows.push(format!("| {what} | {:.0} | {:.0} |", cells[0], cells[1]));
+    }
+    eprintln!("| forwarding | vm1 -> ext (FIP), Mbit/s | vm1 -> vm2, Mbit/s |\n|---|---|---|");
+    for row in rows {
+        eprintln!("{row}");
+    }
+}

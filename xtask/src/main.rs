@@ -44,6 +44,9 @@ const APT_PACKAGES: &[&str] = &[
     "libc6-dev",
     // libFuzzer (libfuzzer-sys) is C++.
     "g++",
+    // The topology tests on Open vSwitch (tests/tests/ovs.rs) start it themselves with
+    // ovs-ctl and its userspace datapath: nothing here needs systemd or a kernel module.
+    "openvswitch-switch",
 ];
 
 #[derive(Parser)]
