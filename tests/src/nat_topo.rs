@@ -78,7 +78,8 @@ impl NatTopology {
 
     /// As [`NatTopology::build`], wired as on a Neutron node with Open vSwitch: `qg` and the
     /// external host on `br-ex`, subnet A (`qr-a`, vm1, vm3) and subnet B (`qr-b`, vm2) on
-    /// VLANs of `br-int`, every end an internal port (see [`Builder::ovs`]).
+    /// VLANs of `br-int`, every end an internal port but vm3's, a veth as a VM plugged the
+    /// hybrid way has (see [`Builder::ovs`]).
     pub fn build_ovs() -> Self {
         Self::build_with(Builder::new("o").ovs())
     }
@@ -99,7 +100,7 @@ impl NatTopology {
                 &format!("{QR_A_IP}/24"),
                 [
                     vm("vm1", &format!("{VM1}/24"), QR_A_IP),
-                    vm("vm3", &format!("{VM3}/24"), QR_A_IP),
+                    vm("vm3", &format!("{VM3}/24"), QR_A_IP).veth_plug(),
                 ],
             )
             .internal(

@@ -39,6 +39,8 @@ pub struct Host {
     dev: String,
     address: String,
     gateway: Option<String>,
+    /// On OVS: plugged by a veth pair rather than as an internal port.
+    veth_plug: bool,
 }
 
 impl Host {
@@ -49,6 +51,17 @@ impl Host {
             dev: "eth0".to_string(),
             address: address.to_string(),
             gateway: None,
+            veth_plug: false,
+        }
+    }
+
+    /// With [`Builder::ovs`]: the host is plugged into its bridge the hybrid way, by a veth
+    /// pair whose peer is an OVS port (see [`ovs::Bridge::veth_port`]), not as an internal
+    /// port. Nothing changes without OVS (a segment's ends are veths there already).
+    pub fn veth_plug(self) -> Self {
+        Self {
+            veth_plug: true,
+            ..self
         }
     }
 
@@ -136,10 +149,11 @@ impl Builder {
 
     /// The segments are Open vSwitch bridges of the userspace datapath, as on a Neutron
     /// node: the gateway's segment is `br-ex` (`bx-<tag>`, untagged), every other segment
-    /// a VLAN of `br-int` (`bi-<tag>`, tag 101 for the first segment, 102 for the second,
-    /// ...). Every end, the router's `qr-`/`qg-` ports and the hosts' devices alike, is an
-    /// internal port (a tap device) moved into its namespace. OVS is started if it is not
-    /// running; the bridges are deleted with the topology.
+    /// a VLAN of `br-int` (`bi-<tag>`, tag 101 for the first such segment, 102 for the
+    /// second, ...). Every end, the router's `qr-`/`qg-` ports and the hosts' devices alike,
+    /// is an internal port (a tap device) moved into its namespace, but a host declared with
+    /// [`Host::veth_plug`]. OVS is started if it is not running; the bridges are deleted
+    /// with the topology.
     pub fn ovs(self) -> Self {
         Self { ovs: true, ..self }
     }
@@ -247,8 +261,18 @@ impl Builder {
                     *vlans += 1;
                     (&*int, Some(100 + *vlans))
                 };
-                for (ns, dev) in ends {
-                    let port = bridge.internal_port(tag, ns, dev);
+                let veth_plugged = segment
+                    .router_port
+                    .as_ref()
+                    .map(|_| false)
+                    .into_iter()
+                    .chain(segment.hosts.iter().map(|h| h.veth_plug));
+                for ((ns, dev), veth_plug) in ends.into_iter().zip(veth_plugged) {
+                    let port = if veth_plug {
+                        bridge.veth_port(tag, ns, dev)
+                    } else {
+                        bridge.internal_port(tag, ns, dev)
+                    };
                     ports.push(OvsPort {
                         ns: ns.to_string(),
                         dev: dev.clone(),

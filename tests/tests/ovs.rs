@@ -1,7 +1,8 @@
 //! The router on a Neutron node with Open vSwitch: `qg` is an internal port of `br-ex`,
 //! `qr-a`/`qr-b` internal ports of `br-int` on VLANs of their own, the VMs internal ports of
 //! `br-int` on their subnet's VLAN, every one of them a tap device of OVS's userspace
-//! datapath moved into its namespace (see `router_tests::ovs`). routerd runs the router in
+//! datapath moved into its namespace (see `router_tests::ovs`), but vm3, plugged by a veth
+//! pair as a VM plugged the hybrid way (`qvo` on `br-int`). routerd runs the router in
 //! each mode with what it decides by itself for such interfaces (no `xdp_egress` in the
 //! desired state), and traffic checks at the far end: routing, floating IPs, SNAT to the
 //! gateway, the firewall's drops, and that the router's kernel forwards none of it.
@@ -110,11 +111,16 @@ fn check_wiring(topo: &NatTopology) {
     for port in t.ovs_ports() {
         // OVS's database, not the builder's record.
         assert_eq!(ovs::Bridge::tag_of(&port.port), port.tag, "{port:?}");
-        assert_eq!(
-            link_kind(&port.ns, &port.dev),
-            ("tun".to_string(), "tap".to_string()),
-            "{port:?} is an internal port of the userspace datapath"
-        );
+        let (kind, tun_type) = link_kind(&port.ns, &port.dev);
+        if port.ns == topo.vm3_ns {
+            assert_eq!(kind, "veth", "{port:?} is plugged by a veth pair");
+        } else {
+            assert_eq!(
+                (kind.as_str(), tun_type.as_str()),
+                ("tun", "tap"),
+                "{port:?} is an internal port of the userspace datapath"
+            );
+        }
     }
     // vm2 given an address in subnet A stays unreachable from vm1: another VLAN.
     ip(&[
