@@ -70,8 +70,42 @@ fn answers() -> bool {
 /// cannot be started.
 pub fn ensure_running() {
     static STARTED: OnceLock<Result<(), String>> = OnceLock::new();
-    if let Err(e) = STARTED.get_or_init(start_once) {
+    let started = STARTED.get_or_init(|| {
+        start_once()?;
+        remove_orphans();
+        Ok(())
+    });
+    if let Err(e) = started {
         panic!("{e}");
+    }
+}
+
+/// Deletes the bridges of test processes that are gone (killed before their topology's
+/// drop could run): `bi-`/`bx-` bridges whose name carries the id of a process that no
+/// longer exists (`bi-<prefix><pid>n<counter>`, see [`crate::topo::unique`]).
+fn remove_orphans() {
+    let Ok(bridges) = vsctl(&["list-br"]) else {
+        return;
+    };
+    for bridge in bridges.lines() {
+        let Some(tag) = bridge
+            .strip_prefix("bi-")
+            .or_else(|| bridge.strip_prefix("bx-"))
+        else {
+            continue;
+        };
+        let pid: String = tag
+            .trim_start_matches(|c: char| !c.is_ascii_digit())
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        let orphan = !pid.is_empty()
+            && tag[tag.find(&pid).unwrap_or(0) + pid.len()..].starts_with('n')
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if orphan {
+            eprintln!("deleting OVS bridge {bridge}: its test process {pid} is gone");
+            let _ = vsctl(&["--if-exists", "del-br", bridge]);
+        }
     }
 }
 
