@@ -11,6 +11,7 @@
 //! namespace is shared with every other test) and renamed as they enter their namespace.
 
 use std::{
+    fs::File,
     process::Command,
     sync::{
         OnceLock,
@@ -25,6 +26,9 @@ use crate::topo::ip;
 const OVS_CTL: &str = "/usr/share/openvswitch/scripts/ovs-ctl";
 /// Serializes starting OVS between test processes.
 const START_LOCK: &str = "/run/router-tests-ovs-start.lock";
+/// Held shared by every topology on OVS, exclusively by a test that changes OVS's global
+/// configuration (see [`UserspaceTso`]).
+const CONFIG_LOCK: &str = "/run/router-tests-ovs-config.lock";
 /// How long one ovs-vsctl call may wait for the database or ovs-vswitchd.
 const VSCTL_TIMEOUT: &str = "--timeout=20";
 
@@ -109,29 +113,113 @@ fn remove_orphans() {
     }
 }
 
+/// `path` opened and locked with `flock(operation)` (`LOCK_SH` or `LOCK_EX`), waiting at
+/// most `timeout`; the lock goes with the file. flock locks belong to the open file, so
+/// they exclude threads of one process as they exclude processes.
+fn flock(path: &str, operation: libc::c_int, timeout: Duration) -> Result<File, String> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("opening {path}: {e}"))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let deadline = Instant::now() + timeout;
+    // SAFETY: flock on a file descriptor owned by `file`.
+    while unsafe { libc::flock(fd, operation | libc::LOCK_NB) } != 0 {
+        if Instant::now() > deadline {
+            return Err(format!("{path} stayed locked for {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(file)
+}
+
+thread_local! {
+    /// This thread holds [`CONFIG_LOCK`] exclusively (a [`UserspaceTso`]): the topologies it
+    /// builds meanwhile need no shared lock (which would wait for itself).
+    static CONFIG_OWNER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// OVS's global configuration as it is, held by a topology on OVS for its lifetime: a test
+/// that changes it waits until no topology uses OVS.
+pub struct SharedConfig(Option<File>);
+
+/// Takes [`CONFIG_LOCK`] shared (waiting up to two minutes for a test that changes OVS's
+/// configuration), or nothing if this thread holds it exclusively.
+pub fn shared_config() -> SharedConfig {
+    if CONFIG_OWNER.get() {
+        return SharedConfig(None);
+    }
+    SharedConfig(Some(
+        flock(CONFIG_LOCK, libc::LOCK_SH, Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("{e}")),
+    ))
+}
+
+/// OVS with userspace TSO (`other_config:userspace-tso-enable=true`, ovs-vswitchd
+/// restarted): its taps then carry virtio-net headers. Holds [`CONFIG_LOCK`] exclusively,
+/// so no other topology runs on OVS meanwhile; dropping it removes the key and restarts
+/// ovs-vswitchd again, whatever happened in between.
+pub struct UserspaceTso {
+    _lock: File,
+}
+
+impl UserspaceTso {
+    pub fn enable() -> Self {
+        ensure_running();
+        let lock = flock(CONFIG_LOCK, libc::LOCK_EX, Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("{e}"));
+        CONFIG_OWNER.set(true);
+        let tso = Self { _lock: lock };
+        vsctl(&[
+            "set",
+            "open_vswitch",
+            ".",
+            "other_config:userspace-tso-enable=true",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        restart().unwrap_or_else(|e| panic!("{e}"));
+        tso
+    }
+}
+
+impl Drop for UserspaceTso {
+    fn drop(&mut self) {
+        CONFIG_OWNER.set(false);
+        let undone = vsctl(&[
+            "remove",
+            "open_vswitch",
+            ".",
+            "other_config",
+            "userspace-tso-enable",
+        ])
+        .and_then(|_| restart());
+        if let Err(e) = undone {
+            eprintln!("turning userspace TSO off again: {e}");
+        }
+    }
+}
+
+/// Restarts OVS (`ovs-ctl restart`) and waits until it answers again.
+fn restart() -> Result<(), String> {
+    run_ovs_ctl("restart")
+}
+
 fn start_once() -> Result<(), String> {
     if answers() {
         return Ok(());
     }
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(START_LOCK)
-        .map_err(|e| format!("opening {START_LOCK}: {e}"))?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    // SAFETY: flock on a file descriptor this function owns; the lock goes with `lock`.
-    while unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        if Instant::now() > deadline {
-            return Err(format!("another process held {START_LOCK} for 60 s"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _lock = flock(START_LOCK, libc::LOCK_EX, Duration::from_secs(60))?;
     if answers() {
         return Ok(());
     }
-    let out = Command::new(OVS_CTL).arg("start").output().map_err(|e| {
+    run_ovs_ctl("start")
+}
+
+/// `ovs-ctl COMMAND`, then waits until OVS answers (20 s at most).
+fn run_ovs_ctl(command: &str) -> Result<(), String> {
+    let out = Command::new(OVS_CTL).arg(command).output().map_err(|e| {
         format!("running {OVS_CTL} (`cargo xtask setup` installs openvswitch-switch): {e}")
     })?;
     let said = || {
@@ -142,13 +230,13 @@ fn start_once() -> Result<(), String> {
         )
     };
     if !out.status.success() {
-        return Err(format!("{OVS_CTL} start failed:\n{}", said()));
+        return Err(format!("{OVS_CTL} {command} failed:\n{}", said()));
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     while !answers() {
         if Instant::now() > deadline {
             return Err(format!(
-                "OVS did not answer 20 s after {OVS_CTL} start:\n{}",
+                "OVS did not answer 20 s after {OVS_CTL} {command}:\n{}",
                 said()
             ));
         }

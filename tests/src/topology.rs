@@ -253,6 +253,7 @@ impl Builder {
                 ex,
                 vlans,
                 ports,
+                ..
             } = &mut switches
             {
                 let (bridge, tag) = if segment.external {
@@ -340,6 +341,9 @@ enum Switches {
         /// The VLANs of `br-int` given out so far.
         vlans: u16,
         ports: Vec<OvsPort>,
+        /// OVS's configuration stays as it is while the topology uses it; let go after the
+        /// bridges are deleted (fields drop in order).
+        _config: ovs::SharedConfig,
     },
 }
 
@@ -354,6 +358,8 @@ impl Switches {
         } else {
             unique("o")
         };
+        ovs::ensure_running();
+        let config = ovs::shared_config();
         let int = ovs::Bridge::new(&format!("bi-{suffix}"));
         let ex = ovs::Bridge::new(&format!("bx-{suffix}"));
         Self::Ovs {
@@ -361,6 +367,7 @@ impl Switches {
             ex,
             vlans: 0,
             ports: Vec::new(),
+            _config: config,
         }
     }
 }
