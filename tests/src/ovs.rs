@@ -143,18 +143,19 @@ thread_local! {
 
 /// OVS's global configuration as it is, held by a topology on OVS for its lifetime: a test
 /// that changes it waits until no topology uses OVS.
-pub struct SharedConfig(Option<File>);
+pub struct SharedConfig {
+    /// The lock goes with the file.
+    _lock: Option<File>,
+}
 
 /// Takes [`CONFIG_LOCK`] shared (waiting up to two minutes for a test that changes OVS's
 /// configuration), or nothing if this thread holds it exclusively.
 pub fn shared_config() -> SharedConfig {
-    if CONFIG_OWNER.get() {
-        return SharedConfig(None);
-    }
-    SharedConfig(Some(
+    let lock = (!CONFIG_OWNER.get()).then(|| {
         flock(CONFIG_LOCK, libc::LOCK_SH, Duration::from_secs(120))
-            .unwrap_or_else(|e| panic!("{e}")),
-    ))
+            .unwrap_or_else(|e| panic!("{e}"))
+    });
+    SharedConfig { _lock: lock }
 }
 
 /// OVS with userspace TSO (`other_config:userspace-tso-enable=true`, ovs-vswitchd
