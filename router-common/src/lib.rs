@@ -164,7 +164,7 @@ pub mod iface_role {
 /// Bits of [`IfaceEntry::flags`].
 pub mod iface_flags {
     /// Frames redirected by XDP into this interface are delivered (a NIC with
-    /// `ndo_xdp_xmit`, or a veth whose far end runs XDP or GRO). Without it the XDP entry
+    /// `ndo_xdp_xmit`, a tap, or a veth whose far end runs XDP or GRO). Without it the XDP entry
     /// hands the frame to the TC entry, which redirects it as an skb.
     pub const XDP_EGRESS: u32 = 1 << 0;
     /// Anti-spoofing: a packet arriving here is dropped unless its source is in

@@ -6,10 +6,11 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
+use netlink_packet_core::Nla as _;
 use netlink_packet_route::{
     AddressFamily,
     address::AddressAttribute,
-    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    link::{InfoData, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType},
     rule::{RuleAction, RuleAttribute, RuleMessage},
@@ -23,6 +24,8 @@ const TABLE_LOCAL: u32 = 255;
 const TABLE_DEFAULT: u32 = 253;
 const TABLE_UNSPEC: u32 = 0;
 const EEXIST: i32 = libc::EEXIST;
+/// A tun device's `IFF_VNET_HDR` flag in its link info (linux/if_link.h).
+const IFLA_TUN_VNET_HDR: u16 = 5;
 
 /// What the controller needs to know about one link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +36,9 @@ pub struct Link {
     pub mtu: u32,
     pub up: bool,
     pub kind: Option<String>,
+    /// A tap whose reader exchanges frames with virtio-net headers (`IFF_VNET_HDR`), and so
+    /// may hand the kernel frames whose checksum is left to the device (partial).
+    pub vnet_hdr: bool,
 }
 
 impl Link {
@@ -44,6 +50,7 @@ impl Link {
             mtu: 1500,
             up: msg.header.flags.contains(LinkFlags::Up),
             kind: None,
+            vnet_hdr: false,
         };
         for attr in &msg.attributes {
             match attr {
@@ -52,11 +59,23 @@ impl Link {
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
-                        if let LinkInfo::Kind(kind) = info {
-                            link.kind = Some(match kind {
-                                InfoKind::Veth => "veth".to_string(),
-                                other => format!("{other:?}").to_lowercase(),
-                            });
+                        match info {
+                            LinkInfo::Kind(kind) => {
+                                link.kind = Some(match kind {
+                                    InfoKind::Veth => "veth".to_string(),
+                                    other => format!("{other:?}").to_lowercase(),
+                                });
+                            }
+                            LinkInfo::Data(InfoData::Tun(nlas)) => {
+                                link.vnet_hdr = nlas.iter().any(|nla| {
+                                    let mut flag = [0u8];
+                                    if nla.kind() == IFLA_TUN_VNET_HDR && nla.value_len() == 1 {
+                                        nla.emit_value(&mut flag);
+                                    }
+                                    flag[0] != 0
+                                });
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -67,12 +86,41 @@ impl Link {
     }
 }
 
+/// Why `link` must run the TC entry alone even in XDP mode, if it must: a tap whose reader
+/// writes virtio-net headers (OVS with `userspace-tso-enable`) hands the router GSO
+/// aggregates and frames with partial checksums. The TC entry forwards both as they are
+/// (the skb keeps its segmentation and checksum state); the XDP entry sees an aggregate as
+/// a frame larger than the MTU and hands it to the kernel, whose own SNAT then picks
+/// another source port mid-connection (seen: bulk TCP reset), and an XDP redirect loses the
+/// partial checksum (TCP never connects).
+pub fn tc_only(link: &Link) -> Option<&'static str> {
+    (link.kind.as_deref() == Some("tun") && link.vnet_hdr).then_some(
+        "a tap with virtio-net headers: GSO aggregates and partial checksums, which only the TC entry forwards",
+    )
+}
+
 /// Whether XDP-redirected frames into `link` are delivered, when the configuration does
-/// not say. A veth delivers them only if its far end runs XDP or GRO, which the router
-/// does not control (a bridge, OVS or a VM tap owns it), so veths default to the TC redirect; NICs with native
-/// XDP implement `ndo_xdp_xmit`.
+/// not say.
 pub fn xdp_egress_default(link: &Link) -> bool {
-    !matches!(link.kind.as_deref(), Some("veth"))
+    match link.kind.as_deref() {
+        // A veth delivers them only if its far end runs XDP or GRO, which the router does
+        // not control (a Linux bridge or a VM owns it); otherwise they vanish uncounted. The
+        // TC redirect always delivers.
+        Some("veth") => false,
+        // A tap (an internal port of OVS's userspace datapath, as on OVS-DPDK nodes; a VM's
+        // tap) queues a redirected frame for the process reading the tap (ovs-vswitchd,
+        // qemu), which gets it as it gets any other frame: nothing is asked of the far end.
+        // A frame that finds the queue full (a slow reader) is dropped and counted in the
+        // tap's tx_dropped, as the kernel's own path would drop it there.
+        // Unless the tap carries virtio-net headers (OVS with `userspace-tso-enable`): then
+        // the frames its switch sends the router may have partial checksums, which survive
+        // the TC redirect (the skb keeps its checksum state) but not an XDP redirect (TCP
+        // never connects). The frames for this tap come from the other taps of the same
+        // switch, which carry the same headers.
+        Some("tun") => !link.vnet_hdr,
+        // NICs with native XDP implement `ndo_xdp_xmit`.
+        _ => true,
+    }
 }
 
 pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<Link>, rtnetlink::Error> {
@@ -446,4 +494,39 @@ pub async fn addresses(handle: &Handle, index: u32) -> Result<Vec<IfAddr>, rtnet
             })
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(kind: Option<&str>) -> Link {
+        Link {
+            index: 7,
+            name: "qr-test".into(),
+            mac: [0; 6],
+            mtu: 1500,
+            up: true,
+            kind: kind.map(String::from),
+            vnet_hdr: false,
+        }
+    }
+
+    #[test]
+    fn xdp_egress_default_by_kind() {
+        assert!(!xdp_egress_default(&link(Some("veth"))), "veth");
+        assert!(xdp_egress_default(&link(Some("tun"))), "an OVS tap");
+        let vnet_hdr = Link {
+            vnet_hdr: true,
+            ..link(Some("tun"))
+        };
+        assert!(
+            !xdp_egress_default(&vnet_hdr),
+            "a tap with virtio-net headers"
+        );
+        assert!(tc_only(&vnet_hdr).is_some());
+        assert!(tc_only(&link(Some("tun"))).is_none());
+        assert!(tc_only(&link(Some("veth"))).is_none());
+        assert!(xdp_egress_default(&link(None)), "a NIC");
+    }
 }

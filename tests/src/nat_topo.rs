@@ -73,10 +73,22 @@ impl NatTopology {
     /// Namespaces and links; the hosts are configured, the router's interfaces exist (down,
     /// without addresses).
     pub fn build() -> Self {
+        Self::build_with(Builder::new("n"))
+    }
+
+    /// As [`NatTopology::build`], wired as on a Neutron node with Open vSwitch: `qg` and the
+    /// external host on `br-ex`, subnet A (`qr-a`, vm1, vm3) and subnet B (`qr-b`, vm2) on
+    /// VLANs of `br-int`, every end an internal port but vm3's, a veth as a VM plugged the
+    /// hybrid way has (see [`Builder::ovs`]).
+    pub fn build_ovs() -> Self {
+        Self::build_with(Builder::new("o").ovs())
+    }
+
+    fn build_with(builder: Builder) -> Self {
         let vm = |name: &str, address: &str, gateway: Ipv4Addr| {
             Host::new(name, address).via(&gateway.to_string())
         };
-        let topology = Builder::new("n")
+        let topology = builder
             .external(
                 QG,
                 &format!("{GW}/24"),
@@ -88,7 +100,7 @@ impl NatTopology {
                 &format!("{QR_A_IP}/24"),
                 [
                     vm("vm1", &format!("{VM1}/24"), QR_A_IP),
-                    vm("vm3", &format!("{VM3}/24"), QR_A_IP),
+                    vm("vm3", &format!("{VM3}/24"), QR_A_IP).veth_plug(),
                 ],
             )
             .internal(

@@ -14,7 +14,10 @@
 //! ```
 //!
 //! Every name derives from one tag unique to the run (`qrouter-<tag>`, `<host>-<tag>`), so
-//! tests run side by side. The router's interfaces are left down and without addresses:
+//! tests run side by side. With [`Builder::ovs`] the segments are Open vSwitch bridges as on
+//! a Neutron node (`br-int` with a VLAN tag per segment, `br-ex` for the gateway's), every
+//! end an internal port moved into its namespace (see [`crate::ovs`]); otherwise a segment
+//! is a veth pair, or a Linux bridge in a namespace of its own for more than two ends. The router's interfaces are left down and without addresses:
 //! routerd (or a test playing Neutron's agent) configures them. Dropping the topology
 //! stops routerd and removes its fast paths, then the desired-state file, then every
 //! namespace, and with them every link.
@@ -23,6 +26,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use crate::{
     desired::RouterText,
+    ovs,
     routerd::Routerd,
     topo::{Namespaces, ip, run, unique, veth},
     traffic::wait_for,
@@ -35,6 +39,8 @@ pub struct Host {
     dev: String,
     address: String,
     gateway: Option<String>,
+    /// On OVS: plugged by a veth pair rather than as an internal port.
+    veth_plug: bool,
 }
 
 impl Host {
@@ -45,6 +51,17 @@ impl Host {
             dev: "eth0".to_string(),
             address: address.to_string(),
             gateway: None,
+            veth_plug: false,
+        }
+    }
+
+    /// With [`Builder::ovs`]: the host is plugged into its bridge the hybrid way, by a veth
+    /// pair whose peer is an OVS port (see [`ovs::Bridge::veth_port`]), not as an internal
+    /// port. Nothing changes without OVS (a segment's ends are veths there already).
+    pub fn veth_plug(self) -> Self {
+        Self {
+            veth_plug: true,
+            ..self
         }
     }
 
@@ -76,6 +93,8 @@ struct RouterPort {
 /// One L2 segment: the router's interface (if it is on it) and the hosts on it.
 struct Segment {
     router_port: Option<String>,
+    /// The gateway interface's segment (the external network).
+    external: bool,
     hosts: Vec<Host>,
 }
 
@@ -83,6 +102,7 @@ struct Segment {
 pub struct Builder {
     tag: String,
     xdp_egress: bool,
+    ovs: bool,
     gateway: Option<(RouterPort, String)>,
     interfaces: Vec<RouterPort>,
     segments: Vec<Segment>,
@@ -99,6 +119,7 @@ impl Builder {
         Self {
             tag: unique(prefix),
             xdp_egress: false,
+            ovs: false,
             gateway: None,
             interfaces: Vec::new(),
             segments: Vec::new(),
@@ -126,6 +147,17 @@ impl Builder {
         }
     }
 
+    /// The segments are Open vSwitch bridges of the userspace datapath, as on a Neutron
+    /// node: the gateway's segment is `br-ex` (`bx-<tag>`, untagged), every other segment
+    /// a VLAN of `br-int` (`bi-<tag>`, tag 101 for the first such segment, 102 for the
+    /// second, ...). Every end, the router's `qr-`/`qg-` ports and the hosts' devices alike,
+    /// is an internal port (a tap device) moved into its namespace, but a host declared with
+    /// [`Host::veth_plug`]. OVS is started if it is not running; the bridges are deleted
+    /// with the topology.
+    pub fn ovs(self) -> Self {
+        Self { ovs: true, ..self }
+    }
+
     /// The router's gateway interface `port` with `address`, its default route via
     /// `nexthop`, on a segment with `hosts` (point to point for one host, a bridge for
     /// several).
@@ -138,7 +170,9 @@ impl Builder {
     ) -> Self {
         assert!(self.gateway.is_none(), "a router has one gateway interface");
         self.gateway = Some((router_port(port, address), nexthop.to_string()));
-        self.segment(Some(port), hosts)
+        let mut me = self.segment(Some(port), hosts);
+        me.segments.last_mut().expect("just added").external = true;
+        me
     }
 
     /// An internal interface `port` of the router with `address`, on a segment with
@@ -179,6 +213,7 @@ impl Builder {
         );
         self.segments.push(Segment {
             router_port: router_port.map(String::from),
+            external: false,
             hosts,
         });
         self
@@ -189,6 +224,8 @@ impl Builder {
     /// removes what was made.
     pub fn build(self) -> Topology {
         let mut namespaces = Namespaces::default();
+        // Declared after the namespaces, so dropped first on a failure halfway.
+        let mut switches = Switches::new(self.ovs, &self.tag);
         let router_ns = namespaces.add(&format!("qrouter-{}", self.tag));
         let mut hosts: BTreeMap<String, String> = BTreeMap::new();
         for host in self.segments.iter().flat_map(|s| &s.hosts) {
@@ -211,7 +248,41 @@ impl Builder {
                         .map(|h| (hosts[&h.name].as_str(), &h.dev)),
                 )
                 .collect();
-            if let [(a_ns, a), (b_ns, b)] = ends[..] {
+            if let Switches::Ovs {
+                int,
+                ex,
+                vlans,
+                ports,
+                ..
+            } = &mut switches
+            {
+                let (bridge, tag) = if segment.external {
+                    (&*ex, None)
+                } else {
+                    *vlans += 1;
+                    (&*int, Some(100 + *vlans))
+                };
+                let veth_plugged = segment
+                    .router_port
+                    .as_ref()
+                    .map(|_| false)
+                    .into_iter()
+                    .chain(segment.hosts.iter().map(|h| h.veth_plug));
+                for ((ns, dev), veth_plug) in ends.into_iter().zip(veth_plugged) {
+                    let port = if veth_plug {
+                        bridge.veth_port(tag, ns, dev)
+                    } else {
+                        bridge.internal_port(tag, ns, dev)
+                    };
+                    ports.push(OvsPort {
+                        ns: ns.to_string(),
+                        dev: dev.clone(),
+                        port,
+                        bridge: bridge.name.clone(),
+                        tag,
+                    });
+                }
+            } else if let [(a_ns, a), (b_ns, b)] = ends[..] {
                 veth(a, a_ns, b, b_ns);
             } else {
                 let switch = namespaces.add(&format!("sw{n}-{}", self.tag));
@@ -224,7 +295,10 @@ impl Builder {
             }
             for host in &segment.hosts {
                 let faces_router = segment.router_port.is_some();
-                configure(&hosts[&host.name], host, self.xdp_egress && faces_router);
+                // An OVS tap's reader is ovs-vswitchd, which takes redirected frames as
+                // they are: nothing to set up on the host's end.
+                let gro = self.xdp_egress && faces_router && !self.ovs;
+                configure(&hosts[&host.name], host, gro);
             }
         }
         let ns_of = |host: &str| {
@@ -250,9 +324,65 @@ impl Builder {
             xdp_egress: self.xdp_egress,
             hosts,
             routerd: None,
+            switches,
             namespaces,
         }
     }
+}
+
+/// What the segments are made of beyond veths and namespaces.
+enum Switches {
+    /// veth pairs, and Linux bridges in namespaces of their own (gone with them).
+    Kernel,
+    /// `br-int` and `br-ex`, and the ports made on them.
+    Ovs {
+        int: ovs::Bridge,
+        ex: ovs::Bridge,
+        /// The VLANs of `br-int` given out so far.
+        vlans: u16,
+        ports: Vec<OvsPort>,
+        /// OVS's configuration stays as it is while the topology uses it; let go after the
+        /// bridges are deleted (fields drop in order).
+        _config: ovs::SharedConfig,
+    },
+}
+
+impl Switches {
+    fn new(ovs: bool, tag: &str) -> Self {
+        if !ovs {
+            return Self::Kernel;
+        }
+        // Bridge names are interface names (15 characters at most): a UUID tag is too long.
+        let suffix = if tag.len() <= 12 {
+            tag.to_string()
+        } else {
+            unique("o")
+        };
+        ovs::ensure_running();
+        let config = ovs::shared_config();
+        let int = ovs::Bridge::new(&format!("bi-{suffix}"));
+        let ex = ovs::Bridge::new(&format!("bx-{suffix}"));
+        Self::Ovs {
+            int,
+            ex,
+            vlans: 0,
+            ports: Vec::new(),
+            _config: config,
+        }
+    }
+}
+
+/// One end of a segment on an OVS bridge.
+#[derive(Clone, Debug)]
+pub struct OvsPort {
+    /// Where the internal port's tap device is, and its name there.
+    pub ns: String,
+    pub dev: String,
+    /// The port's name in OVS.
+    pub port: String,
+    pub bridge: String,
+    /// Its VLAN (access port), `None` when untagged.
+    pub tag: Option<u16>,
 }
 
 /// A UUID no other test run uses at the same time: the process id, a counter and the
@@ -325,6 +455,9 @@ pub struct Topology {
     hosts: BTreeMap<String, String>,
     /// Stopped before the file and the namespaces go.
     routerd: Option<Routerd>,
+    /// OVS bridges (deleted with their ports, after routerd has detached from the taps and
+    /// before the namespaces go).
+    switches: Switches,
     /// Declared last: namespaces go after everything that lives in them.
     namespaces: Namespaces,
 }
@@ -335,6 +468,23 @@ impl Topology {
         self.hosts
             .get(name)
             .unwrap_or_else(|| panic!("no host {name} in topology {}", self.tag))
+    }
+
+    /// The OVS ports of the topology ([`Builder::ovs`]; none otherwise), in the order the
+    /// segments were declared.
+    pub fn ovs_ports(&self) -> &[OvsPort] {
+        match &self.switches {
+            Switches::Ovs { ports, .. } => ports,
+            Switches::Kernel => &[],
+        }
+    }
+
+    /// The OVS port whose tap is `dev` in namespace `ns`.
+    pub fn ovs_port(&self, ns: &str, dev: &str) -> &OvsPort {
+        self.ovs_ports()
+            .iter()
+            .find(|p| p.ns == ns && p.dev == dev)
+            .unwrap_or_else(|| panic!("no OVS port {dev} in {ns}"))
     }
 
     /// A further namespace `<name>-<tag>`, removed with the topology.

@@ -190,7 +190,10 @@ fn the_kernel_serves_a_router_until_its_fast_path_attaches() {
     echo_round(&mut conn, 1);
 
     let info = router_user::paths::router_info_file(&tag);
-    assert!(!info.exists(), "the fast path attached while the obstacle stood");
+    assert!(
+        !info.exists(),
+        "the fast path attached while the obstacle stood"
+    );
     // The obstacle goes: the retry attaches the fast path.
     drop(guard);
     traffic::wait_for("the fast path to attach", Duration::from_secs(40), || {

@@ -4,7 +4,9 @@
 //! endpoint records what it saw; the two runs must agree exchange by exchange (the only
 //! allowed difference: the source port, or echo identifier, chosen by default SNAT to the
 //! gateway), and both must match the reference table, so two equally wrong runs still fail.
-//! The fast-path run must also leave the kernel's forwarding counter untouched.
+//! The fast-path run must also leave the kernel's forwarding counter untouched. Both runs
+//! are made twice: over veths and Linux bridges, and over Open vSwitch as a Neutron node
+//! has it (`NatTopology::build_ovs`).
 //!
 //! Run the Neutron half alone (it proves the harness):
 //! `cargo test -p router-tests --test nat_topology -- --test-threads=1 neutron`.
@@ -309,15 +311,39 @@ fn run_all(topo: &NatTopology, label: String, problems: Vec<String>) -> Run {
 }
 
 /// The reference run: the router namespace as Neutron's L3 agent sets it up, no eBPF.
-fn neutron_run() -> Run {
-    neutron_run_without(None)
+fn neutron_run(wiring: Wiring) -> Run {
+    neutron_run_without(wiring, None)
+}
+
+/// How the topology is wired: veths and Linux bridges, or Open vSwitch as on a Neutron node
+/// (`NatTopology::build_ovs`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wiring {
+    Kernel,
+    Ovs,
+}
+
+impl Wiring {
+    fn build(self) -> NatTopology {
+        match self {
+            Wiring::Kernel => NatTopology::build(),
+            Wiring::Ovs => NatTopology::build_ovs(),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Wiring::Kernel => "",
+            Wiring::Ovs => ", on OVS",
+        }
+    }
 }
 
 /// As `neutron_run`, with one of the rules deleted again (`iptables -t TABLE -D ...`).
-fn neutron_run_without(rule: Option<(&str, &str)>) -> Run {
-    let topo = NatTopology::build();
+fn neutron_run_without(wiring: Wiring, rule: Option<(&str, &str)>) -> Run {
+    let topo = wiring.build();
     topo.configure_neutron();
-    let mut label = "neutron (iptables)".to_string();
+    let mut label = format!("neutron (iptables){}", wiring.label());
     if let Some((table, spec)) = rule {
         let mut args = vec![
             "netns",
@@ -338,8 +364,8 @@ fn neutron_run_without(rule: Option<(&str, &str)>) -> Run {
 }
 
 /// The fast-path run: a fresh topology, the router run by routerd, no rules from the test.
-fn fast_path_run(mode: &str) -> (Run, String) {
-    let mut topo = NatTopology::build();
+fn fast_path_run(mode: &str, wiring: Wiring) -> (Run, String) {
+    let mut topo = wiring.build();
     let config = topo.routerd_config(mode);
     let routerd = Routerd::start(&config, topo.router_id());
     let mut problems = Vec::new();
@@ -361,7 +387,11 @@ fn fast_path_run(mode: &str) -> (Run, String) {
             ));
         }
     }
-    let run = run_all(&topo, format!("fast path ({mode})"), problems);
+    let run = run_all(
+        &topo,
+        format!("fast path ({mode}{})", wiring.label()),
+        problems,
+    );
     let log = routerd.log_text();
     drop(routerd);
     (run, log)
@@ -418,7 +448,7 @@ fn differences(a: &Run, b: &Run) -> Vec<String> {
 /// reference table (and the kernel did the forwarding).
 #[test]
 fn neutron_iptables_baseline_matches_the_reference_table() {
-    let neutron = neutron_run();
+    let neutron = neutron_run(Wiring::Kernel);
     let mismatches = table_mismatches(&neutron);
     assert!(
         mismatches.is_empty(),
@@ -490,7 +520,7 @@ fn neutron_rule_ablations_change_exactly_their_rows() {
     ];
     let mut failures = Vec::new();
     for (table, spec, rows) in ablations {
-        let run = neutron_run_without(Some((table, &spec)));
+        let run = neutron_run_without(Wiring::Kernel, Some((table, &spec)));
         let want: BTreeSet<&str> = rows.into_iter().collect();
         let got = mismatched_cases(&run);
         if got != want || !run.problems.is_empty() {
@@ -505,9 +535,9 @@ fn neutron_rule_ablations_change_exactly_their_rows() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-fn fast_path_agrees_with_neutron(mode: &str) {
-    let neutron = neutron_run();
-    let (fast, log) = fast_path_run(mode);
+fn fast_path_agrees_with_neutron(mode: &str, wiring: Wiring) {
+    let neutron = neutron_run(wiring);
+    let (fast, log) = fast_path_run(mode, wiring);
     let mut problems = table_mismatches(&neutron);
     problems.extend(table_mismatches(&fast));
     problems.extend(differences(&neutron, &fast));
@@ -535,10 +565,23 @@ fn fast_path_agrees_with_neutron(mode: &str) {
 
 #[test]
 fn xdp_fast_path_agrees_with_the_iptables_baseline() {
-    fast_path_agrees_with_neutron("xdp");
+    fast_path_agrees_with_neutron("xdp", Wiring::Kernel);
 }
 
 #[test]
 fn tc_fast_path_agrees_with_the_iptables_baseline() {
-    fast_path_agrees_with_neutron("tc");
+    fast_path_agrees_with_neutron("tc", Wiring::Kernel);
+}
+
+/// The same on Open vSwitch as a Neutron node has it: the baseline and the fast path both
+/// run over OVS internal ports (taps) and VLANs, the fast path with routerd's own choices
+/// for taps.
+#[test]
+fn xdp_fast_path_agrees_with_the_iptables_baseline_on_ovs() {
+    fast_path_agrees_with_neutron("xdp", Wiring::Ovs);
+}
+
+#[test]
+fn tc_fast_path_agrees_with_the_iptables_baseline_on_ovs() {
+    fast_path_agrees_with_neutron("tc", Wiring::Ovs);
 }

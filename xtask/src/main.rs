@@ -49,6 +49,9 @@ const APT_PACKAGES: &[&str] = &[
     "etcd-server",
     "etcd-client",
     "protobuf-compiler",
+    // The topology tests on Open vSwitch (tests/tests/ovs.rs) start it themselves with
+    // ovs-ctl and its userspace datapath: nothing here needs systemd or a kernel module.
+    "openvswitch-switch",
 ];
 
 #[derive(Parser)]

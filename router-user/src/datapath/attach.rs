@@ -19,8 +19,8 @@ use crate::{config::Mode, error::Error};
 pub struct Attached {
     /// Links adopted from a previous routerd's pins.
     pub adopted: usize,
-    /// Interfaces (by ifindex) where native XDP could not attach, with the kernel's reason:
-    /// they run the TC entry alone.
+    /// Interfaces (by ifindex) where native XDP could not attach, with the kernel's reason,
+    /// or was not to be attached, with the caller's: they run the TC entry alone.
     pub xdp_unavailable: Vec<(u32, String)>,
 }
 
@@ -45,17 +45,33 @@ impl Datapath {
     /// device the kernel refuses it on), that interface runs the TC entry alone: the router
     /// starts rather than waiting for an attach that cannot succeed. Such interfaces and the
     /// kernel's reason come back in [`Attached::xdp_unavailable`]; the caller stops XDP
-    /// redirecting into them.
+    /// redirecting into them. So do the interfaces of `tc_only` (by ifindex, with the
+    /// reason), which the caller knows to send frames only the TC entry forwards right.
     ///
     /// A persistent datapath pins every link. Where a previous routerd left a link pinned for
     /// the interface, this program replaces the one in it atomically (`bpf_link_update`):
     /// no packet meets an interface without a program. Pinned links of interfaces no longer
     /// wanted are removed. Returns how many links were adopted.
-    pub fn attach(&mut self, mode: Mode, interfaces: &[(String, u32)]) -> Result<Attached, Error> {
+    pub fn attach(
+        &mut self,
+        mode: Mode,
+        interfaces: &[(String, u32)],
+        tc_only: &[(u32, String)],
+    ) -> Result<Attached, Error> {
         let mut attached = Attached::default();
         for (name, index) in interfaces {
             let mut xdp = mode == Mode::Xdp;
-            let xdp_link = if xdp {
+            let refused = tc_only.iter().find(|(i, _)| i == index);
+            let xdp_link = if let (true, Some((_, reason))) = (xdp, refused) {
+                tracing::info!(
+                    "router {}: no XDP on {name} ({reason}); it runs the TC entry",
+                    self.router
+                );
+                attached.xdp_unavailable.push((*index, reason.clone()));
+                self.drop_link_pin(*index, "xdp")?;
+                xdp = false;
+                None
+            } else if xdp {
                 match self.attach_xdp(name, *index) {
                     Ok((id, reused)) => {
                         attached.adopted += usize::from(reused);

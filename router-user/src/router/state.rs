@@ -254,7 +254,11 @@ async fn setup_recording(
         .iter()
         .map(|(l, ..)| (l.name.clone(), l.index))
         .collect();
-    let attached = state.datapath.attach(router.mode, &attach)?;
+    let tc_only: Vec<(u32, String)> = links
+        .iter()
+        .filter_map(|(l, ..)| Some((l.index, netlink::tc_only(l)?.to_string())))
+        .collect();
+    let attached = state.datapath.attach(router.mode, &attach, &tc_only)?;
     let adopted_links = attached.adopted;
     if !attached.xdp_unavailable.is_empty() {
         // XDP cannot send frames into an interface that runs no native XDP: the TC entry
