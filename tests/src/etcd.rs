@@ -607,3 +607,12 @@ pub fn try_node_list(endpoint: &str) -> Result<Vec<serde_json::Value>, String> {
     assert_eq!(doc["kind"], "nodes");
     Ok(doc["items"].as_array().cloned().unwrap_or_default())
 }
+
+/// Runs `routerctl ARGS` (the build's own) and returns what it did.
+pub fn routerctl(args: &[&str]) -> std::process::Output {
+    let routerctl = routerd_path().with_file_name("routerctl");
+    Command::new(&routerctl)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", routerctl.display()))
+}

@@ -11,7 +11,10 @@
 //! - [`node_record`]: the node's lease, its record and each router's status; and what
 //!   `routerctl node list` reads;
 //! - [`local`]: the last applied state, saved in the state directory for a start without
-//!   etcd.
+//!   etcd;
+//! - [`write`]: the operator's side (`routerctl --etcd URL ...`): changes planned from one
+//!   read, checked as the nodes check them, written in one transaction guarded by every
+//!   key read; [`wait`]: until the nodes report a change applied (`--wait`).
 //!
 //! [`Cluster`] is what routerd holds: the etcd side runs on a thread of its own (its own
 //! runtime), so a slow router start in routerd's loop never delays the lease's renewal, and
@@ -23,6 +26,8 @@ pub mod keys;
 pub mod local;
 pub mod node_record;
 pub mod sync;
+pub mod wait;
+pub mod write;
 
 use std::{
     path::{Path, PathBuf},

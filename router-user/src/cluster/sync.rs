@@ -41,16 +41,16 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A value under the prefix and the revision it was last written at.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Entry {
-    value: Vec<u8>,
-    mod_revision: i64,
+pub(super) struct Entry {
+    pub(super) value: Vec<u8>,
+    pub(super) mod_revision: i64,
 }
 
 /// The routers and placements under the prefix, as of one revision of the store.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    routers: BTreeMap<String, Entry>,
-    placements: BTreeMap<String, Entry>,
+    pub(super) routers: BTreeMap<String, Entry>,
+    pub(super) placements: BTreeMap<String, Entry>,
     /// The store's revision this snapshot is at.
     pub revision: i64,
 }
