@@ -325,3 +325,55 @@ fn wait_returns_when_the_nodes_run_the_change() {
     drop((n1, n2));
     drop(topo);
 }
+
+/// `routerctl import neutron --etcd` stores the fixtures' routers, as the file import
+/// writes them, placed on `--node`, in one transaction; the routers already there are left
+/// alone; importing again writes nothing.
+#[test]
+fn a_neutron_import_is_written_to_etcd() {
+    let fixtures = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/neutron");
+    let fixtures = fixtures.to_string_lossy().into_owned();
+    let expected = DesiredState::load(std::path::Path::new(&format!("{fixtures}/expected.toml")))
+        .expect("expected.toml");
+    let etcd = Etcd::start();
+    let ep = etcd.endpoint();
+    etcd.put_router(&paper_router("other"));
+    let before = etcd.revision();
+    let out = routerctl(&[
+        "--etcd", &ep, "import", "neutron", &fixtures, "--node", "net-1",
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(etcd.revision(), before + 1, "one transaction");
+    for router in &expected.routers {
+        let stored = etcd
+            .get(&etcd.keys.router(&router.id))
+            .unwrap_or_else(|| panic!("router {} stored", router.id));
+        assert_eq!(
+            Router::from_json(stored.as_bytes()).as_ref(),
+            Ok(router),
+            "router {} as the file import writes it",
+            router.id
+        );
+        assert_eq!(
+            etcd.get(&etcd.keys.placement(&router.id)).as_deref(),
+            Some(r#"{"nodes":["net-1"]}"#)
+        );
+    }
+    assert!(etcd.get(&etcd.keys.router("other")).is_some());
+    let out = routerctl(&[
+        "--etcd", &ep, "import", "neutron", &fixtures, "--node", "net-1",
+    ]);
+    assert!(text(&out).contains("unchanged"), "{}", text(&out));
+    assert_eq!(etcd.revision(), before + 1);
+    // -o and --etcd together: refused, nothing written.
+    let out = routerctl(&[
+        "--etcd",
+        &ep,
+        "import",
+        "neutron",
+        &fixtures,
+        "-o",
+        "/nonexistent/x",
+    ]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+}

@@ -435,6 +435,34 @@ pub fn plan_apply(snapshot: &Snapshot, keys: &Keys, cloud: &Cloud) -> Result<Cha
     Ok(change)
 }
 
+/// The change that stores `state`'s routers as they are, leaving the other routers alone
+/// (`routerctl import neutron --etcd`): each that differs is put and, with `node`, placed
+/// there (without, a router keeps its placement; a new one is stored unplaced). Each
+/// router's keys are guarded, as a single edit's are.
+pub fn plan_merge(
+    snapshot: &Snapshot,
+    keys: &Keys,
+    state: &DesiredState,
+    node: Option<&str>,
+) -> Result<Change, Error> {
+    state.validate()?;
+    let mut change = Change::new(snapshot);
+    for router in &state.routers {
+        let id = &router.id;
+        change.guard_router(snapshot, keys, id);
+        if snapshot.router(id).ok().flatten().as_ref() != Some(router) {
+            change
+                .writes
+                .insert(keys.router(id), Some(router.to_json()));
+        }
+        if let Some(node) = node {
+            place(&mut change, snapshot, keys, id, &[node.to_string()]);
+        }
+    }
+    change.check(snapshot, keys)?;
+    Ok(change)
+}
+
 /// Reads the routers and placements at one revision (`at`, or the latest).
 pub async fn read(client: &mut Client, keys: &Keys, at: Option<i64>) -> Result<Snapshot, Error> {
     let mut options = GetOptions::new().with_prefix();

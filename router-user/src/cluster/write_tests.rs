@@ -179,3 +179,28 @@ fn apply_writes_what_differs_and_deletes_what_the_file_lacks() {
     let bad = text.replace("10.0.1.254", "10.9.9.9");
     assert!(Cloud::parse(&bad).is_err());
 }
+
+#[test]
+fn an_import_puts_its_routers_and_leaves_the_others() {
+    let r1 = router("r1", "ns1");
+    let r2 = router("r2", "ns2");
+    let s = store(&[(&r1, "n1"), (&r2, "n2")]);
+    let imported = DesiredState {
+        routers: vec![r1.clone(), router("r3", "ns3")],
+    };
+    let change = plan_merge(&s, &keys(), &imported, Some("n1")).expect("planned");
+    // r1 is as stored and placed on n1 already: only r3 is written, and placed.
+    assert_eq!(
+        change.written_keys(),
+        [keys().placement("r3"), keys().router("r3")]
+    );
+    assert_eq!(change.guards.len(), 4);
+    // Without a node, r3 is stored unplaced; r1 keeps its placement.
+    let change = plan_merge(&s, &keys(), &imported, None).expect("planned");
+    assert_eq!(change.written_keys(), [keys().router("r3")]);
+    // Placed with r2 on n2, whose namespace it takes: refused.
+    let clash = DesiredState {
+        routers: vec![router("r0", "ns2")],
+    };
+    assert!(plan_merge(&s, &keys(), &clash, Some("n2")).is_err());
+}

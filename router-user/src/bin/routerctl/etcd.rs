@@ -136,6 +136,19 @@ impl Writer {
         })
     }
 
+    /// `import neutron --etcd`: `state`'s routers stored (the others left alone), placed
+    /// on `node` if given.
+    pub fn merge(
+        &self,
+        output: &Output,
+        state: &router_user::config::DesiredState,
+        node: Option<&str>,
+    ) -> Result<(), Failure> {
+        self.write(output, |snapshot, keys| {
+            write::plan_merge(snapshot, keys, state, node)
+        })
+    }
+
     /// `state`: the cloud as stored, as a file `apply` takes.
     pub fn state(&self, output: &Output) -> Result<(), Failure> {
         Self::runtime()?.block_on(async {

@@ -200,7 +200,7 @@ fn run(
         Command::Rule(command) => rule::run(&api, command),
         Command::Fw(command) => fw::run(&api, command),
         Command::Trace(args) => trace::run(output, args),
-        Command::Import(command) => import::run(output, command),
+        Command::Import(command) => import::run(output, api.etcd.as_ref(), command),
         Command::Node(command) => node::run(output, store, command),
     }
 }
