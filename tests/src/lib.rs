@@ -13,6 +13,7 @@ pub mod nat_topo;
 pub mod netns;
 pub mod neutron;
 pub mod observe;
+pub mod pki;
 pub mod policy_topo;
 pub mod probe;
 pub mod routerd;

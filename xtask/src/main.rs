@@ -49,6 +49,8 @@ const APT_PACKAGES: &[&str] = &[
     "etcd-server",
     "etcd-client",
     "protobuf-compiler",
+    // The etcd security test makes its CA and certificates with the openssl command line.
+    "openssl",
 ];
 
 #[derive(Parser)]

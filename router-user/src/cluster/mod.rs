@@ -26,6 +26,7 @@ pub mod keys;
 pub mod local;
 pub mod node_record;
 pub mod sync;
+pub mod tls;
 pub mod wait;
 pub mod write;
 
@@ -48,6 +49,7 @@ pub use args::{ClusterArgs, RootArgs};
 pub use keys::{DEFAULT_PREFIX, Keys, NodeRecord, Placement, RouterStatus, RunState};
 pub use node_record::{NodeView, Report, nodes};
 pub use sync::Update;
+pub use tls::Credentials;
 
 /// The node's lease time to live by default: a node that stops renewing it is gone from
 /// `routerctl node list` this long after.
@@ -70,6 +72,8 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// Watch responses less than this apart are applied together ([`sync::DEBOUNCE`]).
     pub debounce: Duration,
+    /// TLS files for https:// endpoints ([`tls`]).
+    pub credentials: Credentials,
 }
 
 impl Options {

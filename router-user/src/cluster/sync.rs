@@ -216,11 +216,17 @@ impl Default for Backoff {
 /// connection is checked with HTTP/2 pings every 10 s (etcd refuses clients that ping more
 /// often than every 5 s), so a member that went away without closing the connection is
 /// noticed within 15 s; one that stops (its socket closes) is noticed at once.
-pub async fn connect(endpoints: &[String]) -> Result<Client, Error> {
-    let options = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-        .with_require_leader(true);
+/// `credentials` are the TLS files for https:// endpoints.
+pub async fn connect(
+    endpoints: &[String],
+    credentials: &super::Credentials,
+) -> Result<Client, Error> {
+    let options = credentials.apply(
+        etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_require_leader(true),
+    )?;
     let mut last = None;
     for endpoint in endpoints {
         let attempt = async {
@@ -310,7 +316,7 @@ pub async fn run(
     let mut sent = first;
     let mut backoff = Backoff::new();
     loop {
-        let ended = match connect(&options.endpoints).await {
+        let ended = match connect(&options.endpoints, &options.credentials).await {
             Ok(mut client) => {
                 follow(
                     &options,

@@ -23,6 +23,8 @@ use crate::output::{Failure, Output};
 /// Where and how the edit verbs write with `--etcd`.
 pub struct Writer {
     pub endpoints: Vec<String>,
+    /// TLS files for https:// endpoints.
+    pub credentials: router_user::cluster::Credentials,
     pub keys: Keys,
     /// Wait until the nodes report the change applied (`--wait`).
     pub wait: bool,
@@ -65,7 +67,7 @@ impl Writer {
         plan: impl FnOnce(&Snapshot, &Keys) -> Result<Change, Error>,
     ) -> Result<(), Failure> {
         Self::runtime()?.block_on(async {
-            let mut client = connect(&self.endpoints).await?;
+            let mut client = connect(&self.endpoints, &self.credentials).await?;
             let snapshot = write::read(&mut client, &self.keys, self.read_revision).await?;
             let change = plan(&snapshot, &self.keys)?;
             let written = write::commit(&mut client, &self.keys, &change).await?;
@@ -152,7 +154,7 @@ impl Writer {
     /// `state`: the cloud as stored, as a file `apply` takes.
     pub fn state(&self, output: &Output) -> Result<(), Failure> {
         Self::runtime()?.block_on(async {
-            let mut client = connect(&self.endpoints).await?;
+            let mut client = connect(&self.endpoints, &self.credentials).await?;
             let snapshot = write::read(&mut client, &self.keys, self.read_revision).await?;
             let (cloud, refused) = Cloud::of(&snapshot);
             let mut text = format!("# etcd revision {}\n", snapshot.revision);

@@ -65,6 +65,8 @@ struct Cli {
     /// The prefix of the cluster's keys in etcd.
     #[arg(long, global = true, value_name = "PREFIX", default_value = router_user::cluster::DEFAULT_PREFIX)]
     etcd_prefix: String,
+    #[command(flatten)]
+    etcd_credentials: router_user::cluster::Credentials,
     /// Output format of every verb: aligned columns, or one JSON document
     /// {"kind": ..., "version": 1, "items": ...} (`--output` is the same).
     #[arg(
@@ -147,10 +149,12 @@ fn main() -> std::process::ExitCode {
     };
     let store = node::Store {
         endpoints: cli.etcd.as_deref(),
+        credentials: &cli.etcd_credentials,
         prefix: &cli.etcd_prefix,
     };
     let writer = cli.etcd.as_ref().map(|endpoints| etcd::Writer {
         endpoints: endpoints.clone(),
+        credentials: cli.etcd_credentials.clone(),
         keys: router_user::cluster::Keys::new(&cli.etcd_prefix),
         wait: cli.wait,
         timeout,
