@@ -146,6 +146,17 @@ fn two_edits_from_one_read_exactly_one_wins() {
     assert_eq!(etcd.revision(), before);
     assert!(etcd.get(&etcd.keys.placement("r1")).is_none());
 
+    // A router created after the read is a conflict too: the file is the whole cloud, and
+    // applying it would delete the new router unseen.
+    let seen = etcd.revision();
+    etcd.put_router(&paper_router("r2"));
+    let seen_s = seen.to_string();
+    let out = routerctl(&["--etcd", &ep, "--read-revision", &seen_s, "apply", &file_s]);
+    assert_eq!(code(&out), 4, "{}", text(&out));
+    assert!(text(&out).contains("routers/r2 (created"), "{}", text(&out));
+    etcd.delete(&etcd.keys.router("r2"));
+    let before = etcd.revision();
+
     // An invalid router (a route through a next hop on no subnet) is refused, as routerd
     // refuses it: exit code 2, nothing written.
     let bad = cloud.replace(
