@@ -77,8 +77,8 @@ pub struct Options {
 }
 
 impl Options {
-    /// Checks the options: at least one endpoint, a node name the layout admits, a TTL of
-    /// at least 2 s (renewed every third of it).
+    /// Checks the options: at least one endpoint, a node name the layout admits, TLS
+    /// files that can be read, a TTL of at least 2 s (renewed every third of it).
     pub fn check(&self) -> Result<(), Error> {
         if self.endpoints.iter().all(|e| e.trim().is_empty()) {
             return Err(crate::ConfigError::Invalid {
@@ -89,6 +89,9 @@ impl Options {
             .into());
         }
         keys::check_node_name(&self.node)?;
+        // The TLS files are read now, so a missing one stops routerd at start, named,
+        // rather than failing every connection after.
+        self.credentials.apply(etcd_client::ConnectOptions::new())?;
         if self.lease_ttl < Duration::from_secs(2) {
             return Err(crate::ConfigError::Invalid {
                 key: "lease-ttl".into(),
