@@ -1,6 +1,7 @@
 //! `routerbench` (run by `cargo xtask bench`): the fast path and the Neutron iptables path
 //! side by side, in one run, written to `docs/benchmarks.{md,json}` with SVG plots.
 
+mod cluster;
 mod jitmap;
 mod micro;
 mod profile;
@@ -22,8 +23,8 @@ struct Args {
     /// Shorter runs and fewer sizes (a smoke run, not for the record).
     #[arg(long)]
     quick: bool,
-    /// Only these sections (micro, rate, tcp, scale, control); all by default. `tcp` runs
-    /// with `rate`.
+    /// Only these sections (micro, rate, tcp, scale, control, cluster); all by default.
+    /// `tcp` runs with `rate`.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Instead of the benchmarks: profile them with `perf record` (the per-packet runs, the
@@ -53,6 +54,9 @@ pub struct Results {
     pub floating_ip_connections: Vec<FipConnectionResult>,
     pub control: Vec<ControlResult>,
     pub updates: Vec<UpdateResult>,
+    /// A change through etcd against the same change through the local API.
+    #[serde(default)]
+    pub cluster: Vec<cluster::ClusterResult>,
 }
 
 /// Forwarding while the maps change under it: every offered frame must arrive.
@@ -292,6 +296,10 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    if wants("cluster") {
+        let changes = if args.quick { 10 } else { 50 };
+        results.cluster = cluster::run(changes, &mut |what| progress.say(what))?;
     }
     progress.say("writing the report");
     report::write(&args.out, &results)?;

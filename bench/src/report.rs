@@ -312,6 +312,25 @@ fn markdown(r: &Results, old: &str) -> String {
             );
         }
     }
+    if !r.cluster.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n## Control plane through etcd\n\n\
+             One floating IP added and removed in turn on one router, timed from just before \
+             the write until the router's pinned NAT map has the change (read every 200 µs): \
+             `etcd`: the router's new value put in etcd, a routerd node following it (watch, \
+             20 ms debounce window, apply); `local API`: `fip_create` / `fip_delete` on the \
+             socket of a routerd running the same router from its file.\n\n\
+             | path | changes | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|"
+        );
+        for c in &r.cluster {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.1} | {:.1} | {:.1} |",
+                c.path, c.changes, c.p50_ms, c.p99_ms, c.max_ms
+            );
+        }
+    }
     s
 }
 

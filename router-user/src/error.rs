@@ -93,6 +93,16 @@ pub enum Error {
         #[source]
         source: Box<etcd_client::Error>,
     },
+    /// A change was written to etcd, but the nodes that host it did not report it applied
+    /// in time (`routerctl --etcd URL ... --wait`): which did not, and what they report.
+    #[error(
+        "written to etcd at revision {revision}, but not applied within {seconds} s: {pending}"
+    )]
+    NotApplied {
+        revision: i64,
+        seconds: f64,
+        pending: String,
+    },
     /// routerd's API socket cannot be served.
     #[error("API socket {path}: {problem}")]
     Socket { path: String, problem: String },

@@ -23,11 +23,11 @@ use std::{
 
 use etcd_client::{Client, GetOptions};
 use router_user::{
-    cluster::{Keys, Placement, RouterStatus},
+    cluster::{Credentials, Keys, Placement, RouterStatus},
     config::Router,
 };
 
-use crate::{routerd::routerd_path, topo::unique};
+use crate::{pki::Pki, routerd::routerd_path, topo::unique};
 
 /// A port nothing listens on now (bound and released; a clash with another process in the
 /// moment between is unlikely and fails the start loudly).
@@ -41,6 +41,8 @@ fn free_port() -> u16 {
 /// One etcd process of an [`Etcd`].
 struct Member {
     name: String,
+    /// Clients connect with TLS (`https://`).
+    https: bool,
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
@@ -48,7 +50,8 @@ struct Member {
 
 impl Member {
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn peer(&self) -> String {
@@ -67,6 +70,9 @@ impl Member {
 pub struct Etcd {
     members: Vec<Member>,
     dir: PathBuf,
+    /// With TLS: the certificates, and the credentials the harness acts with (etcd's root
+    /// user once auth is on).
+    pki: Option<(Pki, Credentials)>,
     runtime: tokio::runtime::Runtime,
     pub keys: Keys,
 }
@@ -79,6 +85,88 @@ impl Etcd {
 
     /// Starts an etcd cluster of `size` members and waits until it answers (up to 15 s).
     pub fn start_cluster(size: usize) -> Self {
+        let mut me = Self::new(size, false);
+        for i in 0..size {
+            me.spawn(i);
+        }
+        me.wait_answers();
+        me
+    }
+
+    /// Starts a one-member etcd that requires TLS and a client certificate
+    /// (`--client-cert-auth`: a certificate's common name is the etcd user), with auth on:
+    /// user `root` (the harness), user `operator` (reads everything, writes routers and
+    /// placements), and per node in `nodes` a user of its name that reads everything and
+    /// writes only its own record and statuses (`docs/etcd.md`, "Security").
+    pub fn start_secure(nodes: &[String]) -> Self {
+        let mut me = Self::new(1, true);
+        let pki = Pki::new(&me.dir.join("pki"));
+        let root = pki.client("root");
+        me.pki = Some((pki, root));
+        me.spawn(0);
+        me.wait_answers();
+        let keys = me.keys.clone();
+        let mut client = me.client().expect("connecting to etcd");
+        let runtime = &me.runtime;
+        let run = |what: &str, result: Result<(), etcd_client::Error>| {
+            result.unwrap_or_else(|e| panic!("etcd auth setup: {what}: {e}"));
+        };
+        use etcd_client::{Permission, UserAddOptions};
+        let user = |client: &mut Client, name: &str, role: &str, grants: Vec<Permission>| {
+            runtime.block_on(async {
+                let no_password = Some(UserAddOptions::new().with_no_pwd());
+                client.user_add(name, "", no_password).await?;
+                if role != "root" {
+                    client.role_add(role).await?;
+                    for grant in grants {
+                        client.role_grant_permission(role, grant).await?;
+                    }
+                }
+                client.user_grant_role(name, role).await.map(|_| ())
+            })
+        };
+        run("user root", user(&mut client, "root", "root", vec![]));
+        let everything = || Permission::read(keys.all()).with_prefix();
+        run(
+            "user operator",
+            user(
+                &mut client,
+                "operator",
+                "operator",
+                vec![
+                    everything(),
+                    Permission::read_write(keys.routers()).with_prefix(),
+                    Permission::read_write(keys.placements()).with_prefix(),
+                ],
+            ),
+        );
+        for node in nodes {
+            let grants = vec![
+                everything(),
+                Permission::read_write(keys.node(node)),
+                Permission::read_write(keys.statuses_of(node)).with_prefix(),
+            ];
+            run(
+                node,
+                user(&mut client, node, &format!("node-{node}"), grants),
+            );
+        }
+        run(
+            "enabling auth",
+            runtime.block_on(client.auth_enable()).map(|_| ()),
+        );
+        me
+    }
+
+    /// The credentials of etcd user `user` (a client certificate with its name).
+    pub fn credentials(&self, user: &str) -> Credentials {
+        match &self.pki {
+            Some((pki, _)) => pki.client(user),
+            None => Credentials::default(),
+        }
+    }
+
+    fn new(size: usize, https: bool) -> Self {
         crate::require_root();
         let name = unique("etcd");
         let dir = std::env::temp_dir().join(format!("{name}.d"));
@@ -86,25 +174,22 @@ impl Etcd {
         let members = (0..size)
             .map(|i| Member {
                 name: format!("{name}-{i}"),
+                https,
                 client_port: free_port(),
                 peer_port: free_port(),
                 child: None,
             })
             .collect();
-        let mut me = Self {
+        Self {
             members,
             dir,
+            pki: None,
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("a runtime for the etcd client"),
             keys: Keys::new(router_user::cluster::DEFAULT_PREFIX),
-        };
-        for i in 0..size {
-            me.spawn(i);
         }
-        me.wait_answers();
-        me
     }
 
     /// The client URLs of the members, comma-separated (as `routerd --etcd` takes them).
@@ -128,7 +213,18 @@ impl Etcd {
             .append(true)
             .open(self.dir.join(format!("{}.log", member.name)))
             .expect("etcd's log");
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some((pki, _)) = &self.pki {
+            command
+                .arg("--cert-file")
+                .arg(pki.path("server.crt"))
+                .arg("--key-file")
+                .arg(pki.path("server.key"))
+                .arg("--trusted-ca-file")
+                .arg(pki.path("ca.crt"))
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", &member.name])
             .arg("--data-dir")
             .arg(self.dir.join(&member.name))
@@ -224,9 +320,14 @@ impl Etcd {
     }
 
     fn client_of(&self, endpoints: &[String]) -> Result<Client, etcd_client::Error> {
-        let options = etcd_client::ConnectOptions::new()
+        let mut options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
             .with_timeout(Duration::from_secs(5));
+        if let Some((_, root)) = &self.pki {
+            options = root
+                .apply(options)
+                .map_err(|e| etcd_client::Error::InvalidArgs(e.to_string()))?;
+        }
         self.runtime
             .block_on(Client::connect(endpoints, Some(options)))
     }
@@ -235,6 +336,25 @@ impl Etcd {
         let mut client = self.client().ok()?;
         let response = self.runtime.block_on(client.get("/", None)).ok()?;
         response.header().map(|h| h.revision())
+    }
+
+    /// Puts `value` at `key` as etcd user `user` (its client certificate): the revision,
+    /// or etcd's refusal.
+    pub fn put_as(&self, user: &str, key: &str, value: &str) -> Result<i64, String> {
+        let options = self
+            .credentials(user)
+            .apply(etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        self.runtime.block_on(async {
+            let mut client = Client::connect(self.endpoints(), Some(options))
+                .await
+                .map_err(|e| e.to_string())?;
+            let response = client
+                .put(key, value, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(response.header().map_or(0, |h| h.revision()))
+        })
     }
 
     /// The store's revision now.
@@ -370,13 +490,21 @@ pub struct Node {
     pub socket: PathBuf,
     log: PathBuf,
     stopped: bool,
+    /// More arguments for routerd (`--etcd-cert ...`).
+    extra: Vec<String>,
 }
 
 impl Node {
     /// Starts `routerd --etcd ENDPOINTS --node <name>` (a unique name made of `name`), and
     /// waits until its API answers.
     pub fn start(endpoints: &str, name: &str) -> Self {
-        let name = unique(name);
+        Self::start_as(endpoints, &unique(name), &[])
+    }
+
+    /// Starts `routerd --etcd ENDPOINTS --node NAME EXTRA...` with `name` as it is (unique
+    /// already), and waits until its API answers.
+    pub fn start_as(endpoints: &str, name: &str, extra: &[String]) -> Self {
+        let name = name.to_string();
         let tmp = std::env::temp_dir();
         let mut node = Self {
             pin_root: Path::new(router_user::paths::BPFFS).join(format!("nr-{name}")),
@@ -388,6 +516,7 @@ impl Node {
             child: None,
             endpoints: endpoints.to_string(),
             stopped: false,
+            extra: extra.to_vec(),
         };
         node.spawn_until("API on");
         node
@@ -416,6 +545,7 @@ impl Node {
         let bin = routerd_path();
         let child = Command::new(&bin)
             .args(["--etcd", &self.endpoints, "--node", &self.name])
+            .args(&self.extra)
             .envs(self.env())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -606,4 +736,13 @@ pub fn try_node_list(endpoint: &str) -> Result<Vec<serde_json::Value>, String> {
         serde_json::from_slice(&out.stdout).expect("routerctl prints JSON");
     assert_eq!(doc["kind"], "nodes");
     Ok(doc["items"].as_array().cloned().unwrap_or_default())
+}
+
+/// Runs `routerctl ARGS` (the build's own) and returns what it did.
+pub fn routerctl(args: &[&str]) -> std::process::Output {
+    let routerctl = routerd_path().with_file_name("routerctl");
+    Command::new(&routerctl)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", routerctl.display()))
 }

@@ -14,6 +14,7 @@ pub mod netns;
 pub mod neutron;
 pub mod observe;
 pub mod ovs;
+pub mod pki;
 pub mod policy_topo;
 pub mod probe;
 pub mod routerd;

@@ -560,6 +560,7 @@ fn events_within_the_debounce_window_are_one_update() {
         lease_ttl: DEFAULT_LEASE_TTL,
         state_dir: std::env::temp_dir(),
         debounce: Duration::from_millis(300),
+        credentials: Default::default(),
     };
     let (tx, mut updates) = tokio::sync::mpsc::channel(16);
     let reread = std::sync::Arc::new(tokio::sync::Notify::new());

@@ -52,6 +52,8 @@ const APT_PACKAGES: &[&str] = &[
     // The topology tests on Open vSwitch (tests/tests/ovs.rs) start it themselves with
     // ovs-ctl and its userspace datapath: nothing here needs systemd or a kernel module.
     "openvswitch-switch",
+    // The etcd security test makes its CA and certificates with the openssl command line.
+    "openssl",
 ];
 
 #[derive(Parser)]

@@ -267,6 +267,15 @@ pub enum MonitorLine {
 
 impl Request {
     /// Whether the request may change the desired state.
+    /// The router a request names, if it names one (every edit but `apply`).
+    pub fn router(&self) -> Option<String> {
+        serde_json::to_value(self)
+            .ok()?
+            .get("router")?
+            .as_str()
+            .map(str::to_string)
+    }
+
     pub fn is_mutation(&self) -> bool {
         !matches!(
             self,

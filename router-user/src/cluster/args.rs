@@ -28,6 +28,8 @@ pub struct ClusterArgs {
     /// etcd is away.
     #[arg(long, value_name = "DIR", env = paths::STATE_DIR_ENV, default_value = paths::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub credentials: super::Credentials,
 }
 
 impl ClusterArgs {
@@ -54,6 +56,7 @@ impl ClusterArgs {
             lease_ttl: Duration::from_secs(self.lease_ttl),
             state_dir: self.state_dir.clone(),
             debounce: super::sync::DEBOUNCE,
+            credentials: self.credentials.clone(),
         };
         options.check()?;
         Ok(Some(options))

@@ -57,6 +57,16 @@ impl Keys {
         format!("{}/routers/{id}", self.prefix)
     }
 
+    /// Every router's desired state.
+    pub fn routers(&self) -> String {
+        format!("{}/routers/", self.prefix)
+    }
+
+    /// Every placement.
+    pub fn placements(&self) -> String {
+        format!("{}/placement/", self.prefix)
+    }
+
     pub fn placement(&self, id: &str) -> String {
         format!("{}/placement/{id}", self.prefix)
     }

@@ -11,7 +11,10 @@
 //! - [`node_record`]: the node's lease, its record and each router's status; and what
 //!   `routerctl node list` reads;
 //! - [`local`]: the last applied state, saved in the state directory for a start without
-//!   etcd.
+//!   etcd;
+//! - [`write`]: the operator's side (`routerctl --etcd URL ...`): changes planned from one
+//!   read, checked as the nodes check them, written in one transaction guarded by every
+//!   key read; [`wait`]: until the nodes report a change applied (`--wait`).
 //!
 //! [`Cluster`] is what routerd holds: the etcd side runs on a thread of its own (its own
 //! runtime), so a slow router start in routerd's loop never delays the lease's renewal, and
@@ -23,6 +26,9 @@ pub mod keys;
 pub mod local;
 pub mod node_record;
 pub mod sync;
+pub mod tls;
+pub mod wait;
+pub mod write;
 
 use std::{
     path::{Path, PathBuf},
@@ -43,6 +49,7 @@ pub use args::{ClusterArgs, RootArgs};
 pub use keys::{DEFAULT_PREFIX, Keys, NodeRecord, Placement, RouterStatus, RunState};
 pub use node_record::{NodeView, Report, nodes};
 pub use sync::Update;
+pub use tls::Credentials;
 
 /// The node's lease time to live by default: a node that stops renewing it is gone from
 /// `routerctl node list` this long after.
@@ -65,11 +72,13 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// Watch responses less than this apart are applied together ([`sync::DEBOUNCE`]).
     pub debounce: Duration,
+    /// TLS files for https:// endpoints ([`tls`]).
+    pub credentials: Credentials,
 }
 
 impl Options {
-    /// Checks the options: at least one endpoint, a node name the layout admits, a TTL of
-    /// at least 2 s (renewed every third of it).
+    /// Checks the options: at least one endpoint, a node name the layout admits, TLS
+    /// files that can be read, a TTL of at least 2 s (renewed every third of it).
     pub fn check(&self) -> Result<(), Error> {
         if self.endpoints.iter().all(|e| e.trim().is_empty()) {
             return Err(crate::ConfigError::Invalid {
@@ -80,6 +89,9 @@ impl Options {
             .into());
         }
         keys::check_node_name(&self.node)?;
+        // The TLS files are read now, so a missing one stops routerd at start, named,
+        // rather than failing every connection after.
+        self.credentials.apply(etcd_client::ConnectOptions::new())?;
         if self.lease_ttl < Duration::from_secs(2) {
             return Err(crate::ConfigError::Invalid {
                 key: "lease-ttl".into(),

@@ -40,7 +40,7 @@ pub async fn run(options: Options, mut reports: watch::Receiver<Report>) {
     let mut backoff = Backoff::new();
     let mut lease = None;
     loop {
-        let result = match connect(&options.endpoints).await {
+        let result = match connect(&options.endpoints, &options.credentials).await {
             Ok(mut client) => {
                 let mut node = NodeLease {
                     options: &options,
@@ -266,9 +266,13 @@ pub struct NodeView {
 /// Every node known to the store under `prefix`: those with a record (alive), and those
 /// named by a placement but without a record (down), by name. One range read of the whole
 /// prefix, so records, statuses and placements are of one revision.
-pub async fn nodes(endpoints: &[String], prefix: &str) -> Result<Vec<NodeView>, Error> {
+pub async fn nodes(
+    endpoints: &[String],
+    credentials: &super::Credentials,
+    prefix: &str,
+) -> Result<Vec<NodeView>, Error> {
     let keys = Keys::new(prefix);
-    let mut client = connect(endpoints).await?;
+    let mut client = connect(endpoints, credentials).await?;
     let response = timed(
         "reading the nodes",
         client.get(keys.all(), Some(GetOptions::new().with_prefix())),

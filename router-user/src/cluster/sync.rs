@@ -41,16 +41,16 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A value under the prefix and the revision it was last written at.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Entry {
-    value: Vec<u8>,
-    mod_revision: i64,
+pub(super) struct Entry {
+    pub(super) value: Vec<u8>,
+    pub(super) mod_revision: i64,
 }
 
 /// The routers and placements under the prefix, as of one revision of the store.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    routers: BTreeMap<String, Entry>,
-    placements: BTreeMap<String, Entry>,
+    pub(super) routers: BTreeMap<String, Entry>,
+    pub(super) placements: BTreeMap<String, Entry>,
     /// The store's revision this snapshot is at.
     pub revision: i64,
 }
@@ -216,11 +216,17 @@ impl Default for Backoff {
 /// connection is checked with HTTP/2 pings every 10 s (etcd refuses clients that ping more
 /// often than every 5 s), so a member that went away without closing the connection is
 /// noticed within 15 s; one that stops (its socket closes) is noticed at once.
-pub async fn connect(endpoints: &[String]) -> Result<Client, Error> {
-    let options = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-        .with_require_leader(true);
+/// `credentials` are the TLS files for https:// endpoints.
+pub async fn connect(
+    endpoints: &[String],
+    credentials: &super::Credentials,
+) -> Result<Client, Error> {
+    let options = credentials.apply(
+        etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_require_leader(true),
+    )?;
     let mut last = None;
     for endpoint in endpoints {
         let attempt = async {
@@ -310,7 +316,7 @@ pub async fn run(
     let mut sent = first;
     let mut backoff = Backoff::new();
     loop {
-        let ended = match connect(&options.endpoints).await {
+        let ended = match connect(&options.endpoints, &options.credentials).await {
             Ok(mut client) => {
                 follow(
                     &options,

@@ -15,6 +15,7 @@ use crate::{
 pub enum Command {
     /// A floating IP for a fixed IP (created and associated at once, like Neutron's
     /// `floating ip create --port`).
+    #[command(visible_alias = "add")]
     Create {
         /// The router (its id).
         router: String,
@@ -32,6 +33,7 @@ pub enum Command {
         may_exist: bool,
     },
     /// Removes a floating IP (its sessions end at once).
+    #[command(visible_alias = "del")]
     Delete {
         /// The router (its id).
         router: String,

@@ -1,6 +1,6 @@
 //! `routerctl import neutron PATH`: Neutron's routers, as the openstack client prints them
 //! (`-f json`), as a desired-state file (`docs/neutron-import.md`). Reads files only: it
-//! needs neither routerd nor root.
+//! needs neither routerd nor root. With `--etcd` the routers are written to etcd instead.
 
 use std::path::PathBuf;
 
@@ -11,7 +11,10 @@ use router_user::{
 };
 use serde::Serialize;
 
-use crate::output::{Failure, Format, Output};
+use crate::{
+    etcd::Writer,
+    output::{Failure, Format, Output},
+};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -36,6 +39,10 @@ pub struct NeutronArgs {
     /// Only this router (its Neutron id); repeatable. Default: every router of the input.
     #[arg(long = "router", value_name = "ID")]
     routers: Vec<String>,
+    /// With --etcd: place every imported router on this node (without: a router keeps its
+    /// placement, a new one is stored unplaced).
+    #[arg(long, value_name = "NODE")]
+    node: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -51,8 +58,21 @@ struct ImportResult {
     skipped: Vec<String>,
 }
 
-pub fn run(output: &Output, command: Command) -> Result<(), Failure> {
+/// Imports, and prints the file (or writes it to `-o FILE`); with `--etcd` (`etcd`), writes
+/// the routers to etcd instead, in one transaction as `apply` does, the other routers left
+/// alone.
+pub fn run(output: &Output, etcd: Option<&Writer>, command: Command) -> Result<(), Failure> {
     let Command::Neutron(args) = command;
+    if etcd.is_some() && args.out.is_some() {
+        return Err(Failure::Usage(
+            "import: -o FILE and --etcd: write to one or the other".into(),
+        ));
+    }
+    if etcd.is_none() && args.node.is_some() {
+        return Err(Failure::Usage(
+            "import --node places the routers in etcd: give --etcd URL".into(),
+        ));
+    }
     let objects = NeutronObjects::load(&args.input)?;
     let options = ImportOptions {
         mode: match args.mode {
@@ -65,6 +85,9 @@ pub fn run(output: &Output, command: Command) -> Result<(), Failure> {
     let text = imported.state.to_toml();
     for line in &imported.skipped {
         eprintln!("routerctl: skipped: {line}");
+    }
+    if let Some(etcd) = etcd {
+        return etcd.merge(output, &imported.state, args.node.as_deref());
     }
     match &args.out {
         Some(path) => {

@@ -9,6 +9,7 @@
 mod apply;
 mod args;
 mod ct;
+mod etcd;
 mod fip;
 mod fw;
 mod import;
@@ -43,8 +44,9 @@ struct Cli {
     /// long as it takes.
     #[arg(long, global = true, value_name = "SECONDS", default_value_t = router_user::api::DEFAULT_TIMEOUT.as_secs_f64())]
     timeout: f64,
-    /// etcd endpoints, comma-separated, for the verbs that read the cluster's state
-    /// (`node`).
+    /// etcd endpoints, comma-separated: the cluster's desired state. `node` reads it; the
+    /// edit verbs (`apply`, `router`, `fip`, `route`, `rule`, `fw`) write it there instead
+    /// of to routerd, and `state` prints it (docs/etcd.md).
     #[arg(
         long,
         global = true,
@@ -52,9 +54,19 @@ struct Cli {
         value_delimiter = ','
     )]
     etcd: Option<Vec<String>>,
+    /// With --etcd: after writing, wait until every node hosting the change reports it
+    /// applied, at most --timeout seconds (exit code 8 if not).
+    #[arg(long, global = true, requires = "etcd")]
+    wait: bool,
+    /// With --etcd: plan the change from the desired state as it was at this etcd revision
+    /// (as a review saw it); anything it reads that changed since is a conflict (exit code 4).
+    #[arg(long, global = true, value_name = "REVISION", requires = "etcd")]
+    read_revision: Option<i64>,
     /// The prefix of the cluster's keys in etcd.
     #[arg(long, global = true, value_name = "PREFIX", default_value = router_user::cluster::DEFAULT_PREFIX)]
     etcd_prefix: String,
+    #[command(flatten)]
+    etcd_credentials: router_user::cluster::Credentials,
     /// Output format of every verb: aligned columns, or one JSON document
     /// {"kind": ..., "version": 1, "items": ...} (`--output` is the same).
     #[arg(
@@ -137,9 +149,18 @@ fn main() -> std::process::ExitCode {
     };
     let store = node::Store {
         endpoints: cli.etcd.as_deref(),
+        credentials: &cli.etcd_credentials,
         prefix: &cli.etcd_prefix,
     };
-    let result = run(cli.command, cli.socket, timeout, store, output);
+    let writer = cli.etcd.as_ref().map(|endpoints| etcd::Writer {
+        endpoints: endpoints.clone(),
+        credentials: cli.etcd_credentials.clone(),
+        keys: router_user::cluster::Keys::new(&cli.etcd_prefix),
+        wait: cli.wait,
+        timeout,
+        read_revision: cli.read_revision,
+    });
+    let result = run(cli.command, cli.socket, timeout, store, writer, output);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -160,12 +181,14 @@ fn run(
     socket: PathBuf,
     timeout: Option<std::time::Duration>,
     store: node::Store<'_>,
+    etcd: Option<etcd::Writer>,
     output: Output,
 ) -> Result<(), Failure> {
     let api = output::Api {
         socket,
         output,
         timeout,
+        etcd,
     };
     let output = &api.output;
     match command {
@@ -181,7 +204,7 @@ fn run(
         Command::Rule(command) => rule::run(&api, command),
         Command::Fw(command) => fw::run(&api, command),
         Command::Trace(args) => trace::run(output, args),
-        Command::Import(command) => import::run(output, command),
+        Command::Import(command) => import::run(output, api.etcd.as_ref(), command),
         Command::Node(command) => node::run(output, store, command),
     }
 }

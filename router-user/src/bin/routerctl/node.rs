@@ -15,6 +15,7 @@ pub enum Command {
 /// Where the cluster's state is: `--etcd` and `--etcd-prefix`.
 pub struct Store<'a> {
     pub endpoints: Option<&'a [String]>,
+    pub credentials: &'a router_user::cluster::Credentials,
     pub prefix: &'a str,
 }
 
@@ -30,7 +31,11 @@ pub fn run(output: &Output, store: Store<'_>, command: Command) -> Result<(), Fa
                 .enable_all()
                 .build()
                 .map_err(|e| router_user::Error::io("building the runtime", e))?;
-            let nodes = runtime.block_on(router_user::cluster::nodes(endpoints, store.prefix))?;
+            let nodes = runtime.block_on(router_user::cluster::nodes(
+                endpoints,
+                store.credentials,
+                store.prefix,
+            ))?;
             output.print("nodes", &nodes, || list(&nodes))
         }
     }

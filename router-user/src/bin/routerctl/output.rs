@@ -55,6 +55,7 @@ pub mod exit {
     pub const UNREACHABLE: u8 = 5;
     pub const PARTIAL: u8 = 6;
     pub const TIMEOUT: u8 = 7;
+    pub const NOT_APPLIED: u8 = 8;
 }
 
 /// The exit codes, for `routerctl --help`.
@@ -65,12 +66,15 @@ Exit codes:
      edit refused as read_only by a routerd that follows etcd, etcd unreachable)
   2  invalid input: a usage error, a malformed value, a state routerd refuses as invalid
   3  not found: no such router or object (code not_found), a router not running
-  4  conflict: it exists already, differently, or something still uses it (code conflict)
+  4  conflict: it exists already, differently, or something still uses it (code conflict);
+     with --etcd: the desired state changed since it was read (nothing was written)
   5  routerd unreachable (no socket, not answering, shutting down)
   6  partial failure: some of a bulk action failed, or routerd could not restore the
      previous state after a failed apply (code restore_failed)
   7  timed out: routerd took the connection but did not answer within --timeout
      (it may still apply an edit it was sent: check with a query)
+  8  not applied: with --etcd --wait, the change was written but the nodes hosting it
+     did not report it applied within --timeout (the message names them)
 
 A router is named by its id, positionally (routerctl route list R); --router R is still
 accepted in its place.";
@@ -102,6 +106,7 @@ impl Failure {
                 }
                 Error::Unreachable { .. } => exit::UNREACHABLE,
                 Error::Timeout { .. } => exit::TIMEOUT,
+                Error::NotApplied { .. } => exit::NOT_APPLIED,
                 _ => exit::OTHER,
             },
         }
@@ -293,6 +298,8 @@ pub struct Api {
     pub output: Output,
     /// How long to wait for routerd (`--timeout`); `None`: as long as it takes.
     pub timeout: Option<std::time::Duration>,
+    /// With `--etcd`: the edits are written to etcd instead.
+    pub etcd: Option<crate::etcd::Writer>,
 }
 
 impl Api {
@@ -304,6 +311,9 @@ impl Api {
     /// A request that may change the desired state: prints what it did (JSON: the
     /// document `change`).
     pub fn change(&self, request: &Request) -> Result<(), Failure> {
+        if let Some(etcd) = &self.etcd {
+            return etcd.edit(&self.output, request, None);
+        }
         let change: ChangeResult = decode(self.call(request)?)?;
         self.output.print("change", &change, || {
             let writes = format!(

@@ -21,6 +21,7 @@ pub enum AttachModeArg {
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// A new router in an existing namespace; routerd starts it.
+    #[command(visible_alias = "add")]
     Create {
         /// The router (its id).
         router: String,
@@ -34,14 +35,26 @@ pub enum Command {
         /// A router with this id, namespace and mode already there is not an error.
         #[arg(long)]
         may_exist: bool,
+        /// With --etcd: the node to place it on (without: it is stored, placed nowhere).
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Removes a router: its fast path is detached and its pins removed.
+    #[command(visible_alias = "del")]
     Delete {
         /// The router (its id).
         router: String,
         /// No such router is not an error.
         #[arg(long)]
         if_exists: bool,
+    },
+    /// With --etcd: places the router on other node(s) (the nodes it leaves tear it down).
+    Move {
+        /// The router (its id).
+        router: String,
+        /// The node to run it on (repeatable: several nodes).
+        #[arg(long = "node", value_name = "NODE", required = true)]
+        nodes: Vec<String>,
     },
     /// Every router: id, namespace, mode, interfaces, gateway, floating IPs, running.
     List,
@@ -128,18 +141,34 @@ pub fn run(api: &Api, command: Command) -> Result<(), Failure> {
             namespace,
             mode,
             may_exist,
-        } => api.change(&Request::RouterCreate {
-            router,
-            namespace,
-            mode: mode.map(|m| {
-                match m {
-                    AttachModeArg::Xdp => "xdp",
-                    AttachModeArg::Tc => "tc",
-                }
-                .to_string()
-            }),
-            may_exist,
-        }),
+            node,
+        } => {
+            let request = Request::RouterCreate {
+                router,
+                namespace,
+                mode: mode.map(|m| {
+                    match m {
+                        AttachModeArg::Xdp => "xdp",
+                        AttachModeArg::Tc => "tc",
+                    }
+                    .to_string()
+                }),
+                may_exist,
+            };
+            match (&api.etcd, node) {
+                (Some(etcd), node) => etcd.edit(&api.output, &request, node.as_deref()),
+                (None, Some(_)) => Err(Failure::Usage(
+                    "router create --node places the router in etcd: give --etcd URL".into(),
+                )),
+                (None, None) => api.change(&request),
+            }
+        }
+        Command::Move { router, nodes } => match &api.etcd {
+            Some(etcd) => etcd.move_router(&api.output, &router, &nodes),
+            None => Err(Failure::Usage(
+                "router move places the router in etcd: give --etcd URL".into(),
+            )),
+        },
         Command::Delete { router, if_exists } => {
             api.change(&Request::RouterDelete { router, if_exists })
         }
