@@ -2,6 +2,8 @@
 //! side by side, in one run, written to `docs/benchmarks.{md,json}` with SVG plots.
 
 mod cluster;
+mod cluster_report;
+mod cluster_watch;
 mod jitmap;
 mod micro;
 mod profile;
@@ -57,6 +59,12 @@ pub struct Results {
     /// A change through etcd against the same change through the local API.
     #[serde(default)]
     pub cluster: Vec<cluster::ClusterResult>,
+    /// Floating IPs over several nodes through etcd against the nodes' local APIs.
+    #[serde(default)]
+    pub cluster_bulk: Vec<cluster::BulkResult>,
+    /// etcd's delivery and load as the watching nodes grow.
+    #[serde(default)]
+    pub cluster_watchers: Vec<cluster_watch::WatchersResult>,
 }
 
 /// Forwarding while the maps change under it: every offered frame must arrive.
@@ -300,6 +308,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     if wants("cluster") {
         let changes = if args.quick { 10 } else { 50 };
         results.cluster = cluster::run(changes, &mut |what| progress.say(what))?;
+        let (fips, rounds) = if args.quick { (1000, 1) } else { (10_000, 3) };
+        results.cluster_bulk = cluster::run_bulk(fips, rounds, &mut |what| progress.say(what))?;
+        let (watchers, writes, burst): (&[usize], _, _) = if args.quick {
+            (&[1, 10], 10, 50)
+        } else {
+            (&[1, 10, 100], 20, 200)
+        };
+        results.cluster_watchers =
+            cluster_watch::run(watchers, writes, burst, &mut |what| progress.say(what))?;
     }
     progress.say("writing the report");
     report::write(&args.out, &results)?;

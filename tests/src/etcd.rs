@@ -262,6 +262,12 @@ impl Etcd {
         }
     }
 
+    /// The process id of the first member (while it runs): its CPU time and memory in
+    /// /proc for the benchmarks.
+    pub fn pid(&self) -> Option<u32> {
+        self.members.first()?.child.as_ref().map(Child::id)
+    }
+
     /// Every member's log.
     pub fn log_text(&self) -> String {
         self.members
