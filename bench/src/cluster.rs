@@ -6,6 +6,12 @@
 //! map, read every 200 µs. The etcd path adds the watch, the debounce window
 //! (`cluster::sync::DEBOUNCE`, 20 ms: events are gathered so a transaction applies as
 //! one) and the node's apply.
+//!
+//! [`run_bulk`]: many floating IPs over [`BULK_NODES`] nodes, a router each, applied from
+//! none through one etcd transaction (every router's new value) against each router's
+//! file `apply`'d through its own routerd's API, the routers at once; timed until every
+//! router's pinned map holds all its floating IPs. How etcd itself fares as the nodes grow
+//! is `cluster_watch.rs`.
 
 use std::{
     net::Ipv4Addr,
