@@ -80,6 +80,7 @@ pub fn sweep(desired: &DesiredState, own_config: &Path) -> Vec<String> {
         match datapath::teardown(&id) {
             Ok(()) => {
                 let _ = std::fs::remove_file(paths::router_info_file(&id));
+                crate::slowpath::forget(&id);
                 removed.push(id);
             }
             Err(e) => tracing::error!("routerd: removing router {id}: {e}"),

@@ -176,6 +176,7 @@ impl Routerd {
         for id in router_user::datapath::pinned_routers_of(&self.config) {
             let _ = router_user::datapath::teardown(&id);
             let _ = std::fs::remove_file(router_user::paths::router_info_file(&id));
+            router_user::slowpath::forget(&id);
         }
     }
 

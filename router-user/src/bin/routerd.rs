@@ -170,6 +170,7 @@ fn teardown(routers: &[String]) -> Result<(), Error> {
     for id in &routers {
         router_user::datapath::teardown(id)?;
         let _ = std::fs::remove_file(router_user::paths::router_info_file(id));
+        router_user::slowpath::forget(id);
         println!("routerd: router {id} detached and removed");
     }
     Ok(())

@@ -108,8 +108,14 @@ fn run_json(id: &str, json: &str) -> Result<(), Error> {
 
 /// Removes the router's slow-path rules (the router is being removed).
 pub fn remove(router: &str) {
-    let _ = std::fs::remove_file(applied_file(router));
+    forget(router);
     let _ = libnft::run(&document(rules::delete_table()));
+}
+
+/// Forgets what was applied for `router` (its record in the run directory), for a router
+/// removed from outside its namespace: the table goes with the namespace.
+pub fn forget(router: &str) {
+    let _ = std::fs::remove_file(applied_file(router));
 }
 
 #[cfg(test)]
