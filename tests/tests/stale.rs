@@ -172,7 +172,8 @@ fn stale_routers_are_removed_and_not_shown() {
 
 /// A start that fails (a directory stands where a map's pin belongs) leaves no fast path:
 /// no pin but the obstacle, no program on its ports. The kernel's part stays and serves the
-/// router while it waits (addresses, routes, rules, the slow path's table).
+/// router while it waits (addresses, routes, rules, the slow path's table), and goes when
+/// the router leaves the desired state.
 #[test]
 fn a_failed_start_leaves_no_fast_path_behind() {
     router_tests::require_root();
@@ -228,7 +229,6 @@ fn a_failed_start_leaves_no_fast_path_behind() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(routerd.stop(), "routerd did not stop cleanly");
     let log = routerd.log_text();
     // Nothing of the fast path but the obstacle itself.
     let mut left = Vec::new();
@@ -267,5 +267,31 @@ fn a_failed_start_leaves_no_fast_path_behind() {
         .output()
         .expect("nft");
     assert!(nft.status.success(), "no nftables table:\n{log}");
+
+    // The router leaves the desired state while it waits: the kernel's serving of it goes
+    // (its table, its record of it).
+    write(&config, "");
+    routerd.reload();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !routerd
+        .log_text()
+        .contains("left the desired state while waiting")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the waiting router was not released:\n{}",
+            routerd.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let nft = Command::new("ip")
+        .args(["netns", "exec", &ns, "nft", "list", "table", "ip"])
+        .arg(router_user::slowpath::TABLE)
+        .output()
+        .expect("nft");
+    assert!(!nft.status.success(), "the nftables table stayed");
+    let record = router_user::paths::run_dir().join(format!("{id}.nftables"));
+    assert!(!record.exists(), "{} stayed", record.display());
+    assert!(routerd.stop(), "routerd did not stop cleanly");
     drop(routerd);
 }

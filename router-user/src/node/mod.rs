@@ -345,7 +345,10 @@ impl NodeController {
     /// the caller's to set. Returns what failed, except routers already waiting as they are,
     /// and what was written.
     async fn bring_to(&mut self, new: &DesiredState, since: Instant) -> Outcome {
-        self.waiting.retain_desired(new);
+        for router in self.waiting.retain_desired(new) {
+            // While it waited the kernel served it (degraded mode): that goes with it.
+            crate::router::release_degraded(&router);
+        }
         let diff = diff(self.running.iter().map(|r| &r.desired), new);
         let mut outcome = Outcome::default();
         let mut kept = Vec::new();

@@ -84,9 +84,19 @@ impl Waiting {
         self.by_id.remove(id).map(|w| w.attempts)
     }
 
-    /// Forgets the routers `state` no longer has; a changed router waits as it is now.
-    pub(super) fn retain_desired(&mut self, state: &DesiredState) {
-        self.by_id.retain(|id, _| state.router(id).is_some());
+    /// Forgets the routers `state` no longer has, and returns them; a changed router waits
+    /// as it is now.
+    pub(super) fn retain_desired(&mut self, state: &DesiredState) -> Vec<Router> {
+        let gone: Vec<String> = self
+            .by_id
+            .keys()
+            .filter(|id| state.router(id).is_none())
+            .cloned()
+            .collect();
+        gone.iter()
+            .filter_map(|id| self.by_id.remove(id))
+            .map(|w| w.router)
+            .collect()
     }
 
     /// The routers whose delay is over at `now`.

@@ -280,6 +280,46 @@ pub(crate) fn span(id: &str) -> tracing::Span {
     tracing::info_span!("router", router = %id)
 }
 
+/// Takes back what the kernel was given to serve a router that never started (degraded
+/// mode: the slow path's table and the floating IPs' addresses), now that it leaves the
+/// desired state. Best effort, in the router's namespace; a namespace already gone took
+/// all of it along.
+pub fn release_degraded(router: &Router) {
+    let router = router.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("release-{}", router.id))
+        .spawn(move || {
+            let _router = span(&router.id).entered();
+            slowpath::forget(&router.id);
+            if netns::enter(&paths::netns_path(&router.namespace)).is_err() {
+                return;
+            }
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let Ok((conn, handle, _)) = rtnetlink::new_connection() else {
+                    return;
+                };
+                tokio::spawn(conn);
+                match degraded::leave(&handle, &router).await {
+                    Ok(n) => tracing::info!(
+                        "router {}: left the desired state while waiting: the kernel's part removed ({n} floating IP addresses)",
+                        router.id
+                    ),
+                    Err(e) => tracing::warn!("router {}: {e}", router.id),
+                }
+                slowpath::remove(&router.id);
+            });
+        });
+    if let Ok(thread) = thread {
+        let _ = thread.join();
+    }
+}
+
 fn run(
     router: Router,
     ready: mpsc::Sender<Result<(RouterInfo, Writes), Error>>,
