@@ -989,6 +989,7 @@ impl Drop for Daemon {
         for id in router_user::datapath::pinned_routers_of(&self.config) {
             let _ = router_user::datapath::teardown(&id);
             let _ = std::fs::remove_file(router_user::paths::router_info_file(&id));
+            router_user::slowpath::forget(&id);
         }
     }
 }

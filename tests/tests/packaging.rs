@@ -131,6 +131,7 @@ impl Drop for NotifiedRouterd {
         let _ = self.child.wait();
         let _ = router_user::datapath::teardown(&self.router_id);
         let _ = std::fs::remove_file(router_user::paths::router_info_file(&self.router_id));
+        router_user::slowpath::forget(&self.router_id);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

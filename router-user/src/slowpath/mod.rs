@@ -171,6 +171,7 @@ protocol = "47"
             assert!(present());
             // Floating IPs change as map elements; the table stays.
             update(&router, &with_fip).expect("element added");
+            forget(&router.id);
         });
         // As `nft` lists them: it leaves out the `meta l4proto tcp` that a TCP reset
         // implies and folds the mark's masks.
