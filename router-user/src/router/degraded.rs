@@ -21,78 +21,67 @@ fn floating_addresses(router: &Router) -> impl Iterator<Item = IfAddr> + '_ {
     })
 }
 
-async fn gateway_index(handle: &Handle, router: &Router) -> Result<Option<u32>, Error> {
-    let Some(g) = &router.gateway else {
+fn netlink_error(router: &Router, what: String) -> impl FnOnce(rtnetlink::Error) -> Error {
+    let router = router.id.clone();
+    move |source| Error::Netlink {
+        router,
+        what,
+        source: Box::new(source),
+    }
+}
+
+/// The gateway interface's index and its addresses; `None` for a router without floating
+/// IPs or without a gateway interface (there is nothing to answer for).
+async fn gateway_addresses(
+    handle: &Handle,
+    router: &Router,
+) -> Result<Option<(u32, Vec<IfAddr>)>, Error> {
+    let (Some(g), false) = (&router.gateway, router.floating_ips.is_empty()) else {
         return Ok(None);
     };
     let link = netlink::link_by_name(handle, &g.interface)
         .await
-        .map_err(|source| Error::Netlink {
-            router: router.id.clone(),
-            what: format!("looking up {}", g.interface),
-            source: Box::new(source),
-        })?;
-    Ok(link.map(|l| l.index))
+        .map_err(netlink_error(router, format!("looking up {}", g.interface)))?;
+    let Some(link) = link else {
+        return Ok(None);
+    };
+    let present = netlink::addresses(handle, link.index)
+        .await
+        .map_err(netlink_error(
+            router,
+            "listing the gateway's addresses".into(),
+        ))?;
+    Ok(Some((link.index, present)))
 }
 
 /// Makes the kernel serve `router` alone: the slow path's table, and the floating IPs as
 /// addresses of the gateway interface. Returns how many floating IPs it answers for.
 pub(super) async fn serve(handle: &Handle, router: &Router) -> Result<usize, Error> {
     slowpath::ensure(router)?;
-    let Some(index) = gateway_index(handle, router).await? else {
+    let Some((index, present)) = gateway_addresses(handle, router).await? else {
         return Ok(0);
     };
-    let nl = |what: String| {
-        let router = router.id.clone();
-        move |source| Error::Netlink {
-            router,
-            what,
-            source: Box::new(source),
-        }
-    };
-    let present = netlink::addresses(handle, index)
-        .await
-        .map_err(nl("listing the gateway's addresses".into()))?;
-    let mut answered = 0;
-    for addr in floating_addresses(router) {
-        if !present.contains(&addr) {
-            netlink::add_address(handle, index, addr)
-                .await
-                .map_err(nl(format!(
-                    "adding floating IP {} to the gateway",
-                    addr.addr
-                )))?;
-        }
-        answered += 1;
+    for addr in floating_addresses(router).filter(|a| !present.contains(a)) {
+        let what = format!("adding floating IP {} to the gateway", addr.addr);
+        netlink::add_address(handle, index, addr)
+            .await
+            .map_err(netlink_error(router, what))?;
     }
-    Ok(answered)
+    Ok(router.floating_ips.len())
 }
 
 /// Takes back what `serve` added for the floating IPs (the fast path answers for them now).
 /// Returns how many addresses it removed.
 pub(super) async fn leave(handle: &Handle, router: &Router) -> Result<usize, Error> {
-    let Some(index) = gateway_index(handle, router).await? else {
+    let Some((index, present)) = gateway_addresses(handle, router).await? else {
         return Ok(0);
     };
-    let nl = |what: String| {
-        let router = router.id.clone();
-        move |source| Error::Netlink {
-            router,
-            what,
-            source: Box::new(source),
-        }
-    };
-    let present = netlink::addresses(handle, index)
-        .await
-        .map_err(nl("listing the gateway's addresses".into()))?;
     let mut removed = 0;
     for addr in floating_addresses(router).filter(|a| present.contains(a)) {
+        let what = format!("removing floating IP {} from the gateway", addr.addr);
         netlink::delete_address(handle, index, addr)
             .await
-            .map_err(nl(format!(
-                "removing floating IP {} from the gateway",
-                addr.addr
-            )))?;
+            .map_err(netlink_error(router, what))?;
         removed += 1;
     }
     Ok(removed)
