@@ -249,6 +249,9 @@ pub struct KernelRule {
     pub from: Prefix,
     pub to: Prefix,
     pub table: u32,
+    /// `fwmark MARK/MASK`.
+    pub fwmark: Option<(u32, u32)>,
+    pub suppress_prefixlength: Option<u32>,
 }
 
 /// Priorities of the kernel's own rules (local, main, default), which are left alone.
@@ -270,7 +273,10 @@ pub async fn rules(handle: &Handle) -> Result<Vec<(KernelRule, RuleMessage)>, rt
             from: Prefix::ANY,
             to: Prefix::ANY,
             table: u32::from(msg.header.table),
+            fwmark: None,
+            suppress_prefixlength: None,
         };
+        let mut mask = u32::MAX;
         for attr in &msg.attributes {
             match attr {
                 RuleAttribute::Priority(p) => rule.priority = *p,
@@ -282,8 +288,14 @@ pub async fn rules(handle: &Handle) -> Result<Vec<(KernelRule, RuleMessage)>, rt
                     rule.to = Prefix::new_truncating(*a, msg.header.dst_len)
                 }
                 RuleAttribute::Table(t) => rule.table = *t,
+                RuleAttribute::FwMark(m) => rule.fwmark = Some((*m, u32::MAX)),
+                RuleAttribute::FwMask(m) => mask = *m,
+                RuleAttribute::SuppressPrefixLen(n) => rule.suppress_prefixlength = Some(*n),
                 _ => {}
             }
+        }
+        if let Some((_, m)) = &mut rule.fwmark {
+            *m = mask;
         }
         if !KERNEL_RULE_PRIORITIES.contains(&rule.priority) {
             out.push((rule, msg));
@@ -308,6 +320,19 @@ pub async fn add_rule(handle: &Handle, rule: &KernelRule) -> Result<bool, rtnetl
     }
     if rule.to.len != 0 {
         request = request.destination_prefix(rule.to.addr, rule.to.len);
+    }
+    if let Some((mark, mask)) = rule.fwmark {
+        request = request.fw_mark(mark);
+        request
+            .message_mut()
+            .attributes
+            .push(RuleAttribute::FwMask(mask));
+    }
+    if let Some(n) = rule.suppress_prefixlength {
+        request
+            .message_mut()
+            .attributes
+            .push(RuleAttribute::SuppressPrefixLen(n));
     }
     ignore_exists(request.execute().await)
 }

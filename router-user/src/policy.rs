@@ -18,6 +18,15 @@ pub const PRIORITY_STEERING: u32 = 30_000;
 pub const PRIORITY_STEER_GATEWAY: u32 = 30_900;
 /// First priority of the external-subnet rules.
 pub const PRIORITY_EXTERNAL: u32 = 31_000;
+/// First priority of the kernel-only rules that route what the kernel forwards from a
+/// floating IP of a further external subnet (see [`subnet_mark`]).
+pub const PRIORITY_SUBNET_MARK: u32 = 31_500;
+/// The bits of a packet's mark that name a further external subnet (the rest belongs to
+/// the gateway mark, 0x2/0xff, and the firewall's `REJECT_MARK`, upper half).
+pub const SUBNET_MARK_MASK: u32 = 0xff00;
+/// The conntrack zone the kernel gives what enters before the steering firewall (see
+/// [`steering_zone_interfaces`]); everything else is in zone 0.
+pub const STEERING_ZONE: u16 = 1;
 
 /// Where a policy rule comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -40,13 +49,18 @@ pub struct IpRule {
     pub from: Prefix,
     pub to: Prefix,
     pub table: u32,
+    /// `fwmark MARK/MASK`: only the kernel sees marks, so such a rule is the kernel's only.
+    pub fwmark: Option<(u32, u32)>,
+    /// `suppress_prefixlength N`: a route of prefix length N or less found in `table` is
+    /// ignored and the walk goes on.
+    pub suppress_prefixlength: Option<u32>,
     pub origin: Origin,
 }
 
 impl IpRule {
-    /// Whether the fast path walks this rule (it only sees forwarded traffic).
+    /// Whether the fast path walks this rule (it only sees forwarded traffic, and no marks).
     pub fn in_fast_path(&self) -> bool {
-        self.iif.as_deref() != Some("lo")
+        self.iif.as_deref() != Some("lo") && self.fwmark.is_none()
     }
 }
 
@@ -79,6 +93,8 @@ pub fn of(router: &Router) -> Policy {
             from: r.from,
             to: r.to,
             table: r.table,
+            fwmark: None,
+            suppress_prefixlength: None,
             origin: Origin::Config,
         });
     }
@@ -98,6 +114,8 @@ pub fn of(router: &Router) -> Policy {
                 from: any,
                 to: any,
                 table: TABLE_STEER_INTERNAL,
+                fwmark: None,
+                suppress_prefixlength: None,
                 origin: Origin::Steering,
             });
         }
@@ -113,6 +131,8 @@ pub fn of(router: &Router) -> Policy {
                 from: any,
                 to: any,
                 table: TABLE_STEER_GATEWAY,
+                fwmark: None,
+                suppress_prefixlength: None,
                 origin: Origin::Steering,
             });
             p.routes.push(TableRoute {
@@ -135,8 +155,37 @@ pub fn of(router: &Router) -> Policy {
                 from: subnet.address.subnet(),
                 to: any,
                 table,
+                fwmark: None,
+                suppress_prefixlength: None,
                 origin: Origin::ExternalSubnet,
             });
+            // What the kernel forwards from a floating IP of this subnet (the slow path
+            // marks it by its fixed source before routing): main's routes except the
+            // default, then this subnet's table, as the fast path's source tables do.
+            if let Some(mark) = subnet_mark(n) {
+                let fwmark = Some((mark, SUBNET_MARK_MASK));
+                let at = PRIORITY_SUBNET_MARK + 2 * n as u32;
+                p.rules.push(IpRule {
+                    priority: at,
+                    iif: None,
+                    from: any,
+                    to: any,
+                    table: TABLE_MAIN,
+                    fwmark,
+                    suppress_prefixlength: Some(0),
+                    origin: Origin::ExternalSubnet,
+                });
+                p.rules.push(IpRule {
+                    priority: at + 1,
+                    iif: None,
+                    from: any,
+                    to: any,
+                    table,
+                    fwmark,
+                    suppress_prefixlength: None,
+                    origin: Origin::ExternalSubnet,
+                });
+            }
             p.routes.push(TableRoute {
                 table,
                 destination: any,
@@ -147,6 +196,63 @@ pub fn of(router: &Router) -> Policy {
     }
     p.rules.sort_by_key(|r| r.priority);
     p
+}
+
+/// The mark the slow path gives what a floating IP of external subnet `n` sends, before
+/// routing, so the kernel's rules send it to that subnet's gateway. Subnet 0 (the
+/// gateway's primary one) needs none: main's default route is its gateway.
+pub fn subnet_mark(n: usize) -> Option<u32> {
+    (1..=0xff).contains(&n).then_some((n as u32) << 8)
+}
+
+/// For each floating IP on a further external subnet: its fixed address and the subnet's
+/// mark ([`subnet_mark`]). Empty with a single external subnet.
+pub fn floating_ip_marks(router: &Router) -> Vec<(Ipv4Addr, u32)> {
+    let external = router.external_subnets();
+    if external.len() < 2 {
+        return Vec::new();
+    }
+    router
+        .floating_ips
+        .iter()
+        .filter_map(|f| {
+            let n = external
+                .iter()
+                .position(|s| s.address.subnet().contains(f.address))?;
+            Some((f.fixed, subnet_mark(n)?))
+        })
+        .collect()
+}
+
+/// The interfaces whose arrivals the kernel tracks in [`STEERING_ZONE`]: the steered
+/// internal ones, and the firewall's internal leg when its external leg is another
+/// interface. A flow crossing the firewall is then two connections, one on each side of
+/// it, and NAT happens on the one that leaves (or enters) by the gateway, as in the fast
+/// path, where every interface is its own zone. (A conntrack entry has one zone for both
+/// directions, so the kernel cannot key replies by their own ingress as the fast path
+/// does; with a one-legged firewall that also takes the gateway's traffic the kernel
+/// cannot tell the passes apart, and what it forwards itself may leave untranslated.)
+pub fn steering_zone_interfaces(router: &Router) -> Vec<String> {
+    let Some(s) = &router.steering else {
+        return Vec::new();
+    };
+    let leg = |nexthop: Ipv4Addr| {
+        router
+            .interfaces
+            .iter()
+            .find(|i| i.address.subnet().contains(nexthop))
+            .map(|i| i.name.clone())
+    };
+    let mut names = s.interfaces.clone();
+    let internal_leg = leg(s.nexthop);
+    let external_leg = s.gateway_nexthop.and_then(leg);
+    if let (Some(int), Some(ext)) = (&internal_leg, &external_leg)
+        && int != ext
+        && !names.contains(int)
+    {
+        names.push(int.clone());
+    }
+    names
 }
 
 /// Anti-spoofing: for each internal interface with `source_check`, the sources it accepts:
@@ -326,6 +432,58 @@ nexthop = "172.24.5.1"
         assert_eq!(p.source_tables[1].1, table_external_subnet(1));
         assert!(p.rules.iter().all(|r| !r.in_fast_path()));
         assert_eq!(table_name(&two, table_external_subnet(1)), "external-1");
+        // The second subnet's marked traffic: main without its default, then its table.
+        let marked: Vec<_> = p
+            .rules
+            .iter()
+            .filter(|r| r.fwmark.is_some())
+            .map(|r| (r.fwmark, r.table, r.suppress_prefixlength))
+            .collect();
+        let mark = Some((0x100, SUBNET_MARK_MASK));
+        assert_eq!(
+            marked,
+            [
+                (mark, TABLE_MAIN, Some(0)),
+                (mark, table_external_subnet(1), None)
+            ]
+        );
+    }
+
+    #[test]
+    fn floating_ips_of_further_subnets_are_marked_by_their_fixed_address() {
+        let fips = r#"
+[[router.floating_ip]]
+address = "172.24.4.10"
+fixed = "10.0.1.10"
+[[router.floating_ip]]
+address = "172.24.5.11"
+fixed = "10.0.1.11"
+"#;
+        let primary_only =
+            "[[router.floating_ip]]\naddress = \"172.24.4.10\"\nfixed = \"10.0.1.10\"\n";
+        assert!(floating_ip_marks(&router(primary_only)).is_empty());
+        let two = router(&format!(
+            "{fips}[[router.gateway.subnet]]\naddress = \"172.24.5.2/24\"\nnexthop = \"172.24.5.1\"\n"
+        ));
+        assert_eq!(
+            floating_ip_marks(&two),
+            [("10.0.1.11".parse().expect("address"), 0x100)]
+        );
+    }
+
+    #[test]
+    fn the_steering_zone_holds_steered_interfaces_and_a_separate_internal_leg() {
+        assert!(steering_zone_interfaces(&router("")).is_empty());
+        let one_leg =
+            router("[router.steering]\nnexthop = \"10.99.0.2\"\ninterfaces = [\"qr-a\"]\n");
+        assert_eq!(steering_zone_interfaces(&one_leg), ["qr-a"]);
+        let two_legs = router(
+            "[router.steering]\nnexthop = \"10.99.0.2\"\ngateway_nexthop = \"10.99.1.2\"\ninterfaces = [\"qr-a\", \"qr-b\"]\n",
+        );
+        assert_eq!(
+            steering_zone_interfaces(&two_legs),
+            ["qr-a", "qr-b", "fw-int"]
+        );
     }
 
     #[test]

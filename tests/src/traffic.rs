@@ -321,6 +321,48 @@ pub fn large_udp(
     len: usize,
     wait: Duration,
 ) -> Option<LargeUdp> {
+    udp_exchange(client_ns, server_ns, target, port, len, wait, false)
+}
+
+/// As [`large_udp`], with both sockets sending IP options (four no-operation options): the
+/// fast path hands such packets to the kernel, both ways.
+pub fn udp_with_ip_options(
+    client_ns: &str,
+    server_ns: &str,
+    target: [u8; 4],
+    port: u16,
+    len: usize,
+    wait: Duration,
+) -> Option<LargeUdp> {
+    udp_exchange(client_ns, server_ns, target, port, len, wait, true)
+}
+
+/// Four IPv4 no-operation options on every datagram `sock` sends.
+fn set_ip_options(sock: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let nops = [1u8; 4];
+    // SAFETY: the option buffer outlives the call and its length is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_OPTIONS,
+            nops.as_ptr().cast(),
+            nops.len() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "IP_OPTIONS: {}", std::io::Error::last_os_error());
+}
+
+fn udp_exchange(
+    client_ns: &str,
+    server_ns: &str,
+    target: [u8; 4],
+    port: u16,
+    len: usize,
+    wait: Duration,
+    ip_options: bool,
+) -> Option<LargeUdp> {
     let expected: Vec<u8> = (0..len).map(content).collect();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let want = expected.clone();
@@ -328,6 +370,12 @@ pub fn large_udp(
         let sock =
             UdpSocket::bind(("0.0.0.0", port)).unwrap_or_else(|e| panic!("bind {port}: {e}"));
         sock.set_read_timeout(Some(wait)).expect("timeout");
+        if ip_options {
+            set_ip_options(&sock);
+        }
+        if ip_options {
+            set_ip_options(&sock);
+        }
         ready_tx.send(()).expect("ready");
         let mut buf = vec![0u8; 65536];
         let (n, from) = sock.recv_from(&mut buf).ok()?;
@@ -347,6 +395,9 @@ pub fn large_udp(
     let answered = join(in_ns(client_ns, move || {
         let sock = UdpSocket::bind(("0.0.0.0", port)).expect("bind");
         sock.set_read_timeout(Some(wait)).expect("timeout");
+        if ip_options {
+            set_ip_options(&sock);
+        }
         sock.send_to(&expected, addr).expect("send");
         let mut buf = vec![0u8; 65536];
         matches!(sock.recv_from(&mut buf), Ok((n, _)) if buf[..n] == expected[..])
@@ -355,6 +406,34 @@ pub fn large_udp(
         seen_from,
         answered,
     })
+}
+
+/// `ping -R -c count` from `ns`: echo requests and replies carrying the record-route
+/// option, which the fast path hands to the kernel. True when every echo was answered.
+pub fn ping_record_route(ns: &str, dst: [u8; 4], count: u32) -> bool {
+    let dst = Ipv4Addr::from(dst).to_string();
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-n",
+            "-q",
+            "-R",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            &dst,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// `ping -s size -c count` from `ns` with fragmentation allowed (`-M dont`): the echo

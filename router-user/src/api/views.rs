@@ -39,6 +39,31 @@ pub struct RuleEntry {
     pub table: String,
     /// `"config"`, `"steering"` or `"external-subnet"`.
     pub origin: String,
+    /// `fwmark MARK/MASK` (hexadecimal), for rules only the kernel has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fwmark: Option<String>,
+    /// `suppress_prefixlength N`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppress_prefixlength: Option<u32>,
+}
+
+impl RuleEntry {
+    /// What the rule matches beyond interface and prefixes, and how its lookup is bounded,
+    /// as `ip rule` says it (`-` for nothing).
+    pub fn extra_text(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(m) = &self.fwmark {
+            parts.push(format!("fwmark {m}"));
+        }
+        if let Some(n) = self.suppress_prefixlength {
+            parts.push(format!("suppress_prefixlength {n}"));
+        }
+        if parts.is_empty() {
+            "-".into()
+        } else {
+            parts.join(" ")
+        }
+    }
 }
 
 /// `fw_rule_list`.
@@ -275,6 +300,8 @@ pub(super) fn rule_entries(r: &Router) -> Vec<RuleEntry> {
                 crate::policy::Origin::ExternalSubnet => "external-subnet",
             }
             .into(),
+            fwmark: rule.fwmark.map(|(m, k)| format!("{m:#x}/{k:#x}")),
+            suppress_prefixlength: rule.suppress_prefixlength,
         })
         .collect()
 }

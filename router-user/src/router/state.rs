@@ -343,6 +343,8 @@ pub(super) async fn sync_kernel_policy(handle: &Handle, router: &Router) -> Resu
             from: r.from,
             to: r.to,
             table: r.table,
+            fwmark: r.fwmark,
+            suppress_prefixlength: r.suppress_prefixlength,
         })
         .collect();
     let present = netlink::rules(handle)

@@ -43,7 +43,7 @@ pub fn update(old: &Router, new: &Router) -> Result<(), Error> {
     if gone.is_empty() && added.is_empty() {
         return Ok(());
     }
-    run(&new.id, rules::floating_ip_changes(&added, &gone))?;
+    run(&new.id, rules::floating_ip_changes(new, &added, &gone))?;
     let _ = std::fs::write(applied_file(&new.id), ruleset_json(new));
     Ok(())
 }
@@ -187,7 +187,7 @@ protocol = "47"
             "dnat to ip daddr map @fip_dnat",
             "snat to ip saddr map @fip_snat",
             "oifname \"qg-1\" meta l4proto { tcp, udp } snat to 172.24.4.2:64512-65535",
-            "meta mark & 0x0000ffff != 0x00000002 ct status & dnat == dnat snat to 172.24.4.2",
+            "meta mark & 0x000000ff != 0x00000002 ct status & dnat == dnat snat to 172.24.4.2",
             "iifname \"qr-a\" ip daddr 169.254.169.254 tcp dport 80 redirect to :9697",
             "elements = { 172.24.4.10 : 10.0.0.10 }",
             "ct state invalid drop",
@@ -196,6 +196,67 @@ protocol = "47"
         ] {
             assert!(listing.contains(line), "missing {line:?} in:\n{listing}");
         }
+    }
+
+    /// Steering through a two-legged firewall and a second external subnet: the kernel
+    /// tracks what enters before the firewall in a zone of its own, and marks what a
+    /// floating IP of the second subnet sends with that subnet's mark; the mark map follows
+    /// floating-IP changes.
+    #[test]
+    fn steering_zone_and_subnet_marks_are_valid_nftables() {
+        let text = r#"
+[[router]]
+id = "r1"
+namespace = "ns1"
+[router.gateway]
+interface = "qg-1"
+address = "172.24.4.2/24"
+nexthop = "172.24.4.1"
+[[router.gateway.subnet]]
+address = "172.24.5.2/24"
+nexthop = "172.24.5.1"
+[[router.interface]]
+name = "qr-a"
+address = "10.0.0.1/24"
+[[router.interface]]
+name = "qr-fi"
+address = "10.99.0.1/24"
+[[router.interface]]
+name = "qr-fe"
+address = "10.99.1.1/24"
+[router.steering]
+nexthop = "10.99.0.2"
+gateway_nexthop = "10.99.1.2"
+interfaces = ["qr-a"]
+[[router.floating_ip]]
+address = "172.24.4.10"
+fixed = "10.0.0.10"
+[[router.floating_ip]]
+address = "172.24.5.11"
+fixed = "10.0.0.11"
+"#;
+        let router = DesiredState::parse(text).expect("valid").routers.remove(0);
+        let more = "[[router.floating_ip]]\naddress = \"172.24.5.12\"\nfixed = \"10.0.0.12\"\n";
+        let with_more = DesiredState::parse(&format!("{text}{more}"))
+            .expect("valid")
+            .routers
+            .remove(0);
+        let listing = in_scratch_namespace(move || {
+            apply(&router).expect("libnftables takes the ruleset");
+            update(&router, &with_more).expect("elements added");
+            forget(&router.id);
+        });
+        for line in [
+            "iifname { \"qr-a\", \"qr-fi\" } ct zone set 1",
+            "meta mark 0x00000000 meta mark set ip saddr map @fip_subnet_mark",
+            "10.0.0.11 : 0x00000100",
+            "10.0.0.12 : 0x00000100",
+            "meta mark & 0x000000ff != 0x00000002 ct status & dnat == dnat snat to 172.24.4.2",
+        ] {
+            assert!(listing.contains(line), "missing {line:?} in:\n{listing}");
+        }
+        // The primary subnet's floating IP needs no mark: main's default is its gateway.
+        assert!(!listing.contains("10.0.0.10 : 0x"), "{listing}");
     }
 
     /// Runs `f` in a thread of its own network namespace, then lists the router's table

@@ -16,9 +16,10 @@ use router_common::REJECT_MARK;
 use crate::config::{FirewallRule, FloatingIp, FwAction, Router};
 
 pub const TABLE: &str = "neutron_router";
-/// What entered from the gateway carries this in the low 16 bits of its mark (Neutron's
-/// 0x2/0xffff).
+/// What entered from the gateway carries this in the low 8 bits of its mark (Neutron's
+/// 0x2 mark; the next 8 bits name an external subnet, see `policy::SUBNET_MARK_MASK`).
 const FROM_GATEWAY: u32 = 0x2;
+const FROM_GATEWAY_MASK: u32 = 0xff;
 
 // Chain priorities, as nftables names them.
 const RAW: i32 = -300;
@@ -30,6 +31,8 @@ const SRCNAT: i32 = 100;
 /// The two floating-IP maps: external address to fixed (DNAT) and back (SNAT).
 pub const FIP_DNAT: &str = "fip_dnat";
 pub const FIP_SNAT: &str = "fip_snat";
+/// Fixed address of a floating IP on a further external subnet to that subnet's mark.
+pub const FIP_SUBNET_MARK: &str = "fip_subnet_mark";
 
 fn table() -> Table<'static> {
     Table {
@@ -63,8 +66,30 @@ pub fn ruleset(router: &Router) -> Vec<NfObject<'static>> {
             ..Map::default()
         }))));
     }
+    let marks: Vec<Expression> = crate::policy::floating_ip_marks(router)
+        .into_iter()
+        .map(|(fixed, mark)| Expression::List(vec![addr(fixed), Expression::Number(mark)]))
+        .collect();
+    out.push(add(NfListObject::Map(Box::new(Map {
+        family: NfFamily::IP,
+        table: TABLE.into(),
+        name: FIP_SUBNET_MARK.into(),
+        set_type: SetTypeValue::Single(SetType::Ipv4Addr),
+        map: SetTypeValue::Single(SetType::Mark),
+        elem: (!marks.is_empty()).then(|| marks.into()),
+        ..Map::default()
+    }))));
     let internal: Vec<String> = router.interfaces.iter().map(|i| i.name.clone()).collect();
     for (chain, rules) in [
+        (
+            hook(
+                "steering_zone",
+                NfChainType::Filter,
+                NfHook::Prerouting,
+                RAW,
+            ),
+            steering_zone(router),
+        ),
         (
             hook("source_check", NfChainType::Filter, NfHook::Prerouting, RAW),
             source_check(router),
@@ -77,6 +102,15 @@ pub fn ruleset(router: &Router) -> Vec<NfObject<'static>> {
                 MANGLE,
             ),
             mark_gateway(router),
+        ),
+        (
+            hook(
+                "mark_source_subnet",
+                NfChainType::Filter,
+                NfHook::Prerouting,
+                MANGLE,
+            ),
+            mark_source_subnet(),
         ),
         (
             hook("dnat_in", NfChainType::NAT, NfHook::Prerouting, DSTNAT),
@@ -109,9 +143,36 @@ pub fn ruleset(router: &Router) -> Vec<NfObject<'static>> {
     out
 }
 
-/// Adds (`add`) or removes floating IPs from both maps, in one transaction.
-pub fn floating_ip_changes(added: &[&FloatingIp], gone: &[&FloatingIp]) -> Vec<NfObject<'static>> {
+/// Adds (`add`) or removes floating IPs of `router` (whose external subnets are the same
+/// before and after) from the maps, in one transaction.
+pub fn floating_ip_changes(
+    router: &Router,
+    added: &[&FloatingIp],
+    gone: &[&FloatingIp],
+) -> Vec<NfObject<'static>> {
     let mut out = Vec::new();
+    let marked = |fips: &[&FloatingIp]| {
+        let only = Router {
+            floating_ips: fips.iter().map(|f| **f).collect(),
+            ..router.clone()
+        };
+        crate::policy::floating_ip_marks(&only)
+    };
+    let (gone_marks, added_marks) = (marked(gone), marked(added));
+    if !gone_marks.is_empty() {
+        let keys = gone_marks.iter().map(|(fixed, _)| addr(*fixed)).collect();
+        out.push(NfObject::CmdObject(NfCmd::Delete(element(
+            FIP_SUBNET_MARK,
+            keys,
+        ))));
+    }
+    if !added_marks.is_empty() {
+        let pairs = added_marks
+            .iter()
+            .map(|(fixed, mark)| Expression::List(vec![addr(*fixed), Expression::Number(*mark)]))
+            .collect();
+        out.push(add(element(FIP_SUBNET_MARK, pairs)));
+    }
     for (name, dnat) in [(FIP_DNAT, true), (FIP_SNAT, false)] {
         if !gone.is_empty() {
             let keys = gone
@@ -308,6 +369,38 @@ fn mark_gateway(router: &Router) -> Vec<Vec<Statement<'static>>> {
     ]]
 }
 
+/// Steering through a firewall: what enters before the firewall is tracked in a zone of
+/// its own, so the pass back from the firewall is a connection of its own that NAT can
+/// still translate (see [`crate::policy::steering_zone_interfaces`]). Conntrack zones are
+/// chosen before conntrack sees the packet.
+fn steering_zone(router: &Router) -> Vec<Vec<Statement<'static>>> {
+    let names = crate::policy::steering_zone_interfaces(router);
+    if names.is_empty() {
+        return Vec::new();
+    }
+    vec![vec![
+        iifname_in(&names),
+        Statement::Mangle(Mangle {
+            key: ct("zone"),
+            value: Expression::Number(crate::policy::STEERING_ZONE.into()),
+        }),
+    ]]
+}
+
+/// What a floating IP of a further external subnet sends is marked with its subnet's mark
+/// before routing, so that the kernel's mark rules route it to that subnet's gateway
+/// (the fast path looks up its source table after NAT; the kernel routes before NAT, by
+/// the fixed source). Packets already marked (the firewall's `REJECT_MARK`) keep theirs.
+fn mark_source_subnet() -> Vec<Vec<Statement<'static>>> {
+    vec![vec![
+        is(meta(MetaKey::Mark), Operator::EQ, Expression::Number(0)),
+        Statement::Mangle(Mangle {
+            key: meta(MetaKey::Mark),
+            value: map_lookup(ip("saddr"), FIP_SUBNET_MARK),
+        }),
+    ]]
+}
+
 /// The metadata proxy's redirect, and floating IPs translated to their fixed addresses.
 fn dnat_in(router: &Router, internal: &[String]) -> Vec<Vec<Statement<'static>>> {
     let mut rules = Vec::new();
@@ -378,7 +471,7 @@ fn snat_out(router: &Router) -> Vec<Vec<Statement<'static>>> {
         let hairpin = || {
             vec![
                 is(
-                    masked(meta(MetaKey::Mark), 0xffff),
+                    masked(meta(MetaKey::Mark), FROM_GATEWAY_MASK),
                     Operator::NEQ,
                     Expression::Number(FROM_GATEWAY),
                 ),

@@ -441,11 +441,12 @@ fn show(r: RouterDetail) -> String {
                     x.to.clone(),
                     x.table.clone(),
                     x.origin.clone(),
+                    x.extra_text(),
                 ]
             })
             .collect();
         out.push_str(&table(
-            &["PRIORITY", "IIF", "FROM", "TO", "TABLE", "ORIGIN"],
+            &["PRIORITY", "IIF", "FROM", "TO", "TABLE", "ORIGIN", "ALSO"],
             &rows,
         ));
     }

@@ -85,15 +85,19 @@ pub fn run(api: &Api, command: Command) -> Result<(), Failure> {
                     .map(|r| {
                         vec![
                             r.priority.to_string(),
-                            r.iif.unwrap_or_else(|| "any".into()),
-                            r.from,
-                            r.to,
-                            r.table,
-                            r.origin,
+                            r.iif.clone().unwrap_or_else(|| "any".into()),
+                            r.from.clone(),
+                            r.to.clone(),
+                            r.table.clone(),
+                            r.origin.clone(),
+                            r.extra_text(),
                         ]
                     })
                     .collect();
-                table(&["PRIORITY", "IIF", "FROM", "TO", "TABLE", "ORIGIN"], &rows)
+                table(
+                    &["PRIORITY", "IIF", "FROM", "TO", "TABLE", "ORIGIN", "ALSO"],
+                    &rows,
+                )
             },
         ),
     }
