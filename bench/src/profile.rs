@@ -1301,6 +1301,7 @@ fn path_tag(path: rate::Path) -> &'static str {
         rate::Path::Ceiling => "ceiling",
         rate::Path::Xdp => "xdp",
         rate::Path::Tc => "tc",
+        rate::Path::Auto => "auto",
         rate::Path::Neutron => "neutron",
     }
 }

@@ -42,15 +42,27 @@ pub enum Path {
     Ceiling,
     Xdp,
     Tc,
+    /// routerd's default mode (`auto`): here, where every interface is a veth, the TC entry.
+    Auto,
     Neutron,
 }
 
 impl Path {
+    /// routerd's `mode` for this path (`xdp` where routerd does not run).
+    pub fn mode(self) -> &'static str {
+        match self {
+            Path::Tc => "tc",
+            Path::Auto => "auto",
+            Path::Ceiling | Path::Xdp | Path::Neutron => "xdp",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Path::Ceiling => "veth ceiling",
             Path::Xdp => "fast path, XDP",
             Path::Tc => "fast path, TC",
+            Path::Auto => "fast path, auto (default)",
             Path::Neutron => "Neutron iptables",
         }
     }
@@ -220,8 +232,8 @@ pub fn setup(path: Path, fips: usize) -> anyhow::Result<Setup> {
             };
             iptables_restore = Some(router.configure(&router_ns));
         }
-        Path::Xdp | Path::Tc => {
-            let mode = if path == Path::Xdp { "xdp" } else { "tc" };
+        Path::Xdp | Path::Tc | Path::Auto => {
+            let mode = path.mode();
             let file = std::env::temp_dir().join(format!("{tag}.toml"));
             std::fs::write(&file, routerd_config(&tag, &router_ns, mode, &list))?;
             routerd = Some(Routerd::start(&file, &tag));
@@ -277,7 +289,7 @@ pub fn setup(path: Path, fips: usize) -> anyhow::Result<Setup> {
         routerd,
         router_id: tag,
         router_ns,
-        mode: if path == Path::Tc { "tc" } else { "xdp" }.into(),
+        mode: path.mode().into(),
         config,
         iptables_restore,
         attach_generator: false,

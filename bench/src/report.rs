@@ -496,6 +496,12 @@ fn targets_table(s: &mut String, r: &Results) {
         ratio(tcp(rate::Path::Tc), tcp(rate::Path::Neutron)),
         |v| v >= 1.0,
     );
+    row(
+        "TCP throughput, default mode (auto) / Neutron",
+        ">= 1x",
+        ratio(tcp(rate::Path::Auto), tcp(rate::Path::Neutron)),
+        |v| v >= 1.0,
+    );
     row("10k floating IPs applied, ms", "<= 100", control, |v| {
         v <= 100.0
     });

@@ -99,6 +99,17 @@ pub fn tc_only(link: &Link) -> Option<&'static str> {
     )
 }
 
+/// Why `link` runs the TC entry alone in `auto` mode, if it does: XDP on a veth takes
+/// segmentation offload from its peer (the kernel turns it off there), so the TCP of the
+/// VM or bridge on the far end crosses the router as MTU-sized frames instead of GSO
+/// aggregates. Measured through the router with iperf3 (`docs/benchmarks.md`, TCP): XDP
+/// on the veths carries a fifth of what the TC entry and Neutron's path carry.
+pub fn tc_by_choice(link: &Link, mode: crate::config::Mode) -> Option<&'static str> {
+    (mode == crate::config::Mode::Auto && link.kind.as_deref() == Some("veth")).then_some(
+        "mode auto: a veth, whose peer loses segmentation offload (GSO) under XDP; the TC entry keeps TCP bulk at full speed",
+    )
+}
+
 /// Whether XDP-redirected frames into `link` are delivered, when the configuration does
 /// not say.
 pub fn xdp_egress_default(link: &Link) -> bool {
@@ -552,6 +563,12 @@ mod tests {
         assert!(tc_only(&vnet_hdr).is_some());
         assert!(tc_only(&link(Some("tun"))).is_none());
         assert!(tc_only(&link(Some("veth"))).is_none());
+        use crate::config::Mode;
+        let veth = link(Some("veth"));
+        assert!(tc_by_choice(&veth, Mode::Auto).is_some());
+        assert!(tc_by_choice(&veth, Mode::Xdp).is_none());
+        assert!(tc_by_choice(&link(Some("tun")), Mode::Auto).is_none());
+        assert!(tc_by_choice(&link(None), Mode::Auto).is_none());
         assert!(xdp_egress_default(&link(None)), "a NIC");
     }
 }

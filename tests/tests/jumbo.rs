@@ -241,9 +241,7 @@ fn an_interface_without_native_xdp_runs_the_tc_entry() {
     let show = String::from_utf8_lossy(&show.stdout);
     assert!(show.contains("tc*"), "{show}");
     assert!(
-        show.contains(&format!(
-            "qr-v: native XDP unavailable, runs the TC entry ({reason})"
-        )),
+        show.contains(&format!("qr-v: runs the TC entry alone ({reason})")),
         "{show}"
     );
 
@@ -256,5 +254,98 @@ fn an_interface_without_native_xdp_runs_the_tc_entry() {
         traffic::forwarded_by_kernel(&rns),
         kernel,
         "the kernel forwarded what the fast path should have"
+    );
+}
+
+/// Whether `dev` in `ns` takes TCP segmentation offload (`ethtool -k`): the stack hands it
+/// super-packets rather than segmenting them first.
+fn segments_offloaded(ns: &str, dev: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ethtool", "-k", dev])
+        .output()
+        .expect("ethtool runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == "tcp-segmentation-offload: on")
+}
+
+/// The default mode (`auto`, the file says no mode): veths run the TC entry alone, so
+/// their peers keep segmentation offload (XDP on a veth turns it off on the peer: checked
+/// in XDP mode here too), while a tap takes native XDP. Traffic through the veths is the
+/// fast path's.
+#[test]
+fn the_default_mode_runs_the_tc_entry_on_veths_and_xdp_elsewhere() {
+    let mut topo = topology();
+    let (rns, vma) = (topo.router_ns.clone(), topo.ns("vma").to_string());
+    ip(&["-n", &rns, "tuntap", "add", "dev", "qr-t", "mode", "tap"]);
+    let mut text: RouterText = topo.router_text("auto");
+    text.interfaces
+        .push(("qr-t".into(), "10.0.3.1/24".into(), None));
+    text.floating_ips.push((FIP, Ipv4Addr::from(VM_A)));
+    let rendered = text.render();
+    let without_mode = rendered.replace("mode = \"auto\"\n", "");
+    assert_ne!(without_mode, rendered, "the mode line is left out");
+    topo.write_config(&without_mode);
+    topo.start_routerd();
+    let tag = topo.tag.clone();
+
+    let interfaces = info(&tag).interfaces;
+    for i in &interfaces {
+        match i.name.as_str() {
+            "qr-t" => assert_eq!(i.xdp_unavailable, None, "the tap takes native XDP"),
+            name => assert!(
+                i.xdp_unavailable
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("mode auto: a veth")),
+                "{name} runs the TC entry alone: {i:?}"
+            ),
+        }
+    }
+    assert!(
+        segments_offloaded(&vma, "eth0"),
+        "vma's end of the veth keeps segmentation offload"
+    );
+    let socket = std::env::temp_dir().join(format!("routerd-{tag}.sock"));
+    let show = Command::new(router_tests::routerd::routerd_path().with_file_name("routerctl"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["router", "show", &tag])
+        .output()
+        .expect("routerctl runs");
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        show.contains("qr-a: runs the TC entry alone (mode auto: a veth"),
+        "{show}"
+    );
+
+    let ext = topo.ns("ext").to_string();
+    assert!(traffic::ping(&ext, FIP.octets(), 1), "ext -> FIP");
+    assert!(traffic::ping(&vma, EXT, 1), "vma -> ext");
+    let kernel = traffic::forwarded_by_kernel(&rns);
+    let bytes = 8 * 1024 * 1024;
+    assert_eq!(
+        traffic::tcp_transfer(&vma, &ext, EXT, 7101, bytes),
+        bytes,
+        "TCP from the floating IP's VM"
+    );
+    assert_eq!(
+        traffic::tcp_transfer(&ext, &vma, FIP.octets(), 7102, bytes),
+        bytes,
+        "TCP to the floating IP"
+    );
+    assert_eq!(
+        traffic::forwarded_by_kernel(&rns),
+        kernel,
+        "the kernel forwarded what the fast path should have"
+    );
+
+    // The same router in XDP mode: the veth's peer loses segmentation offload, which is
+    // why the default leaves veths to the TC entry.
+    topo.routerd_mut().stop();
+    topo.write_config(&rendered.replace("mode = \"auto\"", "mode = \"xdp\""));
+    let _xdp = router_tests::routerd::Routerd::start(&topo.config, &tag);
+    assert!(
+        !segments_offloaded(&vma, "eth0"),
+        "under XDP on qr-a, vma's end of the veth segments nothing"
     );
 }

@@ -392,7 +392,7 @@ pub(super) fn router_create(
 ) -> Result<Plan, ApiError> {
     if let Some(r) = state.router(id) {
         // No mode asked: the file's default.
-        let same = r.namespace == namespace && r.mode.to_string() == mode.unwrap_or("xdp");
+        let same = r.namespace == namespace && r.mode.to_string() == mode.unwrap_or("auto");
         if same && may_exist {
             return Ok(Plan::Unchanged);
         }

@@ -2,7 +2,7 @@
 //!
 //! Reading checks only what a value's type cannot hold: an address that is not one, a
 //! prefix with host bits set, a table name no `[[router.table]]` has, a mode that is not
-//! `xdp` or `tc`. Everything else is checked on the typed model ([`super::check`]).
+//! `auto`, `xdp` or `tc`. Everything else is checked on the typed model ([`super::check`]).
 //! [`RouterText`] reads the text values of an edit (a request's fields) with the same
 //! functions, so a bad value is named as the file would name it.
 
@@ -85,7 +85,7 @@ struct FileTimeouts {
 }
 
 fn default_mode() -> String {
-    "xdp".into()
+    "auto".into()
 }
 
 #[derive(Deserialize)]
@@ -181,9 +181,10 @@ pub(super) fn read_router(index: usize, f: &FileRouter) -> Result<Router, Config
 
 fn read_mode(at: &Ctx, text: &str) -> Result<Mode, ConfigError> {
     match text {
+        "auto" => Ok(Mode::Auto),
         "xdp" => Ok(Mode::Xdp),
         "tc" => Ok(Mode::Tc),
-        _ => Err(at.bad("mode", text, "must be \"xdp\" or \"tc\"")),
+        _ => Err(at.bad("mode", text, "must be \"auto\", \"xdp\" or \"tc\"")),
     }
 }
 
@@ -452,7 +453,7 @@ pub fn new_router(
     mode: Option<&str>,
 ) -> Result<Router, ConfigError> {
     let at = Ctx::router(index, id);
-    let mode = read_mode(&at, mode.unwrap_or("xdp"))?;
+    let mode = read_mode(&at, mode.unwrap_or("auto"))?;
     Ok(Router::new(id, namespace, mode))
 }
 

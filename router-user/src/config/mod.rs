@@ -48,6 +48,11 @@ pub struct DesiredState {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// The default: each interface as suits its kind. Native XDP (with the TC entry
+    /// beside it) except on a veth, which runs the TC entry alone: XDP on a veth takes
+    /// segmentation offload from its peer, whose TCP then crosses the router as MTU-sized
+    /// frames (see `netlink::tc_by_choice`).
+    Auto,
     /// XDP on every interface (native), with the TC entry alongside for egresses that
     /// cannot take XDP frames.
     Xdp,
@@ -55,9 +60,17 @@ pub enum Mode {
     Tc,
 }
 
+impl Mode {
+    /// Whether the XDP program is loaded and attached where an interface allows it.
+    pub fn runs_xdp(self) -> bool {
+        matches!(self, Mode::Auto | Mode::Xdp)
+    }
+}
+
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Mode::Auto => "auto",
             Mode::Xdp => "xdp",
             Mode::Tc => "tc",
         })

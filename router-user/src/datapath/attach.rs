@@ -60,7 +60,7 @@ impl Datapath {
     ) -> Result<Attached, Error> {
         let mut attached = Attached::default();
         for (name, index) in interfaces {
-            let mut xdp = mode == Mode::Xdp;
+            let mut xdp = mode.runs_xdp();
             let refused = tc_only.iter().find(|(i, _)| i == index);
             let xdp_link = if let (true, Some((_, reason))) = (xdp, refused) {
                 tracing::info!(

@@ -176,7 +176,7 @@ impl Datapath {
     /// attached yet (see `attach`, which adopts pinned links). `mode`: TC mode loads only
     /// the TC program.
     pub fn open(router: &str, sizes: TableSizes, owner: &Owner, mode: Mode) -> Result<Self, Error> {
-        let with_xdp = mode == Mode::Xdp;
+        let with_xdp = mode.runs_xdp();
         let dir = crate::paths::router_pin_dir(router);
         let recorded: Option<Owner> = std::fs::read(owner_file(router))
             .ok()

@@ -9,7 +9,7 @@ use rtnetlink::Handle;
 
 use super::{InterfaceInfo, RouterInfo, Writes, write_info};
 use crate::{
-    config::{IfAddr, Mode, Router},
+    config::{IfAddr, Router},
     conntrack,
     datapath::Datapath,
     error::Error,
@@ -126,7 +126,7 @@ async fn setup_recording(
                 interface: name.clone(),
                 namespace: router.namespace.clone(),
             })?;
-        let xdp_egress = router.mode == Mode::Xdp
+        let xdp_egress = router.mode.runs_xdp()
             && xdp_egress.unwrap_or_else(|| netlink::xdp_egress_default(&link));
         links.push((link, *addr, *role, xdp_egress));
     }
@@ -256,7 +256,10 @@ async fn setup_recording(
         .collect();
     let tc_only: Vec<(u32, String)> = links
         .iter()
-        .filter_map(|(l, ..)| Some((l.index, netlink::tc_only(l)?.to_string())))
+        .filter_map(|(l, ..)| {
+            let reason = netlink::tc_only(l).or_else(|| netlink::tc_by_choice(l, router.mode))?;
+            Some((l.index, reason.to_string()))
+        })
         .collect();
     let attached = state.datapath.attach(router.mode, &attach, &tc_only)?;
     let adopted_links = attached.adopted;

@@ -33,7 +33,8 @@ pub struct NeutronArgs {
     /// Write the desired state to FILE (replacing it whole) instead of standard output.
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     out: Option<PathBuf>,
-    /// The routers' mode (tc works on every interface; xdp needs native XDP on all).
+    /// The routers' mode (tc works on every interface; auto runs native XDP where the
+    /// interface keeps up with it, TC elsewhere; xdp wants native XDP on all).
     #[arg(long, value_enum, default_value_t = ImportMode::Tc)]
     mode: ImportMode,
     /// Only this router (its Neutron id); repeatable. Default: every router of the input.
@@ -48,6 +49,7 @@ pub struct NeutronArgs {
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum ImportMode {
     Tc,
+    Auto,
     Xdp,
 }
 
@@ -77,6 +79,7 @@ pub fn run(output: &Output, etcd: Option<&Writer>, command: Command) -> Result<(
     let options = ImportOptions {
         mode: match args.mode {
             ImportMode::Tc => Mode::Tc,
+            ImportMode::Auto => Mode::Auto,
             ImportMode::Xdp => Mode::Xdp,
         },
         routers: args.routers,

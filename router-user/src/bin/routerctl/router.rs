@@ -14,6 +14,7 @@ use crate::{
 /// to routerd as the name of a `router_user::config::Mode`).
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum AttachModeArg {
+    Auto,
     Xdp,
     Tc,
 }
@@ -28,8 +29,8 @@ pub enum Command {
         /// The network namespace holding the router's interfaces (it must exist).
         #[arg(long)]
         namespace: String,
-        /// Where the fast path attaches: native XDP (with TC beside it) or TC only
-        /// (default: xdp).
+        /// Where the fast path attaches: auto (native XDP, TC alone on veths), native XDP
+        /// (with TC beside it) everywhere, or TC only (default: auto).
         #[arg(long, value_enum)]
         mode: Option<AttachModeArg>,
         /// A router with this id, namespace and mode already there is not an error.
@@ -148,6 +149,7 @@ pub fn run(api: &Api, command: Command) -> Result<(), Failure> {
                 namespace,
                 mode: mode.map(|m| {
                     match m {
+                        AttachModeArg::Auto => "auto",
                         AttachModeArg::Xdp => "xdp",
                         AttachModeArg::Tc => "tc",
                     }
@@ -334,13 +336,14 @@ fn show(r: RouterDetail) -> String {
             |x| if x { "yes" } else { "no" }.to_string(),
         )
     };
-    // Which program entry runs on a running interface: the router's mode, or the TC entry
-    // where native XDP could not attach (`*`, said below the table).
-    let mode = r.mode.clone();
+    // Which program entry runs on a running interface: XDP (with TC beside it) unless the
+    // router runs TC only, or the TC entry alone where XDP is not used (`*`, the reason said
+    // below the table).
+    let mode = if r.mode == "tc" { "tc" } else { "xdp" };
     let entry = |ifindex: Option<u32>, unavailable: &Option<String>| match (ifindex, unavailable) {
         (None, _) => "-".to_string(),
         (Some(_), Some(_)) => "tc*".to_string(),
-        (Some(_), None) => mode.clone(),
+        (Some(_), None) => mode.to_string(),
     };
     let mut rows = Vec::new();
     if let Some(g) = &r.gateway {
@@ -392,10 +395,7 @@ fn show(r: RouterDetail) -> String {
         .chain(r.interfaces.iter().map(|i| (&i.name, &i.xdp_unavailable)));
     for (name, reason) in fallbacks {
         if let Some(reason) = reason {
-            let _ = writeln!(
-                out,
-                "* {name}: native XDP unavailable, runs the TC entry ({reason})"
-            );
+            let _ = writeln!(out, "* {name}: runs the TC entry alone ({reason})");
         }
     }
     match &r.gateway {

@@ -41,7 +41,7 @@ fn err(text: &str) -> String {
 }
 
 #[test]
-fn issue_example_parses() {
+fn small_example_parses() {
     let state = DesiredState::parse(SMALL_EXAMPLE).expect("example must parse");
     let r = &state.routers[0];
     assert_eq!(r.id, "r1");
@@ -53,6 +53,21 @@ fn issue_example_parses() {
     assert_eq!(r.interfaces.len(), 2);
     assert_eq!(r.interfaces[1].address.subnet().to_string(), "10.0.2.0/24");
     assert_eq!(r.routes[0].destination.to_string(), "10.20.0.0/16");
+}
+
+#[test]
+fn the_mode_defaults_to_auto() {
+    let without = SMALL_EXAMPLE.replace("mode = \"xdp\"                  # or \"tc\"\n", "");
+    assert_ne!(without, SMALL_EXAMPLE, "the example names its mode");
+    let state = DesiredState::parse(&without).expect("valid without a mode");
+    assert_eq!(state.routers[0].mode, Mode::Auto);
+    let auto = SMALL_EXAMPLE.replace("mode = \"xdp\"", "mode = \"auto\"");
+    assert_eq!(
+        DesiredState::parse(&auto).expect("valid").routers[0].mode,
+        Mode::Auto
+    );
+    // Written back, the mode is kept: a file follows the default only while it says none.
+    assert!(state.to_toml().contains("mode = \"auto\""));
 }
 
 #[test]
