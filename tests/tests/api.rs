@@ -1094,7 +1094,18 @@ fn neutron_router_and_floating_ip_verbs() {
             "router \"{r}\": namespace \"{missing_ns}\" does not exist (no /run/netns/{missing_ns}"
         ),
     );
-    let out = api.ctl_ok(&["router", "create", "--router", r, "--namespace", &router_ns]);
+    // XDP mode named: the default (auto) runs the TC entry alone on these veths, and the
+    // delete below checks that the XDP program goes.
+    let out = api.ctl_ok(&[
+        "router",
+        "create",
+        "--router",
+        r,
+        "--namespace",
+        &router_ns,
+        "--mode",
+        "xdp",
+    ]);
     assert!(
         out.starts_with(&format!("applied: router(s) {r} (")),
         "{out}"
@@ -1122,7 +1133,7 @@ fn neutron_router_and_floating_ip_verbs() {
         [r, router_ns.as_str(), "xdp", "-", "-", "0", "yes"],
         "{out}"
     );
-    let create = json!({"op": "router_create", "router": r, "namespace": router_ns});
+    let create = json!({"op": "router_create", "router": r, "namespace": router_ns, "mode": "xdp"});
     api.rejected(
         create.clone(),
         &format!("router \"{r}\" exists (namespace \"{router_ns}\", mode xdp) (use --may-exist)"),
@@ -1152,7 +1163,7 @@ fn neutron_router_and_floating_ip_verbs() {
     );
     api.rejected(
         json!({"op": "router_create", "router": format!("{r}x"), "namespace": ext_ns, "mode": "ebpf"}),
-        ".mode = \"ebpf\": must be \"xdp\" or \"tc\"",
+        ".mode = \"ebpf\": must be \"auto\", \"xdp\" or \"tc\"",
     );
     let e = api.ctl_exit(
         2,

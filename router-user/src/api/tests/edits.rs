@@ -271,7 +271,7 @@ fn router_create_and_delete() {
         ),
         (
             json!({"op": "router_create", "router": "r2", "namespace": "ns2", "mode": "ebpf"}),
-            "router[1] (id \"r2\").mode = \"ebpf\": must be \"xdp\" or \"tc\"",
+            "router[1] (id \"r2\").mode = \"ebpf\": must be \"auto\", \"xdp\" or \"tc\"",
         ),
         (
             json!({"op": "router_create", "router": "r 2", "namespace": "ns2"}),
