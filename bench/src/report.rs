@@ -37,7 +37,7 @@ pub fn write(dir: &Path, results: &Results) -> anyhow::Result<()> {
     std::fs::write(&md, markdown(results, &old))?;
     if !results.scale.is_empty() {
         let mut series = Vec::new();
-        for path in [rate::Path::Xdp, rate::Path::Tc, rate::Path::Neutron] {
+        for path in SCALE_PATHS {
             let points: Vec<(f64, f64)> = results
                 .scale
                 .iter()
@@ -62,7 +62,7 @@ pub fn write(dir: &Path, results: &Results) -> anyhow::Result<()> {
         )?;
     }
     if !results.floating_ip_connections.is_empty() {
-        let series: Vec<Series> = [rate::Path::Xdp, rate::Path::Tc, rate::Path::Neutron]
+        let series: Vec<Series> = SCALE_PATHS
             .into_iter()
             .map(|path| Series {
                 name: path.name().into(),
@@ -120,6 +120,14 @@ pub fn write(dir: &Path, results: &Results) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The paths measured as floating IPs grow.
+const SCALE_PATHS: [rate::Path; 4] = [
+    rate::Path::Xdp,
+    rate::Path::Tc,
+    rate::Path::Neutron,
+    rate::Path::Nftables,
+];
 
 fn mpps(pps: f64) -> String {
     format!("{:.3}", pps / 1e6)
@@ -189,7 +197,7 @@ fn markdown(r: &Results, old: &str) -> String {
              the kernel's BPF run statistics, taken in a second run (they slow every program, \
              so the rates are measured with them off; the figure includes their own clock \
              reads).\n\n\
-             | path | frame | flows | offered Mpps | delivered Mpps | vs Neutron | vs ceiling | router program ns/frame |\n|---|---|---|---|---|---|---|---|"
+             | path | frame | flows | offered Mpps | delivered Mpps | vs Neutron | vs nftables maps | vs ceiling | router program ns/frame |\n|---|---|---|---|---|---|---|---|---|"
         );
         for x in &r.rate {
             let find = |p: rate::Path| {
@@ -204,13 +212,14 @@ fn markdown(r: &Results, old: &str) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} B | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} B | {} | {} | {} | {} | {} | {} | {} |",
                 x.path.name(),
                 x.frame_bytes,
                 x.flows,
                 mpps(x.offered_pps),
                 mpps(x.delivered_pps),
                 ratio(find(rate::Path::Neutron)),
+                ratio(find(rate::Path::Nftables)),
                 ratio(find(rate::Path::Ceiling)),
                 x.router_program_ns
                     .map_or("-".into(), |ns| format!("{ns:.0}")),
@@ -237,6 +246,7 @@ fn markdown(r: &Results, old: &str) -> String {
             );
         }
     }
+    cpu_section(&mut s, r);
     if !r.scale.is_empty() {
         let _ = writeln!(
             s,
@@ -314,6 +324,50 @@ fn markdown(r: &Results, old: &str) -> String {
     }
     crate::cluster_report::section(&mut s, r);
     s
+}
+
+/// CPU time at a fixed offered load: the machine's, and the same minus the ceiling's (what
+/// the router adds to moving the frames from generator to sink).
+fn cpu_section(s: &mut String, r: &Results) {
+    let Some(first) = r.cpu.first() else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "\n## CPU at a fixed load ({} frames/s offered, {} B, {} flows)\n\n\
+         Busy CPU time of the whole machine over the run (`/proc/stat`: every CPU, everything \
+         but idle and iowait), per second of traffic and per delivered frame. The generator, \
+         the sink and anything else the machine runs meanwhile count too; the router's share \
+         is the same minus the veth ceiling's (the generator straight into the sink). The \
+         counters tick every 10 ms, and other work on a shared machine shows up here: compare \
+         paths within a run.\n\n\
+         | path | offered kframes/s | delivered kframes/s | CPU ms per s | CPU ns per frame | router's share, ms per s | router's share, ns per frame |\n|---|---|---|---|---|---|---|",
+        thousands(first.offered_pps.round()),
+        first.frame_bytes,
+        first.flows
+    );
+    let ceiling = r.cpu.iter().find(|c| c.path == rate::Path::Ceiling);
+    for c in &r.cpu {
+        let ns = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
+        let (share_ms, share_ns) = match ceiling {
+            Some(base) if c.path != rate::Path::Ceiling => (
+                format!("{:.0}", c.cpu_ms_per_sec - base.cpu_ms_per_sec),
+                ns(c.cpu_ns_per_frame
+                    .zip(base.cpu_ns_per_frame)
+                    .map(|(a, b)| a - b)),
+            ),
+            _ => ("-".into(), "-".into()),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} | {:.1} | {:.0} | {} | {share_ms} | {share_ns} |",
+            c.path.name(),
+            c.offered_pps / 1e3,
+            c.delivered_pps / 1e3,
+            c.cpu_ms_per_sec,
+            ns(c.cpu_ns_per_frame),
+        );
+    }
 }
 
 /// One line of a plot: a name and its (x, y) points.
@@ -422,6 +476,33 @@ fn targets(s: &mut String, r: &Results) {
     let _ = writeln!(s, "## Targets\n");
     targets_table(s, r);
     let _ = writeln!(s);
+    if let Some(probe) = &r.flowtable {
+        let _ = writeln!(s, "{}\n", flowtable_note(probe));
+    }
+}
+
+/// Why the kernel baselines are iptables and nftables maps, and not the nftables flowtable
+/// as well, from this run's probe of the kernel.
+fn flowtable_note(probe: &rate::FlowtableProbe) -> String {
+    let config = probe.kernel_config.as_ref().map_or(String::new(), |line| {
+        format!(" (its configuration: `{line}`)")
+    });
+    if probe.available {
+        format!(
+            "The nftables flowtable (the kernel's own fast path for established flows) would be \
+             the natural third kernel baseline; this kernel makes one{config}, but this run does \
+             not measure it."
+        )
+    } else {
+        format!(
+            "The nftables flowtable (the kernel's own fast path for established flows) would be \
+             the natural third kernel baseline, but this kernel is built without \
+             `CONFIG_NF_FLOW_TABLE`{config}: `nft add flowtable` in a scratch namespace fails \
+             (\"{}\"), so the kernel baselines are Neutron's iptables rules and routerd's \
+             slow-path nftables maps.",
+            probe.nft_said.trim()
+        )
+    }
 }
 
 /// The targets table: each target, what was wanted, this run's value and whether it is met.
@@ -450,6 +531,19 @@ fn targets_table(s: &mut String, r: &Results) {
             .find(|t| t.path == path)
             .map(|t| t.throughput_gbps)
     };
+    let snat_connections = |path: rate::Path| {
+        r.tcp
+            .iter()
+            .find(|t| t.path == path)
+            .map(|t| t.snat_connections_per_sec)
+    };
+    // The nftables baseline's targets, for runs that measured it.
+    let nftables = r
+        .rate
+        .iter()
+        .map(|x| x.path)
+        .chain(r.tcp.iter().map(|t| t.path))
+        .any(|p| p == rate::Path::Nftables);
     let control = r
         .control
         .iter()
@@ -502,6 +596,29 @@ fn targets_table(s: &mut String, r: &Results) {
         ratio(tcp(rate::Path::Auto), tcp(rate::Path::Neutron)),
         |v| v >= 1.0,
     );
+    if nftables {
+        row(
+            "TC / nftables maps, 64 B, 1024 flows, packets/s",
+            ">= 1x",
+            ratio(rate(rate::Path::Tc), rate(rate::Path::Nftables)),
+            |v| v >= 1.0,
+        );
+        row(
+            "TC / nftables maps, new connections/s",
+            ">= 1x",
+            ratio(
+                snat_connections(rate::Path::Tc),
+                snat_connections(rate::Path::Nftables),
+            ),
+            |v| v >= 1.0,
+        );
+        row(
+            "XDP / nftables maps, 64 B, 1024 flows, packets/s",
+            ">= 4x",
+            ratio(rate(rate::Path::Xdp), rate(rate::Path::Nftables)),
+            |v| v >= 4.0,
+        );
+    }
     row("10k floating IPs applied, ms", "<= 100", control, |v| {
         v <= 100.0
     });
@@ -790,9 +907,9 @@ pub fn with_figures(readme: &str, block: &str) -> Option<String> {
     Some(format!("{}{block}{}", &readme[..start], &readme[end..]))
 }
 
-/// `reason count, ...`, "none" when empty, "-" for the Neutron path (no router counters).
+/// `reason count, ...`, "none" when empty, "-" for the kernel baselines (no router counters).
 fn by_reason(path: rate::Path, counts: &std::collections::BTreeMap<String, u64>) -> String {
-    if path == rate::Path::Neutron {
+    if path.is_kernel_baseline() {
         return "-".into();
     }
     if counts.is_empty() {
