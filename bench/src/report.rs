@@ -335,37 +335,41 @@ fn cpu_section(s: &mut String, r: &Results) {
     let _ = writeln!(
         s,
         "\n## CPU at a fixed load ({} frames/s offered, {} B, {} flows)\n\n\
-         Busy CPU time of the whole machine over the run (`/proc/stat`: every CPU, everything \
-         but idle and iowait), per second of traffic and per delivered frame. The generator, \
-         the sink and anything else the machine runs meanwhile count too; the router's share \
-         is the same minus the veth ceiling's (the generator straight into the sink). The \
-         counters tick every 10 ms, and other work on a shared machine shows up here: compare \
-         paths within a run.\n\n\
-         | path | offered kframes/s | delivered kframes/s | CPU ms per s | CPU ns per frame | router's share, ms per s | router's share, ns per frame |\n|---|---|---|---|---|---|---|",
-        thousands(first.offered_pps.round()),
+         CPU time over the run, per second of traffic and per delivered frame, two ways. \
+         **Machine**: every CPU's wall time minus its idle and iowait time (`/proc/stat`, in \
+         10 ms units); anything else the machine runs meanwhile counts too, so on a shared \
+         machine compare paths within a run. **Sender**: the generator thread's and the \
+         `ksoftirqd` threads' time on the scheduler's clock: each send carries its frames \
+         through the router and into the sink in softirq on the sending CPU, so this is the \
+         path's work without other processes' (softirq work that interrupts another process \
+         is missed). The generator and the sink count in both; the router's share is the \
+         figure minus the veth ceiling's (the generator straight into the sink).\n\n\
+         | path | offered kframes/s | delivered kframes/s | machine CPU ms per s | machine CPU ns per frame | router's share (machine), ns per frame | sender CPU ms per s | sender CPU ns per frame | router's share (sender), ns per frame |\n|---|---|---|---|---|---|---|---|---|",
+        thousands(first.paced_pps as f64),
         first.frame_bytes,
         first.flows
     );
     let ceiling = r.cpu.iter().find(|c| c.path == rate::Path::Ceiling);
+    let ns = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
     for c in &r.cpu {
-        let ns = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
-        let (share_ms, share_ns) = match ceiling {
-            Some(base) if c.path != rate::Path::Ceiling => (
-                format!("{:.0}", c.cpu_ms_per_sec - base.cpu_ms_per_sec),
-                ns(c.cpu_ns_per_frame
-                    .zip(base.cpu_ns_per_frame)
-                    .map(|(a, b)| a - b)),
-            ),
-            _ => ("-".into(), "-".into()),
+        let share = |of: fn(&rate::CpuResult) -> Option<f64>| match ceiling {
+            Some(base) if c.path != rate::Path::Ceiling => {
+                ns(of(c).zip(of(base)).map(|(a, b)| a - b))
+            }
+            _ => "-".into(),
         };
         let _ = writeln!(
             s,
-            "| {} | {:.1} | {:.1} | {:.0} | {} | {share_ms} | {share_ns} |",
+            "| {} | {:.1} | {:.1} | {:.0} | {} | {} | {:.0} | {} | {} |",
             c.path.name(),
             c.offered_pps / 1e3,
             c.delivered_pps / 1e3,
             c.cpu_ms_per_sec,
             ns(c.cpu_ns_per_frame),
+            share(|c| c.cpu_ns_per_frame),
+            c.sending_ms_per_sec,
+            ns(c.sending_ns_per_frame),
+            share(|c| c.sending_ns_per_frame),
         );
     }
 }
