@@ -992,6 +992,126 @@ mod tests {
         assert_eq!(with_figures("no block", &block), None);
     }
 
+    fn rate_row(path: rate::Path, delivered_pps: f64) -> RateResult {
+        RateResult {
+            path,
+            frame_bytes: 64,
+            flows: 1024,
+            floating_ips: 1,
+            offered_pps: delivered_pps,
+            delivered_pps,
+            router_program_ns: None,
+        }
+    }
+
+    fn tcp_row(path: rate::Path, snat_connections_per_sec: f64) -> rate::TcpResult {
+        rate::TcpResult {
+            path,
+            throughput_gbps: 10.0,
+            snat_connections_per_sec,
+            syn_retransmits: 0,
+            not_forwarded: Default::default(),
+        }
+    }
+
+    /// The nftables baseline's targets are the fast path's figures over its, in the report
+    /// and the README; a run (or an older results file) without it has none of them.
+    #[test]
+    fn nftables_targets_are_ratios_to_the_nftables_baseline() {
+        let mut r = Results {
+            rate: vec![
+                rate_row(rate::Path::Xdp, 1_000_000.0),
+                rate_row(rate::Path::Tc, 600_000.0),
+                rate_row(rate::Path::Nftables, 400_000.0),
+            ],
+            tcp: vec![
+                tcp_row(rate::Path::Tc, 20_000.0),
+                tcp_row(rate::Path::Nftables, 25_000.0),
+            ],
+            ..Default::default()
+        };
+        let md = markdown(&r, "");
+        for line in [
+            "| TC / nftables maps, 64 B, 1024 flows, packets/s | >= 1x | 1.50 | yes |",
+            "| TC / nftables maps, new connections/s | >= 1x | 0.80 | no |",
+            "| XDP / nftables maps, 64 B, 1024 flows, packets/s | >= 4x | 2.50 | no |",
+        ] {
+            assert!(md.contains(line), "missing {line:?} in:\n{md}");
+            assert!(readme_figures(&r).contains(line));
+        }
+        r.rate.retain(|x| x.path != rate::Path::Nftables);
+        r.tcp.retain(|t| t.path != rate::Path::Nftables);
+        assert!(!markdown(&r, "").contains("/ nftables maps"));
+        assert!(!readme_figures(&r).contains("nftables"));
+    }
+
+    /// A results file written before the CPU section and the flowtable probe still loads
+    /// (`routerbench --readme` re-renders the README from it).
+    #[test]
+    fn results_without_cpu_or_flowtable_load() {
+        let mut json = serde_json::to_value(Results::default()).expect("serialises");
+        let fields = json.as_object_mut().expect("an object");
+        assert!(fields.remove("cpu").is_some() && fields.remove("flowtable").is_some());
+        let r: Results = serde_json::from_value(json).expect("loads without them");
+        assert!(r.cpu.is_empty() && r.flowtable.is_none());
+    }
+
+    /// The router's share of the CPU is each path's figure minus the ceiling's.
+    #[test]
+    fn cpu_share_is_the_path_minus_the_ceiling() {
+        let cpu = |path, machine_ns: f64, sender_ns: f64| rate::CpuResult {
+            path,
+            frame_bytes: 64,
+            flows: 1024,
+            paced_pps: 150_000,
+            offered_pps: 150_000.0,
+            delivered_pps: 150_000.0,
+            cpu_ms_per_sec: machine_ns * 0.15,
+            cpu_ns_per_frame: Some(machine_ns),
+            sending_ms_per_sec: sender_ns * 0.15,
+            sending_ns_per_frame: Some(sender_ns),
+        };
+        let r = Results {
+            cpu: vec![
+                cpu(rate::Path::Ceiling, 300.0, 200.0),
+                cpu(rate::Path::Nftables, 1800.0, 1500.0),
+            ],
+            ..Default::default()
+        };
+        let md = markdown(&r, "");
+        assert!(
+            md.contains("(150,000 frames/s offered, 64 B, 1024 flows)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| veth ceiling | 150.0 | 150.0 | 45 | 300 | - | 30 | 200 | - |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| nftables maps | 150.0 | 150.0 | 270 | 1800 | 1500 | 225 | 1500 | 1300 |"
+            ),
+            "{md}"
+        );
+    }
+
+    /// The report says why the flowtable is not a baseline, in the probe's words.
+    #[test]
+    fn the_flowtable_note_quotes_the_probe() {
+        let r = Results {
+            flowtable: Some(rate::FlowtableProbe {
+                available: false,
+                nft_said: "Error: Could not process rule: No such file or directory".into(),
+                kernel_config: Some("# CONFIG_NF_FLOW_TABLE is not set".into()),
+            }),
+            ..Default::default()
+        };
+        let md = markdown(&r, "");
+        assert!(md.contains("built without `CONFIG_NF_FLOW_TABLE`"), "{md}");
+        assert!(md.contains("(\"Error: Could not process rule: No such file or directory\")"));
+        assert!(!readme_figures(&r).contains("FLOW_TABLE"));
+    }
+
     #[test]
     fn targets_notes_are_carried_over() {
         let notes = "<!-- kept: targets -->\nwhy not met\n<!-- /kept -->";
