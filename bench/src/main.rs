@@ -177,7 +177,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             Path::Neutron,
             Path::Nftables,
         ] {
-            if path == Path::Auto && !wants("tcp") {
+            // Frame rates and CPU on every path but the default mode (see below), TCP
+            // through every router.
+            let frames = path != Path::Auto && (wants("rate") || wants("cpu"));
+            if !frames && !(path != Path::Ceiling && wants("tcp")) {
                 continue;
             }
             progress.say(&format!("rate: setting up {}", path.name()));

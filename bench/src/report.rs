@@ -227,10 +227,16 @@ fn markdown(r: &Results, old: &str) -> String {
         }
     }
     if !r.tcp.is_empty() {
+        let nftables_ports = if r.tcp.iter().any(|t| t.path == rate::Path::Nftables) {
+            " The nftables path's gateway SNAT takes its ports from routerd's slow-path range \
+             (64512-65535 by default: disjoint from the fast path's), as routerd's slow path does."
+        } else {
+            ""
+        };
         let _ = writeln!(
             s,
             "\n## TCP\n\nNew connections: {} clients at once, each connecting and closing in a loop; \
-             a SYN sent again costs its client a second.\n\n\
+             a SYN sent again costs its client a second.{nftables_ports}\n\n\
              | path | iperf3 VM -> external (Gbit/s) | new SNAT connections/s | SYNs sent again | router: not forwarded |\n|---|---|---|---|---|",
             rate::CONNECTING_CLIENTS
         );
