@@ -180,7 +180,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             // Frame rates and CPU on every path but the default mode (see below), TCP
             // through every router.
             let frames = path != Path::Auto && (wants("rate") || wants("cpu"));
-            if !frames && !(path != Path::Ceiling && wants("tcp")) {
+            let tcp = path != Path::Ceiling && wants("tcp");
+            if !frames && !tcp {
                 continue;
             }
             progress.say(&format!("rate: setting up {}", path.name()));
