@@ -1,5 +1,6 @@
-//! `routerbench` (run by `cargo xtask bench`): the fast path and the Neutron iptables path
-//! side by side, in one run, written to `docs/benchmarks.{md,json}` with SVG plots.
+//! `routerbench` (run by `cargo xtask bench`): the fast path and two kernel baselines (the
+//! Neutron iptables path and routerd's slow-path nftables maps) side by side, in one run,
+//! written to `docs/benchmarks.{md,json}` with SVG plots.
 
 mod cluster;
 mod cluster_report;
@@ -13,7 +14,7 @@ mod report;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rate::{FipConnectionResult, Path, RateResult, TcpResult};
+use rate::{CpuResult, FipConnectionResult, FlowtableProbe, Path, RateResult, TcpResult};
 use serde::{Deserialize, Serialize};
 
 #[derive(Parser)]
@@ -25,8 +26,8 @@ struct Args {
     /// Shorter runs and fewer sizes (a smoke run, not for the record).
     #[arg(long)]
     quick: bool,
-    /// Only these sections (micro, rate, tcp, scale, control, cluster); all by default.
-    /// `tcp` runs with `rate`.
+    /// Only these sections (micro, rate, tcp, cpu, scale, control, cluster); all by default.
+    /// `tcp` and `cpu` share `rate`'s setups.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Instead of the benchmarks: profile them with `perf record` (the per-packet runs, the
@@ -52,6 +53,12 @@ pub struct Results {
     pub micro: Vec<micro::MicroResult>,
     pub rate: Vec<RateResult>,
     pub tcp: Vec<TcpResult>,
+    /// CPU time at a fixed offered load, every path.
+    #[serde(default)]
+    pub cpu: Vec<CpuResult>,
+    /// Whether the kernel makes nftables flowtables (why they are not a baseline).
+    #[serde(default)]
+    pub flowtable: Option<FlowtableProbe>,
     pub scale: Vec<RateResult>,
     pub floating_ip_connections: Vec<FipConnectionResult>,
     pub control: Vec<ControlResult>,
@@ -88,6 +95,12 @@ pub struct ControlResult {
     pub floating_ips: usize,
     pub millis: f64,
 }
+
+/// The fixed load of the CPU section: 64-byte frames in 1024 flows at a rate every path
+/// carries (the kernel baselines deliver about 0.4 Mpps here).
+const CPU_OFFERED_PPS: u64 = 150_000;
+const CPU_FRAME_BYTES: u32 = 64;
+const CPU_FLOWS: u32 = 1024;
 
 /// Progress on stderr: what runs now, and how long the run has taken.
 struct Progress {
@@ -150,8 +163,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     if wants("micro") {
         results.micro = micro::run_all(args.quick, &mut |what| progress.say(what))?;
     }
-    if wants("rate") {
-        let sizes: &[u32] = &[64, 1500];
+    if wants("rate") || wants("scale") {
+        results.flowtable = Some(rate::probe_flowtable());
+    }
+    if wants("rate") || wants("tcp") || wants("cpu") {
+        let sizes: &[u32] = if wants("rate") { &[64, 1500] } else { &[] };
         let flows: &[u32] = &[1, 1024];
         for path in [
             Path::Ceiling,
@@ -159,7 +175,15 @@ fn run(args: Args) -> anyhow::Result<()> {
             Path::Tc,
             Path::Auto,
             Path::Neutron,
+            Path::Nftables,
         ] {
+            // Frame rates and CPU on every path but the default mode (see below), TCP
+            // through every router.
+            let frames = path != Path::Auto && (wants("rate") || wants("cpu"));
+            let tcp = path != Path::Ceiling && wants("tcp");
+            if !frames && !tcp {
+                continue;
+            }
             progress.say(&format!("rate: setting up {}", path.name()));
             let mut setup = rate::setup(path, 1)?;
             // The default mode is measured for TCP bulk, which decides it; its frame rates
@@ -179,6 +203,20 @@ fn run(args: Args) -> anyhow::Result<()> {
                     results.rate.push(row);
                 }
             }
+            if path != Path::Auto && wants("cpu") {
+                progress.say(&format!(
+                    "cpu: {}, {} frames/s offered, {CPU_FRAME_BYTES} B, {CPU_FLOWS} flows",
+                    path.name(),
+                    CPU_OFFERED_PPS
+                ));
+                results.cpu.push(setup.cpu_at_rate(
+                    CPU_FRAME_BYTES,
+                    CPU_FLOWS,
+                    CPU_OFFERED_PPS,
+                    // At least a second: /proc/stat counts in 10 ms ticks.
+                    duration.max(Duration::from_secs(1)),
+                )?);
+            }
             if path != Path::Ceiling && wants("tcp") {
                 progress.say(&format!(
                     "tcp: {}, iperf3 and SNAT connections",
@@ -196,7 +234,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         } else {
             &[1, 100, 1000, 10_000]
         };
-        for path in [Path::Xdp, Path::Tc, Path::Neutron] {
+        for path in [Path::Xdp, Path::Tc, Path::Neutron, Path::Nftables] {
             for &n in counts {
                 progress.say(&format!(
                     "scale: setting up {} with {n} floating IPs",
@@ -206,6 +244,15 @@ fn run(args: Args) -> anyhow::Result<()> {
                 if let Some(t) = setup.iptables_restore {
                     results.control.push(ControlResult {
                         what: "iptables-restore of the Neutron rules".into(),
+                        path: path.name().into(),
+                        floating_ips: n,
+                        millis: t.as_secs_f64() * 1e3,
+                    });
+                }
+                if let Some(t) = setup.nftables_apply {
+                    results.control.push(ControlResult {
+                        what: "libnftables applies routerd's slow-path ruleset (one transaction)"
+                            .into(),
                         path: path.name().into(),
                         floating_ips: n,
                         millis: t.as_secs_f64() * 1e3,
@@ -224,7 +271,10 @@ fn run(args: Args) -> anyhow::Result<()> {
                         results.scale.push(setup.measure(64, flows, duration)?);
                     }
                 }
-                if wants("control") && path != Path::Neutron && n == *counts.last().unwrap_or(&1) {
+                if wants("control")
+                    && !path.is_kernel_baseline()
+                    && n == *counts.last().unwrap_or(&1)
+                {
                     progress.say(&format!(
                         "control: {} forwarding while floating IPs change",
                         path.name()

@@ -1303,6 +1303,7 @@ fn path_tag(path: rate::Path) -> &'static str {
         rate::Path::Tc => "tc",
         rate::Path::Auto => "auto",
         rate::Path::Neutron => "neutron",
+        rate::Path::Nftables => "nftables",
     }
 }
 

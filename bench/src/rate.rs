@@ -1,6 +1,9 @@
-//! Forwarding rate through a router namespace: the same generator and the same sink, four
-//! paths: the veth ceiling (generator straight into the sink), the fast path in XDP mode,
-//! in TC mode, and the Neutron iptables path (kernel forwarding and conntrack DNAT).
+//! Forwarding rate through a router namespace: the same generator and the same sink, on
+//! these paths: the veth ceiling (generator straight into the sink), the fast path in XDP
+//! mode, in TC mode and in its default mode, and two kernel baselines on the same router:
+//! the Neutron iptables path (kernel forwarding, conntrack, one DNAT and one SNAT rule per
+//! floating IP) and the nftables path (the same, translated by routerd's own slow-path
+//! ruleset: one map lookup per packet whatever the number of floating IPs).
 //!
 //! Traffic goes from an external host to a floating IP and arrives at a VM, the way the
 //! baseline in shared/neutron-baseline.md was measured; the target floating IP is the last
@@ -45,6 +48,8 @@ pub enum Path {
     /// routerd's default mode (`auto`): here, where every interface is a veth, the TC entry.
     Auto,
     Neutron,
+    /// Kernel forwarding with routerd's slow-path nftables ruleset (floating IPs in maps).
+    Nftables,
 }
 
 impl Path {
@@ -53,7 +58,7 @@ impl Path {
         match self {
             Path::Tc => "tc",
             Path::Auto => "auto",
-            Path::Ceiling | Path::Xdp | Path::Neutron => "xdp",
+            Path::Ceiling | Path::Xdp | Path::Neutron | Path::Nftables => "xdp",
         }
     }
 
@@ -64,7 +69,14 @@ impl Path {
             Path::Tc => "fast path, TC",
             Path::Auto => "fast path, auto (default)",
             Path::Neutron => "Neutron iptables",
+            Path::Nftables => "nftables maps",
         }
+    }
+
+    /// Whether the kernel forwards and translates on this path (no routerd, no fast path
+    /// counters).
+    pub fn is_kernel_baseline(self) -> bool {
+        matches!(self, Path::Neutron | Path::Nftables)
     }
 }
 
@@ -111,6 +123,10 @@ pub struct Setup {
     config: Option<PathBuf>,
     /// How long `iptables-restore` took (Neutron path).
     pub iptables_restore: Option<Duration>,
+    /// How long libnftables took to apply routerd's slow-path ruleset (nftables path).
+    pub nftables_apply: Option<Duration>,
+    /// The record `slowpath::apply` keeps under the run directory (nftables path).
+    _slow_path_record: Option<SlowPathRecord>,
     /// Whether `measure` attaches the generator's program to a spare interface first (see
     /// `Generator::attach`; `routerbench --profile` only).
     attach_generator: bool,
@@ -126,6 +142,16 @@ impl Drop for Setup {
         if let Some(c) = &self.config {
             let _ = std::fs::remove_file(c);
         }
+    }
+}
+
+/// A router whose slow-path ruleset was applied: its record under the run directory goes
+/// on drop (the table goes with the namespace).
+struct SlowPathRecord(String);
+
+impl Drop for SlowPathRecord {
+    fn drop(&mut self) {
+        router_user::slowpath::forget(&self.0);
     }
 }
 
@@ -162,6 +188,8 @@ pub fn setup(path: Path, fips: usize) -> anyhow::Result<Setup> {
             mode: String::new(),
             config: None,
             iptables_restore: None,
+            nftables_apply: None,
+            _slow_path_record: None,
             attach_generator: false,
             _namespaces: namespaces,
         });
@@ -220,17 +248,28 @@ pub fn setup(path: Path, fips: usize) -> anyhow::Result<Setup> {
     let mut routerd = None;
     let mut config = None;
     let mut iptables_restore = None;
+    let mut nftables_apply = None;
+    let mut slow_path_record = None;
+    let neutron = NeutronRouter {
+        qg: QG.into(),
+        gateway: GW,
+        gateway_prefix_len: 16,
+        nexthop: EXT_HOST,
+        internal: vec![(QR.into(), QR_IP, 16)],
+        floating_ips: list.clone(),
+    };
     match path {
         Path::Neutron => {
-            let router = NeutronRouter {
-                qg: QG.into(),
-                gateway: GW,
-                gateway_prefix_len: 16,
-                nexthop: EXT_HOST,
-                internal: vec![(QR.into(), QR_IP, 16)],
-                floating_ips: list.clone(),
-            };
-            iptables_restore = Some(router.configure(&router_ns));
+            iptables_restore = Some(neutron.configure(&router_ns));
+        }
+        Path::Nftables => {
+            neutron.configure_forwarding(&router_ns);
+            let router = slow_path_router(&tag, &router_ns, &list)?;
+            slow_path_record = Some(SlowPathRecord(tag.clone()));
+            let started = Instant::now();
+            within(&router_ns, || router_user::slowpath::apply(&router))
+                .map_err(|e| anyhow::anyhow!("routerd's slow-path ruleset in {router_ns}: {e}"))?;
+            nftables_apply = Some(started.elapsed());
         }
         Path::Xdp | Path::Tc | Path::Auto => {
             let mode = path.mode();
@@ -292,9 +331,61 @@ pub fn setup(path: Path, fips: usize) -> anyhow::Result<Setup> {
         mode: path.mode().into(),
         config,
         iptables_restore,
+        nftables_apply,
+        _slow_path_record: slow_path_record,
         attach_generator: false,
         _namespaces: namespaces,
     })
+}
+
+/// The benchmark's router as routerd would hold it (gateway, the one internal interface,
+/// the floating IPs), checked as routerd checks a desired state: its slow-path ruleset is
+/// the nftables baseline.
+fn slow_path_router(
+    id: &str,
+    ns: &str,
+    fips: &[NeutronFloatingIp],
+) -> anyhow::Result<router_user::config::Router> {
+    use router_user::config::{DesiredState, FloatingIp, Gateway, IfAddr, Interface, Mode, Router};
+    let mut router = Router::new(id, ns, Mode::Tc);
+    router.gateway = Some(Gateway {
+        interface: QG.into(),
+        address: IfAddr { addr: GW, len: 16 },
+        nexthop: EXT_HOST,
+        snat: true,
+        xdp_egress: None,
+        subnets: Vec::new(),
+    });
+    router.interfaces = vec![Interface {
+        name: QR.into(),
+        address: IfAddr {
+            addr: QR_IP,
+            len: 16,
+        },
+        xdp_egress: None,
+        source_check: true,
+        allowed_sources: Vec::new(),
+    }];
+    router.floating_ips = fips
+        .iter()
+        .map(|f| FloatingIp {
+            address: f.floating,
+            fixed: f.fixed,
+            id: None,
+        })
+        .collect();
+    // Room for the largest run, as routerd's paths have (`routerd_config`).
+    router.nat.max_floating_ips = 16_384;
+    let state = DesiredState {
+        routers: vec![router],
+    };
+    state
+        .validate()
+        .map_err(|e| anyhow::anyhow!("the nftables baseline's router: {e}"))?;
+    let DesiredState { mut routers } = state;
+    routers
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("the nftables baseline's router vanished"))
 }
 
 fn routerd_config(id: &str, ns: &str, mode: &str, fips: &[NeutronFloatingIp]) -> String {
@@ -490,6 +581,19 @@ impl Setup {
         duration: Duration,
         observe: &mut dyn FnMut(bool) -> anyhow::Result<()>,
     ) -> anyhow::Result<RateResult> {
+        self.measure_paced(frame_bytes, flows, duration, None, observe)
+    }
+
+    /// As `measure_observed`, offering `pace` frames per second when given (as many as the
+    /// generator can otherwise).
+    pub fn measure_paced(
+        &mut self,
+        frame_bytes: u32,
+        flows: u32,
+        duration: Duration,
+        pace: Option<u64>,
+        observe: &mut dyn FnMut(bool) -> anyhow::Result<()>,
+    ) -> anyhow::Result<RateResult> {
         let cfg = GenConfig {
             dst_mac: self.target_mac,
             src_mac: self.gen_mac,
@@ -506,7 +610,7 @@ impl Setup {
         }
         // A short warm-up: caches, neighbour and conntrack state of a steady flow set.
         within(&self.gen_ns, || {
-            generator.run_for(Duration::from_millis(100), None)
+            generator.run_for(Duration::from_millis(100), pace)
         })?;
         std::thread::sleep(Duration::from_millis(50));
         let sink = self
@@ -517,7 +621,7 @@ impl Setup {
         let before = sink.packets()?;
         let run_before = pid.map(program_run_time);
         observe(true)?;
-        let sent = within(&self.gen_ns, || generator.run_for(duration, None));
+        let sent = within(&self.gen_ns, || generator.run_for(duration, pace));
         observe(false)?;
         let (sent, secs) = sent?;
         // Frames still in flight arrive within milliseconds.
@@ -535,6 +639,65 @@ impl Setup {
             offered_pps: sent as f64 / secs,
             delivered_pps: delivered as f64 / secs,
             router_program_ns,
+        })
+    }
+
+    /// CPU time while `rate` frames per second of `frame_bytes` bytes in `flows` flows are
+    /// offered for `duration`, from just before the measured traffic starts to just after it
+    /// stops, two ways:
+    /// - the machine's busy time (every CPU's time but its idle and iowait, see
+    ///   `idle_cpu_time`): everything the machine runs counts, other work too;
+    /// - the generator thread's and the kernel's softirq threads' (`sending_cpu_time`): a
+    ///   send carries each frame through the router and into the sink in softirq, on the
+    ///   sending CPU, in the sender's context or, when softirqs pile up, in ksoftirqd; this
+    ///   leaves out other processes on a shared machine.
+    ///
+    /// The generator and the sink count in both: the ceiling's figures are what the router
+    /// adds to.
+    pub fn cpu_at_rate(
+        &mut self,
+        frame_bytes: u32,
+        flows: u32,
+        rate: u64,
+        duration: Duration,
+    ) -> anyhow::Result<CpuResult> {
+        let started = std::cell::Cell::new(None);
+        let spent = std::cell::Cell::new(None);
+        let result = self.measure_paced(frame_bytes, flows, duration, Some(rate), &mut |on| {
+            let ((idle, cpus), sending, now) =
+                (idle_cpu_time()?, sending_cpu_time()?, Instant::now());
+            if on {
+                started.set(Some((idle, sending, now)));
+            } else if let Some((idle_before, sending_before, at)) = started.get() {
+                let wall = now - at;
+                let idle = idle.saturating_sub(idle_before);
+                spent.set(Some((
+                    (wall * cpus).saturating_sub(idle),
+                    sending.saturating_sub(sending_before),
+                    wall,
+                )));
+            }
+            Ok(())
+        })?;
+        let (busy, sending, wall) = spent
+            .get()
+            .ok_or_else(|| anyhow::anyhow!("the paced run was not observed"))?;
+        let per_sec = |cpu: Duration| cpu.as_secs_f64() * 1e3 / wall.as_secs_f64().max(1e-3);
+        // Frames delivered over the same wall time (the rate is per second of traffic).
+        let delivered = result.delivered_pps * wall.as_secs_f64();
+        let per_frame =
+            |cpu: Duration| (delivered >= 1.0).then(|| cpu.as_secs_f64() * 1e9 / delivered);
+        Ok(CpuResult {
+            path: self.path,
+            frame_bytes,
+            flows,
+            paced_pps: rate,
+            offered_pps: result.offered_pps,
+            delivered_pps: result.delivered_pps,
+            cpu_ms_per_sec: per_sec(busy),
+            cpu_ns_per_frame: per_frame(busy),
+            sending_ms_per_sec: per_sec(sending),
+            sending_ns_per_frame: per_frame(sending),
         })
     }
 
@@ -706,6 +869,89 @@ impl Setup {
         }
         Ok(took)
     }
+}
+
+/// The machine's CPU time at a fixed offered load (`Setup::cpu_at_rate`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CpuResult {
+    pub path: Path,
+    pub frame_bytes: u32,
+    pub flows: u32,
+    /// The rate the generator was asked for.
+    pub paced_pps: u64,
+    pub offered_pps: f64,
+    pub delivered_pps: f64,
+    /// Busy CPU time of the whole machine, summed over its CPUs, per second of traffic.
+    pub cpu_ms_per_sec: f64,
+    /// The same per delivered frame (`None`: nothing was delivered).
+    pub cpu_ns_per_frame: Option<f64>,
+    /// CPU time of the generator's thread and the softirq threads, per second of traffic.
+    pub sending_ms_per_sec: f64,
+    /// The same per delivered frame.
+    pub sending_ns_per_frame: Option<f64>,
+}
+
+/// CPU time of the calling thread and of every `ksoftirqd` thread, from the scheduler's
+/// own clock (`schedstat`, in ns; softirqs count to the thread they interrupt).
+fn sending_cpu_time() -> anyhow::Result<Duration> {
+    let runtime = |path: &str| -> Option<u64> {
+        std::fs::read_to_string(path)
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let mut ns = runtime("/proc/thread-self/schedstat")
+        .ok_or_else(|| anyhow::anyhow!("no /proc/thread-self/schedstat"))?;
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.starts_with("ksoftirqd/") {
+            ns += runtime(&format!("/proc/{pid}/schedstat")).unwrap_or(0);
+        }
+    }
+    Ok(Duration::from_nanos(ns))
+}
+
+/// Idle and iowait time since boot summed over every CPU (`/proc/stat`'s first line), and
+/// the number of CPUs (its `cpuN` lines). Busy time is the CPUs' wall time minus this, not
+/// the sum of `/proc/stat`'s busy fields: the kernel measures idle time exactly (a tickless
+/// CPU notes when it goes idle and wakes) but busy time only by sampling at its tick, which
+/// misses bursts shorter than a tick (seen: the paced XDP path's busy fields no higher than
+/// the ceiling's).
+fn idle_cpu_time() -> anyhow::Result<(Duration, u32)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .ok_or_else(|| anyhow::anyhow!("/proc/stat has no cpu line"))?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice]
+    anyhow::ensure!(
+        ticks.len() >= 5,
+        "/proc/stat's cpu line is short: {ticks:?}"
+    );
+    let cpus = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count();
+    let cpus = u32::try_from(cpus)?;
+    anyhow::ensure!(cpus > 0, "/proc/stat lists no CPU");
+    // SAFETY: sysconf reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    anyhow::ensure!(hz > 0, "sysconf(_SC_CLK_TCK) = {hz}");
+    let idle = ticks[3] + ticks[4];
+    Ok((Duration::from_secs_f64(idle as f64 / hz as f64), cpus))
 }
 
 /// Clients opening connections at once: one client's rate is bound by its round trips
@@ -907,4 +1153,59 @@ fn program_run_time(pid: u32) -> u64 {
                 .and_then(|v| v.trim().parse::<u64>().ok())
         })
         .sum()
+}
+
+/// Whether this kernel makes nftables flowtables (the kernel's own fast path for
+/// established flows, the natural third baseline).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FlowtableProbe {
+    /// `nft add flowtable` succeeded in a scratch namespace.
+    pub available: bool,
+    /// What `nft` said on failure (its first line).
+    pub nft_said: String,
+    /// The `CONFIG_NF_FLOW_TABLE` line of the kernel's configuration (`/proc/config.gz`),
+    /// when the kernel exposes it.
+    pub kernel_config: Option<String>,
+}
+
+/// Adds a table and a flowtable on `lo` in a scratch network namespace (`unshare --net`:
+/// it goes when `nft` exits).
+pub fn probe_flowtable() -> FlowtableProbe {
+    let out = Command::new("unshare")
+        .args([
+            "--net",
+            "nft",
+            "add table inet probe; \
+             add flowtable inet probe ft { hook ingress priority 0; devices = { lo }; }",
+        ])
+        .output();
+    let (available, nft_said) = match out {
+        Ok(o) => (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        Err(e) => (false, format!("unshare/nft did not run: {e}")),
+    };
+    let kernel_config = Command::new("zcat")
+        .arg("/proc/config.gz")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find(|l| {
+                    l.starts_with("CONFIG_NF_FLOW_TABLE=")
+                        || l.starts_with("# CONFIG_NF_FLOW_TABLE is not set")
+                })
+                .map(str::to_string)
+        });
+    FlowtableProbe {
+        available,
+        nft_said,
+        kernel_config,
+    }
 }

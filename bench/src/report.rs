@@ -37,7 +37,7 @@ pub fn write(dir: &Path, results: &Results) -> anyhow::Result<()> {
     std::fs::write(&md, markdown(results, &old))?;
     if !results.scale.is_empty() {
         let mut series = Vec::new();
-        for path in [rate::Path::Xdp, rate::Path::Tc, rate::Path::Neutron] {
+        for path in SCALE_PATHS {
             let points: Vec<(f64, f64)> = results
                 .scale
                 .iter()
@@ -62,7 +62,7 @@ pub fn write(dir: &Path, results: &Results) -> anyhow::Result<()> {
         )?;
     }
     if !results.floating_ip_connections.is_empty() {
-        let series: Vec<Series> = [rate::Path::Xdp, rate::Path::Tc, rate::Path::Neutron]
+        let series: Vec<Series> = SCALE_PATHS
             .into_iter()
             .map(|path| Series {
                 name: path.name().into(),
@@ -120,6 +120,14 @@ pub fn write(dir: &Path, results: &Results) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The paths measured as floating IPs grow.
+const SCALE_PATHS: [rate::Path; 4] = [
+    rate::Path::Xdp,
+    rate::Path::Tc,
+    rate::Path::Neutron,
+    rate::Path::Nftables,
+];
 
 fn mpps(pps: f64) -> String {
     format!("{:.3}", pps / 1e6)
@@ -189,7 +197,7 @@ fn markdown(r: &Results, old: &str) -> String {
              the kernel's BPF run statistics, taken in a second run (they slow every program, \
              so the rates are measured with them off; the figure includes their own clock \
              reads).\n\n\
-             | path | frame | flows | offered Mpps | delivered Mpps | vs Neutron | vs ceiling | router program ns/frame |\n|---|---|---|---|---|---|---|---|"
+             | path | frame | flows | offered Mpps | delivered Mpps | vs Neutron | vs nftables maps | vs ceiling | router program ns/frame |\n|---|---|---|---|---|---|---|---|---|"
         );
         for x in &r.rate {
             let find = |p: rate::Path| {
@@ -204,13 +212,14 @@ fn markdown(r: &Results, old: &str) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} B | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} B | {} | {} | {} | {} | {} | {} | {} |",
                 x.path.name(),
                 x.frame_bytes,
                 x.flows,
                 mpps(x.offered_pps),
                 mpps(x.delivered_pps),
                 ratio(find(rate::Path::Neutron)),
+                ratio(find(rate::Path::Nftables)),
                 ratio(find(rate::Path::Ceiling)),
                 x.router_program_ns
                     .map_or("-".into(), |ns| format!("{ns:.0}")),
@@ -218,10 +227,16 @@ fn markdown(r: &Results, old: &str) -> String {
         }
     }
     if !r.tcp.is_empty() {
+        let nftables_ports = if r.tcp.iter().any(|t| t.path == rate::Path::Nftables) {
+            " The nftables path's gateway SNAT takes its ports from routerd's slow-path range \
+             (64512-65535 by default: disjoint from the fast path's), as routerd's slow path does."
+        } else {
+            ""
+        };
         let _ = writeln!(
             s,
             "\n## TCP\n\nNew connections: {} clients at once, each connecting and closing in a loop; \
-             a SYN sent again costs its client a second.\n\n\
+             a SYN sent again costs its client a second.{nftables_ports}\n\n\
              | path | iperf3 VM -> external (Gbit/s) | new SNAT connections/s | SYNs sent again | router: not forwarded |\n|---|---|---|---|---|",
             rate::CONNECTING_CLIENTS
         );
@@ -237,6 +252,7 @@ fn markdown(r: &Results, old: &str) -> String {
             );
         }
     }
+    cpu_section(&mut s, r);
     if !r.scale.is_empty() {
         let _ = writeln!(
             s,
@@ -314,6 +330,54 @@ fn markdown(r: &Results, old: &str) -> String {
     }
     crate::cluster_report::section(&mut s, r);
     s
+}
+
+/// CPU time at a fixed offered load: the machine's, and the same minus the ceiling's (what
+/// the router adds to moving the frames from generator to sink).
+fn cpu_section(s: &mut String, r: &Results) {
+    let Some(first) = r.cpu.first() else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "\n## CPU at a fixed load ({} frames/s offered, {} B, {} flows)\n\n\
+         CPU time over the run, per second of traffic and per delivered frame, two ways. \
+         **Machine**: every CPU's wall time minus its idle and iowait time (`/proc/stat`, in \
+         10 ms units); anything else the machine runs meanwhile counts too, so on a shared \
+         machine compare paths within a run. **Sender**: the generator thread's and the \
+         `ksoftirqd` threads' time on the scheduler's clock: each send carries its frames \
+         through the router and into the sink in softirq on the sending CPU, so this is the \
+         path's work without other processes' (softirq work that interrupts another process \
+         is missed). The generator and the sink count in both; the router's share is the \
+         figure minus the veth ceiling's (the generator straight into the sink).\n\n\
+         | path | offered kframes/s | delivered kframes/s | machine CPU ms per s | machine CPU ns per frame | router's share (machine), ns per frame | sender CPU ms per s | sender CPU ns per frame | router's share (sender), ns per frame |\n|---|---|---|---|---|---|---|---|---|",
+        thousands(first.paced_pps as f64),
+        first.frame_bytes,
+        first.flows
+    );
+    let ceiling = r.cpu.iter().find(|c| c.path == rate::Path::Ceiling);
+    let ns = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
+    for c in &r.cpu {
+        let share = |of: fn(&rate::CpuResult) -> Option<f64>| match ceiling {
+            Some(base) if c.path != rate::Path::Ceiling => {
+                ns(of(c).zip(of(base)).map(|(a, b)| a - b))
+            }
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} | {:.1} | {:.0} | {} | {} | {:.0} | {} | {} |",
+            c.path.name(),
+            c.offered_pps / 1e3,
+            c.delivered_pps / 1e3,
+            c.cpu_ms_per_sec,
+            ns(c.cpu_ns_per_frame),
+            share(|c| c.cpu_ns_per_frame),
+            c.sending_ms_per_sec,
+            ns(c.sending_ns_per_frame),
+            share(|c| c.sending_ns_per_frame),
+        );
+    }
 }
 
 /// One line of a plot: a name and its (x, y) points.
@@ -422,6 +486,33 @@ fn targets(s: &mut String, r: &Results) {
     let _ = writeln!(s, "## Targets\n");
     targets_table(s, r);
     let _ = writeln!(s);
+    if let Some(probe) = &r.flowtable {
+        let _ = writeln!(s, "{}\n", flowtable_note(probe));
+    }
+}
+
+/// Why the kernel baselines are iptables and nftables maps, and not the nftables flowtable
+/// as well, from this run's probe of the kernel.
+fn flowtable_note(probe: &rate::FlowtableProbe) -> String {
+    let config = probe.kernel_config.as_ref().map_or(String::new(), |line| {
+        format!(" (its configuration: `{line}`)")
+    });
+    if probe.available {
+        format!(
+            "The nftables flowtable (the kernel's own fast path for established flows) would be \
+             the natural third kernel baseline; this kernel makes one{config}, but this run does \
+             not measure it."
+        )
+    } else {
+        format!(
+            "The nftables flowtable (the kernel's own fast path for established flows) would be \
+             the natural third kernel baseline, but this kernel is built without \
+             `CONFIG_NF_FLOW_TABLE`{config}: `nft add flowtable` in a scratch namespace fails \
+             (\"{}\"), so the kernel baselines are Neutron's iptables rules and routerd's \
+             slow-path nftables maps.",
+            probe.nft_said.trim()
+        )
+    }
 }
 
 /// The targets table: each target, what was wanted, this run's value and whether it is met.
@@ -450,6 +541,19 @@ fn targets_table(s: &mut String, r: &Results) {
             .find(|t| t.path == path)
             .map(|t| t.throughput_gbps)
     };
+    let snat_connections = |path: rate::Path| {
+        r.tcp
+            .iter()
+            .find(|t| t.path == path)
+            .map(|t| t.snat_connections_per_sec)
+    };
+    // The nftables baseline's targets, for runs that measured it.
+    let nftables = r
+        .rate
+        .iter()
+        .map(|x| x.path)
+        .chain(r.tcp.iter().map(|t| t.path))
+        .any(|p| p == rate::Path::Nftables);
     let control = r
         .control
         .iter()
@@ -502,6 +606,29 @@ fn targets_table(s: &mut String, r: &Results) {
         ratio(tcp(rate::Path::Auto), tcp(rate::Path::Neutron)),
         |v| v >= 1.0,
     );
+    if nftables {
+        row(
+            "TC / nftables maps, 64 B, 1024 flows, packets/s",
+            ">= 1x",
+            ratio(rate(rate::Path::Tc), rate(rate::Path::Nftables)),
+            |v| v >= 1.0,
+        );
+        row(
+            "TC / nftables maps, new connections/s",
+            ">= 1x",
+            ratio(
+                snat_connections(rate::Path::Tc),
+                snat_connections(rate::Path::Nftables),
+            ),
+            |v| v >= 1.0,
+        );
+        row(
+            "XDP / nftables maps, 64 B, 1024 flows, packets/s",
+            ">= 4x",
+            ratio(rate(rate::Path::Xdp), rate(rate::Path::Nftables)),
+            |v| v >= 4.0,
+        );
+    }
     row("10k floating IPs applied, ms", "<= 100", control, |v| {
         v <= 100.0
     });
@@ -790,9 +917,9 @@ pub fn with_figures(readme: &str, block: &str) -> Option<String> {
     Some(format!("{}{block}{}", &readme[..start], &readme[end..]))
 }
 
-/// `reason count, ...`, "none" when empty, "-" for the Neutron path (no router counters).
+/// `reason count, ...`, "none" when empty, "-" for the kernel baselines (no router counters).
 fn by_reason(path: rate::Path, counts: &std::collections::BTreeMap<String, u64>) -> String {
-    if path == rate::Path::Neutron {
+    if path.is_kernel_baseline() {
         return "-".into();
     }
     if counts.is_empty() {
@@ -869,6 +996,126 @@ mod tests {
             Some(format!("intro\n\n{block}\nafter\n"))
         );
         assert_eq!(with_figures("no block", &block), None);
+    }
+
+    fn rate_row(path: rate::Path, delivered_pps: f64) -> RateResult {
+        RateResult {
+            path,
+            frame_bytes: 64,
+            flows: 1024,
+            floating_ips: 1,
+            offered_pps: delivered_pps,
+            delivered_pps,
+            router_program_ns: None,
+        }
+    }
+
+    fn tcp_row(path: rate::Path, snat_connections_per_sec: f64) -> rate::TcpResult {
+        rate::TcpResult {
+            path,
+            throughput_gbps: 10.0,
+            snat_connections_per_sec,
+            syn_retransmits: 0,
+            not_forwarded: Default::default(),
+        }
+    }
+
+    /// The nftables baseline's targets are the fast path's figures over its, in the report
+    /// and the README; a run (or an older results file) without it has none of them.
+    #[test]
+    fn nftables_targets_are_ratios_to_the_nftables_baseline() {
+        let mut r = Results {
+            rate: vec![
+                rate_row(rate::Path::Xdp, 1_000_000.0),
+                rate_row(rate::Path::Tc, 600_000.0),
+                rate_row(rate::Path::Nftables, 400_000.0),
+            ],
+            tcp: vec![
+                tcp_row(rate::Path::Tc, 20_000.0),
+                tcp_row(rate::Path::Nftables, 25_000.0),
+            ],
+            ..Default::default()
+        };
+        let md = markdown(&r, "");
+        for line in [
+            "| TC / nftables maps, 64 B, 1024 flows, packets/s | >= 1x | 1.50 | yes |",
+            "| TC / nftables maps, new connections/s | >= 1x | 0.80 | no |",
+            "| XDP / nftables maps, 64 B, 1024 flows, packets/s | >= 4x | 2.50 | no |",
+        ] {
+            assert!(md.contains(line), "missing {line:?} in:\n{md}");
+            assert!(readme_figures(&r).contains(line));
+        }
+        r.rate.retain(|x| x.path != rate::Path::Nftables);
+        r.tcp.retain(|t| t.path != rate::Path::Nftables);
+        assert!(!markdown(&r, "").contains("/ nftables maps"));
+        assert!(!readme_figures(&r).contains("nftables"));
+    }
+
+    /// A results file written before the CPU section and the flowtable probe still loads
+    /// (`routerbench --readme` re-renders the README from it).
+    #[test]
+    fn results_without_cpu_or_flowtable_load() {
+        let mut json = serde_json::to_value(Results::default()).expect("serialises");
+        let fields = json.as_object_mut().expect("an object");
+        assert!(fields.remove("cpu").is_some() && fields.remove("flowtable").is_some());
+        let r: Results = serde_json::from_value(json).expect("loads without them");
+        assert!(r.cpu.is_empty() && r.flowtable.is_none());
+    }
+
+    /// The router's share of the CPU is each path's figure minus the ceiling's.
+    #[test]
+    fn cpu_share_is_the_path_minus_the_ceiling() {
+        let cpu = |path, machine_ns: f64, sender_ns: f64| rate::CpuResult {
+            path,
+            frame_bytes: 64,
+            flows: 1024,
+            paced_pps: 150_000,
+            offered_pps: 150_000.0,
+            delivered_pps: 150_000.0,
+            cpu_ms_per_sec: machine_ns * 0.15,
+            cpu_ns_per_frame: Some(machine_ns),
+            sending_ms_per_sec: sender_ns * 0.15,
+            sending_ns_per_frame: Some(sender_ns),
+        };
+        let r = Results {
+            cpu: vec![
+                cpu(rate::Path::Ceiling, 300.0, 200.0),
+                cpu(rate::Path::Nftables, 1800.0, 1500.0),
+            ],
+            ..Default::default()
+        };
+        let md = markdown(&r, "");
+        assert!(
+            md.contains("(150,000 frames/s offered, 64 B, 1024 flows)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| veth ceiling | 150.0 | 150.0 | 45 | 300 | - | 30 | 200 | - |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| nftables maps | 150.0 | 150.0 | 270 | 1800 | 1500 | 225 | 1500 | 1300 |"
+            ),
+            "{md}"
+        );
+    }
+
+    /// The report says why the flowtable is not a baseline, in the probe's words.
+    #[test]
+    fn the_flowtable_note_quotes_the_probe() {
+        let r = Results {
+            flowtable: Some(rate::FlowtableProbe {
+                available: false,
+                nft_said: "Error: Could not process rule: No such file or directory".into(),
+                kernel_config: Some("# CONFIG_NF_FLOW_TABLE is not set".into()),
+            }),
+            ..Default::default()
+        };
+        let md = markdown(&r, "");
+        assert!(md.contains("built without `CONFIG_NF_FLOW_TABLE`"), "{md}");
+        assert!(md.contains("(\"Error: Could not process rule: No such file or directory\")"));
+        assert!(!readme_figures(&r).contains("FLOW_TABLE"));
     }
 
     #[test]

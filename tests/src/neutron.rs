@@ -185,11 +185,19 @@ pub struct NeutronRouter {
 }
 
 impl NeutronRouter {
-    /// Configures namespace `ns` (whose interfaces already exist) as the agent does: links
-    /// up, addresses, the default route, `ip_forward=1`, every floating IP as a /32 on the
-    /// gateway interface (so the kernel answers ARP for it), and the iptables rules.
-    /// Returns the `iptables-restore` time.
+    /// Configures namespace `ns` (whose interfaces already exist) as the agent does:
+    /// [`NeutronRouter::configure_forwarding`], then the iptables rules. Returns the
+    /// `iptables-restore` time.
     pub fn configure(&self, ns: &str) -> Duration {
+        self.configure_forwarding(ns);
+        install_iptables_rules(ns, &self.qg, self.gateway, &self.floating_ips, "qr-")
+    }
+
+    /// Everything the agent configures but the iptables rules: links up, addresses, the
+    /// default route, `ip_forward=1`, and every floating IP as a /32 on the gateway
+    /// interface (so the kernel answers ARP for it). Another translation (the benchmarks'
+    /// nftables baseline) can then be put on the same kernel router.
+    pub fn configure_forwarding(&self, ns: &str) {
         for (name, addr, len) in std::iter::once((&self.qg, self.gateway, self.gateway_prefix_len))
             .chain(self.internal.iter().map(|(n, a, l)| (n, *a, *l)))
         {
@@ -228,7 +236,6 @@ impl NeutronRouter {
             }
             pipe_into(&["-n", ns, "-batch", "-"], &batch);
         }
-        install_iptables_rules(ns, &self.qg, self.gateway, &self.floating_ips, "qr-")
     }
 }
 
