@@ -250,16 +250,16 @@ fn router_create_and_delete() {
     assert_eq!(new.routers[1].mode, crate::config::Mode::Tc);
     assert_eq!(changed_routers(&s, &new), ["r2"]);
     let new = created(json!({"op": "router_create", "router": "r2", "namespace": "ns2"}));
-    assert_eq!(new.routers[1].mode, crate::config::Mode::Xdp);
+    assert_eq!(new.routers[1].mode, crate::config::Mode::Auto);
     assert!(new.routers[1].interfaces.is_empty() && new.routers[1].gateway.is_none());
     for (request, problem) in [
         (
             json!({"op": "router_create", "router": "r1", "namespace": "ns1"}),
-            "router \"r1\" exists (namespace \"ns1\", mode xdp) (use --may-exist)",
+            "router \"r1\" exists (namespace \"ns1\", mode auto) (use --may-exist)",
         ),
         (
             json!({"op": "router_create", "router": "r1", "namespace": "ns9", "may_exist": true}),
-            "router \"r1\" exists (namespace \"ns1\", mode xdp): delete it first",
+            "router \"r1\" exists (namespace \"ns1\", mode auto): delete it first",
         ),
         (
             json!({"op": "router_create", "router": "r1", "namespace": "ns1", "mode": "tc", "may_exist": true}),

@@ -11,7 +11,7 @@ fn router_list_and_show_have_the_documented_shape() {
     assert_eq!(
         plan(&s, &Request::RouterList),
         Ok(Plan::Answer(json!([{
-            "id": "r1", "namespace": "ns1", "mode": "xdp", "interfaces": ["qr-a", "qr-fw"],
+            "id": "r1", "namespace": "ns1", "mode": "auto", "interfaces": ["qr-a", "qr-fw"],
             "gateway": {"interface": "qg-1", "address": "198.18.0.2/24", "nexthop": "198.18.0.1",
                         "snat": true, "xdp_egress": null, "ifindex": null},
             "floating_ips": 1, "running": false, "start_error": null
