@@ -5,6 +5,7 @@ mod cluster;
 mod cluster_report;
 mod cluster_watch;
 mod jitmap;
+mod live;
 mod micro;
 mod profile;
 mod rate;
@@ -25,7 +26,7 @@ struct Args {
     /// Shorter runs and fewer sizes (a smoke run, not for the record).
     #[arg(long)]
     quick: bool,
-    /// Only these sections (micro, rate, tcp, scale, control, cluster); all by default.
+    /// Only these sections (micro, live, rate, tcp, scale, control, cluster); all by default.
     /// `tcp` runs with `rate`.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -65,6 +66,9 @@ pub struct Results {
     /// etcd's delivery and load as the watching nodes grow.
     #[serde(default)]
     pub cluster_watchers: Vec<cluster_watch::WatchersResult>,
+    /// The router programs' cost per packet under live load (kernel BPF statistics).
+    #[serde(default)]
+    pub live: Vec<live::LiveResult>,
 }
 
 /// Forwarding while the maps change under it: every offered frame must arrive.
@@ -149,6 +153,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     if wants("micro") {
         results.micro = micro::run_all(args.quick, &mut |what| progress.say(what))?;
+    }
+    if wants("live") {
+        results.live = live::run_all(args.quick, &mut |what| progress.say(what))?;
     }
     if wants("rate") {
         let sizes: &[u32] = &[64, 1500];
