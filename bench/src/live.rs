@@ -257,7 +257,15 @@ impl Setup {
             veth(port, &router_ns, "eth0", &ns);
             let prefix = router_addr.split('/').nth(1).unwrap_or("24");
             for a in *addrs {
-                ip(&["-n", &ns, "addr", "add", &format!("{a}/{prefix}"), "dev", "eth0"]);
+                ip(&[
+                    "-n",
+                    &ns,
+                    "addr",
+                    "add",
+                    &format!("{a}/{prefix}"),
+                    "dev",
+                    "eth0",
+                ]);
             }
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
             let via = router_addr.split('/').next().unwrap_or_default();
@@ -281,13 +289,19 @@ impl Setup {
             if mode != "xdp" {
                 run(
                     "ip",
-                    &["netns", "exec", &router_ns, "ethtool", "-K", port, "gro", "on"],
+                    &[
+                        "netns", "exec", &router_ns, "ethtool", "-K", port, "gro", "on",
+                    ],
                 );
             }
         }
         // The router learns the neighbours the scenarios send to, without forwarding.
-        for (port, addr) in [(QG, EXT_HOST), (QR_VM, VM_FIP), (QR_VM, VM_PLAIN), (QR_FW, FIREWALL)]
-        {
+        for (port, addr) in [
+            (QG, EXT_HOST),
+            (QR_VM, VM_FIP),
+            (QR_VM, VM_PLAIN),
+            (QR_FW, FIREWALL),
+        ] {
             run(
                 "ip",
                 &[
@@ -410,7 +424,14 @@ impl Setup {
                 // Frames still in flight arrive within milliseconds.
                 std::thread::sleep(Duration::from_millis(50));
                 let delivered = self.delivered(s.to)? - delivered_before;
-                Ok((sent, secs, slices, delivered, nf_before, self.not_forwarded()))
+                Ok((
+                    sent,
+                    secs,
+                    slices,
+                    delivered,
+                    nf_before,
+                    self.not_forwarded(),
+                ))
             })?;
         let runs: u64 = slices.iter().map(|x| x.runs).sum();
         let mut per_run: Vec<f64> = slices
@@ -471,7 +492,12 @@ fn routerd_config(id: &str, ns: &str, mode: &str, firewall: bool) -> String {
         namespace: ns.into(),
         mode: mode.into(),
         // Every host with a sink runs XDP, so each of its ports takes XDP frames.
-        gateway: Some((QG.into(), format!("{GW}/16"), EXT_HOST.to_string(), Some(true))),
+        gateway: Some((
+            QG.into(),
+            format!("{GW}/16"),
+            EXT_HOST.to_string(),
+            Some(true),
+        )),
         interfaces: vec![
             (QR_VM.into(), "10.0.1.1/24".into(), Some(true)),
             (QR_STEERED.into(), "10.0.2.1/24".into(), None),
@@ -676,7 +702,10 @@ mod tests {
             s.contains("| fip_in | tc | 50,000 | 49,876 | 412 | 421 | - |\n"),
             "{s}"
         );
-        assert!(s.ends_with("|\n\n"), "a blank line before the next section: {s}");
+        assert!(
+            s.ends_with("|\n\n"),
+            "a blank line before the next section: {s}"
+        );
         let mut empty = String::new();
         markdown(&mut empty, &crate::Results::default());
         assert!(empty.is_empty());
