@@ -82,6 +82,9 @@ pub struct LiveResult {
     pub ns_per_delivered_frame: Option<f64>,
     /// Packets the router did not forward meanwhile, by reason, over its interfaces.
     pub not_forwarded: BTreeMap<String, u64>,
+    /// Sessions the table gained meanwhile (its entries' growth, halved): the frames sent,
+    /// in the new-flow scenarios.
+    pub sessions_added: u64,
 }
 
 /// Offered frames per second: moderate, far under what either entry forwards here, so every
@@ -405,13 +408,14 @@ impl Setup {
             Ok(generator)
         })?;
         let slice = duration / SLICES;
-        let (sent, secs, slices, delivered, nf_before, nf_after) =
+        let (sent, secs, slices, delivered, (nf_before, nf_after), sessions_added) =
             on_one_cpu(|| -> anyhow::Result<_> {
                 // The warm-up, at the same rate: caches, and the steady flows' sessions.
                 within(&from_ns, || generator.run_for(WARM_UP, Some(RATE)))?;
                 std::thread::sleep(Duration::from_millis(50));
                 let delivered_before = self.delivered(s.to)?;
                 let nf_before = self.not_forwarded();
+                let sessions_before = self.sessions()?;
                 let (mut sent, mut secs) = (0, 0.0);
                 let mut slices = Vec::new();
                 for _ in 0..SLICES {
@@ -424,15 +428,22 @@ impl Setup {
                 // Frames still in flight arrive within milliseconds.
                 std::thread::sleep(Duration::from_millis(50));
                 let delivered = self.delivered(s.to)? - delivered_before;
+                let sessions_added = self.sessions()?.saturating_sub(sessions_before);
                 Ok((
                     sent,
                     secs,
                     slices,
                     delivered,
-                    nf_before,
-                    self.not_forwarded(),
+                    (nf_before, self.not_forwarded()),
+                    sessions_added,
                 ))
             })?;
+        if s.new_flows && sessions_added < sent * 95 / 100 {
+            eprintln!(
+                "live: {} ({}): {sent} frames made only {sessions_added} sessions",
+                s.name, self.mode
+            );
+        }
         let runs: u64 = slices.iter().map(|x| x.runs).sum();
         let mut per_run: Vec<f64> = slices
             .iter()
@@ -462,7 +473,15 @@ impl Setup {
                 .filter(|_| delivered > 0)
                 .map(|ns| ns * runs as f64 / delivered as f64),
             not_forwarded,
+            sessions_added,
         })
+    }
+
+    /// Sessions in the router's table now.
+    fn sessions(&self) -> anyhow::Result<u64> {
+        let entries = router_user::stats::session_count(&self.tag)
+            .map_err(|e| anyhow::anyhow!("the session table of {}: {e}", self.tag))?;
+        Ok(entries as u64 / 2)
     }
 }
 
@@ -603,17 +622,20 @@ pub fn markdown(s: &mut String, r: &crate::Results) {
         s,
         "\n## Per-packet cost under live load (kernel BPF statistics)\n\n\
          A running router in namespaces, {} 64-byte UDP frames/s from the generator for {} s \
-         after a 0.1 s warm-up at the same rate, `kernel.bpf_stats_enabled` on: the change of `run_time_ns` over every program \
-         routerd holds per program run (`run_cnt`), the median of {SLICES} equal slices of the \
-         run, and that times the runs per frame the sink counted. \
-         `route_only`: external host -> an internal address without a floating IP; `fip_in`: \
-         external host -> floating IP; `fip_out`, `snat_established`, `snat_new`: an internal \
-         address with, and one without, a floating IP -> external host, {FLOWS} flows or a new \
-         source port per frame (a new session each, the run kept under the session table's \
-         size); `steering`: a steered interface's host -> external host, sent to the firewall \
-         host; `firewall_*`: the firewall on with 10 rules, default deny. The statistics' own \
-         clock reads are in the figures. Test-run ns: the `single-runs` baseline row of the \
-         section above, same scenario and entry (with its per-run overhead).\n\n\
+         after a 0.1 s warm-up at the same rate, `kernel.bpf_stats_enabled` on: the change of \
+         `run_time_ns` over every program routerd holds per program run (`run_cnt`), the \
+         median of {SLICES} equal slices of the run, and that times the runs per frame the \
+         sink counted. `route_only`: external host -> an internal address without a floating \
+         IP; `fip_in`: external host -> floating IP; `fip_out`, `snat_established`, \
+         `snat_new`: an internal address with, and one without, a floating IP -> external \
+         host, {FLOWS} flows or a new source port per frame (a new session each, \
+         `sessions_added` in the JSON; the run stays under the session table's size); \
+         `steering`: a steered interface's host -> external host, sent to the firewall host; \
+         `firewall_established`, `firewall_new`: the firewall on with 10 rules, default deny, \
+         as `snat_established` and as `snat_new` from the address with a floating IP. The \
+         statistics' own clock reads are in the figures. Test-run ns: the `single-runs` \
+         baseline row of the section above, same scenario and entry (which adds its per-run \
+         overhead).\n\n\
          | scenario | entry | offered frames/s | delivered frames/s | router ns per program run | router ns per delivered frame | test-run ns |\n\
          |---|---|---|---|---|---|---|",
         thousands(RATE as f64),
@@ -685,6 +707,7 @@ mod tests {
             ns_per_run: Some(412.3),
             ns_per_delivered_frame: Some(420.9),
             not_forwarded: BTreeMap::new(),
+            sessions_added: 0,
         };
         let results = crate::Results {
             // The baseline (fewest routes) is the one quoted; the TC entry has no micro row.
