@@ -6,6 +6,7 @@ mod cluster;
 mod cluster_report;
 mod cluster_watch;
 mod jitmap;
+mod live;
 mod micro;
 mod profile;
 mod rate;
@@ -26,8 +27,8 @@ struct Args {
     /// Shorter runs and fewer sizes (a smoke run, not for the record).
     #[arg(long)]
     quick: bool,
-    /// Only these sections (micro, rate, tcp, cpu, scale, control, cluster); all by default.
-    /// `tcp` and `cpu` share `rate`'s setups.
+    /// Only these sections (micro, live, rate, tcp, cpu, scale, control, cluster); all by
+    /// default. `tcp` and `cpu` share `rate`'s setups.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Instead of the benchmarks: profile them with `perf record` (the per-packet runs, the
@@ -72,6 +73,9 @@ pub struct Results {
     /// etcd's delivery and load as the watching nodes grow.
     #[serde(default)]
     pub cluster_watchers: Vec<cluster_watch::WatchersResult>,
+    /// The router programs' cost per packet under live load (kernel BPF statistics).
+    #[serde(default)]
+    pub live: Vec<live::LiveResult>,
 }
 
 /// Forwarding while the maps change under it: every offered frame must arrive.
@@ -162,6 +166,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     if wants("micro") {
         results.micro = micro::run_all(args.quick, &mut |what| progress.say(what))?;
+    }
+    if wants("live") {
+        results.live = live::run_all(args.quick, &mut |what| progress.say(what))?;
     }
     if wants("rate") || wants("scale") {
         results.flowtable = Some(rate::probe_flowtable());

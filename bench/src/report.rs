@@ -186,6 +186,7 @@ fn markdown(r: &Results, old: &str) -> String {
             "\n![ns per packet vs table size](ns-per-packet-vs-table-size.svg)\n"
         );
     }
+    crate::live::markdown(&mut s, r);
     if !r.rate.is_empty() {
         let _ = writeln!(
             s,
