@@ -376,6 +376,14 @@ fn slow_path_router(
         .collect();
     // Room for the largest run, as routerd's paths have (`routerd_config`).
     router.nat.max_floating_ips = 16_384;
+    // No fast path runs here, so the kernel's SNAT gets the whole port range, as Neutron's
+    // rules give it (routerd keeps the two ranges disjoint; the fast path's is parked on
+    // port 1, which nothing uses).
+    router.nat.snat_ports = router_user::config::PortRange { min: 1, max: 1 };
+    router.nat.slow_path_snat_ports = router_user::config::PortRange {
+        min: 1024,
+        max: 65535,
+    };
     let state = DesiredState {
         routers: vec![router],
     };

@@ -229,8 +229,8 @@ fn markdown(r: &Results, old: &str) -> String {
     }
     if !r.tcp.is_empty() {
         let nftables_ports = if r.tcp.iter().any(|t| t.path == rate::Path::Nftables) {
-            " The nftables path's gateway SNAT takes its ports from routerd's slow-path range \
-             (64512-65535 by default: disjoint from the fast path's), as routerd's slow path does."
+            " The nftables path's gateway SNAT takes ports 1024-65535 (routerd's slow path, with \
+             no fast path beside it, gets the range Neutron's rules give the kernel)."
         } else {
             ""
         };
