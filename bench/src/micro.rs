@@ -159,15 +159,32 @@ pub struct MicroResult {
     pub method: String,
 }
 
+/// The tables every scenario starts from; each is grown alone from here.
+const BASELINE: Tables = Tables {
+    routes: 10,
+    fips: 1,
+    sessions: 1_000,
+};
+
+impl MicroResult {
+    /// Whether this row measured the baseline tables: the same measurement stands for every
+    /// table at its baseline size.
+    pub fn is_baseline(&self) -> bool {
+        let size = match self.dimension.as_str() {
+            "routes" => BASELINE.routes,
+            "floating_ips" => BASELINE.fips,
+            "sessions" => BASELINE.sessions,
+            _ => return false,
+        };
+        self.size == u64::from(size)
+    }
+}
+
 /// Runs every measurement (see the module documentation) and returns one row per
 /// (scenario, entry, method, dimension, size). `progress` hears of each step before it runs.
 pub fn run_all(quick: bool, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<MicroResult>> {
     let plan = Plan::new(quick);
-    let base = Tables {
-        routes: 10,
-        fips: 1,
-        sessions: 1_000,
-    };
+    let base = BASELINE;
     let setups = [
         (
             base,

@@ -160,7 +160,8 @@ fn markdown(r: &Results, old: &str) -> String {
         let _ = writeln!(
             s,
             "## Per-packet cost (BPF_PROG_TEST_RUN)\n\n\
-             Each table is grown alone from the baseline (10 routes, 1 floating IP, 1k sessions). \
+             Each table is grown alone from the baseline (10 routes, 1 floating IP, 1k sessions), \
+             whose row (`baseline`) stands for every table at that size. \
              `repeat`: one frame run many times in the kernel (only where the rewritten frame is a \
              valid input again); `single-runs`: the mean of many runs of one repetition each, \
              which adds about 45-90 ns of per-run overhead (compare the two rows of a scenario). \
@@ -174,11 +175,21 @@ fn markdown(r: &Results, old: &str) -> String {
             s,
             "| scenario | entry | table grown | entries | ns/packet | method |\n|---|---|---|---|---|---|"
         );
+        // The baseline is one measurement per scenario, entry and method: shown once.
+        let mut baselines_shown = std::collections::BTreeSet::new();
         for m in &r.micro {
+            let (grown, entries) = if m.is_baseline() {
+                if !baselines_shown.insert((&m.scenario, &m.entry, &m.method)) {
+                    continue;
+                }
+                ("baseline", "-".to_string())
+            } else {
+                (m.dimension.as_str(), m.size.to_string())
+            };
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {:.1} | {} |",
-                m.scenario, m.entry, m.dimension, m.size, m.ns_per_packet, m.method
+                m.scenario, m.entry, grown, entries, m.ns_per_packet, m.method
             );
         }
         let _ = writeln!(
@@ -1054,6 +1065,41 @@ mod tests {
 
     /// A results file written before the CPU section and the flowtable probe still loads
     /// (`routerbench --readme` re-renders the README from it).
+    #[test]
+    fn the_baseline_row_is_shown_once_per_scenario_entry_and_method() {
+        let row = |dimension: &str, size, ns| crate::micro::MicroResult {
+            scenario: "route_only".into(),
+            entry: "xdp".into(),
+            dimension: dimension.into(),
+            size,
+            ns_per_packet: ns,
+            method: "repeat".into(),
+        };
+        let r = Results {
+            micro: vec![
+                row("routes", 10, 100.0),
+                row("routes", 100_000, 140.0),
+                row("floating_ips", 1, 100.0),
+                row("sessions", 1000, 100.0),
+                row("sessions", 1_000_000, 120.0),
+            ],
+            ..Results::default()
+        };
+        let text = markdown(&r, "");
+        let rows: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("| route_only |"))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "| route_only | xdp | baseline | - | 100.0 | repeat |",
+                "| route_only | xdp | routes | 100000 | 140.0 | repeat |",
+                "| route_only | xdp | sessions | 1000000 | 120.0 | repeat |",
+            ]
+        );
+    }
+
     #[test]
     fn results_without_cpu_or_flowtable_load() {
         let mut json = serde_json::to_value(Results::default()).expect("serialises");
