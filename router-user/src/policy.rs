@@ -10,7 +10,7 @@ use router_common::{
     fw_slot, table_external_subnet,
 };
 
-use crate::config::{Prefix, Router};
+use crate::config::{FloatingIp, Prefix, Router};
 
 /// First priority of the steering rules (user rules are below 30000).
 pub const PRIORITY_STEERING: u32 = 30_000;
@@ -208,13 +208,19 @@ pub fn subnet_mark(n: usize) -> Option<u32> {
 /// For each floating IP on a further external subnet: its fixed address and the subnet's
 /// mark ([`subnet_mark`]). Empty with a single external subnet.
 pub fn floating_ip_marks(router: &Router) -> Vec<(Ipv4Addr, u32)> {
+    marks_of(router, &router.floating_ips)
+}
+
+/// [`floating_ip_marks`] of `fips`, floating IPs of `router`'s external network.
+pub fn marks_of<'a>(
+    router: &Router,
+    fips: impl IntoIterator<Item = &'a FloatingIp>,
+) -> Vec<(Ipv4Addr, u32)> {
     let external = router.external_subnets();
     if external.len() < 2 {
         return Vec::new();
     }
-    router
-        .floating_ips
-        .iter()
+    fips.into_iter()
         .filter_map(|f| {
             let n = external
                 .iter()

@@ -160,12 +160,10 @@ action = "reject"
 action = "allow"
 protocol = "47"
 "#;
-        let router = DesiredState::parse(text).expect("valid").routers.remove(0);
-        let fip = "[[router.floating_ip]]\naddress = \"172.24.4.10\"\nfixed = \"10.0.0.10\"\n";
-        let with_fip = DesiredState::parse(&format!("{text}{fip}"))
-            .expect("valid")
-            .routers
-            .remove(0);
+        let (router, with_fip) = router_and_edit(
+            text,
+            "[[router.floating_ip]]\naddress = \"172.24.4.10\"\nfixed = \"10.0.0.10\"\n",
+        );
         let listing = in_scratch_namespace(move || {
             apply(&router).expect("libnftables takes the ruleset");
             assert!(present());
@@ -235,12 +233,10 @@ fixed = "10.0.0.10"
 address = "172.24.5.11"
 fixed = "10.0.0.11"
 "#;
-        let router = DesiredState::parse(text).expect("valid").routers.remove(0);
-        let more = "[[router.floating_ip]]\naddress = \"172.24.5.12\"\nfixed = \"10.0.0.12\"\n";
-        let with_more = DesiredState::parse(&format!("{text}{more}"))
-            .expect("valid")
-            .routers
-            .remove(0);
+        let (router, with_more) = router_and_edit(
+            text,
+            "[[router.floating_ip]]\naddress = \"172.24.5.12\"\nfixed = \"10.0.0.12\"\n",
+        );
         let listing = in_scratch_namespace(move || {
             apply(&router).expect("libnftables takes the ruleset");
             update(&router, &with_more).expect("elements added");
@@ -257,6 +253,12 @@ fixed = "10.0.0.11"
         }
         // The primary subnet's floating IP needs no mark: main's default is its gateway.
         assert!(!listing.contains("10.0.0.10 : 0x"), "{listing}");
+    }
+
+    /// The one router of `text`, and the same with `more` appended to it.
+    fn router_and_edit(text: &str, more: &str) -> (Router, Router) {
+        let one = |t: &str| DesiredState::parse(t).expect("valid").routers.remove(0);
+        (one(text), one(&format!("{text}{more}")))
     }
 
     /// Runs `f` in a thread of its own network namespace, then lists the router's table

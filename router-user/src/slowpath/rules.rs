@@ -151,13 +151,7 @@ pub fn floating_ip_changes(
     gone: &[&FloatingIp],
 ) -> Vec<NfObject<'static>> {
     let mut out = Vec::new();
-    let marked = |fips: &[&FloatingIp]| {
-        let only = Router {
-            floating_ips: fips.iter().map(|f| **f).collect(),
-            ..router.clone()
-        };
-        crate::policy::floating_ip_marks(&only)
-    };
+    let marked = |fips: &[&FloatingIp]| crate::policy::marks_of(router, fips.iter().copied());
     let (gone_marks, added_marks) = (marked(gone), marked(added));
     if !gone_marks.is_empty() {
         let keys = gone_marks.iter().map(|(fixed, _)| addr(*fixed)).collect();
