@@ -55,7 +55,7 @@ use router_tests::{
     desired::{FirewallText, FwRuleText, PolicyText, RouterText, SteeringText},
     netns::within,
     routerd::{Routerd, fast_path_has_neighbor},
-    topo::{Namespaces, ip, run, unique, veth},
+    topo::{Namespaces, ip, unique, veth},
 };
 use serde::{Deserialize, Serialize};
 
@@ -290,12 +290,7 @@ impl Setup {
             // Frames the generator XDP_TXes are only delivered into a veth that runs XDP
             // (routerd's, in XDP mode) or GRO.
             if mode != "xdp" {
-                run(
-                    "ip",
-                    &[
-                        "netns", "exec", &router_ns, "ethtool", "-K", port, "gro", "on",
-                    ],
-                );
+                crate::rate::gro_on(&router_ns, port);
             }
         }
         // The router learns the neighbours the scenarios send to, without forwarding.
@@ -305,20 +300,7 @@ impl Setup {
             (QR_VM, VM_PLAIN),
             (QR_FW, FIREWALL),
         ] {
-            run(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    &router_ns,
-                    "ping",
-                    "-c",
-                    "1",
-                    "-W",
-                    "1",
-                    &addr.to_string(),
-                ],
-            );
+            crate::rate::learn_neighbor(&router_ns, addr);
             let deadline = Instant::now() + Duration::from_secs(5);
             while !fast_path_has_neighbor(&tag, port, addr.octets()) {
                 anyhow::ensure!(

@@ -282,28 +282,10 @@ pub fn setup(path: Path, fips: usize) -> anyhow::Result<Setup> {
     }
     // Frames XDP_TX'd by the generator are only delivered into a veth that runs XDP or GRO.
     if path != Path::Xdp {
-        run(
-            "ip",
-            &[
-                "netns", "exec", &router_ns, "ethtool", "-K", QG, "gro", "on",
-            ],
-        );
+        gro_on(&router_ns, QG);
     }
     // The router learns the VM's MAC without forwarding anything.
-    run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &router_ns,
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "1",
-            &VM.to_string(),
-        ],
-    );
+    learn_neighbor(&router_ns, VM);
     if routerd.is_some() {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !fast_path_has_neighbor(&tag, QR, VM.octets()) {
@@ -394,6 +376,25 @@ fn slow_path_router(
     routers
         .pop()
         .ok_or_else(|| anyhow::anyhow!("the nftables baseline's router vanished"))
+}
+
+/// GRO on `dev` in `ns`: frames the generator XDP_TXes into a veth are only delivered if
+/// its far end runs XDP or GRO.
+pub fn gro_on(ns: &str, dev: &str) {
+    run(
+        "ip",
+        &["netns", "exec", ns, "ethtool", "-K", dev, "gro", "on"],
+    );
+}
+
+/// One ping from the router namespace `ns` to `addr`: the router (and the fast path's
+/// mirror) learns its neighbour without forwarding anything.
+pub fn learn_neighbor(ns: &str, addr: Ipv4Addr) {
+    let addr = addr.to_string();
+    run(
+        "ip",
+        &["netns", "exec", ns, "ping", "-c", "1", "-W", "1", &addr],
+    );
 }
 
 fn routerd_config(id: &str, ns: &str, mode: &str, fips: &[NeutronFloatingIp]) -> String {

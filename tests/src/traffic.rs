@@ -31,23 +31,19 @@ pub fn join<T>(h: thread::JoinHandle<T>) -> T {
 
 /// `ping -c count` from namespace `ns`; true when every echo was answered.
 pub fn ping(ns: &str, dst: [u8; 4], count: u32) -> bool {
+    ping_with(ns, dst, count, &[])
+}
+
+/// `ping -n -q -c count -i 0.2 -W 2 EXTRA… dst` from namespace `ns`; true when every echo
+/// was answered.
+fn ping_with(ns: &str, dst: [u8; 4], count: u32, extra: &[&str]) -> bool {
     let dst = Ipv4Addr::from(dst).to_string();
+    let count = count.to_string();
     Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "ping",
-            "-n",
-            "-q",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            &dst,
-        ])
+        .args(["netns", "exec", ns, "ping", "-n", "-q", "-c", &count])
+        .args(["-i", "0.2", "-W", "2"])
+        .args(extra)
+        .arg(&dst)
         .stdout(std::process::Stdio::null())
         .status()
         .map(|s| s.success())
@@ -309,6 +305,25 @@ pub struct LargeUdp {
     pub answered: bool,
 }
 
+/// Asserts what a UDP exchange ([`large_udp`], [`udp_with_ip_options`]) met: the receiver
+/// saw the datagram whole from `src`, and its answer came back whole.
+pub fn assert_udp_seen_from(what: &str, got: Option<LargeUdp>, src: Ipv4Addr) {
+    match got {
+        Some(LargeUdp {
+            seen_from,
+            answered,
+        }) => {
+            assert_eq!(
+                *seen_from.ip(),
+                src,
+                "{what}: the receiver saw the datagram from the wrong address"
+            );
+            assert!(answered, "{what}: the answer did not come back whole");
+        }
+        None => panic!("{what}: the datagram did not arrive whole"),
+    }
+}
+
 /// Sends one UDP datagram of `len` bytes of known content (larger than the MTU: the stack
 /// fragments it) from `client_ns` (port `port`) to `target`:`port`, received on any address
 /// of `server_ns`, which checks every byte and sends it back. `None` when nothing intact
@@ -411,58 +426,12 @@ fn udp_exchange(
 /// `ping -R -c count` from `ns`: echo requests and replies carrying the record-route
 /// option, which the fast path hands to the kernel. True when every echo was answered.
 pub fn ping_record_route(ns: &str, dst: [u8; 4], count: u32) -> bool {
-    let dst = Ipv4Addr::from(dst).to_string();
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "ping",
-            "-n",
-            "-q",
-            "-R",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            &dst,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    ping_with(ns, dst, count, &["-R"])
 }
 
 /// `ping -s size -c count` from `ns` with fragmentation allowed (`-M dont`): the echo
 /// requests and replies of `size` bytes are fragmented on an MTU of 1500. True when every
 /// echo was answered.
 pub fn ping_large(ns: &str, dst: [u8; 4], size: usize, count: u32) -> bool {
-    let dst = Ipv4Addr::from(dst).to_string();
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "ping",
-            "-n",
-            "-q",
-            "-M",
-            "dont",
-            "-s",
-            &size.to_string(),
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            &dst,
-        ])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    ping_with(ns, dst, count, &["-M", "dont", "-s", &size.to_string()])
 }

@@ -20,7 +20,7 @@ use router_tests::{
     probe::{delta, describe, sysctl},
     routerd::Routerd,
     topo::ip,
-    traffic::{self, LargeUdp},
+    traffic,
 };
 
 const WAIT: Duration = Duration::from_secs(3);
@@ -38,23 +38,7 @@ fn large_udp_seen_from(
     src: std::net::Ipv4Addr,
 ) {
     let got = traffic::large_udp(from_ns, to_ns, target.octets(), port, SIZE, WAIT);
-    match got {
-        Some(LargeUdp {
-            seen_from,
-            answered,
-        }) => {
-            assert_eq!(
-                *seen_from.ip(),
-                src,
-                "{what}: the receiver saw the datagram from the wrong address"
-            );
-            assert!(
-                answered,
-                "{what}: the {SIZE}-byte answer did not come back whole"
-            );
-        }
-        None => panic!("{what}: the {SIZE}-byte datagram did not arrive whole"),
-    }
+    traffic::assert_udp_seen_from(what, got, src);
 }
 
 fn fast_path_did_it(what: &str, router: &str, router_ns: &str, kernel_before: u64) {

@@ -19,7 +19,7 @@ use router_tests::{
     policy_topo::{ExternalTopology, SteeringTopology, ext, steer},
     probe::{delta, describe, sysctl},
     topo::ip,
-    traffic::{self, LargeUdp},
+    traffic,
 };
 
 const WAIT: Duration = Duration::from_secs(3);
@@ -36,20 +36,8 @@ fn options_udp_seen_from(
     port: u16,
     src: Ipv4Addr,
 ) {
-    match traffic::udp_with_ip_options(from_ns, to_ns, target.octets(), port, SIZE, WAIT) {
-        Some(LargeUdp {
-            seen_from,
-            answered,
-        }) => {
-            assert_eq!(
-                *seen_from.ip(),
-                src,
-                "{what}: the receiver saw the datagram from the wrong address"
-            );
-            assert!(answered, "{what}: the answer did not come back whole");
-        }
-        None => panic!("{what}: the datagram did not arrive"),
-    }
+    let got = traffic::udp_with_ip_options(from_ns, to_ns, target.octets(), port, SIZE, WAIT);
+    traffic::assert_udp_seen_from(what, got, src);
 }
 
 fn kernel_did_it(what: &str, router_ns: &str, before: u64, at_least: u64) {
@@ -197,14 +185,11 @@ fn external_subnets(mode: &str) {
     );
     let before = topo.gw_counts("from_fip2");
     let kernel = traffic::forwarded_by_kernel(&topo.router_ns);
-    match traffic::large_udp(&vm2, &inet, INET.octets(), 7104, 3000, WAIT) {
-        Some(got) => assert_eq!(
-            (*got.seen_from.ip(), got.answered),
-            (FIP2, true),
-            "{mode}: a 3,000-byte datagram without DF from vm2"
-        ),
-        None => panic!("{mode}: vm2's 3,000-byte datagram without DF did not arrive whole"),
-    }
+    traffic::assert_udp_seen_from(
+        &format!("{mode}: a 3,000-byte datagram without DF from vm2"),
+        traffic::large_udp(&vm2, &inet, INET.octets(), 7104, 3000, WAIT),
+        FIP2,
+    );
     let after = topo.gw_counts("from_fip2");
     assert!(
         after[1] >= before[1] + 3 && after[0] == before[0] && after[2] == before[2],
