@@ -7,10 +7,12 @@
 #![no_std]
 
 pub mod bench;
+pub mod ha;
 pub mod nat;
 pub mod policy;
 pub mod reason;
 
+pub use ha::*;
 pub use nat::*;
 pub use policy::*;
 pub use reason::Reason;
@@ -38,8 +40,10 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     pub const SNAT_SOURCES: &str = "SNAT_SOURCES";
     pub const FRAGMENTS: &str = "FRAGMENTS";
+    pub const HA: &str = "HA";
+    pub const SYNC: &str = "SYNC";
     /// Every map above, in the order `routerctl` and the pinning code walk them.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 23] = [
         ROUTES,
         NEIGHBORS,
         IFACES,
@@ -61,6 +65,8 @@ pub mod map_names {
         EVENTS,
         SNAT_SOURCES,
         FRAGMENTS,
+        HA,
+        SYNC,
     ];
 }
 
@@ -392,6 +398,8 @@ mod pod {
     unsafe impl aya::Pod for FwRule {}
     unsafe impl aya::Pod for FwStats {}
     unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for HaState {}
+    unsafe impl aya::Pod for SyncRecord {}
     unsafe impl aya::Pod for FragEntry {}
 }
 
@@ -412,6 +420,8 @@ mod tests {
         assert_eq!(size_of::<FipEntry>(), 8);
         assert_eq!(size_of::<CtKey>(), 16);
         assert_eq!(size_of::<CtEntry>(), 72);
+        assert_eq!(size_of::<HaState>(), 16);
+        assert_eq!(size_of::<SyncRecord>(), 96);
         assert_eq!(align_of::<CtKey>(), 2);
         assert_eq!(size_of::<PolicyConfig>(), 24);
         assert_eq!(size_of::<PolicyRule>(), 24);

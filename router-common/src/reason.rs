@@ -101,11 +101,17 @@ pub enum Reason {
     /// A later fragment of a datagram the fast path forwarded that cannot follow its first
     /// fragment: larger than the egress MTU (the fast path does not fragment) or TTL <= 1.
     FragmentUnfit = 39,
+    /// A router placed on several nodes (HA), arriving on a node that is not its active
+    /// one: the standby is silent (no ARP answer, no forwarding) until it takes over.
+    Standby = 40,
+    /// An HA router's active node whose controller stopped renewing its hold
+    /// (`HaState::fence_at_ns` passed): it stops answering rather than risk two actives.
+    Fenced = 41,
 }
 
 impl Reason {
     /// Every reason, in numeric order.
-    pub const ALL: [Reason; 36] = [
+    pub const ALL: [Reason; 38] = [
         Reason::Arp,
         Reason::Ipv6,
         Reason::OtherL3,
@@ -142,6 +148,8 @@ impl Reason {
         Reason::SnatSourceQuota,
         Reason::FragmentUnknown,
         Reason::FragmentUnfit,
+        Reason::Standby,
+        Reason::Fenced,
     ];
 
     /// First numeric value of the drop reasons.
@@ -191,6 +199,8 @@ impl Reason {
             37 => Some(Reason::SnatSourceQuota),
             38 => Some(Reason::FragmentUnknown),
             39 => Some(Reason::FragmentUnfit),
+            40 => Some(Reason::Standby),
+            41 => Some(Reason::Fenced),
             _ => None,
         }
     }
@@ -234,6 +244,8 @@ impl Reason {
             Reason::SnatSourceQuota => "snat_source_quota",
             Reason::FragmentUnknown => "fragment_unknown",
             Reason::FragmentUnfit => "fragment_unfit",
+            Reason::Standby => "standby",
+            Reason::Fenced => "fenced",
         }
     }
 }

@@ -15,6 +15,7 @@ use router_common::{CtEntry, CtKey, NatConfig, Reason, ct_dir, ct_kind, ct_tcp};
 
 use crate::{
     flow::Shape,
+    ha,
     maps::{SESSIONS, SNAT_SOURCES},
     nat::Target,
 };
@@ -30,9 +31,13 @@ pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
     SESSIONS.get_ptr_mut(key)
 }
 
-/// Records a packet of `bytes` with `tcp_flags` on `entry`.
+/// TCP flags whose first sight changes how long a session lives (established, closing):
+/// a standby is told of them.
+const REPORTED_TCP: u32 = (ct_tcp::FIN | ct_tcp::RST | ct_tcp::ACK) as u32;
+
+/// Records a packet of `bytes` with `tcp_flags` on `entry`, the session entry of `key`.
 #[inline(always)]
-pub fn touch(entry: *mut CtEntry, bytes: u32, tcp_flags: u32) {
+pub fn touch(key: &CtKey, entry: *mut CtEntry, bytes: u32, tcp_flags: u32) {
     let flags = tcp_flags & TRACKED_TCP;
     // SAFETY: `entry` points into a hash map value, 8-byte aligned. Counters are atomic
     // adds (another CPU may count the same flow); the timestamp is a plain store (any recent
@@ -53,8 +58,12 @@ pub fn touch(entry: *mut CtEntry, bytes: u32, tcp_flags: u32) {
             if let Some(peer) = SESSIONS.get_ptr_mut(&(*entry).peer) {
                 (*peer).tcp_flags = 0;
             }
+            ha::tcp_state(key, flags);
         } else if seen | flags != seen {
             (*entry).tcp_flags = seen | flags;
+            if (seen | flags) & !seen & REPORTED_TCP != 0 {
+                ha::tcp_state(key, seen | flags);
+            }
         }
     }
 }
@@ -231,7 +240,10 @@ fn insert_forward(
         ..CtEntry::default()
     };
     match SESSIONS.insert(fwd, &forward, u64::from(BPF_NOEXIST)) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            ha::created(fwd, &forward);
+            Ok(())
+        }
         Err(err) => {
             let _ = SESSIONS.remove(&reply_key);
             if err != EEXIST {

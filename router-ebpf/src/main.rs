@@ -13,6 +13,7 @@ mod csum;
 mod firewall;
 mod flow;
 mod fragment;
+mod ha;
 mod maps;
 mod monitor;
 mod nat;

@@ -9,8 +9,8 @@ use router_common::{
     CtEntry, CtKey, DEFAULT_SESSION_ENTRIES, EVENTS_BYTES, FW_STATS_SLOTS, FipEntry, FipStats,
     FragEntry, FragKey, FwRule, FwStats, IfaceEntry, IfaceStats, MAX_ALLOWED_SOURCES,
     MAX_FLOATING_IPS, MAX_FRAGMENT_DATAGRAMS, MAX_FW_RULES, MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES,
-    MAX_RULES, MonitorConfig, NatConfig, NeighborEntry, NeighborKey, PolicyConfig, PolicyRule,
-    RouteEntry, RouteKey, SnatStats, SourceKey,
+    HaState, MAX_RULES, MonitorConfig, NatConfig, NeighborEntry, NeighborKey, PolicyConfig, PolicyRule,
+    RouteEntry, RouteKey, SYNC_BYTES, SnatStats, SourceKey,
 };
 
 /// Every routing table of the router in one trie (see `RouteKey`).
@@ -126,3 +126,12 @@ pub static SNAT_SOURCES: HashMap<[u8; 4], u32> =
 #[map]
 pub static FRAGMENTS: LruHashMap<FragKey, FragEntry> =
     LruHashMap::with_max_entries(MAX_FRAGMENT_DATAGRAMS, 0);
+
+/// The router's HA role, written by its controller (see `router_common::HaState`).
+#[map]
+pub static HA: Array<HaState> = Array::with_max_entries(1, 0);
+
+/// Sessions made and TCP closes seen, while `HaState::sync` asks for them: the controller
+/// sends them to the standbys.
+#[map]
+pub static SYNC: RingBuf = RingBuf::with_byte_size(SYNC_BYTES, 0);

@@ -9,7 +9,7 @@ use router_common::{
 use crate::{
     arp, conntrack,
     context::Frame,
-    counters, firewall, flow, fragment,
+    counters, firewall, flow, fragment, ha,
     maps::{ALLOWED_SOURCES, HANDOFF, IFACES, POLICY_CONFIG},
     nat,
     parse::{self, IPPROTO_TCP, Ipv4Packet, L2, L4_OFFSET},
@@ -25,6 +25,9 @@ const HTTP_PORT: [u8; 2] = 80u16.to_be_bytes();
 /// packet; a `Forward` verdict means the hand-off is ready for `finish`.
 #[inline(always)]
 fn process(frame: &Frame) -> Verdict {
+    if let Some(silent) = ha::silenced() {
+        return silent;
+    }
     let l2 = match parse::parse_l2(frame) {
         Ok(l2) => l2,
         Err(verdict) => return verdict,
@@ -338,7 +341,7 @@ fn count_nat(plan: &nat::Plan, flow: &flow::Flow, bytes: u32) {
             counters::snat(bytes, original);
         }
         if !flow.is_error() {
-            conntrack::touch(entry, bytes, flow.tcp_flags);
+            conntrack::touch(&flow.key, entry, bytes, flow.tcp_flags);
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod conntrack;
 pub mod datapath;
 pub mod error;
 pub mod generate;
+pub mod ha;
 pub mod import;
 pub mod maps;
 pub mod metrics;

@@ -76,9 +76,23 @@ pub fn router_info_file(router: &str) -> PathBuf {
     run_dir().join(format!("{router}.json"))
 }
 
+/// The namespace a router's `namespace` names on this node: `/run/netns/<namespace>`, or
+/// with `ROUTERD_NETNS_PREFIX` set (several nodes simulated on one machine, each its own
+/// routerd), `/run/netns/<prefix><namespace>`.
 pub fn netns_path(namespace: &str) -> PathBuf {
-    PathBuf::from(NETNS_DIR).join(namespace)
+    let prefix = NETNS_PREFIX.get_or_init(|| {
+        std::env::var(NETNS_PREFIX_ENV)
+            .ok()
+            .filter(|p| !p.contains('/'))
+            .unwrap_or_default()
+    });
+    PathBuf::from(NETNS_DIR).join(format!("{prefix}{namespace}"))
 }
+
+/// The environment variable that prefixes every router namespace's name on this node
+/// (see [`netns_path`]).
+pub const NETNS_PREFIX_ENV: &str = "ROUTERD_NETNS_PREFIX";
+static NETNS_PREFIX: OnceLock<String> = OnceLock::new();
 
 /// Whether bpffs is mounted at [`BPFFS`] (pins need it).
 pub fn bpffs_mounted() -> bool {

@@ -498,6 +498,8 @@ pub struct Node {
     stopped: bool,
     /// More arguments for routerd (`--etcd-cert ...`).
     extra: Vec<String>,
+    /// More environment for routerd (`ROUTERD_NETNS_PREFIX`).
+    envs: Vec<(String, String)>,
 }
 
 impl Node {
@@ -510,6 +512,16 @@ impl Node {
     /// Starts `routerd --etcd ENDPOINTS --node NAME EXTRA...` with `name` as it is (unique
     /// already), and waits until its API answers.
     pub fn start_as(endpoints: &str, name: &str, extra: &[String]) -> Self {
+        Self::start_with(endpoints, name, extra, &[])
+    }
+
+    /// As [`Node::start_as`], with more environment for routerd.
+    pub fn start_with(
+        endpoints: &str,
+        name: &str,
+        extra: &[String],
+        envs: &[(&str, &str)],
+    ) -> Self {
         let name = name.to_string();
         let tmp = std::env::temp_dir();
         let mut node = Self {
@@ -523,6 +535,10 @@ impl Node {
             endpoints: endpoints.to_string(),
             stopped: false,
             extra: extra.to_vec(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         node.spawn_until("API on");
         node
@@ -553,6 +569,7 @@ impl Node {
             .args(["--etcd", &self.endpoints, "--node", &self.name])
             .args(&self.extra)
             .envs(self.env())
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -704,6 +721,7 @@ impl Drop for Node {
         let _ = Command::new(routerd_path())
             .args(["--teardown", "--all"])
             .envs(self.env())
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();

@@ -230,6 +230,15 @@ fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
     };
     raise_file_limit();
     let mut cluster = args.cluster.start(&runtime)?;
+    let ha = match args.cluster.ha_options()? {
+        Some(options) => {
+            let listen = options.listen;
+            let ha = router_user::ha::Ha::start(options)?;
+            tracing::info!("routerd: HA: session sync on {listen}");
+            Some(ha)
+        }
+        None => None,
+    };
     // The routers' owner: the file, or with --etcd the state saved from etcd.
     let (state, owner) = match &mut cluster {
         Some(c) => (c.take_initial_state(), c.state_file().to_path_buf()),
@@ -306,6 +315,9 @@ fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
             waiting_gauge.store(waiting as u64, std::sync::atomic::Ordering::Relaxed);
             if let Some(c) = &cluster {
                 c.observe(&node);
+            }
+            if let Some(ha) = &ha {
+                ha.set_routers(&node.desired().routers);
             }
             tokio::select! {
                 signal = signals.next() => match (signal, &cluster) {

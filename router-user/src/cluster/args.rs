@@ -30,6 +30,11 @@ pub struct ClusterArgs {
     pub state_dir: PathBuf,
     #[command(flatten)]
     pub credentials: super::Credentials,
+    /// Take part in HA (routers placed on several nodes, docs/ha.md): the address this node
+    /// listens on for its standbys' session sync, and advertises in etcd when active, e.g.
+    /// 10.0.0.5:7946. Without it, a router placed on several nodes stands by here forever.
+    #[arg(long, value_name = "ADDR:PORT", requires = "etcd")]
+    pub ha_listen: Option<std::net::SocketAddr>,
 }
 
 impl ClusterArgs {
@@ -60,6 +65,20 @@ impl ClusterArgs {
         };
         options.check()?;
         Ok(Some(options))
+    }
+
+    /// The HA side's options, if routerd takes part in HA.
+    pub fn ha_options(&self) -> Result<Option<crate::ha::Options>, Error> {
+        let (Some(listen), Some(options)) = (self.ha_listen, self.options()?) else {
+            return Ok(None);
+        };
+        Ok(Some(crate::ha::Options {
+            endpoints: options.endpoints,
+            credentials: options.credentials,
+            prefix: options.prefix,
+            node: options.node,
+            listen,
+        }))
     }
 
     /// Starts following etcd (see [`Cluster::start`]) on `runtime`, if asked to.

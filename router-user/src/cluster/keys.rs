@@ -6,6 +6,8 @@
 //! <prefix>/placement/<router-id>        Placement: {"nodes": ["<node>", ...]}
 //! <prefix>/nodes/<node>                 NodeRecord, under the node's lease
 //! <prefix>/status/<node>/<router-id>    RouterStatus, under the node's lease
+//! <prefix>/ha/<router-id>               HaHolder: the active node of an HA router, under
+//!                                       that node's HA lease; its mod revision is the epoch
 //! ```
 //!
 //! `<prefix>` is [`DEFAULT_PREFIX`] unless routerd is given `--etcd-prefix`. Router ids and
@@ -94,6 +96,22 @@ impl Keys {
         format!("{}/status/{node}/{router}", self.prefix)
     }
 
+    /// Every HA router's active node.
+    pub fn holders(&self) -> String {
+        format!("{}/ha/", self.prefix)
+    }
+
+    pub fn holder(&self, router: &str) -> String {
+        format!("{}/ha/{router}", self.prefix)
+    }
+
+    /// The router id of an HA holder key.
+    pub fn holder_router(&self, key: &[u8]) -> Option<String> {
+        let key = std::str::from_utf8(key).ok()?;
+        let id = key.strip_prefix(&self.holders())?;
+        (!id.is_empty() && !id.contains('/')).then(|| id.to_string())
+    }
+
     /// What `key` is; `None` for a key outside the layout (ignored, so a later version can
     /// add keys beside these).
     pub fn parse(&self, key: &[u8]) -> Option<Key> {
@@ -117,12 +135,30 @@ impl Keys {
     }
 }
 
-/// Where a router runs: the nodes, by name. One node today; a router placed on several
-/// nodes runs on each of them (high availability, later, elects one active).
+/// Where a router runs: the nodes, by name. A router placed on several nodes is an HA
+/// router: each of them runs it, and one, elected through etcd, is active (`crate::ha`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Placement {
     pub nodes: Vec<String>,
+}
+
+/// The active node of an HA router, as it wrote itself under `ha/<router-id>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaHolder {
+    pub node: String,
+    /// Where its standbys connect for the session sync (`routerd --ha-listen`).
+    pub sync: String,
+}
+
+impl HaHolder {
+    pub fn from_json(value: &[u8]) -> Result<Self, ConfigError> {
+        serde_json::from_slice(value).map_err(|e| ConfigError::Syntax(format!("ha holder: {e}")))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 impl Placement {

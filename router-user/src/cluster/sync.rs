@@ -120,9 +120,9 @@ impl Snapshot {
         let mut candidates: Vec<(Router, i64)> = Vec::new();
         // A router the node runs whose placement went away is not placed here any more.
         for (id, placement) in &self.placements {
-            match Placement::from_json(&placement.value) {
+            let ha = match Placement::from_json(&placement.value) {
                 Ok(p) if !p.has(node) => continue,
-                Ok(_) => {}
+                Ok(p) => p.nodes.len() > 1,
                 Err(e) => {
                     if let Some(old) = kept(id) {
                         update.refused.insert(id.clone(), e.to_string());
@@ -130,14 +130,17 @@ impl Snapshot {
                     }
                     continue;
                 }
-            }
+            };
             let read = match self.routers.get(id) {
                 None => Err(format!("placed on {node} but {id} has no desired state")),
                 Some(entry) => match Router::from_json(&entry.value) {
                     Ok(r) if r.id != *id => {
                         Err(format!("the value under routers/{id} has id \"{}\"", r.id))
                     }
-                    Ok(r) => Ok((r, entry.mod_revision.max(placement.mod_revision))),
+                    Ok(mut r) => {
+                        r.ha = ha;
+                        Ok((r, entry.mod_revision.max(placement.mod_revision)))
+                    }
                     Err(e) => Err(e.to_string()),
                 },
             };

@@ -97,6 +97,9 @@ pub struct Router {
     pub steering: Option<Steering>,
     /// The stateful firewall on internal interfaces, `None` = no firewall.
     pub firewall: Option<Firewall>,
+    /// Placed on several nodes (an HA router, `crate::ha`): set from the placement in
+    /// etcd, never from a file. It starts silent on every node until one is elected.
+    pub ha: bool,
 }
 
 impl Router {
@@ -116,6 +119,7 @@ impl Router {
             rules: Vec::new(),
             steering: None,
             firewall: None,
+            ha: false,
         }
     }
 

@@ -9,6 +9,7 @@
 //! | [`nat`] | `NAT_CONFIG`, `FIP_BY_ADDRESS`, `FIP_BY_FIXED`, `FIP_STATS`, `SNAT_STATS`, `SNAT_SOURCES` | gateway and SNAT settings, floating IPs, their counters |
 //! | [`sessions`] | `SESSIONS`, `FRAGMENTS` | the session table, fragmented datagrams in flight |
 //! | [`events`] | `MONITOR`, `EVENTS` | the event ring and its deadline |
+//! | [`ha`] | `HA`, `SYNC` | the router's HA role, the ring of sessions for the standbys |
 //!
 //! Each room is the only code that names its maps, for writes and for reads, and holds the
 //! conversion from the desired state to its map values. A room works on any [`MapSource`]:
@@ -18,6 +19,7 @@
 //! stay in `datapath`.
 
 pub mod events;
+pub mod ha;
 pub mod ifaces;
 pub mod nat;
 pub mod policy;
@@ -35,6 +37,7 @@ use router_common::map_names;
 use crate::error::Error;
 
 pub use events::EventMaps;
+pub use ha::{HaMaps, SyncRing};
 pub use ifaces::IfaceMaps;
 pub use nat::NatMaps;
 pub use policy::PolicyMaps;
@@ -75,6 +78,9 @@ pub trait Rooms: MapSource + Sized {
     fn events(&mut self) -> EventMaps<'_> {
         EventMaps::new(self)
     }
+    fn ha(&mut self) -> HaMaps<'_> {
+        HaMaps::new(self)
+    }
 }
 
 impl<T: MapSource> Rooms for T {}
@@ -95,6 +101,7 @@ pub const CONFIGURATION: &[&str] = &[
     map_names::SOURCE_TABLES,
     map_names::FW_RULES,
     map_names::ALLOWED_SOURCES,
+    map_names::HA,
 ];
 
 /// The maps a running router pinned, opened from their pins as they are needed.

@@ -13,6 +13,9 @@ use aya::maps::{HashMap, IterableMap as _, MapData};
 use router_common::{CtEntry, CtKey, FragEntry, FragKey, ct_dir, map_names};
 
 use super::{MapSource, typed};
+
+/// `BPF_EXIST`: replace an element only if it is there.
+const BPF_EXIST: u64 = 2;
 use crate::{
     conntrack::{self, GcReport, Session, Timeouts},
     error::Error,
@@ -76,6 +79,49 @@ impl<'a> SessionMaps<'a> {
                 .map_err(|e| Error::map("writing SESSIONS", e))?;
         }
         Ok(())
+    }
+
+    /// Writes session entries a standby received from its active, as they are (times
+    /// already on this node's clock): new ones are added, known ones replaced. Returns how
+    /// many were written; a full table refuses the rest (counted by the caller as lost).
+    pub fn upsert_synced(&mut self, entries: &[(CtKey, CtEntry)]) -> Result<usize, Error> {
+        let mut table = self.table()?;
+        let mut written = 0;
+        for (key, entry) in entries {
+            if table.insert(key, entry, 0).is_ok() {
+                written += 1;
+            }
+        }
+        self.maps.count_writes(written);
+        Ok(written)
+    }
+
+    /// Sets the TCP flags of the entries a standby was told changed state; an entry not in
+    /// the table (its creation not received yet) is skipped: the next refresh brings it.
+    pub fn set_tcp_flags(&mut self, states: &[(CtKey, u32)]) -> Result<usize, Error> {
+        let mut table = self.table()?;
+        let mut written = 0;
+        for (key, flags) in states {
+            if let Ok(mut entry) = table.get(key, 0) {
+                entry.tcp_flags = *flags;
+                if table.insert(key, entry, BPF_EXIST).is_ok() {
+                    written += 1;
+                }
+            }
+        }
+        self.maps.count_writes(written);
+        Ok(written)
+    }
+
+    /// The entries whose last packet is at or after `since_ns` (monotonic time): what an
+    /// active sends its standbys at each refresh (all of them with `since_ns` 0).
+    pub fn seen_since(&mut self, since_ns: u64) -> Result<Vec<(CtKey, CtEntry)>, Error> {
+        Ok(self
+            .table()?
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, e)| e.last_seen_ns >= since_ns)
+            .collect())
     }
 
     /// The table's capacity in entries.

@@ -210,6 +210,8 @@ async fn setup_recording(
     // not among the ports: the plan removes them.
     let mut tables = reconcile::read(&mut datapath)?;
     reconcile::reconcile(&mut datapath, &mut tables, router, &ports)?;
+    // Before attaching: an HA router starts silent, until its node is elected.
+    ha_role_follows(&mut datapath, router)?;
     if !datapath.adopted() {
         datapath.nat().reset_snat_stats()?;
     }
@@ -481,6 +483,7 @@ impl RouterState {
         }
         let changes =
             reconcile::reconcile(&mut self.datapath, &mut self.tables, &new, &self.ports)?;
+        ha_role_follows(&mut self.datapath, &new)?;
 
         // Sessions that used what is gone end now, in one pass over the table each.
         let mut ended = 0;
@@ -626,4 +629,21 @@ fn flush_kernel_conntrack(fips: &[std::net::Ipv4Addr]) {
     if let Err(e) = spawned {
         tracing::warn!("flushing the kernel's sessions of removed floating IPs: {e}");
     }
+}
+
+/// The fast path's HA role as far as the desired state decides it: a router placed on
+/// one node forwards as always; an HA router that has no role yet stands by (the HA agent
+/// makes it active once this node is elected). A role the agent set is left alone.
+fn ha_role_follows(datapath: &mut Datapath, router: &Router) -> Result<(), Error> {
+    use router_common::{HaState, ha_role};
+    let now = datapath.ha().state()?;
+    let wanted = match (router.ha, now.role) {
+        (false, ha_role::SINGLE) | (true, ha_role::ACTIVE | ha_role::STANDBY) => return Ok(()),
+        (false, _) => ha_role::SINGLE,
+        (true, _) => ha_role::STANDBY,
+    };
+    datapath.ha().set(HaState {
+        role: wanted,
+        ..HaState::default()
+    })
 }

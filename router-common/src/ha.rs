@@ -1,0 +1,53 @@
+//! High availability: a router placed on several nodes, one active. The controller tells
+//! the fast path its role (`HA`), and the active's fast path reports the sessions it makes
+//! and the TCP state they reach (`SYNC`), which the controller sends to the standbys.
+
+use crate::{CtEntry, CtKey};
+
+/// Values of [`HaState::role`].
+pub mod ha_role {
+    /// Not an HA router: forward as always.
+    pub const SINGLE: u32 = 0;
+    /// The active node's copy: forward while `fence_at_ns` is ahead.
+    pub const ACTIVE: u32 = 1;
+    /// A standby: drop everything that arrives (answer nothing, forward nothing).
+    pub const STANDBY: u32 = 2;
+}
+
+/// The router's HA role (the `HA` array's one entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HaState {
+    /// One of [`ha_role`].
+    pub role: u32,
+    /// Non-zero: report sessions to `SYNC` (an active with standbys to feed).
+    pub sync: u32,
+    /// For an active: the `bpf_ktime_get_coarse_ns` time after which it stops forwarding
+    /// unless its controller moved this forward (0: never). A controller that dies or
+    /// hangs cannot leave a second active answering.
+    pub fence_at_ns: u64,
+}
+
+/// Values of [`SyncRecord::what`].
+pub mod sync_what {
+    /// A session was made: `key` and `entry` are its original direction.
+    pub const CREATED: u32 = 1;
+    /// A session's entry `key` reached a new TCP state (its first ACK, FIN or RST, or a
+    /// new connection on the tuple of a closed one): `tcp_flags` are its flags now.
+    pub const TCP_STATE: u32 = 2;
+}
+
+/// One record of the `SYNC` ring.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SyncRecord {
+    /// One of [`sync_what`].
+    pub what: u32,
+    pub tcp_flags: u32,
+    pub key: CtKey,
+    pub entry: CtEntry,
+}
+
+/// Bytes of the `SYNC` ring: about 2,600 records, half a second of 5,000 new sessions a
+/// second while the controller drains it every few milliseconds.
+pub const SYNC_BYTES: u32 = 256 * 1024;

@@ -1,0 +1,64 @@
+//! High availability in the fast path: a standby or fenced copy of a router answers for
+//! nothing, and an active one reports its sessions for the standbys.
+
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use router_common::{CtEntry, CtKey, Reason, SyncRecord, ha_role, sync_what};
+
+use crate::{maps::HA, maps::SYNC, verdict::Verdict};
+
+/// `Some(drop)` when this copy of the router must stay silent: a standby, or an active
+/// whose controller let its hold lapse.
+#[inline(always)]
+pub fn silenced() -> Option<Verdict> {
+    let state = HA.get(0)?;
+    match state.role {
+        ha_role::SINGLE => None,
+        ha_role::STANDBY => Some(Verdict::Drop(Reason::Standby)),
+        _ => {
+            // SAFETY: plain helper call.
+            let now = unsafe { bpf_ktime_get_coarse_ns() };
+            (state.fence_at_ns != 0 && now > state.fence_at_ns)
+                .then_some(Verdict::Drop(Reason::Fenced))
+        }
+    }
+}
+
+/// Whether the standbys want session records.
+#[inline(always)]
+fn syncing() -> bool {
+    HA.get(0).is_some_and(|s| s.sync != 0)
+}
+
+/// Reports a session made, by its original direction's key and entry. A full ring loses
+/// the record; the controller's periodic refresh sends the session anyway.
+#[inline(always)]
+pub fn created(key: &CtKey, entry: &CtEntry) {
+    if syncing() {
+        report(sync_what::CREATED, 0, key, entry);
+    }
+}
+
+/// Reports that the session entry `key` reached a new TCP state (its flags now
+/// `tcp_flags`), so a standby ages the session as the active does.
+#[inline(always)]
+pub fn tcp_state(key: &CtKey, tcp_flags: u32) {
+    if syncing() {
+        report(sync_what::TCP_STATE, tcp_flags, key, &CtEntry::default());
+    }
+}
+
+#[inline(always)]
+fn report(what: u32, tcp_flags: u32, key: &CtKey, entry: &CtEntry) {
+    if let Some(mut slot) = SYNC.reserve::<SyncRecord>(0) {
+        let record = slot.as_mut_ptr();
+        // SAFETY: the slot is ours until submitted and sized for a record; its fields are
+        // written one by one, so no record is built on the (nearly full) stack first.
+        unsafe {
+            (*record).what = what;
+            (*record).tcp_flags = tcp_flags;
+            (*record).key = *key;
+            (*record).entry = *entry;
+        }
+        slot.submit(0);
+    }
+}

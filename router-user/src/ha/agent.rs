@@ -1,0 +1,669 @@
+//! One HA router on this node: elected active (it holds the router's key in etcd), or a
+//! standby following the holder. The active feeds its standbys; a standby writes what it
+//! is fed and takes over when the active goes quiet.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use router_common::{CtEntry, CtKey, HaState, SyncRecord, ct_dir, ha_role, sync_what};
+use tokio::{
+    io::AsyncWriteExt as _,
+    net::TcpStream,
+    sync::{mpsc, watch},
+};
+
+use super::{
+    DEAD_AFTER, FENCE, HEARTBEAT, Holder, Options, REFRESH, Store, garp, read_frame,
+    status::HaStatus,
+    wire::{Frame, MAX_BATCH},
+};
+use crate::{
+    cluster::{HaHolder, Keys},
+    config::Router,
+    conntrack::monotonic_ns,
+    maps::{Pinned, Rooms as _, SyncRing},
+};
+
+/// How often the active drains its fast path's session reports.
+const DRAIN: Duration = Duration::from_millis(5);
+/// Bytes queued for one standby beyond which it is dropped (it reconnects and resyncs).
+const QUEUE_LIMIT: usize = 64 << 20;
+
+pub struct Agent {
+    node: String,
+    sync: String,
+    keys: Keys,
+    router: watch::Receiver<Router>,
+    holder: watch::Receiver<Option<Holder>>,
+    conns: mpsc::Receiver<(TcpStream, String)>,
+    store: watch::Receiver<Option<Store>>,
+    status: HaStatus,
+}
+
+/// A standby connected to the active.
+struct Link {
+    node: String,
+    frames: mpsc::UnboundedSender<Arc<Vec<u8>>>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Link {
+    /// Queues a frame; false when the link is gone or too far behind (then dropped).
+    fn send(&self, frame: &Arc<Vec<u8>>) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.queued.load(Relaxed) > QUEUE_LIMIT {
+            return false;
+        }
+        self.queued.fetch_add(frame.len(), Relaxed);
+        self.frames.send(frame.clone()).is_ok()
+    }
+}
+
+impl Agent {
+    pub fn new(
+        options: &Options,
+        router: watch::Receiver<Router>,
+        holder: watch::Receiver<Option<Holder>>,
+        conns: mpsc::Receiver<(TcpStream, String)>,
+        store: watch::Receiver<Option<Store>>,
+    ) -> Self {
+        let id = router.borrow().id.clone();
+        Self {
+            node: options.node.clone(),
+            sync: options.listen.to_string(),
+            keys: Keys::new(&options.prefix),
+            router,
+            holder,
+            conns,
+            store,
+            status: HaStatus::new(&id, &options.node),
+        }
+    }
+
+    fn id(&self) -> String {
+        self.router.borrow().id.clone()
+    }
+
+    pub async fn run(mut self) {
+        let id = self.id();
+        // The router's pins appear once its start has made them.
+        let mut maps = loop {
+            match Pinned::open(&id) {
+                Ok(m) => break m,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let mut promoted = None;
+        loop {
+            let epoch = match promoted.take() {
+                Some(e) => Some(e),
+                None => self.decide().await,
+            };
+            match epoch {
+                Some(epoch) => self.active(&mut maps, epoch).await,
+                None => promoted = self.standby(&mut maps).await,
+            }
+        }
+    }
+
+    /// `Some(epoch)` when this node holds the router (or just took a free key); `None` to
+    /// stand by.
+    async fn decide(&mut self) -> Option<i64> {
+        let holder = self.holder.borrow_and_update().clone();
+        let store = self.store.borrow().clone();
+        match (holder, store) {
+            (Some(h), Some(s)) if h.node == self.node && h.lease == s.lease => Some(h.epoch),
+            // This node's key from an earlier routerd (another lease): take it back.
+            (Some(h), Some(_)) if h.node == self.node => self.take_over(Some(h.epoch)).await,
+            // etcd away, but the key last seen is ours: stay what we were.
+            (Some(h), None) if h.node == self.node => Some(h.epoch),
+            (None, Some(_)) => self.take_over(None).await,
+            _ => None,
+        }
+    }
+
+    /// Writes this node as the holder if the key is as `expected` (its epoch, or absent):
+    /// the new epoch, or `None` when another node got there first or etcd is away.
+    async fn take_over(&mut self, expected: Option<i64>) -> Option<i64> {
+        let store = self.store.borrow().clone()?;
+        let key = self.keys.holder(&self.id());
+        let value = HaHolder {
+            node: self.node.clone(),
+            sync: self.sync.clone(),
+        }
+        .to_json();
+        let guard = match expected {
+            None => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+            Some(epoch) => Compare::mod_revision(key.as_str(), CompareOp::Equal, epoch),
+        };
+        let txn = Txn::new().when([guard]).and_then([TxnOp::put(
+            key.as_str(),
+            value,
+            Some(PutOptions::new().with_lease(store.lease)),
+        )]);
+        let mut client = store.client.clone();
+        match tokio::time::timeout(Duration::from_secs(1), client.txn(txn)).await {
+            Ok(Ok(r)) if r.succeeded() => r.header().map(|h| h.revision()),
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => {
+                tracing::warn!("router {}: HA: taking over: {e}", self.id());
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn set_role(&mut self, maps: &mut Pinned, role: u32) {
+        let state = HaState {
+            role,
+            sync: u32::from(role == ha_role::ACTIVE),
+            fence_at_ns: if role == ha_role::ACTIVE {
+                monotonic_ns() + FENCE.as_nanos() as u64
+            } else {
+                0
+            },
+        };
+        if let Err(e) = maps.ha().set(state) {
+            tracing::error!("router {}: HA: setting the fast path's role: {e}", self.id());
+        }
+    }
+
+    /// Serves as the active node until a holder with a higher epoch appears.
+    async fn active(&mut self, maps: &mut Pinned, epoch: i64) {
+        let id = self.id();
+        self.set_role(maps, ha_role::ACTIVE);
+        let was = self.status.role.clone();
+        self.status.role = "active".into();
+        self.status.epoch = epoch;
+        self.status.active_node = Some(self.node.clone());
+        self.status.standbys.clear();
+        if was == "standby" {
+            self.status.takeovers += 1;
+        }
+        let _ = self.status.write();
+        tracing::info!("router {id}: HA: active on {} (epoch {epoch})", self.node);
+        announce(self.router.borrow().clone());
+        let mut ring = match maps.ha().ring() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!("router {id}: HA: the session ring: {e}; standbys get refreshes only");
+                None
+            }
+        };
+        let mut links: Vec<Link> = Vec::new();
+        let (acks_tx, mut acks) = mpsc::unbounded_channel::<(String, u64)>();
+        // Batches sent and the fast-path time of their oldest session, for the lag.
+        let mut pending: std::collections::BTreeMap<u64, u64> = Default::default();
+        let mut batch = 0u64;
+        let mut fence = tokio::time::interval(HEARTBEAT);
+        let mut drain = tokio::time::interval(DRAIN);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut refresh = tokio::time::interval(REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last_refresh = monotonic_ns();
+        loop {
+            tokio::select! {
+                _ = fence.tick() => {
+                    self.set_role(maps, ha_role::ACTIVE);
+                }
+                _ = drain.tick() => {
+                    let Some(ring) = ring.as_mut() else { continue };
+                    let frames = drained_frames(ring, &mut batch, &mut pending);
+                    self.status.entries_sent += frames.1 as u64;
+                    broadcast(&mut links, &frames.0);
+                    if pending.len() > 10_000 {
+                        // Nobody acknowledges (no standby): forget the oldest.
+                        let cut = pending.len() - 10_000;
+                        let old: Vec<u64> = pending.keys().take(cut).copied().collect();
+                        for b in old { pending.remove(&b); }
+                    }
+                }
+                _ = refresh.tick() => {
+                    let now = monotonic_ns();
+                    match maps.sessions().seen_since(last_refresh) {
+                        Ok(entries) => {
+                            self.status.entries_sent += entries.len() as u64;
+                            let frames = entry_frames(&entries, now, &mut batch);
+                            broadcast(&mut links, &frames);
+                        }
+                        Err(e) => tracing::warn!("router {id}: HA: refresh: {e}"),
+                    }
+                    last_refresh = now.saturating_sub(HEARTBEAT.as_nanos() as u64);
+                    self.status.standbys = links.iter().map(|l| l.node.clone()).collect();
+                    let _ = self.status.write();
+                }
+                Some((stream, node)) = self.conns.recv() => {
+                    match maps.sessions().seen_since(0) {
+                        Ok(entries) => {
+                            let link = open_link(stream, node.clone(), acks_tx.clone());
+                            let mut frames = entry_frames(&entries, monotonic_ns(), &mut batch);
+                            batch += 1;
+                            frames.push(Arc::new(Frame::ResyncDone { batch }.encode()));
+                            for f in &frames { link.send(f); }
+                            self.status.entries_sent += entries.len() as u64;
+                            self.status.resyncs += 1;
+                            tracing::info!("router {id}: HA: standby {node} connected; resync of {} entries", entries.len());
+                            links.retain(|l| l.node != node);
+                            links.push(link);
+                            self.status.standbys = links.iter().map(|l| l.node.clone()).collect();
+                            let _ = self.status.write();
+                        }
+                        Err(e) => tracing::warn!("router {id}: HA: resync for {node}: {e}"),
+                    }
+                }
+                Some((_node, acked)) = acks.recv() => {
+                    let now = monotonic_ns();
+                    let done: Vec<u64> = pending.range(..=acked).map(|(b, _)| *b).collect();
+                    for b in done {
+                        if let Some(created) = pending.remove(&b) {
+                            self.status.lag(now.saturating_sub(created) as f64 / 1e6);
+                        }
+                    }
+                }
+                changed = self.holder.changed() => {
+                    if changed.is_err() { return; }
+                    let holder = self.holder.borrow_and_update().clone();
+                    match holder {
+                        Some(h) if h.node != self.node && h.epoch > epoch => {
+                            tracing::warn!("router {id}: HA: {} holds the router at epoch {} (ours {epoch}): standing by", h.node, h.epoch);
+                            self.set_role(maps, ha_role::STANDBY);
+                            return;
+                        }
+                        None => {
+                            // Our key went (lease lost): claim it again, or stand by.
+                            if self.take_over(None).await.is_none() {
+                                self.set_role(maps, ha_role::STANDBY);
+                                return;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                changed = self.router.changed() => {
+                    if changed.is_err() { return; }
+                    announce(self.router.borrow_and_update().clone());
+                }
+            }
+        }
+    }
+
+    /// Stands by behind the holder: silent fast path, sessions written as the active sends
+    /// them. Returns the new epoch when this node took over, `None` to decide again.
+    async fn standby(&mut self, maps: &mut Pinned) -> Option<i64> {
+        let id = self.id();
+        self.set_role(maps, ha_role::STANDBY);
+        let holder = self.holder.borrow_and_update().clone();
+        let Some(h) = holder.filter(|h| h.node != self.node) else {
+            // No holder known (etcd not read yet), or it is us: wait for news.
+            let _ = tokio::time::timeout(Duration::from_millis(200), self.holder.changed()).await;
+            return None;
+        };
+        if self.status.role != "standby" || self.status.epoch != h.epoch {
+            tracing::info!("router {id}: HA: standing by; {} is active (epoch {})", h.node, h.epoch);
+        }
+        self.status.role = "standby".into();
+        self.status.epoch = h.epoch;
+        self.status.active_node = Some(h.node.clone());
+        self.status.standbys.clear();
+        self.status.synced = false;
+        let _ = self.status.write();
+        let mut last_heard = Instant::now();
+        let mut handover = false;
+        loop {
+            let connected = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(&h.sync)).await;
+            if let Ok(Ok(mut stream)) = connected {
+                let _ = stream.set_nodelay(true);
+                let hello = Frame::Hello { router: id.clone(), node: self.node.clone(), epoch: h.epoch }.encode();
+                if stream.write_all(&hello).await.is_ok() {
+                    last_heard = Instant::now();
+                    match self.follow(maps, &mut stream, &h, &mut last_heard).await {
+                        Followed::HolderChanged => return None,
+                        Followed::Handover => handover = true,
+                        Followed::Lost => {}
+                    }
+                }
+            }
+            self.status.synced = false;
+            if handover || last_heard.elapsed() >= DEAD_AFTER {
+                let why = if handover { "handed over".to_string() } else { format!("nothing from {} for {} ms", h.node, last_heard.elapsed().as_millis()) };
+                match self.take_over(Some(h.epoch)).await {
+                    Some(epoch) => {
+                        tracing::warn!("router {id}: HA: {why}: taking over (epoch {epoch})");
+                        return Some(epoch);
+                    }
+                    None => {
+                        let _ = tokio::time::timeout(Duration::from_millis(500), self.holder.changed()).await;
+                        return None;
+                    }
+                }
+            }
+            if tokio::time::timeout(Duration::from_millis(50), self.holder.changed()).await.is_ok() {
+                return None;
+            }
+        }
+    }
+
+    /// Reads the active's frames until the connection ends, goes quiet, or the holder
+    /// changes.
+    async fn follow(
+        &mut self,
+        maps: &mut Pinned,
+        stream: &mut TcpStream,
+        h: &Holder,
+        last_heard: &mut Instant,
+    ) -> Followed {
+        let mut written = Instant::now();
+        loop {
+            if written.elapsed() >= REFRESH {
+                let _ = self.status.write();
+                written = Instant::now();
+            }
+            let deadline = tokio::time::Instant::from_std(*last_heard + DEAD_AFTER);
+            tokio::select! {
+                frame = tokio::time::timeout_at(deadline, read_frame(stream)) => {
+                    let frame = match frame {
+                        Ok(Ok(f)) => f,
+                        Ok(Err(e)) => {
+                            tracing::debug!("router {}: HA: from {}: {e}", self.id(), h.node);
+                            return Followed::Lost;
+                        }
+                        Err(_) => return Followed::Lost,
+                    };
+                    *last_heard = Instant::now();
+                    let ack = match frame {
+                        Frame::Entries { batch, entries } => {
+                            let now = monotonic_ns();
+                            let local: Vec<(CtKey, CtEntry)> = entries.iter().map(|(k, e)| (*k, from_ages(e, now))).collect();
+                            match maps.sessions().upsert_synced(&local) {
+                                Ok(n) => self.status.entries_received += n as u64,
+                                Err(e) => tracing::warn!("router {}: HA: writing sessions: {e}", self.id()),
+                            }
+                            Some(batch)
+                        }
+                        Frame::TcpStates { batch, states } => {
+                            if let Err(e) = maps.sessions().set_tcp_flags(&states) {
+                                tracing::warn!("router {}: HA: writing TCP states: {e}", self.id());
+                            }
+                            Some(batch)
+                        }
+                        Frame::ResyncDone { batch } => {
+                            self.status.synced = true;
+                            self.status.resyncs += 1;
+                            let _ = self.status.write();
+                            Some(batch)
+                        }
+                        Frame::Handover { .. } => return Followed::Handover,
+                        Frame::Heartbeat => None,
+                        other => {
+                            tracing::warn!("router {}: HA: unexpected {other:?} from {}", self.id(), h.node);
+                            return Followed::Lost;
+                        }
+                    };
+                    let reply = match ack {
+                        Some(batch) => Frame::Ack { batch },
+                        None => Frame::Heartbeat,
+                    };
+                    if stream.write_all(&reply.encode()).await.is_err() {
+                        return Followed::Lost;
+                    }
+                }
+                changed = self.holder.changed() => {
+                    let now = self.holder.borrow_and_update().clone();
+                    if changed.is_err() || now.as_ref().map(|n| n.epoch) != Some(h.epoch) {
+                        return Followed::HolderChanged;
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Followed {
+    Lost,
+    HolderChanged,
+    Handover,
+}
+
+/// Sends the router's gratuitous ARPs without holding up the caller.
+fn announce(router: Router) {
+    tokio::task::spawn_blocking(move || match garp::announce(&router) {
+        Ok(n) => tracing::info!("router {}: HA: {n} gratuitous ARP frames sent", router.id),
+        Err(e) => tracing::warn!("router {}: HA: gratuitous ARP: {e}", router.id),
+    });
+}
+
+/// Queues `frames` to every standby, dropping those that are gone or too far behind.
+fn broadcast(links: &mut Vec<Link>, frames: &[Arc<Vec<u8>>]) {
+    if frames.is_empty() {
+        return;
+    }
+    links.retain(|link| {
+        let ok = frames.iter().all(|f| link.send(f));
+        if !ok {
+            tracing::warn!("HA: standby {} dropped (gone or too far behind)", link.node);
+        }
+        ok
+    });
+}
+
+/// The session reports waiting in the ring, as frames: new sessions (both of their
+/// entries) and TCP states. Returns the frames and the number of entries in them.
+fn drained_frames(
+    ring: &mut SyncRing,
+    batch: &mut u64,
+    pending: &mut std::collections::BTreeMap<u64, u64>,
+) -> (Vec<Arc<Vec<u8>>>, usize) {
+    let records = ring.drain(MAX_BATCH / 2);
+    if records.is_empty() {
+        return (Vec::new(), 0);
+    }
+    let now = monotonic_ns();
+    let mut entries = Vec::new();
+    let mut states = Vec::new();
+    let mut oldest = u64::MAX;
+    for r in &records {
+        match r.what {
+            sync_what::CREATED => {
+                oldest = oldest.min(r.entry.created_ns);
+                let (fwd, reply) = both_entries(r);
+                entries.push((r.key, to_ages(&fwd, now)));
+                entries.push((r.entry.peer, to_ages(&reply, now)));
+            }
+            sync_what::TCP_STATE => states.push((r.key, r.tcp_flags)),
+            _ => {}
+        }
+    }
+    let mut frames = Vec::new();
+    let count = entries.len();
+    if !entries.is_empty() {
+        *batch += 1;
+        pending.insert(*batch, oldest);
+        frames.push(Arc::new(Frame::Entries { batch: *batch, entries }.encode()));
+    }
+    if !states.is_empty() {
+        *batch += 1;
+        frames.push(Arc::new(Frame::TcpStates { batch: *batch, states }.encode()));
+    }
+    (frames, count)
+}
+
+/// A new session's two entries from its report: the original direction as made, and the
+/// reply direction as the fast path makes it from the original.
+fn both_entries(r: &SyncRecord) -> (CtEntry, CtEntry) {
+    let fwd = r.key;
+    let reply = CtEntry {
+        new_src: fwd.dst,
+        new_dst: fwd.src,
+        new_sport: fwd.dport,
+        new_dport: fwd.sport,
+        peer: fwd,
+        created_ns: r.entry.created_ns,
+        last_seen_ns: r.entry.last_seen_ns,
+        direction: ct_dir::REPLY,
+        kind: r.entry.kind,
+        ..CtEntry::default()
+    };
+    (r.entry, reply)
+}
+
+/// Entries as frames of at most [`MAX_BATCH`], times as ages.
+fn entry_frames(entries: &[(CtKey, CtEntry)], now: u64, batch: &mut u64) -> Vec<Arc<Vec<u8>>> {
+    entries
+        .chunks(MAX_BATCH)
+        .map(|chunk| {
+            *batch += 1;
+            let entries = chunk.iter().map(|(k, e)| (*k, to_ages(e, now))).collect();
+            Arc::new(Frame::Entries { batch: *batch, entries }.encode())
+        })
+        .collect()
+}
+
+/// An entry with its creation and last packet as ages before `now` (for the wire).
+pub fn to_ages(entry: &CtEntry, now: u64) -> CtEntry {
+    CtEntry {
+        created_ns: now.saturating_sub(entry.created_ns),
+        last_seen_ns: now.saturating_sub(entry.last_seen_ns),
+        ..*entry
+    }
+}
+
+/// An entry from the wire placed on this node's clock at `now`.
+pub fn from_ages(entry: &CtEntry, now: u64) -> CtEntry {
+    CtEntry {
+        created_ns: now.saturating_sub(entry.created_ns),
+        last_seen_ns: now.saturating_sub(entry.last_seen_ns),
+        ..*entry
+    }
+}
+
+/// Starts the tasks of one standby's connection: a writer (queued frames, a heartbeat when
+/// idle) and a reader (acknowledgements).
+fn open_link(
+    stream: TcpStream,
+    node: String,
+    acks: mpsc::UnboundedSender<(String, u64)>,
+) -> Link {
+    let (frames_tx, mut frames) = mpsc::unbounded_channel::<Arc<Vec<u8>>>();
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (mut reader, mut writer) = stream.into_split();
+    let reader_node = node.clone();
+    let reading = tokio::task::spawn_local(async move {
+        loop {
+            let mut prefix = [0u8; 4];
+            use tokio::io::AsyncReadExt as _;
+            if reader.read_exact(&mut prefix).await.is_err() {
+                return;
+            }
+            let Ok(n) = Frame::body_length(prefix) else { return };
+            let mut body = vec![0u8; n];
+            if reader.read_exact(&mut body).await.is_err() {
+                return;
+            }
+            match Frame::decode(&body) {
+                Ok(Frame::Ack { batch }) => {
+                    let _ = acks.send((reader_node.clone(), batch));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("HA: standby {reader_node}: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    let counter = queued.clone();
+    tokio::task::spawn_local(async move {
+        let heartbeat = Frame::Heartbeat.encode();
+        let mut idle = tokio::time::interval(HEARTBEAT);
+        loop {
+            tokio::select! {
+                frame = frames.recv() => {
+                    let Some(frame) = frame else { break };
+                    counter.fetch_sub(frame.len(), std::sync::atomic::Ordering::Relaxed);
+                    if writer.write_all(&frame).await.is_err() { break; }
+                    idle.reset();
+                }
+                _ = idle.tick() => {
+                    if writer.write_all(&heartbeat).await.is_err() { break; }
+                }
+            }
+            if reading.is_finished() {
+                break;
+            }
+        }
+        reading.abort();
+    });
+    Link {
+        node,
+        frames: frames_tx,
+        queued,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_cross_clocks() {
+        let entry = CtEntry {
+            created_ns: 1_000,
+            last_seen_ns: 4_000,
+            ..CtEntry::default()
+        };
+        let wire = to_ages(&entry, 5_000);
+        assert_eq!((wire.created_ns, wire.last_seen_ns), (4_000, 1_000));
+        // The standby's clock is elsewhere: the ages stay.
+        let local = from_ages(&wire, 90_000);
+        assert_eq!((local.created_ns, local.last_seen_ns), (86_000, 89_000));
+    }
+
+    #[test]
+    fn a_report_makes_both_entries_of_its_session() {
+        let key = CtKey {
+            zone: 0,
+            proto: 6,
+            _pad: 0,
+            src: [10, 0, 1, 5],
+            dst: [203, 0, 113, 9],
+            sport: [0x9c, 0x40],
+            dport: [0, 80],
+        };
+        let reply_key = CtKey {
+            zone: 0,
+            proto: 6,
+            _pad: 0,
+            src: [203, 0, 113, 9],
+            dst: [198, 18, 0, 1],
+            sport: [0, 80],
+            dport: [0x04, 0x01],
+        };
+        let fwd = CtEntry {
+            new_src: [198, 18, 0, 1],
+            new_dst: key.dst,
+            new_sport: [0x04, 0x01],
+            new_dport: key.dport,
+            peer: reply_key,
+            created_ns: 7,
+            last_seen_ns: 7,
+            kind: 1,
+            ..CtEntry::default()
+        };
+        let record = SyncRecord {
+            what: sync_what::CREATED,
+            tcp_flags: 0,
+            key,
+            entry: fwd,
+        };
+        let (f, r) = both_entries(&record);
+        assert_eq!(f, fwd);
+        assert_eq!(r.peer, key, "the reply entry names the original");
+        assert_eq!((r.new_src, r.new_dst), (key.dst, key.src));
+        assert_eq!((r.new_sport, r.new_dport), (key.dport, key.sport));
+        assert_eq!(r.direction, ct_dir::REPLY);
+        assert_eq!(r.kind, 1);
+    }
+}
