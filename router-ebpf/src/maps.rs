@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use router_common::{
     CtEntry, CtKey, DEFAULT_SESSION_ENTRIES, EVENTS_BYTES, FW_STATS_SLOTS, FipEntry, FipStats,
-    FragEntry, FragKey, FwRule, FwStats, IfaceEntry, IfaceStats, MAX_ALLOWED_SOURCES,
+    FragEntry, FragKey, FwRule, FwStats, HaState, IfaceEntry, IfaceStats, MAX_ALLOWED_SOURCES,
     MAX_FLOATING_IPS, MAX_FRAGMENT_DATAGRAMS, MAX_FW_RULES, MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES,
-    HaState, MAX_RULES, MonitorConfig, NatConfig, NeighborEntry, NeighborKey, PolicyConfig, PolicyRule,
+    MAX_RULES, MonitorConfig, NatConfig, NeighborEntry, NeighborKey, PolicyConfig, PolicyRule,
     RouteEntry, RouteKey, SYNC_BYTES, SnatStats, SourceKey,
 };
 

@@ -7,8 +7,8 @@ use std::{
     io::{Read as _, Write as _},
     net::{SocketAddrV4, TcpListener, TcpStream},
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -62,7 +62,9 @@ impl Held {
         let stop = Arc::new(AtomicBool::new(false));
         let listener = crate::netns::within(server_ns, || TcpListener::bind(listen))
             .unwrap_or_else(|e| panic!("listening on {listen} in {server_ns}: {e}"));
-        listener.set_nonblocking(true).expect("non-blocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
         let started = Instant::now();
         let accepting = {
             let stop = stop.clone();
@@ -82,7 +84,7 @@ impl Held {
                 }
             })
         };
-        let opened = Arc::new(Mutex::new(0usize));
+        let opened = Arc::new(AtomicUsize::new(0));
         let clients = (0..count)
             .map(|i| {
                 let (stop, ns, opened) = (stop.clone(), client_ns.to_string(), opened.clone());
@@ -102,13 +104,13 @@ impl Held {
                             };
                         }
                     };
-                    *opened.lock().unwrap() += 1;
+                    opened.fetch_add(1, Ordering::Relaxed);
                     talk(stream, from, period, started, &stop)
                 })
             })
             .collect();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while *opened.lock().unwrap() < count && Instant::now() < deadline {
+        while opened.load(Ordering::Relaxed) < count && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         Self {

@@ -91,7 +91,10 @@ fn pair(mode: &str) -> (Pair, String) {
     );
     // XDP redirects into a veth arrive only where its far end takes them (GRO on).
     for port in ["aqr", "bqr", "aqg", "bqg"] {
-        run("ip", &["netns", "exec", &sw, "ethtool", "-K", port, "gro", "on"]);
+        run(
+            "ip",
+            &["netns", "exec", &sw, "ethtool", "-K", port, "gro", "on"],
+        );
     }
     for (host, addr, gw) in [
         (&vm1, "10.0.1.5/24", "10.0.1.1"),
@@ -158,15 +161,19 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
 
 /// Which node is active and which stands by with a whole resync, once they agree.
 fn settled(nodes: &[Node; 2], id: &str) -> (usize, usize) {
-    wait_for("one active node and one synced standby", Duration::from_secs(30), || {
-        let s: Vec<Option<HaStatus>> = nodes.iter().map(|n| ha_status(n, id)).collect();
-        let role = |i: usize| s[i].as_ref().map(|s| (s.role.as_str(), s.synced, s.epoch));
-        match (role(0), role(1)) {
-            (Some(("active", _, e0)), Some(("standby", true, e1))) if e0 == e1 => Some((0, 1)),
-            (Some(("standby", true, e0)), Some(("active", _, e1))) if e0 == e1 => Some((1, 0)),
-            _ => None,
-        }
-    })
+    wait_for(
+        "one active node and one synced standby",
+        Duration::from_secs(30),
+        || {
+            let s: Vec<Option<HaStatus>> = nodes.iter().map(|n| ha_status(n, id)).collect();
+            let role = |i: usize| s[i].as_ref().map(|s| (s.role.as_str(), s.synced, s.epoch));
+            match (role(0), role(1)) {
+                (Some(("active", _, e0)), Some(("standby", true, e1))) if e0 == e1 => Some((0, 1)),
+                (Some(("standby", true, e0)), Some(("active", _, e1))) if e0 == e1 => Some((1, 0)),
+                _ => None,
+            }
+        },
+    )
 }
 
 fn sessions_on(node: &Node, id: &str) -> u64 {
@@ -253,14 +260,20 @@ fn failover(mode: &str) {
     let back_at = snat.started.elapsed();
     set_links(&pair.router_ns[active], "up");
     nodes[active].restart();
-    let returned = wait_for("the returning node to stand by, synced", Duration::from_secs(20), || {
-        ha_status(&nodes[active], &pair.id).filter(|s| s.role == "standby" && s.synced)
-    });
+    let returned = wait_for(
+        "the returning node to stand by, synced",
+        Duration::from_secs(20),
+        || ha_status(&nodes[active], &pair.id).filter(|s| s.role == "standby" && s.synced),
+    );
     std::thread::sleep(Duration::from_secs(2));
     let reports: Vec<_> = snat.finish().into_iter().chain(fip.finish()).collect();
 
     let broken: Vec<_> = reports.iter().filter(|r| r.broken.is_some()).collect();
-    let longest = reports.iter().map(|r| r.longest_gap()).max().unwrap_or_default();
+    let longest = reports
+        .iter()
+        .map(|r| r.longest_gap())
+        .max()
+        .unwrap_or_default();
     let after_return = reports
         .iter()
         .flat_map(|r| r.gaps.iter())

@@ -167,7 +167,10 @@ impl Agent {
             },
         };
         if let Err(e) = maps.ha().set(state) {
-            tracing::error!("router {}: HA: setting the fast path's role: {e}", self.id());
+            tracing::error!(
+                "router {}: HA: setting the fast path's role: {e}",
+                self.id()
+            );
         }
     }
 
@@ -189,7 +192,9 @@ impl Agent {
         let mut ring = match maps.ha().ring() {
             Ok(r) => Some(r),
             Err(e) => {
-                tracing::error!("router {id}: HA: the session ring: {e}; standbys get refreshes only");
+                tracing::error!(
+                    "router {id}: HA: the session ring: {e}; standbys get refreshes only"
+                );
                 None
             }
         };
@@ -272,12 +277,10 @@ impl Agent {
                             self.set_role(maps, ha_role::STANDBY);
                             return;
                         }
-                        None => {
-                            // Our key went (lease lost): claim it again, or stand by.
-                            if self.take_over(None).await.is_none() {
-                                self.set_role(maps, ha_role::STANDBY);
-                                return;
-                            }
+                        // Our key went (lease lost): claim it again, or stand by.
+                        None if self.take_over(None).await.is_none() => {
+                            self.set_role(maps, ha_role::STANDBY);
+                            return;
                         }
                         _ => {}
                     }
@@ -302,7 +305,11 @@ impl Agent {
             return None;
         };
         if self.status.role != "standby" || self.status.epoch != h.epoch {
-            tracing::info!("router {id}: HA: standing by; {} is active (epoch {})", h.node, h.epoch);
+            tracing::info!(
+                "router {id}: HA: standing by; {} is active (epoch {})",
+                h.node,
+                h.epoch
+            );
         }
         self.status.role = "standby".into();
         self.status.epoch = h.epoch;
@@ -313,10 +320,16 @@ impl Agent {
         let mut last_heard = Instant::now();
         let mut handover = false;
         loop {
-            let connected = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(&h.sync)).await;
+            let connected =
+                tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(&h.sync)).await;
             if let Ok(Ok(mut stream)) = connected {
                 let _ = stream.set_nodelay(true);
-                let hello = Frame::Hello { router: id.clone(), node: self.node.clone(), epoch: h.epoch }.encode();
+                let hello = Frame::Hello {
+                    router: id.clone(),
+                    node: self.node.clone(),
+                    epoch: h.epoch,
+                }
+                .encode();
                 if stream.write_all(&hello).await.is_ok() {
                     last_heard = Instant::now();
                     match self.follow(maps, &mut stream, &h, &mut last_heard).await {
@@ -328,19 +341,32 @@ impl Agent {
             }
             self.status.synced = false;
             if handover || last_heard.elapsed() >= DEAD_AFTER {
-                let why = if handover { "handed over".to_string() } else { format!("nothing from {} for {} ms", h.node, last_heard.elapsed().as_millis()) };
+                let why = if handover {
+                    "handed over".to_string()
+                } else {
+                    format!(
+                        "nothing from {} for {} ms",
+                        h.node,
+                        last_heard.elapsed().as_millis()
+                    )
+                };
                 match self.take_over(Some(h.epoch)).await {
                     Some(epoch) => {
                         tracing::warn!("router {id}: HA: {why}: taking over (epoch {epoch})");
                         return Some(epoch);
                     }
                     None => {
-                        let _ = tokio::time::timeout(Duration::from_millis(500), self.holder.changed()).await;
+                        let _ =
+                            tokio::time::timeout(Duration::from_millis(500), self.holder.changed())
+                                .await;
                         return None;
                     }
                 }
             }
-            if tokio::time::timeout(Duration::from_millis(50), self.holder.changed()).await.is_ok() {
+            if tokio::time::timeout(Duration::from_millis(50), self.holder.changed())
+                .await
+                .is_ok()
+            {
                 return None;
             }
         }
@@ -481,11 +507,23 @@ fn drained_frames(
     if !entries.is_empty() {
         *batch += 1;
         pending.insert(*batch, oldest);
-        frames.push(Arc::new(Frame::Entries { batch: *batch, entries }.encode()));
+        frames.push(Arc::new(
+            Frame::Entries {
+                batch: *batch,
+                entries,
+            }
+            .encode(),
+        ));
     }
     if !states.is_empty() {
         *batch += 1;
-        frames.push(Arc::new(Frame::TcpStates { batch: *batch, states }.encode()));
+        frames.push(Arc::new(
+            Frame::TcpStates {
+                batch: *batch,
+                states,
+            }
+            .encode(),
+        ));
     }
     (frames, count)
 }
@@ -516,7 +554,13 @@ fn entry_frames(entries: &[(CtKey, CtEntry)], now: u64, batch: &mut u64) -> Vec<
         .map(|chunk| {
             *batch += 1;
             let entries = chunk.iter().map(|(k, e)| (*k, to_ages(e, now))).collect();
-            Arc::new(Frame::Entries { batch: *batch, entries }.encode())
+            Arc::new(
+                Frame::Entries {
+                    batch: *batch,
+                    entries,
+                }
+                .encode(),
+            )
         })
         .collect()
 }
@@ -541,11 +585,7 @@ pub fn from_ages(entry: &CtEntry, now: u64) -> CtEntry {
 
 /// Starts the tasks of one standby's connection: a writer (queued frames, a heartbeat when
 /// idle) and a reader (acknowledgements).
-fn open_link(
-    stream: TcpStream,
-    node: String,
-    acks: mpsc::UnboundedSender<(String, u64)>,
-) -> Link {
+fn open_link(stream: TcpStream, node: String, acks: mpsc::UnboundedSender<(String, u64)>) -> Link {
     let (frames_tx, mut frames) = mpsc::unbounded_channel::<Arc<Vec<u8>>>();
     let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (mut reader, mut writer) = stream.into_split();
@@ -557,7 +597,9 @@ fn open_link(
             if reader.read_exact(&mut prefix).await.is_err() {
                 return;
             }
-            let Ok(n) = Frame::body_length(prefix) else { return };
+            let Ok(n) = Frame::body_length(prefix) else {
+                return;
+            };
             let mut body = vec![0u8; n];
             if reader.read_exact(&mut body).await.is_err() {
                 return;

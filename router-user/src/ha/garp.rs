@@ -35,11 +35,17 @@ pub fn announce(router: &Router) -> Result<usize, Error> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                netns::enter(&path).map_err(|e| Error::io(format!("entering {}", path.display()), e))?;
+                netns::enter(&path)
+                    .map_err(|e| Error::io(format!("entering {}", path.display()), e))?;
                 send_all(&plan)
             })
             .join()
-            .unwrap_or_else(|_| Err(Error::io("gratuitous ARP", std::io::Error::other("panicked"))))
+            .unwrap_or_else(|_| {
+                Err(Error::io(
+                    "gratuitous ARP",
+                    std::io::Error::other("panicked"),
+                ))
+            })
     })
 }
 
@@ -53,7 +59,10 @@ fn send_all(plan: &[(String, Vec<Ipv4Addr>)]) -> Result<usize, Error> {
         )
     };
     if fd < 0 {
-        return Err(Error::io("opening a packet socket", std::io::Error::last_os_error()));
+        return Err(Error::io(
+            "opening a packet socket",
+            std::io::Error::last_os_error(),
+        ));
     }
     // SAFETY: `fd` is a fresh descriptor we own.
     let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
@@ -101,7 +110,11 @@ fn interface(fd: i32, name: &str) -> Result<(i32, [u8; 6]), Error> {
     // SAFETY: `ifreq` zeroed, its name filled within bounds; the ioctls fill the union.
     unsafe {
         let mut req: libc::ifreq = std::mem::zeroed();
-        for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+        for (dst, src) in req
+            .ifr_name
+            .iter_mut()
+            .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+        {
             *dst = src as libc::c_char;
         }
         if libc::ioctl(fd, libc::SIOCGIFINDEX, &raw mut req) < 0 {
@@ -142,7 +155,11 @@ mod tests {
         let f = frame([2, 0, 0, 0, 0, 1], Ipv4Addr::new(198, 18, 0, 10));
         assert_eq!(&f[12..14], &[0x08, 0x06]);
         assert_eq!(&f[20..22], &[0, 1], "a request");
-        assert_eq!(&f[28..32], &f[38..42], "sender and target address are the same");
+        assert_eq!(
+            &f[28..32],
+            &f[38..42],
+            "sender and target address are the same"
+        );
         assert_eq!(&f[32..38], &[0; 6], "target MAC unknown");
         assert_eq!(&f[0..6], &[0xff; 6], "broadcast");
     }

@@ -28,13 +28,7 @@ pub mod garp;
 pub mod status;
 pub mod wire;
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    rc::Rc,
-    cell::RefCell,
-    time::Duration,
-};
+use std::{cell::RefCell, collections::BTreeMap, net::SocketAddr, rc::Rc, time::Duration};
 
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use tokio::{
@@ -309,7 +303,8 @@ async fn etcd_session(
     store: &watch::Sender<Option<Store>>,
     agents: &Agents,
 ) -> Result<(), Error> {
-    let mut client = crate::cluster::sync::connect(&options.endpoints, &options.credentials).await?;
+    let mut client =
+        crate::cluster::sync::connect(&options.endpoints, &options.credentials).await?;
     let lease = client
         .lease_grant(LEASE_TTL, None)
         .await

@@ -68,8 +68,10 @@ impl HaStatus {
             .map_err(|e| Error::io("encoding the HA status", std::io::Error::other(e)))?;
         std::fs::create_dir_all(paths::run_dir())
             .map_err(|e| Error::io(format!("creating {}", paths::run_dir().display()), e))?;
-        std::fs::write(&tmp, text).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(format!("renaming {}", path.display()), e))
+        std::fs::write(&tmp, text)
+            .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| Error::io(format!("renaming {}", path.display()), e))
     }
 }
 

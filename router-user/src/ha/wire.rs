@@ -30,9 +30,15 @@ pub enum Frame {
     Heartbeat,
     /// Active to standby: session entries to write as they are (both directions of new
     /// sessions; refreshed entries), times as ages.
-    Entries { batch: u64, entries: Vec<(CtKey, CtEntry)> },
+    Entries {
+        batch: u64,
+        entries: Vec<(CtKey, CtEntry)>,
+    },
     /// Active to standby: entries whose TCP state changed (key, flags now).
-    TcpStates { batch: u64, states: Vec<(CtKey, u32)> },
+    TcpStates {
+        batch: u64,
+        states: Vec<(CtKey, u32)>,
+    },
     /// Active to standby: every session was sent once since the connection opened.
     ResyncDone { batch: u64 },
     /// Standby to active: everything up to `batch` is written.
@@ -196,9 +202,8 @@ impl Frame {
                     let states = items
                         .chunks_exact(size)
                         .map(|c| {
-                            let flags = u32::from_le_bytes(
-                                c[KEY_BYTES..].try_into().unwrap_or_default(),
-                            );
+                            let flags =
+                                u32::from_le_bytes(c[KEY_BYTES..].try_into().unwrap_or_default());
                             (value_of(&c[..KEY_BYTES]), flags)
                         })
                         .collect();
@@ -239,9 +244,10 @@ mod tests {
 
     fn round_trip(frame: Frame) {
         let bytes = frame.encode();
-        let n = Frame::body_length(bytes[..4].try_into().unwrap()).unwrap();
+        let prefix: [u8; 4] = bytes[..4].try_into().expect("a length prefix");
+        let n = Frame::body_length(prefix).expect("a valid length");
         assert_eq!(n, bytes.len() - 4);
-        assert_eq!(Frame::decode(&bytes[4..]).unwrap(), frame);
+        assert_eq!(Frame::decode(&bytes[4..]).expect("a frame"), frame);
     }
 
     #[test]
