@@ -53,6 +53,8 @@ pub struct RouterMetrics {
     /// Interfaces of an XDP-mode router where native XDP could not attach (they run the TC
     /// entry alone).
     pub xdp_unavailable: Vec<String>,
+    /// An HA router's state on this node (`None` for a router placed on one node).
+    pub ha: Option<crate::ha::status::HaStatus>,
 }
 
 /// One scrape.
@@ -121,6 +123,7 @@ pub fn collect_router(info: &RouterInfo) -> Result<RouterMetrics, Error> {
             .filter(|i| i.xdp_unavailable.is_some())
             .map(|i| i.name.clone())
             .collect(),
+        ha: crate::ha::status::read(router),
     })
 }
 
@@ -151,7 +154,7 @@ pub struct Family {
 }
 
 impl Family {
-    fn new(name: &'static str, kind: Kind, help: &'static str) -> Self {
+    pub(crate) fn new(name: &'static str, kind: Kind, help: &'static str) -> Self {
         Self {
             name,
             help,
@@ -160,7 +163,7 @@ impl Family {
         }
     }
 
-    fn add(&mut self, labels: &[(&'static str, &str)], value: u64) {
+    pub(crate) fn add(&mut self, labels: &[(&'static str, &str)], value: u64) {
         let labels = labels.iter().map(|(k, v)| (*k, (*v).to_string())).collect();
         self.samples.push((labels, value));
     }
@@ -386,6 +389,11 @@ pub fn families(s: &Snapshot) -> Vec<Family> {
         sessions,
         xdp_unavailable,
     ]
+    .into_iter()
+    .chain(crate::ha::status::families(
+        s.routers.iter().filter_map(|r| r.ha.as_ref()),
+    ))
+    .collect()
 }
 
 /// The text exposition format (0.0.4) of `families`: per family one HELP and one TYPE
@@ -624,6 +632,13 @@ mod tests {
                 .collect(),
             sessions: 3,
             xdp_unavailable: vec!["qr-x".into()],
+            ha: Some({
+                let mut ha = crate::ha::status::HaStatus::new("r\"1", "net-1");
+                ha.role = "active".into();
+                ha.takeovers = 2;
+                ha.lag_us_p99 = 1500;
+                ha
+            }),
         };
         Snapshot {
             routers: vec![
@@ -713,6 +728,9 @@ mod tests {
             r#"router_firewall_step_packets_total{router="r\"1",step="default",action="allow"} 1"#,
             r#"router_map_entries{router="r\"1",map="SESSIONS"} 1"#,
             r#"router_map_capacity{router="r\"1",map="ALLOWED_SOURCES"} 2"#,
+            r#"router_ha_active{router="r\"1"} 1"#,
+            r#"router_ha_takeovers_total{router="r\"1"} 2"#,
+            r#"router_ha_sync_lag_microseconds{router="r\"1",quantile="0.99"} 1500"#,
         ] {
             assert!(
                 text.contains(&format!("{expected}\n")),

@@ -171,6 +171,10 @@ pub struct RouterDetail {
     pub floating_ips: Vec<FloatingIpEntry>,
     pub firewall: FirewallSummary,
     pub nat: NatEntry,
+    /// An HA router's state on this node (`docs/ha.md`): role, epoch, the active node, the
+    /// standbys and the sync's figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<crate::ha::status::HaStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -515,5 +519,6 @@ pub(super) fn router_detail(r: &Router, live: &Live) -> RouterDetail {
             max_sessions: r.nat.max_sessions,
             metadata_port: r.nat.metadata_port,
         },
+        ha: r.ha.then(|| crate::ha::status::read(&r.id)).flatten(),
     }
 }

@@ -264,7 +264,7 @@ impl Agent {
                     let done: Vec<u64> = pending.range(..=acked).map(|(b, _)| *b).collect();
                     for b in done {
                         if let Some(created) = pending.remove(&b) {
-                            self.status.lag(now.saturating_sub(created) as f64 / 1e6);
+                            self.status.lag(now.saturating_sub(created) / 1_000);
                         }
                     }
                 }

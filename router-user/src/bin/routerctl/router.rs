@@ -330,6 +330,9 @@ fn show(r: RouterDetail) -> String {
             (false, None) => "not running".to_string(),
         }
     );
+    if let Some(ha) = &r.ha {
+        out.push_str(&ha_lines(ha));
+    }
     let xdp = |x: Option<bool>| {
         x.map_or_else(
             || "auto".into(),
@@ -481,5 +484,39 @@ fn show(r: RouterDetail) -> String {
         "nat: snat_ports {}, slow_path_snat_ports {}, max_sessions {}, metadata_port {}",
         r.nat.snat_ports, r.nat.slow_path_snat_ports, r.nat.max_sessions, r.nat.metadata_port
     );
+    out
+}
+
+/// An HA router's state on this node, for `router show`.
+fn ha_lines(ha: &router_user::ha::status::HaStatus) -> String {
+    let active = ha.active_node.as_deref().unwrap_or("nobody yet");
+    let mut out = format!(
+        "ha: {} on {} (epoch {}); active: {active}; takeovers here: {}\n",
+        ha.role, ha.node, ha.epoch, ha.takeovers
+    );
+    match ha.role.as_str() {
+        "active" => {
+            let standbys = if ha.standbys.is_empty() {
+                "none connected".to_string()
+            } else {
+                ha.standbys.join(", ")
+            };
+            out += &format!(
+                "ha sync: standbys {standbys}; {} entries sent, {} resyncs; lag last {:.1} ms, p99 {:.1} ms\n",
+                ha.entries_sent,
+                ha.resyncs,
+                ha.lag_us_last as f64 / 1e3,
+                ha.lag_us_p99 as f64 / 1e3
+            );
+        }
+        _ => {
+            out += &format!(
+                "ha sync: {}; {} entries received, {} resyncs\n",
+                if ha.synced { "in sync (whole table received)" } else { "not in sync yet" },
+                ha.entries_received,
+                ha.resyncs
+            );
+        }
+    }
     out
 }
