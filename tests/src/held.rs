@@ -42,7 +42,7 @@ pub struct Held {
 
 impl Held {
     /// A gap between echoes is reported when longer than this (the period is 100 ms).
-    pub const REPORTED_GAP: Duration = Duration::from_millis(250);
+    pub const REPORTED_GAP: Duration = Duration::from_millis(150);
     /// A connection with no echo for this long counts as broken.
     pub const GIVE_UP: Duration = Duration::from_secs(8);
     /// Longest a whole run may last, whatever the caller does.

@@ -8,6 +8,8 @@
 //! <prefix>/status/<node>/<router-id>    RouterStatus, under the node's lease
 //! <prefix>/ha/<router-id>               HaHolder: the active node of an HA router, under
 //!                                       that node's HA lease; its mod revision is the epoch
+//! <prefix>/switchover/<router-id>       Switchover: an operator's request that the active
+//!                                       node hand the router over
 //! ```
 //!
 //! `<prefix>` is [`DEFAULT_PREFIX`] unless routerd is given `--etcd-prefix`. Router ids and
@@ -112,6 +114,22 @@ impl Keys {
         (!id.is_empty() && !id.contains('/')).then(|| id.to_string())
     }
 
+    /// Every switchover request.
+    pub fn switchovers(&self) -> String {
+        format!("{}/switchover/", self.prefix)
+    }
+
+    pub fn switchover(&self, router: &str) -> String {
+        format!("{}/switchover/{router}", self.prefix)
+    }
+
+    /// The router id of a switchover request's key.
+    pub fn switchover_router(&self, key: &[u8]) -> Option<String> {
+        let key = std::str::from_utf8(key).ok()?;
+        let id = key.strip_prefix(&self.switchovers())?;
+        (!id.is_empty() && !id.contains('/')).then(|| id.to_string())
+    }
+
     /// What `key` is; `None` for a key outside the layout (ignored, so a later version can
     /// add keys beside these).
     pub fn parse(&self, key: &[u8]) -> Option<Key> {
@@ -149,6 +167,28 @@ pub struct HaHolder {
     pub node: String,
     /// Where its standbys connect for the session sync (`routerd --ha-listen`).
     pub sync: String,
+}
+
+/// An operator's request that the active node of an HA router hand it over (`routerctl
+/// router switchover`): acted on only by the holder of `epoch`, so a request left behind
+/// never moves the router again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switchover {
+    /// The epoch of the holder asked to hand over.
+    pub epoch: i64,
+    /// The standby to hand over to; `None`: any connected standby.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+impl Switchover {
+    pub fn from_json(value: &[u8]) -> Result<Self, ConfigError> {
+        serde_json::from_slice(value).map_err(|e| ConfigError::Syntax(format!("switchover: {e}")))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 impl HaHolder {

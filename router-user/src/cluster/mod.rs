@@ -46,7 +46,9 @@ use crate::{
     node::NodeController,
 };
 pub use args::{ClusterArgs, RootArgs};
-pub use keys::{DEFAULT_PREFIX, HaHolder, Keys, NodeRecord, Placement, RouterStatus, RunState};
+pub use keys::{
+    DEFAULT_PREFIX, HaHolder, Keys, NodeRecord, Placement, RouterStatus, RunState, Switchover,
+};
 pub use node_record::{NodeView, Report, nodes};
 pub use sync::Update;
 pub use tls::Credentials;

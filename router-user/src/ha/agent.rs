@@ -21,7 +21,7 @@ use super::{
     wire::{Frame, MAX_BATCH},
 };
 use crate::{
-    cluster::{HaHolder, Keys},
+    cluster::{HaHolder, Keys, Switchover},
     config::Router,
     conntrack::monotonic_ns,
     maps::{Pinned, Rooms as _, SyncRing},
@@ -38,6 +38,7 @@ pub struct Agent {
     keys: Keys,
     router: watch::Receiver<Router>,
     holder: watch::Receiver<Option<Holder>>,
+    switchover: watch::Receiver<Option<Switchover>>,
     conns: mpsc::Receiver<(TcpStream, String)>,
     store: watch::Receiver<Option<Store>>,
     status: HaStatus,
@@ -67,6 +68,7 @@ impl Agent {
         options: &Options,
         router: watch::Receiver<Router>,
         holder: watch::Receiver<Option<Holder>>,
+        switchover: watch::Receiver<Option<Switchover>>,
         conns: mpsc::Receiver<(TcpStream, String)>,
         store: watch::Receiver<Option<Store>>,
     ) -> Self {
@@ -77,6 +79,7 @@ impl Agent {
             keys: Keys::new(&options.prefix),
             router,
             holder,
+            switchover,
             conns,
             store,
             status: HaStatus::new(&id, &options.node),
@@ -288,6 +291,28 @@ impl Agent {
                 changed = self.router.changed() => {
                     if changed.is_err() { return; }
                     announce(self.router.borrow_and_update().clone());
+                }
+                changed = self.switchover.changed() => {
+                    if changed.is_err() { return; }
+                    let request = self.switchover.borrow_and_update().clone();
+                    let Some(request) = request.filter(|r| r.epoch == epoch) else { continue };
+                    let target = links.iter().position(|l| request.to.as_ref().is_none_or(|to| *to == l.node));
+                    let Some(target) = target else {
+                        tracing::warn!("router {id}: HA: switchover asked to {:?}, but no such standby is connected", request.to);
+                        continue;
+                    };
+                    // The last reports first, then the word: the standby has every session
+                    // made until now when it takes over.
+                    if let Some(ring) = ring.as_mut() {
+                        let (frames, _) = drained_frames(ring, &mut batch, &mut pending);
+                        broadcast(&mut links, &frames);
+                    }
+                    batch += 1;
+                    let handover = Arc::new(Frame::Handover { batch }.encode());
+                    if let Some(link) = links.get(target) {
+                        tracing::info!("router {id}: HA: handing over to {} (switchover asked)", link.node);
+                        link.send(&handover);
+                    }
                 }
             }
         }

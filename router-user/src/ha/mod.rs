@@ -38,7 +38,7 @@ use tokio::{
 };
 
 use crate::{
-    cluster::{Credentials, HaHolder, Keys},
+    cluster::{Credentials, HaHolder, Keys, Switchover},
     config::Router,
     error::Error,
 };
@@ -140,6 +140,7 @@ impl Ha {
 struct Running {
     router: watch::Sender<Router>,
     holder: watch::Sender<Option<Holder>>,
+    switchover: watch::Sender<Option<Switchover>>,
     conns: mpsc::Sender<(TcpStream, String)>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -184,11 +185,13 @@ async fn run(
                     None => {
                         let (router_tx, router_rx) = watch::channel(router);
                         let (holder_tx, holder_rx) = watch::channel(None);
+                        let (switchover_tx, switchover_rx) = watch::channel(None);
                         let (conns_tx, conns_rx) = mpsc::channel(8);
                         let agent = agent::Agent::new(
                             &options,
                             router_rx,
                             holder_rx,
+                            switchover_rx,
                             conns_rx,
                             store.clone(),
                         );
@@ -198,6 +201,7 @@ async fn run(
                             Running {
                                 router: router_tx,
                                 holder: holder_tx,
+                                switchover: switchover_tx,
                                 conns: conns_tx,
                                 task,
                             },
@@ -318,6 +322,10 @@ async fn etcd_session(
         .watch(keys.holders(), Some(WatchOptions::new().with_prefix()))
         .await
         .map_err(|e| Error::etcd("watching the HA holders", e))?;
+    let mut requests = client
+        .watch(keys.switchovers(), Some(WatchOptions::new().with_prefix()))
+        .await
+        .map_err(|e| Error::etcd("watching the switchover requests", e))?;
     store.send_replace(Some(Store {
         client: client.clone(),
         lease,
@@ -355,6 +363,27 @@ async fn etcd_session(
                 }
                 Ok(None) => break Err(Error::etcd("watching the HA holders", etcd_client::Error::WatchError("the watch ended".into()))),
                 Err(e) => break Err(Error::etcd("watching the HA holders", e)),
+            },
+            message = requests.message() => match message {
+                Ok(Some(response)) => {
+                    for event in response.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        if event.event_type() != EventType::Put {
+                            continue;
+                        }
+                        let Some(router) = keys.switchover_router(kv.key()) else { continue };
+                        match Switchover::from_json(kv.value()) {
+                            Ok(request) => {
+                                if let Some(agent) = agents.borrow().get(&router) {
+                                    agent.switchover.send_replace(Some(request));
+                                }
+                            }
+                            Err(e) => tracing::warn!("routerd: HA: router {router}: a switchover request that cannot be read: {e}"),
+                        }
+                    }
+                }
+                Ok(None) => break Err(Error::etcd("watching the switchover requests", etcd_client::Error::WatchError("the watch ended".into()))),
+                Err(e) => break Err(Error::etcd("watching the switchover requests", e)),
             }
         }
     };

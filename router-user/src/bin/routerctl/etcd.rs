@@ -172,6 +172,109 @@ impl Writer {
     }
 }
 
+/// What `router switchover` prints.
+#[derive(Serialize)]
+struct Handed {
+    router: String,
+    from: String,
+    to: String,
+    epoch: i64,
+    seconds: f64,
+}
+
+/// How long `router switchover` waits for a standby to take over.
+const SWITCHOVER_WAIT: Duration = Duration::from_secs(10);
+
+impl Writer {
+    /// `router switchover ROUTER [--to NODE]`: asks the active node of an HA router to hand
+    /// it over (to `to`, or any connected standby) and waits until another node holds it.
+    pub fn switchover(&self, output: &Output, router: &str, to: Option<&str>) -> Result<(), Failure> {
+        use router_user::{
+            api::{ApiError, ErrorCode},
+            cluster::{HaHolder, Switchover},
+        };
+        Self::runtime()?.block_on(async {
+            let mut client = connect(&self.endpoints, &self.credentials).await?;
+            let holder_key = self.keys.holder(router);
+            let read = |client: &mut etcd_client::Client| {
+                let mut client = client.clone();
+                let key = holder_key.clone();
+                async move {
+                    let response = client
+                        .get(key, None)
+                        .await
+                        .map_err(|e| Error::etcd("reading the router's active node", e))?;
+                    Ok::<_, Error>(response.kvs().first().and_then(|kv| {
+                        HaHolder::from_json(kv.value())
+                            .ok()
+                            .map(|h| (h, kv.mod_revision()))
+                    }))
+                }
+            };
+            let Some((from, epoch)) = read(&mut client).await? else {
+                return Err(Error::Api(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "router {router} has no active node: it is not placed on several nodes, \
+                         or none of them runs routerd --ha-listen"
+                    ),
+                ))
+                .into());
+            };
+            if to == Some(from.node.as_str()) {
+                return Err(Failure::Usage(format!(
+                    "router {router} is active on {} already",
+                    from.node
+                )));
+            }
+            let request = Switchover {
+                epoch,
+                to: to.map(String::from),
+            };
+            let request_key = self.keys.switchover(router);
+            client
+                .put(request_key.as_str(), request.to_json(), None)
+                .await
+                .map_err(|e| Error::etcd("writing the switchover request", e))?;
+            let started = Instant::now();
+            let taken = loop {
+                match read(&mut client).await? {
+                    Some((h, e)) if e != epoch => break Some((h, e)),
+                    _ if started.elapsed() > SWITCHOVER_WAIT => break None,
+                    _ => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            };
+            // Done or not, the request goes: its epoch makes it stale anyway.
+            let _ = client.delete(request_key.as_str(), None).await;
+            let Some((now, new_epoch)) = taken else {
+                return Err(Error::Api(ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "no standby of router {router} took over within {} s (is one connected \
+                         to {}? routerctl router show {router} on it says)",
+                        SWITCHOVER_WAIT.as_secs(),
+                        from.node
+                    ),
+                ))
+                .into());
+            };
+            let handed = Handed {
+                router: router.to_string(),
+                from: from.node,
+                to: now.node,
+                epoch: new_epoch,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            output.print("switchover", &handed, || {
+                format!(
+                    "router {}: active on {} (epoch {}) after {:.3} s; was {}\n",
+                    handed.router, handed.to, handed.epoch, handed.seconds, handed.from
+                )
+            })
+        })
+    }
+}
+
 fn print(output: &Output, report: &Report) -> Result<(), Failure> {
     output.print("change", report, || {
         let w = &report.written;

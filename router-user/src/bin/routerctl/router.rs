@@ -57,6 +57,15 @@ pub enum Command {
         #[arg(long = "node", value_name = "NODE", required = true)]
         nodes: Vec<String>,
     },
+    /// With --etcd: asks the active node of an HA router to hand it over to a standby (a
+    /// planned switchover), and waits until one holds it.
+    Switchover {
+        /// The router (its id).
+        router: String,
+        /// The standby to take over; default: any connected one.
+        #[arg(long, value_name = "NODE")]
+        to: Option<String>,
+    },
     /// Every router: id, namespace, mode, interfaces, gateway, floating IPs, running.
     List,
     /// Everything about one router.
@@ -169,6 +178,12 @@ pub fn run(api: &Api, command: Command) -> Result<(), Failure> {
             Some(etcd) => etcd.move_router(&api.output, &router, &nodes),
             None => Err(Failure::Usage(
                 "router move places the router in etcd: give --etcd URL".into(),
+            )),
+        },
+        Command::Switchover { router, to } => match &api.etcd {
+            Some(etcd) => etcd.switchover(&api.output, &router, to.as_deref()),
+            None => Err(Failure::Usage(
+                "router switchover asks through etcd: give --etcd URL".into(),
             )),
         },
         Command::Delete { router, if_exists } => {
