@@ -482,3 +482,108 @@ impl Drop for UdpStream {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// ARP, counted
+
+/// Sends `count` ARP requests for `target` from `ns`'s interface `ifname` (as `sender`),
+/// one every 20 ms, and counts the replies that say `target` is at some MAC, for `wait`
+/// after the last request. Two routers answering for one address give two replies per
+/// request.
+pub fn arp_replies(
+    ns: &str,
+    ifname: &str,
+    sender: Ipv4Addr,
+    target: Ipv4Addr,
+    count: usize,
+    wait: Duration,
+) -> usize {
+    let mac = crate::topo::try_mac_of(Some(ns), ifname).expect("the interface's MAC");
+    crate::netns::within(ns, || {
+        const ETH_P_ARP: u16 = 0x0806;
+        // SAFETY: plain socket calls on a descriptor owned below; `sockaddr_ll` zeroed
+        // then filled; buffers outlive the calls.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                i32::from(ETH_P_ARP.to_be()),
+            );
+            assert!(
+                fd >= 0,
+                "packet socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let socket = <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
+            let name = std::ffi::CString::new(ifname).expect("interface name");
+            let index = libc::if_nametoindex(name.as_ptr()) as i32;
+            assert_ne!(index, 0, "interface {ifname} in {ns}");
+            let mut to: libc::sockaddr_ll = std::mem::zeroed();
+            to.sll_family = libc::AF_PACKET as u16;
+            to.sll_protocol = ETH_P_ARP.to_be();
+            to.sll_ifindex = index;
+            assert_eq!(
+                libc::bind(
+                    socket.as_raw_fd(),
+                    (&raw const to).cast(),
+                    size_of::<libc::sockaddr_ll>() as u32
+                ),
+                0,
+                "bind: {}",
+                std::io::Error::last_os_error()
+            );
+            let timeout = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 10_000,
+            };
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                size_of::<libc::timeval>() as u32,
+            );
+            let mut frame = [0u8; 42];
+            frame[0..6].copy_from_slice(&[0xff; 6]);
+            frame[6..12].copy_from_slice(&mac);
+            frame[12..14].copy_from_slice(&[0x08, 0x06]);
+            frame[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+            frame[22..28].copy_from_slice(&mac);
+            frame[28..32].copy_from_slice(&sender.octets());
+            frame[38..42].copy_from_slice(&target.octets());
+            to.sll_halen = 6;
+            to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+            let mut replies = 0;
+            let mut next_send = Instant::now();
+            let mut sent = 0;
+            let mut deadline = Instant::now() + wait;
+            while sent < count || Instant::now() < deadline {
+                if sent < count && Instant::now() >= next_send {
+                    libc::sendto(
+                        socket.as_raw_fd(),
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        (&raw const to).cast(),
+                        size_of::<libc::sockaddr_ll>() as u32,
+                    );
+                    sent += 1;
+                    next_send += Duration::from_millis(20);
+                    deadline = Instant::now() + wait;
+                }
+                let mut buf = [0u8; 64];
+                let n = libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0);
+                // An ARP reply (oper 2) from the target's address to us.
+                if n >= 42
+                    && buf[12..14] == [0x08, 0x06]
+                    && buf[20..22] == [0, 2]
+                    && buf[28..32] == target.octets()
+                    && buf[38..42] == sender.octets()
+                {
+                    replies += 1;
+                }
+            }
+            replies
+        }
+    })
+}

@@ -285,7 +285,11 @@ fn failover(mode: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
     let handed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert_eq!(handed["items"]["to"], nodes[active].name.as_str(), "{handed}");
+    assert_eq!(
+        handed["items"]["to"],
+        nodes[active].name.as_str(),
+        "{handed}"
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let reports: Vec<_> = snat.finish().into_iter().chain(fip.finish()).collect();
 
@@ -350,8 +354,14 @@ fn failover(mode: &str) {
     let second = show(&nodes[standby]);
     assert_eq!(first["items"]["ha"]["role"], "active", "{first}");
     assert_eq!(second["items"]["ha"]["role"], "standby", "{second}");
-    assert!(second["items"]["ha"]["takeovers"].as_u64() >= Some(1), "{second}");
-    assert!(first["items"]["ha"]["takeovers"].as_u64() >= Some(1), "{first}");
+    assert!(
+        second["items"]["ha"]["takeovers"].as_u64() >= Some(1),
+        "{second}"
+    );
+    assert!(
+        first["items"]["ha"]["takeovers"].as_u64() >= Some(1),
+        "{first}"
+    );
 }
 
 #[test]
@@ -362,4 +372,84 @@ fn the_active_node_is_lost_and_connections_survive_xdp() {
 #[test]
 fn the_active_node_is_lost_and_connections_survive_tc() {
     failover("tc");
+}
+
+/// A partition: the active node's routerd stops (no heartbeat, no renewal) while its fast
+/// path stays attached and its links up. The standby takes over; the stopped node's fast
+/// path falls silent when its hold lapses; when it runs again it sees the higher epoch and
+/// stands by. Counted by ARP replies for the floating IP: one per request before, during
+/// and after.
+fn partition(mode: &str) {
+    let (pair, toml) = pair(mode);
+    let etcd = Etcd::start();
+    let state = DesiredState::parse(&toml).expect("the router's desired state");
+    let router = state.routers.into_iter().next().expect("one router");
+    let mut nodes = [node(&etcd, "a-"), node(&etcd, "b-")];
+    etcd.put_router(&router);
+    etcd.place(&pair.id, &[&nodes[0].name, &nodes[1].name]);
+    let (active, standby) = settled(&nodes, &pair.id);
+    let ext_addr = Ipv4Addr::new(198, 18, 0, 1);
+    let replies = || {
+        probe::arp_replies(
+            &pair.ext,
+            "eth0",
+            ext_addr,
+            FIP,
+            5,
+            Duration::from_millis(200),
+        )
+    };
+    assert_eq!(replies(), 5, "{mode}: one answer per request before");
+
+    nodes[active].pause();
+    wait_for("the standby to take over", Duration::from_secs(10), || {
+        ha_status(&nodes[standby], &pair.id).filter(|s| s.role == "active")
+    });
+    // Past the stopped node's hold: its fast path is fenced.
+    std::thread::sleep(ha_fence() + Duration::from_millis(100));
+    assert_eq!(
+        replies(),
+        5,
+        "{mode}: one answer per request while partitioned"
+    );
+
+    nodes[active].resume();
+    let healed = wait_for(
+        "the old active to stand by",
+        Duration::from_secs(10),
+        || ha_status(&nodes[active], &pair.id).filter(|s| s.role == "standby"),
+    );
+    assert_eq!(
+        replies(),
+        5,
+        "{mode}: one answer per request after the partition healed"
+    );
+    let role = Pinned::open_in(&nodes[active].pin_root, &pair.id)
+        .and_then(|mut m| m.ha().state())
+        .map(|s| s.role)
+        .expect("the old active's HA map");
+    assert_eq!(role, router_common::ha_role::STANDBY);
+    let log = nodes[active].log_text();
+    assert!(
+        !log.contains("still the holder: active again"),
+        "the stopped node armed its fast path again:\n{log}"
+    );
+    eprintln!(
+        "{mode}: after the partition, {} stands by at epoch {}",
+        nodes[active].name, healed.epoch
+    );
+}
+
+fn ha_fence() -> Duration {
+    router_user::ha::FENCE
+}
+
+#[test]
+fn a_partitioned_active_falls_silent_and_one_node_answers_xdp() {
+    partition("xdp");
+}
+
+#[test]
+fn a_partitioned_active_falls_silent_and_one_node_answers_tc() {
+    partition("tc");
 }

@@ -159,6 +159,25 @@ impl Agent {
         }
     }
 
+    /// The holder as etcd has it now (`None`: no key, or etcd did not answer in time).
+    async fn holder_now(&self) -> Option<Holder> {
+        let store = self.store.borrow().clone()?;
+        let mut client = store.client.clone();
+        let key = self.keys.holder(&self.id());
+        let response = tokio::time::timeout(Duration::from_millis(500), client.get(key, None))
+            .await
+            .ok()?
+            .ok()?;
+        let kv = response.kvs().first()?;
+        let h = HaHolder::from_json(kv.value()).ok()?;
+        Some(Holder {
+            node: h.node,
+            sync: h.sync,
+            epoch: kv.mod_revision(),
+            lease: kv.lease(),
+        })
+    }
+
     fn set_role(&mut self, maps: &mut Pinned, role: u32) {
         let state = HaState {
             role,
@@ -215,6 +234,23 @@ impl Agent {
         loop {
             tokio::select! {
                 _ = fence.tick() => {
+                    // A hold that lapsed (this thread stalled longer than the fence: the
+                    // process was stopped, the machine froze) is renewed only once etcd
+                    // says the router is still ours: a standby may have taken over meanwhile.
+                    let lapsed = maps.ha().state().map(|s| s.fence_at_ns < monotonic_ns()).unwrap_or(true);
+                    if lapsed {
+                        match self.holder_now().await {
+                            Some(h) if h.node == self.node && h.epoch == epoch => {
+                                tracing::warn!("router {id}: HA: the hold lapsed (routerd stalled); still the holder: active again");
+                            }
+                            Some(h) if h.node != self.node => {
+                                tracing::warn!("router {id}: HA: the hold lapsed and {} holds the router now (epoch {}): standing by", h.node, h.epoch);
+                                self.set_role(maps, ha_role::STANDBY);
+                                return;
+                            }
+                            _ => continue,
+                        }
+                    }
                     self.set_role(maps, ha_role::ACTIVE);
                 }
                 _ = drain.tick() => {

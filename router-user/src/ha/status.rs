@@ -150,7 +150,10 @@ pub fn families<'a>(statuses: impl Iterator<Item = &'a HaStatus>) -> Vec<Family>
         takeovers.add(&[("router", r)], s.takeovers);
         resyncs.add(&[("router", r)], s.resyncs);
         entries.add(&[("router", r), ("direction", "sent")], s.entries_sent);
-        entries.add(&[("router", r), ("direction", "received")], s.entries_received);
+        entries.add(
+            &[("router", r), ("direction", "received")],
+            s.entries_received,
+        );
         lag.add(&[("router", r), ("quantile", "last")], s.lag_us_last);
         lag.add(&[("router", r), ("quantile", "0.99")], s.lag_us_p99);
         standbys.add(&[("router", r)], s.standbys.len() as u64);

@@ -188,7 +188,12 @@ const SWITCHOVER_WAIT: Duration = Duration::from_secs(10);
 impl Writer {
     /// `router switchover ROUTER [--to NODE]`: asks the active node of an HA router to hand
     /// it over (to `to`, or any connected standby) and waits until another node holds it.
-    pub fn switchover(&self, output: &Output, router: &str, to: Option<&str>) -> Result<(), Failure> {
+    pub fn switchover(
+        &self,
+        output: &Output,
+        router: &str,
+        to: Option<&str>,
+    ) -> Result<(), Failure> {
         use router_user::{
             api::{ApiError, ErrorCode},
             cluster::{HaHolder, Switchover},

@@ -527,7 +527,11 @@ fn ha_lines(ha: &router_user::ha::status::HaStatus) -> String {
         _ => {
             out += &format!(
                 "ha sync: {}; {} entries received, {} resyncs\n",
-                if ha.synced { "in sync (whole table received)" } else { "not in sync yet" },
+                if ha.synced {
+                    "in sync (whole table received)"
+                } else {
+                    "not in sync yet"
+                },
                 ha.entries_received,
                 ha.resyncs
             );
