@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod fixture;
 pub mod flood;
 pub mod frames;
+pub mod ha;
 pub mod held;
 pub mod nat_topo;
 pub mod netns;

@@ -257,7 +257,7 @@ impl Agent {
                     let Some(ring) = ring.as_mut() else { continue };
                     let frames = drained_frames(ring, &mut batch, &mut pending);
                     self.status.entries_sent += frames.1 as u64;
-                    broadcast(&mut links, &frames.0);
+                    self.status.bytes_sent += broadcast(&mut links, &frames.0);
                     if pending.len() > 10_000 {
                         // Nobody acknowledges (no standby): forget the oldest.
                         let cut = pending.len() - 10_000;
@@ -271,7 +271,7 @@ impl Agent {
                         Ok(entries) => {
                             self.status.entries_sent += entries.len() as u64;
                             let frames = entry_frames(&entries, now, &mut batch);
-                            broadcast(&mut links, &frames);
+                            self.status.bytes_sent += broadcast(&mut links, &frames);
                         }
                         Err(e) => tracing::warn!("router {id}: HA: refresh: {e}"),
                     }
@@ -286,7 +286,10 @@ impl Agent {
                             let mut frames = entry_frames(&entries, monotonic_ns(), &mut batch);
                             batch += 1;
                             frames.push(Arc::new(Frame::ResyncDone { batch }.encode()));
-                            for f in &frames { link.send(f); }
+                            for f in &frames {
+                                link.send(f);
+                                self.status.bytes_sent += f.len() as u64;
+                            }
                             self.status.entries_sent += entries.len() as u64;
                             self.status.resyncs += 1;
                             tracing::info!("router {id}: HA: standby {node} connected; resync of {} entries", entries.len());
@@ -341,7 +344,7 @@ impl Agent {
                     // made until now when it takes over.
                     if let Some(ring) = ring.as_mut() {
                         let (frames, _) = drained_frames(ring, &mut batch, &mut pending);
-                        broadcast(&mut links, &frames);
+                        self.status.bytes_sent += broadcast(&mut links, &frames);
                     }
                     batch += 1;
                     let handover = Arc::new(Frame::Handover { batch }.encode());
@@ -522,18 +525,24 @@ fn announce(router: Router) {
     });
 }
 
-/// Queues `frames` to every standby, dropping those that are gone or too far behind.
-fn broadcast(links: &mut Vec<Link>, frames: &[Arc<Vec<u8>>]) {
+/// Queues `frames` to every standby, dropping those that are gone or too far behind;
+/// returns the bytes queued.
+fn broadcast(links: &mut Vec<Link>, frames: &[Arc<Vec<u8>>]) -> u64 {
     if frames.is_empty() {
-        return;
+        return 0;
     }
+    let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
+    let mut queued = 0;
     links.retain(|link| {
         let ok = frames.iter().all(|f| link.send(f));
-        if !ok {
+        if ok {
+            queued += bytes;
+        } else {
             tracing::warn!("HA: standby {} dropped (gone or too far behind)", link.node);
         }
         ok
     });
+    queued
 }
 
 /// The session reports waiting in the ring, as frames: new sessions (both of their

@@ -32,6 +32,9 @@ pub struct HaStatus {
     /// Active: session entries sent (creations, refreshes, resyncs); standby: written.
     pub entries_sent: u64,
     pub entries_received: u64,
+    /// Active: bytes of session frames queued to standbys (heartbeats aside).
+    #[serde(default)]
+    pub bytes_sent: u64,
     /// Active: session created -> acknowledged by a standby (microseconds), the last batch
     /// and the 99th percentile of the recent ones.
     pub lag_us_last: u64,
