@@ -5,6 +5,7 @@
 mod cluster;
 mod cluster_report;
 mod cluster_watch;
+mod ha;
 mod jitmap;
 mod live;
 mod micro;
@@ -80,6 +81,9 @@ pub struct Results {
     /// The router programs' cost per packet under live load (kernel BPF statistics).
     #[serde(default)]
     pub live: Vec<live::LiveResult>,
+    /// HA routers: the session sync under load, a node lost, a planned switchover.
+    #[serde(default)]
+    pub ha: Vec<ha::HaResult>,
 }
 
 /// Forwarding while the maps change under it: every offered frame must arrive.
@@ -394,6 +398,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         };
         results.cluster_watchers =
             cluster_watch::run(watchers, writes, burst, &mut |what| progress.say(what))?;
+    }
+    if wants("ha") {
+        results.ha = ha::run(args.quick, &mut |what| progress.say(what))?;
     }
     progress.say("writing the report");
     report::write(&args.out, &results)?;

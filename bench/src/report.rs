@@ -341,6 +341,7 @@ fn markdown(r: &Results, old: &str) -> String {
         }
     }
     crate::cluster_report::section(&mut s, r);
+    crate::ha::section(&mut s, &r.ha);
     s
 }
 
@@ -657,6 +658,43 @@ fn targets_table(s: &mut String, r: &Results) {
         "<= 2000",
         bulk,
         |v| v <= BULK_MS,
+    );
+    // HA: the worst of the modes measured.
+    let ha = |f: fn(&crate::ha::HaResult) -> f64, worst: fn(f64, f64) -> f64| {
+        r.ha.iter().map(f).reduce(worst)
+    };
+    row(
+        &format!(
+            "HA: sync lag at {} new sessions/s, p99 ms",
+            crate::ha::SESSIONS_PER_S
+        ),
+        "<= 50",
+        ha(|h| h.sync_lag_p99_ms, f64::max),
+        |v| v <= crate::ha::LAG_P99_MS,
+    );
+    row(
+        "HA: connections surviving the loss of the active node, %",
+        ">= 99.9",
+        ha(
+            |h| {
+                100.0 * (h.snat_survived + h.fip_survived) as f64
+                    / (h.snat_connections + h.fip_connections).max(1) as f64
+            },
+            f64::min,
+        ),
+        |v| v >= 99.9,
+    );
+    row(
+        "HA: longest gap an application saw when the active node was lost, ms",
+        "<= 1000",
+        ha(|h| h.longest_gap_ms, f64::max),
+        |v| v <= 1000.0,
+    );
+    row(
+        "HA: longest gap in a planned switchover, ms",
+        "<= 200",
+        ha(|h| h.switchover_gap_ms, f64::max),
+        |v| v <= 200.0,
     );
     let _ = writeln!(s, "| target | wanted | this run | met |\n|---|---|---|---|");
     for (what, target, value, ok) in rows {
