@@ -6,7 +6,8 @@
 //!   batch that carried it, p99 over the run's batches, as the active measures it) and the
 //!   bytes of session frames sent per session made (its creation report and the refreshes
 //!   while it lived in the run), which gives the bandwidth per 1,000 new sessions/s;
-//! - **a node lost**: 200 SNATed and 50 floating-IP TCP connections talking every 100 ms,
+//! - **a node lost**: 200 SNATed TCP connections, 50 opened from outside to a floating IP
+//!   and 50 opened by the VM behind it, all talking every 100 ms,
 //!   the active's routerd killed with -9 and its links taken down: the time until the
 //!   standby reports itself active, the connections that survive, the longest gap an
 //!   application saw; then a planned switchover back, and its longest gap.
@@ -28,22 +29,33 @@ pub const SESSIONS_PER_S: u64 = 5_000;
 /// The target for the sync lag at that rate, p99 in ms.
 pub const LAG_P99_MS: f64 = 50.0;
 
-/// One mode's figures.
+/// One path's figures: ours in one mode, or a baseline.
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct HaResult {
+    /// "xdp", "tc", or the baseline's name.
     pub mode: String,
+    /// Neutron's L3 HA (keepalived), with conntrackd or without.
+    #[serde(default)]
+    pub baseline: bool,
     pub offered_sessions_per_s: u64,
     pub sessions_made: u64,
-    pub sync_lag_p99_ms: f64,
-    pub sync_bytes_per_session: f64,
+    pub sync_lag_p99_ms: Option<f64>,
+    pub sync_bytes_per_session: Option<f64>,
     pub takeover_ms: f64,
     pub snat_connections: usize,
     pub snat_survived: usize,
+    /// Opened from outside to the floating IP.
     pub fip_connections: usize,
     pub fip_survived: usize,
+    /// Opened by the VM behind the floating IP, to the outside.
+    #[serde(default)]
+    pub fip_out_connections: usize,
+    #[serde(default)]
+    pub fip_out_survived: usize,
+    /// Among the connections that survived.
     pub longest_gap_ms: f64,
-    pub switchover_ms: f64,
-    pub switchover_gap_ms: f64,
+    pub switchover_ms: Option<f64>,
+    pub switchover_gap_ms: Option<f64>,
 }
 
 pub fn run(quick: bool, say: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<HaResult>> {
@@ -80,9 +92,11 @@ pub fn run(quick: bool, say: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<HaResul
         std::thread::sleep(Duration::from_millis(1500));
         let after = ha_status(&nodes[active], &pair.id).unwrap_or_default();
         r.sessions_made = sessions_on(&nodes[active], &pair.id).saturating_sub(sessions_before);
-        r.sync_lag_p99_ms = after.lag_us_p99 as f64 / 1e3;
-        r.sync_bytes_per_session = (after.bytes_sent.saturating_sub(before.bytes_sent)) as f64
-            / r.sessions_made.max(1) as f64;
+        r.sync_lag_p99_ms = Some(after.lag_us_p99 as f64 / 1e3);
+        r.sync_bytes_per_session = Some(
+            (after.bytes_sent.saturating_sub(before.bytes_sent)) as f64
+                / r.sessions_made.max(1) as f64,
+        );
 
         say(&format!(
             "ha: {mode}: the active node lost under 250 connections"
@@ -100,6 +114,14 @@ pub fn run(quick: bool, say: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<HaResul
             SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 6), 5002),
             &pair.ext,
             SocketAddrV4::new(FIP, 5002),
+            50,
+            Duration::from_millis(100),
+        );
+        let fip_out = Held::start(
+            &pair.ext,
+            SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 5003),
+            &pair.vm2,
+            SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 5003),
             50,
             Duration::from_millis(100),
         );
@@ -137,28 +159,125 @@ pub fn run(quick: bool, say: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<HaResul
             "switchover: {}",
             String::from_utf8_lossy(&switched.stderr)
         );
-        r.switchover_ms = asked.elapsed().as_secs_f64() * 1e3;
+        r.switchover_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
         std::thread::sleep(Duration::from_secs(1));
         let snat = snat.finish();
         let fip = fip.finish();
+        let fip_out = fip_out.finish();
         let survived = |v: &[ConnReport]| v.iter().filter(|c| c.broken.is_none()).count();
         (r.snat_connections, r.snat_survived) = (snat.len(), survived(&snat));
         (r.fip_connections, r.fip_survived) = (fip.len(), survived(&fip));
-        let gaps = || snat.iter().chain(&fip).flat_map(|c| c.gaps.iter());
+        (r.fip_out_connections, r.fip_out_survived) = (fip_out.len(), survived(&fip_out));
+        let gaps = || {
+            snat.iter()
+                .chain(&fip)
+                .chain(&fip_out)
+                .flat_map(|c| c.gaps.iter())
+        };
         r.longest_gap_ms = gaps()
             .filter(|(at, _)| *at < switch_at)
             .map(|g| g.1.as_secs_f64() * 1e3)
             .fold(0.0, f64::max);
-        r.switchover_gap_ms = gaps()
-            .filter(|(at, _)| *at >= switch_at)
-            .map(|g| g.1.as_secs_f64() * 1e3)
-            .fold(0.0, f64::max);
+        r.switchover_gap_ms = Some(
+            gaps()
+                .filter(|(at, _)| *at >= switch_at)
+                .map(|g| g.1.as_secs_f64() * 1e3)
+                .fold(0.0, f64::max),
+        );
         out.push(r);
         drop(nodes);
         drop(etcd);
         drop(pair);
     }
     Ok(out)
+}
+
+/// The same loss of the active node under Neutron's L3 HA: keepalived in both router
+/// namespaces (and conntrackd beside it with `conntrackd`), the same 250 connections.
+pub fn run_baseline(conntrackd: bool, say: &mut dyn FnMut(&str)) -> anyhow::Result<HaResult> {
+    use router_tests::keepalived::KeepalivedPair;
+    let name = if conntrackd {
+        "Neutron L3 HA + conntrackd"
+    } else {
+        "Neutron L3 HA (keepalived)"
+    };
+    say(&format!("ha: {name}: two router namespaces, VRRP electing"));
+    let mut pair = KeepalivedPair::start(conntrackd);
+    let master = pair
+        .master()
+        .ok_or_else(|| anyhow::anyhow!("no keepalived master"))?;
+    say(&format!(
+        "ha: {name}: the master lost under 300 connections"
+    ));
+    let snat = Held::start(
+        &pair.ext,
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 5001),
+        &pair.vm1,
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 5001),
+        200,
+        Duration::from_millis(100),
+    );
+    let fip = Held::start(
+        &pair.vm2,
+        SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 6), 5002),
+        &pair.ext,
+        SocketAddrV4::new(FIP, 5002),
+        50,
+        Duration::from_millis(100),
+    );
+    let fip_out = Held::start(
+        &pair.ext,
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 5003),
+        &pair.vm2,
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 5003),
+        50,
+        Duration::from_millis(100),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let lost_at = Instant::now();
+    pair.lose(master);
+    let backup = 1 - master;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pair.master() != Some(backup) {
+        anyhow::ensure!(Instant::now() < deadline, "{name}: no takeover in 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let takeover_ms = lost_at.elapsed().as_secs_f64() * 1e3;
+    // Long enough for a connection to recover or to be counted broken (no echo for
+    // `Held::GIVE_UP`).
+    std::thread::sleep((Held::GIVE_UP + Duration::from_secs(2)).saturating_sub(lost_at.elapsed()));
+    let snat = snat.finish();
+    let fip = fip.finish();
+    let fip_out = fip_out.finish();
+    let survived = |v: &[ConnReport]| v.iter().filter(|c| c.broken.is_none()).count();
+    for c in snat
+        .iter()
+        .chain(&fip)
+        .chain(&fip_out)
+        .filter(|c| c.broken.is_some())
+        .take(2)
+    {
+        eprintln!("routerbench: {name}: e.g. {} broke: {:?}", c.from, c.broken);
+    }
+    Ok(HaResult {
+        mode: name.into(),
+        baseline: true,
+        takeover_ms,
+        snat_connections: snat.len(),
+        snat_survived: survived(&snat),
+        fip_connections: fip.len(),
+        fip_survived: survived(&fip),
+        fip_out_connections: fip_out.len(),
+        fip_out_survived: survived(&fip_out),
+        longest_gap_ms: snat
+            .iter()
+            .chain(&fip)
+            .chain(&fip_out)
+            .filter(|c| c.broken.is_none())
+            .map(|c| c.longest_gap().as_secs_f64() * 1e3)
+            .fold(0.0, f64::max),
+        ..HaResult::default()
+    })
 }
 
 /// Sends one UDP datagram from each of `rate × duration` new source ports of the VM (a
@@ -195,34 +314,47 @@ pub fn section(s: &mut String, results: &[HaResult]) {
          port each); lag = a session's creation in the active's fast path to a standby's \
          acknowledgement of its batch (p99 over the run, as the active measures it); bytes = \
          session frames sent per session made (its creation and the refreshes while it lived), \
-         times 1,000 for the bandwidth per 1,000 new sessions/s. Failover: 200 SNATed and 50 \
-         floating-IP TCP connections sending every 100 ms, the active's routerd killed with -9 \
+         times 1,000 for the bandwidth per 1,000 new sessions/s. Failover: 200 SNATed TCP \
+         connections, 50 opened from outside to a floating IP (`in`) and 50 opened by the VM \
+         behind it (`out`), each side sending every 100 ms (an 8-byte message and its echo), the active's routerd killed with -9 \
          and its links taken down; takeover = until the standby reports itself active; gap = \
-         the longest an application waited for an echo; then a planned switchover back \
-         (`routerctl router switchover`). Neutron's L3 HA (keepalived) measured on this kind of \
-         machine: takeover 5.3-6.7 s, 0 of 100 SNATed connections surviving; with conntrackd, \
-         all survive but the longest gap stays 6.6-6.9 s (not re-measured by this run).\n\n\
+         the longest an application waited for an echo, among the connections that survived \
+         (one with no echo for 20 s counts as broken); then a planned switchover back \
+         (`routerctl router switchover`). The same loss under Neutron's L3 HA in the same run: \
+         keepalived in both router namespaces with the L3 agent's settings (`advert_int 2`, \
+         `nopreempt`, the addresses as excluded VIPs), the agent's iptables rules with \
+         `--random-fully` SNAT; and the same with conntrackd (FTFW over the HA network, \
+         committed by keepalived's notify script on becoming master); takeover = until the \
+         backup holds the gateway address.\n\n\
          Gaps under 150 ms are not recorded (the connections send every 100 ms): 0 means none \
          over 150 ms.\n\n\
-         | mode | sessions made | sync lag p99 ms | bytes/session (= KB/s per 1,000 new sessions/s) | takeover ms | SNAT survived | floating IP survived | longest gap ms | switchover ms | switchover gap ms |\n\
+         | mode | sessions made | sync lag p99 ms | bytes/session (= KB/s per 1,000 new sessions/s) | takeover ms | SNAT survived | floating IP in / out survived | longest gap ms | switchover ms | switchover gap ms |\n\
          |---|---|---|---|---|---|---|---|---|---|"
     );
+    let opt =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     for r in results {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.1} | {:.0} | {:.0} | {}/{} | {}/{} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {} | {} | {} | {:.0} | {}/{} | {}/{} / {}/{} | {:.0} | {} | {} |",
             r.mode,
-            r.sessions_made,
-            r.sync_lag_p99_ms,
-            r.sync_bytes_per_session,
+            if r.baseline {
+                "-".to_string()
+            } else {
+                r.sessions_made.to_string()
+            },
+            opt(r.sync_lag_p99_ms, 1),
+            opt(r.sync_bytes_per_session, 0),
             r.takeover_ms,
             r.snat_survived,
             r.snat_connections,
             r.fip_survived,
             r.fip_connections,
+            r.fip_out_survived,
+            r.fip_out_connections,
             r.longest_gap_ms,
-            r.switchover_ms,
-            r.switchover_gap_ms
+            opt(r.switchover_ms, 0),
+            opt(r.switchover_gap_ms, 0)
         );
     }
 }

@@ -401,6 +401,19 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     if wants("ha") {
         results.ha = ha::run(args.quick, &mut |what| progress.say(what))?;
+        for conntrackd in [false, true] {
+            if router_tests::keepalived::available(conntrackd) {
+                results.ha.push(ha::run_baseline(conntrackd, &mut |what| {
+                    progress.say(what)
+                })?);
+            } else {
+                eprintln!(
+                    "routerbench: keepalived{} not installed: its HA baseline is skipped \
+                     (cargo xtask bench installs them)",
+                    if conntrackd { " or conntrackd" } else { "" }
+                );
+            }
+        }
     }
     progress.say("writing the report");
     report::write(&args.out, &results)?;

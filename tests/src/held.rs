@@ -43,8 +43,9 @@ pub struct Held {
 impl Held {
     /// A gap between echoes is reported when longer than this (the period is 100 ms).
     pub const REPORTED_GAP: Duration = Duration::from_millis(150);
-    /// A connection with no echo for this long counts as broken.
-    pub const GIVE_UP: Duration = Duration::from_secs(8);
+    /// A connection with no echo for this long counts as broken: long enough for TCP's
+    /// retransmissions, backing off, to find a router that came back after seconds.
+    pub const GIVE_UP: Duration = Duration::from_secs(20);
     /// Longest a whole run may last, whatever the caller does.
     const LONGEST_RUN: Duration = Duration::from_secs(120);
 

@@ -11,6 +11,7 @@ pub mod flood;
 pub mod frames;
 pub mod ha;
 pub mod held;
+pub mod keepalived;
 pub mod nat_topo;
 pub mod netns;
 pub mod neutron;

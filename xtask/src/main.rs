@@ -480,6 +480,36 @@ fn bench(args: &[String]) -> Result<()> {
             ])
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
+    // The HA baselines: Neutron's L3 HA (keepalived) and keepalived with conntrackd, run in
+    // the benchmark's own namespaces. Their packages must not start system-wide daemons:
+    // a policy-rc.d refuses every service start while they install.
+    let missing: Vec<&str> = ["keepalived", "conntrackd"]
+        .into_iter()
+        .filter(|bin| {
+            output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none()
+        })
+        .collect();
+    if !missing.is_empty() {
+        step(&format!(
+            "installing {} (the HA baselines)",
+            missing.join(", ")
+        ));
+        let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+        let had_policy = policy.exists();
+        if !had_policy {
+            std::fs::write(policy, "#!/bin/sh\nexit 101\n")?;
+            run(Command::new("chmod").args(["755", "/usr/sbin/policy-rc.d"]))?;
+        }
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        let installed = run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"));
+        if !had_policy {
+            let _ = std::fs::remove_file(policy);
+        }
+        installed?;
+    }
     let release = workspace().join("target/release");
     run(cargo()
         .args([
