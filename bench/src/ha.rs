@@ -174,13 +174,14 @@ pub fn run(quick: bool, say: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<HaResul
                 .chain(&fip_out)
                 .flat_map(|c| c.gaps.iter())
         };
+        // A gap counts in every window it overlaps.
         r.longest_gap_ms = gaps()
             .filter(|(at, _)| *at < switch_at)
             .map(|g| g.1.as_secs_f64() * 1e3)
             .fold(0.0, f64::max);
         r.switchover_gap_ms = Some(
             gaps()
-                .filter(|(at, _)| *at >= switch_at)
+                .filter(|(at, d)| *at + *d > switch_at)
                 .map(|g| g.1.as_secs_f64() * 1e3)
                 .fold(0.0, f64::max),
         );

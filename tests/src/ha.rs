@@ -44,8 +44,7 @@ pub struct Pair {
     _ns: Namespaces,
 }
 
-/// The switch, the hosts and both nodes' router namespaces, IPv6 off everywhere (a
-/// standby's kernel must not speak with the router's MAC).
+/// The switch, the hosts and both nodes' router namespaces.
 pub fn pair(mode: &str) -> (Pair, String) {
     crate::require_root();
     let tag = unique("ha");
@@ -53,7 +52,12 @@ pub fn pair(mode: &str) -> (Pair, String) {
     let name = |what: &str| format!("{what}-{tag}");
     let (sw, vm1, vm2, ext) = (name("sw"), name("vm1"), name("vm2"), name("ext"));
     let router_ns = [format!("a-qr-{tag}"), format!("b-qr-{tag}")];
-    for n in [&sw, &vm1, &vm2, &ext, &router_ns[0], &router_ns[1]] {
+    // IPv6 off in the switch and hosts only: routerd turns it off on an HA router's
+    // interfaces itself, which the router namespaces leave to it.
+    for n in [&router_ns[0], &router_ns[1]] {
+        ns.add(n);
+    }
+    for n in [&sw, &vm1, &vm2, &ext] {
         ns.add(n);
         probe::sysctl(
             n,

@@ -129,16 +129,43 @@ fn failover(mode: &str) {
         .map(|r| r.longest_gap())
         .max()
         .unwrap_or_default();
+    // A gap counts in every window it overlaps.
     let longest_from = |from: Duration, to: Duration| {
         reports
             .iter()
             .flat_map(|r| r.gaps.iter())
-            .filter(|(at, _)| *at >= from && *at < to)
+            .filter(|(at, d)| *at < to && *at + *d > from)
             .map(|g| g.1)
             .max()
             .unwrap_or_default()
     };
     let after_return = longest_from(back_at, switch_at);
+    let mut returned_gaps: Vec<(u128, u128)> = reports
+        .iter()
+        .flat_map(|r| r.gaps.iter())
+        .filter(|(at, d)| *at < switch_at && *at + *d > back_at)
+        .map(|(at, d)| ((*at - back_at).as_millis(), d.as_millis()))
+        .collect();
+    returned_gaps.sort();
+    if !returned_gaps.is_empty() {
+        let log = nodes[active].log_text();
+        let tail: Vec<&str> = log.lines().rev().take(25).collect();
+        eprintln!(
+            "{mode}: the returning node's log, last lines:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+        let other = nodes[standby].log_text();
+        let tail: Vec<&str> = other.lines().rev().take(12).collect();
+        eprintln!(
+            "{mode}: the active's log, last lines:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    eprintln!(
+        "{mode}: {} gaps over 150 ms after the return (ms after it, ms long), first ones: {:?}",
+        returned_gaps.len(),
+        returned_gaps.iter().take(5).collect::<Vec<_>>()
+    );
     let switchover = longest_from(switch_at, Duration::MAX);
     eprintln!(
         "{mode}: takeover seen after {} ms; {} of {} connections broken; longest gap {} ms; \

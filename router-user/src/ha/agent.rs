@@ -27,6 +27,10 @@ use crate::{
     maps::{Pinned, Rooms as _, SyncRing},
 };
 
+/// How long a node that handed the router over keeps forwarding after the new holder took
+/// it: the new active's gratuitous ARPs reach the switches meanwhile, so no packet arrives
+/// at a node that already fell silent.
+const HANDOVER_GRACE: Duration = Duration::from_millis(100);
 /// How often the active drains its fast path's session reports.
 const DRAIN: Duration = Duration::from_millis(5);
 /// Bytes queued for one standby beyond which it is dropped (it reconnects and resyncs).
@@ -231,6 +235,8 @@ impl Agent {
         let mut refresh = tokio::time::interval(REFRESH);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_refresh = monotonic_ns();
+        // When this node last handed the router over (a planned switchover).
+        let mut handed_over: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = fence.tick() => {
@@ -315,6 +321,12 @@ impl Agent {
                     let holder = self.holder.borrow_and_update().clone();
                     match holder {
                         Some(h) if h.node != self.node && h.epoch > epoch => {
+                            if handed_over.is_some_and(|at| at.elapsed() < Duration::from_secs(5)) {
+                                // Make before break: the standby we handed over to announces
+                                // itself now; until the switches have heard it, what still
+                                // arrives here is forwarded (both hold every session).
+                                tokio::time::sleep(HANDOVER_GRACE).await;
+                            }
                             tracing::warn!("router {id}: HA: {} holds the router at epoch {} (ours {epoch}): standing by", h.node, h.epoch);
                             self.set_role(maps, ha_role::STANDBY);
                             return;
@@ -351,6 +363,7 @@ impl Agent {
                     if let Some(link) = links.get(target) {
                         tracing::info!("router {id}: HA: handing over to {} (switchover asked)", link.node);
                         link.send(&handover);
+                        handed_over = Some(Instant::now());
                     }
                 }
             }

@@ -143,6 +143,9 @@ async fn setup_recording(
         })?;
         kernel_writes += 1;
     }
+    if router.ha {
+        kernel_writes += ipv6_off(router, &links)?;
+    }
     for (link, addr, _, _) in &links {
         if !link.up {
             netlink::set_up(handle, link.index)
@@ -646,4 +649,31 @@ fn ha_role_follows(datapath: &mut Datapath, router: &Router) -> Result<(), Error
         role: wanted,
         ..HaState::default()
     })
+}
+
+/// Turns IPv6 off on an HA router's interfaces (before their addresses are added): on a
+/// standby, the kernel's neighbour discovery and multicast reports would go out with the
+/// router's MAC, and the switches would send the active's traffic to the silent standby.
+/// Returns the writes made.
+fn ipv6_off(router: &Router, links: &[(netlink::Link, IfAddr, u32, bool)]) -> Result<usize, Error> {
+    let mut writes = 0;
+    for (link, ..) in links {
+        // The path by hand: an interface name may hold dots, which sysctl's names cannot.
+        let path = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", link.name);
+        match std::fs::read_to_string(&path) {
+            Ok(v) if v.trim() == "1" => {}
+            // No IPv6 in this kernel: nothing to turn off.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            _ => {
+                std::fs::write(&path, "1").map_err(|e| {
+                    Error::io(
+                        format!("router {}: turning IPv6 off on {}", router.id, link.name),
+                        e,
+                    )
+                })?;
+                writes += 1;
+            }
+        }
+    }
+    Ok(writes)
 }
