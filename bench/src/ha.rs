@@ -99,7 +99,7 @@ pub fn run(quick: bool, say: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<HaResul
         );
 
         say(&format!(
-            "ha: {mode}: the active node lost under 250 connections"
+            "ha: {mode}: the active node lost under 300 connections"
         ));
         let snat = Held::start(
             &pair.ext,

@@ -310,3 +310,60 @@ fn a_partitioned_active_falls_silent_and_one_node_answers_xdp() {
 fn a_partitioned_active_falls_silent_and_one_node_answers_tc() {
     partition("tc");
 }
+
+/// Sessions that leave the active's table (here: flushed) leave the standby's too, by the
+/// next refresh.
+#[test]
+fn sessions_gone_on_the_active_go_from_the_standby() {
+    // Bound in this order so they drop in the reverse: nodes, etcd, then the namespaces.
+    let HaPair {
+        pair,
+        etcd: _etcd,
+        nodes,
+        active,
+        standby,
+    } = HaPair::start("tc");
+    router_tests::netns::within(&pair.vm1, || {
+        for port in 30_000..30_020u16 {
+            let socket =
+                std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 5), port))
+                    .expect("a UDP socket in the VM");
+            socket
+                .send_to(b"sync", SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 9))
+                .expect("sending");
+        }
+    });
+    wait_for(
+        "20 sessions on the standby",
+        Duration::from_secs(10),
+        || (sessions_on(&nodes[standby], &pair.id) >= 20).then_some(()),
+    );
+    let out = std::process::Command::new(
+        router_tests::routerd::routerd_path().with_file_name("routerctl"),
+    )
+    .args(["ct", "flush", &pair.id])
+    .envs(nodes[active].env())
+    .env("ROUTERD_NETNS_PREFIX", ["a-", "b-"][active])
+    .output()
+    .expect("routerctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sessions_on(&nodes[active], &pair.id), 0);
+    let started = Instant::now();
+    wait_for("the standby to forget them", Duration::from_secs(5), || {
+        (sessions_on(&nodes[standby], &pair.id) == 0).then_some(())
+    });
+    eprintln!(
+        "the standby's sessions went {} ms after the flush on the active",
+        started.elapsed().as_millis()
+    );
+    // Both entries of each session, as the standby's status says (written every second).
+    wait_for(
+        "the standby's status to count them",
+        Duration::from_secs(3),
+        || ha_status(&nodes[standby], &pair.id).filter(|s| s.entries_removed >= 40),
+    );
+}

@@ -237,6 +237,13 @@ impl Agent {
         let mut last_refresh = monotonic_ns();
         // When this node last handed the router over (a planned switchover).
         let mut handed_over: Option<Instant> = None;
+        // The keys the standbys were sent (the table's at the last refresh, and every session
+        // reported since): those gone from the table are removed on the standbys.
+        let mut known: std::collections::BTreeSet<CtKey> = maps
+            .sessions()
+            .dump()
+            .map(|all| all.into_keys().collect())
+            .unwrap_or_default();
         loop {
             tokio::select! {
                 _ = fence.tick() => {
@@ -261,7 +268,7 @@ impl Agent {
                 }
                 _ = drain.tick() => {
                     let Some(ring) = ring.as_mut() else { continue };
-                    let frames = drained_frames(ring, &mut batch, &mut pending);
+                    let frames = drained_frames(ring, &mut batch, &mut pending, &mut known);
                     self.status.entries_sent += frames.1 as u64;
                     self.status.bytes_sent += broadcast(&mut links, &frames.0);
                     if pending.len() > 10_000 {
@@ -273,11 +280,26 @@ impl Agent {
                 }
                 _ = refresh.tick() => {
                     let now = monotonic_ns();
-                    match maps.sessions().seen_since(last_refresh) {
-                        Ok(entries) => {
+                    // One walk of the table: what saw traffic since the last refresh, and
+                    // which keys went since then (aged out, flushed, ended).
+                    match maps.sessions().dump() {
+                        Ok(all) => {
+                            let entries: Vec<(CtKey, CtEntry)> = all
+                                .iter()
+                                .filter(|(_, e)| e.last_seen_ns >= last_refresh)
+                                .map(|(k, e)| (*k, *e))
+                                .collect();
                             self.status.entries_sent += entries.len() as u64;
-                            let frames = entry_frames(&entries, now, &mut batch);
+                            let mut frames = entry_frames(&entries, now, &mut batch);
+                            let gone: Vec<CtKey> =
+                                known.iter().filter(|k| !all.contains_key(k)).copied().collect();
+                            for chunk in gone.chunks(MAX_BATCH) {
+                                batch += 1;
+                                frames.push(Arc::new(Frame::Removed { batch, keys: chunk.to_vec() }.encode()));
+                            }
+                            self.status.entries_removed += gone.len() as u64;
                             self.status.bytes_sent += broadcast(&mut links, &frames);
+                            known = all.into_keys().collect();
                         }
                         Err(e) => tracing::warn!("router {id}: HA: refresh: {e}"),
                     }
@@ -289,6 +311,7 @@ impl Agent {
                     match maps.sessions().seen_since(0) {
                         Ok(entries) => {
                             let link = open_link(stream, node.clone(), acks_tx.clone());
+                            known.extend(entries.iter().map(|(k, _)| *k));
                             let mut frames = entry_frames(&entries, monotonic_ns(), &mut batch);
                             batch += 1;
                             frames.push(Arc::new(Frame::ResyncDone { batch }.encode()));
@@ -355,7 +378,7 @@ impl Agent {
                     // The last reports first, then the word: the standby has every session
                     // made until now when it takes over.
                     if let Some(ring) = ring.as_mut() {
-                        let (frames, _) = drained_frames(ring, &mut batch, &mut pending);
+                        let (frames, _) = drained_frames(ring, &mut batch, &mut pending, &mut known);
                         self.status.bytes_sent += broadcast(&mut links, &frames);
                     }
                     batch += 1;
@@ -492,6 +515,13 @@ impl Agent {
                             }
                             Some(batch)
                         }
+                        Frame::Removed { batch, keys } => {
+                            match maps.sessions().remove_synced(&keys) {
+                                Ok(n) => self.status.entries_removed += n as u64,
+                                Err(e) => tracing::warn!("router {}: HA: removing sessions: {e}", self.id()),
+                            }
+                            Some(batch)
+                        }
                         Frame::ResyncDone { batch } => {
                             self.status.synced = true;
                             self.status.resyncs += 1;
@@ -559,11 +589,13 @@ fn broadcast(links: &mut Vec<Link>, frames: &[Arc<Vec<u8>>]) -> u64 {
 }
 
 /// The session reports waiting in the ring, as frames: new sessions (both of their
-/// entries) and TCP states. Returns the frames and the number of entries in them.
+/// entries, added to `known`) and TCP states. Returns the frames and the number of entries
+/// in them.
 fn drained_frames(
     ring: &mut SyncRing,
     batch: &mut u64,
     pending: &mut std::collections::BTreeMap<u64, u64>,
+    known: &mut std::collections::BTreeSet<CtKey>,
 ) -> (Vec<Arc<Vec<u8>>>, usize) {
     let records = ring.drain(MAX_BATCH / 2);
     if records.is_empty() {
@@ -580,6 +612,9 @@ fn drained_frames(
                 let (fwd, reply) = both_entries(r);
                 entries.push((r.key, to_ages(&fwd, now)));
                 entries.push((r.entry.peer, to_ages(&reply, now)));
+                // Sent: its removal must be sent too, even before the next refresh sees it.
+                known.insert(r.key);
+                known.insert(r.entry.peer);
             }
             sync_what::TCP_STATE => states.push((r.key, r.tcp_flags)),
             _ => {}

@@ -32,6 +32,10 @@ pub struct HaStatus {
     /// Active: session entries sent (creations, refreshes, resyncs); standby: written.
     pub entries_sent: u64,
     pub entries_received: u64,
+    /// Active: entries found gone from the table and removed on the standbys; standby:
+    /// entries removed as the active said.
+    #[serde(default)]
+    pub entries_removed: u64,
     /// Active: bytes of session frames queued to standbys (heartbeats aside).
     #[serde(default)]
     pub bytes_sent: u64,
@@ -134,7 +138,7 @@ pub fn families<'a>(statuses: impl Iterator<Item = &'a HaStatus>) -> Vec<Family>
     let mut entries = Family::new(
         "router_ha_sync_entries_total",
         Counter,
-        "Session entries sent to standbys (direction=sent) or written from the active (direction=received).",
+        "Session entries sent to standbys (direction=sent), written from the active (direction=received), or removed because the active's table no longer has them (direction=removed).",
     );
     let mut lag = Family::new(
         "router_ha_sync_lag_microseconds",

@@ -45,6 +45,9 @@ pub enum Frame {
     Ack { batch: u64 },
     /// Active to standby: take over now (a planned switchover); sent after the last batch.
     Handover { batch: u64 },
+    /// Active to standby: session entries no longer in the active's table (aged out,
+    /// flushed, ended by a configuration change).
+    Removed { batch: u64, keys: Vec<CtKey> },
 }
 
 mod kind {
@@ -55,6 +58,7 @@ mod kind {
     pub const RESYNC_DONE: u8 = 5;
     pub const ACK: u8 = 6;
     pub const HANDOVER: u8 = 7;
+    pub const REMOVED: u8 = 8;
 }
 
 /// Why a frame could not be read.
@@ -141,6 +145,14 @@ impl Frame {
                 out.push(kind::HANDOVER);
                 out.extend_from_slice(&batch.to_le_bytes());
             }
+            Frame::Removed { batch, keys } => {
+                out.push(kind::REMOVED);
+                out.extend_from_slice(&batch.to_le_bytes());
+                out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
+                for key in keys {
+                    out.extend_from_slice(bytes_of(key));
+                }
+            }
         }
         let len = (out.len() - 4) as u32;
         out[..4].copy_from_slice(&len.to_le_bytes());
@@ -177,22 +189,25 @@ impl Frame {
             }
             kind::HEARTBEAT if rest.is_empty() => Ok(Frame::Heartbeat),
             kind::HEARTBEAT => Err(WireError::Truncated("heartbeat")),
-            kind::ENTRIES | kind::TCP_STATES => {
+            kind::ENTRIES | kind::TCP_STATES | kind::REMOVED => {
                 let batch = u64_at("batch", 0)?;
                 let count = rest
                     .get(8..12)
                     .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
                     .ok_or(WireError::Truncated("batch"))?;
                 let items = &rest[12..];
-                let size = if k == kind::ENTRIES {
-                    ENTRY_BYTES
-                } else {
-                    STATE_BYTES
+                let size = match k {
+                    kind::ENTRIES => ENTRY_BYTES,
+                    kind::TCP_STATES => STATE_BYTES,
+                    _ => KEY_BYTES,
                 };
                 if count > MAX_BATCH || items.len() != count * size {
                     return Err(WireError::Truncated("batch"));
                 }
-                if k == kind::ENTRIES {
+                if k == kind::REMOVED {
+                    let keys = items.chunks_exact(size).map(value_of).collect();
+                    Ok(Frame::Removed { batch, keys })
+                } else if k == kind::ENTRIES {
                     let entries = items
                         .chunks_exact(size)
                         .map(|c| (value_of(&c[..KEY_BYTES]), value_of(&c[KEY_BYTES..])))
@@ -279,6 +294,10 @@ mod tests {
         round_trip(Frame::ResyncDone { batch: 5 });
         round_trip(Frame::Ack { batch: 6 });
         round_trip(Frame::Handover { batch: 7 });
+        round_trip(Frame::Removed {
+            batch: 8,
+            keys: vec![key(4), key(5)],
+        });
     }
 
     #[test]

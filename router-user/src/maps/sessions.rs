@@ -113,6 +113,15 @@ impl<'a> SessionMaps<'a> {
         Ok(written)
     }
 
+    /// Removes the entries a standby was told its active no longer has; returns how many
+    /// were here.
+    pub fn remove_synced(&mut self, keys: &[CtKey]) -> Result<usize, Error> {
+        let mut table = self.table()?;
+        let removed = keys.iter().filter(|k| table.remove(k).is_ok()).count();
+        self.maps.count_writes(removed);
+        Ok(removed)
+    }
+
     /// The entries whose last packet is at or after `since_ns` (monotonic time): what an
     /// active sends its standbys at each refresh (all of them with `since_ns` 0).
     pub fn seen_since(&mut self, since_ns: u64) -> Result<Vec<(CtKey, CtEntry)>, Error> {
