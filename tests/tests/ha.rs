@@ -367,3 +367,48 @@ fn sessions_gone_on_the_active_go_from_the_standby() {
         || ha_status(&nodes[standby], &pair.id).filter(|s| s.entries_removed >= 40),
     );
 }
+
+/// etcd goes away: the pair that still hears each other carries on, one node answering.
+/// Then the standby dies too: the active, its lease surely lost and no standby following,
+/// falls silent (it cannot know that no other node took the router).
+#[test]
+fn an_active_that_lost_its_lease_and_its_standby_falls_silent() {
+    // Bound in this order so they drop in the reverse: nodes, etcd, then the namespaces.
+    let HaPair {
+        pair,
+        mut etcd,
+        mut nodes,
+        active,
+        standby,
+    } = HaPair::start("xdp");
+    let ext_addr = Ipv4Addr::new(198, 18, 0, 1);
+    let replies = || {
+        probe::arp_replies(
+            &pair.ext,
+            "eth0",
+            ext_addr,
+            FIP,
+            5,
+            Duration::from_millis(200),
+        )
+    };
+    etcd.kill9();
+    // Past the HA lease's TTL: the pair still hears each other.
+    std::thread::sleep(Duration::from_secs(router_user::ha::LEASE_TTL as u64 + 1));
+    assert_eq!(replies(), 5, "one answer per request with etcd away");
+    assert_eq!(
+        ha_status(&nodes[active], &pair.id).map(|s| s.role),
+        Some("active".to_string())
+    );
+    nodes[standby].kill9();
+    wait_for(
+        "the lone active to stand by",
+        Duration::from_secs(5),
+        || ha_status(&nodes[active], &pair.id).filter(|s| s.role == "standby"),
+    );
+    assert_eq!(
+        replies(),
+        0,
+        "nobody answers: the lone node cannot know it is alone"
+    );
+}

@@ -7,13 +7,16 @@
 //! - **Detection between the nodes**: each standby keeps a TCP connection to the active
 //!   (`routerd --ha-listen`), which carries a heartbeat every [`HEARTBEAT`] and the session
 //!   sync ([`wire`]). A standby that hears nothing for [`DEAD_AFTER`] takes the key over
-//!   with a compare-and-swap on the epoch it followed, so exactly one standby wins.
+//!   with a compare-and-swap on the epoch it followed, so exactly one standby wins. An
+//!   active whose HA lease is surely gone (unrenewed for its TTL) and that no standby
+//!   follows any more stands by.
 //! - **Fencing in the fast path**: the active's fast path forwards only until
 //!   `HaState::fence_at_ns`, which this thread moves forward every [`HEARTBEAT`]; a
 //!   routerd that dies or hangs leaves a silent router within [`FENCE`], never a second
 //!   active.
 //! - **Session sync**: the active's fast path reports each session it makes and each TCP
-//!   state change (`SYNC` ring); [`agent`] streams them in batches, acknowledged, with a
+//!   state change (`SYNC` ring); [`agent`] streams them in batches ([`feed`] makes the
+//!   frames and holds the standbys' connections), acknowledged, with a
 //!   refresh every [`REFRESH`] of what saw traffic and a bulk resync when a standby
 //!   connects. The standby writes them into its own session table (SNAT port claims
 //!   included), its ages following the active's last-seen times.
@@ -24,6 +27,7 @@
 //! delays a heartbeat or the fence's renewal.
 
 pub mod agent;
+pub mod feed;
 pub mod garp;
 pub mod status;
 pub mod wire;
@@ -87,6 +91,10 @@ pub struct Store {
     pub client: Client,
     pub lease: i64,
 }
+
+/// Until when this node's HA lease surely lives (its last renewal plus its TTL); `None`
+/// before the first. Past it, etcd may have let the lease go, and with it the holder key.
+pub type LeaseUntil = watch::Receiver<Option<std::time::Instant>>;
 
 impl Ha {
     /// Starts the HA thread: binds `options.listen` now (an address in use stops routerd
@@ -154,13 +162,19 @@ async fn run(
 ) {
     let agents: Agents = Rc::new(RefCell::new(BTreeMap::new()));
     let (store_tx, store) = watch::channel::<Option<Store>>(None);
+    let (lease_tx, lease_until) = watch::channel::<Option<std::time::Instant>>(None);
     match TcpListener::from_std(listener) {
         Ok(listener) => {
             tokio::task::spawn_local(accept(listener, agents.clone()));
         }
         Err(e) => tracing::error!("routerd: HA listener: {e}"),
     }
-    tokio::task::spawn_local(follow_etcd(options.clone(), store_tx, agents.clone()));
+    tokio::task::spawn_local(follow_etcd(
+        options.clone(),
+        store_tx,
+        lease_tx,
+        agents.clone(),
+    ));
     loop {
         let wanted = routers.borrow_and_update().clone();
         {
@@ -194,6 +208,7 @@ async fn run(
                             switchover_rx,
                             conns_rx,
                             store.clone(),
+                            lease_until.clone(),
                         );
                         let task = tokio::task::spawn_local(agent.run());
                         running.insert(
@@ -286,11 +301,16 @@ fn bad_frame(e: wire::WireError) -> Error {
 /// Keeps a client, the HA lease and every agent's holder current; reconnects with a
 /// growing delay. etcd away changes nothing for the routers: the active stays active (no
 /// standby can take the key over without etcd either).
-async fn follow_etcd(options: Options, store: watch::Sender<Option<Store>>, agents: Agents) {
+async fn follow_etcd(
+    options: Options,
+    store: watch::Sender<Option<Store>>,
+    lease_until: watch::Sender<Option<std::time::Instant>>,
+    agents: Agents,
+) {
     let keys = Keys::new(&options.prefix);
     let mut delay = Duration::from_millis(100);
     loop {
-        match etcd_session(&options, &keys, &store, &agents).await {
+        match etcd_session(&options, &keys, &store, &lease_until, &agents).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!("routerd: HA: etcd: {e}; again in {} ms", delay.as_millis());
@@ -305,10 +325,12 @@ async fn etcd_session(
     options: &Options,
     keys: &Keys,
     store: &watch::Sender<Option<Store>>,
+    lease_until: &watch::Sender<Option<std::time::Instant>>,
     agents: &Agents,
 ) -> Result<(), Error> {
     let mut client =
         crate::cluster::sync::connect(&options.endpoints, &options.credentials).await?;
+    let granted = std::time::Instant::now();
     let lease = client
         .lease_grant(LEASE_TTL, None)
         .await
@@ -330,6 +352,7 @@ async fn etcd_session(
         client: client.clone(),
         lease,
     }));
+    lease_until.send_replace(Some(granted + Duration::from_secs(LEASE_TTL as u64)));
     read_holders(&mut client, keys, agents).await?;
     let mut renewal = tokio::time::interval(Duration::from_millis(LEASE_TTL as u64 * 1000 / 3));
     let result = loop {
@@ -338,8 +361,12 @@ async fn etcd_session(
                 if let Err(e) = keeper.keep_alive().await {
                     break Err(Error::etcd("renewing the HA lease", e));
                 }
+                let asked = std::time::Instant::now();
                 match tokio::time::timeout(Duration::from_secs(1), answers.message()).await {
-                    Ok(Ok(Some(a))) if a.ttl() > 0 => {}
+                    Ok(Ok(Some(a))) if a.ttl() > 0 => {
+                        // Counted from the asking: the lease lives at least its TTL from then.
+                        lease_until.send_replace(Some(asked + Duration::from_secs(a.ttl() as u64)));
+                    }
                     Ok(Err(e)) => break Err(Error::etcd("renewing the HA lease", e)),
                     _ => break Err(Error::etcd(
                         "renewing the HA lease",
