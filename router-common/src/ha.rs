@@ -12,6 +12,11 @@ pub mod ha_role {
     pub const ACTIVE: u32 = 1;
     /// A standby: drop everything that arrives (answer nothing, forward nothing).
     pub const STANDBY: u32 = 2;
+    /// An active that just handed the router over: it still forwards what arrives (the
+    /// switches have not all heard the new active yet), but from `HaState::handover_mac`,
+    /// so that its frames never teach a switch that the router's MAC is still here; it
+    /// answers nothing and hands nothing to its kernel.
+    pub const HANDING_OVER: u32 = 3;
 }
 
 /// The router's HA role (the `HA` array's one entry).
@@ -26,6 +31,9 @@ pub struct HaState {
     /// unless its controller moved this forward (0: never). A controller that dies or
     /// hangs cannot leave a second active answering.
     pub fence_at_ns: u64,
+    /// While handing over: the source MAC of what it forwards (this node's own).
+    pub handover_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// Values of [`SyncRecord::what`].

@@ -420,7 +420,7 @@ mod tests {
         assert_eq!(size_of::<FipEntry>(), 8);
         assert_eq!(size_of::<CtKey>(), 16);
         assert_eq!(size_of::<CtEntry>(), 72);
-        assert_eq!(size_of::<HaState>(), 16);
+        assert_eq!(size_of::<HaState>(), 24);
         assert_eq!(size_of::<SyncRecord>(), 96);
         assert_eq!(align_of::<CtKey>(), 2);
         assert_eq!(size_of::<PolicyConfig>(), 24);

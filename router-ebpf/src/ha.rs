@@ -6,19 +6,26 @@ use router_common::{CtEntry, CtKey, Reason, SyncRecord, ha_role, sync_what};
 
 use crate::{maps::HA, maps::SYNC, verdict::Verdict};
 
-/// `Some(drop)` when this copy of the router must stay silent: a standby, or an active
-/// whose controller let its hold lapse.
+/// What this copy of the router may do: `Err(drop)` when it must stay silent (a standby,
+/// or an active whose controller let its hold lapse); `Ok(Some(mac))` while it hands the
+/// router over (forward only, from `mac`); `Ok(None)` as always.
 #[inline(always)]
-pub fn silenced() -> Option<Verdict> {
-    let state = HA.get(0)?;
+pub fn check() -> Result<Option<[u8; 6]>, Verdict> {
+    let Some(state) = HA.get(0) else {
+        return Ok(None);
+    };
     match state.role {
-        ha_role::SINGLE => None,
-        ha_role::STANDBY => Some(Verdict::Drop(Reason::Standby)),
+        ha_role::SINGLE => Ok(None),
+        ha_role::STANDBY => Err(Verdict::Drop(Reason::Standby)),
+        ha_role::HANDING_OVER => Ok(Some(state.handover_mac)),
         _ => {
             // SAFETY: plain helper call.
             let now = unsafe { bpf_ktime_get_coarse_ns() };
-            (state.fence_at_ns != 0 && now > state.fence_at_ns)
-                .then_some(Verdict::Drop(Reason::Fenced))
+            if state.fence_at_ns != 0 && now > state.fence_at_ns {
+                Err(Verdict::Drop(Reason::Fenced))
+            } else {
+                Ok(None)
+            }
         }
     }
 }

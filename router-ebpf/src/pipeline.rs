@@ -25,9 +25,26 @@ const HTTP_PORT: [u8; 2] = 80u16.to_be_bytes();
 /// packet; a `Forward` verdict means the hand-off is ready for `finish`.
 #[inline(always)]
 fn process(frame: &Frame) -> Verdict {
-    if let Some(silent) = ha::silenced() {
-        return silent;
+    let handover_mac = match ha::check() {
+        Ok(mac) => mac,
+        Err(silent) => return silent,
+    };
+    let verdict = process_frame(frame, handover_mac);
+    // Handing over: only what it forwards from its own MAC; nothing answered, nothing to
+    // the kernel (which would speak with the router's MAC), no next hop to resolve.
+    match verdict {
+        Verdict::Forward { resolve, .. } if handover_mac.is_some() && resolve != [0; 4] => {
+            Verdict::Drop(Reason::Standby)
+        }
+        // The XDP entry's hand-over to the TC entry, which decides again.
+        Verdict::Forward { .. } | Verdict::Pass(Reason::XdpToTc) => verdict,
+        _ if handover_mac.is_some() => Verdict::Drop(Reason::Standby),
+        _ => verdict,
     }
+}
+
+#[inline(always)]
+fn process_frame(frame: &Frame, handover_mac: Option<[u8; 6]>) -> Verdict {
     let l2 = match parse::parse_l2(frame) {
         Ok(l2) => l2,
         Err(verdict) => return verdict,
@@ -59,7 +76,7 @@ fn process(frame: &Frame) -> Verdict {
     if pkt.is_later_fragment() {
         return fragment::later(frame, &pkt, iface.zone);
     }
-    let verdict = translate(frame, &iface, &pkt);
+    let verdict = translate(frame, &iface, &pkt, handover_mac);
     if pkt.is_first_fragment() {
         // A forwarded one is recorded by `verdict`, once `finish` has made its session.
         fragment::record_verdict(&pkt, iface.zone, &verdict);
@@ -70,7 +87,12 @@ fn process(frame: &Frame) -> Verdict {
 /// The first half's decision for a packet with its L4 header (not a later fragment) that
 /// passed the ingress checks: NAT, route, firewall, neighbour.
 #[inline(always)]
-fn translate(frame: &Frame, iface: &IfaceEntry, pkt: &Ipv4Packet) -> Verdict {
+fn translate(
+    frame: &Frame,
+    iface: &IfaceEntry,
+    pkt: &Ipv4Packet,
+    handover_mac: Option<[u8; 6]>,
+) -> Verdict {
     if iface.role == iface_role::INTERNAL && is_metadata(frame, pkt) {
         return Verdict::Pass(Reason::Metadata);
     }
@@ -99,10 +121,13 @@ fn translate(frame: &Frame, iface: &IfaceEntry, pkt: &Ipv4Packet) -> Verdict {
     if out.role == iface_role::EXTERNAL {
         route::by_external_source(&policy, &mut route, plan.target.src, plan.target.dst);
     }
-    let hop = match route::neighbor(frame, egress, &route, plan.target.dst) {
+    let mut hop = match route::neighbor(frame, egress, &route, plan.target.dst) {
         Ok(hop) => hop,
         Err(verdict) => return verdict,
     };
+    if let Some(mac) = handover_mac {
+        hop.out.mac = mac;
+    }
     let Some(handoff) = HANDOFF.get_ptr_mut(0) else {
         return Verdict::Drop(Reason::RedirectFailed);
     };

@@ -28,10 +28,22 @@ use crate::{
     maps::{Pinned, Rooms as _},
 };
 
-/// How long a node that handed the router over keeps forwarding after the new holder took
-/// it: the new active's gratuitous ARPs reach the switches meanwhile, so no packet arrives
-/// at a node that already fell silent.
-const HANDOVER_GRACE: Duration = Duration::from_millis(100);
+/// How long a node that handed the router over keeps forwarding (from its own MAC) after
+/// the new holder took it: the new active's gratuitous ARPs reach the switches meanwhile,
+/// so no packet arrives at a node that already fell silent.
+pub const HANDOVER_GRACE: Duration = Duration::from_secs(1);
+
+/// This node's own MAC for what it forwards while handing a router over: locally
+/// administered, unicast, from a hash of the node's name (FNV-1a), the same on every start.
+pub fn node_mac(node: &str) -> [u8; 6] {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in node.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let b = h.to_be_bytes();
+    [0x02, b[3], b[4], b[5], b[6], b[7]]
+}
 /// How often the active drains its fast path's session reports.
 const DRAIN: Duration = Duration::from_millis(5);
 
@@ -181,6 +193,8 @@ impl Agent {
             } else {
                 0
             },
+            handover_mac: node_mac(&self.node),
+            _pad: [0; 2],
         };
         if let Err(e) = maps.ha().set(state) {
             tracing::error!(
@@ -351,7 +365,10 @@ impl Agent {
                             if handed_over.is_some_and(|at| at.elapsed() < Duration::from_secs(5)) {
                                 // Make before break: the standby we handed over to announces
                                 // itself now; until the switches have heard it, what still
-                                // arrives here is forwarded (both hold every session).
+                                // arrives here is forwarded (both hold every session), from
+                                // this node's own MAC, so the switches never learn the
+                                // router's MAC back here.
+                                self.set_role(maps, ha_role::HANDING_OVER);
                                 tokio::time::sleep(HANDOVER_GRACE).await;
                             }
                             tracing::warn!("router {id}: HA: {} holds the router at epoch {} (ours {epoch}): standing by", h.node, h.epoch);

@@ -7,10 +7,17 @@ use std::{net::Ipv4Addr, os::fd::AsRawFd as _, time::Duration};
 
 use crate::{config::Router, error::Error, netns, paths};
 
-/// How many times each announcement goes out, and how far apart: a lost first one is
-/// repaired by the next.
-const ROUNDS: usize = 2;
-const ROUND_GAP: Duration = Duration::from_millis(30);
+/// When each round of announcements goes out, after the takeover. A lost first one is
+/// repaired by the next; the later ones win back a switch that heard the router's MAC from
+/// the old active after the first (one of its frames still queued when the first went out),
+/// while the old active, handing over, still forwards what reaches it (for
+/// `agent::HANDOVER_GRACE`, longer than the last round).
+const ROUNDS: [Duration; 4] = [
+    Duration::ZERO,
+    Duration::from_millis(30),
+    Duration::from_millis(200),
+    Duration::from_millis(600),
+];
 
 /// What one interface announces.
 pub fn announcements(router: &Router) -> Vec<(String, Vec<Ipv4Addr>)> {
@@ -67,9 +74,10 @@ fn send_all(plan: &[(String, Vec<Ipv4Addr>)]) -> Result<usize, Error> {
     // SAFETY: `fd` is a fresh descriptor we own.
     let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let mut sent = 0;
-    for round in 0..ROUNDS {
-        if round > 0 {
-            std::thread::sleep(ROUND_GAP);
+    let started = std::time::Instant::now();
+    for at in ROUNDS {
+        if let Some(wait) = at.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
         }
         for (name, addrs) in plan {
             let (index, mac) = interface(socket.as_raw_fd(), name)?;
