@@ -150,12 +150,20 @@ fn failover(mode: &str) {
             .max()
             .unwrap_or_default()
     };
-    let after_return = longest_from(back_at, switch_at);
+    // The return's own gaps: those over before the switchover began (one that runs into
+    // it is the switchover's, which the window below has).
+    let after_return = reports
+        .iter()
+        .flat_map(|r| r.gaps.iter())
+        .filter(|(at, d)| *at + *d > back_at && *at + *d <= switch_at)
+        .map(|g| g.1)
+        .max()
+        .unwrap_or_default();
     let mut returned_gaps: Vec<(u128, u128)> = reports
         .iter()
         .flat_map(|r| r.gaps.iter())
-        .filter(|(at, d)| *at < switch_at && *at + *d > back_at)
-        .map(|(at, d)| ((*at - back_at).as_millis(), d.as_millis()))
+        .filter(|(at, d)| *at + *d > back_at && *at + *d <= switch_at)
+        .map(|(at, d)| ((at.saturating_sub(back_at)).as_millis(), d.as_millis()))
         .collect();
     returned_gaps.sort();
     if !returned_gaps.is_empty() {
