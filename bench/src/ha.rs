@@ -18,7 +18,7 @@ use std::{
 };
 
 use router_tests::{
-    ha::{FIP, HaPair, ha_status, sessions_on, set_links, wait_for},
+    ha::{HaPair, Traffic, TrafficReport, ha_status, sessions_on, set_links, wait_for},
     held::{ConnReport, Held},
     netns,
 };
@@ -101,30 +101,7 @@ pub fn run(quick: bool, say: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<HaResul
         say(&format!(
             "ha: {mode}: the active node lost under 300 connections"
         ));
-        let snat = Held::start(
-            &pair.ext,
-            SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 5001),
-            &pair.vm1,
-            SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 5001),
-            200,
-            Duration::from_millis(100),
-        );
-        let fip = Held::start(
-            &pair.vm2,
-            SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 6), 5002),
-            &pair.ext,
-            SocketAddrV4::new(FIP, 5002),
-            50,
-            Duration::from_millis(100),
-        );
-        let fip_out = Held::start(
-            &pair.ext,
-            SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 5003),
-            &pair.vm2,
-            SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 5003),
-            50,
-            Duration::from_millis(100),
-        );
+        let traffic = Traffic::start(&pair.vm1, &pair.vm2, &pair.ext, 200, 50, 50);
         std::thread::sleep(Duration::from_secs(2));
         let lost_at = Instant::now();
         nodes[active].kill9();
@@ -143,7 +120,7 @@ pub fn run(quick: bool, say: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<HaResul
         );
         std::thread::sleep(Duration::from_secs(1));
         say(&format!("ha: {mode}: a planned switchover back"));
-        let switch_at = snat.started.elapsed();
+        let switch_at = traffic.started().elapsed();
         let asked = Instant::now();
         let switched = router_tests::etcd::routerctl(&[
             "--etcd",
@@ -161,19 +138,9 @@ pub fn run(quick: bool, say: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<HaResul
         );
         r.switchover_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
         std::thread::sleep(Duration::from_secs(1));
-        let snat = snat.finish();
-        let fip = fip.finish();
-        let fip_out = fip_out.finish();
-        let survived = |v: &[ConnReport]| v.iter().filter(|c| c.broken.is_none()).count();
-        (r.snat_connections, r.snat_survived) = (snat.len(), survived(&snat));
-        (r.fip_connections, r.fip_survived) = (fip.len(), survived(&fip));
-        (r.fip_out_connections, r.fip_out_survived) = (fip_out.len(), survived(&fip_out));
-        let gaps = || {
-            snat.iter()
-                .chain(&fip)
-                .chain(&fip_out)
-                .flat_map(|c| c.gaps.iter())
-        };
+        let report = traffic.finish();
+        r.count(&report);
+        let gaps = || report.all().flat_map(|c| c.gaps.iter());
         // A gap counts in every window it overlaps.
         r.longest_gap_ms = gaps()
             .filter(|(at, _)| *at < switch_at)
@@ -210,30 +177,7 @@ pub fn run_baseline(conntrackd: bool, say: &mut dyn FnMut(&str)) -> anyhow::Resu
     say(&format!(
         "ha: {name}: the master lost under 300 connections"
     ));
-    let snat = Held::start(
-        &pair.ext,
-        SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 5001),
-        &pair.vm1,
-        SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 5001),
-        200,
-        Duration::from_millis(100),
-    );
-    let fip = Held::start(
-        &pair.vm2,
-        SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 6), 5002),
-        &pair.ext,
-        SocketAddrV4::new(FIP, 5002),
-        50,
-        Duration::from_millis(100),
-    );
-    let fip_out = Held::start(
-        &pair.ext,
-        SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 5003),
-        &pair.vm2,
-        SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 5003),
-        50,
-        Duration::from_millis(100),
-    );
+    let traffic = Traffic::start(&pair.vm1, &pair.vm2, &pair.ext, 200, 50, 50);
     std::thread::sleep(Duration::from_secs(2));
     let lost_at = Instant::now();
     pair.lose(master);
@@ -247,38 +191,34 @@ pub fn run_baseline(conntrackd: bool, say: &mut dyn FnMut(&str)) -> anyhow::Resu
     // Long enough for a connection to recover or to be counted broken (no echo for
     // `Held::GIVE_UP`).
     std::thread::sleep((Held::GIVE_UP + Duration::from_secs(2)).saturating_sub(lost_at.elapsed()));
-    let snat = snat.finish();
-    let fip = fip.finish();
-    let fip_out = fip_out.finish();
-    let survived = |v: &[ConnReport]| v.iter().filter(|c| c.broken.is_none()).count();
-    for c in snat
-        .iter()
-        .chain(&fip)
-        .chain(&fip_out)
-        .filter(|c| c.broken.is_some())
-        .take(2)
-    {
+    let report = traffic.finish();
+    for c in report.all().filter(|c| c.broken.is_some()).take(2) {
         eprintln!("routerbench: {name}: e.g. {} broke: {:?}", c.from, c.broken);
     }
-    Ok(HaResult {
+    let mut r = HaResult {
         mode: name.into(),
         baseline: true,
         takeover_ms,
-        snat_connections: snat.len(),
-        snat_survived: survived(&snat),
-        fip_connections: fip.len(),
-        fip_survived: survived(&fip),
-        fip_out_connections: fip_out.len(),
-        fip_out_survived: survived(&fip_out),
-        longest_gap_ms: snat
-            .iter()
-            .chain(&fip)
-            .chain(&fip_out)
+        longest_gap_ms: report
+            .all()
             .filter(|c| c.broken.is_none())
             .map(|c| c.longest_gap().as_secs_f64() * 1e3)
             .fold(0.0, f64::max),
         ..HaResult::default()
-    })
+    };
+    r.count(&report);
+    Ok(r)
+}
+
+impl HaResult {
+    /// The connections of each group and those that survived.
+    fn count(&mut self, report: &TrafficReport) {
+        let survived = |v: &[ConnReport]| v.iter().filter(|c| c.broken.is_none()).count();
+        (self.snat_connections, self.snat_survived) = (report.snat.len(), survived(&report.snat));
+        (self.fip_connections, self.fip_survived) = (report.fip_in.len(), survived(&report.fip_in));
+        (self.fip_out_connections, self.fip_out_survived) =
+            (report.fip_out.len(), survived(&report.fip_out));
+    }
 }
 
 /// Sends one UDP datagram from each of `rate × duration` new source ports of the VM (a

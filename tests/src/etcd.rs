@@ -604,6 +604,18 @@ impl Node {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Runs `routerctl ARGS` against this node: its paths and the rest of its environment
+    /// (a namespace prefix), as an operator on that node would.
+    pub fn routerctl(&self, args: &[&str]) -> std::process::Output {
+        let routerctl = routerd_path().with_file_name("routerctl");
+        Command::new(&routerctl)
+            .args(args)
+            .envs(self.env())
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", routerctl.display()))
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }

@@ -16,7 +16,7 @@
 //! two machines would both call it `qr-<tag>`.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     time::{Duration, Instant},
 };
 
@@ -27,11 +27,146 @@ use router_user::{
 
 use crate::{
     etcd::{Etcd, Node},
+    held::{ConnReport, Held},
     probe,
     topo::{Namespaces, ip_batch, run, unique},
 };
 
 pub const FIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+
+/// The switch and the hosts around two router namespaces: `sw-<tag>` with `br-int` (each
+/// router's `qr0`, vm1, vm2) and `br-ext` (each router's `qg0`, ext), IPv6 off in all four.
+/// Both routers' ports have the same MACs, as an HA router's ports on two nodes do; the
+/// switch ports are `aqr`, `aqg` (first router) and `bqr`, `bqg` (second).
+pub struct Site {
+    pub sw: String,
+    pub vm1: String,
+    pub vm2: String,
+    pub ext: String,
+}
+
+impl Site {
+    /// Makes the site in `ns` (the router namespaces exist already); `links` and
+    /// `switch_lines` are more `ip` lines for the links and the switch (an HA network).
+    pub fn build(
+        ns: &mut Namespaces,
+        tag: &str,
+        router_ns: &[String; 2],
+        links: &str,
+        switch_lines: &str,
+    ) -> Self {
+        let name = |what: &str| format!("{what}-{tag}");
+        let (sw, vm1, vm2, ext) = (name("sw"), name("vm1"), name("vm2"), name("ext"));
+        for n in [&sw, &vm1, &vm2, &ext] {
+            ns.add(n);
+            probe::sysctl(
+                n,
+                &[
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1",
+                ],
+            );
+        }
+        let mut all = String::new();
+        for (r, node) in router_ns.iter().zip(["a", "b"]) {
+            all += &format!(
+                "link add qr0 netns {r} address 02:00:00:aa:00:01 type veth peer name {node}qr netns {sw}\n\
+                 link add qg0 netns {r} address 02:00:00:aa:00:02 type veth peer name {node}qg netns {sw}\n"
+            );
+        }
+        all += &format!(
+            "link add eth0 netns {vm1} type veth peer name v1 netns {sw}\n\
+             link add eth0 netns {vm2} type veth peer name v2 netns {sw}\n\
+             link add eth0 netns {ext} type veth peer name e0 netns {sw}\n{links}"
+        );
+        ip_batch(None, &all);
+        ip_batch(
+            Some(&sw),
+            &format!(
+                "link add br-int type bridge stp_state 0\nlink add br-ext type bridge stp_state 0\n\
+                 link set aqr master br-int\nlink set bqr master br-int\nlink set v1 master br-int\nlink set v2 master br-int\n\
+                 link set aqg master br-ext\nlink set bqg master br-ext\nlink set e0 master br-ext\n\
+                 link set br-int up\nlink set br-ext up\nlink set aqr up\nlink set bqr up\nlink set v1 up\n\
+                 link set v2 up\nlink set aqg up\nlink set bqg up\nlink set e0 up\n{switch_lines}"
+            ),
+        );
+        for (host, addr, gw) in [
+            (&vm1, "10.0.1.5/24", "10.0.1.1"),
+            (&vm2, "10.0.1.6/24", "10.0.1.1"),
+            (&ext, "198.18.0.1/24", ""),
+        ] {
+            let mut lines = format!("link set eth0 up\naddress add {addr} dev eth0\n");
+            if !gw.is_empty() {
+                lines += &format!("route add default via {gw}\n");
+            }
+            ip_batch(Some(host), &lines);
+        }
+        Self { sw, vm1, vm2, ext }
+    }
+}
+
+/// The connections an HA test or benchmark holds through the router while it fails over:
+/// SNATed ones from vm1 to ext, ones from ext to vm2's floating IP, and (optionally) ones
+/// vm2 opens to ext through its floating IP; each side sends every 100 ms.
+pub struct Traffic {
+    pub snat: Held,
+    pub fip_in: Held,
+    pub fip_out: Option<Held>,
+}
+
+/// What [`Traffic`] lived through, per group.
+pub struct TrafficReport {
+    pub snat: Vec<ConnReport>,
+    pub fip_in: Vec<ConnReport>,
+    pub fip_out: Vec<ConnReport>,
+}
+
+impl TrafficReport {
+    /// Every connection's report.
+    pub fn all(&self) -> impl Iterator<Item = &ConnReport> {
+        self.snat.iter().chain(&self.fip_in).chain(&self.fip_out)
+    }
+}
+
+impl Traffic {
+    pub fn start(
+        vm1: &str,
+        vm2: &str,
+        ext: &str,
+        snat: usize,
+        fip_in: usize,
+        fip_out: usize,
+    ) -> Self {
+        let period = Duration::from_millis(100);
+        let ext_at = |port| SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), port);
+        Self {
+            snat: Held::start(ext, ext_at(5001), vm1, ext_at(5001), snat, period),
+            fip_in: Held::start(
+                vm2,
+                SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 6), 5002),
+                ext,
+                SocketAddrV4::new(FIP, 5002),
+                fip_in,
+                period,
+            ),
+            fip_out: (fip_out > 0)
+                .then(|| Held::start(ext, ext_at(5003), vm2, ext_at(5003), fip_out, period)),
+        }
+    }
+
+    /// When the connections started (gaps are timed from it).
+    pub fn started(&self) -> Instant {
+        self.snat.started
+    }
+
+    pub fn finish(self) -> TrafficReport {
+        TrafficReport {
+            snat: self.snat.finish(),
+            fip_in: self.fip_in.finish(),
+            fip_out: self.fip_out.map(Held::finish).unwrap_or_default(),
+        }
+    }
+}
 
 pub struct Pair {
     pub id: String,
@@ -49,63 +184,19 @@ pub fn pair(mode: &str) -> (Pair, String) {
     crate::require_root();
     let tag = unique("ha");
     let mut ns = Namespaces::default();
-    let name = |what: &str| format!("{what}-{tag}");
-    let (sw, vm1, vm2, ext) = (name("sw"), name("vm1"), name("vm2"), name("ext"));
     let router_ns = [format!("a-qr-{tag}"), format!("b-qr-{tag}")];
-    // IPv6 off in the switch and hosts only: routerd turns it off on an HA router's
-    // interfaces itself, which the router namespaces leave to it.
-    for n in [&router_ns[0], &router_ns[1]] {
+    // IPv6 is left on in the router namespaces: routerd turns it off on an HA router's
+    // interfaces itself.
+    for n in &router_ns {
         ns.add(n);
     }
-    for n in [&sw, &vm1, &vm2, &ext] {
-        ns.add(n);
-        probe::sysctl(
-            n,
-            &[
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ],
-        );
-    }
-    let mut links = String::new();
-    for (i, node) in ["a", "b"].iter().enumerate() {
-        let r = &router_ns[i];
-        links += &format!(
-            "link add qr0 netns {r} address 02:00:00:aa:00:01 type veth peer name {node}qr netns {sw}\n\
-             link add qg0 netns {r} address 02:00:00:aa:00:02 type veth peer name {node}qg netns {sw}\n"
-        );
-    }
-    links += &format!(
-        "link add eth0 netns {vm1} type veth peer name v1 netns {sw}\n\
-         link add eth0 netns {vm2} type veth peer name v2 netns {sw}\n\
-         link add eth0 netns {ext} type veth peer name e0 netns {sw}\n"
-    );
-    ip_batch(None, &links);
-    ip_batch(
-        Some(&sw),
-        "link add br-int type bridge stp_state 0\nlink add br-ext type bridge stp_state 0\n\
-         link set aqr master br-int\nlink set bqr master br-int\nlink set v1 master br-int\nlink set v2 master br-int\n\
-         link set aqg master br-ext\nlink set bqg master br-ext\nlink set e0 master br-ext\n\
-         link set br-int up\nlink set br-ext up\nlink set aqr up\nlink set bqr up\nlink set v1 up\n\
-         link set v2 up\nlink set aqg up\nlink set bqg up\nlink set e0 up\n",
-    );
+    let Site { sw, vm1, vm2, ext } = Site::build(&mut ns, &tag, &router_ns, "", "");
     // XDP redirects into a veth arrive only where its far end takes them (GRO on).
     for port in ["aqr", "bqr", "aqg", "bqg"] {
         run(
             "ip",
             &["netns", "exec", &sw, "ethtool", "-K", port, "gro", "on"],
         );
-    }
-    for (host, addr, gw) in [
-        (&vm1, "10.0.1.5/24", "10.0.1.1"),
-        (&vm2, "10.0.1.6/24", "10.0.1.1"),
-        (&ext, "198.18.0.1/24", ""),
-    ] {
-        let mut lines = format!("link set eth0 up\naddress add {addr} dev eth0\n");
-        if !gw.is_empty() {
-            lines += &format!("route add default via {gw}\n");
-        }
-        ip_batch(Some(host), &lines);
     }
     let toml = format!(
         "[[router]]\nid = \"{tag}\"\nnamespace = \"qr-{tag}\"\nmode = \"{mode}\"\n\n\

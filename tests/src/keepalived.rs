@@ -17,6 +17,7 @@ use std::{
 };
 
 use crate::{
+    ha::Site,
     neutron::{NeutronFloatingIp, iptables_rules, set_ip_forward},
     probe,
     topo::{Namespaces, ip_batch, run, unique},
@@ -88,10 +89,8 @@ impl KeepalivedPair {
         let dir = PathBuf::from("/run").join(format!("keepalived-{tag}"));
         std::fs::create_dir_all(&dir).expect("keepalived's directory");
         let mut ns = Namespaces::default();
-        let name = |what: &str| format!("{what}-{tag}");
-        let (sw, vm1, vm2, ext) = (name("sw"), name("vm1"), name("vm2"), name("ext"));
         let router_ns = [format!("a-qr-{tag}"), format!("b-qr-{tag}")];
-        for n in [&sw, &vm1, &vm2, &ext, &router_ns[0], &router_ns[1]] {
+        for n in &router_ns {
             ns.add(n);
             probe::sysctl(
                 n,
@@ -101,46 +100,22 @@ impl KeepalivedPair {
                 ],
             );
         }
-        let mut links = String::new();
-        for (i, node) in ["a", "b"].iter().enumerate() {
-            let r = &router_ns[i];
-            links += &format!(
-                "link add qr0 netns {r} address 02:00:00:aa:00:01 type veth peer name {node}qr netns {sw}\n\
-                 link add qg0 netns {r} address 02:00:00:aa:00:02 type veth peer name {node}qg netns {sw}\n"
-            );
-        }
         // The HA network through the switch, as on real nodes: a node's link going down
         // takes no carrier from the other.
-        links += &format!(
+        let sw = format!("sw-{tag}");
+        let ha_links = format!(
             "link add ha0 netns {} type veth peer name aha netns {sw}\n\
-             link add ha0 netns {} type veth peer name bha netns {sw}\n\
-             link add eth0 netns {vm1} type veth peer name v1 netns {sw}\n\
-             link add eth0 netns {vm2} type veth peer name v2 netns {sw}\n\
-             link add eth0 netns {ext} type veth peer name e0 netns {sw}\n",
+             link add ha0 netns {} type veth peer name bha netns {sw}\n",
             router_ns[0], router_ns[1]
         );
-        ip_batch(None, &links);
-        ip_batch(
-            Some(&sw),
-            "link add br-int type bridge stp_state 0\nlink add br-ext type bridge stp_state 0\n\
-             link add br-ha type bridge stp_state 0\nlink set aha master br-ha\nlink set bha master br-ha\n\
-             link set br-ha up\nlink set aha up\nlink set bha up\n\
-             link set aqr master br-int\nlink set bqr master br-int\nlink set v1 master br-int\nlink set v2 master br-int\n\
-             link set aqg master br-ext\nlink set bqg master br-ext\nlink set e0 master br-ext\n\
-             link set br-int up\nlink set br-ext up\nlink set aqr up\nlink set bqr up\nlink set v1 up\n\
-             link set v2 up\nlink set aqg up\nlink set bqg up\nlink set e0 up\n",
+        let Site { sw, vm1, vm2, ext } = Site::build(
+            &mut ns,
+            &tag,
+            &router_ns,
+            &ha_links,
+            "link add br-ha type bridge stp_state 0\nlink set aha master br-ha\n\
+             link set bha master br-ha\nlink set br-ha up\nlink set aha up\nlink set bha up\n",
         );
-        for (host, addr, gw) in [
-            (&vm1, "10.0.1.5/24", "10.0.1.1"),
-            (&vm2, "10.0.1.6/24", "10.0.1.1"),
-            (&ext, "198.18.0.1/24", ""),
-        ] {
-            let mut lines = format!("link set eth0 up\naddress add {addr} dev eth0\n");
-            if !gw.is_empty() {
-                lines += &format!("route add default via {gw}\n");
-            }
-            ip_batch(Some(host), &lines);
-        }
         let fips = [NeutronFloatingIp {
             floating: crate::ha::FIP,
             fixed: "10.0.1.6".parse().expect("an address"),

@@ -10,8 +10,7 @@ use std::{
 
 use router_tests::{
     etcd::{Node, routerctl},
-    ha::{FIP, HaPair, ha_status, sessions_on, set_links, wait_for},
-    held::Held,
+    ha::{FIP, HaPair, Traffic, ha_status, sessions_on, set_links, wait_for},
     probe,
 };
 use router_user::maps::{Pinned, Rooms as _};
@@ -44,21 +43,13 @@ fn failover(mode: &str) {
         nodes[active].name, nodes[standby].name
     );
 
-    let snat = Held::start(
-        &pair.ext,
-        SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 5001),
+    let traffic = Traffic::start(
         &pair.vm1,
-        SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 5001),
-        SNAT_CONNECTIONS,
-        Duration::from_millis(100),
-    );
-    let fip = Held::start(
         &pair.vm2,
-        SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 6), 5002),
         &pair.ext,
-        SocketAddrV4::new(FIP, 5002),
+        SNAT_CONNECTIONS,
         FIP_CONNECTIONS,
-        Duration::from_millis(100),
+        0,
     );
     // Every SNATed connection's session reaches the standby (floating IPs translate
     // without sessions).
@@ -97,7 +88,7 @@ fn failover(mode: &str) {
     std::thread::sleep(Duration::from_secs(2));
 
     // It comes back, resyncs and stands by.
-    let back_at = snat.started.elapsed();
+    let back_at = traffic.started().elapsed();
     set_links(&pair.router_ns[active], "up");
     nodes[active].restart();
     let returned = wait_for(
@@ -108,7 +99,7 @@ fn failover(mode: &str) {
     std::thread::sleep(Duration::from_secs(2));
 
     // A planned switchover back to it.
-    let switch_at = snat.started.elapsed();
+    let switch_at = traffic.started().elapsed();
     let out = routerctl(&[
         "--etcd",
         &etcd.endpoint(),
@@ -132,7 +123,8 @@ fn failover(mode: &str) {
         "{handed}"
     );
     std::thread::sleep(Duration::from_millis(1500));
-    let reports: Vec<_> = snat.finish().into_iter().chain(fip.finish()).collect();
+    let report = traffic.finish();
+    let reports: Vec<_> = report.all().collect();
 
     let broken: Vec<_> = reports.iter().filter(|r| r.broken.is_some()).collect();
     let longest = reports
@@ -220,13 +212,7 @@ fn failover(mode: &str) {
     );
     // The node that took over at the loss stands by again, and says so.
     let show = |node: &Node| {
-        let out = std::process::Command::new(
-            router_tests::routerd::routerd_path().with_file_name("routerctl"),
-        )
-        .args(["-f", "json", "router", "show", &pair.id])
-        .envs(node.env())
-        .output()
-        .expect("routerctl");
+        let out = node.routerctl(&["-f", "json", "router", "show", &pair.id]);
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
     };
     let first = show(&nodes[active]);
@@ -362,14 +348,7 @@ fn sessions_gone_on_the_active_go_from_the_standby() {
         Duration::from_secs(10),
         || (sessions_on(&nodes[standby], &pair.id) >= 20).then_some(()),
     );
-    let out = std::process::Command::new(
-        router_tests::routerd::routerd_path().with_file_name("routerctl"),
-    )
-    .args(["ct", "flush", &pair.id])
-    .envs(nodes[active].env())
-    .env("ROUTERD_NETNS_PREFIX", ["a-", "b-"][active])
-    .output()
-    .expect("routerctl");
+    let out = nodes[active].routerctl(&["ct", "flush", &pair.id]);
     assert!(
         out.status.success(),
         "{}",
