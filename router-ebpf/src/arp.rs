@@ -39,7 +39,9 @@ pub fn answer(frame: &Frame, eth: *mut EthHdr, iface: &IfaceEntry) -> Verdict {
         if a.htype != [0, 1] || a.ptype != [8, 0] || a.hlen != 6 || a.plen != 4 {
             return Verdict::Pass(Reason::Arp);
         }
-        if a.oper != OPER_REQUEST || FIP_BY_ADDRESS.get(&a.tpa).is_none() {
+        // An announcement (sender and target the same address) asks for no answer: it
+        // is another node claiming the address, as an HA router's new active does.
+        if a.oper != OPER_REQUEST || a.spa == a.tpa || FIP_BY_ADDRESS.get(&a.tpa).is_none() {
             return Verdict::Pass(Reason::Arp);
         }
         if frame.needs_xdp_egress && iface.flags & iface_flags::XDP_EGRESS == 0 {

@@ -30,14 +30,11 @@ fn process(frame: &Frame) -> Verdict {
         Err(silent) => return silent,
     };
     let verdict = process_frame(frame, handover_mac);
-    // Handing over: only what it forwards from its own MAC; nothing answered, nothing to
-    // the kernel (which would speak with the router's MAC), no next hop to resolve.
+    // Handing over: only what it forwards (from its own MAC, `translate` saw to it);
+    // nothing answered and nothing to the kernel, which would speak with the router's MAC.
     match verdict {
-        Verdict::Forward { resolve, .. } if handover_mac.is_some() && resolve != [0; 4] => {
-            Verdict::Drop(Reason::Standby)
-        }
-        // The XDP entry's hand-over to the TC entry, which decides again.
-        Verdict::Forward { .. } | Verdict::Pass(Reason::XdpToTc) => verdict,
+        // Forwarded, or the XDP entry's hand-over to the TC entry, which decides again.
+        Verdict::Finish | Verdict::Pass(Reason::XdpToTc) => verdict,
         _ if handover_mac.is_some() => Verdict::Drop(Reason::Standby),
         _ => verdict,
     }
@@ -55,6 +52,8 @@ fn process_frame(frame: &Frame, handover_mac: Option<[u8; 6]>) -> Verdict {
     };
     let eth = match l2 {
         L2::Ipv4(eth) => eth,
+        // Handing over, the router's addresses are the new active's to answer for.
+        L2::Arp(_) if handover_mac.is_some() => return Verdict::Drop(Reason::Standby),
         L2::Arp(eth) => return arp::answer(frame, eth, &iface),
     };
     // SAFETY: `parse_l2` bounds-checked the Ethernet header.
@@ -118,6 +117,11 @@ fn translate(
     if let Err(verdict) = nat::after_routing(&mut plan, &flow, iface.role, out.role) {
         return verdict;
     }
+    // Handing over, no session is made here: the new active would never hear of it, and
+    // there the connection's next packet would be translated anew.
+    if handover_mac.is_some() && (plan.create != 0 || (track && plan.session.is_none())) {
+        return Verdict::Drop(Reason::Standby);
+    }
     if out.role == iface_role::EXTERNAL {
         route::by_external_source(&policy, &mut route, plan.target.src, plan.target.dst);
     }
@@ -126,6 +130,11 @@ fn translate(
         Err(verdict) => return verdict,
     };
     if let Some(mac) = handover_mac {
+        // Handing over, no next hop is left for the kernel to resolve: it would ask with
+        // the router's MAC and teach the switches that it lives here.
+        if hop.mac.is_none() {
+            return Verdict::Drop(Reason::Standby);
+        }
         hop.out.mac = mac;
     }
     let Some(handoff) = HANDOFF.get_ptr_mut(0) else {

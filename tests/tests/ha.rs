@@ -165,6 +165,15 @@ fn failover(mode: &str) {
             "{mode}: the returning node's log, last lines:\n{}",
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
+        for node in [&nodes[active], &nodes[standby]] {
+            let stats = node.routerctl(&["stats"]);
+            eprintln!(
+                "{mode}: {}'s counters:\n{}{}",
+                node.name,
+                String::from_utf8_lossy(&stats.stdout),
+                String::from_utf8_lossy(&stats.stderr)
+            );
+        }
         let other = nodes[standby].log_text();
         let tail: Vec<&str> = other.lines().rev().take(12).collect();
         eprintln!(
@@ -203,11 +212,9 @@ fn failover(mode: &str) {
         after_return <= Duration::from_millis(500),
         "the returning node disturbed traffic: a gap of {after_return:?}"
     );
-    // No connection lost, and no gap over the failover's bound. The goal is no gap over
-    // 200 ms; some runs lose a burst of packets at the handover and the connections that
-    // had one in flight wait for TCP's retransmission (about 300 ms; docs/ha.md, "Not yet").
+    // Made before broken: no packet lost, so no connection waits for a retransmission.
     assert!(
-        switchover <= Duration::from_secs(1),
+        switchover <= Duration::from_millis(200),
         "a planned switchover cost a gap of {switchover:?}"
     );
     // The node that took over at the loss stands by again, and says so.

@@ -568,6 +568,11 @@ fn arp_and_metadata(entry: Entry) {
     assert_eq!(outcome, Outcome::Pass, "other ARP goes to the kernel");
     let (outcome, _) = r.run(i, &arp(FIP));
     assert_eq!(outcome, Outcome::Pass, "not answered on internal ports");
+    // An announcement (another node, e.g. an HA router's new active, claiming the address)
+    // asks for no reply; answering it would teach the switches the MAC back.
+    let announcement = eth(BROADCAST_MAC).arp_request(FIP, FIP);
+    let (outcome, _) = r.run(o, &announcement);
+    assert_eq!(outcome, Outcome::Pass, "an announcement is not answered");
 
     let before = r.reason(i, Reason::Metadata);
     let (outcome, out) = r.run(
@@ -747,6 +752,75 @@ fn zones(entry: Entry) {
     );
 }
 
+/// A router handing over to another node (HA role `HANDING_OVER`) forwards what it holds
+/// sessions for, from its node's own MAC, and does nothing else: no ARP answer, no new
+/// session (the new active would never hear of it), nothing to the kernel.
+fn handing_over(entry: Entry) {
+    use router_common::{HaState, ha_role};
+    const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x77];
+    let mut r = Router::new(entry, 1024);
+    let (i, o) = (r.inside, r.outside);
+    // An SNAT session made while active.
+    let syn = eth(ROUTER_IN_MAC)
+        .ipv4(VM3, REMOTE)
+        .tcp(40000, 443)
+        .seq(1000)
+        .syn()
+        .build();
+    expect_forward(&r, i, &syn, want(UPSTREAM_MAC, GW, 40000, REMOTE, 443), "syn");
+    r.dp.ha()
+        .set(HaState {
+            role: ha_role::HANDING_OVER,
+            handover_mac: NODE_MAC,
+            ..HaState::default()
+        })
+        .expect("HA");
+    let before = r.reason(i, Reason::Standby) + r.reason(o, Reason::Standby);
+
+    let (outcome, out) = r.run(i, &syn);
+    assert_eq!(outcome, Outcome::Forward, "the session's packets go on");
+    assert_eq!(out[6..12], NODE_MAC, "from the node's own MAC");
+    assert_eq!(out[0..6], UPSTREAM_MAC);
+    let reply = eth(ROUTER_OUT_MAC)
+        .ipv4(REMOTE, GW)
+        .tcp(443, 40000)
+        .seq(1000)
+        .syn()
+        .build();
+    let (outcome, out) = r.run(o, &reply);
+    assert_eq!(outcome, Outcome::Forward, "and their replies");
+    assert_eq!(out[6..12], NODE_MAC);
+    let to_fip = eth(ROUTER_OUT_MAC)
+        .ipv4(REMOTE, FIP)
+        .udp(5000, 53)
+        .payload(PAYLOAD);
+    let (outcome, out) = r.run(o, &to_fip);
+    assert_eq!(outcome, Outcome::Forward, "floating IPs translate without sessions");
+    assert_eq!(out[6..12], NODE_MAC);
+
+    let new_session = eth(ROUTER_IN_MAC)
+        .ipv4(VM7, REMOTE)
+        .tcp(40001, 443)
+        .seq(1000)
+        .syn()
+        .build();
+    let (outcome, _) = r.run(i, &new_session);
+    assert_eq!(outcome, Outcome::Drop, "no new session");
+    let (outcome, _) = r.run(o, &eth(BROADCAST_MAC).arp_request(UPSTREAM, FIP));
+    assert_eq!(outcome, Outcome::Drop, "no ARP answer");
+    let to_router = eth(ROUTER_IN_MAC)
+        .ipv4(VM3, [10, 0, 1, 1])
+        .udp(5000, 53)
+        .payload(PAYLOAD);
+    let (outcome, _) = r.run(i, &to_router);
+    assert_eq!(outcome, Outcome::Drop, "nothing for the kernel");
+    assert_eq!(
+        r.reason(i, Reason::Standby) + r.reason(o, Reason::Standby),
+        before + 3,
+        "each counted as standby"
+    );
+}
+
 macro_rules! both_entries {
     ($($name:ident),*) => {
         mod xdp { $(#[test] fn $name() { router_tests::require_root(); super::$name(super::Entry::Xdp) })* }
@@ -761,5 +835,6 @@ both_entries!(
     hairpin,
     arp_and_metadata,
     full_table,
-    zones
+    zones,
+    handing_over
 );
