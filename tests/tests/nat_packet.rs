@@ -767,7 +767,13 @@ fn handing_over(entry: Entry) {
         .seq(1000)
         .syn()
         .build();
-    expect_forward(&r, i, &syn, want(UPSTREAM_MAC, GW, 40000, REMOTE, 443), "syn");
+    expect_forward(
+        &r,
+        i,
+        &syn,
+        want(UPSTREAM_MAC, GW, 40000, REMOTE, 443),
+        "syn",
+    );
     r.dp.ha()
         .set(HaState {
             role: ha_role::HANDING_OVER,
@@ -795,7 +801,11 @@ fn handing_over(entry: Entry) {
         .udp(5000, 53)
         .payload(PAYLOAD);
     let (outcome, out) = r.run(o, &to_fip);
-    assert_eq!(outcome, Outcome::Forward, "floating IPs translate without sessions");
+    assert_eq!(
+        outcome,
+        Outcome::Forward,
+        "floating IPs translate without sessions"
+    );
     assert_eq!(out[6..12], NODE_MAC);
 
     let new_session = eth(ROUTER_IN_MAC)

@@ -15,6 +15,7 @@
 //! The kernel's SNAT uses its own port range, disjoint from the fast path's, so a session
 //! the kernel makes can never take a tuple a fast-path session holds.
 
+mod elements;
 mod libnft;
 mod rules;
 
@@ -43,7 +44,18 @@ pub fn update(old: &Router, new: &Router) -> Result<(), Error> {
     if gone.is_empty() && added.is_empty() {
         return Ok(());
     }
-    run(&new.id, rules::floating_ip_changes(new, &added, &gone))?;
+    if let Err(e) = elements::apply(
+        rules::TABLE,
+        &rules::floating_ip_changes(new, &added, &gone),
+    ) {
+        // The kernel's maps are not what `old` says (a map or the table went, an element was
+        // deleted by hand): the whole table is written again instead.
+        tracing::warn!(
+            "router {}: changing the slow path's floating-IP maps: {e}; replacing its table",
+            new.id
+        );
+        return apply(new);
+    }
     let _ = std::fs::write(applied_file(&new.id), ruleset_json(new));
     Ok(())
 }
@@ -90,10 +102,6 @@ fn document(objects: Vec<NfObject<'static>>) -> String {
 /// kernel state it describes).
 fn applied_file(router: &str) -> std::path::PathBuf {
     crate::paths::run_dir().join(format!("{router}.nftables"))
-}
-
-fn run(id: &str, objects: Vec<NfObject<'static>>) -> Result<(), Error> {
-    run_json(id, &document(objects))
 }
 
 /// Runs one transaction: all or nothing.
@@ -253,6 +261,129 @@ fixed = "10.0.0.11"
         }
         // The primary subnet's floating IP needs no mark: main's default is its gateway.
         assert!(!listing.contains("10.0.0.10 : 0x"), "{listing}");
+    }
+
+    /// Floating IPs change as one netlink batch of map elements, however many (more than
+    /// one message holds here), with removals and a floating IP moved to another fixed
+    /// address; and a kernel whose maps are not what the last state says (an element
+    /// deleted by hand) gets the whole table again.
+    #[test]
+    fn floating_ip_elements_change_in_one_batch() {
+        let base = r#"
+[[router]]
+id = "r1"
+namespace = "ns1"
+[router.gateway]
+interface = "qg-1"
+address = "172.24.0.2/20"
+nexthop = "172.24.0.1"
+[[router.interface]]
+name = "qr-a"
+address = "10.0.0.1/16"
+[router.nat]
+max_floating_ips = 4096
+"#;
+        let fip = |i: usize, fixed: usize| {
+            format!(
+                "[[router.floating_ip]]\naddress = \"172.24.{}.{}\"\nfixed = \"10.0.{}.{}\"\n",
+                1 + i / 250,
+                1 + i % 250,
+                1 + fixed / 250,
+                1 + fixed % 250
+            )
+        };
+        let state = |fips: &mut dyn Iterator<Item = (usize, usize)>| {
+            let text = fips.map(|(i, f)| fip(i, f)).collect::<String>();
+            DesiredState::parse(&format!("{base}{text}"))
+                .expect("valid")
+                .routers
+                .remove(0)
+        };
+        let first = state(&mut (0..3).map(|i| (i, i)));
+        // The first one goes, the second moves to another fixed address, 2,500 come.
+        let second = state(&mut std::iter::once((1, 3000)).chain((2..2503).map(|i| (i, i))));
+        // The third also drops the 10th, which is deleted by hand before.
+        let third = state(
+            &mut std::iter::once((1, 3000)).chain((2..2503).filter(|i| *i != 10).map(|i| (i, i))),
+        );
+        let (wanted_second, gone) = (second.clone(), third.clone());
+        let (maps_second, maps_third) = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            apply(&first).expect("libnftables takes the ruleset");
+            update(&first, &second).expect("elements changed");
+            let maps_second = maps_here();
+            let tenth = ([172, 24, 1, 11], [10, 0, 1, 11]);
+            elements::apply(
+                TABLE,
+                &[elements::MapChange {
+                    map: rules::FIP_DNAT,
+                    delete: vec![tenth.0],
+                    add: Vec::new(),
+                }],
+            )
+            .expect("deleted by hand");
+            update(&second, &third).expect("the table written again");
+            let maps_third = maps_here();
+            forget(&first.id);
+            (maps_second, maps_third)
+        })
+        .join()
+        .expect("the scratch thread");
+        let want = |router: &Router| {
+            let dnat: BTreeSet<(String, String)> = router
+                .floating_ips
+                .iter()
+                .map(|f| (f.address.to_string(), f.fixed.to_string()))
+                .collect();
+            let snat = dnat.iter().map(|(a, b)| (b.clone(), a.clone())).collect();
+            (dnat, snat)
+        };
+        let (dnat, snat) = want(&wanted_second);
+        assert_eq!(dnat.len(), 2502);
+        assert!(
+            dnat.contains(&("172.24.1.2".into(), "10.0.13.1".into())),
+            "moved"
+        );
+        assert_eq!(maps_second.0, dnat);
+        assert_eq!(maps_second.1, snat);
+        let (dnat, snat) = want(&gone);
+        assert_eq!(maps_third.0, dnat);
+        assert_eq!(maps_third.1, snat);
+    }
+
+    /// A map's elements as `nft` lists them: key and value.
+    type Elements = BTreeSet<(String, String)>;
+
+    /// The floating-IP maps (DNAT, SNAT) of the calling thread's namespace, as `nft` lists
+    /// them.
+    fn maps_here() -> (Elements, Elements) {
+        let ns = format!(
+            "/proc/{}/task/{}/ns/net",
+            std::process::id(),
+            nix::unistd::gettid()
+        );
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={ns}"))
+            .args(["nft", "-j", "list", "table", "ip", TABLE])
+            .output()
+            .expect("nft runs");
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft's JSON");
+        let map = |name: &str| -> Elements {
+            doc["nftables"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|o| o["map"]["name"] == name)
+                .flat_map(|o| o["map"]["elem"].as_array().cloned().unwrap_or_default())
+                .map(|e| {
+                    (
+                        e[0].as_str().unwrap_or_default().to_string(),
+                        e[1].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        };
+        (map(rules::FIP_DNAT), map(rules::FIP_SNAT))
     }
 
     /// The one router of `text`, and the same with `more` appended to it.

@@ -5,9 +5,7 @@ use std::{borrow::Cow, net::Ipv4Addr};
 
 use nftables::{
     expr::{BinaryOperation, CT, Expression, Meta, MetaKey, NamedExpression, PayloadField},
-    schema::{
-        Chain, Element, Map, NfCmd, NfListObject, NfObject, Rule, SetType, SetTypeValue, Table,
-    },
+    schema::{Chain, Map, NfCmd, NfListObject, NfObject, Rule, SetType, SetTypeValue, Table},
     stmt::{Mangle, Match, NAT, Operator, Reject, RejectType, Statement},
     types::{NfChainPolicy, NfChainType, NfFamily, NfHook, RejectCode},
 };
@@ -143,44 +141,41 @@ pub fn ruleset(router: &Router) -> Vec<NfObject<'static>> {
     out
 }
 
-/// Adds (`add`) or removes floating IPs of `router` (whose external subnets are the same
-/// before and after) from the maps, in one transaction.
+/// The map elements that add (`added`) and remove (`gone`) floating IPs of `router`
+/// (whose external subnets are the same before and after), deletions first.
 pub fn floating_ip_changes(
     router: &Router,
     added: &[&FloatingIp],
     gone: &[&FloatingIp],
-) -> Vec<NfObject<'static>> {
-    let mut out = Vec::new();
+) -> Vec<super::elements::MapChange<'static>> {
     let marked = |fips: &[&FloatingIp]| crate::policy::marks_of(router, fips.iter().copied());
-    let (gone_marks, added_marks) = (marked(gone), marked(added));
-    if !gone_marks.is_empty() {
-        let keys = gone_marks.iter().map(|(fixed, _)| addr(*fixed)).collect();
-        out.push(NfObject::CmdObject(NfCmd::Delete(element(
-            FIP_SUBNET_MARK,
-            keys,
-        ))));
-    }
-    if !added_marks.is_empty() {
-        let pairs = added_marks
+    // A mark is data of nftables' `mark` type: host byte order.
+    let marks = super::elements::MapChange {
+        map: FIP_SUBNET_MARK,
+        delete: marked(gone)
             .iter()
-            .map(|(fixed, mark)| Expression::List(vec![addr(*fixed), Expression::Number(*mark)]))
-            .collect();
-        out.push(add(element(FIP_SUBNET_MARK, pairs)));
-    }
-    for (name, dnat) in [(FIP_DNAT, true), (FIP_SNAT, false)] {
-        if !gone.is_empty() {
-            let keys = gone
-                .iter()
-                .map(|f| addr(if dnat { f.address } else { f.fixed }))
-                .collect::<Vec<_>>();
-            out.push(NfObject::CmdObject(NfCmd::Delete(element(name, keys))));
+            .map(|(fixed, _)| fixed.octets())
+            .collect(),
+        add: marked(added)
+            .iter()
+            .map(|(fixed, mark)| (fixed.octets(), mark.to_ne_bytes()))
+            .collect(),
+    };
+    let fips = |dnat: bool| {
+        let pair = |f: &FloatingIp| {
+            if dnat {
+                (f.address.octets(), f.fixed.octets())
+            } else {
+                (f.fixed.octets(), f.address.octets())
+            }
+        };
+        super::elements::MapChange {
+            map: if dnat { FIP_DNAT } else { FIP_SNAT },
+            delete: gone.iter().map(|f| pair(f).0).collect(),
+            add: added.iter().map(|f| pair(f)).collect(),
         }
-        if !added.is_empty() {
-            let pairs = added.iter().map(|f| mapping(f, dnat)).collect::<Vec<_>>();
-            out.push(add(element(name, pairs)));
-        }
-    }
-    out
+    };
+    vec![marks, fips(true), fips(false)]
 }
 
 /// Lists the namespace's tables, names only: listing the router's table itself would print
@@ -206,15 +201,6 @@ pub fn delete_table() -> Vec<NfObject<'static>> {
 
 fn add(object: NfListObject<'static>) -> NfObject<'static> {
     NfObject::CmdObject(NfCmd::Add(object))
-}
-
-fn element(map: &'static str, elem: Vec<Expression<'static>>) -> NfListObject<'static> {
-    NfListObject::Element(Element {
-        family: NfFamily::IP,
-        table: TABLE.into(),
-        name: map.into(),
-        elem: elem.into(),
-    })
 }
 
 fn hook(name: &'static str, kind: NfChainType, hook: NfHook, prio: i32) -> Chain<'static> {
