@@ -354,6 +354,19 @@ fn run(args: Args) -> anyhow::Result<()> {
                         floating_ips: n + 1,
                         millis: same.as_secs_f64() * 1e3,
                     });
+                    // One at a time through the API, as a controller would.
+                    let mut by_api = setup.api_floating_ip_changes(7)?;
+                    by_api.sort();
+                    results.control.push(ControlResult {
+                        what: format!(
+                            "one floating IP added or removed beside {} through the API (request to answer, median of {})",
+                            n + 1,
+                            by_api.len()
+                        ),
+                        path: path.name().into(),
+                        floating_ips: n + 1,
+                        millis: by_api[by_api.len() / 2].as_secs_f64() * 1e3,
+                    });
                     // Through the API, as an operator would: from none again.
                     setup.apply_floating_ips(0, 0)?;
                     let by_routerctl = setup.routerctl_apply(n)?;

@@ -846,6 +846,41 @@ impl Setup {
 }
 
 impl Setup {
+    /// Adds and removes one floating IP beside those loaded, `changes` times in turn,
+    /// through routerd's API (`fip_create`, `fip_delete`), each timed from the request to
+    /// the answer, which comes once the change is in the state file and applied.
+    pub fn api_floating_ip_changes(&mut self, changes: usize) -> anyhow::Result<Vec<Duration>> {
+        use router_user::api::{Client, Request};
+        let Some(routerd) = &self.routerd else {
+            anyhow::bail!("not a routerd path");
+        };
+        let mut client = Client::connect(&routerd.socket)?;
+        let (address, fixed) = ("198.18.250.240", "10.0.250.240");
+        let mut times = Vec::with_capacity(changes);
+        for i in 0..changes {
+            let request = if i % 2 == 0 {
+                Request::FipCreate {
+                    router: self.router_id.clone(),
+                    address: address.into(),
+                    fixed: fixed.into(),
+                    id: None,
+                    may_exist: false,
+                }
+            } else {
+                Request::FipDelete {
+                    router: self.router_id.clone(),
+                    address: Some(address.into()),
+                    id: None,
+                    if_exists: false,
+                }
+            };
+            let started = Instant::now();
+            client.call(&request)?;
+            times.push(started.elapsed());
+        }
+        Ok(times)
+    }
+
     /// `routerctl apply FILE` of a desired state with `fips` floating IPs, timed from
     /// the command's start to its exit (process start, the API round trip, validation, the
     /// atomic write of the state file and the apply). Returns the wall time.
