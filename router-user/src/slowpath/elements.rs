@@ -170,7 +170,27 @@ impl Batch {
         let socket = unsafe { OwnedFd::from_raw_fd(fd) };
         // The whole batch goes in one message, which must fit the send buffer.
         let size = (self.buf.len() + 4096) as libc::c_int;
-        set_option(&socket, libc::SO_SNDBUFFORCE, size)?;
+        set_option(&socket, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, size)?;
+        // An error's answer without a copy of the (large) message it is about.
+        set_option(&socket, libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, 1)?;
+        // A kernel that never answers fails the change rather than holding the router.
+        let timeout = libc::timeval {
+            tv_sec: 5,
+            tv_usec: 0,
+        };
+        // SAFETY: `timeout` outlives the call and is as long as said.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                size_of::<libc::timeval>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
         // SAFETY: all zeroes is a valid `sockaddr_nl` (the kernel as the peer).
         let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         address.nl_family = libc::AF_NETLINK as u16;
@@ -227,12 +247,17 @@ impl Batch {
     }
 }
 
-fn set_option(socket: &OwnedFd, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn set_option(
+    socket: &OwnedFd,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: `value` outlives the call and is as long as said.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::SOL_SOCKET,
+            level,
             option,
             (&raw const value).cast(),
             size_of::<libc::c_int>() as u32,

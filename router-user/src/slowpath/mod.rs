@@ -310,7 +310,14 @@ max_floating_ips = 4096
         let (maps_second, maps_third) = std::thread::spawn(move || {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
             apply(&first).expect("libnftables takes the ruleset");
-            update(&first, &second).expect("elements changed");
+            // As `update` makes them, and taken by the kernel in one batch (`update` would
+            // fall back to the whole table if not).
+            let before: BTreeSet<_> = first.floating_ips.iter().collect();
+            let after: BTreeSet<_> = second.floating_ips.iter().collect();
+            let gone: Vec<_> = before.difference(&after).copied().collect();
+            let added: Vec<_> = after.difference(&before).copied().collect();
+            elements::apply(TABLE, &rules::floating_ip_changes(&second, &added, &gone))
+                .expect("one batch");
             let maps_second = maps_here();
             let tenth = ([172, 24, 1, 11], [10, 0, 1, 11]);
             elements::apply(
