@@ -225,10 +225,20 @@ pub fn free_port() -> u16 {
 }
 
 pub fn node(etcd: &Etcd, prefix: &str) -> Node {
+    node_named(etcd, prefix, &node_name(prefix))
+}
+
+/// A unique name for a node whose router namespaces are named with `prefix`.
+pub fn node_name(prefix: &str) -> String {
+    unique(&format!("net{prefix}"))
+}
+
+/// A routerd node called `name` (see [`node_name`]).
+pub fn node_named(etcd: &Etcd, prefix: &str, name: &str) -> Node {
     let listen = format!("127.0.0.1:{}", free_port());
     Node::start_with(
         &etcd.endpoint(),
-        &unique(&format!("net{prefix}")),
+        name,
         &["--ha-listen".into(), listen],
         &[("ROUTERD_NETNS_PREFIX", prefix)],
     )

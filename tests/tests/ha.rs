@@ -9,10 +9,14 @@ use std::{
 };
 
 use router_tests::{
-    etcd::{Node, routerctl},
-    ha::{FIP, HaPair, Traffic, ha_status, sessions_on, set_links, wait_for},
+    etcd::{Etcd, Node, routerctl},
+    ha::{
+        FIP, HaPair, Traffic, ha_status, node_name, node_named, pair, sessions_on, set_links,
+        settled, wait_for,
+    },
     probe,
 };
+use router_user::config::DesiredState;
 use router_user::maps::{Pinned, Rooms as _};
 
 const SNAT_CONNECTIONS: usize = 200;
@@ -325,6 +329,56 @@ fn a_partitioned_active_falls_silent_and_one_node_answers_xdp() {
 #[test]
 fn a_partitioned_active_falls_silent_and_one_node_answers_tc() {
     partition("tc");
+}
+
+/// A node that joins an HA router for the first time is silent from the start: its kernel
+/// holds the router's addresses for over a second before the fast path is attached, and
+/// must not answer ARP for them meanwhile (it would teach the switches to send the active's
+/// traffic to it). Every request for the gateway address gets one answer, the active's,
+/// while the second node starts.
+#[test]
+fn a_node_joining_answers_no_arp_while_it_starts() {
+    let _serial = one_at_a_time();
+    let (pair, toml) = pair("xdp");
+    let etcd = Etcd::start();
+    let router = DesiredState::parse(&toml)
+        .expect("the router's desired state")
+        .routers
+        .remove(0);
+    let names = [node_name("a-"), node_name("b-")];
+    let first = node_named(&etcd, "a-", &names[0]);
+    etcd.put_router(&router);
+    etcd.place(&pair.id, &[&names[0], &names[1]]);
+    wait_for(
+        "the first node to be active",
+        Duration::from_secs(20),
+        || ha_status(&first, &pair.id).filter(|s| s.role == "active"),
+    );
+    const REQUESTS: usize = 150;
+    let ext = pair.ext.clone();
+    // A request every 20 ms for 3 s, while the second node starts (about 1.5 s).
+    let asking = std::thread::spawn(move || {
+        probe::arp_replies(
+            &ext,
+            "eth0",
+            Ipv4Addr::new(198, 18, 0, 1),
+            Ipv4Addr::new(198, 18, 0, 2),
+            REQUESTS,
+            Duration::from_millis(200),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let second = node_named(&etcd, "b-", &names[1]);
+    let replies = asking.join().expect("the ARP prober");
+    let nodes = [first, second];
+    let (active, _) = settled(&nodes, &pair.id);
+    assert_eq!(active, 0, "the first node stays active");
+    assert_eq!(
+        replies,
+        REQUESTS,
+        "one answer per request for the gateway address while a node joined; its log:\n{}",
+        nodes[1].log_text()
+    );
 }
 
 /// Sessions that leave the active's table (here: flushed) leave the standby's too, by the

@@ -51,12 +51,19 @@ pub(super) struct RouterState {
 pub(super) struct Made {
     /// The pins (maps, programs, links) are its own: it did not adopt them.
     pins: bool,
+    /// The interfaces whose kernel was told to answer no ARP until the fast path attached
+    /// (an HA router's first start): a failed start gives the kernel its voice back, as
+    /// it serves the router alone meanwhile.
+    arp_quiet: Vec<String>,
 }
 
 impl Made {
     /// Removes the fast path the attempt made. The datapath must have been dropped: its
     /// pins are removed here.
     pub(super) fn undo(self, router: &Router) {
+        if let Err(e) = set_arp_ignore(router, &self.arp_quiet, ARP_ANSWER) {
+            tracing::error!("{e}");
+        }
         if self.pins {
             match crate::datapath::teardown(&router.id) {
                 Ok(()) => tracing::info!(
@@ -143,8 +150,23 @@ async fn setup_recording(
         })?;
         kernel_writes += 1;
     }
+    // Sized and owned as below; needed here to know whether this is the router's first start.
+    let sizes = crate::datapath::TableSizes {
+        session_entries: router.nat.max_sessions.saturating_mul(2),
+        floating_ips: router.nat.max_floating_ips,
+    };
+    let owner = crate::datapath::Owner::current(&router.namespace, sizes)?;
+    let adopting = crate::datapath::would_adopt(&router.id, &owner);
     if router.ha {
         kernel_writes += ipv6_off(router, &links)?;
+        if !adopting {
+            // A first start: until the fast path is attached (and silent), the kernel
+            // would answer ARP for the router's addresses with the router's MAC, beside
+            // the active node, and teach the switches to send its traffic here.
+            let names: Vec<String> = links.iter().map(|(l, ..)| l.name.clone()).collect();
+            kernel_writes += set_arp_ignore(router, &names, ARP_IGNORE_ALL)?;
+            made.arp_quiet = names;
+        }
     }
     for (link, addr, _, _) in &links {
         if !link.up {
@@ -185,13 +207,8 @@ async fn setup_recording(
 
     // A routerd that ran this router before left its maps and links pinned: they are taken
     // over as they are (sessions, counters), and below only differences are written.
-    let sizes = crate::datapath::TableSizes {
-        session_entries: router.nat.max_sessions.saturating_mul(2),
-        floating_ips: router.nat.max_floating_ips,
-    };
-    let owner = crate::datapath::Owner::current(&router.namespace, sizes)?;
     // What `open` does not adopt, it makes: from here a failure removes it.
-    made.pins = !crate::datapath::would_adopt(&router.id, &owner);
+    made.pins = !adopting;
     let mut datapath = Datapath::open(&router.id, sizes, &owner, router.mode)?;
     let ports: BTreeMap<u32, RouterPort> = links
         .iter()
@@ -267,6 +284,9 @@ async fn setup_recording(
         })
         .collect();
     let attached = state.datapath.attach(router.mode, &attach, &tc_only)?;
+    // Attached: the fast path decides what of ARP the kernel sees (a standby, nothing).
+    kernel_writes += set_arp_ignore(router, &made.arp_quiet, ARP_ANSWER)?;
+    made.arp_quiet.clear();
     let adopted_links = attached.adopted;
     if !attached.xdp_unavailable.is_empty() {
         // XDP cannot send frames into an interface that runs no native XDP: the TC entry
@@ -649,6 +669,31 @@ fn ha_role_follows(datapath: &mut Datapath, router: &Router) -> Result<(), Error
         role: wanted,
         ..HaState::default()
     })
+}
+
+/// `arp_ignore`: answer ARP for any local address (the kernel's default).
+const ARP_ANSWER: &str = "0";
+/// `arp_ignore`: answer no ARP at all.
+const ARP_IGNORE_ALL: &str = "8";
+
+/// Sets `arp_ignore` on the router's interfaces `names`. Returns the writes made.
+fn set_arp_ignore(router: &Router, names: &[String], value: &str) -> Result<usize, Error> {
+    let mut writes = 0;
+    for name in names {
+        // The path by hand: an interface name may hold dots, which sysctl's names cannot.
+        let path = format!("/proc/sys/net/ipv4/conf/{name}/arp_ignore");
+        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == value) {
+            continue;
+        }
+        std::fs::write(&path, value).map_err(|e| {
+            Error::io(
+                format!("router {}: setting arp_ignore {value} on {name}", router.id),
+                e,
+            )
+        })?;
+        writes += 1;
+    }
+    Ok(writes)
 }
 
 /// Turns IPv6 off on an HA router's interfaces (before their addresses are added): on a
