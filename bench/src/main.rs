@@ -324,6 +324,14 @@ fn run(args: Args) -> anyhow::Result<()> {
                         floating_ips: n,
                         millis: add_all.as_secs_f64() * 1e3,
                     });
+                    results.control.push(ControlResult {
+                        what: format!(
+                            "the router's own apply of {n} floating IPs (maps and slow-path rules, file read excluded)"
+                        ),
+                        path: path.name().into(),
+                        floating_ips: n,
+                        millis: setup.last_router_apply()?.as_secs_f64() * 1e3,
+                    });
                     let one = setup.apply_floating_ips(n, 1)?;
                     results.control.push(ControlResult {
                         what: format!("routerd adds one floating IP to {n}"),
@@ -334,10 +342,22 @@ fn run(args: Args) -> anyhow::Result<()> {
                     // The first change after a bulk apply is the slowest (seen: 50-155 ms
                     // against 10-45 ms after it): later single changes, as a median.
                     let mut changes = Vec::new();
+                    let mut router_applies = Vec::new();
                     for plus in [2, 1, 2, 1, 2, 1] {
                         changes.push(setup.apply_floating_ips(n, plus)?);
+                        router_applies.push(setup.last_router_apply()?);
                     }
                     changes.sort();
+                    router_applies.sort();
+                    results.control.push(ControlResult {
+                        what: format!(
+                            "the router's own apply of one floating IP beside {n} (maps and slow-path rules, file read excluded; median of {})",
+                            router_applies.len()
+                        ),
+                        path: path.name().into(),
+                        floating_ips: n + 1,
+                        millis: router_applies[router_applies.len() / 2].as_secs_f64() * 1e3,
+                    });
                     results.control.push(ControlResult {
                         what: format!(
                             "routerd adds or removes one floating IP beside {n} (median of the next {} changes)",

@@ -846,6 +846,24 @@ impl Setup {
 }
 
 impl Setup {
+    /// The router's own part of routerd's last apply (its maps, kernel state and slow-path
+    /// rules, after the file was read and checked), from routerd's log.
+    pub fn last_router_apply(&self) -> anyhow::Result<Duration> {
+        let Some(routerd) = &self.routerd else {
+            anyhow::bail!("not a routerd path");
+        };
+        let marker = "applied new desired state in ";
+        let log = routerd.log_text();
+        let us: u64 = log
+            .lines()
+            .rev()
+            .find_map(|l| l.split(marker).nth(1))
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no \"{marker}\" in routerd's log"))?;
+        Ok(Duration::from_micros(us))
+    }
+
     /// Adds and removes one floating IP beside those loaded, `changes` times in turn,
     /// through routerd's API (`fip_create`, `fip_delete`), each timed from the request to
     /// the answer, which comes once the change is in the state file and applied.

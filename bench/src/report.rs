@@ -877,6 +877,9 @@ pub fn readme_figures(r: &Results) -> String {
             .map(|ms| format!("{ms:.1} ms through the API (`fip_create`/`fip_delete`, median)")),
         control("median of the next")
             .map(|ms| format!("{ms:.0} ms by SIGHUP (median of the changes after the first)")),
+        control("the router's own apply").map(|ms| {
+            format!("of which the router's own apply {ms:.1} ms (maps, slow-path rules)")
+        }),
         control("adds one floating IP to")
             .map(|ms| format!("the first change after a bulk apply {ms:.0} ms")),
     ];
