@@ -844,6 +844,8 @@ pub fn readme_figures(r: &Results) -> String {
     };
     let bulk = [
         control("from none").map(|ms| format!("{ms:.0} ms (SIGHUP, parse included)")),
+        control("the router's own apply of 10")
+            .map(|ms| format!("of which the router's own apply {ms:.0} ms")),
         r.control
             .iter()
             .find(|c| c.what.contains("routerctl") && c.what.contains("from none"))
@@ -877,7 +879,7 @@ pub fn readme_figures(r: &Results) -> String {
             .map(|ms| format!("{ms:.1} ms through the API (`fip_create`/`fip_delete`, median)")),
         control("median of the next")
             .map(|ms| format!("{ms:.0} ms by SIGHUP (median of the changes after the first)")),
-        control("the router's own apply").map(|ms| {
+        control("the router's own apply of one floating IP").map(|ms| {
             format!("of which the router's own apply {ms:.1} ms (maps, slow-path rules)")
         }),
         control("adds one floating IP to")

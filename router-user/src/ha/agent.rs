@@ -47,6 +47,19 @@ pub fn node_mac(node: &str) -> [u8; 6] {
 /// How often the active drains its fast path's session reports.
 const DRAIN: Duration = Duration::from_millis(5);
 
+/// A refresh's walk of the session table, under way on a blocking thread.
+struct Walk {
+    /// When it began (fast-path clock).
+    began: u64,
+    /// The keys the standbys had been sent when it began.
+    known_before: std::collections::BTreeSet<CtKey>,
+    /// The walk: its maps back, and the table.
+    table: tokio::task::JoinHandle<(
+        Pinned,
+        Result<std::collections::BTreeMap<CtKey, CtEntry>, crate::Error>,
+    )>,
+}
+
 pub struct Agent {
     node: String,
     sync: String,
@@ -244,6 +257,12 @@ impl Agent {
         let mut refresh = tokio::time::interval(REFRESH);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_refresh = monotonic_ns();
+        // The refresh's walk of the table runs on a blocking thread with maps of its own:
+        // at tens of thousands of entries it takes tens of milliseconds, and the drains
+        // (and the fence) must not wait for it. `walk` is the one under way, with when it
+        // began; `walker`, the maps when none is.
+        let mut walker = Pinned::open(&id).ok();
+        let mut walk: Option<Walk> = None;
         // When this node last handed the router over (a planned switchover).
         let mut handed_over: Option<Instant> = None;
         // The keys the standbys were sent (the table's at the last refresh, and every session
@@ -296,32 +315,72 @@ impl Agent {
                         for b in old { pending.remove(&b); }
                     }
                 }
-                _ = refresh.tick() => {
-                    let now = monotonic_ns();
-                    // One walk of the table: what saw traffic since the last refresh, and
-                    // which keys went since then (aged out, flushed, ended).
-                    match maps.sessions().dump() {
-                        Ok(all) => {
+                _ = refresh.tick(), if walk.is_none() => {
+                    let began = monotonic_ns();
+                    let mut maps_of_walk = match walker.take() {
+                        Some(m) => m,
+                        None => match Pinned::open(&id) {
+                            Ok(m) => m,
+                            Err(e) => {
+                                tracing::warn!("router {id}: HA: refresh: {e}");
+                                continue;
+                            }
+                        },
+                    };
+                    walk = Some(Walk {
+                        began,
+                        // What was sent before the walk; `known` gathers what is reported
+                        // while it runs, which the walk may have missed.
+                        known_before: std::mem::take(&mut known),
+                        table: tokio::task::spawn_blocking(move || {
+                            let all = maps_of_walk.sessions().dump();
+                            (maps_of_walk, all)
+                        }),
+                    });
+                }
+                walked = async {
+                    match walk.as_mut() {
+                        Some(w) => (&mut w.table).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let Some(Walk { began, known_before, .. }) = walk.take() else { continue };
+                    // What saw traffic since the last refresh, and which keys went since
+                    // then (aged out, flushed, ended).
+                    match walked {
+                        Ok((maps_of_walk, Ok(all))) => {
+                            walker = Some(maps_of_walk);
                             let entries: Vec<(CtKey, CtEntry)> = all
                                 .iter()
                                 .filter(|(_, e)| e.last_seen_ns >= last_refresh)
                                 .map(|(k, e)| (*k, *e))
                                 .collect();
                             self.status.entries_sent += entries.len() as u64;
-                            let mut frames = entry_frames(&entries, now, &mut batch);
-                            let gone: Vec<CtKey> =
-                                known.iter().filter(|k| !all.contains_key(k)).copied().collect();
+                            let mut frames = entry_frames(&entries, monotonic_ns(), &mut batch);
+                            let gone: Vec<CtKey> = known_before
+                                .iter()
+                                .filter(|k| !all.contains_key(k) && !known.contains(k))
+                                .copied()
+                                .collect();
                             for chunk in gone.chunks(MAX_BATCH) {
                                 batch += 1;
                                 frames.push(Arc::new(Frame::Removed { batch, keys: chunk.to_vec() }.encode()));
                             }
                             self.status.entries_removed += gone.len() as u64;
                             self.status.bytes_sent += broadcast(&mut links, &frames);
-                            known = all.into_keys().collect();
+                            known.extend(all.into_keys());
                         }
-                        Err(e) => tracing::warn!("router {id}: HA: refresh: {e}"),
+                        Ok((maps_of_walk, Err(e))) => {
+                            walker = Some(maps_of_walk);
+                            known.extend(known_before);
+                            tracing::warn!("router {id}: HA: refresh: {e}");
+                        }
+                        Err(e) => {
+                            known.extend(known_before);
+                            tracing::warn!("router {id}: HA: refresh: {e}");
+                        }
                     }
-                    last_refresh = now.saturating_sub(HEARTBEAT.as_nanos() as u64);
+                    last_refresh = began.saturating_sub(HEARTBEAT.as_nanos() as u64);
                     self.status.standbys = links.iter().map(|l| l.node.clone()).collect();
                     let _ = self.status.write();
                 }
