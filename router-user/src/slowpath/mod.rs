@@ -364,17 +364,8 @@ max_floating_ips = 4096
     /// The floating-IP maps (DNAT, SNAT) of the calling thread's namespace, as `nft` lists
     /// them.
     fn maps_here() -> (Elements, Elements) {
-        let ns = format!(
-            "/proc/{}/task/{}/ns/net",
-            std::process::id(),
-            nix::unistd::gettid()
-        );
-        let out = std::process::Command::new("nsenter")
-            .arg(format!("--net={ns}"))
-            .args(["nft", "-j", "list", "table", "ip", TABLE])
-            .output()
-            .expect("nft runs");
-        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft's JSON");
+        let listing = nft_here(&["-j", "list", "table", "ip", TABLE]);
+        let doc: serde_json::Value = serde_json::from_str(&listing).expect("nft's JSON");
         let map = |name: &str| -> Elements {
             doc["nftables"]
                 .as_array()
@@ -405,24 +396,31 @@ max_floating_ips = 4096
         std::thread::spawn(move || {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
             f();
-            let ns = format!(
-                "/proc/{}/task/{}/ns/net",
-                std::process::id(),
-                nix::unistd::gettid()
-            );
-            let out = std::process::Command::new("nsenter")
-                .arg(format!("--net={ns}"))
-                .args(["nft", "list", "table", "ip", TABLE])
-                .output()
-                .expect("nft runs");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).into_owned()
+            nft_here(&["list", "table", "ip", TABLE])
         })
         .join()
         .expect("the scratch thread")
+    }
+
+    /// What `nft ARGS` prints in the calling thread's namespace (through the thread's
+    /// namespace file).
+    fn nft_here(args: &[&str]) -> String {
+        let ns = format!(
+            "/proc/{}/task/{}/ns/net",
+            std::process::id(),
+            nix::unistd::gettid()
+        );
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={ns}"))
+            .arg("nft")
+            .args(args)
+            .output()
+            .expect("nft runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
