@@ -118,6 +118,10 @@ impl RouterState {
         // Events between setup's dump and the subscription would be lost: read again.
         self.resync(handle).await?;
         let mut dirty = false;
+        // A repair that failed (the kernel changed under it: a route's gateway went with an
+        // address removed meanwhile) is tried again shortly; the mirror goes on.
+        let mut failing = false;
+        let mut retry_at: Option<tokio::time::Instant> = None;
         let mut safety = tokio::time::interval(SAFETY_RESYNC);
         let mut gc = tokio::time::interval(GC_INTERVAL);
         let mut pins = tokio::time::interval(PIN_CHECK);
@@ -168,19 +172,35 @@ impl RouterState {
                 }
                 _ = tokio::time::sleep(RESYNC_DELAY), if dirty => {
                     dirty = false;
-                    if self.repair(handle).await? {
-                        return Ok(MirrorEnd::Rebuild);
+                    match self.repair_and_resync(handle).await {
+                        Ok(true) => return Ok(MirrorEnd::Rebuild),
+                        Ok(false) => failing = false,
+                        Err(e) => failed(&mut failing, &mut retry_at, &self.id, &e),
                     }
-                    self.resync(handle).await?;
+                }
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                    retry_at = None;
+                    dirty = true;
                 }
                 _ = safety.tick() => {
-                    if self.repair(handle).await? {
-                        return Ok(MirrorEnd::Rebuild);
+                    match self.repair_and_resync(handle).await {
+                        Ok(true) => return Ok(MirrorEnd::Rebuild),
+                        Ok(false) => failing = false,
+                        Err(e) => failed(&mut failing, &mut retry_at, &self.id, &e),
                     }
-                    self.resync(handle).await?;
                 }
             }
         }
+    }
+
+    /// Drift repaired, then the routes and neighbours mirrored again. Returns whether the
+    /// router must be set up again (see [`RouterState::repair`]).
+    async fn repair_and_resync(&mut self, handle: &Handle) -> Result<bool, Error> {
+        if self.repair(handle).await? {
+            return Ok(true);
+        }
+        self.resync(handle).await?;
+        Ok(false)
     }
 
     /// Drift repair: what someone changed by hand in the namespace goes back to the desired
@@ -352,4 +372,24 @@ impl RouterState {
         tracing::debug!("router {}: neighbour {:?} -> {:?}", self.id, key, entry);
         self.datapath.routes().set_neighbor(key, entry)
     }
+}
+
+/// How long after a failed repair it is tried again.
+const REPAIR_RETRY: Duration = Duration::from_millis(250);
+
+/// Notes a failed repair: logged once per run of failures, tried again after
+/// [`REPAIR_RETRY`].
+fn failed(
+    failing: &mut bool,
+    retry_at: &mut Option<tokio::time::Instant>,
+    router: &str,
+    e: &Error,
+) {
+    if !*failing {
+        tracing::warn!("router {router}: repairing drift: {e}; trying again");
+    } else {
+        tracing::debug!("router {router}: repairing drift: {e}; trying again");
+    }
+    *failing = true;
+    *retry_at = Some(tokio::time::Instant::now() + REPAIR_RETRY);
 }
