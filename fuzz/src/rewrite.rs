@@ -374,7 +374,7 @@ pub fn check(input: Input) {
         egress: 2,
         out: IfaceEntry {
             mac: input.out_mac,
-            _pad: [0; 2],
+            src_mac: input.out_mac,
             mtu: 1500,
             role: 0,
             flags: 0,

@@ -206,8 +206,14 @@ pub const MAX_ALLOWED_SOURCES: u32 = 16_384;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct IfaceEntry {
+    /// The interface's own MAC: what frames to the router carry as destination, and what
+    /// its ARP answers give.
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// The source MAC of what the router forwards out of this interface: `mac`, except on
+    /// a distributed router's internal interface, where it is the node's own DVR MAC (the
+    /// gateway MAC is the same on every node, so switches must never see it as a source
+    /// from more than one).
+    pub src_mac: [u8; 6],
     /// Largest IPv4 packet (L3 bytes) the interface sends without fragmenting.
     pub mtu: u32,
     /// One of [`iface_role`].
@@ -415,7 +421,7 @@ mod tests {
         assert_eq!(size_of::<RouteEntry>(), 16);
         assert_eq!(size_of::<NeighborKey>(), 8);
         assert_eq!(size_of::<NeighborEntry>(), 8);
-        assert_eq!(size_of::<IfaceEntry>(), 24);
+        assert_eq!(size_of::<IfaceEntry>(), 32);
         assert_eq!(size_of::<NatConfig>(), 24);
         assert_eq!(size_of::<FipEntry>(), 8);
         assert_eq!(size_of::<CtKey>(), 16);

@@ -135,7 +135,7 @@ fn translate(
         if hop.mac.is_none() {
             return Verdict::Drop(Reason::Standby);
         }
-        hop.out.mac = mac;
+        hop.out.src_mac = mac;
     }
     let Some(handoff) = HANDOFF.get_ptr_mut(0) else {
         return Verdict::Drop(Reason::RedirectFailed);

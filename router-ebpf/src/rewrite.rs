@@ -30,7 +30,7 @@ fn ip_header(
     let (old_src, old_dst) = unsafe {
         if let Some(mac) = hop.mac {
             (*pkt.eth).dst_addr = mac;
-            (*pkt.eth).src_addr = hop.out.mac;
+            (*pkt.eth).src_addr = hop.out.src_mac;
         }
         ((*pkt.ip).src_addr, (*pkt.ip).dst_addr)
     };

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod config;
 pub mod conntrack;
 pub mod datapath;
+pub mod dvr;
 pub mod error;
 pub mod generate;
 pub mod ha;

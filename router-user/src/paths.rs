@@ -89,6 +89,11 @@ pub fn netns_path(namespace: &str) -> PathBuf {
     PathBuf::from(NETNS_DIR).join(format!("{prefix}{namespace}"))
 }
 
+/// A namespace that is not a router's, by its exact name: `/run/netns/<name>`.
+pub fn netns_path_exact(name: &str) -> PathBuf {
+    PathBuf::from(NETNS_DIR).join(name)
+}
+
 /// The environment variable that prefixes every router namespace's name on this node
 /// (see [`netns_path`]).
 pub const NETNS_PREFIX_ENV: &str = "ROUTERD_NETNS_PREFIX";

@@ -168,6 +168,7 @@ fixed = "10.0.1.5"
             name: name.into(),
             iface: IfaceSpec {
                 mac: [2, 0, 0, 0, 0, 1],
+                src_mac: [2, 0, 0, 0, 0, 1],
                 mtu: 1500,
                 external,
                 xdp_egress: false,

@@ -22,7 +22,7 @@ pub fn veth_pairs(pairs: &[(&str, &str)]) {
 pub fn iface(mac: [u8; 6], role: u32, flags: u32) -> IfaceEntry {
     IfaceEntry {
         mac,
-        _pad: [0; 2],
+        src_mac: mac,
         mtu: 1500,
         role,
         flags,

@@ -35,6 +35,10 @@ pub struct ClusterArgs {
     /// 10.0.0.5:7946. Without it, a router placed on several nodes stands by here forever.
     #[arg(long, value_name = "ADDR:PORT", requires = "etcd")]
     pub ha_listen: Option<std::net::SocketAddr>,
+    /// The namespace (`/run/netns/NAME`) holding the overlay devices of distributed routers
+    /// (`vxlan-<vni>`, docs/dvr.md); default: routerd's own.
+    #[arg(long, value_name = "NAME", requires = "etcd")]
+    pub overlay_netns: Option<String>,
 }
 
 impl ClusterArgs {
@@ -62,6 +66,7 @@ impl ClusterArgs {
             state_dir: self.state_dir.clone(),
             debounce: super::sync::DEBOUNCE,
             credentials: self.credentials.clone(),
+            overlay_netns: self.overlay_netns.clone(),
         };
         options.check()?;
         Ok(Some(options))

@@ -76,6 +76,9 @@ pub struct Options {
     pub debounce: Duration,
     /// TLS files for https:// endpoints ([`tls`]).
     pub credentials: Credentials,
+    /// The namespace of the overlay devices distributed routers use (`None`: routerd's
+    /// own).
+    pub overlay_netns: Option<String>,
 }
 
 impl Options {

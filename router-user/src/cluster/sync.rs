@@ -106,7 +106,16 @@ impl Snapshot {
     /// placement cannot be read, keeps its value in `previous` (what the node applies now)
     /// rather than being torn down for a bad write; without one it is left out. Either way
     /// the refusal is in [`Update::refused`].
-    pub fn desired_for(&self, node: &str, previous: &Update) -> Update {
+    ///
+    /// A distributed router (`[router.distributed]`) runs here too where the node holds
+    /// one of its ports, and each router is the node's copy of it ([`crate::dvr::local_copy`]);
+    /// its overlay devices are in `overlay_netns` (`None`: routerd's own namespace).
+    pub fn desired_for(
+        &self,
+        node: &str,
+        overlay_netns: Option<&str>,
+        previous: &Update,
+    ) -> Update {
         let mut update = Update {
             revision: self.revision,
             ..Update::default()
@@ -139,16 +148,47 @@ impl Snapshot {
                     }
                     Ok(mut r) => {
                         r.ha = ha;
-                        Ok((r, entry.mod_revision.max(placement.mod_revision)))
+                        let revision = entry.mod_revision.max(placement.mod_revision);
+                        crate::dvr::local_copy(&r, node, true, overlay_netns)
+                            .map(|copy| copy.map(|c| (c, revision)))
                     }
                     Err(e) => Err(e.to_string()),
                 },
+            };
+            let read = match read {
+                Ok(Some(candidate)) => Ok(candidate),
+                Ok(None) => continue,
+                Err(problem) => Err(problem),
             };
             match read {
                 Ok(candidate) => candidates.push(candidate),
                 Err(problem) => {
                     update.refused.insert(id.clone(), problem);
                     if let Some(old) = kept(id) {
+                        candidates.push(old);
+                    }
+                }
+            }
+        }
+        // Distributed routers not placed here whose ports are here: their distributed part.
+        for (id, entry) in &self.routers {
+            let placed_here = self
+                .placements
+                .get(id)
+                .and_then(|p| Placement::from_json(&p.value).ok())
+                .is_some_and(|p| p.has(node));
+            if placed_here || !might_be_distributed(&entry.value) {
+                continue;
+            }
+            let read = Router::from_json(&entry.value)
+                .map_err(|e| e.to_string())
+                .and_then(|r| crate::dvr::local_copy(&r, node, false, overlay_netns));
+            match read {
+                Ok(Some(copy)) => candidates.push((copy, entry.mod_revision)),
+                Ok(None) => {}
+                Err(problem) => {
+                    if let Some(old) = kept(id) {
+                        update.refused.insert(id.clone(), problem);
                         candidates.push(old);
                     }
                 }
@@ -177,6 +217,13 @@ impl Snapshot {
         }
         update
     }
+}
+
+/// Whether a router's JSON may be a distributed router's (read whole only then).
+fn might_be_distributed(value: &[u8]) -> bool {
+    value
+        .windows(b"\"distributed\"".len())
+        .any(|w| w == b"\"distributed\"")
 }
 
 /// A growing delay between attempts to reach etcd: 200 ms, doubling up to 5 s.
@@ -375,7 +422,7 @@ async fn follow(
         "routerd: read the desired state from etcd at revision {}",
         snapshot.revision
     );
-    let update = snapshot.desired_for(&options.node, sent);
+    let update = snapshot.desired_for(&options.node, options.overlay_netns.as_deref(), sent);
     // Sent even when unchanged: the node learns the revision it is in step with.
     if updates.send(update.clone()).await.is_err() {
         return Ended::Stopped;
@@ -445,7 +492,7 @@ async fn follow(
         if events == 0 {
             continue;
         }
-        let update = snapshot.desired_for(&options.node, sent);
+        let update = snapshot.desired_for(&options.node, options.overlay_netns.as_deref(), sent);
         if update.state == sent.state
             && update.revisions == sent.revisions
             && update.refused == sent.refused
@@ -510,14 +557,17 @@ mod tests {
         place(&mut s, "r3", &["n2"], 7);
         // A key a node writes is not desired state.
         s.put(&keys(), keys().node("n1").as_bytes(), b"{}", 8);
-        let u = s.desired_for("n1", &Update::default());
+        let u = s.desired_for("n1", None, &Update::default());
         assert_eq!(ids(&u), ["r1", "r2"]);
         assert_eq!(u.revisions.get("r1"), Some(&6));
         assert_eq!(u.revisions.get("r2"), Some(&5));
         assert!(u.refused.is_empty());
-        assert_eq!(ids(&s.desired_for("n2", &Update::default())), ["r1", "r3"]);
+        assert_eq!(
+            ids(&s.desired_for("n2", None, &Update::default())),
+            ["r1", "r3"]
+        );
         assert!(
-            s.desired_for("n3", &Update::default())
+            s.desired_for("n3", None, &Update::default())
                 .state
                 .routers
                 .is_empty()
@@ -525,9 +575,9 @@ mod tests {
         // Deleting the placement takes the router away; deleting only the router is a
         // placement without a desired state (refused, nothing to keep).
         s.delete(&keys(), keys().placement("r2").as_bytes());
-        assert_eq!(ids(&s.desired_for("n1", &u)), ["r1"]);
+        assert_eq!(ids(&s.desired_for("n1", None, &u)), ["r1"]);
         s.delete(&keys(), keys().router("r1").as_bytes());
-        let gone = s.desired_for("n1", &Update::default());
+        let gone = s.desired_for("n1", None, &Update::default());
         assert!(gone.state.routers.is_empty());
         assert!(gone.refused.contains_key("r1"));
     }
@@ -538,14 +588,14 @@ mod tests {
         let r1 = router("r1", "ns1");
         put_router(&mut s, &r1, 2);
         place(&mut s, "r1", &["n1"], 3);
-        let before = s.desired_for("n1", &Update::default());
+        let before = s.desired_for("n1", None, &Update::default());
         assert_eq!(ids(&before), ["r1"]);
         // A route through a next hop on no interface: refused as the file refuses it.
         let bad = br#"{"id": "r1", "namespace": "ns1",
             "interface": [{"name": "qr-a", "address": "10.0.1.1/24"}],
             "route": [{"destination": "10.20.0.0/16", "nexthop": "10.9.9.9"}]}"#;
         s.put(&keys(), keys().router("r1").as_bytes(), bad, 9);
-        let after = s.desired_for("n1", &before);
+        let after = s.desired_for("n1", None, &before);
         assert_eq!(after.state, before.state);
         assert_eq!(after.revisions.get("r1"), Some(&3));
         assert!(
@@ -556,12 +606,12 @@ mod tests {
         // A placement that is not JSON keeps the router too.
         put_router(&mut s, &r1, 10);
         s.put(&keys(), keys().placement("r1").as_bytes(), b"n1", 11);
-        let after = s.desired_for("n1", &before);
+        let after = s.desired_for("n1", None, &before);
         assert_eq!(after.state, before.state);
         assert!(after.refused.contains_key("r1"));
         // Without a previous value, a refused router is left out.
         assert!(
-            s.desired_for("n1", &Update::default())
+            s.desired_for("n1", None, &Update::default())
                 .state
                 .routers
                 .is_empty()
@@ -575,7 +625,7 @@ mod tests {
         put_router(&mut s, &router("r2", "ns1"), 3);
         place(&mut s, "r1", &["n1"], 4);
         place(&mut s, "r2", &["n1"], 5);
-        let u = s.desired_for("n1", &Update::default());
+        let u = s.desired_for("n1", None, &Update::default());
         assert_eq!(ids(&u), ["r1"]);
         assert!(u.refused["r2"].contains("namespace ns1"));
         assert!(u.state.validate().is_ok());
@@ -584,7 +634,7 @@ mod tests {
         let wrong = router("other", "ns4").to_json();
         s.put(&keys(), keys().router("r3").as_bytes(), wrong.as_bytes(), 7);
         place(&mut s, "r3", &["n1"], 8);
-        assert!(s.desired_for("n1", &u).refused["r3"].contains("\"other\""));
+        assert!(s.desired_for("n1", None, &u).refused["r3"].contains("\"other\""));
     }
 
     #[test]

@@ -147,8 +147,8 @@ impl Change {
         // namespace taken by a router of the change), refuses the change.
         let nodes: BTreeSet<&String> = self.targets.values().flat_map(|m| &m.after).collect();
         for node in nodes {
-            let was = before.desired_for(node, &Update::default());
-            let will = after.desired_for(node, &Update::default());
+            let was = before.desired_for(node, None, &Update::default());
+            let will = after.desired_for(node, None, &Update::default());
             for (id, problem) in &will.refused {
                 if self.targets.contains_key(id) || !was.refused.contains_key(id) {
                     return Err(invalid(id, format!("on node {node}: {problem}")));

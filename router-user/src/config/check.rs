@@ -43,6 +43,7 @@ impl StateChecks {
         checks.firewall(r)?;
         checks.nat(r)?;
         checks.floating_ips(r)?;
+        checks.distributed(r)?;
         self.unique(index, r)
     }
 
@@ -168,6 +169,10 @@ impl RouterChecks {
             &r.interfaces,
             r.nat.max_floating_ips,
         )
+    }
+
+    pub(super) fn distributed(&self, r: &Router) -> Result<(), ConfigError> {
+        super::distributed::check_distributed(&self.at, r)
     }
 }
 

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::{
     Ctx, ExternalSubnet, FloatingIp, Gateway, IfAddr, Interface, Mode, NatSettings, PortRange,
-    Prefix, Route, Router, check::RouterChecks, firewall, policy,
+    Prefix, Route, Router, check::RouterChecks, distributed, firewall, policy,
 };
 use crate::error::ConfigError;
 
@@ -45,6 +45,7 @@ pub(super) struct FileRouter {
     rule: Vec<policy::FileRule>,
     steering: Option<policy::FileSteering>,
     firewall: Option<firewall::FileFirewall>,
+    distributed: Option<distributed::FileDistributed>,
 }
 
 #[derive(Deserialize)]
@@ -176,6 +177,8 @@ pub(super) fn read_router(index: usize, f: &FileRouter) -> Result<Router, Config
         .map(|(i, x)| read_floating_ip(&at, i, x))
         .collect::<Result<_, _>>()?;
     checks.floating_ips(&r)?;
+    r.distributed = distributed::read_distributed(&at, f.distributed.as_ref())?;
+    checks.distributed(&r)?;
     Ok(r)
 }
 

@@ -25,6 +25,7 @@ use router_common::TABLE_MAIN;
 use crate::error::{ConfigError, Error};
 
 mod check;
+mod distributed;
 mod edit;
 mod file;
 mod firewall;
@@ -35,6 +36,7 @@ mod render;
 #[cfg(test)]
 mod tests;
 
+pub use distributed::{Distributed, Network, Port, VNI_MAX, dvr_mac, mac_text};
 pub use file::{RouterText, new_router};
 pub use firewall::{Firewall, FirewallRule, FirewallRuleText, FwAction};
 pub use ident::{NEUTRON_ID_FORM, NeutronId};
@@ -100,6 +102,11 @@ pub struct Router {
     /// Placed on several nodes (an HA router, `crate::ha`): set from the placement in
     /// etcd, never from a file. It starts silent on every node until one is elected.
     pub ha: bool,
+    /// A distributed router (`[router.distributed]`), `None` = centralised.
+    pub distributed: Option<Distributed>,
+    /// What this node runs of a distributed router: set by `crate::dvr` on the node's copy,
+    /// never from a file.
+    pub part: Option<crate::dvr::Part>,
 }
 
 impl Router {
@@ -120,6 +127,8 @@ impl Router {
             steering: None,
             firewall: None,
             ha: false,
+            distributed: None,
+            part: None,
         }
     }
 

@@ -146,7 +146,11 @@ impl Router {
             writeln!(s, "address = \"{}\"", f.address)?;
             writeln!(s, "fixed = \"{}\"", f.fixed)?;
         }
-        write_nat(s, &self.nat)
+        write_nat(s, &self.nat)?;
+        match &self.distributed {
+            Some(d) => super::distributed::write_distributed(s, d),
+            None => Ok(()),
+        }
     }
 
     /// A table reference as `route.table` and `rule.table` write it.

@@ -14,6 +14,8 @@ use crate::error::Error;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IfaceSpec {
     pub mac: [u8; 6],
+    /// The source MAC of what the router forwards out of it (see `IfaceEntry::src_mac`).
+    pub src_mac: [u8; 6],
     pub mtu: u32,
     /// Gateway (`qg`) or internal (`qr`).
     pub external: bool,
@@ -34,7 +36,7 @@ pub fn entry(ifindex: u32, w: &IfaceSpec) -> IfaceEntry {
     }
     IfaceEntry {
         mac: w.mac,
-        _pad: [0; 2],
+        src_mac: w.src_mac,
         mtu: w.mtu,
         role: if w.external {
             iface_role::EXTERNAL
@@ -237,6 +239,7 @@ mod tests {
     fn entries_carry_role_flags_and_zone() {
         let w = IfaceSpec {
             mac: [2, 0, 0, 0, 0, 1],
+            src_mac: [2, 0, 0, 0, 0, 1],
             mtu: 1500,
             external: true,
             xdp_egress: true,
@@ -268,6 +271,7 @@ mod tests {
     fn changes_create_counters_once_and_keep_them() {
         let spec = |xdp_egress| IfaceSpec {
             mac: [2, 0, 0, 0, 0, 1],
+            src_mac: [2, 0, 0, 0, 0, 1],
             mtu: 1500,
             external: false,
             xdp_egress,

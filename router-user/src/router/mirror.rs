@@ -269,6 +269,8 @@ impl RouterState {
                 );
                 port.iface.mtu = link.mtu;
                 port.iface.mac = link.mac;
+                port.iface.src_mac =
+                    crate::dvr::source_mac(&self.router, link.mac, port.iface.external);
                 ports_changed = true;
             }
             if !link.up {

@@ -259,6 +259,7 @@ pub fn can_apply(old: &Router, new: &Router) -> bool {
     };
     old.namespace == new.namespace
         && old.mode == new.mode
+        && old.part.as_ref().map(|p| p.role) == new.part.as_ref().map(|p| p.role)
         && old.nat.max_sessions == new.nat.max_sessions
         && old.nat.max_floating_ips == new.nat.max_floating_ips
         && gateway_ok
@@ -446,6 +447,10 @@ fn run(
         };
         if teardown {
             slowpath::remove(&router.id);
+            // The overlay devices are the node's, not the router's: its entries go.
+            if let Err(e) = crate::dvr::kernel::clear(&state.router).await {
+                tracing::error!("router {}: removing its overlay entries: {e}", router.id);
+            }
             let _ = std::fs::remove_file(paths::router_info_file(&router.id));
             drop(state);
             match crate::datapath::teardown(&router.id) {

@@ -204,6 +204,8 @@ async fn setup_recording(
         }
     }
     kernel_writes += sync_kernel_policy(handle, router).await?;
+    // A distributed router's ports, known before anything is forwarded to them.
+    kernel_writes += crate::dvr::kernel::sync(handle, router).await?;
 
     // A routerd that ran this router before left its maps and links pinned: they are taken
     // over as they are (sessions, counters), and below only differences are written.
@@ -217,6 +219,11 @@ async fn setup_recording(
                 name: link.name.clone(),
                 iface: ifaces::IfaceSpec {
                     mac: link.mac,
+                    src_mac: crate::dvr::source_mac(
+                        router,
+                        link.mac,
+                        *role == iface_role::EXTERNAL,
+                    ),
                     mtu: link.mtu,
                     external: *role == iface_role::EXTERNAL,
                     xdp_egress: *xdp_egress,
@@ -585,7 +592,8 @@ impl RouterState {
                 }
             }
         }
-        let kernel_writes = sync_kernel_policy(handle, &new).await?;
+        let kernel_writes = sync_kernel_policy(handle, &new).await?
+            + crate::dvr::kernel::sync(handle, &new).await?;
         slowpath::update(&old, &new)?;
         // `update` writes one nftables transaction whenever the router changed.
         let nft_writes = usize::from(old != new);

@@ -1,0 +1,317 @@
+//! The kernel objects a node's copy of a distributed router needs besides the router's own
+//! (l2population, as Neutron's agents do it, from the desired state):
+//!
+//! - in the router's namespace, a permanent neighbour entry for every port of its networks,
+//!   so neither the fast path nor the kernel ever asks for one (the mirror copies them into
+//!   the fast path's neighbour table);
+//! - on each network's overlay device (`vxlan-<vni>`, in the overlay namespace), a
+//!   forwarding entry per port on another node (its MAC to that node's overlay address)
+//!   and a permanent neighbour the device answers ARP from (its `proxy` setting), so ARP
+//!   never crosses the overlay.
+//!
+//! routerd owns the permanent entries there: entries of the router's interfaces and of its
+//! networks' overlay devices that the desired state no longer has are removed.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs::File,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+};
+
+use futures::TryStreamExt as _;
+use netlink_packet_route::{
+    AddressFamily,
+    neighbour::{
+        NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+    },
+};
+use nix::sched::{CloneFlags, setns};
+use rtnetlink::Handle;
+
+use super::{Neighbour, OverlayEntries, neighbours, overlay_entries};
+use crate::{config::Router, error::Error, netlink, paths};
+
+/// Brings the router namespace's permanent neighbours and the overlay devices' entries to
+/// what `copy` (a node's copy of a distributed router) says. `handle` is the router
+/// namespace's. Returns the kernel writes; a missing overlay device is an error (the router
+/// waits for it, as for a missing interface).
+pub async fn sync(handle: &Handle, copy: &Router) -> Result<usize, Error> {
+    if copy.part.is_none() {
+        return Ok(0);
+    }
+    let mut writes = sync_neighbours(handle, copy).await?;
+    let overlay = overlay_entries(copy);
+    if overlay.is_empty() {
+        return Ok(writes);
+    }
+    let part = copy
+        .part
+        .as_ref()
+        .map(|p| p.overlay_netns.clone())
+        .unwrap_or_default();
+    let overlay_handle = handle_in(&copy.id, part.as_deref())?;
+    for entries in &overlay {
+        writes += sync_overlay(&overlay_handle, copy, entries).await?;
+    }
+    Ok(writes)
+}
+
+/// Removes the entries `copy` put on its networks' overlay devices (the router leaves the
+/// node). Devices that are gone are skipped.
+pub async fn clear(copy: &Router) -> Result<usize, Error> {
+    let overlay = overlay_entries(copy);
+    if overlay.is_empty() {
+        return Ok(0);
+    }
+    let part = copy
+        .part
+        .as_ref()
+        .map(|p| p.overlay_netns.clone())
+        .unwrap_or_default();
+    let handle = handle_in(&copy.id, part.as_deref())?;
+    let mut writes = 0;
+    for entries in overlay {
+        let empty = OverlayEntries {
+            vni: entries.vni,
+            remote: Vec::new(),
+        };
+        match sync_overlay(&handle, copy, &empty).await {
+            Ok(n) => writes += n,
+            Err(Error::InterfaceMissing { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(writes)
+}
+
+fn nl_error(router: &str, what: String) -> impl FnOnce(rtnetlink::Error) -> Error {
+    let router = router.to_string();
+    move |source| Error::Netlink {
+        router,
+        what,
+        source: Box::new(source),
+    }
+}
+
+async fn sync_neighbours(handle: &Handle, copy: &Router) -> Result<usize, Error> {
+    let nl = |what: String| nl_error(&copy.id, what);
+    let mut index_of = BTreeMap::new();
+    for i in &copy.interfaces {
+        if let Some(link) = netlink::link_by_name(handle, &i.name)
+            .await
+            .map_err(nl(format!("looking up {}", i.name)))?
+        {
+            index_of.insert(i.name.clone(), link.index);
+        }
+    }
+    let wanted: BTreeSet<(u32, Ipv4Addr, [u8; 6])> = neighbours(copy)
+        .into_iter()
+        .filter_map(
+            |Neighbour {
+                 interface,
+                 address,
+                 mac,
+             }| { Some((*index_of.get(&interface)?, address, mac)) },
+        )
+        .collect();
+    let ours: BTreeSet<u32> = index_of.values().copied().collect();
+    let have = permanent_neighbours(handle, AddressFamily::Inet)
+        .await
+        .map_err(nl("listing neighbours".into()))?;
+    let mut writes = 0;
+    for (msg, entry) in &have {
+        if ours.contains(&entry.0) && !wanted.contains(entry) {
+            handle
+                .neighbours()
+                .del(msg.clone())
+                .execute()
+                .await
+                .map_err(nl(format!("removing neighbour {}", entry.1)))?;
+            writes += 1;
+        }
+    }
+    let present: BTreeSet<_> = have.into_iter().map(|(_, e)| e).collect();
+    for entry in wanted.difference(&present) {
+        let (index, address, mac) = *entry;
+        handle
+            .neighbours()
+            .add(index, IpAddr::V4(address))
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("adding neighbour {address}")))?;
+        writes += 1;
+    }
+    Ok(writes)
+}
+
+/// The permanent entries of `family` (IPv4 neighbours or bridge forwarding entries): each
+/// message with its interface, address (IPv4 neighbour, or the remote overlay address of a
+/// forwarding entry) and MAC.
+async fn permanent_neighbours(
+    handle: &Handle,
+    family: AddressFamily,
+) -> Result<Vec<(NeighbourMessage, (u32, Ipv4Addr, [u8; 6]))>, rtnetlink::Error> {
+    let msgs: Vec<NeighbourMessage> = handle
+        .neighbours()
+        .get()
+        .set_address_family(family)
+        .execute()
+        .try_collect()
+        .await?;
+    Ok(msgs
+        .into_iter()
+        .filter(|m| m.header.state == NeighbourState::Permanent)
+        .filter_map(|m| {
+            let mut addr = None;
+            let mut mac = None;
+            for attr in &m.attributes {
+                match attr {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => addr = Some(*a),
+                    NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                        let mut b = [0; 6];
+                        b.copy_from_slice(l);
+                        mac = Some(b);
+                    }
+                    _ => {}
+                }
+            }
+            let entry = (m.header.ifindex, addr?, mac?);
+            Some((m, entry))
+        })
+        .collect())
+}
+
+async fn sync_overlay(
+    handle: &Handle,
+    copy: &Router,
+    entries: &OverlayEntries,
+) -> Result<usize, Error> {
+    let nl = |what: String| nl_error(&copy.id, what);
+    let device = entries.device();
+    let Some(link) = netlink::link_by_name(handle, &device)
+        .await
+        .map_err(nl(format!("looking up {device}")))?
+    else {
+        return Err(Error::InterfaceMissing {
+            router: copy.id.clone(),
+            interface: device,
+            namespace: copy
+                .part
+                .as_ref()
+                .and_then(|p| p.overlay_netns.clone())
+                .unwrap_or_else(|| "routerd's own".into()),
+        });
+    };
+    let index = link.index;
+    let mut writes = 0;
+    // Forwarding entries: a port's MAC to its node's overlay address.
+    let wanted: BTreeSet<(u32, Ipv4Addr, [u8; 6])> = entries
+        .remote
+        .iter()
+        .map(|(mac, vtep, _)| (index, *vtep, *mac))
+        .collect();
+    let have: Vec<_> = permanent_neighbours(handle, AddressFamily::Bridge)
+        .await
+        .map_err(nl(format!("listing {device}'s forwarding entries")))?
+        .into_iter()
+        .filter(|(m, e)| e.0 == index && m.header.flags.contains(NeighbourFlags::Own))
+        .collect();
+    writes += replace_entries(handle, &have, &wanted, |entry| {
+        let (index, vtep, mac) = *entry;
+        handle
+            .neighbours()
+            .add_bridge(index, &mac)
+            .destination(IpAddr::V4(vtep))
+            .flags(NeighbourFlags::Own)
+            .state(NeighbourState::Permanent)
+            .replace()
+    })
+    .await
+    .map_err(nl(format!("writing {device}'s forwarding entries")))?;
+    // ARP answers: a port's address to its MAC.
+    let wanted: BTreeSet<(u32, Ipv4Addr, [u8; 6])> = entries
+        .remote
+        .iter()
+        .map(|(mac, _, address)| (index, *address, *mac))
+        .collect();
+    let have: Vec<_> = permanent_neighbours(handle, AddressFamily::Inet)
+        .await
+        .map_err(nl(format!("listing {device}'s neighbours")))?
+        .into_iter()
+        .filter(|(_, e)| e.0 == index)
+        .collect();
+    writes += replace_entries(handle, &have, &wanted, |entry| {
+        let (index, address, mac) = *entry;
+        handle
+            .neighbours()
+            .add(index, IpAddr::V4(address))
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+    })
+    .await
+    .map_err(nl(format!("writing {device}'s ARP answers")))?;
+    Ok(writes)
+}
+
+/// Removes the entries of `have` that are not `wanted` and adds the wanted ones missing.
+async fn replace_entries(
+    handle: &Handle,
+    have: &[(NeighbourMessage, (u32, Ipv4Addr, [u8; 6]))],
+    wanted: &BTreeSet<(u32, Ipv4Addr, [u8; 6])>,
+    add: impl Fn(&(u32, Ipv4Addr, [u8; 6])) -> rtnetlink::NeighbourAddRequest,
+) -> Result<usize, rtnetlink::Error> {
+    let mut writes = 0;
+    for (msg, entry) in have {
+        if !wanted.contains(entry) {
+            handle.neighbours().del(msg.clone()).execute().await?;
+            writes += 1;
+        }
+    }
+    let present: BTreeSet<_> = have.iter().map(|(_, e)| *e).collect();
+    for entry in wanted.difference(&present) {
+        add(entry).execute().await?;
+        writes += 1;
+    }
+    Ok(writes)
+}
+
+/// A netlink handle in the overlay namespace `netns` (`None`: routerd's own): the socket is
+/// opened there and the calling thread goes back to its own namespace.
+fn handle_in(router: &str, netns: Option<&str>) -> Result<Handle, Error> {
+    let target: PathBuf = match netns {
+        Some(name) => paths::netns_path_exact(name),
+        // The thread group's leader never leaves routerd's namespace.
+        None => PathBuf::from("/proc/self/ns/net"),
+    };
+    let io = |what: String| move |source| Error::Io { what, source };
+    let home = File::open("/proc/thread-self/ns/net")
+        .map_err(io("opening the thread's namespace".into()))?;
+    let there = File::open(&target).map_err(io(format!(
+        "router {router}: opening the overlay namespace {}",
+        target.display()
+    )))?;
+    setns(&there, CloneFlags::CLONE_NEWNET).map_err(|e| {
+        Error::io(
+            format!("router {router}: entering the overlay namespace"),
+            e.into(),
+        )
+    })?;
+    let opened = rtnetlink::new_connection();
+    let back = setns(&home, CloneFlags::CLONE_NEWNET);
+    if let Err(e) = back {
+        // A router thread that cannot go home would write its router elsewhere.
+        return Err(Error::io(
+            format!("router {router}: back to the router's namespace"),
+            e.into(),
+        ));
+    }
+    let (conn, handle, _) =
+        opened.map_err(io("opening rtnetlink in the overlay namespace".into()))?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
