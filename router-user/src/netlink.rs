@@ -301,7 +301,10 @@ pub async fn rules(handle: &Handle) -> Result<Vec<(KernelRule, RuleMessage)>, rt
                 RuleAttribute::Table(t) => rule.table = *t,
                 RuleAttribute::FwMark(m) => rule.fwmark = Some((*m, u32::MAX)),
                 RuleAttribute::FwMask(m) => mask = *m,
-                RuleAttribute::SuppressPrefixLen(n) => rule.suppress_prefixlength = Some(*n),
+                // The kernel reports every rule's, -1 where none was given.
+                RuleAttribute::SuppressPrefixLen(n) if *n != u32::MAX => {
+                    rule.suppress_prefixlength = Some(*n)
+                }
                 _ => {}
             }
         }

@@ -5,6 +5,7 @@
 
 pub mod corpus;
 pub mod desired;
+pub mod dvr;
 pub mod etcd;
 pub mod fixture;
 pub mod flood;

@@ -16,6 +16,11 @@ use router_tests::testrun::{self, Entry, Run, XDP_PASS};
 const OTHER_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x31];
 const SLOW_OUT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x40];
 const SLOW_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x41];
+/// A distributed router's interface: the gateway MAC every node shares, and this node's
+/// DVR MAC, the source of what it forwards there.
+const SHARED_GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x50];
+const DVR_MAC: [u8; 6] = [0xfa, 0x16, 0x3f, 0, 2, 11];
+const VM2_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 2, 6];
 
 /// The router under test: interfaces in a private namespace, maps filled as the controller
 /// would fill them.
@@ -28,8 +33,14 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let ns = NetnsGuard::new();
-        veth_pairs(&[("in0", "in1"), ("out0", "out1"), ("slow0", "slow1")]);
+        veth_pairs(&[
+            ("in0", "in1"),
+            ("out0", "out1"),
+            ("slow0", "slow1"),
+            ("dvr0", "dvr1"),
+        ]);
         let (ingress, egress, slow) = (ifindex("in0"), ifindex("out0"), ifindex("slow0"));
+        let dvr = ifindex("dvr0");
         let mut dp = Datapath::load("packet-test", router_common::DEFAULT_SESSION_ENTRIES)
             .expect("loading the eBPF object");
         dp.ifaces()
@@ -51,6 +62,10 @@ impl Fixture {
         dp.ifaces()
             .set(slow, iface(SLOW_OUT_MAC, iface_role::INTERNAL, 0))
             .expect("IFACES");
+        let mut shared = iface(SHARED_GW_MAC, iface_role::INTERNAL, iface_flags::XDP_EGRESS);
+        shared.src_mac = DVR_MAC;
+        dp.ifaces().set(dvr, shared).expect("IFACES");
+        dp.ifaces().set_xdp_egress(dvr).expect("EGRESS_DEVS");
         dp.ifaces().set_xdp_egress(ingress).expect("EGRESS_DEVS");
         dp.ifaces().set_xdp_egress(egress).expect("EGRESS_DEVS");
 
@@ -89,6 +104,7 @@ impl Fixture {
             24,
             route(route_kind::UNICAST, slow, [0; 4]),
         );
+        add([10, 0, 2, 0], 24, route(route_kind::UNICAST, dvr, [0; 4]));
         dp.routes().sync(&routes.0).expect("ROUTES");
 
         let neigh = neighbor;
@@ -97,6 +113,7 @@ impl Fixture {
                 neigh(egress, [198, 18, 0, 1], NEXT_HOP_MAC),
                 neigh(egress, [198, 18, 0, 254], OTHER_HOP_MAC),
                 neigh(slow, [100, 64, 0, 9], SLOW_HOP_MAC),
+                neigh(dvr, [10, 0, 2, 6], VM2_MAC),
             ])
             .expect("NEIGHBORS");
         Self {
@@ -340,6 +357,11 @@ fn cases() -> Vec<Case> {
                 .udp(40000, 53)
                 .payload(b"x"),
             Expect::Pass(Reason::SpecialAddress),
+        ),
+        case(
+            "a distributed router's network: sent from the node's DVR MAC, not the shared one",
+            vm_to([10, 0, 2, 6]).udp(40000, 53).payload(b"x"),
+            Expect::Forward(VM2_MAC, DVR_MAC),
         ),
         Case {
             name: "egress without XDP delivery: XDP hands it to TC, TC forwards",

@@ -171,6 +171,10 @@ async fn permanent_neighbours(
             for attr in &m.attributes {
                 match attr {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => addr = Some(*a),
+                    // A bridge forwarding entry's remote address comes undecoded.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
+                        addr = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+                    }
                     NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
                         let mut b = [0; 6];
                         b.copy_from_slice(l);

@@ -1,0 +1,512 @@
+//! Three nodes of a cloud on one machine for the distributed-router tests and benchmark
+//! (`docs/dvr.md`): a network node and two compute nodes, each with its own routerd
+//! following one etcd, joined by an underlay switch; two tenant networks carried between
+//! them in VXLAN; an external network behind the network node.
+//!
+//! ```text
+//!        vm1 10.0.1.5  vm2 10.0.2.5            vm4 10.0.1.6  vm3 10.0.2.6
+//!              \        /                           \        /
+//!         c1: br1, br2 + vxlan-1001/1002       c2: br1, br2 + vxlan-1001/1002
+//!         router copy (qr1 10.0.1.1, qr2 ...)  router copy (the same addresses and MACs)
+//!              |  ul0 192.0.2.11                     |  ul0 192.0.2.12
+//!              +------------- br-ul (underlay) -------------+
+//!                              |  ul0 192.0.2.10
+//!                     net: br1, br2 + vxlan devices, the SNAT part
+//!                     (qr1 10.0.1.3, qr2 10.0.2.3, qg0 198.18.0.2) -- ext 198.18.0.1
+//! ```
+//!
+//! Each node has a host namespace (`h<node>-<tag>`, routerd's `--overlay-netns`) with its
+//! bridges, overlay devices and underlay port, and a router namespace
+//! (`<node>-qr-<tag>`, `ROUTERD_NETNS_PREFIX`).
+
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsRawFd, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    etcd::{Etcd, Node},
+    ha::free_port,
+    probe,
+    topo::{Namespaces, ip_batch, run, unique},
+};
+
+pub const VNI1: u32 = 1001;
+pub const VNI2: u32 = 1002;
+pub const FIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+
+/// One compute or network node.
+pub struct NodeSpec {
+    /// `c1`, `c2` or `net`.
+    pub short: &'static str,
+    pub vtep: Ipv4Addr,
+    pub host_ns: String,
+    pub router_ns: String,
+    /// Its name in etcd.
+    pub name: String,
+}
+
+/// A VM: its namespace, address, MAC and network (1 or 2).
+pub struct Vm {
+    pub ns: String,
+    pub addr: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub net: u8,
+}
+
+pub struct Cloud {
+    pub id: String,
+    pub nodes: [NodeSpec; 3],
+    pub vms: [Vm; 4],
+    pub ul: String,
+    pub ext: String,
+    /// The routerds, by node index; dropped before the namespaces.
+    pub routerd: Vec<Node>,
+    pub etcd: Option<Etcd>,
+    _ns: Namespaces,
+}
+
+pub const GW_MAC1: [u8; 6] = [0xfa, 0x16, 0x3e, 0xaa, 0, 1];
+pub const GW_MAC2: [u8; 6] = [0xfa, 0x16, 0x3e, 0xaa, 0, 2];
+pub const SG_MAC1: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 1, 3];
+pub const SG_MAC2: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 2, 3];
+
+pub fn mac_text(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+const C1: usize = 0;
+const C2: usize = 1;
+const NET: usize = 2;
+
+impl Cloud {
+    /// Builds the three nodes' namespaces and links (no routerd yet).
+    pub fn build() -> Self {
+        crate::require_root();
+        let tag = unique("dv");
+        let mut ns = Namespaces::default();
+        let spec = |short: &'static str, last: u8| NodeSpec {
+            short,
+            vtep: Ipv4Addr::new(192, 0, 2, last),
+            host_ns: format!("h{short}-{tag}"),
+            router_ns: format!("{short}-qr-{tag}"),
+            name: unique(&format!("{short}node")),
+        };
+        let nodes = [spec("c1", 11), spec("c2", 12), spec("net", 10)];
+        let vm = |name: &str, addr: [u8; 4], net: u8| Vm {
+            ns: format!("{name}-{tag}"),
+            addr: Ipv4Addr::from(addr),
+            mac: [0xfa, 0x16, 0x3e, 0, addr[2], addr[3]],
+            net,
+        };
+        let vms = [
+            vm("vm1", [10, 0, 1, 5], 1),
+            vm("vm2", [10, 0, 2, 5], 2),
+            vm("vm3", [10, 0, 2, 6], 2),
+            vm("vm4", [10, 0, 1, 6], 1),
+        ];
+        let ul = format!("ul-{tag}");
+        let ext = format!("ext-{tag}");
+        let quiet = [
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ];
+        let mut all: Vec<String> = vec![ul.clone(), ext.clone()];
+        for n in &nodes {
+            all.push(n.host_ns.clone());
+            all.push(n.router_ns.clone());
+        }
+        all.extend(vms.iter().map(|v| v.ns.clone()));
+        for n in &all {
+            ns.add(n);
+            probe::sysctl(n, &quiet);
+        }
+        ip_batch(
+            Some(&ul),
+            "link add br-ul type bridge stp_state 0\nlink set br-ul up\n",
+        );
+        for n in &nodes {
+            let (h, r) = (&n.host_ns, &n.router_ns);
+            let port = format!("u-{}", n.short);
+            let (qr1_mac, qr2_mac) = if n.short == "net" {
+                (SG_MAC1, SG_MAC2)
+            } else {
+                (GW_MAC1, GW_MAC2)
+            };
+            let mut links = format!(
+                "link add ul0 netns {h} mtu 1600 type veth peer name {port} netns {ul}\n\
+                 link add qr1 netns {r} address {} type veth peer name r1 netns {h}\n\
+                 link add qr2 netns {r} address {} type veth peer name r2 netns {h}\n",
+                mac_text(qr1_mac),
+                mac_text(qr2_mac),
+            );
+            if n.short == "net" {
+                links += &format!(
+                    "link add qg0 netns {r} address fa:16:3e:aa:00:10 type veth peer name eth0 netns {ext}\n"
+                );
+            }
+            ip_batch(None, &links);
+            ip_batch(
+                Some(&ul),
+                &format!(
+                    "link set {port} mtu 1600\nlink set {port} master br-ul\nlink set {port} up\n"
+                ),
+            );
+            let mut host = format!(
+                "link set ul0 up\naddress add {}/24 dev ul0\n\
+                 link add br1 type bridge stp_state 0\nlink add br2 type bridge stp_state 0\n",
+                n.vtep
+            );
+            for vni in [VNI1, VNI2] {
+                let br = if vni == VNI1 { "br1" } else { "br2" };
+                host += &format!(
+                    "link add vxlan-{vni} type vxlan id {vni} local {} dev ul0 dstport 4789 nolearning proxy\n\
+                     link set vxlan-{vni} master {br}\nlink set vxlan-{vni} type bridge_slave learning off\n\
+                     link set vxlan-{vni} up\n",
+                    n.vtep
+                );
+            }
+            host += "link set r1 master br1\nlink set r2 master br2\nlink set r1 up\nlink set r2 up\n\
+                     link set br1 up\nlink set br2 up\n";
+            ip_batch(Some(h), &host);
+            // XDP redirects into a veth arrive only where its far end takes them.
+            for port in ["r1", "r2"] {
+                run(
+                    "ip",
+                    &["netns", "exec", h, "ethtool", "-K", port, "gro", "on"],
+                );
+            }
+        }
+        run(
+            "ip",
+            &["netns", "exec", &ext, "ethtool", "-K", "eth0", "gro", "on"],
+        );
+        ip_batch(
+            Some(&ext),
+            "link set eth0 up\naddress add 198.18.0.1/24 dev eth0\n",
+        );
+        let cloud = Self {
+            id: tag,
+            nodes,
+            vms,
+            ul,
+            ext,
+            routerd: Vec::new(),
+            etcd: None,
+            _ns: ns,
+        };
+        for (i, host) in [C1, C1, C2, C2].into_iter().enumerate() {
+            cloud.plug(i, host);
+        }
+        cloud
+    }
+
+    /// Connects VM `vm` to node `node`'s bridge of its network (a fresh tap each time, as
+    /// a VM that moves gets one on its new node).
+    pub fn plug(&self, vm: usize, node: usize) {
+        let v = &self.vms[vm];
+        let h = &self.nodes[node].host_ns;
+        let tap = format!("tap{vm}");
+        let gw = if v.net == 1 { "10.0.1.1" } else { "10.0.2.1" };
+        ip_batch(
+            None,
+            &format!(
+                "link add eth0 netns {} address {} type veth peer name {tap} netns {h}\n",
+                v.ns,
+                mac_text(v.mac)
+            ),
+        );
+        ip_batch(
+            Some(h),
+            &format!("link set {tap} master br{}\nlink set {tap} up\n", v.net),
+        );
+        ip_batch(
+            Some(&v.ns),
+            &format!(
+                "link set eth0 up\naddress add {}/24 dev eth0\nroute add default via {gw}\n",
+                v.addr
+            ),
+        );
+    }
+
+    /// Takes VM `vm` off node `node` (its tap goes, and with it the VM's interface).
+    pub fn unplug(&self, vm: usize, node: usize) {
+        ip_batch(
+            Some(&self.nodes[node].host_ns),
+            &format!("link del tap{vm}\n"),
+        );
+    }
+
+    /// The router's desired state with each VM on `placement[vm]` (a node index).
+    pub fn router_toml(&self, mode: &str, placement: [usize; 4]) -> String {
+        let n = |i: usize| &self.nodes[i];
+        let mut t = format!(
+            "[[router]]\nid = \"{id}\"\nnamespace = \"qr-{id}\"\nmode = \"{mode}\"\n\n\
+             [router.gateway]\ninterface = \"qg0\"\naddress = \"198.18.0.2/24\"\nnexthop = \"198.18.0.1\"\n\n\
+             [[router.interface]]\nname = \"qr1\"\naddress = \"10.0.1.1/24\"\n\n\
+             [[router.interface]]\nname = \"qr2\"\naddress = \"10.0.2.1/24\"\n\n\
+             [[router.floating_ip]]\naddress = \"{FIP}\"\nfixed = \"10.0.1.6\"\n\n\
+             [router.distributed]\nnodes = {{ \"{}\" = \"{}\", \"{}\" = \"{}\", \"{}\" = \"{}\" }}\n\n\
+             [[router.distributed.network]]\ninterface = \"qr1\"\nvni = {VNI1}\nsnat_address = \"10.0.1.3\"\n\n\
+             [[router.distributed.network]]\ninterface = \"qr2\"\nvni = {VNI2}\nsnat_address = \"10.0.2.3\"\n",
+            n(C1).name,
+            n(C1).vtep,
+            n(C2).name,
+            n(C2).vtep,
+            n(NET).name,
+            n(NET).vtep,
+            id = self.id,
+        );
+        let port = |iface: &str, addr: Ipv4Addr, mac: [u8; 6], node: usize| {
+            format!(
+                "\n[[router.distributed.port]]\ninterface = \"{iface}\"\naddress = \"{addr}\"\nmac = \"{}\"\nnode = \"{}\"\n",
+                mac_text(mac),
+                n(node).name
+            )
+        };
+        for (v, node) in self.vms.iter().zip(placement) {
+            t += &port(if v.net == 1 { "qr1" } else { "qr2" }, v.addr, v.mac, node);
+        }
+        t += &port("qr1", Ipv4Addr::new(10, 0, 1, 3), SG_MAC1, NET);
+        t += &port("qr2", Ipv4Addr::new(10, 0, 2, 3), SG_MAC2, NET);
+        t
+    }
+
+    /// Starts etcd and the three routerds, puts the router (VMs as built: vm1, vm2 on c1;
+    /// vm3, vm4 on c2) placed on the network node, and waits until every node runs it.
+    pub fn start(&mut self, mode: &str) {
+        let etcd = Etcd::start();
+        for n in &self.nodes {
+            let listen = format!("127.0.0.1:{}", free_port());
+            let prefix = format!("{}-", n.short);
+            self.routerd.push(Node::start_with(
+                &etcd.endpoint(),
+                &n.name,
+                &[
+                    "--ha-listen".into(),
+                    listen,
+                    "--overlay-netns".into(),
+                    n.host_ns.clone(),
+                ],
+                &[("ROUTERD_NETNS_PREFIX", &prefix)],
+            ));
+        }
+        self.etcd = Some(etcd);
+        self.put(mode, [C1, C1, C2, C2]);
+        self.etcd().place(&self.id, &[&self.nodes[NET].name]);
+        for node in &self.routerd {
+            node.wait_runs(&self.id, Duration::from_secs(60));
+        }
+    }
+
+    pub fn etcd(&self) -> &Etcd {
+        self.etcd.as_ref().expect("started")
+    }
+
+    /// Puts the router with the VMs on `placement`; returns the revision.
+    pub fn put(&self, mode: &str, placement: [usize; 4]) -> i64 {
+        let state = router_user::config::DesiredState::parse(&self.router_toml(mode, placement))
+            .expect("the router's desired state");
+        let router = state.routers.into_iter().next().expect("one router");
+        self.etcd().put_router(&router)
+    }
+
+    /// Waits until every node reports the router running at `revision`.
+    pub fn wait_applied(&self, revision: i64) {
+        for n in &self.nodes {
+            self.etcd()
+                .wait_running(&n.name, &self.id, revision, Duration::from_secs(20));
+        }
+    }
+
+    /// What the kernels of the three router namespaces forwarded, summed.
+    pub fn kernel_forwarded(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| crate::traffic::forwarded_by_kernel(&n.router_ns))
+            .sum()
+    }
+
+    /// Each routerd's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.routerd
+            .iter()
+            .map(|n| format!("--- {} ---\n{}", n.name, n.log_text()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn c1(&self) -> &NodeSpec {
+        &self.nodes[C1]
+    }
+    pub fn c2(&self) -> &NodeSpec {
+        &self.nodes[C2]
+    }
+    pub fn net(&self) -> &NodeSpec {
+        &self.nodes[NET]
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        // The routerds stop (and etcd after them) before the namespaces go.
+        self.routerd.clear();
+        self.etcd = None;
+    }
+}
+
+// ---- the underlay, captured ---------------------------------------------------------------
+
+/// A frame the underlay switch received from a node, VXLAN-decoded.
+#[derive(Clone, Debug)]
+pub struct Overlay {
+    pub outer_src: Ipv4Addr,
+    pub outer_dst: Ipv4Addr,
+    pub vni: u32,
+    pub inner_dst_mac: [u8; 6],
+    pub inner_src_mac: [u8; 6],
+    pub inner_type: u16,
+    /// For inner IPv4: source, destination, TTL.
+    pub inner_ip: Option<(Ipv4Addr, Ipv4Addr, u8)>,
+    /// For inner ARP: the requested address (a request) or the answered one.
+    pub arp_target: Option<Ipv4Addr>,
+}
+
+/// Every frame the underlay switch's ports receive, until [`Capture::finish`] (bounded by
+/// `limit`).
+pub struct Capture {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<Vec<Vec<u8>>>>,
+}
+
+impl Capture {
+    pub fn start(ul_ns: &str, limit: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let ns = ul_ns.to_string();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread =
+            thread::spawn(move || crate::netns::within(&ns, || capture(&flag, limit, &ready_tx)));
+        let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The VXLAN frames seen, decoded.
+    pub fn finish(mut self) -> Vec<Overlay> {
+        self.stop.store(true, Ordering::Relaxed);
+        let frames = self
+            .thread
+            .take()
+            .map(|t| t.join().expect("the capture thread"))
+            .unwrap_or_default();
+        frames.iter().filter_map(|f| decode(f)).collect()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn capture(
+    stop: &AtomicBool,
+    limit: Duration,
+    ready: &std::sync::mpsc::Sender<()>,
+) -> Vec<Vec<u8>> {
+    const ETH_P_ALL: u16 = 0x0003;
+    let mut frames = Vec::new();
+    // SAFETY: plain socket calls on a descriptor owned below; buffers outlive the calls.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(ETH_P_ALL.to_be()),
+        );
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let socket = <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            size_of::<libc::timeval>() as u32,
+        );
+        let _ = ready.send(());
+        let deadline = Instant::now() + limit;
+        let mut buf = vec![0u8; 65536];
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && frames.len() < 200_000 {
+            let mut from: libc::sockaddr_ll = std::mem::zeroed();
+            let mut len = size_of::<libc::sockaddr_ll>() as u32;
+            let n = libc::recvfrom(
+                socket.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&raw mut from).cast(),
+                &mut len,
+            );
+            // What a port receives from its node, once (not again as the switch sends it
+            // out of the destination's port).
+            if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING as u8 {
+                frames.push(buf[..n as usize].to_vec());
+            }
+        }
+    }
+    frames
+}
+
+fn decode(f: &[u8]) -> Option<Overlay> {
+    let ip4 = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+    if f.len() < 14 + 20 + 8 + 8 + 14 || f[12..14] != [0x08, 0x00] || f[23] != 17 {
+        return None;
+    }
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    let udp = 14 + ihl;
+    if u16::from_be_bytes([f[udp + 2], f[udp + 3]]) != 4789 {
+        return None;
+    }
+    let vx = udp + 8;
+    let inner = vx + 8;
+    let g = f.get(inner..)?;
+    if g.len() < 14 {
+        return None;
+    }
+    let inner_type = u16::from_be_bytes([g[12], g[13]]);
+    let inner_ip =
+        (inner_type == 0x0800 && g.len() >= 34).then(|| (ip4(&g[26..30]), ip4(&g[30..34]), g[22]));
+    let arp_target = (inner_type == 0x0806 && g.len() >= 42).then(|| ip4(&g[38..42]));
+    Some(Overlay {
+        outer_src: ip4(&f[26..30]),
+        outer_dst: ip4(&f[30..34]),
+        vni: u32::from_be_bytes([0, f[vx + 4], f[vx + 5], f[vx + 6]]),
+        inner_dst_mac: g[0..6].try_into().ok()?,
+        inner_src_mac: g[6..12].try_into().ok()?,
+        inner_type,
+        inner_ip,
+        arp_target,
+    })
+}

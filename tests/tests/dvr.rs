@@ -1,0 +1,203 @@
+//! Distributed routers (`docs/dvr.md`) on three nodes (`router_tests::dvr`): east-west
+//! routed once on the sender's node and carried in the destination network's VXLAN from
+//! that node's DVR MAC; same-node traffic never on the underlay; external traffic through
+//! the network node's SNAT part; no ARP on the underlay; a VM that moves is followed; the
+//! kernel forwards nothing on any node. XDP and TC modes.
+
+use std::{
+    net::Ipv4Addr,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use router_tests::{
+    dvr::{Capture, Cloud, FIP, Overlay, SG_MAC1, VNI1, VNI2},
+    probe,
+};
+use router_user::config::dvr_mac;
+
+const EXT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
+fn echo_all(ns: &str, dst: Ipv4Addr, id: u16, count: u16, cloud: &Cloud) {
+    let r = probe::echo(ns, dst, id, count, Duration::from_secs(1));
+    assert_eq!(
+        r.replies.len(),
+        usize::from(count),
+        "{ns} -> {dst}: {} of {count} echo replies (errors {:?})\n{}",
+        r.replies.len(),
+        r.errors,
+        cloud.logs()
+    );
+}
+
+/// The frames of the flow `src -> dst`.
+fn flow(frames: &[Overlay], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<&Overlay> {
+    frames
+        .iter()
+        .filter(|f| f.inner_ip.is_some_and(|(s, d, _)| s == src && d == dst))
+        .collect()
+}
+
+/// The overlay forwarding entries of `device` in `ns`: (MAC, remote address).
+fn fdb(ns: &str, device: &str) -> Vec<(String, String)> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "bridge", "fdb", "show", "dev", device])
+        .output()
+        .expect("bridge fdb");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let mac = words.next()?.to_string();
+            let dst = l
+                .split(" dst ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .to_string();
+            Some((mac, dst))
+        })
+        .collect()
+}
+
+fn routes_where_the_vm_is(mode: &str) {
+    let mut cloud = Cloud::build();
+    cloud.start(mode);
+    let [vm1, vm2, vm3, vm4] = [0, 1, 2, 3].map(|i| (cloud.vms[i].ns.clone(), cloud.vms[i].addr));
+    // The first packets settle nothing here: every port is known from the desired state.
+    let forwarded_before = cloud.kernel_forwarded();
+    let capture = Capture::start(&cloud.ul, Duration::from_secs(60));
+    echo_all(&vm1.0, vm3.1, 1, 20, &cloud);
+    echo_all(&vm1.0, vm2.1, 2, 20, &cloud);
+    echo_all(&vm1.0, EXT, 3, 10, &cloud);
+    echo_all(&cloud.ext, FIP, 4, 10, &cloud);
+    let frames = capture.finish();
+
+    let (c1, c2, net) = (cloud.c1().vtep, cloud.c2().vtep, cloud.net().vtep);
+    // Cross-node east-west: routed once on the sender's node, straight to the receiver's,
+    // in the destination network's VNI, from the sender node's DVR MAC.
+    let there = flow(&frames, vm1.1, vm3.1);
+    assert!(there.len() >= 20, "vm1 -> vm3 on the underlay: {there:?}");
+    for f in &there {
+        assert_eq!((f.outer_src, f.outer_dst), (c1, c2), "{f:?}");
+        assert_eq!(f.vni, VNI2, "{f:?}");
+        assert_eq!(f.inner_src_mac, dvr_mac(c1), "{f:?}");
+        assert_eq!(f.inner_dst_mac, cloud.vms[2].mac, "{f:?}");
+        assert_eq!(
+            f.inner_ip.map(|i| i.2),
+            Some(63),
+            "TTL decremented once: {f:?}"
+        );
+    }
+    let back = flow(&frames, vm3.1, vm1.1);
+    assert!(back.len() >= 20, "vm3 -> vm1 on the underlay: {back:?}");
+    for f in &back {
+        assert_eq!((f.outer_src, f.outer_dst, f.vni), (c2, c1, VNI1), "{f:?}");
+        assert_eq!(f.inner_src_mac, dvr_mac(c2), "{f:?}");
+        assert_eq!(f.inner_ip.map(|i| i.2), Some(63), "{f:?}");
+    }
+    // Same node: nothing on the underlay.
+    let local: Vec<_> = flow(&frames, vm1.1, vm2.1)
+        .into_iter()
+        .chain(flow(&frames, vm2.1, vm1.1))
+        .collect();
+    assert!(
+        local.is_empty(),
+        "same-node traffic on the underlay: {local:?}"
+    );
+    // External without a floating IP: to the network node's SNAT port, and back from it.
+    let out = flow(&frames, vm1.1, EXT);
+    assert!(out.len() >= 10, "vm1 -> ext: {out:?}");
+    for f in &out {
+        assert_eq!((f.outer_src, f.outer_dst, f.vni), (c1, net, VNI1), "{f:?}");
+        assert_eq!(
+            (f.inner_src_mac, f.inner_dst_mac),
+            (dvr_mac(c1), SG_MAC1),
+            "{f:?}"
+        );
+    }
+    let back = flow(&frames, EXT, vm1.1);
+    assert!(back.len() >= 10, "ext -> vm1 after SNAT: {back:?}");
+    for f in &back {
+        assert_eq!((f.outer_src, f.outer_dst, f.vni), (net, c1, VNI1), "{f:?}");
+        assert_eq!(f.inner_src_mac, SG_MAC1, "{f:?}");
+        assert_eq!(f.inner_ip.map(|i| i.2), Some(63), "{f:?}");
+    }
+    // The floating IP's traffic reaches vm4 on c2 through the network node.
+    let fip = flow(&frames, EXT, vm4.1);
+    assert!(fip.len() >= 10, "ext -> vm4's floating IP: {fip:?}");
+    assert!(
+        fip.iter().all(|f| (f.outer_src, f.outer_dst) == (net, c2)),
+        "{fip:?}"
+    );
+    // No ARP crosses the overlay: every port is known.
+    let arp: Vec<_> = frames.iter().filter(|f| f.inner_type == 0x0806).collect();
+    assert!(arp.is_empty(), "ARP on the underlay: {arp:?}");
+
+    // vm4 moves from c2 to c1 while vm3 (c2) pings it every 100 ms.
+    let pinger = {
+        let (ns, dst) = (vm3.0.clone(), vm4.1);
+        std::thread::spawn(move || {
+            let mut answered = 0;
+            let start = Instant::now();
+            for seq in 0..60u16 {
+                let r = probe::echo(&ns, dst, 100 + seq, 1, Duration::from_millis(100));
+                answered += r.replies.len();
+                let next = start + Duration::from_millis(100) * u32::from(seq + 1);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            answered
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    cloud.unplug(3, 1);
+    cloud.plug(3, 0);
+    let revision = cloud.put(mode, [0, 0, 1, 0]);
+    cloud.wait_applied(revision);
+    let answered = pinger.join().expect("the pinger");
+    assert!(
+        answered >= 50,
+        "vm3 -> vm4 across its move: {answered} of 60 answered\n{}",
+        cloud.logs()
+    );
+    let vm4_mac = router_tests::dvr::mac_text(cloud.vms[3].mac);
+    let on = |node: &router_tests::dvr::NodeSpec| {
+        fdb(&node.host_ns, &format!("vxlan-{VNI1}"))
+            .into_iter()
+            .filter(|(mac, _)| *mac == vm4_mac)
+            .map(|(_, dst)| dst)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        on(cloud.c1()),
+        Vec::<String>::new(),
+        "c1 holds vm4 now: no overlay entry\n{}",
+        cloud.logs()
+    );
+    assert_eq!(
+        on(cloud.c2()),
+        [c1.to_string()],
+        "c2 sends vm4's frames to c1"
+    );
+    assert_eq!(on(cloud.net()), [c1.to_string()], "the network node too");
+    echo_all(&cloud.ext, FIP, 5, 10, &cloud);
+    echo_all(&vm1.0, vm4.1, 6, 10, &cloud);
+
+    let forwarded = cloud.kernel_forwarded() - forwarded_before;
+    assert_eq!(
+        forwarded,
+        0,
+        "the kernels forwarded {forwarded} packets\n{}",
+        cloud.logs()
+    );
+}
+
+#[test]
+fn routes_where_the_vm_is_xdp() {
+    routes_where_the_vm_is("xdp");
+}
+
+#[test]
+fn routes_where_the_vm_is_tc() {
+    routes_where_the_vm_is("tc");
+}
