@@ -72,6 +72,17 @@ pub struct PolicyConfig {
     pub fw_flags: u32,
     /// Entries in `SOURCE_TABLES` (0: skip the lookup).
     pub source_tables: u32,
+    /// Bits of [`policy_flags`].
+    pub flags: u32,
+}
+
+/// Bits of [`PolicyConfig::flags`].
+pub mod policy_flags {
+    /// A packet a floating IP translates is routed by the main table, past the rules: a
+    /// distributed router's copy on a compute node sends its VMs' floating-IP traffic out
+    /// of its own gateway, and the rest of their external traffic (chosen by source) to
+    /// the SNAT node.
+    pub const FLOATING_IP_BY_MAIN: u32 = 1 << 0;
 }
 
 /// A prefix as address and mask, both in wire order, host bits of `addr` clear.

@@ -80,6 +80,13 @@ pub fn before_routing(flow: &Flow, in_role: u32, track_all: bool) -> Plan {
     }
 }
 
+/// Whether `fixed` has a floating IP.
+#[inline(always)]
+pub fn has_floating_ip(fixed: [u8; 4]) -> bool {
+    // SAFETY: only the presence is read.
+    unsafe { FIP_BY_FIXED.get(&fixed) }.is_some()
+}
+
 /// NAT after routing, from the roles of the ingress and egress interfaces.
 #[inline(always)]
 pub fn after_routing(

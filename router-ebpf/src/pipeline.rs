@@ -3,7 +3,7 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use router_common::{
-    CtKey, IfaceEntry, Reason, SourceKey, ct_dir, fw_flags, iface_flags, iface_role,
+    CtKey, IfaceEntry, Reason, SourceKey, ct_dir, fw_flags, iface_flags, iface_role, policy_flags,
 };
 
 use crate::{
@@ -101,7 +101,17 @@ fn translate(
     flow.key.zone = iface.zone;
     let track_all = policy.fw_flags & fw_flags::ENABLED != 0;
     let mut plan = nat::before_routing(&flow, iface.role, track_all);
-    let mut route = match route::find(&policy, frame.ingress, flow.key.src, plan.target.dst) {
+    // A distributed router's compute copy routes its floating IPs' VMs by the main table.
+    let main_only = policy.flags & policy_flags::FLOATING_IP_BY_MAIN != 0
+        && iface.role == iface_role::INTERNAL
+        && nat::has_floating_ip(flow.key.src);
+    let mut route = match route::find(
+        &policy,
+        frame.ingress,
+        flow.key.src,
+        plan.target.dst,
+        main_only,
+    ) {
         Ok(route) => route,
         Err(verdict) => return verdict,
     };

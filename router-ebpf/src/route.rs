@@ -2,6 +2,8 @@
 //! egress checks and the neighbour. Nothing here writes to the packet.
 
 use aya_ebpf::maps::lpm_trie::Key;
+#[cfg(doc)]
+use router_common::policy_flags;
 use router_common::{
     MAX_RULES, NeighborKey, PolicyConfig, Reason, RouteEntry, RouteKey, TABLE_MAIN, iface_flags,
     route_kind,
@@ -23,16 +25,18 @@ fn in_table(table: u32, dst: [u8; 4]) -> Option<RouteEntry> {
 
 /// The route of a packet that arrived on `iif` from `src` to `dst` (the destination after
 /// DNAT, the source before SNAT, as the kernel routes): the rules in order, each matching
-/// rule's table until one has a route, then the main table.
+/// rule's table until one has a route, then the main table; `main_only`: the main table
+/// alone (see [`policy_flags::FLOATING_IP_BY_MAIN`]).
 #[inline(always)]
 pub fn find(
     policy: &PolicyConfig,
     iif: u32,
     src: [u8; 4],
     dst: [u8; 4],
+    main_only: bool,
 ) -> Result<RouteEntry, Verdict> {
     let mut table = TABLE_MAIN;
-    if policy.rule_count != 0 {
+    if policy.rule_count != 0 && !main_only {
         let chosen = router_rule_table(iif, u32::from_ne_bytes(src), u32::from_ne_bytes(dst));
         if chosen != 0 {
             table = chosen;

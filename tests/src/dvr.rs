@@ -12,7 +12,10 @@
 //!              +------------- br-ul (underlay) -------------+
 //!                              |  ul0 192.0.2.10
 //!                     net: br1, br2 + vxlan devices, the SNAT part
-//!                     (qr1 10.0.1.3, qr2 10.0.2.3, qg0 198.18.0.2) -- ext 198.18.0.1
+//!                     (qr1 10.0.1.3, qr2 10.0.2.3, qg0 198.18.0.2)
+//!
+//!   every node's qg0 -- br-ex (ext, 198.18.0.1): the external network; the compute
+//!   nodes' have no address, and answer for their own VMs' floating IPs
 //! ```
 //!
 //! Each node has a host namespace (`h<node>-<tag>`, routerd's `--overlay-netns`) with its
@@ -76,6 +79,16 @@ pub const GW_MAC1: [u8; 6] = [0xfa, 0x16, 0x3e, 0xaa, 0, 1];
 pub const GW_MAC2: [u8; 6] = [0xfa, 0x16, 0x3e, 0xaa, 0, 2];
 pub const SG_MAC1: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 1, 3];
 pub const SG_MAC2: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 2, 3];
+
+/// The MAC of node `short`'s external interface (its own on every node).
+pub fn qg_mac(short: &str) -> [u8; 6] {
+    let last = match short {
+        "c1" => 1,
+        "c2" => 2,
+        _ => 0x10,
+    };
+    [0xfa, 0x16, 0x3e, 0xbb, 0, last]
+}
 
 pub fn mac_text(m: [u8; 6]) -> String {
     m.iter()
@@ -149,11 +162,11 @@ impl Cloud {
                 mac_text(qr1_mac),
                 mac_text(qr2_mac),
             );
-            if n.short == "net" {
-                links += &format!(
-                    "link add qg0 netns {r} address fa:16:3e:aa:00:10 type veth peer name eth0 netns {ext}\n"
-                );
-            }
+            links += &format!(
+                "link add qg0 netns {r} address {} type veth peer name g-{} netns {ext}\n",
+                mac_text(qg_mac(n.short)),
+                n.short
+            );
             ip_batch(None, &links);
             ip_batch(
                 Some(&ul),
@@ -186,14 +199,20 @@ impl Cloud {
                 );
             }
         }
-        run(
-            "ip",
-            &["netns", "exec", &ext, "ethtool", "-K", "eth0", "gro", "on"],
-        );
-        ip_batch(
-            Some(&ext),
-            "link set eth0 up\naddress add 198.18.0.1/24 dev eth0\n",
-        );
+        let mut switch = String::from("link add br-ex type bridge stp_state 0\n");
+        for n in &nodes {
+            let port = format!("g-{}", n.short);
+            switch += &format!("link set {port} master br-ex\nlink set {port} up\n");
+        }
+        switch += "link set br-ex up\naddress add 198.18.0.1/24 dev br-ex\n";
+        ip_batch(Some(&ext), &switch);
+        for n in &nodes {
+            let port = format!("g-{}", n.short);
+            run(
+                "ip",
+                &["netns", "exec", &ext, "ethtool", "-K", &port, "gro", "on"],
+            );
+        }
         let cloud = Self {
             id: tag,
             nodes,
@@ -381,11 +400,12 @@ pub struct Overlay {
     pub arp_target: Option<Ipv4Addr>,
 }
 
-/// Every frame the underlay switch's ports receive, until [`Capture::finish`] (bounded by
-/// `limit`).
+/// Every frame the interfaces of a namespace receive (a switch's ports: what each node
+/// sends), until [`Capture::finish`] (bounded by `limit`).
 pub struct Capture {
+    ns: String,
     stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<Vec<Vec<u8>>>>,
+    thread: Option<thread::JoinHandle<Vec<(i32, Vec<u8>)>>>,
 }
 
 impl Capture {
@@ -393,26 +413,57 @@ impl Capture {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let ns = ul_ns.to_string();
+        let here = ns.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread =
             thread::spawn(move || crate::netns::within(&ns, || capture(&flag, limit, &ready_tx)));
         let _ = ready_rx.recv_timeout(Duration::from_secs(5));
         Self {
+            ns: here,
             stop,
             thread: Some(thread),
         }
     }
 
     /// The VXLAN frames seen, decoded.
-    pub fn finish(mut self) -> Vec<Overlay> {
+    pub fn finish(self) -> Vec<Overlay> {
+        self.frames()
+            .iter()
+            .filter_map(|(_, f)| decode(f))
+            .collect()
+    }
+
+    /// Every frame seen, with the name of the interface it came in by.
+    pub fn frames(mut self) -> Vec<(String, Vec<u8>)> {
         self.stop.store(true, Ordering::Relaxed);
         let frames = self
             .thread
             .take()
             .map(|t| t.join().expect("the capture thread"))
             .unwrap_or_default();
-        frames.iter().filter_map(|f| decode(f)).collect()
+        let indexes: std::collections::BTreeSet<i32> = frames.iter().map(|(i, _)| *i).collect();
+        let names: std::collections::BTreeMap<i32, String> = crate::netns::within(&self.ns, || {
+            indexes.into_iter().map(|i| (i, if_name(i))).collect()
+        });
+        frames
+            .into_iter()
+            .map(|(i, f)| (names.get(&i).cloned().unwrap_or_default(), f))
+            .collect()
     }
+}
+
+/// The name of interface `index` in the calling thread's namespace ("" if none).
+fn if_name(index: i32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer is IF_NAMESIZE long, as the call needs.
+    let p = unsafe { libc::if_indextoname(index as u32, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: filled with a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 impl Drop for Capture {
@@ -428,7 +479,7 @@ fn capture(
     stop: &AtomicBool,
     limit: Duration,
     ready: &std::sync::mpsc::Sender<()>,
-) -> Vec<Vec<u8>> {
+) -> Vec<(i32, Vec<u8>)> {
     const ETH_P_ALL: u16 = 0x0003;
     let mut frames = Vec::new();
     // SAFETY: plain socket calls on a descriptor owned below; buffers outlive the calls.
@@ -472,7 +523,7 @@ fn capture(
             // What a port receives from its node, once (not again as the switch sends it
             // out of the destination's port).
             if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING as u8 {
-                frames.push(buf[..n as usize].to_vec());
+                frames.push((from.sll_ifindex, buf[..n as usize].to_vec()));
             }
         }
     }

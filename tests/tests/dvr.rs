@@ -1,8 +1,10 @@
 //! Distributed routers (`docs/dvr.md`) on three nodes (`router_tests::dvr`): east-west
 //! routed once on the sender's node and carried in the destination network's VXLAN from
-//! that node's DVR MAC; same-node traffic never on the underlay; external traffic through
-//! the network node's SNAT part; no ARP on the underlay; a VM that moves is followed; the
-//! kernel forwards nothing on any node. XDP and TC modes.
+//! that node's DVR MAC; same-node traffic never on the underlay; a VM's floating IP on its
+//! own node's external link only; other external traffic through the network node's SNAT
+//! part; no ARP on the underlay; a VM that moves is followed, its floating IP announced by
+//! its new node and forgotten by its old one; the kernel forwards nothing on any node. XDP
+//! and TC modes.
 
 use std::{
     net::Ipv4Addr,
@@ -11,7 +13,7 @@ use std::{
 };
 
 use router_tests::{
-    dvr::{Capture, Cloud, FIP, Overlay, SG_MAC1, VNI1, VNI2},
+    dvr::{Capture, Cloud, FIP, Overlay, SG_MAC1, VNI1, VNI2, qg_mac},
     probe,
 };
 use router_user::config::dvr_mac;
@@ -36,6 +38,27 @@ fn flow(frames: &[Overlay], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<&Overlay> {
         .iter()
         .filter(|f| f.inner_ip.is_some_and(|(s, d, _)| s == src && d == dst))
         .collect()
+}
+
+/// The IPv4 source and destination of an Ethernet frame.
+fn ipv4(f: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    (f.len() >= 34 && f[12..14] == [0x08, 0x00]).then(|| {
+        (
+            Ipv4Addr::new(f[26], f[27], f[28], f[29]),
+            Ipv4Addr::new(f[30], f[31], f[32], f[33]),
+        )
+    })
+}
+
+/// The ports of the external switch that frames from `src` came in by.
+fn ports_from(frames: &[(String, Vec<u8>)], src: Ipv4Addr) -> Vec<&str> {
+    let mut ports: Vec<&str> = frames
+        .iter()
+        .filter(|(port, f)| port.starts_with("g-") && ipv4(f).is_some_and(|(s, _)| s == src))
+        .map(|(port, _)| port.as_str())
+        .collect();
+    ports.dedup();
+    ports
 }
 
 /// The overlay forwarding entries of `device` in `ns`: (MAC, remote address).
@@ -67,11 +90,14 @@ fn routes_where_the_vm_is(mode: &str) {
     // The first packets settle nothing here: every port is known from the desired state.
     let forwarded_before = cloud.kernel_forwarded();
     let capture = Capture::start(&cloud.ul, Duration::from_secs(60));
+    let external = Capture::start(&cloud.ext, Duration::from_secs(60));
     echo_all(&vm1.0, vm3.1, 1, 20, &cloud);
     echo_all(&vm1.0, vm2.1, 2, 20, &cloud);
     echo_all(&vm1.0, EXT, 3, 10, &cloud);
     echo_all(&cloud.ext, FIP, 4, 10, &cloud);
+    echo_all(&vm4.0, EXT, 5, 10, &cloud);
     let frames = capture.finish();
+    let outside = external.frames();
 
     let (c1, c2, net) = (cloud.c1().vtep, cloud.c2().vtep, cloud.net().vtep);
     // Cross-node east-west: routed once on the sender's node, straight to the receiver's,
@@ -123,25 +149,41 @@ fn routes_where_the_vm_is(mode: &str) {
         assert_eq!(f.inner_src_mac, SG_MAC1, "{f:?}");
         assert_eq!(f.inner_ip.map(|i| i.2), Some(63), "{f:?}");
     }
-    // The floating IP's traffic reaches vm4 on c2 through the network node.
-    let fip = flow(&frames, EXT, vm4.1);
-    assert!(fip.len() >= 10, "ext -> vm4's floating IP: {fip:?}");
+    // vm4's floating IP is c2's alone: its traffic, both ways, on c2's external link and
+    // never on the underlay; vm1's SNAT leaves by the network node's.
+    let crossing: Vec<_> = frames
+        .iter()
+        .filter(|f| {
+            f.inner_ip
+                .is_some_and(|(s, d, _)| [s, d].contains(&vm4.1) && [s, d].contains(&EXT))
+        })
+        .collect();
     assert!(
-        fip.iter().all(|f| (f.outer_src, f.outer_dst) == (net, c2)),
-        "{fip:?}"
+        crossing.is_empty(),
+        "floating-IP traffic on the underlay: {crossing:?}"
+    );
+    assert_eq!(
+        ports_from(&outside, FIP),
+        ["g-c2"],
+        "vm4's floating IP leaves by c2 only"
+    );
+    assert_eq!(
+        ports_from(&outside, Ipv4Addr::new(198, 18, 0, 2)),
+        ["g-net"],
+        "SNAT leaves by the network node only"
     );
     // No ARP crosses the overlay: every port is known.
     let arp: Vec<_> = frames.iter().filter(|f| f.inner_type == 0x0806).collect();
     assert!(arp.is_empty(), "ARP on the underlay: {arp:?}");
 
-    // vm4 moves from c2 to c1 while vm3 (c2) pings it every 100 ms.
-    let pinger = {
-        let (ns, dst) = (vm3.0.clone(), vm4.1);
+    // vm4 moves from c2 to c1 while vm3 (c2) and the external host ping it every 100 ms,
+    // the latter by its floating IP.
+    let pinger = |ns: String, dst: Ipv4Addr, first: u16| {
         std::thread::spawn(move || {
             let mut answered = 0;
             let start = Instant::now();
             for seq in 0..60u16 {
-                let r = probe::echo(&ns, dst, 100 + seq, 1, Duration::from_millis(100));
+                let r = probe::echo(&ns, dst, first + seq, 1, Duration::from_millis(100));
                 answered += r.replies.len();
                 let next = start + Duration::from_millis(100) * u32::from(seq + 1);
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
@@ -149,17 +191,39 @@ fn routes_where_the_vm_is(mode: &str) {
             answered
         })
     };
+    let external = Capture::start(&cloud.ext, Duration::from_secs(60));
+    let east_west = pinger(vm3.0.clone(), vm4.1, 100);
+    let by_fip = pinger(cloud.ext.clone(), FIP, 200);
     std::thread::sleep(Duration::from_secs(1));
     cloud.unplug(3, 1);
     cloud.plug(3, 0);
     let revision = cloud.put(mode, [0, 0, 1, 0]);
     cloud.wait_applied(revision);
-    let answered = pinger.join().expect("the pinger");
+    let answered = east_west.join().expect("the pinger");
     assert!(
         answered >= 50,
         "vm3 -> vm4 across its move: {answered} of 60 answered\n{}",
         cloud.logs()
     );
+    let answered = by_fip.join().expect("the pinger");
+    assert!(
+        answered >= 50,
+        "ext -> vm4's floating IP across its move: {answered} of 60 answered\n{}",
+        cloud.logs()
+    );
+    // c1 announced the floating IP (a gratuitous ARP from its external interface).
+    let announced = external.frames().iter().any(|(port, f)| {
+        port == "g-c1"
+            && f.len() >= 42
+            && f[12..14] == [0x08, 0x06]
+            && f[6..12] == qg_mac("c1")
+            && f[28..32] == FIP.octets()
+            && f[38..42] == FIP.octets()
+    });
+    assert!(announced, "no gratuitous ARP for {FIP} from c1");
+    // Only c1 answers for it now.
+    let replies = probe::arp_replies(&cloud.ext, "br-ex", EXT, FIP, 5, Duration::from_millis(300));
+    assert_eq!(replies, 5, "answers to 5 ARP requests for {FIP}");
     let vm4_mac = router_tests::dvr::mac_text(cloud.vms[3].mac);
     let on = |node: &router_tests::dvr::NodeSpec| {
         fdb(&node.host_ns, &format!("vxlan-{VNI1}"))

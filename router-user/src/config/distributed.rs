@@ -386,6 +386,15 @@ pub(super) fn check_distributed(at: &Ctx, r: &Router) -> Result<(), ConfigError>
             ));
         }
     }
+    for (i, f) in r.floating_ips.iter().enumerate() {
+        if !d.ports.iter().any(|p| p.address == f.fixed) {
+            return Err(at.bad(
+                &format!("floating_ip[{i}].fixed"),
+                &f.fixed.to_string(),
+                "no port of the distributed router has this address (its node answers for the floating IP)",
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -11,6 +11,11 @@
 //!
 //! routerd owns the permanent entries there: entries of the router's interfaces and of its
 //! networks' overlay devices that the desired state no longer has are removed.
+//!
+//! A compute node's copy with a gateway has no address on it: its subnet is routed on-link
+//! ([`on_link`]), the next hop's MAC is asked by routerd itself ([`super::arp`]) and kept
+//! as a permanent neighbour, asked again at every drift check ([`refresh_next_hop`]); and
+//! the floating IPs new on the node are announced ([`announce_new`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -29,8 +34,102 @@ use netlink_packet_route::{
 use nix::sched::{CloneFlags, setns};
 use rtnetlink::Handle;
 
-use super::{Neighbour, OverlayEntries, neighbours, overlay_entries};
+use super::{Neighbour, OverlayEntries, is_compute, neighbours, overlay_entries};
 use crate::{config::Router, error::Error, netlink, paths};
+
+/// How the external next hop is asked: tries, and the wait for each answer.
+const NEXT_HOP_TRIES: u32 = 3;
+const NEXT_HOP_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Routes the gateway's subnet on-link through its interface `ifindex`, as an address on
+/// it would (the compute copy's gateway has none). Returns whether it wrote.
+pub async fn on_link(handle: &Handle, copy: &Router, ifindex: u32) -> Result<bool, Error> {
+    let Some(g) = &copy.gateway else {
+        return Ok(false);
+    };
+    let subnet = g.address.subnet();
+    let msg = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(subnet.addr, subnet.len)
+        .output_interface(ifindex)
+        .scope(netlink_packet_route::route::RouteScope::Link)
+        .build();
+    match handle.route().add(msg).execute().await {
+        Ok(()) => Ok(true),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(false),
+        Err(source) => Err(nl_error(&copy.id, format!("routing {subnet} on-link"))(
+            source,
+        )),
+    }
+}
+
+/// Asks the external next hop's MAC again and keeps it as a permanent neighbour (a compute
+/// copy with a gateway). Returns the kernel writes: 0 when the answer is what it was.
+pub async fn refresh_next_hop(handle: &Handle, copy: &Router) -> Result<usize, Error> {
+    let Some(g) = copy.gateway.as_ref().filter(|_| is_compute(copy)) else {
+        return Ok(0);
+    };
+    let nl = |what: String| nl_error(&copy.id, what);
+    let Some(link) = netlink::link_by_name(handle, &g.interface)
+        .await
+        .map_err(nl(format!("looking up {}", g.interface)))?
+    else {
+        return Ok(0);
+    };
+    let sender = copy
+        .floating_ips
+        .first()
+        .map_or(Ipv4Addr::UNSPECIFIED, |f| f.address);
+    let (index, mac, nexthop) = (link.index, link.mac, g.nexthop);
+    // On the router's own thread, which waits for the answer (300 ms at most).
+    let answer = super::arp::resolve(index, mac, sender, nexthop, NEXT_HOP_TRIES, NEXT_HOP_WAIT)
+        .map_err(|e| Error::io(format!("router {}: asking for {nexthop}", copy.id), e))?;
+    let Some(answer) = answer else {
+        tracing::warn!(
+            "router {}: the external next hop {nexthop} does not answer on {}",
+            copy.id,
+            g.interface
+        );
+        return Ok(0);
+    };
+    let have = permanent_neighbours(handle, AddressFamily::Inet)
+        .await
+        .map_err(nl("listing neighbours".into()))?;
+    if have.iter().any(|(_, e)| *e == (index, nexthop, answer)) {
+        return Ok(0);
+    }
+    handle
+        .neighbours()
+        .add(index, IpAddr::V4(nexthop))
+        .link_layer_address(&answer)
+        .state(NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl(format!("adding neighbour {nexthop}")))?;
+    tracing::info!(
+        "router {}: external next hop {nexthop} is at {}",
+        copy.id,
+        crate::config::mac_text(answer)
+    );
+    Ok(1)
+}
+
+/// Announces (gratuitous ARP, in the background) the floating IPs `copy` has that
+/// `before` did not: a VM that arrived on this node, or all of them at start.
+pub fn announce_new(copy: &Router, before: Option<&Router>) {
+    let Some(g) = copy.gateway.as_ref().filter(|_| is_compute(copy)) else {
+        return;
+    };
+    let new: Vec<Ipv4Addr> = copy
+        .floating_ips
+        .iter()
+        .filter(|f| before.is_none_or(|b| !b.floating_ips.iter().any(|o| o.address == f.address)))
+        .map(|f| f.address)
+        .collect();
+    if !new.is_empty() {
+        crate::ha::garp::announce_in_background(copy, vec![(g.interface.clone(), new)]);
+    }
+}
 
 /// Brings the router namespace's permanent neighbours and the overlay devices' entries to
 /// what `copy` (a node's copy of a distributed router) says. `handle` is the router
@@ -40,7 +139,7 @@ pub async fn sync(handle: &Handle, copy: &Router) -> Result<usize, Error> {
     if copy.part.is_none() {
         return Ok(0);
     }
-    let mut writes = sync_neighbours(handle, copy).await?;
+    let mut writes = sync_neighbours(handle, copy).await? + refresh_next_hop(handle, copy).await?;
     let overlay = overlay_entries(copy);
     if overlay.is_empty() {
         return Ok(writes);

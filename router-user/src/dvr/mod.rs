@@ -3,20 +3,24 @@
 //!
 //! - A **compute node** (one that holds a port of the router's networks) runs the
 //!   distributed part: every internal interface with the gateway address and MAC, routing
-//!   between the networks on the sender's node, forwarding from the node's own DVR MAC.
-//!   What would leave for the external network goes to the SNAT part instead, through a
-//!   table per network (`snat-<interface>`, a default route to the network's
-//!   `snat_address`) chosen by source, after rules that keep the router's own subnets in
-//!   the main table.
+//!   between the networks on the sender's node, forwarding from the node's own DVR MAC;
+//!   and the floating IPs of its own VMs, answered, translated and forwarded on its own
+//!   external interface, which has no address (the fast path answers ARP for the floating
+//!   IPs; routerd resolves the external next hop itself, [`kernel`]). The rest of what
+//!   would leave for the external network goes to the SNAT part, through a table per
+//!   network (`snat-<interface>`, a default route to the network's `snat_address`) chosen
+//!   by source, after rules that keep the router's own subnets in the main table; a VM
+//!   with a floating IP is routed by the main table (`policy_flags::FLOATING_IP_BY_MAIN`),
+//!   so no rule per floating IP is needed.
 //! - The **SNAT node** (where the router is placed) runs the centralised part: the same
-//!   interfaces with the networks' `snat_address`es, the gateway, default SNAT and the
-//!   floating IPs.
+//!   interfaces with the networks' `snat_address`es, the gateway and default SNAT.
 //!
 //! On both, the ports of the router's networks come from the desired state, never from ARP
 //! ([`kernel`]): a permanent neighbour entry for each in the router's namespace, and for
 //! each port on another node, an overlay forwarding entry (its MAC to that node's overlay
 //! address) and an ARP answer on the network's overlay device `vxlan-<vni>`.
 
+mod arp;
 pub mod kernel;
 
 use std::net::Ipv4Addr;
@@ -103,14 +107,23 @@ pub fn local_copy(
             }
         }
         Role::Compute => {
-            // Floating IPs are the SNAT node's for now: a VM's floating-IP traffic goes
-            // there with the rest of its external traffic.
-            let external = copy.gateway.take().is_some();
-            copy.floating_ips.clear();
-            if external {
+            // Its VMs' floating IPs, on its own gateway, which translates nothing else.
+            let here: Vec<Ipv4Addr> = d
+                .ports
+                .iter()
+                .filter(|p| p.node == node)
+                .map(|p| p.address)
+                .collect();
+            copy.floating_ips.retain(|f| here.contains(&f.fixed));
+            if let Some(g) = &mut copy.gateway {
+                g.snat = false;
                 snat_tables(&mut copy);
             }
         }
+    }
+    if role == Role::Snat {
+        // Floating IPs are where their VMs are.
+        copy.floating_ips.clear();
     }
     Ok(Some(copy))
 }
@@ -163,6 +176,23 @@ fn snat_tables(copy: &mut Router) {
             to: Prefix::ANY,
             table: id,
         });
+    }
+}
+
+/// Whether `router` is a compute node's copy: its gateway interface holds no address.
+pub fn is_compute(router: &Router) -> bool {
+    router
+        .part
+        .as_ref()
+        .is_some_and(|p| p.role == Role::Compute)
+}
+
+/// The bits of `router_common::policy_flags` `router` runs with.
+pub fn policy_flags(router: &Router) -> u32 {
+    if is_compute(router) {
+        router_common::policy_flags::FLOATING_IP_BY_MAIN
+    } else {
+        0
     }
 }
 

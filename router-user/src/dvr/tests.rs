@@ -88,14 +88,23 @@ fn each_node_runs_its_part() {
         .expect("runs");
     assert_eq!(snat.part.as_ref().map(|p| p.role), Some(Role::Snat));
     assert_eq!(snat.interfaces[0].address.to_string(), "10.0.1.3/24");
-    assert!(snat.gateway.is_some());
-    assert_eq!(snat.floating_ips.len(), 1);
+    assert!(snat.gateway.as_ref().is_some_and(|g| g.snat));
+    assert!(snat.floating_ips.is_empty(), "floating IPs are where their VMs are");
+    assert_eq!(policy_flags(&snat), 0);
     let c1 = local_copy(&r, "c1", false, Some("host-c1"))
         .expect("ok")
         .expect("runs");
     assert_eq!(c1.part.as_ref().map(|p| p.role), Some(Role::Compute));
     assert_eq!(c1.interfaces[0].address.to_string(), "10.0.1.1/24");
-    assert!(c1.gateway.is_none() && c1.floating_ips.is_empty());
+    // Its own VM's floating IP, on a gateway that translates nothing else.
+    assert!(c1.gateway.as_ref().is_some_and(|g| !g.snat));
+    assert_eq!(c1.floating_ips.len(), 1);
+    assert_eq!(
+        policy_flags(&c1),
+        router_common::policy_flags::FLOATING_IP_BY_MAIN
+    );
+    let c2 = local_copy(&r, "c2", false, None).unwrap().unwrap();
+    assert!(c2.floating_ips.is_empty(), "10.0.1.5 is not on c2");
     // Its own subnets stay in main; the rest leaves for the network's SNAT address.
     let to_main: Vec<String> = c1
         .rules
@@ -201,6 +210,10 @@ fn bad_distributed_sections_are_named() {
         (
             ROUTER.replace("[router.distributed]", "[router.firewall]\n\n[router.distributed]"),
             "firewall",
+        ),
+        (
+            ROUTER.replace("fixed = \"10.0.1.5\"", "fixed = \"10.0.1.77\""),
+            "floating_ip[0].fixed",
         ),
     ];
     for (text, key) in cases {

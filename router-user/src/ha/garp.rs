@@ -37,8 +37,21 @@ pub fn announcements(router: &Router) -> Vec<(String, Vec<Ipv4Addr>)> {
 /// Sends the router's gratuitous ARPs from its namespace (on a thread of its own, which
 /// enters the namespace); returns how many frames went out.
 pub fn announce(router: &Router) -> Result<usize, Error> {
+    announce_these(router, announcements(router))
+}
+
+/// Sends gratuitous ARPs for `plan` (addresses by interface) from `router`'s namespace on
+/// a thread of its own, without waiting for it (the rounds take most of a second).
+pub fn announce_in_background(router: &Router, plan: Vec<(String, Vec<Ipv4Addr>)>) {
+    let router = router.clone();
+    std::thread::spawn(move || match announce_these(&router, plan) {
+        Ok(n) => tracing::info!("router {}: {n} gratuitous ARP frames sent", router.id),
+        Err(e) => tracing::warn!("router {}: gratuitous ARP: {e}", router.id),
+    });
+}
+
+fn announce_these(router: &Router, plan: Vec<(String, Vec<Ipv4Addr>)>) -> Result<usize, Error> {
     let path = paths::netns_path(&router.namespace);
-    let plan = announcements(router);
     std::thread::scope(|scope| {
         scope
             .spawn(|| {

@@ -26,6 +26,8 @@ pub struct PolicyTables {
     pub rules: Vec<PolicyRule>,
     pub fw_rules: Vec<FwRule>,
     pub fw_flags: u32,
+    /// Bits of `router_common::policy_flags`.
+    pub flags: u32,
     /// Counter slots given to new firewall rules (zeroed before the rules go live).
     pub fresh_slots: Vec<u8>,
     /// External subnet -> its table.
@@ -82,6 +84,7 @@ pub fn tables(
         rules,
         fw_rules: fw.rules,
         fw_flags: fw.flags,
+        flags: crate::dvr::policy_flags(router),
         fresh_slots: fw.fresh,
         source_tables,
         allowed_sources,
@@ -130,6 +133,7 @@ impl PolicyChanges {
             changes.fw_rules = Some(wanted.fw_rules.clone());
         }
         new.fw_flags = wanted.fw_flags;
+        new.flags = wanted.flags;
         new.source_tables = wanted.source_tables.len() as u32;
         changes.config = (new != old).then_some(new);
         changes.fresh_slots = wanted.fresh_slots.clone();

@@ -218,7 +218,12 @@ impl RouterState {
         self.check_namespace();
         let mut wanted: Vec<(String, Vec<IfAddr>)> = Vec::new();
         if let Some(g) = &self.router.gateway {
-            let mut addrs = vec![g.address];
+            // A distributed router's compute copy holds no external address.
+            let mut addrs = if crate::dvr::is_compute(&self.router) {
+                Vec::new()
+            } else {
+                vec![g.address]
+            };
             addrs.extend(g.subnets.iter().map(|s| s.address));
             wanted.push((g.interface.clone(), addrs));
         }
@@ -297,7 +302,8 @@ impl RouterState {
             )?;
         }
         self.check_pins();
-        let writes = sync_kernel_policy(handle, &self.router).await?;
+        let writes = sync_kernel_policy(handle, &self.router).await?
+            + crate::dvr::kernel::refresh_next_hop(handle, &self.router).await?;
         if writes > 0 {
             tracing::warn!(
                 "router {}: repaired: {writes} route or rule changes restored the desired state",

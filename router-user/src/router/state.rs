@@ -168,11 +168,17 @@ async fn setup_recording(
             made.arp_quiet = names;
         }
     }
-    for (link, addr, _, _) in &links {
+    for (link, addr, role, _) in &links {
         if !link.up {
             netlink::set_up(handle, link.index)
                 .await
                 .map_err(nl(format!("setting {} up", link.name)))?;
+        }
+        if *role == iface_role::EXTERNAL && crate::dvr::is_compute(router) {
+            // A distributed router's compute copy holds no external address.
+            kernel_writes +=
+                usize::from(crate::dvr::kernel::on_link(handle, router, link.index).await?);
+            continue;
         }
         if netlink::ensure_address(handle, link.index, *addr)
             .await
@@ -293,6 +299,7 @@ async fn setup_recording(
     let attached = state.datapath.attach(router.mode, &attach, &tc_only)?;
     // Attached: the fast path decides what of ARP the kernel sees (a standby, nothing).
     kernel_writes += set_arp_ignore(router, &made.arp_quiet, ARP_ANSWER)?;
+    crate::dvr::kernel::announce_new(router, None);
     made.arp_quiet.clear();
     let adopted_links = attached.adopted;
     if !attached.xdp_unavailable.is_empty() {
@@ -594,6 +601,7 @@ impl RouterState {
         }
         let kernel_writes = sync_kernel_policy(handle, &new).await?
             + crate::dvr::kernel::sync(handle, &new).await?;
+        crate::dvr::kernel::announce_new(&new, Some(&old));
         slowpath::update(&old, &new)?;
         // `update` writes one nftables transaction whenever the router changed.
         let nft_writes = usize::from(old != new);
