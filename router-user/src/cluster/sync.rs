@@ -638,6 +638,44 @@ mod tests {
     }
 
     #[test]
+    fn a_distributed_router_runs_where_its_ports_are_and_where_it_is_placed() {
+        use crate::dvr::{
+            Role,
+            tests::{ROUTER, router},
+        };
+        let mut s = Snapshot::default();
+        put_router(&mut s, &router(ROUTER), 10);
+        place(&mut s, "r1", &["net"], 11);
+        let role = |node: &str, s: &Snapshot| {
+            let u = s.desired_for(node, Some("host"), &Update::default());
+            assert!(u.refused.is_empty(), "{:?}", u.refused);
+            u.state.routers.first().and_then(|r| r.part.clone())
+        };
+        let c1 = role("c1", &s).expect("c1 holds a port");
+        assert_eq!(
+            (c1.role, c1.overlay_netns.as_deref()),
+            (Role::Compute, Some("host"))
+        );
+        assert_eq!(role("net", &s).map(|p| p.role), Some(Role::Snat));
+        assert_eq!(role("c9", &s), None);
+        // The port on c1 moves to c9: c9 runs the distributed part, c1 nothing.
+        let moved = ROUTER
+            .replacen("node = \"c1\"", "node = \"c9\"", 1)
+            .replacen(
+                "nodes = { c1 = \"192.0.2.11\",",
+                "nodes = { c1 = \"192.0.2.11\", c9 = \"192.0.2.19\",",
+                1,
+            );
+        put_router(&mut s, &router(&moved), 12);
+        assert_eq!(role("c1", &s), None);
+        assert_eq!(role("c9", &s).map(|p| p.role), Some(Role::Compute));
+        // Placed where it holds ports: refused there, named.
+        place(&mut s, "r1", &["c9"], 13);
+        let u = s.desired_for("c9", None, &Update::default());
+        assert!(u.refused["r1"].contains("node c9"), "{:?}", u.refused);
+    }
+
+    #[test]
     fn backoff_grows_to_a_bound_and_resets() {
         let mut b = Backoff::new();
         let delays: Vec<u128> = (0..7).map(|_| b.next_delay().as_millis()).collect();

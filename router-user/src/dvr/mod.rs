@@ -277,4 +277,4 @@ pub fn overlay_entries(copy: &Router) -> Vec<OverlayEntries> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -3,7 +3,8 @@ use std::net::Ipv4Addr;
 use super::*;
 use crate::config::DesiredState;
 
-const ROUTER: &str = r#"
+/// A distributed router: nodes c1, c2 (compute) and net (its SNAT part).
+pub(crate) const ROUTER: &str = r#"
 [[router]]
 id = "r1"
 namespace = "qrouter-r1"
@@ -63,7 +64,7 @@ mac = "fa:16:3e:00:02:03"
 node = "net"
 "#;
 
-fn router(text: &str) -> Router {
+pub(crate) fn router(text: &str) -> Router {
     DesiredState::parse(text).expect("parses").routers.remove(0)
 }
 
@@ -89,7 +90,10 @@ fn each_node_runs_its_part() {
     assert_eq!(snat.part.as_ref().map(|p| p.role), Some(Role::Snat));
     assert_eq!(snat.interfaces[0].address.to_string(), "10.0.1.3/24");
     assert!(snat.gateway.as_ref().is_some_and(|g| g.snat));
-    assert!(snat.floating_ips.is_empty(), "floating IPs are where their VMs are");
+    assert!(
+        snat.floating_ips.is_empty(),
+        "floating IPs are where their VMs are"
+    );
     assert_eq!(policy_flags(&snat), 0);
     let c1 = local_copy(&r, "c1", false, Some("host-c1"))
         .expect("ok")
