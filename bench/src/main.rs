@@ -5,6 +5,7 @@
 mod cluster;
 mod cluster_report;
 mod cluster_watch;
+mod dvr;
 mod ha;
 mod jitmap;
 mod live;
@@ -28,7 +29,7 @@ struct Args {
     /// Shorter runs and fewer sizes (a smoke run, not for the record).
     #[arg(long)]
     quick: bool,
-    /// Only these sections (micro, live, rate, tcp, cpu, scale, control, cluster); all by
+    /// Only these sections (micro, live, rate, tcp, cpu, scale, control, cluster, ha, dvr); all by
     /// default. `tcp` and `cpu` share `rate`'s setups.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -84,6 +85,12 @@ pub struct Results {
     /// HA routers: the session sync under load, a node lost, a planned switchover.
     #[serde(default)]
     pub ha: Vec<ha::HaResult>,
+    /// Distributed routers: east-west across compute nodes, distributed and centralised.
+    #[serde(default)]
+    pub dvr: Vec<dvr::DvrResult>,
+    /// Distributed routers: each node's kernel objects, ours and Neutron DVR's.
+    #[serde(default)]
+    pub dvr_objects: Vec<dvr::NodeObjects>,
 }
 
 /// Forwarding while the maps change under it: every offered frame must arrive.
@@ -447,6 +454,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    if wants("dvr") {
+        (results.dvr, results.dvr_objects) = dvr::run(args.quick, &mut |what| progress.say(what))?;
     }
     progress.say("writing the report");
     report::write(&args.out, &results)?;

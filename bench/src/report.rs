@@ -342,6 +342,7 @@ fn markdown(r: &Results, old: &str) -> String {
     }
     crate::cluster_report::section(&mut s, r);
     crate::ha::section(&mut s, &r.ha);
+    crate::dvr::section(&mut s, &r.dvr, &r.dvr_objects);
     s
 }
 
@@ -706,6 +707,28 @@ fn targets_table(s: &mut String, r: &Results) {
         "<= 200",
         ha(|h| h.switchover_gap_ms.unwrap_or(f64::INFINITY), f64::max),
         |v| v <= 200.0,
+    );
+    // Distributed routers: the worse mode of the run.
+    let dvr = |what: fn(&crate::dvr::DvrResult) -> f64, worst: fn(f64, f64) -> f64| {
+        ["xdp", "tc"]
+            .iter()
+            .filter_map(|mode| {
+                let of = |path: &str| r.dvr.iter().find(|d| d.mode == *mode && d.path == path);
+                Some(what(of("distributed")?) / what(of("centralised")?).max(1e-9))
+            })
+            .reduce(worst)
+    };
+    row(
+        "DVR: cross-node east-west packets/s, distributed / centralised",
+        ">= 1",
+        dvr(|d| d.delivered_pps, f64::min),
+        |v| v >= 1.0,
+    );
+    row(
+        "DVR: cross-node east-west round trip (median), distributed / centralised",
+        "<= 1",
+        dvr(|d| d.rtt_median_us, f64::max),
+        |v| v <= 1.0,
     );
     let _ = writeln!(s, "| target | wanted | this run | met |\n|---|---|---|---|");
     for (what, target, value, ok) in rows {

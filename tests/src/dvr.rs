@@ -300,6 +300,103 @@ impl Cloud {
         t
     }
 
+    /// The same router centralised on the network node (for the benchmark's comparison):
+    /// no `[router.distributed]`, its gateway addresses on the network node's interfaces.
+    pub fn centralised_toml(&self, mode: &str) -> String {
+        let full = self.router_toml(mode, [C1, C1, C2, C2]);
+        full.split("\n[router.distributed]")
+            .next()
+            .unwrap_or(&full)
+            .to_string()
+    }
+
+    /// What a centralised router on the network node needs of the overlay, written by hand
+    /// (Neutron's l2population for it): the compute nodes send the gateways' MACs to the
+    /// network node and answer ARP for the gateways; the network node sends each VM's MAC
+    /// to its node and knows it as a neighbour. The compute nodes' router namespaces lose
+    /// their addresses, and the VMs forget the distributed gateway's MAC.
+    pub fn centralise_l2(&self) {
+        let net = &self.nodes[NET];
+        for n in &self.nodes[..NET] {
+            ip_batch(
+                Some(&n.host_ns),
+                &format!(
+                    "neigh replace 10.0.1.1 lladdr {m1} dev vxlan-{VNI1} nud permanent\n\
+                     neigh replace 10.0.2.1 lladdr {m2} dev vxlan-{VNI2} nud permanent\n",
+                    m1 = mac_text(SG_MAC1),
+                    m2 = mac_text(SG_MAC2),
+                ),
+            );
+            for (mac, vni) in [(SG_MAC1, VNI1), (SG_MAC2, VNI2)] {
+                run(
+                    "ip",
+                    &[
+                        "netns",
+                        "exec",
+                        &n.host_ns,
+                        "bridge",
+                        "fdb",
+                        "replace",
+                        &mac_text(mac),
+                        "dev",
+                        &format!("vxlan-{vni}"),
+                        "dst",
+                        &net.vtep.to_string(),
+                        "self",
+                        "permanent",
+                    ],
+                );
+            }
+            ip_batch(
+                Some(&n.router_ns),
+                "address flush dev qr1\naddress flush dev qr2\n",
+            );
+        }
+        let hosts = [C1, C1, C2, C2];
+        for (v, node) in self.vms.iter().zip(hosts) {
+            let vni = if v.net == 1 { VNI1 } else { VNI2 };
+            run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &net.host_ns,
+                    "bridge",
+                    "fdb",
+                    "replace",
+                    &mac_text(v.mac),
+                    "dev",
+                    &format!("vxlan-{vni}"),
+                    "dst",
+                    &self.nodes[node].vtep.to_string(),
+                    "self",
+                    "permanent",
+                ],
+            );
+            ip_batch(
+                Some(&net.router_ns),
+                &format!(
+                    "neigh replace {} lladdr {} dev qr{} nud permanent\n",
+                    v.addr,
+                    mac_text(v.mac),
+                    v.net
+                ),
+            );
+            let (gw, mac) = if v.net == 1 {
+                ("10.0.1.1", SG_MAC1)
+            } else {
+                ("10.0.2.1", SG_MAC2)
+            };
+            ip_batch(
+                Some(&v.ns),
+                &format!(
+                    "neigh replace {gw} lladdr {} dev eth0 nud permanent\n",
+                    mac_text(mac)
+                ),
+            );
+        }
+    }
+
     /// Starts etcd and the three routerds, puts the router (VMs as built: vm1, vm2 on c1;
     /// vm3, vm4 on c2) placed on the network node, and waits until every node runs it.
     pub fn start(&mut self, mode: &str) {
@@ -333,8 +430,13 @@ impl Cloud {
 
     /// Puts the router with the VMs on `placement`; returns the revision.
     pub fn put(&self, mode: &str, placement: [usize; 4]) -> i64 {
-        let state = router_user::config::DesiredState::parse(&self.router_toml(mode, placement))
-            .expect("the router's desired state");
+        self.put_toml(&self.router_toml(mode, placement))
+    }
+
+    /// Puts the router as `toml` says; returns the revision.
+    pub fn put_toml(&self, toml: &str) -> i64 {
+        let state =
+            router_user::config::DesiredState::parse(toml).expect("the router's desired state");
         let router = state.routers.into_iter().next().expect("one router");
         self.etcd().put_router(&router)
     }
