@@ -43,6 +43,12 @@ use crate::{
 pub const VNI1: u32 = 1001;
 pub const VNI2: u32 = 1002;
 pub const FIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+/// With a second external subnet ([`Cloud::build_with`]): vm1's floating IP on it, its
+/// gateway (in namespace `x2-<tag>`, on the external switch), and an address behind that
+/// gateway only.
+pub const FIP2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+pub const SUBNET2_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const BEHIND_SUBNET2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 
 /// One compute or network node.
 pub struct NodeSpec {
@@ -69,6 +75,8 @@ pub struct Cloud {
     pub vms: [Vm; 4],
     pub ul: String,
     pub ext: String,
+    /// The second external subnet's gateway, if built with one.
+    pub x2: Option<String>,
     /// The routerds, by node index; dropped before the namespaces.
     pub routerd: Vec<Node>,
     pub etcd: Option<Etcd>,
@@ -104,6 +112,12 @@ const NET: usize = 2;
 impl Cloud {
     /// Builds the three nodes' namespaces and links (no routerd yet).
     pub fn build() -> Self {
+        Self::build_with(false)
+    }
+
+    /// As [`Cloud::build`]; `second_subnet`: the external network has a second subnet
+    /// (seed 002), with its own gateway and vm1's floating IP [`FIP2`] on it.
+    pub fn build_with(second_subnet: bool) -> Self {
         crate::require_root();
         let tag = unique("dv");
         let mut ns = Namespaces::default();
@@ -129,11 +143,13 @@ impl Cloud {
         ];
         let ul = format!("ul-{tag}");
         let ext = format!("ext-{tag}");
+        let x2 = second_subnet.then(|| format!("x2-{tag}"));
         let quiet = [
             "net.ipv6.conf.all.disable_ipv6=1",
             "net.ipv6.conf.default.disable_ipv6=1",
         ];
         let mut all: Vec<String> = vec![ul.clone(), ext.clone()];
+        all.extend(x2.clone());
         for n in &nodes {
             all.push(n.host_ns.clone());
             all.push(n.router_ns.clone());
@@ -205,6 +221,20 @@ impl Cloud {
             switch += &format!("link set {port} master br-ex\nlink set {port} up\n");
         }
         switch += "link set br-ex up\naddress add 198.18.0.1/24 dev br-ex\n";
+        if let Some(x2) = &x2 {
+            ip_batch(
+                None,
+                &format!("link add eth0 netns {x2} type veth peer name g-x2 netns {ext}\n"),
+            );
+            switch += "link set g-x2 master br-ex\nlink set g-x2 up\n";
+            ip_batch(
+                Some(x2),
+                &format!(
+                    "link set eth0 up\naddress add {SUBNET2_GATEWAY}/24 dev eth0\n\
+                     address add {BEHIND_SUBNET2}/32 dev lo\n"
+                ),
+            );
+        }
         ip_batch(Some(&ext), &switch);
         for n in &nodes {
             let port = format!("g-{}", n.short);
@@ -219,6 +249,7 @@ impl Cloud {
             vms,
             ul,
             ext,
+            x2,
             routerd: Vec::new(),
             etcd: None,
             _ns: ns,
@@ -273,7 +304,8 @@ impl Cloud {
              [router.gateway]\ninterface = \"qg0\"\naddress = \"198.18.0.2/24\"\nnexthop = \"198.18.0.1\"\n\n\
              [[router.interface]]\nname = \"qr1\"\naddress = \"10.0.1.1/24\"\n\n\
              [[router.interface]]\nname = \"qr2\"\naddress = \"10.0.2.1/24\"\n\n\
-             [[router.floating_ip]]\naddress = \"{FIP}\"\nfixed = \"10.0.1.6\"\n\n\
+             {subnet2}\
+             [[router.floating_ip]]\naddress = \"{FIP}\"\nfixed = \"10.0.1.6\"\n\n{fip2}\
              [router.distributed]\nnodes = {{ \"{}\" = \"{}\", \"{}\" = \"{}\", \"{}\" = \"{}\" }}\n\n\
              [[router.distributed.network]]\ninterface = \"qr1\"\nvni = {VNI1}\nsnat_address = \"10.0.1.3\"\n\n\
              [[router.distributed.network]]\ninterface = \"qr2\"\nvni = {VNI2}\nsnat_address = \"10.0.2.3\"\n",
@@ -284,6 +316,18 @@ impl Cloud {
             n(NET).name,
             n(NET).vtep,
             id = self.id,
+            subnet2 = if self.x2.is_some() {
+                format!(
+                    "[[router.gateway.subnet]]\naddress = \"198.51.100.2/24\"\nnexthop = \"{SUBNET2_GATEWAY}\"\n\n"
+                )
+            } else {
+                String::new()
+            },
+            fip2 = if self.x2.is_some() {
+                format!("[[router.floating_ip]]\naddress = \"{FIP2}\"\nfixed = \"10.0.1.5\"\n\n")
+            } else {
+                String::new()
+            },
         );
         let port = |iface: &str, addr: Ipv4Addr, mac: [u8; 6], node: usize| {
             format!(
@@ -502,12 +546,15 @@ pub struct Overlay {
     pub arp_target: Option<Ipv4Addr>,
 }
 
+/// A frame and the index of the interface it came in by.
+type Frame = (i32, Vec<u8>);
+
 /// Every frame the interfaces of a namespace receive (a switch's ports: what each node
 /// sends), until [`Capture::finish`] (bounded by `limit`).
 pub struct Capture {
     ns: String,
     stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<Vec<(i32, Vec<u8>)>>>,
+    thread: Option<thread::JoinHandle<Vec<Frame>>>,
 }
 
 impl Capture {
@@ -577,11 +624,7 @@ impl Drop for Capture {
     }
 }
 
-fn capture(
-    stop: &AtomicBool,
-    limit: Duration,
-    ready: &std::sync::mpsc::Sender<()>,
-) -> Vec<(i32, Vec<u8>)> {
+fn capture(stop: &AtomicBool, limit: Duration, ready: &std::sync::mpsc::Sender<()>) -> Vec<Frame> {
     const ETH_P_ALL: u16 = 0x0003;
     let mut frames = Vec::new();
     // SAFETY: plain socket calls on a descriptor owned below; buffers outlive the calls.
@@ -624,7 +667,7 @@ fn capture(
             );
             // What a port receives from its node, once (not again as the switch sends it
             // out of the destination's port).
-            if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING as u8 {
+            if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING {
                 frames.push((from.sll_ifindex, buf[..n as usize].to_vec()));
             }
         }

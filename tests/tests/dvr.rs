@@ -13,7 +13,7 @@ use std::{
 };
 
 use router_tests::{
-    dvr::{Capture, Cloud, FIP, Overlay, SG_MAC1, VNI1, VNI2, qg_mac},
+    dvr::{BEHIND_SUBNET2, Capture, Cloud, FIP, FIP2, Overlay, SG_MAC2, VNI1, VNI2, qg_mac},
     probe,
 };
 use router_user::config::dvr_mac;
@@ -84,7 +84,7 @@ fn fdb(ns: &str, device: &str) -> Vec<(String, String)> {
 }
 
 fn routes_where_the_vm_is(mode: &str) {
-    let mut cloud = Cloud::build();
+    let mut cloud = Cloud::build_with(true);
     cloud.start(mode);
     let [vm1, vm2, vm3, vm4] = [0, 1, 2, 3].map(|i| (cloud.vms[i].ns.clone(), cloud.vms[i].addr));
     // The first packets settle nothing here: every port is known from the desired state.
@@ -93,9 +93,12 @@ fn routes_where_the_vm_is(mode: &str) {
     let external = Capture::start(&cloud.ext, Duration::from_secs(60));
     echo_all(&vm1.0, vm3.1, 1, 20, &cloud);
     echo_all(&vm1.0, vm2.1, 2, 20, &cloud);
-    echo_all(&vm1.0, EXT, 3, 10, &cloud);
+    echo_all(&vm2.0, EXT, 3, 10, &cloud);
     echo_all(&cloud.ext, FIP, 4, 10, &cloud);
     echo_all(&vm4.0, EXT, 5, 10, &cloud);
+    // vm1's floating IP is on the second external subnet: it leaves by that subnet's
+    // gateway, the only way to what is behind it.
+    echo_all(&vm1.0, BEHIND_SUBNET2, 6, 10, &cloud);
     let frames = capture.finish();
     let outside = external.frames();
 
@@ -131,26 +134,27 @@ fn routes_where_the_vm_is(mode: &str) {
         local.is_empty(),
         "same-node traffic on the underlay: {local:?}"
     );
-    // External without a floating IP: to the network node's SNAT port, and back from it.
-    let out = flow(&frames, vm1.1, EXT);
-    assert!(out.len() >= 10, "vm1 -> ext: {out:?}");
+    // External without a floating IP (vm2): to the network node's SNAT port on its
+    // network, and back from it.
+    let out = flow(&frames, vm2.1, EXT);
+    assert!(out.len() >= 10, "vm2 -> ext: {out:?}");
     for f in &out {
-        assert_eq!((f.outer_src, f.outer_dst, f.vni), (c1, net, VNI1), "{f:?}");
+        assert_eq!((f.outer_src, f.outer_dst, f.vni), (c1, net, VNI2), "{f:?}");
         assert_eq!(
             (f.inner_src_mac, f.inner_dst_mac),
-            (dvr_mac(c1), SG_MAC1),
+            (dvr_mac(c1), SG_MAC2),
             "{f:?}"
         );
     }
-    let back = flow(&frames, EXT, vm1.1);
-    assert!(back.len() >= 10, "ext -> vm1 after SNAT: {back:?}");
+    let back = flow(&frames, EXT, vm2.1);
+    assert!(back.len() >= 10, "ext -> vm2 after SNAT: {back:?}");
     for f in &back {
-        assert_eq!((f.outer_src, f.outer_dst, f.vni), (net, c1, VNI1), "{f:?}");
-        assert_eq!(f.inner_src_mac, SG_MAC1, "{f:?}");
+        assert_eq!((f.outer_src, f.outer_dst, f.vni), (net, c1, VNI2), "{f:?}");
+        assert_eq!(f.inner_src_mac, SG_MAC2, "{f:?}");
         assert_eq!(f.inner_ip.map(|i| i.2), Some(63), "{f:?}");
     }
     // vm4's floating IP is c2's alone: its traffic, both ways, on c2's external link and
-    // never on the underlay; vm1's SNAT leaves by the network node's.
+    // never on the underlay; vm2's SNAT leaves by the network node's.
     let crossing: Vec<_> = frames
         .iter()
         .filter(|f| {
@@ -171,6 +175,21 @@ fn routes_where_the_vm_is(mode: &str) {
         ports_from(&outside, Ipv4Addr::new(198, 18, 0, 2)),
         ["g-net"],
         "SNAT leaves by the network node only"
+    );
+    assert_eq!(
+        ports_from(&outside, FIP2),
+        ["g-c1"],
+        "vm1's floating IP leaves by c1"
+    );
+    let x2 = cloud.x2.as_deref().expect("a second external subnet");
+    let x2_mac = router_tests::topo::try_mac_of(Some(x2), "eth0").expect("its MAC");
+    let to_x2 = outside
+        .iter()
+        .filter(|(port, f)| port == "g-c1" && ipv4(f).is_some_and(|(s, _)| s == FIP2))
+        .all(|(_, f)| f[0..6] == x2_mac);
+    assert!(
+        to_x2,
+        "vm1's floating-IP traffic goes to its subnet's gateway"
     );
     // No ARP crosses the overlay: every port is known.
     let arp: Vec<_> = frames.iter().filter(|f| f.inner_type == 0x0806).collect();

@@ -561,6 +561,7 @@ fn events_within_the_debounce_window_are_one_update() {
         state_dir: std::env::temp_dir(),
         debounce: Duration::from_millis(300),
         credentials: Default::default(),
+        overlay_netns: None,
     };
     let (tx, mut updates) = tokio::sync::mpsc::channel(16);
     let reread = std::sync::Arc::new(tokio::sync::Notify::new());

@@ -247,15 +247,6 @@ pub(super) fn check_distributed(at: &Ctx, r: &Router) -> Result<(), ConfigError>
             ));
         }
     }
-    if let Some(g) = &r.gateway
-        && !g.subnets.is_empty()
-    {
-        return Err(at.bad(
-            "gateway.subnet",
-            "",
-            "several external subnets are not supported on a distributed router yet",
-        ));
-    }
     let mut vteps = HashSet::new();
     let mut macs = HashSet::new();
     for (name, vtep) in &d.nodes {

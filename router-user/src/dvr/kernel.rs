@@ -37,33 +37,41 @@ use rtnetlink::Handle;
 use super::{Neighbour, OverlayEntries, is_compute, neighbours, overlay_entries};
 use crate::{config::Router, error::Error, netlink, paths};
 
+/// A permanent entry as compared: interface, address (the neighbour's, or a forwarding
+/// entry's remote overlay address), MAC.
+type Entry = (u32, Ipv4Addr, [u8; 6]);
+
 /// How the external next hop is asked: tries, and the wait for each answer.
 const NEXT_HOP_TRIES: u32 = 3;
 const NEXT_HOP_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Routes the gateway's subnet on-link through its interface `ifindex`, as an address on
-/// it would (the compute copy's gateway has none). Returns whether it wrote.
+/// Routes each external subnet on-link through the gateway interface `ifindex`, as an
+/// address on it would (the compute copy's gateway has none). Returns whether it wrote.
 pub async fn on_link(handle: &Handle, copy: &Router, ifindex: u32) -> Result<bool, Error> {
-    let Some(g) = &copy.gateway else {
-        return Ok(false);
-    };
-    let subnet = g.address.subnet();
-    let msg = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(subnet.addr, subnet.len)
-        .output_interface(ifindex)
-        .scope(netlink_packet_route::route::RouteScope::Link)
-        .build();
-    match handle.route().add(msg).execute().await {
-        Ok(()) => Ok(true),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(false),
-        Err(source) => Err(nl_error(&copy.id, format!("routing {subnet} on-link"))(
-            source,
-        )),
+    let mut wrote = false;
+    for external in copy.external_subnets() {
+        let subnet = external.address.subnet();
+        let msg = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(subnet.addr, subnet.len)
+            .output_interface(ifindex)
+            .scope(netlink_packet_route::route::RouteScope::Link)
+            .build();
+        match handle.route().add(msg).execute().await {
+            Ok(()) => wrote = true,
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+            Err(source) => {
+                return Err(nl_error(&copy.id, format!("routing {subnet} on-link"))(
+                    source,
+                ));
+            }
+        }
     }
+    Ok(wrote)
 }
 
-/// Asks the external next hop's MAC again and keeps it as a permanent neighbour (a compute
-/// copy with a gateway). Returns the kernel writes: 0 when the answer is what it was.
+/// Asks each external subnet's next hop for its MAC again and keeps it as a permanent
+/// neighbour (a compute copy with a gateway). Returns the kernel writes: 0 when the answers
+/// are what they were.
 pub async fn refresh_next_hop(handle: &Handle, copy: &Router) -> Result<usize, Error> {
     let Some(g) = copy.gateway.as_ref().filter(|_| is_compute(copy)) else {
         return Ok(0);
@@ -75,19 +83,37 @@ pub async fn refresh_next_hop(handle: &Handle, copy: &Router) -> Result<usize, E
     else {
         return Ok(0);
     };
-    let sender = copy
-        .floating_ips
-        .first()
-        .map_or(Ipv4Addr::UNSPECIFIED, |f| f.address);
-    let (index, mac, nexthop) = (link.index, link.mac, g.nexthop);
+    let mut writes = 0;
+    for external in copy.external_subnets() {
+        // As a floating IP of the subnet, if the node has one.
+        let subnet = external.address.subnet();
+        let sender = copy
+            .floating_ips
+            .iter()
+            .find(|f| subnet.contains(f.address))
+            .map_or(Ipv4Addr::UNSPECIFIED, |f| f.address);
+        writes += ask_next_hop(handle, copy, &link, sender, external.nexthop).await?;
+    }
+    Ok(writes)
+}
+
+async fn ask_next_hop(
+    handle: &Handle,
+    copy: &Router,
+    link: &netlink::Link,
+    sender: Ipv4Addr,
+    nexthop: Ipv4Addr,
+) -> Result<usize, Error> {
+    let nl = |what: String| nl_error(&copy.id, what);
+    let (index, mac) = (link.index, link.mac);
+    let interface = &link.name;
     // On the router's own thread, which waits for the answer (300 ms at most).
     let answer = super::arp::resolve(index, mac, sender, nexthop, NEXT_HOP_TRIES, NEXT_HOP_WAIT)
         .map_err(|e| Error::io(format!("router {}: asking for {nexthop}", copy.id), e))?;
     let Some(answer) = answer else {
         tracing::warn!(
-            "router {}: the external next hop {nexthop} does not answer on {}",
-            copy.id,
-            g.interface
+            "router {}: the external next hop {nexthop} does not answer on {interface}",
+            copy.id
         );
         return Ok(0);
     };
@@ -204,7 +230,7 @@ async fn sync_neighbours(handle: &Handle, copy: &Router) -> Result<usize, Error>
             index_of.insert(i.name.clone(), link.index);
         }
     }
-    let wanted: BTreeSet<(u32, Ipv4Addr, [u8; 6])> = neighbours(copy)
+    let wanted: BTreeSet<Entry> = neighbours(copy)
         .into_iter()
         .filter_map(
             |Neighbour {
@@ -253,7 +279,7 @@ async fn sync_neighbours(handle: &Handle, copy: &Router) -> Result<usize, Error>
 async fn permanent_neighbours(
     handle: &Handle,
     family: AddressFamily,
-) -> Result<Vec<(NeighbourMessage, (u32, Ipv4Addr, [u8; 6]))>, rtnetlink::Error> {
+) -> Result<Vec<(NeighbourMessage, Entry)>, rtnetlink::Error> {
     let msgs: Vec<NeighbourMessage> = handle
         .neighbours()
         .get()
@@ -312,7 +338,7 @@ async fn sync_overlay(
     let index = link.index;
     let mut writes = 0;
     // Forwarding entries: a port's MAC to its node's overlay address.
-    let wanted: BTreeSet<(u32, Ipv4Addr, [u8; 6])> = entries
+    let wanted: BTreeSet<Entry> = entries
         .remote
         .iter()
         .map(|(mac, vtep, _)| (index, *vtep, *mac))
@@ -336,7 +362,7 @@ async fn sync_overlay(
     .await
     .map_err(nl(format!("writing {device}'s forwarding entries")))?;
     // ARP answers: a port's address to its MAC.
-    let wanted: BTreeSet<(u32, Ipv4Addr, [u8; 6])> = entries
+    let wanted: BTreeSet<Entry> = entries
         .remote
         .iter()
         .map(|(mac, _, address)| (index, *address, *mac))
@@ -364,9 +390,9 @@ async fn sync_overlay(
 /// Removes the entries of `have` that are not `wanted` and adds the wanted ones missing.
 async fn replace_entries(
     handle: &Handle,
-    have: &[(NeighbourMessage, (u32, Ipv4Addr, [u8; 6]))],
-    wanted: &BTreeSet<(u32, Ipv4Addr, [u8; 6])>,
-    add: impl Fn(&(u32, Ipv4Addr, [u8; 6])) -> rtnetlink::NeighbourAddRequest,
+    have: &[(NeighbourMessage, Entry)],
+    wanted: &BTreeSet<Entry>,
+    add: impl Fn(&Entry) -> rtnetlink::NeighbourAddRequest,
 ) -> Result<usize, rtnetlink::Error> {
     let mut writes = 0;
     for (msg, entry) in have {

@@ -107,7 +107,9 @@ fn each_node_runs_its_part() {
         policy_flags(&c1),
         router_common::policy_flags::FLOATING_IP_BY_MAIN
     );
-    let c2 = local_copy(&r, "c2", false, None).unwrap().unwrap();
+    let c2 = local_copy(&r, "c2", false, None)
+        .expect("ok")
+        .expect("runs");
     assert!(c2.floating_ips.is_empty(), "10.0.1.5 is not on c2");
     // Its own subnets stay in main; the rest leaves for the network's SNAT address.
     let to_main: Vec<String> = c1
@@ -137,13 +139,19 @@ fn each_node_runs_its_part() {
 #[test]
 fn compute_nodes_forward_from_their_own_dvr_mac() {
     let r = router(ROUTER);
-    let c1 = local_copy(&r, "c1", false, None).unwrap().unwrap();
-    let c2 = local_copy(&r, "c2", false, None).unwrap().unwrap();
+    let c1 = local_copy(&r, "c1", false, None)
+        .expect("ok")
+        .expect("runs");
+    let c2 = local_copy(&r, "c2", false, None)
+        .expect("ok")
+        .expect("runs");
     let gw = [2, 0, 0, 0, 0, 1];
     assert_eq!(source_mac(&c1, gw, false), [0xfa, 0x16, 0x3f, 0, 2, 11]);
     assert_eq!(source_mac(&c2, gw, false), [0xfa, 0x16, 0x3f, 0, 2, 12]);
     assert_eq!(source_mac(&c1, gw, true), gw);
-    let snat = local_copy(&r, "net", true, None).unwrap().unwrap();
+    let snat = local_copy(&r, "net", true, None)
+        .expect("ok")
+        .expect("runs");
     assert_eq!(source_mac(&snat, gw, false), gw);
     assert_eq!(source_mac(&r, gw, false), gw);
 }
@@ -151,7 +159,9 @@ fn compute_nodes_forward_from_their_own_dvr_mac() {
 #[test]
 fn overlay_entries_are_the_ports_on_other_nodes() {
     let r = router(ROUTER);
-    let c1 = local_copy(&r, "c1", false, None).unwrap().unwrap();
+    let c1 = local_copy(&r, "c1", false, None)
+        .expect("ok")
+        .expect("runs");
     let o = overlay_entries(&c1);
     assert_eq!(o.len(), 2);
     assert_eq!(o[0].device(), "vxlan-1001");
@@ -167,7 +177,9 @@ fn overlay_entries_are_the_ports_on_other_nodes() {
     assert_eq!(o[1].remote.len(), 2);
     // Every port is a neighbour of the compute copy; the SNAT copy skips its own.
     assert_eq!(neighbours(&c1).len(), 4);
-    let snat = local_copy(&r, "net", true, None).unwrap().unwrap();
+    let snat = local_copy(&r, "net", true, None)
+        .expect("ok")
+        .expect("runs");
     let n = neighbours(&snat);
     assert_eq!(n.len(), 2);
     assert!(n.iter().all(|x| x.address.octets()[3] != 3));

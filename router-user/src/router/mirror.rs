@@ -219,12 +219,11 @@ impl RouterState {
         let mut wanted: Vec<(String, Vec<IfAddr>)> = Vec::new();
         if let Some(g) = &self.router.gateway {
             // A distributed router's compute copy holds no external address.
-            let mut addrs = if crate::dvr::is_compute(&self.router) {
-                Vec::new()
-            } else {
-                vec![g.address]
-            };
+            let mut addrs = vec![g.address];
             addrs.extend(g.subnets.iter().map(|s| s.address));
+            if crate::dvr::is_compute(&self.router) {
+                addrs.clear();
+            }
             wanted.push((g.interface.clone(), addrs));
         }
         for i in &self.router.interfaces {

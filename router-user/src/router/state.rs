@@ -188,11 +188,12 @@ async fn setup_recording(
             kernel_writes += 1;
         }
     }
-    if let (Some(g), Some((link, ..))) = (
+    if let (Some(g), Some((link, ..)), false) = (
         &router.gateway,
         links
             .iter()
             .find(|(_, _, role, _)| *role == iface_role::EXTERNAL),
+        crate::dvr::is_compute(router),
     ) {
         for subnet in &g.subnets {
             if netlink::ensure_address(handle, link.index, subnet.address)
@@ -578,7 +579,10 @@ impl RouterState {
             .iter()
             .find(|(_, p)| p.iface.external)
             .map(|(i, _)| *i);
-        if let (Some(index), Some(g)) = (gateway_ifindex, &new.gateway) {
+        if let (Some(index), true) = (gateway_ifindex, crate::dvr::is_compute(&new)) {
+            // A compute copy's external subnets are on-link, before their routes go in.
+            address_writes += usize::from(crate::dvr::kernel::on_link(handle, &new, index).await?);
+        } else if let (Some(index), Some(g)) = (gateway_ifindex, &new.gateway) {
             let before = old
                 .gateway
                 .as_ref()
