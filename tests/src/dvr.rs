@@ -80,6 +80,8 @@ pub struct Cloud {
     /// The routerds, by node index; dropped before the namespaces.
     pub routerd: Vec<Node>,
     pub etcd: Option<Etcd>,
+    /// The nodes' desired-state files ([`Cloud::start_from_files`]).
+    files: Vec<std::path::PathBuf>,
     _ns: Namespaces,
 }
 
@@ -252,6 +254,7 @@ impl Cloud {
             x2,
             routerd: Vec::new(),
             etcd: None,
+            files: Vec::new(),
             _ns: ns,
         };
         for (i, host) in [C1, C1, C2, C2].into_iter().enumerate() {
@@ -468,6 +471,28 @@ impl Cloud {
         }
     }
 
+    /// As [`Cloud::start`] without etcd: each node's routerd follows its own copy of one
+    /// desired-state file (`routerd --config FILE --node NAME`), which places nothing: a
+    /// node that holds no port runs the SNAT part.
+    pub fn start_from_files(&mut self, mode: &str) {
+        let toml = self.router_toml(mode, [C1, C1, C2, C2]);
+        for n in &self.nodes {
+            let file = std::env::temp_dir().join(format!("{}.toml", n.name));
+            std::fs::write(&file, &toml).expect("the node's desired-state file");
+            let prefix = format!("{}-", n.short);
+            self.files.push(file.clone());
+            self.routerd.push(Node::start_file(
+                &file,
+                &n.name,
+                &["--overlay-netns".into(), n.host_ns.clone()],
+                &[("ROUTERD_NETNS_PREFIX", &prefix)],
+            ));
+        }
+        for node in &self.routerd {
+            node.wait_runs(&self.id, Duration::from_secs(60));
+        }
+    }
+
     pub fn etcd(&self) -> &Etcd {
         self.etcd.as_ref().expect("started")
     }
@@ -526,6 +551,9 @@ impl Drop for Cloud {
         // The routerds stop (and etcd after them) before the namespaces go.
         self.routerd.clear();
         self.etcd = None;
+        for file in &self.files {
+            let _ = std::fs::remove_file(file);
+        }
     }
 }
 

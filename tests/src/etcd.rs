@@ -500,6 +500,8 @@ pub struct Node {
     extra: Vec<String>,
     /// More environment for routerd (`ROUTERD_NETNS_PREFIX`).
     envs: Vec<(String, String)>,
+    /// Following a desired-state file instead of etcd (`routerd --config FILE --node NAME`).
+    config: Option<PathBuf>,
 }
 
 impl Node {
@@ -539,6 +541,35 @@ impl Node {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            config: None,
+        };
+        node.spawn_until("API on");
+        node
+    }
+
+    /// As [`Node::start_with`], following the desired-state file `config` instead of etcd
+    /// (`routerd --config FILE --node NAME EXTRA...`).
+    pub fn start_file(config: &Path, name: &str, extra: &[String], envs: &[(&str, &str)]) -> Self {
+        let mut extra = extra.to_vec();
+        extra.extend(["--config".to_string(), config.display().to_string()]);
+        let tmp = std::env::temp_dir();
+        let name = name.to_string();
+        let mut node = Self {
+            pin_root: Path::new(router_user::paths::BPFFS).join(format!("nr-{name}")),
+            run_dir: tmp.join(format!("{name}.run")),
+            state_dir: tmp.join(format!("{name}.state")),
+            socket: tmp.join(format!("{name}.sock")),
+            log: tmp.join(format!("{name}.log")),
+            name,
+            child: None,
+            endpoints: String::new(),
+            stopped: false,
+            extra,
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            config: Some(config.to_path_buf()),
         };
         node.spawn_until("API on");
         node
@@ -565,8 +596,14 @@ impl Node {
             .open(&self.log)
             .expect("routerd log file");
         let bin = routerd_path();
+        let source: &[&str] = if self.config.is_some() {
+            &[]
+        } else {
+            &["--etcd", &self.endpoints]
+        };
         let child = Command::new(&bin)
-            .args(["--etcd", &self.endpoints, "--node", &self.name])
+            .args(source)
+            .args(["--node", &self.name])
             .args(&self.extra)
             .envs(self.env())
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))

@@ -284,3 +284,32 @@ fn routes_where_the_vm_is_xdp() {
 fn routes_where_the_vm_is_tc() {
     routes_where_the_vm_is("tc");
 }
+
+/// The same router from a desired-state file on each node (`routerd --config --node`):
+/// each node runs its part as with etcd.
+#[test]
+fn a_file_drives_a_distributed_router_too() {
+    let mut cloud = Cloud::build();
+    cloud.start_from_files("tc");
+    let [vm1, vm2, vm3] = [0, 1, 2].map(|i| (cloud.vms[i].ns.clone(), cloud.vms[i].addr));
+    let forwarded_before = cloud.kernel_forwarded();
+    let capture = Capture::start(&cloud.ul, Duration::from_secs(30));
+    echo_all(&vm1.0, vm3.1, 1, 10, &cloud);
+    echo_all(&vm2.0, EXT, 2, 10, &cloud);
+    echo_all(&cloud.ext, FIP, 3, 10, &cloud);
+    let frames = capture.finish();
+    let (c1, c2) = (cloud.c1().vtep, cloud.c2().vtep);
+    let there = flow(&frames, vm1.1, vm3.1);
+    assert!(there.len() >= 10, "vm1 -> vm3 on the underlay: {there:?}");
+    for f in &there {
+        assert_eq!((f.outer_src, f.outer_dst, f.vni), (c1, c2, VNI2), "{f:?}");
+        assert_eq!(f.inner_src_mac, dvr_mac(c1), "{f:?}");
+    }
+    let forwarded = cloud.kernel_forwarded() - forwarded_before;
+    assert_eq!(
+        forwarded,
+        0,
+        "the kernels forwarded {forwarded} packets\n{}",
+        cloud.logs()
+    );
+}

@@ -182,6 +182,9 @@ fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
         drop(held);
         return teardown(routers);
     }
+    if let Some(node) = args.cluster.file_node()? {
+        router_user::dvr::set_this_node(node);
+    }
     let file = StateFile::new(&args.config);
     // With --etcd, the desired state is etcd's and the file is not read.
     let state = if args.cluster.etcd.is_some() && !args.check {

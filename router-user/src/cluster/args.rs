@@ -14,8 +14,9 @@ pub struct ClusterArgs {
     /// http://10.0.0.1:2379,http://10.0.0.2:2379. The API then answers queries only.
     #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
     pub etcd: Option<Vec<String>>,
-    /// This node's name in etcd (placements name nodes by it); default: the host name.
-    #[arg(long, value_name = "NAME", requires = "etcd")]
+    /// This node's name: in etcd, placements name nodes by it (default: the host name);
+    /// with a file, distributed routers name nodes by it (docs/dvr.md).
+    #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
     /// The prefix of every key in etcd.
     #[arg(long, value_name = "PREFIX", default_value = DEFAULT_PREFIX)]
@@ -37,11 +38,24 @@ pub struct ClusterArgs {
     pub ha_listen: Option<std::net::SocketAddr>,
     /// The namespace (`/run/netns/NAME`) holding the overlay devices of distributed routers
     /// (`vxlan-<vni>`, docs/dvr.md); default: routerd's own.
-    #[arg(long, value_name = "NAME", requires = "etcd")]
+    #[arg(long, value_name = "NAME")]
     pub overlay_netns: Option<String>,
 }
 
 impl ClusterArgs {
+    /// This node for distributed routers from a file (`--node`, `--overlay-netns`); `None`
+    /// with etcd (its routers arrive as the node's copies) or without `--node`.
+    pub fn file_node(&self) -> Result<Option<crate::dvr::ThisNode>, Error> {
+        let (None, Some(name)) = (&self.etcd, &self.node) else {
+            return Ok(None);
+        };
+        super::keys::check_node_name(name)?;
+        Ok(Some(crate::dvr::ThisNode {
+            name: name.clone(),
+            overlay_netns: self.overlay_netns.clone(),
+        }))
+    }
+
     /// The options, if routerd follows etcd.
     pub fn options(&self) -> Result<Option<Options>, Error> {
         let Some(endpoints) = &self.etcd else {

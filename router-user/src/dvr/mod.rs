@@ -48,6 +48,56 @@ pub enum Role {
     Snat,
 }
 
+/// This node as distributed routers from a file see it (`routerd --node`,
+/// `--overlay-netns`): a process setting, as the pin root is. With etcd, each router
+/// arrives as the node's copy already ([`local_copy`], by `cluster::sync`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThisNode {
+    pub name: String,
+    pub overlay_netns: Option<String>,
+}
+
+static THIS_NODE: std::sync::OnceLock<ThisNode> = std::sync::OnceLock::new();
+
+/// Sets this node for distributed routers read from a file; the first call wins.
+pub fn set_this_node(node: ThisNode) {
+    let _ = THIS_NODE.set(node);
+}
+
+/// The router a node runs for `router` as a file gives it: a distributed router that is not
+/// the node's copy yet becomes it, the distributed part where the node holds one of its
+/// ports and the SNAT part elsewhere (the file is the node's: the router is placed here).
+/// Anything else is returned as it is.
+pub fn localize(router: &Router) -> Result<Router, crate::Error> {
+    if router.distributed.is_none() || router.part.is_some() {
+        return Ok(router.clone());
+    }
+    let refused = |problem: String| crate::ConfigError::Invalid {
+        key: format!("router \"{}\".distributed", router.id),
+        value: String::new(),
+        problem,
+    };
+    let Some(node) = THIS_NODE.get() else {
+        return Err(refused(
+            "a distributed router needs this node's name: routerd --node NAME (a key of \
+             distributed.nodes)"
+                .into(),
+        )
+        .into());
+    };
+    let overlay = node.overlay_netns.as_deref();
+    // The distributed part where it holds a port, else the SNAT part.
+    let copy = match local_copy(router, &node.name, false, overlay) {
+        Ok(None) => local_copy(router, &node.name, true, overlay),
+        other => other,
+    };
+    match copy {
+        Ok(Some(copy)) => Ok(copy),
+        Ok(None) => Err(refused(format!("node {} runs no part of it", node.name)).into()),
+        Err(problem) => Err(refused(problem).into()),
+    }
+}
+
 /// The first priority of the rules that keep the router's own destinations in the main
 /// table; the rules choosing a network's SNAT table come after them.
 const OWN_RULES_FIRST: u32 = 1;

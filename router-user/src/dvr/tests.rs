@@ -237,3 +237,18 @@ fn bad_distributed_sections_are_named() {
         assert!(e.contains(key), "{key}: {e}");
     }
 }
+
+#[test]
+fn a_distributed_router_from_a_file_needs_the_nodes_name() {
+    // No test of this process sets this node (routerd does, from --node).
+    let e = localize(&router(ROUTER)).expect_err("refused").to_string();
+    assert!(e.contains("--node"), "{e}");
+    // A node's copy, or a router that is not distributed, runs as it is.
+    let c1 = local_copy(&router(ROUTER), "c1", false, None)
+        .expect("ok")
+        .expect("runs");
+    assert_eq!(localize(&c1).expect("as it is"), c1);
+    let mut plain = router(ROUTER);
+    plain.distributed = None;
+    assert_eq!(localize(&plain).expect("as it is"), plain);
+}

@@ -23,22 +23,9 @@ impl StateFile {
         &self.path
     }
 
-    /// Reads and validates the file. A distributed router is refused: what a node runs of
-    /// one depends on where its ports are, which routerd learns from etcd (`routerd --etcd
-    /// --node`); a file is one node's.
+    /// Reads and validates the file.
     pub fn load(&self) -> Result<DesiredState, Error> {
-        let state = DesiredState::load(&self.path)?;
-        if let Some(r) = state.routers.iter().find(|r| r.distributed.is_some()) {
-            return Err(crate::ConfigError::Invalid {
-                key: format!("router \"{}\".distributed", r.id),
-                value: String::new(),
-                problem: "a distributed router runs from etcd (routerd --etcd URL --node NAME), \
-                          where each node learns which of its parts to run"
-                    .into(),
-            }
-            .into());
-        }
-        Ok(state)
+        DesiredState::load(&self.path)
     }
 
     /// The file's bytes as they are (to put back exactly).
@@ -113,27 +100,6 @@ mod tests {
         // A file in a directory that does not exist is not written, and leaves nothing.
         let missing = StateFile::new(dir.join("missing").join("routers.toml"));
         assert!(missing.write(b"x").is_err());
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_distributed_router_is_refused_in_a_file() {
-        let dir = std::env::temp_dir().join(format!("state-file-dvr-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("test directory");
-        let path = dir.join("routers.toml");
-        std::fs::write(
-            &path,
-            "[[router]]\nid = \"r1\"\nnamespace = \"ns1\"\n\n\
-             [[router.interface]]\nname = \"qr1\"\naddress = \"10.0.1.1/24\"\n\n\
-             [router.distributed]\nnodes = { c1 = \"192.0.2.11\" }\n\n\
-             [[router.distributed.network]]\ninterface = \"qr1\"\nvni = 1001\n",
-        )
-        .expect("file");
-        let e = StateFile::new(&path)
-            .load()
-            .expect_err("refused")
-            .to_string();
-        assert!(e.contains("etcd"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

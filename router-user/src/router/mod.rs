@@ -102,6 +102,8 @@ impl RunningRouter {
         let (change_tx, change_rx) = tmpsc::unbounded_channel();
         let name = format!("router-{}", router.id);
         let desired = router.clone();
+        // A distributed router from a file runs as this node's copy of it.
+        let router = crate::dvr::localize(&router)?;
         let thread = thread::Builder::new()
             .name(name.clone())
             .spawn(move || run(router, ready_tx, stop_rx, change_rx))
@@ -204,7 +206,7 @@ impl RunningRouter {
     pub async fn apply(&mut self, new: Router) -> Result<Writes, Error> {
         let (done, result) = oneshot::channel();
         let change = Change {
-            router: new.clone(),
+            router: crate::dvr::localize(&new)?,
             done,
         };
         let gone = || {
@@ -250,6 +252,18 @@ impl Drop for RunningRouter {
 /// Whether a router running `old` can take `new` without restarting: same namespace and
 /// mode, same table sizes, and no interface added or changed (removals are live).
 pub fn can_apply(old: &Router, new: &Router) -> bool {
+    if old.distributed.is_some() || new.distributed.is_some() {
+        // A distributed router from a file: as the node runs it.
+        return match (crate::dvr::localize(old), crate::dvr::localize(new)) {
+            (Ok(old), Ok(new)) => fits(&old, &new),
+            _ => false,
+        };
+    }
+    fits(old, new)
+}
+
+/// [`can_apply`] for two routers as the node runs them.
+fn fits(old: &Router, new: &Router) -> bool {
     let gateway_ok = match (&old.gateway, &new.gateway) {
         (_, None) => true,
         (Some(a), Some(b)) => {
