@@ -421,7 +421,7 @@ mod tests {
         assert_eq!(size_of::<RouteEntry>(), 16);
         assert_eq!(size_of::<NeighborKey>(), 8);
         assert_eq!(size_of::<NeighborEntry>(), 8);
-        assert_eq!(size_of::<IfaceEntry>(), 32);
+        assert_eq!(size_of::<IfaceEntry>(), 28);
         assert_eq!(size_of::<NatConfig>(), 24);
         assert_eq!(size_of::<FipEntry>(), 8);
         assert_eq!(size_of::<CtKey>(), 16);

@@ -87,6 +87,25 @@ fn routes_where_the_vm_is(mode: &str) {
     let mut cloud = Cloud::build_with(true);
     cloud.start(mode);
     let [vm1, vm2, vm3, vm4] = [0, 1, 2, 3].map(|i| (cloud.vms[i].ns.clone(), cloud.vms[i].addr));
+    // Each node says which part it runs.
+    let shown = |node: usize| {
+        let out = cloud.routerd[node].routerctl(&["router", "show", &cloud.id]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let c1_mac = router_tests::dvr::mac_text(dvr_mac(cloud.c1().vtep));
+    let c1_says = shown(0);
+    assert!(
+        c1_says.contains(&format!(
+            "distributed: compute part on {} (DVR MAC {c1_mac})",
+            cloud.c1().name
+        )),
+        "{c1_says}"
+    );
+    let net_says = shown(2);
+    assert!(
+        net_says.contains(&format!("distributed: snat part on {};", cloud.net().name)),
+        "{net_says}"
+    );
     // The first packets settle nothing here: every port is known from the desired state.
     let forwarded_before = cloud.kernel_forwarded();
     let capture = Capture::start(&cloud.ul, Duration::from_secs(60));
@@ -291,6 +310,12 @@ fn routes_where_the_vm_is_tc() {
 fn a_file_drives_a_distributed_router_too() {
     let mut cloud = Cloud::build();
     cloud.start_from_files("tc");
+    let out = cloud.routerd[0].routerctl(&["router", "show", &cloud.id]);
+    let c1_says = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        c1_says.contains(&format!("distributed: compute part on {}", cloud.c1().name)),
+        "{c1_says}"
+    );
     let [vm1, vm2, vm3] = [0, 1, 2].map(|i| (cloud.vms[i].ns.clone(), cloud.vms[i].addr));
     let forwarded_before = cloud.kernel_forwarded();
     let capture = Capture::start(&cloud.ul, Duration::from_secs(30));

@@ -175,6 +175,25 @@ pub struct RouterDetail {
     /// standbys and the sync's figures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<crate::ha::status::HaStatus>,
+    /// A distributed router's part on this node (`docs/dvr.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<DistributedEntry>,
+}
+
+/// What this node runs of a distributed router.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DistributedEntry {
+    /// "compute" (the distributed part) or "snat" (the centralised part); "unknown" when
+    /// routerd does not know this node's name (`--node`).
+    pub part: String,
+    pub node: Option<String>,
+    /// The source MAC of what this node forwards onto the router's networks (compute part).
+    pub dvr_mac: Option<String>,
+    /// (interface, VNI) of each network.
+    pub networks: Vec<(String, u32)>,
+    pub ports: usize,
+    /// Of `ports`, on this node.
+    pub ports_here: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -465,6 +484,9 @@ pub(super) fn router_summary(r: &Router, live: &Live) -> RouterSummary {
 }
 
 pub(super) fn router_detail(r: &Router, live: &Live) -> RouterDetail {
+    // A distributed router from a file: as this node runs it.
+    let local = crate::dvr::localize(r).ok();
+    let r = local.as_ref().unwrap_or(r);
     let info = live.routers.get(&r.id);
     let interfaces = r
         .interfaces
@@ -520,5 +542,37 @@ pub(super) fn router_detail(r: &Router, live: &Live) -> RouterDetail {
             metadata_port: r.nat.metadata_port,
         },
         ha: r.ha.then(|| crate::ha::status::read(&r.id)).flatten(),
+        distributed: distributed_entry(r),
     }
+}
+
+fn distributed_entry(r: &Router) -> Option<DistributedEntry> {
+    let d = r.distributed.as_ref()?;
+    let node = r.part.as_ref().map(|p| p.node.clone());
+    Some(DistributedEntry {
+        part: match r.part.as_ref().map(|p| p.role) {
+            Some(crate::dvr::Role::Compute) => "compute",
+            Some(crate::dvr::Role::Snat) => "snat",
+            None => "unknown",
+        }
+        .into(),
+        dvr_mac: r
+            .part
+            .as_ref()
+            .filter(|p| p.role == crate::dvr::Role::Compute)
+            .and_then(|p| d.dvr_mac(&p.node))
+            .map(crate::config::mac_text),
+        networks: d
+            .networks
+            .iter()
+            .map(|n| (n.interface.clone(), n.vni))
+            .collect(),
+        ports: d.ports.len(),
+        ports_here: d
+            .ports
+            .iter()
+            .filter(|p| node.as_deref() == Some(p.node.as_str()))
+            .count(),
+        node,
+    })
 }

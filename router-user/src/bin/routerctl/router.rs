@@ -348,6 +348,31 @@ fn show(r: RouterDetail) -> String {
     if let Some(ha) = &r.ha {
         out.push_str(&ha_lines(ha));
     }
+    if let Some(d) = &r.distributed {
+        let networks: Vec<String> = d
+            .networks
+            .iter()
+            .map(|(name, vni)| format!("{name} vni {vni}"))
+            .collect();
+        let part = match &d.node {
+            Some(node) => format!(
+                "{} part on {node}{}",
+                d.part,
+                d.dvr_mac
+                    .as_ref()
+                    .map(|m| format!(" (DVR MAC {m})"))
+                    .unwrap_or_default()
+            ),
+            None => "each node runs its own part".into(),
+        };
+        let _ = writeln!(
+            out,
+            "distributed: {part}; networks {}; {} ports, {} here",
+            networks.join(", "),
+            d.ports,
+            d.ports_here
+        );
+    }
     let xdp = |x: Option<bool>| {
         x.map_or_else(
             || "auto".into(),
