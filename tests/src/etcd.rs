@@ -29,13 +29,23 @@ use router_user::{
 
 use crate::{pki::Pki, routerd::routerd_path, topo::unique};
 
-/// A port nothing listens on now (bound and released; a clash with another process in the
-/// moment between is unlikely and fails the start loudly).
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// A loopback port nothing listens on now (bound and released), never handed out before
+/// in this process: the kernel may give a released port again at once, and two members of
+/// one etcd (or two tests running side by side) must not get the same one. A clash with
+/// another process in the moment between is unlikely and fails the start loudly.
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// One etcd process of an [`Etcd`].

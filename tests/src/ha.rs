@@ -217,12 +217,7 @@ pub fn pair(mode: &str) -> (Pair, String) {
     )
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+pub use crate::etcd::free_port;
 
 pub fn node(etcd: &Etcd, prefix: &str) -> Node {
     node_named(etcd, prefix, &node_name(prefix))

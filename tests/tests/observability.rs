@@ -22,6 +22,7 @@ use std::{
 
 use router_common::{CtEntry, CtKey, map_names};
 use router_tests::{
+    etcd::free_port,
     probe::{UdpStream, udp_connected},
     routerd::{Routerd, routerd_path},
     topo::{EXT_HOST, RouterTopology},
@@ -75,13 +76,6 @@ fn trace(router: &str, ingress: &str, args: &[&str]) -> Value {
         serde_json::to_string_pretty(&t).unwrap_or_default()
     );
     t
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// One HTTP/1.1 request to routerd's metrics endpoint: (status line, head, body).
