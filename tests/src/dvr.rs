@@ -118,7 +118,7 @@ impl Cloud {
     }
 
     /// As [`Cloud::build`]; `second_subnet`: the external network has a second subnet
-    /// (seed 002), with its own gateway and vm1's floating IP [`FIP2`] on it.
+    /// with its own gateway and vm1's floating IP [`FIP2`] on it.
     pub fn build_with(second_subnet: bool) -> Self {
         crate::require_root();
         let tag = unique("dv");
