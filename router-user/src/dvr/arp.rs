@@ -11,6 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::ha::garp::request;
+
 const ETH_P_ARP: u16 = 0x0806;
 
 /// Asks `target`'s MAC on interface `ifindex` (MAC `mac`) as `sender`, `tries` times, each
@@ -87,19 +89,6 @@ pub fn resolve(
         }
         Ok(None)
     }
-}
-
-/// An ARP request for `target` from `mac` as `sender`, broadcast.
-fn request(mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> [u8; 42] {
-    let mut f = [0u8; 42];
-    f[0..6].copy_from_slice(&[0xff; 6]);
-    f[6..12].copy_from_slice(&mac);
-    f[12..14].copy_from_slice(&[0x08, 0x06]);
-    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-    f[22..28].copy_from_slice(&mac);
-    f[28..32].copy_from_slice(&sender.octets());
-    f[38..42].copy_from_slice(&target.octets());
-    f
 }
 
 /// The MAC an ARP reply from `target` gives.

@@ -123,12 +123,7 @@ async fn ask_next_hop(
     if have.iter().any(|(_, e)| *e == (index, nexthop, answer)) {
         return Ok(0);
     }
-    handle
-        .neighbours()
-        .add(index, IpAddr::V4(nexthop))
-        .link_layer_address(&answer)
-        .state(NeighbourState::Permanent)
-        .replace()
+    permanent(handle, &(index, nexthop, answer))
         .execute()
         .await
         .map_err(nl(format!("adding neighbour {nexthop}")))?;
@@ -241,36 +236,15 @@ async fn sync_neighbours(handle: &Handle, copy: &Router) -> Result<usize, Error>
         )
         .collect();
     let ours: BTreeSet<u32> = index_of.values().copied().collect();
-    let have = permanent_neighbours(handle, AddressFamily::Inet)
+    let have: Vec<_> = permanent_neighbours(handle, AddressFamily::Inet)
         .await
-        .map_err(nl("listing neighbours".into()))?;
-    let mut writes = 0;
-    for (msg, entry) in &have {
-        if ours.contains(&entry.0) && !wanted.contains(entry) {
-            handle
-                .neighbours()
-                .del(msg.clone())
-                .execute()
-                .await
-                .map_err(nl(format!("removing neighbour {}", entry.1)))?;
-            writes += 1;
-        }
-    }
-    let present: BTreeSet<_> = have.into_iter().map(|(_, e)| e).collect();
-    for entry in wanted.difference(&present) {
-        let (index, address, mac) = *entry;
-        handle
-            .neighbours()
-            .add(index, IpAddr::V4(address))
-            .link_layer_address(&mac)
-            .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await
-            .map_err(nl(format!("adding neighbour {address}")))?;
-        writes += 1;
-    }
-    Ok(writes)
+        .map_err(nl("listing neighbours".into()))?
+        .into_iter()
+        .filter(|(_, e)| ours.contains(&e.0))
+        .collect();
+    replace_entries(handle, &have, &wanted, |entry| permanent(handle, entry))
+        .await
+        .map_err(nl("writing the ports' neighbours".into()))
 }
 
 /// The permanent entries of `family` (IPv4 neighbours or bridge forwarding entries): each
@@ -373,18 +347,21 @@ async fn sync_overlay(
         .into_iter()
         .filter(|(_, e)| e.0 == index)
         .collect();
-    writes += replace_entries(handle, &have, &wanted, |entry| {
-        let (index, address, mac) = *entry;
-        handle
-            .neighbours()
-            .add(index, IpAddr::V4(address))
-            .link_layer_address(&mac)
-            .state(NeighbourState::Permanent)
-            .replace()
-    })
-    .await
-    .map_err(nl(format!("writing {device}'s ARP answers")))?;
+    writes += replace_entries(handle, &have, &wanted, |entry| permanent(handle, entry))
+        .await
+        .map_err(nl(format!("writing {device}'s ARP answers")))?;
     Ok(writes)
+}
+
+/// The request that makes `entry` a permanent IPv4 neighbour (replacing one there).
+fn permanent(handle: &Handle, entry: &Entry) -> rtnetlink::NeighbourAddRequest {
+    let (index, address, mac) = *entry;
+    handle
+        .neighbours()
+        .add(index, IpAddr::V4(address))
+        .link_layer_address(&mac)
+        .state(NeighbourState::Permanent)
+        .replace()
 }
 
 /// Removes the entries of `have` that are not `wanted` and adds the wanted ones missing.

@@ -156,14 +156,19 @@ fn interface(fd: i32, name: &str) -> Result<(i32, [u8; 6]), Error> {
 
 /// A gratuitous ARP request: "who has `addr`? tell `addr`", from `mac`, broadcast.
 pub fn frame(mac: [u8; 6], addr: Ipv4Addr) -> [u8; 42] {
+    request(mac, addr, addr)
+}
+
+/// An ARP request for `target` from `mac` as `sender`, broadcast.
+pub fn request(mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> [u8; 42] {
     let mut f = [0u8; 42];
     f[0..6].copy_from_slice(&[0xff; 6]);
     f[6..12].copy_from_slice(&mac);
     f[12..14].copy_from_slice(&[0x08, 0x06]);
     f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
     f[22..28].copy_from_slice(&mac);
-    f[28..32].copy_from_slice(&addr.octets());
-    f[38..42].copy_from_slice(&addr.octets());
+    f[28..32].copy_from_slice(&sender.octets());
+    f[38..42].copy_from_slice(&target.octets());
     f
 }
 
