@@ -5,6 +5,8 @@
 //! original direction's, also with `NOEXIST`; if that fails the first is removed again.
 //! Aging and garbage collection are user space's job.
 
+use core::ptr::NonNull;
+
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
@@ -26,9 +28,12 @@ const EEXIST: i32 = -17;
 /// TCP flags a session follows.
 const TRACKED_TCP: u32 = (ct_tcp::FIN | ct_tcp::SYN | ct_tcp::RST | ct_tcp::ACK) as u32;
 
+/// The session entry of `key`. A `NonNull`: `None` is then a null pointer, where an
+/// `Option` of a raw pointer leaves its payload undefined, and a partly undefined value
+/// spilled to the stack fails verification.
 #[inline(always)]
-pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
-    SESSIONS.get_ptr_mut(key)
+pub fn lookup(key: &CtKey) -> Option<NonNull<CtEntry>> {
+    SESSIONS.get_ptr_mut(key).and_then(NonNull::new)
 }
 
 /// TCP flags whose first sight changes how long a session lives (established, closing):
@@ -253,7 +258,7 @@ fn insert_forward(
             match lookup(fwd) {
                 // SAFETY: a map value, read once.
                 Some(theirs) => {
-                    *target = unsafe { Target::of_entry(&*theirs) };
+                    *target = unsafe { Target::of_entry(theirs.as_ref()) };
                     Ok(())
                 }
                 None => Err(CreateError::TableFull),

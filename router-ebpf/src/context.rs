@@ -1,8 +1,8 @@
 //! What the pipeline needs from a program context, so XDP and TC share one pipeline.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    helpers::{bpf_l4_csum_replace, bpf_xdp_get_buff_len},
+    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, xdp_md},
+    helpers::{bpf_l4_csum_replace, bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
 };
 
@@ -25,6 +25,8 @@ pub struct Frame {
     pub gso: bool,
     /// The socket buffer under TC; null under XDP.
     skb: *mut __sk_buff,
+    /// The XDP context under XDP; null under TC.
+    xdp: *mut xdp_md,
 }
 
 /// How a TCP or UDP checksum field treats zero.
@@ -50,6 +52,7 @@ impl Frame {
             needs_xdp_egress: true,
             gso: false,
             skb: core::ptr::null_mut(),
+            xdp: ctx.ctx,
         }
     }
 
@@ -68,6 +71,7 @@ impl Frame {
             needs_xdp_egress: false,
             gso,
             skb: ctx.skb.skb,
+            xdp: core::ptr::null_mut(),
         }
     }
 
@@ -89,6 +93,7 @@ impl Frame {
             needs_xdp_egress: true,
             gso: false,
             skb: core::ptr::null_mut(),
+            xdp: core::ptr::null_mut(),
         }
     }
 
@@ -101,6 +106,25 @@ impl Frame {
             return None;
         }
         Some(start as *mut T)
+    }
+
+    /// Copies `len` bytes (at least 1) from `offset` into `to`, across the parts of a
+    /// multi-buffer frame or a non-linear skb; `None` when the packet is shorter (or on the
+    /// host, which has no helpers).
+    #[inline(always)]
+    pub fn load_bytes(&self, offset: usize, to: *mut u8, len: u32) -> Option<()> {
+        // SAFETY: plain helper calls on our own context; `to` holds `len` bytes (the
+        // caller's promise, which the verifier checks).
+        let rc = unsafe {
+            if !self.skb.is_null() {
+                bpf_skb_load_bytes(self.skb as *const _, offset as u32, to as *mut _, len)
+            } else if !self.xdp.is_null() {
+                bpf_xdp_load_bytes(self.xdp, offset as u32, to as *mut _, len)
+            } else {
+                return None;
+            }
+        };
+        (rc == 0).then_some(())
     }
 
     /// Applies address changes (`pseudo`, covered through the pseudo-header) and port

@@ -46,6 +46,7 @@ pub fn check(
     policy: &PolicyConfig,
     flow: &Flow,
     plan: &Plan,
+    has_session: bool,
     in_role: u32,
     out_role: u32,
     bytes: u32,
@@ -63,7 +64,7 @@ pub fn check(
         _ => 0,
     };
     let mut facts = u32::from(flow.key.proto) << fact::PROTO_SHIFT;
-    if plan.session.is_some() {
+    if has_session {
         facts |= fact::HAS_SESSION;
     }
     if needs_session {

@@ -49,6 +49,8 @@ pub fn router_xdp(ctx: XdpContext) -> u32 {
     let mut verdict = pipeline::verdict(
         &frame,
         decision,
+        || router_xdp_classify(ctx.ctx),
+        || router_xdp_forward(ctx.ctx),
         || router_xdp_checksum(ctx.ctx),
         || router_xdp_finish(ctx.ctx),
         || router_xdp_fragment(ctx.ctx),
@@ -121,6 +123,8 @@ pub fn router_tc(ctx: TcContext) -> i32 {
     let mut verdict = pipeline::verdict(
         &frame,
         decision,
+        || router_tc_classify(ctx.skb.skb),
+        || router_tc_forward(ctx.skb.skb),
         || router_tc_checksum(ctx.skb.skb),
         || router_tc_finish(ctx.skb.skb),
         || router_tc_fragment(ctx.skb.skb),
@@ -163,21 +167,49 @@ fn mark_rejected(ctx: &TcContext) {
     unsafe { (*ctx.skb.skb).mark = REJECT_MARK };
 }
 
-// The pipeline's two halves are global functions: the verifier checks each once, on its
-// own, so its cost is their sum rather than their product, and each has its own stack.
+// The pipeline's stages are global functions: the verifier checks each once, on its own,
+// so its cost is their sum rather than their product, and each has its own stack.
 
-/// The first half of the pipeline under XDP (see `pipeline::decide`).
+/// The first stage of the pipeline under XDP (see `pipeline::decide`).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn router_xdp_decide(ctx: *mut xdp_md) -> u32 {
     pipeline::decide(&Frame::from_xdp(&XdpContext::new(ctx)))
 }
 
-/// The first half of the pipeline under TC.
+/// The first stage of the pipeline under TC.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn router_tc_decide(skb: *mut __sk_buff) -> u32 {
     pipeline::decide(&Frame::from_tc(&TcContext::new(skb)))
+}
+
+/// The second stage under XDP (see `pipeline::classify`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn router_xdp_classify(ctx: *mut xdp_md) -> u32 {
+    pipeline::classify(&Frame::from_xdp(&XdpContext::new(ctx)))
+}
+
+/// The second stage under TC.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn router_tc_classify(skb: *mut __sk_buff) -> u32 {
+    pipeline::classify(&Frame::from_tc(&TcContext::new(skb)))
+}
+
+/// The third stage under XDP (see `pipeline::forward`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn router_xdp_forward(ctx: *mut xdp_md) -> u32 {
+    pipeline::forward(&Frame::from_xdp(&XdpContext::new(ctx)))
+}
+
+/// The third stage under TC.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn router_tc_forward(skb: *mut __sk_buff) -> u32 {
+    pipeline::forward(&Frame::from_tc(&TcContext::new(skb)))
 }
 
 /// The L4 checksum check under XDP (see `pipeline::checksum_check`).

@@ -101,6 +101,12 @@ pub static FW_STATS: PerCpuArray<FwStats> = PerCpuArray::with_max_entries(FW_STA
 #[map]
 pub static HANDOFF: PerCpuArray<crate::pipeline::Handoff> = PerCpuArray::with_max_entries(1, 0);
 
+/// The L4 bytes of a packet whose checksum is checked, copied out of the packet for the
+/// kernel's checksum helper (one per CPU; never outlives a program run).
+#[map]
+pub static CSUM_SCRATCH: PerCpuArray<[u8; crate::verify::SCRATCH_BYTES]> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// Anti-spoofing: the sources each internal interface with `SOURCE_CHECK` accepts.
 #[map]
 pub static ALLOWED_SOURCES: LpmTrie<SourceKey, u8> =

@@ -9,6 +9,8 @@
 //!   not enter from it (hairpin: the mangle mark rule), is SNATed to the gateway IP with a
 //!   session.
 
+use core::ptr::NonNull;
+
 use router_common::{CtEntry, NatConfig, Reason, ct_kind, iface_role, nat_flags};
 
 pub use crate::verdict::Target;
@@ -19,18 +21,23 @@ use crate::{
     verdict::Verdict,
 };
 
+/// No floating IP (in `Plan::dnat_fip` and `Plan::snat_fip`).
+pub const NONE: [u8; 4] = [0; 4];
+
 /// The translation decided for one packet.
 pub struct Plan {
     pub target: Target,
     /// The session the packet belongs to, if any.
-    pub session: Option<*mut CtEntry>,
+    pub session: Option<NonNull<CtEntry>>,
     /// The session's translation applies (SNAT and hairpin sessions); otherwise the packet
     /// is translated statelessly (no session, or a firewall's `FORWARD` session).
     pub stateful: bool,
-    /// The floating IP the destination was translated from (for its counters).
-    pub dnat_fip: Option<[u8; 4]>,
-    /// The floating IP the source was translated to.
-    pub snat_fip: Option<[u8; 4]>,
+    /// The floating IP the destination was translated from (for its counters); 0.0.0.0:
+    /// none (a floating IP is never 0.0.0.0). Not an `Option`: a partly undefined value
+    /// spilled to the stack fails verification.
+    pub dnat_fip: [u8; 4],
+    /// The floating IP the source was translated to; 0.0.0.0: none.
+    pub snat_fip: [u8; 4],
     /// A session of this kind (`ct_kind`) must be created before forwarding (0: none).
     pub create: u8,
 }
@@ -51,31 +58,31 @@ pub fn before_routing(flow: &Flow, in_role: u32, track_all: bool) -> Plan {
         .flatten();
     if let Some(entry) = session {
         // SAFETY: a map value; `kind` and the rewrite fields never change after creation.
-        let entry_ref = unsafe { &*entry };
+        let entry_ref = unsafe { entry.as_ref() };
         if entry_ref.kind != ct_kind::FORWARD {
             return Plan {
                 target: Target::of_entry(entry_ref),
                 session,
                 stateful: true,
-                dnat_fip: None,
-                snat_fip: None,
+                dnat_fip: NONE,
+                snat_fip: NONE,
                 create: 0,
             };
         }
     }
     let mut target = Target::of_key(&flow.key);
-    let mut dnat_fip = None;
+    let mut dnat_fip = NONE;
     // SAFETY: map values are plain data, copied out.
     if let Some(fip) = unsafe { FIP_BY_ADDRESS.get(&flow.key.dst) } {
         target.dst = fip.addr;
-        dnat_fip = Some(flow.key.dst);
+        dnat_fip = flow.key.dst;
     }
     Plan {
         target,
         session,
         stateful: false,
         dnat_fip,
-        snat_fip: None,
+        snat_fip: NONE,
         create: 0,
     }
 }
@@ -100,14 +107,14 @@ pub fn after_routing(
     }
     let from_gateway = in_role == iface_role::EXTERNAL;
     let to_gateway = out_role == iface_role::EXTERNAL;
-    let dnat = plan.dnat_fip.is_some();
+    let dnat = plan.dnat_fip != NONE;
     if !from_gateway && !to_gateway && !dnat {
         return Ok(());
     }
     // SAFETY: map values are plain data, copied out.
     if let Some(fip) = unsafe { FIP_BY_FIXED.get(&plan.target.src) } {
         plan.target.src = fip.addr;
-        plan.snat_fip = Some(fip.addr);
+        plan.snat_fip = fip.addr;
         return Ok(());
     }
     let Some(cfg) = config() else {

@@ -21,44 +21,61 @@ use crate::{
 const METADATA_ADDR: [u8; 4] = [169, 254, 169, 254];
 const HTTP_PORT: [u8; 2] = 80u16.to_be_bytes();
 
-/// The first half of the pipeline: parse, NAT, route, firewall. Nothing is written to the
-/// packet; a `Forward` verdict means the hand-off is ready for `finish`.
+/// The first stage of the pipeline: HA, parse, the ingress checks. Nothing is written to
+/// the packet. `Finish` here means a later fragment's hand-off is ready for
+/// `finish_fragment`; [`Stage::Translate`] that the packet goes on to [`translate`], with
+/// the ingress interface and the hand-over MAC left in the hand-off.
 #[inline(always)]
-fn process(frame: &Frame) -> Verdict {
+fn process(frame: &Frame) -> Stage {
     let handover_mac = match ha::check() {
         Ok(mac) => mac,
-        Err(silent) => return silent,
+        Err(silent) => return Stage::Done(silent),
     };
-    let verdict = process_frame(frame, handover_mac);
-    // Handing over: only what it forwards (from its own MAC, `translate` saw to it);
-    // nothing answered and nothing to the kernel, which would speak with the router's MAC.
+    match process_frame(frame, handover_mac) {
+        Stage::Done(verdict) => Stage::Done(while_handing_over(verdict, handover_mac.is_some())),
+        Stage::Translate => Stage::Translate,
+    }
+}
+
+/// Where the first stage leaves a packet.
+enum Stage {
+    Done(Verdict),
+    Translate,
+}
+
+/// Handing over, a router only forwards (from its own MAC, `translate` saw to it): nothing
+/// answered and nothing to the kernel, which would speak with the router's MAC.
+#[inline(always)]
+fn while_handing_over(verdict: Verdict, handing_over: bool) -> Verdict {
     match verdict {
         // Forwarded, or the XDP entry's hand-over to the TC entry, which decides again.
         Verdict::Finish | Verdict::Pass(Reason::XdpToTc) => verdict,
-        _ if handover_mac.is_some() => Verdict::Drop(Reason::Standby),
+        _ if handing_over => Verdict::Drop(Reason::Standby),
         _ => verdict,
     }
 }
 
 #[inline(always)]
-fn process_frame(frame: &Frame, handover_mac: Option<[u8; 6]>) -> Verdict {
+fn process_frame(frame: &Frame, handover_mac: Option<[u8; 6]>) -> Stage {
     let l2 = match parse::parse_l2(frame) {
         Ok(l2) => l2,
-        Err(verdict) => return verdict,
+        Err(verdict) => return Stage::Done(verdict),
     };
     // SAFETY: map values are plain data; the entry is copied, never kept.
     let Some(iface) = (unsafe { IFACES.get(&frame.ingress) }).copied() else {
-        return Verdict::Pass(Reason::UnknownIngress);
+        return Stage::Done(Verdict::Pass(Reason::UnknownIngress));
     };
     let eth = match l2 {
         L2::Ipv4(eth) => eth,
         // Handing over, the router's addresses are the new active's to answer for.
-        L2::Arp(_) if handover_mac.is_some() => return Verdict::Drop(Reason::Standby),
-        L2::Arp(eth) => return arp::answer(frame, eth, &iface),
+        L2::Arp(_) if handover_mac.is_some() => {
+            return Stage::Done(Verdict::Drop(Reason::Standby));
+        }
+        L2::Arp(eth) => return Stage::Done(arp::answer(frame, eth, &iface)),
     };
     // SAFETY: `parse_l2` bounds-checked the Ethernet header.
     if unsafe { (*eth).dst_addr } != iface.mac {
-        return Verdict::Pass(Reason::NotRouterMac);
+        return Stage::Done(Verdict::Pass(Reason::NotRouterMac));
     }
     let pkt = match parse::parse_ipv4(frame, eth) {
         Ok(pkt) => pkt,
@@ -66,41 +83,105 @@ fn process_frame(frame: &Frame, handover_mac: Option<[u8; 6]>) -> Verdict {
             if matches!(verdict, Verdict::Pass(Reason::IpOptions)) {
                 fragment::record_options(frame, iface.zone);
             }
-            return verdict;
+            return Stage::Done(verdict);
         }
     };
     if iface.flags & iface_flags::SOURCE_CHECK != 0 && !source_allowed(frame.ingress, pkt.src) {
-        return Verdict::Drop(Reason::SpoofedSource);
+        return Stage::Done(Verdict::Drop(Reason::SpoofedSource));
     }
     if pkt.is_later_fragment() {
-        return fragment::later(frame, &pkt, iface.zone);
+        return Stage::Done(fragment::later(frame, &pkt, iface.zone));
     }
-    let verdict = translate(frame, &iface, &pkt, handover_mac);
-    if pkt.is_first_fragment() {
-        // A forwarded one is recorded by `verdict`, once `finish` has made its session.
-        fragment::record_verdict(&pkt, iface.zone, &verdict);
+    if iface.role == iface_role::INTERNAL && is_metadata(frame, &pkt) {
+        return Stage::Done(Verdict::Pass(Reason::Metadata));
     }
-    verdict
+    let Some(handoff) = HANDOFF.get_ptr_mut(0) else {
+        return Stage::Done(Verdict::Drop(Reason::RedirectFailed));
+    };
+    // SAFETY: a per-CPU value, ours for the rest of this program run.
+    unsafe {
+        (*handoff).ingress = iface;
+        (*handoff).handover_mac = handover_mac.unwrap_or([0; 6]);
+        (*handoff).handing_over = handover_mac.is_some() as u8;
+    }
+    Stage::Translate
 }
 
-/// The first half's decision for a packet with its L4 header (not a later fragment) that
-/// passed the ingress checks: NAT, route, firewall, neighbour.
+/// The second stage, for a packet with its L4 header (not a later fragment) that passed
+/// the ingress checks: its flow and NAT before routing, left in the hand-off for the third.
+/// Each stage is a global function of each entry and starts afresh, the packet parsed
+/// again and the earlier stages' results read from the hand-off: the verifier checks a
+/// stage once, not once per way through the stages before it.
 #[inline(always)]
-fn translate(
-    frame: &Frame,
-    iface: &IfaceEntry,
-    pkt: &Ipv4Packet,
-    handover_mac: Option<[u8; 6]>,
-) -> Verdict {
-    if iface.role == iface_role::INTERNAL && is_metadata(frame, pkt) {
-        return Verdict::Pass(Reason::Metadata);
+pub fn classify(frame: &Frame) -> u32 {
+    let Some(handoff) = HANDOFF.get_ptr_mut(0) else {
+        return Reason::RedirectFailed as u32;
+    };
+    let Some(pkt) = parse::reparse_ipv4(frame) else {
+        return Reason::MalformedIpv4 as u32;
+    };
+    // SAFETY: a per-CPU value, ours for the rest of this program run.
+    let (zone, role) = unsafe { ((*handoff).ingress.zone, (*handoff).ingress.role) };
+    let track_all = POLICY_CONFIG
+        .get(0)
+        .is_some_and(|p| p.fw_flags & fw_flags::ENABLED != 0);
+    let mut flow = flow::of(frame, &pkt);
+    flow.key.zone = zone;
+    let plan = nat::before_routing(&flow, role, track_all);
+    // SAFETY: as above, written field by field (the first stage's fields stay).
+    unsafe {
+        let h = &mut *handoff;
+        h.key = flow.key;
+        h.shape = flow.shape.code();
+        h.tcp_flags = flow.tcp_flags;
+        h.target = plan.target;
+        h.stateful = plan.stateful as u8;
+        h.has_session = plan.session.is_some() as u8;
+        h.dnat_fip = plan.dnat_fip;
     }
+    decided::FINISH
+}
 
+/// The third stage: policy routing, the firewall, NAT after routing and the next hop, from
+/// what the earlier stages left in the hand-off. Returns `FINISH` with the hand-off ready
+/// for `finish`, or a `Reason`.
+#[inline(always)]
+pub fn forward(frame: &Frame) -> u32 {
+    let Some(h) = HANDOFF.get(0) else {
+        return Reason::RedirectFailed as u32;
+    };
+    let Some(pkt) = parse::reparse_ipv4(frame) else {
+        return Reason::MalformedIpv4 as u32;
+    };
+    let handing_over = h.handing_over != 0;
+    let verdict = route_packet(frame, h, &pkt);
+    if pkt.is_first_fragment() {
+        // A forwarded one is recorded by `verdict`, once `finish` has made its session.
+        fragment::record_verdict(&pkt, h.ingress.zone, &verdict);
+    }
+    code_of(while_handing_over(verdict, handing_over))
+}
+
+#[inline(always)]
+fn route_packet(frame: &Frame, h: &Handoff, pkt: &Ipv4Packet) -> Verdict {
+    let iface = h.ingress;
+    let handover_mac = (h.handing_over != 0).then_some(h.handover_mac);
     let policy = POLICY_CONFIG.get(0).copied().unwrap_or_default();
-    let mut flow = flow::of(frame, pkt);
-    flow.key.zone = iface.zone;
-    let track_all = policy.fw_flags & fw_flags::ENABLED != 0;
-    let mut plan = nat::before_routing(&flow, iface.role, track_all);
+    let flow = flow::Flow {
+        key: h.key,
+        shape: flow::Shape::from_code(h.shape),
+        tcp_flags: h.tcp_flags,
+    };
+    let has_session = h.has_session != 0;
+    // The session itself is not needed before `finish`, which looks it up.
+    let mut plan = nat::Plan {
+        target: h.target,
+        session: None,
+        stateful: h.stateful != 0,
+        dnat_fip: h.dnat_fip,
+        snat_fip: nat::NONE,
+        create: 0,
+    };
     // A distributed router's compute copy routes its floating IPs' VMs by the main table.
     let main_only = policy.flags & policy_flags::FLOATING_IP_BY_MAIN != 0
         && iface.role == iface_role::INTERNAL
@@ -120,7 +201,7 @@ fn translate(
         Err(verdict) => return verdict,
     };
     let out = egress.out;
-    let track = match firewall::check(&policy, &flow, &plan, iface.role, out.role, frame.len) {
+    let track = match firewall::check(&policy, &flow, &plan, has_session, iface.role, out.role, frame.len) {
         Ok(track) => track,
         Err(verdict) => return verdict,
     };
@@ -129,7 +210,7 @@ fn translate(
     }
     // Handing over, no session is made here: the new active would never hear of it, and
     // there the connection's next packet would be translated anew.
-    if handover_mac.is_some() && (plan.create != 0 || (track && plan.session.is_none())) {
+    if handover_mac.is_some() && (plan.create != 0 || (track && !has_session)) {
         return Verdict::Drop(Reason::Standby);
     }
     if out.role == iface_role::EXTERNAL {
@@ -150,50 +231,54 @@ fn translate(
     let Some(handoff) = HANDOFF.get_ptr_mut(0) else {
         return Verdict::Drop(Reason::RedirectFailed);
     };
-    // SAFETY: a per-CPU value, ours for the rest of this program run; the parser validated
-    // the IPv4 header.
+    // SAFETY: a per-CPU value, ours for the rest of this program run, written field by
+    // field (the earlier stages' fields stay); the parser validated the IPv4 header.
     unsafe {
-        *handoff = Handoff {
-            key: flow.key,
-            target: plan.target,
-            tcp_flags: flow.tcp_flags,
-            egress: hop.egress,
-            out: hop.out,
-            next_hop: hop.next_hop,
-            dnat_fip: plan.dnat_fip.unwrap_or([0; 4]),
-            snat_fip: plan.snat_fip.unwrap_or([0; 4]),
-            mac: hop.mac.unwrap_or([0; 6]),
-            has_mac: hop.mac.is_some() as u8,
-            shape: flow.shape.code(),
-            create: plan.create,
-            track: track as u8,
-            stateful: plan.stateful as u8,
-            has_session: plan.session.is_some() as u8,
-            fragment: if pkt.is_first_fragment() {
-                fragment::role::FIRST
-            } else {
-                fragment::role::NONE
-            },
-            _pad: 0,
-            ip_id: (*pkt.ip).id,
+        let h = &mut *handoff;
+        h.target = plan.target;
+        h.egress = hop.egress;
+        h.out = hop.out;
+        h.next_hop = hop.next_hop;
+        h.snat_fip = plan.snat_fip;
+        h.mac = hop.mac.unwrap_or([0; 6]);
+        h.has_mac = hop.mac.is_some() as u8;
+        h.create = plan.create;
+        h.track = track as u8;
+        h.stateful = plan.stateful as u8;
+        h.fragment = if pkt.is_first_fragment() {
+            fragment::role::FIRST
+        } else {
+            fragment::role::NONE
         };
+        h.ip_id = (*pkt.ip).id;
     }
     Verdict::Finish
 }
 
-/// Results of [`decide`] other than a `Reason` number.
+/// Results of the stages ([`decide`], [`classify`], [`forward`]) other than a `Reason`
+/// number.
 pub mod decided {
     /// Forward: the hand-off is ready for `finish`.
     pub const FINISH: u32 = 0;
     /// An answer (ARP) was written in place: send it back out of the ingress.
     pub const REPLY: u32 = 0x100;
+    /// Go on to `classify` and `forward` (from `decide` only).
+    pub const TRANSLATE: u32 = 0x101;
 }
 
-/// The first half of the pipeline as a number (see [`decided`]), for the global functions
+/// The first stage of the pipeline as a number (see [`decided`]), for the global functions
 /// the entries call.
 #[inline(always)]
 pub fn decide(frame: &Frame) -> u32 {
     match process(frame) {
+        Stage::Translate => decided::TRANSLATE,
+        Stage::Done(verdict) => code_of(verdict),
+    }
+}
+
+#[inline(always)]
+fn code_of(verdict: Verdict) -> u32 {
+    match verdict {
         Verdict::Finish => decided::FINISH,
         Verdict::Forward { .. } => decided::REPLY,
         Verdict::Pass(reason) | Verdict::Drop(reason) => reason as u32,
@@ -214,17 +299,27 @@ pub fn checksum_check(frame: &Frame) -> u32 {
     }
 }
 
-/// The verdict of a packet after both halves: `decision` from [`decide`], then (when that
-/// was `FINISH`) `check` (`checksum_check`, for a packet that would create a session) and
+/// The verdict of a packet after every stage: `decision` from [`decide`], `classify` and
+/// `forward` when that sends it on, then (when that was `FINISH`) `check` (`checksum_check`, for a packet that would create a session) and
 /// `finish`, or for a later fragment `finish_fragment` ([`finish_fragment`]).
 #[inline(always)]
 pub fn verdict(
     frame: &Frame,
     decision: u32,
+    classify: impl FnOnce() -> u32,
+    forward: impl FnOnce() -> u32,
     check: impl FnOnce() -> u32,
     finish: impl FnOnce() -> u32,
     finish_fragment: impl FnOnce() -> u32,
 ) -> Verdict {
+    let decision = if decision != decided::TRANSLATE {
+        decision
+    } else {
+        match classify() {
+            decided::FINISH => forward(),
+            reason => reason,
+        }
+    };
     match decision {
         decided::FINISH => {}
         decided::REPLY => {
@@ -269,6 +364,8 @@ pub struct Handoff {
     pub tcp_flags: u32,
     pub egress: u32,
     pub out: IfaceEntry,
+    /// The interface the packet came in by (from `decide`, for the later stages).
+    pub ingress: IfaceEntry,
     pub next_hop: [u8; 4],
     /// 0.0.0.0: none (a floating IP is never 0.0.0.0).
     pub dnat_fip: [u8; 4],
@@ -285,6 +382,10 @@ pub struct Handoff {
     pub _pad: u8,
     /// The IPv4 identification, for a first fragment's record.
     pub ip_id: [u8; 2],
+    /// While the router hands over, the MAC it forwards from (from `decide`).
+    pub handover_mac: [u8; 6],
+    pub handing_over: u8,
+    pub _pad2: u8,
 }
 
 /// The second half of the pipeline, for a packet `process` decided to forward: creates its
@@ -307,7 +408,6 @@ pub fn finish(frame: &Frame) -> u32 {
         shape: flow::Shape::from_code(h.shape),
         tcp_flags: h.tcp_flags,
     };
-    let some = |addr: [u8; 4]| (addr != [0; 4]).then_some(addr);
     let mut plan = nat::Plan {
         target: h.target,
         session: if h.has_session != 0 {
@@ -316,8 +416,8 @@ pub fn finish(frame: &Frame) -> u32 {
             None
         },
         stateful: h.stateful != 0,
-        dnat_fip: some(h.dnat_fip),
-        snat_fip: some(h.snat_fip),
+        dnat_fip: h.dnat_fip,
+        snat_fip: h.snat_fip,
         create: h.create,
     };
     if let Err(verdict) = nat::commit(&mut plan, &flow, h.out.zone, h.track != 0) {
@@ -372,20 +472,20 @@ fn is_metadata(frame: &Frame, pkt: &Ipv4Packet) -> bool {
 /// forwarded. ICMP errors count as traffic but do not move a session's state.
 #[inline(always)]
 fn count_nat(plan: &nat::Plan, flow: &flow::Flow, bytes: u32) {
-    if let Some(fip) = plan.dnat_fip {
-        counters::fip(fip, bytes, true);
+    if plan.dnat_fip != nat::NONE {
+        counters::fip(plan.dnat_fip, bytes, true);
     }
-    if let Some(fip) = plan.snat_fip {
-        counters::fip(fip, bytes, false);
+    if plan.snat_fip != nat::NONE {
+        counters::fip(plan.snat_fip, bytes, false);
     }
     if let Some(entry) = plan.session {
         if plan.stateful {
             // SAFETY: a map value; `direction` never changes after creation.
-            let original = unsafe { (*entry).direction } == ct_dir::ORIGINAL;
+            let original = unsafe { entry.as_ref().direction } == ct_dir::ORIGINAL;
             counters::snat(bytes, original);
         }
         if !flow.is_error() {
-            conntrack::touch(&flow.key, entry, bytes, flow.tcp_flags);
+            conntrack::touch(&flow.key, entry.as_ptr(), bytes, flow.tcp_flags);
         }
     }
 }

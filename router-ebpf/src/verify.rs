@@ -3,8 +3,11 @@
 //! or an SNAT port. Forwarded packets of existing flows are not verified (the checksum is
 //! updated incrementally, so an error reaches the receiver, which drops it).
 
+use aya_ebpf::helpers::bpf_csum_diff;
+
 use crate::{
     context::Frame,
+    maps::CSUM_SCRATCH,
     flow::Shape,
     parse::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Packet, L4_OFFSET},
 };
@@ -55,27 +58,66 @@ pub fn l4_checksum_ok(frame: &Frame, pkt: &Ipv4Packet, shape: Shape) -> bool {
     if pkt.proto == IPPROTO_UDP && field == 0 {
         return true; // no checksum
     }
-    let words = l4_len / 2;
-    let mut i = 0;
-    while i < MAX_WORDS && i < words {
-        // `black_box`: left alone, LLVM rewrites the bound check against `data_end + 1`,
-        // which the verifier refuses.
-        let offset = core::hint::black_box(L4_OFFSET + 2 * i);
-        let Some(word) = frame.ptr_at::<[u8; 2]>(offset) else {
-            return true;
-        };
-        // SAFETY: bounds checked by `ptr_at`.
-        sum += u32::from(u16::from_be_bytes(unsafe { *word }));
-        i += 1;
-    }
-    if l4_len % 2 == 1 {
-        let Some(last) = frame.ptr_at::<u8>(core::hint::black_box(L4_OFFSET + l4_len - 1)) else {
-            return true;
-        };
-        // SAFETY: bounds checked by `ptr_at`.
-        sum += u32::from(unsafe { *last }) << 8;
-    }
+    let Some(data) = sum_native(frame, l4_len) else {
+        return true;
+    };
+    // A one's complement sum of the bytes in host order is the byte-swapped sum in network
+    // order.
+    sum += u32::from(fold64(data).swap_bytes());
     fold(sum) == 0xffff || (pkt.proto != IPPROTO_ICMP && field == fold(pseudo))
+}
+
+/// Most bytes one checksum helper call takes (its limit on older kernels).
+const HELPER_BYTES: usize = 512;
+
+/// Room for the longest L4 segment checked and its padding to whole 32-bit words, in
+/// whole helper calls.
+pub const SCRATCH_BYTES: usize = 3 * HELPER_BYTES;
+
+/// The one's complement sum of the `l4_len` bytes after the IPv4 header, as 16-bit words in
+/// host order (to be folded), or `None` where a helper fails. The bytes are copied out of
+/// the packet and summed by the kernel's `bpf_csum_diff` (its optimised checksum loop): a
+/// handful of steps for the verifier, where a loop over every word took tens of thousands.
+#[inline(always)]
+fn sum_native(frame: &Frame, l4_len: usize) -> Option<u64> {
+    if l4_len == 0 || l4_len > MAX_WORDS * 2 {
+        return None;
+    }
+    let buf = CSUM_SCRATCH.get_ptr_mut(0)? as *mut u8;
+    frame.load_bytes(L4_OFFSET, buf, l4_len as u32)?;
+    // Up to three zero bytes after the segment pad it to whole words, which the helper
+    // wants and which add nothing to the sum.
+    // SAFETY: `l4_len + 4` is within the buffer.
+    unsafe { core::ptr::write_unaligned(buf.add(l4_len) as *mut [u8; 4], [0; 4]) };
+    let padded = (l4_len + 3) & !3;
+    let mut sum = 0u64;
+    let mut start = 0;
+    while start < SCRATCH_BYTES && start < padded {
+        let size = (padded - start).min(HELPER_BYTES);
+        // SAFETY: `start + size` is within the buffer; `from` is empty.
+        let partial = unsafe {
+            bpf_csum_diff(
+                core::ptr::null_mut(),
+                0,
+                buf.add(start) as *mut u32,
+                size as u32,
+                0,
+            )
+        };
+        if partial < 0 {
+            return None;
+        }
+        sum += partial as u64 & 0xffff_ffff;
+        start += HELPER_BYTES;
+    }
+    Some(sum)
+}
+
+#[inline(always)]
+fn fold64(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    fold(sum as u32)
 }
 
 #[inline(always)]
