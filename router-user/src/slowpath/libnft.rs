@@ -3,8 +3,9 @@
 //! not a fork, an exec and a parse of the ruleset's text.
 //!
 //! The library is opened at run time (`libnftables.so.1`, installed with nftables), so
-//! building needs no C headers. Each call makes a context of its own: the netlink socket it
-//! opens lives in the calling thread's network namespace, which is the router's.
+//! building needs no C headers. Each call makes a context of its own, on a thread of its
+//! own: the netlink socket it opens lives in the calling thread's network namespace, which
+//! is the router's.
 
 use std::{
     ffi::{CStr, CString, c_char, c_int, c_uint, c_void},
@@ -47,9 +48,50 @@ fn library() -> Result<&'static Nft, String> {
     .map_err(Clone::clone)
 }
 
-/// Runs `commands` (a libnftables JSON document) as one transaction. Returns what it
-/// printed (JSON, for `list` commands), or the library's error message.
+/// Runs `commands` (a libnftables JSON document) as one transaction, in the calling
+/// thread's network namespace. Returns what it printed (JSON, for `list` commands), or the
+/// library's error message.
+///
+/// libnftables waits for the kernel with `select()`, which takes descriptors below 1024
+/// only (glibc ends the process on a larger one), and a node of many routers holds
+/// thousands. So the call is made on a thread of its own, which starts in the caller's
+/// namespaces, with a descriptor table of its own holding only standard input, output and
+/// error: the socket libnftables opens there is numbered 3 or so.
 pub fn run(commands: &str) -> Result<String, String> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                few_descriptors()?;
+                run_here(commands)
+            })
+            .join()
+            .unwrap_or_else(|_| Err("libnftables: its thread panicked".into()))
+    })
+}
+
+/// Gives the calling thread a descriptor table of its own holding only 0, 1 and 2 (the
+/// process's table is untouched).
+fn few_descriptors() -> Result<(), String> {
+    // SAFETY: plain syscall; with CLOSE_RANGE_UNSHARE it closes copies in this thread's own
+    // table, never a descriptor another thread uses.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as c_uint,
+            c_uint::MAX,
+            libc::CLOSE_RANGE_UNSHARE,
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "libnftables: a descriptor table of its own: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+fn run_here(commands: &str) -> Result<String, String> {
     let nft = library()?;
     let input = CString::new(commands).map_err(|_| "a NUL byte in the commands".to_string())?;
     let sym = |name: &[u8]| -> Result<*mut c_void, String> {
@@ -96,5 +138,39 @@ pub fn run(commands: &str) -> Result<String, String> {
         };
         ctx_free(ctx);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    /// libnftables waits for the kernel's answers with `select()`, which cannot take a
+    /// descriptor numbered 1024 or more: with the descriptors of a hundred routers open, the
+    /// socket it opens got such a number and glibc ended the whole process. The call is made
+    /// where the descriptors are few.
+    #[test]
+    fn runs_with_descriptors_past_fd_setsize() {
+        let held: Vec<std::fs::File> = (0..1100)
+            .map(|_| std::fs::File::open("/dev/null").expect("opening /dev/null"))
+            .collect();
+        let highest = held.iter().map(|f| f.as_raw_fd()).max().unwrap_or(0);
+        assert!(highest >= 1024, "only up to descriptor {highest} held");
+        // In a network namespace of the thread's own, so the table made is nobody's.
+        let outcome = std::thread::spawn(|| {
+            // SAFETY: plain syscall; it changes only this thread's network namespace.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(format!("unshare: {}", std::io::Error::last_os_error()));
+            }
+            run(r#"{"nftables":[{"add":{"table":{"family":"inet","name":"fdsetsize"}}}]}"#)?;
+            run(super::super::rules::LIST_TABLES)
+        })
+        .join()
+        .expect("the thread ends");
+        let listing = outcome.expect("libnftables runs");
+        assert!(listing.contains("fdsetsize"), "{listing}");
+        drop(held);
     }
 }
