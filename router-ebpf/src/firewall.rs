@@ -6,6 +6,9 @@
 //! Rules see the packet as Neutron's FORWARD chain does: destination after DNAT, source
 //! before SNAT. A flow crossing two internal interfaces is checked once.
 
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::bpf_loop;
 use router_common::{
     MAX_FW_RULES, PolicyConfig, Reason, fw_action, fw_flags, fw_slot, iface_role, tcp_flags_valid,
 };
@@ -108,22 +111,34 @@ pub extern "C" fn router_fw_decide(facts: u32, src: u32, dst: u32, dport: u32, b
         return outcome::PASS;
     };
     let (base, n, flags) = (policy.fw_base, policy.fw_rule_count, policy.fw_flags);
-    let proto = (facts >> fact::PROTO_SHIFT) as u8;
-    let (src, dst, dport) = (src.to_ne_bytes(), dst.to_ne_bytes(), dport as u16);
-    let mut i = 0;
-    while i < MAX_FW_RULES && i < n {
-        let Some(rule) = FW_RULES.get(base.wrapping_add(i)) else {
-            break;
+    let mut walk = RuleWalk {
+        proto: (facts >> fact::PROTO_SHIFT) as u8,
+        _pad: 0,
+        dport: dport as u16,
+        src: src.to_ne_bytes(),
+        dst: dst.to_ne_bytes(),
+        base,
+        found: NOT_FOUND,
+    };
+    // SAFETY: `walk` lives across the call; the callback takes it as its context.
+    unsafe {
+        bpf_loop(
+            n.min(MAX_FW_RULES),
+            fw_rule_step as *mut c_void,
+            &mut walk as *mut RuleWalk as *mut c_void,
+            0,
+        );
+    }
+    if let Some(rule) = (walk.found != NOT_FOUND)
+        .then(|| FW_RULES.get(walk.found))
+        .flatten()
+    {
+        count(u32::from(rule.slot), bytes);
+        return match rule.action {
+            fw_action::ALLOW => outcome::TRACK,
+            fw_action::REJECT => outcome::REJECT,
+            _ => outcome::DENY,
         };
-        if rule.matches(proto, src, dst, dport) {
-            count(u32::from(rule.slot), bytes);
-            return match rule.action {
-                fw_action::ALLOW => outcome::TRACK,
-                fw_action::REJECT => outcome::REJECT,
-                _ => outcome::DENY,
-            };
-        }
-        i += 1;
     }
     count(fw_slot::DEFAULT, bytes);
     if flags & fw_flags::DEFAULT_ALLOW != 0 {
@@ -131,6 +146,39 @@ pub extern "C" fn router_fw_decide(facts: u32, src: u32, dst: u32, dport: u32, b
     } else {
         outcome::DEFAULT_DENY
     }
+}
+
+/// `RuleWalk::found` when no rule matched.
+const NOT_FOUND: u32 = u32::MAX;
+
+/// A packet's facts for the rule walk, and the index in `FW_RULES` of the first rule that
+/// matched.
+#[repr(C)]
+struct RuleWalk {
+    proto: u8,
+    _pad: u8,
+    dport: u16,
+    src: [u8; 4],
+    dst: [u8; 4],
+    base: u32,
+    found: u32,
+}
+
+/// One rule of the walk (`bpf_loop`'s callback): the verifier checks it once, not once per
+/// rule as it did an unrolled loop. Returns 1 (stop) at the first rule that matches.
+#[inline(never)]
+extern "C" fn fw_rule_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's `RuleWalk`, alive for the whole `bpf_loop`.
+    let walk = unsafe { &mut *(ctx as *mut RuleWalk) };
+    let at = walk.base.wrapping_add(index as u32);
+    let Some(rule) = FW_RULES.get(at) else {
+        return 1;
+    };
+    if rule.matches(walk.proto, walk.src, walk.dst, walk.dport) {
+        walk.found = at;
+        return 1;
+    }
+    0
 }
 
 #[inline(always)]

@@ -1,7 +1,9 @@
 //! Where a packet goes: policy rules, the routing tables, the external source tables, the
 //! egress checks and the neighbour. Nothing here writes to the packet.
 
-use aya_ebpf::maps::lpm_trie::Key;
+use core::ffi::c_void;
+
+use aya_ebpf::{helpers::bpf_loop, maps::lpm_trie::Key};
 #[cfg(doc)]
 use router_common::policy_flags;
 use router_common::{
@@ -50,25 +52,56 @@ pub fn find(
 
 /// The table of the first rule that matches and has a route for `dst`; 0 for none.
 ///
-/// A global function: the verifier checks it once, on its own, instead of walking every
-/// rule for every path of the pipeline that reaches it.
+/// A global function: the verifier checks it once, on its own, instead of for every path
+/// of the pipeline that reaches it; the walk itself is a `bpf_loop`, whose step it checks
+/// once rather than once per rule.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn router_rule_table(iif: u32, src: u32, dst: u32) -> u32 {
     let Some(policy) = POLICY_CONFIG.get(0) else {
         return 0;
     };
-    let (base, count) = (policy.rules_base, policy.rule_count);
-    let (src, dst) = (src.to_ne_bytes(), dst.to_ne_bytes());
-    let mut i = 0;
-    while i < MAX_RULES && i < count {
-        let Some(rule) = RULES.get(base.wrapping_add(i)) else {
-            return 0;
-        };
-        if rule.matches(iif, src, dst) && in_table(rule.table, dst).is_some() {
-            return rule.table;
-        }
-        i += 1;
+    let mut walk = RuleWalk {
+        iif,
+        src: src.to_ne_bytes(),
+        dst: dst.to_ne_bytes(),
+        base: policy.rules_base,
+        table: 0,
+    };
+    // SAFETY: `walk` lives across the call; the callback takes it as its context.
+    unsafe {
+        bpf_loop(
+            policy.rule_count.min(MAX_RULES),
+            rule_step as *mut c_void,
+            &mut walk as *mut RuleWalk as *mut c_void,
+            0,
+        );
+    }
+    walk.table
+}
+
+/// A packet's facts for the rule walk, and the table it chose (0: none yet).
+#[repr(C)]
+struct RuleWalk {
+    iif: u32,
+    src: [u8; 4],
+    dst: [u8; 4],
+    base: u32,
+    table: u32,
+}
+
+/// One rule of the walk (`bpf_loop`'s callback). Returns 1 (stop) at the first rule that
+/// matches and whose table has a route.
+#[inline(never)]
+extern "C" fn rule_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's `RuleWalk`, alive for the whole `bpf_loop`.
+    let walk = unsafe { &mut *(ctx as *mut RuleWalk) };
+    let Some(rule) = RULES.get(walk.base.wrapping_add(index as u32)) else {
+        return 1;
+    };
+    if rule.matches(walk.iif, walk.src, walk.dst) && in_table(rule.table, walk.dst).is_some() {
+        walk.table = rule.table;
+        return 1;
     }
     0
 }
