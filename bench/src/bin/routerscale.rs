@@ -110,6 +110,22 @@ fn stream_until(
     }
 }
 
+/// The command that makes this report, with the options that differ from the defaults.
+fn command_line(args: &Args) -> String {
+    let defaults = Args::parse_from(["routerscale"]);
+    let mut cmd = format!("cargo xtask scale --routers {}", args.routers);
+    if args.mode != defaults.mode {
+        cmd += &format!(" --mode {}", args.mode);
+    }
+    if args.max_sessions != defaults.max_sessions {
+        cmd += &format!(" --max-sessions {}", args.max_sessions);
+    }
+    if args.out != defaults.out {
+        cmd += &format!(" --out {}", args.out.display());
+    }
+    cmd
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if args.routers < 3 {
@@ -225,7 +241,7 @@ fn main() -> Result<()> {
     );
 
     let report = Report {
-        command: format!("cargo xtask scale --routers {n}"),
+        command: command_line(&args),
         machine: machine(),
         routers: n,
         interfaces_per_router: 4,
@@ -273,8 +289,8 @@ fn write_report(out: &PathBuf, r: &Report) -> Result<()> {
          three internal ports ({ifaces} interfaces), every router with the same tenant \
          subnets and a floating IP, mode `{mode}`, `nat.max_sessions = {sessions}` (the \
          session table is preallocated; every other hash map holds only what is in it). \
-         Routers are set up one per CPU at a time; each loads and verifies its own pair of \
-         programs.\n\n\
+         Routers are set up two per CPU at a time; each loads and verifies its own programs \
+         (mode `xdp`: the XDP and the TC entry; mode `tc`: the TC entry).\n\n\
          | what | figure |\n|---|---|\n\
          | routers started (routerd's own figure, from the first to the last attached) | {start_s:.1} s ({start_per:.0} ms per router) |\n\
          | routerd started to every router attached (wall clock) | {wall:.1} s |\n\

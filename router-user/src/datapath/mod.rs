@@ -73,6 +73,14 @@ struct Attachment {
 /// Maps only the XDP entry uses: in TC mode no program holds them.
 const XDP_ONLY_MAPS: [&str; 1] = [map_names::EGRESS_DEVS];
 
+/// Entries of `SNAT_SOURCES` (SNAT sessions per internal address) for a session table of
+/// `session_entries`: no more addresses can hold sessions than there are sessions. Its
+/// hash buckets are allocated whole even though entries are not (16 bytes each): at the
+/// object's limit, 16,384, that was 256 KiB of every router.
+fn snat_sources(session_entries: u32) -> u32 {
+    (session_entries / 2).clamp(1, router_common::MAX_FLOATING_IPS)
+}
+
 /// Pin names of the programs in a router's pin directory.
 const PROGRAM_PINS: [&str; 2] = ["prog_xdp", "prog_tc"];
 
@@ -82,6 +90,7 @@ impl Datapath {
     pub fn load(router: &str, session_entries: u32) -> Result<Self, Error> {
         let ebpf = EbpfLoader::new()
             .map_max_entries(map_names::SESSIONS, session_entries)
+            .map_max_entries(map_names::SNAT_SOURCES, snat_sources(session_entries))
             .load(EBPF_OBJECT)
             .map_err(Box::new)?;
         Self::with_programs(ebpf, router)
@@ -245,6 +254,10 @@ impl Datapath {
             map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect();
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(map_names::SESSIONS, sizes.session_entries);
+        loader.map_max_entries(
+            map_names::SNAT_SOURCES,
+            snat_sources(sizes.session_entries),
+        );
         for name in [
             map_names::FIP_BY_ADDRESS,
             map_names::FIP_BY_FIXED,
@@ -491,6 +504,7 @@ impl Datapath {
             }
             let mut loader = EbpfLoader::new();
             loader.map_max_entries(map_names::SESSIONS, session_entries);
+            loader.map_max_entries(map_names::SNAT_SOURCES, snat_sources(session_entries));
             for (name, path) in &paths {
                 loader.map_pin_path(name, path.as_path());
             }
