@@ -41,8 +41,18 @@ impl Routerd {
     /// As [`Routerd::start`], waiting up to `timeout` for `router_id` (a node of many
     /// routers takes longer than one).
     pub fn start_waiting(config: &Path, router_id: &str, timeout: Duration) -> Self {
+        Self::start_waiting_with_args(config, router_id, timeout, &[])
+    }
+
+    /// As [`Routerd::start_waiting`], with further arguments for routerd.
+    pub fn start_waiting_with_args(
+        config: &Path,
+        router_id: &str,
+        timeout: Duration,
+        args: &[&str],
+    ) -> Self {
         let socket = std::env::temp_dir().join(format!("routerd-{router_id}.sock"));
-        Self::spawn(config, router_id, &socket, &[], timeout)
+        Self::spawn(config, router_id, &socket, args, timeout)
     }
 
     /// As [`Routerd::start`], with further arguments for routerd (`--metrics ADDR:PORT`).

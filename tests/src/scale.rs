@@ -171,8 +171,9 @@ impl ScaleTopology {
 
     /// Starts routerd on the desired state and waits (up to `timeout`) until it has started
     /// every router in it; returns it and the start time routerd reports, in ms.
-    pub fn start_routerd(&self, timeout: Duration) -> (Routerd, u64) {
-        let mut routerd = Routerd::start_waiting(&self.config, &self.router_id(0), timeout);
+    pub fn start_routerd(&self, timeout: Duration, args: &[&str]) -> (Routerd, u64) {
+        let mut routerd =
+            Routerd::start_waiting_with_args(&self.config, &self.router_id(0), timeout, args);
         let ms = wait_started(&mut routerd, timeout);
         (routerd, ms)
     }

@@ -24,7 +24,7 @@ fn many_routers_load_forward_and_change_without_disturbing_each_other() {
     // Router n is built but not desired yet: it is added live below.
     let topo = ScaleTopology::build(n + 1, "xdp", 1024, &[0, n - 1, n]);
     topo.write_config(0..n);
-    let (routerd, _) = topo.start_routerd(Duration::from_secs(30 + n as u64));
+    let (routerd, _) = topo.start_routerd(Duration::from_secs(30 + n as u64), &[]);
     for i in 0..n {
         assert!(
             router_user::paths::router_info_file(&topo.router_id(i)).exists(),

@@ -82,6 +82,13 @@ struct Args {
     /// message) or `json` (one object a line).
     #[arg(long, value_enum, env = "ROUTERD_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
+    /// While the routers start, expedite the kernel's RCU grace periods
+    /// (/sys/kernel/rcu_expedited, set back once they have started): attaching a program
+    /// waits for one under the kernel's RTNL lock, and the routers' starts queue behind
+    /// those waits. About halves the start of hundreds of routers (docs/scale.md), at the
+    /// cost of an interrupt to every CPU per grace period meanwhile.
+    #[arg(long)]
+    expedited_start: bool,
     #[command(flatten)]
     roots: router_user::cluster::RootArgs,
     #[command(flatten)]
@@ -261,6 +268,11 @@ fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
                 waiting_gauge.clone(),
             ))
         });
+        let expedited = if args.expedited_start {
+            Some(node::ExpeditedGrace::begin()?)
+        } else {
+            None
+        };
         let mut startup = Startup::spawn(state, &owner, node::default_parallelism())?;
         let mut reload_pending = false;
         let mut node = loop {
@@ -276,6 +288,7 @@ fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
                         tracing::info!("routerd: {stop} during the start ({done} of {total} routers tried): no further router starts; those started keep running");
                         startup.cancel();
                         let node = startup.finished().await?;
+                        drop(expedited);
                         server.abort();
                         let _ = server.await;
                         return Ok::<_, Error>(node);
@@ -286,6 +299,7 @@ fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
                 }
             }
         };
+        drop(expedited);
         tracing::info!(
             "routerd: {} router(s) running; API on {}",
             node.running_count(),

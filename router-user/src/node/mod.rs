@@ -53,7 +53,9 @@ mod request;
 mod startup;
 mod state_file;
 mod waiting;
+mod expedite;
 
+pub use expedite::ExpeditedGrace;
 pub use startup::Startup;
 pub use state_file::StateFile;
 use tracing::Instrument;
