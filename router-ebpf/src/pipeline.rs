@@ -201,7 +201,15 @@ fn route_packet(frame: &Frame, h: &Handoff, pkt: &Ipv4Packet) -> Verdict {
         Err(verdict) => return verdict,
     };
     let out = egress.out;
-    let track = match firewall::check(&policy, &flow, &plan, has_session, iface.role, out.role, frame.len) {
+    let track = match firewall::check(
+        &policy,
+        &flow,
+        &plan,
+        has_session,
+        iface.role,
+        out.role,
+        frame.len,
+    ) {
         Ok(track) => track,
         Err(verdict) => return verdict,
     };

@@ -7,8 +7,8 @@ use aya_ebpf::helpers::bpf_csum_diff;
 
 use crate::{
     context::Frame,
-    maps::CSUM_SCRATCH,
     flow::Shape,
+    maps::CSUM_SCRATCH,
     parse::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Packet, L4_OFFSET},
 };
 

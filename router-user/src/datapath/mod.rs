@@ -254,10 +254,7 @@ impl Datapath {
             map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect();
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(map_names::SESSIONS, sizes.session_entries);
-        loader.map_max_entries(
-            map_names::SNAT_SOURCES,
-            snat_sources(sizes.session_entries),
-        );
+        loader.map_max_entries(map_names::SNAT_SOURCES, snat_sources(sizes.session_entries));
         for name in [
             map_names::FIP_BY_ADDRESS,
             map_names::FIP_BY_FIXED,

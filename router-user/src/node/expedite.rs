@@ -25,7 +25,9 @@ impl ExpeditedGrace {
             .trim()
             .to_string();
         std::fs::write(SWITCH, "1").map_err(|e| Error::io(format!("writing 1 to {SWITCH}"), e))?;
-        tracing::info!("routerd: RCU grace periods expedited while the routers start ({SWITCH} was {previous})");
+        tracing::info!(
+            "routerd: RCU grace periods expedited while the routers start ({SWITCH} was {previous})"
+        );
         Ok(Self { previous })
     }
 }

@@ -49,11 +49,11 @@ use crate::{
     router::{RunningRouter, StartControl, Writes, can_apply},
 };
 
+mod expedite;
 mod request;
 mod startup;
 mod state_file;
 mod waiting;
-mod expedite;
 
 pub use expedite::ExpeditedGrace;
 pub use startup::Startup;
