@@ -23,8 +23,8 @@ const HTTP_PORT: [u8; 2] = 80u16.to_be_bytes();
 
 /// The first stage of the pipeline: HA, parse, the ingress checks. Nothing is written to
 /// the packet. `Finish` here means a later fragment's hand-off is ready for
-/// `finish_fragment`; [`Stage::Translate`] that the packet goes on to [`translate`], with
-/// the ingress interface and the hand-over MAC left in the hand-off.
+/// `finish_fragment`; [`Stage::Translate`] that the packet goes on to [`classify`] and
+/// [`forward`], with the ingress interface and the hand-over MAC left in the hand-off.
 #[inline(always)]
 fn process(frame: &Frame) -> Stage {
     let handover_mac = match ha::check() {
@@ -43,7 +43,7 @@ enum Stage {
     Translate,
 }
 
-/// Handing over, a router only forwards (from its own MAC, `translate` saw to it): nothing
+/// Handing over, a router only forwards (from its own MAC, `forward` saw to it): nothing
 /// answered and nothing to the kernel, which would speak with the router's MAC.
 #[inline(always)]
 fn while_handing_over(verdict: Verdict, handing_over: bool) -> Verdict {

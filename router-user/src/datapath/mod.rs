@@ -73,6 +73,20 @@ struct Attachment {
 /// Maps only the XDP entry uses: in TC mode no program holds them.
 const XDP_ONLY_MAPS: [&str; 1] = [map_names::EGRESS_DEVS];
 
+/// What loading a program cost: the instructions the verifier went through (the kernel's
+/// count) and the time the load took.
+fn cost(
+    what: &str,
+    info: Option<aya::programs::ProgramInfo>,
+    started: std::time::Instant,
+) -> String {
+    let ms = started.elapsed().as_millis();
+    match info.and_then(|i| i.verified_instruction_count()) {
+        Some(n) => format!("{what} {n} instructions in {ms} ms"),
+        None => format!("{what} in {ms} ms"),
+    }
+}
+
 /// Entries of `SNAT_SOURCES` (SNAT sessions per internal address) for a session table of
 /// `session_entries`: no more addresses can hold sessions than there are sessions. Its
 /// hash buckets are allocated whole even though entries are not (16 bytes each): at the
@@ -132,17 +146,26 @@ impl Datapath {
                 source: Box::new(source),
             }
         };
+        let mut verified = Vec::new();
         if with_xdp {
             let xdp: &mut Xdp = program(ebpf, prog_names::XDP)?
                 .try_into()
                 .map_err(program_error("XDP program type"))?;
+            let started = std::time::Instant::now();
             load_retrying_eagain(|| xdp.load())
                 .map_err(program_error("loading the XDP program"))?;
+            verified.push(cost("XDP", xdp.info().ok(), started));
         }
         let tc: &mut SchedClassifier = program(ebpf, prog_names::TC)?
             .try_into()
             .map_err(program_error("TC program type"))?;
+        let started = std::time::Instant::now();
         load_retrying_eagain(|| tc.load()).map_err(program_error("loading the TC program"))?;
+        verified.push(cost("TC", tc.info().ok(), started));
+        tracing::info!(
+            "router {router}: programs verified: {}",
+            verified.join(", ")
+        );
         self.xdp_loaded = with_xdp;
         Ok(())
     }
