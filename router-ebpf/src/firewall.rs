@@ -8,7 +8,6 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::bpf_loop;
 use router_common::{
     MAX_FW_RULES, PolicyConfig, Reason, fw_action, fw_flags, fw_slot, iface_role, tcp_flags_valid,
 };
@@ -19,6 +18,7 @@ use crate::{
     nat::Plan,
     parse::IPPROTO_TCP,
     verdict::Verdict,
+    walk,
 };
 
 /// Facts about a packet, the first argument of [`router_fw_decide`].
@@ -111,7 +111,7 @@ pub extern "C" fn router_fw_decide(facts: u32, src: u32, dst: u32, dport: u32, b
         return outcome::PASS;
     };
     let (base, n, flags) = (policy.fw_base, policy.fw_rule_count, policy.fw_flags);
-    let mut walk = RuleWalk {
+    let mut scan = RuleWalk {
         proto: (facts >> fact::PROTO_SHIFT) as u8,
         _pad: 0,
         dport: dport as u16,
@@ -120,17 +120,9 @@ pub extern "C" fn router_fw_decide(facts: u32, src: u32, dst: u32, dport: u32, b
         base,
         found: NOT_FOUND,
     };
-    // SAFETY: `walk` lives across the call; the callback takes it as its context.
-    unsafe {
-        bpf_loop(
-            n.min(MAX_FW_RULES),
-            fw_rule_step as *mut c_void,
-            &mut walk as *mut RuleWalk as *mut c_void,
-            0,
-        );
-    }
-    if let Some(rule) = (walk.found != NOT_FOUND)
-        .then(|| FW_RULES.get(walk.found))
+    walk::each(n.min(MAX_FW_RULES), fw_rule_step, &mut scan);
+    if let Some(rule) = (scan.found != NOT_FOUND)
+        .then(|| FW_RULES.get(scan.found))
         .flatten()
     {
         count(u32::from(rule.slot), bytes);
@@ -164,21 +156,20 @@ struct RuleWalk {
     found: u32,
 }
 
-/// One rule of the walk (`bpf_loop`'s callback): the verifier checks it once, not once per
-/// rule as it did an unrolled loop. Returns 1 (stop) at the first rule that matches.
+/// One rule of the walk ([`walk::each`]): stops at the first rule that matches.
 #[inline(never)]
 extern "C" fn fw_rule_step(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the caller's `RuleWalk`, alive for the whole `bpf_loop`.
-    let walk = unsafe { &mut *(ctx as *mut RuleWalk) };
-    let at = walk.base.wrapping_add(index as u32);
+    // SAFETY: the step of a walk over a `RuleWalk`.
+    let scan = unsafe { walk::context::<RuleWalk>(ctx) };
+    let at = scan.base.wrapping_add(index as u32);
     let Some(rule) = FW_RULES.get(at) else {
-        return 1;
+        return walk::STOP;
     };
-    if rule.matches(walk.proto, walk.src, walk.dst, walk.dport) {
-        walk.found = at;
-        return 1;
+    if rule.matches(scan.proto, scan.src, scan.dst, scan.dport) {
+        scan.found = at;
+        return walk::STOP;
     }
-    0
+    walk::NEXT
 }
 
 #[inline(always)]

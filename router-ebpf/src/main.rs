@@ -23,6 +23,7 @@ mod rewrite;
 mod route;
 mod verdict;
 mod verify;
+mod walk;
 
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_redir_neigh, xdp_md},

@@ -3,7 +3,7 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::{helpers::bpf_loop, maps::lpm_trie::Key};
+use aya_ebpf::maps::lpm_trie::Key;
 #[cfg(doc)]
 use router_common::policy_flags;
 use router_common::{
@@ -17,6 +17,7 @@ use crate::{
     maps::{IFACES, NEIGHBORS, POLICY_CONFIG, ROUTES, RULES, SOURCE_TABLES},
     parse::Ipv4Packet,
     verdict::Verdict,
+    walk,
 };
 
 #[inline(always)]
@@ -61,23 +62,15 @@ pub extern "C" fn router_rule_table(iif: u32, src: u32, dst: u32) -> u32 {
     let Some(policy) = POLICY_CONFIG.get(0) else {
         return 0;
     };
-    let mut walk = RuleWalk {
+    let mut scan = RuleWalk {
         iif,
         src: src.to_ne_bytes(),
         dst: dst.to_ne_bytes(),
         base: policy.rules_base,
         table: 0,
     };
-    // SAFETY: `walk` lives across the call; the callback takes it as its context.
-    unsafe {
-        bpf_loop(
-            policy.rule_count.min(MAX_RULES),
-            rule_step as *mut c_void,
-            &mut walk as *mut RuleWalk as *mut c_void,
-            0,
-        );
-    }
-    walk.table
+    walk::each(policy.rule_count.min(MAX_RULES), rule_step, &mut scan);
+    scan.table
 }
 
 /// A packet's facts for the rule walk, and the table it chose (0: none yet).
@@ -90,20 +83,20 @@ struct RuleWalk {
     table: u32,
 }
 
-/// One rule of the walk (`bpf_loop`'s callback). Returns 1 (stop) at the first rule that
-/// matches and whose table has a route.
+/// One rule of the walk ([`walk::each`]): stops at the first rule that matches and whose
+/// table has a route.
 #[inline(never)]
 extern "C" fn rule_step(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the caller's `RuleWalk`, alive for the whole `bpf_loop`.
-    let walk = unsafe { &mut *(ctx as *mut RuleWalk) };
-    let Some(rule) = RULES.get(walk.base.wrapping_add(index as u32)) else {
-        return 1;
+    // SAFETY: the step of a walk over a `RuleWalk`.
+    let scan = unsafe { walk::context::<RuleWalk>(ctx) };
+    let Some(rule) = RULES.get(scan.base.wrapping_add(index as u32)) else {
+        return walk::STOP;
     };
-    if rule.matches(walk.iif, walk.src, walk.dst) && in_table(rule.table, walk.dst).is_some() {
-        walk.table = rule.table;
-        return 1;
+    if rule.matches(scan.iif, scan.src, scan.dst) && in_table(rule.table, scan.dst).is_some() {
+        scan.table = rule.table;
+        return walk::STOP;
     }
-    0
+    walk::NEXT
 }
 
 #[inline(always)]
