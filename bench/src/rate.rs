@@ -864,30 +864,33 @@ impl Setup {
         Ok(Duration::from_micros(us))
     }
 
-    /// Adds and removes one floating IP beside those loaded, `changes` times in turn,
-    /// through routerd's API (`fip_create`, `fip_delete`), each timed from the request to
-    /// the answer, which comes once the change is in the state file and applied.
+    /// Adds one floating IP beside those loaded and removes it again, through routerd's
+    /// API (`fip_create`, `fip_delete`), `changes` requests in all, each timed from the
+    /// request to the answer, which comes once the change is recorded in the state file's
+    /// journal and applied. Each pair takes another address and fixed IP, so that no
+    /// request finds the elements of one removed just before.
     pub fn api_floating_ip_changes(&mut self, changes: usize) -> anyhow::Result<Vec<Duration>> {
         use router_user::api::{Client, Request};
         let Some(routerd) = &self.routerd else {
             anyhow::bail!("not a routerd path");
         };
         let mut client = Client::connect(&routerd.socket)?;
-        let (address, fixed) = ("198.18.250.240", "10.0.250.240");
         let mut times = Vec::with_capacity(changes);
         for i in 0..changes {
+            let last = 240 - (i / 2) as u8;
+            let address = format!("198.18.250.{last}");
             let request = if i % 2 == 0 {
                 Request::FipCreate {
                     router: self.router_id.clone(),
-                    address: address.into(),
-                    fixed: fixed.into(),
+                    address,
+                    fixed: format!("10.0.250.{last}"),
                     id: None,
                     may_exist: false,
                 }
             } else {
                 Request::FipDelete {
                     router: self.router_id.clone(),
-                    address: Some(address.into()),
+                    address: Some(address),
                     id: None,
                     if_exists: false,
                 }

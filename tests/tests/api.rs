@@ -24,6 +24,7 @@ use router_tests::{
 use router_user::{
     api::{Client, Response},
     config::DesiredState,
+    node::StateFile,
 };
 use serde_json::{Value, json};
 
@@ -109,8 +110,36 @@ impl Api {
         self.assert_persisted();
     }
 
+    /// The state a routerd started now would read: the file, and the API edits its
+    /// journal holds that are not written into it yet.
+    fn persisted(&self) -> DesiredState {
+        // Read again if routerd rewrote the file meanwhile (a fold, which replaces the
+        // file before it removes the journal).
+        loop {
+            let file = self.file();
+            let state = StateFile::new(&self.config)
+                .load()
+                .expect("the file and its journal are a valid desired state");
+            if self.file() == file {
+                return state;
+            }
+        }
+    }
+
+    /// Waits until routerd has written the API's edits into the file (its journal is
+    /// gone): it does once the API has been quiet for a moment.
+    fn settle(&self) {
+        let journal = self.config.with_extension("toml.journal");
+        wait_for(
+            "the API's edits written into the file",
+            Duration::from_secs(5),
+            || !journal.exists(),
+        );
+    }
+
     /// A mutation asking for what already is: success, and nothing written.
     fn unchanged(&self, request: Value) {
+        self.settle();
         let (before, mtime) = (self.file(), self.modified());
         let r = self.send(request.clone());
         assert!(r.ok, "{request} failed: {r:?}");
@@ -121,11 +150,15 @@ impl Api {
         );
         assert_eq!(self.file(), before, "{request} rewrote the file");
         assert_eq!(self.modified(), mtime, "{request} wrote the file");
+        assert!(
+            !self.config.with_extension("toml.journal").exists(),
+            "{request} was recorded"
+        );
     }
 
     /// A rejected request: an error containing `expected`, nothing changed.
     fn rejected_line(&self, line: &str, expected: &str) -> String {
-        let (before, state) = (self.file(), self.state());
+        let (before, state) = (self.persisted(), self.state());
         let r = self.send_line(line);
         assert!(!r.ok, "{line} was accepted: {r:?}");
         assert_eq!(r.version, router_user::api::API_VERSION, "{line}: {r:?}");
@@ -134,7 +167,11 @@ impl Api {
             error.contains(expected),
             "{line}: error {error:?} does not say {expected:?}"
         );
-        assert_eq!(self.file(), before, "{line} changed the file");
+        assert_eq!(
+            self.persisted(),
+            before,
+            "{line} changed the persisted state"
+        );
         assert_eq!(self.state(), state, "{line} changed the state");
         error
     }
@@ -166,9 +203,22 @@ impl Api {
         doc["items"].clone()
     }
 
-    /// The file holds the state routerd runs (the same state; its text is the operator's
-    /// file edited where the state changed, so it keeps the comments written into it).
+    /// What routerd persisted (the file and its journal) is the state it runs, the file
+    /// keeps the comments written into it, and routerd --check accepts it.
     fn assert_persisted(&self) {
+        let state = self.state();
+        assert_eq!(
+            self.persisted(),
+            DesiredState::parse(&state).expect("show_state is a valid desired state"),
+            "what routerd persisted is not the state it runs; it runs:\n{state}"
+        );
+        self.assert_comments_and_check();
+    }
+
+    /// Once the API is quiet, the file alone holds the state routerd runs: the operator's
+    /// file edited where the state changed, so it keeps the comments written into it.
+    fn assert_folded(&self) {
+        self.settle();
         let file = String::from_utf8(self.file()).expect("UTF-8");
         let state = self.state();
         assert_eq!(
@@ -176,6 +226,11 @@ impl Api {
             DesiredState::parse(&state).expect("show_state is a valid desired state"),
             "the file is not the state routerd runs:\n{file}\nrouterd runs:\n{state}"
         );
+        self.assert_comments_and_check();
+    }
+
+    fn assert_comments_and_check(&self) {
+        let file = String::from_utf8(self.file()).expect("UTF-8");
         for comment in &self.comments {
             assert!(
                 file.contains(comment),
@@ -471,6 +526,7 @@ table = "vfw"
     let e = api.ctl_exit(2, &["route", "list", r, "-c", "GATEWAY"]);
     assert!(e.contains("no column GATEWAY"), "{e}");
     // A typo is reported as the CLI argument (exit code 2), and nothing is sent.
+    api.settle();
     let (before, mtime) = (api.file(), api.modified());
     let e = api.ctl_exit(2, &["route", "add", r, "10.40.0.0/33", "10.0.2.254"]);
     assert!(e.contains("'10.40.0.0/33' for '<DESTINATION>'"), "{e}");
@@ -802,7 +858,7 @@ table = "vfw"
         stderr.starts_with("routerctl: invalid configuration"),
         "{stderr}"
     );
-    api.assert_persisted();
+    api.assert_folded();
     assert!(
         api.query(json!({"op": "route_list", "router": r}))
             .as_array()
@@ -1637,7 +1693,7 @@ fn neutron_router_and_floating_ip_verbs() {
         "qr-b",
     ]);
     assert!(out.starts_with("applied"), "{out}");
-    api.assert_persisted();
+    api.assert_folded();
     assert!(!has_address(&router_ns, "qr-b", "10.0.2.1"));
     api.rejected(
         json!({"op": "router_interface_remove", "router": r, "interface": "qr-b"}),
@@ -1665,6 +1721,7 @@ fn neutron_router_and_floating_ip_verbs() {
         "an XDP program is still attached to qr-a"
     );
     assert_eq!(api.query(json!({"op": "router_list"})), json!([]));
+    api.settle();
     assert_eq!(std::fs::read_to_string(&config).expect("file"), "");
     api.rejected(
         json!({"op": "router_delete", "router": r}),
@@ -1771,12 +1828,13 @@ address = "10.0.7.1/24"
     // and one nftables transaction for the slow path's map elements.
     assert_eq!(first["writes"], json!({"map": 2, "kernel": 1}), "{first}");
     assert_eq!(unchanged_logs(&r2), r2_before + 1, "r2 was touched");
-    api.assert_persisted();
+    api.assert_folded();
     assert!(
         reaches(&ext_ns, FIP_A, 2),
         "the floating IP does not answer"
     );
     // The same file again: nothing to write, nothing written.
+    api.settle();
     let (bytes, mtime) = (api.file(), api.modified());
     let second: Value = api.ctl_items("change", &["--output", "json", "apply", f]);
     assert_eq!(
@@ -1829,27 +1887,35 @@ address = "10.0.7.1/24"
         ["198.18.0.10"],
         "r1's change was not undone"
     );
-    let nft = String::from_utf8_lossy(
-        &Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &r1_ns,
-                "nft",
-                "list",
-                "map",
-                "ip",
-                "neutron_router",
-                "fip_dnat",
-            ])
-            .output()
-            .expect("nft")
-            .stdout,
-    )
-    .into_owned();
-    assert!(
-        nft.contains("198.18.0.10") && !nft.contains("198.18.0.11"),
-        "{nft}"
+    let nft = || {
+        String::from_utf8_lossy(
+            &Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &r1_ns,
+                    "nft",
+                    "list",
+                    "map",
+                    "ip",
+                    "neutron_router",
+                    "fip_dnat",
+                ])
+                .output()
+                .expect("nft")
+                .stdout,
+        )
+        .into_owned()
+    };
+    // The kernel's element of the floating IP taken back goes shortly after the answer
+    // (deleting one waits for an RCU grace period, which no answer waits for).
+    wait_for(
+        "the slow path's element taken back",
+        Duration::from_secs(3),
+        || {
+            let nft = nft();
+            nft.contains("198.18.0.10") && !nft.contains("198.18.0.11")
+        },
     );
     assert!(!has_address(&r2_ns, "qr-c", "10.0.8.1"));
     assert!(reaches(&ext_ns, FIP_A, 1), "r1 stopped translating");

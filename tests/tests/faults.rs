@@ -1,4 +1,5 @@
-//! Control-plane faults: pins removed by hand, `kill -9` during an apply, a
+//! Control-plane faults: pins removed by hand, `kill -9` during an apply and after an
+//! answered edit the file does not hold yet, a
 //! router namespace deleted under a running router, an interface flapping. Each ends in a
 //! consistent state that routerd repairs and reports, and the fast path keeps forwarding.
 
@@ -73,8 +74,9 @@ fn pins_removed_by_hand_are_restored() {
     assert_eq!(traffic::forwarded_by_kernel(&topo.router_ns), before);
 }
 
-/// `kill -9` while an apply of 200 floating IPs is under way: the file is the old or the
-/// new state, never a mix, and the next routerd runs exactly what the file says.
+/// `kill -9` while an apply of 200 floating IPs is under way: what is persisted (the file
+/// and its journal) is the old or the new state, never a mix, the next routerd runs
+/// exactly that, and writes it into the file.
 #[test]
 fn kill9_during_an_apply_leaves_old_or_new() {
     let topo = RouterTopology::build("tc");
@@ -102,14 +104,16 @@ fn kill9_during_an_apply_leaves_old_or_new() {
     routerd.kill9();
     let _ = applier.join();
 
-    let on_disk = std::fs::read_to_string(&topo.config).expect("config after kill");
-    let state = DesiredState::parse(&on_disk).expect("the file is a valid state");
+    // What a start reads: the file, and the API edit its journal may hold.
+    let state = router_user::node::StateFile::new(&topo.config)
+        .load()
+        .expect("the file and its journal are a valid state");
     let fips = state.routers[0].floating_ips.len();
     assert!(
         fips == 0 || fips == 200,
-        "a mix: {fips} floating IPs in the file"
+        "a mix: {fips} floating IPs persisted"
     );
-    eprintln!("file after kill -9: {fips} floating IPs");
+    eprintln!("persisted after kill -9: {fips} floating IPs");
 
     let routerd = Routerd::start_with_socket(&topo.config, &topo.router_id, &socket);
     let running: BTreeSet<[u8; 4]> = {
@@ -133,6 +137,78 @@ fn kill9_during_an_apply_leaves_old_or_new() {
     assert!(
         traffic::ping(&topo.vm_a_ns, VM_B, 2),
         "forwarding after the restart"
+    );
+    // The edit the journal held is written into the file soon after the start.
+    let journal = topo.config.with_extension("toml.journal");
+    assert!(
+        within(Duration::from_secs(5), || !journal.exists()),
+        "the journal was not folded:\n{}",
+        routerd.log_text()
+    );
+    let on_disk = std::fs::read_to_string(&topo.config).expect("config after the restart");
+    assert_eq!(
+        DesiredState::parse(&on_disk).expect("the file is a valid state"),
+        state
+    );
+}
+
+/// An API edit answered, then `kill -9` before routerd wrote it into the file (it does once
+/// the API is quiet): the edit is in the file's journal, the next routerd starts with it,
+/// runs it in the fast path, and writes it into the file.
+#[test]
+fn an_answered_edit_survives_kill9_before_the_file_has_it() {
+    let topo = RouterTopology::build("tc");
+    let socket = std::env::temp_dir().join(format!("routerd-{}-journal.sock", topo.router_id));
+    let mut routerd = Routerd::start_with_socket(&topo.config, &topo.router_id, &socket);
+    let before = std::fs::read(&topo.config).expect("config");
+    let mut client = Client::connect(&socket).expect("the API");
+    client
+        .call(&router_user::api::Request::FipCreate {
+            router: topo.router_id.clone(),
+            address: "198.18.0.250".into(),
+            fixed: "10.0.1.250".into(),
+            id: None,
+            may_exist: false,
+        })
+        .expect("fip_create answered");
+    routerd.kill9();
+    let journal = topo.config.with_extension("toml.journal");
+    assert!(journal.exists(), "no journal after the answer");
+    assert_eq!(
+        std::fs::read(&topo.config).expect("config"),
+        before,
+        "the file was written before the API was quiet"
+    );
+
+    let routerd = Routerd::start_with_socket(&topo.config, &topo.router_id, &socket);
+    let running: BTreeSet<[u8; 4]> = router_user::maps::Pinned::open(&topo.router_id)
+        .and_then(|mut m| m.nat().floating_ips())
+        .expect("floating IP map")
+        .into_keys()
+        .collect();
+    assert!(
+        running.contains(&[198, 18, 0, 250]),
+        "the answered edit is not running after the restart:\n{}",
+        routerd.log_text()
+    );
+    assert!(
+        within(Duration::from_secs(5), || !journal.exists()),
+        "the journal was not folded:\n{}",
+        routerd.log_text()
+    );
+    let state = DesiredState::parse(&std::fs::read_to_string(&topo.config).expect("config"))
+        .expect("the file is a valid state");
+    assert!(
+        state.routers[0]
+            .floating_ips
+            .iter()
+            .any(|f| f.address == Ipv4Addr::new(198, 18, 0, 250)),
+        "the file does not hold the edit"
+    );
+    assert!(
+        routerd.log_text().contains("API edit(s) from"),
+        "the replay is not logged:\n{}",
+        routerd.log_text()
     );
 }
 

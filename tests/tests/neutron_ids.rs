@@ -231,17 +231,18 @@ fn a_router_named_by_its_neutron_uuid_forwards_and_answers_routerctl() {
     );
     assert_eq!(trace["verdict"], "forwarded", "{trace}");
 
-    // What routerd persisted holds the ids.
+    // A new routerd adopts the router by its id (its owner record, pins and links), and
+    // writes nothing: the file it reads is what runs.
+    // (The topology keeps the stopped one: dropping it would tear the router down.)
+    assert!(topo.routerd_mut().stop(), "routerd did not stop cleanly");
+    // What routerd persisted holds the ids: a routerd that stops writes the API's edits
+    // into the file.
     let file = std::fs::read_to_string(&topo.config).expect("the desired state");
     assert!(
         file.contains(&format!("id = \"{FIP_ID}\"")),
         "the file lost the floating IP's id:\n{file}"
     );
-
-    // A new routerd adopts the router by its id (its owner record, pins and links), and
-    // writes nothing: the file it reads is what runs.
-    // (The topology keeps the stopped one: dropping it would tear the router down.)
-    assert!(topo.routerd_mut().stop(), "routerd did not stop cleanly");
+    assert!(!topo.config.with_extension("toml.journal").exists());
     let second = Routerd::start(&topo.config, &router);
     let adopted = |log: &str| {
         log.contains("adopted the running fast path")

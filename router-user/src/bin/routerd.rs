@@ -315,10 +315,16 @@ fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
         if let Err(e) = router_user::notify::notify(&status) {
             tracing::warn!("routerd: telling systemd it is ready: {e}");
         }
+        // The file's journal (API edits it does not hold yet) was replayed at the start:
+        // written into the file soon.
+        let mut fold = node::FoldSchedule::default();
+        if cluster.is_none() && file.unfolded() {
+            fold.edited(Instant::now());
+        }
         if reload_pending {
             match &cluster {
                 Some(c) => c.reread(),
-                None => reload(&mut node, &file).await,
+                None => reload(&mut node, &file, &mut fold).await,
             }
         }
         let mut retry = tokio::time::interval(node::RETRY_TICK);
@@ -339,7 +345,7 @@ fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
             tokio::select! {
                 signal = signals.next() => match (signal, &cluster) {
                     (Signal::Hangup, Some(c)) => c.reread(),
-                    (Signal::Hangup, None) => reload(&mut node, &file).await,
+                    (Signal::Hangup, None) => reload(&mut node, &file, &mut fold).await,
                     (stop, _) => { tracing::info!("routerd: {stop}; the fast paths keep running"); break }
                 },
                 Some(update) = router_user::cluster::next_update(&mut cluster) => {
@@ -350,13 +356,25 @@ fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
                 Some(job) = jobs.recv() => {
                     let response = match &cluster {
                         Some(c) => c.handle(&mut node, &job.request),
-                        None => node.handle(&job.request, &file).await,
+                        None => {
+                            let response = node.handle(&job.request, &file).await;
+                            if file.unfolded() {
+                                fold.edited(Instant::now());
+                            }
+                            response
+                        }
                     };
                     let _ = job.reply.send(response);
+                }
+                _ = tokio::time::sleep_until(fold.due().unwrap_or_else(Instant::now).into()), if fold.due().is_some() => {
+                    fold_journal(&node, &file, &mut fold);
                 }
                 _ = retry.tick(), if waiting > 0 => node.retry_due(Instant::now()),
                 _ = sweep.tick() => { node.sweep_stale(); }
             }
+        }
+        if cluster.is_none() {
+            fold_journal(&node, &file, &mut fold);
         }
         server.abort();
         if let Some(metrics) = metrics {
@@ -371,14 +389,40 @@ fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
     Ok(())
 }
 
-/// SIGHUP: reads the file again and applies it; an invalid file changes nothing.
-async fn reload(node: &mut NodeController, file: &StateFile) {
+/// SIGHUP: reads the file again (with the API edits its journal holds) and applies it; an
+/// invalid file changes nothing. The API edits are then written into the file at once.
+async fn reload(node: &mut NodeController, file: &StateFile, fold: &mut node::FoldSchedule) {
     let started = Instant::now();
     match file.load() {
         Ok(new) => {
             let _ = node.reload(new, started).await;
+            fold_journal(node, file, fold);
         }
         Err(e) => tracing::error!("routerd: SIGHUP: {e}; nothing changed"),
+    }
+}
+
+/// Writes the API edits the journal holds into the state file (see `node::journal`).
+fn fold_journal(node: &NodeController, file: &StateFile, fold: &mut node::FoldSchedule) {
+    let started = Instant::now();
+    match file.fold(node.desired()) {
+        Ok(true) => {
+            fold.folded(None);
+            tracing::info!(
+                "routerd: {} written with the API's edits in {} ms",
+                file.path().display(),
+                started.elapsed().as_millis()
+            );
+        }
+        Ok(false) => fold.folded(None),
+        Err(e) => {
+            fold.folded(Some(Instant::now()));
+            tracing::error!(
+                "routerd: writing the API's edits into {}: {e}; they stay in its journal (read at every start), tried again in {} s",
+                file.path().display(),
+                node::FOLD_RETRY.as_secs()
+            );
+        }
     }
 }
 

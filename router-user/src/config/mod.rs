@@ -110,6 +110,43 @@ pub struct Router {
 }
 
 impl Router {
+    /// Whether `other` is this router but for its floating IPs, compared in place (a
+    /// router may have tens of thousands of them, and this is asked on every change).
+    pub fn same_but_floating_ips(&self, other: &Router) -> bool {
+        // Every field named, so that a new one cannot be left out of the comparison.
+        let Router {
+            id,
+            namespace,
+            mode,
+            gateway,
+            interfaces,
+            routes,
+            floating_ips: _,
+            nat,
+            tables,
+            rules,
+            steering,
+            firewall,
+            ha,
+            distributed,
+            part,
+        } = self;
+        *id == other.id
+            && *namespace == other.namespace
+            && *mode == other.mode
+            && *gateway == other.gateway
+            && *interfaces == other.interfaces
+            && *routes == other.routes
+            && *nat == other.nat
+            && *tables == other.tables
+            && *rules == other.rules
+            && *steering == other.steering
+            && *firewall == other.firewall
+            && *ha == other.ha
+            && *distributed == other.distributed
+            && *part == other.part
+    }
+
     /// A router with nothing configured but its id, namespace and mode: no gateway,
     /// interfaces, routes or firewall, and the default NAT settings.
     pub fn new(id: &str, namespace: &str, mode: Mode) -> Self {

@@ -50,6 +50,7 @@ use crate::{
 };
 
 mod expedite;
+pub mod journal;
 mod request;
 mod startup;
 mod state_file;
@@ -57,7 +58,7 @@ mod waiting;
 
 pub use expedite::ExpeditedGrace;
 pub use startup::Startup;
-pub use state_file::StateFile;
+pub use state_file::{FOLD_LONGEST, FOLD_QUIET, FOLD_RETRY, FoldSchedule, StateFile};
 use tracing::Instrument;
 use waiting::Waiting;
 pub use waiting::{RETRY_FIRST, RETRY_LONGEST, RETRY_TICK, retry_delay};

@@ -1,5 +1,6 @@
-//! An API request against the node: queries are answered, edits are checked, persisted (the
-//! file edited where the state changed, its comments kept) and applied, or rolled back (state file and routers) when applying fails.
+//! An API request against the node: queries are answered, edits are checked, recorded in
+//! the state file's journal and applied, or taken back (journal and routers) when applying
+//! fails.
 
 use std::time::Instant;
 
@@ -31,11 +32,11 @@ impl NodeController {
 
     /// Serves one API request. A query is answered from the desired state and the running
     /// routers. An edit is planned against the desired state (an invalid one is refused
-    /// with nothing changed), written to `file` atomically (only what changed is rewritten:
-    /// [`crate::config::DesiredState::to_toml_over`]), and applied all or nothing
-    /// ([`NodeController::apply`]); if applying fails, the file is put back first (a crash
-    /// from then on restarts with the previous state), then the routers, and the response
-    /// says what failed and whether the previous state is whole again.
+    /// with nothing changed), recorded in `file`'s journal durably ([`StateFile::record`];
+    /// the file itself is rewritten later, [`StateFile::fold`]), and applied all or nothing
+    /// ([`NodeController::apply`]); if applying fails, the record is taken back first (a
+    /// crash from then on restarts with the previous state), then the routers, and the
+    /// response says what failed and whether the previous state is whole again.
     pub async fn handle(&mut self, request: &Request, file: &StateFile) -> Response {
         let started = Instant::now();
         let op = op_name(request);
@@ -63,24 +64,20 @@ impl NodeController {
             return Response::failure(e);
         }
         let changed = api::changed_routers(&self.desired, &new);
-        // The file as it is, to put back byte for byte if applying fails.
-        let previous_file = file.read();
-        // The file is edited where the state changed, keeping the operator's comments and
-        // order; a file that cannot be read back is written whole.
-        let text = match previous_file.as_deref().map(std::str::from_utf8) {
-            Ok(Ok(existing)) => new.to_toml_over(existing),
-            _ => new.to_toml(),
+        // Durable before it is applied: a crash from here on restarts with the edit.
+        let mark = match file.record(request) {
+            Ok(mark) => mark,
+            Err(e) => {
+                tracing::error!("routerd: API {op}: {e}; nothing changed");
+                return Response::failure(ApiError::new(
+                    ErrorCode::Internal,
+                    format!("{e}; nothing changed"),
+                ));
+            }
         };
-        if let Err(e) = file.write(text.as_bytes()) {
-            tracing::error!("routerd: API {op}: {e}; nothing changed");
-            return Response::failure(ApiError::new(
-                ErrorCode::Internal,
-                format!("{e}; nothing changed"),
-            ));
-        }
         let path = file.path().display();
         tracing::info!(
-            "routerd: API {op}: {path} written, applying (routers {})",
+            "routerd: API {op}: recorded, applying (routers {})",
             changed.join(", ")
         );
         let failed = match self.apply(new, started).await {
@@ -99,12 +96,8 @@ impl NodeController {
             "routerd: API {op}: applying failed ({failures}); restoring the previous state"
         );
         let mut problems = Vec::new();
-        let restored = match &previous_file {
-            Ok(bytes) => file.write(bytes),
-            Err(_) => file.write(self.desired.to_toml().as_bytes()),
-        };
-        if let Err(e) = restored {
-            problems.push(format!("restoring {path}: {e}"));
+        if let Err(e) = file.unrecord(mark) {
+            problems.push(format!("taking the edit back: {e}"));
         }
         problems.extend(self.roll_back(failed).await);
         if problems.is_empty() {

@@ -19,8 +19,14 @@ use crate::{
     config::IfAddr,
     error::Error,
     maps::{Rooms as _, routes::RouteSlot},
-    netlink, paths, reconcile,
+    netlink, paths, reconcile, slowpath,
 };
+
+/// When the slow path settles what a change of floating IPs left for later
+/// (`slowpath::Pending`: removed elements, its record): this long after the first change
+/// that left it, so that the changes of a burst do not wait behind it and it is done once
+/// for them.
+const SLOWPATH_SETTLE_DELAY: Duration = Duration::from_millis(500);
 
 /// How long route/address events are gathered before the routes are mirrored again.
 const RESYNC_DELAY: Duration = Duration::from_millis(20);
@@ -125,12 +131,21 @@ impl RouterState {
         let mut safety = tokio::time::interval(SAFETY_RESYNC);
         let mut gc = tokio::time::interval(GC_INTERVAL);
         let mut pins = tokio::time::interval(PIN_CHECK);
+        let mut settle_at = self
+            .slowpath_pending
+            .is_due()
+            .then(|| tokio::time::Instant::now() + SLOWPATH_SETTLE_DELAY);
         loop {
             // Maps are opened per event and closed here (see `Datapath::release_maps`).
             self.datapath.release_maps();
             tokio::select! {
                 teardown = &mut *stop => {
+                    self.settle_slowpath();
                     return Ok(MirrorEnd::Stop { teardown: teardown.unwrap_or(false) });
+                }
+                _ = tokio::time::sleep_until(settle_at.unwrap_or_else(tokio::time::Instant::now)), if settle_at.is_some() => {
+                    settle_at = None;
+                    self.settle_slowpath();
                 }
                 Some(change) = changes.recv() => {
                     let result = self.reconfigure(handle, change.router).await;
@@ -138,6 +153,11 @@ impl RouterState {
                         tracing::error!("router {}: applying the new desired state: {e}", self.id);
                     }
                     let _ = change.done.send(result);
+                    // Not put off by the changes that follow: at most this long after
+                    // the first.
+                    if self.slowpath_pending.is_due() && settle_at.is_none() {
+                        settle_at = Some(tokio::time::Instant::now() + SLOWPATH_SETTLE_DELAY);
+                    }
                 }
                 _ = pins.tick() => {
                     self.check_pins();
@@ -190,6 +210,13 @@ impl RouterState {
                     }
                 }
             }
+        }
+    }
+
+    /// Does what the slow path left for after a change was answered.
+    fn settle_slowpath(&mut self) {
+        if let Err(e) = slowpath::settle(&self.router, &mut self.slowpath_pending) {
+            tracing::error!("router {}: the slow path's rules: {e}", self.id);
         }
     }
 

@@ -41,6 +41,8 @@ pub(super) struct RouterState {
     pub(super) ports: BTreeMap<u32, RouterPort>,
     /// What `setup` wrote.
     pub(super) start_writes: Writes,
+    /// What the slow path left for after the answer (`slowpath::Pending`).
+    pub(super) slowpath_pending: slowpath::Pending,
 }
 
 /// What one start attempt made of the fast path that was not there before it, so that a
@@ -284,6 +286,7 @@ async fn setup_recording(
         tables,
         ports,
         start_writes: Writes::default(),
+        slowpath_pending: slowpath::Pending::default(),
     };
     state.resync(handle).await?;
     let attach: Vec<(String, u32)> = links
@@ -549,7 +552,6 @@ impl RouterState {
                 .datapath
                 .sessions()
                 .purge(|k, e| session_uses(k, e, &|a| addrs.contains(&a)))?;
-            flush_kernel_conntrack(&gone.iter().map(|f| f.address).collect::<Vec<_>>());
         }
         let snat_before = old.gateway.as_ref().is_some_and(|g| g.snat);
         let snat_after = new.gateway.as_ref().is_some_and(|g| g.snat);
@@ -606,8 +608,9 @@ impl RouterState {
         let kernel_writes = sync_kernel_policy(handle, &new).await?
             + crate::dvr::kernel::sync(handle, &new).await?;
         crate::dvr::kernel::announce_new(&new, Some(&old));
-        slowpath::update(&old, &new)?;
-        // `update` writes one nftables transaction whenever the router changed.
+        slowpath::update(&old, &new, &mut self.slowpath_pending)?;
+        // `update` writes one nftables transaction whenever the router changed (for a
+        // floating IP removed alone, shortly after the answer: `slowpath::Pending`).
         let nft_writes = usize::from(old != new);
         self.router = new;
         write_info(&self.info)?;
@@ -639,38 +642,6 @@ impl RouterState {
                 .sync_snat_sources(&report.snat_sources)?;
         }
         Ok(())
-    }
-}
-
-/// Ends the kernel's own (slow-path) sessions of removed floating IPs. Best effort: the
-/// fast path no longer translates them either way.
-fn flush_kernel_conntrack(fips: &[std::net::Ipv4Addr]) {
-    let fips = fips.to_vec();
-    // On a thread of its own: the rules that made those sessions are gone already, and the
-    // conntrack tool takes tens of milliseconds that an apply need not wait for.
-    let spawned = std::thread::Builder::new()
-        .name("conntrack-flush".into())
-        .spawn(move || {
-            let run = |args: &[&str]| {
-                let _ = std::process::Command::new("conntrack")
-                    .args(args)
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .status();
-            };
-            // Past a handful, one flush of the kernel's (rare, slow-path) sessions is cheaper
-            // than two processes per address.
-            if fips.len() > 8 {
-                return run(&["-F"]);
-            }
-            for fip in &fips {
-                for flag in ["--orig-dst", "--reply-dst"] {
-                    run(&["-D", flag, &fip.to_string()]);
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!("flushing the kernel's sessions of removed floating IPs: {e}");
     }
 }
 

@@ -25,25 +25,78 @@ use nftables::schema::{NfObject, Nftables};
 
 pub use rules::TABLE;
 
-use crate::{config::Router, error::Error};
+use crate::{
+    config::{FloatingIp, Router},
+    error::Error,
+};
+
+/// What [`update`] leaves for later, done by [`settle`] once the change is answered:
+/// - the record of the ruleset the kernel holds (which a restart compares with what it
+///   would write, [`ensure`]): it is rendered from the whole router, tens of thousands of
+///   floating IPs included, which costs more than changing one of them;
+/// - the map elements of removed floating IPs: the kernel waits for an RCU grace period
+///   (~15-25 ms here) before it answers a transaction that deletes an element, where one
+///   that only adds takes well under a millisecond. The fast path stops translating a
+///   removed floating IP at once; the kernel's own rules (for the packets the fast path
+///   hands it) keep it until then, as its conntrack entries are flushed after the answer
+///   too. A floating IP added back as it was keeps its elements; one whose address or
+///   fixed IP is taken again by another has its old elements deleted in the same
+///   transaction as the new ones are added.
+///
+/// Until it is settled, there is no record: a restart writes the table whole.
+#[derive(Debug, Default)]
+pub struct Pending {
+    deletes: Vec<FloatingIp>,
+    record: bool,
+}
+
+impl Pending {
+    /// Whether anything is left to [`settle`].
+    pub fn is_due(&self) -> bool {
+        self.record || !self.deletes.is_empty()
+    }
+}
 
 /// Brings the slow-path rules from `old` to `new`: when only floating IPs differ, by adding
-/// and deleting map elements (one transaction); otherwise by replacing the table.
-pub fn update(old: &Router, new: &Router) -> Result<(), Error> {
-    let same_but_fips = Router {
-        floating_ips: new.floating_ips.clone(),
-        ..old.clone()
-    } == *new;
-    if !same_but_fips {
-        return apply(new);
-    }
+/// map elements now and deleting those of removed floating IPs later (`pending`);
+/// otherwise by replacing the table.
+pub fn update(old: &Router, new: &Router, pending: &mut Pending) -> Result<(), Error> {
     let before: BTreeSet<_> = old.floating_ips.iter().collect();
     let after: BTreeSet<_> = new.floating_ips.iter().collect();
-    let gone: Vec<_> = before.difference(&after).copied().collect();
-    let added: Vec<_> = after.difference(&before).copied().collect();
-    if gone.is_empty() && added.is_empty() {
+    let mut deletes: Vec<FloatingIp> = std::mem::take(&mut pending.deletes);
+    deletes.extend(before.difference(&after).copied());
+    if !old.same_but_floating_ips(new) {
+        *pending = Pending::default();
+        apply(new)?;
+        flush_sessions(&deletes);
         return Ok(());
     }
+    let mut added: Vec<&FloatingIp> = after.difference(&before).copied().collect();
+    if deletes.is_empty() && added.is_empty() {
+        return Ok(());
+    }
+    // Added back as it was, before its elements went: they stay.
+    added.retain(|a| match deletes.iter().position(|d| d == *a) {
+        Some(i) => {
+            deletes.swap_remove(i);
+            false
+        }
+        None => true,
+    });
+    // Elements whose key an added floating IP takes go in the same transaction.
+    let (now, later): (Vec<FloatingIp>, Vec<FloatingIp>) = deletes.into_iter().partition(|d| {
+        added
+            .iter()
+            .any(|a| a.address == d.address || a.fixed == d.fixed)
+    });
+    // The record goes before the kernel changes: a restart that finds none writes the
+    // table whole, where a stale one could make it keep rules it does not want.
+    forget(&new.id);
+    *pending = Pending {
+        deletes: later,
+        record: true,
+    };
+    let gone: Vec<&FloatingIp> = now.iter().collect();
     if let Err(e) = elements::apply(
         rules::TABLE,
         &rules::floating_ip_changes(new, &added, &gone),
@@ -54,10 +107,75 @@ pub fn update(old: &Router, new: &Router) -> Result<(), Error> {
             "router {}: changing the slow path's floating-IP maps: {e}; replacing its table",
             new.id
         );
-        return apply(new);
+        let later = std::mem::take(pending).deletes;
+        apply(new)?;
+        flush_sessions(&later);
     }
-    let _ = std::fs::write(applied_file(&new.id), ruleset_json(new));
+    flush_sessions(&now);
     Ok(())
+}
+
+/// Does what [`update`] left for later (see [`Pending`]): the elements of removed floating
+/// IPs deleted and the kernel's sessions of them ended, then the record written. `router`
+/// is the state the kernel was brought to.
+pub fn settle(router: &Router, pending: &mut Pending) -> Result<(), Error> {
+    let deletes = std::mem::take(&mut pending.deletes);
+    if !deletes.is_empty() {
+        let gone: Vec<&FloatingIp> = deletes.iter().collect();
+        let deleted = elements::apply(
+            rules::TABLE,
+            &rules::floating_ip_changes(router, &[], &gone),
+        );
+        if let Err(e) = deleted {
+            tracing::warn!(
+                "router {}: deleting removed floating IPs from the slow path's maps: {e}; replacing its table",
+                router.id
+            );
+            pending.record = false;
+            apply(router)?;
+        }
+        flush_sessions(&deletes);
+    }
+    if std::mem::take(&mut pending.record) {
+        let _ = std::fs::write(applied_file(&router.id), ruleset_json(router));
+    }
+    Ok(())
+}
+
+/// Ends the kernel's own (slow-path) sessions of removed floating IPs, once the rules that
+/// translated them are gone (a session made before that would keep the translation). Best
+/// effort: the fast path no longer translates them either way.
+fn flush_sessions(gone: &[FloatingIp]) {
+    if gone.is_empty() {
+        return;
+    }
+    let addresses: Vec<String> = gone.iter().map(|f| f.address.to_string()).collect();
+    // On a thread of its own (which is in the router's namespace, as the calling thread
+    // is): the conntrack tool takes tens of milliseconds nothing need wait for.
+    let spawned = std::thread::Builder::new()
+        .name("conntrack-flush".into())
+        .spawn(move || {
+            let run = |args: &[&str]| {
+                let _ = std::process::Command::new("conntrack")
+                    .args(args)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            };
+            // Past a handful, one flush of the kernel's (rare, slow-path) sessions is cheaper
+            // than two processes per address.
+            if addresses.len() > 8 {
+                return run(&["-F"]);
+            }
+            for address in &addresses {
+                for flag in ["--orig-dst", "--reply-dst"] {
+                    run(&["-D", flag, address]);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("flushing the kernel's sessions of removed floating IPs: {e}");
+    }
 }
 
 /// Replaces the router's slow-path rules in the calling thread's namespace.
@@ -176,7 +294,9 @@ protocol = "47"
             apply(&router).expect("libnftables takes the ruleset");
             assert!(present());
             // Floating IPs change as map elements; the table stays.
-            update(&router, &with_fip).expect("element added");
+            let mut pending = Pending::default();
+            update(&router, &with_fip, &mut pending).expect("element added");
+            settle(&with_fip, &mut pending).expect("settled");
             forget(&router.id);
         });
         // As `nft` lists them: it leaves out the `meta l4proto tcp` that a TCP reset
@@ -247,7 +367,7 @@ fixed = "10.0.0.11"
         );
         let listing = in_scratch_namespace(move || {
             apply(&router).expect("libnftables takes the ruleset");
-            update(&router, &with_more).expect("elements added");
+            update(&router, &with_more, &mut Pending::default()).expect("elements added");
             forget(&router.id);
         });
         for line in [
@@ -329,7 +449,12 @@ max_floating_ips = 4096
                 }],
             )
             .expect("deleted by hand");
-            update(&second, &third).expect("the table written again");
+            // Its deletion waits for the settle, which finds the element gone and writes
+            // the table whole instead, recorded with it: nothing left pending.
+            let mut pending = Pending::default();
+            update(&second, &third, &mut pending).expect("removed");
+            settle(&third, &mut pending).expect("the table written again");
+            assert!(!pending.is_due());
             let maps_third = maps_here();
             forget(&first.id);
             (maps_second, maps_third)
@@ -356,6 +481,68 @@ max_floating_ips = 4096
         let (dnat, snat) = want(&gone);
         assert_eq!(maps_third.0, dnat);
         assert_eq!(maps_third.1, snat);
+    }
+
+    /// What a change of floating IPs leaves for later: a removed floating IP's elements
+    /// stay until settled, or go at once when another takes their key; one added back as it
+    /// was keeps them; the record is written when settled, and then a restart writes
+    /// nothing.
+    #[test]
+    fn removed_elements_and_the_record_wait_for_the_settle() {
+        let text = "[[router]]\nid = \"r1\"\nnamespace = \"ns1\"\n[router.gateway]\ninterface = \"qg-1\"\naddress = \"172.24.4.2/24\"\nnexthop = \"172.24.4.1\"\n[[router.interface]]\nname = \"qr-a\"\naddress = \"10.0.0.1/24\"\n";
+        let fip = |a: u8, f: u8| {
+            format!("[[router.floating_ip]]\naddress = \"172.24.4.{a}\"\nfixed = \"10.0.0.{f}\"\n")
+        };
+        let (none, one) = router_and_edit(text, &fip(10, 10));
+        let (_, moved) = router_and_edit(text, &fip(10, 11));
+        // An id of its own: the record of what is applied is a file per router id.
+        let id = format!("slowpath-pending-{}", std::process::id());
+        let with_id = |r: Router| Router {
+            id: id.clone(),
+            ..r
+        };
+        let (none, one, moved) = (with_id(none), with_id(one), with_id(moved));
+        let dnat = |pairs: &[(&str, &str)]| -> Elements {
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            apply(&one).expect("the table");
+            let mut pending = Pending::default();
+            // Removed: the element stays until settled; no record meanwhile.
+            update(&one, &none, &mut pending).expect("removed");
+            assert!(pending.is_due());
+            assert!(!applied_file(&one.id).exists());
+            assert_eq!(maps_here().0, dnat(&[("172.24.4.10", "10.0.0.10")]));
+            // Added back as it was: nothing to delete any more.
+            update(&none, &one, &mut pending).expect("added back");
+            settle(&one, &mut pending).expect("settled");
+            assert_eq!(maps_here().0, dnat(&[("172.24.4.10", "10.0.0.10")]));
+            assert!(!pending.is_due());
+            assert!(
+                !ensure(&one).expect("ensure"),
+                "the record is not what the kernel has"
+            );
+            // Removed, then settled: gone.
+            update(&one, &none, &mut pending).expect("removed");
+            settle(&none, &mut pending).expect("settled");
+            assert_eq!(maps_here().0, dnat(&[]));
+            // Removed, and its address taken for another fixed IP before the settle: the
+            // old element goes in the same transaction as the new one comes.
+            update(&none, &one, &mut pending).expect("added");
+            update(&one, &none, &mut pending).expect("removed");
+            update(&none, &moved, &mut pending).expect("the address again");
+            assert_eq!(maps_here().0, dnat(&[("172.24.4.10", "10.0.0.11")]));
+            settle(&moved, &mut pending).expect("settled");
+            assert_eq!(maps_here().0, dnat(&[("172.24.4.10", "10.0.0.11")]));
+            assert!(!ensure(&moved).expect("ensure"));
+            forget(&one.id);
+        })
+        .join()
+        .expect("the scratch thread");
     }
 
     /// A map's elements as `nft` lists them: key and value.

@@ -146,3 +146,22 @@ fn a_key_added_to_an_interface_keeps_its_comments_and_an_unreadable_file_is_writ
     assert_eq!(state.to_toml_over("[[router"), state.to_toml());
     assert_eq!(state.to_toml_over("[[router]]\nid = 1\n"), state.to_toml());
 }
+
+#[test]
+fn same_but_floating_ips_compares_everything_else() {
+    let state = DesiredState::parse(COMMENTED).expect("valid");
+    let router = &state.routers[0];
+    let mut other = router.clone();
+    other.floating_ips.clear();
+    other.floating_ips.push(FloatingIp {
+        address: "198.18.0.77".parse().expect("address"),
+        fixed: "10.0.1.77".parse().expect("address"),
+        id: None,
+    });
+    assert!(router.same_but_floating_ips(&other));
+    other.routes.pop();
+    assert!(!router.same_but_floating_ips(&other));
+    let mut other = router.clone();
+    other.nat.snat_sessions_per_source += 1;
+    assert!(!router.same_but_floating_ips(&other));
+}
