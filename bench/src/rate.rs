@@ -904,7 +904,7 @@ impl Setup {
 
     /// `routerctl apply FILE` of a desired state with `fips` floating IPs, timed from
     /// the command's start to its exit (process start, the API round trip, validation, the
-    /// atomic write of the state file and the apply). Returns the wall time.
+    /// append to the state file's journal and the apply). Returns the wall time.
     pub fn routerctl_apply(&mut self, fips: usize) -> anyhow::Result<Duration> {
         let (Some(routerd), Some(config)) = (&self.routerd, &self.config) else {
             anyhow::bail!("not a routerd path");

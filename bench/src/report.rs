@@ -876,7 +876,7 @@ pub fn readme_figures(r: &Results) -> String {
                 let command = c.what.split('`').nth(1).unwrap_or("routerctl");
                 format!(
                     "{:.0} ms with `{command}` (command start to exit: API, validation, \
-                     fsync'd state file)",
+                     the edit fsync'd in the state file's journal)",
                     c.millis
                 )
             }),

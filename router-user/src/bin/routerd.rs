@@ -358,7 +358,7 @@ fn run(args: Args, held: HeldSignals) -> Result<(), Error> {
                         Some(c) => c.handle(&mut node, &job.request),
                         None => {
                             let response = node.handle(&job.request, &file).await;
-                            if file.unfolded() {
+                            if job.request.is_mutation() && file.unfolded() {
                                 fold.edited(Instant::now());
                             }
                             response

@@ -175,7 +175,7 @@ impl FoldSchedule {
         Some((self.last? + FOLD_QUIET).min(self.first? + FOLD_LONGEST))
     }
 
-    /// The fold was done (or failed at `at`: it is tried again later).
+    /// The fold was done, or failed at `failed_at` (it is tried again [`FOLD_RETRY`] later).
     pub fn folded(&mut self, failed_at: Option<Instant>) {
         *self = Self {
             retry: failed_at.map(|t| t + FOLD_RETRY),
