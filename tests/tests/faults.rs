@@ -63,6 +63,14 @@ fn pins_removed_by_hand_are_restored() {
         routerd.log_text().contains("pins removed by hand restored"),
         "not reported"
     );
+    // The links' directory removed whole: made again, with every link pin in it.
+    std::fs::remove_dir_all(router_user::paths::router_pin_dir(&topo.router_id).join("links"))
+        .expect("removing the links' directory");
+    assert!(
+        within(Duration::from_secs(3), || pins_of(&topo.router_id) == pins),
+        "link pins not restored:\n{}",
+        routerd.log_text()
+    );
     // The restored link pins are what keeps the fast path attached without routerd.
     routerd.kill9();
     assert!(traffic::ping(&topo.vm_a_ns, VM_B, 1), "after kill -9");

@@ -8,7 +8,8 @@ pub use self::attach::Attached;
 mod owner;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
+    ffi::{OsStr, OsString},
     path::{Path, PathBuf},
 };
 
@@ -97,6 +98,16 @@ fn snat_sources(session_entries: u32) -> u32 {
 
 /// Pin names of the programs in a router's pin directory.
 const PROGRAM_PINS: [&str; 2] = ["prog_xdp", "prog_tc"];
+
+/// The names in directory `dir`; `None` if it cannot be listed (it is gone).
+fn names_in(dir: &Path) -> Option<HashSet<OsString>> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    Some(
+        entries
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect(),
+    )
+}
 
 impl Datapath {
     /// Loads the object and both programs into the kernel (nothing is attached), with a
@@ -389,12 +400,22 @@ impl Datapath {
             return Ok(Vec::new());
         };
         let mut repaired = Vec::new();
-        std::fs::create_dir_all(links_dir(&self.router))
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        // Each directory is listed once, rather than each pin looked up by its path: every
+        // router checks every second, and a node runs a thousand of them.
+        let links = links_dir(&self.router);
+        let link_pins = match names_in(&links) {
+            Some(names) => names,
+            None => {
+                std::fs::create_dir_all(&links)
+                    .map_err(|e| Error::io(format!("creating {}", links.display()), e))?;
+                HashSet::new()
+            }
+        };
+        let pins = names_in(&dir).unwrap_or_default();
         let mut unheld = Vec::new();
         for name in map_names::ALL {
             let path = dir.join(name);
-            if path.exists() {
+            if pins.contains(OsStr::new(name)) {
                 continue;
             }
             // Through the programs: `map` would look for the missing pin.
@@ -420,7 +441,7 @@ impl Datapath {
         }
         for (i, pin) in PROGRAM_PINS.iter().enumerate() {
             let path = dir.join(pin);
-            if path.exists() || (i == 0 && !self.xdp_loaded) {
+            if pins.contains(OsStr::new(pin)) || (i == 0 && !self.xdp_loaded) {
                 continue;
             }
             let pinned = if i == 0 {
@@ -442,15 +463,12 @@ impl Datapath {
             .map(|(i, a)| (*i, a.name.clone(), a.xdp))
             .collect();
         for (index, name, xdp) in attached {
-            if xdp
-                && !links_dir(&self.router)
-                    .join(format!("{index}_xdp"))
-                    .exists()
-            {
+            let pinned = |kind: &str| link_pins.contains(OsStr::new(&format!("{index}_{kind}")));
+            if xdp && !pinned("xdp") {
                 self.attach_xdp(&name, index)?;
                 repaired.push(format!("{index}_xdp"));
             }
-            if !links_dir(&self.router).join(format!("{index}_tc")).exists() {
+            if !pinned("tc") {
                 self.attach_tc(&name, index)?;
                 repaired.push(format!("{index}_tc"));
             }
