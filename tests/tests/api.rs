@@ -1,11 +1,12 @@
 //! routerd's API socket against a real routerd running a router in real namespaces:
 //! permissions, every verb of routes, rules, the firewall and steering (through the JSON
 //! protocol and through routerctl), idempotence, rejected requests that change nothing, and
-//! the desired-state file kept equal to the state routerd runs.
+//! what routerd persists (the desired-state file and its journal) kept equal to the state
+//! it runs, the file alone once the API is quiet.
 //!
 //! Neutron's imperative verbs (routers, their interfaces and gateway, floating IPs) from an
 //! empty routerd, with traffic after each that matters; a change that fails to apply
-//! (an interface missing in the namespace) rolled back in the file and in the running
+//! (an interface missing in the namespace) rolled back in the journal and in the running
 //! routers; the writes an apply reports, and none for the same file applied again.
 
 use std::{
