@@ -36,6 +36,21 @@ mod render;
 #[cfg(test)]
 mod tests;
 
+/// One router with a gateway and one internal interface: the smallest state other modules'
+/// tests build on (appending keys of `[[router]]` to it).
+#[cfg(test)]
+pub(crate) const ONE_ROUTER: &str = r#"[[router]]
+id = "r1"
+namespace = "ns1"
+[router.gateway]
+interface = "qg-1"
+address = "172.24.4.2/24"
+nexthop = "172.24.4.1"
+[[router.interface]]
+name = "qr-a"
+address = "10.0.0.1/24"
+"#;
+
 pub use distributed::{Distributed, Network, Port, VNI_MAX, dvr_mac, mac_text};
 pub use file::{RouterText, new_router};
 pub use firewall::{Firewall, FirewallRule, FirewallRuleText, FwAction};

@@ -281,18 +281,13 @@ mod tests {
     use super::*;
     use crate::node::StateFile;
 
-    const FILE: &str = r#"# the operator's comment, kept by every fold
-[[router]]
-id = "r1"
-namespace = "ns1"
-[router.gateway]
-interface = "qg-1"
-address = "172.24.4.2/24"
-nexthop = "172.24.4.1"
-[[router.interface]]
-name = "qr-a"
-address = "10.0.0.1/24"
-"#;
+    /// The state file as the operator wrote it, with a comment.
+    fn file_text() -> String {
+        format!(
+            "# the operator's comment, kept by every fold\n{}",
+            crate::config::ONE_ROUTER
+        )
+    }
 
     fn fip_create(last: u8) -> Request {
         Request::FipCreate {
@@ -325,7 +320,7 @@ address = "10.0.0.1/24"
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("scratch directory");
             let path = dir.join("routers.toml");
-            std::fs::write(&path, FILE).expect("file");
+            std::fs::write(&path, file_text()).expect("file");
             (Self(dir), StateFile::new(path))
         }
     }
@@ -345,7 +340,10 @@ address = "10.0.0.1/24"
         let mark = file.record(&fip_create(11)).expect("record");
         file.record(&fip_create(12)).expect("record");
         // The file is untouched; the state is the file and the edits.
-        assert_eq!(std::fs::read_to_string(file.path()).expect("file"), FILE);
+        assert_eq!(
+            std::fs::read_to_string(file.path()).expect("file"),
+            file_text()
+        );
         assert!(file.unfolded());
         let state = file.load().expect("load");
         assert_eq!(
@@ -378,7 +376,7 @@ address = "10.0.0.1/24"
         let journal = Journal::beside(file.path());
         file.record(&fip_create(10)).expect("record");
         let state = file.load().expect("load");
-        let text = state.to_toml_over(FILE);
+        let text = state.to_toml_over(&file_text());
         journal.begin_fold(text.as_bytes()).expect("marker");
         file.write(text.as_bytes()).expect("file written");
         let bytes = std::fs::read(file.path()).expect("file");
@@ -407,7 +405,8 @@ address = "10.0.0.1/24"
         file.record(&fip_create(10)).expect("record");
         file.record(&fip_create(11)).expect("record");
         let edited = format!(
-            "{FILE}[[router.floating_ip]]\naddress = \"172.24.4.11\"\nfixed = \"10.0.0.11\"\n"
+            "{}[[router.floating_ip]]\naddress = \"172.24.4.11\"\nfixed = \"10.0.0.11\"\n",
+            file_text()
         );
         std::fs::write(file.path(), &edited).expect("edited by hand");
         let bytes = edited.as_bytes();

@@ -254,18 +254,7 @@ mod tests {
     /// test here): the kernel holds the rules meant, in nftables' own words.
     #[test]
     fn firewall_ruleset_is_valid_nftables() {
-        let text = r#"
-[[router]]
-id = "r1"
-namespace = "ns1"
-[router.gateway]
-interface = "qg-1"
-address = "172.24.4.2/24"
-nexthop = "172.24.4.1"
-[[router.interface]]
-name = "qr-a"
-address = "10.0.0.1/24"
-[router.firewall]
+        let firewall = r#"[router.firewall]
 [[router.firewall.rule]]
 action = "deny"
 protocol = "tcp"
@@ -286,6 +275,7 @@ action = "reject"
 action = "allow"
 protocol = "47"
 "#;
+        let text = &format!("{}{firewall}", crate::config::ONE_ROUTER);
         let (router, with_fip) = router_and_edit(
             text,
             "[[router.floating_ip]]\naddress = \"172.24.4.10\"\nfixed = \"10.0.0.10\"\n",
@@ -489,7 +479,7 @@ max_floating_ips = 4096
     /// nothing.
     #[test]
     fn removed_elements_and_the_record_wait_for_the_settle() {
-        let text = "[[router]]\nid = \"r1\"\nnamespace = \"ns1\"\n[router.gateway]\ninterface = \"qg-1\"\naddress = \"172.24.4.2/24\"\nnexthop = \"172.24.4.1\"\n[[router.interface]]\nname = \"qr-a\"\naddress = \"10.0.0.1/24\"\n";
+        let text = crate::config::ONE_ROUTER;
         let fip = |a: u8, f: u8| {
             format!("[[router.floating_ip]]\naddress = \"172.24.4.{a}\"\nfixed = \"10.0.0.{f}\"\n")
         };
