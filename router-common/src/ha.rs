@@ -56,6 +56,10 @@ pub struct SyncRecord {
     pub entry: CtEntry,
 }
 
-/// Bytes of the `SYNC` ring: about 2,600 records, half a second of 5,000 new sessions a
-/// second while the controller drains it every few milliseconds.
+/// Bytes of an HA router's `SYNC` ring: about 2,600 records, half a second of 5,000 new
+/// sessions a second while the controller drains it every few milliseconds.
 pub const SYNC_BYTES: u32 = 256 * 1024;
+
+/// Bytes of the `SYNC` ring of a router without HA, which the fast path never writes: the
+/// smallest ring the kernel makes (a page).
+pub const SYNC_BYTES_UNUSED: u32 = 4096;

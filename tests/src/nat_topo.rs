@@ -159,10 +159,15 @@ impl NatTopology {
     /// its path (removed with the topology). No addresses are added here: routerd adds them,
     /// and answers ARP for the floating IPs itself.
     pub fn routerd_config(&mut self, mode: &str) -> PathBuf {
+        self.routerd_config_with(mode, "")
+    }
+
+    /// [`Self::routerd_config`] with more `[router.nat]` settings (`nat` lines).
+    pub fn routerd_config_with(&mut self, mode: &str, nat: &str) -> PathBuf {
         let text = RouterText {
             floating_ips: vec![(FIP1, VM1), (FIP2, VM2)],
             extra: format!(
-                "[router.nat]\nmetadata_port = {}\n",
+                "[router.nat]\nmetadata_port = {}\n{nat}",
                 crate::neutron::METADATA_PORT
             ),
             ..self.topology.router_text(mode)

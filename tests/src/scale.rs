@@ -40,6 +40,12 @@ pub struct ScaleTopology {
     pub count: usize,
     pub mode: String,
     pub max_sessions: u32,
+    /// `nat.preallocate_sessions` of every router (true unless set otherwise before the
+    /// desired state is written).
+    pub preallocate_sessions: bool,
+    /// `nat.max_floating_ips` of every router (the router's default unless set otherwise
+    /// before the desired state is written).
+    pub max_floating_ips: u32,
     pub samples: Vec<Sample>,
     pub config: PathBuf,
     /// Declared last: namespaces go after everything that lives in them.
@@ -59,6 +65,8 @@ impl ScaleTopology {
             count,
             mode: mode.to_string(),
             max_sessions,
+            preallocate_sessions: true,
+            max_floating_ips: router_user::config::NatSettings::default().max_floating_ips,
             samples: Vec::new(),
             namespaces: Namespaces::default(),
         };
@@ -155,7 +163,11 @@ impl ScaleTopology {
                 .map(|(n, name)| (name.to_string(), format!("10.0.{}.1/24", n + 1), None))
                 .collect(),
             floating_ips: vec![(Self::floating_ip(i), Ipv4Addr::from(VM))],
-            extra: format!("[router.nat]\nmax_sessions = {}\n", self.max_sessions),
+            extra: format!(
+                "[router.nat]\nmax_sessions = {}\npreallocate_sessions = {}\n\
+                 max_floating_ips = {}\n",
+                self.max_sessions, self.preallocate_sessions, self.max_floating_ips
+            ),
         }
     }
 
@@ -210,11 +222,22 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Memory the kernel accounts to the BPF maps and programs pinned for `routers` (the
-/// `memlock` of each, as its fdinfo gives it), in bytes, and how many maps and programs.
+/// Memory the kernel accounts to the BPF objects pinned for some routers.
+#[derive(Debug, Default)]
+pub struct PinnedMemory {
+    /// The `memlock` of every map and program, as its fdinfo gives it, in bytes.
+    pub bytes: u64,
+    pub maps: usize,
+    pub programs: usize,
+    /// `bytes` by pin name (a map's or a program's name), largest first.
+    pub by_name: Vec<(String, u64)>,
+}
+
+/// Memory the kernel accounts to the BPF maps and programs pinned for `routers`.
 /// routerd keeps no map descriptors between events, so its own descriptors would miss them.
-pub fn pinned_bpf_memory(routers: &[String]) -> (u64, usize, usize) {
-    let (mut bytes, mut maps, mut progs) = (0, 0, 0);
+pub fn pinned_bpf_memory(routers: &[String]) -> PinnedMemory {
+    let mut total = PinnedMemory::default();
+    let mut by_name = std::collections::BTreeMap::<String, u64>::new();
     for router in routers {
         let dir = router_user::paths::router_pin_dir(router);
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -224,27 +247,46 @@ pub fn pinned_bpf_memory(routers: &[String]) -> (u64, usize, usize) {
             if !entry.file_type().is_ok_and(|t| t.is_file()) {
                 continue;
             }
-            let Some(fd) = bpf_obj_get(&entry.path()) else {
+            let Some(info) = pin_fdinfo(&entry.path()) else {
                 continue;
             };
-            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
-                .unwrap_or_default();
-            let field = |key: &str| {
-                info.lines()
-                    .find_map(|l| l.strip_prefix(key))
-                    .map(|v| v.trim().to_string())
-            };
-            if field("map_type:").is_some() {
-                maps += 1;
-            } else if field("prog_type:").is_some() {
-                progs += 1;
+            if info.contains_key("map_type") {
+                total.maps += 1;
+            } else if info.contains_key("prog_type") {
+                total.programs += 1;
             }
-            bytes += field("memlock:")
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
+            let bytes = info.get("memlock").copied().unwrap_or(0);
+            total.bytes += bytes;
+            *by_name
+                .entry(entry.file_name().to_string_lossy().into_owned())
+                .or_default() += bytes;
         }
     }
-    (bytes, maps, progs)
+    total.by_name = by_name.into_iter().collect();
+    total
+        .by_name
+        .sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    total
+}
+
+/// The numeric fields of the fdinfo of the BPF object pinned at `path` (`map_type`,
+/// `max_entries`, `map_flags`, `memlock`, ...), if it can be opened.
+pub fn pin_fdinfo(path: &Path) -> Option<std::collections::BTreeMap<String, u64>> {
+    let fd = bpf_obj_get(path)?;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    Some(
+        info.lines()
+            .filter_map(|l| {
+                let (key, value) = l.split_once(':')?;
+                let value = value.trim();
+                let number = match value.strip_prefix("0x") {
+                    Some(hex) => u64::from_str_radix(hex, 16).ok()?,
+                    None => value.parse().ok()?,
+                };
+                Some((key.trim().to_string(), number))
+            })
+            .collect(),
+    )
 }
 
 /// A descriptor of the BPF object pinned at `path` (BPF_OBJ_GET).

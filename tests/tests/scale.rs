@@ -1,16 +1,18 @@
 //! Many routers under one routerd: each in its own namespace with the same tenant subnets,
-//! all loaded in parallel; routers added and removed while another carries traffic.
+//! all loaded in parallel; routers added and removed while another carries traffic; each
+//! router's tables made as its configuration says.
 //! `ROUTER_SCALE_ROUTERS=N` runs it with N routers (the benchmark `routerscale` measures
 //! 1,000).
 
 use std::{
+    collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
     time::Duration,
 };
 
 use router_tests::{
     probe::UdpStream,
-    scale::{EXT_HOST, ScaleTopology},
+    scale::{EXT_HOST, ScaleTopology, pin_fdinfo},
     traffic::{self, wait_for},
 };
 
@@ -103,4 +105,72 @@ fn many_routers_load_forward_and_change_without_disturbing_each_other() {
             s.router
         );
     }
+}
+
+/// The numeric fdinfo fields of router `i`'s pinned map `name`.
+fn pinned_map(topo: &ScaleTopology, i: usize, name: &str) -> BTreeMap<String, u64> {
+    let path = router_user::paths::router_pin_dir(&topo.router_id(i)).join(name);
+    pin_fdinfo(&path).unwrap_or_default()
+}
+
+/// A router's tables as its configuration makes them: the session table made as sessions
+/// come (`nat.preallocate_sessions = false`: its memory is its hash buckets, not its
+/// entries) or preallocated, and made again when the setting changes; the sync ring one
+/// page, as only an HA router's fast path writes it.
+#[test]
+fn tables_are_made_as_the_configuration_says() {
+    // BPF_F_NO_PREALLOC; about 150 bytes per entry when preallocated.
+    const NO_PREALLOC: u64 = 1;
+    const ENTRIES: u64 = 2 * 4096;
+    let mut topo = ScaleTopology::build(1, "tc", 4096, &[0]);
+    topo.preallocate_sessions = false;
+    topo.write_config(0..1);
+    let (routerd, _) = topo.start_routerd(Duration::from_secs(60), &[]);
+    let sample = &topo.samples[0];
+    let forwards = || {
+        traffic::ping(&sample.vm_ns, EXT_HOST, 2)
+            && traffic::ping(&sample.ext_ns, ScaleTopology::floating_ip(0).octets(), 2)
+    };
+    let sessions = pinned_map(&topo, 0, "SESSIONS");
+    assert_eq!(
+        sessions.get("map_flags").map(|f| f & NO_PREALLOC),
+        Some(NO_PREALLOC),
+        "{sessions:?}"
+    );
+    assert_eq!(sessions.get("max_entries"), Some(&ENTRIES), "{sessions:?}");
+    let on_demand = sessions.get("memlock").copied().unwrap_or(u64::MAX);
+    assert!(on_demand < ENTRIES * 150 / 4, "{sessions:?}");
+    let sync = pinned_map(&topo, 0, "SYNC");
+    assert_eq!(
+        sync.get("max_entries").copied(),
+        Some(u64::from(router_common::SYNC_BYTES_UNUSED)),
+        "{sync:?}"
+    );
+    assert!(
+        forwards(),
+        "the router forwards with its tables made on demand"
+    );
+
+    topo.preallocate_sessions = true;
+    topo.write_config(0..1);
+    routerd.reload();
+    wait_for(
+        "the session table made again, preallocated",
+        Duration::from_secs(20),
+        || {
+            pinned_map(&topo, 0, "SESSIONS")
+                .get("map_flags")
+                .is_some_and(|f| f & NO_PREALLOC == 0)
+        },
+    );
+    let sessions = pinned_map(&topo, 0, "SESSIONS");
+    assert!(
+        sessions.get("memlock").copied().unwrap_or(0) >= ENTRIES * 100,
+        "a preallocated table holds memory for its entries: {sessions:?} (on demand: {on_demand})"
+    );
+    wait_for(
+        "the router forwarding again",
+        Duration::from_secs(10),
+        forwards,
+    );
 }

@@ -29,9 +29,18 @@ struct Args {
     /// Fast-path mode of every router (xdp or tc).
     #[arg(long, default_value = "xdp")]
     mode: String,
-    /// `nat.max_sessions` of every router (its session table is preallocated).
+    /// `nat.max_sessions` of every router.
     #[arg(long, default_value_t = 4096)]
     max_sessions: u32,
+    /// Preallocate every router's session table (`nat.preallocate_sessions = true`, the
+    /// default of a router) instead of making it as sessions come, as a node of many
+    /// routers would.
+    #[arg(long)]
+    preallocated_sessions: bool,
+    /// `nat.max_floating_ips` of every router (each has one): its floating-IP tables and
+    /// their per-CPU counters are preallocated.
+    #[arg(long, default_value_t = 64)]
+    max_floating_ips: u32,
     /// Start routerd with `--expedited-start` (RCU grace periods expedited while the routers
     /// start).
     #[arg(long)]
@@ -49,6 +58,8 @@ struct Report {
     interfaces_per_router: usize,
     mode: String,
     max_sessions: u32,
+    preallocated_sessions: bool,
+    max_floating_ips: u32,
     /// routerd ran with `--expedited-start`.
     expedited_start: bool,
     topology_build_s: f64,
@@ -58,6 +69,8 @@ struct Report {
     routerd_rss_mib: f64,
     bpf_memlock_mib: f64,
     bpf_maps: usize,
+    /// The largest maps and programs by name, in KiB per router.
+    bpf_largest_kib: Vec<(String, f64)>,
     bpf_programs: usize,
     routerd_fds: usize,
     node_memory_mib: f64,
@@ -126,6 +139,12 @@ fn command_line(args: &Args) -> String {
     if args.max_sessions != defaults.max_sessions {
         cmd += &format!(" --max-sessions {}", args.max_sessions);
     }
+    if args.preallocated_sessions {
+        cmd += " --preallocated-sessions";
+    }
+    if args.max_floating_ips != defaults.max_floating_ips {
+        cmd += &format!(" --max-floating-ips {}", args.max_floating_ips);
+    }
     if args.expedited_start {
         cmd += " --expedited-start";
     }
@@ -152,7 +171,10 @@ fn main() -> Result<()> {
     eprintln!("building {} router namespaces with 4 ports each...", n + 1);
     let avail0 = meminfo("MemAvailable");
     let t = Instant::now();
-    let topo = ScaleTopology::build(n + 1, &args.mode, args.max_sessions, &[0, n / 2, n - 1, n]);
+    let mut topo =
+        ScaleTopology::build(n + 1, &args.mode, args.max_sessions, &[0, n / 2, n - 1, n]);
+    topo.preallocate_sessions = args.preallocated_sessions;
+    topo.max_floating_ips = args.max_floating_ips;
     let topology_build_s = t.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
     let avail1 = meminfo("MemAvailable");
@@ -174,7 +196,7 @@ fn main() -> Result<()> {
     let avail2 = meminfo("MemAvailable");
     let routerd_rss = rss(pid);
     let ids: Vec<String> = (0..n).map(|i| topo.router_id(i)).collect();
-    let (bpf_bytes, bpf_maps, bpf_programs) = pinned_bpf_memory(&ids);
+    let pinned = pinned_bpf_memory(&ids);
     let routerd_fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
 
     let live: Vec<usize> = topo
@@ -262,14 +284,22 @@ fn main() -> Result<()> {
         mode: args.mode.clone(),
         expedited_start: args.expedited_start,
         max_sessions: args.max_sessions,
+        preallocated_sessions: args.preallocated_sessions,
+        max_floating_ips: args.max_floating_ips,
         topology_build_s,
         topology_memory_mib: mib(avail0.saturating_sub(avail1)),
         start_ms,
         start_wall_s,
         routerd_rss_mib: mib(routerd_rss),
-        bpf_memlock_mib: mib(bpf_bytes),
-        bpf_maps,
-        bpf_programs,
+        bpf_memlock_mib: mib(pinned.bytes),
+        bpf_maps: pinned.maps,
+        bpf_largest_kib: pinned
+            .by_name
+            .iter()
+            .take(6)
+            .map(|(name, bytes)| (name.clone(), *bytes as f64 / 1024.0 / n as f64))
+            .collect(),
+        bpf_programs: pinned.programs,
         routerd_fds,
         node_memory_mib: mib(avail1.saturating_sub(avail2)),
         samples_forwarding,
@@ -302,14 +332,15 @@ fn write_report(out: &PathBuf, r: &Report) -> Result<()> {
          Command: `{cmd}`  \nMachine: {machine}\n\n\
          One routerd serves {n} routers, each in its own namespace with a gateway port and \
          three internal ports ({ifaces} interfaces), every router with the same tenant \
-         subnets and a floating IP, mode `{mode}`, `nat.max_sessions = {sessions}` (the \
-         session table is preallocated; every other hash map holds only what is in it). \
+         subnets and a floating IP, mode `{mode}`, `nat.max_sessions = {sessions}` ({tables}), \
+         `nat.max_floating_ips = {fips}` (the floating-IP tables are preallocated). \
          Routers are set up two per CPU at a time; each loads and verifies its own programs \
          (mode `xdp`: the XDP and the TC entry; mode `tc`: the TC entry). {expedited}\n\n\
          | what | figure |\n|---|---|\n\
          | routers started (routerd's own figure, from the first to the last attached) | {start_s:.1} s ({start_per:.0} ms per router) |\n\
          | routerd started to every router attached (wall clock) | {wall:.1} s |\n\
          | kernel memory of the pinned BPF maps and programs (their memlock; JIT images and BTF not included) | {bpf:.0} MiB ({bpf_per:.2} MiB per router; {maps} maps, {progs} programs) |\n\
+         | of it, the largest per router | {largest} |\n\
          | node memory taken by starting the routers (MemAvailable before and after) | {node:.0} MiB ({node_per:.2} MiB per router) |\n\
          | routerd resident memory | {rss:.0} MiB |\n\
          | routerd's open file descriptors | {fds} ({fds_per:.1} per router) |\n\
@@ -332,6 +363,14 @@ fn write_report(out: &PathBuf, r: &Report) -> Result<()> {
             "routerd runs without `--expedited-start`."
         },
         sessions = r.max_sessions,
+        fips = r.max_floating_ips,
+        tables = if r.preallocated_sessions {
+            "the session table is preallocated; every other hash map but the floating IPs' \
+             holds only what is in it"
+        } else {
+            "`nat.preallocate_sessions = false`: the session table, like every other hash map \
+             but the floating IPs', holds only what is in it"
+        },
         start_s = r.start_ms as f64 / 1000.0,
         start_per = per(r.start_ms as f64),
         wall = r.start_wall_s,
@@ -339,6 +378,12 @@ fn write_report(out: &PathBuf, r: &Report) -> Result<()> {
         bpf_per = per(r.bpf_memlock_mib),
         maps = r.bpf_maps,
         progs = r.bpf_programs,
+        largest = r
+            .bpf_largest_kib
+            .iter()
+            .map(|(name, kib)| format!("`{name}` {kib:.0} KiB"))
+            .collect::<Vec<_>>()
+            .join(", "),
         node = r.node_memory_mib,
         node_per = per(r.node_memory_mib),
         rss = r.routerd_rss_mib,

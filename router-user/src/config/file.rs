@@ -62,6 +62,7 @@ struct FileNat {
     snat_ports: Option<String>,
     slow_path_snat_ports: Option<String>,
     max_sessions: Option<u32>,
+    preallocate_sessions: Option<bool>,
     max_floating_ips: Option<u32>,
     snat_sessions_per_source: Option<u32>,
     metadata_port: Option<u16>,
@@ -296,6 +297,9 @@ fn read_nat(at: &Ctx, file: Option<&FileNat>) -> Result<NatSettings, ConfigError
         if let Some(v) = value {
             *slot = v;
         }
+    }
+    if let Some(p) = f.preallocate_sessions {
+        nat.preallocate_sessions = p;
     }
     if let Some(p) = f.metadata_port {
         nat.metadata_port = p;

@@ -252,6 +252,11 @@ pub struct NatSettings {
     pub slow_path_snat_ports: PortRange,
     /// Sessions the table holds (each takes two map entries).
     pub max_sessions: u32,
+    /// Whether the session table's memory is taken whole when the router starts (a new
+    /// session never waits for the kernel's allocator, and a flood finds the table full,
+    /// never the node short of memory) or as sessions are made (a router costs what it
+    /// holds; nodes of many routers).
+    pub preallocate_sessions: bool,
     /// Floating IPs the router's tables hold (their counters are preallocated).
     pub max_floating_ips: u32,
     /// Most SNAT sessions one internal address may hold (0: no limit).
@@ -273,6 +278,7 @@ impl Default for NatSettings {
                 max: 65535,
             },
             max_sessions: 65_536,
+            preallocate_sessions: true,
             max_floating_ips: 1024,
             snat_sessions_per_source: 0,
             metadata_port: 9697,

@@ -184,6 +184,12 @@ fn write_nat(s: &mut String, nat: &NatSettings) -> std::fmt::Result {
     if nat.max_sessions != d.max_sessions {
         keys.push(format!("max_sessions = {}", nat.max_sessions));
     }
+    if nat.preallocate_sessions != d.preallocate_sessions {
+        keys.push(format!(
+            "preallocate_sessions = {}",
+            nat.preallocate_sessions
+        ));
+    }
     if nat.snat_sessions_per_source != d.snat_sessions_per_source {
         keys.push(format!(
             "snat_sessions_per_source = {}",

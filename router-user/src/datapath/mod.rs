@@ -6,6 +6,7 @@
 mod attach;
 pub use self::attach::Attached;
 mod owner;
+mod sessions;
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -32,7 +33,11 @@ use crate::{config::Mode, error::Error, maps::MapSource};
 pub static EBPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/router-ebpf"));
 
 pub struct Datapath {
-    ebpf: Ebpf,
+    /// The loaded object: a datapath of tests and benchmarks uses its programs and maps. A
+    /// persistent datapath lets it go once its programs and maps are pinned (it works from
+    /// the pins), so that routerd keeps no copy of the programs' instructions and line
+    /// information per router (~0.5 MiB each).
+    ebpf: Option<Ebpf>,
     router: String,
     pin_dir: Option<PathBuf>,
     /// routerd's datapaths outlive the process: maps and links stay pinned when it exits
@@ -46,10 +51,12 @@ pub struct Datapath {
     writes: usize,
     /// The attachments of each interface by ifindex, to detach one interface alone.
     links: BTreeMap<u32, Attachment>,
-    /// Programs a previous routerd loaded from this same object, taken from their pins
-    /// instead of being verified again (the object's own copies then stay unloaded). No
-    /// XDP program in TC mode.
+    /// A persistent datapath's programs, opened from their pins: loaded by this routerd,
+    /// or by a previous one from this same object (then not verified again). No XDP
+    /// program in TC mode.
     pinned_programs: Option<(Option<Xdp>, SchedClassifier)>,
+    /// Whether the pinned programs are a previous routerd's.
+    programs_adopted: bool,
     /// Whether the XDP program is loaded (from the object or a pin). A TC-mode router runs
     /// only the TC entry, so it skips the XDP program's verification (about 40% of a
     /// router's start).
@@ -96,6 +103,32 @@ fn snat_sources(session_entries: u32) -> u32 {
     (session_entries / 2).clamp(1, router_common::MAX_FLOATING_IPS)
 }
 
+/// Loaders of `load_pinned`, kept for the next router: `EbpfLoader::new` parses the
+/// kernel's BTF (~5 % of a router's start), so a process does it once per concurrent load
+/// instead of once per router. Each load sets the pin paths and sizes of the same maps, so
+/// no router's settings carry over to the next.
+static PINNED_LOADERS: std::sync::Mutex<Vec<EbpfLoader<'static>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// The kernel's BTF, parsed once and shared by the loaders (~13 MB parsed: one copy, not
+/// one per loader).
+fn kernel_btf() -> Option<&'static aya::Btf> {
+    static KERNEL_BTF: std::sync::OnceLock<Option<aya::Btf>> = std::sync::OnceLock::new();
+    KERNEL_BTF
+        .get_or_init(|| aya::Btf::from_sys_fs().ok())
+        .as_ref()
+}
+
+/// A loader for `load_pinned`: one of the pool's, or a new one.
+fn pinned_loader() -> EbpfLoader<'static> {
+    let reused = PINNED_LOADERS.lock().ok().and_then(|mut pool| pool.pop());
+    reused.unwrap_or_else(|| {
+        let mut loader = EbpfLoader::new();
+        loader.btf(kernel_btf());
+        loader
+    })
+}
+
 /// Pin names of the programs in a router's pin directory.
 const PROGRAM_PINS: [&str; 2] = ["prog_xdp", "prog_tc"];
 
@@ -130,7 +163,7 @@ impl Datapath {
 
     fn without_programs(ebpf: Ebpf, router: &str) -> Self {
         Self {
-            ebpf,
+            ebpf: Some(ebpf),
             router: router.to_string(),
             pin_dir: None,
             persistent: false,
@@ -138,6 +171,7 @@ impl Datapath {
             writes: 0,
             links: BTreeMap::new(),
             pinned_programs: None,
+            programs_adopted: false,
             xdp_loaded: false,
             sizes: TableSizes::default(),
             open_maps: BTreeMap::new(),
@@ -147,7 +181,7 @@ impl Datapath {
     /// Loads (and so verifies) the TC program of the object, and the XDP program `with_xdp`.
     fn load_programs(&mut self, with_xdp: bool) -> Result<(), Error> {
         let router = self.router.as_str();
-        let ebpf = &mut self.ebpf;
+        let ebpf = loaded(&mut self.ebpf, router)?;
         let program_error = |what: &str| {
             let what = what.to_string();
             let router = router.to_string();
@@ -203,7 +237,7 @@ impl Datapath {
             if *name == prog_names::XDP && !self.xdp_loaded {
                 continue;
             }
-            program(&mut self.ebpf, name)?
+            program(loaded(&mut self.ebpf, &self.router)?, name)?
                 .pin(&path)
                 .map_err(|source| Error::Pin {
                     what: format!("pinning program {name} at {}", path.display()),
@@ -226,6 +260,15 @@ impl Datapath {
             .and_then(|b| serde_json::from_slice(&b).ok());
         let adopt = dir.join(map_names::NAT_CONFIG).exists()
             && recorded.as_ref().is_some_and(|r| r.same_datapath(owner));
+        // Adopted tables keep the ring they were made with (see `TableSizes::serves`).
+        let mut owner = owner.clone();
+        if let (true, Some(r)) = (adopt, &recorded) {
+            owner.sizes.sync_bytes = r.sizes.sync_ring();
+        }
+        let sizes = TableSizes {
+            sync_bytes: owner.sizes.sync_bytes,
+            ..sizes
+        };
         if !adopt && dir.exists() {
             tracing::info!("router {router}: removing pins of another owner ({recorded:?})");
             teardown(router)?;
@@ -241,6 +284,7 @@ impl Datapath {
         dp.pinned_programs = same_object
             .then(|| Self::programs_from_pins(&dir, with_xdp))
             .flatten();
+        dp.programs_adopted = dp.pinned_programs.is_some();
         match &dp.pinned_programs {
             Some((xdp, _)) => {
                 dp.xdp_loaded = xdp.is_some();
@@ -252,24 +296,30 @@ impl Datapath {
             None => {
                 dp.load_programs(with_xdp)?;
                 dp.pin_programs(&dir)?;
+                dp.pinned_programs =
+                    Some(Self::programs_from_pins(&dir, with_xdp).ok_or_else(|| {
+                        Error::Program {
+                            router: router.to_string(),
+                            what: format!("opening the programs just pinned in {}", dir.display()),
+                            source: Box::new(aya::programs::ProgramError::NotLoaded),
+                        }
+                    })?);
             }
         }
-        // Kept for now (setup writes them all); `release_maps` closes them.
-        for name in map_names::ALL {
-            if let Some(map) = dp.ebpf.take_map(name) {
-                dp.open_maps.insert(name, map);
+        // Kept for now (setup writes them all); `release_maps` closes them. The rest
+        // (per-CPU scratch, constants) only the programs use: they hold them.
+        if let Some(mut ebpf) = dp.ebpf.take() {
+            for name in map_names::ALL {
+                if let Some(map) = ebpf.take_map(name) {
+                    dp.open_maps.insert(name, map);
+                }
             }
-        }
-        // The rest (per-CPU scratch, constants) only the programs use: they hold them.
-        let rest: Vec<String> = dp.ebpf.maps().map(|(name, _)| name.to_string()).collect();
-        for name in rest {
-            drop(dp.ebpf.take_map(&name));
         }
         dp.pin_dir = Some(dir);
         dp.persistent = true;
         dp.adopted = adopt;
-        if recorded.as_ref() != Some(owner) {
-            let text = serde_json::to_vec(owner)
+        if recorded.as_ref() != Some(&owner) {
+            let text = serde_json::to_vec(&owner)
                 .map_err(|e| Error::io("encoding the owner record", std::io::Error::other(e)))?;
             std::fs::create_dir_all(crate::paths::run_dir()).map_err(|e| {
                 Error::io(format!("creating {}", crate::paths::run_dir().display()), e)
@@ -284,9 +334,11 @@ impl Datapath {
     /// there already are reused, the others are made (`sizes` for those sized by the
     /// configuration) and pinned.
     fn load_pinned(dir: &Path, sizes: TableSizes) -> Result<Ebpf, Error> {
-        let paths: Vec<(&str, PathBuf)> =
-            map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect();
-        let mut loader = EbpfLoader::new();
+        let sessions = dir.join(map_names::SESSIONS);
+        if sizes.sessions_on_demand && !sessions.exists() {
+            sessions::create_on_demand(&sessions, sizes.session_entries)?;
+        }
+        let mut loader = pinned_loader();
         loader.map_max_entries(map_names::SESSIONS, sizes.session_entries);
         loader.map_max_entries(map_names::SNAT_SOURCES, snat_sources(sizes.session_entries));
         for name in [
@@ -296,10 +348,15 @@ impl Datapath {
         ] {
             loader.map_max_entries(name, sizes.floating_ips);
         }
-        for (name, path) in &paths {
-            loader.map_pin_path(name, path.as_path());
+        loader.map_max_entries(map_names::SYNC, sizes.sync_ring());
+        for name in map_names::ALL {
+            loader.map_pin_path(name, dir.join(name));
         }
-        Ok(loader.load(EBPF_OBJECT).map_err(Box::new)?)
+        let loaded = loader.load(EBPF_OBJECT).map_err(Box::new);
+        if let Ok(mut pool) = PINNED_LOADERS.lock() {
+            pool.push(loader);
+        }
+        Ok(loaded?)
     }
 
     /// Whether `open` took over a running router's maps.
@@ -321,6 +378,7 @@ impl Datapath {
             return xdp.as_ref();
         }
         self.ebpf
+            .as_ref()?
             .program(prog_names::XDP)
             .and_then(|p| p.try_into().ok())
     }
@@ -329,14 +387,14 @@ impl Datapath {
         if let Some((_, tc)) = &self.pinned_programs {
             return tc;
         }
-        let prog = self.ebpf.program(prog_names::TC);
+        let prog = self.ebpf.as_ref().and_then(|e| e.program(prog_names::TC));
         prog.and_then(|p| p.try_into().ok())
             .unwrap_or_else(|| unreachable!("load() checked the TC program"))
     }
 
     /// Whether the programs were taken from a previous routerd's pins (not verified again).
     pub fn programs_adopted(&self) -> bool {
-        self.pinned_programs.is_some()
+        self.programs_adopted
     }
 
     fn xdp_mut(&mut self) -> Result<&mut Xdp, Error> {
@@ -349,7 +407,7 @@ impl Datapath {
         }
         match &mut self.pinned_programs {
             Some((Some(xdp), _)) => Ok(xdp),
-            _ => program(&mut self.ebpf, prog_names::XDP)?
+            _ => program(loaded(&mut self.ebpf, &self.router)?, prog_names::XDP)?
                 .try_into()
                 .map_err(|source| Error::Program {
                     router: self.router.clone(),
@@ -362,7 +420,7 @@ impl Datapath {
     fn tc_mut(&mut self) -> Result<&mut SchedClassifier, Error> {
         match &mut self.pinned_programs {
             Some((_, tc)) => Ok(tc),
-            None => program(&mut self.ebpf, prog_names::TC)?
+            None => program(loaded(&mut self.ebpf, &self.router)?, prog_names::TC)?
                 .try_into()
                 .map_err(|source| Error::Program {
                     router: self.router.clone(),
@@ -551,7 +609,10 @@ impl Datapath {
             let private = map_names::ALL
                 .iter()
                 .filter(|name| !shared.contains(name))
-                .filter_map(|name| dp.ebpf.take_map(name).map(|map| (*name, map)))
+                .filter_map(|name| {
+                    let map = dp.ebpf.as_mut()?.take_map(name)?;
+                    Some((*name, map))
+                })
                 .collect();
             Ok((dp, private))
         })();
@@ -569,7 +630,11 @@ impl MapSource for Datapath {
     fn map(&mut self, name: &'static str) -> Result<&mut Map, Error> {
         let invalid = || Error::map(name, MapError::InvalidName { name: name.into() });
         let (Some(dir), true) = (&self.pin_dir, self.persistent) else {
-            return self.ebpf.map_mut(name).ok_or_else(invalid);
+            return self
+                .ebpf
+                .as_mut()
+                .and_then(|e| e.map_mut(name))
+                .ok_or_else(invalid);
         };
         if !self.open_maps.contains_key(name) {
             let path = dir.join(name);
@@ -589,7 +654,11 @@ impl MapSource for Datapath {
     fn take(&mut self, name: &'static str) -> Result<Map, Error> {
         let invalid = || Error::map(name, MapError::InvalidName { name: name.into() });
         if !self.persistent {
-            return self.ebpf.take_map(name).ok_or_else(invalid);
+            return self
+                .ebpf
+                .as_mut()
+                .and_then(|e| e.take_map(name))
+                .ok_or_else(invalid);
         }
         self.map(name)?;
         self.open_maps.remove(name).ok_or_else(invalid)
@@ -615,6 +684,15 @@ impl Drop for Datapath {
             let _ = std::fs::remove_dir(dir);
         }
     }
+}
+
+/// The loaded object of a datapath that still holds it (all but a persistent one once open).
+fn loaded<'a>(ebpf: &'a mut Option<Ebpf>, router: &str) -> Result<&'a mut Ebpf, Error> {
+    ebpf.as_mut().ok_or_else(|| Error::Program {
+        router: router.to_string(),
+        what: "the loaded object (its programs are pinned)".into(),
+        source: Box::new(aya::programs::ProgramError::NotLoaded),
+    })
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program, Error> {

@@ -19,8 +19,48 @@ use crate::error::Error;
 pub struct TableSizes {
     /// Entries of the session table (two per session).
     pub session_entries: u32,
+    /// Whether the session table is made without preallocation (`BPF_F_NO_PREALLOC`).
+    #[serde(default)]
+    pub sessions_on_demand: bool,
+    /// Bytes of the `SYNC` ring (0: the object's own size).
+    #[serde(default)]
+    pub sync_bytes: u32,
     /// Entries of the floating-IP tables and their (preallocated, per-CPU) counters.
     pub floating_ips: u32,
+}
+
+impl TableSizes {
+    /// The tables `router`'s configuration asks for. Only an HA router's fast path writes
+    /// the sync ring; any other has the smallest one.
+    pub fn for_router(router: &crate::config::Router) -> Self {
+        Self {
+            session_entries: router.nat.max_sessions.saturating_mul(2),
+            sessions_on_demand: !router.nat.preallocate_sessions,
+            sync_bytes: if router.ha {
+                router_common::SYNC_BYTES
+            } else {
+                router_common::SYNC_BYTES_UNUSED
+            },
+            floating_ips: router.nat.max_floating_ips,
+        }
+    }
+
+    /// Bytes of the `SYNC` ring (records of routerds that did not size it: the object's).
+    pub fn sync_ring(&self) -> u32 {
+        if self.sync_bytes == 0 {
+            router_common::SYNC_BYTES
+        } else {
+            self.sync_bytes
+        }
+    }
+
+    /// Whether tables made with these sizes serve a router that wants `wanted`: the same
+    /// tables, and a ring at least as large (a router that no longer needs the HA ring
+    /// keeps the one it has rather than lose its sessions with its tables).
+    pub fn serves(&self, wanted: &TableSizes) -> bool {
+        let tables = |s: &TableSizes| (s.session_entries, s.floating_ips, s.sessions_on_demand);
+        tables(self) == tables(wanted) && self.sync_ring() >= wanted.sync_ring()
+    }
 }
 
 /// Who a router's pins belong to: adopted only by a routerd running the same router in the
@@ -75,13 +115,9 @@ impl Owner {
 
     /// Whether a datapath pinned by `self` may be adopted by `other`.
     pub(super) fn same_datapath(&self, other: &Owner) -> bool {
-        (&self.namespace, self.netns_inode, &self.layout, self.sizes)
-            == (
-                &other.namespace,
-                other.netns_inode,
-                &other.layout,
-                other.sizes,
-            )
+        (&self.namespace, self.netns_inode, &self.layout)
+            == (&other.namespace, other.netns_inode, &other.layout)
+            && self.sizes.serves(&other.sizes)
     }
 }
 
@@ -201,4 +237,75 @@ pub fn pinned_routers() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TableSizes;
+    use crate::config::{DesiredState, ONE_ROUTER};
+
+    fn router(extra: &str) -> crate::config::Router {
+        let state = DesiredState::parse(&format!("{ONE_ROUTER}{extra}")).expect("parses");
+        state.routers[0].clone()
+    }
+
+    fn sizes(extra: &str) -> TableSizes {
+        TableSizes::for_router(&router(extra))
+    }
+
+    #[test]
+    fn tables_follow_the_configuration() {
+        let plain = sizes("");
+        assert_eq!(plain.session_entries, 2 * 65_536);
+        assert!(!plain.sessions_on_demand);
+        assert_eq!(plain.sync_bytes, router_common::SYNC_BYTES_UNUSED);
+        let on_demand = sizes("[router.nat]\nmax_sessions = 4096\npreallocate_sessions = false\n");
+        assert_eq!(on_demand.session_entries, 8192);
+        assert!(on_demand.sessions_on_demand);
+        let ha = TableSizes::for_router(&crate::config::Router {
+            ha: true,
+            ..router("")
+        });
+        assert_eq!(ha.sync_bytes, router_common::SYNC_BYTES);
+    }
+
+    #[test]
+    fn tables_serve_a_router_with_the_same_tables_and_no_larger_ring() {
+        let small = TableSizes {
+            session_entries: 8192,
+            sessions_on_demand: false,
+            sync_bytes: router_common::SYNC_BYTES_UNUSED,
+            floating_ips: 1024,
+        };
+        let large = TableSizes {
+            sync_bytes: router_common::SYNC_BYTES,
+            ..small
+        };
+        // A router that leaves HA keeps its tables (and the larger ring); one that joins
+        // HA needs a larger ring, so new tables.
+        assert!(large.serves(&small));
+        assert!(!small.serves(&large));
+        // Records of routerds that did not size the ring had the object's, the large one.
+        let old_record = TableSizes {
+            sync_bytes: 0,
+            ..small
+        };
+        assert!(old_record.serves(&large) && old_record.serves(&small));
+        for other in [
+            TableSizes {
+                session_entries: 4096,
+                ..large
+            },
+            TableSizes {
+                sessions_on_demand: true,
+                ..large
+            },
+            TableSizes {
+                floating_ips: 64,
+                ..large
+            },
+        ] {
+            assert!(!large.serves(&other) && !other.serves(&large), "{other:?}");
+        }
+    }
 }

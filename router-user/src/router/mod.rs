@@ -275,6 +275,8 @@ fn fits(old: &Router, new: &Router) -> bool {
         && old.mode == new.mode
         && old.part.as_ref().map(|p| p.role) == new.part.as_ref().map(|p| p.role)
         && old.nat.max_sessions == new.nat.max_sessions
+        && old.nat.preallocate_sessions == new.nat.preallocate_sessions
+        && old.ha == new.ha
         && old.nat.max_floating_ips == new.nat.max_floating_ips
         && gateway_ok
         && new.interfaces.iter().all(|i| {

@@ -153,10 +153,7 @@ async fn setup_recording(
         kernel_writes += 1;
     }
     // Sized and owned as below; needed here to know whether this is the router's first start.
-    let sizes = crate::datapath::TableSizes {
-        session_entries: router.nat.max_sessions.saturating_mul(2),
-        floating_ips: router.nat.max_floating_ips,
-    };
+    let sizes = crate::datapath::TableSizes::for_router(router);
     let owner = crate::datapath::Owner::current(&router.namespace, sizes)?;
     let adopting = crate::datapath::would_adopt(&router.id, &owner);
     if router.ha {

@@ -149,6 +149,7 @@ fixed = "10.0.1.5"        # a VM on one of the router's internal subnets
 snat_ports = "2000-3000"
 slow_path_snat_ports = "60000-65535"
 max_sessions = 1024
+preallocate_sessions = false
 metadata_port = 8775
 [router.nat.timeouts]
 udp = 5
@@ -175,6 +176,7 @@ fn floating_ips_and_nat_settings_parse() {
         }
     );
     assert_eq!(r.nat.max_sessions, 1024);
+    assert!(!r.nat.preallocate_sessions);
     assert_eq!(r.nat.metadata_port, 8775);
     assert_eq!(
         (r.nat.timeouts.udp, r.nat.timeouts.tcp_established),
@@ -184,6 +186,7 @@ fn floating_ips_and_nat_settings_parse() {
     // Without a [router.nat] section: the defaults.
     let plain = DesiredState::parse(SMALL_EXAMPLE).expect("valid");
     assert_eq!(plain.routers[0].nat, NatSettings::default());
+    assert!(plain.routers[0].nat.preallocate_sessions);
 }
 
 #[test]
@@ -363,6 +366,7 @@ fixed = "10.0.2.5"
 snat_ports = "2000-3000"
 slow_path_snat_ports = "60000-65535"
 max_sessions = 1024
+preallocate_sessions = false
 metadata_port = 8775
 
 [router.nat.timeouts]
@@ -606,6 +610,7 @@ fn to_toml_round_trips() {
         "destination_ports = \"8000-8080\"",
         "description = \"GRE \\\"tunnels\\\" \\\\ and\\ttabs\\nnewline \\u0001 ü\"",
         "metadata_port = 8775",
+        "preallocate_sessions = false",
         "[router.nat.timeouts]",
         "generic = 11",
     ] {
