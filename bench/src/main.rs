@@ -13,6 +13,7 @@ mod micro;
 mod profile;
 mod rate;
 mod report;
+mod scale_runs;
 
 use std::time::{Duration, Instant};
 

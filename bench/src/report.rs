@@ -500,6 +500,13 @@ fn targets(s: &mut String, r: &Results) {
     let _ = writeln!(s, "## Targets\n");
     targets_table(s, r);
     let _ = writeln!(s);
+    if let Some(note) = crate::scale_runs::note(&crate::scale_runs::runs(&repo().join("docs"))) {
+        let _ = writeln!(
+            s,
+            "{note}
+"
+        );
+    }
     if let Some(probe) = &r.flowtable {
         let _ = writeln!(s, "{}\n", flowtable_note(probe));
     }
@@ -730,6 +737,9 @@ fn targets_table(s: &mut String, r: &Results) {
         dvr(|d| d.rtt_median_us, f64::max),
         |v| v <= 1.0,
     );
+    rows.extend(crate::scale_runs::rows(&crate::scale_runs::runs(
+        &repo().join("docs"),
+    )));
     let _ = writeln!(s, "| target | wanted | this run | met |\n|---|---|---|---|");
     for (what, target, value, ok) in rows {
         let value = value.map_or("-".to_string(), |v| format!("{v:.2}"));

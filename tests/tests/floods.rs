@@ -11,6 +11,8 @@
 //!   dropped on the gateway), the table must never hold more than its capacity, routerd's
 //!   resident memory must stay flat, and once the flood stops the table must drain back to
 //!   the two established sessions (aging by routerd) and a new connection must succeed.
+//!   Once with a preallocated table (XDP) and once with one made as sessions come
+//!   (`nat.preallocate_sessions = false`, TC): both hold and refuse alike.
 //! - `snat_port_exhaustion_*`: a tiny `snat_ports` range. One VM opens UDP flows to two
 //!   destinations until each destination's ports are all taken: new flows are dropped and
 //!   counted `no_snat_port`, no two flows ever leave with the same translated tuple, every
@@ -25,7 +27,7 @@
 //! first bucket), so only walks during which nothing is inserted (from the moment the flood
 //! stops) are held to the capacity; walks during the flood are reported.
 //!
-//! The default variants take about 12 s together (the flood test ~8 s, the exhaustion test
+//! The default variants take about 20 s together (each flood test ~8 s, the exhaustion test
 //! ~4 s); `ROUTER_LONG_TESTS=1` adds two 15 s floods on a 65,536-session table in XDP and
 //! in TC mode (~45 s each) and a 1,024-port exhaustion (~7 s). Figures (flood rate, drops
 //! by reason, table, memory and CPU of routerd) are printed with `eprintln!` (`--nocapture`
@@ -256,6 +258,9 @@ fn watch_table(
 struct FloodCase {
     mode: &'static str,
     max_sessions: u32,
+    /// `nat.preallocate_sessions`: a table made as sessions come must hold and refuse the
+    /// same as a preallocated one.
+    preallocate_sessions: bool,
     /// Floods, each followed by the drain.
     rounds: u32,
     flood: Duration,
@@ -292,14 +297,14 @@ fn syn_flood(case: &FloodCase) {
         &topo,
         &format!(
             "[[router.floating_ip]]\naddress = \"{FIP_B}\"\nfixed = \"{VM_B}\"\n\n\
-             [router.nat]\nmax_sessions = {}\n\n\
+             [router.nat]\nmax_sessions = {}\npreallocate_sessions = {}\n\n\
              [router.nat.timeouts]\ntcp_syn_sent = {t}\ntcp_syn_recv = {t}\ntcp_close = {t}\n\n\
              [router.firewall]\ndefault = \"deny\"\n\n\
              [[router.firewall.rule]]\naction = \"allow\"\nprotocol = \"tcp\"\n\
              destination = \"{VM_B}/32\"\ndestination_ports = \"80\"\n\n\
              [[router.firewall.rule]]\naction = \"allow\"\nprotocol = \"tcp\"\n\
              source = \"10.0.1.0/24\"\ndestination = \"{EXT}/32\"\ndestination_ports = \"5003\"\n",
-            case.max_sessions
+            case.max_sessions, case.preallocate_sessions
         ),
     );
     let routerd = Routerd::start(&topo.config, &topo.router_id);
@@ -616,6 +621,20 @@ fn syn_flood_at_twice_capacity_xdp() {
     syn_flood(&FloodCase {
         mode: "xdp",
         max_sessions: 2048,
+        preallocate_sessions: true,
+        rounds: 1,
+        flood: Duration::from_secs(3),
+        syn_timeout: 3,
+    });
+}
+
+/// The same with the session table made as sessions come (a node of many routers).
+#[test]
+fn syn_flood_at_twice_capacity_on_demand_tc() {
+    syn_flood(&FloodCase {
+        mode: "tc",
+        max_sessions: 2048,
+        preallocate_sessions: false,
         rounds: 1,
         flood: Duration::from_secs(3),
         syn_timeout: 3,
@@ -630,6 +649,7 @@ fn syn_flood_long_xdp() {
     syn_flood(&FloodCase {
         mode: "xdp",
         max_sessions: 65_536,
+        preallocate_sessions: true,
         rounds: 2,
         flood: Duration::from_secs(15),
         syn_timeout: 5,
@@ -644,6 +664,7 @@ fn syn_flood_long_tc() {
     syn_flood(&FloodCase {
         mode: "tc",
         max_sessions: 65_536,
+        preallocate_sessions: true,
         rounds: 2,
         flood: Duration::from_secs(15),
         syn_timeout: 5,

@@ -74,6 +74,8 @@ struct Report {
     bpf_programs: usize,
     routerd_fds: usize,
     node_memory_mib: f64,
+    /// The /proc/meminfo fields that grew most while the routers started, in MiB.
+    node_memory_by_kind: Vec<(String, f64)>,
     samples_forwarding: usize,
     samples: usize,
     add_one_ms: u128,
@@ -178,6 +180,7 @@ fn main() -> Result<()> {
     let topology_build_s = t.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
     let avail1 = meminfo("MemAvailable");
+    let kinds1 = memory_kinds();
     topo.write_config(0..n);
 
     let routerd_args: Vec<&str> = if args.expedited_start {
@@ -194,6 +197,7 @@ fn main() -> Result<()> {
     std::thread::sleep(Duration::from_secs(3));
     let pid = first.pid().context("routerd pid")?;
     let avail2 = meminfo("MemAvailable");
+    let kinds2 = memory_kinds();
     let routerd_rss = rss(pid);
     let ids: Vec<String> = (0..n).map(|i| topo.router_id(i)).collect();
     let pinned = pinned_bpf_memory(&ids);
@@ -302,6 +306,14 @@ fn main() -> Result<()> {
         bpf_programs: pinned.programs,
         routerd_fds,
         node_memory_mib: mib(avail1.saturating_sub(avail2)),
+        node_memory_by_kind: kinds1
+            .iter()
+            .zip(&kinds2)
+            .map(|((kind, before), (_, after))| {
+                (kind.to_string(), mib(after.saturating_sub(*before)))
+            })
+            .filter(|(_, grown)| *grown >= 1.0)
+            .collect(),
         samples_forwarding,
         samples: live.len(),
         add_one_ms,
@@ -316,6 +328,25 @@ fn main() -> Result<()> {
     drop(second);
     drop(first);
     Ok(())
+}
+
+/// The /proc/meminfo fields that tell kernel memory apart, in bytes: BPF maps and
+/// programs are mostly `VmallocUsed` (large maps, JIT images) and `Percpu` (per-CPU maps),
+/// the rest of the kernel's objects `SUnreclaim`; routerd's own memory is `AnonPages`.
+fn memory_kinds() -> Vec<(&'static str, u64)> {
+    [
+        "AnonPages",
+        "SUnreclaim",
+        "SReclaimable",
+        "VmallocUsed",
+        "Percpu",
+        "KernelStack",
+        "PageTables",
+        "Cached",
+    ]
+    .into_iter()
+    .map(|kind| (kind, meminfo(kind)))
+    .collect()
 }
 
 fn machine() -> String {
@@ -342,6 +373,7 @@ fn write_report(out: &PathBuf, r: &Report) -> Result<()> {
          | kernel memory of the pinned BPF maps and programs (their memlock; JIT images and BTF not included) | {bpf:.0} MiB ({bpf_per:.2} MiB per router; {maps} maps, {progs} programs) |\n\
          | of it, the largest per router | {largest} |\n\
          | node memory taken by starting the routers (MemAvailable before and after) | {node:.0} MiB ({node_per:.2} MiB per router) |\n\
+         | of it, by kind (/proc/meminfo growth) | {kinds} |\n\
          | routerd resident memory | {rss:.0} MiB |\n\
          | routerd's open file descriptors | {fds} ({fds_per:.1} per router) |\n\
          | the namespaces and veth pairs themselves (not ours; built in {build:.0} s) | {topo_mem:.0} MiB |\n\
@@ -386,6 +418,12 @@ fn write_report(out: &PathBuf, r: &Report) -> Result<()> {
             .join(", "),
         node = r.node_memory_mib,
         node_per = per(r.node_memory_mib),
+        kinds = r
+            .node_memory_by_kind
+            .iter()
+            .map(|(kind, mib)| format!("{kind} {mib:.0} MiB"))
+            .collect::<Vec<_>>()
+            .join(", "),
         rss = r.routerd_rss_mib,
         fds = r.routerd_fds,
         fds_per = per(r.routerd_fds as f64),
