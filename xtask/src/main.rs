@@ -45,10 +45,12 @@ const APT_PACKAGES: &[&str] = &[
     // libFuzzer (libfuzzer-sys) is C++.
     "g++",
     // The cluster's store (`etcd`, `etcdctl`) for the etcd tests and demo, and protoc, which
-    // the etcd-client crate's build runs on etcd's protocol files.
+    // the etcd-client crate's build runs on etcd's protocol files, with the well-known
+    // types they import (google/protobuf/*.proto, which Debian ships in libprotobuf-dev).
     "etcd-server",
     "etcd-client",
     "protobuf-compiler",
+    "libprotobuf-dev",
     // The topology tests on Open vSwitch (tests/tests/ovs.rs) start it themselves with
     // ovs-ctl and its userspace datapath: nothing here needs systemd or a kernel module.
     "openvswitch-switch",
