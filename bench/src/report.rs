@@ -17,7 +17,23 @@ pub fn machine() -> String {
         })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cpus} CPUs ({model}), Linux {}", kernel.trim())
+    let features = router_user::datapath::features::kernel();
+    let (meta, generator) = (
+        if features.xdp_meta {
+            "XDP programs may tag frames for TC (bpf_xdp_adjust_meta)"
+        } else {
+            "XDP programs may not tag frames for TC (bpf_xdp_adjust_meta refused)"
+        },
+        if features.xdp_live_frames {
+            "the generator sends XDP live frames"
+        } else {
+            "live frames refused: the generator sends from an AF_PACKET socket"
+        },
+    );
+    format!(
+        "{cpus} CPUs ({model}), Linux {}; {meta}; {generator}",
+        kernel.trim()
+    )
 }
 
 /// Writes benchmarks.json, benchmarks.md and the plots to `dir`; when `dir` is the

@@ -116,6 +116,13 @@ fn the_rate_and_size_asked_for_and_every_frame_counted() {
     assert_eq!(u(&report["delivered"]), sent, "{report}");
     assert_eq!(u(&report["lost"]), 0, "{report}");
     assert_eq!(u(&report["delivered_bytes"]), sent * 128, "{report}");
+    // Live frames where the kernel allows them, the packet socket where it refuses them.
+    let sending = if router_user::datapath::features::kernel().xdp_live_frames {
+        "live_frames"
+    } else {
+        "packet_socket"
+    };
+    assert_eq!(report["sending"], sending, "{report}");
 }
 
 /// The receiving kernel sees UDP from the sender's address to its own, one source port

@@ -42,8 +42,9 @@ pub mod map_names {
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const HA: &str = "HA";
     pub const SYNC: &str = "SYNC";
+    pub const FIP_FILTER: &str = "FIP_FILTER";
     /// Every map above, in the order `routerctl` and the pinning code walk them.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 24] = [
         ROUTES,
         NEIGHBORS,
         IFACES,
@@ -53,6 +54,7 @@ pub mod map_names {
         FIP_BY_ADDRESS,
         FIP_BY_FIXED,
         FIP_STATS,
+        FIP_FILTER,
         SNAT_STATS,
         SESSIONS,
         POLICY_CONFIG,
@@ -68,6 +70,13 @@ pub mod map_names {
         HA,
         SYNC,
     ];
+}
+
+/// Names of the read-only globals of the eBPF object the loader sets (each a `u32`, 0 or 1).
+pub mod globals {
+    /// 1 if the kernel lets XDP programs call `bpf_xdp_adjust_meta` (the XDP entry's tag
+    /// for the TC entry); 0 and the TC entry decides again what the XDP entry passes.
+    pub const XDP_META: &str = "XDP_META";
 }
 
 /// Names of the programs in the eBPF object.
@@ -397,6 +406,7 @@ mod pod {
     unsafe impl aya::Pod for IfaceStats {}
     unsafe impl aya::Pod for NatConfig {}
     unsafe impl aya::Pod for FipEntry {}
+    unsafe impl aya::Pod for FipFilter {}
     unsafe impl aya::Pod for FipStats {}
     unsafe impl aya::Pod for SnatStats {}
     unsafe impl aya::Pod for CtKey {}

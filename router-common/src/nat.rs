@@ -40,6 +40,68 @@ pub struct FipEntry {
     pub _pad: u32,
 }
 
+/// 64-bit words of a [`FipFilter`]: 8,192 bits, 1 KiB.
+pub const FIP_FILTER_WORDS: usize = 128;
+
+/// A filter in front of the floating-IP tables, the only entry of the `FIP_FILTER` array:
+/// one bit per hash of an address, set for every floating IP and every fixed IP that has
+/// one. An address whose bit is clear is neither, and the fast path skips both hash
+/// lookups for it (most packets of a router carry no floating IP). A set bit only means
+/// "look": two addresses may share a bit.
+///
+/// `ready` 0 (a table just made, before the controller's first write) means "look for
+/// every address": the filter is only trusted once it has been written whole.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FipFilter {
+    pub bits: [u64; FIP_FILTER_WORDS],
+    pub ready: u32,
+    pub _pad: u32,
+}
+
+impl Default for FipFilter {
+    fn default() -> Self {
+        Self {
+            bits: [0; FIP_FILTER_WORDS],
+            ready: 0,
+            _pad: 0,
+        }
+    }
+}
+
+impl FipFilter {
+    /// The filter of these addresses (floating and fixed IPs), ready.
+    pub fn of<'a>(addrs: impl IntoIterator<Item = &'a [u8; 4]>) -> Self {
+        let mut filter = Self {
+            ready: 1,
+            ..Self::default()
+        };
+        for addr in addrs {
+            let bit = Self::bit(*addr);
+            filter.bits[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+        filter
+    }
+
+    /// The bit of `addr`: a multiplicative hash of the address, its top 13 bits.
+    #[inline(always)]
+    pub fn bit(addr: [u8; 4]) -> u32 {
+        u32::from_be_bytes(addr).wrapping_mul(0x9E37_79B1) >> 19
+    }
+
+    /// Whether `addr` may be a floating IP or the fixed IP of one.
+    #[inline(always)]
+    pub fn may_hold(&self, addr: [u8; 4]) -> bool {
+        if self.ready == 0 {
+            return true;
+        }
+        let bit = Self::bit(addr);
+        // The mask keeps the index provably in bounds for the verifier.
+        let word = self.bits[(bit / 64) as usize & (FIP_FILTER_WORDS - 1)];
+        (word >> (bit % 64)) & 1 != 0
+    }
+}
+
 /// Per-CPU counters of one floating IP (keyed by the floating IP).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -170,4 +232,29 @@ pub struct CtEntry {
     /// One of [`ct_kind`].
     pub kind: u8,
     pub _pad: [u8; 2],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_holds_what_it_was_made_of_and_little_else() {
+        let mut addrs = [[0u8; 4]; 200];
+        for (i, a) in addrs.iter_mut().enumerate() {
+            *a = (0xCB00_7100 + i as u32).to_be_bytes();
+        }
+        let filter = FipFilter::of(&addrs);
+        assert!(addrs.iter().all(|a| filter.may_hold(*a)));
+        // 200 addresses set at most 200 of 8,192 bits: others pass rarely.
+        let others = (0..10_000u32).map(|i| (0x0A00_0000 + i).to_be_bytes());
+        let passed = others.filter(|a| filter.may_hold(*a)).count();
+        assert!(
+            passed < 500,
+            "{passed} of 10,000 other addresses pass the filter"
+        );
+        // A filter never written looks for every address.
+        assert!(FipFilter::default().may_hold([10, 0, 0, 1]));
+        assert!(!FipFilter::of(&[]).may_hold([10, 0, 0, 1]));
+    }
 }

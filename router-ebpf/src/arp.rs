@@ -4,7 +4,7 @@
 use network_types::eth::EthHdr;
 use router_common::{IfaceEntry, Reason, iface_flags, iface_role};
 
-use crate::{context::Frame, maps::FIP_BY_ADDRESS, verdict::Verdict};
+use crate::{context::Frame, nat, verdict::Verdict};
 
 /// An Ethernet/IPv4 ARP packet (RFC 826).
 #[repr(C)]
@@ -41,7 +41,7 @@ pub fn answer(frame: &Frame, eth: *mut EthHdr, iface: &IfaceEntry) -> Verdict {
         }
         // An announcement (sender and target the same address) asks for no answer: it
         // is another node claiming the address, as an HA router's new active does.
-        if a.oper != OPER_REQUEST || a.spa == a.tpa || FIP_BY_ADDRESS.get(&a.tpa).is_none() {
+        if a.oper != OPER_REQUEST || a.spa == a.tpa || nat::by_address(a.tpa).is_none() {
             return Verdict::Pass(Reason::Arp);
         }
         if frame.needs_xdp_egress && iface.flags & iface_flags::XDP_EGRESS == 0 {

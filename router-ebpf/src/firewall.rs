@@ -14,7 +14,7 @@ use router_common::{
 
 use crate::{
     flow::{Flow, Shape},
-    maps::{FW_RULES, FW_STATS, POLICY_CONFIG},
+    maps::{FW_RULES, FW_STATS, HANDOFF, POLICY_CONFIG},
     nat::Plan,
     parse::IPPROTO_TCP,
     verdict::Verdict,
@@ -52,7 +52,6 @@ pub fn check(
     has_session: bool,
     in_role: u32,
     out_role: u32,
-    bytes: u32,
 ) -> Result<bool, Verdict> {
     if policy.fw_flags & fw_flags::ENABLED == 0
         || (in_role != iface_role::INTERNAL && out_role != iface_role::INTERNAL)
@@ -78,7 +77,7 @@ pub fn check(
     }
     let src = u32::from_ne_bytes(flow.key.src);
     let dst = u32::from_ne_bytes(plan.target.dst);
-    match router_fw_decide(facts, src, dst, dport, bytes) {
+    match router_fw_decide(facts, src, dst, dport) {
         outcome::PASS => Ok(false),
         outcome::TRACK => Ok(true),
         outcome::REJECT => Err(Verdict::Pass(Reason::FwReject)),
@@ -88,23 +87,24 @@ pub fn check(
     }
 }
 
-/// The firewall's decision and counters for a packet (see [`fact`] and [`outcome`]).
+/// The firewall's decision for a packet (see [`fact`] and [`outcome`]); the counter slot it
+/// decided by is left in the hand-off for [`count_decided`].
 ///
 /// A global function: the verifier checks it once, on its own, instead of walking every
 /// rule for every path of the pipeline that reaches it.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn router_fw_decide(facts: u32, src: u32, dst: u32, dport: u32, bytes: u32) -> u32 {
+pub extern "C" fn router_fw_decide(facts: u32, src: u32, dst: u32, dport: u32) -> u32 {
     if facts & fact::BAD_FLAGS != 0 {
-        count(fw_slot::INVALID, bytes);
+        decided_by(fw_slot::INVALID);
         return outcome::INVALID;
     }
     if facts & fact::HAS_SESSION != 0 {
-        count(fw_slot::ESTABLISHED, bytes);
+        decided_by(fw_slot::ESTABLISHED);
         return outcome::PASS;
     }
     if facts & fact::NEEDS_SESSION != 0 {
-        count(fw_slot::INVALID, bytes);
+        decided_by(fw_slot::INVALID);
         return outcome::INVALID;
     }
     let Some(policy) = POLICY_CONFIG.get(0) else {
@@ -125,14 +125,14 @@ pub extern "C" fn router_fw_decide(facts: u32, src: u32, dst: u32, dport: u32, b
         .then(|| FW_RULES.get(scan.found))
         .flatten()
     {
-        count(u32::from(rule.slot), bytes);
+        decided_by(u32::from(rule.slot));
         return match rule.action {
             fw_action::ALLOW => outcome::TRACK,
             fw_action::REJECT => outcome::REJECT,
             _ => outcome::DENY,
         };
     }
-    count(fw_slot::DEFAULT, bytes);
+    decided_by(fw_slot::DEFAULT);
     if flags & fw_flags::DEFAULT_ALLOW != 0 {
         outcome::TRACK
     } else {
@@ -170,6 +170,37 @@ extern "C" fn fw_rule_step(index: u64, ctx: *mut c_void) -> i64 {
         return walk::STOP;
     }
     walk::NEXT
+}
+
+/// Leaves `slot` in the hand-off as the counter of this packet's firewall decision.
+#[inline(always)]
+fn decided_by(slot: u32) {
+    if let Some(h) = HANDOFF.get_ptr_mut(0) {
+        // SAFETY: a per-CPU value, ours for the rest of this program run.
+        unsafe { (*h).fw_slot = slot + 1 };
+    }
+}
+
+/// No firewall decision yet in this program run (the first stage's first step).
+#[inline(always)]
+pub fn undecided() {
+    if let Some(h) = HANDOFF.get_ptr_mut(0) {
+        // SAFETY: as in `decided_by`.
+        unsafe { (*h).fw_slot = 0 };
+    }
+}
+
+/// Counts the firewall's decision of this program run, if it made one, for a packet of
+/// `bytes`. The entries call it once the packet's fate is theirs: a packet the XDP entry
+/// hands to the TC entry, which decides it again, is counted there, not twice.
+#[inline(always)]
+pub fn count_decided(bytes: u32) {
+    let Some(h) = HANDOFF.get(0) else {
+        return;
+    };
+    if h.fw_slot != 0 {
+        count(h.fw_slot - 1, bytes);
+    }
 }
 
 #[inline(always)]

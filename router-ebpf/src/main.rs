@@ -65,22 +65,51 @@ pub fn router_xdp(ctx: XdpContext) -> u32 {
             }
         },
         Verdict::Pass(reason) => {
-            let tag = match reason {
-                Reason::XdpToTc => xdp_meta::TC_FORWARD,
-                Reason::FwReject => xdp_meta::REJECT,
-                _ => xdp_meta::DONE,
-            };
-            tag_for_tc(&ctx, tag);
+            if !tags_for_tc() {
+                if reason != Reason::XdpToTc {
+                    // Untagged, the TC entry decides the packet again: it counts it.
+                    return xdp_action::XDP_PASS;
+                }
+            } else {
+                let tag = match reason {
+                    Reason::XdpToTc => xdp_meta::TC_FORWARD,
+                    Reason::FwReject => xdp_meta::REJECT,
+                    _ => xdp_meta::DONE,
+                };
+                tag_for_tc(&ctx, tag);
+            }
             xdp_action::XDP_PASS
         }
         Verdict::Drop(_) | Verdict::Finish => xdp_action::XDP_DROP,
     };
     counters::count(frame.ingress, frame.len, &verdict);
+    if !matches!(verdict, Verdict::Pass(Reason::XdpToTc)) {
+        // Handed over, the TC entry decides the packet again and counts that.
+        firewall::count_decided(frame.len);
+    }
     let reason = monitor::reason_of(&verdict);
     if reason != 0 {
         let _ = router_xdp_report(ctx.ctx, reason);
     }
     action
+}
+
+/// Non-zero if the kernel lets XDP programs call `bpf_xdp_adjust_meta`; the loader sets it
+/// to 0 or 1 (`router_common::globals::XDP_META`). Read-only: the verifier knows its value
+/// and does not look at the code the other value would run.
+///
+/// The default is a value no other constant of the program has: LLVM gives equal read-only
+/// constants one address, and with a default of 1 it pointed the `&1` the SNAT source
+/// count is inserted with at this global, which the loader then set to 0.
+#[unsafe(no_mangle)]
+static XDP_META: u32 = 0x5244_4d54;
+
+/// Whether the XDP entry tags the packets it passes for the TC entry.
+#[inline(always)]
+fn tags_for_tc() -> bool {
+    // SAFETY: a plain read of a read-only global; volatile, so that the compiler keeps the
+    // load the verifier resolves instead of folding in the default.
+    unsafe { core::ptr::read_volatile(&XDP_META) != 0 }
 }
 
 /// Leaves `tag` in the XDP metadata area for the TC entry. Where the driver has no
@@ -154,6 +183,7 @@ pub fn router_tc(ctx: TcContext) -> i32 {
         Verdict::Drop(_) | Verdict::Finish => TC_ACT_SHOT,
     };
     counters::count(frame.ingress, frame.len, &verdict);
+    firewall::count_decided(frame.len);
     let reason = monitor::reason_of(&verdict);
     if reason != 0 {
         let _ = router_tc_report(ctx.skb.skb, reason);

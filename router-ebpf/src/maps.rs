@@ -6,11 +6,11 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use router_common::{
-    CtEntry, CtKey, DEFAULT_SESSION_ENTRIES, EVENTS_BYTES, FW_STATS_SLOTS, FipEntry, FipStats,
-    FragEntry, FragKey, FwRule, FwStats, HaState, IfaceEntry, IfaceStats, MAX_ALLOWED_SOURCES,
-    MAX_FLOATING_IPS, MAX_FRAGMENT_DATAGRAMS, MAX_FW_RULES, MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES,
-    MAX_RULES, MonitorConfig, NatConfig, NeighborEntry, NeighborKey, PolicyConfig, PolicyRule,
-    RouteEntry, RouteKey, SYNC_BYTES, SnatStats, SourceKey,
+    CtEntry, CtKey, DEFAULT_SESSION_ENTRIES, EVENTS_BYTES, FW_STATS_SLOTS, FipEntry, FipFilter,
+    FipStats, FragEntry, FragKey, FwRule, FwStats, HaState, IfaceEntry, IfaceStats,
+    MAX_ALLOWED_SOURCES, MAX_FLOATING_IPS, MAX_FRAGMENT_DATAGRAMS, MAX_FW_RULES, MAX_IFACES,
+    MAX_NEIGHBORS, MAX_ROUTES, MAX_RULES, MonitorConfig, NatConfig, NeighborEntry, NeighborKey,
+    PolicyConfig, PolicyRule, RouteEntry, RouteKey, SYNC_BYTES, SnatStats, SourceKey,
 };
 
 /// Every routing table of the router in one trie (see `RouteKey`).
@@ -56,6 +56,11 @@ pub static FIP_BY_ADDRESS: HashMap<[u8; 4], FipEntry> =
 #[map]
 pub static FIP_BY_FIXED: HashMap<[u8; 4], FipEntry> =
     HashMap::with_max_entries(MAX_FLOATING_IPS, 0);
+
+/// The filter in front of `FIP_BY_ADDRESS` and `FIP_BY_FIXED` (one entry; see
+/// `router_common::FipFilter`): addresses no floating IP can match skip both lookups.
+#[map]
+pub static FIP_FILTER: Array<FipFilter> = Array::with_max_entries(1, 0);
 
 /// Counters by floating IP; user space creates the entries with the floating IPs.
 /// Preallocated: a per-CPU entry allocated on insert costs ~30 us (10,000 floating IPs took

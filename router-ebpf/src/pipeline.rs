@@ -27,6 +27,7 @@ const HTTP_PORT: [u8; 2] = 80u16.to_be_bytes();
 /// [`forward`], with the ingress interface and the hand-over MAC left in the hand-off.
 #[inline(always)]
 fn process(frame: &Frame) -> Stage {
+    firewall::undecided();
     let handover_mac = match ha::check() {
         Ok(mac) => mac,
         Err(silent) => return Stage::Done(silent),
@@ -201,15 +202,7 @@ fn route_packet(frame: &Frame, h: &Handoff, pkt: &Ipv4Packet) -> Verdict {
         Err(verdict) => return verdict,
     };
     let out = egress.out;
-    let track = match firewall::check(
-        &policy,
-        &flow,
-        &plan,
-        has_session,
-        iface.role,
-        out.role,
-        frame.len,
-    ) {
+    let track = match firewall::check(&policy, &flow, &plan, has_session, iface.role, out.role) {
         Ok(track) => track,
         Err(verdict) => return verdict,
     };
@@ -394,6 +387,9 @@ pub struct Handoff {
     pub handover_mac: [u8; 6],
     pub handing_over: u8,
     pub _pad2: u8,
+    /// The firewall's counter slot of this packet's decision, plus one (0: none), counted
+    /// by the entry that keeps the packet (`firewall::count_decided`).
+    pub fw_slot: u32,
 }
 
 /// The second half of the pipeline, for a packet `process` decided to forward: creates its

@@ -191,9 +191,10 @@ fixed = "10.0.1.5"
         let r = router("");
         let first = plan(&tables, &r, &ports());
         // Two interfaces with their counters, the NAT settings, one floating IP (two
-        // entries), and the policy settings.
+        // entries) and the filter in front of them, and the policy settings.
         assert_eq!(first.ifaces.writes(), 4);
-        assert_eq!(first.nat.writes(), 3);
+        assert_eq!(first.nat.writes(), 4);
+        assert!(first.nat.filter.is_some_and(|f| f.ready == 1));
         assert_eq!(tables.ifaces.entries.len(), 0);
         first.apply_to(&mut tables);
         assert_eq!(tables.ifaces.entries[&2].role, iface_role::EXTERNAL);
@@ -209,15 +210,18 @@ fixed = "10.0.1.5"
         let mut tables = RouterTables::default();
         applied(&mut tables, &router(""));
         let more = "[[router.floating_ip]]\naddress = \"198.18.0.11\"\nfixed = \"10.0.1.6\"\n";
-        // One more floating IP: its two entries.
-        assert_eq!(applied(&mut tables, &router(more)), 2);
-        // Its fixed IP changed: removed and added again.
+        // One more floating IP: its two entries, and the filter with its two addresses.
+        assert_eq!(applied(&mut tables, &router(more)), 3);
+        assert!(tables.nat.filter.may_hold([198, 18, 0, 11]));
+        assert!(tables.nat.filter.may_hold([10, 0, 1, 6]));
+        // Its fixed IP changed: removed and added again, and the filter.
         let moved = "[[router.floating_ip]]\naddress = \"198.18.0.11\"\nfixed = \"10.0.1.7\"\n";
-        assert_eq!(applied(&mut tables, &router(moved)), 4);
+        assert_eq!(applied(&mut tables, &router(moved)), 5);
         assert_eq!(tables.nat.floating_ips[&[198, 18, 0, 11]], [10, 0, 1, 7]);
-        // Back to one: two entries removed.
-        assert_eq!(applied(&mut tables, &router("")), 2);
+        // Back to one: two entries removed, and the filter.
+        assert_eq!(applied(&mut tables, &router("")), 3);
         assert_eq!(tables.nat.floating_ips.len(), 1);
+        assert_eq!(tables.nat.filter, nat::filter_of(&tables.nat.floating_ips));
     }
 
     #[test]

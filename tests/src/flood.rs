@@ -7,7 +7,8 @@
 //!   a complete Ethernet/IPv4/TCP SYN from a distinct source (address and port derived from
 //!   `n`), with both checksums valid, then `XDP_TX` sends it out of the generator's
 //!   interface. The counter is exactly the number of frames built, and distinct `n` are
-//!   distinct tuples.
+//!   distinct tuples. Where the kernel refuses live frames, the same frames ([`syn_frame`])
+//!   are built here and sent from an `AF_PACKET` socket, counted as they leave.
 //! - [`EchoServer`] and [`Chatter`]: long-lived TCP connections echoing a counter, timing
 //!   every round trip.
 //! - [`UdpCollector`] and [`UdpFlows`]: many UDP flows, one socket each, and receivers that
@@ -563,6 +564,9 @@ fn flood_loop(
 ) -> io::Result<FloodReport> {
     let ifindex = crate::topo::ifindex(&spec.ifname);
     let src_mac = mac_here(&spec.ifname)?;
+    if !router_user::datapath::features::kernel().xdp_live_frames {
+        return packet_flood_loop(spec, ifindex, src_mac, max, stop, ready);
+    }
     let template = syn_template(spec.dst_mac, src_mac, spec.src_net, spec.target);
     let counter = bpf::counter_map()?;
     bpf::write_counter(&counter, 0)?;
@@ -603,6 +607,40 @@ fn flood_loop(
     Ok(FloodReport {
         frames: bpf::read_counter(&counter)?,
         secs,
+    })
+}
+
+/// The flood from an `AF_PACKET` socket, 64 frames per send: the frames the generator's
+/// program would write for numbers 0, 1, ..., each counted once it has left.
+fn packet_flood_loop(
+    spec: &SynFloodSpec,
+    ifindex: u32,
+    src_mac: [u8; 6],
+    max: Duration,
+    stop: &AtomicBool,
+    ready: &std::sync::mpsc::Sender<io::Result<()>>,
+) -> io::Result<FloodReport> {
+    let socket = crate::packet_socket::PacketSocket::bind(ifindex)?;
+    let start = Instant::now();
+    let mut sent: u32 = 0;
+    let mut first = true;
+    while !stop.load(Ordering::Relaxed) && start.elapsed() < max {
+        let mut frames: Vec<Vec<u8>> = (0..64)
+            .map(|i| syn_frame(spec.dst_mac, src_mac, spec.src_net, spec.target, sent + i))
+            .collect();
+        let n = socket.send(&mut frames)?;
+        if n == 0 {
+            thread::yield_now();
+        }
+        sent += n as u32;
+        if first && n > 0 {
+            first = false;
+            let _ = ready.send(Ok(()));
+        }
+    }
+    Ok(FloodReport {
+        frames: u64::from(sent),
+        secs: start.elapsed().as_secs_f64(),
     })
 }
 

@@ -18,6 +18,7 @@ pub mod netns;
 pub mod neutron;
 pub mod observe;
 pub mod ovs;
+pub mod packet_socket;
 pub mod pki;
 pub mod policy_topo;
 pub mod probe;

@@ -1826,8 +1826,9 @@ address = "10.0.7.1/24"
         "{first}"
     );
     // FIP_BY_ADDRESS and FIP_BY_FIXED (counted as 2; its counters are created with them),
-    // and one nftables transaction for the slow path's map elements.
-    assert_eq!(first["writes"], json!({"map": 2, "kernel": 1}), "{first}");
+    // the filter in front of them (FIP_FILTER), and one nftables transaction for the slow
+    // path's map elements.
+    assert_eq!(first["writes"], json!({"map": 3, "kernel": 1}), "{first}");
     assert_eq!(unchanged_logs(&r2), r2_before + 1, "r2 was touched");
     api.assert_folded();
     assert!(

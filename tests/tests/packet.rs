@@ -397,8 +397,10 @@ fn check(entry: Entry, case: &Case, expect: Expect, verdict: u32, out: &[u8]) {
         }
         Expect::Pass(reason) => {
             assert_eq!(verdict, pass, "{name}: verdict");
-            let frame = if entry == Entry::Xdp {
-                // The XDP entry leaves a tag in the metadata area for the TC entry.
+            let tags = router_user::datapath::features::kernel().xdp_meta;
+            let frame = if entry == Entry::Xdp && tags {
+                // The XDP entry leaves a tag in the metadata area for the TC entry, where the
+                // kernel lets it.
                 let tag = if reason == Reason::XdpToTc {
                     xdp_meta::TC_FORWARD
                 } else {
@@ -535,5 +537,57 @@ fn unknown_ingress_is_passed_and_not_counted_elsewhere() {
         f.stats(),
         before,
         "a foreign interface must not touch our counters"
+    );
+}
+
+/// Where the kernel refuses the XDP entry its tags, the TC entry behind it decides again
+/// what XDP passed: the XDP entry leaves such a pass uncounted and the TC entry counts it;
+/// what XDP hands over to be forwarded, XDP counts as `xdp_to_tc` and TC as the forward.
+/// Each packet is counted once.
+#[test]
+fn untagged_xdp_passes_are_counted_once() {
+    let mut f = Fixture::new();
+    let local = vm_to([10, 0, 1, 1]).udp(40000, 53).payload(b"x");
+    if router_user::datapath::features::kernel().xdp_meta {
+        // Tagged: the TC entry passes a `DONE` frame untouched (see `xdp_entry_fixtures`).
+        let run = router_user::testrun::run_xdp(f.dp.xdp().expect("XDP"), f.ingress, &local, 1)
+            .expect("run");
+        assert_eq!(run.frame.len(), local.len() + xdp_meta::LEN, "tagged");
+        return;
+    }
+    let before = f.stats();
+    let run =
+        router_user::testrun::run_xdp(f.dp.xdp().expect("XDP"), f.ingress, &local, 1).expect("run");
+    assert_eq!(run.verdict, XDP_PASS);
+    assert_eq!(run.frame, local, "untagged and untouched");
+    assert_eq!(f.stats(), before, "the XDP entry leaves the pass to TC");
+    let tc = router_user::testrun::run_tc(f.dp.tc(), f.ingress, &run.frame, 1).expect("run");
+    assert_eq!(tc.verdict, testrun::TC_ACT_OK);
+    let after = f.stats();
+    let r = Reason::LocalDest as usize;
+    assert_eq!(after.pass_packets, before.pass_packets + 1, "one pass");
+    assert_eq!(after.reasons[r], before.reasons[r] + 1, "one local_dest");
+
+    // Handed over to be forwarded (the egress takes no XDP frames): XDP counts the
+    // hand-over, the TC entry the forward.
+    let slow = vm_to([100, 64, 0, 9]).udp(40000, 53).payload(b"x");
+    let run =
+        router_user::testrun::run_xdp(f.dp.xdp().expect("XDP"), f.ingress, &slow, 1).expect("run");
+    assert_eq!(run.verdict, XDP_PASS);
+    let handed = f.stats();
+    let h = Reason::XdpToTc as usize;
+    assert_eq!(handed.reasons[h], after.reasons[h] + 1, "one xdp_to_tc");
+    assert_eq!(handed.pass_packets, after.pass_packets, "no pass");
+    let tc = router_user::testrun::run_tc(f.dp.tc(), f.ingress, &run.frame, 1).expect("run");
+    assert_eq!(tc.verdict, testrun::TC_ACT_REDIRECT);
+    assert_eq!(f.stats().fwd_packets, handed.fwd_packets + 1, "one forward");
+
+    // The harness's XDP run does as the kernel would: the pass counted once, by TC.
+    let before = f.stats();
+    assert_eq!(f.run(Entry::Xdp, &local).verdict, XDP_PASS);
+    assert_eq!(
+        f.stats().pass_packets,
+        before.pass_packets + 1,
+        "counted once"
     );
 }

@@ -614,6 +614,28 @@ fn firewall_verdicts_and_counters() {
             3 * ping.len() as u64,
             "{entry:?}: per-rule bytes"
         );
+        // A flow the firewall accepts, to a next hop whose MAC is unknown: the XDP entry
+        // hands it to the TC entry after the firewall decided, and only the TC entry, which
+        // decides it again, counts the rule.
+        let unresolved = eth(ROUTER_IN_MAC)
+            .ipv4(VM3, [198, 18, 0, 77])
+            .tcp(4003, 80)
+            .seq(1000)
+            .syn()
+            .build();
+        let allowed = |r: &mut Router| counters(r)[3].packets;
+        let before = allowed(&mut r);
+        if entry == Entry::Xdp {
+            assert_eq!(r.run(inside, &unresolved).0, Outcome::Pass, "handed to TC");
+            assert_eq!(allowed(&mut r), before, "the XDP entry does not count it");
+        }
+        let tc = testrun::run(&r.dp, Entry::Tc, inside, &unresolved);
+        assert_eq!(
+            tc.verdict,
+            testrun::TC_ACT_REDIRECT,
+            "{entry:?}: forwarded, the kernel resolving the MAC"
+        );
+        assert_eq!(allowed(&mut r), before + 1, "{entry:?}: counted once");
         // Traffic between two external addresses is not the firewall's business.
         let transit = eth(ROUTER_OUT_MAC)
             .ipv4(REMOTE, [198, 19, 0, 50])

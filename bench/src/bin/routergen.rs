@@ -14,7 +14,7 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::Context as _;
-use bench::traffic::{Generator, Sink};
+use bench::traffic::{Generator, Sending, Sink};
 use clap::Parser;
 use router_common::bench::GenConfig;
 use router_tests::{netns::within, topo::try_mac_of};
@@ -76,6 +76,9 @@ struct Report {
     offered_pps: f64,
     frame_bytes: u32,
     flows: u32,
+    /// How the frames were sent: `live_frames` (BPF_PROG_TEST_RUN), or `packet_socket`
+    /// where the kernel refuses live frames.
+    sending: &'static str,
     /// With a sink: frames (and bytes) it counted, and the loss.
     delivered: Option<u64>,
     delivered_bytes: Option<u64>,
@@ -146,6 +149,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         offered_pps: sent as f64 / seconds,
         frame_bytes: args.size,
         flows: args.flows,
+        sending: match generator.sending() {
+            Sending::LiveFrames => "live_frames",
+            Sending::PacketSocket => "packet_socket",
+        },
         delivered: counted.map(|c| c.packets),
         delivered_bytes: counted.map(|c| c.bytes),
         delivered_pps: counted.map(|c| c.packets as f64 / seconds),
@@ -155,8 +162,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "sent {} frames of {} B in {} flow(s) in {:.3} s: {:.0} frames/s",
-            report.sent, report.frame_bytes, report.flows, report.seconds, report.offered_pps
+            "sent {} frames of {} B in {} flow(s) in {:.3} s: {:.0} frames/s ({})",
+            report.sent,
+            report.frame_bytes,
+            report.flows,
+            report.seconds,
+            report.offered_pps,
+            report.sending.replace('_', " ")
         );
         if let (Some(d), Some(pps), Some(lost)) =
             (report.delivered, report.delivered_pps, report.lost)

@@ -4,6 +4,7 @@
 //! their map sources.
 
 mod attach;
+pub mod features;
 pub use self::attach::Attached;
 mod owner;
 mod sessions;
@@ -125,6 +126,7 @@ fn pinned_loader() -> EbpfLoader<'static> {
     reused.unwrap_or_else(|| {
         let mut loader = EbpfLoader::new();
         loader.btf(kernel_btf());
+        features::configure(&mut loader);
         loader
     })
 }
@@ -146,7 +148,9 @@ impl Datapath {
     /// Loads the object and both programs into the kernel (nothing is attached), with a
     /// session table of `session_entries` entries (two per session).
     pub fn load(router: &str, session_entries: u32) -> Result<Self, Error> {
-        let ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        features::configure(&mut loader);
+        let ebpf = loader
             .map_max_entries(map_names::SESSIONS, session_entries)
             .map_max_entries(map_names::SNAT_SOURCES, snat_sources(session_entries))
             .load(EBPF_OBJECT)
@@ -599,6 +603,7 @@ impl Datapath {
                 paths.push((*name, path));
             }
             let mut loader = EbpfLoader::new();
+            features::configure(&mut loader);
             loader.map_max_entries(map_names::SESSIONS, session_entries);
             loader.map_max_entries(map_names::SNAT_SOURCES, snat_sources(session_entries));
             for (name, path) in &paths {

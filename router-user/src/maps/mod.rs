@@ -6,7 +6,7 @@
 //! | [`ifaces`] | `IFACES`, `EGRESS_DEVS`, `IFACE_STATS` | interface settings, XDP egresses, interface counters and drop reasons |
 //! | [`routes`] | `ROUTES`, `NEIGHBORS` | the kernel's routes and neighbours, mirrored |
 //! | [`policy`] | `POLICY_CONFIG`, `RULES`, `SOURCE_TABLES`, `FW_RULES`, `FW_STATS`, `ALLOWED_SOURCES` | policy rules, external source tables, the firewall and anti-spoofing |
-//! | [`nat`] | `NAT_CONFIG`, `FIP_BY_ADDRESS`, `FIP_BY_FIXED`, `FIP_STATS`, `SNAT_STATS`, `SNAT_SOURCES` | gateway and SNAT settings, floating IPs, their counters |
+//! | [`nat`] | `NAT_CONFIG`, `FIP_BY_ADDRESS`, `FIP_BY_FIXED`, `FIP_FILTER`, `FIP_STATS`, `SNAT_STATS`, `SNAT_SOURCES` | gateway and SNAT settings, floating IPs, their counters |
 //! | [`sessions`] | `SESSIONS`, `FRAGMENTS` | the session table, fragmented datagrams in flight |
 //! | [`events`] | `MONITOR`, `EVENTS` | the event ring and its deadline |
 //! | [`ha`] | `HA`, `SYNC` | the router's HA role, the ring of sessions for the standbys |
@@ -96,6 +96,7 @@ pub const CONFIGURATION: &[&str] = &[
     map_names::NAT_CONFIG,
     map_names::FIP_BY_ADDRESS,
     map_names::FIP_BY_FIXED,
+    map_names::FIP_FILTER,
     map_names::POLICY_CONFIG,
     map_names::RULES,
     map_names::SOURCE_TABLES,

@@ -1,12 +1,13 @@
 //! NAT: the gateway and SNAT settings (`NAT_CONFIG`), the floating IPs in both directions
 //! (`FIP_BY_ADDRESS`: floating -> fixed, for DNAT; `FIP_BY_FIXED`: fixed -> floating, for the
-//! source rewrite) with their counters (`FIP_STATS`), the SNAT counters (`SNAT_STATS`), and
-//! the SNAT sessions per source address that enforce the per-source quota (`SNAT_SOURCES`).
+//! source rewrite) with their counters (`FIP_STATS`) and the filter in front of them
+//! (`FIP_FILTER`), the SNAT counters (`SNAT_STATS`), and the SNAT sessions per source address
+//! that enforce the per-source quota (`SNAT_SOURCES`).
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use aya::maps::{Array, HashMap, MapError, PerCpuArray, PerCpuHashMap};
-use router_common::{FipEntry, FipStats, NatConfig, SnatStats, map_names, nat_flags};
+use router_common::{FipEntry, FipFilter, FipStats, NatConfig, SnatStats, map_names, nat_flags};
 
 use super::{EntryDiff, MapSource, retry_short_of_memory, typed, zeroed};
 use crate::{config::Router, error::Error};
@@ -36,19 +37,28 @@ pub fn floating_ips(router: &Router) -> BTreeMap<[u8; 4], [u8; 4]> {
         .collect()
 }
 
-/// What the NAT maps hold: the settings and the floating IPs (floating -> fixed).
+/// What the NAT maps hold: the settings, the floating IPs (floating -> fixed) and the
+/// filter in front of them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NatTables {
     pub config: NatConfig,
     pub floating_ips: BTreeMap<[u8; 4], [u8; 4]>,
+    pub filter: FipFilter,
 }
 
 /// What the NAT maps should hold for `router`, its gateway at `gateway_ifindex`.
 pub fn tables(router: &Router, gateway_ifindex: Option<u32>) -> NatTables {
+    let floating_ips = floating_ips(router);
     NatTables {
         config: config(router, gateway_ifindex),
-        floating_ips: floating_ips(router),
+        filter: filter_of(&floating_ips),
+        floating_ips,
     }
+}
+
+/// The filter of `floating_ips` (floating -> fixed): both addresses of each.
+pub fn filter_of(floating_ips: &BTreeMap<[u8; 4], [u8; 4]>) -> FipFilter {
+    FipFilter::of(floating_ips.iter().flat_map(|(fip, fixed)| [fip, fixed]))
 }
 
 /// Writes to the NAT maps.
@@ -59,11 +69,15 @@ pub struct NatChanges {
     /// Floating IPs to remove (first) and to add; one whose fixed IP changes is removed and
     /// added again, so no stale fixed -> floating entry stays behind.
     pub floating_ips: EntryDiff<[u8; 4], [u8; 4]>,
+    /// The new filter, when it differs: written after the floating IPs (a bit set early
+    /// only costs a lookup; a bit cleared late the same).
+    pub filter: Option<FipFilter>,
 }
 
 impl NatChanges {
-    /// What turns `current` into `wanted`.
+    /// What turns `current` into `wanted` (whose filter is that of its floating IPs).
     pub fn between(current: &NatTables, wanted: &NatTables) -> Self {
+        let filter = filter_of(&wanted.floating_ips);
         let mut diff = EntryDiff::between(&current.floating_ips, &wanted.floating_ips);
         // A changed floating IP is removed first (see `floating_ips`).
         for (fip, _) in &diff.set {
@@ -74,6 +88,7 @@ impl NatChanges {
         Self {
             config: (current.config != wanted.config).then_some(wanted.config),
             floating_ips: diff,
+            filter: (current.filter != filter).then_some(filter),
         }
     }
 
@@ -83,12 +98,16 @@ impl NatChanges {
             tables.config = cfg;
         }
         self.floating_ips.apply_to(&mut tables.floating_ips);
+        if let Some(filter) = self.filter {
+            tables.filter = filter;
+        }
     }
 
     /// Each floating IP is two entries (its counters are created with them).
     pub fn writes(&self) -> usize {
         usize::from(self.config.is_some())
             + 2 * (self.floating_ips.set.len() + self.floating_ips.remove.len())
+            + usize::from(self.filter.is_some())
     }
 }
 
@@ -123,11 +142,19 @@ impl<'a> NatMaps<'a> {
             .collect()
     }
 
+    /// The floating-IP filter the fast path runs with.
+    pub fn filter(&mut self) -> Result<FipFilter, Error> {
+        let map: Array<_, FipFilter> = typed(self.maps, map_names::FIP_FILTER)?;
+        map.get(&0, 0)
+            .map_err(|e| Error::map("reading FIP_FILTER", e))
+    }
+
     /// What the NAT maps hold now.
     pub fn read(&mut self) -> Result<NatTables, Error> {
         Ok(NatTables {
             config: self.config()?,
             floating_ips: self.floating_ips()?,
+            filter: self.filter()?,
         })
     }
 
@@ -144,8 +171,30 @@ impl<'a> NatMaps<'a> {
         for (fip, fixed) in &plan.floating_ips.set {
             self.insert_floating_ip(*fip, *fixed)?;
         }
+        if let Some(filter) = plan.filter {
+            self.write_filter(filter)?;
+        }
         self.maps.count_writes(plan.writes());
         Ok(())
+    }
+
+    /// Makes the filter `filter`. The array's value is copied in place, so a packet may
+    /// see part old words and part new: a bit is either its old or its new value, and an
+    /// address that stays keeps its bit in both. A filter not yet ready is first written
+    /// whole still unready, so that none is trusted half written.
+    fn write_filter(&mut self, filter: FipFilter) -> Result<(), Error> {
+        let mut map: Array<_, FipFilter> = typed(self.maps, map_names::FIP_FILTER)?;
+        let ready = map
+            .get(&0, 0)
+            .map_err(|e| Error::map("reading FIP_FILTER", e))?
+            .ready;
+        if ready == 0 && filter.ready != 0 {
+            let unready = FipFilter { ready: 0, ..filter };
+            map.set(0, unready, 0)
+                .map_err(|e| Error::map("writing FIP_FILTER", e))?;
+        }
+        map.set(0, filter, 0)
+            .map_err(|e| Error::map("writing FIP_FILTER", e))
     }
 
     /// Zeroed counters for floating IP `fip` (the programs only update existing ones).

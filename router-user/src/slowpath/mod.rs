@@ -137,7 +137,7 @@ pub fn settle(router: &Router, pending: &mut Pending) -> Result<(), Error> {
         flush_sessions(&deletes);
     }
     if std::mem::take(&mut pending.record) {
-        let _ = std::fs::write(applied_file(&router.id), ruleset_json(router));
+        write_record(&router.id, &ruleset_json(router));
     }
     Ok(())
 }
@@ -182,7 +182,7 @@ fn flush_sessions(gone: &[FloatingIp]) {
 pub fn apply(router: &Router) -> Result<(), Error> {
     let rules = ruleset_json(router);
     run_json(&router.id, &rules)?;
-    let _ = std::fs::write(applied_file(&router.id), rules);
+    write_record(&router.id, &rules);
     Ok(())
 }
 
@@ -220,6 +220,14 @@ fn document(objects: Vec<NfObject<'static>>) -> String {
 /// kernel state it describes).
 fn applied_file(router: &str) -> std::path::PathBuf {
     crate::paths::run_dir().join(format!("{router}.nftables"))
+}
+
+/// Records `rules` as what the kernel has for `router`, making the run directory if this
+/// is the first thing written there. Best effort: without a record the next start
+/// rewrites the rules, which is only slower.
+fn write_record(router: &str, rules: &str) {
+    let _ = std::fs::create_dir_all(crate::paths::run_dir());
+    let _ = std::fs::write(applied_file(router), rules);
 }
 
 /// Runs one transaction: all or nothing.

@@ -268,7 +268,10 @@ fn run(
             }),
         });
         let handed_to_tc = private.ifaces().stats(ingress)?.reasons[Reason::XdpToTc as usize] > 0;
-        if ret == XDP_PASS && handed_to_tc {
+        // Where the kernel refuses the XDP entry its tags, the TC entry decides every
+        // packet XDP passes again.
+        let untagged = !crate::datapath::features::kernel().xdp_meta;
+        if ret == XDP_PASS && (handed_to_tc || untagged) {
             // The TC entry beside XDP gets the frame as XDP passed it (untouched).
             let (ret, out) = test_run(&dp, false, ingress, &out)?;
             stages.push(tc_stage(ret));
