@@ -7,7 +7,8 @@
 //!   router: over the overlay to the network node, routed there, over the overlay again;
 //!
 //! each measured in the same run with the same generator and sink: UDP packets/s (64 B, 64
-//! flows, the live-frames generator in the sender's namespace, the XDP sink in the
+//! flows, the generator (live frames, or an `AF_PACKET` socket where the kernel refuses
+//! them) in the sender's namespace, the XDP sink in the
 //! receiver's) and the round-trip time of a UDP echo (median and p99 of one at a time).
 //! And the kernel objects each node holds for the distributed router, counted on the
 //! running nodes, beside what Neutron's DVR would make for the same topology.
@@ -305,7 +306,7 @@ pub fn section(s: &mut String, results: &[DvrResult], objects: &[NodeObjects]) {
          underlay switch). A VM on compute node 1 (network 1) to a VM on compute node 2 \
          (network 2): distributed = routed on compute node 1, over the overlay once; \
          centralised = the same router on the network node alone, over the overlay there and \
-         back. Packets/s: 64 B UDP in 64 flows, the live-frames generator in the sender's \
+         back. Packets/s: 64 B UDP in 64 flows, the generator (live frames, or an `AF_PACKET` socket where the kernel refuses them) in the sender's \
          namespace, the XDP sink in the receiver's, as fast as the generator sends. Round \
          trip: UDP echoes one at a time (median, p99).\n\n\
          | mode | path | offered Mpps | delivered Mpps | RTT median us | RTT p99 us |\n\

@@ -256,7 +256,11 @@ impl OnThisCpu {
         let before = nix::sched::sched_getaffinity(me)?;
         // SAFETY: no preconditions.
         let cpu = unsafe { libc::sched_getcpu() };
-        anyhow::ensure!(cpu >= 0, "sched_getcpu: {}", std::io::Error::last_os_error());
+        anyhow::ensure!(
+            cpu >= 0,
+            "sched_getcpu: {}",
+            std::io::Error::last_os_error()
+        );
         let mut only = nix::sched::CpuSet::new();
         only.set(cpu as usize)?;
         nix::sched::sched_setaffinity(me, &only)?;
