@@ -440,7 +440,7 @@ mod tests {
         assert_eq!(size_of::<CtEntry>(), 72);
         assert_eq!(size_of::<HaState>(), 24);
         assert_eq!(size_of::<SyncRecord>(), 96);
-        assert_eq!(align_of::<CtKey>(), 2);
+        assert_eq!(align_of::<CtKey>(), 4);
         assert_eq!(size_of::<PolicyConfig>(), 28);
         assert_eq!(size_of::<PolicyRule>(), 24);
         assert_eq!(size_of::<FwRule>(), 24);

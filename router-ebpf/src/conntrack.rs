@@ -177,17 +177,37 @@ pub fn create_forward(
 /// are rewritten back to `fwd`, inverted.
 #[inline(always)]
 fn reply_entry(fwd: &CtKey, kind: u8, now: u64) -> CtEntry {
+    let target = Target {
+        src: fwd.dst,
+        dst: fwd.src,
+        sport: fwd.dport,
+        dport: fwd.sport,
+    };
+    new_entry(&target, *fwd, ct_dir::REPLY, kind, now)
+}
+
+/// A new session's entry of one direction: rewritten to `target`, its other direction's key
+/// `peer`, seen first and last at `now`, no packets counted yet.
+#[inline(always)]
+fn new_entry(target: &Target, peer: CtKey, direction: u8, kind: u8, now: u64) -> CtEntry {
+    // Zero the compiler cannot see: it would merge the run of zero fields into a call to a
+    // byte-by-byte `memset`, several times slower than these few stores.
+    let zero = core::hint::black_box(0u64);
     CtEntry {
-        new_src: fwd.dst,
-        new_dst: fwd.src,
-        new_sport: fwd.dport,
-        new_dport: fwd.sport,
-        peer: *fwd,
+        new_src: target.src,
+        new_dst: target.dst,
+        new_sport: target.sport,
+        new_dport: target.dport,
+        peer,
+        _pad0: zero as u32,
         created_ns: now,
         last_seen_ns: now,
-        direction: ct_dir::REPLY,
+        packets: zero,
+        bytes: zero,
+        tcp_flags: zero as u32,
+        direction,
         kind,
-        ..CtEntry::default()
+        _pad: [0; 2],
     }
 }
 
@@ -232,18 +252,7 @@ fn insert_forward(
     kind: u8,
     now: u64,
 ) -> Result<(), CreateError> {
-    let forward = CtEntry {
-        new_src: target.src,
-        new_dst: target.dst,
-        new_sport: target.sport,
-        new_dport: target.dport,
-        peer: reply_key,
-        created_ns: now,
-        last_seen_ns: now,
-        direction: ct_dir::ORIGINAL,
-        kind,
-        ..CtEntry::default()
-    };
+    let forward = new_entry(target, reply_key, ct_dir::ORIGINAL, kind, now);
     match SESSIONS.insert(fwd, &forward, u64::from(BPF_NOEXIST)) {
         Ok(()) => {
             ha::created(fwd, &forward);

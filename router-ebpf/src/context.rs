@@ -14,8 +14,9 @@ pub struct Frame {
     pub data: usize,
     /// One past the last byte the program may touch directly.
     pub data_end: usize,
-    /// Length of the whole packet in bytes (an skb may hold more than `data_end - data`).
-    pub len: u32,
+    /// Length of the whole packet in bytes under TC and on the host; XDP asks the kernel
+    /// when it is needed (see [`Frame::len`]).
+    known_len: u32,
     /// Interface the packet arrived on.
     pub ingress: u32,
     /// XDP: the egress must be able to take an XDP redirect, or the TC entry forwards.
@@ -40,14 +41,10 @@ pub enum L4Csum {
 impl Frame {
     #[inline(always)]
     pub fn from_xdp(ctx: &XdpContext) -> Self {
-        let (data, data_end) = (ctx.data(), ctx.data_end());
-        // SAFETY: plain helper call on the program's own context. It counts every buffer of
-        // a multi-buffer frame; `data..data_end` is only the first.
-        let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as u32;
         Self {
-            data,
-            data_end,
-            len,
+            data: ctx.data(),
+            data_end: ctx.data_end(),
+            known_len: 0,
             ingress: ctx.ingress_ifindex() as u32,
             needs_xdp_egress: true,
             gso: false,
@@ -66,7 +63,7 @@ impl Frame {
         Self {
             data: ctx.data(),
             data_end: ctx.data_end(),
-            len: ctx.len(),
+            known_len: ctx.len(),
             ingress,
             needs_xdp_egress: false,
             gso,
@@ -88,13 +85,26 @@ impl Frame {
         Self {
             data,
             data_end: data + buf.len(),
-            len: buf.len() as u32,
+            known_len: buf.len() as u32,
             ingress,
             needs_xdp_egress: true,
             gso: false,
             skb: core::ptr::null_mut(),
             xdp: core::ptr::null_mut(),
         }
+    }
+
+    /// Length of the whole packet in bytes (an skb, or a multi-buffer XDP frame, may hold
+    /// more than `data_end - data`). Under XDP a helper call: the stages that never need it
+    /// do not pay for it.
+    #[inline(always)]
+    pub fn len(&self) -> u32 {
+        if self.xdp.is_null() {
+            return self.known_len;
+        }
+        // SAFETY: plain helper call on the program's own context. It counts every buffer of
+        // a multi-buffer frame.
+        unsafe { bpf_xdp_get_buff_len(self.xdp) as u32 }
     }
 
     /// A pointer to a `T` at `offset`, if the whole `T` lies within the directly accessible

@@ -176,10 +176,10 @@ pub extern "C" fn router_fragment_later(src: u32, dst: u32, meta: u64, facts: u3
 #[inline(always)]
 pub fn finish_later(frame: &Frame, pkt: &Ipv4Packet, h: &Handoff) {
     if h.dnat_fip != [0; 4] {
-        counters::fip(h.dnat_fip, frame.len, true);
+        counters::fip(h.dnat_fip, frame.len(), true);
     }
     if h.snat_fip != [0; 4] {
-        counters::fip(h.snat_fip, frame.len, false);
+        counters::fip(h.snat_fip, frame.len(), false);
     }
     let hop = Hop {
         egress: h.egress,

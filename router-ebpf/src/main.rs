@@ -82,10 +82,11 @@ pub fn router_xdp(ctx: XdpContext) -> u32 {
         }
         Verdict::Drop(_) | Verdict::Finish => xdp_action::XDP_DROP,
     };
-    counters::count(frame.ingress, frame.len, &verdict);
+    let len = frame.len();
+    counters::count(frame.ingress, len, &verdict);
     if !matches!(verdict, Verdict::Pass(Reason::XdpToTc)) {
         // Handed over, the TC entry decides the packet again and counts that.
-        firewall::count_decided(frame.len);
+        firewall::count_decided(len);
     }
     let reason = monitor::reason_of(&verdict);
     if reason != 0 {
@@ -182,8 +183,8 @@ pub fn router_tc(ctx: TcContext) -> i32 {
         }
         Verdict::Drop(_) | Verdict::Finish => TC_ACT_SHOT,
     };
-    counters::count(frame.ingress, frame.len, &verdict);
-    firewall::count_decided(frame.len);
+    counters::count(frame.ingress, frame.len(), &verdict);
+    firewall::count_decided(frame.len());
     let reason = monitor::reason_of(&verdict);
     if reason != 0 {
         let _ = router_tc_report(ctx.skb.skb, reason);

@@ -37,7 +37,7 @@ pub fn report(frame: &Frame, reason: u32) {
         ts_ns: now,
         ifindex: frame.ingress,
         reason,
-        len: frame.len,
+        len: frame.len(),
         ..Event::default()
     };
     if let Some(h) = frame.ptr_at::<[u8; 38]>(0) {

@@ -120,7 +120,7 @@ pub fn parse_ipv4(frame: &Frame, eth: *mut EthHdr) -> Result<Ipv4Packet, Verdict
     if vihl >> 4 != 4 || ihl_bytes < IPV4_HDR_LEN as u32 {
         return Err(Verdict::Drop(Reason::MalformedIpv4));
     }
-    if tot_len < ihl_bytes || l3 as u32 + tot_len > frame.len {
+    if tot_len < ihl_bytes || l3 as u32 + tot_len > frame.len() {
         return Err(Verdict::Drop(Reason::MalformedIpv4));
     }
     if ihl_bytes != IPV4_HDR_LEN as u32 {
