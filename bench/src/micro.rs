@@ -129,10 +129,10 @@ use aya::{
     util::nr_cpus,
 };
 use router_common::{
-    CtEntry, CtKey, FipEntry, FipFilter, FipStats, FwRule, FwStats, IfaceEntry, IfaceStats,
-    NatConfig, NeighborEntry, NeighborKey, Net, PolicyConfig, PolicyRule, Reason, RouteEntry,
-    RouteKey, TABLE_MAIN, ct_dir, ct_kind, fw_action, fw_flags, fw_slot, iface_flags, iface_role,
-    map_names, nat_flags, prog_names, route_kind,
+    CtEntry, CtKey, FipEntry, FipFilter, FipStats, FwRule, FwStats, IfaceEntry, IfaceForwarded,
+    IfaceStats, NatConfig, NeighborEntry, NeighborKey, Net, PolicyConfig, PolicyRule, Reason,
+    RouteEntry, RouteKey, TABLE_MAIN, ct_dir, ct_kind, fw_action, fw_flags, fw_slot, iface_flags,
+    iface_role, map_names, nat_flags, prog_names, route_kind,
 };
 use router_tests::{
     fixture::{iface, route, veth_pairs},
@@ -636,9 +636,11 @@ impl Router {
         self.write_sessions(t.sessions)
     }
 
+    /// Sets interface `ifindex`, in the next free counter slot (as routerd gives them).
     fn set_iface(&mut self, ifindex: u32, entry: IfaceEntry) -> anyhow::Result<()> {
         let mut ifaces: HashMap<_, u32, IfaceEntry> = typed(&mut self.ebpf, map_names::IFACES)?;
-        ifaces.insert(ifindex, entry, 0)?;
+        let slot = ifaces.keys().count() as u16;
+        ifaces.insert(ifindex, IfaceEntry { slot, ..entry }, 0)?;
         let mut stats: PerCpuHashMap<_, u32, IfaceStats> =
             typed(&mut self.ebpf, map_names::IFACE_STATS)?;
         stats.insert(ifindex, per_cpu_zero::<IfaceStats>()?, 0)?;
@@ -1159,11 +1161,20 @@ impl Router {
         })
     }
 
+    /// Counters of interface `ifindex`, with what it forwarded (counted by its slot).
     fn iface_stats(&mut self, ifindex: u32) -> anyhow::Result<IfaceStats> {
+        let ifaces: HashMap<_, u32, IfaceEntry> = typed(&mut self.ebpf, map_names::IFACES)?;
+        let slot = u32::from(ifaces.get(&ifindex, 0)?.slot);
         let map: PerCpuHashMap<_, u32, IfaceStats> = typed(&mut self.ebpf, map_names::IFACE_STATS)?;
         let mut total = IfaceStats::default();
         for v in map.get(&ifindex, 0)?.iter() {
             total.accumulate(v);
+        }
+        let fwd: PerCpuArray<_, IfaceForwarded> =
+            typed(&mut self.ebpf, map_names::IFACE_FORWARDED)?;
+        for v in fwd.get(&slot, 0)?.iter() {
+            total.fwd_packets += v.packets;
+            total.fwd_bytes += v.bytes;
         }
         Ok(total)
     }

@@ -379,7 +379,7 @@ pub fn check(input: Input) {
             role: 0,
             flags: 0,
             zone: 0,
-            _pad2: [0; 2],
+            slot: 0,
         },
         next_hop: [0; 4],
         mac: input.next_hop_mac,

@@ -24,6 +24,7 @@ pub mod map_names {
     pub const IFACES: &str = "IFACES";
     pub const EGRESS_DEVS: &str = "EGRESS_DEVS";
     pub const IFACE_STATS: &str = "IFACE_STATS";
+    pub const IFACE_FORWARDED: &str = "IFACE_FORWARDED";
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
     pub const FIP_BY_ADDRESS: &str = "FIP_BY_ADDRESS";
     pub const FIP_BY_FIXED: &str = "FIP_BY_FIXED";
@@ -44,12 +45,13 @@ pub mod map_names {
     pub const SYNC: &str = "SYNC";
     pub const FIP_FILTER: &str = "FIP_FILTER";
     /// Every map above, in the order `routerctl` and the pinning code walk them.
-    pub const ALL: [&str; 24] = [
+    pub const ALL: [&str; 25] = [
         ROUTES,
         NEIGHBORS,
         IFACES,
         EGRESS_DEVS,
         IFACE_STATS,
+        IFACE_FORWARDED,
         NAT_CONFIG,
         FIP_BY_ADDRESS,
         FIP_BY_FIXED,
@@ -232,14 +234,28 @@ pub struct IfaceEntry {
     /// Session zone of packets arriving here (see [`CtKey::zone`]); the controller gives
     /// every interface its own (its ifindex), as conntrack zones do for firewall steering.
     pub zone: u16,
-    pub _pad2: [u8; 2],
+    /// The interface's slot in `IFACE_FORWARDED` (below [`MAX_IFACES`]), one of its own
+    /// among the router's interfaces, given by the controller.
+    pub slot: u16,
+}
+
+/// Per-CPU counters of the packets forwarded from one ingress interface: the
+/// `IFACE_FORWARDED` array at the interface's [`IfaceEntry::slot`]. Forwarding is the common
+/// outcome, and an array lookup is inlined by the verifier where the hash of [`IfaceStats`]
+/// (the other outcomes) takes a call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceForwarded {
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 /// Number of reason slots in [`IfaceStats::reasons`].
 pub const REASON_SLOTS: usize = 48;
 
 /// Per-CPU counters of one ingress interface. `reasons[r]` counts packets handed to the
-/// kernel or dropped for reason `r` (see [`Reason`]).
+/// kernel or dropped for reason `r` (see [`Reason`]). The fast path counts forwarded packets
+/// in [`IfaceForwarded`] instead; user space adds them into `fwd_*` when it reads.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IfaceStats {
@@ -404,6 +420,7 @@ mod pod {
     unsafe impl aya::Pod for NeighborEntry {}
     unsafe impl aya::Pod for IfaceEntry {}
     unsafe impl aya::Pod for IfaceStats {}
+    unsafe impl aya::Pod for IfaceForwarded {}
     unsafe impl aya::Pod for NatConfig {}
     unsafe impl aya::Pod for FipEntry {}
     unsafe impl aya::Pod for FipFilter {}

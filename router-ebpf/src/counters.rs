@@ -3,29 +3,37 @@
 use router_common::{IfaceStats, REASON_SLOTS, Reason};
 
 use crate::{
-    maps::{FIP_STATS, IFACE_STATS, SNAT_STATS},
+    maps::{FIP_STATS, IFACE_FORWARDED, IFACE_STATS, SNAT_STATS},
     verdict::Verdict,
 };
 
-/// Counts `verdict` for a packet of `bytes` that arrived on `ingress`. Interfaces user space
-/// did not register have no entry and are not counted.
+/// Counts `verdict` for a packet of `bytes` that arrived on `ingress`, whose slot is `slot`
+/// (`pipeline::counter_slot`). Interfaces user space did not register have no entry and
+/// are not counted.
 #[inline(always)]
-pub fn count(ingress: u32, bytes: u32, verdict: &Verdict) {
+pub fn count(ingress: u32, slot: u32, bytes: u32, verdict: &Verdict) {
+    let bytes = u64::from(bytes);
+    if let Verdict::Forward { resolve, .. } = *verdict {
+        // Only a packet that came by a registered interface is forwarded, so `slot` is its.
+        if let Some(fwd) = IFACE_FORWARDED.get_ptr_mut(slot) {
+            // SAFETY: a per-CPU value: nothing else writes this CPU's copy while we run.
+            unsafe {
+                (*fwd).packets += 1;
+                (*fwd).bytes += bytes;
+            }
+        }
+        if resolve == [0; 4] {
+            return;
+        }
+    }
     let Some(stats) = IFACE_STATS.get_ptr_mut(&ingress) else {
         return;
     };
-    // SAFETY: a per-CPU value: nothing else writes this CPU's copy while we run.
+    // SAFETY: as above.
     let stats: &mut IfaceStats = unsafe { &mut *stats };
-    let bytes = u64::from(bytes);
     match *verdict {
-        Verdict::Forward { resolve, .. } => {
-            stats.fwd_packets += 1;
-            stats.fwd_bytes += bytes;
-            if resolve != [0; 4] {
-                // Forwarded, through the kernel's neighbour resolution.
-                bump(stats, Reason::NoNeighbor);
-            }
-        }
+        // Forwarded, through the kernel's neighbour resolution.
+        Verdict::Forward { .. } => bump(stats, Reason::NoNeighbor),
         Verdict::Pass(reason) => {
             // Handing to TC is not a pass to the kernel: the TC entry counts the outcome.
             if reason != Reason::XdpToTc {

@@ -83,7 +83,7 @@ pub fn router_xdp(ctx: XdpContext) -> u32 {
         Verdict::Drop(_) | Verdict::Finish => xdp_action::XDP_DROP,
     };
     let len = frame.len();
-    counters::count(frame.ingress, len, &verdict);
+    counters::count(frame.ingress, pipeline::counter_slot(), len, &verdict);
     if !matches!(verdict, Verdict::Pass(Reason::XdpToTc)) {
         // Handed over, the TC entry decides the packet again and counts that.
         firewall::count_decided(len);
@@ -141,7 +141,8 @@ pub fn router_tc(ctx: TcContext) -> i32 {
     }
     // SAFETY: reading our own context.
     if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
-        counters::count(ifindex(&ctx), ctx.len(), &Verdict::Pass(Reason::Vlan));
+        let pass = Verdict::Pass(Reason::Vlan);
+        counters::count(ifindex(&ctx), pipeline::NO_SLOT, ctx.len(), &pass);
         return TC_ACT_OK;
     }
     let linear = (ctx.data_end() - ctx.data()) as u32;
@@ -183,7 +184,12 @@ pub fn router_tc(ctx: TcContext) -> i32 {
         }
         Verdict::Drop(_) | Verdict::Finish => TC_ACT_SHOT,
     };
-    counters::count(frame.ingress, frame.len(), &verdict);
+    counters::count(
+        frame.ingress,
+        pipeline::counter_slot(),
+        frame.len(),
+        &verdict,
+    );
     firewall::count_decided(frame.len());
     let reason = monitor::reason_of(&verdict);
     if reason != 0 {

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use router_common::{
     CtEntry, CtKey, DEFAULT_SESSION_ENTRIES, EVENTS_BYTES, FW_STATS_SLOTS, FipEntry, FipFilter,
-    FipStats, FragEntry, FragKey, FwRule, FwStats, HaState, IfaceEntry, IfaceStats,
+    FipStats, FragEntry, FragKey, FwRule, FwStats, HaState, IfaceEntry, IfaceForwarded, IfaceStats,
     MAX_ALLOWED_SOURCES, MAX_FLOATING_IPS, MAX_FRAGMENT_DATAGRAMS, MAX_FW_RULES, MAX_IFACES,
     MAX_NEIGHBORS, MAX_ROUTES, MAX_RULES, MonitorConfig, NatConfig, NeighborEntry, NeighborKey,
     PolicyConfig, PolicyRule, RouteEntry, RouteKey, SYNC_BYTES, SnatStats, SourceKey,
@@ -37,10 +37,17 @@ pub static IFACES: HashMap<u32, IfaceEntry> = HashMap::with_max_entries(MAX_IFAC
 #[map]
 pub static EGRESS_DEVS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
 
-/// Counters by ingress ifindex. User space creates the entries; the programs only update.
+/// Counters by ingress ifindex of the packets not forwarded, with their reasons. User space
+/// creates the entries; the programs only update.
 #[map]
 pub static IFACE_STATS: PerCpuHashMap<u32, IfaceStats> =
     PerCpuHashMap::with_max_entries(MAX_IFACES, ON_DEMAND);
+
+/// Counters of forwarded packets by the ingress interface's slot (`IfaceEntry::slot`): 4 KiB
+/// per CPU, looked up without a call.
+#[map]
+pub static IFACE_FORWARDED: PerCpuArray<IfaceForwarded> =
+    PerCpuArray::with_max_entries(MAX_IFACES, 0);
 
 /// The router's gateway and SNAT settings (one entry).
 #[map]

@@ -28,14 +28,30 @@ const HTTP_PORT: [u8; 2] = 80u16.to_be_bytes();
 #[inline(always)]
 fn process(frame: &Frame) -> Stage {
     firewall::undecided();
-    let handover_mac = match ha::check() {
-        Ok(mac) => mac,
+    // The MAC as a plain value, zero when not handing over: an `Option`'s payload is left
+    // undefined when it is `None`, and the compiler may then save that undefined register
+    // across a call, which the verifier refuses.
+    let (handing_over, handover_mac) = match ha::check() {
+        Ok(Some(mac)) => (true, mac),
+        Ok(None) => (false, [0; 6]),
         Err(silent) => return Stage::Done(silent),
     };
-    match process_frame(frame, handover_mac) {
-        Stage::Done(verdict) => Stage::Done(while_handing_over(verdict, handover_mac.is_some())),
+    match process_frame(frame, handing_over, handover_mac) {
+        Stage::Done(verdict) => Stage::Done(while_handing_over(verdict, handing_over)),
         Stage::Translate => Stage::Translate,
     }
+}
+
+/// No counter slot (for a count that never uses one).
+pub const NO_SLOT: u32 = u32::MAX;
+
+/// The counter slot of this program run's ingress interface (`IfaceEntry::slot`), for the
+/// entry that counts a forwarded packet. `decide` sets it once it has found the interface,
+/// and only a packet whose interface was found is forwarded; for any other the slot may be
+/// an earlier packet's, and is not used.
+#[inline(always)]
+pub fn counter_slot() -> u32 {
+    HANDOFF.get(0).map_or(NO_SLOT, |h| h.counter_slot)
 }
 
 /// Where the first stage leaves a packet.
@@ -57,7 +73,10 @@ fn while_handing_over(verdict: Verdict, handing_over: bool) -> Verdict {
 }
 
 #[inline(always)]
-fn process_frame(frame: &Frame, handover_mac: Option<[u8; 6]>) -> Stage {
+fn process_frame(frame: &Frame, handing_over: bool, handover_mac: [u8; 6]) -> Stage {
+    let Some(handoff) = HANDOFF.get_ptr_mut(0) else {
+        return Stage::Done(Verdict::Drop(Reason::RedirectFailed));
+    };
     let l2 = match parse::parse_l2(frame) {
         Ok(l2) => l2,
         Err(verdict) => return Stage::Done(verdict),
@@ -66,10 +85,12 @@ fn process_frame(frame: &Frame, handover_mac: Option<[u8; 6]>) -> Stage {
     let Some(iface) = (unsafe { IFACES.get(&frame.ingress) }).copied() else {
         return Stage::Done(Verdict::Pass(Reason::UnknownIngress));
     };
+    // SAFETY: a per-CPU value, ours for the rest of this program run.
+    unsafe { (*handoff).counter_slot = u32::from(iface.slot) };
     let eth = match l2 {
         L2::Ipv4(eth) => eth,
         // Handing over, the router's addresses are the new active's to answer for.
-        L2::Arp(_) if handover_mac.is_some() => {
+        L2::Arp(_) if handing_over => {
             return Stage::Done(Verdict::Drop(Reason::Standby));
         }
         L2::Arp(eth) => return Stage::Done(arp::answer(frame, eth, &iface)),
@@ -96,14 +117,11 @@ fn process_frame(frame: &Frame, handover_mac: Option<[u8; 6]>) -> Stage {
     if iface.role == iface_role::INTERNAL && is_metadata(frame, &pkt) {
         return Stage::Done(Verdict::Pass(Reason::Metadata));
     }
-    let Some(handoff) = HANDOFF.get_ptr_mut(0) else {
-        return Stage::Done(Verdict::Drop(Reason::RedirectFailed));
-    };
-    // SAFETY: a per-CPU value, ours for the rest of this program run.
+    // SAFETY: as above.
     unsafe {
         (*handoff).ingress = iface;
-        (*handoff).handover_mac = handover_mac.unwrap_or([0; 6]);
-        (*handoff).handing_over = handover_mac.is_some() as u8;
+        (*handoff).handover_mac = handover_mac;
+        (*handoff).handing_over = handing_over as u8;
     }
     Stage::Translate
 }
@@ -409,6 +427,8 @@ pub struct Handoff {
     /// The firewall's counter slot of this packet's decision, plus one (0: none), counted
     /// by the entry that keeps the packet (`firewall::count_decided`).
     pub fw_slot: u32,
+    /// The ingress interface's counter slot (see [`counter_slot`]), from `decide`.
+    pub counter_slot: u32,
 }
 
 /// The second half of the pipeline, for a packet `process` decided to forward: creates its

@@ -82,7 +82,7 @@ pub fn plan(
 ) -> RouterChanges {
     let specs: BTreeMap<u32, IfaceSpec> =
         ports.iter().map(|(i, p)| (*i, p.iface.clone())).collect();
-    let mut wanted_ifaces = ifaces::tables(&specs);
+    let mut wanted_ifaces = ifaces::tables(&specs, &current.ifaces);
     // Counters stay when an interface goes (until the router goes).
     wanted_ifaces
         .counted
@@ -190,9 +190,10 @@ fixed = "10.0.1.5"
         let mut tables = RouterTables::default();
         let r = router("");
         let first = plan(&tables, &r, &ports());
-        // Two interfaces with their counters, the NAT settings, one floating IP (two
-        // entries) and the filter in front of them, and the policy settings.
-        assert_eq!(first.ifaces.writes(), 4);
+        // Two interfaces with their counters and counter slots (zeroed), the NAT settings,
+        // one floating IP (two entries) and the filter in front of them, and the policy
+        // settings.
+        assert_eq!(first.ifaces.writes(), 6);
         assert_eq!(first.nat.writes(), 4);
         assert!(first.nat.filter.is_some_and(|f| f.ready == 1));
         assert_eq!(tables.ifaces.entries.len(), 0);

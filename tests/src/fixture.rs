@@ -27,7 +27,7 @@ pub fn iface(mac: [u8; 6], role: u32, flags: u32) -> IfaceEntry {
         role,
         flags,
         zone: 0,
-        _pad2: [0; 2],
+        slot: 0,
     }
 }
 

@@ -419,6 +419,11 @@ fn check_metrics(mode: &str, port: u16, router: &str) {
     let entries = |map| metric(&samples, "router_map_entries", &[r, ("map", map)]);
     assert_eq!(entries(map_names::IFACES), 3);
     assert_eq!(entries(map_names::IFACE_STATS), 3);
+    assert_eq!(
+        entries(map_names::IFACE_FORWARDED),
+        3,
+        "a slot per interface"
+    );
     assert_eq!(entries(map_names::FIP_BY_ADDRESS), 1);
     assert_eq!(entries(map_names::FIP_BY_FIXED), 1);
     assert_eq!(entries(map_names::FW_RULES), 1);

@@ -540,6 +540,51 @@ fn unknown_ingress_is_passed_and_not_counted_elsewhere() {
     );
 }
 
+/// A forwarded packet is counted in its ingress interface's slot (`IFACE_FORWARDED`) and no
+/// other; when the interface goes, the next new one takes its slot with the count zeroed.
+#[test]
+fn forwarded_counts_follow_the_ingress_slot_and_a_freed_slot_starts_at_zero() {
+    let mut f = Fixture::new();
+    let egress = ifindex("out0");
+    let frame = vm_to(REMOTE).udp(40000, 53).payload(b"x");
+    let (before, out_before) = (f.stats(), f.dp.ifaces().stats(egress).expect("stats"));
+    for entry in [Entry::Xdp, Entry::Tc] {
+        assert_eq!(f.run(entry, &frame).verdict, entry.redirect(), "{entry:?}");
+    }
+    let after = f.stats();
+    assert_eq!(after.fwd_packets, before.fwd_packets + 2);
+    assert_eq!(after.fwd_bytes, before.fwd_bytes + 2 * frame.len() as u64);
+    let out_after = f.dp.ifaces().stats(egress).expect("stats");
+    assert_eq!(
+        out_after.fwd_packets, out_before.fwd_packets,
+        "the egress's slot"
+    );
+
+    // The ingress goes and a new interface comes: it takes the freed slot, at zero.
+    let current = f.dp.ifaces().read().expect("IFACES");
+    let slot = current.entries[&f.ingress].slot;
+    let mut wanted = current.clone();
+    wanted.entries.remove(&f.ingress);
+    let changes = router_user::maps::ifaces::IfaceChanges::between(&current, &wanted);
+    f.dp.ifaces().write(&changes).expect("removing");
+    ip(&[
+        "link", "add", "new0", "type", "veth", "peer", "name", "new1",
+    ]);
+    let new = ifindex("new0");
+    let entry = iface(ROUTER_IN_MAC, iface_role::INTERNAL, iface_flags::XDP_EGRESS);
+    f.dp.ifaces().set(new, entry).expect("IFACES");
+    let entries = f.dp.ifaces().entries().expect("IFACES");
+    assert_eq!(entries[&new].slot, slot, "the freed slot");
+    assert_eq!(f.dp.ifaces().stats(new).expect("stats").fwd_packets, 0);
+    let run = testrun::run(&f.dp, Entry::Tc, new, &frame);
+    assert_eq!(run.verdict, Entry::Tc.redirect());
+    let counted = f.dp.ifaces().stats(new).expect("stats");
+    assert_eq!(
+        (counted.fwd_packets, counted.fwd_bytes),
+        (1, frame.len() as u64)
+    );
+}
+
 /// Where the kernel refuses the XDP entry its tags, the TC entry behind it decides again
 /// what XDP passed: the XDP entry leaves such a pass uncounted and the TC entry counts it;
 /// what XDP hands over to be forwarded, XDP counts as `xdp_to_tc` and TC as the forward.

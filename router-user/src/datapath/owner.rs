@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use router_common::{
-    CtEntry, CtKey, FragEntry, FragKey, FwRule, FwStats, IfaceEntry, IfaceStats, NatConfig,
-    PolicyConfig, PolicyRule, RouteEntry, RouteKey, SourceKey,
+    CtEntry, CtKey, FragEntry, FragKey, FwRule, FwStats, IfaceEntry, IfaceForwarded, IfaceStats,
+    NatConfig, PolicyConfig, PolicyRule, RouteEntry, RouteKey, SourceKey,
 };
 
 use super::{EBPF_OBJECT, remove_pin};
@@ -168,16 +168,18 @@ pub fn pinned_routers_of(config: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The sizes of every shared map key and value: maps pinned by a build with other layouts
-/// are not adopted.
+/// The sizes of every shared map key and value, after a version that changes with the
+/// meaning of a field (v3: `IfaceEntry::slot`, where v2 had padding): maps pinned by a build
+/// with other layouts are not adopted.
 fn layout_signature() -> String {
     use std::mem::size_of;
     format!(
-        "v2:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}",
+        "v3:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}",
         size_of::<RouteKey>(),
         size_of::<RouteEntry>(),
         size_of::<IfaceEntry>(),
         size_of::<IfaceStats>(),
+        size_of::<IfaceForwarded>(),
         size_of::<NatConfig>(),
         size_of::<CtKey>(),
         size_of::<CtEntry>(),

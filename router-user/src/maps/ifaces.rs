@@ -1,11 +1,17 @@
 //! Interfaces: the settings of each interface the router drives (`IFACES`, by ifindex in
 //! the router's namespace), the egresses XDP may redirect into (`EGRESS_DEVS`), and each
-//! interface's counters with the drop and hand-over reasons (`IFACE_STATS`).
+//! interface's counters: of what it forwarded, by its slot (`IFACE_FORWARDED`), and of what
+//! it passed and dropped, with the reasons (`IFACE_STATS`).
+//!
+//! Every interface has a slot of its own, kept while it stays; a slot an interface leaves
+//! is given to the next new one, its forwarded counts zeroed first.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::maps::{DevMapHash, HashMap, PerCpuHashMap};
-use router_common::{IfaceEntry, IfaceStats, iface_flags, iface_role, map_names};
+use aya::maps::{DevMapHash, HashMap, PerCpuArray, PerCpuHashMap};
+use router_common::{
+    IfaceEntry, IfaceForwarded, IfaceStats, MAX_IFACES, iface_flags, iface_role, map_names,
+};
 
 use super::{EntryDiff, MapSource, retry_short_of_memory, typed, zeroed};
 use crate::error::Error;
@@ -25,8 +31,8 @@ pub struct IfaceSpec {
     pub source_check: bool,
 }
 
-/// The fast path's entry for interface `ifindex`.
-pub fn entry(ifindex: u32, w: &IfaceSpec) -> IfaceEntry {
+/// The fast path's entry for interface `ifindex`, counted in `slot`.
+pub fn entry(ifindex: u32, w: &IfaceSpec, slot: u16) -> IfaceEntry {
     let mut flags = 0;
     if w.xdp_egress {
         flags |= iface_flags::XDP_EGRESS;
@@ -46,8 +52,38 @@ pub fn entry(ifindex: u32, w: &IfaceSpec) -> IfaceEntry {
         flags,
         // Every interface its own session zone (see `IfaceEntry::zone`).
         zone: ifindex as u16,
-        _pad2: [0; 2],
+        slot,
     }
+}
+
+/// The slot of an interface beyond the `MAX_IFACES` the maps hold (whose write then fails,
+/// the `IFACES` map being full): never counted.
+const NO_SLOT: u16 = u16::MAX;
+
+/// Slots for the interfaces `ifindexes`: each keeps the one it has in `current` (if no
+/// other kept it first), the others take the lowest free ones.
+pub fn slots(
+    ifindexes: impl IntoIterator<Item = u32>,
+    current: &BTreeMap<u32, IfaceEntry>,
+) -> BTreeMap<u32, u16> {
+    let ifindexes: Vec<u32> = ifindexes.into_iter().collect();
+    let mut taken = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for i in &ifindexes {
+        if let Some(e) = current.get(i)
+            && u32::from(e.slot) < MAX_IFACES
+            && taken.insert(e.slot)
+        {
+            out.insert(*i, e.slot);
+        }
+    }
+    let mut free = (0..MAX_IFACES as u16).filter(|s| !taken.contains(s));
+    for i in ifindexes {
+        if let std::collections::btree_map::Entry::Vacant(v) = out.entry(i) {
+            v.insert(free.next().unwrap_or(NO_SLOT));
+        }
+    }
+    out
 }
 
 /// What the interface maps hold: the entries, the XDP egresses, and which interfaces have
@@ -59,10 +95,15 @@ pub struct IfaceTables {
     pub counted: BTreeSet<u32>,
 }
 
-/// What the interface maps should hold for `wanted` (by ifindex).
-pub fn tables(wanted: &BTreeMap<u32, IfaceSpec>) -> IfaceTables {
+/// What the interface maps should hold for `wanted` (by ifindex), where they hold `current`
+/// (whose slots stay).
+pub fn tables(wanted: &BTreeMap<u32, IfaceSpec>, current: &IfaceTables) -> IfaceTables {
+    let slots = slots(wanted.keys().copied(), &current.entries);
     IfaceTables {
-        entries: wanted.iter().map(|(i, w)| (*i, entry(*i, w))).collect(),
+        entries: wanted
+            .iter()
+            .map(|(i, w)| (*i, entry(*i, w, slots.get(i).copied().unwrap_or(NO_SLOT))))
+            .collect(),
         egresses: wanted
             .iter()
             .filter(|(_, w)| w.xdp_egress)
@@ -79,6 +120,9 @@ pub struct IfaceChanges {
     pub egresses: EntryDiff<u32, ()>,
     /// New interfaces whose counters are created (zeroed) with them.
     pub new_counters: Vec<u32>,
+    /// Slots taken by a new interface (or one given another slot): their forwarded counts
+    /// are zeroed before the entries that point at them are written.
+    pub zeroed_slots: Vec<u16>,
 }
 
 impl IfaceChanges {
@@ -93,11 +137,18 @@ impl IfaceChanges {
                 .difference(&current.counted)
                 .copied()
                 .collect(),
+            zeroed_slots: wanted
+                .entries
+                .iter()
+                .filter(|(i, e)| current.entries.get(i).is_none_or(|c| c.slot != e.slot))
+                .map(|(_, e)| e.slot)
+                .filter(|s| u32::from(*s) < MAX_IFACES)
+                .collect(),
         }
     }
 
     pub fn writes(&self) -> usize {
-        self.entries.len() + self.egresses.len() + self.new_counters.len()
+        self.entries.len() + self.egresses.len() + self.new_counters.len() + self.zeroed_slots.len()
     }
 
     /// `tables` as they are once these changes are written.
@@ -149,6 +200,15 @@ impl<'a> IfaceMaps<'a> {
         for ifindex in &plan.new_counters {
             self.create_counters(*ifindex)?;
         }
+        if !plan.zeroed_slots.is_empty() {
+            let mut fwd: PerCpuArray<_, IfaceForwarded> =
+                typed(self.maps, map_names::IFACE_FORWARDED)?;
+            for slot in &plan.zeroed_slots {
+                zeroed::<IfaceForwarded>()
+                    .and_then(|zero| fwd.set(u32::from(*slot), zero, 0))
+                    .map_err(|e| Error::map(format!("IFACE_FORWARDED[{slot}]"), e))?;
+            }
+        }
         let mut map: HashMap<_, u32, IfaceEntry> = typed(self.maps, map_names::IFACES)?;
         for (ifindex, entry) in &plan.entries.set {
             map.insert(ifindex, entry, 0)
@@ -177,11 +237,17 @@ impl<'a> IfaceMaps<'a> {
         Ok(())
     }
 
-    /// Sets one interface's entry as it is (with counters, if it has none yet).
+    /// Sets one interface's entry as it is, in the slot it has or a free one (with
+    /// counters, if it has none yet).
     pub fn set(&mut self, ifindex: u32, entry: IfaceEntry) -> Result<(), Error> {
         let current = self.read()?;
         let mut wanted = current.clone();
-        wanted.entries.insert(ifindex, entry);
+        let all = current.entries.keys().copied().chain([ifindex]);
+        let slot = slots(all, &current.entries)
+            .get(&ifindex)
+            .copied()
+            .unwrap_or(NO_SLOT);
+        wanted.entries.insert(ifindex, IfaceEntry { slot, ..entry });
         wanted.counted.insert(ifindex);
         self.write(&IfaceChanges::between(&current, &wanted))
     }
@@ -202,8 +268,15 @@ impl<'a> IfaceMaps<'a> {
             .map_err(|e| Error::map(format!("IFACE_STATS[{ifindex}]"), e))
     }
 
-    /// Counters of interface `ifindex`, summed over CPUs.
+    /// Counters of interface `ifindex`, summed over CPUs; what it forwarded too while it
+    /// is one of the router's (an interface that went leaves its slot).
     pub fn stats(&mut self, ifindex: u32) -> Result<IfaceStats, Error> {
+        let slot = self.entries()?.get(&ifindex).map(|e| e.slot);
+        self.stats_in(ifindex, slot)
+    }
+
+    /// Counters of interface `ifindex`, with what slot `slot` forwarded, summed over CPUs.
+    pub fn stats_in(&mut self, ifindex: u32, slot: Option<u16>) -> Result<IfaceStats, Error> {
         let map: PerCpuHashMap<_, u32, IfaceStats> = typed(self.maps, map_names::IFACE_STATS)?;
         let values = map
             .get(&ifindex, 0)
@@ -212,22 +285,33 @@ impl<'a> IfaceMaps<'a> {
         for v in values.iter() {
             total.accumulate(v);
         }
+        if let Some(slot) = slot {
+            let (packets, bytes) = self.forwarded(slot)?;
+            total.fwd_packets += packets;
+            total.fwd_bytes += bytes;
+        }
         Ok(total)
     }
 
-    /// Counters of every interface that has them, summed over CPUs.
+    /// Packets and bytes slot `slot` forwarded, summed over CPUs.
+    fn forwarded(&mut self, slot: u16) -> Result<(u64, u64), Error> {
+        let map: PerCpuArray<_, IfaceForwarded> = typed(self.maps, map_names::IFACE_FORWARDED)?;
+        let values = map
+            .get(&u32::from(slot), 0)
+            .map_err(|e| Error::map(format!("IFACE_FORWARDED[{slot}]"), e))?;
+        Ok(values
+            .iter()
+            .fold((0, 0), |(p, b), v| (p + v.packets, b + v.bytes)))
+    }
+
+    /// Counters of every interface that has them, summed over CPUs (see [`Self::stats`]).
     pub fn all_stats(&mut self) -> Result<BTreeMap<u32, IfaceStats>, Error> {
         let map: PerCpuHashMap<_, u32, IfaceStats> = typed(self.maps, map_names::IFACE_STATS)?;
-        let mut out = BTreeMap::new();
-        for item in map.iter() {
-            let (ifindex, values) = item.map_err(|e| Error::map("reading IFACE_STATS", e))?;
-            let mut total = IfaceStats::default();
-            for v in values.iter() {
-                total.accumulate(v);
-            }
-            out.insert(ifindex, total);
-        }
-        Ok(out)
+        let ifindexes: Vec<u32> = map.keys().filter_map(Result::ok).collect();
+        ifindexes
+            .into_iter()
+            .map(|i| Ok((i, self.stats(i)?)))
+            .collect()
     }
 }
 
@@ -245,22 +329,25 @@ mod tests {
             xdp_egress: true,
             source_check: false,
         };
-        let e = entry(7, &w);
+        let e = entry(7, &w, 3);
         assert_eq!(e.role, iface_role::EXTERNAL);
         assert_eq!(e.flags, iface_flags::XDP_EGRESS);
-        assert_eq!(e.zone, 7);
-        let t = tables(&BTreeMap::from([
-            (7, w.clone()),
-            (
-                8,
-                IfaceSpec {
-                    external: false,
-                    xdp_egress: false,
-                    source_check: true,
-                    ..w
-                },
-            ),
-        ]));
+        assert_eq!((e.zone, e.slot), (7, 3));
+        let t = tables(
+            &BTreeMap::from([
+                (7, w.clone()),
+                (
+                    8,
+                    IfaceSpec {
+                        external: false,
+                        xdp_egress: false,
+                        source_check: true,
+                        ..w
+                    },
+                ),
+            ]),
+            &IfaceTables::default(),
+        );
         assert_eq!(t.entries[&8].flags, iface_flags::SOURCE_CHECK);
         assert_eq!(t.entries[&8].role, iface_role::INTERNAL);
         assert_eq!(t.egresses, BTreeSet::from([7]));
@@ -278,23 +365,71 @@ mod tests {
             source_check: false,
         };
         let empty = IfaceTables::default();
-        let both = tables(&BTreeMap::from([(3, spec(true)), (4, spec(false))]));
+        let both = tables(&BTreeMap::from([(3, spec(true)), (4, spec(false))]), &empty);
         let first = IfaceChanges::between(&empty, &both);
-        // Two entries, one egress, two sets of counters.
-        assert_eq!(first.writes(), 5);
+        // Two entries, one egress, two sets of counters, two slots zeroed.
+        assert_eq!(first.writes(), 7);
         let mut now = empty.clone();
         first.apply_to(&mut now);
         assert_eq!(now, both);
         assert_eq!(IfaceChanges::between(&now, &both).writes(), 0);
         // Interface 3 goes: its entry and egress are removed, its counters stay.
-        let one = tables(&BTreeMap::from([(4, spec(false))]));
+        let one = tables(&BTreeMap::from([(4, spec(false))]), &now);
         let second = IfaceChanges::between(&now, &one);
         assert_eq!(
             (second.entries.remove.clone(), second.egresses.len()),
             (vec![3], 1)
         );
-        assert!(second.new_counters.is_empty());
+        assert!(second.new_counters.is_empty() && second.zeroed_slots.is_empty());
         second.apply_to(&mut now);
         assert_eq!(now.counted, BTreeSet::from([3, 4]));
+    }
+
+    #[test]
+    fn slots_stay_with_their_interfaces_and_a_freed_one_is_zeroed_for_the_next() {
+        let spec = IfaceSpec {
+            mac: [2, 0, 0, 0, 0, 1],
+            src_mac: [2, 0, 0, 0, 0, 1],
+            mtu: 1500,
+            external: false,
+            xdp_egress: false,
+            source_check: false,
+        };
+        let specs = |ifindexes: &[u32]| -> BTreeMap<u32, IfaceSpec> {
+            ifindexes.iter().map(|i| (*i, spec.clone())).collect()
+        };
+        let slot_of = |t: &IfaceTables| -> Vec<(u32, u16)> {
+            t.entries.iter().map(|(i, e)| (*i, e.slot)).collect()
+        };
+        let mut now = IfaceTables::default();
+        let three = tables(&specs(&[10, 20, 30]), &now);
+        assert_eq!(slot_of(&three), [(10, 0), (20, 1), (30, 2)]);
+        let first = IfaceChanges::between(&now, &three);
+        assert_eq!(first.zeroed_slots, [0, 1, 2]);
+        first.apply_to(&mut now);
+
+        // 20 goes and 5 comes (a lower ifindex): 10 and 30 keep theirs, 5 takes 20's slot,
+        // which is zeroed before 5's entry points at it.
+        let next = tables(&specs(&[5, 10, 30]), &now);
+        assert_eq!(slot_of(&next), [(5, 1), (10, 0), (30, 2)]);
+        let second = IfaceChanges::between(&now, &next);
+        assert_eq!(second.zeroed_slots, [1]);
+        second.apply_to(&mut now);
+        assert_eq!(IfaceChanges::between(&now, &next).writes(), 0);
+
+        // Two entries claiming one slot (maps written by an older build): the first keeps
+        // it, the other moves to a free one, zeroed.
+        let mut clash = now.entries.clone();
+        clash.get_mut(&30).expect("30").slot = 0;
+        let mended = slots([5, 10, 30], &clash);
+        assert_eq!(mended, BTreeMap::from([(5, 1), (10, 0), (30, 2)]));
+
+        // More interfaces than slots: the rest get none, and no slot is zeroed for them.
+        let many: Vec<u32> = (1..=MAX_IFACES + 2).collect();
+        let full = tables(&specs(&many), &IfaceTables::default());
+        let unslotted = full.entries.values().filter(|e| e.slot == NO_SLOT).count();
+        assert_eq!(unslotted, 2);
+        let changes = IfaceChanges::between(&IfaceTables::default(), &full);
+        assert_eq!(changes.zeroed_slots.len(), MAX_IFACES as usize);
     }
 }

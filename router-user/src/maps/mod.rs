@@ -3,7 +3,7 @@
 //!
 //! | room | maps | what it holds |
 //! |---|---|---|
-//! | [`ifaces`] | `IFACES`, `EGRESS_DEVS`, `IFACE_STATS` | interface settings, XDP egresses, interface counters and drop reasons |
+//! | [`ifaces`] | `IFACES`, `EGRESS_DEVS`, `IFACE_STATS`, `IFACE_FORWARDED` | interface settings and counter slots, XDP egresses, interface counters and drop reasons |
 //! | [`routes`] | `ROUTES`, `NEIGHBORS` | the kernel's routes and neighbours, mirrored |
 //! | [`policy`] | `POLICY_CONFIG`, `RULES`, `SOURCE_TABLES`, `FW_RULES`, `FW_STATS`, `ALLOWED_SOURCES` | policy rules, external source tables, the firewall and anti-spoofing |
 //! | [`nat`] | `NAT_CONFIG`, `FIP_BY_ADDRESS`, `FIP_BY_FIXED`, `FIP_FILTER`, `FIP_STATS`, `SNAT_STATS`, `SNAT_SOURCES` | gateway and SNAT settings, floating IPs, their counters |
@@ -155,6 +155,9 @@ impl Pinned {
                 let counts = self.sessions().counts()?;
                 sessions = counts.sessions;
                 counts.entries
+            } else if name == map_names::IFACE_FORWARDED {
+                // A slot per interface.
+                self.ifaces().entries()?.len() as u64
             } else {
                 match policy::slots_in_use(name, &config) {
                     Some(n) => n,

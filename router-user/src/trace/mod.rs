@@ -240,6 +240,8 @@ fn run(
     let (dp, private) = Datapath::open_for_trace(router, maps::CONFIGURATION, capacity)?;
     let mut private = Taken(private.into_iter().collect());
     private.ifaces().create_counters(ingress)?;
+    // The interfaces are the live router's; their counters (by slot too) the private copy's.
+    let slot = live.ifaces.get(&ingress).map(|e| e.slot);
     for fip in &live.floating_ips {
         private.nat().create_floating_ip_counters(*fip)?;
     }
@@ -267,7 +269,8 @@ fn run(
                 .to_string()
             }),
         });
-        let handed_to_tc = private.ifaces().stats(ingress)?.reasons[Reason::XdpToTc as usize] > 0;
+        let handed_to_tc =
+            private.ifaces().stats_in(ingress, slot)?.reasons[Reason::XdpToTc as usize] > 0;
         // Where the kernel refuses the XDP entry its tags, the TC entry decides every
         // packet XDP passes again.
         let untagged = !crate::datapath::features::kernel().xdp_meta;
@@ -303,7 +306,7 @@ fn run(
     Ok(Run {
         stages,
         output,
-        iface: private.ifaces().stats(ingress)?,
+        iface: private.ifaces().stats_in(ingress, slot)?,
         fips,
         snat: private.nat().snat_stats()?,
         fw,
