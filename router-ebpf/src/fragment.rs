@@ -273,7 +273,8 @@ pub extern "C" fn router_fragment_record(
         entry.egress = h.egress;
         entry.dnat_fip = h.dnat_fip;
         entry.snat_fip = h.snat_fip;
-        entry.mac = h.mac;
+        // The hand-off's `mac` is only meaningful where `has_mac` is set.
+        entry.mac = if h.has_mac != 0 { h.mac } else { [0; 6] };
         entry.has_mac = h.has_mac;
     }
     // An LRU: the insert always finds room.

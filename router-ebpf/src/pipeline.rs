@@ -278,8 +278,15 @@ fn route_packet(frame: &Frame, h: &Handoff, pkt: &Ipv4Packet) -> Verdict {
         h.out = hop.out;
         h.next_hop = hop.next_hop;
         h.snat_fip = plan.snat_fip;
-        h.mac = hop.mac.unwrap_or([0; 6]);
-        h.has_mac = hop.mac.is_some() as u8;
+        // `mac` is read only where `has_mac` is set: no zeroes written for it (a call to
+        // `memset` under TC).
+        match hop.mac {
+            Some(mac) => {
+                h.mac = mac;
+                h.has_mac = 1;
+            }
+            None => h.has_mac = 0,
+        }
         h.create = plan.create;
         h.track = track as u8;
         h.stateful = plan.stateful as u8;
