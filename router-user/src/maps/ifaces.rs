@@ -308,9 +308,10 @@ impl<'a> IfaceMaps<'a> {
     pub fn all_stats(&mut self) -> Result<BTreeMap<u32, IfaceStats>, Error> {
         let map: PerCpuHashMap<_, u32, IfaceStats> = typed(self.maps, map_names::IFACE_STATS)?;
         let ifindexes: Vec<u32> = map.keys().filter_map(Result::ok).collect();
+        let entries = self.entries()?;
         ifindexes
             .into_iter()
-            .map(|i| Ok((i, self.stats(i)?)))
+            .map(|i| Ok((i, self.stats_in(i, entries.get(&i).map(|e| e.slot))?)))
             .collect()
     }
 }
@@ -319,15 +320,24 @@ impl<'a> IfaceMaps<'a> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn entries_carry_role_flags_and_zone() {
-        let w = IfaceSpec {
+    /// An internal interface with a 1500-byte MTU, no XDP egress, no source check.
+    fn internal() -> IfaceSpec {
+        IfaceSpec {
             mac: [2, 0, 0, 0, 0, 1],
             src_mac: [2, 0, 0, 0, 0, 1],
             mtu: 1500,
+            external: false,
+            xdp_egress: false,
+            source_check: false,
+        }
+    }
+
+    #[test]
+    fn entries_carry_role_flags_and_zone() {
+        let w = IfaceSpec {
             external: true,
             xdp_egress: true,
-            source_check: false,
+            ..internal()
         };
         let e = entry(7, &w, 3);
         assert_eq!(e.role, iface_role::EXTERNAL);
@@ -357,12 +367,8 @@ mod tests {
     #[test]
     fn changes_create_counters_once_and_keep_them() {
         let spec = |xdp_egress| IfaceSpec {
-            mac: [2, 0, 0, 0, 0, 1],
-            src_mac: [2, 0, 0, 0, 0, 1],
-            mtu: 1500,
-            external: false,
             xdp_egress,
-            source_check: false,
+            ..internal()
         };
         let empty = IfaceTables::default();
         let both = tables(&BTreeMap::from([(3, spec(true)), (4, spec(false))]), &empty);
@@ -387,14 +393,7 @@ mod tests {
 
     #[test]
     fn slots_stay_with_their_interfaces_and_a_freed_one_is_zeroed_for_the_next() {
-        let spec = IfaceSpec {
-            mac: [2, 0, 0, 0, 0, 1],
-            src_mac: [2, 0, 0, 0, 0, 1],
-            mtu: 1500,
-            external: false,
-            xdp_egress: false,
-            source_check: false,
-        };
+        let spec = internal();
         let specs = |ifindexes: &[u32]| -> BTreeMap<u32, IfaceSpec> {
             ifindexes.iter().map(|i| (*i, spec.clone())).collect()
         };
