@@ -130,9 +130,9 @@ use aya::{
 };
 use router_common::{
     CtEntry, CtKey, FipEntry, FipFilter, FipStats, FwRule, FwStats, IfaceEntry, IfaceForwarded,
-    IfaceStats, NatConfig, NeighborEntry, NeighborKey, Net, PolicyConfig, PolicyRule, Reason,
-    RouteEntry, RouteKey, TABLE_MAIN, ct_dir, ct_kind, fw_action, fw_flags, fw_slot, iface_flags,
-    iface_role, map_names, nat_flags, prog_names, route_kind,
+    IfaceIndexed, IfaceStats, MAX_IFACES, NatConfig, NeighborEntry, NeighborKey, Net, PolicyConfig,
+    PolicyRule, Reason, RouteEntry, RouteKey, TABLE_MAIN, ct_dir, ct_kind, fw_action, fw_flags,
+    fw_slot, iface_flags, iface_role, map_names, nat_flags, prog_names, route_kind,
 };
 use router_tests::{
     fixture::{iface, route, veth_pairs},
@@ -640,7 +640,14 @@ impl Router {
     fn set_iface(&mut self, ifindex: u32, entry: IfaceEntry) -> anyhow::Result<()> {
         let mut ifaces: HashMap<_, u32, IfaceEntry> = typed(&mut self.ebpf, map_names::IFACES)?;
         let slot = ifaces.keys().count() as u16;
-        ifaces.insert(ifindex, IfaceEntry { slot, ..entry }, 0)?;
+        let entry = IfaceEntry { slot, ..entry };
+        ifaces.insert(ifindex, entry, 0)?;
+        // The copy at the ifindex, as the controller writes it.
+        if ifindex < MAX_IFACES {
+            let mut copies: Array<_, IfaceIndexed> =
+                typed(&mut self.ebpf, map_names::IFACES_BY_INDEX)?;
+            copies.set(ifindex, IfaceIndexed { ifindex, entry }, 0)?;
+        }
         let mut stats: PerCpuHashMap<_, u32, IfaceStats> =
             typed(&mut self.ebpf, map_names::IFACE_STATS)?;
         stats.insert(ifindex, per_cpu_zero::<IfaceStats>()?, 0)?;

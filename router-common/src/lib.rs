@@ -22,6 +22,7 @@ pub mod map_names {
     pub const ROUTES: &str = "ROUTES";
     pub const NEIGHBORS: &str = "NEIGHBORS";
     pub const IFACES: &str = "IFACES";
+    pub const IFACES_BY_INDEX: &str = "IFACES_BY_INDEX";
     pub const EGRESS_DEVS: &str = "EGRESS_DEVS";
     pub const IFACE_STATS: &str = "IFACE_STATS";
     pub const IFACE_FORWARDED: &str = "IFACE_FORWARDED";
@@ -45,10 +46,11 @@ pub mod map_names {
     pub const SYNC: &str = "SYNC";
     pub const FIP_FILTER: &str = "FIP_FILTER";
     /// Every map above, in the order `routerctl` and the pinning code walk them.
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 26] = [
         ROUTES,
         NEIGHBORS,
         IFACES,
+        IFACES_BY_INDEX,
         EGRESS_DEVS,
         IFACE_STATS,
         IFACE_FORWARDED,
@@ -239,6 +241,18 @@ pub struct IfaceEntry {
     pub slot: u16,
 }
 
+/// An entry of `IFACES_BY_INDEX`, the copy of `IFACES` in an array at each interface's
+/// ifindex (for ifindexes below [`MAX_IFACES`]): an array lookup the verifier inlines, where
+/// the hash takes a call. `ifindex` 0 (no interface has it) marks an entry not to be used,
+/// which the programs then look up in `IFACES`: the controller writes an entry's settings
+/// while `ifindex` is 0 and only then its `ifindex`, so no program reads half of a write.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IfaceIndexed {
+    pub ifindex: u32,
+    pub entry: IfaceEntry,
+}
+
 /// Per-CPU counters of the packets forwarded from one ingress interface: the
 /// `IFACE_FORWARDED` array at the interface's [`IfaceEntry::slot`]. Forwarding is the common
 /// outcome, and an array lookup is inlined by the verifier where the hash of [`IfaceStats`]
@@ -419,6 +433,7 @@ mod pod {
     unsafe impl aya::Pod for NeighborKey {}
     unsafe impl aya::Pod for NeighborEntry {}
     unsafe impl aya::Pod for IfaceEntry {}
+    unsafe impl aya::Pod for IfaceIndexed {}
     unsafe impl aya::Pod for IfaceStats {}
     unsafe impl aya::Pod for IfaceForwarded {}
     unsafe impl aya::Pod for NatConfig {}
@@ -451,6 +466,7 @@ mod tests {
         assert_eq!(size_of::<NeighborKey>(), 8);
         assert_eq!(size_of::<NeighborEntry>(), 8);
         assert_eq!(size_of::<IfaceEntry>(), 28);
+        assert_eq!(size_of::<IfaceIndexed>(), 32);
         assert_eq!(size_of::<NatConfig>(), 24);
         assert_eq!(size_of::<FipEntry>(), 8);
         assert_eq!(size_of::<CtKey>(), 16);

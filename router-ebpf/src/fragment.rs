@@ -21,7 +21,7 @@ use crate::{
     context::Frame,
     counters,
     flow::Shape,
-    maps::{FRAGMENTS, HANDOFF, IFACES},
+    maps::{self, FRAGMENTS, HANDOFF},
     parse::{IP_MF, IP_OFFSET, Ipv4Packet, L3_OFFSET},
     pipeline::Handoff,
     rewrite,
@@ -128,8 +128,7 @@ pub extern "C" fn router_fragment_later(src: u32, dst: u32, meta: u64, facts: u3
     if facts & fact::TTL_MASK <= 1 {
         return Reason::FragmentUnfit as u32;
     }
-    // SAFETY: map values are plain data, copied out.
-    let Some(out) = (unsafe { IFACES.get(&entry.egress) }).copied() else {
+    let Some(out) = maps::iface(entry.egress) else {
         return Reason::FragmentUnfit as u32;
     };
     if facts & fact::GSO == 0 && facts >> fact::TOT_LEN_SHIFT & 0xffff > out.mtu {

@@ -7,10 +7,11 @@ use aya_ebpf::{
 };
 use router_common::{
     CtEntry, CtKey, DEFAULT_SESSION_ENTRIES, EVENTS_BYTES, FW_STATS_SLOTS, FipEntry, FipFilter,
-    FipStats, FragEntry, FragKey, FwRule, FwStats, HaState, IfaceEntry, IfaceForwarded, IfaceStats,
-    MAX_ALLOWED_SOURCES, MAX_FLOATING_IPS, MAX_FRAGMENT_DATAGRAMS, MAX_FW_RULES, MAX_IFACES,
-    MAX_NEIGHBORS, MAX_ROUTES, MAX_RULES, MonitorConfig, NatConfig, NeighborEntry, NeighborKey,
-    PolicyConfig, PolicyRule, RouteEntry, RouteKey, SYNC_BYTES, SnatStats, SourceKey,
+    FipStats, FragEntry, FragKey, FwRule, FwStats, HaState, IfaceEntry, IfaceForwarded,
+    IfaceIndexed, IfaceStats, MAX_ALLOWED_SOURCES, MAX_FLOATING_IPS, MAX_FRAGMENT_DATAGRAMS,
+    MAX_FW_RULES, MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES, MAX_RULES, MonitorConfig, NatConfig,
+    NeighborEntry, NeighborKey, PolicyConfig, PolicyRule, RouteEntry, RouteKey, SYNC_BYTES,
+    SnatStats, SourceKey,
 };
 
 /// Every routing table of the router in one trie (see `RouteKey`).
@@ -32,6 +33,11 @@ pub static NEIGHBORS: HashMap<NeighborKey, NeighborEntry> =
 /// The router's interfaces by ifindex.
 #[map]
 pub static IFACES: HashMap<u32, IfaceEntry> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// The same interfaces at their ifindex, for ifindexes below `MAX_IFACES` (see
+/// `IfaceIndexed`): looked up without a call, in front of `IFACES`.
+#[map]
+pub static IFACES_BY_INDEX: Array<IfaceIndexed> = Array::with_max_entries(MAX_IFACES, 0);
 
 /// Egress devices for XDP redirect, by ifindex (only those that can take XDP frames).
 #[map]
@@ -153,3 +159,17 @@ pub static HA: Array<HaState> = Array::with_max_entries(1, 0);
 /// sends them to the standbys.
 #[map]
 pub static SYNC: RingBuf = RingBuf::with_byte_size(SYNC_BYTES, 0);
+
+/// The settings of interface `ifindex`, if it is one of the router's: from
+/// `IFACES_BY_INDEX` when its entry there is valid, else from `IFACES` (an ifindex beyond
+/// the array, or an entry being written).
+#[inline(always)]
+pub fn iface(ifindex: u32) -> Option<IfaceEntry> {
+    if let Some(indexed) = IFACES_BY_INDEX.get(ifindex)
+        && indexed.ifindex == ifindex
+    {
+        return Some(indexed.entry);
+    }
+    // SAFETY: map values are plain data; the entry is copied, never kept.
+    unsafe { IFACES.get(&ifindex) }.copied()
+}

@@ -10,7 +10,7 @@ use crate::{
     arp, conntrack,
     context::Frame,
     counters, firewall, flow, fragment, ha,
-    maps::{ALLOWED_SOURCES, HANDOFF, IFACES, POLICY_CONFIG},
+    maps::{self, ALLOWED_SOURCES, HANDOFF, POLICY_CONFIG},
     nat,
     parse::{self, IPPROTO_TCP, Ipv4Packet, L2, L4_OFFSET},
     rewrite, route,
@@ -81,8 +81,7 @@ fn process_frame(frame: &Frame, handing_over: bool, handover_mac: [u8; 6]) -> St
         Ok(l2) => l2,
         Err(verdict) => return Stage::Done(verdict),
     };
-    // SAFETY: map values are plain data; the entry is copied, never kept.
-    let Some(iface) = (unsafe { IFACES.get(&frame.ingress) }).copied() else {
+    let Some(iface) = maps::iface(frame.ingress) else {
         return Stage::Done(Verdict::Pass(Reason::UnknownIngress));
     };
     // SAFETY: a per-CPU value, ours for the rest of this program run.

@@ -14,7 +14,7 @@ use router_common::{
 pub use crate::verdict::{Egress, Hop};
 use crate::{
     context::Frame,
-    maps::{IFACES, NEIGHBORS, POLICY_CONFIG, ROUTES, RULES, SOURCE_TABLES},
+    maps::{self, NEIGHBORS, POLICY_CONFIG, ROUTES, RULES, SOURCE_TABLES},
     parse::Ipv4Packet,
     verdict::Verdict,
     walk,
@@ -119,8 +119,7 @@ pub fn egress(frame: &Frame, pkt: &Ipv4Packet, route: &RouteEntry) -> Result<Egr
         return Err(Verdict::Pass(Reason::TtlExpired));
     }
     let ifindex = route.ifindex;
-    // SAFETY: map values are plain data; the entry is copied, never kept.
-    let Some(out) = (unsafe { IFACES.get(&ifindex) }).copied() else {
+    let Some(out) = maps::iface(ifindex) else {
         return Err(Verdict::Pass(Reason::UnknownEgress));
     };
     if !frame.gso && u32::from(tot_len) > out.mtu {

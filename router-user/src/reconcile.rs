@@ -190,10 +190,10 @@ fixed = "10.0.1.5"
         let mut tables = RouterTables::default();
         let r = router("");
         let first = plan(&tables, &r, &ports());
-        // Two interfaces with their counters and counter slots (zeroed), the NAT settings,
-        // one floating IP (two entries) and the filter in front of them, and the policy
-        // settings.
-        assert_eq!(first.ifaces.writes(), 6);
+        // Two interfaces with their copies by ifindex, counters and counter slots (zeroed),
+        // the NAT settings, one floating IP (two entries) and the filter in front of them,
+        // and the policy settings.
+        assert_eq!(first.ifaces.writes(), 8);
         assert_eq!(first.nat.writes(), 4);
         assert!(first.nat.filter.is_some_and(|f| f.ready == 1));
         assert_eq!(tables.ifaces.entries.len(), 0);

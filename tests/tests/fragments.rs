@@ -415,6 +415,11 @@ fn later_fragments_follow_their_first_tc() {
 /// size, the oldest datagram's later fragment is `fragment_unknown`, the newest's forwarded.
 #[test]
 fn the_record_table_is_bounded() {
+    // The LRU keeps free records in per-CPU lists: which record makes room is the oldest
+    // only while every insert comes from one CPU, so the test stays on one.
+    let mut one_cpu = nix::sched::CpuSet::new();
+    one_cpu.set(0).expect("CPU 0");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one_cpu).expect("pinning");
     let mut r = Router::new(Entry::Xdp);
     let i = r.inside;
     let data = payload(64);

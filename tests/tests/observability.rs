@@ -418,6 +418,11 @@ fn check_metrics(mode: &str, port: u16, router: &str) {
     }
     let entries = |map| metric(&samples, "router_map_entries", &[r, ("map", map)]);
     assert_eq!(entries(map_names::IFACES), 3);
+    assert_eq!(
+        entries(map_names::IFACES_BY_INDEX),
+        3,
+        "every interface copied at its ifindex"
+    );
     assert_eq!(entries(map_names::IFACE_STATS), 3);
     assert_eq!(
         entries(map_names::IFACE_FORWARDED),

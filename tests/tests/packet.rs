@@ -585,6 +585,83 @@ fn forwarded_counts_follow_the_ingress_slot_and_a_freed_slot_starts_at_zero() {
     );
 }
 
+/// The programs take an interface's settings from its copy at its ifindex
+/// (`IFACES_BY_INDEX`) while the copy is valid, and from `IFACES` when it is not (being
+/// written) or is another interface's; the controller's read-back mends a copy that went
+/// astray.
+#[test]
+fn interface_copies_by_ifindex_are_used_only_while_valid() {
+    use router_common::IfaceIndexed;
+    use router_user::maps::{EntryDiff, ifaces::IfaceChanges};
+    let mut f = Fixture::new();
+    let egress = ifindex("out0");
+    let frame = vm_to(REMOTE).udp(40000, 53).payload(b"x");
+    let current = f.dp.ifaces().read().expect("interfaces");
+    assert_eq!(
+        current.indexed,
+        router_user::maps::ifaces::indexed(&current.entries),
+        "every interface copied"
+    );
+    let copy = current.indexed[&egress];
+    let forwards = |f: &mut Fixture, why: &str| {
+        for entry in [Entry::Xdp, Entry::Tc] {
+            assert_eq!(
+                f.run(entry, &frame).verdict,
+                entry.redirect(),
+                "{why}: {entry:?}"
+            );
+        }
+    };
+    forwards(&mut f, "the copy as written");
+    // A copy whose MTU the packet exceeds: what the programs read is the copy.
+    let small = IfaceIndexed {
+        entry: router_common::IfaceEntry {
+            mtu: 20,
+            ..copy.entry
+        },
+        ..copy
+    };
+    let write = |f: &mut Fixture, set: Vec<(u32, IfaceIndexed)>, remove: Vec<u32>| {
+        let live = f.dp.ifaces().indexed().expect("copies");
+        let changes = IfaceChanges {
+            indexed_live: live.into_iter().filter(|(i, _)| *i == egress).collect(),
+            indexed: EntryDiff { set, remove },
+            ..Default::default()
+        };
+        f.dp.ifaces().write(&changes).expect("writing the copy");
+    };
+    write(&mut f, vec![(egress, small)], vec![]);
+    for entry in [Entry::Xdp, Entry::Tc] {
+        assert_ne!(f.run(entry, &frame).verdict, entry.redirect(), "{entry:?}");
+    }
+    // Made invalid (its settings left): the programs go to `IFACES`.
+    write(&mut f, vec![], vec![egress]);
+    assert!(
+        f.dp.ifaces()
+            .indexed()
+            .expect("copies")
+            .get(&egress)
+            .is_none()
+    );
+    forwards(&mut f, "an invalid copy");
+    // Another interface's entry at this index is not this interface's.
+    let stray = IfaceIndexed {
+        ifindex: f.ingress,
+        ..small
+    };
+    write(&mut f, vec![(egress, stray)], vec![]);
+    forwards(&mut f, "a stray copy");
+    // Read back against what `IFACES` holds, the stray is put right.
+    let current = f.dp.ifaces().read().expect("interfaces");
+    let mut wanted = current.clone();
+    wanted.indexed = router_user::maps::ifaces::indexed(&current.entries);
+    let mend = IfaceChanges::between(&current, &wanted);
+    assert_eq!(mend.indexed.set, vec![(egress, copy)], "the stray mended");
+    f.dp.ifaces().write(&mend).expect("mending");
+    assert_eq!(f.dp.ifaces().indexed().expect("copies")[&egress], copy);
+    forwards(&mut f, "the mended copy");
+}
+
 /// Where the kernel refuses the XDP entry its tags, the TC entry behind it decides again
 /// what XDP passed: the XDP entry leaves such a pass uncounted and the TC entry counts it;
 /// what XDP hands over to be forwarded, XDP counts as `xdp_to_tc` and TC as the forward.

@@ -1,16 +1,23 @@
 //! Interfaces: the settings of each interface the router drives (`IFACES`, by ifindex in
-//! the router's namespace), the egresses XDP may redirect into (`EGRESS_DEVS`), and each
+//! the router's namespace, and the same in an array at the ifindex, `IFACES_BY_INDEX`, for
+//! ifindexes that fit it), the egresses XDP may redirect into (`EGRESS_DEVS`), and each
 //! interface's counters: of what it forwarded, by its slot (`IFACE_FORWARDED`), and of what
 //! it passed and dropped, with the reasons (`IFACE_STATS`).
 //!
 //! Every interface has a slot of its own, kept while it stays; a slot an interface leaves
 //! is given to the next new one, its forwarded counts zeroed first.
+//!
+//! The programs read `IFACES_BY_INDEX` without a lock, so an entry there is never changed
+//! while it is valid: it is made invalid (`ifindex` 0, which the programs skip for
+//! `IFACES`), the programs that may have read it are waited for, its settings are written,
+//! and then its `ifindex`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::maps::{DevMapHash, HashMap, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, DevMapHash, HashMap, PerCpuArray, PerCpuHashMap};
 use router_common::{
-    IfaceEntry, IfaceForwarded, IfaceStats, MAX_IFACES, iface_flags, iface_role, map_names,
+    IfaceEntry, IfaceForwarded, IfaceIndexed, IfaceStats, MAX_IFACES, iface_flags, iface_role,
+    map_names,
 };
 
 use super::{EntryDiff, MapSource, retry_short_of_memory, typed, zeroed};
@@ -86,24 +93,44 @@ pub fn slots(
     out
 }
 
-/// What the interface maps hold: the entries, the XDP egresses, and which interfaces have
-/// counters (an interface that goes keeps them until the router goes).
+/// What the interface maps hold: the entries, their valid copies in `IFACES_BY_INDEX` (by
+/// array index), the XDP egresses, and which interfaces have counters (an interface that
+/// goes keeps them until the router goes).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IfaceTables {
     pub entries: BTreeMap<u32, IfaceEntry>,
+    pub indexed: BTreeMap<u32, IfaceIndexed>,
     pub egresses: BTreeSet<u32>,
     pub counted: BTreeSet<u32>,
+}
+
+/// What `IFACES_BY_INDEX` holds for `entries`: each interface whose ifindex fits the array,
+/// at its ifindex.
+pub fn indexed(entries: &BTreeMap<u32, IfaceEntry>) -> BTreeMap<u32, IfaceIndexed> {
+    entries
+        .iter()
+        .filter(|(i, _)| **i != 0 && **i < MAX_IFACES)
+        .map(|(i, e)| {
+            let entry = IfaceIndexed {
+                ifindex: *i,
+                entry: *e,
+            };
+            (*i, entry)
+        })
+        .collect()
 }
 
 /// What the interface maps should hold for `wanted` (by ifindex), where they hold `current`
 /// (whose slots stay).
 pub fn tables(wanted: &BTreeMap<u32, IfaceSpec>, current: &IfaceTables) -> IfaceTables {
     let slots = slots(wanted.keys().copied(), &current.entries);
+    let entries = wanted
+        .iter()
+        .map(|(i, w)| (*i, entry(*i, w, slots.get(i).copied().unwrap_or(NO_SLOT))))
+        .collect();
     IfaceTables {
-        entries: wanted
-            .iter()
-            .map(|(i, w)| (*i, entry(*i, w, slots.get(i).copied().unwrap_or(NO_SLOT))))
-            .collect(),
+        indexed: indexed(&entries),
+        entries,
         egresses: wanted
             .iter()
             .filter(|(_, w)| w.xdp_egress)
@@ -117,6 +144,12 @@ pub fn tables(wanted: &BTreeMap<u32, IfaceSpec>, current: &IfaceTables) -> Iface
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IfaceChanges {
     pub entries: EntryDiff<u32, IfaceEntry>,
+    /// `IFACES_BY_INDEX` by array index; a removed entry is written invalid (zero).
+    pub indexed: EntryDiff<u32, IfaceIndexed>,
+    /// The entries of `indexed` valid now, as they are: the removed ones are made invalid
+    /// (their settings left as they are); the changed ones too, and the programs waited
+    /// for, before they are written.
+    pub indexed_live: Vec<(u32, IfaceIndexed)>,
     pub egresses: EntryDiff<u32, ()>,
     /// New interfaces whose counters are created (zeroed) with them.
     pub new_counters: Vec<u32>,
@@ -129,8 +162,18 @@ impl IfaceChanges {
     /// What turns `current` into `wanted` (whose counters are created where missing; none
     /// are removed).
     pub fn between(current: &IfaceTables, wanted: &IfaceTables) -> Self {
+        let indexed_diff = EntryDiff::between(&current.indexed, &indexed(&wanted.entries));
+        let indexed_live = indexed_diff
+            .set
+            .iter()
+            .map(|(i, _)| i)
+            .chain(&indexed_diff.remove)
+            .filter_map(|i| current.indexed.get(i).map(|e| (*i, *e)))
+            .collect();
         Self {
             entries: EntryDiff::between(&current.entries, &wanted.entries),
+            indexed: indexed_diff,
+            indexed_live,
             egresses: EntryDiff::between_sets(&current.egresses, &wanted.egresses),
             new_counters: wanted
                 .counted
@@ -148,14 +191,40 @@ impl IfaceChanges {
     }
 
     pub fn writes(&self) -> usize {
-        self.entries.len() + self.egresses.len() + self.new_counters.len() + self.zeroed_slots.len()
+        self.entries.len()
+            + self.indexed.len()
+            + self.egresses.len()
+            + self.new_counters.len()
+            + self.zeroed_slots.len()
     }
 
     /// `tables` as they are once these changes are written.
     pub fn apply_to(&self, tables: &mut IfaceTables) {
         self.entries.apply_to(&mut tables.entries);
+        self.indexed.apply_to(&mut tables.indexed);
         self.egresses.apply_to_set(&mut tables.egresses);
         tables.counted.extend(self.new_counters.iter().copied());
+    }
+}
+
+/// `entry` made invalid, its settings left as they are.
+fn invalid(entry: &IfaceIndexed) -> IfaceIndexed {
+    IfaceIndexed {
+        ifindex: 0,
+        ..*entry
+    }
+}
+
+/// Returns once every program run that started before the call has ended: the programs run
+/// inside RCU read-side sections, and `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for an RCU
+/// grace period. Where the kernel refuses it (nohz_full), a wait far longer than a program
+/// runs (microseconds) stands in.
+fn wait_for_programs() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointers.
+    let done = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) } == 0;
+    if !done {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
@@ -177,6 +246,22 @@ impl<'a> IfaceMaps<'a> {
             .collect()
     }
 
+    /// The valid entries of `IFACES_BY_INDEX`, by array index (an entry whose `ifindex` is
+    /// not its index is stray, kept here to be cleared).
+    pub fn indexed(&mut self) -> Result<BTreeMap<u32, IfaceIndexed>, Error> {
+        let map: Array<_, IfaceIndexed> = typed(self.maps, map_names::IFACES_BY_INDEX)?;
+        let mut out = BTreeMap::new();
+        for index in 0..map.len() {
+            let entry = map
+                .get(&index, 0)
+                .map_err(|e| Error::map(format!("reading IFACES_BY_INDEX[{index}]"), e))?;
+            if entry.ifindex != 0 {
+                out.insert(index, entry);
+            }
+        }
+        Ok(out)
+    }
+
     /// The egresses XDP redirects into.
     pub fn egresses(&mut self) -> Result<BTreeSet<u32>, Error> {
         let map: DevMapHash<_> = typed(self.maps, map_names::EGRESS_DEVS)?;
@@ -189,6 +274,7 @@ impl<'a> IfaceMaps<'a> {
         let counted = stats.keys().filter_map(Result::ok).collect();
         Ok(IfaceTables {
             entries: self.entries()?,
+            indexed: self.indexed()?,
             egresses: self.egresses()?,
             counted,
         })
@@ -197,6 +283,12 @@ impl<'a> IfaceMaps<'a> {
     /// Carries out `plan`. Counters exist from an interface's start, so the programs only
     /// ever update them; an interface that goes keeps its counters until the router goes.
     pub fn write(&mut self, plan: &IfaceChanges) -> Result<(), Error> {
+        // Copies go before the entries they copy; new ones come after them (below).
+        let removed = plan
+            .indexed_live
+            .iter()
+            .filter(|(i, _)| plan.indexed.remove.contains(i));
+        self.write_indexed(removed.map(|(i, e)| (*i, invalid(e))))?;
         for ifindex in &plan.new_counters {
             self.create_counters(*ifindex)?;
         }
@@ -233,7 +325,45 @@ impl<'a> IfaceMaps<'a> {
         for ifindex in &plan.egresses.remove {
             let _ = devs.remove(*ifindex);
         }
+        self.write_copies(plan)?;
         self.maps.count_writes(plan.writes());
+        Ok(())
+    }
+
+    /// Writes `plan`'s new and changed `IFACES_BY_INDEX` entries so that no program reads
+    /// an entry half written or mixes two: the live ones are made invalid as they are and
+    /// the programs that may have read them waited for; then every entry's settings are
+    /// written while it is invalid, and then its `ifindex`.
+    fn write_copies(&mut self, plan: &IfaceChanges) -> Result<(), Error> {
+        if plan.indexed.set.is_empty() {
+            return Ok(());
+        }
+        let mut changed = plan
+            .indexed_live
+            .iter()
+            .filter(|(i, _)| !plan.indexed.remove.contains(i))
+            .peekable();
+        if changed.peek().is_some() {
+            self.write_indexed(changed.map(|(i, e)| (*i, invalid(e))))?;
+            wait_for_programs();
+        }
+        self.write_indexed(plan.indexed.set.iter().map(|(i, e)| (*i, invalid(e))))?;
+        self.write_indexed(plan.indexed.set.iter().copied())
+    }
+
+    fn write_indexed(
+        &mut self,
+        entries: impl IntoIterator<Item = (u32, IfaceIndexed)>,
+    ) -> Result<(), Error> {
+        let mut entries = entries.into_iter().peekable();
+        if entries.peek().is_none() {
+            return Ok(());
+        }
+        let mut map: Array<_, IfaceIndexed> = typed(self.maps, map_names::IFACES_BY_INDEX)?;
+        for (index, entry) in entries {
+            map.set(index, entry, 0)
+                .map_err(|e| Error::map(format!("IFACES_BY_INDEX[{index}]"), e))?;
+        }
         Ok(())
     }
 
@@ -373,8 +503,8 @@ mod tests {
         let empty = IfaceTables::default();
         let both = tables(&BTreeMap::from([(3, spec(true)), (4, spec(false))]), &empty);
         let first = IfaceChanges::between(&empty, &both);
-        // Two entries, one egress, two sets of counters, two slots zeroed.
-        assert_eq!(first.writes(), 7);
+        // Two entries and their copies, one egress, two sets of counters, two slots zeroed.
+        assert_eq!(first.writes(), 9);
         let mut now = empty.clone();
         first.apply_to(&mut now);
         assert_eq!(now, both);
@@ -430,5 +560,45 @@ mod tests {
         assert_eq!(unslotted, 2);
         let changes = IfaceChanges::between(&IfaceTables::default(), &full);
         assert_eq!(changes.zeroed_slots.len(), MAX_IFACES as usize);
+    }
+
+    #[test]
+    fn copies_by_ifindex_follow_the_entries_and_live_ones_are_made_invalid_first() {
+        let spec = |mtu| IfaceSpec { mtu, ..internal() };
+        let mut now = IfaceTables::default();
+        // Ifindex 300 does not fit the array: the programs find it in `IFACES` alone.
+        let first = tables(&BTreeMap::from([(3, spec(1500)), (300, spec(1500))]), &now);
+        assert_eq!(first.indexed.keys().copied().collect::<Vec<_>>(), [3]);
+        assert_eq!(first.indexed[&3].ifindex, 3);
+        assert_eq!(first.indexed[&3].entry, first.entries[&3]);
+        let new = IfaceChanges::between(&now, &first);
+        assert_eq!(new.indexed.set.len(), 1);
+        assert!(new.indexed_live.is_empty(), "a new copy waits for nothing");
+        new.apply_to(&mut now);
+        assert_eq!(now, first);
+
+        // A changed MTU: the copy is rewritten, and it is live.
+        let changed = tables(&BTreeMap::from([(3, spec(9000)), (300, spec(1500))]), &now);
+        let change = IfaceChanges::between(&now, &changed);
+        assert_eq!(change.indexed.set, [(3, changed.indexed[&3])]);
+        assert_eq!(change.indexed_live, [(3, now.indexed[&3])]);
+        change.apply_to(&mut now);
+
+        // Interface 3 goes: its copy is removed (made invalid as it is), before its entry.
+        let gone = tables(&BTreeMap::from([(300, spec(1500))]), &now);
+        let removal = IfaceChanges::between(&now, &gone);
+        assert_eq!(removal.indexed.remove, [3]);
+        assert_eq!(removal.indexed_live, [(3, now.indexed[&3])]);
+        assert_eq!(invalid(&now.indexed[&3]).entry, now.indexed[&3].entry);
+        assert_eq!(invalid(&now.indexed[&3]).ifindex, 0);
+        removal.apply_to(&mut now);
+        assert!(now.indexed.is_empty());
+
+        // Another interface's entry at an index (a stray) is replaced, as a live one.
+        let mut strayed = first.clone();
+        strayed.indexed.get_mut(&3).expect("3").ifindex = 4;
+        let mend = IfaceChanges::between(&strayed, &first);
+        assert_eq!(mend.indexed.set, [(3, first.indexed[&3])]);
+        assert_eq!(mend.indexed_live.len(), 1);
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! | room | maps | what it holds |
 //! |---|---|---|
-//! | [`ifaces`] | `IFACES`, `EGRESS_DEVS`, `IFACE_STATS`, `IFACE_FORWARDED` | interface settings and counter slots, XDP egresses, interface counters and drop reasons |
+//! | [`ifaces`] | `IFACES`, `IFACES_BY_INDEX`, `EGRESS_DEVS`, `IFACE_STATS`, `IFACE_FORWARDED` | interface settings (and their copies by ifindex) and counter slots, XDP egresses, interface counters and drop reasons |
 //! | [`routes`] | `ROUTES`, `NEIGHBORS` | the kernel's routes and neighbours, mirrored |
 //! | [`policy`] | `POLICY_CONFIG`, `RULES`, `SOURCE_TABLES`, `FW_RULES`, `FW_STATS`, `ALLOWED_SOURCES` | policy rules, external source tables, the firewall and anti-spoofing |
 //! | [`nat`] | `NAT_CONFIG`, `FIP_BY_ADDRESS`, `FIP_BY_FIXED`, `FIP_FILTER`, `FIP_STATS`, `SNAT_STATS`, `SNAT_SOURCES` | gateway and SNAT settings, floating IPs, their counters |
@@ -92,6 +92,7 @@ pub const CONFIGURATION: &[&str] = &[
     map_names::ROUTES,
     map_names::NEIGHBORS,
     map_names::IFACES,
+    map_names::IFACES_BY_INDEX,
     map_names::EGRESS_DEVS,
     map_names::NAT_CONFIG,
     map_names::FIP_BY_ADDRESS,
@@ -158,6 +159,9 @@ impl Pinned {
             } else if name == map_names::IFACE_FORWARDED {
                 // A slot per interface.
                 self.ifaces().entries()?.len() as u64
+            } else if name == map_names::IFACES_BY_INDEX {
+                // The valid copies.
+                self.ifaces().indexed()?.len() as u64
             } else {
                 match policy::slots_in_use(name, &config) {
                     Some(n) => n,
