@@ -130,9 +130,9 @@ use aya::{
 };
 use router_common::{
     CtEntry, CtKey, FipEntry, FipFilter, FipStats, FwRule, FwStats, IfaceEntry, IfaceForwarded,
-    IfaceIndexed, IfaceStats, MAX_IFACES, NatConfig, NeighborEntry, NeighborKey, Net, PolicyConfig,
-    PolicyRule, Reason, RouteEntry, RouteKey, TABLE_MAIN, ct_dir, ct_kind, fw_action, fw_flags,
-    fw_slot, iface_flags, iface_role, map_names, nat_flags, prog_names, route_kind,
+    IfaceIndexed, IfaceStats, MAX_IFACES, NatConfig, NeighborCopy, NeighborEntry, NeighborKey, Net,
+    PolicyConfig, PolicyRule, Reason, RouteEntry, RouteKey, TABLE_MAIN, ct_dir, ct_kind, fw_action,
+    fw_flags, fw_slot, iface_flags, iface_role, map_names, nat_flags, prog_names, route_kind,
 };
 use router_tests::{
     fixture::{iface, route, veth_pairs},
@@ -587,18 +587,34 @@ impl Router {
             }
         }
         {
+            let mut known = vec![
+                (outside, UPSTREAM, UPSTREAM_MAC),
+                (fw, FIREWALL, FIREWALL_MAC),
+            ];
+            for vm in [FIXED, VM_EST, VM_NEW, STEER_HOST, VM_FW_EST] {
+                known.push((inside, vm, VM_MAC));
+            }
+            known.push((inside, ROUTE_HOST, ROUTE_HOST_MAC));
+            let known: Vec<_> = known
+                .into_iter()
+                .map(|(ifindex, addr, mac)| {
+                    let entry = NeighborEntry { mac, _pad: [0; 2] };
+                    (NeighborKey { ifindex, addr }, entry)
+                })
+                .collect();
             let mut neighbors: HashMap<_, NeighborKey, NeighborEntry> =
                 typed(&mut self.ebpf, map_names::NEIGHBORS)?;
-            let mut add = |ifindex, addr, mac| {
-                let entry = NeighborEntry { mac, _pad: [0; 2] };
-                neighbors.insert(NeighborKey { ifindex, addr }, entry, 0)
-            };
-            add(outside, UPSTREAM, UPSTREAM_MAC)?;
-            add(fw, FIREWALL, FIREWALL_MAC)?;
-            for vm in [FIXED, VM_EST, VM_NEW, STEER_HOST, VM_FW_EST] {
-                add(inside, vm, VM_MAC)?;
+            for (key, entry) in &known {
+                neighbors.insert(key, entry, 0)?;
             }
-            add(inside, ROUTE_HOST, ROUTE_HOST_MAC)?;
+            // Each neighbour's copy where its slot is free, as the controller writes them.
+            let mut copies: Array<_, NeighborCopy> =
+                typed(&mut self.ebpf, map_names::NEIGHBOR_COPIES)?;
+            for (key, entry) in known {
+                if copies.get(&key.copy_slot(), 0)?.key.ifindex == 0 {
+                    copies.set(key.copy_slot(), NeighborCopy { key, entry }, 0)?;
+                }
+            }
         }
         {
             let mut cfg: Array<_, NatConfig> = typed(&mut self.ebpf, map_names::NAT_CONFIG)?;

@@ -23,6 +23,7 @@ pub mod map_names {
     pub const NEIGHBORS: &str = "NEIGHBORS";
     pub const IFACES: &str = "IFACES";
     pub const IFACES_BY_INDEX: &str = "IFACES_BY_INDEX";
+    pub const NEIGHBOR_COPIES: &str = "NEIGHBOR_COPIES";
     pub const EGRESS_DEVS: &str = "EGRESS_DEVS";
     pub const IFACE_STATS: &str = "IFACE_STATS";
     pub const IFACE_FORWARDED: &str = "IFACE_FORWARDED";
@@ -46,9 +47,10 @@ pub mod map_names {
     pub const SYNC: &str = "SYNC";
     pub const FIP_FILTER: &str = "FIP_FILTER";
     /// Every map above, in the order `routerctl` and the pinning code walk them.
-    pub const ALL: [&str; 26] = [
+    pub const ALL: [&str; 27] = [
         ROUTES,
         NEIGHBORS,
+        NEIGHBOR_COPIES,
         IFACES,
         IFACES_BY_INDEX,
         EGRESS_DEVS,
@@ -161,10 +163,22 @@ pub struct RouteEntry {
 
 /// A neighbour (ARP) entry, mirrored from the kernel's table of the router namespace.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct NeighborKey {
     pub ifindex: u32,
     pub addr: [u8; 4],
+}
+
+impl NeighborKey {
+    /// The slot of this neighbour's copy in `NEIGHBOR_COPIES` (below
+    /// [`NEIGHBOR_COPY_SLOTS`]): the address's low bits folded with its high ones and with
+    /// a hash of the interface, so that the addresses of one /22 on one interface each have
+    /// a slot of their own.
+    pub const fn copy_slot(&self) -> u32 {
+        let addr = u32::from_be_bytes(self.addr);
+        let iface = self.ifindex.wrapping_mul(0x9e37_79b9) >> (32 - NEIGHBOR_COPY_BITS);
+        (addr ^ (addr >> 16) ^ iface) & (NEIGHBOR_COPY_SLOTS - 1)
+    }
 }
 
 #[repr(C)]
@@ -172,6 +186,23 @@ pub struct NeighborKey {
 pub struct NeighborEntry {
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+}
+
+/// Slots of `NEIGHBOR_COPIES`: 16 KiB a router.
+pub const NEIGHBOR_COPY_BITS: u32 = 10;
+pub const NEIGHBOR_COPY_SLOTS: u32 = 1 << NEIGHBOR_COPY_BITS;
+
+/// An entry of `NEIGHBOR_COPIES`, the copy of `NEIGHBORS` in an array at the slot each
+/// neighbour's key hashes to ([`NeighborKey::copy_slot`]): an array lookup the verifier
+/// inlines, where the hash takes a call. A slot holds one neighbour, the first the
+/// controller put there; the others of that slot are found in `NEIGHBORS` alone. `ifindex`
+/// 0 in the key marks a copy not to be used; the controller writes a copy as it does an
+/// interface's (see [`IfaceIndexed`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NeighborCopy {
+    pub key: NeighborKey,
+    pub entry: NeighborEntry,
 }
 
 /// Interface roles (Neutron's `qr` and `qg`).
@@ -432,6 +463,7 @@ mod pod {
     unsafe impl aya::Pod for RouteEntry {}
     unsafe impl aya::Pod for NeighborKey {}
     unsafe impl aya::Pod for NeighborEntry {}
+    unsafe impl aya::Pod for NeighborCopy {}
     unsafe impl aya::Pod for IfaceEntry {}
     unsafe impl aya::Pod for IfaceIndexed {}
     unsafe impl aya::Pod for IfaceStats {}
@@ -459,6 +491,15 @@ mod tests {
     use core::mem::{align_of, size_of};
 
     #[test]
+    fn map_names_fit_the_kernels_limit() {
+        // BPF_OBJ_NAME_LEN is 16 bytes with the terminating NUL: a longer name is refused
+        // when a map is made again from its pin's name.
+        for name in map_names::ALL {
+            assert!(name.len() <= 15, "{name}");
+        }
+    }
+
+    #[test]
     fn layouts_are_stable() {
         // The eBPF object and the controller must agree on these to the byte.
         assert_eq!(size_of::<RouteKey>(), 8);
@@ -467,6 +508,7 @@ mod tests {
         assert_eq!(size_of::<NeighborEntry>(), 8);
         assert_eq!(size_of::<IfaceEntry>(), 28);
         assert_eq!(size_of::<IfaceIndexed>(), 32);
+        assert_eq!(size_of::<NeighborCopy>(), 16);
         assert_eq!(size_of::<NatConfig>(), 24);
         assert_eq!(size_of::<FipEntry>(), 8);
         assert_eq!(size_of::<CtKey>(), 16);

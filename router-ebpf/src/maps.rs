@@ -9,9 +9,9 @@ use router_common::{
     CtEntry, CtKey, DEFAULT_SESSION_ENTRIES, EVENTS_BYTES, FW_STATS_SLOTS, FipEntry, FipFilter,
     FipStats, FragEntry, FragKey, FwRule, FwStats, HaState, IfaceEntry, IfaceForwarded,
     IfaceIndexed, IfaceStats, MAX_ALLOWED_SOURCES, MAX_FLOATING_IPS, MAX_FRAGMENT_DATAGRAMS,
-    MAX_FW_RULES, MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES, MAX_RULES, MonitorConfig, NatConfig,
-    NeighborEntry, NeighborKey, PolicyConfig, PolicyRule, RouteEntry, RouteKey, SYNC_BYTES,
-    SnatStats, SourceKey,
+    MAX_FW_RULES, MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES, MAX_RULES, MonitorConfig,
+    NEIGHBOR_COPY_SLOTS, NatConfig, NeighborCopy, NeighborEntry, NeighborKey, PolicyConfig,
+    PolicyRule, RouteEntry, RouteKey, SYNC_BYTES, SnatStats, SourceKey,
 };
 
 /// Every routing table of the router in one trie (see `RouteKey`).
@@ -29,6 +29,11 @@ const ON_DEMAND: u32 = BPF_F_NO_PREALLOC;
 #[map]
 pub static NEIGHBORS: HashMap<NeighborKey, NeighborEntry> =
     HashMap::with_max_entries(MAX_NEIGHBORS, ON_DEMAND);
+
+/// The same neighbours, each at the slot its key hashes to (see `NeighborCopy`): looked up
+/// without a call, in front of `NEIGHBORS`.
+#[map]
+pub static NEIGHBOR_COPIES: Array<NeighborCopy> = Array::with_max_entries(NEIGHBOR_COPY_SLOTS, 0);
 
 /// The router's interfaces by ifindex.
 #[map]
@@ -172,4 +177,18 @@ pub fn iface(ifindex: u32) -> Option<IfaceEntry> {
     }
     // SAFETY: map values are plain data; the entry is copied, never kept.
     unsafe { IFACES.get(&ifindex) }.copied()
+}
+
+/// The neighbour `key`, if the router knows it: from its copy in `NEIGHBOR_COPIES` when
+/// the copy there is this neighbour's, else from `NEIGHBORS`.
+#[inline(always)]
+pub fn neighbor(key: &NeighborKey) -> Option<NeighborEntry> {
+    if let Some(copy) = NEIGHBOR_COPIES.get(key.copy_slot())
+        && copy.key.ifindex == key.ifindex
+        && u32::from_ne_bytes(copy.key.addr) == u32::from_ne_bytes(key.addr)
+    {
+        return Some(copy.entry);
+    }
+    // SAFETY: map values are plain data, copied out.
+    unsafe { NEIGHBORS.get(key) }.copied()
 }

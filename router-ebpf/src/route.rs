@@ -14,7 +14,7 @@ use router_common::{
 pub use crate::verdict::{Egress, Hop};
 use crate::{
     context::Frame,
-    maps::{self, NEIGHBORS, POLICY_CONFIG, ROUTES, RULES, SOURCE_TABLES},
+    maps::{self, POLICY_CONFIG, ROUTES, RULES, SOURCE_TABLES},
     parse::Ipv4Packet,
     verdict::Verdict,
     walk,
@@ -172,8 +172,7 @@ pub fn neighbor(
         ifindex: egress.ifindex,
         addr: next_hop,
     };
-    // SAFETY: map values are plain data, copied out.
-    let mac = unsafe { NEIGHBORS.get(&key) }.map(|n| n.mac);
+    let mac = maps::neighbor(&key).map(|n| n.mac);
     if mac.is_none() && frame.needs_xdp_egress {
         // XDP cannot ask the kernel to resolve a neighbour; the TC entry can.
         return Err(Verdict::Pass(Reason::XdpToTc));

@@ -662,6 +662,98 @@ fn interface_copies_by_ifindex_are_used_only_while_valid() {
     forwards(&mut f, "the mended copy");
 }
 
+/// The programs take a next hop's MAC from its copy in `NEIGHBOR_COPIES` while the copy
+/// is valid and the next hop's own, and from `NEIGHBORS` otherwise; the controller's
+/// neighbour events keep the copy with the neighbour, and a full sync mends a stray.
+#[test]
+fn neighbour_copies_are_used_only_while_valid_and_their_own() {
+    use router_common::{NeighborCopy, NeighborEntry, NeighborKey, map_names::NEIGHBOR_COPIES};
+    use router_user::maps::copies;
+    let mut f = Fixture::new();
+    let egress = ifindex("out0");
+    let frame = vm_to(REMOTE).udp(40000, 53).payload(b"x");
+    let key = NeighborKey {
+        ifindex: egress,
+        addr: [198, 18, 0, 1],
+    };
+    let slot = key.copy_slot();
+    let next_hop = |f: &mut Fixture, why: &str| -> [u8; 6] {
+        let macs = [Entry::Xdp, Entry::Tc].map(|entry| {
+            let run = f.run(entry, &frame);
+            assert_eq!(run.verdict, entry.redirect(), "{why}: {entry:?}");
+            <[u8; 6]>::try_from(&run.frame[..6]).expect("a MAC")
+        });
+        assert_eq!(macs[0], macs[1], "{why}: both entries");
+        macs[0]
+    };
+    let copy = f.dp.routes().neighbor_copies().expect("copies")[&slot];
+    assert_eq!(copy.key, key, "the next hop has its slot");
+    assert_eq!(next_hop(&mut f, "as written"), NEXT_HOP_MAC);
+    let with_mac = |key, mac| NeighborCopy {
+        key,
+        entry: NeighborEntry { mac, _pad: [0; 2] },
+    };
+
+    // A copy with another MAC than the hash's: the programs read the copy.
+    let other = with_mac(key, OTHER_HOP_MAC);
+    copies::set(
+        &mut f.dp,
+        NEIGHBOR_COPIES,
+        &[(slot, copy)],
+        &[(slot, other)],
+    )
+    .expect("writing the copy");
+    assert_eq!(next_hop(&mut f, "the copy"), OTHER_HOP_MAC);
+    // Made invalid: the hash's.
+    copies::remove(&mut f.dp, NEIGHBOR_COPIES, &[(slot, other)]).expect("removing");
+    assert_eq!(next_hop(&mut f, "an invalid copy"), NEXT_HOP_MAC);
+    // Another neighbour's copy in this slot: the hash's.
+    let stranger = with_mac(
+        NeighborKey {
+            ifindex: egress,
+            addr: [198, 18, 0, 99],
+        },
+        OTHER_HOP_MAC,
+    );
+    copies::set(&mut f.dp, NEIGHBOR_COPIES, &[], &[(slot, stranger)]).expect("a stray");
+    assert_eq!(next_hop(&mut f, "a stray copy"), NEXT_HOP_MAC);
+    // A full sync mends the slot.
+    let known: Vec<_> =
+        f.dp.routes()
+            .neighbors()
+            .expect("NEIGHBORS")
+            .into_iter()
+            .collect();
+    f.dp.routes().sync_neighbors(&known).expect("syncing");
+    assert_eq!(
+        f.dp.routes().neighbor_copies().expect("copies")[&slot],
+        copy
+    );
+
+    // The neighbour's new MAC, as an event says: the copy follows.
+    let moved = NeighborEntry {
+        mac: SLOW_HOP_MAC,
+        _pad: [0; 2],
+    };
+    f.dp.routes()
+        .set_neighbor(key, Some(moved))
+        .expect("a new MAC");
+    assert_eq!(
+        f.dp.routes().neighbor_copies().expect("copies")[&slot].entry,
+        moved
+    );
+    assert_eq!(next_hop(&mut f, "a new MAC"), SLOW_HOP_MAC);
+    // Gone: its copy goes with it.
+    f.dp.routes().set_neighbor(key, None).expect("gone");
+    assert!(
+        !f.dp
+            .routes()
+            .neighbor_copies()
+            .expect("copies")
+            .contains_key(&slot)
+    );
+}
+
 /// Where the kernel refuses the XDP entry its tags, the TC entry behind it decides again
 /// what XDP passed: the XDP entry leaves such a pass uncounted and the TC entry counts it;
 /// what XDP hands over to be forwarded, XDP counts as `xdp_to_tc` and TC as the forward.

@@ -7,20 +7,18 @@
 //! Every interface has a slot of its own, kept while it stays; a slot an interface leaves
 //! is given to the next new one, its forwarded counts zeroed first.
 //!
-//! The programs read `IFACES_BY_INDEX` without a lock, so an entry there is never changed
-//! while it is valid: it is made invalid (`ifindex` 0, which the programs skip for
-//! `IFACES`), the programs that may have read it are waited for, its settings are written,
-//! and then its `ifindex`.
+//! `IFACES_BY_INDEX` is written as [`copies`](super::copies) says: an interface's copy after
+//! its `IFACES` entry, and made invalid before the entry goes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::maps::{Array, DevMapHash, HashMap, PerCpuArray, PerCpuHashMap};
+use aya::maps::{DevMapHash, HashMap, PerCpuArray, PerCpuHashMap};
 use router_common::{
     IfaceEntry, IfaceForwarded, IfaceIndexed, IfaceStats, MAX_IFACES, iface_flags, iface_role,
     map_names,
 };
 
-use super::{EntryDiff, MapSource, retry_short_of_memory, typed, zeroed};
+use super::{EntryDiff, MapSource, copies, retry_short_of_memory, typed, zeroed};
 use crate::error::Error;
 
 /// An interface as the desired state and the kernel describe it.
@@ -207,27 +205,6 @@ impl IfaceChanges {
     }
 }
 
-/// `entry` made invalid, its settings left as they are.
-fn invalid(entry: &IfaceIndexed) -> IfaceIndexed {
-    IfaceIndexed {
-        ifindex: 0,
-        ..*entry
-    }
-}
-
-/// Returns once every program run that started before the call has ended: the programs run
-/// inside RCU read-side sections, and `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for an RCU
-/// grace period. Where the kernel refuses it (nohz_full), a wait far longer than a program
-/// runs (microseconds) stands in.
-fn wait_for_programs() {
-    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
-    // SAFETY: membarrier takes no pointers.
-    let done = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) } == 0;
-    if !done {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 /// The interface maps of one router.
 pub struct IfaceMaps<'a> {
     maps: &'a mut dyn MapSource,
@@ -249,17 +226,7 @@ impl<'a> IfaceMaps<'a> {
     /// The valid entries of `IFACES_BY_INDEX`, by array index (an entry whose `ifindex` is
     /// not its index is stray, kept here to be cleared).
     pub fn indexed(&mut self) -> Result<BTreeMap<u32, IfaceIndexed>, Error> {
-        let map: Array<_, IfaceIndexed> = typed(self.maps, map_names::IFACES_BY_INDEX)?;
-        let mut out = BTreeMap::new();
-        for index in 0..map.len() {
-            let entry = map
-                .get(&index, 0)
-                .map_err(|e| Error::map(format!("reading IFACES_BY_INDEX[{index}]"), e))?;
-            if entry.ifindex != 0 {
-                out.insert(index, entry);
-            }
-        }
-        Ok(out)
+        copies::read(self.maps, map_names::IFACES_BY_INDEX)
     }
 
     /// The egresses XDP redirects into.
@@ -284,11 +251,13 @@ impl<'a> IfaceMaps<'a> {
     /// ever update them; an interface that goes keeps its counters until the router goes.
     pub fn write(&mut self, plan: &IfaceChanges) -> Result<(), Error> {
         // Copies go before the entries they copy; new ones come after them (below).
-        let removed = plan
+        let removed: Vec<_> = plan
             .indexed_live
             .iter()
-            .filter(|(i, _)| plan.indexed.remove.contains(i));
-        self.write_indexed(removed.map(|(i, e)| (*i, invalid(e))))?;
+            .filter(|(i, _)| plan.indexed.remove.contains(i))
+            .copied()
+            .collect();
+        copies::remove(self.maps, map_names::IFACES_BY_INDEX, &removed)?;
         for ifindex in &plan.new_counters {
             self.create_counters(*ifindex)?;
         }
@@ -325,45 +294,19 @@ impl<'a> IfaceMaps<'a> {
         for ifindex in &plan.egresses.remove {
             let _ = devs.remove(*ifindex);
         }
-        self.write_copies(plan)?;
-        self.maps.count_writes(plan.writes());
-        Ok(())
-    }
-
-    /// Writes `plan`'s new and changed `IFACES_BY_INDEX` entries so that no program reads
-    /// an entry half written or mixes two: the live ones are made invalid as they are and
-    /// the programs that may have read them waited for; then every entry's settings are
-    /// written while it is invalid, and then its `ifindex`.
-    fn write_copies(&mut self, plan: &IfaceChanges) -> Result<(), Error> {
-        if plan.indexed.set.is_empty() {
-            return Ok(());
-        }
-        let mut changed = plan
+        let live: Vec<_> = plan
             .indexed_live
             .iter()
             .filter(|(i, _)| !plan.indexed.remove.contains(i))
-            .peekable();
-        if changed.peek().is_some() {
-            self.write_indexed(changed.map(|(i, e)| (*i, invalid(e))))?;
-            wait_for_programs();
-        }
-        self.write_indexed(plan.indexed.set.iter().map(|(i, e)| (*i, invalid(e))))?;
-        self.write_indexed(plan.indexed.set.iter().copied())
-    }
-
-    fn write_indexed(
-        &mut self,
-        entries: impl IntoIterator<Item = (u32, IfaceIndexed)>,
-    ) -> Result<(), Error> {
-        let mut entries = entries.into_iter().peekable();
-        if entries.peek().is_none() {
-            return Ok(());
-        }
-        let mut map: Array<_, IfaceIndexed> = typed(self.maps, map_names::IFACES_BY_INDEX)?;
-        for (index, entry) in entries {
-            map.set(index, entry, 0)
-                .map_err(|e| Error::map(format!("IFACES_BY_INDEX[{index}]"), e))?;
-        }
+            .copied()
+            .collect();
+        copies::set(
+            self.maps,
+            map_names::IFACES_BY_INDEX,
+            &live,
+            &plan.indexed.set,
+        )?;
+        self.maps.count_writes(plan.writes());
         Ok(())
     }
 
@@ -449,6 +392,7 @@ impl<'a> IfaceMaps<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::maps::copies::Copied as _;
 
     /// An internal interface with a 1500-byte MTU, no XDP egress, no source check.
     fn internal() -> IfaceSpec {
@@ -589,8 +533,8 @@ mod tests {
         let removal = IfaceChanges::between(&now, &gone);
         assert_eq!(removal.indexed.remove, [3]);
         assert_eq!(removal.indexed_live, [(3, now.indexed[&3])]);
-        assert_eq!(invalid(&now.indexed[&3]).entry, now.indexed[&3].entry);
-        assert_eq!(invalid(&now.indexed[&3]).ifindex, 0);
+        assert_eq!(now.indexed[&3].invalid().entry, now.indexed[&3].entry);
+        assert_eq!(now.indexed[&3].invalid().ifindex, 0);
         removal.apply_to(&mut now);
         assert!(now.indexed.is_empty());
 

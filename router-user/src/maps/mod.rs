@@ -3,8 +3,9 @@
 //!
 //! | room | maps | what it holds |
 //! |---|---|---|
+//! | [`copies`] | - | how the arrays of copies the programs read without a lock are written |
 //! | [`ifaces`] | `IFACES`, `IFACES_BY_INDEX`, `EGRESS_DEVS`, `IFACE_STATS`, `IFACE_FORWARDED` | interface settings (and their copies by ifindex) and counter slots, XDP egresses, interface counters and drop reasons |
-//! | [`routes`] | `ROUTES`, `NEIGHBORS` | the kernel's routes and neighbours, mirrored |
+//! | [`routes`] | `ROUTES`, `NEIGHBORS`, `NEIGHBOR_COPIES` | the kernel's routes and neighbours (and their copies by hash), mirrored |
 //! | [`policy`] | `POLICY_CONFIG`, `RULES`, `SOURCE_TABLES`, `FW_RULES`, `FW_STATS`, `ALLOWED_SOURCES` | policy rules, external source tables, the firewall and anti-spoofing |
 //! | [`nat`] | `NAT_CONFIG`, `FIP_BY_ADDRESS`, `FIP_BY_FIXED`, `FIP_FILTER`, `FIP_STATS`, `SNAT_STATS`, `SNAT_SOURCES` | gateway and SNAT settings, floating IPs, their counters |
 //! | [`sessions`] | `SESSIONS`, `FRAGMENTS` | the session table, fragmented datagrams in flight |
@@ -18,6 +19,7 @@
 //! object ([`Taken`]: trace's private counters). Loading, pinning, adoption and attachment
 //! stay in `datapath`.
 
+pub mod copies;
 pub mod events;
 pub mod ha;
 pub mod ifaces;
@@ -91,6 +93,7 @@ impl<T: MapSource> Rooms for T {}
 pub const CONFIGURATION: &[&str] = &[
     map_names::ROUTES,
     map_names::NEIGHBORS,
+    map_names::NEIGHBOR_COPIES,
     map_names::IFACES,
     map_names::IFACES_BY_INDEX,
     map_names::EGRESS_DEVS,
@@ -162,6 +165,8 @@ impl Pinned {
             } else if name == map_names::IFACES_BY_INDEX {
                 // The valid copies.
                 self.ifaces().indexed()?.len() as u64
+            } else if name == map_names::NEIGHBOR_COPIES {
+                self.routes().neighbor_copies()?.len() as u64
             } else {
                 match policy::slots_in_use(name, &config) {
                     Some(n) => n,
