@@ -36,6 +36,9 @@
 //! # Scenarios (60-byte UDP frames, except the floor)
 //!
 //! - `route_only`: external host -> internal host without a floating IP (routed, untranslated);
+//! - `route_only_cold`: the same with the routes' epoch at 0, which no cached lookup is used
+//!   at: the route lookup misses each CPU's route cache, goes to the trie and writes the
+//!   cache, as a flow's first packet does;
 //! - `fip_in`: external host -> floating IP (DNAT to the fixed IP);
 //! - `fip_out`: fixed IP with a floating IP -> external host (stateless SNAT to the floating IP);
 //! - `snat_established`: internal host without a floating IP -> external host, its session
@@ -708,6 +711,24 @@ impl Router {
             }
             add(addr, len, via_upstream)?;
         }
+        // The routes changed: a new epoch, as the controller writes it.
+        self.next_route_epoch()
+    }
+
+    /// Moves the routes' epoch on, as the controller does after it changes `ROUTES`.
+    fn next_route_epoch(&mut self) -> anyhow::Result<()> {
+        let next = self.route_epoch()?.wrapping_add(1).max(1);
+        self.set_route_epoch(next)
+    }
+
+    fn route_epoch(&mut self) -> anyhow::Result<u32> {
+        let epoch: Array<_, u32> = typed(&mut self.ebpf, map_names::ROUTE_EPOCH)?;
+        Ok(epoch.get(&0, 0)?)
+    }
+
+    fn set_route_epoch(&mut self, value: u32) -> anyhow::Result<()> {
+        let mut epoch: Array<_, u32> = typed(&mut self.ebpf, map_names::ROUTE_EPOCH)?;
+        epoch.set(0, value, 0)?;
         Ok(())
     }
 
@@ -827,8 +848,18 @@ impl Router {
         rows.push(Row::forward(
             "route_only",
             outside,
-            f,
+            f.clone(),
             single(plan.single_runs),
+        ));
+        // route_only_cold: the same with the routes' epoch at 0, so every route lookup
+        // misses the programs' cache, goes to the trie and writes the cache.
+        rows.push(Row::forward(
+            "route_only_cold",
+            outside,
+            f,
+            Kind::ColdRoutes {
+                runs: plan.single_runs,
+            },
         ));
 
         // fip_in: external host -> floating IP, DNAT to the fixed IP.
@@ -985,12 +1016,15 @@ impl Router {
                 self.repeat_runs(entry, ingress, &row.frame, runs, batch, expect)
             }
             Kind::Single { runs } => {
-                self.single_runs(entry, ingress, &|_| row.frame.clone(), runs, expect)
+                self.single_runs(entry, ingress, &|_| row.frame.clone(), runs, expect, false)
+            }
+            Kind::ColdRoutes { runs } => {
+                self.single_runs(entry, ingress, &|_| row.frame.clone(), runs, expect, true)
             }
             Kind::NewFlows { runs, host } => {
                 let base = self.take_sports(runs)?;
                 let frame = |i: u32| udp(ROUTER_IN_MAC, host, base + i as u16, REMOTE, 53, 64);
-                let ns = self.single_runs(entry, ingress, &frame, runs, expect)?;
+                let ns = self.single_runs(entry, ingress, &frame, runs, expect, false)?;
                 // Back to the table's nominal size for the next row.
                 let keys: Vec<CtKey> = (0..runs).map(|i| flow_key(host, base + i as u16)).collect();
                 let removed = self.remove_sessions(&keys)?;
@@ -1060,7 +1094,8 @@ impl Router {
     }
 
     /// Mean in-kernel time of `runs` runs with `repeat = 1`, run `i` on `frame(i)`, the
-    /// slowest 1 % left out.
+    /// slowest 1 % left out; `cold_routes`: with the routes' epoch at 0 meanwhile, which no
+    /// cached lookup is used at (each run's lookup misses the route cache).
     fn single_runs(
         &mut self,
         entry: Entry,
@@ -1068,12 +1103,18 @@ impl Router {
         frame: &dyn Fn(u32) -> Vec<u8>,
         runs: u32,
         expect: Expect,
+        cold_routes: bool,
     ) -> anyhow::Result<f64> {
         let before = self.iface_stats(ingress)?;
         let want = match expect {
             Expect::Forward => entry.redirect(),
             Expect::Pass => entry.pass(),
         };
+        // Epoch 0 is never cached at: every lookup misses and goes to the trie.
+        let epoch = self.route_epoch()?;
+        if cold_routes {
+            self.set_route_epoch(0)?;
+        }
         let mut times = Vec::with_capacity(runs as usize);
         for i in 0..runs {
             let data = frame(i);
@@ -1089,6 +1130,7 @@ impl Router {
             }
             times.push(result.duration_ns);
         }
+        self.set_route_epoch(epoch)?;
         self.check_counted(entry, ingress, &before, u64::from(runs), expect)?;
         Ok(trimmed_mean(&mut times))
     }
@@ -1357,6 +1399,9 @@ enum Kind {
     Repeat { runs: u32, batch: u32 },
     /// `runs` calls of `repeat = 1`, each on a fresh copy of the frame.
     Single { runs: u32 },
+    /// `runs` calls of `repeat = 1` on fresh copies of the frame, with the routes' epoch at
+    /// 0 (a lookup the route cache cannot answer).
+    ColdRoutes { runs: u32 },
     /// `runs` calls of `repeat = 1`, each a new flow from internal `host` to `REMOTE:53`
     /// (a new source port; the row's frame is the checked one, not reused).
     NewFlows { runs: u32, host: [u8; 4] },
@@ -1366,7 +1411,7 @@ impl Kind {
     fn method(&self) -> &'static str {
         match self {
             Kind::Repeat { .. } => "repeat",
-            Kind::Single { .. } | Kind::NewFlows { .. } => "single-runs",
+            Kind::Single { .. } | Kind::ColdRoutes { .. } | Kind::NewFlows { .. } => "single-runs",
         }
     }
 
@@ -1374,7 +1419,9 @@ impl Kind {
     fn runs_made(&self) -> u64 {
         match *self {
             Kind::Repeat { runs, batch } => u64::from(runs.div_ceil(batch) * batch),
-            Kind::Single { runs } | Kind::NewFlows { runs, .. } => u64::from(runs),
+            Kind::Single { runs } | Kind::ColdRoutes { runs } | Kind::NewFlows { runs, .. } => {
+                u64::from(runs)
+            }
         }
     }
 }

@@ -181,6 +181,10 @@ fn markdown(r: &Results, old: &str) -> String {
              `repeat`: one frame run many times in the kernel (only where the rewritten frame is a \
              valid input again); `single-runs`: the mean of many runs of one repetition each, \
              which adds about 45-90 ns of per-run overhead (compare the two rows of a scenario). \
+             Every other scenario finds its route in each CPU's route cache (`ROUTE_CACHE`), as \
+             a flow's packets after its first do; `route_only_cold`: `route_only` with the \
+             routes' epoch at 0, which no cached lookup is used at, so its lookup misses the \
+             cache, goes to the trie and writes the cache, as a flow's first packet does. \
              `steering`: an `iif` policy rule's table sends the packet to a firewall on another \
              internal interface. `firewall_established` and `firewall_new`: the firewall on with \
              10 rules; a packet of an existing SNAT session (compare `snat_established`), and a \

@@ -20,6 +20,8 @@ pub use reason::Reason;
 /// Names of the maps in the eBPF object; user space opens them by these names.
 pub mod map_names {
     pub const ROUTES: &str = "ROUTES";
+    pub const ROUTE_EPOCH: &str = "ROUTE_EPOCH";
+    pub const ROUTE_CACHE: &str = "ROUTE_CACHE";
     pub const NEIGHBORS: &str = "NEIGHBORS";
     pub const IFACES: &str = "IFACES";
     pub const IFACES_BY_INDEX: &str = "IFACES_BY_INDEX";
@@ -47,8 +49,10 @@ pub mod map_names {
     pub const SYNC: &str = "SYNC";
     pub const FIP_FILTER: &str = "FIP_FILTER";
     /// Every map above, in the order `routerctl` and the pinning code walk them.
-    pub const ALL: [&str; 27] = [
+    pub const ALL: [&str; 29] = [
         ROUTES,
+        ROUTE_EPOCH,
+        ROUTE_CACHE,
         NEIGHBORS,
         NEIGHBOR_COPIES,
         IFACES,
@@ -159,6 +163,23 @@ pub struct RouteEntry {
     /// Next hop; 0.0.0.0 means the destination is on a connected subnet.
     pub gateway: [u8; 4],
     pub _pad: u32,
+}
+
+/// Slots of `ROUTE_CACHE` per CPU: 8 KiB a CPU.
+pub const ROUTE_CACHE_SLOTS: u32 = 256;
+
+/// An entry of `ROUTE_CACHE`, the programs' per-CPU cache of their lookups in `ROUTES`: what
+/// the trie answered for `dst` in `table` (`found` 0: no route) while the routes' epoch
+/// (`ROUTE_EPOCH`) was `epoch`. The controller moves the epoch on after every change of
+/// `ROUTES`, so no entry of an earlier epoch is used again; epoch 0 is never used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RouteCached {
+    pub epoch: u32,
+    pub table: u32,
+    pub dst: [u8; 4],
+    pub found: u32,
+    pub route: RouteEntry,
 }
 
 /// A neighbour (ARP) entry, mirrored from the kernel's table of the router namespace.
@@ -508,6 +529,7 @@ mod tests {
         assert_eq!(size_of::<NeighborEntry>(), 8);
         assert_eq!(size_of::<IfaceEntry>(), 28);
         assert_eq!(size_of::<IfaceIndexed>(), 32);
+        assert_eq!(size_of::<RouteCached>(), 32);
         assert_eq!(size_of::<NeighborCopy>(), 16);
         assert_eq!(size_of::<NatConfig>(), 24);
         assert_eq!(size_of::<FipEntry>(), 8);

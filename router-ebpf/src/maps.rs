@@ -11,12 +11,24 @@ use router_common::{
     IfaceIndexed, IfaceStats, MAX_ALLOWED_SOURCES, MAX_FLOATING_IPS, MAX_FRAGMENT_DATAGRAMS,
     MAX_FW_RULES, MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES, MAX_RULES, MonitorConfig,
     NEIGHBOR_COPY_SLOTS, NatConfig, NeighborCopy, NeighborEntry, NeighborKey, PolicyConfig,
-    PolicyRule, RouteEntry, RouteKey, SYNC_BYTES, SnatStats, SourceKey,
+    PolicyRule, ROUTE_CACHE_SLOTS, RouteCached, RouteEntry, RouteKey, SYNC_BYTES, SnatStats,
+    SourceKey,
 };
 
 /// Every routing table of the router in one trie (see `RouteKey`).
 #[map]
 pub static ROUTES: LpmTrie<RouteKey, RouteEntry> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
+
+/// The routes' epoch (one entry): the controller moves it on after every change of
+/// `ROUTES`, which ends every `ROUTE_CACHE` entry made before.
+#[map]
+pub static ROUTE_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Each CPU's cache of its lookups in `ROUTES` (see `RouteCached`), at a hash of the table
+/// and destination: an array lookup the verifier inlines, where the trie takes a call.
+#[map]
+pub static ROUTE_CACHE: PerCpuArray<RouteCached> =
+    PerCpuArray::with_max_entries(ROUTE_CACHE_SLOTS, 0);
 
 /// Hash maps with a fixed, generous limit that user space fills a few entries at a time are
 /// not preallocated: a router uses memory for what it holds, not for its limits (1,000

@@ -7,23 +7,69 @@ use aya_ebpf::maps::lpm_trie::Key;
 #[cfg(doc)]
 use router_common::policy_flags;
 use router_common::{
-    MAX_RULES, NeighborKey, PolicyConfig, Reason, RouteEntry, RouteKey, TABLE_MAIN, iface_flags,
-    route_kind,
+    MAX_RULES, NeighborKey, PolicyConfig, ROUTE_CACHE_SLOTS, Reason, RouteEntry, RouteKey,
+    TABLE_MAIN, iface_flags, route_kind,
 };
 
 pub use crate::verdict::{Egress, Hop};
 use crate::{
     context::Frame,
-    maps::{self, POLICY_CONFIG, ROUTES, RULES, SOURCE_TABLES},
+    maps::{self, POLICY_CONFIG, ROUTE_CACHE, ROUTE_EPOCH, ROUTES, RULES, SOURCE_TABLES},
     parse::Ipv4Packet,
     verdict::Verdict,
     walk,
 };
 
+/// The route for `dst` in `table`: this CPU's cached answer of the trie while the routes'
+/// epoch has not moved on, else the trie's (cached for the next packet).
 #[inline(always)]
 fn in_table(table: u32, dst: [u8; 4]) -> Option<RouteEntry> {
+    let epoch = ROUTE_EPOCH.get(0).copied().unwrap_or(0);
+    let Some(cached) = ROUTE_CACHE.get_ptr_mut(cache_slot(table, dst)) else {
+        return in_trie(table, dst);
+    };
+    // SAFETY: a per-CPU value; program runs do not nest on one CPU, so this run alone
+    // reads and writes it.
+    let cached = unsafe { &mut *cached };
+    if epoch != 0
+        && cached.epoch == epoch
+        && cached.table == table
+        && u32::from_ne_bytes(cached.dst) == u32::from_ne_bytes(dst)
+    {
+        return if cached.found != 0 {
+            Some(cached.route)
+        } else {
+            None
+        };
+    }
+    let found = in_trie(table, dst);
+    // Read before the trie, the epoch is no later than the routes the trie answered from.
+    cached.epoch = epoch;
+    cached.table = table;
+    cached.dst = dst;
+    match found {
+        Some(route) => {
+            cached.route = route;
+            cached.found = 1;
+        }
+        None => cached.found = 0,
+    }
+    found
+}
+
+#[inline(always)]
+fn in_trie(table: u32, dst: [u8; 4]) -> Option<RouteEntry> {
     let key = Key::new(RouteKey::TABLE_BITS + 32, RouteKey::new(table, dst));
     ROUTES.get(&key).copied()
+}
+
+/// The `ROUTE_CACHE` slot of `dst` in `table`: the address's low bits folded with its higher
+/// ones and a hash of the table, so the addresses of one /24 have slots of their own.
+#[inline(always)]
+fn cache_slot(table: u32, dst: [u8; 4]) -> u32 {
+    let addr = u32::from_be_bytes(dst);
+    let table = table.wrapping_mul(0x9e37_79b9) >> 24;
+    (addr ^ (addr >> 12) ^ table) & (ROUTE_CACHE_SLOTS - 1)
 }
 
 /// The route of a packet that arrived on `iif` from `src` to `dst` (the destination after
@@ -92,7 +138,7 @@ extern "C" fn rule_step(index: u64, ctx: *mut c_void) -> i64 {
     let Some(rule) = RULES.get(scan.base.wrapping_add(index as u32)) else {
         return walk::STOP;
     };
-    if rule.matches(scan.iif, scan.src, scan.dst) && in_table(rule.table, scan.dst).is_some() {
+    if rule.matches(scan.iif, scan.src, scan.dst) && in_trie(rule.table, scan.dst).is_some() {
         scan.table = rule.table;
         return walk::STOP;
     }
@@ -147,7 +193,7 @@ pub fn by_external_source(
     let Some(table) = SOURCE_TABLES.get(&Key::new(32, src)).copied() else {
         return;
     };
-    if let Some(alt) = in_table(table, dst)
+    if let Some(alt) = in_trie(table, dst)
         && alt.kind == route_kind::UNICAST
         && alt.ifindex == route.ifindex
     {

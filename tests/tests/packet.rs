@@ -754,6 +754,74 @@ fn neighbour_copies_are_used_only_while_valid_and_their_own() {
     );
 }
 
+/// Each CPU caches its route lookups (`ROUTE_CACHE`) until the routes' epoch moves on: a
+/// route the controller changes takes effect with the next packet, a trie changed behind the
+/// controller's back does not (the cache answers), and at epoch 0 every lookup goes to the
+/// trie.
+#[test]
+fn cached_routes_end_when_the_routes_change() {
+    use aya::maps::{Array, LpmTrie, lpm_trie::Key};
+    use router_common::{RouteEntry, RouteKey, TABLE_MAIN, map_names};
+    use router_user::maps::MapSource as _;
+    // The cache is per CPU: the runs stay on one.
+    let mut one_cpu = nix::sched::CpuSet::new();
+    one_cpu.set(0).expect("CPU 0");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one_cpu).expect("pinning");
+    let mut f = Fixture::new();
+    let frame = vm_to(REMOTE).udp(40000, 53).payload(b"x");
+    let next_hop = |f: &mut Fixture, why: &str| -> [u8; 6] {
+        let macs = [Entry::Xdp, Entry::Tc].map(|entry| {
+            let run = f.run(entry, &frame);
+            assert_eq!(run.verdict, entry.redirect(), "{why}: {entry:?}");
+            <[u8; 6]>::try_from(&run.frame[..6]).expect("a MAC")
+        });
+        assert_eq!(macs[0], macs[1], "{why}: both entries");
+        macs[0]
+    };
+    let slot = (
+        RouteKey::TABLE_BITS + 24,
+        RouteKey::new(TABLE_MAIN, [198, 51, 100, 0]),
+    );
+    let via = |f: &mut Fixture, gateway: [u8; 4]| {
+        let mut routes = f.dp.routes().all().expect("ROUTES");
+        let route = routes.get_mut(&slot).expect("the remote's route");
+        *route = RouteEntry { gateway, ..*route };
+        routes
+    };
+    let epoch = f.dp.routes().epoch().expect("ROUTE_EPOCH");
+    assert_ne!(epoch, 0, "the routes' first write starts an epoch");
+    assert_eq!(next_hop(&mut f, "cached"), NEXT_HOP_MAC);
+    assert_eq!(next_hop(&mut f, "from the cache"), NEXT_HOP_MAC);
+
+    // The controller moves the route to the other next hop: the next packet follows it.
+    let moved = via(&mut f, [198, 18, 0, 254]);
+    assert_eq!(
+        f.dp.routes().sync(&moved).expect("ROUTES"),
+        2,
+        "the route and the epoch"
+    );
+    assert_ne!(f.dp.routes().epoch().expect("ROUTE_EPOCH"), epoch);
+    assert_eq!(next_hop(&mut f, "after the change"), OTHER_HOP_MAC);
+
+    // The trie written behind the controller's back (no new epoch): the cache answers.
+    let back = via(&mut f, [198, 18, 0, 1])[&slot];
+    {
+        let mut trie: LpmTrie<_, RouteKey, RouteEntry> =
+            LpmTrie::try_from(f.dp.map(map_names::ROUTES).expect("ROUTES")).expect("a trie");
+        trie.insert(&Key::new(slot.0, slot.1), back, 0)
+            .expect("writing");
+    }
+    assert_eq!(next_hop(&mut f, "cached, trie changed"), OTHER_HOP_MAC);
+    // At epoch 0 nothing cached is used: the trie's answer.
+    {
+        let mut epoch: Array<_, u32> =
+            Array::try_from(f.dp.map(map_names::ROUTE_EPOCH).expect("ROUTE_EPOCH"))
+                .expect("an array");
+        epoch.set(0, 0, 0).expect("writing");
+    }
+    assert_eq!(next_hop(&mut f, "at epoch 0"), NEXT_HOP_MAC);
+}
+
 /// Where the kernel refuses the XDP entry its tags, the TC entry behind it decides again
 /// what XDP passed: the XDP entry leaves such a pass uncounted and the TC entry counts it;
 /// what XDP hands over to be forwarded, XDP counts as `xdp_to_tc` and TC as the forward.

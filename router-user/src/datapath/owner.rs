@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use router_common::{
     CtEntry, CtKey, FragEntry, FragKey, FwRule, FwStats, IfaceEntry, IfaceForwarded, IfaceIndexed,
-    IfaceStats, NatConfig, NeighborCopy, PolicyConfig, PolicyRule, RouteEntry, RouteKey, SourceKey,
+    IfaceStats, NatConfig, NeighborCopy, PolicyConfig, PolicyRule, RouteCached, RouteEntry,
+    RouteKey, SourceKey,
 };
 
 use super::{EBPF_OBJECT, remove_pin};
@@ -174,12 +175,13 @@ pub fn pinned_routers_of(config: &Path) -> Vec<String> {
 fn layout_signature() -> String {
     use std::mem::size_of;
     format!(
-        "v3:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}",
+        "v3:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}",
         size_of::<RouteKey>(),
         size_of::<RouteEntry>(),
         size_of::<IfaceEntry>(),
         size_of::<IfaceIndexed>(),
         size_of::<NeighborCopy>(),
+        size_of::<RouteCached>(),
         size_of::<IfaceStats>(),
         size_of::<IfaceForwarded>(),
         size_of::<NatConfig>(),

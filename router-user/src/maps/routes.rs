@@ -1,12 +1,13 @@
 //! RouteMaps and neighbours, mirrored from the kernel of the router's namespace: the LPM trie
-//! of every routing table (`ROUTES`, key = table + prefix) and the neighbour table
+//! of every routing table (`ROUTES`, key = table + prefix, with the epoch `ROUTE_EPOCH`
+//! that ends the programs' cached lookups when it changes) and the neighbour table
 //! (`NEIGHBORS`, next hop -> MAC, with a copy of each neighbour at the slot its key hashes
 //! to in `NEIGHBOR_COPIES`, written as [`copies`](super::copies) says). The kernel stays
 //! the authority; these are its copy for the fast path, written only where they differ.
 
 use std::collections::BTreeMap;
 
-use aya::maps::{HashMap, LpmTrie, lpm_trie::Key};
+use aya::maps::{Array, HashMap, LpmTrie, lpm_trie::Key};
 use router_common::{NeighborCopy, NeighborEntry, NeighborKey, RouteEntry, RouteKey, map_names};
 
 use super::{EntryDiff, MapSource, copies, retry_short_of_memory, typed};
@@ -84,9 +85,32 @@ impl<'a> RouteMaps<'a> {
             map.remove(&Key::new(*len, *key))
                 .map_err(|e| Error::map("removing from ROUTES", e))?;
         }
-        let writes = diff.set.len() + diff.remove.len();
+        let mut writes = diff.set.len() + diff.remove.len();
+        if writes > 0 {
+            self.next_epoch()?;
+            writes += 1;
+        }
         self.maps.count_writes(writes);
         Ok(writes)
+    }
+
+    /// The routes' epoch, whose change ends the programs' cached lookups (`ROUTE_CACHE`).
+    pub fn epoch(&mut self) -> Result<u32, Error> {
+        let map: Array<_, u32> = typed(self.maps, map_names::ROUTE_EPOCH)?;
+        map.get(&0, 0)
+            .map_err(|e| Error::map("reading ROUTE_EPOCH", e))
+    }
+
+    /// Moves the routes' epoch on (never to 0, which no cached lookup is used at), once
+    /// `ROUTES` has changed: each CPU's next lookup of each destination goes to the trie.
+    fn next_epoch(&mut self) -> Result<(), Error> {
+        let next = match self.epoch()?.wrapping_add(1) {
+            0 => 1,
+            n => n,
+        };
+        let mut map: Array<_, u32> = typed(self.maps, map_names::ROUTE_EPOCH)?;
+        map.set(0, next, 0)
+            .map_err(|e| Error::map("writing ROUTE_EPOCH", e))
     }
 
     /// Every neighbour the fast path knows.
