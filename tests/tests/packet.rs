@@ -745,13 +745,8 @@ fn neighbour_copies_are_used_only_while_valid_and_their_own() {
     assert_eq!(next_hop(&mut f, "a new MAC"), SLOW_HOP_MAC);
     // Gone: its copy goes with it.
     f.dp.routes().set_neighbor(key, None).expect("gone");
-    assert!(
-        !f.dp
-            .routes()
-            .neighbor_copies()
-            .expect("copies")
-            .contains_key(&slot)
-    );
+    let left: NeighborCopy = copies::get(&mut f.dp, NEIGHBOR_COPIES, slot).expect("the slot");
+    assert_eq!(left.key.ifindex, 0, "made invalid");
 }
 
 /// Each CPU caches its route lookups (`ROUTE_CACHE`) until the routes' epoch moves on: a

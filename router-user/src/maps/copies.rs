@@ -49,14 +49,20 @@ impl Copied for NeighborCopy {
     }
 }
 
-/// The valid copies of array `name`, by index.
-pub fn read<V: Copied>(
+/// The valid copies at `indexes` of array `name`, by index. Only the owning room writes
+/// these arrays, a copy only at its own key's index, after its hash entry is in and made
+/// invalid before the entry goes: a valid copy is always at the index of a key in the hash,
+/// so reading those indexes reads every valid copy (a router of a few interfaces and
+/// neighbours reads a few entries, not the whole array).
+pub fn read_at<V: Copied>(
     maps: &mut dyn MapSource,
     name: &'static str,
+    indexes: impl IntoIterator<Item = u32>,
 ) -> Result<BTreeMap<u32, V>, Error> {
+    let indexes: std::collections::BTreeSet<u32> = indexes.into_iter().collect();
     let map: Array<_, V> = typed(maps, name)?;
     let mut out = BTreeMap::new();
-    for index in 0..map.len() {
+    for index in indexes.into_iter().filter(|i| *i < map.len()) {
         let copy = map
             .get(&index, 0)
             .map_err(|e| Error::map(format!("reading {name}[{index}]"), e))?;

@@ -226,7 +226,18 @@ impl<'a> IfaceMaps<'a> {
     /// The valid entries of `IFACES_BY_INDEX`, by array index (an entry whose `ifindex` is
     /// not its index is stray, kept here to be cleared).
     pub fn indexed(&mut self) -> Result<BTreeMap<u32, IfaceIndexed>, Error> {
-        copies::read(self.maps, map_names::IFACES_BY_INDEX)
+        let entries = self.entries()?;
+        self.indexed_of(&entries)
+    }
+
+    /// The valid entries of `IFACES_BY_INDEX` at the ifindexes of `entries` (where every
+    /// valid one is: see `copies::read_at`).
+    fn indexed_of(
+        &mut self,
+        entries: &BTreeMap<u32, IfaceEntry>,
+    ) -> Result<BTreeMap<u32, IfaceIndexed>, Error> {
+        let indexes = entries.keys().copied().filter(|i| *i < MAX_IFACES);
+        copies::read_at(self.maps, map_names::IFACES_BY_INDEX, indexes)
     }
 
     /// The egresses XDP redirects into.
@@ -239,9 +250,10 @@ impl<'a> IfaceMaps<'a> {
     pub fn read(&mut self) -> Result<IfaceTables, Error> {
         let stats: PerCpuHashMap<_, u32, IfaceStats> = typed(self.maps, map_names::IFACE_STATS)?;
         let counted = stats.keys().filter_map(Result::ok).collect();
+        let entries = self.entries()?;
         Ok(IfaceTables {
-            entries: self.entries()?,
-            indexed: self.indexed()?,
+            indexed: self.indexed_of(&entries)?,
+            entries,
             egresses: self.egresses()?,
             counted,
         })

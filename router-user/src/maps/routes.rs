@@ -127,7 +127,15 @@ impl<'a> RouteMaps<'a> {
 
     /// The valid copies of `NEIGHBOR_COPIES`, by slot.
     pub fn neighbor_copies(&mut self) -> Result<BTreeMap<u32, NeighborCopy>, Error> {
-        copies::read(self.maps, map_names::NEIGHBOR_COPIES)
+        let keys: Vec<NeighborKey> = self.neighbors()?.into_keys().collect();
+        self.copies_at(&keys)
+    }
+
+    /// The valid copies of `NEIGHBOR_COPIES` in the slots of `keys` (where every valid one
+    /// is, when `keys` are the neighbours: see `copies::read_at`).
+    fn copies_at(&mut self, keys: &[NeighborKey]) -> Result<BTreeMap<u32, NeighborCopy>, Error> {
+        let slots = keys.iter().map(NeighborKey::copy_slot);
+        copies::read_at(self.maps, map_names::NEIGHBOR_COPIES, slots)
     }
 
     /// One neighbour changed (`Some`) or gone (`None`), as a netlink event says. Its copy
@@ -178,8 +186,10 @@ impl<'a> RouteMaps<'a> {
     ) -> Result<usize, Error> {
         const COPIES: &str = map_names::NEIGHBOR_COPIES;
         let wanted: BTreeMap<NeighborKey, NeighborEntry> = wanted.iter().copied().collect();
-        let diff = EntryDiff::between(&self.neighbors()?, &wanted);
-        let current_copies = self.neighbor_copies()?;
+        let current = self.neighbors()?;
+        let diff = EntryDiff::between(&current, &wanted);
+        let keys: Vec<NeighborKey> = current.keys().chain(wanted.keys()).copied().collect();
+        let current_copies = self.copies_at(&keys)?;
         let copy_diff = EntryDiff::between(&current_copies, &copies_of(&wanted, &current_copies));
         let live = |slots: &mut dyn Iterator<Item = &u32>| -> Vec<(u32, NeighborCopy)> {
             slots
