@@ -85,3 +85,11 @@ fn hand_overs(dp: &Datapath, ingress: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Keeps the calling thread on CPU 0 from here on: per-CPU state the programs keep (the
+/// route cache, the LRU's free lists) then answers as one CPU's would.
+pub fn stay_on_one_cpu() {
+    let mut one_cpu = nix::sched::CpuSet::new();
+    one_cpu.set(0).expect("CPU 0");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one_cpu).expect("pinning");
+}

@@ -417,9 +417,7 @@ fn later_fragments_follow_their_first_tc() {
 fn the_record_table_is_bounded() {
     // The LRU keeps free records in per-CPU lists: which record makes room is the oldest
     // only while every insert comes from one CPU, so the test stays on one.
-    let mut one_cpu = nix::sched::CpuSet::new();
-    one_cpu.set(0).expect("CPU 0");
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one_cpu).expect("pinning");
+    router_tests::testrun::stay_on_one_cpu();
     let mut r = Router::new(Entry::Xdp);
     let i = r.inside;
     let data = payload(64);

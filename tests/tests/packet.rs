@@ -133,6 +133,18 @@ impl Fixture {
     fn run(&self, entry: Entry, frame: &[u8]) -> Run {
         testrun::run(&self.dp, entry, self.ingress, frame)
     }
+
+    /// The destination MAC `frame` leaves with, forwarded alike by both entries (`why`
+    /// names the step in a failure).
+    fn next_hop_mac(&self, frame: &[u8], why: &str) -> [u8; 6] {
+        let macs = [Entry::Xdp, Entry::Tc].map(|entry| {
+            let run = self.run(entry, frame);
+            assert_eq!(run.verdict, entry.redirect(), "{why}: {entry:?}");
+            <[u8; 6]>::try_from(&run.frame[..6]).expect("a MAC")
+        });
+        assert_eq!(macs[0], macs[1], "{why}: both entries");
+        macs[0]
+    }
 }
 
 /// What a fixture expects.
@@ -677,15 +689,7 @@ fn neighbour_copies_are_used_only_while_valid_and_their_own() {
         addr: [198, 18, 0, 1],
     };
     let slot = key.copy_slot();
-    let next_hop = |f: &mut Fixture, why: &str| -> [u8; 6] {
-        let macs = [Entry::Xdp, Entry::Tc].map(|entry| {
-            let run = f.run(entry, &frame);
-            assert_eq!(run.verdict, entry.redirect(), "{why}: {entry:?}");
-            <[u8; 6]>::try_from(&run.frame[..6]).expect("a MAC")
-        });
-        assert_eq!(macs[0], macs[1], "{why}: both entries");
-        macs[0]
-    };
+    let next_hop = |f: &mut Fixture, why: &str| f.next_hop_mac(&frame, why);
     let copy = f.dp.routes().neighbor_copies().expect("copies")[&slot];
     assert_eq!(copy.key, key, "the next hop has its slot");
     assert_eq!(next_hop(&mut f, "as written"), NEXT_HOP_MAC);
@@ -759,20 +763,10 @@ fn cached_routes_end_when_the_routes_change() {
     use router_common::{RouteEntry, RouteKey, TABLE_MAIN, map_names};
     use router_user::maps::MapSource as _;
     // The cache is per CPU: the runs stay on one.
-    let mut one_cpu = nix::sched::CpuSet::new();
-    one_cpu.set(0).expect("CPU 0");
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one_cpu).expect("pinning");
+    testrun::stay_on_one_cpu();
     let mut f = Fixture::new();
     let frame = vm_to(REMOTE).udp(40000, 53).payload(b"x");
-    let next_hop = |f: &mut Fixture, why: &str| -> [u8; 6] {
-        let macs = [Entry::Xdp, Entry::Tc].map(|entry| {
-            let run = f.run(entry, &frame);
-            assert_eq!(run.verdict, entry.redirect(), "{why}: {entry:?}");
-            <[u8; 6]>::try_from(&run.frame[..6]).expect("a MAC")
-        });
-        assert_eq!(macs[0], macs[1], "{why}: both entries");
-        macs[0]
-    };
+    let next_hop = |f: &mut Fixture, why: &str| f.next_hop_mac(&frame, why);
     let slot = (
         RouteKey::TABLE_BITS + 24,
         RouteKey::new(TABLE_MAIN, [198, 51, 100, 0]),
