@@ -96,8 +96,49 @@ impl TcpChatter {
     }
 }
 
+/// (link id, program id) of each pinned link of `router` (XDP), then (filter handle,
+/// program id) of each TC filter in its namespace `ns`.
+fn links(router: &str, ns: &str) -> Vec<(String, u32, u32)> {
+    let mut out = pinned_links(router);
+    out.extend(tc_filters(ns));
+    out
+}
+
+/// The `bpf` filters on the `clsact` ingress of every interface of namespace `ns`, as
+/// (interface, handle, program id), from `tc -j`.
+fn tc_filters(ns: &str) -> Vec<(String, u32, u32)> {
+    let links = std::process::Command::new("ip")
+        .args(["-n", ns, "-j", "link", "show"])
+        .output()
+        .expect("ip link");
+    let links: serde_json::Value = serde_json::from_slice(&links.stdout).expect("ip -j link");
+    let mut out = Vec::new();
+    for link in links.as_array().expect("links") {
+        let name = link["ifname"].as_str().expect("ifname").to_string();
+        let shown = std::process::Command::new("tc")
+            .args(["-n", ns, "-j", "filter", "show", "dev", &name, "ingress"])
+            .output()
+            .expect("tc filter show");
+        let Ok(filters) = serde_json::from_slice::<serde_json::Value>(&shown.stdout) else {
+            continue;
+        };
+        for f in filters.as_array().into_iter().flatten() {
+            let options = &f["options"];
+            let (Some(handle), Some(prog)) =
+                (options["handle"].as_str(), options["prog"]["id"].as_u64())
+            else {
+                continue;
+            };
+            let handle = u32::from_str_radix(handle.trim_start_matches("0x"), 16).expect("handle");
+            out.push((format!("{name} tc filter"), handle, prog as u32));
+        }
+    }
+    out.sort();
+    out
+}
+
 /// (link id, program id) of each pinned link of `router`.
-fn links(router: &str) -> Vec<(String, u32, u32)> {
+fn pinned_links(router: &str) -> Vec<(String, u32, u32)> {
     let dir = router_user::paths::router_pin_dir(router).join("links");
     let mut out: Vec<(String, u32, u32)> = std::fs::read_dir(&dir)
         .expect("pinned links")
@@ -126,8 +167,16 @@ fn restart_under_traffic(mode: &str) {
     let topo = RouterTopology::build(mode);
     with_floating_ip(&topo.config);
     let mut first = Routerd::start(&topo.config, &topo.router_id);
-    let before = links(&topo.router_id);
-    assert!(!before.is_empty(), "{mode}: no pinned links");
+    let before = links(&topo.router_id, &topo.router_ns);
+    assert!(
+        before.iter().any(|(name, ..)| name.ends_with("tc filter")),
+        "{mode}: no TC filters: {before:?}"
+    );
+    assert_eq!(
+        before.iter().any(|(name, ..)| name.ends_with("_xdp")),
+        mode == "xdp",
+        "{mode}: pinned XDP links: {before:?}"
+    );
 
     // A continuous stream to the floating IP, one from a VM behind default SNAT, and a
     // long-lived TCP connection through SNAT.
@@ -203,7 +252,7 @@ fn restart_under_traffic(mode: &str) {
         "{mode}: the new routerd did not adopt without writing:\n{log}"
     );
     // Same links, new programs: replaced in place, never detached.
-    let after = links(&topo.router_id);
+    let after = links(&topo.router_id, &topo.router_ns);
     assert_eq!(
         after.len(),
         before.len(),
@@ -231,7 +280,7 @@ fn restart_under_traffic(mode: &str) {
         "{mode}: the same build did not keep its programs:\n{log}"
     );
     assert_eq!(
-        links(&topo.router_id),
+        links(&topo.router_id, &topo.router_ns),
         after,
         "{mode}: the same build's restart changed links or programs"
     );

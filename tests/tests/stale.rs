@@ -250,6 +250,15 @@ fn a_failed_start_leaves_no_fast_path_behind() {
     for port in ["qr-a", "qr-b"] {
         let link = show(&["link", "show", port]);
         assert!(!link.contains("xdp"), "XDP left on {port}: {link}");
+        let filters = Command::new("tc")
+            .args(["-n", &ns, "filter", "show", "dev", port, "ingress"])
+            .output()
+            .expect("tc");
+        let filters = String::from_utf8_lossy(&filters.stdout);
+        assert!(
+            filters.trim().is_empty(),
+            "TC filter left on {port}: {filters}"
+        );
     }
     // The kernel's part serves the router while it waits.
     let addrs = show(&["-4", "addr", "show"]);

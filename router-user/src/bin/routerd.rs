@@ -83,10 +83,11 @@ struct Args {
     #[arg(long, value_enum, env = "ROUTERD_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
     /// While the routers start, expedite the kernel's RCU grace periods
-    /// (/sys/kernel/rcu_expedited, set back once they have started): attaching a program
-    /// waits for one under the kernel's RTNL lock, and the routers' starts queue behind
-    /// those waits. About halves the start of hundreds of routers (docs/scale.md), at the
-    /// cost of an interrupt to every CPU per grace period meanwhile.
+    /// (/sys/kernel/rcu_expedited, set back once they have started), for kernels and
+    /// drivers where attaching a program waits for one under the RTNL lock. On this
+    /// project's kernels routerd's own attaches wait for none that matter (the TC entry is
+    /// a filter, not a tcx link), and the option slows a start of 1,000 routers in XDP mode
+    /// (docs/scale-expedited.md): an interrupt to every CPU per grace period.
     #[arg(long)]
     expedited_start: bool,
     #[command(flatten)]

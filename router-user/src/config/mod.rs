@@ -73,7 +73,7 @@ pub enum Mode {
     /// XDP on every interface (native), with the TC entry alongside for egresses that
     /// cannot take XDP frames.
     Xdp,
-    /// TC (tcx) only, for interfaces without native XDP.
+    /// The TC entry only, for interfaces without native XDP.
     Tc,
 }
 

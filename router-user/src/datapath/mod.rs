@@ -70,8 +70,9 @@ pub struct Datapath {
     open_maps: BTreeMap<&'static str, Map>,
 }
 
-/// The programs on one interface. A persistent datapath holds no link descriptors (the
-/// pins hold the links: 8 descriptors a router less), so its link ids are `None`.
+/// The programs on one interface. A persistent datapath holds no link descriptors (the XDP
+/// link's pin and the TC filter outlive it: 8 descriptors a router less), so its link ids
+/// are `None`.
 struct Attachment {
     name: String,
     xdp: bool,
@@ -517,22 +518,18 @@ impl Datapath {
             })?;
             repaired.push(pin.to_string());
         }
-        // A link pin removed by hand took the link with it (routerd holds no descriptor):
-        // the interface is attached again. Until then the kernel's slow path forwards.
-        let attached: Vec<(u32, String, bool)> = self
+        // An XDP link pin removed by hand took the link with it (routerd holds no
+        // descriptor): the interface is attached again. Until then the TC entry forwards.
+        let attached: Vec<(u32, String)> = self
             .links
             .iter()
-            .map(|(i, a)| (*i, a.name.clone(), a.xdp))
+            .filter(|(_, a)| a.xdp)
+            .map(|(i, a)| (*i, a.name.clone()))
             .collect();
-        for (index, name, xdp) in attached {
-            let pinned = |kind: &str| link_pins.contains(OsStr::new(&format!("{index}_{kind}")));
-            if xdp && !pinned("xdp") {
+        for (index, name) in attached {
+            if !link_pins.contains(OsStr::new(&format!("{index}_xdp"))) {
                 self.attach_xdp(&name, index)?;
                 repaired.push(format!("{index}_xdp"));
-            }
-            if !pinned("tc") {
-                self.attach_tc(&name, index)?;
-                repaired.push(format!("{index}_tc"));
             }
         }
         Ok(repaired)

@@ -12,7 +12,7 @@ use router_common::{
     RouteKey, SourceKey,
 };
 
-use super::{EBPF_OBJECT, remove_pin};
+use super::{EBPF_OBJECT, attach::detach_tc_filter, remove_pin};
 use crate::error::Error;
 
 /// Sizes of the maps the configuration sizes, fixed when the maps are created.
@@ -205,10 +205,11 @@ pub(super) fn links_dir(router: &str) -> PathBuf {
     crate::paths::router_pin_dir(router).join("links")
 }
 
-/// Removes everything a router pinned (links first, which detaches them, then maps) and its
-/// owner record. Nothing of the router stays in the kernel once its last file descriptor
-/// closes.
+/// Removes everything a router attached and pinned (its TC filters and link pins first,
+/// which detaches its programs, then maps) and its owner record. Nothing of the router
+/// stays in the kernel once its last file descriptor closes.
 pub fn teardown(router: &str) -> Result<(), Error> {
+    detach_tc_filters(router)?;
     let dir = crate::paths::router_pin_dir(router);
     for sub in [links_dir(router), dir.clone()] {
         if let Ok(entries) = std::fs::read_dir(&sub) {
@@ -230,6 +231,43 @@ pub fn teardown(router: &str) -> Result<(), Error> {
     remove_pin(&owner_file(router))?;
     // The slow path's record of the rules it applied (slowpath.rs).
     remove_pin(&crate::paths::run_dir().join(format!("{router}.nft")))
+}
+
+/// Deletes the TC entry's filters from the interfaces of the namespace `router`'s pins were
+/// made in (its owner record's). A namespace that is gone, or is another of the same name,
+/// took the router's interfaces and filters with it.
+fn detach_tc_filters(router: &str) -> Result<(), Error> {
+    let Some(owner) = owner_of(router) else {
+        return Ok(());
+    };
+    let path = crate::paths::netns_path(&owner.namespace);
+    match std::fs::metadata(&path) {
+        Ok(meta) if std::os::unix::fs::MetadataExt::ino(&meta) == owner.netns_inode => {}
+        _ => return Ok(()),
+    }
+    // In a thread of its own: entering the namespace is the calling thread's for good.
+    let detach = || -> Result<(), Error> {
+        crate::netns::enter(&path)
+            .map_err(|e| Error::io(format!("entering {}", path.display()), e))?;
+        let interfaces = nix::net::if_::if_nameindex().map_err(|e| {
+            Error::io(
+                format!("listing the interfaces of {}", path.display()),
+                e.into(),
+            )
+        })?;
+        for iface in interfaces.iter() {
+            detach_tc_filter(&iface.name().to_string_lossy())?;
+        }
+        Ok(())
+    };
+    std::thread::scope(|s| {
+        s.spawn(detach).join().unwrap_or_else(|_| {
+            Err(Error::io(
+                format!("removing router {router}'s TC filters"),
+                std::io::Error::other("the thread panicked"),
+            ))
+        })
+    })
 }
 
 /// Routers with pins on this node.

@@ -1,11 +1,12 @@
 //! Expedited RCU grace periods while a node's routers start (`routerd --expedited-start`).
 //!
-//! Attaching a program to an interface (a tcx link, XDP on a veth) waits for an RCU grace
-//! period while holding the kernel's RTNL lock, so the routers' starts queue behind each
-//! other's waits: on a 2-CPU node starting 1,000 routers, the CPUs idled a third of the
-//! time. Expedited grace periods end in microseconds instead of milliseconds, at the cost of
-//! an interrupt to every CPU for each; the kernel offers the switch for phases like this
-//! one (a system's boot).
+//! Some attachments wait for an RCU grace period while holding the kernel's RTNL lock (a
+//! tcx link, the kernel's XDP dispatcher while it takes new programs), so where a node's
+//! routers make them, their starts queue behind each other's waits. Expedited grace
+//! periods end in microseconds instead of milliseconds, at the cost of an interrupt to
+//! every CPU for each; the kernel offers the switch for phases like this one (a system's
+//! boot). routerd's TC entry is a filter, whose attach waits for no normal grace period, so
+//! on this project's kernels the switch no longer shortens a start (`docs/scale*.md`).
 
 use crate::error::Error;
 
