@@ -74,6 +74,52 @@ fn drift_is_repaired(mode: &str) {
         routerd.log_text()
     );
 
+    // The TC entry's filter deleted by hand, then the interface's `clsact` qdisc (and the
+    // filter with it): attached again each time (the end of the test checks that the fast
+    // path forwards what enters qr-a, with the kernel idle).
+    let filter_del = [
+        "-n",
+        ns,
+        "filter",
+        "del",
+        "dev",
+        "qr-a",
+        "ingress",
+        "prio",
+        "1",
+        "handle",
+        "0x52540001",
+        "bpf",
+    ];
+    let qdisc_del = ["-n", ns, "qdisc", "del", "dev", "qr-a", "clsact"];
+    for (what, args) in [("filter", &filter_del[..]), ("qdisc", &qdisc_del[..])] {
+        let repaired = |log: &str| log.matches("the TC entry's filter on ifindex").count();
+        let before = repaired(&routerd.log_text());
+        let out = std::process::Command::new("tc")
+            .args(args)
+            .output()
+            .expect("tc");
+        assert!(out.status.success(), "{mode}: tc {args:?}: {out:?}");
+        let filters = || {
+            let out = std::process::Command::new("tc")
+                .args(["-n", ns, "filter", "show", "dev", "qr-a", "ingress"])
+                .output()
+                .expect("tc");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let took = within(Duration::from_secs(1), || {
+            filters().contains("handle 0x52540001") && repaired(&routerd.log_text()) > before
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{mode}: the TC entry not back after its {what} was deleted: {}\n{}",
+                filters(),
+                routerd.log_text()
+            )
+        });
+        eprintln!("{mode}: TC entry back {took:?} after its {what} was deleted");
+    }
+
     // An interface that goes away and comes back with a new ifindex.
     let old_index = output(&["-n", ns, "-o", "link", "show", "qr-b"]);
     ip(&["-n", ns, "link", "del", "qr-b"]);

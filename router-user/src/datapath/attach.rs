@@ -247,6 +247,25 @@ impl Datapath {
         Ok((None, adopted))
     }
 
+    /// Attaches the TC entry to interface `ifindex` again after someone else deleted its
+    /// filter or the interface's `clsact` qdisc, if the interface is this persistent
+    /// datapath's and still has that ifindex. Returns whether a filter was missing and is
+    /// back (`false`: nothing to do, or the filter was there and kept its program).
+    pub fn restore_tc_filter(&mut self, ifindex: u32) -> Result<bool, Error> {
+        if !self.persistent {
+            return Ok(false);
+        }
+        let Some(name) = self.links.get(&ifindex).map(|a| a.name.clone()) else {
+            return Ok(false);
+        };
+        // Gone, or another interface by now: the interface's own events set it up.
+        if nix::net::if_::if_nametoindex(name.as_str()).ok() != Some(ifindex) {
+            return Ok(false);
+        }
+        let (_, adopted) = self.attach_tc(&name)?;
+        Ok(!adopted)
+    }
+
     /// Detaches the programs from one interface and forgets it (the interface was removed
     /// from the router).
     pub fn detach_iface(&mut self, ifindex: u32) -> Result<(), Error> {
@@ -292,9 +311,12 @@ where
 
 /// Where the TC entry sits among an interface's `clsact` ingress filters: first
 /// (priority 1), at a handle of its own, so that the next routerd finds it there.
-const TC_PRIORITY: u16 = 1;
-/// "RT" and 1: a handle no one else is likely to choose at priority 1.
-const TC_HANDLE: TcHandle = TcHandle::new(0x5254, 1);
+pub const TC_PRIORITY: u16 = 1;
+/// The TC entry's filter handle, "RT" and 1: one no one else is likely to choose at
+/// priority 1.
+pub const TC_HANDLE_MAJOR: u16 = 0x5254;
+pub const TC_HANDLE_MINOR: u16 = 1;
+const TC_HANDLE: TcHandle = TcHandle::new(TC_HANDLE_MAJOR, TC_HANDLE_MINOR);
 
 /// The errno of a failed netlink request, if it has one.
 fn os_error(e: &TcError) -> Option<i32> {

@@ -5,7 +5,7 @@
 
 mod attach;
 pub mod features;
-pub use self::attach::Attached;
+pub use self::attach::{Attached, TC_HANDLE_MAJOR, TC_HANDLE_MINOR, TC_PRIORITY};
 mod owner;
 mod sessions;
 

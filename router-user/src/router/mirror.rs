@@ -117,6 +117,7 @@ impl RouterState {
             MulticastGroup::Ipv4Route,
             MulticastGroup::Ipv4Ifaddr,
             MulticastGroup::Link,
+            MulticastGroup::Tc,
         ];
         let (conn, _, mut events) = rtnetlink::new_multicast_connection(&groups)
             .map_err(|e| Error::io("subscribing to rtnetlink events", e))?;
@@ -178,6 +179,23 @@ impl RouterState {
                         | NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(n)) => {
                             self.apply_neighbor(&n)?;
                         }
+                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelTrafficFilter(m)) => {
+                            if is_tc_entry_filter(&m) {
+                                self.restore_tc_filter(&m);
+                            }
+                        }
+                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelQueueDiscipline(m)) => {
+                            self.restore_tc_filter(&m);
+                        }
+                        // Filters and qdiscs made (ours among them) change no route.
+                        NetlinkPayload::InnerMessage(
+                            RouteNetlinkMessage::NewTrafficFilter(_)
+                            | RouteNetlinkMessage::NewQueueDiscipline(_)
+                            | RouteNetlinkMessage::NewTrafficChain(_)
+                            | RouteNetlinkMessage::DelTrafficChain(_)
+                            | RouteNetlinkMessage::NewTrafficClass(_)
+                            | RouteNetlinkMessage::DelTrafficClass(_),
+                        ) => {}
                         NetlinkPayload::InnerMessage(_) => dirty = true,
                         // An overrun (ENOBUFS) loses events: read everything again.
                         NetlinkPayload::Error(_) | NetlinkPayload::Overrun(_) => {
@@ -393,6 +411,26 @@ impl RouterState {
         }
     }
 
+    /// Puts the TC entry back on the interface of `msg` (a deleted filter of ours, or a
+    /// deleted qdisc) if it is missing there: without it the kernel forwards that
+    /// interface's packets.
+    fn restore_tc_filter(&mut self, msg: &netlink_packet_route::tc::TcMessage) {
+        let Ok(ifindex) = u32::try_from(msg.header.index) else {
+            return;
+        };
+        match self.datapath.restore_tc_filter(ifindex) {
+            Ok(true) => tracing::warn!(
+                "router {}: repaired: the TC entry's filter on ifindex {ifindex} was deleted; attached again",
+                self.id
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
+                "router {}: the TC entry's filter on ifindex {ifindex} was deleted and could not be attached again: {e}",
+                self.id
+            ),
+        }
+    }
+
     fn apply_neighbor(
         &mut self,
         msg: &netlink_packet_route::neighbour::NeighbourMessage,
@@ -426,4 +464,12 @@ fn failed(
     }
     *failing = true;
     *retry_at = Some(tokio::time::Instant::now() + REPAIR_RETRY);
+}
+
+/// Whether a filter message is about the TC entry's filter (its priority and handle).
+fn is_tc_entry_filter(msg: &netlink_packet_route::tc::TcMessage) -> bool {
+    let handle = msg.header.handle;
+    msg.header.info >> 16 == u32::from(crate::datapath::TC_PRIORITY)
+        && handle.major == crate::datapath::TC_HANDLE_MAJOR
+        && handle.minor == crate::datapath::TC_HANDLE_MINOR
 }
