@@ -179,17 +179,18 @@ impl RouterState {
                         | NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(n)) => {
                             self.apply_neighbor(&n)?;
                         }
-                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelTrafficFilter(m)) => {
-                            if is_tc_entry_filter(&m) {
-                                self.restore_tc_filter(&m);
-                            }
+                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelTrafficFilter(m))
+                            if is_tc_entry_filter(&m) =>
+                        {
+                            self.restore_tc_filter(&m);
                         }
                         NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelQueueDiscipline(m)) => {
                             self.restore_tc_filter(&m);
                         }
-                        // Filters and qdiscs made (ours among them) change no route.
+                        // Filters and qdiscs made (ours among them) or another's deleted change no route.
                         NetlinkPayload::InnerMessage(
                             RouteNetlinkMessage::NewTrafficFilter(_)
+                            | RouteNetlinkMessage::DelTrafficFilter(_)
                             | RouteNetlinkMessage::NewQueueDiscipline(_)
                             | RouteNetlinkMessage::NewTrafficChain(_)
                             | RouteNetlinkMessage::DelTrafficChain(_)
