@@ -1516,6 +1516,7 @@ fn rate_category(s: &Sample) -> &'static str {
     const SKB: &[&str] = &[
         "tcf_",
         "tcx_",
+        "cls_bpf",
         "skb",
         "__netif",
         "netif_",
