@@ -240,11 +240,10 @@ fn detach_tc_filters(router: &str) -> Result<(), Error> {
     let Some(owner) = owner_of(router) else {
         return Ok(());
     };
-    let path = crate::paths::netns_path(&owner.namespace);
-    match std::fs::metadata(&path) {
-        Ok(meta) if std::os::unix::fs::MetadataExt::ino(&meta) == owner.netns_inode => {}
-        _ => return Ok(()),
+    if crate::stale::namespace_gone(&owner.namespace, Some(owner.netns_inode)) {
+        return Ok(());
     }
+    let path = crate::paths::netns_path(&owner.namespace);
     // In a thread of its own: entering the namespace is the calling thread's for good.
     let detach = || -> Result<(), Error> {
         crate::netns::enter(&path)
