@@ -48,6 +48,9 @@ pub struct ScaleTopology {
     pub max_floating_ips: u32,
     pub samples: Vec<Sample>,
     pub config: PathBuf,
+    /// The fabric namespace and the port ends in it.
+    fabric: String,
+    fabric_ports: Vec<String>,
     /// Declared last: namespaces go after everything that lives in them.
     namespaces: Namespaces,
 }
@@ -68,6 +71,8 @@ impl ScaleTopology {
             preallocate_sessions: true,
             max_floating_ips: router_user::config::NatSettings::default().max_floating_ips,
             samples: Vec::new(),
+            fabric: fabric.clone(),
+            fabric_ports: Vec::new(),
             namespaces: Namespaces::default(),
         };
         let mut names = vec![fabric.clone()];
@@ -83,6 +88,18 @@ impl ScaleTopology {
             me.samples.push(sample);
         }
         me.namespaces.add_all(&names);
+        // The fabric stands for the switch the ports plug into, which has no IPv6 stack. With
+        // IPv6 on, its thousands of port ends each run address autoconfiguration as they come
+        // up, and each of their multicast packets is routed in one namespace of thousands of
+        // devices (a walk over one route per device): kernel work that holds the RTNL lock the
+        // routers' starts wait for, and that a real switch does not do.
+        crate::probe::sysctl(
+            &fabric,
+            &[
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ],
+        );
         let mut batch = String::new();
         let mut fabric_up = String::new();
         for i in 0..count {
@@ -101,6 +118,7 @@ impl ScaleTopology {
                 );
                 if peer_ns == &fabric {
                     let _ = writeln!(fabric_up, "link set {peer} up");
+                    me.fabric_ports.push(peer);
                 }
             }
         }
@@ -126,6 +144,28 @@ impl ScaleTopology {
         }
         me.write_config(0..count);
         me
+    }
+
+    /// Sends one frame into every router port from its end in the fabric: a broadcast of the
+    /// local experimental EtherType (0x88b5), which the routers pass to their namespace's
+    /// kernel, which drops it. What a port takes once it carries traffic (in XDP mode, the
+    /// veth's page pool) is then taken. Returns the frames sent.
+    pub fn frame_into_every_port(&self) -> usize {
+        let ports = self.fabric_ports.clone();
+        crate::traffic::join(crate::traffic::in_ns(&self.fabric, move || {
+            let mut frame = vec![0xff; 6];
+            frame.extend([0x02, 0, 0, 0, 0, 1, 0x88, 0xb5]);
+            frame.resize(60, 0);
+            ports
+                .iter()
+                .filter(|port| {
+                    let index = crate::topo::ifindex(port);
+                    crate::packet_socket::PacketSocket::bind(index)
+                        .and_then(|socket| socket.send(&mut [frame.clone()]))
+                        .is_ok_and(|sent| sent == 1)
+                })
+                .count()
+        }))
     }
 
     pub fn router_id(&self, i: usize) -> String {

@@ -56,6 +56,10 @@ fn many_routers_load_forward_and_change_without_disturbing_each_other() {
         );
     }
 
+    // A frame goes into every port of the started routers that leads to no host (two of each
+    // sampled router's lead to hosts; router n has not started, so its ports are down).
+    assert_eq!(topo.frame_into_every_port(), 4 * n - 4);
+
     // Router 0 carries a stream while router n is added and router 1 removed.
     let first = &topo.samples[0];
     let stream = UdpStream::start(

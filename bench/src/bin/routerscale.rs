@@ -76,6 +76,12 @@ struct Report {
     node_memory_mib: f64,
     /// The /proc/meminfo fields that grew most while the routers started, in MiB.
     node_memory_by_kind: Vec<(String, f64)>,
+    /// Router ports that were sent a frame after the start (every port with no host).
+    ports_framed: usize,
+    /// Node memory taken since before the start, once those ports had each carried a frame.
+    node_memory_carrying_mib: f64,
+    /// The /proc/meminfo fields that grew most from the start to then, in MiB.
+    node_memory_carrying_by_kind: Vec<(String, f64)>,
     samples_forwarding: usize,
     samples: usize,
     add_one_ms: u128,
@@ -203,6 +209,13 @@ fn main() -> Result<()> {
     let pinned = pinned_bpf_memory(&ids);
     let routerd_fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
 
+    eprintln!("sending a frame into every router port...");
+    let ports_framed = topo.frame_into_every_port();
+    std::thread::sleep(Duration::from_secs(2));
+    let avail3 = meminfo("MemAvailable");
+    let kinds3 = memory_kinds();
+    eprintln!("  {ports_framed} ports");
+
     let live: Vec<usize> = topo
         .samples
         .iter()
@@ -306,14 +319,10 @@ fn main() -> Result<()> {
         bpf_programs: pinned.programs,
         routerd_fds,
         node_memory_mib: mib(avail1.saturating_sub(avail2)),
-        node_memory_by_kind: kinds1
-            .iter()
-            .zip(&kinds2)
-            .map(|((kind, before), (_, after))| {
-                (kind.to_string(), mib(after.saturating_sub(*before)))
-            })
-            .filter(|(_, grown)| *grown >= 1.0)
-            .collect(),
+        node_memory_by_kind: grown(&kinds1, &kinds2),
+        ports_framed,
+        node_memory_carrying_mib: mib(avail1.saturating_sub(avail3)),
+        node_memory_carrying_by_kind: grown(&kinds2, &kinds3),
         samples_forwarding,
         samples: live.len(),
         add_one_ms,
@@ -328,6 +337,18 @@ fn main() -> Result<()> {
     drop(second);
     drop(first);
     Ok(())
+}
+
+/// The kinds of memory that grew by 1 MiB or more from `before` to `after`, in MiB.
+fn grown(before: &[(&'static str, u64)], after: &[(&'static str, u64)]) -> Vec<(String, f64)> {
+    before
+        .iter()
+        .zip(after)
+        .map(|((kind, before), (_, after))| {
+            (kind.to_string(), after.saturating_sub(*before) as f64 / MIB)
+        })
+        .filter(|(_, grown)| *grown >= 1.0)
+        .collect()
 }
 
 /// The /proc/meminfo fields that tell kernel memory apart, in bytes: BPF maps and
@@ -356,6 +377,18 @@ fn machine() -> String {
     format!("{cpus} CPUs, {memory:.1} GiB, Linux {}", kernel.trim())
 }
 
+/// Memory kinds and their growth, as a report's cell.
+fn kinds(grown: &[(String, f64)]) -> String {
+    if grown.is_empty() {
+        return "none by 1 MiB or more".into();
+    }
+    grown
+        .iter()
+        .map(|(kind, mib)| format!("{kind} {mib:.0} MiB"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn write_report(out: &PathBuf, r: &Report) -> Result<()> {
     let per = |v: f64| v / r.routers as f64;
     let md = format!(
@@ -374,6 +407,8 @@ fn write_report(out: &PathBuf, r: &Report) -> Result<()> {
          | of it, the largest per router | {largest} |\n\
          | node memory taken by starting the routers (MemAvailable before and after) | {node:.0} MiB ({node_per:.2} MiB per router) |\n\
          | of it, by kind (/proc/meminfo growth) | {kinds} |\n\
+         | node memory taken once every router port has carried a frame (a broadcast from the fabric into each of the {framed} ports with no host; MemAvailable before the start and after) | {carrying:.0} MiB ({carrying_per:.2} MiB per router) |\n\
+         | of it, taken by the frames (/proc/meminfo growth; a page pool's pages are none of these kinds) | {carrying_kinds} |\n\
          | routerd resident memory | {rss:.0} MiB |\n\
          | routerd's open file descriptors | {fds} ({fds_per:.1} per router) |\n\
          | the namespaces and veth pairs themselves (not ours; built in {build:.0} s) | {topo_mem:.0} MiB |\n\
@@ -418,12 +453,11 @@ fn write_report(out: &PathBuf, r: &Report) -> Result<()> {
             .join(", "),
         node = r.node_memory_mib,
         node_per = per(r.node_memory_mib),
-        kinds = r
-            .node_memory_by_kind
-            .iter()
-            .map(|(kind, mib)| format!("{kind} {mib:.0} MiB"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        kinds = kinds(&r.node_memory_by_kind),
+        framed = r.ports_framed,
+        carrying = r.node_memory_carrying_mib,
+        carrying_per = per(r.node_memory_carrying_mib),
+        carrying_kinds = kinds(&r.node_memory_carrying_by_kind),
         rss = r.routerd_rss_mib,
         fds = r.routerd_fds,
         fds_per = per(r.routerd_fds as f64),
