@@ -176,6 +176,9 @@ fn main() -> Result<()> {
     let n = args.routers;
     let mib = |b: u64| b as f64 / MIB;
 
+    eprintln!("waiting for the node's free memory to hold still...");
+    let settled = wait_memory_settled();
+    eprintln!("  {:.0} s", settled.as_secs_f64());
     eprintln!("building {} router namespaces with 4 ports each...", n + 1);
     let avail0 = meminfo("MemAvailable");
     let t = Instant::now();
@@ -337,6 +340,24 @@ fn main() -> Result<()> {
     drop(second);
     drop(first);
     Ok(())
+}
+
+/// Waits (at most 180 s) until MemAvailable holds still: within 16 MiB over 2 s. The kernel
+/// frees a deleted namespace's memory in the background, and an earlier run's thousand
+/// namespaces take a while: measured meanwhile, what this run takes would be hidden by what
+/// that frees. Returns how long it waited.
+fn wait_memory_settled() -> Duration {
+    let started = Instant::now();
+    let mut last = meminfo("MemAvailable");
+    while started.elapsed() < Duration::from_secs(180) {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = meminfo("MemAvailable");
+        if now.abs_diff(last) < 16 * 1024 * 1024 {
+            break;
+        }
+        last = now;
+    }
+    started.elapsed()
 }
 
 /// The kinds of memory that grew by 1 MiB or more from `before` to `after`, in MiB.
