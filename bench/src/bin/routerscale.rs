@@ -1,7 +1,8 @@
 //! `routerscale`: one routerd serving many routers (1,000 by default), each in its own
 //! namespace with a gateway and three internal ports. Measures the time to start them all,
-//! the memory they hold, the time to add and remove one while another carries traffic, and
-//! a restart of routerd under traffic; writes `docs/scale.md` and `docs/scale.json`.
+//! the memory they hold (idle, and once every port has carried a frame), the time to add and
+//! remove one while another carries traffic, and a restart of routerd under traffic; writes
+//! `docs/scale.md` and `docs/scale.json`.
 //!
 //! Run through `cargo xtask scale [--routers N]` (which builds the release binaries).
 
