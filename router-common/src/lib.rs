@@ -373,10 +373,11 @@ pub struct MonitorConfig {
     pub until_ns: u64,
 }
 
-/// Bytes of the `EVENTS` ring buffer: about 1,300 events, what `routerctl monitor` reads
-/// every 20 ms (65,000 dropped or passed packets a second before it reports events lost).
-/// Every router has one, monitored or not.
-pub const EVENTS_BYTES: u32 = 64 * 1024;
+/// Bytes of the `EVENTS` ring buffer: about 330 events, what routerd's monitor reads every
+/// 5 ms while someone listens (65,000 dropped or passed packets a second before the ring
+/// overflows). Every router has one, monitored or not, so it is kept small: a node of
+/// 1,000 routers holds 1,000 rings.
+pub const EVENTS_BYTES: u32 = 16 * 1024;
 
 /// One dropped or passed packet, for `routerctl monitor`.
 #[repr(C)]

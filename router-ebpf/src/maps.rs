@@ -47,9 +47,10 @@ pub static NEIGHBORS: HashMap<NeighborKey, NeighborEntry> =
 #[map]
 pub static NEIGHBOR_COPIES: Array<NeighborCopy> = Array::with_max_entries(NEIGHBOR_COPY_SLOTS, 0);
 
-/// The router's interfaces by ifindex.
+/// The router's interfaces by ifindex. Only the controller writes it, a few entries per
+/// router: made as they come rather than preallocated.
 #[map]
-pub static IFACES: HashMap<u32, IfaceEntry> = HashMap::with_max_entries(MAX_IFACES, 0);
+pub static IFACES: HashMap<u32, IfaceEntry> = HashMap::with_max_entries(MAX_IFACES, ON_DEMAND);
 
 /// The same interfaces at their ifindex, for ifindexes below `MAX_IFACES` (see
 /// `IfaceIndexed`): looked up without a call, in front of `IFACES`.

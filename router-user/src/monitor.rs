@@ -118,12 +118,17 @@ impl Monitor {
     }
 }
 
+/// How often the hub drains the rings while a client listens: a ring holds
+/// [`router_common::EVENTS_BYTES`] of events, about 330, so up to 65,000 events a second
+/// reach the clients before a busy router's ring overflows.
+const DRAIN_EVERY: Duration = Duration::from_millis(5);
+
 /// Events queued for each monitor client (see the module docs) before it loses some.
 pub const QUEUE: usize = 4096;
 
 /// routerd's reader of the rings (see the module docs): a thread that, while a client
-/// listens, drains the rings of the routers this routerd pinned every 20 ms and sends every
-/// event to every client. Without clients it reads nothing and the programs send nothing.
+/// listens, drains the rings of the routers this routerd pinned every [`DRAIN_EVERY`] and
+/// sends every event to every client. Without clients it reads nothing and the programs send nothing.
 #[derive(Clone)]
 pub struct Hub {
     events: broadcast::Sender<Arc<EventLine>>,
@@ -185,7 +190,7 @@ fn drain_for_clients(events: &broadcast::Sender<Arc<EventLine>>, owner: &std::pa
                 let _ = events.send(Arc::new(e));
             }
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(DRAIN_EVERY);
     }
 }
 

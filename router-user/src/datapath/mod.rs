@@ -5,7 +5,9 @@
 
 mod attach;
 pub mod features;
+mod object;
 pub use self::attach::{Attached, TC_HANDLE_MAJOR, TC_HANDLE_MINOR, TC_PRIORITY};
+pub use self::object::EBPF_OBJECT;
 mod owner;
 mod sessions;
 
@@ -16,7 +18,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader, include_bytes_aligned,
+    Ebpf, EbpfLoader,
     maps::{Map, MapData, MapError},
     programs::{SchedClassifier, Xdp, tc::SchedClassifierLinkId, xdp::XdpLinkId},
 };
@@ -29,9 +31,6 @@ pub use self::owner::{
 };
 use self::owner::{links_dir, owner_file};
 use crate::{config::Mode, error::Error, maps::MapSource};
-
-/// The eBPF object built by build.rs.
-pub static EBPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/router-ebpf"));
 
 pub struct Datapath {
     /// The loaded object: a datapath of tests and benchmarks uses its programs and maps. A
@@ -357,7 +356,7 @@ impl Datapath {
         for name in map_names::ALL {
             loader.map_pin_path(name, dir.join(name));
         }
-        let loaded = loader.load(EBPF_OBJECT).map_err(Box::new);
+        let loaded = loader.load(object::without_line_info()).map_err(Box::new);
         if let Ok(mut pool) = PINNED_LOADERS.lock() {
             pool.push(loader);
         }
