@@ -19,6 +19,7 @@ pub mod neutron;
 pub mod observe;
 pub mod ovs;
 pub mod packet_socket;
+pub mod pins;
 pub mod pki;
 pub mod policy_topo;
 pub mod probe;

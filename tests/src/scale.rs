@@ -312,7 +312,7 @@ pub fn pinned_bpf_memory(routers: &[String]) -> PinnedMemory {
 /// The numeric fields of the fdinfo of the BPF object pinned at `path` (`map_type`,
 /// `max_entries`, `map_flags`, `memlock`, ...), if it can be opened.
 pub fn pin_fdinfo(path: &Path) -> Option<std::collections::BTreeMap<String, u64>> {
-    let fd = bpf_obj_get(path)?;
+    let fd = crate::pins::obj_get(path)?;
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
     Some(
         info.lines()
@@ -327,28 +327,6 @@ pub fn pin_fdinfo(path: &Path) -> Option<std::collections::BTreeMap<String, u64>
             })
             .collect(),
     )
-}
-
-/// A descriptor of the BPF object pinned at `path` (BPF_OBJ_GET).
-fn bpf_obj_get(path: &Path) -> Option<std::os::fd::OwnedFd> {
-    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
-    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags (the rest zero).
-    let mut attr = [0u64; 16];
-    attr[0] = path.as_ptr() as u64;
-    const BPF_OBJ_GET: libc::c_long = 7;
-    // SAFETY: `attr` outlives the call and is as large as the kernel reads; `path` is a
-    // valid NUL-terminated string for the duration of the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    // SAFETY: a new descriptor the kernel just gave us, owned from here on.
-    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// A line of /proc/meminfo, in bytes.

@@ -157,52 +157,6 @@ fn pinned_links(router: &str) -> Vec<(String, u32, u32)> {
     out
 }
 
-/// (function, line) information records of the program pinned at `pin`, from the kernel's
-/// `bpf_prog_info` (`nr_func_info` at byte 144, `nr_line_info` at 148).
-fn btf_info_records(pin: &Path) -> (u32, u32) {
-    use std::os::unix::ffi::OsStrExt as _;
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    let path = std::ffi::CString::new(pin.as_os_str().as_bytes()).expect("pin path");
-    let mut attr = [0u64; 16];
-    attr[0] = path.as_ptr() as u64;
-    // SAFETY: a bpf_attr for BPF_OBJ_GET (pathname, bpf_fd 0, file_flags 0), zero-padded.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            attr.as_mut_ptr(),
-            size_of_val(&attr),
-        )
-    };
-    assert!(
-        fd >= 0,
-        "{}: {}",
-        pin.display(),
-        std::io::Error::last_os_error()
-    );
-    let mut info = [0u8; 256];
-    let mut attr = [0u64; 16];
-    attr[0] = fd as u64 | ((info.len() as u64) << 32);
-    attr[1] = info.as_mut_ptr() as u64;
-    // SAFETY: a bpf_attr for BPF_OBJ_GET_INFO_BY_FD (bpf_fd, info_len, info), zero-padded;
-    // the kernel writes at most `info.len()` bytes.
-    let got = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            attr.as_mut_ptr(),
-            size_of_val(&attr),
-        )
-    };
-    let error = std::io::Error::last_os_error();
-    // SAFETY: `fd` is the descriptor BPF_OBJ_GET gave, closed once.
-    unsafe { libc::close(fd as i32) };
-    assert_eq!(got, 0, "{}: {error}", pin.display());
-    let at = |offset: usize| u32::from_ne_bytes(info[offset..offset + 4].try_into().expect("4"));
-    (at(144), at(148))
-}
-
 fn with_floating_ip(config: &Path) {
     let mut text = std::fs::read_to_string(config).expect("config");
     text.push_str("\n[[router.floating_ip]]\naddress = \"198.18.0.10\"\nfixed = \"10.0.2.5\"\n");
@@ -230,7 +184,8 @@ fn restart_under_traffic(mode: &str) {
         .iter()
         .take(if mode == "xdp" { 2 } else { 1 })
     {
-        let (functions, lines) = btf_info_records(&pins.join(pin));
+        let (functions, lines) = router_tests::pins::program_btf_records(&pins.join(pin))
+            .unwrap_or_else(|e| panic!("{mode}: {pin}: {e}"));
         assert!(
             functions > 1 && lines == 0,
             "{mode}: {pin}: {functions} function and {lines} line information records"
