@@ -169,9 +169,10 @@ pub struct RouteEntry {
 pub const ROUTE_CACHE_SLOTS: u32 = 256;
 
 /// An entry of `ROUTE_CACHE`, the programs' per-CPU cache of their lookups in `ROUTES`: what
-/// the trie answered for `dst` in `table` (`found` 0: no route) while the routes' epoch
-/// (`ROUTE_EPOCH`) was `epoch`. The controller moves the epoch on after every change of
-/// `ROUTES`, so no entry of an earlier epoch is used again; epoch 0 is never used.
+/// the trie answered for `dst` in `table` (`found` 0: no route) while the forwarding epoch
+/// (`ROUTE_EPOCH`) was `epoch`. The controller moves the epoch on after every change of a
+/// table a forwarding decision reads (`ROUTES` among them), so no entry of an earlier epoch
+/// is used again; epoch 0 is never used.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RouteCached {
@@ -180,6 +181,56 @@ pub struct RouteCached {
     pub dst: [u8; 4],
     pub found: u32,
     pub route: RouteEntry,
+}
+
+/// Slots of `FLOW_CACHE` per CPU: 8 KiB a CPU.
+pub const FLOW_CACHE_SLOTS: u32 = 128;
+
+/// Bits of [`FlowCached::fip`]: the floating IPs a cached flow is counted against.
+pub mod flow_fip {
+    /// Its destination is a floating IP (`dst`), translated to `new_dst`.
+    pub const IN: u8 = 1 << 0;
+    /// Its source leaves as floating IP `new_src`.
+    pub const OUT: u8 = 1 << 1;
+}
+
+/// An entry of `FLOW_CACHE`, the programs' per-CPU cache of whole forwarding decisions: a
+/// TCP or UDP flow (`ingress`, `src`, `dst`, `ports`, `proto`) that the pipeline forwarded
+/// without a session (routed, or translated by a floating IP) while the forwarding epoch
+/// (`ROUTE_EPOCH`) was `epoch`, with everything its next packets need: the MAC frames to
+/// the router carry, the egress and its MTU, both MACs to write and the translation. A flow
+/// with a session, a firewall decision, a fragment, or a next hop the kernel must resolve
+/// is never cached. The controller moves the epoch on after every change of a table a
+/// decision reads, so no entry of an earlier epoch is used again; epoch 0 is never used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowCached {
+    pub epoch: u32,
+    pub ingress: u32,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// Source and destination port as on the wire.
+    pub ports: [u8; 4],
+    pub proto: u8,
+    /// 1: decided by the XDP entry (whose egresses must take XDP frames), 0: by the TC entry.
+    pub xdp: u8,
+    /// The ingress interface's counter slot (`IfaceEntry::slot`).
+    pub counter_slot: u16,
+    pub egress: u32,
+    /// The egress interface's MTU.
+    pub mtu: u32,
+    /// The ingress interface's MAC: a frame with another destination MAC is not cached.
+    pub in_mac: [u8; 6],
+    /// The next hop's MAC, written as the destination.
+    pub dst_mac: [u8; 6],
+    /// The egress interface's source MAC (`IfaceEntry::src_mac`).
+    pub src_mac: [u8; 6],
+    /// Bits of [`flow_fip`].
+    pub fip: u8,
+    pub _pad: u8,
+    /// The addresses the flow leaves with (its own where untranslated).
+    pub new_src: [u8; 4],
+    pub new_dst: [u8; 4],
 }
 
 /// A neighbour (ARP) entry, mirrored from the kernel's table of the router namespace.

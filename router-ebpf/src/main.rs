@@ -12,6 +12,7 @@ mod counters;
 mod csum;
 mod firewall;
 mod flow;
+mod flow_cache;
 mod fragment;
 mod ha;
 mod maps;
@@ -46,16 +47,30 @@ const TC_LINEAR_BYTES: u32 = 14 + 20 + 8 + 20 + 18;
 #[xdp(frags)]
 pub fn router_xdp(ctx: XdpContext) -> u32 {
     let frame = Frame::from_xdp(&ctx);
-    let decision = router_xdp_decide(ctx.ctx);
-    let mut verdict = pipeline::verdict(
-        &frame,
-        decision,
-        || router_xdp_classify(ctx.ctx),
-        || router_xdp_forward(ctx.ctx),
-        || router_xdp_checksum(ctx.ctx),
-        || router_xdp_finish(ctx.ctx),
-        || router_xdp_fragment(ctx.ctx),
-    );
+    let epoch = flow_cache::epoch();
+    let cached = if flow_cache::may_hold(&frame, epoch) {
+        router_xdp_cached(ctx.ctx, epoch)
+    } else {
+        flow_cache::MISSED
+    };
+    let mut verdict = match cached {
+        flow_cache::MISSED => pipeline::verdict(
+            &frame,
+            {
+                flow_cache::begin(epoch);
+                router_xdp_decide(ctx.ctx)
+            },
+            || router_xdp_classify(ctx.ctx),
+            || router_xdp_forward(ctx.ctx),
+            || router_xdp_checksum(ctx.ctx),
+            || router_xdp_finish(ctx.ctx),
+            || router_xdp_fragment(ctx.ctx),
+        ),
+        ifindex => Verdict::Forward {
+            ifindex,
+            resolve: [0; 4],
+        },
+    };
     let action = match verdict {
         Verdict::Forward { ifindex, .. } => match EGRESS_DEVS.redirect(ifindex, 0) {
             Ok(action) => action,
@@ -151,16 +166,30 @@ pub fn router_tc(ctx: TcContext) -> i32 {
         let _ = ctx.pull_data(TC_LINEAR_BYTES.min(ctx.len()));
     }
     let frame = Frame::from_tc(&ctx);
-    let decision = router_tc_decide(ctx.skb.skb);
-    let mut verdict = pipeline::verdict(
-        &frame,
-        decision,
-        || router_tc_classify(ctx.skb.skb),
-        || router_tc_forward(ctx.skb.skb),
-        || router_tc_checksum(ctx.skb.skb),
-        || router_tc_finish(ctx.skb.skb),
-        || router_tc_fragment(ctx.skb.skb),
-    );
+    let epoch = flow_cache::epoch();
+    let cached = if flow_cache::may_hold(&frame, epoch) {
+        router_tc_cached(ctx.skb.skb, epoch)
+    } else {
+        flow_cache::MISSED
+    };
+    let mut verdict = match cached {
+        flow_cache::MISSED => pipeline::verdict(
+            &frame,
+            {
+                flow_cache::begin(epoch);
+                router_tc_decide(ctx.skb.skb)
+            },
+            || router_tc_classify(ctx.skb.skb),
+            || router_tc_forward(ctx.skb.skb),
+            || router_tc_checksum(ctx.skb.skb),
+            || router_tc_finish(ctx.skb.skb),
+            || router_tc_fragment(ctx.skb.skb),
+        ),
+        ifindex => Verdict::Forward {
+            ifindex,
+            resolve: [0; 4],
+        },
+    };
     let action = match verdict {
         Verdict::Forward { ifindex, resolve } => {
             // SAFETY: plain helper calls from the TC entry.
@@ -207,6 +236,20 @@ fn mark_rejected(ctx: &TcContext) {
 
 // The pipeline's stages are global functions: the verifier checks each once, on its own,
 // so its cost is their sum rather than their product, and each has its own stack.
+
+/// A packet of a cached flow under XDP (see `flow_cache::forward`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn router_xdp_cached(ctx: *mut xdp_md, epoch: u32) -> u32 {
+    flow_cache::forward(&Frame::from_xdp(&XdpContext::new(ctx)), epoch)
+}
+
+/// A packet of a cached flow under TC.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn router_tc_cached(skb: *mut __sk_buff, epoch: u32) -> u32 {
+    flow_cache::forward(&Frame::from_tc(&TcContext::new(skb)), epoch)
+}
 
 /// The first stage of the pipeline under XDP (see `pipeline::decide`).
 #[unsafe(no_mangle)]

@@ -6,23 +6,30 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use router_common::{
-    CtEntry, CtKey, DEFAULT_SESSION_ENTRIES, EVENTS_BYTES, FW_STATS_SLOTS, FipEntry, FipFilter,
-    FipStats, FragEntry, FragKey, FwRule, FwStats, HaState, IfaceEntry, IfaceForwarded,
-    IfaceIndexed, IfaceStats, MAX_ALLOWED_SOURCES, MAX_FLOATING_IPS, MAX_FRAGMENT_DATAGRAMS,
-    MAX_FW_RULES, MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES, MAX_RULES, MonitorConfig,
-    NEIGHBOR_COPY_SLOTS, NatConfig, NeighborCopy, NeighborEntry, NeighborKey, PolicyConfig,
-    PolicyRule, ROUTE_CACHE_SLOTS, RouteCached, RouteEntry, RouteKey, SYNC_BYTES, SnatStats,
-    SourceKey,
+    CtEntry, CtKey, DEFAULT_SESSION_ENTRIES, EVENTS_BYTES, FLOW_CACHE_SLOTS, FW_STATS_SLOTS,
+    FipEntry, FipFilter, FipStats, FlowCached, FragEntry, FragKey, FwRule, FwStats, HaState,
+    IfaceEntry, IfaceForwarded, IfaceIndexed, IfaceStats, MAX_ALLOWED_SOURCES, MAX_FLOATING_IPS,
+    MAX_FRAGMENT_DATAGRAMS, MAX_FW_RULES, MAX_IFACES, MAX_NEIGHBORS, MAX_ROUTES, MAX_RULES,
+    MonitorConfig, NEIGHBOR_COPY_SLOTS, NatConfig, NeighborCopy, NeighborEntry, NeighborKey,
+    PolicyConfig, PolicyRule, ROUTE_CACHE_SLOTS, RouteCached, RouteEntry, RouteKey, SYNC_BYTES,
+    SnatStats, SourceKey,
 };
 
 /// Every routing table of the router in one trie (see `RouteKey`).
 #[map]
 pub static ROUTES: LpmTrie<RouteKey, RouteEntry> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
 
-/// The routes' epoch (one entry): the controller moves it on after every change of
-/// `ROUTES`, which ends every `ROUTE_CACHE` entry made before.
+/// The forwarding epoch (one entry): the controller moves it on after every change of a
+/// table a forwarding decision reads (routes, rules, interfaces, neighbours, floating IPs,
+/// the firewall, HA), which ends every `ROUTE_CACHE` and `FLOW_CACHE` entry made before.
 #[map]
 pub static ROUTE_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Each CPU's cache of whole forwarding decisions (see `FlowCached`), at a hash of the
+/// flow: a flow's later packets are rewritten and sent from it without the pipeline's
+/// stages. Only the programs use it (not pinned): a new load starts it empty.
+#[map]
+pub static FLOW_CACHE: PerCpuArray<FlowCached> = PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
 /// Each CPU's cache of its lookups in `ROUTES` (see `RouteCached`), at a hash of the table
 /// and destination: an array lookup the verifier inlines, where the trie takes a call.

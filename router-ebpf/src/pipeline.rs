@@ -9,7 +9,7 @@ use router_common::{
 use crate::{
     arp, conntrack,
     context::Frame,
-    counters, firewall, flow, fragment, ha,
+    counters, firewall, flow, flow_cache, fragment, ha,
     maps::{self, ALLOWED_SOURCES, HANDOFF, POLICY_CONFIG},
     nat,
     parse::{self, IPPROTO_TCP, Ipv4Packet, L2, L4_OFFSET},
@@ -344,8 +344,10 @@ pub fn checksum_check(frame: &Frame) -> u32 {
 }
 
 /// The verdict of a packet after every stage: `decision` from [`decide`], `classify` and
-/// `forward` when that sends it on, then (when that was `FINISH`) `check` (`checksum_check`, for a packet that would create a session) and
-/// `finish`, or for a later fragment `finish_fragment` ([`finish_fragment`]).
+/// `forward` when that sends it on, then (when that was `FINISH`) `check` (`checksum_check`,
+/// for a packet that would create a session) and `finish`, or for a later fragment
+/// `finish_fragment` ([`finish_fragment`]). A forwarded packet's decision is offered to the
+/// flow cache.
 #[inline(always)]
 pub fn verdict(
     frame: &Frame,
@@ -392,6 +394,7 @@ pub fn verdict(
             // Here rather than in `finish`, whose stack cannot take another call.
             fragment::record_forward(h);
         }
+        flow_cache::router_flow_remember(frame.ingress, u32::from(frame.needs_xdp_egress));
     }
     Verdict::Forward {
         ifindex: h.egress,
@@ -435,6 +438,8 @@ pub struct Handoff {
     pub fw_slot: u32,
     /// The ingress interface's counter slot (see [`counter_slot`]), from `decide`.
     pub counter_slot: u32,
+    /// The forwarding epoch as this program run began (`flow_cache::begin`).
+    pub epoch: u32,
 }
 
 /// The second half of the pipeline, for a packet `process` decided to forward: creates its

@@ -683,13 +683,18 @@ fn neighbour_copies_are_used_only_while_valid_and_their_own() {
     use router_user::maps::copies;
     let mut f = Fixture::new();
     let egress = ifindex("out0");
-    let frame = vm_to(REMOTE).udp(40000, 53).payload(b"x");
     let key = NeighborKey {
         ifindex: egress,
         addr: [198, 18, 0, 1],
     };
     let slot = key.copy_slot();
-    let next_hop = |f: &mut Fixture, why: &str| f.next_hop_mac(&frame, why);
+    // Each probe is a flow of its own: the copies are written here behind the controller's
+    // back, which ends no flow's cached decision (`FLOW_CACHE`).
+    let port = std::cell::Cell::new(40000u16);
+    let next_hop = |f: &mut Fixture, why: &str| {
+        port.set(port.get() + 1);
+        f.next_hop_mac(&vm_to(REMOTE).udp(port.get(), 53).payload(b"x"), why)
+    };
     let copy = f.dp.routes().neighbor_copies().expect("copies")[&slot];
     assert_eq!(copy.key, key, "the next hop has its slot");
     assert_eq!(next_hop(&mut f, "as written"), NEXT_HOP_MAC);
@@ -809,6 +814,202 @@ fn cached_routes_end_when_the_routes_change() {
         epoch.set(0, 0, 0).expect("writing");
     }
     assert_eq!(next_hop(&mut f, "at epoch 0"), NEXT_HOP_MAC);
+}
+
+/// Each CPU caches the whole decision of a flow it forwarded without a session
+/// (`FLOW_CACHE`), and sends the flow's later packets from it, counted as the stages count
+/// them: a neighbour changed behind the controller's back keeps its old MAC for the cached
+/// flow (the cache answers); at epoch 0 nothing cached is used; every change the controller
+/// makes (a neighbour, a floating IP, an interface's MTU, the firewall) takes effect with
+/// the next packet; and what is checked of each packet (TTL, the IPv4 checksum, the
+/// router's MAC, the HA role) is checked on a hit too.
+#[test]
+fn cached_flows_end_when_what_decided_them_changes() {
+    use aya::maps::{Array, HashMap};
+    use router_common::{
+        HaState, NeighborCopy, NeighborEntry, NeighborKey, fw_flags, ha_role, map_names,
+    };
+    use router_user::maps::{MapSource as _, copies, policy::PolicyTables};
+    // The cache is per CPU: the runs stay on one.
+    testrun::stay_on_one_cpu();
+    let mut f = Fixture::new();
+    let egress = ifindex("out0");
+    let frame = vm_to(REMOTE).udp(40000, 53).payload(b"x");
+    let next_hop = |f: &mut Fixture, why: &str| f.next_hop_mac(&frame, why);
+    let refused = |f: &mut Fixture, frame: &[u8], reason: Reason, why: &str| {
+        for entry in [Entry::Xdp, Entry::Tc] {
+            // The flow's decision is cached first.
+            assert_eq!(
+                f.run(entry, &vm_to(REMOTE).udp(40000, 53).payload(b"x"))
+                    .verdict,
+                entry.redirect(),
+                "{why}: cached"
+            );
+            let before = f.stats().reasons[reason as usize];
+            assert_ne!(
+                f.run(entry, frame).verdict,
+                entry.redirect(),
+                "{why}: {entry:?}"
+            );
+            assert_eq!(
+                f.stats().reasons[reason as usize],
+                before + 1,
+                "{why}: {entry:?} counts {reason:?}"
+            );
+        }
+    };
+
+    let before = f.stats();
+    assert_eq!(next_hop(&mut f, "decided"), NEXT_HOP_MAC);
+    assert_eq!(next_hop(&mut f, "from the cache"), NEXT_HOP_MAC);
+    let after = f.stats();
+    assert_eq!(
+        after.fwd_packets,
+        before.fwd_packets + 4,
+        "every packet counted"
+    );
+    assert_eq!(after.fwd_bytes, before.fwd_bytes + 4 * frame.len() as u64);
+
+    // The neighbour's new MAC, through the controller: the next packet takes it.
+    let key = NeighborKey {
+        ifindex: egress,
+        addr: [198, 18, 0, 1],
+    };
+    let with_mac = |mac| NeighborEntry { mac, _pad: [0; 2] };
+    f.dp.routes()
+        .set_neighbor(key, Some(with_mac(OTHER_HOP_MAC)))
+        .expect("a new MAC");
+    assert_eq!(next_hop(&mut f, "a new MAC"), OTHER_HOP_MAC);
+    assert_eq!(next_hop(&mut f, "the new MAC, cached"), OTHER_HOP_MAC);
+
+    // The old MAC back behind the controller's back (no new epoch): the cache answers.
+    let slot = key.copy_slot();
+    let live: NeighborCopy =
+        copies::get(&mut f.dp, map_names::NEIGHBOR_COPIES, slot).expect("the copy");
+    let back = NeighborCopy {
+        key,
+        entry: with_mac(NEXT_HOP_MAC),
+    };
+    copies::set(
+        &mut f.dp,
+        map_names::NEIGHBOR_COPIES,
+        &[(slot, live)],
+        &[(slot, back)],
+    )
+    .expect("writing the copy");
+    {
+        let mut table: HashMap<_, NeighborKey, NeighborEntry> =
+            HashMap::try_from(f.dp.map(map_names::NEIGHBORS).expect("NEIGHBORS")).expect("a hash");
+        table
+            .insert(key, with_mac(NEXT_HOP_MAC), 0)
+            .expect("writing");
+    }
+    assert_eq!(next_hop(&mut f, "cached, neighbour changed"), OTHER_HOP_MAC);
+    // At epoch 0 nothing cached is used: the tables' answer.
+    {
+        let mut epoch: Array<_, u32> =
+            Array::try_from(f.dp.map(map_names::ROUTE_EPOCH).expect("ROUTE_EPOCH"))
+                .expect("an array");
+        epoch.set(0, 0, 0).expect("writing");
+    }
+    assert_eq!(next_hop(&mut f, "at epoch 0"), NEXT_HOP_MAC);
+
+    // A floating IP for the VM (which also starts a new epoch): the flow leaves from it,
+    // and the cached packets count against it as the first did.
+    const FIP: [u8; 4] = [198, 18, 0, 50];
+    f.dp.nat().add_floating_ip(FIP, VM).expect("a floating IP");
+    assert_ne!(f.dp.routes().epoch().expect("ROUTE_EPOCH"), 0);
+    for why in ["translated", "translated, from the cache"] {
+        for entry in [Entry::Xdp, Entry::Tc] {
+            let run = f.run(entry, &frame);
+            assert_eq!(run.verdict, entry.redirect(), "{why}: {entry:?}");
+            let out = frames::parse(&run.frame);
+            assert_eq!(out.addresses.src, FIP, "{why}: {entry:?}");
+            assert!(
+                out.ip_checksum_ok && out.l4_checksum_ok,
+                "{why}: {entry:?} checksums"
+            );
+        }
+    }
+    let counted = f.dp.nat().floating_ip_counters(FIP).expect("FIP_STATS");
+    assert_eq!(
+        counted.out_packets, 4,
+        "every packet counted against the floating IP"
+    );
+
+    // What is checked of each packet is checked on a hit too.
+    refused(
+        &mut f,
+        &vm_to(REMOTE).ttl(1).udp(40000, 53).payload(b"x"),
+        Reason::TtlExpired,
+        "TTL 1",
+    );
+    let mut broken = frame.clone();
+    broken[24] ^= 0xff;
+    refused(
+        &mut f,
+        &broken,
+        Reason::BadIpChecksum,
+        "a wrong IPv4 checksum",
+    );
+    let mut elsewhere = frame.clone();
+    elsewhere[..6].copy_from_slice(&OTHER_HOP_MAC);
+    refused(&mut f, &elsewhere, Reason::NotRouterMac, "to another MAC");
+    f.dp.ha()
+        .set(HaState {
+            role: ha_role::STANDBY,
+            ..HaState::default()
+        })
+        .expect("HA");
+    refused_uncached(&mut f, &frame, Reason::Standby, "a standby");
+    f.dp.ha().set(HaState::default()).expect("HA");
+
+    // The egress's MTU below the packet's size: handed to the kernel.
+    let mut small = iface(
+        ROUTER_OUT_MAC,
+        iface_role::EXTERNAL,
+        iface_flags::XDP_EGRESS,
+    );
+    small.mtu = 28;
+    f.dp.ifaces().set(egress, small).expect("IFACES");
+    refused_uncached(&mut f, &frame, Reason::FragNeeded, "over the MTU");
+    f.dp.ifaces()
+        .set(
+            egress,
+            iface(
+                ROUTER_OUT_MAC,
+                iface_role::EXTERNAL,
+                iface_flags::XDP_EGRESS,
+            ),
+        )
+        .expect("IFACES");
+    assert_eq!(next_hop(&mut f, "the MTU back"), NEXT_HOP_MAC);
+
+    // The firewall on, denying by default: the flow is dropped.
+    let firewall = PolicyTables {
+        fw_flags: fw_flags::ENABLED,
+        ..PolicyTables::default()
+    };
+    f.dp.policy().sync_rules(&firewall).expect("the firewall");
+    refused_uncached(&mut f, &frame, Reason::FwDefaultDeny, "the firewall");
+}
+
+/// Runs `frame` through both entries as it is: neither forwards it, and each counts it
+/// under `reason`.
+fn refused_uncached(f: &mut Fixture, frame: &[u8], reason: Reason, why: &str) {
+    for entry in [Entry::Xdp, Entry::Tc] {
+        let before = f.stats().reasons[reason as usize];
+        assert_ne!(
+            f.run(entry, frame).verdict,
+            entry.redirect(),
+            "{why}: {entry:?}"
+        );
+        assert_eq!(
+            f.stats().reasons[reason as usize],
+            before + 1,
+            "{why}: {entry:?} counts {reason:?}"
+        );
+    }
 }
 
 /// Where the kernel refuses the XDP entry its tags, the TC entry behind it decides again

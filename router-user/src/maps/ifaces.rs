@@ -318,6 +318,9 @@ impl<'a> IfaceMaps<'a> {
             &live,
             &plan.indexed.set,
         )?;
+        if plan.writes() > 0 {
+            super::routes::next_epoch(self.maps)?;
+        }
         self.maps.count_writes(plan.writes());
         Ok(())
     }

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | [`copies`] | - | how the arrays of copies the programs read without a lock are written |
 //! | [`ifaces`] | `IFACES`, `IFACES_BY_INDEX`, `EGRESS_DEVS`, `IFACE_STATS`, `IFACE_FORWARDED` | interface settings (and their copies by ifindex) and counter slots, XDP egresses, interface counters and drop reasons |
-//! | [`routes`] | `ROUTES`, `ROUTE_EPOCH`, `NEIGHBORS`, `NEIGHBOR_COPIES` | the kernel's routes (and the epoch that ends the programs' cached lookups) and neighbours (and their copies by hash), mirrored |
+//! | [`routes`] | `ROUTES`, `ROUTE_EPOCH`, `NEIGHBORS`, `NEIGHBOR_COPIES` | the kernel's routes and neighbours (and their copies by hash), mirrored; the forwarding epoch, which every room moves on after its changes and which ends the programs' cached decisions |
 //! | [`policy`] | `POLICY_CONFIG`, `RULES`, `SOURCE_TABLES`, `FW_RULES`, `FW_STATS`, `ALLOWED_SOURCES` | policy rules, external source tables, the firewall and anti-spoofing |
 //! | [`nat`] | `NAT_CONFIG`, `FIP_BY_ADDRESS`, `FIP_BY_FIXED`, `FIP_FILTER`, `FIP_STATS`, `SNAT_STATS`, `SNAT_SOURCES` | gateway and SNAT settings, floating IPs, their counters |
 //! | [`sessions`] | `SESSIONS`, `FRAGMENTS` | the session table, fragmented datagrams in flight |

@@ -174,6 +174,9 @@ impl<'a> NatMaps<'a> {
         if let Some(filter) = plan.filter {
             self.write_filter(filter)?;
         }
+        if plan.writes() > 0 {
+            super::routes::next_epoch(self.maps)?;
+        }
         self.maps.count_writes(plan.writes());
         Ok(())
     }

@@ -329,6 +329,9 @@ impl<'a> PolicyMaps<'a> {
                 .remove(&Key::new(*len, *key))
                 .map_err(|e| Error::map("removing from ALLOWED_SOURCES", e))?;
         }
+        if plan.writes() > 0 {
+            super::routes::next_epoch(self.maps)?;
+        }
         self.maps.count_writes(plan.writes());
         Ok(())
     }

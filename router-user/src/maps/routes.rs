@@ -1,6 +1,7 @@
 //! RouteMaps and neighbours, mirrored from the kernel of the router's namespace: the LPM trie
-//! of every routing table (`ROUTES`, key = table + prefix, with the epoch `ROUTE_EPOCH`
-//! that ends the programs' cached lookups when it changes) and the neighbour table
+//! of every routing table (`ROUTES`, key = table + prefix), the forwarding epoch
+//! (`ROUTE_EPOCH`, whose change ends every decision the programs cached; every room moves it
+//! on after its changes, through [`next_epoch`]) and the neighbour table
 //! (`NEIGHBORS`, next hop -> MAC, with a copy of each neighbour at the slot its key hashes
 //! to in `NEIGHBOR_COPIES`, written as [`copies`](super::copies) says). The kernel stays
 //! the authority; these are its copy for the fast path, written only where they differ.
@@ -15,6 +16,26 @@ use crate::error::Error;
 
 /// A route as the LPM trie stores it: (trie prefix length, key).
 pub type RouteSlot = (u32, RouteKey);
+
+fn epoch(maps: &mut dyn MapSource) -> Result<u32, Error> {
+    let map: Array<_, u32> = typed(maps, map_names::ROUTE_EPOCH)?;
+    map.get(&0, 0)
+        .map_err(|e| Error::map("reading ROUTE_EPOCH", e))
+}
+
+/// Moves the forwarding epoch on (never to 0, at which nothing cached is used): every
+/// decision the programs cached before (`ROUTE_CACHE`, `FLOW_CACHE`) ends, and each CPU's
+/// next packet of each flow is decided from the tables anew. Every room calls it after it
+/// changed a table a forwarding decision reads, once the change is complete.
+pub fn next_epoch(maps: &mut dyn MapSource) -> Result<(), Error> {
+    let next = match epoch(maps)?.wrapping_add(1) {
+        0 => 1,
+        n => n,
+    };
+    let mut map: Array<_, u32> = typed(maps, map_names::ROUTE_EPOCH)?;
+    map.set(0, next, 0)
+        .map_err(|e| Error::map("writing ROUTE_EPOCH", e))
+}
 
 /// What `NEIGHBOR_COPIES` should hold for `neighbors`, where it holds `current` (by
 /// slot): a slot keeps its neighbour while it stays (with its MAC now), and a free slot goes
@@ -94,23 +115,15 @@ impl<'a> RouteMaps<'a> {
         Ok(writes)
     }
 
-    /// The routes' epoch, whose change ends the programs' cached lookups (`ROUTE_CACHE`).
+    /// The forwarding epoch, whose change ends the programs' cached route lookups
+    /// (`ROUTE_CACHE`) and flow decisions (`FLOW_CACHE`).
     pub fn epoch(&mut self) -> Result<u32, Error> {
-        let map: Array<_, u32> = typed(self.maps, map_names::ROUTE_EPOCH)?;
-        map.get(&0, 0)
-            .map_err(|e| Error::map("reading ROUTE_EPOCH", e))
+        epoch(self.maps)
     }
 
-    /// Moves the routes' epoch on (never to 0, which no cached lookup is used at), once
-    /// `ROUTES` has changed: each CPU's next lookup of each destination goes to the trie.
+    /// Moves the forwarding epoch on, once `ROUTES` has changed (see [`next_epoch`]).
     fn next_epoch(&mut self) -> Result<(), Error> {
-        let next = match self.epoch()?.wrapping_add(1) {
-            0 => 1,
-            n => n,
-        };
-        let mut map: Array<_, u32> = typed(self.maps, map_names::ROUTE_EPOCH)?;
-        map.set(0, next, 0)
-            .map_err(|e| Error::map("writing ROUTE_EPOCH", e))
+        next_epoch(self.maps)
     }
 
     /// Every neighbour the fast path knows.
@@ -150,6 +163,7 @@ impl<'a> RouteMaps<'a> {
         let copy: NeighborCopy = copies::get(self.maps, COPIES, slot)?;
         let own = copies::Copied::valid(&copy) && copy.key == key;
         let mut writes = 1;
+        let changed = self.neighbor(&key)? != entry;
         match entry {
             Some(entry) => {
                 let mut map: HashMap<_, NeighborKey, NeighborEntry> =
@@ -174,6 +188,10 @@ impl<'a> RouteMaps<'a> {
                     typed(self.maps, map_names::NEIGHBORS)?;
                 let _ = map.remove(&key);
             }
+        }
+        if changed {
+            next_epoch(self.maps)?;
+            writes += 1;
         }
         self.maps.count_writes(writes);
         Ok(())
@@ -209,7 +227,11 @@ impl<'a> RouteMaps<'a> {
         }
         let replaced = live(&mut copy_diff.set.iter().map(|(s, _)| s));
         copies::set(self.maps, COPIES, &replaced, &copy_diff.set)?;
-        let writes = diff.len() + copy_diff.len();
+        let mut writes = diff.len() + copy_diff.len();
+        if writes > 0 {
+            next_epoch(self.maps)?;
+            writes += 1;
+        }
         self.maps.count_writes(writes);
         Ok(writes)
     }

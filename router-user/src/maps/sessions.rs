@@ -92,6 +92,10 @@ impl<'a> SessionMaps<'a> {
                 written += 1;
             }
         }
+        if written > 0 {
+            // A flow the programs cached as without a session has one now.
+            super::routes::next_epoch(self.maps)?;
+        }
         self.maps.count_writes(written);
         Ok(written)
     }
