@@ -213,12 +213,13 @@ fn from_entry(frame: &Frame, epoch: u32) -> Option<u32> {
     Some(egress)
 }
 
-/// Whether the decision the stages left in `h` (carried out: the packet was rewritten and
-/// is being forwarded) may be used for the flow's later packets: see the module's
-/// documentation.
+/// Whether the decision the stages left in `h` (final: the packet is to be forwarded, and
+/// nothing `finish` does for such a decision can fail) may be used for the flow's later
+/// packets, at the epoch the program run began with (see the module's documentation).
 #[inline(always)]
-fn cacheable(h: &Handoff) -> bool {
-    h.shape == Shape::Ports.code()
+pub fn cacheable(h: &Handoff) -> bool {
+    h.epoch != 0
+        && h.shape == Shape::Ports.code()
         && h.has_mac != 0
         && h.has_session == 0
         && h.create == 0
@@ -244,16 +245,15 @@ pub fn begin(epoch: u32) {
 }
 
 /// Remembers the decision the stages left in the hand-off for the packet that came in by
-/// `ingress` (forwarded by it; `xdp` 1 under XDP) in this CPU's entry for its flow, tagged
-/// with the epoch [`begin`] left there, if it may be used for the flow's later packets.
-/// Returns 0.
+/// `ingress` (`xdp` 1 under XDP) in this CPU's entry for its flow, tagged with the epoch
+/// [`begin`] left there, if it may be used for the flow's later packets ([`cacheable`],
+/// which the caller has looked at already, without a call). Returns 0.
 ///
-/// A global function, shared by both entries: its stack is not theirs.
+/// A global function, shared by both entries: its stack is not the stage's.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn router_flow_remember(ingress: u32, xdp: u32) -> u32 {
     if let Some(h) = HANDOFF.get(0)
-        && h.epoch != 0
         && cacheable(h)
     {
         remember(ingress, xdp as u8, h);

@@ -295,6 +295,11 @@ fn route_packet(frame: &Frame, h: &Handoff, pkt: &Ipv4Packet) -> Verdict {
             fragment::role::NONE
         };
         h.ip_id = (*pkt.ip).id;
+        // A decision that holds for the flow's later packets is cached for them here, where
+        // it is final: nothing `finish` does for such a packet can fail.
+        if flow_cache::cacheable(h) {
+            flow_cache::router_flow_remember(frame.ingress, u32::from(frame.needs_xdp_egress));
+        }
     }
     Verdict::Finish
 }
@@ -346,8 +351,7 @@ pub fn checksum_check(frame: &Frame) -> u32 {
 /// The verdict of a packet after every stage: `decision` from [`decide`], `classify` and
 /// `forward` when that sends it on, then (when that was `FINISH`) `check` (`checksum_check`,
 /// for a packet that would create a session) and `finish`, or for a later fragment
-/// `finish_fragment` ([`finish_fragment`]). A forwarded packet's decision is offered to the
-/// flow cache.
+/// `finish_fragment` ([`finish_fragment`]).
 #[inline(always)]
 pub fn verdict(
     frame: &Frame,
@@ -394,7 +398,6 @@ pub fn verdict(
             // Here rather than in `finish`, whose stack cannot take another call.
             fragment::record_forward(h);
         }
-        flow_cache::router_flow_remember(frame.ingress, u32::from(frame.needs_xdp_egress));
     }
     Verdict::Forward {
         ifindex: h.egress,
