@@ -120,7 +120,11 @@ pub fn parse_ipv4(frame: &Frame, eth: *mut EthHdr) -> Result<Ipv4Packet, Verdict
     if vihl >> 4 != 4 || ihl_bytes < IPV4_HDR_LEN as u32 {
         return Err(Verdict::Drop(Reason::MalformedIpv4));
     }
-    if tot_len < ihl_bytes || l3 as u32 + tot_len > frame.len() {
+    // The packet's whole length only when the directly accessible part is shorter than the
+    // IPv4 packet: under XDP it takes a helper call.
+    let ip_end = l3 as u32 + tot_len;
+    let linear = (frame.data_end - frame.data) as u32;
+    if tot_len < ihl_bytes || (ip_end > linear && ip_end > frame.len()) {
         return Err(Verdict::Drop(Reason::MalformedIpv4));
     }
     if ihl_bytes != IPV4_HDR_LEN as u32 {
