@@ -1193,14 +1193,21 @@ fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Runs `f` with `kernel.bpf_stats_enabled` on, and restores it after.
+/// Runs `f` with `kernel.bpf_stats_enabled` on, and restores it after, whichever way `f`
+/// ends: left on, the statistics would slow every BPF program on the machine (two clock
+/// reads a run) and every later measurement with them.
 pub fn with_bpf_stats<T>(f: impl FnOnce() -> T) -> T {
     const KNOB: &str = "/proc/sys/kernel/bpf_stats_enabled";
-    let before = std::fs::read_to_string(KNOB).unwrap_or_else(|_| "0".into());
+    /// Puts the knob back as it was when dropped, on a panic's unwinding too.
+    struct Restore(String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write(KNOB, self.0.trim());
+        }
+    }
+    let _restore = Restore(std::fs::read_to_string(KNOB).unwrap_or_else(|_| "0".into()));
     let _ = std::fs::write(KNOB, "1");
-    let result = f();
-    let _ = std::fs::write(KNOB, before.trim());
-    result
+    f()
 }
 
 /// Total `run_time_ns` of every BPF program process `pid` holds (counted only while

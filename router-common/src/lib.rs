@@ -231,6 +231,9 @@ pub struct FlowCached {
     /// The addresses the flow leaves with (its own where untranslated).
     pub new_src: [u8; 4],
     pub new_dst: [u8; 4],
+    /// When the entry was made, in units of 2^20 ns of `bpf_ktime_get_coarse_ns`: another
+    /// flow takes the slot of an entry of the current epoch only once it is ~1 s old.
+    pub made: u32,
 }
 
 /// A neighbour (ARP) entry, mirrored from the kernel's table of the router namespace.

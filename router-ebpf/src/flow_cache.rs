@@ -11,6 +11,7 @@
 //! the kernel must resolve, or that is handed over is never cached: its packets always take
 //! the stages.
 
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use network_types::eth::EthHdr;
 use router_common::{CtKey, FLOW_CACHE_SLOTS, FlowCached, IfaceEntry, flow_fip};
 
@@ -31,6 +32,15 @@ use crate::{
 const ETH_P_IP_WIRE: u16 = 0x0800u16.to_be();
 
 const SLOT_BITS: u32 = FLOW_CACHE_SLOTS.trailing_zeros();
+
+/// `FlowCached::made` counts units of 2^20 ns (~1 ms) of `bpf_ktime_get_coarse_ns`.
+const TIME_SHIFT: u32 = 20;
+/// How long an entry of the current epoch keeps its slot against the other flows that hash
+/// to it: ~1 s. Many more flows than slots would otherwise rewrite their slot with every
+/// packet, which costs more than the cache saves (each flow's next packet finds another
+/// flow's decision); so a slot changes flows at most once a second, and an ended flow's
+/// entry gives way within one.
+const KEEP_UNITS: u32 = 1 << 10;
 const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two() && SLOT_BITS > 0);
 
 /// The forwarding epoch. The entries read it before anything else: an entry made from
@@ -253,16 +263,19 @@ pub fn begin(epoch: u32) {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn router_flow_remember(ingress: u32, xdp: u32) -> u32 {
+    // First, while little else is held: the call would spill it to a stack with no room.
+    // SAFETY: plain helper call.
+    let now = (unsafe { bpf_ktime_get_coarse_ns() } >> TIME_SHIFT) as u32;
     if let Some(h) = HANDOFF.get(0)
         && cacheable(h)
     {
-        remember(ingress, xdp as u8, h);
+        remember(ingress, xdp as u8, h, now);
     }
     0 // global functions must return a scalar
 }
 
 #[inline(always)]
-fn remember(ingress: u32, xdp: u8, h: &Handoff) {
+fn remember(ingress: u32, xdp: u8, h: &Handoff, now: u32) {
     let k = &h.key;
     let ports = [k.sport[0], k.sport[1], k.dport[0], k.dport[1]];
     let id = FlowId {
@@ -276,6 +289,11 @@ fn remember(ingress: u32, xdp: u8, h: &Handoff) {
     let Some(entry) = FLOW_CACHE.get_ptr_mut(slot_of(&id)) else {
         return;
     };
+    // SAFETY: as below.
+    let (epoch, made) = unsafe { ((*entry).epoch, (*entry).made) };
+    if epoch == h.epoch && now.wrapping_sub(made) < KEEP_UNITS {
+        return;
+    }
     let mut fip = 0;
     if h.dnat_fip != nat::NONE {
         fip |= flow_fip::IN;
@@ -304,5 +322,6 @@ fn remember(ingress: u32, xdp: u8, h: &Handoff) {
         e.fip = fip;
         e.new_src = h.target.src;
         e.new_dst = h.target.dst;
+        e.made = now;
     }
 }

@@ -295,11 +295,9 @@ fn route_packet(frame: &Frame, h: &Handoff, pkt: &Ipv4Packet) -> Verdict {
             fragment::role::NONE
         };
         h.ip_id = (*pkt.ip).id;
-        // A decision that holds for the flow's later packets is cached for them here, where
-        // it is final: nothing `finish` does for such a packet can fail.
-        if flow_cache::cacheable(h) {
-            flow_cache::router_flow_remember(frame.ingress, u32::from(frame.needs_xdp_egress));
-        }
+        // Whether the decision holds for the flow's later packets, looked at here without
+        // a call; the entry caches it once `finish` has carried it out.
+        h.cacheable = u8::from(flow_cache::cacheable(h));
     }
     Verdict::Finish
 }
@@ -398,6 +396,9 @@ pub fn verdict(
             // Here rather than in `finish`, whose stack cannot take another call.
             fragment::record_forward(h);
         }
+        if h.cacheable != 0 {
+            flow_cache::router_flow_remember(frame.ingress, u32::from(frame.needs_xdp_egress));
+        }
     }
     Verdict::Forward {
         ifindex: h.egress,
@@ -435,7 +436,8 @@ pub struct Handoff {
     /// While the router hands over, the MAC it forwards from (from `decide`).
     pub handover_mac: [u8; 6],
     pub handing_over: u8,
-    pub _pad2: u8,
+    /// 1: the flow cache may keep this decision (`flow_cache::cacheable`), from `forward`.
+    pub cacheable: u8,
     /// The firewall's counter slot of this packet's decision, plus one (0: none), counted
     /// by the entry that keeps the packet (`firewall::count_decided`).
     pub fw_slot: u32,
