@@ -559,6 +559,7 @@ mod pod {
     unsafe impl aya::Pod for HaState {}
     unsafe impl aya::Pod for SyncRecord {}
     unsafe impl aya::Pod for FragEntry {}
+    unsafe impl aya::Pod for FlowCached {}
 }
 
 #[cfg(test)]
@@ -585,6 +586,7 @@ mod tests {
         assert_eq!(size_of::<IfaceEntry>(), 28);
         assert_eq!(size_of::<IfaceIndexed>(), 32);
         assert_eq!(size_of::<RouteCached>(), 32);
+        assert_eq!(size_of::<FlowCached>(), 64);
         assert_eq!(size_of::<NeighborCopy>(), 16);
         assert_eq!(size_of::<NatConfig>(), 24);
         assert_eq!(size_of::<FipEntry>(), 8);

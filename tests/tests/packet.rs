@@ -994,6 +994,72 @@ fn cached_flows_end_when_what_decided_them_changes() {
     refused_uncached(&mut f, &frame, Reason::FwDefaultDeny, "the firewall");
 }
 
+/// An entry of the current epoch keeps its slot against the other flows that hash to it for
+/// about a second: a flow's entry outlives 2,000 other flows through the same CPU (which
+/// fill the other slots), and once it is older the next flow that misses in its slot takes
+/// it.
+#[test]
+fn a_cached_flow_keeps_its_slot_against_other_flows_for_a_second() {
+    // The cache is per CPU: the runs stay on one, whose entries are read.
+    testrun::stay_on_one_cpu();
+    let f = Fixture::new();
+    let send = |sport: u16| {
+        let frame = vm_to(REMOTE).udp(sport, 53).payload(b"x");
+        assert_eq!(
+            f.run(Entry::Xdp, &frame).verdict,
+            Entry::Xdp.redirect(),
+            "{sport}"
+        );
+    };
+    let live = || -> Vec<router_common::FlowCached> {
+        flow_cache(&f.dp)
+            .into_iter()
+            .filter(|e| e.epoch != 0 && e.xdp == 1)
+            .collect()
+    };
+    let held = || {
+        live()
+            .iter()
+            .any(|e| e.ports[..2] == 40000u16.to_be_bytes()[..])
+    };
+    send(40000);
+    assert!(held(), "cached");
+    (41000..43000).for_each(send);
+    assert!(held(), "kept against 2,000 other flows");
+    assert!(
+        live().len() > 100,
+        "the others fill the other slots: {}",
+        live().len()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    (41000..43000).for_each(send);
+    assert!(!held(), "a second later, another flow has its slot");
+}
+
+/// CPU 0's entries of the programs' flow cache (`FLOW_CACHE`, which is not pinned: found
+/// through the XDP program's maps).
+fn flow_cache(dp: &Datapath) -> Vec<router_common::FlowCached> {
+    use aya::maps::{Map, MapData, MapInfo, PerCpuArray};
+    let ids = dp
+        .xdp()
+        .expect("the XDP program")
+        .info()
+        .and_then(|i| i.map_ids())
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let id = ids
+        .into_iter()
+        .find(|id| MapInfo::from_id(*id).is_ok_and(|m| m.name_as_str() == Some("FLOW_CACHE")))
+        .expect("the XDP program holds FLOW_CACHE");
+    let data = MapData::from_id(id).expect("opening FLOW_CACHE");
+    let map: PerCpuArray<_, router_common::FlowCached> =
+        PerCpuArray::try_from(Map::PerCpuArray(data)).expect("a per-CPU array");
+    (0..router_common::FLOW_CACHE_SLOTS)
+        .map(|slot| map.get(&slot, 0).expect("a slot")[0])
+        .collect()
+}
+
 /// Runs `frame` through both entries as it is: neither forwards it, and each counts it
 /// under `reason`.
 fn refused_uncached(f: &mut Fixture, frame: &[u8], reason: Reason, why: &str) {
