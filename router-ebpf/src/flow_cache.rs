@@ -256,8 +256,8 @@ pub fn begin(epoch: u32) {
 
 /// Remembers the decision the stages left in the hand-off for the packet that came in by
 /// `ingress` (`xdp` 1 under XDP) in this CPU's entry for its flow, tagged with the epoch
-/// [`begin`] left there, if it may be used for the flow's later packets ([`cacheable`],
-/// which the caller has looked at already, without a call). Returns 0.
+/// [`begin`] left there. The entry calls it only for a decision `forward` found
+/// [`cacheable`] (`Handoff::cacheable`), once `finish` has carried it out. Returns 0.
 ///
 /// A global function, shared by both entries: its stack is not the stage's.
 #[unsafe(no_mangle)]
@@ -266,9 +266,7 @@ pub extern "C" fn router_flow_remember(ingress: u32, xdp: u32) -> u32 {
     // First, while little else is held: the call would spill it to a stack with no room.
     // SAFETY: plain helper call.
     let now = (unsafe { bpf_ktime_get_coarse_ns() } >> TIME_SHIFT) as u32;
-    if let Some(h) = HANDOFF.get(0)
-        && cacheable(h)
-    {
+    if let Some(h) = HANDOFF.get(0) {
         remember(ingress, xdp as u8, h, now);
     }
     0 // global functions must return a scalar

@@ -123,6 +123,18 @@ impl Fixture {
         }
     }
 
+    /// Sets the forwarding epoch to 0 behind the controller's back: nothing cached is used.
+    fn epoch_zero(&mut self) {
+        use aya::maps::Array;
+        use router_user::maps::MapSource as _;
+        let map = self
+            .dp
+            .map(router_common::map_names::ROUTE_EPOCH)
+            .expect("ROUTE_EPOCH");
+        let mut epoch: Array<_, u32> = Array::try_from(map).expect("an array");
+        epoch.set(0, 0, 0).expect("writing");
+    }
+
     fn stats(&mut self) -> IfaceStats {
         self.dp
             .ifaces()
@@ -764,7 +776,7 @@ fn neighbour_copies_are_used_only_while_valid_and_their_own() {
 /// trie.
 #[test]
 fn cached_routes_end_when_the_routes_change() {
-    use aya::maps::{Array, LpmTrie, lpm_trie::Key};
+    use aya::maps::{LpmTrie, lpm_trie::Key};
     use router_common::{RouteEntry, RouteKey, TABLE_MAIN, map_names};
     use router_user::maps::MapSource as _;
     // The cache is per CPU: the runs stay on one.
@@ -807,12 +819,7 @@ fn cached_routes_end_when_the_routes_change() {
     }
     assert_eq!(next_hop(&mut f, "cached, trie changed"), OTHER_HOP_MAC);
     // At epoch 0 nothing cached is used: the trie's answer.
-    {
-        let mut epoch: Array<_, u32> =
-            Array::try_from(f.dp.map(map_names::ROUTE_EPOCH).expect("ROUTE_EPOCH"))
-                .expect("an array");
-        epoch.set(0, 0, 0).expect("writing");
-    }
+    f.epoch_zero();
     assert_eq!(next_hop(&mut f, "at epoch 0"), NEXT_HOP_MAC);
 }
 
@@ -825,7 +832,7 @@ fn cached_routes_end_when_the_routes_change() {
 /// router's MAC, the HA role) is checked on a hit too.
 #[test]
 fn cached_flows_end_when_what_decided_them_changes() {
-    use aya::maps::{Array, HashMap};
+    use aya::maps::HashMap;
     use router_common::{
         HaState, NeighborCopy, NeighborEntry, NeighborKey, fw_flags, ha_role, map_names,
     };
@@ -906,12 +913,7 @@ fn cached_flows_end_when_what_decided_them_changes() {
     }
     assert_eq!(next_hop(&mut f, "cached, neighbour changed"), OTHER_HOP_MAC);
     // At epoch 0 nothing cached is used: the tables' answer.
-    {
-        let mut epoch: Array<_, u32> =
-            Array::try_from(f.dp.map(map_names::ROUTE_EPOCH).expect("ROUTE_EPOCH"))
-                .expect("an array");
-        epoch.set(0, 0, 0).expect("writing");
-    }
+    f.epoch_zero();
     assert_eq!(next_hop(&mut f, "at epoch 0"), NEXT_HOP_MAC);
 
     // A floating IP for the VM (which also starts a new epoch): the flow leaves from it,
